@@ -1,0 +1,86 @@
+# mcp-guard — `make run` starts the demo, `make test` runs every test. Both install what they
+# need first (idempotent, fast when everything is there).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV      := .venv
+PY        := $(VENV)/bin/python
+WASM      := target/mcp_guard.wasm
+WASM_DIR  := target/wasm/wasm32-wasip1/release
+PORT      ?= 10000
+STAMPS    := target/stamps
+
+# The wasm32 build uses Debian's rustc-web toolchain with its own std sources (-Zbuild-std):
+# no rustup target for wasm32 can be fetched here. Native builds and tests use the default cargo.
+DEB_CARGO := /usr/bin/cargo
+WASI_LIB   = $(shell dirname "$$(dpkg -L wasi-libc 2>/dev/null | grep '/libc\.a$$' | head -n1)")
+APT_PKGS  := rustc-web cargo-web rust-web-src lld wasi-libc binaryen wrk
+
+.PHONY: help run test unit e2e wasm setup lint fmt bench clean
+
+help:
+	@echo "make run    start the demo: Envoy + mcp-guard + a demo MCP server on :$(PORT)"
+	@echo "make test   unit tests, then end-to-end tests through real Envoy"
+	@echo "make wasm   build $(WASM)"
+	@echo "make lint   cargo fmt --check and clippy -D warnings"
+
+# ---- set-up -----------------------------------------------------------------------------------
+
+setup: $(STAMPS)/apt $(STAMPS)/venv
+
+$(STAMPS)/apt:
+	@mkdir -p $(STAMPS)
+	@missing=$$(for p in $(APT_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+$(STAMPS)/venv: tests/requirements.txt
+	@mkdir -p $(STAMPS)
+	@[ -x $(PY) ] || python3 -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	@touch $@
+
+# ---- build ------------------------------------------------------------------------------------
+
+WASM_SOURCES := $(shell find filter/src -name '*.rs') filter/Cargo.toml Cargo.toml $(wildcard Cargo.lock)
+
+wasm: $(WASM)
+
+$(WASM): $(STAMPS)/apt $(WASM_SOURCES)
+	@echo "building $(WASM) (wasm32-wasip1, release)"
+	@PATH=/usr/bin:$$PATH RUSTC_BOOTSTRAP=1 \
+	  CARGO_TARGET_WASM32_WASIP1_LINKER=wasm-ld \
+	  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-Clink-self-contained=no -Lnative=$(WASI_LIB)" \
+	  $(DEB_CARGO) build --release --lib -p mcp-guard --target wasm32-wasip1 \
+	    -Zbuild-std=std,panic_abort --target-dir target/wasm
+	@wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+	  --enable-mutable-globals $(WASM_DIR)/mcp_guard.wasm -o $@.tmp && mv $@.tmp $@
+	@ls -l $@ | awk '{print "built " $$NF ": " $$5 " bytes"}'
+
+# ---- run and test -----------------------------------------------------------------------------
+
+run: setup $(WASM)
+	@$(PY) tests/run_demo.py --port $(PORT)
+
+test: setup $(WASM) unit e2e
+
+unit:
+	cargo test --workspace
+
+e2e: setup $(WASM)
+	$(PY) -m pytest -q tests
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+clean:
+	rm -rf target

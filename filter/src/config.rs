@@ -1,0 +1,345 @@
+//! Plugin configuration: the JSON Envoy hands to `on_configure`.
+//!
+//! Everything derived from the configuration (key sets, compiled CEL programs, header names) is
+//! built here once, so no request ever rebuilds it. Every error names the field it is about, as
+//! a path such as `servers[0].policy.rules[2].allow`.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::jwt::{Authenticator, Issuer};
+use crate::policy::Policy;
+
+/// A configuration error: which field, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub field: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.field, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Where the filter reads values it is told to take from the environment
+/// (`vm_config.environment_variables` in Envoy; the process environment natively).
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// The validated, compiled configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub authenticator: Authenticator,
+    pub servers: Vec<Server>,
+    /// Largest JSON-RPC body accepted, in bytes (413 above).
+    pub max_body_bytes: usize,
+}
+
+/// One protected MCP server: the path it is served on and everything that applies to it.
+#[derive(Debug)]
+pub struct Server {
+    pub name: String,
+    /// The MCP endpoint path, e.g. `/mcp`.
+    pub path: String,
+    /// The resource identifier clients derive from the URL they call (RFC 8707 / RFC 9728).
+    pub resource: String,
+    /// Where the RFC 9728 metadata document for this server is served.
+    pub metadata_path: String,
+    /// The absolute URL of that document, as advertised in `WWW-Authenticate`.
+    pub metadata_url: String,
+    pub authorization_servers: Vec<String>,
+    pub scopes_supported: Vec<String>,
+    pub resource_name: Option<String>,
+    pub credential: Credential,
+    pub policy: Policy,
+}
+
+/// The service credential injected towards the upstream in place of the client's token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// Lower-cased header name, e.g. `x-api-key` or `authorization`.
+    pub header: String,
+    /// The full header value, prefix included (e.g. `Bearer sk-…`).
+    pub value: String,
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the secret, not even in a debug dump.
+        f.debug_struct("Credential")
+            .field("header", &self.header)
+            .field("value", &"<redacted>")
+            .finish()
+    }
+}
+
+const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+const DEFAULT_CLOCK_SKEW: u64 = 60;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    clock_skew_seconds: Option<u64>,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+    issuers: Vec<Value>,
+    servers: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    name: String,
+    #[serde(default)]
+    path: Option<String>,
+    resource: String,
+    #[serde(default)]
+    authorization_servers: Vec<String>,
+    #[serde(default)]
+    scopes_supported: Vec<String>,
+    #[serde(default)]
+    resource_name: Option<String>,
+    credential: Value,
+    policy: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    header: String,
+    #[serde(default)]
+    prefix: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    value_from_env: Option<String>,
+}
+
+/// Deserializes `value` as `T`, naming `field` in the error.
+pub(crate) fn typed<T: DeserializeOwned>(value: Value, field: &str) -> Result<T, ConfigError> {
+    serde_json::from_value(value).map_err(|e| {
+        let message = clean_serde_message(&e);
+        // Point at the member itself: `servers[0].credential.header: is required`.
+        let member = |prefix: &str| {
+            let rest = message.strip_prefix(prefix)?;
+            let name = rest.strip_prefix('`')?.split('`').next()?;
+            Some(if field.is_empty() {
+                name.to_string()
+            } else {
+                format!("{field}.{name}")
+            })
+        };
+        if let Some(path) = member("missing field ") {
+            ConfigError::new(path, "is required")
+        } else if let Some(path) = member("unknown field ") {
+            ConfigError::new(path, format!("is not a known field ({message})"))
+        } else {
+            ConfigError::new(field, message)
+        }
+    })
+}
+
+/// serde_json appends "at line 1 column 2" positions that mean nothing for a `Value`.
+fn clean_serde_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.find(" at line ") {
+        Some(at) => text.get(..at).unwrap_or(&text).to_string(),
+        None => text,
+    }
+}
+
+impl Config {
+    /// Parses and compiles the plugin configuration.
+    pub fn from_json(bytes: &[u8], env: &dyn Environment) -> Result<Config, ConfigError> {
+        let root: Value = serde_json::from_slice(bytes)
+            .map_err(|e| ConfigError::new("", format!("configuration is not valid JSON: {e}")))?;
+        if !root.is_object() {
+            return Err(ConfigError::new("", "configuration must be a JSON object"));
+        }
+        let raw: RawConfig = typed(root, "")?;
+        let skew = raw.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW);
+        if skew > 600 {
+            return Err(ConfigError::new(
+                "clock_skew_seconds",
+                "must be at most 600 seconds",
+            ));
+        }
+        let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
+        if max_body_bytes == 0 {
+            return Err(ConfigError::new("max_body_bytes", "must be positive"));
+        }
+
+        if raw.issuers.is_empty() {
+            return Err(ConfigError::new("issuers", "at least one issuer is required"));
+        }
+        let mut issuers = Vec::with_capacity(raw.issuers.len());
+        for (i, value) in raw.issuers.into_iter().enumerate() {
+            let field = format!("issuers[{i}]");
+            let issuer = Issuer::from_config(value, &field)?;
+            if issuers.iter().any(|o: &Issuer| o.issuer == issuer.issuer) {
+                return Err(ConfigError::new(
+                    format!("{field}.issuer"),
+                    format!("issuer {:?} is configured twice", issuer.issuer),
+                ));
+            }
+            issuers.push(issuer);
+        }
+
+        if raw.servers.is_empty() {
+            return Err(ConfigError::new("servers", "at least one server is required"));
+        }
+        let mut servers: Vec<Server> = Vec::with_capacity(raw.servers.len());
+        for (i, value) in raw.servers.into_iter().enumerate() {
+            let field = format!("servers[{i}]");
+            let server = Server::from_config(value, &field, env)?;
+            if servers.iter().any(|s| s.path == server.path) {
+                return Err(ConfigError::new(
+                    format!("{field}.path"),
+                    format!("path {:?} is used by another server", server.path),
+                ));
+            }
+            servers.push(server);
+        }
+
+        Ok(Config {
+            authenticator: Authenticator::new(issuers, skew),
+            servers,
+            max_body_bytes,
+        })
+    }
+
+    /// The server whose MCP endpoint is `path` (query string already removed).
+    pub fn server_for_path(&self, path: &str) -> Option<&Server> {
+        self.servers.iter().find(|s| s.path == path)
+    }
+
+    /// The server whose RFC 9728 metadata document lives at `path`, if any. The root
+    /// well-known URL answers for the first server.
+    pub fn server_for_metadata(&self, path: &str) -> Option<&Server> {
+        if path == crate::oauth::WELL_KNOWN {
+            return self.servers.first();
+        }
+        self.servers.iter().find(|s| s.metadata_path == path)
+    }
+}
+
+impl Server {
+    fn from_config(value: Value, field: &str, env: &dyn Environment) -> Result<Server, ConfigError> {
+        let raw: RawServer = typed(value, field)?;
+        if raw.name.trim().is_empty() {
+            return Err(ConfigError::new(format!("{field}.name"), "must not be empty"));
+        }
+        let path = raw.path.unwrap_or_else(|| "/mcp".to_string());
+        if !path.starts_with('/') || path.contains('?') || path.contains('#') {
+            return Err(ConfigError::new(
+                format!("{field}.path"),
+                "must be an absolute path without query or fragment, e.g. \"/mcp\"",
+            ));
+        }
+        let (origin, resource_path) = crate::oauth::split_resource(&raw.resource)
+            .map_err(|m| ConfigError::new(format!("{field}.resource"), m))?;
+        let metadata_path = crate::oauth::metadata_path(resource_path);
+        let metadata_url = format!("{origin}{metadata_path}");
+        let credential = Credential::from_config(raw.credential, &format!("{field}.credential"), env)?;
+        let policy = Policy::from_config(raw.policy, &format!("{field}.policy"))?;
+        Ok(Server {
+            name: raw.name,
+            path,
+            resource: raw.resource,
+            metadata_path,
+            metadata_url,
+            authorization_servers: raw.authorization_servers,
+            scopes_supported: raw.scopes_supported,
+            resource_name: raw.resource_name,
+            credential,
+            policy,
+        })
+    }
+}
+
+impl Credential {
+    fn from_config(value: Value, field: &str, env: &dyn Environment) -> Result<Credential, ConfigError> {
+        let raw: RawCredential = typed(value, field)?;
+        let header = raw.header.to_ascii_lowercase();
+        if !is_header_name(&header) || header.starts_with(':') {
+            return Err(ConfigError::new(
+                format!("{field}.header"),
+                format!("{:?} is not a valid HTTP header name", raw.header),
+            ));
+        }
+        let secret = match (raw.value, raw.value_from_env) {
+            (Some(v), None) => v,
+            (None, Some(name)) => env.var(&name).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}.value_from_env"),
+                    format!("environment variable {name:?} is not set for this VM"),
+                )
+            })?,
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    field,
+                    "set exactly one of \"value\" and \"value_from_env\", not both",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    field,
+                    "one of \"value\" or \"value_from_env\" is required",
+                ))
+            }
+        };
+        if secret.is_empty() {
+            return Err(ConfigError::new(format!("{field}.value"), "must not be empty"));
+        }
+        let value = format!("{}{}", raw.prefix, secret);
+        if !is_header_value(&value) {
+            return Err(ConfigError::new(
+                format!("{field}.value"),
+                "contains characters not allowed in an HTTP header value",
+            ));
+        }
+        Ok(Credential { header, value })
+    }
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        })
+}
+
+fn is_header_value(value: &str) -> bool {
+    value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}

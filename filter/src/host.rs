@@ -1,0 +1,34 @@
+//! The small surface of Envoy the filter logic needs. The proxy-wasm adapter implements it with
+//! hostcalls; unit tests implement it with plain data.
+
+/// An HTTP header as (lower-case name, value).
+pub type Header = (String, String);
+
+pub trait Host {
+    /// All request headers, pseudo-headers (`:path`, `:method`, …) included, in order.
+    fn request_headers(&self) -> Vec<Header>;
+    /// Sets a request header, replacing every existing value.
+    fn set_request_header(&mut self, name: &str, value: &str);
+    fn remove_request_header(&mut self, name: &str);
+    /// An Envoy attribute such as `["source", "address"]`.
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Answers the request locally; nothing reaches the upstream.
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    /// Stores the audit record where the access log reads it (`wasm.mcp.audit`).
+    fn write_audit(&mut self, record: &[u8]);
+    /// Milliseconds since the Unix epoch.
+    fn now_millis(&self) -> u64;
+
+    /// The first value of a request header.
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.request_headers()
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    fn property_string(&self, path: &[&str]) -> Option<String> {
+        self.property(path)
+            .and_then(|b| String::from_utf8(b).ok())
+    }
+}

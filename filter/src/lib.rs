@@ -1,0 +1,26 @@
+//! mcp-guard: an Envoy Wasm filter that puts MCP servers behind one identity, one policy and
+//! one audit trail.
+//!
+//! The request's path is in [`flow`]. Each concern has its module: [`jwt`] (tokens), [`mcp`]
+//! (JSON-RPC parsing), [`policy`] (CEL rules), [`audit`] (records), [`oauth`] (the MCP
+//! authorization spec), [`config`] (plugin configuration). None of them calls Envoy: host access
+//! goes through the [`host::Host`] trait, implemented for proxy-wasm in `wasm` (wasm32 only).
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+)]
+
+pub mod audit;
+pub mod config;
+pub mod discovery;
+pub mod flow;
+pub mod host;
+pub mod jwt;
+pub mod mcp;
+pub mod oauth;
+pub mod policy;
+pub mod reply;
+pub mod sse;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;

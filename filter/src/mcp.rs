@@ -1,0 +1,294 @@
+//! JSON-RPC / MCP message parsing.
+//!
+//! One strict parse decides what the message is; the filter forwards the original bytes, never
+//! a re-serialization, so what the policy saw is exactly what the server gets. Anything that is
+//! not a single, well-formed JSON-RPC 2.0 message is refused: duplicate keys at any depth,
+//! unknown or case-variant top-level members, request/response hybrids, non-object `params`,
+//! ids that are neither a string nor an integer, trailing bytes, excessive nesting.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+/// Default limit on how deeply objects and arrays may nest.
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+/// What kind of JSON-RPC message a body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Request,
+    Notification,
+    /// A result or an error: the client answering a server's request.
+    Response,
+}
+
+/// The object an MCP request is about, when it names one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    None,
+    Tool { name: String, arguments: Map<String, Value> },
+    Prompt { name: String },
+    Resource { uri: String },
+}
+
+/// A parsed JSON-RPC message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    pub kind: Kind,
+    /// The request id (string or integer), echoed in any answer the filter makes.
+    pub id: Option<Value>,
+    /// The method; empty for responses.
+    pub method: String,
+    pub params: Map<String, Value>,
+    pub target: Target,
+}
+
+impl Message {
+    pub fn tool_name(&self) -> Option<&str> {
+        match &self.target {
+            Target::Tool { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// Why a body was refused. Each maps to a JSON-RPC error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not JSON at all, or not UTF-8 (JSON-RPC -32700).
+    Json(String),
+    /// JSON, but not an acceptable JSON-RPC message (-32600).
+    Invalid(String),
+    /// A well-formed request whose MCP params are wrong (-32602).
+    Params(String),
+}
+
+impl ParseError {
+    pub fn code(&self) -> i64 {
+        match self {
+            ParseError::Json(_) => -32700,
+            ParseError::Invalid(_) => -32600,
+            ParseError::Params(_) => -32602,
+        }
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ParseError::Json(m) => write!(f, "parse error: {m}"),
+            ParseError::Invalid(m) => write!(f, "invalid request: {m}"),
+            ParseError::Params(m) => write!(f, "invalid params: {m}"),
+        }
+    }
+}
+
+/// Parses JSON strictly: duplicate keys at any depth and nesting beyond `max_depth` are errors,
+/// as is anything after the value but whitespace.
+pub fn parse_strict_json(bytes: &[u8], max_depth: usize) -> Result<Value, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = Strict {
+        depth: 0,
+        max_depth,
+    }
+    .deserialize(&mut de)
+    .map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(value)
+}
+
+#[derive(Clone, Copy)]
+struct Strict {
+    depth: usize,
+    max_depth: usize,
+}
+
+impl Strict {
+    fn nested<E: de::Error>(&self) -> Result<Strict, E> {
+        if self.depth >= self.max_depth {
+            return Err(E::custom(format!(
+                "nesting deeper than {} levels",
+                self.max_depth
+            )));
+        }
+        Ok(Strict {
+            depth: self.depth + 1,
+            max_depth: self.max_depth,
+        })
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict {
+    type Value = Value;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| E::custom("number out of range"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
+        let mut out = Vec::new();
+        while let Some(v) = seq.next_element_seed(inner)? {
+            out.push(v);
+        }
+        Ok(Value::Array(out))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.nested()?;
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            let value = map.next_value_seed(inner)?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+const MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+
+/// Parses one JSON-RPC message body.
+pub fn parse_message(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
+    let value = parse_strict_json(body, max_depth).map_err(ParseError::Json)?;
+    let mut obj = match value {
+        Value::Object(obj) => obj,
+        Value::Array(_) => {
+            return Err(ParseError::Invalid(
+                "JSON-RPC batches are not accepted: send one message per request".into(),
+            ))
+        }
+        _ => return Err(ParseError::Invalid("the body must be a JSON object".into())),
+    };
+    if let Some(unknown) = obj.keys().find(|k| !MEMBERS.contains(&k.as_str())) {
+        return Err(ParseError::Invalid(format!("unknown member {unknown:?}")));
+    }
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(ParseError::Invalid("\"jsonrpc\" must be \"2.0\"".into()));
+    }
+    let id = match obj.remove("id") {
+        None => None,
+        Some(id @ Value::String(_)) => Some(id),
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(Value::Number(n)),
+        Some(_) => {
+            return Err(ParseError::Invalid(
+                "\"id\" must be a string or an integer".into(),
+            ))
+        }
+    };
+    let has_result = obj.contains_key("result");
+    let has_error = obj.contains_key("error");
+    let method = obj.remove("method");
+    let params = obj.remove("params");
+
+    let Some(method) = method else {
+        // A response from the client to a server request.
+        if params.is_some() {
+            return Err(ParseError::Invalid("a response must not carry \"params\"".into()));
+        }
+        if has_result == has_error {
+            return Err(ParseError::Invalid(
+                "a message needs \"method\", or exactly one of \"result\" and \"error\"".into(),
+            ));
+        }
+        if id.is_none() {
+            return Err(ParseError::Invalid("a response needs an \"id\"".into()));
+        }
+        return Ok(Message {
+            kind: Kind::Response,
+            id,
+            method: String::new(),
+            params: Map::new(),
+            target: Target::None,
+        });
+    };
+    if has_result || has_error {
+        return Err(ParseError::Invalid(
+            "a message cannot be both a request and a response".into(),
+        ));
+    }
+    let Value::String(method) = method else {
+        return Err(ParseError::Invalid("\"method\" must be a string".into()));
+    };
+    let params = match params {
+        None => Map::new(),
+        Some(Value::Object(p)) => p,
+        Some(_) => return Err(ParseError::Invalid("\"params\" must be an object".into())),
+    };
+    let kind = if id.is_some() {
+        Kind::Request
+    } else {
+        Kind::Notification
+    };
+    let target = target_of(&method, &params)?;
+    Ok(Message {
+        kind,
+        id,
+        method,
+        params,
+        target,
+    })
+}
+
+/// Extracts the tool, prompt or resource an MCP method is about.
+fn target_of(method: &str, params: &Map<String, Value>) -> Result<Target, ParseError> {
+    let text = |name: &str| -> Result<String, ParseError> {
+        match params.get(name) {
+            Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+            _ => Err(ParseError::Params(format!(
+                "{method} needs params.{name} as a non-empty string"
+            ))),
+        }
+    };
+    Ok(match method {
+        "tools/call" => {
+            let name = text("name")?;
+            let arguments = match params.get("arguments") {
+                None | Some(Value::Null) => Map::new(),
+                Some(Value::Object(a)) => a.clone(),
+                Some(_) => {
+                    return Err(ParseError::Params(
+                        "tools/call params.arguments must be an object".into(),
+                    ))
+                }
+            };
+            Target::Tool { name, arguments }
+        }
+        "prompts/get" => Target::Prompt { name: text("name")? },
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+            Target::Resource { uri: text("uri")? }
+        }
+        _ => Target::None,
+    })
+}

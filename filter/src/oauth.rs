@@ -1,0 +1,114 @@
+//! The MCP authorization spec as seen from the resource server: RFC 9728 Protected Resource
+//! Metadata and RFC 6750 `WWW-Authenticate` challenges.
+
+use serde_json::json;
+
+use crate::config::Server;
+
+/// The RFC 9728 well-known prefix.
+pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
+
+/// Splits an absolute `http(s)` resource URL into its origin and its path.
+pub fn split_resource(resource: &str) -> Result<(&str, &str), String> {
+    let rest = resource
+        .strip_prefix("https://")
+        .or_else(|| resource.strip_prefix("http://"))
+        .ok_or("must be an absolute http:// or https:// URL, e.g. \"https://mcp.example.com/mcp\"")?;
+    if resource.contains('#') || resource.contains('?') {
+        return Err("must not have a query or fragment (RFC 8707)".into());
+    }
+    let host_len = rest.find('/').unwrap_or(rest.len());
+    if host_len == 0 {
+        return Err("has no host".into());
+    }
+    let origin_len = resource.len() - rest.len() + host_len;
+    let origin = resource.get(..origin_len).unwrap_or(resource);
+    let path = resource.get(origin_len..).unwrap_or("");
+    Ok((origin, path))
+}
+
+/// The path-suffixed metadata path for a resource path (`/mcp` → `/.well-known/…/mcp`).
+pub fn metadata_path(resource_path: &str) -> String {
+    let trimmed = resource_path.trim_end_matches('/');
+    format!("{WELL_KNOWN}{trimmed}")
+}
+
+/// The RFC 9728 metadata document for a server.
+pub fn metadata_document(server: &Server) -> Vec<u8> {
+    let mut doc = json!({
+        "resource": server.resource,
+        "authorization_servers": server.authorization_servers,
+        "bearer_methods_supported": ["header"],
+    });
+    if !server.scopes_supported.is_empty() {
+        doc["scopes_supported"] = json!(server.scopes_supported);
+    }
+    if let Some(name) = &server.resource_name {
+        doc["resource_name"] = json!(name);
+    }
+    doc.to_string().into_bytes()
+}
+
+/// Quotes a value for an auth-param (RFC 7235 quoted-string).
+fn quoted(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars().filter(|c| !c.is_control()) {
+        if c == '"' || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// A `WWW-Authenticate: Bearer …` challenge.
+///
+/// `error` is `None` when no token was presented (RFC 6750 §3.1: no error code then).
+pub fn challenge(server: &Server, error: Option<&str>, scope: Option<&str>) -> String {
+    let mut params = Vec::with_capacity(3);
+    if let Some(error) = error {
+        params.push(format!("error={}", quoted(error)));
+    }
+    let scope = scope.map(str::to_string).or_else(|| {
+        (!server.scopes_supported.is_empty()).then(|| server.scopes_supported.join(" "))
+    });
+    if let Some(scope) = scope {
+        params.push(format!("scope={}", quoted(&scope)));
+    }
+    params.push(format!("resource_metadata={}", quoted(&server.metadata_url)));
+    format!("Bearer {}", params.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_resource_urls() {
+        assert_eq!(
+            split_resource("https://mcp.example.com/mcp"),
+            Ok(("https://mcp.example.com", "/mcp"))
+        );
+        assert_eq!(
+            split_resource("http://127.0.0.1:10000"),
+            Ok(("http://127.0.0.1:10000", ""))
+        );
+        assert!(split_resource("mcp.example.com/mcp").is_err());
+        assert!(split_resource("https:///mcp").is_err());
+        assert!(split_resource("https://a/mcp?x=1").is_err());
+    }
+
+    #[test]
+    fn metadata_paths_follow_rfc_9728() {
+        assert_eq!(metadata_path("/mcp"), "/.well-known/oauth-protected-resource/mcp");
+        assert_eq!(metadata_path(""), WELL_KNOWN);
+        assert_eq!(metadata_path("/"), WELL_KNOWN);
+    }
+
+    #[test]
+    fn quotes_auth_params() {
+        assert_eq!(quoted("a\"b\\c\n"), "\"a\\\"b\\\\c\"");
+    }
+}

@@ -1,0 +1,184 @@
+"""Starts the real pieces — Envoy with the built filter, the demo MCP server — for `make run`
+and the end-to-end tests, on free loopback ports."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import string
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+WASM = ROOT / "target" / "mcp_guard.wasm"
+PEERS = ROOT / "tests" / "peers"
+SERVICE_KEY = "demo-service-key-0001"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on port {port} after {timeout}s")
+
+
+def envoy_binary() -> str:
+    local = Path(sys.executable).parent / "envoy"
+    return str(local) if local.exists() else (shutil.which("envoy") or "envoy")
+
+
+class Process:
+    """A child process whose output goes to a log file; stopped on `stop()`."""
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None):
+        self.log = log
+        self._out = open(log, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, cwd=ROOT)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+
+    def output(self) -> str:
+        self._out.flush()
+        return self.log.read_text(errors="replace")
+
+
+class McpServer(Process):
+    def __init__(self, workdir: Path, *, json_response: bool = False, expect_key: str | None = SERVICE_KEY,
+                 key_header: str = "x-api-key", name: str = "mcp-server"):
+        self.port = free_port()
+        self.record = workdir / f"{name}.requests.jsonl"
+        self.record.touch()
+        args = [sys.executable, str(PEERS / "mcp_server.py"), "--port", str(self.port),
+                "--record", str(self.record), "--key-header", key_header]
+        if json_response:
+            args.append("--json-response")
+        if expect_key:
+            args += ["--expect-key", expect_key]
+        super().__init__(args, workdir / f"{name}.log")
+        wait_port(self.port, self.proc)
+
+    def requests(self) -> list[dict]:
+        """Every request the server received: method, path, headers (as a list of pairs)."""
+        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+
+
+def load_policy(path: Path | str) -> dict:
+    text = Path(path).read_text()
+    return json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+
+
+def plugin_config(issuers: list[dict], policy: dict, resource: str, *, key: str = SERVICE_KEY,
+                  key_header: str = "x-api-key", **extra) -> dict:
+    """The filter's configuration for one MCP server at /mcp."""
+    config = {
+        "issuers": issuers,
+        "servers": [{
+            "name": "demo",
+            "path": "/mcp",
+            "resource": resource,
+            "authorization_servers": [i["issuer"] for i in issuers],
+            "resource_name": "Demo CRM",
+            "credential": {"header": key_header, "value": key},
+            "policy": policy,
+        }],
+    }
+    config.update(extra)
+    return config
+
+
+class Envoy(Process):
+    """Envoy with mcp-guard, rendered from a template in envoy/."""
+
+    def __init__(self, workdir: Path, plugin: dict | str, upstream_port: int, *,
+                 template: str = "mcp-guard.yaml", port: int | None = None, wait: bool = True,
+                 values: dict | None = None):
+        self.port = port or free_port()
+        self.admin_port = free_port()
+        self.access_log = workdir / "audit.log"
+        self.access_log.touch()
+        config_text = plugin if isinstance(plugin, str) else json.dumps(plugin)
+        fill = {
+            "LISTEN_PORT": self.port,
+            "ADMIN_PORT": self.admin_port,
+            "UPSTREAM_HOST": "127.0.0.1",
+            "UPSTREAM_PORT": upstream_port,
+            "WASM": str(WASM),
+            "PLUGIN_CONFIG": json.dumps(config_text),
+            "ACCESS_LOG": str(self.access_log),
+        }
+        fill.update(values or {})
+        rendered = string.Template((ROOT / "envoy" / template).read_text()).substitute(fill)
+        self.config_path = workdir / "envoy.yaml"
+        self.config_path.write_text(rendered)
+        args = [envoy_binary(), "-c", str(self.config_path), "--disable-hot-restart",
+                "--concurrency", "2", "--log-level", "warn", "--component-log-level", "wasm:info"]
+        super().__init__(args, workdir / "envoy.log")
+        if wait:
+            self.wait_ready()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.output()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        wait_port(self.port, self.proc)
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"envoy not ready after {timeout}s:\n{self.output()[-3000:]}")
+
+    def exit_code(self, timeout: float = 30.0) -> int:
+        """For configurations Envoy must refuse: waits for it to exit."""
+        return self.proc.wait(timeout=timeout)
+
+    def audit(self) -> list[dict]:
+        """The audit records written so far (the access log flushes on its own schedule)."""
+        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
+
+    def wait_audit(self, count: int, timeout: float = 10.0) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.audit()
+            if len(records) >= count or time.monotonic() > deadline:
+                return records
+            time.sleep(0.1)
+
+    def stats(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats", timeout=5) as r:
+            return r.read().decode()
