@@ -71,8 +71,9 @@ class Process:
 
 
 class McpServer(Process):
-    def __init__(self, workdir: Path, *, json_response: bool = False, expect_key: str | None = SERVICE_KEY,
-                 key_header: str = "x-api-key", name: str = "mcp-server"):
+    def __init__(self, workdir: Path, *, json_response: bool = False, stateless: bool = False,
+                 expect_key: str | None = SERVICE_KEY, key_header: str = "x-api-key",
+                 name: str = "mcp-server"):
         self.port = free_port()
         self.record = workdir / f"{name}.requests.jsonl"
         self.record.touch()
@@ -80,6 +81,8 @@ class McpServer(Process):
                 "--record", str(self.record), "--key-header", key_header]
         if json_response:
             args.append("--json-response")
+        if stateless:
+            args.append("--stateless")
         if expect_key:
             args += ["--expect-key", expect_key]
         super().__init__(args, workdir / f"{name}.log")
