@@ -27,7 +27,7 @@ help:
 
 # ---- set-up -----------------------------------------------------------------------------------
 
-setup: $(STAMPS)/apt $(STAMPS)/venv
+setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/idp
 
 $(STAMPS)/apt:
 	@mkdir -p $(STAMPS)
@@ -43,6 +43,12 @@ $(STAMPS)/venv: tests/requirements.txt
 	@mkdir -p $(STAMPS)
 	@[ -x $(PY) ] || python3 -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+	@touch $@
+
+# The real OpenID Provider (npm oidc-provider) the identity tests run against.
+$(STAMPS)/idp: tests/peers/idp/package-lock.json
+	@mkdir -p $(STAMPS)
+	@cd tests/peers/idp && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 # ---- build ------------------------------------------------------------------------------------

@@ -117,6 +117,56 @@ def plugin_config(issuers: list[dict], policy: dict, resource: str, *, key: str 
     return config
 
 
+def cluster_yaml(name: str, port: int, host: str = "127.0.0.1") -> str:
+    """A plain-HTTP cluster to a loopback port, as YAML to append to `clusters:`."""
+    return f"""  - name: {name}
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: {name}
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address: {{ socket_address: {{ address: {host}, port_value: {port} }} }}
+"""
+
+
+class Idp(Process):
+    """The real OpenID Provider (npm oidc-provider) from tests/peers/idp."""
+
+    def __init__(self, workdir: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = ["node", str(PEERS / "idp" / "server.mjs"), "--port", str(self.port)]
+        super().__init__(args, workdir / f"idp-{self.port}.log")
+        wait_port(self.port, self.proc)
+
+    def token(self, client: str, resource: str, scope: str = "mcp:tools", **extra) -> str:
+        import urllib.parse
+        secret = f"test-only-{client}-secret"
+        data = urllib.parse.urlencode({"grant_type": "client_credentials", "scope": scope,
+                                       "resource": resource, **extra}).encode()
+        req = urllib.request.Request(f"{self.url}/token", data=data)
+        import base64
+        req.add_header("authorization", "Basic " + base64.b64encode(f"{client}:{secret}".encode()).decode())
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())["access_token"]
+
+    def _call(self, method: str, path: str) -> dict:
+        req = urllib.request.Request(f"{self.url}{path}", method=method, data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def rotate(self) -> list[str]:
+        return self._call("POST", "/_test/rotate")["kids"]
+
+    def jwks_hits(self) -> int:
+        return self._call("GET", "/_test/jwks-hits")["count"]
+
+    def reset_hits(self) -> None:
+        self._call("POST", "/_test/reset-hits")
+
+
 class Envoy(Process):
     """Envoy with mcp-guard, rendered from a template in envoy/."""
 
@@ -136,6 +186,7 @@ class Envoy(Process):
             "WASM": str(WASM),
             "PLUGIN_CONFIG": json.dumps(config_text),
             "ACCESS_LOG": str(self.access_log),
+            "EXTRA_CLUSTERS": "",
         }
         fill.update(values or {})
         rendered = string.Template((ROOT / "envoy" / template).read_text()).substitute(fill)

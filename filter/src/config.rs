@@ -63,6 +63,8 @@ pub struct Config {
     pub servers: Vec<Server>,
     /// Largest JSON-RPC body accepted, in bytes (413 above).
     pub max_body_bytes: usize,
+    /// How long a request may wait for an issuer's keys (first fetch, unknown `kid`).
+    pub key_wait_ms: u64,
 }
 
 /// One protected MCP server: the path it is served on and everything that applies to it.
@@ -105,6 +107,7 @@ impl fmt::Debug for Credential {
 
 const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 const DEFAULT_CLOCK_SKEW: u64 = 60;
+const DEFAULT_KEY_WAIT_MS: u64 = 3000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -113,6 +116,8 @@ struct RawConfig {
     clock_skew_seconds: Option<u64>,
     #[serde(default)]
     max_body_bytes: Option<usize>,
+    #[serde(default)]
+    key_wait_ms: Option<u64>,
     issuers: Vec<Value>,
     servers: Vec<Value>,
 }
@@ -236,6 +241,7 @@ impl Config {
             authenticator: Authenticator::new(issuers, skew),
             servers,
             max_body_bytes,
+            key_wait_ms: raw.key_wait_ms.unwrap_or(DEFAULT_KEY_WAIT_MS),
         })
     }
 

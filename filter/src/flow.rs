@@ -33,13 +33,25 @@ pub enum Action {
     Pause,
 }
 
+/// A request held until an issuer's keys arrive (first fetch, or re-fetch for an unknown `kid`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub issuer: usize,
+    pub deadline_ms: u64,
+}
+
 /// The state of one HTTP stream.
 pub struct Stream {
     config: Rc<Config>,
     server: Option<usize>,
     identity: Option<Identity>,
     headers: Vec<Header>,
+    query: String,
+    end_of_stream: bool,
     record: Option<Record>,
+    wait: Option<Wait>,
+    waited: bool,
+    awaiting_body: bool,
 }
 
 impl Stream {
@@ -49,8 +61,24 @@ impl Stream {
             server: None,
             identity: None,
             headers: Vec::new(),
+            query: String::new(),
+            end_of_stream: false,
             record: None,
+            wait: None,
+            waited: false,
+            awaiting_body: false,
         }
+    }
+
+    /// Whether the headers were accepted and the decision now needs the whole body.
+    pub fn awaiting_body(&self) -> bool {
+        self.awaiting_body
+    }
+
+    /// Set while the request waits for keys; the adapter calls [`Stream::resume`] when the
+    /// issuer's keys change, a fetch settles, or the deadline passes.
+    pub fn waiting(&self) -> Option<Wait> {
+        self.wait
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
@@ -97,14 +125,50 @@ impl Stream {
         record.policy = Some(server.policy.name.clone());
         record.policy_version = Some(server.policy.version.clone());
 
-        let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
-        match self.authenticate(server, query, now) {
+        self.query = query.to_string();
+        self.end_of_stream = end_of_stream;
+        self.record = Some(record);
+        self.authorize(host)
+    }
+
+    /// Re-runs authentication once the awaited keys arrived (or the wait timed out).
+    pub fn resume(&mut self, host: &mut dyn Host) -> Action {
+        if self.wait.take().is_none() {
+            return Action::Pause;
+        }
+        self.waited = true;
+        self.authorize(host)
+    }
+
+    /// Authentication, credential swap and method dispatch. Re-entered after a key wait.
+    fn authorize(&mut self, host: &mut dyn Host) -> Action {
+        let config = Rc::clone(&self.config);
+        let (Some(server), Some(mut record)) = (
+            self.server.and_then(|i| config.servers.get(i)),
+            self.record.take(),
+        ) else {
+            return Action::Pause;
+        };
+        let now_ms = host.now_millis();
+        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        match self.authenticate(now) {
             Ok(identity) => {
                 record.set_identity(&identity.claims);
                 self.identity = Some(identity);
             }
             Err(refusal) => {
+                if let Some(wait) = self.should_wait(&refusal, now_ms) {
+                    self.wait = Some(wait);
+                    self.record = Some(record);
+                    return Action::Pause;
+                }
                 record.reason = Some(refusal.reason.to_string());
+                if let Some(AuthError::NoKeys { .. }) = refusal.cause {
+                    // Not the caller's fault: 503, never a 401 that makes clients drop tokens.
+                    record.decision = Verdict::Error;
+                    let body = reply::http_error("temporarily_unavailable", &refusal.description);
+                    return self.refuse(host, record, 503, &[("retry-after", "2")], body);
+                }
                 let challenge = oauth::challenge(server, refusal.error, None);
                 let body = reply::http_error(refusal.error.unwrap_or("unauthorized"), &refusal.description);
                 return self.refuse(
@@ -121,10 +185,12 @@ impl Stream {
         host.remove_request_header("authorization");
         host.set_request_header(&server.credential.header, &server.credential.value);
 
-        match method.as_str() {
+        let method = header(&self.headers, ":method").unwrap_or_default();
+        match method {
             "POST" => {
                 self.record = Some(record);
-                if end_of_stream {
+                self.awaiting_body = true;
+                if self.end_of_stream {
                     self.on_request_body(host, &[])
                 } else {
                     Action::Pause
@@ -144,8 +210,38 @@ impl Stream {
         }
     }
 
+    /// Whether a failed authentication should wait for keys instead of answering now.
+    fn should_wait(&self, refusal: &Refusal, now_ms: u64) -> Option<Wait> {
+        let issuers = self.config.authenticator.issuers();
+        match refusal.cause {
+            Some(AuthError::NoKeys { issuer }) => {
+                let deadline_ms = match self.wait {
+                    Some(w) => w.deadline_ms,
+                    None if self.waited => return None,
+                    None => now_ms.saturating_add(self.config.key_wait_ms),
+                };
+                (now_ms < deadline_ms).then_some(Wait { issuer, deadline_ms })
+            }
+            Some(AuthError::UnknownKey { issuer }) if !self.waited => {
+                let remote = issuers.get(issuer)?.remote()?;
+                if !issuers.get(issuer)?.request_refetch(now_ms) {
+                    return None;
+                }
+                let budget = remote.timeout_ms.saturating_add(500).min(self.config.key_wait_ms);
+                Some(Wait {
+                    issuer,
+                    deadline_ms: now_ms.saturating_add(budget),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Called once with the whole request body.
     pub fn on_request_body(&mut self, host: &mut dyn Host, body: &[u8]) -> Action {
+        if !std::mem::take(&mut self.awaiting_body) {
+            return Action::Pause;
+        }
         let config = Rc::clone(&self.config);
         let (Some(server), Some(mut record)) = (
             self.server.and_then(|i| config.servers.get(i)),
@@ -233,6 +329,20 @@ impl Stream {
         }
     }
 
+    /// An internal failure: answer 503 and audit it as an error. Nothing is forwarded.
+    pub fn fail(&mut self, host: &mut dyn Host, why: &str) {
+        self.awaiting_body = false;
+        let mut record = self
+            .record
+            .take()
+            .unwrap_or_else(|| Record::new(host.now_millis(), ""));
+        record.decision = Verdict::Error;
+        record.reason = Some(why.to_string());
+        record.error_code = Some(reply::INTERNAL);
+        let body = reply::jsonrpc_error(None, reply::INTERNAL, why, None);
+        self.refuse(host, record, 503, &[], body);
+    }
+
     /// Records the upstream's answer in the audit record.
     pub fn on_response_headers(&mut self, host: &mut dyn Host, status: Option<u32>) {
         if let Some(record) = self.record.as_mut() {
@@ -262,8 +372,8 @@ impl Stream {
         Action::Pause
     }
 
-    fn authenticate(&self, server: &Server, query: &str, now: i64) -> Result<Identity, Refusal> {
-        let _ = server;
+    fn authenticate(&self, now: i64) -> Result<Identity, Refusal> {
+        let query = self.query.as_str();
         let values: Vec<&str> = self
             .headers
             .iter()
@@ -314,6 +424,7 @@ struct Refusal {
     error: Option<&'static str>,
     reason: &'static str,
     description: String,
+    cause: Option<AuthError>,
 }
 
 impl Refusal {
@@ -323,6 +434,7 @@ impl Refusal {
             error,
             reason: cause.reason(),
             description: cause.to_string(),
+            cause: Some(cause.clone()),
         }
     }
     fn bad_request(reason: &'static str, description: &str) -> Self {
@@ -331,6 +443,7 @@ impl Refusal {
             error: Some("invalid_request"),
             reason,
             description: description.to_string(),
+            cause: None,
         }
     }
 }

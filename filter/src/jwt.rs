@@ -4,7 +4,9 @@
 //! that issuer's allow-list and fit the key's type, so an RSA public key can never be used as an
 //! HMAC secret. Header URLs (`jku`, `x5u`) and embedded keys (`jwk`, `x5c`) are never followed.
 
+use std::cell::{Cell, RefCell};
 use std::fmt;
+use std::rc::Rc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -15,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::{typed, ConfigError};
+use crate::es384::{self, Es384};
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -29,6 +32,7 @@ pub enum Alg {
     Ps384,
     Ps512,
     Es256,
+    Es384,
     EdDsa,
 }
 
@@ -42,6 +46,7 @@ impl Alg {
             "PS384" => Alg::Ps384,
             "PS512" => Alg::Ps512,
             "ES256" => Alg::Es256,
+            "ES384" => Alg::Es384,
             "EdDSA" => Alg::EdDsa,
             _ => return None,
         })
@@ -56,6 +61,7 @@ impl Alg {
             Alg::Ps384 => "PS384",
             Alg::Ps512 => "PS512",
             Alg::Es256 => "ES256",
+            Alg::Es384 => "ES384",
             Alg::EdDsa => "EdDSA",
         }
     }
@@ -68,18 +74,20 @@ impl Alg {
             Alg::Ps256 => Rsa::ps256(),
             Alg::Ps384 => Rsa::ps384(),
             Alg::Ps512 => Rsa::ps512(),
-            Alg::Es256 | Alg::EdDsa => return None,
+            Alg::Es256 | Alg::Es384 | Alg::EdDsa => return None,
         })
     }
 }
 
 const DEFAULT_ALGS: &[Alg] = &[Alg::Rs256, Alg::Es256];
+const SUPPORTED: &str = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA";
 
 /// A public key from a JWKS.
 #[derive(Debug, Clone)]
 enum PublicKey {
     Rsa(Box<RsaPublicKey>),
     P256(p256::ecdsa::VerifyingKey),
+    P384(p384::ecdsa::VerifyingKey),
     Ed25519(ed25519_compact::PublicKey),
 }
 
@@ -105,6 +113,7 @@ impl Jwk {
                 PublicKey::Rsa(_),
                 Alg::Rs256 | Alg::Rs384 | Alg::Rs512 | Alg::Ps256 | Alg::Ps384 | Alg::Ps512
             ) | (PublicKey::P256(_), Alg::Es256)
+                | (PublicKey::P384(_), Alg::Es384)
                 | (PublicKey::Ed25519(_), Alg::EdDsa)
         )
     }
@@ -181,6 +190,9 @@ fn parse_jwk(value: &Value) -> Result<Option<Jwk>, String> {
         (JsonWebKey::EllipticCurve { curve, .. }, "EC") if curve == "P-256" => PublicKey::P256(
             p256::ecdsa::VerifyingKey::try_from(&jwk).map_err(|e| format!("invalid P-256 key: {e}"))?,
         ),
+        (JsonWebKey::EllipticCurve { curve, x, y, .. }, "EC") if curve == "P-384" => {
+            PublicKey::P384(es384::verifying_key(x, y)?)
+        }
         (JsonWebKey::KeyPair { curve, .. }, "OKP") if curve == "Ed25519" => PublicKey::Ed25519(
             ed25519_compact::PublicKey::try_from(&jwk)
                 .map_err(|e| format!("invalid Ed25519 key: {e}"))?,
@@ -205,13 +217,45 @@ fn bit_length(bytes: &[u8]) -> usize {
     }
 }
 
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS given in the configuration.
+    Inline,
+    /// A JWKS fetched through an Envoy cluster, refreshed periodically.
+    Remote(RemoteSource),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteSource {
+    /// The Envoy cluster the fetch goes through (it owns TLS and the upstream address).
+    pub cluster: String,
+    /// The JWKS URL; `None` when it is discovered from the OpenID configuration.
+    pub jwks_uri: Option<String>,
+    /// `<issuer>/.well-known/openid-configuration`, when `discovery` is on.
+    pub discovery_uri: Option<String>,
+    pub refresh_ms: u64,
+    /// At most one fetch caused by an unknown `kid` per this interval.
+    pub min_refetch_ms: u64,
+    pub timeout_ms: u64,
+}
+
 /// One trusted token issuer.
 #[derive(Debug)]
 pub struct Issuer {
     pub issuer: String,
     pub audiences: Vec<String>,
     pub algorithms: Vec<Alg>,
-    pub keys: KeySet,
+    /// Expected `typ` header (e.g. `at+jwt`), compared case-insensitively.
+    pub typ: Option<String>,
+    /// Claims every token of this issuer must carry.
+    pub required_claims: Vec<String>,
+    pub require_exp: bool,
+    pub source: KeySource,
+    keys: RefCell<Option<Rc<KeySet>>>,
+    refetch_wanted: Cell<bool>,
+    /// When a fetch for this issuer last started, in any VM (kept current by the key manager).
+    last_attempt_ms: Cell<u64>,
 }
 
 #[derive(Deserialize)]
@@ -221,25 +265,45 @@ struct RawIssuer {
     audiences: Vec<String>,
     #[serde(default)]
     algorithms: Option<Vec<String>>,
-    jwks: Value,
+    #[serde(default)]
+    jwks: Option<Value>,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    discovery: bool,
+    #[serde(default)]
+    cluster: Option<String>,
+    #[serde(default)]
+    refresh_seconds: Option<u64>,
+    #[serde(default)]
+    min_refetch_seconds: Option<u64>,
+    #[serde(default)]
+    fetch_timeout_ms: Option<u64>,
+    #[serde(default)]
+    typ: Option<String>,
+    #[serde(default)]
+    required_claims: Vec<String>,
+    #[serde(default)]
+    require_exp: Option<bool>,
 }
 
 impl Issuer {
     pub fn from_config(value: Value, field: &str) -> Result<Issuer, ConfigError> {
         let raw: RawIssuer = typed(value, field)?;
+        let at = |name: &str| format!("{field}.{name}");
         if raw.issuer.is_empty() {
-            return Err(ConfigError::new(format!("{field}.issuer"), "must not be empty"));
+            return Err(ConfigError::new(at("issuer"), "must not be empty"));
         }
         if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
             return Err(ConfigError::new(
-                format!("{field}.audiences"),
+                at("audiences"),
                 "list at least one non-empty audience (the resource this filter protects)",
             ));
         }
         let algorithms = match raw.algorithms {
             None => DEFAULT_ALGS.to_vec(),
             Some(names) if names.is_empty() => {
-                return Err(ConfigError::new(format!("{field}.algorithms"), "must not be empty"))
+                return Err(ConfigError::new(at("algorithms"), "must not be empty"))
             }
             Some(names) => names
                 .iter()
@@ -248,23 +312,133 @@ impl Issuer {
                     Alg::parse(n).ok_or_else(|| {
                         ConfigError::new(
                             format!("{field}.algorithms[{i}]"),
-                            format!(
-                                "unsupported algorithm {n:?} (supported: RS256, RS384, RS512, PS256, PS384, PS512, ES256, EdDSA)"
-                            ),
+                            format!("unsupported algorithm {n:?} (supported: {SUPPORTED})"),
                         )
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
-        let keys =
-            KeySet::from_json(&raw.jwks).map_err(|m| ConfigError::new(format!("{field}.jwks"), m))?;
+        let remote_wanted = raw.jwks_uri.is_some() || raw.discovery;
+        let (source, keys) = match (raw.jwks, remote_wanted) {
+            (Some(jwks), false) => {
+                let keys =
+                    KeySet::from_json(&jwks).map_err(|m| ConfigError::new(at("jwks"), m))?;
+                (KeySource::Inline, Some(Rc::new(keys)))
+            }
+            (None, true) => {
+                let cluster = raw.cluster.filter(|c| !c.is_empty()).ok_or_else(|| {
+                    ConfigError::new(
+                        at("cluster"),
+                        "is required with jwks_uri or discovery: the Envoy cluster that reaches the IdP",
+                    )
+                })?;
+                if let Some(uri) = &raw.jwks_uri {
+                    split_url(uri).map_err(|m| ConfigError::new(at("jwks_uri"), m))?;
+                }
+                let discovery_uri = (raw.discovery && raw.jwks_uri.is_none()).then(|| {
+                    format!(
+                        "{}/.well-known/openid-configuration",
+                        raw.issuer.trim_end_matches('/')
+                    )
+                });
+                if let Some(uri) = &discovery_uri {
+                    split_url(uri).map_err(|m| ConfigError::new(at("issuer"), m))?;
+                }
+                let refresh = raw.refresh_seconds.unwrap_or(300);
+                if refresh == 0 {
+                    return Err(ConfigError::new(at("refresh_seconds"), "must be positive"));
+                }
+                let remote = RemoteSource {
+                    cluster,
+                    jwks_uri: raw.jwks_uri,
+                    discovery_uri,
+                    refresh_ms: refresh.saturating_mul(1000),
+                    min_refetch_ms: raw.min_refetch_seconds.unwrap_or(30).saturating_mul(1000),
+                    timeout_ms: raw.fetch_timeout_ms.unwrap_or(5000).max(1),
+                };
+                (KeySource::Remote(remote), None)
+            }
+            (Some(_), true) => {
+                return Err(ConfigError::new(
+                    at("jwks"),
+                    "give either inline \"jwks\" or \"jwks_uri\"/\"discovery\", not both",
+                ))
+            }
+            (None, false) => {
+                return Err(ConfigError::new(
+                    field,
+                    "keys are required: set \"jwks\" (inline), \"jwks_uri\" or \"discovery\": true",
+                ))
+            }
+        };
         Ok(Issuer {
             issuer: raw.issuer,
             audiences: raw.audiences,
             algorithms,
-            keys,
+            typ: raw.typ,
+            required_claims: raw.required_claims,
+            require_exp: raw.require_exp.unwrap_or(true),
+            source,
+            keys: RefCell::new(keys),
+            refetch_wanted: Cell::new(false),
+            last_attempt_ms: Cell::new(0),
         })
     }
+
+    /// The keys currently in use, if any have been loaded.
+    pub fn keys(&self) -> Option<Rc<KeySet>> {
+        self.keys.borrow().clone()
+    }
+
+    /// Replaces the keys (the key manager does this when a new JWKS was fetched).
+    pub fn install_keys(&self, keys: KeySet) {
+        *self.keys.borrow_mut() = Some(Rc::new(keys));
+    }
+
+    pub fn remote(&self) -> Option<&RemoteSource> {
+        match &self.source {
+            KeySource::Remote(r) => Some(r),
+            KeySource::Inline => None,
+        }
+    }
+
+    /// Asks for a fetch because a token named an unknown key. Returns whether one may happen
+    /// now (at most one per `min_refetch_ms`, counted across VMs), i.e. whether waiting for it
+    /// makes sense.
+    pub fn request_refetch(&self, now_ms: u64) -> bool {
+        let Some(remote) = self.remote() else {
+            return false;
+        };
+        if now_ms.saturating_sub(self.last_attempt_ms.get()) < remote.min_refetch_ms {
+            return false;
+        }
+        self.refetch_wanted.set(true);
+        true
+    }
+
+    pub fn take_refetch_request(&self) -> bool {
+        self.refetch_wanted.replace(false)
+    }
+
+    pub fn note_attempt(&self, at_ms: u64) {
+        self.last_attempt_ms.set(at_ms);
+    }
+}
+
+/// Splits an absolute http(s) URL into (authority, path-and-query) for `dispatch_http_call`.
+pub fn split_url(url: &str) -> Result<(&str, &str), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must be an absolute http:// or https:// URL")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (rest.get(..i).unwrap_or(""), rest.get(i..).unwrap_or("/")),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
+        return Err("has no host".into());
+    }
+    Ok((authority, path))
 }
 
 /// Why a token was refused. `reason()` is the stable word used in audit records and metrics.
@@ -277,8 +451,13 @@ pub enum AuthError {
     UnsupportedCritical,
     UnknownIssuer,
     AlgorithmNotAllowed,
-    UnknownKey,
+    /// The issuer's keys have not been fetched yet.
+    NoKeys { issuer: usize },
+    /// No key of the issuer has the token's `kid` (or fits its algorithm).
+    UnknownKey { issuer: usize },
     BadSignature,
+    WrongType,
+    MissingClaim(String),
     Expired,
     NotYetValid,
     MissingExpiry,
@@ -296,8 +475,11 @@ impl AuthError {
             AuthError::UnsupportedCritical => "unsupported_crit",
             AuthError::UnknownIssuer => "unknown_issuer",
             AuthError::AlgorithmNotAllowed => "algorithm_not_allowed",
-            AuthError::UnknownKey => "unknown_key",
+            AuthError::NoKeys { .. } => "keys_unavailable",
+            AuthError::UnknownKey { .. } => "unknown_key",
             AuthError::BadSignature => "bad_signature",
+            AuthError::WrongType => "wrong_typ",
+            AuthError::MissingClaim(_) => "missing_claim",
             AuthError::Expired => "expired",
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::MissingExpiry => "missing_exp",
@@ -317,8 +499,11 @@ impl fmt::Display for AuthError {
             AuthError::UnsupportedCritical => write!(f, "token has critical header extensions"),
             AuthError::UnknownIssuer => write!(f, "token issuer is not trusted"),
             AuthError::AlgorithmNotAllowed => write!(f, "algorithm not allowed for this issuer"),
-            AuthError::UnknownKey => write!(f, "no key of the issuer matches the token"),
+            AuthError::NoKeys { .. } => write!(f, "the issuer's signing keys are not available yet"),
+            AuthError::UnknownKey { .. } => write!(f, "no key of the issuer matches the token"),
             AuthError::BadSignature => write!(f, "signature does not verify"),
+            AuthError::WrongType => write!(f, "token type (typ) is not the one required"),
+            AuthError::MissingClaim(c) => write!(f, "token lacks required claim {c}"),
             AuthError::Expired => write!(f, "token expired"),
             AuthError::NotYetValid => write!(f, "token not yet valid"),
             AuthError::MissingExpiry => write!(f, "token has no exp claim"),
@@ -368,8 +553,11 @@ impl Authenticator {
         }
     }
 
-    /// Verifies `token` at time `now` (seconds since the epoch) for one of `audiences`
-    /// (when empty, the issuer's configured audiences are used).
+    pub fn issuers(&self) -> &[Issuer] {
+        &self.issuers
+    }
+
+    /// Verifies `token` at time `now` (seconds since the epoch).
     pub fn verify(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
@@ -377,6 +565,7 @@ impl Authenticator {
         let untrusted = UntrustedToken::<ExtraHeader>::try_from(token)
             .map_err(|e| AuthError::Malformed(e.to_string()))?;
         let header = untrusted.header();
+        // No critical extension is understood, so any `crit` is refused (RFC 7515 §4.1.11).
         if header.other_fields.crit.is_some() {
             return Err(AuthError::UnsupportedCritical);
         }
@@ -386,35 +575,57 @@ impl Authenticator {
 
         let claims = decode_claims(token)?;
         let iss = claims.get("iss").and_then(Value::as_str).ok_or(AuthError::UnknownIssuer)?;
-        let issuer = self
+        let (index, issuer) = self
             .issuers
             .iter()
-            .find(|i| i.issuer == iss)
+            .enumerate()
+            .find(|(_, i)| i.issuer == iss)
             .ok_or(AuthError::UnknownIssuer)?;
         if !issuer.algorithms.contains(&alg) {
             return Err(AuthError::AlgorithmNotAllowed);
         }
+        if let Some(expected) = &issuer.typ {
+            if !header.token_type.as_deref().is_some_and(|t| typ_matches(t, expected)) {
+                return Err(AuthError::WrongType);
+            }
+        }
 
+        let keys = issuer.keys().ok_or(AuthError::NoKeys { issuer: index })?;
         let kid = header.key_id.as_deref();
-        let mut candidates = issuer
-            .keys
+        let mut candidates = keys
             .keys
             .iter()
             .filter(|k| k.fits(alg) && (kid.is_none() || k.kid.as_deref() == kid))
             .peekable();
         if candidates.peek().is_none() {
-            return Err(AuthError::UnknownKey);
+            return Err(AuthError::UnknownKey { issuer: index });
         }
         if !candidates.any(|k| verify_signature(alg, &k.key, &untrusted)) {
             return Err(AuthError::BadSignature);
         }
 
-        check_times(&claims, now, self.skew)?;
+        check_times(&claims, now, self.skew, issuer.require_exp)?;
         if !audience_matches(claims.get("aud"), &issuer.audiences) {
             return Err(AuthError::WrongAudience);
         }
+        if let Some(missing) = issuer.required_claims.iter().find(|c| !claims.contains_key(*c)) {
+            return Err(AuthError::MissingClaim(missing.clone()));
+        }
         Ok(Identity { claims })
     }
+}
+
+/// `at+jwt` matches `at+jwt` and `application/at+jwt`, case-insensitively (RFC 7515 §4.1.9).
+fn typ_matches(actual: &str, expected: &str) -> bool {
+    let bare = |t: &str| {
+        let t = t.trim();
+        t.get(..12)
+            .filter(|p| p.eq_ignore_ascii_case("application/"))
+            .and_then(|_| t.get(12..))
+            .unwrap_or(t)
+            .to_ascii_lowercase()
+    };
+    bare(actual) == bare(expected)
 }
 
 fn verify_signature(alg: Alg, key: &PublicKey, token: &UntrustedToken<'_, ExtraHeader>) -> bool {
@@ -424,6 +635,7 @@ fn verify_signature(alg: Alg, key: &PublicKey, token: &UntrustedToken<'_, ExtraH
             None => false,
         },
         (PublicKey::P256(key), Alg::Es256) => Es256.validator::<Empty>(key).validate(token).is_ok(),
+        (PublicKey::P384(key), Alg::Es384) => Es384.validator::<Empty>(key).validate(token).is_ok(),
         (PublicKey::Ed25519(key), Alg::EdDsa) => {
             Ed25519.validator::<Empty>(key).validate(token).is_ok()
         }
@@ -454,11 +666,17 @@ fn time_claim(claims: &Map<String, Value>, name: &'static str) -> Result<Option<
     }
 }
 
-fn check_times(claims: &Map<String, Value>, now: i64, skew: i64) -> Result<(), AuthError> {
+fn check_times(
+    claims: &Map<String, Value>,
+    now: i64,
+    skew: i64,
+    require_exp: bool,
+) -> Result<(), AuthError> {
     let now = now as f64;
     let skew = skew as f64;
     match time_claim(claims, "exp")? {
-        None => return Err(AuthError::MissingExpiry),
+        None if require_exp => return Err(AuthError::MissingExpiry),
+        None => {}
         Some(exp) if now - skew >= exp => return Err(AuthError::Expired),
         Some(_) => {}
     }

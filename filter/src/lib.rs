@@ -11,10 +11,12 @@
 )]
 
 pub mod audit;
+mod es384;
 pub mod config;
 pub mod discovery;
 pub mod flow;
 pub mod host;
+pub mod jwks;
 pub mod jwt;
 pub mod mcp;
 pub mod oauth;

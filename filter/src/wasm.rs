@@ -1,21 +1,33 @@
-//! The proxy-wasm adapter: turns Envoy callbacks into [`crate::flow`] calls and implements
-//! [`Host`] with hostcalls. No decisions are made here.
+//! The proxy-wasm adapter: turns Envoy callbacks into [`crate::flow`] and [`crate::jwks`] calls
+//! and implements their host traits with hostcalls. No decisions are made here.
 
+use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as WasmAction, BufferType, ContextType, LogLevel, MapType};
+use proxy_wasm::types::{Action as WasmAction, BufferType, ContextType, LogLevel, MapType, Status};
 
 use crate::config::{Config, Environment};
 use crate::flow::{Action, Stream};
 use crate::host::{Header, Host};
+use crate::jwks::{KeyHost, KeyManager, Report};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { config: None }) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
+        Box::new(Root { id, config: None, keys: None })
+    });
 }}
+
+/// How often the root context looks at shared keys and due fetches (only with remote JWKS).
+const TICK: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// Requests of this VM waiting for keys: (context id, exchange).
+    static WAITING: RefCell<Vec<(u32, Rc<RefCell<Exchange>>)>> = const { RefCell::new(Vec::new()) };
+}
 
 /// `vm_config.environment_variables`, which Envoy exposes to the VM as its WASI environment.
 struct VmEnv;
@@ -27,10 +39,56 @@ impl Environment for VmEnv {
 }
 
 struct Root {
+    id: u32,
     config: Option<Rc<Config>>,
+    keys: Option<KeyManager>,
 }
 
-impl Context for Root {}
+impl Root {
+    /// After keys changed or a fetch settled: let the waiting requests go on.
+    fn release_waiting(&mut self, report: &Report) {
+        let now = Host::now_millis(&Envoy);
+        let ready: Vec<(u32, Rc<RefCell<Exchange>>)> = WAITING.with(|w| {
+            let mut waiting = w.borrow_mut();
+            let (ready, still): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(_, ex)| {
+                ex.borrow().stream.waiting().is_none_or(|wait| {
+                    now >= wait.deadline_ms
+                        || report.changed.contains(&wait.issuer)
+                        || report.settled.contains(&wait.issuer)
+                })
+            });
+            *waiting = still;
+            ready
+        });
+        for (id, exchange) in ready {
+            if hostcalls::set_effective_context(id).is_ok() {
+                exchange.borrow_mut().resume(id, &exchange);
+            }
+        }
+        let _ = hostcalls::set_effective_context(self.id);
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+        let (Some(config), Some(keys)) = (self.config.clone(), self.keys.as_mut()) else {
+            return;
+        };
+        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|s| s.parse().ok());
+        let body = if body_size > crate::jwks::MAX_DOCUMENT_BYTES {
+            None
+        } else {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                .ok()
+                .flatten()
+        };
+        let report = keys.on_response(&config.authenticator, &mut Envoy, token, status, body.as_deref());
+        self.release_waiting(&report);
+    }
+}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -43,7 +101,10 @@ impl RootContext for Root {
         };
         match Config::from_json(&bytes, &VmEnv) {
             Ok(config) => {
+                let remote = KeyManager::has_remote(&config.authenticator);
+                self.keys = remote.then(|| KeyManager::new(&config.authenticator));
                 self.config = Some(Rc::new(config));
+                let _ = hostcalls::set_tick_period(if remote { TICK } else { Duration::ZERO });
                 true
             }
             Err(e) => {
@@ -53,10 +114,22 @@ impl RootContext for Root {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn on_tick(&mut self) {
+        let (Some(config), Some(keys)) = (self.config.clone(), self.keys.as_mut()) else {
+            return;
+        };
+        let report = keys.tick(&config.authenticator, &mut Envoy);
+        self.release_waiting(&report);
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         let config = self.config.clone()?;
         Some(Box::new(Http {
-            stream: Stream::new(config),
+            id: context_id,
+            exchange: Rc::new(RefCell::new(Exchange {
+                stream: Stream::new(config),
+                body_done: false,
+            })),
         }))
     }
 
@@ -65,8 +138,53 @@ impl RootContext for Root {
     }
 }
 
-struct Http {
+/// One request's state, shared with the waiting list while it waits for keys.
+struct Exchange {
     stream: Stream,
+    /// The whole request body has arrived (and is buffered by Envoy).
+    body_done: bool,
+}
+
+impl Exchange {
+    /// Continues a request that waited for keys; runs with `id` as the effective context.
+    fn resume(&mut self, id: u32, me: &Rc<RefCell<Exchange>>) {
+        let mut action = self.stream.resume(&mut Envoy);
+        if self.stream.waiting().is_some() {
+            WAITING.with(|w| w.borrow_mut().push((id, Rc::clone(me))));
+            return;
+        }
+        if self.stream.awaiting_body() && self.body_done {
+            action = self.decide_body();
+        }
+        if action == Action::Continue {
+            let _ = hostcalls::resume_http_request();
+        }
+    }
+
+    fn decide_body(&mut self) -> Action {
+        match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, usize::MAX) {
+            Ok(body) => self
+                .stream
+                .on_request_body(&mut Envoy, &body.unwrap_or_default()),
+            Err(_) => {
+                // Fail closed: without the body there is no decision.
+                self.stream.fail(&mut Envoy, "request body unavailable");
+                Action::Pause
+            }
+        }
+    }
+}
+
+struct Http {
+    id: u32,
+    exchange: Rc<RefCell<Exchange>>,
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        let id = self.id;
+        WAITING.with(|w| w.borrow_mut().retain(|(i, _)| *i != id));
+    }
 }
 
 impl Context for Http {}
@@ -80,22 +198,24 @@ fn action(a: Action) -> WasmAction {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> WasmAction {
-        action(self.stream.on_request_headers(&mut Envoy, end_of_stream))
+        let mut ex = self.exchange.borrow_mut();
+        let a = ex.stream.on_request_headers(&mut Envoy, end_of_stream);
+        if ex.stream.waiting().is_some() {
+            WAITING.with(|w| w.borrow_mut().push((self.id, Rc::clone(&self.exchange))));
+        }
+        action(a)
     }
 
-    fn on_http_request_body(&mut self, size: usize, end_of_stream: bool) -> WasmAction {
+    fn on_http_request_body(&mut self, _size: usize, end_of_stream: bool) -> WasmAction {
+        let mut ex = self.exchange.borrow_mut();
         if !end_of_stream {
             return WasmAction::Pause;
         }
-        let body = match hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size) {
-            Ok(b) => b.unwrap_or_default(),
-            Err(_) => {
-                // Fail closed: without the body there is no decision.
-                let _ = hostcalls::send_http_response(503, vec![], Some(b"body unavailable"));
-                return WasmAction::Pause;
-            }
-        };
-        action(self.stream.on_request_body(&mut Envoy, &body))
+        ex.body_done = true;
+        if ex.stream.waiting().is_some() || !ex.stream.awaiting_body() {
+            return WasmAction::Pause;
+        }
+        action(ex.decide_body())
     }
 
     fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> WasmAction {
@@ -103,13 +223,16 @@ impl HttpContext for Http {
             .ok()
             .flatten()
             .and_then(|s| s.parse().ok());
-        self.stream.on_response_headers(&mut Envoy, status);
+        self.exchange
+            .borrow_mut()
+            .stream
+            .on_response_headers(&mut Envoy, status);
         WasmAction::Continue
     }
 }
 
-/// [`Host`] over proxy-wasm hostcalls. Host errors are treated as absent values; the flow
-/// fails closed on anything it needs and does not get.
+/// [`Host`] and [`KeyHost`] over proxy-wasm hostcalls. Host errors read as absent values;
+/// the flow fails closed on anything it needs and does not get.
 struct Envoy;
 
 impl Host for Envoy {
@@ -117,7 +240,9 @@ impl Host for Envoy {
         hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
     }
     fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name).ok().flatten()
+        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
     }
     fn set_request_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
@@ -141,5 +266,37 @@ impl Host for Envoy {
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
+impl KeyHost for Envoy {
+    fn now_millis(&self) -> u64 {
+        Host::now_millis(self)
+    }
+    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), cas)) => Some((value, cas)),
+            _ => None,
+        }
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => true,
+            Err(Status::CasMismatch) => false,
+            Err(e) => {
+                log::warn!("mcp-guard: shared data {key:?} not written: {e:?}");
+                false
+            }
+        }
+    }
+    fn http_get(&mut self, cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> Option<u32> {
+        let headers = vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", authority),
+            ("accept", "application/json"),
+        ];
+        hostcalls::dispatch_http_call(cluster, headers, None, vec![], Duration::from_millis(timeout_ms))
+            .ok()
     }
 }
