@@ -33,6 +33,8 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
@@ -78,6 +80,9 @@ pub struct Record {
     pub error_code: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_status: Option<u32>,
+    /// For list results: how many entries this caller did not get to see.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hidden: Option<usize>,
 }
 
 impl Record {
@@ -88,6 +93,7 @@ impl Record {
             request_id: None,
             source: None,
             route: None,
+            upstream: None,
             server: None,
             session_id: None,
             protocol_version: None,
@@ -111,6 +117,7 @@ impl Record {
             status: None,
             error_code: None,
             upstream_status: None,
+            hidden: None,
         }
     }
 
@@ -179,6 +186,69 @@ impl Record {
             "reason": "record too large"
         }))
         .unwrap_or_default()
+    }
+}
+
+/// How much of a tool call's arguments an audit record keeps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ArgumentsMode {
+    /// Nothing (the default: arguments may hold personal data).
+    #[default]
+    None,
+    /// The argument names only.
+    Keys,
+    /// Everything, with the values of sensitive-looking keys masked.
+    Redacted,
+    /// Everything, as sent.
+    Full,
+}
+
+impl ArgumentsMode {
+    pub fn parse(s: &str) -> Option<ArgumentsMode> {
+        Some(match s {
+            "none" => ArgumentsMode::None,
+            "keys" => ArgumentsMode::Keys,
+            "redacted" => ArgumentsMode::Redacted,
+            "full" => ArgumentsMode::Full,
+            _ => return None,
+        })
+    }
+}
+
+/// Key names whose values are masked in `redacted` mode (matched as substrings, any case).
+const SENSITIVE: &[&str] = &[
+    "password", "passwd", "secret", "token", "key", "authorization", "cookie", "credential",
+    "session", "private", "ssn", "card",
+];
+
+/// The arguments as the audit record shows them under `mode`.
+pub fn arguments(mode: ArgumentsMode, args: &Map<String, Value>) -> Option<Value> {
+    match mode {
+        ArgumentsMode::None => None,
+        ArgumentsMode::Keys => Some(Value::Array(
+            args.keys().map(|k| Value::String(k.clone())).collect(),
+        )),
+        ArgumentsMode::Redacted => Some(mask(&Value::Object(args.clone()))),
+        ArgumentsMode::Full => Some(Value::Object(args.clone())),
+    }
+}
+
+fn mask(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let lower = k.to_ascii_lowercase();
+                    if SENSITIVE.iter().any(|s| lower.contains(s)) {
+                        (k.clone(), Value::String("[REDACTED]".into()))
+                    } else {
+                        (k.clone(), mask(v))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(mask).collect()),
+        other => other.clone(),
     }
 }
 

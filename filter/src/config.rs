@@ -8,8 +8,9 @@ use std::fmt;
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
+use crate::audit::ArgumentsMode;
 use crate::jwt::{Authenticator, Issuer};
 use crate::policy::Policy;
 
@@ -82,8 +83,53 @@ pub struct Server {
     pub authorization_servers: Vec<String>,
     pub scopes_supported: Vec<String>,
     pub resource_name: Option<String>,
+    /// Which route, host or cluster this server is (all given conditions must hold).
+    pub matcher: Matcher,
     pub credential: Credential,
+    /// Request headers removed before forwarding (lower-case): never the client's credentials
+    /// upstream. Always includes `authorization` and the credential's own header.
+    pub strip_headers: Vec<String>,
+    /// Verified claims forwarded as request headers, e.g. `email` → `x-mcp-user`.
+    pub forward_claims: Vec<(String, String)>,
+    /// What to do when a response carries the service key: redact it, or block the response.
+    pub block_key_leaks: bool,
+    /// How much of tool arguments the audit records keep.
+    pub audit_arguments: ArgumentsMode,
     pub policy: Policy,
+}
+
+/// Conditions selecting a server beyond its path: Envoy route name, host, upstream cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Matcher {
+    #[serde(default)]
+    pub route_name: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub cluster: Option<String>,
+}
+
+impl Matcher {
+    pub fn matches(&self, route: Option<&str>, host: &str, cluster: Option<&str>) -> bool {
+        let host_only = host.rsplit_once(':').map_or(host, |(h, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h
+            } else {
+                host
+            }
+        });
+        self.route_name.as_deref().is_none_or(|r| Some(r) == route)
+            && self
+                .host
+                .as_deref()
+                .is_none_or(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(host_only))
+            && self.cluster.as_deref().is_none_or(|c| Some(c) == cluster)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self == &Matcher::default()
+    }
 }
 
 /// The service credential injected towards the upstream in place of the client's token.
@@ -93,6 +139,8 @@ pub struct Credential {
     pub header: String,
     /// The full header value, prefix included (e.g. `Bearer sk-…`).
     pub value: String,
+    /// The byte strings that reveal the key in a response: the secret raw and base64-encoded.
+    pub leak_patterns: Vec<Vec<u8>>,
 }
 
 impl fmt::Debug for Credential {
@@ -135,9 +183,22 @@ struct RawServer {
     scopes_supported: Vec<String>,
     #[serde(default)]
     resource_name: Option<String>,
+    #[serde(default, rename = "match")]
+    matcher: Option<Value>,
     credential: Value,
+    #[serde(default)]
+    strip_headers: Option<Vec<String>>,
+    #[serde(default)]
+    forward_claims: Option<Map<String, Value>>,
+    #[serde(default)]
+    key_leak: Option<String>,
+    #[serde(default)]
+    audit_arguments: Option<String>,
     policy: Value,
 }
+
+/// Removed from every forwarded request unless the configuration lists its own set.
+pub const DEFAULT_STRIP_HEADERS: &[&str] = &["cookie", "proxy-authorization", "x-api-key"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -228,10 +289,16 @@ impl Config {
         for (i, value) in raw.servers.into_iter().enumerate() {
             let field = format!("servers[{i}]");
             let server = Server::from_config(value, &field, env)?;
-            if servers.iter().any(|s| s.path == server.path) {
+            if servers
+                .iter()
+                .any(|s| s.path == server.path && s.matcher == server.matcher)
+            {
                 return Err(ConfigError::new(
-                    format!("{field}.path"),
-                    format!("path {:?} is used by another server", server.path),
+                    format!("{field}.match"),
+                    format!(
+                        "another server has path {:?} and the same match: give each a distinct route_name, host or cluster",
+                        server.path
+                    ),
                 ));
             }
             servers.push(server);
@@ -245,9 +312,17 @@ impl Config {
         })
     }
 
-    /// The server whose MCP endpoint is `path` (query string already removed).
-    pub fn server_for_path(&self, path: &str) -> Option<&Server> {
-        self.servers.iter().find(|s| s.path == path)
+    /// The first server serving `path` whose match holds for this route, host and cluster.
+    pub fn select_server(
+        &self,
+        path: &str,
+        route: Option<&str>,
+        host: &str,
+        cluster: Option<&str>,
+    ) -> Option<usize> {
+        self.servers
+            .iter()
+            .position(|s| s.path == path && s.matcher.matches(route, host, cluster))
     }
 
     /// The server whose RFC 9728 metadata document lives at `path`, if any. The root
@@ -278,8 +353,69 @@ impl Server {
         let metadata_path = crate::oauth::metadata_path(resource_path);
         let metadata_url = format!("{origin}{metadata_path}");
         let credential = Credential::from_config(raw.credential, &format!("{field}.credential"), env)?;
+        let matcher: Matcher = match raw.matcher {
+            Some(m) => typed(m, &format!("{field}.match"))?,
+            None => Matcher::default(),
+        };
+        let mut forward_claims = Vec::new();
+        for (claim, header) in raw.forward_claims.unwrap_or_default() {
+            let at = format!("{field}.forward_claims.{claim}");
+            let header = header
+                .as_str()
+                .map(str::to_ascii_lowercase)
+                .filter(|h| is_header_name(h))
+                .ok_or_else(|| ConfigError::new(&at, "must be a valid HTTP header name"))?;
+            if header == "authorization" || header == credential.header || header.starts_with(':') {
+                return Err(ConfigError::new(at, "must not be a credential or pseudo header"));
+            }
+            forward_claims.push((claim, header));
+        }
+        let mut strip_headers: Vec<String> = match raw.strip_headers {
+            Some(list) => list.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            None => DEFAULT_STRIP_HEADERS.iter().map(|h| h.to_string()).collect(),
+        };
+        if let Some(bad) = strip_headers.iter().position(|h| !is_header_name(h)) {
+            return Err(ConfigError::new(
+                format!("{field}.strip_headers[{bad}]"),
+                "is not a valid HTTP header name",
+            ));
+        }
+        // Always: the client's token, any client copy of the service key header, and any
+        // client-supplied copy of a header that carries forwarded claims.
+        for must in std::iter::once("authorization".to_string())
+            .chain(std::iter::once(credential.header.clone()))
+            .chain(forward_claims.iter().map(|(_, h)| h.clone()))
+        {
+            if !strip_headers.contains(&must) {
+                strip_headers.push(must);
+            }
+        }
+        let block_key_leaks = match raw.key_leak.as_deref() {
+            None | Some("redact") => false,
+            Some("block") => true,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    format!("{field}.key_leak"),
+                    format!("must be \"redact\" or \"block\", not {other:?}"),
+                ))
+            }
+        };
+        let audit_arguments = match raw.audit_arguments.as_deref() {
+            None => ArgumentsMode::None,
+            Some(mode) => ArgumentsMode::parse(mode).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{field}.audit_arguments"),
+                    format!("must be one of none, keys, redacted, full; not {mode:?}"),
+                )
+            })?,
+        };
         let policy = Policy::from_config(raw.policy, &format!("{field}.policy"))?;
         Ok(Server {
+            audit_arguments,
+            matcher,
+            strip_headers,
+            forward_claims,
+            block_key_leaks,
             name: raw.name,
             path,
             resource: raw.resource,
@@ -335,8 +471,37 @@ impl Credential {
                 "contains characters not allowed in an HTTP header value",
             ));
         }
-        Ok(Credential { header, value })
+        if secret.len() < 8 {
+            return Err(ConfigError::new(
+                format!("{field}.value"),
+                "is shorter than 8 characters: too short to be a secret, or to be recognised in responses",
+            ));
+        }
+        Ok(Credential {
+            header,
+            leak_patterns: leak_patterns(&secret),
+            value,
+        })
     }
+}
+
+/// The secret as it could appear in a response: raw, and in the usual base64 alphabets (also
+/// as `user:secret` basic credentials would not be found; the raw secret covers most echoes).
+fn leak_patterns(secret: &str) -> Vec<Vec<u8>> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    let mut out = vec![secret.as_bytes().to_vec()];
+    for encoded in [
+        STANDARD.encode(secret),
+        STANDARD_NO_PAD.encode(secret),
+        URL_SAFE_NO_PAD.encode(secret),
+    ] {
+        let bytes = encoded.into_bytes();
+        if !out.contains(&bytes) {
+            out.push(bytes);
+        }
+    }
+    out
 }
 
 fn is_header_name(name: &str) -> bool {

@@ -1,36 +1,51 @@
-//! The path of one HTTP request through the filter. Read this file first.
+//! The path of one HTTP exchange through the filter. Read this file first.
 //!
 //! ```text
-//! request headers ─┬─ RFC 9728 metadata path? ── answer the metadata document
-//!                  ├─ not an MCP path? ───────── 404
-//!                  ├─ authenticate bearer JWT ── 400/401 + WWW-Authenticate
-//!                  ├─ swap credentials: drop the client's Authorization, set the service key
-//!                  └─ POST: hold headers, buffer the body ┐   GET/DELETE: forward
-//! request body ────── strict JSON-RPC parse ── 400/413/415 ┘
-//!                  └─ policy ── deny: 200 + JSON-RPC error │ 403 insufficient_scope │ allow: forward
-//! response headers ── record the upstream status in the audit record
+//! request headers ─┬─ RFC 9728 metadata path? ─── answer the metadata document
+//!                  ├─ no MCP server here? ─────── 404
+//!                  ├─ bearer JWT ─────────────── 400/401 + WWW-Authenticate (503 while no keys)
+//!                  ├─ session bound to another caller? ── 404
+//!                  ├─ swap credentials: strip the client's, set the service key, claim headers
+//!                  └─ POST: hold, buffer the body ┐   GET/DELETE: forward
+//! request body ────── HTTP checks, strict JSON-RPC parse ── 400/413/415
+//!                  └─ policy ── deny: 200 + JSON-RPC error │ 403 insufficient_scope │ allow
+//! response headers ── upstream 401/403 → 502; bind a new session; plan body inspection
+//! response body ───── filter list results per caller; redact the service key
 //! ```
 //!
-//! Every outcome writes one audit record. Nothing here calls Envoy directly: all host access
-//! goes through [`Host`], so the whole path is unit-tested natively.
+//! Every outcome writes one audit record. Nothing here calls Envoy: host access goes through
+//! [`Host`], so the whole path is tested natively.
 
 use std::rc::Rc;
 
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::audit::{Record, Verdict};
 use crate::config::{Config, Server};
+use crate::discovery::ListKind;
 use crate::host::{Header, Host};
 use crate::jwt::{AuthError, Identity};
 use crate::mcp::{self, Kind, Message, Target};
-use crate::policy::{Input, Outcome, RequestFacts};
-use crate::{oauth, reply};
+use crate::oauth::BearerError;
+use crate::policy::{Input, Item, Outcome, RequestFacts};
+use crate::response::{self, Body, ListFilter};
+use crate::{metrics, oauth, reply, session};
 
 /// What the adapter tells Envoy after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     Continue,
     Pause,
+}
+
+/// What to do with a response body chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyAction {
+    Continue,
+    /// Hold it (Envoy buffers) until more arrives.
+    Pause,
+    /// Send these bytes in place of everything buffered so far.
+    Replace(Vec<u8>),
 }
 
 /// A request held until an issuer's keys arrive (first fetch, or re-fetch for an unknown `kid`).
@@ -50,8 +65,13 @@ pub struct Stream {
     end_of_stream: bool,
     record: Option<Record>,
     wait: Option<Wait>,
+    wait_deadline: Option<u64>,
     waited: bool,
     awaiting_body: bool,
+    counted: bool,
+    lists: Option<ListFilter>,
+    body: Option<Body>,
+    json_response: bool,
 }
 
 impl Stream {
@@ -65,8 +85,13 @@ impl Stream {
             end_of_stream: false,
             record: None,
             wait: None,
+            wait_deadline: None,
             waited: false,
             awaiting_body: false,
+            counted: false,
+            lists: None,
+            body: None,
+            json_response: false,
         }
     }
 
@@ -83,50 +108,45 @@ impl Stream {
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
         self.headers = host.request_headers();
-        let method = header(&self.headers, ":method").unwrap_or_default().to_string();
-        let full_path = header(&self.headers, ":path").unwrap_or_default().to_string();
-        let (path, query) = match full_path.split_once('?') {
-            Some((p, q)) => (p, q),
-            None => (full_path.as_str(), ""),
-        };
+        self.end_of_stream = end_of_stream;
+        let method = self.header(":method").unwrap_or_default().to_string();
+        let full_path = self.header(":path").unwrap_or_default().to_string();
+        let (path, query) = full_path.split_once('?').unwrap_or((full_path.as_str(), ""));
+        self.query = query.to_string();
 
         let mut record = Record::new(host.now_millis(), &method);
-        record.request_id = header(&self.headers, "x-request-id").map(str::to_string);
+        record.request_id = self.header("x-request-id").map(str::to_string);
         record.source = host.property_string(&["source", "address"]);
         record.route = host.property_string(&["xds", "route_name"]);
-        record.session_id = header(&self.headers, "mcp-session-id").map(str::to_string);
-        record.protocol_version = header(&self.headers, "mcp-protocol-version").map(str::to_string);
+        record.upstream = host.property_string(&["xds", "cluster_name"]);
+        record.session_id = self.header("mcp-session-id").map(str::to_string);
+        record.protocol_version = self.header("mcp-protocol-version").map(str::to_string);
 
         let config = Rc::clone(&self.config);
-        if let Some(server) = config.server_for_metadata(path) {
-            if method == "GET" || method == "HEAD" {
+        if method == "GET" || method == "HEAD" {
+            if let Some(server) = config.server_for_metadata(path) {
                 let body = oauth::metadata_document(server);
-                host.send_response(
-                    200,
-                    &[
-                        ("content-type", "application/json"),
-                        ("cache-control", "max-age=300"),
-                    ],
-                    &body,
-                );
+                let headers = [("content-type", "application/json"), ("cache-control", "max-age=300")];
+                host.send_response(200, &headers, &body);
                 return Action::Pause;
             }
         }
-
-        let Some(index) = config.servers.iter().position(|s| s.path == path) else {
+        let authority = self.header(":authority").unwrap_or_default();
+        let selected = config.select_server(
+            path,
+            record.route.as_deref(),
+            authority,
+            record.upstream.as_deref(),
+        );
+        let Some(server) = selected.and_then(|i| config.servers.get(i)) else {
             record.reason = Some("unknown_path".into());
-            return self.refuse(host, record, 404, &[], reply::http_error("not_found", "no MCP server at this path"));
+            let body = reply::http_error("not_found", "no MCP server at this path");
+            return self.refuse(host, record, 404, &[], body);
         };
-        let Some(server) = config.servers.get(index) else {
-            return Action::Pause;
-        };
-        self.server = Some(index);
+        self.server = selected;
         record.server = Some(server.name.clone());
         record.policy = Some(server.policy.name.clone());
         record.policy_version = Some(server.policy.version.clone());
-
-        self.query = query.to_string();
-        self.end_of_stream = end_of_stream;
         self.record = Some(record);
         self.authorize(host)
     }
@@ -140,53 +160,52 @@ impl Stream {
         self.authorize(host)
     }
 
-    /// Authentication, credential swap and method dispatch. Re-entered after a key wait.
+    /// Authentication, session check, credential swap, method dispatch. Re-entered after a wait.
     fn authorize(&mut self, host: &mut dyn Host) -> Action {
         let config = Rc::clone(&self.config);
-        let (Some(server), Some(mut record)) = (
-            self.server.and_then(|i| config.servers.get(i)),
-            self.record.take(),
-        ) else {
+        let (Some(server), Some(mut record)) =
+            (self.server.and_then(|i| config.servers.get(i)), self.record.take())
+        else {
             return Action::Pause;
         };
         let now_ms = host.now_millis();
-        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
-        match self.authenticate(now) {
-            Ok(identity) => {
-                record.set_identity(&identity.claims);
-                self.identity = Some(identity);
-            }
+        let identity = match self.authenticate(now_ms) {
+            Ok(identity) => identity,
             Err(refusal) => {
                 if let Some(wait) = self.should_wait(&refusal, now_ms) {
                     self.wait = Some(wait);
+                    self.wait_deadline = Some(wait.deadline_ms);
                     self.record = Some(record);
                     return Action::Pause;
                 }
-                record.reason = Some(refusal.reason.to_string());
-                if let Some(AuthError::NoKeys { .. }) = refusal.cause {
-                    // Not the caller's fault: 503, never a 401 that makes clients drop tokens.
-                    record.decision = Verdict::Error;
-                    let body = reply::http_error("temporarily_unavailable", &refusal.description);
-                    return self.refuse(host, record, 503, &[("retry-after", "2")], body);
-                }
-                let challenge = oauth::challenge(server, refusal.error, None);
-                let body = reply::http_error(refusal.error.unwrap_or("unauthorized"), &refusal.description);
-                return self.refuse(
-                    host,
-                    record,
-                    refusal.status,
-                    &[("www-authenticate", &challenge)],
-                    body,
-                );
+                return self.refuse_auth(host, server, record, refusal);
+            }
+        };
+        record.set_identity(&identity.claims);
+        let (iss, sub) = (
+            identity.issuer().unwrap_or_default().to_string(),
+            identity.subject().unwrap_or_default().to_string(),
+        );
+        self.identity = Some(identity);
+
+        if let Some(session_id) = self.header("mcp-session-id").map(str::to_string) {
+            if !session::may_use(host, &session_id, &iss, &sub) {
+                record.reason = Some("session_of_another_caller".into());
+                let body = reply::jsonrpc_error(None, -32001, "Session not found", None);
+                return self.refuse(host, record, 404, &[], body);
+            }
+        }
+        if let Some(encoding) = self.header("content-encoding") {
+            if !encoding.trim().eq_ignore_ascii_case("identity") {
+                record.reason = Some("content_encoding".into());
+                let body = reply::jsonrpc_error(None, -32600, "compressed request bodies are refused", None);
+                return self.refuse(host, record, 415, &[], body);
             }
         }
 
-        // The client's credentials never reach the upstream; the service key does.
-        host.remove_request_header("authorization");
-        host.set_request_header(&server.credential.header, &server.credential.value);
-
-        let method = header(&self.headers, ":method").unwrap_or_default();
-        match method {
+        self.forward_as_service(host, server);
+        let method = self.header(":method").unwrap_or_default().to_string();
+        match method.as_str() {
             "POST" => {
                 self.record = Some(record);
                 self.awaiting_body = true;
@@ -197,9 +216,19 @@ impl Stream {
                 }
             }
             "GET" | "DELETE" => {
+                if method == "DELETE" {
+                    if let Some(id) = self.header("mcp-session-id").map(str::to_string) {
+                        session::end(host, &id);
+                    }
+                } else {
+                    // A GET stream may replay list results: filter them by shape.
+                    self.lists = Some(ListFilter {
+                        kinds: vec![ListKind::Tools, ListKind::Prompts, ListKind::Resources],
+                        expected_id: None,
+                    });
+                }
                 record.decision = Verdict::Allow;
-                host.write_audit(&record.to_line());
-                self.record = Some(record);
+                self.audit(host, record);
                 Action::Continue
             }
             _ => {
@@ -210,45 +239,16 @@ impl Stream {
         }
     }
 
-    /// Whether a failed authentication should wait for keys instead of answering now.
-    fn should_wait(&self, refusal: &Refusal, now_ms: u64) -> Option<Wait> {
-        let issuers = self.config.authenticator.issuers();
-        match refusal.cause {
-            Some(AuthError::NoKeys { issuer }) => {
-                let deadline_ms = match self.wait {
-                    Some(w) => w.deadline_ms,
-                    None if self.waited => return None,
-                    None => now_ms.saturating_add(self.config.key_wait_ms),
-                };
-                (now_ms < deadline_ms).then_some(Wait { issuer, deadline_ms })
-            }
-            Some(AuthError::UnknownKey { issuer }) if !self.waited => {
-                let remote = issuers.get(issuer)?.remote()?;
-                if !issuers.get(issuer)?.request_refetch(now_ms) {
-                    return None;
-                }
-                let budget = remote.timeout_ms.saturating_add(500).min(self.config.key_wait_ms);
-                Some(Wait {
-                    issuer,
-                    deadline_ms: now_ms.saturating_add(budget),
-                })
-            }
-            _ => None,
-        }
-    }
-
     /// Called once with the whole request body.
     pub fn on_request_body(&mut self, host: &mut dyn Host, body: &[u8]) -> Action {
         if !std::mem::take(&mut self.awaiting_body) {
             return Action::Pause;
         }
         let config = Rc::clone(&self.config);
-        let (Some(server), Some(mut record)) = (
-            self.server.and_then(|i| config.servers.get(i)),
-            self.record.take(),
-        ) else {
-            // Headers were refused already, or never seen: never forward.
-            return Action::Pause;
+        let (Some(server), Some(mut record)) =
+            (self.server.and_then(|i| config.servers.get(i)), self.record.take())
+        else {
+            return Action::Pause; // headers were refused already: never forward
         };
 
         if body.len() > config.max_body_bytes {
@@ -256,13 +256,11 @@ impl Stream {
             let body = reply::jsonrpc_error(None, -32600, "request body too large", None);
             return self.refuse(host, record, 413, &[], body);
         }
-        let content_type = header(&self.headers, "content-type").unwrap_or_default();
-        if !is_json(content_type) {
+        if !is_json(self.header("content-type").unwrap_or_default()) {
             record.reason = Some("unsupported_media_type".into());
             let body = reply::jsonrpc_error(None, -32600, "POST bodies must be application/json", None);
             return self.refuse(host, record, 415, &[], body);
         }
-
         let message = match mcp::parse_message(body, mcp::DEFAULT_MAX_DEPTH) {
             Ok(m) => m,
             Err(e) => {
@@ -272,70 +270,203 @@ impl Stream {
                 return self.refuse(host, record, 400, &[], body);
             }
         };
-        describe(&mut record, &message);
+        describe(&mut record, &message, server);
+        if let Some(mismatch) = self.header_mismatch(&message) {
+            record.reason = Some(mismatch.clone());
+            record.error_code = Some(reply::HEADER_MISMATCH);
+            let body = reply::jsonrpc_error(message.id.as_ref(), reply::HEADER_MISMATCH, &mismatch, None);
+            return self.refuse(host, record, 400, &[], body);
+        }
 
-        let request = RequestFacts {
-            path: header(&self.headers, ":path").unwrap_or_default(),
-            host: header(&self.headers, ":authority").unwrap_or_default(),
-            method: header(&self.headers, ":method").unwrap_or_default(),
-            headers: &self.headers,
-        };
         let source = record.source.clone().unwrap_or_default();
-        let (tool, prompt, resource_uri) = match &message.target {
-            Target::Tool { name, arguments } => (Some((name.as_str(), Some(arguments))), None, None),
-            Target::Prompt { name } => (None, Some(name.as_str()), None),
-            Target::Resource { uri } => (None, None, Some(uri.as_str())),
-            Target::None => (None, None, None),
-        };
-        let input = Input {
-            claims: self.identity.as_ref().map(|i| &i.claims),
-            method: &message.method,
-            tool,
-            prompt,
-            resource_uri,
-            session_id: header(&self.headers, "mcp-session-id"),
-            request,
-            source_address: &source,
-            mtls: false,
-            now: i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX),
-        };
+        let input = self.input(&message, &source, host.now_millis());
         let decision = server.policy.evaluate(&input);
         record.rule = decision.rule.clone();
-
         match decision.outcome {
             Outcome::Allow => {
                 record.decision = Verdict::Allow;
-                host.write_audit(&record.to_line());
-                self.record = Some(record);
+                if let Some(kind) = ListKind::for_method(&message.method) {
+                    self.lists = Some(ListFilter {
+                        kinds: vec![kind],
+                        expected_id: message.id.clone(),
+                    });
+                }
+                self.audit(host, record);
                 Action::Continue
             }
             Outcome::Deny => {
                 record.reason = Some(decision.reason.clone());
-                record.error_code = Some(reply::POLICY_DENIED);
-                let body = denial(server, &message, decision.rule.as_deref());
-                // A request gets its answer in-band so the client's session survives; a
+                let (code, body) = denial(server, &message, decision.rule.as_deref());
+                record.error_code = Some(code);
+                // A request is answered in-band so the client's session survives; a
                 // notification or response has no id to answer, so it is refused over HTTP.
                 let status = if message.kind == Kind::Request { 200 } else { 403 };
                 self.refuse(host, record, status, &[], body)
             }
             Outcome::InsufficientScope(scopes) => {
-                let scope = scopes.join(" ");
                 record.reason = Some(decision.reason.clone());
                 record.error_code = Some(reply::POLICY_DENIED);
-                let challenge = oauth::challenge(server, Some("insufficient_scope"), Some(&scope));
-                let body = denial(server, &message, decision.rule.as_deref());
+                let challenge = oauth::challenge(server, Some("insufficient_scope"), Some(&scopes.join(" ")));
+                let (_, body) = denial(server, &message, decision.rule.as_deref());
                 self.refuse(host, record, 403, &[("www-authenticate", &challenge)], body)
             }
+        }
+    }
+
+    /// The upstream answered: refuse a rejected service key, bind new sessions, plan the body.
+    pub fn on_response_headers(&mut self, host: &mut dyn Host, status: Option<u32>, end_of_stream: bool) -> Action {
+        let config = Rc::clone(&self.config);
+        let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
+            return Action::Continue;
+        };
+        let Some(mut record) = self.record.take() else {
+            return Action::Continue;
+        };
+        record.upstream_status = status;
+        if matches!(status, Some(401 | 403)) {
+            // Never relay the upstream's challenge: clients would loop re-authenticating.
+            record.decision = Verdict::Error;
+            record.reason = Some("upstream_refused_service_credential".into());
+            record.error_code = Some(reply::UPSTREAM_CREDENTIAL);
+            let body = reply::jsonrpc_error(
+                record.jsonrpc_id.as_ref(),
+                reply::UPSTREAM_CREDENTIAL,
+                "the MCP server refused the gateway's service credential; an operator must fix or rotate it",
+                None,
+            );
+            return self.refuse(host, record, 502, &[], body);
+        }
+        let headers = host.response_headers();
+        if let (Some(session_id), Some(identity)) = (header(&headers, "mcp-session-id"), &self.identity) {
+            session::bind(
+                host,
+                session_id,
+                identity.issuer().unwrap_or_default(),
+                identity.subject().unwrap_or_default(),
+            );
+        }
+        for (name, value) in &headers {
+            if response::contains_any(value.as_bytes(), &server.credential.leak_patterns) {
+                host.count(metrics::KEY_LEAKS, 1);
+                if server.block_key_leaks {
+                    return self.block_leak(host, record);
+                }
+                let mut redacted = value.clone().into_bytes();
+                response::redact(&mut redacted, &server.credential.leak_patterns);
+                host.set_response_header(name, &String::from_utf8_lossy(&redacted));
+            }
+        }
+        host.remove_response_header("www-authenticate");
+        self.audit(host, record);
+        if end_of_stream {
+            return Action::Continue;
+        }
+        let content_type = header(&headers, "content-type").unwrap_or_default();
+        self.json_response = is_json(content_type);
+        let body = response::body_for(content_type);
+        host.remove_response_header("content-length");
+        let action = match body {
+            Body::Events(_) => Action::Continue,
+            Body::Buffered => Action::Pause,
+        };
+        self.body = Some(body);
+        action
+    }
+
+    /// A chunk of the response body (`body` is everything Envoy buffered when held).
+    pub fn on_response_body(&mut self, host: &mut dyn Host, body: &[u8], end_of_stream: bool) -> BodyAction {
+        let config = Rc::clone(&self.config);
+        let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
+            return BodyAction::Continue;
+        };
+        let now = host.now_millis();
+        let mut state = self.body.take();
+        let (out, report, hold) = {
+            let input = self.listing_input(now);
+            let mut lister = server.policy.lister(&input);
+            let mut visible = |kind: ListKind, name: &str| {
+                lister.visible(match kind {
+                    ListKind::Tools => Item::Tool(name),
+                    ListKind::Prompts => Item::Prompt(name),
+                    ListKind::Resources => Item::Resource(name),
+                })
+            };
+            let lists = self.lists.as_ref();
+            let patterns = &server.credential.leak_patterns;
+            match state.as_mut() {
+                None => return BodyAction::Continue,
+                Some(Body::Buffered) if !end_of_stream => {
+                    let hold = body.len() <= response::MAX_BUFFERED_RESPONSE;
+                    let report = response::Inspection {
+                        failed: (!hold).then(|| "response too large to inspect".to_string()),
+                        ..Default::default()
+                    };
+                    (None, report, hold)
+                }
+                Some(Body::Buffered) => {
+                    let (out, report) =
+                        response::inspect_buffered(body, self.json_response, lists, patterns, &mut visible);
+                    (out, report, false)
+                }
+                Some(Body::Events(rewriter)) => {
+                    let (out, report) =
+                        response::inspect_events(rewriter, body, end_of_stream, lists, patterns, &mut visible);
+                    (Some(out), report, false)
+                }
+            }
+        };
+        self.body = state;
+        if hold {
+            return BodyAction::Pause;
+        }
+        if report.hidden > 0 {
+            host.count(metrics::HIDDEN_ENTRIES, report.hidden as u64);
+        }
+        if report.leaks > 0 {
+            host.count(metrics::KEY_LEAKS, report.leaks as u64);
+        }
+        let mut record = self.record.take();
+        if let Some(r) = record.as_mut() {
+            if report.hidden > 0 {
+                r.hidden = Some(r.hidden.unwrap_or(0) + report.hidden);
+            }
+        }
+        if let Some(why) = report.failed.clone().or_else(|| {
+            (report.leaks > 0 && server.block_key_leaks).then(|| "response carried the service key".to_string())
+        }) {
+            let mut r = record.unwrap_or_else(|| Record::new(now, ""));
+            r.decision = Verdict::Error;
+            r.reason = Some(why);
+            host.write_audit(&r.to_line());
+            return match self.body {
+                // Held whole: nothing went downstream yet, answer 502 instead.
+                Some(Body::Buffered) => {
+                    self.refuse(host, r, 502, &[], reply::http_error("bad_gateway", "upstream response refused"));
+                    BodyAction::Pause
+                }
+                // Streaming: cut the stream; nothing unchecked goes on.
+                _ => {
+                    host.reset_response();
+                    BodyAction::Pause
+                }
+            };
+        }
+        if let Some(r) = record {
+            if report.hidden > 0 {
+                host.write_audit(&r.to_line());
+            }
+            self.record = Some(r);
+        }
+        match out {
+            Some(bytes) => BodyAction::Replace(bytes),
+            None => BodyAction::Continue,
         }
     }
 
     /// An internal failure: answer 503 and audit it as an error. Nothing is forwarded.
     pub fn fail(&mut self, host: &mut dyn Host, why: &str) {
         self.awaiting_body = false;
-        let mut record = self
-            .record
-            .take()
-            .unwrap_or_else(|| Record::new(host.now_millis(), ""));
+        let mut record = self.record.take().unwrap_or_else(|| Record::new(host.now_millis(), ""));
         record.decision = Verdict::Error;
         record.reason = Some(why.to_string());
         record.error_code = Some(reply::INTERNAL);
@@ -343,142 +474,245 @@ impl Stream {
         self.refuse(host, record, 503, &[], body);
     }
 
-    /// Records the upstream's answer in the audit record.
-    pub fn on_response_headers(&mut self, host: &mut dyn Host, status: Option<u32>) {
-        if let Some(record) = self.record.as_mut() {
-            record.upstream_status = status;
-            host.write_audit(&record.to_line());
-        }
-    }
+    // ---- steps ----------------------------------------------------------------------------
 
-    /// Answers locally and audits the refusal. Nothing is forwarded.
-    fn refuse(
-        &mut self,
-        host: &mut dyn Host,
-        mut record: Record,
-        status: u32,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> Action {
-        if record.decision != Verdict::Error {
-            record.decision = Verdict::Deny;
-        }
-        record.status = Some(status);
-        host.write_audit(&record.to_line());
-        let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-        all.extend_from_slice(headers);
-        host.send_response(status, &all, &body);
-        self.record = None;
-        Action::Pause
-    }
-
-    fn authenticate(&self, now: i64) -> Result<Identity, Refusal> {
-        let query = self.query.as_str();
+    fn authenticate(&self, now_ms: u64) -> Result<Identity, Refusal> {
         let values: Vec<&str> = self
             .headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
             .map(|(_, v)| v.as_str())
             .collect();
-        if query
-            .split('&')
-            .any(|p| p.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("access_token")))
-        {
-            return Err(Refusal::bad_request("token_in_query", "tokens in the query string are refused; send an Authorization header"));
-        }
-        let value = match values.as_slice() {
-            [] => return Err(Refusal::unauthorized(None, &AuthError::Missing)),
-            [one] => *one,
-            _ => {
-                return Err(Refusal::bad_request(
-                    "duplicate_authorization",
-                    "more than one Authorization header",
-                ))
+        let token = oauth::bearer(&values, &self.query).map_err(Refusal::Bearer)?;
+        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        self.config.authenticator.verify(token, now).map_err(Refusal::Token)
+    }
+
+    /// Whether a failed authentication should wait for keys instead of answering now.
+    fn should_wait(&self, refusal: &Refusal, now_ms: u64) -> Option<Wait> {
+        let issuers = self.config.authenticator.issuers();
+        match refusal {
+            Refusal::Token(AuthError::NoKeys { issuer }) => {
+                // The deadline is fixed when the request first waits, however often it resumes.
+                let deadline_ms = self
+                    .wait_deadline
+                    .unwrap_or_else(|| now_ms.saturating_add(self.config.key_wait_ms));
+                (now_ms < deadline_ms).then_some(Wait { issuer: *issuer, deadline_ms })
             }
-        };
-        let token = match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => {
-                return Err(Refusal::unauthorized(
-                    Some("invalid_token"),
-                    &AuthError::Malformed("the Authorization scheme must be Bearer".into()),
-                ))
+            Refusal::Token(AuthError::UnknownKey { issuer }) if !self.waited => {
+                let trusted = issuers.get(*issuer)?;
+                let remote = trusted.remote()?;
+                if !trusted.request_refetch(now_ms) {
+                    return None;
+                }
+                let budget = remote.timeout_ms.saturating_add(500).min(self.config.key_wait_ms);
+                Some(Wait { issuer: *issuer, deadline_ms: now_ms.saturating_add(budget) })
             }
-        };
-        if token.is_empty() || token.contains(' ') {
-            return Err(Refusal::unauthorized(
-                Some("invalid_token"),
-                &AuthError::Malformed("empty or malformed bearer token".into()),
-            ));
+            _ => None,
         }
-        self.config
-            .authenticator
-            .verify(token, now)
-            .map_err(|e| Refusal::unauthorized(Some("invalid_token"), &e))
+    }
+
+    fn refuse_auth(&mut self, host: &mut dyn Host, server: &Server, mut record: Record, refusal: Refusal) -> Action {
+        record.reason = Some(refusal.reason().to_string());
+        metrics::count_auth_failure(host, refusal.reason());
+        let (status, error, description) = match &refusal {
+            Refusal::Token(AuthError::NoKeys { .. }) => {
+                // Not the caller's fault: 503, never a 401 that makes clients drop tokens.
+                record.decision = Verdict::Error;
+                let body = reply::http_error("temporarily_unavailable", &AuthError::NoKeys { issuer: 0 }.to_string());
+                return self.refuse(host, record, 503, &[("retry-after", "2")], body);
+            }
+            Refusal::Token(e) => (401, Some("invalid_token"), e.to_string()),
+            Refusal::Bearer(BearerError::Missing) => (401, None, "no bearer token".to_string()),
+            Refusal::Bearer(BearerError::Malformed(why)) => (401, Some("invalid_token"), why.to_string()),
+            Refusal::Bearer(BearerError::InvalidRequest(_, why)) => (400, Some("invalid_request"), why.to_string()),
+        };
+        let challenge = oauth::challenge(server, error, None);
+        let body = reply::http_error(error.unwrap_or("unauthorized"), &description);
+        self.refuse(host, record, status, &[("www-authenticate", &challenge)], body)
+    }
+
+    /// Swaps the client's credentials for the service's.
+    fn forward_as_service(&self, host: &mut dyn Host, server: &Server) {
+        for name in &server.strip_headers {
+            host.remove_request_header(name);
+        }
+        // Responses must stay inspectable.
+        host.remove_request_header("accept-encoding");
+        host.set_request_header(&server.credential.header, &server.credential.value);
+        if let Some(identity) = &self.identity {
+            for (claim, name) in &server.forward_claims {
+                let value = match identity.claims.get(claim) {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(Value::Null) | None => continue,
+                    Some(other) => other.to_string(),
+                };
+                if value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+                    host.set_request_header(name, &value);
+                }
+            }
+        }
+    }
+
+    /// The 2026-07-28 `Mcp-Method` / `Mcp-Name` headers, when present, must match the body.
+    fn header_mismatch(&self, message: &Message) -> Option<String> {
+        if let Some(method) = self.header("mcp-method") {
+            if method != message.method {
+                return Some(format!("Mcp-Method header {method:?} does not match the body's method"));
+            }
+        }
+        if let Some(name) = self.header("mcp-name") {
+            let body_name = match &message.target {
+                Target::Tool { name, .. } | Target::Prompt { name } => Some(name.as_str()),
+                Target::Resource { uri } => Some(uri.as_str()),
+                Target::None => None,
+            };
+            if body_name != Some(name) {
+                return Some(format!("Mcp-Name header {name:?} does not match the body"));
+            }
+        }
+        None
+    }
+
+    fn input<'a>(&'a self, message: &'a Message, source: &'a str, now_ms: u64) -> Input<'a> {
+        let (tool, prompt, resource_uri) = match &message.target {
+            Target::Tool { name, arguments } => (Some((name.as_str(), Some(arguments))), None, None),
+            Target::Prompt { name } => (None, Some(name.as_str()), None),
+            Target::Resource { uri } => (None, None, Some(uri.as_str())),
+            Target::None => (None, None, None),
+        };
+        Input {
+            claims: self.identity.as_ref().map(|i| &i.claims),
+            method: &message.method,
+            tool,
+            prompt,
+            resource_uri,
+            session_id: self.header("mcp-session-id"),
+            request: self.request_facts(),
+            source_address: source,
+            mtls: false,
+            now: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+        }
+    }
+
+    fn request_facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
+            path: self.header(":path").unwrap_or_default(),
+            host: self.header(":authority").unwrap_or_default(),
+            method: self.header(":method").unwrap_or_default(),
+            headers: &self.headers,
+        }
+    }
+
+    /// The facts for deciding which listed tools, prompts and resources this caller sees.
+    fn listing_input(&self, now_ms: u64) -> Input<'_> {
+        Input {
+            claims: self.identity.as_ref().map(|i| &i.claims),
+            session_id: self.header("mcp-session-id"),
+            request: self.request_facts(),
+            now: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+            ..Input::default()
+        }
+    }
+
+    fn block_leak(&mut self, host: &mut dyn Host, mut record: Record) -> Action {
+        record.decision = Verdict::Error;
+        record.reason = Some("response carried the service key".into());
+        let body = reply::http_error("bad_gateway", "upstream response refused");
+        self.refuse(host, record, 502, &[], body)
+    }
+
+    /// Writes the audit record (and counts the outcome once per message).
+    fn audit(&mut self, host: &mut dyn Host, record: Record) {
+        if !self.counted {
+            self.counted = true;
+            metrics::count_outcome(host, &record);
+        }
+        host.write_audit(&record.to_line());
+        self.record = Some(record);
+    }
+
+    /// Answers locally and audits the refusal. Nothing is forwarded.
+    fn refuse(&mut self, host: &mut dyn Host, mut record: Record, status: u32, headers: &[(&str, &str)], body: Vec<u8>) -> Action {
+        if record.decision != Verdict::Error {
+            record.decision = Verdict::Deny;
+        }
+        record.status = Some(status);
+        self.audit(host, record);
+        self.record = None;
+        self.body = None;
+        let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        host.send_response(status, &all, &body);
+        Action::Pause
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
     }
 }
 
-/// An authentication refusal: status, RFC 6750 error code, audit reason.
-struct Refusal {
-    status: u32,
-    error: Option<&'static str>,
-    reason: &'static str,
-    description: String,
-    cause: Option<AuthError>,
+/// Why authentication failed.
+enum Refusal {
+    Bearer(BearerError),
+    Token(AuthError),
 }
 
 impl Refusal {
-    fn unauthorized(error: Option<&'static str>, cause: &AuthError) -> Self {
-        Refusal {
-            status: 401,
-            error,
-            reason: cause.reason(),
-            description: cause.to_string(),
-            cause: Some(cause.clone()),
-        }
-    }
-    fn bad_request(reason: &'static str, description: &str) -> Self {
-        Refusal {
-            status: 400,
-            error: Some("invalid_request"),
-            reason,
-            description: description.to_string(),
-            cause: None,
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Bearer(BearerError::Missing) => "missing_token",
+            Refusal::Bearer(BearerError::Malformed(_)) => "malformed",
+            Refusal::Bearer(BearerError::InvalidRequest(reason, _)) => reason,
+            Refusal::Token(e) => e.reason(),
         }
     }
 }
 
 /// The JSON-RPC error for a policy denial: names the rule and the policy so that an agent (and
-/// its user) can tell what happened.
-fn denial(server: &Server, message: &Message, rule: Option<&str>) -> Vec<u8> {
-    let policy = &server.policy.name;
+/// its user) can tell what happened — or, when the policy hides existence, "unknown tool".
+fn denial(server: &Server, message: &Message, rule: Option<&str>) -> (i64, Vec<u8>) {
+    let policy = &server.policy;
+    if policy.hide_denied {
+        let what = match &message.target {
+            Target::Tool { name, .. } => format!("Unknown tool: {name}"),
+            Target::Prompt { name } => format!("Unknown prompt: {name}"),
+            Target::Resource { uri } => format!("Unknown resource: {uri}"),
+            Target::None => format!("Method not found: {}", message.method),
+        };
+        let code = if matches!(message.target, Target::None) { -32601 } else { -32602 };
+        return (code, reply::jsonrpc_error(message.id.as_ref(), code, &what, None));
+    }
     let what = match &message.target {
-        Target::Tool { name, .. } => format!("{} {name:?}", message.method),
-        Target::Prompt { name } => format!("{} {name:?}", message.method),
+        Target::Tool { name, .. } | Target::Prompt { name } => format!("{} {name:?}", message.method),
         Target::Resource { uri } => format!("{} {uri:?}", message.method),
         Target::None if message.kind == Kind::Response => "response".to_string(),
         Target::None => message.method.clone(),
     };
     let text = match rule {
-        Some(rule) => format!("{what} denied by rule {rule:?} of policy {policy:?}"),
-        None => format!("{what} denied by policy {policy:?}: no rule allows it"),
+        Some(rule) => format!("{what} denied by rule {rule:?} of policy {:?}", policy.name),
+        None => format!("{what} denied by policy {:?}: no rule allows it", policy.name),
     };
-    let data = json!({ "rule": rule, "policy": policy, "policy_version": server.policy.version });
-    reply::jsonrpc_error(message.id.as_ref(), reply::POLICY_DENIED, &text, Some(data))
+    let data = json!({ "rule": rule, "policy": policy.name, "policy_version": policy.version });
+    (reply::POLICY_DENIED, reply::jsonrpc_error(message.id.as_ref(), reply::POLICY_DENIED, &text, Some(data)))
 }
 
 /// Copies what the message is about into the audit record.
-fn describe(record: &mut Record, message: &Message) {
-    record.method = (!message.method.is_empty()).then(|| message.method.clone());
+fn describe(record: &mut Record, message: &Message, server: &Server) {
+    record.method = Some(if message.kind == Kind::Response {
+        "response".to_string()
+    } else {
+        message.method.clone()
+    });
     record.jsonrpc_id = message.id.clone();
     match &message.target {
-        Target::Tool { name, .. } => record.tool = Some(name.clone()),
+        Target::Tool { name, arguments } => {
+            record.tool = Some(name.clone());
+            record.arguments = crate::audit::arguments(server.audit_arguments, arguments);
+        }
         Target::Prompt { name } => record.prompt = Some(name.clone()),
         Target::Resource { uri } => record.resource = Some(uri.clone()),
         Target::None => {}
-    }
-    if message.kind == Kind::Response {
-        record.method = Some("response".into());
     }
 }
 

@@ -10,12 +10,22 @@ pub trait Host {
     /// Sets a request header, replacing every existing value.
     fn set_request_header(&mut self, name: &str, value: &str);
     fn remove_request_header(&mut self, name: &str);
+    fn response_headers(&self) -> Vec<Header>;
+    fn set_response_header(&mut self, name: &str, value: &str);
+    fn remove_response_header(&mut self, name: &str);
     /// An Envoy attribute such as `["source", "address"]`.
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
-    /// Answers the request locally; nothing reaches the upstream.
+    /// Answers the request locally; nothing (more) reaches the upstream or comes from it.
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    /// Cuts a response that is already streaming downstream.
+    fn reset_response(&mut self);
     /// Stores the audit record where the access log reads it (`wasm.mcp.audit`).
     fn write_audit(&mut self, record: &[u8]);
+    /// Process-wide data shared by every worker VM.
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>>;
+    fn shared_set(&mut self, key: &str, value: &[u8]);
+    /// Increments the counter `name` (created on first use).
+    fn count(&mut self, name: &str, by: u64);
     /// Milliseconds since the Unix epoch.
     fn now_millis(&self) -> u64;
 
@@ -28,7 +38,6 @@ pub trait Host {
     }
 
     fn property_string(&self, path: &[&str]) -> Option<String> {
-        self.property(path)
-            .and_then(|b| String::from_utf8(b).ok())
+        self.property(path).and_then(|b| String::from_utf8(b).ok())
     }
 }

@@ -24,9 +24,9 @@ pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 pub trait KeyHost {
     fn now_millis(&self) -> u64;
     /// A shared-data value and its CAS token.
-    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)>;
+    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)>;
     /// Sets shared data; with `cas`, only if nobody changed it since. Returns success.
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
+    fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
     /// Starts `GET https://<authority><path>` through `cluster`; returns the call's token.
     fn http_get(&mut self, cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> Option<u32>;
 }
@@ -291,9 +291,9 @@ impl KeyManager {
                     jwks_uri: jwks_uri.clone(),
                 };
                 let bytes = serde_json::to_vec(&published).map_err(|e| e.to_string())?;
-                host.shared_set(&doc_key(issuer), &bytes, None);
+                host.shared_set_cas(&doc_key(issuer), &bytes, None);
                 issuer.install_keys(keys);
-                let adopted = host.shared_get(&doc_key(issuer)).and_then(|(_, cas)| cas);
+                let adopted = host.shared_get_cas(&doc_key(issuer)).and_then(|(_, cas)| cas);
                 if let Some(local) = self.local.get_mut(index) {
                     *local = Local {
                         adopted,
@@ -328,7 +328,7 @@ impl KeyManager {
 
     /// Adopts the JWKS another VM published, if newer than ours. Returns whether keys changed.
     fn adopt(&mut self, index: usize, issuer: &Issuer, host: &mut dyn KeyHost) -> bool {
-        let Some((bytes, cas)) = host.shared_get(&doc_key(issuer)) else {
+        let Some((bytes, cas)) = host.shared_get_cas(&doc_key(issuer)) else {
             return false;
         };
         let Some(local) = self.local.get_mut(index) else {
@@ -357,10 +357,10 @@ impl KeyManager {
 /// an existing entry, or two VMs could both "take" a lease that did not exist yet.
 fn read_lease(issuer: &Issuer, host: &mut dyn KeyHost) -> (Lease, Option<u32>) {
     let key = lease_key(issuer);
-    if host.shared_get(&key).is_none() {
+    if host.shared_get_cas(&key).is_none() {
         write_lease(issuer, &Lease::default(), None, host);
     }
-    match host.shared_get(&key) {
+    match host.shared_get_cas(&key) {
         Some((bytes, cas)) => (serde_json::from_slice(&bytes).unwrap_or_default(), cas),
         None => (Lease::default(), None),
     }
@@ -368,7 +368,7 @@ fn read_lease(issuer: &Issuer, host: &mut dyn KeyHost) -> (Lease, Option<u32>) {
 
 fn write_lease(issuer: &Issuer, lease: &Lease, cas: Option<u32>, host: &mut dyn KeyHost) -> bool {
     match serde_json::to_vec(lease) {
-        Ok(bytes) => host.shared_set(&lease_key(issuer), &bytes, cas),
+        Ok(bytes) => host.shared_set_cas(&lease_key(issuer), &bytes, cas),
         Err(_) => false,
     }
 }

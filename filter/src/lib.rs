@@ -19,9 +19,12 @@ pub mod host;
 pub mod jwks;
 pub mod jwt;
 pub mod mcp;
+pub mod metrics;
 pub mod oauth;
 pub mod policy;
 pub mod reply;
+pub mod response;
+pub mod session;
 pub mod sse;
 
 #[cfg(target_arch = "wasm32")]

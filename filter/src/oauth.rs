@@ -81,6 +81,51 @@ pub fn challenge(server: &Server, error: Option<&str>, scope: Option<&str>) -> S
     format!("Bearer {}", params.join(", "))
 }
 
+/// Why a request carries no usable bearer token, in RFC 6750 terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BearerError {
+    /// No `Authorization` header: 401 without an error code.
+    Missing,
+    /// Not `Bearer <token>`: 401 `invalid_token`.
+    Malformed(&'static str),
+    /// Several `Authorization` headers, or a token in the query string: 400 `invalid_request`.
+    InvalidRequest(&'static str, &'static str),
+}
+
+/// Extracts the bearer token: exactly one `Authorization` header, scheme `Bearer` in any case,
+/// no `access_token` in the query string (RFC 6750 §2.3 is never accepted).
+pub fn bearer<'h>(authorization: &[&'h str], query: &str) -> Result<&'h str, BearerError> {
+    let in_query = query.split('&').any(|p| {
+        p.split('=')
+            .next()
+            .is_some_and(|k| k.eq_ignore_ascii_case("access_token"))
+    });
+    if in_query {
+        return Err(BearerError::InvalidRequest(
+            "token_in_query",
+            "tokens in the query string are refused; send an Authorization header",
+        ));
+    }
+    let value = match authorization {
+        [] => return Err(BearerError::Missing),
+        [one] => *one,
+        _ => {
+            return Err(BearerError::InvalidRequest(
+                "duplicate_authorization",
+                "more than one Authorization header",
+            ))
+        }
+    };
+    let token = match value.trim().split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ => return Err(BearerError::Malformed("the Authorization scheme must be Bearer")),
+    };
+    if token.is_empty() || token.contains(char::is_whitespace) {
+        return Err(BearerError::Malformed("empty or malformed bearer token"));
+    }
+    Ok(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +150,24 @@ mod tests {
         assert_eq!(metadata_path("/mcp"), "/.well-known/oauth-protected-resource/mcp");
         assert_eq!(metadata_path(""), WELL_KNOWN);
         assert_eq!(metadata_path("/"), WELL_KNOWN);
+    }
+
+    #[test]
+    fn bearer_rules() {
+        assert_eq!(bearer(&["Bearer abc"], ""), Ok("abc"));
+        assert_eq!(bearer(&["bEaReR abc"], "x=1"), Ok("abc"));
+        assert_eq!(bearer(&[], ""), Err(BearerError::Missing));
+        assert!(matches!(bearer(&["Basic abc"], ""), Err(BearerError::Malformed(_))));
+        assert!(matches!(bearer(&["Bearer a b"], ""), Err(BearerError::Malformed(_))));
+        assert!(matches!(bearer(&["Bearer "], ""), Err(BearerError::Malformed(_))));
+        assert!(matches!(
+            bearer(&["Bearer a", "Bearer b"], ""),
+            Err(BearerError::InvalidRequest("duplicate_authorization", _))
+        ));
+        assert!(matches!(
+            bearer(&["Bearer a"], "Access_Token=x"),
+            Err(BearerError::InvalidRequest("token_in_query", _))
+        ));
     }
 
     #[test]

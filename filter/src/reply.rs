@@ -7,6 +7,10 @@ use serde_json::{json, Value};
 pub const POLICY_DENIED: i64 = -31403;
 /// JSON-RPC error code when the filter could not complete a request (fail closed).
 pub const INTERNAL: i64 = -32603;
+/// The upstream refused the gateway's service credential (answered with HTTP 502).
+pub const UPSTREAM_CREDENTIAL: i64 = -31502;
+/// 2026-07-28: `Mcp-Method` / `Mcp-Name` headers disagree with the body.
+pub const HEADER_MISMATCH: i64 = -32020;
 
 /// A JSON-RPC error response body. `id` is echoed; `None` becomes `null`.
 pub fn jsonrpc_error(id: Option<&Value>, code: i64, message: &str, data: Option<Value>) -> Vec<u8> {

@@ -2,17 +2,19 @@
 //! and implements their host traits with hostcalls. No decisions are made here.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as WasmAction, BufferType, ContextType, LogLevel, MapType, Status};
+use proxy_wasm::types::{Action as WasmAction, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
 
 use crate::config::{Config, Environment};
-use crate::flow::{Action, Stream};
+use crate::flow::{Action, BodyAction, Stream};
 use crate::host::{Header, Host};
 use crate::jwks::{KeyHost, KeyManager, Report};
+use crate::metrics;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -27,6 +29,8 @@ const TICK: Duration = Duration::from_millis(100);
 thread_local! {
     /// Requests of this VM waiting for keys: (context id, exchange).
     static WAITING: RefCell<Vec<(u32, Rc<RefCell<Exchange>>)>> = const { RefCell::new(Vec::new()) };
+    /// Counter ids by name, defined on first use in this VM.
+    static METRICS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
 }
 
 /// `vm_config.environment_variables`, which Envoy exposes to the VM as its WASI environment.
@@ -45,8 +49,11 @@ struct Root {
 }
 
 impl Root {
-    /// After keys changed or a fetch settled: let the waiting requests go on.
+    /// After keys changed or a fetch settled: count, and let the waiting requests go on.
     fn release_waiting(&mut self, report: &Report) {
+        for (_, outcome) in &report.outcomes {
+            metrics::count_fetch(&mut Envoy, outcome.as_str());
+        }
         let now = Host::now_millis(&Envoy);
         let ready: Vec<(u32, Rc<RefCell<Exchange>>)> = WAITING.with(|w| {
             let mut waiting = w.borrow_mut();
@@ -218,16 +225,36 @@ impl HttpContext for Http {
         action(ex.decide_body())
     }
 
-    fn on_http_response_headers(&mut self, _n: usize, _end_of_stream: bool) -> WasmAction {
+    fn on_http_response_headers(&mut self, _n: usize, end_of_stream: bool) -> WasmAction {
         let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
             .ok()
             .flatten()
             .and_then(|s| s.parse().ok());
-        self.exchange
-            .borrow_mut()
-            .stream
-            .on_response_headers(&mut Envoy, status);
-        WasmAction::Continue
+        let mut ex = self.exchange.borrow_mut();
+        action(ex.stream.on_response_headers(&mut Envoy, status, end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> WasmAction {
+        let body = match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size) {
+            Ok(b) => b.unwrap_or_default(),
+            Err(_) => {
+                // Fail closed: an uninspectable response does not go on.
+                let _ = hostcalls::reset_http_response();
+                return WasmAction::Pause;
+            }
+        };
+        let mut ex = self.exchange.borrow_mut();
+        match ex.stream.on_response_body(&mut Envoy, &body, end_of_stream) {
+            BodyAction::Continue => WasmAction::Continue,
+            BodyAction::Pause => WasmAction::Pause,
+            BodyAction::Replace(bytes) => {
+                if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &bytes).is_err() {
+                    let _ = hostcalls::reset_http_response();
+                    return WasmAction::Pause;
+                }
+                WasmAction::Continue
+            }
+        }
     }
 }
 
@@ -249,6 +276,38 @@ impl Host for Envoy {
     }
     fn remove_request_header(&mut self, name: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+    }
+    fn response_headers(&self) -> Vec<Header> {
+        hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
+    }
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+    }
+    fn remove_response_header(&mut self, name: &str) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
+    }
+    fn reset_response(&mut self) {
+        let _ = hostcalls::reset_http_response();
+    }
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
+        hostcalls::get_shared_data(key).ok().and_then(|(v, _)| v)
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8]) {
+        let _ = hostcalls::set_shared_data(key, Some(value), None);
+    }
+    fn count(&mut self, name: &str, by: u64) {
+        METRICS.with(|m| {
+            let mut ids = m.borrow_mut();
+            let id = match ids.get(name) {
+                Some(id) => Some(*id),
+                None => hostcalls::define_metric(MetricType::Counter, name).ok().inspect(|id| {
+                    ids.insert(name.to_string(), *id);
+                }),
+            };
+            if let Some(id) = id {
+                let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
+            }
+        });
     }
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         hostcalls::get_property(path.to_vec()).ok().flatten()
@@ -273,13 +332,13 @@ impl KeyHost for Envoy {
     fn now_millis(&self) -> u64 {
         Host::now_millis(self)
     }
-    fn shared_get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
         match hostcalls::get_shared_data(key) {
             Ok((Some(value), cas)) => Some((value, cas)),
             _ => None,
         }
     }
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+    fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         match hostcalls::set_shared_data(key, Some(value), cas) {
             Ok(()) => true,
             Err(Status::CasMismatch) => false,

@@ -1,0 +1,46 @@
+//! Counter names. Labels are encoded in the name (`…method=tools_call.decision=allow`) and
+//! extracted into Prometheus labels by `stats_config.stats_tags` in the Envoy bootstrap (see
+//! envoy/). Envoy shows them as `wasmcustom.mcp_guard.*`; `/stats/prometheus` as
+//! `mcp_guard_*`.
+
+use crate::audit::{Record, Verdict};
+use crate::host::Host;
+
+pub const HIDDEN_ENTRIES: &str = "mcp_guard.hidden_entries";
+pub const KEY_LEAKS: &str = "mcp_guard.key_leaks_redacted";
+
+/// A label value safe inside a stat name: `[A-Za-z0-9_-]`, everything else `_`, bounded.
+pub fn label(value: &str) -> String {
+    value
+        .chars()
+        .take(64)
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .collect()
+}
+
+/// Counts one message's outcome: by method and decision, and denials by rule.
+pub fn count_outcome(host: &mut dyn Host, record: &Record) {
+    let decision = match record.decision {
+        Verdict::Allow => "allow",
+        Verdict::Deny => "deny",
+        Verdict::Error => "error",
+    };
+    let method = record.method.as_deref().unwrap_or("none");
+    host.count(
+        &format!("mcp_guard.requests.method={}.decision={decision}", label(method)),
+        1,
+    );
+    if let (Verdict::Deny, Some(rule)) = (record.decision, &record.rule) {
+        host.count(&format!("mcp_guard.denials.rule={}", label(rule)), 1);
+    }
+}
+
+/// Counts an authentication failure by reason (expired, wrong_audience, unknown_key, …).
+pub fn count_auth_failure(host: &mut dyn Host, reason: &str) {
+    host.count(&format!("mcp_guard.auth_failures.reason={}", label(reason)), 1);
+}
+
+/// Counts a JWKS fetch outcome.
+pub fn count_fetch(host: &mut dyn Host, outcome: &str) {
+    host.count(&format!("mcp_guard.jwks_fetches.outcome={}", label(outcome)), 1);
+}

@@ -1,0 +1,220 @@
+//! What comes back from the upstream: list results filtered per caller, the service key never
+//! echoed downstream, and a refused service credential turned into a clear 502.
+//!
+//! JSON (and any non-SSE) bodies are held whole, up to a limit, then checked and rewritten once;
+//! `text/event-stream` bodies are rewritten event by event as they stream.
+
+use serde_json::Value;
+
+use crate::discovery::{self, Filtered, ListKind};
+use crate::sse::{Rewrite, SseRewriter};
+
+/// Largest non-streamed response body held for inspection.
+pub const MAX_BUFFERED_RESPONSE: usize = 8 * 1024 * 1024;
+/// Largest single server-sent event.
+pub const MAX_EVENT: usize = 4 * 1024 * 1024;
+const REDACTED: &[u8] = b"[REDACTED]";
+
+/// Which list results to filter in this response.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListFilter {
+    pub kinds: Vec<ListKind>,
+    /// The list request's id; `None` on a GET stream, where replayed results are recognised by
+    /// their shape alone.
+    pub expected_id: Option<Value>,
+}
+
+/// How a response body is handled.
+#[derive(Debug)]
+pub enum Body {
+    /// Held whole, inspected at the end.
+    Buffered,
+    /// Server-sent events, inspected one by one.
+    Events(Box<SseRewriter>),
+}
+
+/// What inspecting (part of) a body found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Inspection {
+    pub hidden: usize,
+    pub leaks: usize,
+    /// The body could not be inspected (unparseable list, oversized event): fail closed.
+    pub failed: Option<String>,
+}
+
+/// Chooses the body handling from the response's content type.
+pub fn body_for(content_type: &str) -> Body {
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case("text/event-stream") {
+        Body::Events(Box::new(SseRewriter::new(MAX_EVENT)))
+    } else {
+        Body::Buffered
+    }
+}
+
+/// Replaces every occurrence of the patterns in `bytes`; returns how many were found.
+pub fn redact(bytes: &mut Vec<u8>, patterns: &[Vec<u8>]) -> usize {
+    let mut found = 0;
+    for pattern in patterns.iter().filter(|p| !p.is_empty()) {
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        let mut hit = false;
+        while i < bytes.len() {
+            if bytes.get(i..i + pattern.len()) == Some(pattern.as_slice()) {
+                out.extend_from_slice(REDACTED);
+                i += pattern.len();
+                found += 1;
+                hit = true;
+            } else {
+                if let Some(b) = bytes.get(i) {
+                    out.push(*b);
+                }
+                i += 1;
+            }
+        }
+        if hit {
+            *bytes = out;
+        }
+    }
+    found
+}
+
+/// Whether `text` contains any pattern.
+pub fn contains_any(text: &[u8], patterns: &[Vec<u8>]) -> bool {
+    patterns
+        .iter()
+        .filter(|p| !p.is_empty())
+        .any(|p| text.windows(p.len()).any(|w| w == p.as_slice()))
+}
+
+/// Filters a complete JSON-RPC message (a whole JSON body, or one event's data).
+fn filter_message(
+    message: &[u8],
+    lists: Option<&ListFilter>,
+    visible: &mut dyn FnMut(ListKind, &str) -> bool,
+    report: &mut Inspection,
+) -> Option<Vec<u8>> {
+    let lists = lists?;
+    for kind in &lists.kinds {
+        let kind = *kind;
+        match discovery::filter_result(message, kind, lists.expected_id.as_ref(), &mut |name| {
+            visible(kind, name)
+        }) {
+            Filtered::Unchanged => return None,
+            Filtered::NotAList => continue,
+            Filtered::Rewritten { body, hidden } => {
+                report.hidden += hidden;
+                return Some(body);
+            }
+            Filtered::Unparseable => {
+                report.failed = Some("list result could not be parsed".into());
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Inspects a whole buffered body. Returns the body to send, when it changed.
+pub fn inspect_buffered(
+    body: &[u8],
+    json: bool,
+    lists: Option<&ListFilter>,
+    patterns: &[Vec<u8>],
+    visible: &mut dyn FnMut(ListKind, &str) -> bool,
+) -> (Option<Vec<u8>>, Inspection) {
+    let mut report = Inspection::default();
+    let mut out = if json && !body.is_empty() {
+        filter_message(body, lists, visible, &mut report)
+    } else {
+        None
+    };
+    let mut bytes = out.take().unwrap_or_else(|| body.to_vec());
+    report.leaks = redact(&mut bytes, patterns);
+    let changed = report.hidden > 0 || report.leaks > 0;
+    (changed.then_some(bytes), report)
+}
+
+/// Inspects the next chunk of an event stream. Returns the bytes to send in its place.
+pub fn inspect_events(
+    rewriter: &mut SseRewriter,
+    chunk: &[u8],
+    end_of_stream: bool,
+    lists: Option<&ListFilter>,
+    patterns: &[Vec<u8>],
+    visible: &mut dyn FnMut(ListKind, &str) -> bool,
+) -> (Vec<u8>, Inspection) {
+    let mut report = Inspection::default();
+    let result = rewriter.push(chunk, end_of_stream, &mut |event| {
+        let data = event.data.as_bytes();
+        let mut replaced = if data.is_empty() {
+            None
+        } else {
+            filter_message(data, lists, visible, &mut report)
+        };
+        let mut current = replaced.take().unwrap_or_else(|| data.to_vec());
+        let leaks = redact(&mut current, patterns);
+        report.leaks += leaks;
+        let other_fields_leak = [event.id.as_deref(), event.event.as_deref()]
+            .iter()
+            .flatten()
+            .any(|f| contains_any(f.as_bytes(), patterns));
+        if other_fields_leak {
+            report.leaks += 1;
+            return Rewrite::Replace(String::from_utf8_lossy(&current).into_owned());
+        }
+        if current.as_slice() != data {
+            Rewrite::Replace(String::from_utf8_lossy(&current).into_owned())
+        } else {
+            Rewrite::Keep
+        }
+    });
+    match result {
+        Ok(bytes) => {
+            // Comments are forwarded verbatim: check them too.
+            let mut bytes = bytes;
+            report.leaks += redact(&mut bytes, patterns);
+            (bytes, report)
+        }
+        Err(e) => {
+            report.failed = Some(e.to_string());
+            (Vec::new(), report)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_every_occurrence_of_every_pattern() {
+        let mut body = b"key=sk-secret-1 again sk-secret-1 b64=c2stc2VjcmV0LTE=".to_vec();
+        let n = redact(&mut body, &[b"sk-secret-1".to_vec(), b"c2stc2VjcmV0LTE=".to_vec()]);
+        assert_eq!(n, 3);
+        assert_eq!(body, b"key=[REDACTED] again [REDACTED] b64=[REDACTED]".to_vec());
+    }
+
+    #[test]
+    fn buffered_list_is_filtered_and_counted() {
+        let body = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a"},{"name":"b"}],"nextCursor":"x"}}"#;
+        let lists = ListFilter { kinds: vec![ListKind::Tools], expected_id: Some(Value::from(3)) };
+        let (out, report) = inspect_buffered(body, true, Some(&lists), &[], &mut |_, n| n == "a");
+        assert_eq!(report.hidden, 1);
+        let out: Value = serde_json::from_slice(&out.unwrap_or_default()).unwrap_or_default();
+        assert_eq!(out["result"]["tools"], serde_json::json!([{"name": "a"}]));
+        assert_eq!(out["result"]["nextCursor"], "x");
+    }
+
+    #[test]
+    fn event_stream_leaks_are_redacted_across_chunks() {
+        let mut rw = SseRewriter::new(1024);
+        let patterns = vec![b"sk-secret-1".to_vec()];
+        let (a, r1) = inspect_events(&mut rw, b"data: {\"k\":\"sk-sec", false, None, &patterns, &mut |_, _| true);
+        let (b, r2) = inspect_events(&mut rw, b"ret-1\"}\n\n", true, None, &patterns, &mut |_, _| true);
+        let all = [a, b].concat();
+        assert_eq!(r1.leaks + r2.leaks, 1);
+        assert!(!contains_any(&all, &patterns));
+        assert!(String::from_utf8_lossy(&all).contains("[REDACTED]"));
+    }
+}
