@@ -17,7 +17,7 @@ DEB_CARGO := /usr/bin/cargo
 WASI_LIB   = $(shell dirname "$$(dpkg -L wasi-libc 2>/dev/null | grep '/libc\.a$$' | head -n1)")
 APT_PKGS  := rustc-web cargo-web rust-web-src lld wasi-libc binaryen wrk
 
-.PHONY: help run test unit e2e wasm setup lint fmt bench clean
+.PHONY: help run test unit e2e wasm wasm-faults setup lint fmt bench clean
 
 help:
 	@echo "make run    start the demo: Envoy + mcp-guard + a demo MCP server on :$(PORT)"
@@ -68,17 +68,29 @@ $(WASM): $(STAMPS)/apt $(WASM_SOURCES)
 	  --enable-mutable-globals $(WASM_DIR)/mcp_guard.wasm -o $@.tmp && mv $@.tmp $@
 	@ls -l $@ | awk '{print "built " $$NF ": " $$5 " bytes"}'
 
+# A test-only build with the fault hook (`x-mcp-guard-fault: trap`), to prove fail-closed.
+WASM_FAULTS := target/mcp_guard_faults.wasm
+wasm-faults: $(WASM_FAULTS)
+
+$(WASM_FAULTS): $(STAMPS)/apt $(WASM_SOURCES)
+	@PATH=/usr/bin:$$PATH RUSTC_BOOTSTRAP=1 \
+	  CARGO_TARGET_WASM32_WASIP1_LINKER=wasm-ld \
+	  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-Clink-self-contained=no -Lnative=$(WASI_LIB)" \
+	  $(DEB_CARGO) build --release --lib -p mcp-guard --target wasm32-wasip1 --features fault-injection \
+	    -Zbuild-std=std,panic_abort --target-dir target/wasm-faults
+	@cp target/wasm-faults/wasm32-wasip1/release/mcp_guard.wasm $@
+
 # ---- run and test -----------------------------------------------------------------------------
 
 run: setup $(WASM)
 	@$(PY) tests/run_demo.py --port $(PORT)
 
-test: setup $(WASM) unit e2e
+test: setup $(WASM) $(WASM_FAULTS) unit e2e
 
 unit:
 	cargo test --workspace
 
-e2e: setup $(WASM)
+e2e: setup $(WASM) $(WASM_FAULTS)
 	$(PY) -m pytest -q tests
 
 lint:
@@ -90,3 +102,38 @@ fmt:
 
 clean:
 	rm -rf target
+
+# ---- fuzzing ------------------------------------------------------------------------------------
+# Coverage-guided fuzzing (cargo-fuzz, libFuzzer + AddressSanitizer) of the parsers that take
+# hostile input: JSON-RPC bodies, SSE streams, bearer tokens (fuzz/fuzz_targets/ says what each
+# target checks). cargo fuzz needs nightly flags: RUSTC_BOOTSTRAP=1 lets the stable toolchain
+# accept them. New corpus entries go to fuzz/target/corpus/<target>; the seeds in
+# fuzz/corpus/<target> are only read. A failure leaves its input in fuzz/artifacts/<target>/
+# (replay: RUSTC_BOOTSTRAP=1 cargo fuzz run --target-dir fuzz/target <target> <file>).
+
+CARGO_FUZZ_VERSION := 0.13.2
+FUZZ_TARGETS       := jsonrpc sse token
+FUZZ_SECONDS       ?= 300
+FUZZ_SMOKE_SECONDS ?= 20
+
+.PHONY: fuzz fuzz-smoke fuzz-tool
+
+fuzz-tool:
+	@cargo fuzz --version 2>/dev/null | grep -qx 'cargo-fuzz $(CARGO_FUZZ_VERSION)' || \
+	  cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked
+
+# $(call fuzz-each,<seconds per target>,<extra libFuzzer flags>)
+define fuzz-each
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "fuzzing $$t for $(1) s"; mkdir -p fuzz/target/corpus/$$t; \
+	  RUSTC_BOOTSTRAP=1 cargo fuzz run --target-dir fuzz/target $$t \
+	    fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
+	    -max_total_time=$(1) -timeout=10 -print_final_stats=1 $(2); \
+	done
+endef
+
+fuzz: fuzz-tool
+	$(call fuzz-each,$(FUZZ_SECONDS))
+
+fuzz-smoke: fuzz-tool
+	$(call fuzz-each,$(FUZZ_SMOKE_SECONDS),-verbosity=0)

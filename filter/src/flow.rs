@@ -69,6 +69,8 @@ pub struct Stream {
     waited: bool,
     awaiting_body: bool,
     counted: bool,
+    /// The audit records of a batch's other messages (the first is `record`).
+    batch: Vec<Record>,
     lists: Option<ListFilter>,
     body: Option<Body>,
     json_response: bool,
@@ -89,6 +91,7 @@ impl Stream {
             waited: false,
             awaiting_body: false,
             counted: false,
+            batch: Vec::new(),
             lists: None,
             body: None,
             json_response: false,
@@ -261,6 +264,9 @@ impl Stream {
             let body = reply::jsonrpc_error(None, -32600, "POST bodies must be application/json", None);
             return self.refuse(host, record, 415, &[], body);
         }
+        if mcp::is_batch(body) {
+            return self.on_batch(host, server, record, body);
+        }
         let message = match mcp::parse_message(body, mcp::DEFAULT_MAX_DEPTH) {
             Ok(m) => m,
             Err(e) => {
@@ -311,6 +317,93 @@ impl Stream {
                 self.refuse(host, record, 403, &[("www-authenticate", &challenge)], body)
             }
         }
+    }
+
+    /// A JSON-RPC batch: only protocol version 2025-03-26 allows them. Each message is
+    /// authorized on its own and audited on its own line; if any is denied, none is forwarded.
+    fn on_batch(&mut self, host: &mut dyn Host, server: &Server, record: Record, body: &[u8]) -> Action {
+        let protocol = self.header("mcp-protocol-version").unwrap_or_default();
+        let refuse_invalid = |this: &mut Self, host: &mut dyn Host, mut record: Record, code: i64, why: String| {
+            record.reason = Some(why.clone());
+            record.error_code = Some(code);
+            let body = reply::jsonrpc_error(None, code, &why, None);
+            this.refuse(host, record, 400, &[], body)
+        };
+        if protocol != "2025-03-26" {
+            let why = format!(
+                "JSON-RPC batches are not allowed in protocol version {:?}; send one message per request",
+                protocol
+            );
+            return refuse_invalid(self, host, record, -32600, why);
+        }
+        let messages = match mcp::parse_batch(body, mcp::DEFAULT_MAX_DEPTH) {
+            Ok(m) => m,
+            Err(e) => return refuse_invalid(self, host, record, e.code(), e.to_string()),
+        };
+        let source = record.source.clone().unwrap_or_default();
+        let now = host.now_millis();
+        let decisions: Vec<_> = messages
+            .iter()
+            .map(|m| server.policy.evaluate(&self.input(m, &source, now)))
+            .collect();
+        let all_allowed = decisions.iter().all(|d| d.outcome == Outcome::Allow);
+        let mut records = Vec::with_capacity(messages.len());
+        let mut answers = Vec::new();
+        for (message, decision) in messages.iter().zip(&decisions) {
+            let mut r = record.clone();
+            describe(&mut r, message, server);
+            r.rule = decision.rule.clone();
+            if all_allowed {
+                r.decision = Verdict::Allow;
+            } else {
+                r.decision = Verdict::Deny;
+                r.status = Some(200);
+                r.error_code = Some(reply::POLICY_DENIED);
+                let denied_here = decision.outcome != Outcome::Allow;
+                r.reason = Some(if denied_here {
+                    decision.reason.clone()
+                } else {
+                    "batch_denied: another message in the batch was denied".to_string()
+                });
+                if message.kind == Kind::Request {
+                    let (_, body) = if denied_here {
+                        denial(server, message, decision.rule.as_deref())
+                    } else {
+                        let text = "not executed: another message in this batch was denied";
+                        (reply::POLICY_DENIED, reply::jsonrpc_error(message.id.as_ref(), reply::POLICY_DENIED, text, None))
+                    };
+                    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                        answers.push(v);
+                    }
+                }
+            }
+            records.push(r);
+        }
+        for r in &records {
+            metrics::count_outcome(host, r);
+        }
+        self.counted = true;
+        let mut records = records.into_iter();
+        let Some(first) = records.next() else {
+            return Action::Pause;
+        };
+        self.batch = records.collect();
+        self.audit(host, first);
+        if all_allowed {
+            if messages.iter().any(|m| ListKind::for_method(&m.method).is_some()) {
+                self.lists = Some(ListFilter {
+                    kinds: vec![ListKind::Tools, ListKind::Prompts, ListKind::Resources],
+                    expected_id: None,
+                });
+            }
+            return Action::Continue;
+        }
+        let body = Value::Array(answers).to_string().into_bytes();
+        self.record = None;
+        self.batch.clear();
+        let status = if body.len() > 2 { 200 } else { 403 };
+        host.send_response(status, &[("content-type", "application/json")], &body);
+        Action::Pause
     }
 
     /// The upstream answered: refuse a rejected service key, bind new sessions, plan the body.
@@ -437,7 +530,7 @@ impl Stream {
             let mut r = record.unwrap_or_else(|| Record::new(now, ""));
             r.decision = Verdict::Error;
             r.reason = Some(why);
-            host.write_audit(&r.to_line());
+            self.write(host, &r);
             return match self.body {
                 // Held whole: nothing went downstream yet, answer 502 instead.
                 Some(Body::Buffered) => {
@@ -453,7 +546,7 @@ impl Stream {
         }
         if let Some(r) = record {
             if report.hidden > 0 {
-                host.write_audit(&r.to_line());
+                self.write(host, &r);
             }
             self.record = Some(r);
         }
@@ -622,14 +715,26 @@ impl Stream {
         self.refuse(host, record, 502, &[], body)
     }
 
-    /// Writes the audit record (and counts the outcome once per message).
+    /// Writes the audit record (and counts the outcome once per message). A batch writes one
+    /// line per message.
     fn audit(&mut self, host: &mut dyn Host, record: Record) {
         if !self.counted {
             self.counted = true;
             metrics::count_outcome(host, &record);
         }
-        host.write_audit(&record.to_line());
+        self.write(host, &record);
         self.record = Some(record);
+    }
+
+    /// Writes the record (and a batch's other records, one line each) to filter state.
+    fn write(&mut self, host: &mut dyn Host, record: &Record) {
+        let mut line = record.to_line();
+        for other in &mut self.batch {
+            other.upstream_status = record.upstream_status;
+            line.push(b'\n');
+            line.extend_from_slice(&other.to_line());
+        }
+        host.write_audit(&line);
     }
 
     /// Answers locally and audits the refusal. Nothing is forwarded.

@@ -181,15 +181,45 @@ const MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error
 
 /// Parses one JSON-RPC message body.
 pub fn parse_message(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
-    let value = parse_strict_json(body, max_depth).map_err(ParseError::Json)?;
+    match parse_strict_json(body, max_depth).map_err(ParseError::Json)? {
+        Value::Array(_) => Err(ParseError::Invalid(
+            "JSON-RPC batches are not accepted: send one message per request".into(),
+        )),
+        value => message_from_value(value),
+    }
+}
+
+/// Parses a JSON-RPC batch (allowed by protocol version 2025-03-26 only): every element must
+/// be a valid message, and the batch must not be empty.
+pub fn parse_batch(body: &[u8], max_depth: usize) -> Result<Vec<Message>, ParseError> {
+    let Value::Array(items) = parse_strict_json(body, max_depth).map_err(ParseError::Json)? else {
+        return Err(ParseError::Invalid("a batch must be a JSON array".into()));
+    };
+    if items.is_empty() {
+        return Err(ParseError::Invalid("an empty batch is not a valid request".into()));
+    }
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| {
+            message_from_value(item).map_err(|e| match e {
+                ParseError::Invalid(m) => ParseError::Invalid(format!("batch element {i}: {m}")),
+                ParseError::Params(m) => ParseError::Params(format!("batch element {i}: {m}")),
+                other => other,
+            })
+        })
+        .collect()
+}
+
+/// Whether a body is a batch (a JSON array), judged by its first non-blank byte.
+pub fn is_batch(body: &[u8]) -> bool {
+    body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[')
+}
+
+fn message_from_value(value: Value) -> Result<Message, ParseError> {
     let mut obj = match value {
         Value::Object(obj) => obj,
-        Value::Array(_) => {
-            return Err(ParseError::Invalid(
-                "JSON-RPC batches are not accepted: send one message per request".into(),
-            ))
-        }
-        _ => return Err(ParseError::Invalid("the body must be a JSON object".into())),
+        _ => return Err(ParseError::Invalid("a message must be a JSON object".into())),
     };
     if let Some(unknown) = obj.keys().find(|k| !MEMBERS.contains(&k.as_str())) {
         return Err(ParseError::Invalid(format!("unknown member {unknown:?}")));
@@ -274,6 +304,11 @@ fn target_of(method: &str, params: &Map<String, Value>) -> Result<Target, ParseE
     Ok(match method {
         "tools/call" => {
             let name = text("name")?;
+            if !is_valid_tool_name(&name) {
+                return Err(ParseError::Params(format!(
+                    "tool name {name:?} is not 1-128 characters of A-Z a-z 0-9 _ - ."
+                )));
+            }
             let arguments = match params.get("arguments") {
                 None | Some(Value::Null) => Map::new(),
                 Some(Value::Object(a)) => a.clone(),
@@ -291,4 +326,13 @@ fn target_of(method: &str, params: &Map<String, Value>) -> Result<Target, ParseE
         }
         _ => Target::None,
     })
+}
+
+/// The MCP specification's tool names: 1–128 of `[A-Za-z0-9_.-]`. Anything else (look-alike
+/// Unicode, zero-width characters, spaces) is refused before policy sees it.
+pub fn is_valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }

@@ -182,6 +182,15 @@ impl Exchange {
     }
 }
 
+/// Test builds only: `x-mcp-guard-fault: trap` aborts the VM, as a bug would.
+#[cfg(feature = "fault-injection")]
+#[allow(clippy::panic)]
+fn injected_fault() {
+    if Host::request_header(&Envoy, "x-mcp-guard-fault").as_deref() == Some("trap") {
+        panic!("mcp-guard: injected fault");
+    }
+}
+
 struct Http {
     id: u32,
     exchange: Rc<RefCell<Exchange>>,
@@ -205,6 +214,8 @@ fn action(a: Action) -> WasmAction {
 
 impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> WasmAction {
+        #[cfg(feature = "fault-injection")]
+        injected_fault();
         let mut ex = self.exchange.borrow_mut();
         let a = ex.stream.on_request_headers(&mut Envoy, end_of_stream);
         if ex.stream.waiting().is_some() {
