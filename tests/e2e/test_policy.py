@@ -1,0 +1,102 @@
+"""Policy through real Envoy: discovery filtered per caller (SSE and JSON), argument rules,
+every MCP method governed, and denials that keep the session alive."""
+
+import httpx2
+import pytest
+from mcp import MCPError
+from stack import Stack, mcp_client, run
+
+SALES_SEES = {"search_customers", "get_customer", "echo"}
+ADMIN_SEES = SALES_SEES | {"delete_customer", "push_branch"}
+
+
+@pytest.fixture(scope="module", params=["sse", "json"])
+def any_stack(request, tmp_path_factory):
+    s = Stack(tmp_path_factory.mktemp(f"policy-{request.param}"), json_response=request.param == "json")
+    yield s
+    s.stop()
+
+
+def listed(stack, token):
+    async def session():
+        async with mcp_client(stack.envoy.url, token) as client:
+            return {t.name for t in (await client.list_tools()).tools}
+
+    return run(session())
+
+
+def test_tools_list_shows_each_caller_only_what_it_may_call(any_stack):
+    alice = any_stack.token("list-alice", groups=["sales"])
+    bob = any_stack.token("list-bob", groups=["engineering", "admins"])
+    assert listed(any_stack, alice) == SALES_SEES
+    assert listed(any_stack, bob) == ADMIN_SEES
+    record = any_stack.audit_for("list-alice", method="tools/list")[0]
+    assert record["hidden"] == 2
+    assert "hidden" not in any_stack.audit_for("list-bob", method="tools/list")[0]
+
+
+def test_raw_list_response_keeps_its_shape(any_stack):
+    """What a client gets is the server's own response minus hidden entries: ids, annotations and
+    schemas untouched, and valid for the content type it came in."""
+    token = any_stack.token("raw-lister", groups=["sales"])
+    r = any_stack.post({"jsonrpc": "2.0", "id": "list-1", "method": "tools/list"}, token=token)
+    assert r.status_code == 200
+    if r.headers["content-type"].startswith("text/event-stream"):
+        data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
+        import json
+        message = json.loads(data[-1])
+    else:
+        assert "content-length" not in r.headers or int(r.headers["content-length"]) == len(r.content)
+        message = r.json()
+    assert message["id"] == "list-1"
+    tools = {t["name"]: t for t in message["result"]["tools"]}
+    assert set(tools) == SALES_SEES
+    assert tools["get_customer"]["annotations"]["readOnlyHint"] is True
+    assert "customer_id" in tools["get_customer"]["inputSchema"]["properties"]
+
+
+def test_argument_rules(any_stack):
+    eng = any_stack.token("arg-eng", groups=["engineering"])
+
+    async def session():
+        async with mcp_client(any_stack.envoy.url, eng) as client:
+            ok = await client.call_tool("push_branch", {"owner": "acme", "repo": "api", "branch": "main"})
+            assert "pushed acme/api@main" in ok.content[0].text
+            with pytest.raises(MCPError) as forced:
+                await client.call_tool("push_branch", {"owner": "acme", "repo": "api", "branch": "main",
+                                                       "force": True})
+            assert forced.value.code == -31403
+            # The session is still usable after the denial.
+            assert (await client.call_tool("echo", {"text": "still here"})).content[0].text == "still here"
+
+    run(session())
+    calls = any_stack.audit_for("arg-eng", count=3, method="tools/call")
+    assert [r["decision"] for r in calls] == ["allow", "deny", "allow"]
+
+
+def test_unknown_and_server_only_methods_are_denied(any_stack):
+    token = any_stack.token("methods", groups=["admins"])
+    for method in ("tools/delete_everything", "sampling/createMessage", "roots/list"):
+        r = any_stack.post({"jsonrpc": "2.0", "id": 5, "method": method, "params": {}}, token=token)
+        assert r.status_code == 200, method
+        assert r.json()["error"]["code"] == -31403, method
+
+
+def test_a_denied_notification_is_refused_over_http(any_stack):
+    token = any_stack.token("notifier", groups=["sales"])
+    r = any_stack.post({"jsonrpc": "2.0", "method": "notifications/made_up"}, token=token)
+    assert r.status_code == 403
+    assert r.json()["error"]["code"] == -31403
+
+
+def test_metadata_and_initialize_need_no_tool_rules(any_stack):
+    token = any_stack.token("init-only", groups=[])
+
+    async def session():
+        async with mcp_client(any_stack.envoy.url, token) as client:
+            return {t.name for t in (await client.list_tools()).tools}
+
+    # A caller in no group connects fine and simply sees no tools it may not call.
+    assert run(session()) == SALES_SEES
+    r = httpx2.get(f"http://127.0.0.1:{any_stack.port}/.well-known/oauth-protected-resource/mcp")
+    assert r.status_code == 200
