@@ -17,7 +17,7 @@ DEB_CARGO := /usr/bin/cargo
 WASI_LIB   = $(shell dirname "$$(dpkg -L wasi-libc 2>/dev/null | grep '/libc\.a$$' | head -n1)")
 APT_PKGS  := rustc-web cargo-web rust-web-src lld wasi-libc binaryen wrk
 
-.PHONY: help run test unit e2e wasm wasm-faults setup lint fmt bench clean
+.PHONY: help run test unit policy-tests e2e wasm wasm-faults setup lint fmt bench clean
 
 help:
 	@echo "make run    start the demo: Envoy + mcp-guard + a demo MCP server on :$(PORT)"
@@ -85,10 +85,14 @@ $(WASM_FAULTS): $(STAMPS)/apt $(WASM_SOURCES)
 run: setup $(WASM)
 	@$(PY) tests/run_demo.py --port $(PORT)
 
-test: setup $(WASM) $(WASM_FAULTS) unit e2e
+test: setup $(WASM) $(WASM_FAULTS) unit policy-tests fuzz-smoke e2e
 
 unit:
 	cargo test --workspace
+
+# Every example policy's test cases, through the policy CLI (what a team runs in its own CI).
+policy-tests:
+	cargo run -q -p mcp-guard --bin mcp-guard -- test policies/*.yaml
 
 e2e: setup $(WASM) $(WASM_FAULTS)
 	$(PY) -m pytest -q tests

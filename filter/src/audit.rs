@@ -164,10 +164,11 @@ impl Record {
             &mut smaller.session_id,
             &mut smaller.client_id,
             &mut smaller.method,
-        ] {
-            if let Some(s) = field {
-                truncate(s);
-            }
+        ]
+        .into_iter()
+        .flatten()
+        {
+            truncate(field);
         }
         if let Some(groups) = &mut smaller.groups {
             groups.truncate(16);

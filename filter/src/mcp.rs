@@ -268,8 +268,9 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
             "a message cannot be both a request and a response".into(),
         ));
     }
-    let Value::String(method) = method else {
-        return Err(ParseError::Invalid("\"method\" must be a string".into()));
+    let method = match method {
+        Value::String(m) if !m.is_empty() => m,
+        _ => return Err(ParseError::Invalid("\"method\" must be a non-empty string".into())),
     };
     let params = match params {
         None => Map::new(),

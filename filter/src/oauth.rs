@@ -35,18 +35,17 @@ pub fn metadata_path(resource_path: &str) -> String {
 
 /// The RFC 9728 metadata document for a server.
 pub fn metadata_document(server: &Server) -> Vec<u8> {
-    let mut doc = json!({
-        "resource": server.resource,
-        "authorization_servers": server.authorization_servers,
-        "bearer_methods_supported": ["header"],
-    });
+    let mut doc = serde_json::Map::new();
+    doc.insert("resource".into(), json!(server.resource));
+    doc.insert("authorization_servers".into(), json!(server.authorization_servers));
+    doc.insert("bearer_methods_supported".into(), json!(["header"]));
     if !server.scopes_supported.is_empty() {
-        doc["scopes_supported"] = json!(server.scopes_supported);
+        doc.insert("scopes_supported".into(), json!(server.scopes_supported));
     }
     if let Some(name) = &server.resource_name {
-        doc["resource_name"] = json!(name);
+        doc.insert("resource_name".into(), json!(name));
     }
-    doc.to_string().into_bytes()
+    serde_json::Value::Object(doc).to_string().into_bytes()
 }
 
 /// Quotes a value for an auth-param (RFC 7235 quoted-string).

@@ -1,27 +1,86 @@
 //! Policies: named CEL rules over the caller's identity and the MCP message.
 //!
-//! Semantics, in order:
+//! Semantics, in order (docs/policy.md has the full reference):
+//! 0. a message whose method is not one an MCP client sends is denied by the built-in rule
+//!    [`UNKNOWN_METHOD_RULE`], unless the policy says `unknown_methods: allow`;
 //! 1. any matching `deny` rule denies;
 //! 2. every applicable `require` rule (its `when` holds, or it has none) must hold;
-//! 3. otherwise the first matching `allow` rule allows — if it declares `scopes` the token
-//!    lacks, the answer is 403 `insufficient_scope` instead;
+//! 3. otherwise any matching `allow` rule allows — if every matching `allow` rule declares
+//!    `scopes` the token lacks, the answer is 403 `insufficient_scope` (with the first such
+//!    rule's scopes) instead;
 //! 4. otherwise the policy's `default` (deny unless it says `allow`).
 //!
-//! Rules are compiled once, when the configuration loads. A rule that fails to evaluate
-//! (a missing argument, a type mismatch) fails closed: a `deny` counts as matched, a
-//! `require` as not satisfied, an `allow` as not matched.
+//! Rules are compiled and checked once, when the configuration loads: syntax, unknown variables
+//! and fields, unknown functions and the type errors that can be seen without running the rule
+//! are configuration errors naming the rule's field and the line and column in the expression.
+//! A rule that fails to evaluate (a missing argument or claim, a type mismatch) fails closed: a
+//! `deny` counts as matched, a `require` as not satisfied, an `allow` as not matched.
+//!
+//! Requests only evaluate the rules that can apply to them: a rule with a conjunct such as
+//! `mcp.tool.name == "x"`, `mcp.tool.name in [...]` or `mcp.method == "..."` is indexed under
+//! those tools and methods, so a call to another tool never runs it.
 
+mod analysis;
+mod facts;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
 use std::sync::Arc;
 
-use cel::objects::{Key, Map as CelMap};
-use cel::{Context, Program, Value as Cel};
+use cel::{Context, Env, Program, Value as Cel};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::config::{typed, ConfigError};
 
+pub use facts::json_to_cel;
+
 /// The variables a rule may use.
 pub const VARIABLES: &[&str] = &["jwt", "mcp", "request", "source", "connection", "now"];
+
+/// The name of the built-in rule that denies methods no MCP client sends (see
+/// [`is_client_method`]). No policy rule may use it.
+pub const UNKNOWN_METHOD_RULE: &str = "unknown-method";
+
+/// Requests an MCP client sends to a server (up to protocol version 2025-11-25, plus the
+/// draft `server/discover`).
+pub const CLIENT_REQUESTS: &[&str] = &[
+    "initialize",
+    "ping",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+    "tasks/get",
+    "tasks/list",
+    "tasks/result",
+    "tasks/cancel",
+    "server/discover",
+];
+
+/// Notifications an MCP client sends to a server.
+pub const CLIENT_NOTIFICATIONS: &[&str] = &[
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+    "notifications/tasks/status",
+];
+
+/// Whether `method` is one an MCP client sends to a server: a request or notification of
+/// [`CLIENT_REQUESTS`] or [`CLIENT_NOTIFICATIONS`], or the empty method of a response (the
+/// client answering a server's request). Methods only servers send (`sampling/createMessage`,
+/// `elicitation/create`, `roots/list`, `notifications/tools/list_changed`, …) are not.
+pub fn is_client_method(method: &str) -> bool {
+    method.is_empty() || CLIENT_REQUESTS.contains(&method) || CLIENT_NOTIFICATIONS.contains(&method)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
@@ -30,21 +89,90 @@ pub enum Effect {
     Require,
 }
 
+impl Effect {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+            Effect::Require => "require",
+        }
+    }
+}
+
+/// One compiled rule.
 #[derive(Debug)]
 pub struct Rule {
     pub name: String,
+    pub description: Option<String>,
     pub effect: Effect,
+    /// The `allow`, `deny` or `require` expression, as written.
+    pub expression: String,
+    /// The `when` expression of a `require` rule, as written.
+    pub when_expression: Option<String>,
+    /// Scopes an `allow` rule needs the token to carry.
+    pub scopes: Vec<String>,
     condition: Program,
     when: Option<Program>,
-    pub scopes: Vec<String>,
+    /// The tools the rule can apply to (from conjuncts such as `mcp.tool.name == "x"`); `None`
+    /// when any tool, or none, may match.
+    tools: Option<BTreeSet<String>>,
+    /// The methods the rule can apply to, likewise.
+    methods: Option<BTreeSet<String>>,
+    /// Whether the rule reads `mcp.tool.arguments` (so it cannot be decided for a listing).
+    uses_arguments: bool,
 }
 
-#[derive(Debug)]
+impl Rule {
+    /// The tools this rule can apply to, when its expression (its `when`, for a `require`
+    /// rule) limits them; `None` when it is not limited to named tools.
+    pub fn tools(&self) -> Option<&BTreeSet<String>> {
+        self.tools.as_ref()
+    }
+
+    /// The methods this rule can apply to, when its expression limits them.
+    pub fn methods(&self) -> Option<&BTreeSet<String>> {
+        self.methods.as_ref()
+    }
+
+    /// Whether the index lets this rule apply to a message with this method and tool name.
+    fn may_apply(&self, method: &str, tool: &str) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(method))
+            && self.tools.as_ref().is_none_or(|t| t.contains(tool))
+    }
+}
+
+/// A compiled policy.
 pub struct Policy {
     pub name: String,
     pub version: String,
+    pub description: Option<String>,
+    /// `default: allow`: a message no rule decides is allowed.
     pub default_allow: bool,
+    /// `on_deny: hide`: a denied call to a tool, prompt or resource is answered as if it did not
+    /// exist (JSON-RPC -32602), and lists leave out what the caller may not use. With `explain`
+    /// (the default) a denial names the rule and the policy.
+    pub hide_denied: bool,
+    /// `unknown_methods: allow`: methods no MCP client sends are left to the rules instead of
+    /// being denied by [`UNKNOWN_METHOD_RULE`].
+    pub allow_unknown_methods: bool,
     pub rules: Vec<Rule>,
+    env: Arc<Env>,
+    index: Index,
+    /// The variables some rule reads: only those are built for a request.
+    roots: facts::Roots,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("default_allow", &self.default_allow)
+            .field("hide_denied", &self.hide_denied)
+            .field("allow_unknown_methods", &self.allow_unknown_methods)
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the policy decided, and because of which rule.
@@ -59,10 +187,77 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
     pub outcome: Outcome,
-    /// The deciding rule; `None` when the policy default decided.
+    /// The deciding rule ([`UNKNOWN_METHOD_RULE`] for the built-in one); `None` when the policy
+    /// default decided.
     pub rule: Option<String>,
     /// A short explanation (for `explain`, logs and evaluation errors).
     pub reason: String,
+}
+
+/// A policy error: the field it is about (`servers[0].policy.rules[2].allow`), the rule, and
+/// where in the expression.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    pub field: String,
+    pub rule: Option<String>,
+    pub message: String,
+    pub location: Option<Location>,
+}
+
+/// A position in a rule's expression, 1-based.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+    /// The line of the expression the position is on.
+    pub source_line: String,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        f.write_str(&self.detail())
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+impl PolicyError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        PolicyError {
+            field: field.into(),
+            rule: None,
+            message: message.into(),
+            location: None,
+        }
+    }
+
+    /// The message with the rule and the position, without the field.
+    pub fn detail(&self) -> String {
+        let mut text = String::new();
+        if let Some(rule) = &self.rule {
+            text.push_str(&format!("rule {rule:?}: "));
+        }
+        if let Some(at) = &self.location {
+            text.push_str(&format!("line {}, column {}: ", at.line, at.column));
+        }
+        text.push_str(&self.message);
+        text
+    }
+}
+
+impl From<PolicyError> for ConfigError {
+    fn from(e: PolicyError) -> Self {
+        ConfigError::new(e.field.clone(), e.detail())
+    }
+}
+
+impl From<ConfigError> for PolicyError {
+    fn from(e: ConfigError) -> Self {
+        PolicyError::new(e.field, e.message)
+    }
 }
 
 #[derive(Deserialize)]
@@ -70,9 +265,15 @@ pub struct Decision {
 struct RawPolicy {
     name: String,
     #[serde(default)]
-    version: Option<String>,
+    version: Option<Value>,
+    #[serde(default)]
+    description: Option<String>,
     #[serde(default)]
     default: Option<String>,
+    #[serde(default)]
+    on_deny: Option<String>,
+    #[serde(default)]
+    unknown_methods: Option<String>,
     #[serde(default)]
     rules: Vec<Value>,
 }
@@ -95,49 +296,147 @@ struct RawRule {
     scopes: Vec<String>,
 }
 
+/// `field.member`, or `member` at the top.
+fn member(field: &str, name: &str) -> String {
+    if field.is_empty() {
+        name.to_string()
+    } else {
+        format!("{field}.{name}")
+    }
+}
+
+/// One of two words, naming the field and the choices when it is neither.
+fn choice(value: Option<&str>, field: String, no: &str, yes: &str) -> Result<bool, PolicyError> {
+    match value {
+        None => Ok(false),
+        Some(v) if v == no => Ok(false),
+        Some(v) if v == yes => Ok(true),
+        Some(other) => Err(PolicyError::new(
+            field,
+            format!("must be {no:?} or {yes:?}, not {other:?}"),
+        )),
+    }
+}
+
 impl Policy {
+    /// Parses and compiles a policy; the first error, for the plugin configuration.
     pub fn from_config(value: Value, field: &str) -> Result<Policy, ConfigError> {
-        let raw: RawPolicy = typed(value, field)?;
-        if raw.name.trim().is_empty() {
-            return Err(ConfigError::new(format!("{field}.name"), "must not be empty"));
+        Policy::compile(value, field).map_err(|errors| {
+            errors
+                .into_iter()
+                .next()
+                .map(ConfigError::from)
+                .unwrap_or_else(|| ConfigError::new(field, "invalid policy"))
+        })
+    }
+
+    /// Parses and compiles a policy, reporting every error found (for `mcp-guard check`).
+    /// `field` prefixes every error's field; empty for a policy file of its own.
+    pub fn compile(value: Value, field: &str) -> Result<Policy, Vec<PolicyError>> {
+        if !value.is_object() {
+            return Err(vec![PolicyError::new(field, "a policy must be a mapping")]);
         }
-        let default_allow = match raw.default.as_deref() {
-            None | Some("deny") => false,
-            Some("allow") => true,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    format!("{field}.default"),
-                    format!("must be \"allow\" or \"deny\", not {other:?}"),
-                ))
+        let raw: RawPolicy = typed(value, field).map_err(|e| vec![PolicyError::from(e)])?;
+        let mut errors = Vec::new();
+        if raw.name.trim().is_empty() {
+            errors.push(PolicyError::new(member(field, "name"), "must not be empty"));
+        }
+        let version = match raw.version {
+            None => String::new(),
+            Some(Value::String(s)) => s,
+            Some(Value::Number(n)) => n.to_string(),
+            Some(_) => {
+                errors.push(PolicyError::new(
+                    member(field, "version"),
+                    "must be a string (or a number)",
+                ));
+                String::new()
             }
         };
+        let mut flag = |value: Option<String>, name: &str, no: &str, yes: &str| {
+            choice(value.as_deref(), member(field, name), no, yes).unwrap_or_else(|e| {
+                errors.push(e);
+                false
+            })
+        };
+        let default_allow = flag(raw.default, "default", "deny", "allow");
+        let hide_denied = flag(raw.on_deny, "on_deny", "explain", "hide");
+        let allow_unknown_methods = flag(raw.unknown_methods, "unknown_methods", "deny", "allow");
+
+        let env = Arc::new(Env::stdlib());
+        let mut checker = analysis::Checker::new(Arc::clone(&env));
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
         for (i, value) in raw.rules.into_iter().enumerate() {
-            let rule_field = format!("{field}.rules[{i}]");
-            let rule = Rule::from_config(value, &rule_field)?;
-            if rules.iter().any(|r| r.name == rule.name) {
-                return Err(ConfigError::new(
-                    format!("{rule_field}.name"),
-                    format!("rule name {:?} is used twice", rule.name),
-                ));
+            let rule_field = format!("{}[{i}]", member(field, "rules"));
+            match Rule::from_config(value, &rule_field, &mut checker) {
+                Ok(rule) => {
+                    if rules.iter().any(|r| r.name == rule.name) {
+                        errors.push(PolicyError::new(
+                            member(&rule_field, "name"),
+                            format!("rule name {:?} is used twice", rule.name),
+                        ));
+                    } else if rule.name == UNKNOWN_METHOD_RULE {
+                        errors.push(PolicyError::new(
+                            member(&rule_field, "name"),
+                            format!(
+                                "{UNKNOWN_METHOD_RULE:?} is the built-in rule for unknown methods; \
+                                 use `unknown_methods: allow` and a rule of another name"
+                            ),
+                        ));
+                    }
+                    rules.push(rule);
+                }
+                Err(mut e) => errors.append(&mut e),
             }
-            rules.push(rule);
         }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let roots = checker.roots();
+        let index = Index::build(&rules);
         Ok(Policy {
             name: raw.name,
-            version: raw.version.unwrap_or_default(),
+            version,
+            description: raw.description,
             default_allow,
+            hide_denied,
+            allow_unknown_methods,
             rules,
+            env,
+            index,
+            roots,
         })
+    }
+
+    /// Whether the built-in rule lets this method through to the rules.
+    pub fn method_allowed(&self, method: &str) -> bool {
+        self.allow_unknown_methods || is_client_method(method)
+    }
+
+    fn unknown_method(method: &str) -> Decision {
+        Decision {
+            outcome: Outcome::Deny,
+            rule: Some(UNKNOWN_METHOD_RULE.into()),
+            reason: format!("{method:?} is not a method an MCP client sends to a server"),
+        }
     }
 
     /// Evaluates the policy for one message.
     pub fn evaluate(&self, input: &Input) -> Decision {
-        let ctx = input.context();
-        let scopes = input.scopes();
+        if !self.method_allowed(input.method) {
+            return Policy::unknown_method(input.method);
+        }
+        let ctx = facts::context(&self.env, input, self.roots, facts::Arguments::Present);
+        self.decide(&ctx, input, true)
+    }
 
-        for rule in self.rules.iter().filter(|r| r.effect == Effect::Deny) {
-            match eval_bool(&rule.condition, &ctx) {
+    /// The decision for the message `ctx` describes. `indexed`: only evaluate the rules the
+    /// index lets apply (always, but for the tests that check the index changes nothing).
+    fn decide(&self, ctx: &Context, input: &Input, indexed: bool) -> Decision {
+        let method = input.method;
+        let tool = input.tool_name();
+        for rule in self.lane(&self.index.deny, method, tool, indexed) {
+            match eval_bool(&rule.condition, ctx) {
                 Ok(false) => {}
                 Ok(true) => return decided(Outcome::Deny, rule, "deny rule matched".into()),
                 Err(e) => {
@@ -149,16 +448,26 @@ impl Policy {
                 }
             }
         }
-        for rule in self.rules.iter().filter(|r| r.effect == Effect::Require) {
+        for rule in self.lane(&self.index.require, method, tool, indexed) {
             let applies = match &rule.when {
                 None => Ok(true),
-                Some(when) => eval_bool(when, &ctx),
+                Some(when) => eval_bool(when, ctx),
             };
-            let holds = applies.and_then(|a| if a { eval_bool(&rule.condition, &ctx) } else { Ok(true) });
+            let holds = applies.and_then(|a| {
+                if a {
+                    eval_bool(&rule.condition, ctx)
+                } else {
+                    Ok(true)
+                }
+            });
             match holds {
                 Ok(true) => {}
                 Ok(false) => {
-                    return decided(Outcome::Deny, rule, "required condition does not hold".into())
+                    return decided(
+                        Outcome::Deny,
+                        rule,
+                        "required condition does not hold".into(),
+                    )
                 }
                 Err(e) => {
                     return decided(
@@ -169,23 +478,46 @@ impl Policy {
                 }
             }
         }
-        for rule in self.rules.iter().filter(|r| r.effect == Effect::Allow) {
-            if eval_bool(&rule.condition, &ctx) == Ok(true) {
-                let missing: Vec<String> = rule
-                    .scopes
-                    .iter()
-                    .filter(|s| !scopes.iter().any(|have| have == *s))
-                    .cloned()
-                    .collect();
-                if !missing.is_empty() {
-                    return decided(
-                        Outcome::InsufficientScope(rule.scopes.clone()),
-                        rule,
-                        format!("token lacks scope(s) {}", missing.join(" ")),
-                    );
+        let granted = facts::scopes(input.claims);
+        let mut lacking: Option<(&Rule, Vec<&String>)> = None;
+        let mut failed: Option<(&Rule, String)> = None;
+        for rule in self.lane(&self.index.allow, method, tool, indexed) {
+            match eval_bool(&rule.condition, ctx) {
+                Ok(true) => {
+                    let missing: Vec<&String> = rule
+                        .scopes
+                        .iter()
+                        .filter(|s| !granted.contains(&s.as_str()))
+                        .collect();
+                    if missing.is_empty() {
+                        return decided(Outcome::Allow, rule, "allow rule matched".into());
+                    }
+                    if lacking.is_none() {
+                        lacking = Some((rule, missing));
+                    }
                 }
-                return decided(Outcome::Allow, rule, "allow rule matched".into());
+                Ok(false) => {}
+                Err(e) => {
+                    if failed.is_none() {
+                        failed = Some((rule, e));
+                    }
+                }
             }
+        }
+        if let Some((rule, missing)) = lacking {
+            let missing: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
+            return decided(
+                Outcome::InsufficientScope(rule.scopes.clone()),
+                rule,
+                format!("token lacks scope(s) {}", missing.join(" ")),
+            );
+        }
+        let mut reason = "no rule matched; policy default applies".to_string();
+        if let Some((rule, e)) = failed {
+            reason.push_str(&format!(
+                " (allow rule {:?} could not be evaluated: {e})",
+                rule.name
+            ));
         }
         Decision {
             outcome: if self.default_allow {
@@ -194,9 +526,186 @@ impl Policy {
                 Outcome::Deny
             },
             rule: None,
-            reason: "no rule matched; policy default applies".into(),
+            reason,
         }
     }
+
+    /// The rules of a lane that can apply to a message with this method and tool, in policy
+    /// order (all of them when not `indexed`).
+    fn lane<'l>(
+        &'l self,
+        lane: &'l Lane,
+        method: &'l str,
+        tool: &'l str,
+        indexed: bool,
+    ) -> impl Iterator<Item = &'l Rule> + 'l {
+        let (some, every) = if indexed {
+            (Some(lane.candidates(tool)), None)
+        } else {
+            (None, Some(lane.every.iter().copied()))
+        };
+        some.into_iter()
+            .flatten()
+            .chain(every.into_iter().flatten())
+            .filter_map(|i| self.rules.get(i))
+            .filter(move |r| !indexed || r.may_apply(method, tool))
+    }
+
+    /// Whether a listing (`tools/list`, `prompts/list`, `resources/list`) shows `item` to the
+    /// caller `input` describes: the same rules, evaluated as if the caller called that tool
+    /// (read that resource, got that prompt) without arguments. A rule that reads the
+    /// arguments, and so cannot be decided, counts as possibly matching for `allow` and as not
+    /// denying for `deny` and `require`: an item is shown when some call to it could be
+    /// allowed (a step-up for missing scopes included). Other evaluation errors fail closed as
+    /// for a call.
+    ///
+    /// `input` is the listing request's (its method and target are ignored). To filter a whole
+    /// list, [`Policy::lister`] builds the caller's facts once.
+    pub fn visible(&self, input: &Input, item: Item<'_>) -> bool {
+        self.lister(input).visible(item)
+    }
+
+    /// Prepares [`Lister::visible`] calls for one caller.
+    pub fn lister<'p, 'i>(&'p self, input: &'i Input<'i>) -> Lister<'p, 'i> {
+        let ctx = facts::context(&self.env, input, self.roots, facts::Arguments::Absent);
+        Lister {
+            policy: self,
+            input,
+            ctx,
+        }
+    }
+
+    fn shown(&self, ctx: &Context, method: &str, tool: &str, indexed: bool) -> bool {
+        for rule in self.lane(&self.index.deny, method, tool, indexed) {
+            match listing_eval(rule, &rule.condition, ctx) {
+                Tri::True | Tri::Failed => return false,
+                Tri::False | Tri::Unknown => {}
+            }
+        }
+        for rule in self.lane(&self.index.require, method, tool, indexed) {
+            let applies = match &rule.when {
+                None => Tri::True,
+                Some(when) => listing_eval(rule, when, ctx),
+            };
+            match applies {
+                Tri::Failed => return false,
+                Tri::False | Tri::Unknown => continue,
+                Tri::True => {}
+            }
+            match listing_eval(rule, &rule.condition, ctx) {
+                Tri::False | Tri::Failed => return false,
+                Tri::True | Tri::Unknown => {}
+            }
+        }
+        for rule in self.lane(&self.index.allow, method, tool, indexed) {
+            match listing_eval(rule, &rule.condition, ctx) {
+                Tri::True | Tri::Unknown => return true,
+                Tri::False | Tri::Failed => {}
+            }
+        }
+        self.default_allow
+    }
+
+    /// Evaluates every rule for one message, for `mcp-guard explain`: each rule's result or
+    /// error, whether the index would have run it, and the decision.
+    pub fn explain(&self, input: &Input) -> Explanation {
+        let ctx = facts::context(&self.env, input, self.roots, facts::Arguments::Present);
+        let tool = input.tool_name();
+        let scopes = input.scopes();
+        let rules = self
+            .rules
+            .iter()
+            .map(|rule| {
+                let when = rule.when.as_ref().map(|w| eval_bool(w, &ctx));
+                let result = match &when {
+                    Some(Ok(false)) | Some(Err(_)) => None,
+                    _ => Some(eval_bool(&rule.condition, &ctx)),
+                };
+                let missing_scopes = rule
+                    .scopes
+                    .iter()
+                    .filter(|s| !scopes.contains(s))
+                    .cloned()
+                    .collect();
+                RuleTrace {
+                    name: rule.name.clone(),
+                    effect: rule.effect,
+                    indexed: rule.may_apply(input.method, tool),
+                    when,
+                    result,
+                    missing_scopes,
+                }
+            })
+            .collect();
+        Explanation {
+            decision: self.evaluate(input),
+            method_known: is_client_method(input.method),
+            rules,
+        }
+    }
+}
+
+/// Filters the items of listings for one caller; see [`Policy::visible`].
+pub struct Lister<'p, 'i> {
+    policy: &'p Policy,
+    input: &'i Input<'i>,
+    ctx: Context<'i, 'i>,
+}
+
+impl Lister<'_, '_> {
+    /// Whether the caller may see `item`.
+    pub fn visible(&mut self, item: Item<'_>) -> bool {
+        let (method, tool) = match item {
+            Item::Tool(name) => ("tools/call", name),
+            Item::Prompt(_) => ("prompts/get", ""),
+            Item::Resource(_) => ("resources/read", ""),
+        };
+        facts::set_listing_item(&mut self.ctx, self.policy.roots, self.input, item);
+        self.policy.shown(&self.ctx, method, tool, true)
+    }
+
+    #[cfg(test)]
+    fn visible_unindexed(&mut self, item: Item<'_>) -> bool {
+        let (method, tool) = match item {
+            Item::Tool(name) => ("tools/call", name),
+            Item::Prompt(_) => ("prompts/get", ""),
+            Item::Resource(_) => ("resources/read", ""),
+        };
+        facts::set_listing_item(&mut self.ctx, self.policy.roots, self.input, item);
+        self.policy.shown(&self.ctx, method, tool, false)
+    }
+}
+
+/// An item of a listing: a tool, a prompt (by name) or a resource (by URI).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Item<'a> {
+    Tool(&'a str),
+    Prompt(&'a str),
+    Resource(&'a str),
+}
+
+/// Every rule's result for one message; see [`Policy::explain`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explanation {
+    pub decision: Decision,
+    /// Whether the method is one a client sends (the built-in rule lets it through).
+    pub method_known: bool,
+    pub rules: Vec<RuleTrace>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleTrace {
+    pub name: String,
+    pub effect: Effect,
+    /// Whether the index runs this rule for this message (a rule limited to other tools or
+    /// methods is skipped, and is then false whatever the expression).
+    pub indexed: bool,
+    /// The `when` of a `require` rule.
+    pub when: Option<Result<bool, String>>,
+    /// The rule's expression; `None` when its `when` is false or failed.
+    pub result: Option<Result<bool, String>>,
+    /// Scopes the rule needs that the token lacks.
+    pub missing_scopes: Vec<String>,
 }
 
 fn decided(outcome: Outcome, rule: &Rule, reason: String) -> Decision {
@@ -207,96 +716,140 @@ fn decided(outcome: Outcome, rule: &Rule, reason: String) -> Decision {
     }
 }
 
+/// A rule's result for a listing.
+enum Tri {
+    True,
+    False,
+    /// Failed for want of the arguments: could go either way.
+    Unknown,
+    /// Failed for another reason: fails closed as for a call.
+    Failed,
+}
+
+fn listing_eval(rule: &Rule, program: &Program, ctx: &Context) -> Tri {
+    match eval_bool(program, ctx) {
+        Ok(true) => Tri::True,
+        Ok(false) => Tri::False,
+        Err(_) if rule.uses_arguments => Tri::Unknown,
+        Err(_) => Tri::Failed,
+    }
+}
+
 impl Rule {
-    fn from_config(value: Value, field: &str) -> Result<Rule, ConfigError> {
-        let raw: RawRule = typed(value, field)?;
-        let _ = raw.description;
+    fn from_config(
+        value: Value,
+        field: &str,
+        checker: &mut analysis::Checker,
+    ) -> Result<Rule, Vec<PolicyError>> {
+        if !value.is_object() {
+            return Err(vec![PolicyError::new(field, "a rule must be a mapping")]);
+        }
+        let raw: RawRule = typed(value, field).map_err(|e| vec![PolicyError::from(e)])?;
+        let name = raw.name.clone();
+        let error = |field: String, message: String| PolicyError {
+            field,
+            rule: Some(name.clone()),
+            message,
+            location: None,
+        };
         if raw.name.trim().is_empty() {
-            return Err(ConfigError::new(format!("{field}.name"), "must not be empty"));
+            return Err(vec![PolicyError::new(
+                member(field, "name"),
+                "must not be empty",
+            )]);
         }
         let (effect, key, source) = match (raw.allow, raw.deny, raw.require) {
             (Some(s), None, None) => (Effect::Allow, "allow", s),
             (None, Some(s), None) => (Effect::Deny, "deny", s),
             (None, None, Some(s)) => (Effect::Require, "require", s),
             _ => {
-                return Err(ConfigError::new(
-                    field,
-                    format!(
-                        "rule {:?} needs exactly one of \"allow\", \"deny\" or \"require\"",
-                        raw.name
-                    ),
-                ))
+                return Err(vec![error(
+                    field.to_string(),
+                    "needs exactly one of \"allow\", \"deny\" or \"require\"".into(),
+                )])
             }
         };
+        let mut errors = Vec::new();
         if raw.when.is_some() && effect != Effect::Require {
-            return Err(ConfigError::new(
-                format!("{field}.when"),
-                "\"when\" only applies to \"require\" rules; fold the condition into the expression",
+            errors.push(error(
+                member(field, "when"),
+                "\"when\" only applies to \"require\" rules; fold the condition into the expression"
+                    .into(),
             ));
         }
         if !raw.scopes.is_empty() && effect != Effect::Allow {
-            return Err(ConfigError::new(
-                format!("{field}.scopes"),
-                "\"scopes\" only applies to \"allow\" rules",
+            errors.push(error(
+                member(field, "scopes"),
+                "\"scopes\" only applies to \"allow\" rules".into(),
             ));
         }
-        let condition = compile(&source, &format!("{field}.{key}"), &raw.name)?;
-        let when = match raw.when {
-            Some(w) => Some(compile(&w, &format!("{field}.when"), &raw.name)?),
-            None => None,
+        if let Some(bad) = raw.scopes.iter().find(|s| {
+            s.is_empty()
+                || s.chars()
+                    .any(|c| c.is_whitespace() || c == '"' || c == '\\')
+        }) {
+            errors.push(error(
+                member(field, "scopes"),
+                format!("{bad:?} is not a valid OAuth scope"),
+            ));
+        }
+        let condition = checker.compile(&source, &member(field, key), &raw.name);
+        let when = raw
+            .when
+            .as_ref()
+            .map(|w| checker.compile(w, &member(field, "when"), &raw.name));
+        let condition = condition.map_err(|e| errors.push(e)).ok();
+        let when = match when {
+            None => Some(None),
+            Some(Ok(w)) => Some(Some(w)),
+            Some(Err(e)) => {
+                errors.push(e);
+                None
+            }
         };
+        let (Some(condition), Some(when)) = (condition, when) else {
+            return Err(errors);
+        };
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        // What limits the rule to some tools or methods: its `when`, for a `require` rule (the
+        // rule does not apply where `when` is false); its expression otherwise (the expression
+        // is false where a conjunct is).
+        let limits = match effect {
+            Effect::Require => when.as_ref().map(|w| &w.limits),
+            Effect::Allow | Effect::Deny => Some(&condition.limits),
+        };
+        let (tools, methods) = match limits {
+            Some(l) => (l.tools.clone(), l.methods.clone()),
+            None => (None, None),
+        };
+        let uses_arguments =
+            condition.uses_arguments || when.as_ref().is_some_and(|w| w.uses_arguments);
         Ok(Rule {
             name: raw.name,
+            description: raw.description,
             effect,
-            condition,
-            when,
+            expression: source,
+            when_expression: raw.when,
             scopes: raw.scopes,
+            condition: condition.program,
+            when: when.map(|w| w.program),
+            tools,
+            methods,
+            uses_arguments,
         })
     }
 }
 
-/// Compiles one CEL expression, rejecting unknown variables.
+/// Compiles and checks one CEL expression on its own, as a rule's would be (for tools and
+/// tests). `field` and `rule` name it in errors.
 pub fn compile(source: &str, field: &str, rule: &str) -> Result<Program, ConfigError> {
-    let program = Program::compile(source).map_err(|errors| {
-        let detail = errors
-            .errors
-            .iter()
-            .map(|e| {
-                format!(
-                    "line {}, column {}: {}",
-                    e.pos.0.max(0) + 1,
-                    e.pos.1.max(0) + 1,
-                    e.msg
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("; ");
-        ConfigError::new(field, format!("rule {rule:?}: CEL syntax error at {detail}"))
-    })?;
-    let references = program.references();
-    let mut unknown: Vec<&str> = references
-        .variables()
-        .into_iter()
-        .filter(|v| !VARIABLES.contains(v) && !is_bound_in_macro(source, v))
-        .collect();
-    unknown.sort_unstable();
-    if let Some(first) = unknown.first() {
-        return Err(ConfigError::new(
-            field,
-            format!(
-                "rule {rule:?}: unknown variable {first:?} (known: {})",
-                VARIABLES.join(", ")
-            ),
-        ));
-    }
-    Ok(program)
-}
-
-/// Whether `name` is the iteration variable of a macro such as `exists(x, …)`.
-fn is_bound_in_macro(source: &str, name: &str) -> bool {
-    ["all(", "exists(", "exists_one(", "map(", "filter("]
-        .iter()
-        .any(|m| source.contains(&format!("{m}{name},")) || source.contains(&format!("{m}{name} ,")))
+    let mut checker = analysis::Checker::new(Arc::new(Env::stdlib()));
+    checker
+        .compile(source, field, rule)
+        .map(|c| c.program)
+        .map_err(ConfigError::from)
 }
 
 fn eval_bool(program: &Program, ctx: &Context) -> Result<bool, String> {
@@ -307,13 +860,104 @@ fn eval_bool(program: &Program, ctx: &Context) -> Result<bool, String> {
     }
 }
 
+/// Rule indices by effect, and by the tool they are limited to.
+#[derive(Debug, Default)]
+struct Index {
+    deny: Lane,
+    require: Lane,
+    allow: Lane,
+}
+
+#[derive(Debug, Default)]
+struct Lane {
+    /// Rules not limited to named tools, in policy order.
+    any_tool: Vec<usize>,
+    /// Rules limited to named tools, under each, in policy order.
+    by_tool: HashMap<String, Vec<usize>>,
+    /// Every rule of the lane, in policy order.
+    every: Vec<usize>,
+}
+
+impl Index {
+    fn build(rules: &[Rule]) -> Index {
+        let mut index = Index::default();
+        for (i, rule) in rules.iter().enumerate() {
+            let lane = match rule.effect {
+                Effect::Deny => &mut index.deny,
+                Effect::Require => &mut index.require,
+                Effect::Allow => &mut index.allow,
+            };
+            lane.every.push(i);
+            match &rule.tools {
+                None => lane.any_tool.push(i),
+                Some(tools) => {
+                    for tool in tools {
+                        lane.by_tool.entry(tool.clone()).or_default().push(i);
+                    }
+                }
+            }
+        }
+        index
+    }
+}
+
+impl Lane {
+    /// The rules that can apply to a message about `tool` ("" when none), in policy order.
+    fn candidates<'l>(&'l self, tool: &str) -> impl Iterator<Item = usize> + 'l {
+        let named: &'l [usize] = self.by_tool.get(tool).map(Vec::as_slice).unwrap_or(&[]);
+        Merge {
+            a: self.any_tool.as_slice(),
+            b: named,
+        }
+    }
+}
+
+/// Merges two ascending index lists.
+struct Merge<'l> {
+    a: &'l [usize],
+    b: &'l [usize],
+}
+
+impl Iterator for Merge<'_> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        match (self.a.split_first(), self.b.split_first()) {
+            (Some((&x, rest_a)), Some((&y, rest_b))) => {
+                if x <= y {
+                    self.a = rest_a;
+                    if x == y {
+                        self.b = rest_b;
+                    }
+                    Some(x)
+                } else {
+                    self.b = rest_b;
+                    Some(y)
+                }
+            }
+            (Some((&x, rest)), None) => {
+                self.a = rest;
+                Some(x)
+            }
+            (None, Some((&y, rest))) => {
+                self.b = rest;
+                Some(y)
+            }
+            (None, None) => None,
+        }
+    }
+}
+
 /// The facts a policy decides on.
 #[derive(Debug, Default, Clone)]
 pub struct Input<'a> {
     pub claims: Option<&'a Map<String, Value>>,
+    /// The JSON-RPC method; empty for a response (the client answering a server's request).
     pub method: &'a str,
+    /// The tool of a `tools/call`, and its arguments.
     pub tool: Option<(&'a str, Option<&'a Map<String, Value>>)>,
+    /// The prompt of a `prompts/get`.
     pub prompt: Option<&'a str>,
+    /// The resource of a `resources/read`, `resources/subscribe` or `resources/unsubscribe`.
     pub resource_uri: Option<&'a str>,
     pub session_id: Option<&'a str>,
     pub request: RequestFacts<'a>,
@@ -325,125 +969,58 @@ pub struct Input<'a> {
 
 #[derive(Debug, Default, Clone)]
 pub struct RequestFacts<'a> {
+    /// `:path` as received; rules see it without the query string.
     pub path: &'a str,
     pub host: &'a str,
     pub method: &'a str,
+    /// The request headers; rules see them with lower-cased names, without pseudo-headers
+    /// and without `authorization`.
     pub headers: &'a [(String, String)],
 }
 
-impl Input<'_> {
+impl<'a> Input<'a> {
     /// Scopes granted by the token: `scope` (space-separated) or `scp` (string or list).
     pub fn scopes(&self) -> Vec<String> {
         scopes_of(self.claims)
     }
 
-    fn context(&self) -> Context<'static, 'static> {
-        let mut ctx = Context::default();
-        let mut jwt = self.claims.map(|c| json_map(c)).unwrap_or_default();
-        jwt.insert(
-            key("scopes"),
-            Cel::List(Arc::new(self.scopes().into_iter().map(Cel::from).collect())),
-        );
-        ctx.add_variable_from_value("jwt", map(jwt));
+    /// The tool a `tools/call` names; empty otherwise.
+    pub fn tool_name(&self) -> &'a str {
+        self.tool.map(|(name, _)| name).unwrap_or("")
+    }
 
-        let (tool_name, arguments) = match self.tool {
-            Some((name, args)) => (name, args.map(json_map).unwrap_or_default()),
-            None => ("", Default::default()),
-        };
-        let mcp = map(
-            [
-                (key("method"), Cel::from(self.method)),
-                (
-                    key("tool"),
-                    map([
-                        (key("name"), Cel::from(tool_name)),
-                        (key("arguments"), map(arguments)),
-                    ]),
-                ),
-                (
-                    key("prompt"),
-                    map([(key("name"), Cel::from(self.prompt.unwrap_or("")))]),
-                ),
-                (
-                    key("resource"),
-                    map([(key("uri"), Cel::from(self.resource_uri.unwrap_or("")))]),
-                ),
-                (key("session_id"), Cel::from(self.session_id.unwrap_or(""))),
-            ],
-        );
-        ctx.add_variable_from_value("mcp", mcp);
-
-        let headers: std::collections::HashMap<Key, Cel> = self
-            .request
-            .headers
-            .iter()
-            .map(|(k, v)| (key(&k.to_ascii_lowercase()), Cel::from(v.as_str())))
-            .collect();
-        ctx.add_variable_from_value(
-            "request",
-            map([
-                (key("path"), Cel::from(self.request.path)),
-                (key("host"), Cel::from(self.request.host)),
-                (key("method"), Cel::from(self.request.method)),
-                (key("headers"), map(headers)),
-            ]),
-        );
-        ctx.add_variable_from_value("source", map([(key("address"), Cel::from(self.source_address))]));
-        ctx.add_variable_from_value("connection", map([(key("mtls"), Cel::Bool(self.mtls))]));
-        let now = chrono::DateTime::from_timestamp(self.now, 0).unwrap_or_default();
-        ctx.add_variable_from_value("now", Cel::Timestamp(now.fixed_offset()));
-        ctx
+    /// This caller's facts for a call of `item` without arguments: what [`Policy::visible`]
+    /// evaluates.
+    pub fn for_item(&self, item: Item<'a>) -> Input<'a> {
+        let mut input = self.clone();
+        input.tool = None;
+        input.prompt = None;
+        input.resource_uri = None;
+        match item {
+            Item::Tool(name) => {
+                input.method = "tools/call";
+                input.tool = Some((name, None));
+            }
+            Item::Prompt(name) => {
+                input.method = "prompts/get";
+                input.prompt = Some(name);
+            }
+            Item::Resource(uri) => {
+                input.method = "resources/read";
+                input.resource_uri = Some(uri);
+            }
+        }
+        input
     }
 }
 
 /// Scopes granted by a token's claims.
 pub fn scopes_of(claims: Option<&Map<String, Value>>) -> Vec<String> {
-    let Some(claims) = claims else {
-        return Vec::new();
-    };
-    let split = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
-    match (claims.get("scope"), claims.get("scp")) {
-        (Some(Value::String(s)), _) => split(s),
-        (_, Some(Value::String(s))) => split(s),
-        (_, Some(Value::Array(items))) => items
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect(),
-        _ => Vec::new(),
-    }
+    facts::scopes(claims)
+        .into_iter()
+        .map(str::to_string)
+        .collect()
 }
 
-fn key(name: &str) -> Key {
-    Key::String(Arc::new(name.to_string()))
-}
-
-fn map<I: IntoIterator<Item = (Key, Cel)>>(entries: I) -> Cel {
-    Cel::Map(CelMap {
-        map: Arc::new(entries.into_iter().collect()),
-    })
-}
-
-fn json_map(obj: &Map<String, Value>) -> std::collections::HashMap<Key, Cel> {
-    obj.iter().map(|(k, v)| (key(k), json_to_cel(v))).collect()
-}
-
-/// Converts JSON into a CEL value: integers stay integers (`int`, or `uint` beyond i64).
-pub fn json_to_cel(value: &Value) -> Cel {
-    match value {
-        Value::Null => Cel::Null,
-        Value::Bool(b) => Cel::Bool(*b),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Cel::Int(i)
-            } else if let Some(u) = n.as_u64() {
-                Cel::UInt(u)
-            } else {
-                Cel::Float(n.as_f64().unwrap_or(f64::NAN))
-            }
-        }
-        Value::String(s) => Cel::from(s.as_str()),
-        Value::Array(items) => Cel::List(Arc::new(items.iter().map(json_to_cel).collect())),
-        Value::Object(obj) => map(json_map(obj)),
-    }
-}
+#[cfg(test)]
+mod tests;

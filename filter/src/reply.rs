@@ -14,9 +14,11 @@ pub const HEADER_MISMATCH: i64 = -32020;
 
 /// A JSON-RPC error response body. `id` is echoed; `None` becomes `null`.
 pub fn jsonrpc_error(id: Option<&Value>, code: i64, message: &str, data: Option<Value>) -> Vec<u8> {
-    let mut error = json!({ "code": code, "message": message });
+    let mut error = serde_json::Map::new();
+    error.insert("code".into(), json!(code));
+    error.insert("message".into(), json!(message));
     if let Some(data) = data {
-        error["data"] = data;
+        error.insert("data".into(), data);
     }
     json!({ "jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": error })
         .to_string()

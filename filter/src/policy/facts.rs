@@ -1,0 +1,307 @@
+//! The CEL variables of one request, built once per request from [`Input`], borrowing its
+//! strings rather than copying them. Only the variables some rule reads are built.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp,
+    CelUInt,
+};
+use cel::common::value::Val;
+use cel::objects::{Key, Map as ValueMap};
+use cel::{Context, Env, Value as Cel};
+use serde_json::{Map, Value};
+
+use super::{Input, Item};
+
+type Boxed<'a> = Box<dyn Val + 'a>;
+
+/// Which of the top-level variables the rules read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Roots(u8);
+
+impl Roots {
+    pub(super) const JWT: Roots = Roots(1);
+    pub(super) const MCP: Roots = Roots(2);
+    pub(super) const REQUEST: Roots = Roots(4);
+    pub(super) const SOURCE: Roots = Roots(8);
+    pub(super) const CONNECTION: Roots = Roots(16);
+    pub(super) const NOW: Roots = Roots(32);
+
+    pub(super) fn of(name: &str) -> Option<Roots> {
+        Some(match name {
+            "jwt" => Roots::JWT,
+            "mcp" => Roots::MCP,
+            "request" => Roots::REQUEST,
+            "source" => Roots::SOURCE,
+            "connection" => Roots::CONNECTION,
+            "now" => Roots::NOW,
+            _ => return None,
+        })
+    }
+
+    pub(super) fn add(&mut self, other: Roots) {
+        self.0 |= other.0;
+    }
+
+    fn has(self, other: Roots) -> bool {
+        self.0 & other.0 != 0
+    }
+}
+
+/// Whether `mcp.tool.arguments` is present: for a message, always (empty when there are
+/// none); for a listing, never, so that rules reading it fail and count as undecided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Arguments {
+    Present,
+    Absent,
+}
+
+/// The context for one message (or, with [`Arguments::Absent`], for listings).
+pub(super) fn context<'a>(
+    env: &Arc<Env>,
+    input: &Input<'a>,
+    roots: Roots,
+    arguments: Arguments,
+) -> Context<'a, 'a> {
+    let mut ctx = Context::with_env(Arc::clone(env));
+    if roots.has(Roots::JWT) {
+        ctx.add_variable_as_val("jwt", jwt(input.claims));
+    }
+    if roots.has(Roots::MCP) {
+        ctx.add_variable_as_val("mcp", mcp(input, arguments));
+    }
+    if roots.has(Roots::REQUEST) {
+        ctx.add_variable_as_val("request", request(input));
+    }
+    if roots.has(Roots::SOURCE) {
+        ctx.add_variable_as_val("source", object([("address", text(input.source_address))]));
+    }
+    if roots.has(Roots::CONNECTION) {
+        ctx.add_variable_as_val(
+            "connection",
+            object([("mtls", Box::new(CelBool::from(input.mtls)) as Boxed)]),
+        );
+    }
+    if roots.has(Roots::NOW) {
+        let now = chrono::DateTime::from_timestamp(input.now, 0).unwrap_or_default();
+        ctx.add_variable_as_val("now", Box::new(CelTimestamp::from(now.fixed_offset())));
+    }
+    ctx
+}
+
+/// Replaces `mcp` with a call of `item` without arguments, for a listing.
+pub(super) fn set_listing_item<'a>(
+    ctx: &mut Context<'a, 'a>,
+    roots: Roots,
+    input: &Input<'a>,
+    item: Item<'_>,
+) {
+    if !roots.has(Roots::MCP) {
+        return;
+    }
+    let mut call = input.clone();
+    let (method, tool, prompt, uri) = match item {
+        Item::Tool(name) => ("tools/call", name, "", ""),
+        Item::Prompt(name) => ("prompts/get", "", name, ""),
+        Item::Resource(uri) => ("resources/read", "", "", uri),
+    };
+    call.method = method;
+    call.tool = None;
+    call.prompt = None;
+    call.resource_uri = None;
+    // The item's strings live shorter than the context: copy them.
+    let value = mcp_with(
+        &call,
+        Arguments::Absent,
+        owned(tool.to_string()),
+        owned(prompt.to_string()),
+        owned(uri.to_string()),
+    );
+    ctx.add_variable_as_val("mcp", value);
+}
+
+fn text(s: &str) -> Boxed<'_> {
+    Box::new(CelString::from(s))
+}
+
+fn owned<'a>(s: String) -> Boxed<'a> {
+    Box::new(CelString::from(s))
+}
+
+fn object<'a, const N: usize>(entries: [(&'static str, Boxed<'a>); N]) -> Boxed<'a> {
+    let map: HashMap<CelMapKey<'a>, Boxed<'a>> = entries
+        .into_iter()
+        .map(|(k, v)| (CelMapKey::from(k), v))
+        .collect();
+    Box::new(CelMap::from(map))
+}
+
+/// `jwt`: every claim, and `scopes`.
+fn jwt<'a>(claims: Option<&'a Map<String, Value>>) -> Boxed<'a> {
+    let mut map: HashMap<CelMapKey<'a>, Boxed<'a>> = HashMap::new();
+    if let Some(claims) = claims {
+        for (k, v) in claims {
+            map.insert(CelMapKey::from(k.as_str()), json(v));
+        }
+    }
+    let scopes: Vec<Boxed<'a>> = scopes(claims).into_iter().map(text).collect();
+    map.insert(CelMapKey::from("scopes"), Box::new(CelList::from(scopes)));
+    Box::new(CelMap::from(map))
+}
+
+fn kind(method: &str) -> &'static str {
+    if method.is_empty() {
+        "response"
+    } else if method.starts_with("notifications/") {
+        "notification"
+    } else {
+        "request"
+    }
+}
+
+fn mcp<'a>(input: &Input<'a>, arguments: Arguments) -> Boxed<'a> {
+    mcp_with(
+        input,
+        arguments,
+        text(input.tool_name()),
+        text(input.prompt.unwrap_or("")),
+        text(input.resource_uri.unwrap_or("")),
+    )
+}
+
+fn mcp_with<'a>(
+    input: &Input<'a>,
+    arguments: Arguments,
+    tool_name: Boxed<'a>,
+    prompt: Boxed<'a>,
+    uri: Boxed<'a>,
+) -> Boxed<'a> {
+    let mut tool: HashMap<CelMapKey<'a>, Boxed<'a>> = HashMap::new();
+    tool.insert(CelMapKey::from("name"), tool_name);
+    if arguments == Arguments::Present {
+        let args = match input.tool {
+            Some((_, Some(args))) => json_object(args),
+            _ => Box::new(CelMap::from(HashMap::new())),
+        };
+        tool.insert(CelMapKey::from("arguments"), args);
+    }
+    let resource_name = uri.clone();
+    let session = input.session_id.unwrap_or("");
+    object([
+        ("method", text(input.method)),
+        ("methodName", text(input.method)),
+        ("kind", text(kind(input.method))),
+        ("tool", Box::new(CelMap::from(tool))),
+        ("prompt", object([("name", prompt)])),
+        ("resource", object([("uri", uri), ("name", resource_name)])),
+        ("session_id", text(session)),
+        ("sessionId", text(session)),
+    ])
+}
+
+fn request<'a>(input: &Input<'a>) -> Boxed<'a> {
+    let r = &input.request;
+    let path = r.path.split_once('?').map_or(r.path, |(p, _)| p);
+    let mut headers: HashMap<CelMapKey<'a>, Cow<'a, str>> = HashMap::new();
+    for (name, value) in r.headers {
+        if name.starts_with(':') || name.eq_ignore_ascii_case("authorization") {
+            continue;
+        }
+        let name: Cow<'a, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(name.as_str())
+        };
+        let key = CelMapKey::String(CelString::from(name));
+        // Repeated headers are joined as HTTP allows: `a, b`.
+        match headers.get_mut(&key) {
+            Some(existing) => {
+                let joined = format!("{existing}, {value}");
+                *existing = Cow::Owned(joined);
+            }
+            None => {
+                headers.insert(key, Cow::Borrowed(value.as_str()));
+            }
+        }
+    }
+    let headers: HashMap<CelMapKey<'a>, Boxed<'a>> = headers
+        .into_iter()
+        .map(|(k, v)| (k, Box::new(CelString::from(v)) as Boxed<'a>))
+        .collect();
+    object([
+        ("path", text(path)),
+        ("host", text(r.host)),
+        ("method", text(r.method)),
+        ("headers", Box::new(CelMap::from(headers))),
+    ])
+}
+
+/// Scopes granted by a token's claims: `scope` (space-separated), else `scp` (a string or a
+/// list of strings).
+pub(super) fn scopes(claims: Option<&Map<String, Value>>) -> Vec<&str> {
+    let Some(claims) = claims else {
+        return Vec::new();
+    };
+    match (claims.get("scope"), claims.get("scp")) {
+        (Some(Value::String(s)), _) => s.split_whitespace().collect(),
+        (_, Some(Value::String(s))) => s.split_whitespace().collect(),
+        (_, Some(Value::Array(items))) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn json(value: &Value) -> Boxed<'_> {
+    match value {
+        Value::Null => Box::new(CelNull),
+        Value::Bool(b) => Box::new(CelBool::from(*b)),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Box::new(CelInt::from(i))
+            } else if let Some(u) = n.as_u64() {
+                Box::new(CelUInt::from(u))
+            } else {
+                Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN)))
+            }
+        }
+        Value::String(s) => text(s),
+        Value::Array(items) => Box::new(CelList::from(items.iter().map(json).collect::<Vec<_>>())),
+        Value::Object(obj) => json_object(obj),
+    }
+}
+
+fn json_object(obj: &Map<String, Value>) -> Boxed<'_> {
+    let map: HashMap<CelMapKey<'_>, Boxed<'_>> = obj
+        .iter()
+        .map(|(k, v)| (CelMapKey::from(k.as_str()), json(v)))
+        .collect();
+    Box::new(CelMap::from(map))
+}
+
+/// Converts JSON into a CEL value: integers stay integers (`int`, or `uint` beyond i64).
+pub fn json_to_cel(value: &Value) -> Cel {
+    match value {
+        Value::Null => Cel::Null,
+        Value::Bool(b) => Cel::Bool(*b),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Cel::Int(i)
+            } else if let Some(u) = n.as_u64() {
+                Cel::UInt(u)
+            } else {
+                Cel::Float(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Value::String(s) => Cel::from(s.as_str()),
+        Value::Array(items) => Cel::List(Arc::new(items.iter().map(json_to_cel).collect())),
+        Value::Object(obj) => Cel::Map(ValueMap {
+            map: Arc::new(
+                obj.iter()
+                    .map(|(k, v)| (Key::String(Arc::new(k.clone())), json_to_cel(v)))
+                    .collect(),
+            ),
+        }),
+    }
+}

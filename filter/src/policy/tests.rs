@@ -1,0 +1,907 @@
+use serde_json::{json, Map, Value};
+
+use super::*;
+
+fn policy(value: Value) -> Policy {
+    match Policy::from_config(value, "policy") {
+        Ok(p) => p,
+        Err(e) => panic!("policy should compile: {e}"),
+    }
+}
+
+fn error(value: Value) -> ConfigError {
+    match Policy::from_config(value, "servers[0].policy") {
+        Ok(_) => panic!("policy should not compile"),
+        Err(e) => e,
+    }
+}
+
+fn rules(rules: Value) -> Value {
+    json!({ "name": "p", "version": "1", "rules": rules })
+}
+
+fn claims(value: Value) -> Map<String, Value> {
+    match value {
+        Value::Object(m) => m,
+        _ => panic!("claims must be an object"),
+    }
+}
+
+/// 2026-03-02T10:30:00Z, a Monday.
+const NOW: i64 = 1_772_447_400;
+
+fn call<'a>(
+    claims: &'a Map<String, Value>,
+    tool: &'a str,
+    args: &'a Map<String, Value>,
+) -> Input<'a> {
+    Input {
+        claims: Some(claims),
+        method: "tools/call",
+        tool: Some((tool, Some(args))),
+        now: NOW,
+        ..Default::default()
+    }
+}
+
+fn method<'a>(claims: &'a Map<String, Value>, method: &'a str) -> Input<'a> {
+    Input {
+        claims: Some(claims),
+        method,
+        now: NOW,
+        ..Default::default()
+    }
+}
+
+fn decide(p: &Policy, input: &Input) -> (Outcome, Option<String>) {
+    let d = p.evaluate(input);
+    // The index never changes a decision.
+    let ctx = facts::context(&p.env, input, p.roots, facts::Arguments::Present);
+    if p.method_allowed(input.method) {
+        assert_eq!(
+            p.decide(&ctx, input, false),
+            d,
+            "index changed the decision"
+        );
+    }
+    (d.outcome, d.rule)
+}
+
+fn allowed(p: &Policy, input: &Input) -> bool {
+    decide(p, input).0 == Outcome::Allow
+}
+
+fn eval(expr: &str, input: &Input) -> Result<bool, String> {
+    let p = policy(rules(json!([{ "name": "r", "allow": expr }])));
+    let ctx = facts::context(&p.env, input, p.roots, facts::Arguments::Present);
+    let rule = p.rules.first().expect("one rule");
+    eval_bool(&rule.condition, &ctx)
+}
+
+fn no_args() -> Map<String, Value> {
+    Map::new()
+}
+
+// ---- semantics ---------------------------------------------------------------------------
+
+#[test]
+fn deny_beats_allow_whatever_the_order() {
+    let p = policy(rules(json!([
+        { "name": "everything", "allow": "true" },
+        { "name": "no-delete", "deny": "mcp.tool.name == 'delete'" },
+    ])));
+    let c = claims(json!({}));
+    let a = no_args();
+    assert_eq!(
+        decide(&p, &call(&c, "delete", &a)),
+        (Outcome::Deny, Some("no-delete".into()))
+    );
+    assert_eq!(
+        decide(&p, &call(&c, "read", &a)),
+        (Outcome::Allow, Some("everything".into()))
+    );
+}
+
+#[test]
+fn default_is_deny_unless_the_policy_says_allow() {
+    let c = claims(json!({}));
+    let a = no_args();
+    let closed = policy(rules(
+        json!([{ "name": "only-read", "allow": "mcp.tool.name == 'read'" }]),
+    ));
+    assert_eq!(
+        decide(&closed, &call(&c, "write", &a)),
+        (Outcome::Deny, None)
+    );
+    let mut open = rules(json!([{ "name": "no-write", "deny": "mcp.tool.name == 'write'" }]));
+    open["default"] = json!("allow");
+    let open = policy(open);
+    assert_eq!(
+        decide(&open, &call(&c, "other", &a)),
+        (Outcome::Allow, None)
+    );
+    assert_eq!(decide(&open, &call(&c, "write", &a)).0, Outcome::Deny);
+    let reason = closed.evaluate(&call(&c, "write", &a)).reason;
+    assert!(reason.contains("default"), "{reason}");
+}
+
+#[test]
+fn every_applicable_require_must_hold() {
+    let p = policy(rules(json!([
+        { "name": "all", "allow": "true" },
+        { "name": "employees", "require": "'employees' in jwt.groups" },
+        { "name": "mfa-for-admin", "require": "jwt.amr.exists(m, m == 'mfa')", "when": "mcp.tool.name.startsWith('admin_')" },
+    ])));
+    let a = no_args();
+    let staff = claims(json!({ "groups": ["employees"], "amr": ["pwd"] }));
+    let staff_mfa = claims(json!({ "groups": ["employees"], "amr": ["pwd", "mfa"] }));
+    let outsider = claims(json!({ "groups": ["contractors"], "amr": ["mfa"] }));
+    // `when` false: the requirement does not apply.
+    assert!(allowed(&p, &call(&staff, "read", &a)));
+    // `when` true: it must hold.
+    assert_eq!(
+        decide(&p, &call(&staff, "admin_reset", &a)),
+        (Outcome::Deny, Some("mfa-for-admin".into()))
+    );
+    assert!(allowed(&p, &call(&staff_mfa, "admin_reset", &a)));
+    // No `when`: it always applies.
+    assert_eq!(
+        decide(&p, &call(&outsider, "read", &a)),
+        (Outcome::Deny, Some("employees".into()))
+    );
+}
+
+#[test]
+fn require_alone_does_not_allow() {
+    let p = policy(rules(
+        json!([{ "name": "employees", "require": "'employees' in jwt.groups" }]),
+    ));
+    let c = claims(json!({ "groups": ["employees"] }));
+    assert_eq!(
+        decide(&p, &call(&c, "read", &no_args())),
+        (Outcome::Deny, None)
+    );
+}
+
+#[test]
+fn missing_scopes_answer_insufficient_scope() {
+    let p = policy(rules(json!([
+        { "name": "write", "allow": "mcp.tool.name == 'write'", "scopes": ["crm.write"] },
+        { "name": "read", "allow": "mcp.tool.name == 'read'", "scopes": ["crm.read"] },
+    ])));
+    let a = no_args();
+    let reader = claims(json!({ "scope": "openid crm.read" }));
+    let writer = claims(json!({ "scp": ["crm.write"] }));
+    assert_eq!(
+        decide(&p, &call(&reader, "write", &a)),
+        (
+            Outcome::InsufficientScope(vec!["crm.write".into()]),
+            Some("write".into())
+        )
+    );
+    assert_eq!(
+        decide(&p, &call(&reader, "read", &a)),
+        (Outcome::Allow, Some("read".into()))
+    );
+    assert!(allowed(&p, &call(&writer, "write", &a)));
+    let reason = p.evaluate(&call(&reader, "write", &a)).reason;
+    assert!(reason.contains("crm.write"), "{reason}");
+}
+
+#[test]
+fn an_allow_with_its_scopes_wins_over_one_without() {
+    let p = policy(rules(json!([
+        { "name": "admins", "allow": "true", "scopes": ["admin"] },
+        { "name": "readers", "allow": "mcp.tool.name == 'read'" },
+    ])));
+    let c = claims(json!({}));
+    let a = no_args();
+    assert_eq!(
+        decide(&p, &call(&c, "read", &a)),
+        (Outcome::Allow, Some("readers".into()))
+    );
+    assert_eq!(
+        decide(&p, &call(&c, "write", &a)),
+        (
+            Outcome::InsufficientScope(vec!["admin".into()]),
+            Some("admins".into())
+        )
+    );
+}
+
+#[test]
+fn evaluation_errors_fail_closed() {
+    let p = policy(rules(json!([
+        { "name": "all", "allow": "true" },
+        { "name": "no-delete-unless-admin", "deny": "mcp.tool.name == 'delete' && !('admins' in jwt.groups)" },
+        { "name": "owner", "require": "mcp.tool.arguments.owner == 'acme'", "when": "mcp.tool.name == 'push'" },
+    ])));
+    let no_groups = claims(json!({ "sub": "x" }));
+    let a = no_args();
+    // A deny that cannot be evaluated (no `groups` claim) denies.
+    let d = p.evaluate(&call(&no_groups, "delete", &a));
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert_eq!(d.rule.as_deref(), Some("no-delete-unless-admin"));
+    assert!(d.reason.contains("failing closed"), "{}", d.reason);
+    // A require that cannot be evaluated (no `owner` argument) denies.
+    assert_eq!(
+        decide(&p, &call(&no_groups, "push", &a)),
+        (Outcome::Deny, Some("owner".into()))
+    );
+    let owner = claims(json!({ "owner": "acme" }));
+    assert!(allowed(&p, &call(&no_groups, "push", &owner)));
+    // An allow that cannot be evaluated does not allow.
+    let q = policy(rules(
+        json!([{ "name": "sales", "allow": "'sales' in jwt.groups" }]),
+    ));
+    let d = q.evaluate(&call(&no_groups, "read", &a));
+    assert_eq!(d.outcome, Outcome::Deny);
+    assert!(d.reason.contains("could not be evaluated"), "{}", d.reason);
+}
+
+#[test]
+fn unknown_methods_are_denied_by_the_built_in_rule() {
+    let p = policy(rules(json!([{ "name": "all", "allow": "true" }])));
+    let c = claims(json!({}));
+    for m in [
+        "sampling/createMessage",
+        "elicitation/create",
+        "roots/list",
+        "notifications/tools/list_changed",
+        "tools/destroy",
+        "x",
+    ] {
+        assert_eq!(
+            decide(&p, &method(&c, m)),
+            (Outcome::Deny, Some(UNKNOWN_METHOD_RULE.into())),
+            "{m}"
+        );
+    }
+    for m in CLIENT_REQUESTS.iter().chain(CLIENT_NOTIFICATIONS) {
+        assert!(allowed(&p, &method(&c, m)), "{m}");
+    }
+    let mut open = rules(json!([{ "name": "all", "allow": "true" }]));
+    open["unknown_methods"] = json!("allow");
+    assert!(allowed(&policy(open), &method(&c, "vendor/extension")));
+}
+
+#[test]
+fn responses_are_known_and_have_an_empty_method() {
+    let p = policy(rules(json!([
+        { "name": "responses", "allow": "mcp.kind == 'response' && mcp.method == ''" },
+    ])));
+    let c = claims(json!({}));
+    assert_eq!(
+        decide(&p, &method(&c, "")),
+        (Outcome::Allow, Some("responses".into()))
+    );
+    assert_eq!(decide(&p, &method(&c, "ping")), (Outcome::Deny, None));
+}
+
+#[test]
+fn policy_options_are_parsed() {
+    let mut v = rules(json!([]));
+    v["on_deny"] = json!("hide");
+    v["unknown_methods"] = json!("allow");
+    v["version"] = json!(3);
+    v["description"] = json!("d");
+    let p = policy(v);
+    assert!(p.hide_denied);
+    assert!(p.allow_unknown_methods);
+    assert_eq!(p.version, "3");
+    let p = policy(rules(json!([])));
+    assert!(!p.hide_denied && !p.allow_unknown_methods && !p.default_allow);
+
+    let mut v = rules(json!([]));
+    v["on_deny"] = json!("silent");
+    let e = error(v);
+    assert_eq!(e.field, "servers[0].policy.on_deny");
+    assert!(e.message.contains("\"explain\" or \"hide\""), "{e}");
+}
+
+// ---- listing -----------------------------------------------------------------------------
+
+#[test]
+fn visible_evaluates_the_rules_as_a_call_without_arguments() {
+    let mut v = rules(json!([
+        { "name": "connect", "allow": "mcp.method in ['initialize', 'tools/list']" },
+        { "name": "read", "allow": "mcp.tool.name in ['get_customer', 'search']" },
+        { "name": "admins-delete", "allow": "mcp.tool.name == 'delete' && 'admins' in jwt.groups" },
+        { "name": "push", "allow": "mcp.tool.name == 'push' && mcp.tool.arguments.owner in ['acme']" },
+        { "name": "no-force", "deny": "mcp.tool.name == 'push' && mcp.tool.arguments.force == true" },
+        { "name": "hr-only", "deny": "mcp.tool.name.startsWith('hr_') && !('hr' in jwt.groups)" },
+        { "name": "hr", "allow": "mcp.tool.name.startsWith('hr_')" },
+        { "name": "branch", "require": "mcp.tool.arguments.branch != 'main'", "when": "mcp.tool.name == 'push'" },
+        { "name": "prompts", "allow": "mcp.prompt.name == 'summary'" },
+        { "name": "docs", "allow": "mcp.method == 'resources/read' && mcp.resource.uri.startsWith('docs://')" },
+    ]));
+    v["on_deny"] = json!("hide");
+    let p = policy(v);
+    let user = claims(json!({ "groups": ["sales"] }));
+    let admin = claims(json!({ "groups": ["admins", "hr"] }));
+    let listing = Input {
+        claims: Some(&user),
+        method: "tools/list",
+        now: NOW,
+        ..Default::default()
+    };
+    let admin_listing = Input {
+        claims: Some(&admin),
+        method: "tools/list",
+        now: NOW,
+        ..Default::default()
+    };
+
+    let mut lister = p.lister(&listing);
+    assert!(lister.visible(Item::Tool("get_customer")));
+    assert!(!lister.visible(Item::Tool("delete")));
+    // The arguments decide: some call to `push` could be allowed.
+    assert!(lister.visible(Item::Tool("push")));
+    assert!(!lister.visible(Item::Tool("hr_salaries")));
+    assert!(!lister.visible(Item::Tool("unknown")));
+    assert!(lister.visible(Item::Prompt("summary")));
+    assert!(!lister.visible(Item::Prompt("other")));
+    assert!(lister.visible(Item::Resource("docs://guide")));
+    assert!(!lister.visible(Item::Resource("hr://people")));
+    for tool in ["get_customer", "delete", "push", "hr_salaries", "unknown"] {
+        assert_eq!(
+            lister.visible(Item::Tool(tool)),
+            lister.visible_unindexed(Item::Tool(tool)),
+            "{tool}"
+        );
+    }
+
+    let mut lister = p.lister(&admin_listing);
+    assert!(lister.visible(Item::Tool("delete")));
+    assert!(lister.visible(Item::Tool("hr_salaries")));
+    // The one-item form agrees.
+    assert!(p.visible(&admin_listing, Item::Tool("delete")));
+    assert!(!p.visible(&listing, Item::Tool("delete")));
+}
+
+#[test]
+fn visible_hides_what_a_deny_without_arguments_denies() {
+    let p = policy(rules(json!([
+        { "name": "all", "allow": "true" },
+        { "name": "no-drop", "deny": "mcp.tool.name == 'drop_table'" },
+        // Fails for a missing claim, not a missing argument: fails closed, as a call would.
+        { "name": "contractors", "deny": "mcp.tool.name == 'export' && jwt.contractor" },
+        { "name": "only-small", "deny": "mcp.tool.arguments.limit > 100" },
+    ])));
+    let c = claims(json!({}));
+    let listing = Input {
+        claims: Some(&c),
+        method: "tools/list",
+        now: NOW,
+        ..Default::default()
+    };
+    let mut lister = p.lister(&listing);
+    assert!(!lister.visible(Item::Tool("drop_table")));
+    assert!(!lister.visible(Item::Tool("export")));
+    assert!(lister.visible(Item::Tool("query")));
+}
+
+#[test]
+fn visible_shows_items_that_need_a_step_up() {
+    let p = policy(rules(
+        json!([{ "name": "write", "allow": "mcp.tool.name == 'write'", "scopes": ["w"] }]),
+    ));
+    let c = claims(json!({}));
+    let listing = Input {
+        claims: Some(&c),
+        method: "tools/list",
+        now: NOW,
+        ..Default::default()
+    };
+    assert!(p.visible(&listing, Item::Tool("write")));
+}
+
+#[test]
+fn for_item_describes_the_call_visible_evaluates() {
+    let c = claims(json!({}));
+    let listing = Input {
+        claims: Some(&c),
+        method: "tools/list",
+        now: NOW,
+        ..Default::default()
+    };
+    let call = listing.for_item(Item::Tool("t"));
+    assert_eq!(call.method, "tools/call");
+    assert_eq!(call.tool, Some(("t", None)));
+    assert_eq!(
+        listing.for_item(Item::Resource("u")).resource_uri,
+        Some("u")
+    );
+    assert_eq!(listing.for_item(Item::Prompt("p")).method, "prompts/get");
+}
+
+// ---- CEL: variables and functions ---------------------------------------------------------
+
+#[test]
+fn variables_are_all_there() {
+    let c = claims(json!({
+        "sub": "alice", "groups": ["sales", "emea"], "scope": "crm.read crm.write",
+        "org": { "id": 42, "tier": "gold" }, "email_verified": true,
+    }));
+    let args = claims(
+        json!({ "owner": "acme", "force": false, "n": 3, "labels": ["a", "b"], "nested": { "k": 1.5 } }),
+    );
+    let headers = vec![
+        (":path".to_string(), "/mcp?x=1".to_string()),
+        ("X-Team".to_string(), "blue".to_string()),
+        ("x-multi".to_string(), "a".to_string()),
+        ("x-multi".to_string(), "b".to_string()),
+        ("authorization".to_string(), "Bearer secret".to_string()),
+    ];
+    let input = Input {
+        claims: Some(&c),
+        method: "tools/call",
+        tool: Some(("create_issue", Some(&args))),
+        session_id: Some("s-1"),
+        request: RequestFacts {
+            path: "/mcp?x=1",
+            host: "mcp.example.com",
+            method: "POST",
+            headers: &headers,
+        },
+        source_address: "10.0.0.7",
+        mtls: true,
+        now: NOW,
+        ..Default::default()
+    };
+    for expr in [
+        "jwt.sub == 'alice'",
+        "jwt.org.id == 42 && jwt.org.tier == 'gold'",
+        "jwt.email_verified",
+        "jwt.scopes == ['crm.read', 'crm.write']",
+        "'crm.write' in jwt.scopes",
+        "mcp.method == 'tools/call' && mcp.methodName == 'tools/call'",
+        "mcp.kind == 'request'",
+        "mcp.tool.name == 'create_issue'",
+        "mcp.tool.arguments.owner == 'acme' && mcp.tool.arguments.force == false",
+        "mcp.tool.arguments.n == 3 && mcp.tool.arguments.n < 10",
+        "mcp.tool.arguments.nested.k > 1.0",
+        "mcp.tool.arguments['labels'][1] == 'b'",
+        "mcp.prompt.name == '' && mcp.resource.uri == '' && mcp.resource.name == ''",
+        "mcp.session_id == 's-1' && mcp.sessionId == 's-1'",
+        "request.path == '/mcp' && request.host == 'mcp.example.com' && request.method == 'POST'",
+        "request.headers['x-team'] == 'blue'",
+        "request.headers['x-multi'] == 'a, b'",
+        "!(':path' in request.headers) && !('authorization' in request.headers)",
+        "source.address == '10.0.0.7'",
+        "connection.mtls",
+        "now == timestamp('2026-03-02T10:30:00Z')",
+    ] {
+        assert_eq!(eval(expr, &input), Ok(true), "{expr}");
+    }
+}
+
+#[test]
+fn the_usual_cel_functions_work() {
+    let c = claims(json!({
+        "email": "alice@example.com", "groups": ["sales", "emea"], "roles": [],
+        "iat": 1_772_440_000, "auth_time": "2026-03-02T10:20:00Z",
+    }));
+    let args =
+        claims(json!({ "repo": "acme/api", "branch": "feature/x", "files": ["a.rs", "b.rs"] }));
+    let input = call(&c, "push_branch", &args);
+    for expr in [
+        "jwt.email.endsWith('@example.com')",
+        "mcp.tool.name.startsWith('push_')",
+        "mcp.tool.arguments.repo.contains('/')",
+        "mcp.tool.arguments.branch.matches('^feature/[a-z0-9-]+$')",
+        "matches(mcp.tool.arguments.repo, '^acme/')",
+        "'emea' in jwt.groups",
+        "!('admins' in jwt.groups)",
+        "jwt.groups.exists(g, g == 'sales')",
+        "jwt.groups.all(g, g.size() <= 5)",
+        "jwt.groups.exists_one(g, g.startsWith('e'))",
+        "jwt.groups.filter(g, g != 'sales') == ['emea']",
+        "jwt.groups.map(g, g + '!') == ['sales!', 'emea!']",
+        "mcp.tool.arguments.files.all(f, f.endsWith('.rs'))",
+        "has(jwt.email) && !has(jwt.phone)",
+        "has(mcp.tool.arguments.branch) && !has(mcp.tool.arguments.force)",
+        "size(jwt.groups) == 2 && jwt.roles.size() == 0 && size('abc') == 3",
+        "now > timestamp('2026-01-01T00:00:00Z') && now < timestamp('2027-01-01T00:00:00Z')",
+        "now - timestamp(jwt.auth_time) < duration('15m')",
+        "now - duration('1h') > timestamp(jwt.auth_time) - duration('2h')",
+        "duration('1h') + duration('30m') == duration('90m')",
+        "now.getHours() == 10 && now.getMinutes() == 30",
+        "now.getHours('Europe/Paris') == 11",
+        "now.getDayOfWeek() == 1 && now.getFullYear() == 2026 && now.getMonth() == 2",
+        "int(now - timestamp(int(jwt.iat))) >= 0 || true",
+        "type(jwt.groups) == list && type(mcp.tool.name) == string",
+        "jwt.groups[0] == 'sales'",
+        "string(size(jwt.groups)) == '2'",
+        "mcp.tool.name in ['a', 'push_branch'] ? true : false",
+    ] {
+        assert_eq!(eval(expr, &input), Ok(true), "{expr}");
+    }
+}
+
+#[test]
+fn references_report_comprehension_variables_so_the_checker_walks_the_ast() {
+    // What cel-rust's own reference list says: the comprehension variable `x` is reported as
+    // a variable. Hence the scope-aware walk in analysis.rs rather than `references()`.
+    let program = Program::compile("[1].exists(x, x > 0)").expect("compiles");
+    let references = program.references();
+    assert!(references.variables().contains(&"x"));
+    // The walk knows better: all of these compile.
+    for expr in [
+        "[1].exists(x, x > 0)",
+        "jwt.groups.exists(jwt, jwt == 'a')",
+        "{'a': 1}.all(k, k != '')",
+        "jwt.groups.exists(g, [g].all(h, h == g))",
+        "jwt.groups.map(mcp, mcp.size()).all(n, n > 0)",
+    ] {
+        assert!(compile(expr, "f", "r").is_ok(), "{expr}");
+    }
+    // A comprehension variable is not in scope after its macro.
+    let e = compile("jwt.groups.exists(g, g == 'a') || g == 'b'", "f", "r")
+        .expect_err("g is out of scope");
+    assert!(e.message.contains("unknown variable \"g\""), "{e}");
+}
+
+// ---- configuration errors -----------------------------------------------------------------
+
+fn rule_error(expr: &str) -> ConfigError {
+    error(rules(json!([
+        { "name": "first", "allow": "true" },
+        { "name": "second", "deny": "false" },
+        { "name": "third", "allow": expr },
+    ])))
+}
+
+#[test]
+fn syntax_errors_name_the_rule_field_line_and_column() {
+    let e = rule_error("mcp.method ==");
+    assert_eq!(e.field, "servers[0].policy.rules[2].allow");
+    assert!(
+        e.message
+            .starts_with("rule \"third\": line 1, column 14: CEL syntax error"),
+        "{e}"
+    );
+    let e = rule_error("mcp.method == 'a' &&\n  jwt.sub ++ 'x'");
+    assert!(e.message.contains("line 2, column 12"), "{e}");
+    let e = rule_error("");
+    assert!(e.message.contains("empty"), "{e}");
+}
+
+#[test]
+fn unknown_variables_and_fields_are_config_errors() {
+    let e = rule_error("user.name == 'x'");
+    assert_eq!(e.field, "servers[0].policy.rules[2].allow");
+    assert!(e.message.contains("unknown variable \"user\""), "{e}");
+    assert!(e.message.contains("line 1, column 1"), "{e}");
+    let e = rule_error("jwt.sub == 'a' && mcp.tool.nme == 'x'");
+    assert!(e.message.contains("mcp.tool has no field \"nme\""), "{e}");
+    assert!(e.message.contains("column 27"), "{e}");
+    let e = rule_error("has(mcp.prompt.title)");
+    assert!(
+        e.message.contains("mcp.prompt has no field \"title\""),
+        "{e}"
+    );
+    let e = rule_error("now.seconds > 3");
+    assert!(e.message.contains("a timestamp has no fields"), "{e}");
+    // Claims and arguments are open.
+    assert!(compile(
+        "jwt.anything.deep == 1 && mcp.tool.arguments.x.y == 2",
+        "f",
+        "r"
+    )
+    .is_ok());
+}
+
+#[test]
+fn unknown_functions_are_config_errors() {
+    let e = rule_error("mcp.tool.name.lowerAscii() == 'x'");
+    assert!(e.message.contains("unknown function \"lowerAscii\""), "{e}");
+    let e = rule_error("frobnicate(jwt.sub)");
+    assert!(e.message.contains("unknown function \"frobnicate\""), "{e}");
+    // Two-variable comprehensions are not among cel-rust's macros.
+    let e = rule_error("{'a': 1}.all(k, v, v > 0)");
+    assert!(
+        e.message.contains("takes a variable and an expression"),
+        "{e}"
+    );
+    let e = rule_error("jwt.groups.exists(1)");
+    assert!(
+        e.message.contains("takes a variable and an expression"),
+        "{e}"
+    );
+    assert!(compile("optional.of(jwt.sub).hasValue()", "f", "r").is_ok());
+}
+
+#[test]
+fn detectable_type_errors_are_config_errors() {
+    for (expr, wanted) in [
+        ("mcp.method > 3", "cannot order a string and a int"),
+        (
+            "mcp.tool.name == 1",
+            "comparing a string with a int is always false",
+        ),
+        ("now + 1 > now", "+ does not apply to a timestamp and a int"),
+        ("mcp.tool.name", "gives a string, not a bool"),
+        ("1 + 2", "gives a int, not a bool"),
+        ("mcp.method && true", "operands of && must be bools"),
+        ("'a' in mcp.method", "`in` needs a list or a map"),
+        ("mcp.tool.name.startsWith(1)", "startsWith() takes a string"),
+        ("now.startsWith('x')", "works on strings"),
+        (
+            "mcp.tool.name.getHours() == 1",
+            "getHours() works on a timestamp",
+        ),
+        ("size(now) > 0", "size() needs"),
+        ("now > timestamp('yesterday')", "always fails"),
+        (
+            "now - timestamp('2026-01-01T00:00:00Z') < duration('1 hour')",
+            "always fails",
+        ),
+        ("mcp.tool.name.matches('[a-')", "invalid regular expression"),
+        ("now.getHours('Mars/Olympus') == 1", "invalid time zone"),
+        ("1 / 0 == 1", "always fails"),
+        (
+            "mcp.method.all(c, c == 'a')",
+            "cannot iterate over a string",
+        ),
+        ("connection.mtls == 'yes'", "comparing a bool with a string"),
+    ] {
+        let e = rule_error(expr);
+        assert_eq!(e.field, "servers[0].policy.rules[2].allow", "{expr}");
+        assert!(e.message.contains(wanted), "{expr}: {e}");
+        assert!(e.message.contains("line 1, column"), "{expr}: {e}");
+    }
+}
+
+#[test]
+fn rule_shape_errors_name_the_field() {
+    let e = error(rules(
+        json!([{ "name": "x", "allow": "true", "deny": "true" }]),
+    ));
+    assert_eq!(e.field, "servers[0].policy.rules[0]");
+    let e = error(rules(
+        json!([{ "name": "x", "allow": "true", "when": "true" }]),
+    ));
+    assert_eq!(e.field, "servers[0].policy.rules[0].when");
+    let e = error(rules(
+        json!([{ "name": "x", "deny": "true", "scopes": ["a"] }]),
+    ));
+    assert_eq!(e.field, "servers[0].policy.rules[0].scopes");
+    let e = error(rules(
+        json!([{ "name": "x", "require": "true", "when": "mcp.nope" }]),
+    ));
+    assert_eq!(e.field, "servers[0].policy.rules[0].when");
+    let e = error(rules(
+        json!([{ "name": "x", "allow": "true" }, { "name": "x", "allow": "true" }]),
+    ));
+    assert_eq!(e.field, "servers[0].policy.rules[1].name");
+    let e = error(rules(
+        json!([{ "name": "unknown-method", "allow": "true" }]),
+    ));
+    assert_eq!(e.field, "servers[0].policy.rules[0].name");
+    let e = error(rules(
+        json!([{ "name": "x", "allow": "true", "effect": "allow" }]),
+    ));
+    assert_eq!(e.field, "servers[0].policy.rules[0].effect");
+    let e = error(json!({ "rules": [] }));
+    assert_eq!(e.field, "servers[0].policy.name");
+}
+
+#[test]
+fn compile_reports_every_error() {
+    let errors = Policy::compile(
+        rules(json!([
+            { "name": "a", "allow": "nope" },
+            { "name": "b", "allow": "true" },
+            { "name": "c", "deny": "mcp.tool.name ==" },
+        ])),
+        "",
+    )
+    .expect_err("two bad rules");
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(fields, ["rules[0].allow", "rules[2].deny"]);
+    let at = errors
+        .get(1)
+        .and_then(|e| e.location.clone())
+        .expect("a location");
+    assert_eq!(
+        (at.line, at.column, at.source_line.as_str()),
+        (1, 17, "mcp.tool.name ==")
+    );
+}
+
+// ---- index -------------------------------------------------------------------------------
+
+#[test]
+fn rules_are_indexed_by_the_tools_and_methods_they_name() {
+    let p = policy(rules(json!([
+        { "name": "one", "allow": "mcp.tool.name == 'a' && jwt.x" },
+        { "name": "two", "allow": "'sales' in jwt.groups && mcp.tool.name in ['a', 'b']" },
+        { "name": "both", "deny": "mcp.tool.name in ['a', 'b'] && mcp.tool.name == 'b'" },
+        { "name": "method", "allow": "mcp.method == 'tools/list'" },
+        { "name": "any", "allow": "mcp.tool.name.startsWith('x') || mcp.tool.name == 'c'" },
+        { "name": "req", "require": "mcp.tool.name == 'zzz'", "when": "mcp.tool.name == 'c'" },
+        { "name": "req-always", "require": "mcp.tool.name != 'd'" },
+    ])));
+    let tools = |name: &str| {
+        p.rules
+            .iter()
+            .find(|r| r.name == name)
+            .and_then(|r| r.tools().cloned())
+    };
+    let set = |v: &[&str]| {
+        Some(
+            v.iter()
+                .map(|s| s.to_string())
+                .collect::<BTreeSet<String>>(),
+        )
+    };
+    assert_eq!(tools("one"), set(&["a"]));
+    assert_eq!(tools("two"), set(&["a", "b"]));
+    assert_eq!(tools("both"), set(&["b"]));
+    assert_eq!(tools("method"), None);
+    assert_eq!(tools("any"), None);
+    assert_eq!(tools("req"), set(&["c"]));
+    assert_eq!(tools("req-always"), None);
+    let methods = p
+        .rules
+        .iter()
+        .find(|r| r.name == "method")
+        .and_then(|r| r.methods().cloned());
+    assert_eq!(methods, set(&["tools/list"]));
+
+    // A call to `b` runs neither `one` nor `method` nor `req`.
+    let c = claims(json!({ "groups": ["sales"], "x": true }));
+    let a = no_args();
+    let ran: Vec<String> = p
+        .explain(&call(&c, "b", &a))
+        .rules
+        .into_iter()
+        .filter(|r| r.indexed)
+        .map(|r| r.name)
+        .collect();
+    assert_eq!(ran, ["two", "both", "any", "req-always"]);
+    for tool in ["a", "b", "c", "d", "x1", ""] {
+        decide(&p, &call(&c, tool, &a));
+    }
+    decide(&p, &method(&c, "tools/list"));
+}
+
+#[test]
+fn explain_reports_each_rule() {
+    let p = policy(rules(json!([
+        { "name": "read", "allow": "mcp.tool.name == 'read'" },
+        { "name": "sales", "allow": "'sales' in jwt.groups" },
+        { "name": "mfa", "require": "jwt.mfa", "when": "mcp.tool.name == 'admin'" },
+    ])));
+    let c = claims(json!({}));
+    let a = no_args();
+    let x = p.explain(&call(&c, "read", &a));
+    assert_eq!(x.decision.outcome, Outcome::Allow);
+    assert!(x.method_known);
+    let by_name = |n: &str| x.rules.iter().find(|r| r.name == n).cloned().expect("rule");
+    assert_eq!(by_name("read").result, Some(Ok(true)));
+    assert!(matches!(by_name("sales").result, Some(Err(_))));
+    assert_eq!(by_name("mfa").when, Some(Ok(false)));
+    assert_eq!(by_name("mfa").result, None);
+}
+
+// ---- performance -------------------------------------------------------------------------
+
+#[test]
+fn a_hundred_rule_policy_only_runs_the_rules_of_the_tool_called() {
+    let mut list = Vec::new();
+    for i in 0..100 {
+        list.push(json!({
+            "name": format!("tool-{i}"),
+            "allow": format!("mcp.tool.name == 'tool_{i}' && 'team-{}' in jwt.groups && mcp.tool.arguments.size() < 10", i % 7),
+        }));
+    }
+    let p = policy(rules(Value::Array(list)));
+    let c = claims(json!({ "groups": ["team-3"] }));
+    let a = no_args();
+    let x = p.explain(&call(&c, "tool_10", &a));
+    assert_eq!(x.rules.iter().filter(|r| r.indexed).count(), 1);
+    assert_eq!(
+        decide(&p, &call(&c, "tool_10", &a)),
+        (Outcome::Allow, Some("tool-10".into()))
+    );
+    assert_eq!(decide(&p, &call(&c, "tool_11", &a)).0, Outcome::Deny);
+    let started = std::time::Instant::now();
+    for _ in 0..1000 {
+        p.evaluate(&call(&c, "tool_10", &a));
+    }
+    // Generous even for a debug build: building the CEL environment per request (the old
+    // `Context::default()`) alone cost about 250 µs.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn positions_count_characters() {
+    let e = rule_error("jwt.name == 'Zoë' && mcp.nope");
+    assert!(e.message.contains("line 1, column 25"), "{e}");
+}
+
+/// `cargo test --release -p mcp-guard --lib policy::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench() {
+    let mut list = vec![
+        json!({ "name": "connect", "allow": "mcp.method in ['initialize', 'notifications/initialized', 'tools/list', 'ping']" }),
+    ];
+    for i in 0..99 {
+        list.push(json!({
+            "name": format!("tool-{i}"),
+            "allow": format!("mcp.tool.name == 'tool_{i}' && 'team-{}' in jwt.groups && mcp.tool.arguments.owner in ['acme', 'acme-labs']", i % 7),
+        }));
+    }
+    let p = policy(rules(Value::Array(list)));
+    let c = claims(
+        json!({ "sub": "alice", "groups": ["team-3", "staff"], "scope": "a b c", "iss": "https://idp", "aud": "x", "exp": 2_000_000_000 }),
+    );
+    let a = claims(json!({ "owner": "acme", "repo": "api", "branch": "feature/x" }));
+    let n = 100_000;
+    let started = std::time::Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(p.evaluate(&call(&c, "tool_10", &a)));
+    }
+    println!(
+        "indexed, 100 rules: {:?} per evaluation",
+        started.elapsed() / n
+    );
+    let ctx_started = std::time::Instant::now();
+    for _ in 0..n {
+        let input = call(&c, "tool_10", &a);
+        let ctx = facts::context(&p.env, &input, p.roots, facts::Arguments::Present);
+        std::hint::black_box(p.decide(&ctx, &input, false));
+    }
+    println!(
+        "unindexed, 100 rules: {:?} per evaluation",
+        ctx_started.elapsed() / n
+    );
+    let listing = method(&c, "tools/list");
+    let started = std::time::Instant::now();
+    let mut lister = p.lister(&listing);
+    let names: Vec<String> = (0..99).map(|i| format!("tool_{i}")).collect();
+    for _ in 0..1000 {
+        for name in &names {
+            std::hint::black_box(lister.visible(Item::Tool(name)));
+        }
+    }
+    println!("listing: {:?} per tool", started.elapsed() / (1000 * 99));
+}
+
+#[test]
+fn the_documented_examples_work() {
+    let c = claims(json!({ "groups": ["sre"], "auth_time": 1_772_446_800, "sub": "x" }));
+    let args = claims(json!({ "owner": "acme", "files": [{ "path": "src/a.rs" }] }));
+    let headers = vec![("x-team".to_string(), "blue".to_string())];
+    let input = Input {
+        request: RequestFacts {
+            headers: &headers,
+            ..Default::default()
+        },
+        ..call(&c, "hr_list", &args)
+    };
+    for expr in [
+        "has(jwt.groups) && 'sre' in jwt.groups",
+        "jwt.groups.exists(g, g in ['sre', 'platform'])",
+        "mcp.tool.name.startsWith('hr_') || mcp.tool.name.matches('^(create|update|delete)_')",
+        "mcp.tool.arguments.owner in ['acme', 'acme-labs'] && !(has(mcp.tool.arguments.force) && mcp.tool.arguments.force)",
+        "mcp.tool.arguments.files.all(f, !f.path.startsWith('.github/'))",
+        "now >= timestamp('2026-03-02T08:00:00Z') && now < timestamp('2026-03-02T20:00:00Z')",
+        "now - timestamp(jwt.auth_time) < duration('15m')",
+        "now.getDayOfWeek() in [1, 2, 3, 4, 5] && now.getHours('Europe/Paris') >= 8 && now.getHours('Europe/Paris') < 19",
+        "'x-team' in request.headers && !('x-other' in request.headers)",
+        "optional.of(jwt.sub).hasValue() && jwt.?nickname.orValue('none') == 'none'",
+        "'abc'.matches('b')",
+        "{'a': 1, 'b': 2}.filter(k, k != 'a') == ['b']",
+        "mcp.kind == 'request'",
+    ] {
+        assert_eq!(eval(expr, &input), Ok(true), "{expr}");
+    }
+}
