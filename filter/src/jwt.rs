@@ -12,7 +12,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use jwt_compact::alg::{Ed25519, Es256, Rsa, RsaPublicKey};
 use jwt_compact::jwk::JsonWebKey;
-use jwt_compact::{AlgorithmExt, Empty, UntrustedToken};
+use jwt_compact::{Algorithm, AlgorithmSignature, UntrustedToken};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -600,7 +600,12 @@ impl Authenticator {
         if candidates.peek().is_none() {
             return Err(AuthError::UnknownKey { issuer: index });
         }
-        if !candidates.any(|k| verify_signature(alg, &k.key, &untrusted)) {
+        let signed = token
+            .rfind('.')
+            .and_then(|dot| token.get(..dot))
+            .ok_or_else(|| AuthError::Malformed("not a compact JWS".into()))?;
+        let signature = untrusted.signature_bytes();
+        if !candidates.any(|k| verify_signature(alg, &k.key, signed.as_bytes(), signature)) {
             return Err(AuthError::BadSignature);
         }
 
@@ -628,17 +633,21 @@ fn typ_matches(actual: &str, expected: &str) -> bool {
     bare(actual) == bare(expected)
 }
 
-fn verify_signature(alg: Alg, key: &PublicKey, token: &UntrustedToken<'_, ExtraHeader>) -> bool {
-    match (key, alg) {
-        (PublicKey::Rsa(key), _) => match alg.rsa() {
-            Some(rsa) => rsa.validator::<Empty>(key).validate(token).is_ok(),
-            None => false,
-        },
-        (PublicKey::P256(key), Alg::Es256) => Es256.validator::<Empty>(key).validate(token).is_ok(),
-        (PublicKey::P384(key), Alg::Es384) => Es384.validator::<Empty>(key).validate(token).is_ok(),
-        (PublicKey::Ed25519(key), Alg::EdDsa) => {
-            Ed25519.validator::<Empty>(key).validate(token).is_ok()
+/// Checks the signature over `header.payload` only: the claims are parsed (once) by
+/// [`decode_claims`], so a signed token with odd claims is refused for what is wrong with them.
+fn verify_signature(alg: Alg, key: &PublicKey, signed: &[u8], signature: &[u8]) -> bool {
+    fn check<A: Algorithm>(alg: &A, key: &A::VerifyingKey, signed: &[u8], signature: &[u8]) -> bool {
+        if A::Signature::LENGTH.is_some_and(|len| signature.len() != len.get()) {
+            return false;
         }
+        A::Signature::try_from_slice(signature)
+            .is_ok_and(|sig| alg.verify_signature(&sig, key, signed))
+    }
+    match (key, alg) {
+        (PublicKey::Rsa(key), _) => alg.rsa().is_some_and(|rsa| check(&rsa, key, signed, signature)),
+        (PublicKey::P256(key), Alg::Es256) => check(&Es256, key, signed, signature),
+        (PublicKey::P384(key), Alg::Es384) => check(&Es384, key, signed, signature),
+        (PublicKey::Ed25519(key), Alg::EdDsa) => check(&Ed25519, key, signed, signature),
         _ => false,
     }
 }
@@ -652,9 +661,11 @@ fn decode_claims(token: &str) -> Result<Map<String, Value>, AuthError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(payload)
         .map_err(|_| AuthError::Malformed("payload is not base64url".into()))?;
-    match serde_json::from_slice(&bytes) {
+    // Strict: a claim given twice (which value would the IdP have meant?) is refused.
+    match crate::mcp::parse_strict_json(&bytes, 32) {
         Ok(Value::Object(map)) => Ok(map),
-        _ => Err(AuthError::Malformed("payload is not a JSON object".into())),
+        Ok(_) => Err(AuthError::Malformed("payload is not a JSON object".into())),
+        Err(e) => Err(AuthError::Malformed(format!("payload: {e}"))),
     }
 }
 
