@@ -20,7 +20,7 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
-use crate::audit::{Record, Verdict};
+use crate::audit::{Record, Verdict, AUDIT_COLUMNS};
 use crate::config::{Config, Server};
 use crate::discovery::ListKind;
 use crate::host::{Header, Host};
@@ -74,6 +74,13 @@ pub struct Stream {
     lists: Option<ListFilter>,
     body: Option<Body>,
     json_response: bool,
+    /// When the request began (Envoy's `request.time`), in nanoseconds since the epoch.
+    start_ns: Option<u64>,
+    /// Time spent in this stream's callbacks so far, and when the current one began.
+    busy_ns: u64,
+    entered_ns: Option<u64>,
+    /// The audit columns last written to filter state (see [`Record::columns`]).
+    columns: [Option<String>; AUDIT_COLUMNS.len()],
 }
 
 impl Stream {
@@ -95,6 +102,22 @@ impl Stream {
             lists: None,
             body: None,
             json_response: false,
+            start_ns: None,
+            busy_ns: 0,
+            entered_ns: None,
+            columns: Default::default(),
+        }
+    }
+
+    /// The adapter calls this when a callback for this stream begins ([`Host::now_nanos`]),
+    /// and [`Stream::leave`] when it ends: their sum is the record's `filter_us`.
+    pub fn enter(&mut self, now_ns: u64) {
+        self.entered_ns = Some(now_ns);
+    }
+
+    pub fn leave(&mut self, now_ns: u64) {
+        if let Some(entered) = self.entered_ns.take() {
+            self.busy_ns = self.busy_ns.saturating_add(now_ns.saturating_sub(entered));
         }
     }
 
@@ -118,6 +141,11 @@ impl Stream {
         self.query = query.to_string();
 
         let mut record = Record::new(host.now_millis(), &method);
+        self.start_ns = host
+            .property(&["request", "time"])
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .and_then(|b| u64::try_from(i64::from_le_bytes(b)).ok())
+            .or(self.entered_ns);
         record.request_id = self.header("x-request-id").map(str::to_string);
         record.source = host.property_string(&["source", "address"]);
         record.route = host.property_string(&["xds", "route_name"]);
@@ -191,6 +219,15 @@ impl Stream {
         );
         self.identity = Some(identity);
 
+        // One value each: servers differ in which of several they would read.
+        for single in ["mcp-session-id", "mcp-method", "mcp-name", "mcp-protocol-version", "content-type"] {
+            if self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(single)).count() > 1 {
+                record.reason = Some(format!("repeated_header: {single}"));
+                let why = format!("the {single} header must appear at most once");
+                let body = reply::jsonrpc_error(None, -32600, &why, None);
+                return self.refuse(host, record, 400, &[], body);
+            }
+        }
         if let Some(session_id) = self.header("mcp-session-id").map(str::to_string) {
             if !session::may_use(host, &session_id, &iss, &sub) {
                 record.reason = Some("session_of_another_caller".into());
@@ -219,11 +256,8 @@ impl Stream {
                 }
             }
             "GET" | "DELETE" => {
-                if method == "DELETE" {
-                    if let Some(id) = self.header("mcp-session-id").map(str::to_string) {
-                        session::end(host, &id);
-                    }
-                } else {
+                // A DELETE unbinds its session only once the upstream confirms the end.
+                if method == "GET" {
                     // A GET stream may replay list results: filter them by shape.
                     self.lists = Some(ListFilter {
                         kinds: vec![ListKind::Tools, ListKind::Prompts, ListKind::Resources],
@@ -347,6 +381,8 @@ impl Stream {
             .map(|m| server.policy.evaluate(&self.input(m, &source, now)))
             .collect();
         let all_allowed = decisions.iter().all(|d| d.outcome == Outcome::Allow);
+        // Requests get their errors in a 200 batch; a batch of notifications only gets a 403.
+        let status = if messages.iter().any(|m| m.kind == Kind::Request) { 200 } else { 403 };
         let mut records = Vec::with_capacity(messages.len());
         let mut answers = Vec::new();
         for (message, decision) in messages.iter().zip(&decisions) {
@@ -357,12 +393,15 @@ impl Stream {
                 r.decision = Verdict::Allow;
             } else {
                 r.decision = Verdict::Deny;
-                r.status = Some(200);
+                r.status = Some(status);
                 r.error_code = Some(reply::POLICY_DENIED);
                 let denied_here = decision.outcome != Outcome::Allow;
                 r.reason = Some(if denied_here {
                     decision.reason.clone()
                 } else {
+                    // The rule that allowed this message did not decide its denial: naming
+                    // it would count a denial against an allow rule.
+                    r.rule = None;
                     "batch_denied: another message in the batch was denied".to_string()
                 });
                 if message.kind == Kind::Request {
@@ -401,7 +440,6 @@ impl Stream {
         let body = Value::Array(answers).to_string().into_bytes();
         self.record = None;
         self.batch.clear();
-        let status = if body.len() > 2 { 200 } else { 403 };
         host.send_response(status, &[("content-type", "application/json")], &body);
         Action::Pause
     }
@@ -415,6 +453,20 @@ impl Stream {
         let Some(mut record) = self.record.take() else {
             return Action::Continue;
         };
+        if std::mem::take(&mut self.awaiting_body) || self.wait.take().is_some() {
+            // No decision yet, so this is Envoy's own answer (its request buffer limit, a
+            // timeout): nothing was forwarded. Audit it as such, not as an upstream status.
+            record.status = status;
+            if status == Some(413) {
+                record.reason = Some("body_too_large".into());
+            } else {
+                record.decision = Verdict::Error;
+                record.reason = Some("answered_by_envoy".into());
+            }
+            self.audit(host, record);
+            self.record = None;
+            return Action::Continue;
+        }
         record.upstream_status = status;
         if matches!(status, Some(401 | 403)) {
             // Never relay the upstream's challenge: clients would loop re-authenticating.
@@ -430,6 +482,19 @@ impl Stream {
             return self.refuse(host, record, 502, &[], body);
         }
         let headers = host.response_headers();
+        if self.header(":method") == Some("DELETE") && status.is_some_and(|s| (200..300).contains(&s)) {
+            if let Some(id) = self.header("mcp-session-id").map(str::to_string) {
+                session::end(host, &id);
+            }
+        }
+        let encoding = header(&headers, "content-encoding").unwrap_or("identity").trim();
+        if !end_of_stream && !encoding.eq_ignore_ascii_case("identity") {
+            // Compressed despite our request: cannot be filtered or checked, so not forwarded.
+            record.decision = Verdict::Error;
+            record.reason = Some(format!("uninspectable_response: content-encoding {encoding}"));
+            let body = reply::http_error("bad_gateway", "the MCP server sent a compressed response");
+            return self.refuse(host, record, 502, &[], body);
+        }
         if let (Some(session_id), Some(identity)) = (header(&headers, "mcp-session-id"), &self.identity) {
             session::bind(
                 host,
@@ -530,7 +595,7 @@ impl Stream {
             let mut r = record.unwrap_or_else(|| Record::new(now, ""));
             r.decision = Verdict::Error;
             r.reason = Some(why);
-            self.write(host, &r);
+            self.write(host, &mut r);
             return match self.body {
                 // Held whole: nothing went downstream yet, answer 502 instead.
                 Some(Body::Buffered) => {
@@ -544,9 +609,10 @@ impl Stream {
                 }
             };
         }
-        if let Some(r) = record {
-            if report.hidden > 0 {
-                self.write(host, &r);
+        if let Some(mut r) = record {
+            // Rewritten at the end too, for the final timings.
+            if report.hidden > 0 || end_of_stream {
+                self.write(host, &mut r);
             }
             self.record = Some(r);
         }
@@ -717,24 +783,37 @@ impl Stream {
 
     /// Writes the audit record (and counts the outcome once per message). A batch writes one
     /// line per message.
-    fn audit(&mut self, host: &mut dyn Host, record: Record) {
+    fn audit(&mut self, host: &mut dyn Host, mut record: Record) {
         if !self.counted {
             self.counted = true;
             metrics::count_outcome(host, &record);
         }
-        self.write(host, &record);
+        self.write(host, &mut record);
         self.record = Some(record);
     }
 
-    /// Writes the record (and a batch's other records, one line each) to filter state.
-    fn write(&mut self, host: &mut dyn Host, record: &Record) {
+    /// Writes the record (and a batch's other records, one line each) to filter state, with
+    /// the timings so far; and the columns that changed, each under its own key.
+    fn write(&mut self, host: &mut dyn Host, record: &mut Record) {
+        let now_ns = host.now_nanos();
+        let busy_ns = self.busy_ns + self.entered_ns.map_or(0, |t| now_ns.saturating_sub(t));
+        record.filter_us = Some(busy_ns / 1_000);
+        record.total_ms = self.start_ns.map(|t| now_ns.saturating_sub(t) / 1_000_000);
         let mut line = record.to_line();
         for other in &mut self.batch {
             other.upstream_status = record.upstream_status;
+            other.filter_us = record.filter_us;
+            other.total_ms = record.total_ms;
             line.push(b'\n');
             line.extend_from_slice(&other.to_line());
         }
         host.write_audit(&line);
+        for ((name, value), last) in record.columns().into_iter().zip(self.columns.iter_mut()) {
+            if *last != value {
+                host.write_audit_column(name, value.as_deref().unwrap_or_default());
+                *last = value;
+            }
+        }
     }
 
     /// Answers locally and audits the refusal. Nothing is forwarded.

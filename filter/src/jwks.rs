@@ -99,7 +99,8 @@ struct Local {
 /// Drives key fetching for the remote issuers of one configuration, in one VM.
 pub struct KeyManager {
     local: Vec<Local>,
-    inflight: HashMap<u32, (usize, Stage)>,
+    /// Fetches this VM started: call token → (issuer, stage, when the attempt began).
+    inflight: HashMap<u32, (usize, Stage, u64)>,
 }
 
 fn doc_key(issuer: &Issuer) -> String {
@@ -145,7 +146,7 @@ impl KeyManager {
             let (lease, cas) = read_lease(issuer, host);
             issuer.note_attempt(lease.attempt_ms);
             let refetch = issuer.take_refetch_request();
-            if lease.until_ms > now || self.inflight.values().any(|(i, _)| *i == index) {
+            if lease.until_ms > now || self.inflight.values().any(|(i, _, _)| *i == index) {
                 continue;
             }
             let local = self.local.get(index).cloned().unwrap_or_default();
@@ -175,8 +176,8 @@ impl KeyManager {
                 (None, Some(discovery)) => (Stage::Discovery, discovery.clone()),
                 (None, None) => continue,
             };
-            if !self.start(index, issuer, stage, &url, host) {
-                self.finish(index, issuer, FetchOutcome::Unreachable, host, &mut report);
+            if !self.start(index, issuer, stage, &url, now, host) {
+                self.finish(index, issuer, FetchOutcome::Unreachable, now, host, &mut report);
             }
         }
         report
@@ -192,7 +193,7 @@ impl KeyManager {
         body: Option<&[u8]>,
     ) -> Report {
         let mut report = Report::default();
-        let Some((index, stage)) = self.inflight.remove(&token) else {
+        let Some((index, stage, attempt)) = self.inflight.remove(&token) else {
             return report;
         };
         let Some(issuer) = auth.issuers().get(index) else {
@@ -203,8 +204,10 @@ impl KeyManager {
             (Some(200), Some(body)) if body.len() <= MAX_DOCUMENT_BYTES => {
                 match self.accept(index, issuer, stage, body, host) {
                     Ok(Some(next_url)) => {
-                        // Discovery done: go straight on to the JWKS, under the same lease.
-                        if self.start(index, issuer, Stage::Jwks, &next_url, host) {
+                        // Discovery done: go straight on to the JWKS, with the lease renewed
+                        // so that no other VM starts a fetch meanwhile.
+                        renew_lease(issuer, attempt, host);
+                        if self.start(index, issuer, Stage::Jwks, &next_url, attempt, host) {
                             return report;
                         }
                         FetchOutcome::Unreachable
@@ -230,11 +233,19 @@ impl KeyManager {
                 status
             );
         }
-        self.finish(index, issuer, outcome, host, &mut report);
+        self.finish(index, issuer, outcome, attempt, host, &mut report);
         report
     }
 
-    fn start(&mut self, index: usize, issuer: &Issuer, stage: Stage, url: &str, host: &mut dyn KeyHost) -> bool {
+    fn start(
+        &mut self,
+        index: usize,
+        issuer: &Issuer,
+        stage: Stage,
+        url: &str,
+        attempt: u64,
+        host: &mut dyn KeyHost,
+    ) -> bool {
         let Some(remote) = issuer.remote() else {
             return false;
         };
@@ -243,7 +254,7 @@ impl KeyManager {
         };
         match host.http_get(&remote.cluster, authority, path, remote.timeout_ms) {
             Some(token) => {
-                self.inflight.insert(token, (index, stage));
+                self.inflight.insert(token, (index, stage, attempt));
                 true
             }
             None => {
@@ -307,8 +318,21 @@ impl KeyManager {
     }
 
     /// Ends a fetch: records success or failure in the lease for every VM to see.
-    fn finish(&mut self, index: usize, issuer: &Issuer, outcome: FetchOutcome, host: &mut dyn KeyHost, report: &mut Report) {
+    fn finish(
+        &mut self,
+        index: usize,
+        issuer: &Issuer,
+        outcome: FetchOutcome,
+        attempt: u64,
+        host: &mut dyn KeyHost,
+        report: &mut Report,
+    ) {
+        report.settled.push(index);
+        report.outcomes.push((index, outcome));
         let (lease, cas) = read_lease(issuer, host);
+        if lease.attempt_ms != attempt {
+            return; // our lease expired and another VM's attempt holds it now: leave it be
+        }
         let done = Lease {
             until_ms: 0,
             attempt_ms: lease.attempt_ms,
@@ -322,8 +346,6 @@ impl KeyManager {
             // Lost a race with another VM's update; retry once unconditionally.
             write_lease(issuer, &done, None, host);
         }
-        report.settled.push(index);
-        report.outcomes.push((index, outcome));
     }
 
     /// Adopts the JWKS another VM published, if newer than ours. Returns whether keys changed.
@@ -363,6 +385,24 @@ fn read_lease(issuer: &Issuer, host: &mut dyn KeyHost) -> (Lease, Option<u32>) {
     match host.shared_get_cas(&key) {
         Some((bytes, cas)) => (serde_json::from_slice(&bytes).unwrap_or_default(), cas),
         None => (Lease::default(), None),
+    }
+}
+
+/// Extends our lease while a fetch goes on (discovery, then the JWKS itself).
+fn renew_lease(issuer: &Issuer, attempt: u64, host: &mut dyn KeyHost) {
+    let Some(remote) = issuer.remote() else {
+        return;
+    };
+    let (lease, cas) = read_lease(issuer, host);
+    if lease.attempt_ms == attempt {
+        let renewed = Lease {
+            until_ms: host
+                .now_millis()
+                .saturating_add(remote.timeout_ms)
+                .saturating_add(1000),
+            ..lease
+        };
+        write_lease(issuer, &renewed, cas, host);
     }
 }
 

@@ -1,0 +1,560 @@
+//! Test support shared by the integration tests: an in-memory [`Host`], an in-memory
+//! [`KeyHost`], fixed signing keys for every supported algorithm, and a token signer that
+//! builds compact JWS by hand so that headers and claims can be anything a test needs.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::OnceLock;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPrivateKey};
+use jwt_compact::jwk::JsonWebKey;
+use jwt_compact::{Algorithm, AlgorithmSignature};
+use mcp_guard::config::Environment;
+use mcp_guard::host::{Header, Host};
+use mcp_guard::jwks::KeyHost;
+use serde_json::{json, Value};
+
+// ---- keys ---------------------------------------------------------------------------------
+
+/// One fixed RSA-2048 key (generated once with python `cryptography`), private parts included:
+/// generating RSA keys at test time is slow in debug builds.
+const RSA_JWK: &str = include_str!("rsa_test_key.json");
+
+pub const RSA_KID: &str = "rsa-1";
+pub const P256_KID: &str = "ec-1";
+pub const P384_KID: &str = "ec384-1";
+pub const ED25519_KID: &str = "ed-1";
+
+pub fn b64(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn rsa_private() -> &'static RsaPrivateKey {
+    static KEY: OnceLock<RsaPrivateKey> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let jwk: JsonWebKey<'_> = serde_json::from_str(RSA_JWK).expect("RSA test JWK parses");
+        RsaPrivateKey::try_from(&jwk).expect("RSA test JWK is a private key")
+    })
+}
+
+/// The RSA key's public JWK (`kty`, `kid`, `n`, `e` only).
+pub fn rsa_public_jwk() -> Value {
+    let full: Value = serde_json::from_str(RSA_JWK).expect("RSA test JWK parses");
+    json!({ "kty": "RSA", "kid": RSA_KID, "use": "sig", "n": full["n"], "e": full["e"] })
+}
+
+/// The modulus bytes of the RSA key (what an HS256 confusion attack would use as the secret).
+pub fn rsa_modulus_bytes() -> Vec<u8> {
+    let full: Value = serde_json::from_str(RSA_JWK).expect("RSA test JWK parses");
+    URL_SAFE_NO_PAD
+        .decode(full["n"].as_str().expect("n"))
+        .expect("n is base64url")
+}
+
+pub fn p256_key() -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::from_slice(&[0x11; 32]).expect("P-256 scalar")
+}
+
+/// Another P-256 key, not in any JWKS.
+pub fn p256_other_key() -> p256::ecdsa::SigningKey {
+    p256::ecdsa::SigningKey::from_slice(&[0x44; 32]).expect("P-256 scalar")
+}
+
+pub fn p256_jwk_of(key: &p256::ecdsa::SigningKey, kid: &str) -> Value {
+    let point = key.verifying_key().to_encoded_point(false);
+    json!({
+        "kty": "EC", "crv": "P-256", "kid": kid, "use": "sig",
+        "x": b64(point.x().expect("x")), "y": b64(point.y().expect("y")),
+    })
+}
+
+pub fn p256_public_jwk() -> Value {
+    p256_jwk_of(&p256_key(), P256_KID)
+}
+
+pub fn p384_key() -> p384::ecdsa::SigningKey {
+    p384::ecdsa::SigningKey::from_slice(&[0x22; 48]).expect("P-384 scalar")
+}
+
+pub fn p384_public_jwk() -> Value {
+    let point = p384_key().verifying_key().to_encoded_point(false);
+    json!({
+        "kty": "EC", "crv": "P-384", "kid": P384_KID, "use": "sig",
+        "x": b64(point.x().expect("x")), "y": b64(point.y().expect("y")),
+    })
+}
+
+pub fn ed25519_key() -> ed25519_compact::KeyPair {
+    ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([0x33; 32]))
+}
+
+pub fn ed25519_public_jwk() -> Value {
+    json!({ "kty": "OKP", "crv": "Ed25519", "kid": ED25519_KID, "use": "sig", "x": b64(*ed25519_key().pk) })
+}
+
+/// A JWKS with the public halves of every test key.
+pub fn jwks_all() -> Value {
+    json!({ "keys": [rsa_public_jwk(), p256_public_jwk(), p384_public_jwk(), ed25519_public_jwk()] })
+}
+
+// ---- tokens -------------------------------------------------------------------------------
+
+/// How to sign a test token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signer {
+    Rs256,
+    Ps256,
+    Es256,
+    /// ES256 with a key that is in no JWKS (but the kid of the one that is).
+    Es256Other,
+    Es384,
+    EdDsa,
+    /// HMAC-SHA256 with the RSA modulus as the secret (the classic confusion attack).
+    Hs256RsaModulus,
+    /// `alg: none`, empty signature.
+    None,
+}
+
+impl Signer {
+    pub fn alg(self) -> &'static str {
+        match self {
+            Signer::Rs256 => "RS256",
+            Signer::Ps256 => "PS256",
+            Signer::Es256 | Signer::Es256Other => "ES256",
+            Signer::Es384 => "ES384",
+            Signer::EdDsa => "EdDSA",
+            Signer::Hs256RsaModulus => "HS256",
+            Signer::None => "none",
+        }
+    }
+
+    pub fn kid(self) -> &'static str {
+        match self {
+            Signer::Rs256 | Signer::Ps256 | Signer::Hs256RsaModulus | Signer::None => RSA_KID,
+            Signer::Es256 | Signer::Es256Other => P256_KID,
+            Signer::Es384 => P384_KID,
+            Signer::EdDsa => ED25519_KID,
+        }
+    }
+
+    /// The default header: `alg`, `kid`, `typ: JWT`.
+    pub fn header(self) -> Value {
+        json!({ "alg": self.alg(), "kid": self.kid(), "typ": "JWT" })
+    }
+
+    pub fn signature(self, input: &[u8]) -> Vec<u8> {
+        match self {
+            Signer::Rs256 => Rsa::rs256().sign(rsa_private(), input).as_bytes().to_vec(),
+            Signer::Ps256 => Rsa::ps256().sign(rsa_private(), input).as_bytes().to_vec(),
+            Signer::Es256 => Es256.sign(&p256_key(), input).as_bytes().to_vec(),
+            Signer::Es256Other => Es256.sign(&p256_other_key(), input).as_bytes().to_vec(),
+            Signer::Es384 => {
+                use p384::ecdsa::signature::DigestSigner;
+                use sha2::Digest;
+                let sig: p384::ecdsa::Signature =
+                    p384_key().sign_digest(sha2::Sha384::new_with_prefix(input));
+                sig.to_bytes().to_vec()
+            }
+            Signer::EdDsa => Ed25519.sign(&ed25519_key().sk, input).as_bytes().to_vec(),
+            Signer::Hs256RsaModulus => Hs256
+                .sign(&Hs256Key::new(rsa_modulus_bytes()), input)
+                .as_bytes()
+                .to_vec(),
+            Signer::None => Vec::new(),
+        }
+    }
+}
+
+/// A compact JWS with exactly this header and these claims.
+pub fn sign_with_header(signer: Signer, header: &Value, claims: &Value) -> String {
+    let input = format!(
+        "{}.{}",
+        b64(serde_json::to_vec(header).expect("header")),
+        b64(serde_json::to_vec(claims).expect("claims"))
+    );
+    let signature = signer.signature(input.as_bytes());
+    format!("{input}.{}", b64(signature))
+}
+
+pub fn sign(signer: Signer, claims: &Value) -> String {
+    sign_with_header(signer, &signer.header(), claims)
+}
+
+pub const ISSUER: &str = "https://idp.example.com";
+pub const RESOURCE: &str = "https://mcp.example.com/mcp";
+pub const METADATA_URL: &str = "https://mcp.example.com/.well-known/oauth-protected-resource/mcp";
+/// The clock every test starts at (2026-01-01T00:00:00Z), in seconds.
+pub const NOW: i64 = 1_767_225_600;
+pub const SERVICE_KEY: &str = "sk-service-key-0123456789";
+
+/// Claims of a valid token for `sub`, with `groups` and `scope`.
+pub fn claims_for(sub: &str, groups: &[&str], scope: &str) -> Value {
+    json!({
+        "iss": ISSUER,
+        "sub": sub,
+        "aud": RESOURCE,
+        "exp": NOW + 3600,
+        "iat": NOW - 10,
+        "email": format!("{sub}@example.com"),
+        "groups": groups,
+        "scope": scope,
+    })
+}
+
+/// An ES256 token for `sub` (fast to sign).
+pub fn token_for(sub: &str, groups: &[&str], scope: &str) -> String {
+    sign(Signer::Es256, &claims_for(sub, groups, scope))
+}
+
+// ---- environment --------------------------------------------------------------------------
+
+/// Environment variables from a map.
+#[derive(Default)]
+pub struct MapEnv(pub HashMap<String, String>);
+
+impl MapEnv {
+    pub fn with(pairs: &[(&str, &str)]) -> Self {
+        MapEnv(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+}
+
+impl Environment for MapEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+}
+
+// ---- Host ---------------------------------------------------------------------------------
+
+/// A local reply the filter sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u32,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "reply body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Process-wide shared data, shared between the hosts of several streams or VMs.
+pub type Shared = Rc<RefCell<HashMap<String, Vec<u8>>>>;
+
+/// An in-memory Envoy for one HTTP stream.
+pub struct MockHost {
+    pub request_headers: Vec<Header>,
+    pub response_headers: Vec<Header>,
+    pub properties: HashMap<Vec<String>, Vec<u8>>,
+    pub shared: Shared,
+    pub counters: BTreeMap<String, u64>,
+    /// Every audit write, in order (Envoy keeps the last one).
+    pub audits: Vec<Vec<u8>>,
+    /// Every local reply, in order (there should never be more than one).
+    pub replies: Vec<Reply>,
+    pub resets: usize,
+    pub now_ms: u64,
+}
+
+impl Default for MockHost {
+    fn default() -> Self {
+        MockHost {
+            request_headers: Vec::new(),
+            response_headers: Vec::new(),
+            properties: HashMap::new(),
+            shared: Shared::default(),
+            counters: BTreeMap::new(),
+            audits: Vec::new(),
+            replies: Vec::new(),
+            resets: 0,
+            now_ms: NOW as u64 * 1000,
+        }
+    }
+}
+
+impl MockHost {
+    /// A request with these headers (pseudo-headers included).
+    pub fn request(headers: &[(&str, &str)]) -> Self {
+        MockHost {
+            request_headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..MockHost::default()
+        }
+    }
+
+    pub fn with_shared(mut self, shared: &Shared) -> Self {
+        self.shared = Rc::clone(shared);
+        self
+    }
+
+    pub fn set_property(&mut self, path: &[&str], value: &str) {
+        self.properties.insert(
+            path.iter().map(|s| s.to_string()).collect(),
+            value.as_bytes().to_vec(),
+        );
+    }
+
+    pub fn req_header(&self, name: &str) -> Option<&str> {
+        self.request_headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn req_header_all(&self, name: &str) -> Vec<&str> {
+        self.request_headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn resp_header(&self, name: &str) -> Option<&str> {
+        self.response_headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn set_response(&mut self, headers: &[(&str, &str)]) {
+        self.response_headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+
+    /// The only local reply; panics when there is none or several.
+    pub fn reply(&self) -> &Reply {
+        assert_eq!(
+            self.replies.len(),
+            1,
+            "expected exactly one local reply, got {:?}",
+            self.replies
+        );
+        &self.replies[0]
+    }
+
+    /// The records of the last audit write (Envoy logs that one), one per line.
+    pub fn audit(&self) -> Vec<Value> {
+        let last = self.audits.last().expect("an audit record was written");
+        String::from_utf8_lossy(last)
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("audit line is not JSON ({e}): {line}"))
+            })
+            .collect()
+    }
+
+    /// The one record of the last audit write.
+    pub fn record(&self) -> Value {
+        let records = self.audit();
+        assert_eq!(records.len(), 1, "expected one audit line: {records:?}");
+        records.into_iter().next().expect("one record")
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.counters.get(name).copied().unwrap_or(0)
+    }
+}
+
+fn remove_all(headers: &mut Vec<Header>, name: &str) {
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+}
+
+impl Host for MockHost {
+    fn request_headers(&self) -> Vec<Header> {
+        self.request_headers.clone()
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        remove_all(&mut self.request_headers, name);
+        self.request_headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        remove_all(&mut self.request_headers, name);
+    }
+    fn response_headers(&self) -> Vec<Header> {
+        self.response_headers.clone()
+    }
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        remove_all(&mut self.response_headers, name);
+        self.response_headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+    }
+    fn remove_response_header(&mut self, name: &str) {
+        remove_all(&mut self.response_headers, name);
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
+        self.properties.get(&key).cloned()
+    }
+    fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        self.replies.push(Reply {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: body.to_vec(),
+        });
+    }
+    fn reset_response(&mut self) {
+        self.resets += 1;
+    }
+    fn write_audit(&mut self, record: &[u8]) {
+        self.audits.push(record.to_vec());
+    }
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.shared.borrow().get(key).cloned()
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8]) {
+        self.shared
+            .borrow_mut()
+            .insert(key.to_string(), value.to_vec());
+    }
+    fn count(&mut self, name: &str, by: u64) {
+        *self.counters.entry(name.to_string()).or_default() += by;
+    }
+    fn now_millis(&self) -> u64 {
+        self.now_ms
+    }
+}
+
+// ---- KeyHost ------------------------------------------------------------------------------
+
+/// Shared data with compare-and-swap, as Envoy implements it: every write bumps the entry's
+/// CAS; a write with a CAS fails when the entry exists and its CAS differs.
+#[derive(Default)]
+pub struct CasStore {
+    entries: HashMap<String, (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+impl CasStore {
+    pub fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        self.entries.get(key).map(|(v, c)| (v.clone(), Some(*c)))
+    }
+
+    pub fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        if let (Some(expected), Some((_, current))) = (cas, self.entries.get(key)) {
+            if expected != *current {
+                return false;
+            }
+        }
+        self.next_cas += 1;
+        self.entries
+            .insert(key.to_string(), (value.to_vec(), self.next_cas));
+        true
+    }
+
+    pub fn value(&self, key: &str) -> Option<Value> {
+        self.entries
+            .get(key)
+            .and_then(|(v, _)| serde_json::from_slice(v).ok())
+    }
+}
+
+/// A `GET` the key manager dispatched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub token: u32,
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+}
+
+/// An in-memory Envoy for one VM's root context. VMs of one process share the `store`.
+pub struct MockKeyHost {
+    pub store: Rc<RefCell<CasStore>>,
+    pub calls: Vec<Call>,
+    pub now_ms: u64,
+    /// When false, `http_get` fails (no such cluster).
+    pub dispatch_ok: bool,
+    next_token: Rc<RefCell<u32>>,
+}
+
+impl MockKeyHost {
+    pub fn new(now_ms: u64) -> Self {
+        MockKeyHost {
+            store: Rc::default(),
+            calls: Vec::new(),
+            now_ms,
+            dispatch_ok: true,
+            next_token: Rc::new(RefCell::new(100)),
+        }
+    }
+
+    /// Another VM of the same process: same shared data, its own calls.
+    pub fn sibling(&self) -> Self {
+        MockKeyHost {
+            store: Rc::clone(&self.store),
+            calls: Vec::new(),
+            now_ms: self.now_ms,
+            dispatch_ok: true,
+            next_token: Rc::clone(&self.next_token),
+        }
+    }
+}
+
+impl KeyHost for MockKeyHost {
+    fn now_millis(&self) -> u64 {
+        self.now_ms
+    }
+    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        self.store.borrow().get(key)
+    }
+    fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        self.store.borrow_mut().set(key, value, cas)
+    }
+    fn http_get(
+        &mut self,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        if !self.dispatch_ok {
+            return None;
+        }
+        let token = {
+            let mut next = self.next_token.borrow_mut();
+            *next += 1;
+            *next
+        };
+        self.calls.push(Call {
+            token,
+            cluster: cluster.to_string(),
+            authority: authority.to_string(),
+            path: path.to_string(),
+            timeout_ms,
+        });
+        Some(token)
+    }
+}

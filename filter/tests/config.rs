@@ -1,0 +1,435 @@
+//! Configuration errors name the field they are about, so an operator can fix them from the
+//! Envoy log line alone.
+
+mod common;
+
+use common::*;
+use mcp_guard::config::{Config, ConfigError};
+use serde_json::{json, Value};
+
+fn valid() -> Value {
+    json!({
+        "issuers": [{ "issuer": ISSUER, "audiences": [RESOURCE], "jwks": { "keys": [p256_public_jwk()] } }],
+        "servers": [{
+            "name": "crm",
+            "resource": RESOURCE,
+            "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+            "policy": {
+                "name": "crm",
+                "rules": [
+                    { "name": "a", "allow": "mcp.method == \"ping\"" },
+                    { "name": "b", "allow": "mcp.tool.name == \"search\"" },
+                ],
+            },
+        }],
+    })
+}
+
+fn load(config: &Value, env: &MapEnv) -> Result<Config, ConfigError> {
+    Config::from_json(config.to_string().as_bytes(), env)
+}
+
+/// Applies `change` to a valid configuration and returns the error's field.
+fn error_of(change: impl FnOnce(&mut Value)) -> ConfigError {
+    let mut config = valid();
+    change(&mut config);
+    match load(&config, &MapEnv::default()) {
+        Ok(_) => panic!("accepted: {config}"),
+        Err(e) => e,
+    }
+}
+
+fn field_of(change: impl FnOnce(&mut Value)) -> String {
+    error_of(change).field
+}
+
+#[test]
+fn valid_configuration_loads() {
+    let config = load(&valid(), &MapEnv::default()).expect("valid");
+    assert_eq!(config.servers.len(), 1);
+    let server = &config.servers[0];
+    assert_eq!(server.path, "/mcp");
+    assert_eq!(
+        server.metadata_path,
+        "/.well-known/oauth-protected-resource/mcp"
+    );
+    assert_eq!(server.metadata_url, METADATA_URL);
+    assert_eq!(server.credential.header, "x-api-key");
+    assert_eq!(server.credential.value, SERVICE_KEY);
+    for must in [
+        "authorization",
+        "x-api-key",
+        "cookie",
+        "proxy-authorization",
+    ] {
+        assert!(server.strip_headers.iter().any(|h| h == must), "{must}");
+    }
+    assert_eq!(config.max_body_bytes, 1024 * 1024);
+    // The secret never shows in a debug dump.
+    assert!(!format!("{:?}", server.credential).contains(SERVICE_KEY));
+    assert!(!format!("{config:?}").contains(SERVICE_KEY));
+}
+
+#[test]
+fn errors_display_field_and_message() {
+    let e = error_of(|c| c["issuers"][0]["audiences"] = json!([]));
+    assert_eq!(e.field, "issuers[0].audiences");
+    assert!(e.to_string().starts_with("issuers[0].audiences: "), "{e}");
+}
+
+#[test]
+fn issuer_fields_are_named() {
+    assert_eq!(
+        field_of(|c| c["issuers"][0]["audiences"] = json!([])),
+        "issuers[0].audiences"
+    );
+    assert_eq!(
+        field_of(|c| c["issuers"][0]["audiences"] = json!([""])),
+        "issuers[0].audiences"
+    );
+    assert_eq!(
+        field_of(|c| {
+            c["issuers"][0]
+                .as_object_mut()
+                .expect("object")
+                .remove("audiences");
+        }),
+        "issuers[0].audiences"
+    );
+    assert_eq!(
+        field_of(|c| c["issuers"][0]["issuer"] = json!("")),
+        "issuers[0].issuer"
+    );
+    assert_eq!(
+        field_of(|c| c["issuers"][0]["algorithms"] = json!(["ES256", "HS256"])),
+        "issuers[0].algorithms[1]"
+    );
+    assert_eq!(
+        field_of(|c| c["issuers"][0]["algorithms"] = json!([])),
+        "issuers[0].algorithms"
+    );
+    assert_eq!(
+        field_of(|c| c["issuers"][0]["jwks"] = json!({ "keys": [] })),
+        "issuers[0].jwks"
+    );
+    assert_eq!(
+        field_of(
+            |c| c["issuers"][0]["jwks"] = json!({ "keys": [{ "kty": "oct", "k": "c2VjcmV0" }] })
+        ),
+        "issuers[0].jwks"
+    );
+    assert_eq!(
+        field_of(|c| {
+            c["issuers"][0]
+                .as_object_mut()
+                .expect("object")
+                .remove("jwks");
+            c["issuers"][0]["jwks_uri"] = json!("https://idp.example.com/jwks");
+        }),
+        "issuers[0].cluster"
+    );
+    assert_eq!(
+        field_of(|c| {
+            c["issuers"][0]
+                .as_object_mut()
+                .expect("object")
+                .remove("jwks");
+            c["issuers"][0]["jwks_uri"] = json!("ftp://idp.example.com/jwks");
+            c["issuers"][0]["cluster"] = json!("idp");
+        }),
+        "issuers[0].jwks_uri"
+    );
+    assert_eq!(
+        field_of(|c| {
+            c["issuers"][0]["jwks_uri"] = json!("https://idp.example.com/jwks");
+            c["issuers"][0]["cluster"] = json!("idp");
+        }),
+        "issuers[0].jwks"
+    );
+    assert_eq!(
+        field_of(|c| {
+            c["issuers"][0]
+                .as_object_mut()
+                .expect("object")
+                .remove("jwks");
+            c["issuers"][0]["discovery"] = json!(true);
+            c["issuers"][0]["cluster"] = json!("idp");
+            c["issuers"][0]["refresh_seconds"] = json!(0);
+        }),
+        "issuers[0].refresh_seconds"
+    );
+    assert_eq!(
+        field_of(|c| {
+            c["issuers"][0]
+                .as_object_mut()
+                .expect("object")
+                .remove("jwks");
+        }),
+        "issuers[0]"
+    );
+    assert_eq!(
+        field_of(|c| {
+            let second = c["issuers"][0].clone();
+            c["issuers"].as_array_mut().expect("array").push(second);
+        }),
+        "issuers[1].issuer"
+    );
+    assert_eq!(field_of(|c| c["issuers"] = json!([])), "issuers");
+}
+
+#[test]
+fn wrongly_typed_member_names_the_member() {
+    // An operator writing a single audience as a string must be told which field is wrong.
+    assert_eq!(
+        field_of(|c| c["issuers"][0]["audiences"] = json!(RESOURCE)),
+        "issuers[0].audiences"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["credential"]["header"] = json!(42)),
+        "servers[0].credential.header"
+    );
+}
+
+#[test]
+fn credential_fields_are_named() {
+    assert_eq!(
+        field_of(|c| c["servers"][0]["credential"]["header"] = json!("x api key")),
+        "servers[0].credential.header"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["credential"]["header"] = json!(":path")),
+        "servers[0].credential.header"
+    );
+    assert_eq!(
+        field_of(|c| {
+            c["servers"][0]["credential"]
+                .as_object_mut()
+                .expect("object")
+                .remove("header");
+        }),
+        "servers[0].credential.header"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["credential"]["value"] = json!("short")),
+        "servers[0].credential.value"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["credential"]["value"] = json!("")),
+        "servers[0].credential.value"
+    );
+    assert_eq!(
+        field_of(
+            |c| c["servers"][0]["credential"]["value"] = json!("sk-0123456789\r\nx-injected: 1")
+        ),
+        "servers[0].credential.value"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["credential"]["value_from_env"] = json!("KEY")),
+        "servers[0].credential"
+    );
+    assert_eq!(
+        field_of(|c| {
+            c["servers"][0]["credential"]
+                .as_object_mut()
+                .expect("object")
+                .remove("value");
+        }),
+        "servers[0].credential"
+    );
+}
+
+#[test]
+fn value_from_env_missing_names_the_field_and_present_is_used() {
+    let mut config = valid();
+    config["servers"][0]["credential"] =
+        json!({ "header": "x-api-key", "value_from_env": "CRM_KEY" });
+    let e = load(&config, &MapEnv::default()).expect_err("unset variable");
+    assert_eq!(e.field, "servers[0].credential.value_from_env");
+    assert!(e.message.contains("CRM_KEY"), "{e}");
+    let loaded = load(
+        &config,
+        &MapEnv::with(&[("CRM_KEY", "sk-from-the-environment")]),
+    )
+    .expect("variable set");
+    assert_eq!(
+        loaded.servers[0].credential.value,
+        "sk-from-the-environment"
+    );
+}
+
+#[test]
+fn policy_rule_fields_are_named() {
+    assert_eq!(
+        field_of(|c| c["servers"][0]["policy"]["rules"][1]["allow"] = json!("mcp.tool.name ==")),
+        "servers[0].policy.rules[1].allow"
+    );
+    assert_eq!(
+        field_of(
+            |c| c["servers"][0]["policy"]["rules"][1]["allow"] = json!("no_such_variable == 1")
+        ),
+        "servers[0].policy.rules[1].allow"
+    );
+    let e =
+        error_of(|c| c["servers"][0]["policy"]["rules"][1]["allow"] = json!("mcp.tool.name == "));
+    assert!(e.message.contains("\"b\""), "names the rule: {e}");
+    assert_eq!(
+        field_of(|c| c["servers"][0]["policy"]["rules"][0]["deny"] = json!("true")),
+        "servers[0].policy.rules[0]"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["policy"]["rules"][1]["name"] = json!("a")),
+        "servers[0].policy.rules[1].name"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["policy"]["on_deny"] = json!("silent")),
+        "servers[0].policy.on_deny"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["policy"]["default"] = json!("permit")),
+        "servers[0].policy.default"
+    );
+    assert_eq!(
+        field_of(|c| {
+            c["servers"][0]["policy"]
+                .as_object_mut()
+                .expect("object")
+                .remove("name");
+        }),
+        "servers[0].policy.name"
+    );
+}
+
+#[test]
+fn unknown_fields_are_named() {
+    assert_eq!(field_of(|c| c["issuer"] = json!("typo")), "issuer");
+    assert_eq!(
+        field_of(|c| c["issuers"][0]["jwks_url"] = json!("https://x")),
+        "issuers[0].jwks_url"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["credentials"] = json!({})),
+        "servers[0].credentials"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["credential"]["prefx"] = json!("Bearer ")),
+        "servers[0].credential.prefx"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["policy"]["on_denied"] = json!("hide")),
+        "servers[0].policy.on_denied"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["policy"]["rules"][1]["allows"] = json!("true")),
+        "servers[0].policy.rules[1].allows"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["match"] = json!({ "route": "x" })),
+        "servers[0].match.route"
+    );
+    let e = error_of(|c| c["issuers"][0]["jwks_url"] = json!("https://x"));
+    assert!(e.message.contains("not a known field"), "{e}");
+}
+
+#[test]
+fn server_fields_are_named() {
+    assert_eq!(
+        field_of(|c| c["servers"][0]["name"] = json!(" ")),
+        "servers[0].name"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["path"] = json!("mcp")),
+        "servers[0].path"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["path"] = json!("/mcp?x=1")),
+        "servers[0].path"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["resource"] = json!("mcp.example.com")),
+        "servers[0].resource"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["resource"] = json!("https://mcp.example.com/mcp#x")),
+        "servers[0].resource"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["key_leak"] = json!("ignore")),
+        "servers[0].key_leak"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["audit_arguments"] = json!("all")),
+        "servers[0].audit_arguments"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["strip_headers"] = json!(["cookie", "bad header"])),
+        "servers[0].strip_headers[1]"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["forward_claims"] = json!({ "email": "authorization" })),
+        "servers[0].forward_claims.email"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["forward_claims"] = json!({ "email": "x-api-key" })),
+        "servers[0].forward_claims.email"
+    );
+    assert_eq!(
+        field_of(|c| c["servers"][0]["forward_claims"] = json!({ "sub": "x user" })),
+        "servers[0].forward_claims.sub"
+    );
+    assert_eq!(
+        field_of(|c| {
+            let second = c["servers"][0].clone();
+            c["servers"].as_array_mut().expect("array").push(second);
+        }),
+        "servers[1].match"
+    );
+    assert_eq!(field_of(|c| c["servers"] = json!([])), "servers");
+}
+
+#[test]
+fn top_level_fields_are_named() {
+    assert_eq!(
+        field_of(|c| c["clock_skew_seconds"] = json!(601)),
+        "clock_skew_seconds"
+    );
+    assert_eq!(
+        field_of(|c| c["max_body_bytes"] = json!(0)),
+        "max_body_bytes"
+    );
+    assert_eq!(
+        field_of(|c| {
+            c.as_object_mut().expect("object").remove("servers");
+        }),
+        "servers"
+    );
+    let e = Config::from_json(b"not json", &MapEnv::default()).expect_err("not JSON");
+    assert!(e.message.contains("not valid JSON"), "{e}");
+    let e = Config::from_json(b"[]", &MapEnv::default()).expect_err("not an object");
+    assert_eq!(e.field, "");
+}
+
+#[test]
+fn custom_strip_headers_still_strip_credentials() {
+    let mut config = valid();
+    config["servers"][0]["strip_headers"] = json!(["X-Debug"]);
+    config["servers"][0]["forward_claims"] = json!({ "email": "X-MCP-User" });
+    let loaded = load(&config, &MapEnv::default()).expect("valid");
+    let strip = &loaded.servers[0].strip_headers;
+    for must in ["x-debug", "authorization", "x-api-key", "x-mcp-user"] {
+        assert!(strip.iter().any(|h| h == must), "{must} in {strip:?}");
+    }
+}
+
+#[test]
+fn weak_rsa_keys_are_refused() {
+    // A 1024-bit modulus: truncate the test key's modulus (the key need not be valid).
+    let mut jwk = rsa_public_jwk();
+    let n = rsa_modulus_bytes();
+    jwk["n"] = json!(b64(&n[..128]));
+    let e = error_of(|c| c["issuers"][0]["jwks"] = json!({ "keys": [jwk] }));
+    assert_eq!(e.field, "issuers[0].jwks");
+    assert!(
+        e.message.contains("too short") || e.message.contains("RSA"),
+        "{e}"
+    );
+}

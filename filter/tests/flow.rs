@@ -1,0 +1,1380 @@
+//! The request path end to end, through the public `Stream` API and an in-memory host: what a
+//! client gets back, what reaches the upstream, and what the audit trail says.
+
+mod common;
+
+use std::rc::Rc;
+
+use common::*;
+use mcp_guard::config::Config;
+use mcp_guard::flow::{Action, BodyAction, Stream};
+use mcp_guard::host::Host;
+use mcp_guard::jwt::KeySet;
+use serde_json::{json, Value};
+
+// ---- configuration -----------------------------------------------------------------------
+
+fn policy() -> Value {
+    json!({
+        "name": "crm",
+        "version": "7",
+        "rules": [
+            { "name": "connect", "allow": "mcp.method in [\"initialize\", \"notifications/initialized\", \"ping\", \"tools/list\", \"prompts/list\", \"resources/list\"]" },
+            { "name": "read-tools", "allow": "mcp.method == \"tools/call\" && mcp.tool.name in [\"search\", \"get\"]" },
+            { "name": "no-delete", "deny": "mcp.tool.name == \"delete\" && !(\"admins\" in jwt.groups)" },
+            { "name": "admin-delete", "allow": "mcp.tool.name == \"delete\" && \"admins\" in jwt.groups" },
+            { "name": "update-needs-write", "allow": "mcp.tool.name == \"update\"", "scopes": ["crm:write"] },
+        ],
+    })
+}
+
+fn base_config() -> Value {
+    json!({
+        "issuers": [{
+            "issuer": ISSUER,
+            "audiences": [RESOURCE],
+            "algorithms": ["RS256", "PS256", "ES256", "ES384", "EdDSA"],
+            "jwks": jwks_all(),
+        }],
+        "servers": [{
+            "name": "crm",
+            "resource": RESOURCE,
+            "authorization_servers": [ISSUER],
+            "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+            "forward_claims": { "email": "x-mcp-user" },
+            "policy": policy(),
+        }],
+    })
+}
+
+fn build(config: Value) -> Rc<Config> {
+    Rc::new(
+        Config::from_json(config.to_string().as_bytes(), &MapEnv::default())
+            .unwrap_or_else(|e| panic!("test configuration is invalid: {e}")),
+    )
+}
+
+fn config() -> Rc<Config> {
+    build(base_config())
+}
+
+/// The base configuration with the policy's `on_deny: hide`.
+fn hiding_config() -> Rc<Config> {
+    let mut c = base_config();
+    c["servers"][0]["policy"]["on_deny"] = json!("hide");
+    build(c)
+}
+
+// ---- requests ----------------------------------------------------------------------------
+
+const PROTOCOL: &str = "2025-06-18";
+
+/// A POST to /mcp with a bearer token and these extra headers.
+fn post_host(token: Option<&str>, extra: &[(&str, &str)]) -> MockHost {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers: Vec<(&str, &str)> = vec![
+        (":method", "POST"),
+        (":path", "/mcp"),
+        (":authority", "mcp.example.com"),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", PROTOCOL),
+    ];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a));
+    }
+    let mut host = MockHost::request(&headers);
+    for (k, v) in extra {
+        host.set_request_header(k, v);
+    }
+    host
+}
+
+fn get_host(path: &str, token: Option<&str>) -> MockHost {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![
+        (":method", "GET"),
+        (":path", path),
+        (":authority", "mcp.example.com"),
+    ];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a));
+    }
+    MockHost::request(&headers)
+}
+
+fn alice() -> String {
+    token_for("alice", &["staff"], "mcp:read")
+}
+
+fn bob() -> String {
+    token_for("bob", &["staff"], "mcp:read")
+}
+
+fn admin() -> String {
+    token_for("root", &["admins"], "mcp:read")
+}
+
+fn tool_call(id: Value, name: &str) -> Vec<u8> {
+    json!({
+        "jsonrpc": "2.0", "id": id, "method": "tools/call",
+        "params": { "name": name, "arguments": { "q": "acme" } },
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn request(id: Value, method: &str) -> Vec<u8> {
+    json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": {} })
+        .to_string()
+        .into_bytes()
+}
+
+/// Runs the request headers and, when they were accepted, the body.
+fn send(config: &Rc<Config>, host: &mut MockHost, body: &[u8]) -> (Stream, Action) {
+    let mut stream = Stream::new(Rc::clone(config));
+    let action = stream.on_request_headers(host, false);
+    assert_eq!(
+        action,
+        Action::Pause,
+        "POST headers are held until the body"
+    );
+    if !stream.awaiting_body() {
+        return (stream, action);
+    }
+    let action = stream.on_request_body(host, body);
+    (stream, action)
+}
+
+/// A POST by `token` with `body`, under the base configuration.
+fn post(token: &str, body: &[u8]) -> (Stream, MockHost, Action) {
+    let mut host = post_host(Some(token), &[]);
+    let (stream, action) = send(&config(), &mut host, body);
+    (stream, host, action)
+}
+
+fn challenge(error: Option<&str>) -> String {
+    match error {
+        Some(e) => format!("Bearer error=\"{e}\", resource_metadata=\"{METADATA_URL}\""),
+        None => format!("Bearer resource_metadata=\"{METADATA_URL}\""),
+    }
+}
+
+/// Headers refused: the reply, and nothing forwarded.
+fn refused_at_headers(config: &Rc<Config>, host: &mut MockHost) -> Reply {
+    let mut stream = Stream::new(Rc::clone(config));
+    assert_eq!(stream.on_request_headers(host, false), Action::Pause);
+    assert!(!stream.awaiting_body());
+    assert!(stream.waiting().is_none());
+    // A body arriving afterwards is never forwarded, and not answered twice.
+    assert_eq!(
+        stream.on_request_body(host, &request(json!(1), "ping")),
+        Action::Pause
+    );
+    host.reply().clone()
+}
+
+// ---- RFC 9728 metadata -------------------------------------------------------------------
+
+#[test]
+fn metadata_document_is_served_without_a_token() {
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        let mut host = get_host(path, None);
+        let mut stream = Stream::new(config());
+        assert_eq!(
+            stream.on_request_headers(&mut host, true),
+            Action::Pause,
+            "{path}"
+        );
+        let reply = host.reply();
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        let doc = reply.json();
+        assert_eq!(doc["resource"], RESOURCE, "{path}");
+        assert_eq!(doc["authorization_servers"], json!([ISSUER]));
+        assert_eq!(doc["bearer_methods_supported"], json!(["header"]));
+    }
+}
+
+#[test]
+fn unknown_path_is_404() {
+    let mut host = get_host("/other", Some(&alice()));
+    let reply = refused_at_headers(&config(), &mut host);
+    assert_eq!(reply.status, 404);
+    assert_eq!(host.record()["reason"], "unknown_path");
+    // A near miss of the MCP path is no match either.
+    let mut host = get_host("/mcp/", Some(&alice()));
+    assert_eq!(refused_at_headers(&config(), &mut host).status, 404);
+}
+
+// ---- authentication ----------------------------------------------------------------------
+
+#[test]
+fn no_token_is_401_with_a_challenge_without_error() {
+    let mut host = post_host(None, &[]);
+    let reply = refused_at_headers(&config(), &mut host);
+    assert_eq!(reply.status, 401);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(challenge(None).as_str())
+    );
+    let record = host.record();
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["reason"], "missing_token");
+    assert_eq!(record["status"], 401);
+}
+
+#[test]
+fn scopes_supported_are_advertised_in_the_challenge() {
+    let mut c = base_config();
+    c["servers"][0]["scopes_supported"] = json!(["mcp:read", "crm:write"]);
+    let mut host = post_host(None, &[]);
+    let reply = refused_at_headers(&build(c), &mut host);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(
+            format!("Bearer scope=\"mcp:read crm:write\", resource_metadata=\"{METADATA_URL}\"")
+                .as_str()
+        )
+    );
+}
+
+#[test]
+fn malformed_token_is_401_invalid_token() {
+    for auth in ["Bearer not-a-jwt", "Basic YWxpY2U6cHc=", "Bearer"] {
+        let mut host = post_host(None, &[("authorization", auth)]);
+        let reply = refused_at_headers(&config(), &mut host);
+        assert_eq!(reply.status, 401, "{auth}");
+        assert_eq!(
+            reply.header("www-authenticate"),
+            Some(challenge(Some("invalid_token")).as_str()),
+            "{auth}"
+        );
+        assert_eq!(reply.json()["error"], "invalid_token");
+    }
+}
+
+/// A token with these claim changes is refused with 401 invalid_token and `reason`.
+fn assert_token_refused(token: &str, reason: &str) {
+    let mut host = post_host(Some(token), &[]);
+    let reply = refused_at_headers(&config(), &mut host);
+    assert_eq!(reply.status, 401, "{reason}");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(challenge(Some("invalid_token")).as_str())
+    );
+    let record = host.record();
+    assert_eq!(record["reason"], reason);
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(
+        host.counter(&format!("mcp_guard.auth_failures.reason={reason}")),
+        1
+    );
+    // Nothing was swapped in: the upstream never sees the service key for this request.
+    assert_eq!(host.req_header("x-api-key"), None);
+}
+
+#[test]
+fn expired_token_is_refused_with_reason_expired() {
+    let mut claims = claims_for("alice", &["staff"], "");
+    claims["exp"] = json!(NOW - 3600);
+    assert_token_refused(&sign(Signer::Es256, &claims), "expired");
+}
+
+#[test]
+fn wrong_audience_is_refused_with_its_reason() {
+    let mut claims = claims_for("alice", &["staff"], "");
+    claims["aud"] = json!("https://other.example.com/mcp");
+    assert_token_refused(&sign(Signer::Es256, &claims), "wrong_audience");
+}
+
+#[test]
+fn unknown_key_is_refused_with_its_reason() {
+    let header = json!({ "alg": "ES256", "kid": "no-such-key" });
+    let token = sign_with_header(Signer::Es256, &header, &claims_for("alice", &[], ""));
+    assert_token_refused(&token, "unknown_key");
+}
+
+#[test]
+fn wrong_issuer_is_refused_with_its_reason() {
+    let mut claims = claims_for("alice", &["staff"], "");
+    claims["iss"] = json!("https://evil.example.com");
+    assert_token_refused(&sign(Signer::Es256, &claims), "unknown_issuer");
+}
+
+#[test]
+fn bad_signature_is_refused_with_its_reason() {
+    assert_token_refused(
+        &sign(Signer::Es256Other, &claims_for("alice", &[], "")),
+        "bad_signature",
+    );
+}
+
+#[test]
+fn duplicate_authorization_is_400_invalid_request() {
+    let mut host = post_host(Some(&alice()), &[]);
+    host.request_headers
+        .push(("authorization".into(), format!("Bearer {}", bob())));
+    let reply = refused_at_headers(&config(), &mut host);
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(challenge(Some("invalid_request")).as_str())
+    );
+    assert_eq!(reply.json()["error"], "invalid_request");
+    assert_eq!(host.record()["reason"], "duplicate_authorization");
+}
+
+#[test]
+fn token_in_query_is_400_invalid_request() {
+    let token = alice();
+    let path = format!("/mcp?access_token={token}");
+    let mut host = post_host(Some(&token), &[(":path", &path)]);
+    let reply = refused_at_headers(&config(), &mut host);
+    assert_eq!(reply.status, 400);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(challenge(Some("invalid_request")).as_str())
+    );
+    assert_eq!(host.record()["reason"], "token_in_query");
+    // Also with no Authorization header at all.
+    let mut host = post_host(None, &[(":path", &path)]);
+    assert_eq!(refused_at_headers(&config(), &mut host).status, 400);
+}
+
+// ---- credential swap -----------------------------------------------------------------------
+
+#[test]
+fn valid_post_is_held_and_forwarded_as_the_service() {
+    let mut host = post_host(
+        Some(&alice()),
+        &[
+            ("x-api-key", "client-copy-of-a-key"),
+            ("cookie", "session=abc"),
+            ("proxy-authorization", "Basic Zm9vOmJhcg=="),
+            ("x-mcp-user", "admin@example.com"),
+            ("accept-encoding", "gzip, br"),
+            ("x-custom", "kept"),
+        ],
+    );
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    assert!(stream.awaiting_body());
+    assert!(host.replies.is_empty());
+    assert_eq!(host.req_header("authorization"), None);
+    assert_eq!(host.req_header_all("x-api-key"), vec![SERVICE_KEY]);
+    assert_eq!(host.req_header("cookie"), None);
+    assert_eq!(host.req_header("proxy-authorization"), None);
+    assert_eq!(host.req_header_all("x-mcp-user"), vec!["alice@example.com"]);
+    assert_eq!(host.req_header("accept-encoding"), None);
+    assert_eq!(host.req_header("x-custom"), Some("kept"));
+    assert_eq!(host.req_header("content-type"), Some("application/json"));
+}
+
+#[test]
+fn forwarded_claim_header_is_removed_when_the_token_lacks_the_claim() {
+    let mut claims = claims_for("svc", &["staff"], "");
+    claims.as_object_mut().expect("object").remove("email");
+    let token = sign(Signer::Es256, &claims);
+    let mut host = post_host(Some(&token), &[("X-MCP-User", "admin@example.com")]);
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    assert!(stream.awaiting_body());
+    assert_eq!(host.req_header("x-mcp-user"), None);
+}
+
+#[test]
+fn service_key_in_the_authorization_header_replaces_the_client_token() {
+    let mut c = base_config();
+    c["servers"][0]["credential"] =
+        json!({ "header": "Authorization", "prefix": "Bearer ", "value": SERVICE_KEY });
+    let mut host = post_host(Some(&alice()), &[]);
+    let mut stream = Stream::new(build(c));
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    assert_eq!(
+        host.req_header_all("authorization"),
+        vec![format!("Bearer {SERVICE_KEY}").as_str()]
+    );
+}
+
+// ---- policy ------------------------------------------------------------------------------
+
+#[test]
+fn allowed_call_continues_and_is_audited_with_its_rule() {
+    let (_, host, action) = post(&alice(), &tool_call(json!(7), "search"));
+    assert_eq!(action, Action::Continue);
+    assert!(host.replies.is_empty());
+    let record = host.record();
+    assert_eq!(record["schema"], "mcp-guard.audit.v1");
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["rule"], "read-tools");
+    assert_eq!(record["method"], "tools/call");
+    assert_eq!(record["tool"], "search");
+    assert_eq!(record["jsonrpc_id"], 7);
+    assert_eq!(record["sub"], "alice");
+    assert_eq!(record["iss"], ISSUER);
+    assert_eq!(record["user"], "alice@example.com");
+    assert_eq!(record["groups"], json!(["staff"]));
+    assert_eq!(record["server"], "crm");
+    assert_eq!(record["policy"], "crm");
+    assert_eq!(record["policy_version"], "7");
+    assert_eq!(record["http_method"], "POST");
+    assert_eq!(record["protocol_version"], PROTOCOL);
+    assert!(
+        record.get("arguments").is_none(),
+        "arguments are not audited by default"
+    );
+    assert_eq!(
+        host.counter("mcp_guard.requests.method=tools_call.decision=allow"),
+        1
+    );
+}
+
+#[test]
+fn denied_call_is_answered_in_band_naming_rule_and_policy() {
+    let (_, host, action) = post(&alice(), &tool_call(json!("req-7"), "delete"));
+    assert_eq!(action, Action::Pause);
+    let reply = host.reply();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    let body = reply.json();
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["id"], "req-7");
+    assert_eq!(body["error"]["code"], -31403);
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("no-delete"), "{message}");
+    assert!(message.contains("crm"), "{message}");
+    assert!(message.contains("delete"), "{message}");
+    assert_eq!(body["error"]["data"]["rule"], "no-delete");
+    assert_eq!(body["error"]["data"]["policy"], "crm");
+    assert_eq!(body["error"]["data"]["policy_version"], "7");
+    let record = host.record();
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["rule"], "no-delete");
+    assert_eq!(record["status"], 200);
+    assert_eq!(record["error_code"], -31403);
+    assert_eq!(host.counter("mcp_guard.denials.rule=no-delete"), 1);
+    assert_eq!(
+        host.counter("mcp_guard.requests.method=tools_call.decision=deny"),
+        1
+    );
+}
+
+#[test]
+fn admin_may_call_what_others_may_not() {
+    let (_, host, action) = post(&admin(), &tool_call(json!(1), "delete"));
+    assert_eq!(action, Action::Continue);
+    assert_eq!(host.record()["rule"], "admin-delete");
+}
+
+#[test]
+fn default_deny_says_no_rule_allows_it() {
+    let (_, host, _) = post(&alice(), &tool_call(json!(3), "secret_tool"));
+    let body = host.reply().json();
+    assert_eq!(body["error"]["code"], -31403);
+    assert_eq!(body["error"]["data"]["rule"], Value::Null);
+    let message = body["error"]["message"].as_str().expect("message");
+    assert!(message.contains("no rule allows it"), "{message}");
+    assert_eq!(host.record()["decision"], "deny");
+}
+
+#[test]
+fn hiding_policy_answers_unknown_tool() {
+    let mut host = post_host(Some(&alice()), &[]);
+    let (_, action) = send(&hiding_config(), &mut host, &tool_call(json!(9), "delete"));
+    assert_eq!(action, Action::Pause);
+    let reply = host.reply();
+    assert_eq!(reply.status, 200);
+    let body = reply.json();
+    assert_eq!(body["id"], 9);
+    assert_eq!(body["error"]["code"], -32602);
+    let message = body["error"]["message"].as_str().expect("message");
+    assert_eq!(message, "Unknown tool: delete");
+    assert!(
+        body["error"].get("data").is_none(),
+        "nothing about the policy leaks"
+    );
+    // The audit trail still knows why.
+    assert_eq!(host.record()["rule"], "no-delete");
+}
+
+#[test]
+fn insufficient_scope_is_403_with_a_step_up_challenge() {
+    let (_, host, action) = post(&alice(), &tool_call(json!(4), "update"));
+    assert_eq!(action, Action::Pause);
+    let reply = host.reply();
+    assert_eq!(reply.status, 403);
+    assert_eq!(
+        reply.header("www-authenticate"),
+        Some(
+            format!(
+                "Bearer error=\"insufficient_scope\", scope=\"crm:write\", resource_metadata=\"{METADATA_URL}\""
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(host.record()["decision"], "deny");
+    assert_eq!(host.record()["status"], 403);
+    // With the scope, the same call goes through.
+    let writer = token_for("alice", &["staff"], "mcp:read crm:write");
+    let (_, host, action) = post(&writer, &tool_call(json!(4), "update"));
+    assert_eq!(action, Action::Continue);
+    assert_eq!(host.record()["rule"], "update-needs-write");
+}
+
+#[test]
+fn denied_notification_is_403() {
+    let body = br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#;
+    let (_, host, action) = post(&alice(), body);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.reply().status, 403);
+    assert_eq!(host.record()["decision"], "deny");
+    // An allowed notification goes on.
+    let body = br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+    let (_, _, action) = post(&alice(), body);
+    assert_eq!(action, Action::Continue);
+}
+
+#[test]
+fn server_only_method_is_denied_by_the_built_in_rule() {
+    let (_, host, _) = post(&alice(), &request(json!(1), "sampling/createMessage"));
+    let body = host.reply().json();
+    assert_eq!(body["error"]["code"], -31403);
+    assert_eq!(body["error"]["data"]["rule"], "unknown-method");
+}
+
+// ---- HTTP and JSON-RPC checks ------------------------------------------------------------
+
+#[test]
+fn malformed_json_is_400_parse_error() {
+    let (_, host, action) = post(&alice(), b"{\"jsonrpc\":\"2.0\",");
+    assert_eq!(action, Action::Pause);
+    let reply = host.reply();
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["code"], -32700);
+    assert_eq!(reply.json()["id"], Value::Null);
+    assert_eq!(host.record()["error_code"], -32700);
+}
+
+#[test]
+fn invalid_request_is_400_with_its_code() {
+    let (_, host, _) = post(
+        &alice(),
+        br#"{"jsonrpc":"2.0","id":1,"method":"ping","extra":1}"#,
+    );
+    assert_eq!(host.reply().status, 400);
+    assert_eq!(host.reply().json()["error"]["code"], -32600);
+    let (_, host, _) = post(
+        &alice(),
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"bad name"}}"#,
+    );
+    assert_eq!(host.reply().status, 400);
+    assert_eq!(host.reply().json()["error"]["code"], -32602);
+}
+
+#[test]
+fn post_without_body_is_refused() {
+    let mut host = post_host(Some(&alice()), &[]);
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, true), Action::Pause);
+    assert_eq!(host.reply().status, 400);
+}
+
+#[test]
+fn non_json_content_type_is_415() {
+    let mut host = post_host(Some(&alice()), &[("content-type", "text/plain")]);
+    let (_, action) = send(&config(), &mut host, &request(json!(1), "ping"));
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.reply().status, 415);
+    assert_eq!(host.record()["reason"], "unsupported_media_type");
+    // Parameters and case are fine.
+    let mut host = post_host(
+        Some(&alice()),
+        &[("content-type", "Application/JSON; charset=utf-8")],
+    );
+    let (_, action) = send(&config(), &mut host, &request(json!(1), "ping"));
+    assert_eq!(action, Action::Continue);
+}
+
+#[test]
+fn compressed_request_body_is_415() {
+    for encoding in ["gzip", "identity, gzip", "br"] {
+        let mut host = post_host(Some(&alice()), &[("content-encoding", encoding)]);
+        let reply = refused_at_headers(&config(), &mut host);
+        assert_eq!(reply.status, 415, "{encoding}");
+        assert_eq!(host.record()["reason"], "content_encoding");
+    }
+    let mut host = post_host(Some(&alice()), &[("content-encoding", "identity")]);
+    let (_, action) = send(&config(), &mut host, &request(json!(1), "ping"));
+    assert_eq!(action, Action::Continue);
+}
+
+#[test]
+fn body_too_large_is_413() {
+    let mut c = base_config();
+    c["max_body_bytes"] = json!(256);
+    let config = build(c);
+    let mut big = tool_call(json!(1), "search");
+    let padding = vec![b' '; 300 - big.len()];
+    big.extend_from_slice(&padding);
+    let mut host = post_host(Some(&alice()), &[]);
+    let (_, action) = send(&config, &mut host, &big);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.reply().status, 413);
+    assert_eq!(host.record()["reason"], "body_too_large");
+    // At the limit exactly, fine.
+    let mut exact = tool_call(json!(1), "search");
+    exact.extend(std::iter::repeat_n(b' ', 256 - exact.len()));
+    let mut host = post_host(Some(&alice()), &[]);
+    let (_, action) = send(&config, &mut host, &exact);
+    assert_eq!(action, Action::Continue);
+}
+
+#[test]
+fn mcp_method_header_mismatch_is_400() {
+    let mut host = post_host(Some(&alice()), &[("mcp-method", "tools/list")]);
+    let (_, action) = send(&config(), &mut host, &tool_call(json!(5), "search"));
+    assert_eq!(action, Action::Pause);
+    let reply = host.reply();
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"]["code"], -32020);
+    assert_eq!(reply.json()["id"], 5);
+    assert_eq!(host.record()["error_code"], -32020);
+}
+
+#[test]
+fn mcp_name_header_mismatch_is_400() {
+    let mut host = post_host(
+        Some(&alice()),
+        &[("mcp-method", "tools/call"), ("mcp-name", "get")],
+    );
+    let (_, _) = send(&config(), &mut host, &tool_call(json!(5), "search"));
+    assert_eq!(host.reply().status, 400);
+    assert_eq!(host.reply().json()["error"]["code"], -32020);
+    // Matching headers are fine.
+    let mut host = post_host(
+        Some(&alice()),
+        &[("mcp-method", "tools/call"), ("mcp-name", "search")],
+    );
+    let (_, action) = send(&config(), &mut host, &tool_call(json!(5), "search"));
+    assert_eq!(action, Action::Continue);
+}
+
+#[test]
+fn other_http_methods_are_405() {
+    let mut host = post_host(Some(&alice()), &[(":method", "PUT")]);
+    let reply = refused_at_headers(&config(), &mut host);
+    assert_eq!(reply.status, 405);
+    assert_eq!(reply.header("allow"), Some("GET, POST, DELETE"));
+}
+
+#[test]
+fn get_stream_is_allowed_and_audited() {
+    let mut host = get_host("/mcp", Some(&alice()));
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, true), Action::Continue);
+    assert_eq!(host.record()["decision"], "allow");
+    assert_eq!(host.req_header("x-api-key"), Some(SERVICE_KEY));
+}
+
+// ---- sessions ----------------------------------------------------------------------------
+
+#[test]
+fn session_is_bound_to_the_caller_it_was_issued_to() {
+    let config = config();
+    let shared = Shared::default();
+
+    // Alice initializes; the upstream issues a session.
+    let mut host = post_host(Some(&alice()), &[]).with_shared(&shared);
+    let (mut stream, action) = send(&config, &mut host, &request(json!(1), "initialize"));
+    assert_eq!(action, Action::Continue);
+    host.set_response(&[
+        (":status", "200"),
+        ("content-type", "application/json"),
+        ("mcp-session-id", "s-1"),
+    ]);
+    stream.on_response_headers(&mut host, Some(200), true);
+
+    // Bob presents Alice's session: 404, as if it did not exist.
+    let mut host = post_host(Some(&bob()), &[("mcp-session-id", "s-1")]).with_shared(&shared);
+    let reply = refused_at_headers(&config, &mut host);
+    assert_eq!(reply.status, 404);
+    assert_eq!(host.record()["reason"], "session_of_another_caller");
+    assert_eq!(host.record()["sub"], "bob");
+
+    // Bob cannot end it either.
+    let mut host = get_host("/mcp", Some(&bob())).with_shared(&shared);
+    host.set_request_header(":method", "DELETE");
+    host.set_request_header("mcp-session-id", "s-1");
+    assert_eq!(refused_at_headers(&config, &mut host).status, 404);
+
+    // Alice goes on using it.
+    let mut host = post_host(Some(&alice()), &[("mcp-session-id", "s-1")]).with_shared(&shared);
+    let (_, action) = send(&config, &mut host, &tool_call(json!(2), "search"));
+    assert_eq!(action, Action::Continue);
+    assert_eq!(host.record()["session_id"], "s-1");
+}
+
+#[test]
+fn unknown_session_is_left_to_the_upstream() {
+    let mut host = post_host(Some(&bob()), &[("mcp-session-id", "never-issued")]);
+    let (_, action) = send(&config(), &mut host, &request(json!(1), "ping"));
+    assert_eq!(action, Action::Continue);
+}
+
+// ---- batches -----------------------------------------------------------------------------
+
+fn batch(messages: &[Vec<u8>]) -> Vec<u8> {
+    let items: Vec<Value> = messages
+        .iter()
+        .map(|m| serde_json::from_slice(m).expect("json"))
+        .collect();
+    Value::Array(items).to_string().into_bytes()
+}
+
+#[test]
+fn allowed_batch_in_2025_03_26_goes_on_with_one_audit_line_per_message() {
+    let mut host = post_host(Some(&alice()), &[("mcp-protocol-version", "2025-03-26")]);
+    let body = batch(&[tool_call(json!(1), "search"), tool_call(json!(2), "get")]);
+    let (_, action) = send(&config(), &mut host, &body);
+    assert_eq!(action, Action::Continue);
+    assert!(host.replies.is_empty());
+    let records = host.audit();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert_eq!(records[0]["tool"], "search");
+    assert_eq!(records[0]["jsonrpc_id"], 1);
+    assert_eq!(records[1]["tool"], "get");
+    assert_eq!(records[1]["jsonrpc_id"], 2);
+    assert!(records
+        .iter()
+        .all(|r| r["decision"] == "allow" && r["rule"] == "read-tools"));
+    assert_eq!(
+        host.counter("mcp_guard.requests.method=tools_call.decision=allow"),
+        2
+    );
+}
+
+#[test]
+fn batch_with_one_denied_message_forwards_nothing() {
+    let mut host = post_host(Some(&alice()), &[("mcp-protocol-version", "2025-03-26")]);
+    let body = batch(&[tool_call(json!(1), "search"), tool_call(json!(2), "delete")]);
+    let (_, action) = send(&config(), &mut host, &body);
+    assert_eq!(action, Action::Pause);
+    let reply = host.reply();
+    assert_eq!(reply.status, 200);
+    let answers = reply.json();
+    let answers = answers.as_array().expect("an array of answers");
+    assert_eq!(answers.len(), 2);
+    assert_eq!(answers[0]["id"], 1);
+    assert_eq!(answers[0]["error"]["code"], -31403);
+    assert_eq!(answers[1]["id"], 2);
+    assert_eq!(answers[1]["error"]["code"], -31403);
+    assert_eq!(answers[1]["error"]["data"]["rule"], "no-delete");
+    let records = host.audit();
+    assert_eq!(records.len(), 2);
+    assert!(records.iter().all(|r| r["decision"] == "deny"));
+    assert_eq!(records[1]["rule"], "no-delete");
+}
+
+#[test]
+fn batch_of_notifications_refused_with_403_audits_403() {
+    let mut host = post_host(Some(&alice()), &[("mcp-protocol-version", "2025-03-26")]);
+    let body = batch(&[
+        br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_vec(),
+        br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}"#
+            .to_vec(),
+    ]);
+    let (_, action) = send(&config(), &mut host, &body);
+    assert_eq!(action, Action::Pause);
+    let status = host.reply().status;
+    assert_eq!(status, 403);
+    // The audit trail must record the status the client actually got.
+    for record in host.audit() {
+        assert_eq!(record["status"], status, "{record}");
+    }
+}
+
+#[test]
+fn batch_in_2025_06_18_is_400() {
+    let mut host = post_host(Some(&alice()), &[("mcp-protocol-version", "2025-06-18")]);
+    let body = batch(&[tool_call(json!(1), "search")]);
+    let (_, action) = send(&config(), &mut host, &body);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.reply().status, 400);
+    assert_eq!(host.reply().json()["error"]["code"], -32600);
+    // And without any protocol header.
+    let mut host = post_host(Some(&alice()), &[]);
+    host.remove_request_header("mcp-protocol-version");
+    let (_, _) = send(&config(), &mut host, &body);
+    assert_eq!(host.reply().status, 400);
+}
+
+// ---- responses ---------------------------------------------------------------------------
+
+#[test]
+fn upstream_401_becomes_502_with_its_own_code() {
+    for upstream in [401, 403] {
+        let (mut stream, mut host, action) = post(&alice(), &tool_call(json!("c-1"), "search"));
+        assert_eq!(action, Action::Continue);
+        host.set_response(&[
+            (":status", &upstream.to_string()),
+            ("www-authenticate", "Bearer realm=\"upstream\""),
+        ]);
+        assert_eq!(
+            stream.on_response_headers(&mut host, Some(upstream), false),
+            Action::Pause
+        );
+        let reply = host.reply();
+        assert_eq!(reply.status, 502);
+        assert_eq!(reply.header("www-authenticate"), None);
+        let body = reply.json();
+        assert_eq!(body["error"]["code"], -31502);
+        assert_eq!(body["id"], "c-1");
+        let record = host.record();
+        assert_eq!(record["decision"], "error");
+        assert_eq!(record["upstream_status"], upstream);
+        assert_eq!(record["status"], 502);
+    }
+}
+
+/// A completed allowed POST whose response headers were seen.
+fn answered(token: &str, body: &[u8], content_type: &str) -> (Stream, MockHost) {
+    let (mut stream, mut host, action) = post(token, body);
+    assert_eq!(action, Action::Continue);
+    host.set_response(&[
+        (":status", "200"),
+        ("content-type", content_type),
+        ("content-length", "123"),
+    ]);
+    stream.on_response_headers(&mut host, Some(200), false);
+    (stream, host)
+}
+
+fn replaced(action: BodyAction, original: &[u8]) -> Vec<u8> {
+    match action {
+        BodyAction::Replace(bytes) => bytes,
+        BodyAction::Continue => original.to_vec(),
+        BodyAction::Pause => panic!("body unexpectedly held"),
+    }
+}
+
+#[test]
+fn service_key_is_redacted_from_a_json_response() {
+    let (mut stream, mut host) =
+        answered(&alice(), &tool_call(json!(1), "search"), "application/json");
+    assert_eq!(
+        host.resp_header("content-length"),
+        None,
+        "the body may change length"
+    );
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"result":{{"content":[{{"type":"text","text":"debug: key={SERVICE_KEY}"}}]}}}}"#
+    );
+    let body = body.as_bytes();
+    let (first, _) = body.split_at(40);
+    assert_eq!(
+        stream.on_response_body(&mut host, first, false),
+        BodyAction::Pause
+    );
+    let out = replaced(stream.on_response_body(&mut host, body, true), body);
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains(SERVICE_KEY), "{text}");
+    assert!(text.contains("[REDACTED]"), "{text}");
+    assert!(host.counter("mcp_guard.key_leaks_redacted") >= 1);
+}
+
+#[test]
+fn service_key_is_redacted_from_an_event_stream_split_across_chunks() {
+    let (mut stream, mut host) = answered(
+        &alice(),
+        &tool_call(json!(1), "search"),
+        "text/event-stream",
+    );
+    let event = format!(
+        "event: message\ndata: {{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{{\"text\":\"{SERVICE_KEY}\"}}}}\n\n"
+    );
+    let cut = event.find("0123").expect("inside the key");
+    let (a, b) = event.as_bytes().split_at(cut);
+    let mut out = replaced(stream.on_response_body(&mut host, a, false), a);
+    out.extend(replaced(stream.on_response_body(&mut host, b, true), b));
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains(SERVICE_KEY), "{text}");
+    assert!(text.contains("[REDACTED]"), "{text}");
+    assert!(text.contains("\"id\":1"), "{text}");
+}
+
+#[test]
+fn service_key_is_redacted_from_response_headers() {
+    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    host.set_response(&[
+        (":status", "200"),
+        ("x-debug", &format!("used {SERVICE_KEY}")),
+    ]);
+    stream.on_response_headers(&mut host, Some(200), true);
+    let value = host.resp_header("x-debug").expect("kept, redacted");
+    assert!(!value.contains(SERVICE_KEY), "{value}");
+}
+
+const TOOLS: &str = r#"[{"name":"search","description":"d"},{"name":"get"},{"name":"update"},{"name":"delete"},{"name":"secret_tool"}]"#;
+
+fn names(list: &Value) -> Vec<String> {
+    list.as_array()
+        .expect("array")
+        .iter()
+        .map(|t| t["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+#[test]
+fn tools_list_json_is_filtered_per_caller() {
+    let (mut stream, mut host) = answered(
+        &alice(),
+        &request(json!(5), "tools/list"),
+        "application/json",
+    );
+    let body =
+        format!(r#"{{"jsonrpc":"2.0","id":5,"result":{{"tools":{TOOLS},"nextCursor":"c2"}}}}"#);
+    let out = replaced(
+        stream.on_response_body(&mut host, body.as_bytes(), true),
+        body.as_bytes(),
+    );
+    let out: Value = serde_json::from_slice(&out).expect("still JSON");
+    assert_eq!(names(&out["result"]["tools"]), ["search", "get", "update"]);
+    assert_eq!(out["result"]["nextCursor"], "c2");
+    assert_eq!(host.counter("mcp_guard.hidden_entries"), 2);
+    let record = host.record();
+    assert_eq!(record["hidden"], 2);
+    assert_eq!(record["method"], "tools/list");
+
+    // An admin sees delete too.
+    let (mut stream, mut host) = answered(
+        &admin(),
+        &request(json!(5), "tools/list"),
+        "application/json",
+    );
+    let out = replaced(
+        stream.on_response_body(&mut host, body.as_bytes(), true),
+        body.as_bytes(),
+    );
+    let out: Value = serde_json::from_slice(&out).expect("still JSON");
+    assert_eq!(
+        names(&out["result"]["tools"]),
+        ["search", "get", "update", "delete"]
+    );
+    assert_eq!(host.record()["hidden"], 1);
+}
+
+#[test]
+fn tools_list_event_stream_is_filtered_per_caller() {
+    let (mut stream, mut host) = answered(
+        &alice(),
+        &request(json!(5), "tools/list"),
+        "text/event-stream",
+    );
+    let event = format!(
+        "id: e1\nevent: message\ndata: {{\"jsonrpc\":\"2.0\",\"id\":5,\"result\":{{\"tools\":{TOOLS}}}}}\n\n"
+    );
+    let (a, b) = event.as_bytes().split_at(30);
+    let mut out = replaced(stream.on_response_body(&mut host, a, false), a);
+    out.extend(replaced(stream.on_response_body(&mut host, b, true), b));
+    let text = String::from_utf8(out).expect("utf-8");
+    let data = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data:"))
+        .expect("a data line")
+        .trim();
+    let message: Value = serde_json::from_str(data).expect("JSON data");
+    assert_eq!(
+        names(&message["result"]["tools"]),
+        ["search", "get", "update"]
+    );
+    assert_eq!(host.counter("mcp_guard.hidden_entries"), 2);
+    assert_eq!(host.record()["hidden"], 2);
+}
+
+// ---- waiting for keys --------------------------------------------------------------------
+
+fn remote_config() -> Rc<Config> {
+    let mut c = base_config();
+    c["issuers"][0] = json!({
+        "issuer": ISSUER,
+        "audiences": [RESOURCE],
+        "jwks_uri": "https://idp.example.com/jwks",
+        "cluster": "idp",
+        "fetch_timeout_ms": 1000,
+    });
+    c["key_wait_ms"] = json!(3000);
+    build(c)
+}
+
+fn install(config: &Config, jwks: Value) {
+    config.authenticator.issuers()[0].install_keys(KeySet::from_json(&jwks).expect("jwks"));
+}
+
+#[test]
+fn request_waits_for_the_first_keys_then_proceeds() {
+    let config = remote_config();
+    let mut host = post_host(Some(&alice()), &[]);
+    let mut stream = Stream::new(Rc::clone(&config));
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    let wait = stream.waiting().expect("waits for keys");
+    assert_eq!(wait.issuer, 0);
+    assert_eq!(wait.deadline_ms, host.now_ms + 3000);
+    assert!(host.replies.is_empty());
+    assert_eq!(
+        host.req_header("x-api-key"),
+        None,
+        "nothing swapped while waiting"
+    );
+
+    host.now_ms += 200;
+    install(&config, json!({ "keys": [p256_public_jwk()] }));
+    assert_eq!(stream.resume(&mut host), Action::Pause);
+    assert!(stream.waiting().is_none());
+    assert!(stream.awaiting_body());
+    assert_eq!(host.req_header("x-api-key"), Some(SERVICE_KEY));
+    assert_eq!(
+        stream.on_request_body(&mut host, &tool_call(json!(1), "search")),
+        Action::Continue
+    );
+    assert_eq!(host.record()["decision"], "allow");
+}
+
+#[test]
+fn request_waiting_past_the_deadline_gets_503() {
+    let config = remote_config();
+    let mut host = post_host(Some(&alice()), &[]);
+    let mut stream = Stream::new(Rc::clone(&config));
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    let wait = stream.waiting().expect("waits");
+
+    // A fetch settled without keys before the deadline: still waiting, same deadline.
+    host.now_ms += 1000;
+    assert_eq!(stream.resume(&mut host), Action::Pause);
+    assert_eq!(stream.waiting(), Some(wait));
+
+    host.now_ms = wait.deadline_ms;
+    assert_eq!(stream.resume(&mut host), Action::Pause);
+    assert!(stream.waiting().is_none());
+    let reply = host.reply();
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"], "temporarily_unavailable");
+    assert_eq!(
+        reply.header("www-authenticate"),
+        None,
+        "never a 401 that drops tokens"
+    );
+    let record = host.record();
+    assert_eq!(record["decision"], "error");
+    assert_eq!(record["reason"], "keys_unavailable");
+    assert_eq!(record["status"], 503);
+}
+
+#[test]
+fn unknown_kid_waits_once_for_a_refetch() {
+    let config = remote_config();
+    install(
+        &config,
+        json!({ "keys": [p256_jwk_of(&p256_other_key(), "old")] }),
+    );
+    let mut host = post_host(Some(&alice()), &[]);
+    let mut stream = Stream::new(Rc::clone(&config));
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    assert!(
+        stream.waiting().is_some(),
+        "an unknown kid triggers a re-fetch"
+    );
+    assert!(config.authenticator.issuers()[0].take_refetch_request());
+
+    // The re-fetch brought the new key.
+    install(&config, json!({ "keys": [p256_public_jwk()] }));
+    assert_eq!(stream.resume(&mut host), Action::Pause);
+    assert!(stream.awaiting_body());
+    assert!(host.replies.is_empty());
+}
+
+#[test]
+fn unknown_kid_after_the_wait_is_401() {
+    let config = remote_config();
+    install(
+        &config,
+        json!({ "keys": [p256_jwk_of(&p256_other_key(), "old")] }),
+    );
+    let mut host = post_host(Some(&alice()), &[]);
+    let mut stream = Stream::new(Rc::clone(&config));
+    stream.on_request_headers(&mut host, false);
+    assert!(stream.waiting().is_some());
+    host.now_ms += 500;
+    assert_eq!(stream.resume(&mut host), Action::Pause);
+    assert!(stream.waiting().is_none(), "waits only once");
+    assert_eq!(host.reply().status, 401);
+    assert_eq!(host.record()["reason"], "unknown_key");
+}
+
+// ---- more response handling ----------------------------------------------------------------
+
+#[test]
+fn audit_record_is_completed_with_the_upstream_status() {
+    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Pause
+    );
+    let record = host.record();
+    assert_eq!(record["decision"], "allow");
+    assert_eq!(record["upstream_status"], 200);
+    assert_eq!(record["tool"], "search");
+}
+
+#[test]
+fn upstream_challenge_header_is_never_relayed() {
+    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    host.set_response(&[
+        (":status", "200"),
+        ("www-authenticate", "Bearer realm=\"x\""),
+    ]);
+    stream.on_response_headers(&mut host, Some(200), true);
+    assert_eq!(host.resp_header("www-authenticate"), None);
+}
+
+#[test]
+fn base64_service_key_is_redacted_too() {
+    use base64::Engine as _;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(SERVICE_KEY);
+    let (mut stream, mut host) =
+        answered(&alice(), &tool_call(json!(1), "search"), "application/json");
+    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"auth":"Basic {encoded}"}}}}"#);
+    let out = replaced(
+        stream.on_response_body(&mut host, body.as_bytes(), true),
+        body.as_bytes(),
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(!text.contains(&encoded), "{text}");
+}
+
+fn blocking_config() -> Rc<Config> {
+    let mut c = base_config();
+    c["servers"][0]["key_leak"] = json!("block");
+    build(c)
+}
+
+#[test]
+fn blocked_key_leak_in_json_becomes_502() {
+    let config = blocking_config();
+    let mut host = post_host(Some(&alice()), &[]);
+    let (mut stream, action) = send(&config, &mut host, &tool_call(json!(1), "search"));
+    assert_eq!(action, Action::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Pause
+    );
+    let body = format!(r#"{{"jsonrpc":"2.0","id":1,"result":{{"k":"{SERVICE_KEY}"}}}}"#);
+    assert_eq!(
+        stream.on_response_body(&mut host, body.as_bytes(), true),
+        BodyAction::Pause
+    );
+    let reply = host.reply();
+    assert_eq!(reply.status, 502);
+    assert!(!String::from_utf8_lossy(&reply.body).contains(SERVICE_KEY));
+    assert_eq!(host.record()["decision"], "error");
+}
+
+#[test]
+fn blocked_key_leak_in_an_event_stream_cuts_the_stream() {
+    let config = blocking_config();
+    let mut host = post_host(Some(&alice()), &[]);
+    let (mut stream, _) = send(&config, &mut host, &tool_call(json!(1), "search"));
+    host.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Continue
+    );
+    let event = format!(
+        "data: {{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{{\"k\":\"{SERVICE_KEY}\"}}}}\n\n"
+    );
+    let action = stream.on_response_body(&mut host, event.as_bytes(), false);
+    assert_eq!(action, BodyAction::Pause);
+    assert_eq!(host.resets, 1);
+    assert_eq!(host.record()["decision"], "error");
+}
+
+#[test]
+fn ambiguous_list_result_fails_closed() {
+    let (mut stream, mut host) = answered(
+        &alice(),
+        &request(json!(5), "tools/list"),
+        "application/json",
+    );
+    // Two "tools" members: a client might read either one.
+    let body = r#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"search"}],"tools":[{"name":"delete"}]}}"#;
+    let action = stream.on_response_body(&mut host, body.as_bytes(), true);
+    assert_eq!(action, BodyAction::Pause);
+    assert_eq!(host.reply().status, 502);
+}
+
+#[test]
+fn get_stream_replaying_a_list_is_filtered() {
+    let mut host = get_host("/mcp", Some(&alice()));
+    host.set_request_header("accept", "text/event-stream");
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, true), Action::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Continue
+    );
+    let event =
+        format!("data: {{\"jsonrpc\":\"2.0\",\"id\":77,\"result\":{{\"tools\":{TOOLS}}}}}\n\n");
+    let out = replaced(
+        stream.on_response_body(&mut host, event.as_bytes(), false),
+        event.as_bytes(),
+    );
+    let text = String::from_utf8(out).expect("utf-8");
+    assert!(!text.contains("secret_tool"), "{text}");
+    assert!(!text.contains("\"delete\""), "{text}");
+    assert!(text.contains("\"search\""), "{text}");
+}
+
+#[test]
+fn ending_a_session_the_upstream_kept_does_not_free_it_for_others() {
+    let config = config();
+    let shared = Shared::default();
+    let mut host = post_host(Some(&alice()), &[]).with_shared(&shared);
+    let (mut stream, _) = send(&config, &mut host, &request(json!(1), "initialize"));
+    host.set_response(&[(":status", "200"), ("mcp-session-id", "s-9")]);
+    stream.on_response_headers(&mut host, Some(200), true);
+
+    // Alice asks to end the session; this server does not let clients end sessions (405, as
+    // the MCP transport allows), so the session lives on upstream.
+    let mut host = get_host("/mcp", Some(&alice())).with_shared(&shared);
+    host.set_request_header(":method", "DELETE");
+    host.set_request_header("mcp-session-id", "s-9");
+    let mut stream = Stream::new(Rc::clone(&config));
+    assert_eq!(stream.on_request_headers(&mut host, true), Action::Continue);
+    host.set_response(&[(":status", "405")]);
+    stream.on_response_headers(&mut host, Some(405), true);
+
+    // Bob must still not be able to use Alice's live session.
+    let mut host = post_host(Some(&bob()), &[("mcp-session-id", "s-9")]).with_shared(&shared);
+    let mut stream = Stream::new(Rc::clone(&config));
+    stream.on_request_headers(&mut host, false);
+    assert_eq!(
+        host.replies.first().map(|r| r.status),
+        Some(404),
+        "bob got through to alice's session"
+    );
+}
+
+#[test]
+fn audit_arguments_redacted_masks_secrets() {
+    let mut c = base_config();
+    c["servers"][0]["audit_arguments"] = json!("redacted");
+    let mut host = post_host(Some(&alice()), &[]);
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": { "name": "search", "arguments": { "q": "acme", "api_key": "hunter2", "nested": { "password": "p" } } },
+    });
+    let (_, action) = send(&build(c), &mut host, body.to_string().as_bytes());
+    assert_eq!(action, Action::Continue);
+    let args = &host.record()["arguments"];
+    assert_eq!(args["q"], "acme");
+    assert_eq!(args["api_key"], "[REDACTED]");
+    assert_eq!(args["nested"]["password"], "[REDACTED]");
+}
+
+#[test]
+fn envoy_attributes_are_audited_and_select_the_server() {
+    let mut c = base_config();
+    let mut second = c["servers"][0].clone();
+    second["name"] = json!("hr");
+    second["match"] = json!({ "route_name": "hr-route" });
+    c["servers"][0]["match"] = json!({ "route_name": "crm-route" });
+    c["servers"].as_array_mut().expect("array").push(second);
+    let config = build(c);
+    let mut host = post_host(Some(&alice()), &[("x-request-id", "rid-1")]);
+    host.set_property(&["source", "address"], "10.0.0.7:5555");
+    host.set_property(&["xds", "route_name"], "hr-route");
+    host.set_property(&["xds", "cluster_name"], "hr_upstream");
+    let (_, action) = send(&config, &mut host, &tool_call(json!(1), "search"));
+    assert_eq!(action, Action::Continue);
+    let record = host.record();
+    assert_eq!(record["server"], "hr");
+    assert_eq!(record["route"], "hr-route");
+    assert_eq!(record["upstream"], "hr_upstream");
+    assert_eq!(record["source"], "10.0.0.7:5555");
+    assert_eq!(record["request_id"], "rid-1");
+    // A route no server matches: 404.
+    let mut host = post_host(Some(&alice()), &[]);
+    host.set_property(&["xds", "route_name"], "other");
+    assert_eq!(refused_at_headers(&config, &mut host).status, 404);
+}
+
+#[test]
+fn repeated_session_header_cannot_smuggle_another_callers_session() {
+    let config = config();
+    let shared = Shared::default();
+    let mut host = post_host(Some(&alice()), &[]).with_shared(&shared);
+    let (mut stream, _) = send(&config, &mut host, &request(json!(1), "initialize"));
+    host.set_response(&[(":status", "200"), ("mcp-session-id", "s-alice")]);
+    stream.on_response_headers(&mut host, Some(200), true);
+
+    // Bob sends an unbound id first and Alice's second: Envoy forwards both, and many servers
+    // read the last one (or the joined value).
+    let mut host = post_host(Some(&bob()), &[("mcp-session-id", "s-unbound")]).with_shared(&shared);
+    host.request_headers
+        .push(("mcp-session-id".into(), "s-alice".into()));
+    let mut stream = Stream::new(Rc::clone(&config));
+    stream.on_request_headers(&mut host, false);
+    let refused = host.replies.first().map(|r| r.status);
+    assert!(
+        matches!(refused, Some(400 | 404)),
+        "bob's request with alice's session went on (reply {refused:?})"
+    );
+}
+
+/// An event stream answering `tools/list` with id 5, gzip-compressed (`TOOLS` as listed).
+const GZIPPED_TOOLS_EVENT: &str = "1f8b080000000000020355cdb10a02311084e1fe9e42a60e2282cdbe8a8884ece2e58849c8ee5521ef6e6ce42ce7e387616f9e4e1d9b96dc6a00e17abec02132e8e6d044f764a00e2b2529e8de91fd5b66a7e25b5867caa2a1c56ab1e4c98ce17ecd4bec38f7cadee4282c49fe452534b1e7f70ee331c6b27c00e62b6e8da3000000";
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
+}
+
+#[test]
+fn compressed_response_is_not_forwarded_uninspected() {
+    // The filter strips accept-encoding, but an upstream may compress anyway: then neither the
+    // list filter nor the key redaction can see the content, and it must not go out as is.
+    let (mut stream, mut host, action) = post(&alice(), &request(json!(5), "tools/list"));
+    assert_eq!(action, Action::Continue);
+    host.set_response(&[
+        (":status", "200"),
+        ("content-type", "text/event-stream"),
+        ("content-encoding", "gzip"),
+    ]);
+    let headers_action = stream.on_response_headers(&mut host, Some(200), false);
+    let body = unhex(GZIPPED_TOOLS_EVENT);
+    let forwarded = if host.replies.is_empty() {
+        match stream.on_response_body(&mut host, &body, true) {
+            BodyAction::Pause => None,
+            BodyAction::Continue => Some(body.clone()),
+            BodyAction::Replace(bytes) => Some(bytes),
+        }
+    } else {
+        None
+    };
+    let cut = !host.replies.is_empty()
+        || host.resets > 0
+        || (headers_action == Action::Pause && forwarded.is_none());
+    assert!(
+        cut,
+        "a compressed tools/list reached the caller unfiltered ({} bytes)",
+        forwarded.map_or(0, |b| b.len())
+    );
+}

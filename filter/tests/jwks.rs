@@ -1,0 +1,461 @@
+//! Remote keys: one fetch serves every worker VM, keys are refreshed, an unknown `kid` causes
+//! at most one re-fetch per interval, and a failed fetch never loses the last good keys.
+
+mod common;
+
+use common::*;
+use mcp_guard::jwks::{FetchOutcome, KeyManager, MAX_DOCUMENT_BYTES};
+use mcp_guard::jwt::{AuthError, Authenticator, Issuer};
+use serde_json::{json, Value};
+
+const T0: u64 = NOW as u64 * 1000;
+const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+
+fn remote_issuer(extra: Value) -> Issuer {
+    let mut config = json!({
+        "issuer": ISSUER,
+        "audiences": [RESOURCE],
+        "algorithms": ["ES256", "EdDSA"],
+        "discovery": true,
+        "cluster": "idp",
+        "refresh_seconds": 60,
+        "min_refetch_seconds": 30,
+        "fetch_timeout_ms": 2000,
+    });
+    for (k, v) in extra.as_object().expect("object").clone() {
+        config[k] = v;
+    }
+    Issuer::from_config(config, "issuers[0]").expect("valid issuer")
+}
+
+/// One worker VM: its own configuration and key manager.
+struct Vm {
+    auth: Authenticator,
+    keys: KeyManager,
+    host: MockKeyHost,
+}
+
+impl Vm {
+    fn new(host: MockKeyHost) -> Vm {
+        Vm::with(host, json!({}))
+    }
+
+    fn with(host: MockKeyHost, extra: Value) -> Vm {
+        let auth = Authenticator::new(vec![remote_issuer(extra)], 60);
+        let keys = KeyManager::new(&auth);
+        Vm { auth, keys, host }
+    }
+
+    fn at(&mut self, now_ms: u64) -> &mut Self {
+        self.host.now_ms = now_ms;
+        self
+    }
+
+    fn tick(&mut self) -> mcp_guard::jwks::Report {
+        self.keys.tick(&self.auth, &mut self.host)
+    }
+
+    fn respond(&mut self, status: Option<u32>, body: &[u8]) -> mcp_guard::jwks::Report {
+        let call = self.host.calls.last().expect("a call in flight").clone();
+        self.keys
+            .on_response(&self.auth, &mut self.host, call.token, status, Some(body))
+    }
+
+    fn issuer(&self) -> &Issuer {
+        &self.auth.issuers()[0]
+    }
+
+    /// Whether an ES256 token of the test key verifies now.
+    fn accepts(&self, signer: Signer) -> Result<(), AuthError> {
+        let now = (self.host.now_ms / 1000) as i64;
+        let mut claims = claims_for("alice", &[], "");
+        claims["exp"] = json!(now + 3600);
+        self.auth.verify(&sign(signer, &claims), now).map(|_| ())
+    }
+}
+
+fn discovery_doc() -> Vec<u8> {
+    json!({ "issuer": ISSUER, "jwks_uri": "https://keys.example.com/jwks" })
+        .to_string()
+        .into_bytes()
+}
+
+fn jwks(keys: &[Value]) -> Vec<u8> {
+    json!({ "keys": keys }).to_string().into_bytes()
+}
+
+/// Runs the first discovery + JWKS fetch on `vm` at `T0`.
+fn bootstrap(vm: &mut Vm) {
+    vm.at(T0).tick();
+    assert_eq!(vm.host.calls.len(), 1);
+    vm.respond(Some(200), &discovery_doc());
+    assert_eq!(vm.host.calls.len(), 2);
+    let report = vm.respond(Some(200), &jwks(&[p256_public_jwk()]));
+    assert_eq!(report.changed, vec![0]);
+    assert_eq!(report.outcomes, vec![(0, FetchOutcome::Ok)]);
+}
+
+#[test]
+fn first_tick_fetches_discovery_then_the_jwks() {
+    let mut vm = Vm::new(MockKeyHost::new(T0));
+    assert!(KeyManager::has_remote(&vm.auth));
+    assert!(vm.issuer().keys().is_none());
+    assert_eq!(
+        vm.accepts(Signer::Es256),
+        Err(AuthError::NoKeys { issuer: 0 })
+    );
+
+    let report = vm.at(T0).tick();
+    assert!(report.changed.is_empty());
+    assert_eq!(vm.host.calls.len(), 1, "exactly one fetch");
+    let call = vm.host.calls[0].clone();
+    assert_eq!(call.cluster, "idp");
+    assert_eq!(call.authority, "idp.example.com");
+    assert_eq!(call.path, DISCOVERY_PATH);
+    assert_eq!(call.timeout_ms, 2000);
+
+    // Ticking again while the fetch is in flight starts nothing.
+    vm.at(T0 + 100).tick();
+    vm.at(T0 + 1500).tick();
+    assert_eq!(vm.host.calls.len(), 1);
+
+    // The discovery document names the JWKS URL; it is fetched at once, same cluster.
+    let report = vm.respond(Some(200), &discovery_doc());
+    assert!(
+        report.settled.is_empty(),
+        "not settled before the keys arrive"
+    );
+    assert_eq!(vm.host.calls.len(), 2);
+    assert_eq!(vm.host.calls[1].authority, "keys.example.com");
+    assert_eq!(vm.host.calls[1].path, "/jwks");
+    assert_eq!(vm.host.calls[1].cluster, "idp");
+
+    let report = vm.respond(Some(200), &jwks(&[p256_public_jwk()]));
+    assert_eq!(report.changed, vec![0]);
+    assert_eq!(report.settled, vec![0]);
+    assert_eq!(report.outcomes, vec![(0, FetchOutcome::Ok)]);
+    assert_eq!(vm.issuer().keys().map(|k| k.len()), Some(1));
+    assert_eq!(vm.accepts(Signer::Es256), Ok(()));
+
+    // Nothing more until the refresh is due.
+    vm.at(T0 + 10_000).tick();
+    assert_eq!(vm.host.calls.len(), 2);
+}
+
+#[test]
+fn configured_jwks_uri_is_fetched_directly() {
+    let extra = json!({ "discovery": false, "jwks_uri": "https://idp.example.com/oauth/keys?v=1" });
+    let mut vm = Vm::with(MockKeyHost::new(T0), extra);
+    vm.at(T0).tick();
+    assert_eq!(vm.host.calls.len(), 1);
+    assert_eq!(vm.host.calls[0].path, "/oauth/keys?v=1");
+    let report = vm.respond(Some(200), &jwks(&[p256_public_jwk()]));
+    assert_eq!(report.changed, vec![0]);
+}
+
+#[test]
+fn second_vm_waits_for_the_lease_and_adopts_the_published_keys() {
+    let mut vm1 = Vm::new(MockKeyHost::new(T0));
+    let mut vm2 = Vm::new(vm1.host.sibling());
+
+    vm1.at(T0).tick();
+    assert_eq!(vm1.host.calls.len(), 1);
+    // VM 2 sees the lease: no second fetch.
+    let report = vm2.at(T0 + 10).tick();
+    assert!(vm2.host.calls.is_empty(), "{:?}", vm2.host.calls);
+    assert!(report.changed.is_empty());
+    assert!(vm2.issuer().keys().is_none());
+
+    vm1.respond(Some(200), &discovery_doc());
+    vm2.at(T0 + 20).tick();
+    assert!(vm2.host.calls.is_empty());
+    vm1.respond(Some(200), &jwks(&[p256_public_jwk()]));
+
+    // Next tick: VM 2 adopts VM 1's keys, without fetching.
+    let report = vm2.at(T0 + 120).tick();
+    assert_eq!(report.changed, vec![0]);
+    assert!(vm2.host.calls.is_empty());
+    assert_eq!(vm2.accepts(Signer::Es256), Ok(()));
+    // And adopts them only once.
+    assert!(vm2.at(T0 + 220).tick().changed.is_empty());
+}
+
+#[test]
+fn a_third_vm_started_later_adopts_without_fetching() {
+    let mut vm1 = Vm::new(MockKeyHost::new(T0));
+    bootstrap(&mut vm1);
+    let mut vm3 = Vm::new(vm1.host.sibling());
+    let report = vm3.at(T0 + 5_000).tick();
+    assert_eq!(report.changed, vec![0]);
+    assert!(vm3.host.calls.is_empty());
+    assert_eq!(vm3.accepts(Signer::Es256), Ok(()));
+}
+
+#[test]
+fn an_abandoned_lease_expires_and_another_vm_fetches() {
+    let mut vm1 = Vm::new(MockKeyHost::new(T0));
+    let mut vm2 = Vm::new(vm1.host.sibling());
+    vm1.at(T0).tick();
+    // VM 1 never gets an answer. The lease lasts the timeout plus a second.
+    vm2.at(T0 + 2_999).tick();
+    assert!(vm2.host.calls.is_empty());
+    vm2.at(T0 + 3_000).tick();
+    assert_eq!(vm2.host.calls.len(), 1);
+}
+
+#[test]
+fn keys_are_refreshed_after_refresh_seconds_by_one_vm() {
+    let mut vm1 = Vm::new(MockKeyHost::new(T0));
+    bootstrap(&mut vm1);
+    let mut vm2 = Vm::new(vm1.host.sibling());
+    vm2.at(T0 + 1_000).tick();
+
+    vm1.at(T0 + 59_000).tick();
+    vm2.at(T0 + 59_000).tick();
+    assert_eq!(vm1.host.calls.len(), 2);
+    assert!(vm2.host.calls.is_empty());
+
+    vm1.at(T0 + 60_000).tick();
+    vm2.at(T0 + 60_000).tick();
+    assert_eq!(vm1.host.calls.len(), 3, "refresh is due");
+    assert!(vm2.host.calls.is_empty(), "one VM refreshes for all");
+    // The JWKS URL found by discovery is reused: no second discovery.
+    assert_eq!(vm1.host.calls[2].path, "/jwks");
+    assert_eq!(vm1.host.calls[2].authority, "keys.example.com");
+
+    // Rotated keys reach both VMs.
+    let report = vm1.respond(Some(200), &jwks(&[ed25519_public_jwk()]));
+    assert_eq!(report.changed, vec![0]);
+    assert_eq!(vm1.accepts(Signer::EdDsa), Ok(()));
+    assert_eq!(
+        vm1.accepts(Signer::Es256),
+        Err(AuthError::UnknownKey { issuer: 0 })
+    );
+    assert_eq!(vm2.at(T0 + 60_100).tick().changed, vec![0]);
+    assert_eq!(vm2.accepts(Signer::EdDsa), Ok(()));
+
+    // Adopted keys carry their fetch time: VM 2 does not refresh early either.
+    vm2.at(T0 + 100_000).tick();
+    assert!(vm2.host.calls.is_empty());
+}
+
+#[test]
+fn unknown_kid_refetch_is_honoured_at_most_once_per_interval() {
+    let mut vm = Vm::new(MockKeyHost::new(T0));
+    bootstrap(&mut vm);
+    let calls = vm.host.calls.len();
+
+    // Right after a fetch: refused, and nothing is fetched.
+    assert!(!vm.issuer().request_refetch(T0 + 1_000));
+    vm.at(T0 + 1_000).tick();
+    assert_eq!(vm.host.calls.len(), calls);
+
+    // Once the interval passed: honoured, one fetch.
+    assert!(vm.issuer().request_refetch(T0 + 30_000));
+    vm.at(T0 + 30_000).tick();
+    assert_eq!(vm.host.calls.len(), calls + 1);
+    assert_eq!(vm.host.calls[calls].path, "/jwks");
+    // Further unknown kids within the interval are not.
+    assert!(!vm.issuer().request_refetch(T0 + 30_500));
+    vm.respond(Some(200), &jwks(&[p256_public_jwk()]));
+    assert!(!vm.issuer().request_refetch(T0 + 45_000));
+    vm.at(T0 + 45_000).tick();
+    assert_eq!(vm.host.calls.len(), calls + 1);
+    assert!(vm.issuer().request_refetch(T0 + 60_000));
+}
+
+#[test]
+fn unknown_kid_refetch_interval_is_shared_across_vms() {
+    let mut vm1 = Vm::new(MockKeyHost::new(T0));
+    bootstrap(&mut vm1);
+    let mut vm2 = Vm::new(vm1.host.sibling());
+    vm2.at(T0 + 100).tick();
+
+    assert!(vm1.issuer().request_refetch(T0 + 40_000));
+    vm1.at(T0 + 40_000).tick();
+    assert_eq!(vm1.host.calls.len(), 3);
+    // VM 2 learns of the attempt on its next tick and refuses its own re-fetch.
+    vm2.at(T0 + 40_100).tick();
+    assert!(!vm2.issuer().request_refetch(T0 + 40_200));
+    vm2.at(T0 + 40_200).tick();
+    assert!(vm2.host.calls.is_empty());
+}
+
+#[test]
+fn failed_fetches_keep_the_last_good_keys_and_back_off() {
+    let mut vm = Vm::new(MockKeyHost::new(T0));
+    bootstrap(&mut vm);
+
+    // Refresh fails with HTTP 500.
+    vm.at(T0 + 60_000).tick();
+    assert_eq!(vm.host.calls.len(), 3);
+    let report = vm.respond(Some(500), b"oops");
+    assert_eq!(report.outcomes, vec![(0, FetchOutcome::HttpError)]);
+    assert_eq!(report.settled, vec![0]);
+    assert!(report.changed.is_empty());
+    assert_eq!(vm.accepts(Signer::Es256), Ok(()), "last good keys stay");
+
+    // Back-off: not again at once.
+    vm.at(T0 + 60_500).tick();
+    assert_eq!(vm.host.calls.len(), 3);
+    vm.at(T0 + 61_000).tick();
+    assert_eq!(vm.host.calls.len(), 4);
+
+    // Garbage: still the last good keys, longer back-off.
+    let report = vm.respond(Some(200), b"<html>not json</html>");
+    assert_eq!(report.outcomes, vec![(0, FetchOutcome::Invalid)]);
+    assert_eq!(vm.accepts(Signer::Es256), Ok(()));
+    vm.at(T0 + 62_500).tick();
+    assert_eq!(vm.host.calls.len(), 4);
+    vm.at(T0 + 63_000).tick();
+    assert_eq!(vm.host.calls.len(), 5);
+
+    // A JWKS with no usable key (symmetric only) is garbage too.
+    let report = vm.respond(
+        Some(200),
+        &jwks(&[json!({ "kty": "oct", "k": "c2VjcmV0" })]),
+    );
+    assert_eq!(report.outcomes, vec![(0, FetchOutcome::Invalid)]);
+    assert_eq!(vm.accepts(Signer::Es256), Ok(()));
+
+    // No answer at all.
+    vm.at(T0 + 70_000).tick();
+    assert_eq!(vm.host.calls.len(), 6);
+    let call = vm.host.calls[5].clone();
+    let report = vm
+        .keys
+        .on_response(&vm.auth, &mut vm.host, call.token, None, None);
+    assert_eq!(report.outcomes, vec![(0, FetchOutcome::Unreachable)]);
+    assert_eq!(vm.accepts(Signer::Es256), Ok(()));
+
+    // The back-off is capped, and a good answer resets it.
+    vm.at(T0 + 200_000).tick();
+    assert_eq!(vm.host.calls.len(), 7);
+    let report = vm.respond(Some(200), &jwks(&[p256_public_jwk(), ed25519_public_jwk()]));
+    assert_eq!(report.outcomes, vec![(0, FetchOutcome::Ok)]);
+    vm.at(T0 + 200_100).tick();
+    assert_eq!(vm.host.calls.len(), 7);
+    vm.at(T0 + 260_000).tick();
+    assert_eq!(
+        vm.host.calls.len(),
+        8,
+        "back on the normal refresh schedule"
+    );
+}
+
+#[test]
+fn the_back_off_is_shared_with_other_vms() {
+    let mut vm1 = Vm::new(MockKeyHost::new(T0));
+    bootstrap(&mut vm1);
+    let mut vm2 = Vm::new(vm1.host.sibling());
+    vm2.at(T0 + 100).tick();
+    vm1.at(T0 + 60_000).tick();
+    vm1.respond(Some(503), b"");
+    // VM 2 must not hammer the IdP right after VM 1's failure.
+    vm2.at(T0 + 60_100).tick();
+    assert!(vm2.host.calls.is_empty());
+}
+
+#[test]
+fn first_fetch_failure_retries_with_back_off() {
+    let mut vm = Vm::new(MockKeyHost::new(T0));
+    vm.at(T0).tick();
+    let report = vm.respond(Some(404), b"");
+    assert_eq!(report.outcomes, vec![(0, FetchOutcome::HttpError)]);
+    assert_eq!(report.settled, vec![0]);
+    assert!(vm.issuer().keys().is_none());
+    vm.at(T0 + 400).tick();
+    assert_eq!(vm.host.calls.len(), 1);
+    vm.at(T0 + 1_000).tick();
+    assert_eq!(vm.host.calls.len(), 2, "retried after the back-off");
+    assert_eq!(vm.host.calls[1].path, DISCOVERY_PATH);
+}
+
+#[test]
+fn discovery_naming_another_issuer_is_refused() {
+    let mut vm = Vm::new(MockKeyHost::new(T0));
+    vm.at(T0).tick();
+    let doc = json!({ "issuer": "https://evil.example.com", "jwks_uri": "https://evil.example.com/jwks" });
+    let report = vm.respond(Some(200), doc.to_string().as_bytes());
+    assert_eq!(report.outcomes, vec![(0, FetchOutcome::Invalid)]);
+    assert_eq!(
+        vm.host.calls.len(),
+        1,
+        "the other issuer's keys are never fetched"
+    );
+    let doc = json!({ "issuer": ISSUER });
+    vm.at(T0 + 5_000).tick();
+    let report = vm.respond(Some(200), doc.to_string().as_bytes());
+    assert_eq!(report.outcomes, vec![(0, FetchOutcome::Invalid)]);
+}
+
+#[test]
+fn oversized_document_is_refused() {
+    let mut vm = Vm::with(
+        MockKeyHost::new(T0),
+        json!({ "discovery": false, "jwks_uri": "https://idp.example.com/jwks" }),
+    );
+    vm.at(T0).tick();
+    let mut keys = vec![p256_public_jwk()];
+    let pad = json!({ "kty": "EC", "crv": "P-999", "x": "a".repeat(MAX_DOCUMENT_BYTES) });
+    keys.push(pad);
+    let report = vm.respond(Some(200), &jwks(&keys));
+    assert_ne!(report.outcomes, vec![(0, FetchOutcome::Ok)]);
+    assert!(vm.issuer().keys().is_none());
+}
+
+#[test]
+fn dispatch_failure_is_reported_unreachable() {
+    let mut host = MockKeyHost::new(T0);
+    host.dispatch_ok = false;
+    let mut vm = Vm::new(host);
+    let report = vm.at(T0).tick();
+    assert_eq!(report.outcomes, vec![(0, FetchOutcome::Unreachable)]);
+    assert_eq!(report.settled, vec![0]);
+    // It is retried later, with back-off, once the cluster exists.
+    vm.host.dispatch_ok = true;
+    vm.at(T0 + 100).tick();
+    assert!(vm.host.calls.is_empty());
+    vm.at(T0 + 1_000).tick();
+    assert_eq!(vm.host.calls.len(), 1);
+}
+
+#[test]
+fn response_to_an_unknown_call_is_ignored() {
+    let mut vm = Vm::new(MockKeyHost::new(T0));
+    let report = vm.keys.on_response(
+        &vm.auth,
+        &mut vm.host,
+        424242,
+        Some(200),
+        Some(&jwks(&[p256_public_jwk()])),
+    );
+    assert_eq!(report, Default::default());
+    assert!(vm.issuer().keys().is_none());
+}
+
+#[test]
+fn inline_issuers_need_no_key_manager() {
+    let inline = Issuer::from_config(
+        json!({ "issuer": ISSUER, "audiences": [RESOURCE], "jwks": jwks_all() }),
+        "issuers[0]",
+    )
+    .expect("valid");
+    assert!(!inline.request_refetch(T0));
+    let auth = Authenticator::new(vec![inline], 60);
+    assert!(!KeyManager::has_remote(&auth));
+}
+
+#[test]
+fn the_lease_covers_the_jwks_fetch_that_follows_discovery() {
+    let mut vm1 = Vm::new(MockKeyHost::new(T0));
+    let mut vm2 = Vm::new(vm1.host.sibling());
+    vm1.at(T0).tick();
+    // Discovery answers slowly (within its 2 s timeout); the JWKS fetch starts right away and
+    // has its own 2 s.
+    vm1.at(T0 + 1_900).respond(Some(200), &discovery_doc());
+    assert_eq!(vm1.host.calls.len(), 2);
+    // While VM 1's JWKS fetch may still be in flight, no other VM starts a second one.
+    vm2.at(T0 + 3_500).tick();
+    assert!(vm2.host.calls.is_empty(), "{:?}", vm2.host.calls);
+}

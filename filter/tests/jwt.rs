@@ -1,0 +1,554 @@
+//! Token validation as a caller experiences it: which tokens pass, and the exact reason each
+//! bad one is refused.
+
+mod common;
+
+use common::*;
+use mcp_guard::jwt::{AuthError, Authenticator, Issuer, MAX_TOKEN_BYTES};
+use serde_json::{json, Value};
+
+/// An issuer trusting every test key, with these extra settings merged in.
+fn issuer_with(extra: Value) -> Issuer {
+    let mut config = json!({
+        "issuer": ISSUER,
+        "audiences": [RESOURCE, "https://other.example.com/mcp"],
+        "algorithms": ["RS256", "PS256", "ES256", "ES384", "EdDSA"],
+        "jwks": jwks_all(),
+    });
+    for (k, v) in extra.as_object().expect("object").clone() {
+        config[k] = v;
+    }
+    Issuer::from_config(config, "issuers[0]").expect("issuer config is valid")
+}
+
+fn auth_with(extra: Value, skew: u64) -> Authenticator {
+    Authenticator::new(vec![issuer_with(extra)], skew)
+}
+
+fn auth() -> Authenticator {
+    auth_with(json!({}), 60)
+}
+
+fn claims() -> Value {
+    claims_for("alice", &["staff"], "mcp:read")
+}
+
+fn with_claims(changes: Value) -> Value {
+    let mut c = claims();
+    for (k, v) in changes.as_object().expect("object").clone() {
+        if v.is_null() {
+            c.as_object_mut().expect("object").remove(&k);
+        } else {
+            c[k] = v;
+        }
+    }
+    c
+}
+
+fn verify(auth: &Authenticator, token: &str) -> Result<String, AuthError> {
+    auth.verify(token, NOW)
+        .map(|identity| identity.subject().unwrap_or_default().to_string())
+}
+
+// ---- accepted ------------------------------------------------------------------------------
+
+#[test]
+fn rs256_token_is_accepted() {
+    assert_eq!(
+        verify(&auth(), &sign(Signer::Rs256, &claims())),
+        Ok("alice".into())
+    );
+}
+
+#[test]
+fn ps256_token_is_accepted() {
+    assert_eq!(
+        verify(&auth(), &sign(Signer::Ps256, &claims())),
+        Ok("alice".into())
+    );
+}
+
+#[test]
+fn es256_token_is_accepted() {
+    assert_eq!(
+        verify(&auth(), &sign(Signer::Es256, &claims())),
+        Ok("alice".into())
+    );
+}
+
+#[test]
+fn es384_token_is_accepted() {
+    assert_eq!(
+        verify(&auth(), &sign(Signer::Es384, &claims())),
+        Ok("alice".into())
+    );
+}
+
+#[test]
+fn eddsa_token_is_accepted() {
+    assert_eq!(
+        verify(&auth(), &sign(Signer::EdDsa, &claims())),
+        Ok("alice".into())
+    );
+}
+
+#[test]
+fn token_without_kid_is_matched_by_algorithm() {
+    let token = sign_with_header(Signer::Es256, &json!({ "alg": "ES256" }), &claims());
+    assert_eq!(verify(&auth(), &token), Ok("alice".into()));
+}
+
+#[test]
+fn verified_identity_carries_all_claims() {
+    let identity = auth()
+        .verify(&sign(Signer::Es256, &claims()), NOW)
+        .expect("valid token");
+    assert_eq!(identity.issuer(), Some(ISSUER));
+    assert_eq!(identity.claim_str("email"), Some("alice@example.com"));
+    assert_eq!(identity.claims["groups"], json!(["staff"]));
+}
+
+// ---- algorithm attacks ------------------------------------------------------------------------
+
+#[test]
+fn alg_none_is_refused() {
+    let token = sign(Signer::None, &claims());
+    assert_eq!(
+        verify(&auth(), &token),
+        Err(AuthError::UnsupportedAlgorithm("none".into()))
+    );
+    // Same with a variant spelling and a dangling signature.
+    let header = json!({ "alg": "None", "kid": RSA_KID });
+    let token = format!("{}AAAA", sign_with_header(Signer::None, &header, &claims()));
+    assert!(matches!(
+        verify(&auth(), &token),
+        Err(AuthError::UnsupportedAlgorithm(_) | AuthError::Malformed(_))
+    ));
+}
+
+#[test]
+fn hs256_signed_with_the_rsa_public_key_is_refused() {
+    let token = sign(Signer::Hs256RsaModulus, &claims());
+    assert_eq!(
+        verify(&auth(), &token),
+        Err(AuthError::UnsupportedAlgorithm("HS256".into()))
+    );
+    // Also with the JWKS text as secret: the algorithm is never verified.
+    let header = json!({ "alg": "HS256", "kid": RSA_KID });
+    let token = sign_with_header(Signer::Hs256RsaModulus, &header, &claims());
+    assert_eq!(
+        verify(&auth(), &token),
+        Err(AuthError::UnsupportedAlgorithm("HS256".into()))
+    );
+}
+
+#[test]
+fn algorithm_outside_the_issuer_allow_list_is_refused() {
+    let only_rs256 = auth_with(json!({ "algorithms": ["RS256"] }), 60);
+    assert_eq!(
+        verify(&only_rs256, &sign(Signer::Es256, &claims())),
+        Err(AuthError::AlgorithmNotAllowed)
+    );
+    assert_eq!(
+        verify(&only_rs256, &sign(Signer::Ps256, &claims())),
+        Err(AuthError::AlgorithmNotAllowed)
+    );
+    assert_eq!(
+        verify(&only_rs256, &sign(Signer::Rs256, &claims())),
+        Ok("alice".into())
+    );
+}
+
+#[test]
+fn default_allow_list_is_rs256_and_es256() {
+    let defaults = Authenticator::new(
+        vec![Issuer::from_config(
+            json!({ "issuer": ISSUER, "audiences": [RESOURCE], "jwks": jwks_all() }),
+            "issuers[0]",
+        )
+        .expect("valid")],
+        60,
+    );
+    assert_eq!(
+        verify(&defaults, &sign(Signer::Es256, &claims())),
+        Ok("alice".into())
+    );
+    assert_eq!(
+        verify(&defaults, &sign(Signer::EdDsa, &claims())),
+        Err(AuthError::AlgorithmNotAllowed)
+    );
+}
+
+#[test]
+fn algorithm_not_fitting_the_key_type_is_refused() {
+    // RS256 header naming the P-256 key.
+    let header = json!({ "alg": "RS256", "kid": P256_KID });
+    let token = sign_with_header(Signer::Rs256, &header, &claims());
+    assert_eq!(
+        verify(&auth(), &token),
+        Err(AuthError::UnknownKey { issuer: 0 })
+    );
+    // ES256 header naming the RSA key.
+    let header = json!({ "alg": "ES256", "kid": RSA_KID });
+    let token = sign_with_header(Signer::Es256, &header, &claims());
+    assert_eq!(
+        verify(&auth(), &token),
+        Err(AuthError::UnknownKey { issuer: 0 })
+    );
+    // ES384 header naming the P-256 key.
+    let header = json!({ "alg": "ES384", "kid": P256_KID });
+    let token = sign_with_header(Signer::Es384, &header, &claims());
+    assert_eq!(
+        verify(&auth(), &token),
+        Err(AuthError::UnknownKey { issuer: 0 })
+    );
+}
+
+#[test]
+fn algorithm_pinned_by_the_jwk_is_enforced() {
+    let mut rsa = rsa_public_jwk();
+    rsa["alg"] = json!("RS256");
+    let auth = Authenticator::new(
+        vec![Issuer::from_config(
+            json!({
+                "issuer": ISSUER, "audiences": [RESOURCE],
+                "algorithms": ["RS256", "PS256"], "jwks": { "keys": [rsa] },
+            }),
+            "issuers[0]",
+        )
+        .expect("valid")],
+        60,
+    );
+    assert_eq!(
+        verify(&auth, &sign(Signer::Rs256, &claims())),
+        Ok("alice".into())
+    );
+    assert_eq!(
+        verify(&auth, &sign(Signer::Ps256, &claims())),
+        Err(AuthError::UnknownKey { issuer: 0 })
+    );
+}
+
+#[test]
+fn unknown_kid_is_refused() {
+    let header = json!({ "alg": "ES256", "kid": "rotated-away" });
+    let token = sign_with_header(Signer::Es256, &header, &claims());
+    assert_eq!(
+        verify(&auth(), &token),
+        Err(AuthError::UnknownKey { issuer: 0 })
+    );
+    assert_eq!(AuthError::UnknownKey { issuer: 0 }.reason(), "unknown_key");
+}
+
+#[test]
+fn wrong_signature_is_refused() {
+    let token = sign(Signer::Es256Other, &claims());
+    assert_eq!(verify(&auth(), &token), Err(AuthError::BadSignature));
+    // A valid token whose payload was swapped for another.
+    let good = sign(Signer::Rs256, &claims());
+    let other = sign(Signer::Rs256, &with_claims(json!({ "sub": "root" })));
+    let parts: Vec<&str> = good.split('.').collect();
+    let other_payload = other.split('.').nth(1).expect("payload");
+    let forged = format!("{}.{}.{}", parts[0], other_payload, parts[2]);
+    assert_eq!(verify(&auth(), &forged), Err(AuthError::BadSignature));
+}
+
+#[test]
+fn crit_header_is_refused() {
+    let header = json!({ "alg": "ES256", "kid": P256_KID, "crit": ["exp"], "exp": 1 });
+    let token = sign_with_header(Signer::Es256, &header, &claims());
+    assert_eq!(verify(&auth(), &token), Err(AuthError::UnsupportedCritical));
+    let header = json!({ "alg": "ES256", "kid": P256_KID, "crit": [] });
+    let token = sign_with_header(Signer::Es256, &header, &claims());
+    assert_eq!(verify(&auth(), &token), Err(AuthError::UnsupportedCritical));
+}
+
+#[test]
+fn embedded_keys_and_key_urls_are_never_followed() {
+    // A token signed by a key that is not trusted, carrying that key in `jwk` and a `jku`.
+    let header = json!({
+        "alg": "ES256", "kid": P256_KID,
+        "jwk": p256_jwk_of(&p256_other_key(), P256_KID),
+        "jku": "https://attacker.example/jwks",
+    });
+    let token = sign_with_header(Signer::Es256Other, &header, &claims());
+    assert_eq!(verify(&auth(), &token), Err(AuthError::BadSignature));
+}
+
+// ---- typ and required claims ---------------------------------------------------------------
+
+#[test]
+fn typ_is_enforced_when_required() {
+    let auth = auth_with(json!({ "typ": "at+jwt" }), 60);
+    let with_typ = |typ: Option<&str>| {
+        let mut header = json!({ "alg": "ES256", "kid": P256_KID });
+        if let Some(t) = typ {
+            header["typ"] = json!(t);
+        }
+        verify(&auth, &sign_with_header(Signer::Es256, &header, &claims()))
+    };
+    assert_eq!(with_typ(Some("at+jwt")), Ok("alice".into()));
+    assert_eq!(with_typ(Some("AT+JWT")), Ok("alice".into()));
+    assert_eq!(with_typ(Some("application/at+jwt")), Ok("alice".into()));
+    assert_eq!(with_typ(Some("JWT")), Err(AuthError::WrongType));
+    assert_eq!(with_typ(None), Err(AuthError::WrongType));
+    // Without the setting, any typ is fine.
+    assert_eq!(
+        verify(&auth_with(json!({}), 60), &sign(Signer::Es256, &claims())),
+        Ok("alice".into())
+    );
+}
+
+#[test]
+fn missing_required_claim_is_refused() {
+    let auth = auth_with(json!({ "required_claims": ["client_id", "email"] }), 60);
+    assert_eq!(
+        verify(&auth, &sign(Signer::Es256, &claims())),
+        Err(AuthError::MissingClaim("client_id".into()))
+    );
+    let ok = with_claims(json!({ "client_id": "agent-1" }));
+    assert_eq!(verify(&auth, &sign(Signer::Es256, &ok)), Ok("alice".into()));
+}
+
+// ---- times ---------------------------------------------------------------------------------
+
+#[test]
+fn missing_exp_is_refused_unless_allowed() {
+    let no_exp = with_claims(json!({ "exp": null }));
+    assert_eq!(
+        verify(&auth(), &sign(Signer::Es256, &no_exp)),
+        Err(AuthError::MissingExpiry)
+    );
+    let lenient = auth_with(json!({ "require_exp": false }), 60);
+    assert_eq!(
+        verify(&lenient, &sign(Signer::Es256, &no_exp)),
+        Ok("alice".into())
+    );
+    // A present exp is still enforced when not required.
+    let expired = with_claims(json!({ "exp": NOW - 3600 }));
+    assert_eq!(
+        verify(&lenient, &sign(Signer::Es256, &expired)),
+        Err(AuthError::Expired)
+    );
+}
+
+#[test]
+fn expired_token_is_refused_after_the_skew() {
+    let auth = auth();
+    let at = |exp: i64| {
+        verify(
+            &auth,
+            &sign(Signer::Es256, &with_claims(json!({ "exp": exp }))),
+        )
+    };
+    assert_eq!(at(NOW - 30), Ok("alice".into()), "within the 60 s skew");
+    assert_eq!(at(NOW - 61), Err(AuthError::Expired));
+    let strict = auth_with(json!({}), 0);
+    assert_eq!(
+        verify(
+            &strict,
+            &sign(Signer::Es256, &with_claims(json!({ "exp": NOW })))
+        ),
+        Err(AuthError::Expired)
+    );
+    assert_eq!(
+        verify(
+            &strict,
+            &sign(Signer::Es256, &with_claims(json!({ "exp": NOW + 1 })))
+        ),
+        Ok("alice".into())
+    );
+}
+
+#[test]
+fn string_exp_is_refused() {
+    let token = sign(
+        Signer::Es256,
+        &with_claims(json!({ "exp": (NOW + 3600).to_string() })),
+    );
+    assert_eq!(verify(&auth(), &token), Err(AuthError::BadTimeClaim("exp")));
+    let token = sign(Signer::Es256, &with_claims(json!({ "nbf": "0" })));
+    assert_eq!(verify(&auth(), &token), Err(AuthError::BadTimeClaim("nbf")));
+    let token = sign(Signer::Es256, &with_claims(json!({ "iat": true })));
+    assert_eq!(verify(&auth(), &token), Err(AuthError::BadTimeClaim("iat")));
+}
+
+#[test]
+fn far_future_exp_is_not_reported_as_a_bad_signature() {
+    // A correctly signed token whose exp lies beyond what a calendar library represents: the
+    // signature is fine, so "bad_signature" would send an operator hunting for a key problem.
+    let token = sign(Signer::Es256, &with_claims(json!({ "exp": 1.0e15 })));
+    assert_ne!(verify(&auth(), &token), Err(AuthError::BadSignature));
+}
+
+#[test]
+fn nbf_in_the_future_with_and_without_skew() {
+    let nbf_in = |secs: i64| with_claims(json!({ "nbf": NOW + secs }));
+    let skewed = auth_with(json!({}), 60);
+    assert_eq!(
+        verify(&skewed, &sign(Signer::Es256, &nbf_in(30))),
+        Ok("alice".into())
+    );
+    assert_eq!(
+        verify(&skewed, &sign(Signer::Es256, &nbf_in(120))),
+        Err(AuthError::NotYetValid)
+    );
+    let strict = auth_with(json!({}), 0);
+    assert_eq!(
+        verify(&strict, &sign(Signer::Es256, &nbf_in(30))),
+        Err(AuthError::NotYetValid)
+    );
+    assert_eq!(
+        verify(&strict, &sign(Signer::Es256, &nbf_in(0))),
+        Ok("alice".into())
+    );
+}
+
+// ---- audience and issuer -------------------------------------------------------------------
+
+#[test]
+fn audience_as_string_and_as_array() {
+    let auth = auth();
+    let with_aud = |aud: Value| {
+        verify(
+            &auth,
+            &sign(Signer::Es256, &with_claims(json!({ "aud": aud }))),
+        )
+    };
+    assert_eq!(with_aud(json!(RESOURCE)), Ok("alice".into()));
+    assert_eq!(
+        with_aud(json!(["https://x.example", RESOURCE])),
+        Ok("alice".into())
+    );
+    assert_eq!(
+        with_aud(json!("https://x.example")),
+        Err(AuthError::WrongAudience)
+    );
+    assert_eq!(
+        with_aud(json!(["https://x.example"])),
+        Err(AuthError::WrongAudience)
+    );
+    assert_eq!(with_aud(json!([])), Err(AuthError::WrongAudience));
+    // Near misses are not matches.
+    assert_eq!(
+        with_aud(json!(format!("{RESOURCE}/"))),
+        Err(AuthError::WrongAudience)
+    );
+    assert_eq!(
+        with_aud(json!("HTTPS://MCP.EXAMPLE.COM/mcp")),
+        Err(AuthError::WrongAudience)
+    );
+    let no_aud = with_claims(json!({ "aud": null }));
+    assert_eq!(
+        verify(&auth, &sign(Signer::Es256, &no_aud)),
+        Err(AuthError::WrongAudience)
+    );
+}
+
+#[test]
+fn unknown_issuer_is_refused() {
+    let other = with_claims(json!({ "iss": "https://evil.example.com" }));
+    assert_eq!(
+        verify(&auth(), &sign(Signer::Es256, &other)),
+        Err(AuthError::UnknownIssuer)
+    );
+    let trailing_slash = with_claims(json!({ "iss": format!("{ISSUER}/") }));
+    assert_eq!(
+        verify(&auth(), &sign(Signer::Es256, &trailing_slash)),
+        Err(AuthError::UnknownIssuer)
+    );
+    let no_iss = with_claims(json!({ "iss": null }));
+    assert_eq!(
+        verify(&auth(), &sign(Signer::Es256, &no_iss)),
+        Err(AuthError::UnknownIssuer)
+    );
+}
+
+#[test]
+fn each_issuer_uses_only_its_own_keys() {
+    // Issuer A trusts the P-256 key; issuer B trusts Ed25519 only. A token claiming B but
+    // signed with A's key fails.
+    let a = Issuer::from_config(
+        json!({ "issuer": ISSUER, "audiences": [RESOURCE], "jwks": { "keys": [p256_public_jwk()] } }),
+        "issuers[0]",
+    )
+    .expect("valid");
+    let b = Issuer::from_config(
+        json!({
+            "issuer": "https://b.example.com", "audiences": [RESOURCE],
+            "algorithms": ["ES256", "EdDSA"], "jwks": { "keys": [ed25519_public_jwk()] },
+        }),
+        "issuers[1]",
+    )
+    .expect("valid");
+    let auth = Authenticator::new(vec![a, b], 60);
+    let claims_b = with_claims(json!({ "iss": "https://b.example.com" }));
+    assert_eq!(
+        verify(&auth, &sign(Signer::Es256, &claims_b)),
+        Err(AuthError::UnknownKey { issuer: 1 })
+    );
+    assert_eq!(
+        verify(&auth, &sign(Signer::EdDsa, &claims_b)),
+        Ok("alice".into())
+    );
+}
+
+// ---- shape ---------------------------------------------------------------------------------
+
+#[test]
+fn token_over_16_kib_is_refused_before_parsing() {
+    let big = with_claims(json!({ "pad": "x".repeat(MAX_TOKEN_BYTES) }));
+    let token = sign(Signer::Es256, &big);
+    assert!(token.len() > MAX_TOKEN_BYTES);
+    assert_eq!(verify(&auth(), &token), Err(AuthError::TooLarge));
+    assert_eq!(
+        verify(&auth(), &"a".repeat(MAX_TOKEN_BYTES + 1)),
+        Err(AuthError::TooLarge)
+    );
+}
+
+#[test]
+fn token_just_under_the_limit_is_accepted() {
+    let mut padded = claims();
+    let base = sign(Signer::Es256, &padded).len();
+    // Base64 grows 4/3: leave room.
+    padded["pad"] = json!("x".repeat((MAX_TOKEN_BYTES - base) * 3 / 4 - 16));
+    let token = sign(Signer::Es256, &padded);
+    assert!(token.len() <= MAX_TOKEN_BYTES, "{}", token.len());
+    assert_eq!(verify(&auth(), &token), Ok("alice".into()));
+}
+
+#[test]
+fn malformed_tokens_are_refused() {
+    for bad in [
+        "",
+        "abc",
+        "a.b",
+        "a.b.c.d",
+        "....",
+        "eyJhbGciOiJFUzI1NiJ9..",
+        "!!!.!!!.!!!",
+    ] {
+        assert!(
+            matches!(verify(&auth(), bad), Err(AuthError::Malformed(_))),
+            "{bad:?}: {:?}",
+            verify(&auth(), bad)
+        );
+    }
+    // A payload that is JSON but not an object.
+    let header = b64(br#"{"alg":"ES256","kid":"ec-1"}"#);
+    let token = format!("{header}.{}.{}", b64(b"[1,2]"), b64([0u8; 64]));
+    assert!(matches!(
+        verify(&auth(), &token),
+        Err(AuthError::Malformed(_))
+    ));
+}
+
+#[test]
+fn reasons_are_stable_words() {
+    assert_eq!(AuthError::Expired.reason(), "expired");
+    assert_eq!(AuthError::WrongAudience.reason(), "wrong_audience");
+    assert_eq!(AuthError::UnknownIssuer.reason(), "unknown_issuer");
+    assert_eq!(AuthError::NoKeys { issuer: 0 }.reason(), "keys_unavailable");
+    assert_eq!(AuthError::UnsupportedCritical.reason(), "unsupported_crit");
+}

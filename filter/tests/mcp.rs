@@ -1,0 +1,381 @@
+//! The strict JSON-RPC parse: anything that is not one unambiguous, well-formed message is
+//! refused, with the JSON-RPC code a client expects.
+
+use mcp_guard::mcp::{
+    is_batch, is_valid_tool_name, parse_batch, parse_message, parse_strict_json, Kind, ParseError,
+    Target, DEFAULT_MAX_DEPTH,
+};
+use serde_json::{json, Value};
+
+fn parse(body: &str) -> Result<mcp_guard::mcp::Message, ParseError> {
+    parse_message(body.as_bytes(), DEFAULT_MAX_DEPTH)
+}
+
+fn code(body: &str) -> i64 {
+    match parse(body) {
+        Ok(m) => panic!("accepted {body}: {m:?}"),
+        Err(e) => e.code(),
+    }
+}
+
+// ---- accepted ------------------------------------------------------------------------------
+
+#[test]
+fn tool_call_is_parsed() {
+    let m = parse(r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search","arguments":{"q":"x"}}}"#)
+        .expect("valid");
+    assert_eq!(m.kind, Kind::Request);
+    assert_eq!(m.id, Some(json!(7)));
+    assert_eq!(m.method, "tools/call");
+    assert_eq!(m.tool_name(), Some("search"));
+    match m.target {
+        Target::Tool { arguments, .. } => assert_eq!(arguments["q"], "x"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn notifications_responses_and_targets() {
+    let n = parse(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).expect("valid");
+    assert_eq!(n.kind, Kind::Notification);
+    assert_eq!(n.id, None);
+    let r = parse(r#"{"jsonrpc":"2.0","id":"s-1","result":{}}"#).expect("valid");
+    assert_eq!(r.kind, Kind::Response);
+    assert_eq!(r.method, "");
+    let e = parse(r#"{"jsonrpc":"2.0","id":3,"error":{"code":-1,"message":"no"}}"#).expect("valid");
+    assert_eq!(e.kind, Kind::Response);
+    let p = parse(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"greet"}}"#)
+        .expect("valid");
+    assert_eq!(
+        p.target,
+        Target::Prompt {
+            name: "greet".into()
+        }
+    );
+    let res =
+        parse(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#)
+            .expect("valid");
+    assert_eq!(
+        res.target,
+        Target::Resource {
+            uri: "file:///a".into()
+        }
+    );
+    let none = parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#).expect("valid");
+    assert_eq!(none.target, Target::None);
+}
+
+#[test]
+fn string_negative_and_large_ids_are_accepted() {
+    for id in [
+        json!("abc"),
+        json!(""),
+        json!(-5),
+        json!(u64::MAX),
+        json!(i64::MIN),
+    ] {
+        let body = json!({ "jsonrpc": "2.0", "id": id, "method": "ping" }).to_string();
+        assert_eq!(parse(&body).expect("valid").id, Some(id));
+    }
+}
+
+#[test]
+fn null_arguments_are_no_arguments() {
+    let m = parse(
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":null}}"#,
+    )
+    .expect("valid");
+    assert!(matches!(m.target, Target::Tool { ref arguments, .. } if arguments.is_empty()));
+}
+
+#[test]
+fn surrounding_whitespace_is_fine() {
+    assert!(parse(" \n\t{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\r\n ").is_ok());
+}
+
+// ---- escapes -------------------------------------------------------------------------------
+
+#[test]
+fn escaped_names_are_decoded_before_any_decision() {
+    let m =
+        parse(r#"{"jsonrpc":"2.0","id":1,"method":"tools\/call","params":{"name":"\u0064elete"}}"#)
+            .expect("valid");
+    assert_eq!(m.method, "tools/call");
+    assert_eq!(m.tool_name(), Some("delete"));
+    // Escaped member names too.
+    let m = parse(r#"{"\u006asonrpc":"2.0","id":1,"\u006dethod":"ping"}"#).expect("valid");
+    assert_eq!(m.method, "ping");
+}
+
+#[test]
+fn escaped_duplicate_member_is_a_duplicate() {
+    assert_eq!(
+        code(r#"{"jsonrpc":"2.0","id":1,"method":"ping","\u006dethod":"tools/call"}"#),
+        -32700
+    );
+    assert_eq!(
+        code(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get","n\u0061me":"delete"}}"#
+        ),
+        -32700
+    );
+}
+
+#[test]
+fn lone_surrogates_are_refused() {
+    assert!(parse(r#"{"jsonrpc":"2.0","id":"\ud800","method":"ping"}"#).is_err());
+}
+
+// ---- refused -------------------------------------------------------------------------------
+
+#[test]
+fn duplicate_keys_are_refused_at_any_depth() {
+    assert_eq!(
+        code(r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#),
+        -32700
+    );
+    assert_eq!(
+        code(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get","name":"delete"}}"#
+        ),
+        -32700
+    );
+    assert_eq!(
+        code(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":{"y":[{"z":1,"z":2}]}}}}"#
+        ),
+        -32700
+    );
+    assert!(parse_strict_json(br#"{"a":{"b":1,"b":1}}"#, 8).is_err());
+}
+
+#[test]
+fn unknown_and_case_variant_members_are_refused() {
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","extra":true}"#,
+        r#"{"jsonrpc":"2.0","id":1,"Method":"ping"}"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping","METHOD":"tools/call"}"#,
+        r#"{"jsonrpc":"2.0","ID":1,"method":"ping"}"#,
+        r#"{"JSONRPC":"2.0","id":1,"method":"ping"}"#,
+    ] {
+        assert_eq!(code(body), -32600, "{body}");
+    }
+}
+
+#[test]
+fn jsonrpc_version_must_be_2_0() {
+    assert_eq!(code(r#"{"id":1,"method":"ping"}"#), -32600);
+    assert_eq!(code(r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#), -32600);
+    assert_eq!(code(r#"{"jsonrpc":2.0,"id":1,"method":"ping"}"#), -32600);
+}
+
+#[test]
+fn request_response_hybrids_are_refused() {
+    assert_eq!(
+        code(r#"{"jsonrpc":"2.0","id":1,"method":"ping","result":{}}"#),
+        -32600
+    );
+    assert_eq!(
+        code(r#"{"jsonrpc":"2.0","id":1,"method":"ping","error":{}}"#),
+        -32600
+    );
+    assert_eq!(
+        code(r#"{"jsonrpc":"2.0","id":1,"result":{},"error":{}}"#),
+        -32600
+    );
+    assert_eq!(
+        code(r#"{"jsonrpc":"2.0","id":1,"result":{},"params":{}}"#),
+        -32600
+    );
+    assert_eq!(
+        code(r#"{"jsonrpc":"2.0","result":{}}"#),
+        -32600,
+        "a response needs an id"
+    );
+    assert_eq!(code(r#"{"jsonrpc":"2.0","id":1}"#), -32600);
+}
+
+#[test]
+fn params_must_be_an_object() {
+    for params in ["[]", "[1,2]", "\"x\"", "1", "null", "true"] {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"ping","params":{params}}}"#);
+        assert_eq!(code(&body), -32600, "{body}");
+    }
+}
+
+#[test]
+fn method_must_be_a_string() {
+    assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":7}"#), -32600);
+    assert_eq!(code(r#"{"jsonrpc":"2.0","id":1,"method":null}"#), -32600);
+}
+
+#[test]
+fn bad_ids_are_refused() {
+    for id in ["null", "1.5", "1.0", "1e3", "true", "{}", "[1]"] {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}}"#);
+        assert_eq!(code(&body), -32600, "{body}");
+    }
+}
+
+#[test]
+fn trailing_garbage_is_refused() {
+    for body in [
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"} x"#,
+        r#"{"jsonrpc":"2.0","id":1,"method":"ping"}{"jsonrpc":"2.0","id":2,"method":"tools/call"}"#,
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\0",
+    ] {
+        assert_eq!(code(body), -32700, "{body}");
+    }
+}
+
+#[test]
+fn byte_order_mark_is_refused() {
+    let body = "\u{feff}{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}";
+    assert_eq!(code(body), -32700);
+}
+
+#[test]
+fn non_utf8_and_empty_bodies_are_parse_errors() {
+    assert_eq!(
+        parse_message(
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"pi\xffng\"}",
+            DEFAULT_MAX_DEPTH
+        )
+        .map_err(|e| e.code()),
+        Err(-32700)
+    );
+    assert_eq!(code(""), -32700);
+    assert_eq!(code("   "), -32700);
+}
+
+#[test]
+fn non_object_messages_are_invalid() {
+    assert_eq!(code("1"), -32600);
+    assert_eq!(code("\"ping\""), -32600);
+    assert_eq!(code("null"), -32600);
+}
+
+#[test]
+fn a_batch_is_not_a_single_message() {
+    assert_eq!(
+        code(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#),
+        -32600
+    );
+}
+
+fn nested_arguments(levels: usize) -> String {
+    // params (1) > arguments (2) > levels more arrays.
+    format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"a","arguments":{{"x":{}1{}}}}}}}"#,
+        "[".repeat(levels),
+        "]".repeat(levels)
+    )
+}
+
+#[test]
+fn nesting_beyond_the_depth_limit_is_refused() {
+    // The message object, params and arguments are three levels.
+    let at_limit = nested_arguments(DEFAULT_MAX_DEPTH - 3);
+    assert!(parse(&at_limit).is_ok());
+    let over = nested_arguments(DEFAULT_MAX_DEPTH - 2);
+    assert_eq!(code(&over), -32700);
+    // Deep enough to overflow a naive recursive parser.
+    let deep = nested_arguments(100_000);
+    assert_eq!(code(&deep), -32700);
+    // The limit is the caller's.
+    assert!(parse_message(nested_arguments(1).as_bytes(), 4).is_ok());
+    assert!(parse_message(nested_arguments(2).as_bytes(), 4).is_err());
+}
+
+// ---- MCP params ------------------------------------------------------------------------------
+
+#[test]
+fn tool_name_charset_is_enforced() {
+    for ok in ["a", "search", "get_customer", "crm.search-v2", "A9._-"] {
+        assert!(is_valid_tool_name(ok), "{ok}");
+    }
+    let max = "a".repeat(128);
+    assert!(is_valid_tool_name(&max));
+    for bad in [
+        "".to_string(),
+        "a".repeat(129),
+        "search tool".into(),
+        "séarch".into(),
+        "del\u{200b}ete".into(),
+        "dеlete".into(), // Cyrillic е
+        "a/b".into(),
+        "a:b".into(),
+        "a\nb".into(),
+    ] {
+        assert!(!is_valid_tool_name(&bad), "{bad:?}");
+        let body =
+            json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": { "name": bad } });
+        assert_eq!(code(&body.to_string()), -32602, "{bad:?}");
+    }
+}
+
+#[test]
+fn mcp_params_are_checked() {
+    for params in [
+        json!({}),
+        json!({ "name": "" }),
+        json!({ "name": 5 }),
+        json!({ "name": "a", "arguments": [] }),
+        json!({ "name": "a", "arguments": "x" }),
+    ] {
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": params });
+        assert_eq!(code(&body.to_string()), -32602, "{params}");
+    }
+    assert_eq!(
+        code(r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{}}"#),
+        -32602
+    );
+    assert_eq!(
+        code(r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":7}}"#),
+        -32602
+    );
+    assert_eq!(
+        code(r#"{"jsonrpc":"2.0","id":1,"method":"resources/subscribe"}"#),
+        -32602
+    );
+}
+
+// ---- batches ---------------------------------------------------------------------------------
+
+#[test]
+fn batch_detection_and_parsing() {
+    assert!(is_batch(b"  \n[1]"));
+    assert!(!is_batch(b"{\"a\":[1]}"));
+    let messages = parse_batch(
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","method":"notifications/initialized"}]"#,
+        DEFAULT_MAX_DEPTH,
+    )
+    .expect("valid batch");
+    assert_eq!(messages.len(), 2);
+    assert_eq!(messages[1].kind, Kind::Notification);
+}
+
+#[test]
+fn bad_batches_are_refused_naming_the_element() {
+    assert_eq!(
+        parse_batch(b"[]", DEFAULT_MAX_DEPTH)
+            .map_err(|e| e.code())
+            .err(),
+        Some(-32600)
+    );
+    let err = parse_batch(
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping"},{"jsonrpc":"2.0","id":2,"method":"ping","x":1}]"#,
+        DEFAULT_MAX_DEPTH,
+    )
+    .expect_err("invalid element");
+    assert_eq!(err.code(), -32600);
+    assert!(err.to_string().contains("batch element 1"), "{err}");
+    let err = parse_batch(
+        br#"[{"jsonrpc":"2.0","id":1,"method":"ping","id":2}]"#,
+        DEFAULT_MAX_DEPTH,
+    )
+    .expect_err("duplicate");
+    assert_eq!(err.code(), -32700);
+    let nested: Value = json!([[{ "jsonrpc": "2.0", "id": 1, "method": "ping" }]]);
+    assert!(parse_batch(nested.to_string().as_bytes(), DEFAULT_MAX_DEPTH).is_err());
+}
