@@ -236,3 +236,110 @@ class Envoy(Process):
     def stats(self) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats", timeout=5) as r:
             return r.read().decode()
+
+
+# ---- service credentials: several upstreams, key rotation by ECDS ---------------------------------
+
+
+class Upstream(Process):
+    """The demo MCP server with every knob the credential tests need: several accepted keys
+    (a rotation's overlap), any key header, JSON or SSE answers, and a key echoed back in a
+    response header (a careless upstream). `requests()` is what it received, with times."""
+
+    def __init__(self, workdir: Path, name: str, *, expect_keys: list[str] | None = None,
+                 key_header: str = "x-api-key", json_response: bool = False,
+                 stateless: bool = False, echo_key_header: str | None = None,
+                 refuse_status: int = 401):
+        self.port = free_port()
+        self.name = name
+        self.record = workdir / f"{name}.requests.jsonl"
+        self.record.touch()
+        args = [sys.executable, str(PEERS / "mcp_server.py"), "--port", str(self.port),
+                "--record", str(self.record), "--key-header", key_header]
+        if json_response:
+            args.append("--json-response")
+        if stateless:
+            args.append("--stateless")
+        for key in expect_keys or []:
+            args += ["--expect-key", key]
+        if echo_key_header:
+            args += ["--echo-key-header", echo_key_header]
+        args += ["--refuse-status", str(refuse_status)]
+        super().__init__(args, workdir / f"{name}.log")
+        wait_port(self.port, self.proc)
+
+    def requests(self) -> list[dict]:
+        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+
+
+def render_template(template: str, **fill) -> str:
+    """An envoy/ template with its dollar-brace placeholders filled."""
+    return string.Template((ROOT / "envoy" / template).read_text()).substitute(fill)
+
+
+def write_ecds_filter(path: Path, plugin: dict | str, *, version: str, vm_id: str = "mcp-guard",
+                      environment: dict | None = None, wasm: Path = WASM) -> None:
+    """Publishes the mcp-guard filter resource (envoy/mcp-guard-filter.yaml) at `path`, the way
+    an operator must: written beside it, then renamed over it, so Envoy's watch on the
+    directory sees one atomic move and never a half-written file."""
+    config_text = plugin if isinstance(plugin, str) else json.dumps(plugin)
+    text = render_template("mcp-guard-filter.yaml", VERSION=version, WASM=str(wasm),
+                           PLUGIN_CONFIG=json.dumps(config_text), VM_ID=vm_id,
+                           VM_ENVIRONMENT=json.dumps(environment or {}))
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def ecds_stats(envoy: Envoy, filter_name: str = "mcp-guard") -> dict:
+    """extension_config_discovery.http_filter.<filter_name>.* as {stat: value} (strings)."""
+    prefix = f"extension_config_discovery.http_filter.{filter_name}."
+    # Admin runs on Envoy's main thread, which also compiles a new Wasm VM: allow for that.
+    url = f"http://127.0.0.1:{envoy.admin_port}/stats?filter=^extension_config_discovery"
+    with urllib.request.urlopen(url, timeout=30) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(prefix) and ": " in line:
+            name, value = line[len(prefix):].split(": ", 1)
+            out[name] = value.strip().strip('"')
+    return out
+
+
+def config_dump(envoy: Envoy, resource: str | None = None) -> str:
+    """The admin /config_dump (optionally one resource type, e.g. ecds_filters)."""
+    query = f"?resource={resource}" if resource else ""
+    with urllib.request.urlopen(f"http://127.0.0.1:{envoy.admin_port}/config_dump{query}", timeout=30) as r:
+        return r.read().decode()
+
+
+# ---- Envoy command-line options (tests/security) --------------------------------------------------
+
+
+class _ArgsOverride(Process):
+    """Rewrites Envoy's command line just before it starts (used by `EnvoyWithArgs`)."""
+
+    overrides: dict = {}
+
+    def __init__(self, args: list[str], log: Path, env: dict | None = None):
+        args = list(args)
+        for option, value in self.overrides.items():
+            if option in args:
+                args[args.index(option) + 1] = str(value)
+            else:
+                args += [option, str(value)]
+        super().__init__(args, log, env)
+
+
+class EnvoyWithArgs(Envoy, _ArgsOverride):
+    """`Envoy` with command-line options replaced or added: {"--concurrency": 1} runs one worker
+    (one Wasm VM, so fail-closed tests are deterministic); {"--file-flush-interval-msec": 50}
+    puts audit lines on disk within 50 ms instead of Envoy's default 10 s."""
+
+    def __init__(self, *args, options: dict | None = None, **kwargs):
+        self.overrides = {k: str(v) for k, v in (options or {}).items()}
+        super().__init__(*args, **kwargs)

@@ -76,6 +76,9 @@ pub struct Server {
     pub path: String,
     /// The resource identifier clients derive from the URL they call (RFC 8707 / RFC 9728).
     pub resource: String,
+    /// A token must name one of these in `aud` to be used here (default: `resource`), so that a
+    /// token issued for one MCP server is not accepted by another behind the same filter.
+    pub audiences: Vec<String>,
     /// Where the RFC 9728 metadata document for this server is served.
     pub metadata_path: String,
     /// The absolute URL of that document, as advertised in `WWW-Authenticate`.
@@ -87,7 +90,8 @@ pub struct Server {
     pub matcher: Matcher,
     pub credential: Credential,
     /// Request headers removed before forwarding (lower-case): never the client's credentials
-    /// upstream. Always includes `authorization` and the credential's own header.
+    /// upstream. Always includes [`ALWAYS_STRIPPED`], the credential's own header and the
+    /// forwarded-claim headers.
     pub strip_headers: Vec<String>,
     /// Verified claims forwarded as request headers, e.g. `email` → `x-mcp-user`.
     pub forward_claims: Vec<(String, String)>,
@@ -178,6 +182,8 @@ struct RawServer {
     path: Option<String>,
     resource: String,
     #[serde(default)]
+    audiences: Option<Vec<String>>,
+    #[serde(default)]
     authorization_servers: Vec<String>,
     #[serde(default)]
     scopes_supported: Vec<String>,
@@ -199,6 +205,9 @@ struct RawServer {
 
 /// Removed from every forwarded request unless the configuration lists its own set.
 pub const DEFAULT_STRIP_HEADERS: &[&str] = &["cookie", "proxy-authorization", "x-api-key"];
+/// Removed from every forwarded request, added to any `strip_headers` list: what a client uses
+/// to authenticate never reaches the upstream.
+pub const ALWAYS_STRIPPED: &[&str] = &["authorization", "cookie", "proxy-authorization"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,16 +223,30 @@ struct RawCredential {
 
 /// Deserializes `value` as `T`, naming `field` in the error.
 pub(crate) fn typed<T: DeserializeOwned>(value: Value, field: &str) -> Result<T, ConfigError> {
-    serde_json::from_value(value).map_err(|e| {
-        let message = clean_serde_message(&e);
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        // Where inside `value` it went wrong (`audiences`, `rules[2].scopes[0]`, or nothing).
+        let inner = e.path().to_string();
+        let at = match (field.is_empty(), inner.as_str()) {
+            (_, ".") => field.to_string(),
+            (true, p) => p.to_string(),
+            (false, p) if p.starts_with('[') => format!("{field}{p}"),
+            (false, p) => format!("{field}.{p}"),
+        };
+        let message = clean_serde_message(e.inner());
         // Point at the member itself: `servers[0].credential.header: is required`.
         let member = |prefix: &str| {
             let rest = message.strip_prefix(prefix)?;
             let name = rest.strip_prefix('`')?.split('`').next()?;
-            Some(if field.is_empty() {
+            Some(if at.is_empty() || at == name || at.ends_with(&format!(".{name}")) {
+                if at.is_empty() {
+                    name.to_string()
+                } else {
+                    at.clone()
+                }
+            } else if at.is_empty() {
                 name.to_string()
             } else {
-                format!("{field}.{name}")
+                format!("{at}.{name}")
             })
         };
         if let Some(path) = member("missing field ") {
@@ -231,7 +254,7 @@ pub(crate) fn typed<T: DeserializeOwned>(value: Value, field: &str) -> Result<T,
         } else if let Some(path) = member("unknown field ") {
             ConfigError::new(path, format!("is not a known field ({message})"))
         } else {
-            ConfigError::new(field, message)
+            ConfigError::new(at, message)
         }
     })
 }
@@ -327,11 +350,21 @@ impl Config {
 
     /// The server whose RFC 9728 metadata document lives at `path`, if any. The root
     /// well-known URL answers for the first server.
-    pub fn server_for_metadata(&self, path: &str) -> Option<&Server> {
+    pub fn server_for_metadata(
+        &self,
+        path: &str,
+        route: Option<&str>,
+        host: &str,
+        cluster: Option<&str>,
+    ) -> Option<&Server> {
+        let mut here = self
+            .servers
+            .iter()
+            .filter(|s| s.matcher.matches(route, host, cluster));
         if path == crate::oauth::WELL_KNOWN {
-            return self.servers.first();
+            return here.next();
         }
-        self.servers.iter().find(|s| s.metadata_path == path)
+        here.find(|s| s.metadata_path == path)
     }
 }
 
@@ -380,9 +413,12 @@ impl Server {
                 "is not a valid HTTP header name",
             ));
         }
-        // Always: the client's token, any client copy of the service key header, and any
+        // Always, whatever the list says: the client's token and other credentials it may carry
+        // (cookies, proxy credentials), any client copy of the service key header, and any
         // client-supplied copy of a header that carries forwarded claims.
-        for must in std::iter::once("authorization".to_string())
+        for must in ALWAYS_STRIPPED
+            .iter()
+            .map(|h| h.to_string())
             .chain(std::iter::once(credential.header.clone()))
             .chain(forward_claims.iter().map(|(_, h)| h.clone()))
         {
@@ -410,7 +446,18 @@ impl Server {
             })?,
         };
         let policy = Policy::from_config(raw.policy, &format!("{field}.policy"))?;
+        let audiences = match raw.audiences {
+            None => vec![raw.resource.clone()],
+            Some(list) if list.is_empty() || list.iter().any(String::is_empty) => {
+                return Err(ConfigError::new(
+                    format!("{field}.audiences"),
+                    "list at least one non-empty audience, or leave it out to use `resource`",
+                ))
+            }
+            Some(list) => list,
+        };
         Ok(Server {
+            audiences,
             audit_arguments,
             matcher,
             strip_headers,
@@ -432,7 +479,18 @@ impl Server {
 
 impl Credential {
     fn from_config(value: Value, field: &str, env: &dyn Environment) -> Result<Credential, ConfigError> {
-        let raw: RawCredential = typed(value, field)?;
+        // serde quotes the offending value ("invalid type: string \"sk-…\""): for a credential
+        // that may be the secret itself, and the error goes to Envoy's log. Never quote it.
+        let raw: RawCredential = typed(value, field).map_err(|e| {
+            if e.message.starts_with("invalid type") || e.message.starts_with("invalid value") {
+                ConfigError::new(
+                    e.field,
+                    "has the wrong type: a credential is an object with string members header, prefix and value or value_from_env (the value given is not shown: it may be the secret)",
+                )
+            } else {
+                e
+            }
+        })?;
         let header = raw.header.to_ascii_lowercase();
         if !is_header_name(&header) || header.starts_with(':') {
             return Err(ConfigError::new(
@@ -513,4 +571,35 @@ fn is_header_name(name: &str) -> bool {
 
 fn is_header_value(value: &str) -> bool {
     value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::*;
+    use serde_json::json;
+
+    struct NoEnv;
+    impl Environment for NoEnv {
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_misplaced_secret_is_never_quoted_in_the_error() {
+        for (credential, secret) in [
+            (json!("sk-live-abcdefgh12345678"), "sk-live-abcdefgh12345678"),
+            (json!({ "header": "x-api-key", "value": 98_765_432_109_876_u64 }), "98765432109876"),
+            (json!({ "header": "x-api-key", "value": ["sk-in-a-list-12345"] }), "sk-in-a-list-12345"),
+        ] {
+            let e = Credential::from_config(credential, "servers[0].credential", &NoEnv)
+                .expect_err("not a credential");
+            assert!(e.field.starts_with("servers[0].credential"), "{e}");
+            assert!(e.message.starts_with("has the wrong type"), "{e}");
+            assert!(!e.to_string().contains(secret), "{e}");
+        }
+        // Errors that quote no value keep serde's own words.
+        let e = Credential::from_config(json!({ "value": "sk-abcdefgh" }), "c", &NoEnv).expect_err("no header");
+        assert_eq!(e.field, "c.header");
+    }
 }

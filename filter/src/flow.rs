@@ -154,19 +154,20 @@ impl Stream {
         record.protocol_version = self.header("mcp-protocol-version").map(str::to_string);
 
         let config = Rc::clone(&self.config);
+        let authority = self.header(":authority").unwrap_or_default().to_string();
         if method == "GET" || method == "HEAD" {
-            if let Some(server) = config.server_for_metadata(path) {
+            let (route, cluster) = (record.route.as_deref(), record.upstream.as_deref());
+            if let Some(server) = config.server_for_metadata(path, route, &authority, cluster) {
                 let body = oauth::metadata_document(server);
                 let headers = [("content-type", "application/json"), ("cache-control", "max-age=300")];
                 host.send_response(200, &headers, &body);
                 return Action::Pause;
             }
         }
-        let authority = self.header(":authority").unwrap_or_default();
         let selected = config.select_server(
             path,
             record.route.as_deref(),
-            authority,
+            &authority,
             record.upstream.as_deref(),
         );
         let Some(server) = selected.and_then(|i| config.servers.get(i)) else {
@@ -201,6 +202,10 @@ impl Stream {
         };
         let now_ms = host.now_millis();
         let identity = match self.authenticate(now_ms) {
+            // RFC 8707: the token must have been issued for this server, not just any of ours.
+            Ok(identity) if !identity.has_audience(&server.audiences) => {
+                return self.refuse_auth(host, server, record, Refusal::Token(AuthError::WrongAudience));
+            }
             Ok(identity) => identity,
             Err(refusal) => {
                 if let Some(wait) = self.should_wait(&refusal, now_ms) {
@@ -229,6 +234,13 @@ impl Stream {
             }
         }
         if let Some(session_id) = self.header("mcp-session-id").map(str::to_string) {
+            // MCP: visible ASCII only. Anything else ("A, B" lists included) is not a session
+            // id the filter could have bound, and an upstream might read it differently.
+            if session_id.is_empty() || !session_id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
+                record.reason = Some("invalid_session_id".into());
+                let body = reply::jsonrpc_error(None, -32600, "Mcp-Session-Id must be visible ASCII", None);
+                return self.refuse(host, record, 400, &[], body);
+            }
             if !session::may_use(host, &session_id, &iss, &sub) {
                 record.reason = Some("session_of_another_caller".into());
                 let body = reply::jsonrpc_error(None, -32001, "Session not found", None);
@@ -255,25 +267,36 @@ impl Stream {
                     Action::Pause
                 }
             }
-            "GET" | "DELETE" => {
-                // A DELETE unbinds its session only once the upstream confirms the end.
-                if method == "GET" {
-                    // A GET stream may replay list results: filter them by shape.
-                    self.lists = Some(ListFilter {
-                        kinds: vec![ListKind::Tools, ListKind::Prompts, ListKind::Resources],
-                        expected_id: None,
-                    });
-                }
-                record.decision = Verdict::Allow;
-                self.audit(host, record);
-                Action::Continue
+            "GET" | "DELETE" if !self.end_of_stream => {
+                // These carry no body: hold the headers until the end of the stream shows that
+                // this one has none (HTTP/2 may end it with an empty DATA frame). Continuing
+                // here would leave a body nobody decided on paused, and the request hanging.
+                self.record = Some(record);
+                self.awaiting_body = true;
+                Action::Pause
             }
+            "GET" | "DELETE" => self.allow_bodiless(host, record, &method),
             _ => {
                 record.reason = Some("method_not_allowed".into());
                 let body = reply::http_error("method_not_allowed", "use POST, GET or DELETE");
                 self.refuse(host, record, 405, &[("allow", "GET, POST, DELETE")], body)
             }
         }
+    }
+
+    /// A GET (the server's event stream) or a DELETE (end of session): no body to decide on.
+    fn allow_bodiless(&mut self, host: &mut dyn Host, mut record: Record, method: &str) -> Action {
+        // A DELETE unbinds its session only once the upstream confirms the end.
+        if method == "GET" {
+            // A GET stream may replay list results: filter them by shape.
+            self.lists = Some(ListFilter {
+                kinds: vec![ListKind::Tools, ListKind::Prompts, ListKind::Resources],
+                expected_id: None,
+            });
+        }
+        record.decision = Verdict::Allow;
+        self.audit(host, record);
+        Action::Continue
     }
 
     /// Called once with the whole request body.
@@ -287,6 +310,15 @@ impl Stream {
         else {
             return Action::Pause; // headers were refused already: never forward
         };
+        let method = self.header(":method").unwrap_or_default().to_string();
+        if method != "POST" {
+            if !body.is_empty() {
+                record.reason = Some("body_not_allowed".into());
+                let body = reply::http_error("invalid_request", "GET and DELETE requests carry no body");
+                return self.refuse(host, record, 400, &[], body);
+            }
+            return self.allow_bodiless(host, record, &method);
+        }
 
         if body.len() > config.max_body_bytes {
             record.reason = Some("body_too_large".into());

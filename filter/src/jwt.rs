@@ -529,6 +529,10 @@ impl Identity {
     pub fn subject(&self) -> Option<&str> {
         self.claim_str("sub")
     }
+    /// Whether `aud` (a string or an array) names one of `accepted`.
+    pub fn has_audience(&self, accepted: &[String]) -> bool {
+        audience_matches(self.claims.get("aud"), accepted)
+    }
 }
 
 /// Header fields the filter looks at beyond `alg` and `kid`.

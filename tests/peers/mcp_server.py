@@ -3,12 +3,15 @@
 Used by `make run` and by the end-to-end tests. With --record FILE it appends one JSON line per
 HTTP request it receives (method, path, headers), so tests can prove what reached the upstream.
 With --expect-key it refuses any request whose key header does not carry that value (401), the
-way a real SaaS API would.
+way a real SaaS API would; given twice, it accepts either key (the overlap of a key rotation).
+With --echo-key-header NAME it copies the key it received into the response header NAME, the way
+a careless upstream might (to test that mcp-guard never lets the key go back downstream).
 """
 
 import argparse
 import json
 import sys
+import time
 
 import uvicorn
 
@@ -67,28 +70,40 @@ def customer_resource(customer_id: str) -> str:
 class Recorder:
     """ASGI middleware: records each request's headers; optionally checks the service key."""
 
-    def __init__(self, inner, record_path, key_header, expect_key):
+    def __init__(self, inner, record_path, key_header, expect_keys, echo_key_header=None,
+                 refuse_status=401):
         self.inner = inner
+        self.refuse_status = refuse_status
         self.record_path = record_path
         self.key_header = key_header.lower().encode() if key_header else None
-        self.expect_key = expect_key.encode() if expect_key else None
+        self.expect_keys = [k.encode() for k in expect_keys] if expect_keys else None
+        self.echo_key_header = echo_key_header.lower().encode() if echo_key_header else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.inner(scope, receive, send)
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
         if self.record_path:
-            line = {"method": scope["method"], "path": scope["path"], "headers": headers}
+            line = {"method": scope["method"], "path": scope["path"], "headers": headers,
+                    "time": time.time()}
             with open(self.record_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(line) + "\n")
-        if self.expect_key is not None:
-            seen = [v for k, v in scope["headers"] if k == self.key_header]
-            if seen != [self.expect_key]:
-                await send({"type": "http.response.start", "status": 401,
+        seen = [v for k, v in scope["headers"] if k == self.key_header]
+        if self.expect_keys is not None:
+            if len(seen) != 1 or seen[0] not in self.expect_keys:
+                await send({"type": "http.response.start", "status": self.refuse_status,
                             "headers": [(b"content-type", b"application/json"),
                                         (b"www-authenticate", b'Bearer realm="upstream"')]})
                 await send({"type": "http.response.body", "body": b'{"error":"bad service key"}'})
                 return
+        if self.echo_key_header and seen:
+            inner_send = send
+
+            async def send(message):
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (self.echo_key_header, seen[0])]}
+                await inner_send(message)
         return await self.inner(scope, receive, send)
 
 
@@ -99,10 +114,14 @@ def main() -> None:
     p.add_argument("--stateless", action="store_true")
     p.add_argument("--record", help="append one JSON line per request to this file")
     p.add_argument("--key-header", default="x-api-key")
-    p.add_argument("--expect-key", help="refuse requests without this service key (401)")
+    p.add_argument("--expect-key", action="append",
+                   help="refuse requests without this service key (401); repeat to accept several")
+    p.add_argument("--refuse-status", type=int, default=401, help="status for a wrong key (401 or 403)")
+    p.add_argument("--echo-key-header", help="echo the received key in this response header")
     args = p.parse_args()
     asgi = app.streamable_http_app(json_response=args.json_response, stateless_http=args.stateless)
-    wrapped = Recorder(asgi, args.record, args.key_header, args.expect_key)
+    wrapped = Recorder(asgi, args.record, args.key_header, args.expect_key, args.echo_key_header,
+                       args.refuse_status)
     print(f"demo MCP server on 127.0.0.1:{args.port}", file=sys.stderr, flush=True)
     uvicorn.run(wrapped, host="127.0.0.1", port=args.port, log_level="warning", lifespan="on")
 
