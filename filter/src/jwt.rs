@@ -5,6 +5,7 @@
 //! HMAC secret. Header URLs (`jku`, `x5u`) and embedded keys (`jwk`, `x5c`) are never followed.
 
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 
@@ -14,6 +15,7 @@ use jwt_compact::alg::{Ed25519, Es256, Rsa, RsaPublicKey};
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature, UntrustedToken};
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 use serde_json::{Map, Value};
 
 use crate::config::{typed, ConfigError};
@@ -254,6 +256,8 @@ pub struct Issuer {
     pub source: KeySource,
     keys: RefCell<Option<Rc<KeySet>>>,
     refetch_wanted: Cell<bool>,
+    /// Bumped whenever the keys change (invalidates cached verifications).
+    generation: Cell<u64>,
     /// When a fetch for this issuer last started, in any VM (kept current by the key manager).
     last_attempt_ms: Cell<u64>,
 }
@@ -381,6 +385,7 @@ impl Issuer {
             source,
             keys: RefCell::new(keys),
             refetch_wanted: Cell::new(false),
+            generation: Cell::new(0),
             last_attempt_ms: Cell::new(0),
         })
     }
@@ -393,6 +398,8 @@ impl Issuer {
     /// Replaces the keys (the key manager does this when a new JWKS was fetched).
     pub fn install_keys(&self, keys: KeySet) {
         *self.keys.borrow_mut() = Some(Rc::new(keys));
+        // Tokens verified with the old keys must verify again.
+        self.generation.set(self.generation.get().wrapping_add(1));
     }
 
     pub fn remote(&self) -> Option<&RemoteSource> {
@@ -547,6 +554,18 @@ struct ExtraHeader {
 pub struct Authenticator {
     issuers: Vec<Issuer>,
     skew: i64,
+    cache: RefCell<HashMap<[u8; 32], Cached>>,
+}
+
+/// How many verified tokens one VM remembers (memory stays bounded as callers grow).
+pub const TOKEN_CACHE_ENTRIES: usize = 2048;
+
+/// A token that verified: its claims, and the key generation that verified it.
+#[derive(Debug)]
+struct Cached {
+    identity: Identity,
+    issuer: usize,
+    generation: u64,
 }
 
 impl Authenticator {
@@ -554,15 +573,49 @@ impl Authenticator {
         Authenticator {
             issuers,
             skew: i64::try_from(skew_seconds).unwrap_or(i64::MAX),
+            cache: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Verifies `token` at time `now` (seconds since the epoch). Tokens that verified are
+    /// remembered by their SHA-256: a repeat skips parsing and the signature, but its times are
+    /// checked again, and it is forgotten as soon as its issuer's keys change.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(hit) = self.cache.borrow().get(&digest) {
+            let current = self.issuers.get(hit.issuer).map(|i| i.generation.get());
+            if current == Some(hit.generation) {
+                let require_exp = self.issuers.get(hit.issuer).is_none_or(|i| i.require_exp);
+                check_times(&hit.identity.claims, now, self.skew, require_exp)?;
+                return Ok(hit.identity.clone());
+            }
+        }
+        let (identity, issuer) = self.verify_uncached(token, now)?;
+        let generation = self.issuers.get(issuer).map_or(0, |i| i.generation.get());
+        let mut cache = self.cache.borrow_mut();
+        if cache.len() >= TOKEN_CACHE_ENTRIES {
+            // Bounded: drop expired entries, and if that is not enough, start over.
+            cache.retain(|_, c| check_times(&c.identity.claims, now, self.skew, false).is_ok());
+            if cache.len() >= TOKEN_CACHE_ENTRIES {
+                cache.clear();
+            }
+        }
+        cache.insert(
+            digest,
+            Cached {
+                identity: identity.clone(),
+                issuer,
+                generation,
+            },
+        );
+        Ok(identity)
     }
 
     pub fn issuers(&self) -> &[Issuer] {
         &self.issuers
     }
 
-    /// Verifies `token` at time `now` (seconds since the epoch).
-    pub fn verify(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
+    fn verify_uncached(&self, token: &str, now: i64) -> Result<(Identity, usize), AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
@@ -620,7 +673,7 @@ impl Authenticator {
         if let Some(missing) = issuer.required_claims.iter().find(|c| !claims.contains_key(*c)) {
             return Err(AuthError::MissingClaim(missing.clone()));
         }
-        Ok(Identity { claims })
+        Ok((Identity { claims }, index))
     }
 }
 

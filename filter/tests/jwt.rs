@@ -552,3 +552,37 @@ fn reasons_are_stable_words() {
     assert_eq!(AuthError::NoKeys { issuer: 0 }.reason(), "keys_unavailable");
     assert_eq!(AuthError::UnsupportedCritical.reason(), "unsupported_crit");
 }
+
+// ---- the verified-token cache ----------------------------------------------------------------
+
+#[test]
+fn a_cached_token_still_expires() {
+    let auth = auth();
+    let token = sign(Signer::Es256, &claims());
+    assert!(auth.verify(&token, NOW).is_ok());
+    assert!(auth.verify(&token, NOW).is_ok(), "served from the cache");
+    let exp = claims()["exp"].as_i64().expect("exp");
+    assert_eq!(auth.verify(&token, exp + 3600), Err(AuthError::Expired));
+}
+
+#[test]
+fn a_cached_token_is_verified_again_when_the_keys_change() {
+    let auth = auth();
+    let token = sign(Signer::Es256, &claims());
+    assert!(auth.verify(&token, NOW).is_ok());
+    // The issuer rotates to a key set without the key that signed the token.
+    let only_other = serde_json::json!({ "keys": [p256_jwk_of(&p256_other_key(), "other")] });
+    let keys = mcp_guard::jwt::KeySet::from_json(&only_other).expect("jwks");
+    auth.issuers()[0].install_keys(keys);
+    assert!(matches!(auth.verify(&token, NOW), Err(AuthError::UnknownKey { .. } | AuthError::BadSignature)));
+}
+
+#[test]
+fn a_forged_token_is_never_served_from_the_cache() {
+    let auth = auth();
+    let good = sign(Signer::Es256, &claims());
+    assert!(auth.verify(&good, NOW).is_ok());
+    // Same header and claims, another signature: a different token, verified on its own.
+    let forged = format!("{}.AAAA", good.rsplit_once('.').map(|(a, _)| a).unwrap_or_default());
+    assert!(auth.verify(&forged, NOW).is_err());
+}

@@ -1,0 +1,885 @@
+"""`make bench`: mcp-guard against plain Envoy and Envoy's native filters, side by side, in one run.
+
+Setups, all behind the same listener settings and in front of the same upstream:
+  (a) plain   Envoy, router only                                        bench/envoy-plain.yaml
+  (b) native  jwt_authn + mcp + rbac, the same policy                   bench/envoy-native.yaml
+  (c) guard   mcp-guard (target/mcp_guard.wasm), bench/policy.yaml      envoy/mcp-guard.yaml
+The upstream is a second Envoy answering from canned bodies (bench/envoy-upstream.yaml); the load
+is wrk (bench/load.lua), which checks every answer. Measurements are interleaved: each round runs
+every setup once, in a rotated order, so drift on a shared machine hits all setups alike.
+
+Also: further cases for mcp-guard (500-tool SSE tools/list, 100 KiB arguments, 100 rules), memory
+per worker and versus the number of distinct callers, the .wasm size, and the native
+micro-benchmarks (filter/benches/core.rs). Results: bench/RESULTS.md and stdout.
+
+Only the standard library, the repository's test helpers (tests/harness.py, tests/peers/keys.py)
+and the packages of tests/requirements.txt are used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gzip
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import statistics
+import string
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path[:0] = [str(BENCH), str(ROOT / "tests"), str(ROOT / "tests" / "peers")]
+
+import jwt as pyjwt  # noqa: E402
+
+import harness  # noqa: E402
+import keys  # noqa: E402
+import workload  # noqa: E402
+from workload import ISSUER, RESOURCE, SERVICE_KEY, SERVICE_KEY_HEADER  # noqa: E402
+
+SETUPS = {
+    "a": "plain Envoy (router only)",
+    "b": "native: jwt_authn + mcp + rbac",
+    "c": "mcp-guard",
+}
+WASM_UNOPTIMIZED = ROOT / "target" / "wasm" / "wasm32-wasip1" / "release" / "mcp_guard.wasm"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+# ---- processes --------------------------------------------------------------------------------
+
+class Envoy(harness.Process):
+    """An Envoy from a template in bench/ or envoy/, optionally pinned to CPUs."""
+
+    def __init__(self, work: Path, name: str, template: Path, fill: dict, *, concurrency: int,
+                 cpus: list[int] | None):
+        self.name = name
+        self.port = fill.get("LISTEN_PORT")
+        self.admin_port = harness.free_port()
+        fill = {"ADMIN_PORT": self.admin_port, **fill}
+        try:
+            rendered = string.Template(template.read_text()).substitute(fill)
+        except KeyError as e:
+            raise SystemExit(f"{rel(template)} has a placeholder bench/run.py does not fill: {e}")
+        self.config_path = work / f"{name}.envoy.yaml"
+        self.config_path.write_text(rendered)
+        args = [harness.envoy_binary(), "-c", str(self.config_path), "--disable-hot-restart",
+                "--concurrency", str(concurrency), "--log-level", "warn",
+                "--component-log-level", "wasm:warn"]
+        if cpus:
+            args = ["taskset", "-c", ",".join(map(str, cpus))] + args
+        super().__init__(args, work / f"{name}.envoy.log")
+        self.wait_ready()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid  # taskset execs Envoy: same process
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(f"{self.name}: envoy exited with {self.proc.returncode}:\n"
+                                 f"{self.output()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready",
+                                            timeout=1) as r:
+                    if r.status == 200:
+                        if self.port:
+                            harness.wait_port(int(self.port), self.proc)
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise SystemExit(f"{self.name}: envoy not ready after {timeout}s:\n{self.output()[-3000:]}")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the whole process (all threads) so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def memory(self) -> dict:
+        """RSS (kernel) and tcmalloc's view (admin /memory), in bytes."""
+        status = Path(f"/proc/{self.pid}/status").read_text()
+        rss = int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/memory", timeout=5) as r:
+            mem = json.loads(r.read())
+        return {"rss": rss, "allocated": int(mem.get("allocated", 0)),
+                "heap_size": int(mem.get("heap_size", 0)),
+                "pageheap_free": int(mem.get("pageheap_free", 0))}
+
+    def workers_used(self) -> int:
+        """How many workers accepted connections (so a per-worker figure covers them all)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?filter="
+                                    "worker_[0-9]+.downstream_cx_total", timeout=5) as r:
+            return sum(1 for line in r.read().decode().splitlines()
+                       if not line.rstrip().endswith(": 0"))
+
+
+# ---- the bench --------------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.work = ROOT / "target" / "bench"
+        if self.work.exists():
+            shutil.rmtree(self.work)
+        self.work.mkdir(parents=True)
+        self.procs: list[Envoy] = []
+        self.results: dict = {"runs": [], "extra": [], "checks": {}}
+        cpus = sorted(os.sched_getaffinity(0))
+        self.cpus = cpus
+        if args.pin and len(cpus) >= 2:
+            n = max(1, min(args.concurrency, len(cpus) - 1))
+            self.proxy_cpus, self.other_cpus = cpus[:n], cpus[n:]
+        else:
+            self.proxy_cpus = self.other_cpus = None
+
+    # -- inputs --
+
+    def write_inputs(self) -> None:
+        w = self.work
+        (w / "call-answer.json").write_bytes(workload.call_answer())
+        (w / "tools-list.sse").write_bytes(workload.tools_list_sse(500))
+        (w / "call-1k.json").write_bytes(workload.tool_call(workload.arguments_1k()))
+        (w / "call-100k.json").write_bytes(workload.tool_call(workload.arguments_100k()))
+        (w / "tools-list.json").write_bytes(workload.tools_list_request())
+        (w / "delete.json").write_bytes(workload.tool_call({"customer_id": "c-00017"},
+                                                           tool="delete_customer"))
+        self.idp = keys.Issuer(ISSUER, RESOURCE, algs=("RS256",))
+        self.rsa = self.idp.key("RS256")
+        self.token_files = {}
+        self.write_tokens(1)
+
+    def sign(self, sub: str, **extra) -> str:
+        claims = self.idp.claims(sub, ttl=4 * 3600, **{**workload.USER_CLAIMS, **extra})
+        return pyjwt.encode(claims, self.rsa.private, algorithm="RS256",
+                            headers={"kid": self.rsa.kid})
+
+    def write_tokens(self, users: int) -> Path:
+        """A file of `users` tokens, one distinct subject each."""
+        if users not in self.token_files:
+            start = time.monotonic()
+            path = self.work / f"tokens-{users}.txt"
+            path.write_text("\n".join(self.sign("alice" if users == 1 else f"user-{i:06d}")
+                                      for i in range(users)) + "\n")
+            self.token_files[users] = path
+            if users > 100:
+                log(f"  signed {users} RS256 tokens in {time.monotonic() - start:.1f}s")
+        return self.token_files[users]
+
+    # -- processes --
+
+    def start_upstream(self) -> None:
+        fill = {"STRICT_PORT": harness.free_port(), "OPEN_PORT": harness.free_port(),
+                "SERVICE_KEY_HEADER": SERVICE_KEY_HEADER, "SERVICE_KEY": SERVICE_KEY,
+                "CALL_ANSWER": str(self.work / "call-answer.json"),
+                "TOOLS_LIST_ANSWER": str(self.work / "tools-list.sse")}
+        self.upstream = Envoy(self.work, "upstream", BENCH / "envoy-upstream.yaml",
+                              {**fill, "LISTEN_PORT": fill["STRICT_PORT"]},
+                              concurrency=self.args.upstream_concurrency, cpus=self.other_cpus)
+        harness.wait_port(fill["OPEN_PORT"], self.upstream.proc)
+        self.strict_port, self.open_port = fill["STRICT_PORT"], fill["OPEN_PORT"]
+        self.procs.append(self.upstream)
+
+    def start_proxy(self, setup: str, *, name: str | None = None, rules: int = 4,
+                    concurrency: int | None = None, cpus="proxy") -> Envoy:
+        name = name or setup
+        port = harness.free_port()
+        common = {"LISTEN_PORT": port, "UPSTREAM_HOST": "127.0.0.1"}
+        cpus = self.proxy_cpus if cpus == "proxy" else cpus
+        concurrency = concurrency or self.args.concurrency
+        if setup == "a":
+            template = BENCH / "envoy-plain.yaml"
+            fill = {**common, "UPSTREAM_PORT": self.open_port}
+        elif setup == "b":
+            template = BENCH / "envoy-native.yaml"
+            fill = {**common, "UPSTREAM_PORT": self.strict_port, "ISSUER": ISSUER,
+                    "AUDIENCE": RESOURCE, "JWKS": json.dumps(json.dumps(self.idp.jwks())),
+                    "SERVICE_KEY_HEADER": SERVICE_KEY_HEADER, "SERVICE_KEY": SERVICE_KEY,
+                    "ACCESS_LOG": str(self.work / f"{name}.access.log")}
+        else:
+            template = self.args.guard_template
+            issuers = [{"issuer": ISSUER, "audiences": [RESOURCE], "algorithms": ["RS256"],
+                        "jwks": self.idp.jwks()}]
+            config = harness.plugin_config(issuers, workload.policy(rules), RESOURCE,
+                                           key=SERVICE_KEY, key_header=SERVICE_KEY_HEADER)
+            (self.work / f"{name}.plugin.json").write_text(json.dumps(config, indent=1))
+            fill = {**common, "UPSTREAM_PORT": self.strict_port, "WASM": str(harness.WASM),
+                    "PLUGIN_CONFIG": json.dumps(json.dumps(config)),
+                    "ACCESS_LOG": str(self.work / f"{name}.access.log"), "EXTRA_CLUSTERS": ""}
+        envoy = Envoy(self.work, name, template, fill, concurrency=concurrency, cpus=cpus)
+        self.procs.append(envoy)
+        return envoy
+
+    def stop(self, envoy: Envoy) -> None:
+        envoy.stop()
+        if envoy in self.procs:
+            self.procs.remove(envoy)
+
+    def stop_all(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+
+    # -- checks --
+
+    def post(self, envoy: Envoy, body: Path, token: str | None, extra: dict | None = None):
+        headers = {"content-type": "application/json",
+                   "accept": "application/json, text/event-stream",
+                   "mcp-protocol-version": "2025-11-25", **(extra or {})}
+        if token:
+            headers["authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(f"http://127.0.0.1:{envoy.port}/mcp", data=body.read_bytes(),
+                                     headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def check(self, envoy: Envoy, setup: str) -> dict:
+        """Refuses to measure a setup that does not enforce what it should."""
+        token = self.token_files[1].read_text().split()[0]
+        problems = []
+        facts = {}
+        status, body = self.post(envoy, self.work / "call-1k.json", token)
+        if status != 200 or b'"result"' not in body[:300]:
+            problems.append(f"allowed tools/call answered {status} {body[:200]!r}")
+        status, body = self.post(envoy, self.work / "tools-list.json", token,
+                                 {"x-bench-answer": "tools-list"})
+        if status != 200 or b'"result"' not in body[:300]:
+            problems.append(f"tools/list answered {status} {body[:200]!r}")
+        facts["tools_list_bytes"] = len(body)
+        facts["tools_listed"] = body.count(b'"inputSchema"')
+        if setup != "a":
+            status, body = self.post(envoy, self.work / "delete.json", token)
+            denied = status == 403 or (status == 200 and b'"error"' in body[:300])
+            if not denied:
+                problems.append(f"delete_customer by a non-admin was not denied: {status}")
+            admin = self.sign("root", groups=["admins"])
+            status, body = self.post(envoy, self.work / "delete.json", admin)
+            if status != 200 or b'"result"' not in body[:300]:
+                problems.append(f"delete_customer by an admin answered {status} {body[:200]!r}")
+            status, _ = self.post(envoy, self.work / "call-1k.json", None)
+            if status != 401:
+                problems.append(f"no token answered {status}, not 401")
+            bad = token[:-6] + ("AAAAAA" if not token.endswith("AAAAAA") else "BBBBBB")
+            status, _ = self.post(envoy, self.work / "call-1k.json", bad)
+            if status != 401:
+                problems.append(f"a bad signature answered {status}, not 401")
+        if problems:
+            raise SystemExit(f"setup ({setup}) {envoy.name} fails its checks; not measuring:\n  "
+                             + "\n  ".join(problems) + f"\n(logs in {rel(self.work)})")
+        return facts
+
+    # -- load --
+
+    def wrk(self, envoy: Envoy, body: Path, tokens: Path, conns: int, duration: float,
+            extra_header: str = "") -> dict:
+        threads = 1 if conns == 1 else min(self.args.threads, conns)
+        cmd = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{max(1, math.ceil(duration))}s",
+               "--timeout", "10s", "-s", str(BENCH / "load.lua"),
+               f"http://127.0.0.1:{envoy.port}/mcp", "--", str(body), str(tokens), extra_header]
+        if self.other_cpus:
+            cmd = ["taskset", "-c", ",".join(map(str, self.other_cpus))] + cmd
+        cpu0, wall0 = envoy.cpu_seconds(), time.monotonic()
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        cpu1, wall1 = envoy.cpu_seconds(), time.monotonic()
+        line = next((l for l in out.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
+        if out.returncode != 0 or line is None:
+            raise SystemExit(f"wrk failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
+        r = json.loads(line[len("WRK_JSON "):])
+        r["rps"] = r["requests"] / (r["duration_us"] / 1e6) if r["duration_us"] else 0.0
+        r["errors"] = r["bad_status"] + r["bad_body"] + r["socket_errors"] + r["timeouts"]
+        r["proxy_cpu_us_per_req"] = (cpu1 - cpu0) * 1e6 / r["requests"] if r["requests"] else 0
+        r["proxy_cpu_util"] = (cpu1 - cpu0) / (wall1 - wall0)
+        r["resp_bytes"] = r["body_bytes"] / r["requests"] if r["requests"] else 0
+        r["conns"] = conns
+        return r
+
+    def measure(self, envoy: Envoy, body: Path, tokens: Path, conns: int,
+                extra_header: str = "", duration: float | None = None) -> dict:
+        if self.args.warmup > 0:
+            self.wrk(envoy, body, tokens, conns, self.args.warmup, extra_header)
+        return self.wrk(envoy, body, tokens, conns, duration or self.args.duration, extra_header)
+
+    # -- parts --
+
+    def main_comparison(self) -> None:
+        a = self.args
+        proxies = {s: self.start_proxy(s) for s in "abc"}
+        for s, envoy in proxies.items():
+            self.results["checks"][s] = self.check(envoy, s)
+        log(f"\n== tools/call, 1 KiB arguments, RS256 token: {a.rounds} round(s) x "
+            f"{len(a.conns)} load(s) x 3 setups, {a.duration:g}s each (+{a.warmup:g}s warm-up)")
+        order = list("abc")
+        for rnd in range(a.rounds):
+            rotated = order[rnd % 3:] + order[:rnd % 3]
+            for conns in a.conns:
+                for s in rotated:
+                    r = self.measure(proxies[s], self.work / "call-1k.json", self.token_files[1],
+                                     conns)
+                    r.update(setup=s, round=rnd + 1, case="call-1k")
+                    self.results["runs"].append(r)
+                    log(f"  round {rnd + 1} ({s}) c={conns:<3} {r['rps']:9.0f} req/s  "
+                        f"p50 {r['p50_us']:6d} µs  p99 {r['p99_us']:6d} µs  "
+                        f"proxy {r['proxy_cpu_us_per_req']:6.0f} CPU-µs/req  errors {r['errors']}"
+                        + (f"  first: {r['first_bad']}" if r["errors"] else ""))
+        self.proxies = proxies
+
+    def extra_cases(self) -> None:
+        a = self.args
+        log(f"\n== further cases, 1 round, {a.duration:g}s each")
+        big = self.work / "call-100k.json"
+        cases = [("call-100k", s, big, "") for s in "abc"]
+        cases += [("tools-list-sse-500", s, self.work / "tools-list.json",
+                   "x-bench-answer: tools-list") for s in "abc"]
+        c100 = self.start_proxy("c", name="c-100-rules", rules=100)
+        self.check(c100, "c")
+        cases.append(("call-1k-100-rules", "c100", self.work / "call-1k.json", ""))
+        for case, s, body, header in cases:
+            envoy = c100 if s == "c100" else self.proxies[s]
+            for conns in a.conns:
+                r = self.measure(envoy, body, self.token_files[1], conns, header)
+                r.update(setup=s, case=case)
+                self.results["extra"].append(r)
+                log(f"  {case:20} ({s:4}) c={conns:<3} {r['rps']:9.0f} req/s  "
+                    f"p50 {r['p50_us']:6d} µs  p99 {r['p99_us']:6d} µs  "
+                    f"proxy {r['proxy_cpu_us_per_req']:6.0f} CPU-µs/req  "
+                    f"answer {r['resp_bytes']:7.0f} B  errors {r['errors']}"
+                    + (f"  first: {r['first_bad']}" if r["errors"] else ""))
+        self.stop(c100)
+
+    def memory(self) -> None:
+        """Memory per worker (concurrency 1 vs 2) and versus distinct callers."""
+        a = self.args
+        log("\n== memory")
+        self.stop_all_proxies()
+        per_worker = {}
+        for s in ("a", "c"):
+            for conc in (1, 2):
+                envoy = self.start_proxy(s, name=f"mem-{s}-{conc}", concurrency=conc,
+                                         cpus=None if conc > 1 else self.proxy_cpus)
+                idle = envoy.memory()
+                self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 8, 2.0)
+                time.sleep(0.5)
+                loaded = envoy.memory()
+                used = envoy.workers_used()
+                per_worker[f"{s}{conc}"] = {"idle": idle, "loaded": loaded, "workers_used": used}
+                log(f"  ({s}) concurrency {conc}: RSS {mib(loaded['rss'])}, tcmalloc allocated "
+                    f"{mib(loaded['allocated'])}, heap {mib(loaded['heap_size'])} of which free "
+                    f"{mib(loaded['pageheap_free'])} (idle RSS {mib(idle['rss'])}; "
+                    f"{used} worker(s) took connections)")
+                self.stop(envoy)
+        self.results["per_worker"] = per_worker
+
+        users = []
+        envoy = self.start_proxy("c", name="mem-users", concurrency=1)
+        base = envoy.memory()
+        users.append({"users": 0, "requests": 0, "rps": 0, **base})
+        log(f"  (c) idle: RSS {mib(base['rss'])}, allocated {mib(base['allocated'])}")
+        # Throughput estimate, to run long enough that every token is used at least once.
+        mains = [r["rps"] for r in self.results["runs"] if r["setup"] == "c" and r["conns"] == 32]
+        rps = statistics.median(mains) if mains else None
+        for n in a.users:
+            tokens = self.write_tokens(n)
+            duration = a.duration / 2
+            if rps:
+                duration = min(max(duration, 1.2 * n / rps), 45.0)
+            r = self.wrk(envoy, self.work / "call-1k.json", tokens, 32, duration)
+            rps = r["rps"]
+            time.sleep(0.5)
+            m = envoy.memory()
+            users.append({"users": n, "requests": r["requests"], "rps": r["rps"],
+                          "errors": r["errors"], "all_used": r["requests"] >= n, **m})
+            log(f"  (c) {n:>6} distinct callers: {r['requests']:7d} requests "
+                f"({r['rps']:.0f} req/s, errors {r['errors']}): RSS {mib(m['rss'])}, "
+                f"allocated {mib(m['allocated'])}")
+        self.stop(envoy)
+        self.results["users"] = users
+
+    def profile(self) -> None:
+        """Where mcp-guard's proxy spends its CPU: perf samples of the (c) process under the main
+        load, split into JIT code (the filter's Wasm, compiled by V8), Envoy itself and the
+        kernel, plus the share of the hottest 2 KiB of JIT code (a single hot loop)."""
+        if not shutil.which("perf"):
+            log("\n== profile: perf is not installed; skipped")
+            return
+        envoy = self.proxies["c"]
+        data = self.work / "perf.data"
+        seconds = max(2, int(self.args.duration) - 2)
+        log(f"\n== profile of (c) under 32 connections ({seconds}s of perf samples)")
+        import threading
+        result = {}
+
+        def load():
+            result["run"] = self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 32,
+                                     seconds + 3)
+        t = threading.Thread(target=load)
+        t.start()
+        time.sleep(1.5)
+        rec = subprocess.run(["perf", "record", "-F", "999", "-p", str(envoy.pid), "-o",
+                              str(data), "--", "sleep", str(seconds)], capture_output=True,
+                             text=True)
+        t.join()
+        if rec.returncode != 0 or not data.exists():
+            log(f"  perf record failed; skipped: {rec.stderr.strip()[-300:]}")
+            return
+        script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,dso"],
+                                capture_output=True, text=True)
+        total, split, windows = 0, {"wasm (V8 JIT code)": 0, "envoy": 0, "kernel": 0,
+                                    "other": 0}, {}
+        for line in script.stdout.splitlines():
+            parts = line.split()
+            if not parts:
+                continue
+            total += 1
+            if "perf-" in line or "JIT" in line:
+                split["wasm (V8 JIT code)"] += 1
+                w = int(parts[0], 16) >> 10
+                windows[w] = windows.get(w, 0) + 1
+            elif "envoy" in line:
+                split["envoy"] += 1
+            elif "kernel" in line:
+                split["kernel"] += 1
+            else:
+                split["other"] += 1
+        if not total:
+            log("  no samples; skipped")
+            return
+        # Windows are aligned arbitrarily: count the best pair of neighbours.
+        hottest = max((n + windows.get(w + 1, 0) for w, n in windows.items()), default=0)
+        prof = {k: v / total for k, v in split.items()}
+        prof["hottest 2 KiB of JIT code"] = hottest / total
+        self.results["profile"] = {"samples": total, "shares": prof}
+        log("  " + ", ".join(f"{k} {v:.0%}" for k, v in prof.items()) + f" ({total} samples)")
+
+    def stop_all_proxies(self) -> None:
+        for p in list(self.procs):
+            if p is not self.upstream:
+                self.stop(p)
+
+    def wasm_sizes(self) -> None:
+        sizes = {}
+        if WASM_UNOPTIMIZED.exists():
+            sizes["before wasm-opt (cargo, release, stripped)"] = WASM_UNOPTIMIZED.stat().st_size
+        optimized = harness.WASM.read_bytes()
+        sizes["after wasm-opt -O3 (target/mcp_guard.wasm)"] = len(optimized)
+        sizes["after wasm-opt -O3, gzip -9"] = len(gzip.compress(optimized, 9))
+        if self.args.wasm_oz and shutil.which("wasm-opt"):
+            out = self.work / "mcp_guard.Oz.wasm"
+            subprocess.run(["wasm-opt", "-Oz", "--enable-bulk-memory", "--enable-sign-ext",
+                            "--enable-nontrapping-float-to-int", "--enable-mutable-globals",
+                            str(harness.WASM), "-o", str(out)], check=True)
+            sizes["for comparison: wasm-opt -Oz instead"] = out.stat().st_size
+        self.results["wasm"] = sizes
+        log("\n== .wasm size\n" + "\n".join(f"  {k}: {v:,} bytes" for k, v in sizes.items()))
+
+    def micro(self) -> None:
+        """The native micro-benchmarks, with a short measurement time."""
+        out = self.work / "micro.jsonl"
+        # Benchmarks always unwind on panic; with the release profile's `panic = "abort"` the
+        # `mcp-guard` binary (built alongside) would need a second copy of the library, which
+        # collides with the first (a cdylib's file names carry no hash) and can fail to link.
+        env = {**os.environ, "BENCH_TIME_MS": str(self.args.micro_ms), "BENCH_JSON": str(out),
+               "CARGO_PROFILE_BENCH_PANIC": "unwind"}
+        log(f"\n== native micro-benchmarks (cargo bench, {self.args.micro_ms} ms each)")
+        start = time.monotonic()
+        build = subprocess.run(["cargo", "bench", "-p", "mcp-guard", "--bench", "core",
+                                "--no-run"], cwd=ROOT, env=env, capture_output=True, text=True)
+        if build.returncode != 0:
+            log(f"  cargo bench did not build; skipped:\n{build.stderr[-2000:]}")
+            self.results["micro_error"] = build.stderr[-600:]
+            return
+        log(f"  built in {time.monotonic() - start:.0f}s")
+        run = subprocess.run(["cargo", "bench", "-p", "mcp-guard", "--bench", "core"],
+                             cwd=ROOT, env=env, capture_output=True, text=True)
+        log(run.stdout.rstrip())
+        if run.returncode != 0:
+            log(run.stderr[-2000:])
+            self.results["micro_error"] = run.stderr[-600:]
+        if out.exists():
+            self.results["micro"] = [json.loads(l) for l in out.read_text().splitlines() if l]
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+# ---- report -----------------------------------------------------------------------------------
+
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Share of all CPUs busy (anything but idle and iowait) over `seconds`, from /proc/stat."""
+    def sample():
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields[:8]), idle
+    t0, i0 = sample()
+    time.sleep(seconds)
+    t1, i1 = sample()
+    return 1 - (i1 - i0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+def machine(args, bench: Bench) -> dict:
+    cpuinfo = Path("/proc/cpuinfo").read_text()
+    model = re.search(r"model name\s*:\s*(.*)", cpuinfo)
+    version = subprocess.run([harness.envoy_binary(), "--version"], capture_output=True,
+                             text=True).stdout.strip()
+    envoy_version = re.search(r"/(\d+\.\d+\.\d+)/", version)
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()
+    mem_kb = re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "filter", "envoy"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    load = os.getloadavg()
+    busy = cpu_busy()
+    pin = (f"proxy on CPU {','.join(map(str, bench.proxy_cpus))}; upstream and wrk on CPU "
+           f"{','.join(map(str, bench.other_cpus))}" if bench.proxy_cpus else "none")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": model.group(1).strip() if model else platform.processor() or "unknown",
+        "cores": f"{os.cpu_count()} logical CPUs ({len(bench.cpus)} usable)",
+        "memory": f"{int(mem_kb.group(1)) / 2**20:.1f} GiB" if mem_kb else "?",
+        "kernel": platform.release(),
+        "envoy": envoy_version.group(1) if envoy_version else version,
+        "wrk": wrk_version[1] if len(wrk_version) > 1 else "?",
+        "concurrency": f"proxies {args.concurrency} worker(s), upstream "
+                       f"{args.upstream_concurrency}",
+        "pinning": pin,
+        "load_before": f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; CPUs {busy:.0%} busy "
+                       "in the second before the bench started"
+                       + (" (other work was running: treat the numbers as indicative)"
+                          if busy > 0.15 else ""),
+        "commit": commit + (" + uncommitted changes in filter/ or envoy/" if dirty else ""),
+    }
+
+
+def agg(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def spread(runs: list[dict], key: str) -> str:
+    values = [r[key] for r in runs]
+    if len(values) < 2:
+        return ""
+    mid = statistics.median(values)
+    return f" ±{(max(values) - min(values)) / 2 / mid * 100:.0f}%" if mid else ""
+
+
+def report(args, bench: Bench, info: dict, elapsed: float) -> str:
+    res = bench.results
+    L = []
+    L.append("# mcp-guard benchmark results\n")
+    L.append(f"Written by `make bench` (bench/run.py) on {info['date']}. Re-run to refresh; "
+             "every number below comes from that one run.\n")
+    L.append("| machine | |\n|---|---|")
+    for k in ("cpu", "cores", "memory", "kernel", "envoy", "wrk", "concurrency", "pinning",
+              "load_before", "commit"):
+        label = {"load_before": "machine load at start", "envoy": "Envoy",
+                 "concurrency": "Envoy concurrency", "pinning": "CPU pinning"}.get(k, k)
+        L.append(f"| {label} | {info[k]} |")
+    L.append(f"| run | {args.rounds} round(s), {args.duration:g} s per measurement after "
+             f"{args.warmup:g} s warm-up, wrk {args.threads} threads (1 for 1 connection); "
+             f"total {elapsed / 60:.1f} min |\n")
+
+    runs = res["runs"]
+    if runs:
+        L.append("## tools/call, ~1 KiB arguments, RS256 bearer token\n")
+        L.append("Median over rounds (± half the min–max range of req/s). Latency as wrk measures "
+                 "it (client side, closed loop). *Proxy CPU* is the proxy process's user+system "
+                 "time per request, the cost least disturbed by a shared machine; *proxy CPU "
+                 "use* is that time over the wall time: near 100% at 32 connections, the proxy "
+                 "(1 worker) was the bottleneck; well below, something else was (other processes, "
+                 "the load generator), and the req/s ratios understate the differences.\n")
+        L.append("| setup | conns | req/s | p50 µs | p99 µs | proxy CPU µs/req | proxy CPU use "
+                 "| requests | errors |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        table = {}
+        for conns in args.conns:
+            for s in "abc":
+                rs = [r for r in runs if r["setup"] == s and r["conns"] == conns]
+                if not rs:
+                    continue
+                row = {k: agg(rs, k) for k in ("rps", "p50_us", "p99_us", "proxy_cpu_us_per_req",
+                                                "proxy_cpu_util")}
+                row["requests"] = sum(r["requests"] for r in rs)
+                row["errors"] = sum(r["errors"] for r in rs)
+                table[(s, conns)] = row
+                L.append(f"| ({s}) {SETUPS[s]} | {conns} | {row['rps']:,.0f}{spread(rs, 'rps')} "
+                         f"| {row['p50_us']:,.0f} | {row['p99_us']:,.0f} "
+                         f"| {row['proxy_cpu_us_per_req']:,.0f} | {row['proxy_cpu_util']:.0%} "
+                         f"| {row['requests']:,} | {row['errors']} |")
+        L.append("")
+        L.append("| ratio | " + " | ".join(f"{c} conn{'s' if c > 1 else ''}" for c in args.conns)
+                 + " |")
+        L.append("|---|" + "---:|" * len(args.conns))
+
+        def ratio(x, y, key):
+            cells = []
+            for c in args.conns:
+                if (x, c) in table and (y, c) in table and table[(y, c)][key]:
+                    cells.append(f"{table[(x, c)][key] / table[(y, c)][key]:.2f}")
+                else:
+                    cells.append("–")
+            return " | ".join(cells)
+
+        L.append(f"| throughput c/a (mcp-guard / plain) | {ratio('c', 'a', 'rps')} |")
+        L.append(f"| throughput c/b (mcp-guard / native) | {ratio('c', 'b', 'rps')} |")
+        L.append(f"| throughput b/a (native / plain) | {ratio('b', 'a', 'rps')} |")
+        L.append(f"| proxy CPU per request c/a | {ratio('c', 'a', 'proxy_cpu_us_per_req')} |")
+        L.append(f"| proxy CPU per request c/b | {ratio('c', 'b', 'proxy_cpu_us_per_req')} |")
+        L.append("")
+        one = min(args.conns)
+        if all((s, one) in table for s in "abc"):
+            ta, tb, tc = (table[(s, one)] for s in "abc")
+            L.append(f"At {one} connection, mcp-guard adds **{tc['p99_us'] - ta['p99_us']:,.0f} µs "
+                     f"at p99** ({tc['p50_us'] - ta['p50_us']:,.0f} µs at p50) over plain Envoy; "
+                     f"the native stack adds {tb['p99_us'] - ta['p99_us']:,.0f} µs at p99 "
+                     f"({tb['p50_us'] - ta['p50_us']:,.0f} µs at p50). Per request the proxy "
+                     f"spends {tc['proxy_cpu_us_per_req'] - ta['proxy_cpu_us_per_req']:,.0f} "
+                     f"CPU-µs more with mcp-guard, "
+                     f"{tb['proxy_cpu_us_per_req'] - ta['proxy_cpu_us_per_req']:,.0f} more with "
+                     f"the native filters.\n")
+
+    extra = res["extra"]
+    if extra:
+        L.append("## Further cases (1 round)\n")
+        L.append("| case | setup | conns | req/s | p50 µs | p99 µs | proxy CPU µs/req "
+                 "| answer bytes | errors |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+        names = {"call-100k": "tools/call, 100 KiB arguments",
+                 "tools-list-sse-500": "tools/list, 500 tools as SSE",
+                 "call-1k-100-rules": "tools/call 1 KiB, policy of 100 rules"}
+        for r in extra:
+            s = r["setup"]
+            label = "(c) mcp-guard, 100 rules" if s == "c100" else f"({s}) {SETUPS[s]}"
+            L.append(f"| {names.get(r['case'], r['case'])} | {label} | {r['conns']} "
+                     f"| {r['rps']:,.0f} | {r['p50_us']:,} | {r['p99_us']:,} "
+                     f"| {r['proxy_cpu_us_per_req']:,.0f} | {r['resp_bytes']:,.0f} "
+                     f"| {r['errors']} |")
+        checks = res["checks"]
+        if checks:
+            full = checks.get("a", {}).get("tools_listed")
+            got = checks.get("c", {}).get("tools_listed")
+            L.append(f"\ntools/list: the upstream lists {full} tools; through mcp-guard the "
+                     f"caller sees {got} ("
+                     + ("filtered by the policy" if got is not None and full and got < full
+                        else "NOT filtered: this build forwards the list as is") + "). "
+                     "The native stack never filters lists.\n")
+
+    if "profile" in res:
+        prof = res["profile"]
+        L.append("## Where (c) spends its CPU\n")
+        L.append(f"perf samples of the mcp-guard proxy process under the tools/call load at 32 "
+                 f"connections ({prof['samples']:,} samples). V8 runs the filter as JIT code; the "
+                 "hottest 2 KiB of it is one or two functions.\n")
+        L.append("| where | share of proxy CPU |\n|---|---:|")
+        for k, v in prof["shares"].items():
+            L.append(f"| {k} | {v:.0%} |")
+        L.append("")
+
+    if "per_worker" in res:
+        pw = res["per_worker"]
+        L.append("## Memory\n")
+        L.append("Per worker: Envoy started with 1 and with 2 workers, after 2 s of load "
+                 "(RSS from the kernel; *allocated* is tcmalloc's count of live heap bytes, which "
+                 "does not include V8's own pages, so RSS is the figure for Wasm; *tcmalloc heap* "
+                 "is what tcmalloc holds, *free* the part freed but not returned to the kernel).\n")
+        L.append("| setup | RSS, 1 worker | RSS, 2 workers | RSS per extra worker "
+                 "| allocated, 1 worker | allocated per extra worker | tcmalloc heap (free), "
+                 "1 worker |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|")
+        for s in ("a", "c"):
+            one, two = pw.get(f"{s}1"), pw.get(f"{s}2")
+            if one and two:
+                o, t = one["loaded"], two["loaded"]
+                L.append(f"| ({s}) {SETUPS[s]} | {mib(o['rss'])} | {mib(t['rss'])} "
+                         f"| {mib(t['rss'] - o['rss'])} | {mib(o['allocated'])} "
+                         f"| {mib(t['allocated'] - o['allocated'])} "
+                         f"| {mib(o['heap_size'])} ({mib(o['pageheap_free'])}) |")
+        if all(k in pw for k in ("a1", "a2", "c1", "c2")):
+            fixed = pw["c1"]["loaded"]["rss"] - pw["a1"]["loaded"]["rss"]
+            per = ((pw["c2"]["loaded"]["rss"] - pw["c1"]["loaded"]["rss"])
+                   - (pw["a2"]["loaded"]["rss"] - pw["a1"]["loaded"]["rss"]))
+            L.append(f"\nWith 1 worker mcp-guard costs {mib(fixed)} of RSS over plain Envoy "
+                     f"(main-thread VM + worker VM + compiled module); each further worker adds "
+                     f"{mib(per)} more than a plain Envoy worker does.\n")
+    if "users" in res:
+        L.append("Versus distinct callers (mcp-guard, 1 worker, one process, loads one after the "
+                 "other; each caller a different `sub`; *all used*: at least as many requests as "
+                 "callers, the two wrk threads walking the tokens from the start and the middle):\n")
+        L.append("| distinct callers | requests | all used | req/s | RSS | allocated "
+                 "| RSS vs idle | allocated vs idle |")
+        L.append("|---:|---:|---|---:|---:|---:|---:|---:|")
+        idle, idle_alloc = res["users"][0]["rss"], res["users"][0]["allocated"]
+        for u in res["users"]:
+            used = "" if not u["users"] else ("yes" if u.get("all_used") else "no")
+            L.append(f"| {u['users'] if u['users'] else 'idle'} | {u['requests']:,} | {used} "
+                     f"| {u['rps']:,.0f} | {mib(u['rss'])} | {mib(u['allocated'])} "
+                     f"| {'+' if u['rss'] >= idle else ''}{mib(u['rss'] - idle)} "
+                     f"| {'+' if u['allocated'] >= idle_alloc else ''}"
+                     f"{mib(u['allocated'] - idle_alloc)} |")
+        L.append("")
+
+    if "wasm" in res:
+        L.append("## .wasm size\n")
+        L.append("| artifact | bytes |\n|---|---:|")
+        for k, v in res["wasm"].items():
+            L.append(f"| {k} | {v:,} |")
+        L.append("")
+
+    if res.get("micro"):
+        L.append("## Native micro-benchmarks (`cargo bench -p mcp-guard`, filter/benches/core.rs)"
+                 "\n")
+        L.append(f"Median time per call over batches, {args.micro_ms} ms per benchmark (short; "
+                 "`CARGO_PROFILE_BENCH_PANIC=unwind cargo bench -p mcp-guard --bench core` runs "
+                 "2 s each). Native code: in Envoy the same code runs as Wasm under V8; compare "
+                 "`flow/RS256/tools-call/4-rules/call-1k` with the proxy CPU mcp-guard adds per "
+                 "request above. On a busy machine the p10 is the better estimate of the cost.\n")
+        L.append("| benchmark | median | p10 .. p90 | throughput |\n|---|---:|---:|---:|")
+        for m in res["micro"]:
+            tp = (f"{m['bytes'] / (m['median_ns'] / 1e9) / 1e6:,.0f} MB/s" if m.get("bytes")
+                  else "")
+            L.append(f"| {m['name']} | {ns(m['median_ns'])} | {ns(m['p10_ns'])} .. "
+                     f"{ns(m['p90_ns'])} | {tp} |")
+        L.append("")
+    elif "micro_error" in res:
+        L.append(f"## Native micro-benchmarks\n\nNot run: `cargo bench` failed:\n\n```\n"
+                 f"{res['micro_error']}\n```\n")
+
+    L.append("## How this was measured\n")
+    L.append(
+        f"- Upstream: a second Envoy answering from canned bodies (`direct_response`): a "
+        f"{len(workload.call_answer())}-byte tools/call result, or the 500-tool list as one SSE "
+        f"event ({len(workload.tools_list_sse(500)) // 1024} KiB) when the request "
+        "carries `x-bench-answer: tools-list`. For (b) and (c) it answers only requests that "
+        "carry the service key and no Authorization header, so a missed credential swap shows "
+        "up as errors.\n"
+        "- Load: wrk with bench/load.lua; every answer must be a 200 whose body holds a JSON-RPC "
+        "`result` (a policy denial, a 200 with `error`, counts as an error). Bodies and tokens "
+        "are identical for all setups. Before measuring, each setup must allow the call, deny "
+        "delete_customer to a non-admin and allow it to an admin (not (a)), and answer 401 to a "
+        "missing token and to a bad signature (not (a)).\n"
+        "- (b) differs from (c) in what it does, not only how: Envoy's MCP filter extracts "
+        "`method` and `params.name` and stops parsing as soon as it has them (the rest of the "
+        "body is not validated: no strict JSON, no duplicate-key or depth checks, arguments "
+        "unseen), RBAC matches strings in metadata where mcp-guard evaluates CEL over identity "
+        "and arguments, its access log line is shorter than mcp-guard's audit record, and it "
+        "does not filter tools/list answers.\n"
+        "- (c) uses envoy/mcp-guard.yaml as shipped (audit access log included) with "
+        "bench/policy.yaml; the 100-rule policy puts 96 generated rules (deny and allow rules on "
+        "tool names, allow rules on the caller only; none matching) in front of the same four "
+        "rules.\n")
+    return "\n".join(L) + "\n"
+
+
+def ns(v: float) -> str:
+    if v < 1e3:
+        return f"{v:.0f} ns"
+    if v < 1e6:
+        return f"{v / 1e3:.2f} µs"
+    return f"{v / 1e6:.2f} ms"
+
+
+# ---- main -------------------------------------------------------------------------------------
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per measurement")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up before each")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--conns", type=lambda s: [int(x) for x in s.split(",")], default=[1, 32],
+                   help="connection counts, e.g. 1,32")
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (1 for 1 connection)")
+    p.add_argument("--concurrency", type=int, default=1, help="workers of the proxies under test")
+    p.add_argument("--upstream-concurrency", type=int, default=1)
+    p.add_argument("--users", type=lambda s: [int(x) for x in s.split(",")],
+                   default=[1, 100, 10000], help="distinct callers for the memory test")
+    p.add_argument("--micro-ms", type=int, default=300, help="ms per micro-benchmark")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin the proxy and the load generator to separate CPUs")
+    p.add_argument("--wasm-oz", action="store_true", help="also report the size with -Oz")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: "
+                   "main,extra,perf,memory,micro")
+    p.add_argument("--quick", action="store_true",
+                   help="a fast smoke run: 1 round of 3 s, users 1,100,1000, 100 ms micro")
+    p.add_argument("--guard-template", type=Path, default=ROOT / "envoy" / "mcp-guard.yaml",
+                   help="Envoy template for mcp-guard (placeholders as tests/harness.py fills)")
+    p.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
+    args = p.parse_args()
+    if args.quick:
+        args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
+        args.users, args.micro_ms = [1, 100, 1000], 100
+    skip = set(filter(None, args.skip.split(",")))
+    for tool in ("wrk", "taskset"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: run `make setup`")
+    if not harness.WASM.exists():
+        raise SystemExit(f"{rel(harness.WASM)} is missing: run `make wasm`")
+
+    start = time.monotonic()
+    bench = Bench(args)
+    info = machine(args, bench)
+    log(f"mcp-guard bench: {info['cpu']}, {info['cores']}, Envoy {info['envoy']}, "
+        f"pinning: {info['pinning']}; load: {info['load_before']}")
+    try:
+        bench.write_inputs()
+        bench.start_upstream()
+        if "main" not in skip or "extra" not in skip:
+            bench.main_comparison() if "main" not in skip else None
+            if "main" in skip:
+                bench.proxies = {s: bench.start_proxy(s) for s in "abc"}
+                for s, e in bench.proxies.items():
+                    bench.results["checks"][s] = bench.check(e, s)
+            if "extra" not in skip:
+                bench.extra_cases()
+            if "perf" not in skip:
+                bench.profile()
+        if "memory" not in skip:
+            bench.memory()
+        bench.wasm_sizes()
+    finally:
+        bench.stop_all()
+    if "micro" not in skip:
+        bench.micro()
+
+    elapsed = time.monotonic() - start
+    text = report(args, bench, info, elapsed)
+    args.out.write_text(text)
+    (bench.work / "results.json").write_text(json.dumps(bench.results, indent=1))
+    log("\n" + text)
+    log(f"written: {rel(args.out)} (raw numbers: {rel(bench.work / 'results.json')})")
+    bad = sum(r["bad_status"] + r["bad_body"] for r in bench.results["runs"] +
+              bench.results["extra"])
+    if bad:
+        log(f"ERROR: {bad} answers were not the expected 200 + result: the numbers above are "
+            "not valid")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,525 @@
+//! Micro-benchmarks of the filter's core, natively (no Envoy, no V8):
+//! `CARGO_PROFILE_BENCH_PANIC=unwind cargo bench -p mcp-guard --bench core` (`make bench` runs
+//! them too). The variable keeps Cargo from building the library twice: benchmarks always
+//! unwind, the `mcp-guard` binary built alongside would abort, and the two copies of a cdylib
+//! collide on file names (a warning, then at times a failed link).
+//!
+//! Inputs are the files in bench/fixtures/ (written by `python bench/workload.py`), the same
+//! messages `make bench` sends through Envoy, so the two can be compared.
+//!
+//! A small self-contained harness (`harness = false`, no extra dependency): each benchmark is
+//! warmed up, then timed in batches sized to ~1/30 of the measurement time; the median time per
+//! iteration across batches is reported with the 10th–90th percentile spread.
+//!
+//! Environment: `BENCH_TIME_MS` (measurement time per benchmark, default 2000),
+//! `BENCH_FILTER` (run only benchmarks whose name contains it), `BENCH_JSON` (also append one
+//! JSON object per benchmark to this file; `make bench` reads it).
+//! Extra arguments (`cargo bench -p mcp-guard --bench core -- jwt`) filter by name too.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::io::Write as _;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use mcp_guard::config::{Config, ProcessEnv};
+use mcp_guard::discovery::{self, Filtered, ListKind};
+use mcp_guard::flow::{Action, BodyAction, Stream};
+use mcp_guard::host::{Header, Host};
+use mcp_guard::mcp::{self, Target};
+use mcp_guard::policy::{Input, Item, Outcome, Policy, RequestFacts};
+use mcp_guard::sse::{Rewrite, SseRewriter};
+
+// ---- inputs -----------------------------------------------------------------------------------
+
+macro_rules! fixture {
+    ($name:literal) => {
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/fixtures/", $name))
+    };
+}
+
+const JWKS: &str = fixture!("jwks.json");
+const TOKENS: &str = fixture!("tokens.json");
+const POLICY_10: &str = fixture!("policy-10.json");
+const POLICY_100: &str = fixture!("policy-100.json");
+const CALL_1K: &str = fixture!("call-1k.json");
+const CALL_100K: &str = fixture!("call-100k.json");
+const TOOLS_LIST_SSE: &str = fixture!("tools-list-500.sse");
+const CALL_ANSWER: &str = fixture!("call-answer.json");
+const ALGS: [&str; 3] = ["RS256", "ES256", "EdDSA"];
+
+struct Fixtures {
+    tokens: Value,
+    now: i64,
+    jwks: Value,
+    /// bench/policy.yaml as JSON: the 4-rule policy of the Envoy bench.
+    policy_4: Value,
+}
+
+impl Fixtures {
+    fn load() -> Self {
+        let tokens: Value = serde_json::from_str(TOKENS).expect("tokens.json");
+        let now = tokens["now"].as_i64().expect("tokens.json: now");
+        let policy_10: Value = serde_json::from_str(POLICY_10).expect("policy-10.json");
+        // The generated rules come first; the last four are bench/policy.yaml's.
+        let rules = policy_10["rules"].as_array().expect("rules");
+        let base = rules[rules.len() - 4..].to_vec();
+        let policy_4 = json!({"name": "bench-crm", "version": "1", "default": "deny", "rules": base});
+        Fixtures {
+            tokens,
+            now,
+            jwks: serde_json::from_str(JWKS).expect("jwks.json"),
+            policy_4,
+        }
+    }
+
+    fn token(&self, alg: &str) -> &str {
+        self.tokens["tokens"][alg].as_str().expect("token")
+    }
+
+    /// The plugin configuration of the Envoy bench, with `policy`.
+    fn config(&self, policy: &Value) -> Rc<Config> {
+        let config = json!({
+            "issuers": [{
+                "issuer": self.tokens["issuer"],
+                "audiences": [self.tokens["audience"]],
+                "algorithms": ALGS,
+                "jwks": self.jwks,
+            }],
+            "servers": [{
+                "name": "bench",
+                "path": "/mcp",
+                "resource": self.tokens["audience"],
+                "authorization_servers": [self.tokens["issuer"]],
+                "credential": {"header": "x-api-key", "value": "bench-service-key-0001"},
+                "policy": policy,
+            }],
+        });
+        let bytes = serde_json::to_vec(&config).expect("config");
+        Rc::new(Config::from_json(&bytes, &ProcessEnv).expect("bench configuration is valid"))
+    }
+}
+
+fn policy_of(value: &Value) -> Policy {
+    Policy::from_config(value.clone(), "policy").expect("bench policy is valid")
+}
+
+// ---- harness ----------------------------------------------------------------------------------
+
+struct Harness {
+    time: Duration,
+    filters: Vec<String>,
+    json: Option<std::fs::File>,
+    ran: usize,
+}
+
+impl Harness {
+    fn from_env() -> Self {
+        let ms = std::env::var("BENCH_TIME_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+        let mut filters: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with('-'))
+            .collect();
+        filters.extend(std::env::var("BENCH_FILTER").ok().filter(|f| !f.is_empty()));
+        let json = std::env::var("BENCH_JSON").ok().map(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("BENCH_JSON file")
+        });
+        println!("{:<52} {:>12} {:>25} {:>12}", "benchmark", "median", "p10 .. p90", "throughput");
+        Harness { time: Duration::from_millis(ms), filters, json, ran: 0 }
+    }
+
+    fn wanted(&self, name: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()))
+    }
+
+    /// Times `f`. `bytes`: input size per iteration, for a throughput column.
+    fn bench<R>(&mut self, name: &str, bytes: Option<usize>, mut f: impl FnMut() -> R) {
+        if !self.wanted(name) {
+            return;
+        }
+        self.ran += 1;
+        // Warm up (caches, allocator, branch predictors) and estimate one iteration.
+        let warm_until = Instant::now() + self.time / 5;
+        let mut warm_iters = 0u64;
+        let warm_start = Instant::now();
+        while Instant::now() < warm_until || warm_iters < 3 {
+            black_box(f());
+            warm_iters += 1;
+        }
+        let per_iter = warm_start.elapsed().as_secs_f64() / warm_iters as f64;
+        let sample_target = self.time.as_secs_f64() / 30.0;
+        let batch = ((sample_target / per_iter).floor() as u64).max(1);
+
+        let mut samples = Vec::new();
+        let until = Instant::now() + self.time;
+        while Instant::now() < until || samples.len() < 10 {
+            let start = Instant::now();
+            for _ in 0..batch {
+                black_box(f());
+            }
+            samples.push(start.elapsed().as_secs_f64() / batch as f64);
+        }
+        samples.sort_by(f64::total_cmp);
+        let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+        let (median, p10, p90) = (pick(0.5), pick(0.1), pick(0.9));
+        let iterations = batch * samples.len() as u64;
+        let throughput = bytes
+            .map(|b| format!("{:.1} MB/s", b as f64 / median / 1e6))
+            .unwrap_or_default();
+        println!(
+            "{name:<52} {:>12} {:>25} {throughput:>12}",
+            human(median),
+            format!("{} .. {}", human(p10), human(p90)),
+        );
+        if let Some(file) = self.json.as_mut() {
+            let line = json!({
+                "name": name, "median_ns": median * 1e9, "p10_ns": p10 * 1e9, "p90_ns": p90 * 1e9,
+                "iterations": iterations, "bytes": bytes,
+            });
+            let _ = writeln!(file, "{line}");
+        }
+    }
+}
+
+fn human(seconds: f64) -> String {
+    let ns = seconds * 1e9;
+    let mut s = String::new();
+    if ns < 1e3 {
+        let _ = write!(s, "{ns:.0} ns");
+    } else if ns < 1e6 {
+        let _ = write!(s, "{:.2} µs", ns / 1e3);
+    } else {
+        let _ = write!(s, "{:.2} ms", ns / 1e6);
+    }
+    s
+}
+
+// ---- the host, for whole-request benchmarks ---------------------------------------------------
+
+/// An in-memory Envoy: the request's and response's headers, shared data, a fixed clock.
+#[derive(Default)]
+struct BenchHost {
+    headers: Vec<Header>,
+    response_headers: Vec<Header>,
+    shared: std::collections::HashMap<String, Vec<u8>>,
+    now_ms: u64,
+    sent: Option<u32>,
+    reset: bool,
+    audit_bytes: usize,
+}
+
+fn set(headers: &mut Vec<Header>, name: &str, value: Option<&str>) {
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    if let Some(value) = value {
+        headers.push((name.to_string(), value.to_string()));
+    }
+}
+
+impl Host for BenchHost {
+    fn request_headers(&self) -> Vec<Header> {
+        self.headers.clone()
+    }
+    fn set_request_header(&mut self, name: &str, value: &str) {
+        set(&mut self.headers, name, Some(value));
+    }
+    fn remove_request_header(&mut self, name: &str) {
+        set(&mut self.headers, name, None);
+    }
+    fn response_headers(&self) -> Vec<Header> {
+        self.response_headers.clone()
+    }
+    fn set_response_header(&mut self, name: &str, value: &str) {
+        set(&mut self.response_headers, name, Some(value));
+    }
+    fn remove_response_header(&mut self, name: &str) {
+        set(&mut self.response_headers, name, None);
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        match path {
+            ["source", "address"] => Some(b"127.0.0.1:43210".to_vec()),
+            ["xds", "route_name"] => Some(b"mcp".to_vec()),
+            ["xds", "cluster_name"] => Some(b"mcp_upstream".to_vec()),
+            _ => None,
+        }
+    }
+    fn send_response(&mut self, status: u32, _headers: &[(&str, &str)], _body: &[u8]) {
+        self.sent = Some(status);
+    }
+    fn reset_response(&mut self) {
+        self.reset = true;
+    }
+    fn write_audit(&mut self, record: &[u8]) {
+        self.audit_bytes += record.len();
+    }
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.shared.get(key).cloned()
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8]) {
+        self.shared.insert(key.to_string(), value.to_vec());
+    }
+    fn count(&mut self, _name: &str, _by: u64) {}
+    fn now_millis(&self) -> u64 {
+        self.now_ms
+    }
+}
+
+/// The headers wrk sends in the Envoy bench, as Envoy hands them to the filter.
+fn request_headers(token: &str, body_len: usize) -> Vec<Header> {
+    [
+        (":authority", "127.0.0.1:10000"),
+        (":path", "/mcp"),
+        (":method", "POST"),
+        (":scheme", "http"),
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2025-11-25"),
+        ("authorization", &format!("Bearer {token}")),
+        ("content-length", &body_len.to_string()),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "5f1d2c3b-0a9e-4f7d-8c6b-3e2a1d0f9b8c"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The upstream's answer in the Envoy bench: content type, body.
+struct Answer<'a> {
+    content_type: &'a str,
+    body: &'a [u8],
+}
+
+/// One allowed request through the whole filter path, as Envoy drives it: request headers
+/// (token verification, credential swap), request body (strict parse, policy, audit), response
+/// headers, response body in 16 KiB chunks (list filtering, key-leak check). Returns the bytes
+/// sent downstream.
+fn whole_request(config: &Rc<Config>, headers: &[Header], body: &[u8], answer: &Answer, now_ms: u64) -> usize {
+    let mut host = BenchHost { headers: headers.to_vec(), now_ms, ..BenchHost::default() };
+    let mut stream = Stream::new(Rc::clone(config));
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    let action = stream.on_request_body(&mut host, body);
+    assert!(action == Action::Continue && host.sent.is_none(), "the bench call must be allowed");
+    host.response_headers = vec![
+        (":status".to_string(), "200".to_string()),
+        ("content-type".to_string(), answer.content_type.to_string()),
+        ("content-length".to_string(), answer.body.len().to_string()),
+    ];
+    // A JSON answer is held (Pause) and handed over whole at the end; SSE streams chunk by chunk.
+    stream.on_response_headers(&mut host, Some(200), false);
+    let mut sent = 0;
+    let mut held: Vec<u8> = Vec::new();
+    let chunks: Vec<&[u8]> = answer.body.chunks(16 * 1024).collect();
+    for (i, chunk) in chunks.iter().enumerate() {
+        held.extend_from_slice(chunk);
+        match stream.on_response_body(&mut host, &held, i + 1 == chunks.len()) {
+            BodyAction::Continue => sent += std::mem::take(&mut held).len(),
+            BodyAction::Replace(bytes) => {
+                sent += bytes.len();
+                held.clear();
+            }
+            BodyAction::Pause => {}
+        }
+    }
+    assert!(host.sent.is_none() && !host.reset, "the answer must go through");
+    sent
+}
+
+// ---- benchmarks -------------------------------------------------------------------------------
+
+/// How a token is verified. Only `Uncached` exists today; when the token cache lands, add
+/// `Cached` here (verify once outside the timed loop, then time the cache hit) and in `name`.
+#[derive(Clone, Copy)]
+enum Verify {
+    Uncached,
+}
+
+impl Verify {
+    fn name(self) -> &'static str {
+        match self {
+            Verify::Uncached => "uncached",
+        }
+    }
+}
+
+fn bench_jwt(h: &mut Harness, fx: &Fixtures) {
+    let config = fx.config(&fx.policy_4);
+    for mode in [Verify::Uncached] {
+        for alg in ALGS {
+            let token = fx.token(alg);
+            let verify = || config.authenticator.verify(black_box(token), fx.now);
+            assert!(verify().is_ok(), "{alg} fixture token must verify");
+            h.bench(&format!("jwt/verify/{alg}/{}", mode.name()), None, verify);
+        }
+    }
+}
+
+fn claims(fx: &Fixtures) -> Map<String, Value> {
+    let config = fx.config(&fx.policy_4);
+    config.authenticator.verify(fx.token("RS256"), fx.now).expect("token").claims
+}
+
+fn bench_policy(h: &mut Harness, fx: &Fixtures) {
+    let claims = claims(fx);
+    let headers = request_headers(fx.token("RS256"), CALL_1K.len());
+    let policies = [
+        ("4", fx.policy_4.clone()),
+        ("10", serde_json::from_str(POLICY_10).expect("policy-10")),
+        ("100", serde_json::from_str(POLICY_100).expect("policy-100")),
+    ];
+    for (body_name, body) in [("call-1k", CALL_1K), ("call-100k", CALL_100K)] {
+        let message = mcp::parse_message(body.as_bytes(), mcp::DEFAULT_MAX_DEPTH).expect("message");
+        let Target::Tool { name, arguments } = &message.target else {
+            panic!("a tools/call fixture")
+        };
+        for (rules, value) in &policies {
+            if body_name == "call-100k" && *rules != "4" {
+                continue; // The argument conversion, not the rules, is what 100 KiB measures.
+            }
+            let policy = policy_of(value);
+            let input = Input {
+                claims: Some(&claims),
+                method: &message.method,
+                tool: Some((name.as_str(), Some(arguments))),
+                prompt: None,
+                resource_uri: None,
+                session_id: None,
+                request: RequestFacts { path: "/mcp", host: "127.0.0.1:10000", method: "POST", headers: &headers },
+                source_address: "127.0.0.1:43210",
+                mtls: false,
+                now: fx.now,
+            };
+            let decision = policy.evaluate(&input);
+            assert_eq!(decision.outcome, Outcome::Allow, "{rules} rules: {decision:?}");
+            assert_eq!(decision.rule.as_deref(), Some("read-only-tools"));
+            h.bench(&format!("policy/evaluate/{rules}-rules/{body_name}"), None, || policy.evaluate(&input));
+        }
+    }
+}
+
+fn bench_parse(h: &mut Harness) {
+    for (name, body) in [("call-1k", CALL_1K), ("call-100k", CALL_100K)] {
+        let bytes = body.as_bytes();
+        h.bench(&format!("mcp/parse_message/{name}"), Some(bytes.len()), || {
+            mcp::parse_message(black_box(bytes), mcp::DEFAULT_MAX_DEPTH).expect("valid")
+        });
+        // Reference point: what a plain, non-strict serde_json parse costs.
+        h.bench(&format!("baseline/serde_json-to-Value/{name}"), Some(bytes.len()), || {
+            serde_json::from_slice::<Value>(black_box(bytes)).expect("valid")
+        });
+    }
+}
+
+/// The JSON-RPC message inside the fixture's single SSE event.
+fn tools_list_json() -> &'static str {
+    TOOLS_LIST_SSE
+        .strip_prefix("event: message\ndata: ")
+        .and_then(|s| s.strip_suffix("\n\n"))
+        .expect("one event with one data line")
+}
+
+fn bench_discovery(h: &mut Harness, fx: &Fixtures) {
+    let claims = claims(fx);
+    let policy = policy_of(&fx.policy_4);
+    let id = json!(1);
+    let json = tools_list_json().as_bytes();
+    let sse = TOOLS_LIST_SSE.as_bytes();
+    // Whether the caller sees `name`: the policy's listing check, as the filter asks it (the
+    // caller's facts built once per list, each tool evaluated as a call without arguments).
+    let listing = Input {
+        claims: Some(&claims),
+        method: "tools/list",
+        now: fx.now,
+        ..Input::default()
+    };
+    let kept = |out: &Filtered| match out {
+        Filtered::Rewritten { hidden, .. } => *hidden,
+        _ => 0,
+    };
+
+    let out = discovery::filter_result(json, ListKind::Tools, Some(&id), &mut |n| n.starts_with("read_"));
+    assert_eq!(kept(&out), 250, "half the tools are hidden");
+    h.bench("discovery/filter_result/500-tools/name-check", Some(json.len()), || {
+        discovery::filter_result(black_box(json), ListKind::Tools, Some(&id), &mut |n| n.starts_with("read_"))
+    });
+    let by_policy = || {
+        let mut lister = policy.lister(&listing);
+        discovery::filter_result(black_box(json), ListKind::Tools, Some(&id), &mut |n| {
+            lister.visible(Item::Tool(n))
+        })
+    };
+    assert_eq!(kept(&by_policy()), 250, "the policy hides the write_ tools");
+    h.bench("discovery/filter_result/500-tools/policy", Some(json.len()), by_policy);
+
+    // The response path as Envoy feeds it: the SSE body in 16 KiB chunks, each event's data
+    // filtered, the rewritten event re-encoded.
+    let sse_filter = |chunk_size: usize| {
+        let mut lister = policy.lister(&listing);
+        let mut rewriter = SseRewriter::new(4 << 20);
+        let mut out = 0usize;
+        let mut chunks = sse.chunks(chunk_size).peekable();
+        while let Some(chunk) = chunks.next() {
+            let last = chunks.peek().is_none();
+            let forwarded = rewriter
+                .push(chunk, last, &mut |event| {
+                    match discovery::filter_result(event.data.as_bytes(), ListKind::Tools, Some(&id), &mut |n| {
+                        lister.visible(Item::Tool(n))
+                    }) {
+                        Filtered::Rewritten { body, .. } => {
+                            Rewrite::Replace(String::from_utf8(body).unwrap_or_default())
+                        }
+                        _ => Rewrite::Keep,
+                    }
+                })
+                .expect("within the event limit");
+            out += forwarded.len();
+        }
+        out
+    };
+    assert!(sse_filter(16 * 1024) < sse.len() * 6 / 10, "the SSE list is filtered");
+    h.bench("sse+discovery/tools-list-500/16KiB-chunks/policy", Some(sse.len()), || sse_filter(16 * 1024));
+}
+
+fn bench_whole_request(h: &mut Harness, fx: &Fixtures) {
+    let token = fx.token("RS256");
+    let now_ms = u64::try_from(fx.now).expect("positive") * 1000;
+    let policy_100: Value = serde_json::from_str(POLICY_100).expect("policy-100");
+    let call_answer = Answer { content_type: "application/json", body: CALL_ANSWER.as_bytes() };
+    let list_answer = Answer { content_type: "text/event-stream", body: TOOLS_LIST_SSE.as_bytes() };
+    let tools_list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+    let cases = [
+        ("tools-call/4-rules/call-1k", &fx.policy_4, CALL_1K, &call_answer),
+        ("tools-call/100-rules/call-1k", &policy_100, CALL_1K, &call_answer),
+        ("tools-call/4-rules/call-100k", &fx.policy_4, CALL_100K, &call_answer),
+        ("tools-list/4-rules/sse-500-tools", &fx.policy_4, tools_list, &list_answer),
+    ];
+    for (name, policy, body, answer) in cases {
+        let config = fx.config(policy);
+        let headers = request_headers(token, body.len());
+        let sent = whole_request(&config, &headers, body.as_bytes(), answer, now_ms);
+        if name.starts_with("tools-list") {
+            assert!(sent < answer.body.len() * 6 / 10, "the list is filtered ({sent} bytes sent)");
+        }
+        h.bench(&format!("flow/RS256/{name}"), None, || {
+            whole_request(&config, &headers, body.as_bytes(), answer, now_ms)
+        });
+    }
+}
+
+fn main() {
+    let fx = Fixtures::load();
+    let mut h = Harness::from_env();
+    bench_jwt(&mut h, &fx);
+    bench_policy(&mut h, &fx);
+    bench_parse(&mut h);
+    bench_discovery(&mut h, &fx);
+    bench_whole_request(&mut h, &fx);
+    if h.ran == 0 {
+        eprintln!("no benchmark matches {:?}", h.filters);
+    }
+}
