@@ -1,17 +1,32 @@
 //! Audit records: one JSON object per JSON-RPC message (or refused HTTP request), written to
-//! Envoy filter state `wasm.mcp.audit` and from there to the access log.
+//! Envoy filter state `wasm.mcp.audit` and from there to the access log. docs/audit.md documents
+//! every field.
 //!
-//! A record is always a single line of valid JSON (serde_json escapes control characters) and
-//! never larger than [`MAX_RECORD_BYTES`]: oversized arguments are replaced by a marker first,
-//! then long strings are cut.
+//! A record is always a single line of valid JSON and never larger than [`MAX_RECORD_BYTES`]:
+//! serde_json escapes control characters, and [`LineFormatter`] also escapes the characters that
+//! some readers take for line breaks (U+0085, U+2028, U+2029) and DEL. An oversized record is
+//! shrunk in steps: long strings inside the arguments are cut, then the arguments give way to a
+//! marker, then every string field is cut, and as a last resort a minimal record remains.
+
+use std::io;
 
 use serde::Serialize;
+use serde_json::ser::Formatter;
 use serde_json::{Map, Value};
 
 /// Version of the record layout; bumped on any incompatible change.
 pub const SCHEMA: &str = "mcp-guard.audit.v1";
 pub const MAX_RECORD_BYTES: usize = 8 * 1024;
+/// Longest string kept when a record is too large (bytes, before the marker).
 const MAX_STRING: usize = 256;
+/// Longest string in the last-resort minimal record.
+const MIN_STRING: usize = 64;
+/// What an oversized value is replaced with; cut strings end in `…[truncated from N bytes]`.
+pub const TRUNCATED: &str = "[truncated]";
+/// Entries kept per array or object when oversized arguments are shrunk.
+const MAX_ENTRIES: usize = 32;
+/// Nesting kept when oversized arguments are shrunk.
+const MAX_DEPTH: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -20,6 +35,30 @@ pub enum Verdict {
     Deny,
     Error,
 }
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+/// Record fields the filter also writes each under its own filter-state key `wasm.mcp.<name>`,
+/// for access-log formats with one column per field (`%FILTER_STATE(wasm.mcp.decision:PLAIN)%`;
+/// Envoy cannot pick a field out of the JSON record). Values are cut like oversized strings.
+pub const AUDIT_COLUMNS: [&str; 8] = [
+    "decision",
+    "reason",
+    "rule",
+    "sub",
+    "user",
+    "client_id",
+    "method",
+    "tool",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
@@ -83,6 +122,13 @@ pub struct Record {
     /// For list results: how many entries this caller did not get to see.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hidden: Option<usize>,
+    /// Microseconds spent inside the filter's callbacks for this HTTP request so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter_us: Option<u64>,
+    /// Milliseconds from the request's first byte (Envoy's `request.time`) to the record's last
+    /// update: the end of the response as the filter saw it, or the filter's own answer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
 }
 
 impl Record {
@@ -118,6 +164,8 @@ impl Record {
             error_code: None,
             upstream_status: None,
             hidden: None,
+            filter_us: None,
+            total_ms: None,
         }
     }
 
@@ -145,48 +193,163 @@ impl Record {
 
     /// The record as one line of JSON, at most [`MAX_RECORD_BYTES`] long.
     pub fn to_line(&self) -> Vec<u8> {
-        let line = serde_json::to_vec(self).unwrap_or_default();
+        let line = encode(self);
         if line.len() <= MAX_RECORD_BYTES {
             return line;
         }
         let mut smaller = self.clone();
-        if smaller.arguments.is_some() {
-            smaller.arguments = Some(Value::String("[truncated]".into()));
+        // 1. Keep the arguments' shape, cut what is long inside them.
+        if let Some(arguments) = &mut smaller.arguments {
+            shrink(arguments, 0);
+            let line = encode(&smaller);
+            if line.len() <= MAX_RECORD_BYTES {
+                return line;
+            }
+            smaller.arguments = Some(Value::String(TRUNCATED.into()));
         }
+        // 2. Then every string field (client-controlled headers included), then harder.
+        for (max, groups) in [(MAX_STRING, 16), (MIN_STRING, 4)] {
+            smaller.cut_strings(max, groups);
+            let line = encode(&smaller);
+            if line.len() <= MAX_RECORD_BYTES {
+                return line;
+            }
+        }
+        // 3. Only escapes can make it this far (a control character takes six bytes): keep who,
+        // what and the outcome, each bounded, so the line always fits.
+        let cut = |s: &Option<String>| {
+            s.clone().map(|mut s| {
+                truncate(&mut s, MIN_STRING);
+                s
+            })
+        };
+        encode(&serde_json::json!({
+            "schema": SCHEMA, "ts": smaller.ts, "request_id": cut(&smaller.request_id),
+            "iss": cut(&smaller.iss), "sub": cut(&smaller.sub), "method": cut(&smaller.method),
+            "tool": cut(&smaller.tool), "decision": smaller.decision, "status": smaller.status,
+            "reason": "record too large", "filter_us": smaller.filter_us, "total_ms": smaller.total_ms,
+        }))
+    }
+
+    /// The [`AUDIT_COLUMNS`] values, in that order; `None` where the record has no value.
+    pub fn columns(&self) -> [(&'static str, Option<String>); AUDIT_COLUMNS.len()] {
+        let cut = |s: &Option<String>| {
+            s.as_ref().map(|s| {
+                let mut s = s.clone();
+                truncate(&mut s, MAX_STRING);
+                s
+            })
+        };
+        [
+            ("decision", Some(self.decision.as_str().to_string())),
+            ("reason", cut(&self.reason)),
+            ("rule", cut(&self.rule)),
+            ("sub", cut(&self.sub)),
+            ("user", cut(&self.user)),
+            ("client_id", cut(&self.client_id)),
+            ("method", cut(&self.method)),
+            ("tool", cut(&self.tool)),
+        ]
+    }
+
+    fn cut_strings(&mut self, max: usize, max_groups: usize) {
         for field in [
-            &mut smaller.tool,
-            &mut smaller.prompt,
-            &mut smaller.resource,
-            &mut smaller.reason,
-            &mut smaller.user,
-            &mut smaller.sub,
-            &mut smaller.iss,
-            &mut smaller.session_id,
-            &mut smaller.client_id,
-            &mut smaller.method,
+            &mut self.request_id,
+            &mut self.source,
+            &mut self.route,
+            &mut self.upstream,
+            &mut self.server,
+            &mut self.session_id,
+            &mut self.protocol_version,
+            &mut self.iss,
+            &mut self.sub,
+            &mut self.user,
+            &mut self.client_id,
+            &mut self.method,
+            &mut self.tool,
+            &mut self.prompt,
+            &mut self.resource,
+            &mut self.reason,
+            &mut self.rule,
+            &mut self.policy,
+            &mut self.policy_version,
         ]
         .into_iter()
         .flatten()
         {
-            truncate(field);
+            truncate(field, max);
         }
-        if let Some(groups) = &mut smaller.groups {
-            groups.truncate(16);
-            groups.iter_mut().for_each(truncate);
+        truncate(&mut self.http_method, max);
+        if let Some(groups) = &mut self.groups {
+            groups.truncate(max_groups);
+            groups.iter_mut().for_each(|g| truncate(g, max));
         }
-        if let Some(Value::String(id)) = &mut smaller.jsonrpc_id {
-            truncate(id);
+        match &mut self.jsonrpc_id {
+            Some(Value::String(id)) => truncate(id, max),
+            Some(Value::Number(_)) | None => {}
+            Some(other) => *other = Value::String(TRUNCATED.into()),
         }
-        let line = serde_json::to_vec(&smaller).unwrap_or_default();
-        if line.len() <= MAX_RECORD_BYTES {
-            return line;
+    }
+}
+
+/// Serializes with [`LineFormatter`]: compact, one line.
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, LineFormatter);
+    match value.serialize(&mut ser) {
+        Ok(()) => out,
+        Err(_) => br#"{"schema":"mcp-guard.audit.v1","decision":"error","reason":"record not serializable"}"#.to_vec(),
+    }
+}
+
+/// serde_json's compact output, but with U+007F, U+0085, U+2028 and U+2029 escaped as well:
+/// they are valid JSON unescaped, yet line-oriented readers (Python's `splitlines`, JavaScript
+/// before ES2019, some log shippers) split records at them.
+pub struct LineFormatter;
+
+impl Formatter for LineFormatter {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
+        let mut start = 0;
+        for (at, c) in fragment.char_indices() {
+            if matches!(c, '\u{7f}' | '\u{85}' | '\u{2028}' | '\u{2029}') {
+                writer.write_all(fragment.get(start..at).unwrap_or_default().as_bytes())?;
+                write!(writer, "\\u{:04x}", u32::from(c))?;
+                start = at + c.len_utf8();
+            }
         }
-        // Still too large (cannot happen with the caps above); never emit an unbounded line.
-        serde_json::to_vec(&serde_json::json!({
-            "schema": SCHEMA, "ts": smaller.ts, "decision": smaller.decision,
-            "reason": "record too large"
-        }))
-        .unwrap_or_default()
+        writer.write_all(fragment.get(start..).unwrap_or_default().as_bytes())
+    }
+}
+
+/// Cuts what is long inside oversized arguments, keeping their shape.
+fn shrink(value: &mut Value, depth: usize) {
+    match value {
+        Value::String(s) => truncate(s, MAX_STRING),
+        _ if depth >= MAX_DEPTH => *value = Value::String(TRUNCATED.into()),
+        Value::Array(items) => {
+            let more = items.len().saturating_sub(MAX_ENTRIES);
+            items.truncate(MAX_ENTRIES);
+            items.iter_mut().for_each(|v| shrink(v, depth + 1));
+            if more > 0 {
+                items.push(Value::String(format!("{TRUNCATED} {more} more")));
+            }
+        }
+        Value::Object(map) => {
+            let more = map.len().saturating_sub(MAX_ENTRIES);
+            if more > 0 {
+                let keep: Vec<String> = map.keys().take(MAX_ENTRIES).cloned().collect();
+                map.retain(|k, _| keep.contains(k));
+            }
+            map.values_mut().for_each(|v| shrink(v, depth + 1));
+            if more > 0 {
+                map.insert(TRUNCATED.into(), Value::from(more));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -218,8 +381,18 @@ impl ArgumentsMode {
 
 /// Key names whose values are masked in `redacted` mode (matched as substrings, any case).
 const SENSITIVE: &[&str] = &[
-    "password", "passwd", "secret", "token", "key", "authorization", "cookie", "credential",
-    "session", "private", "ssn", "card",
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "key",
+    "authorization",
+    "cookie",
+    "credential",
+    "session",
+    "private",
+    "ssn",
+    "card",
 ];
 
 /// The arguments as the audit record shows them under `mode`.
@@ -253,14 +426,16 @@ fn mask(value: &Value) -> Value {
     }
 }
 
-fn truncate(s: &mut String) {
-    if s.len() > MAX_STRING {
-        let mut end = MAX_STRING;
+/// Cuts `s` to at most `max` bytes (on a character boundary) and marks the cut.
+fn truncate(s: &mut String, max: usize) {
+    if s.len() > max {
+        let original = s.len();
+        let mut end = max;
         while !s.is_char_boundary(end) {
             end -= 1;
         }
         s.truncate(end);
-        s.push_str("…[truncated]");
+        s.push_str(&format!("…[truncated from {original} bytes]"));
     }
 }
 
@@ -271,5 +446,260 @@ pub fn rfc3339_millis(ms: u64) -> String {
     match chrono::DateTime::from_timestamp(secs, millis * 1_000_000) {
         Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
         None => String::from("1970-01-01T00:00:00.000Z"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn record() -> Record {
+        let mut r = Record::new(1_795_460_100_123, "POST");
+        r.sub = Some("alice".into());
+        r.iss = Some("https://idp.example".into());
+        r.method = Some("tools/call".into());
+        r.tool = Some("get_customer".into());
+        r.decision = Verdict::Allow;
+        r
+    }
+
+    fn parse(line: &[u8]) -> Value {
+        assert!(line.len() <= MAX_RECORD_BYTES, "{} bytes", line.len());
+        let text = std::str::from_utf8(line).expect("UTF-8");
+        // One line for every reader: no raw control characters, nothing a reader splits at.
+        assert!(
+            !text
+                .chars()
+                .any(|c| c < ' ' || matches!(c, '\u{7f}' | '\u{85}' | '\u{2028}' | '\u{2029}')),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1);
+        serde_json::from_str(text).expect("valid JSON")
+    }
+
+    #[test]
+    fn small_records_are_plain_serde_json() {
+        let mut r = record();
+        r.filter_us = Some(42);
+        r.total_ms = Some(7);
+        let line = r.to_line();
+        assert_eq!(line, serde_json::to_vec(&r).unwrap());
+        let v = parse(&line);
+        assert_eq!(v["schema"], "mcp-guard.audit.v1");
+        assert_eq!(v["ts"], "2026-11-23T18:55:00.123Z");
+        assert_eq!(v["decision"], "allow");
+        assert_eq!(v["filter_us"], 42);
+        assert_eq!(v["total_ms"], 7);
+        // Absent, never null.
+        assert!(v.get("reason").is_none() && v.get("status").is_none());
+    }
+
+    #[test]
+    fn control_and_line_breaking_characters_are_escaped() {
+        let nasty = "a\nb\r\t\"q\"\\ \u{0}\u{1b}[31m\u{1f}\u{7f}\u{85}\u{2028}\u{2029} é 漢字 😀";
+        let mut r = record();
+        r.tool = Some(nasty.into());
+        r.reason = Some(nasty.into());
+        r.arguments = Some(json!({ "text": nasty, nasty: [nasty] }));
+        let line = r.to_line();
+        let text = String::from_utf8(line.clone()).unwrap();
+        for escaped in [
+            r"\n", r"\r", r"\t", r#"\""#, r"\\", r"\u0000", r"\u001b", r"\u001f", r"\u007f",
+            r"\u0085", r"\u2028", r"\u2029",
+        ] {
+            assert!(text.contains(escaped), "{escaped} in {text}");
+        }
+        assert!(
+            text.contains("é 漢字 😀"),
+            "other unicode stays readable: {text}"
+        );
+        let v = parse(&line);
+        assert_eq!(v["tool"], nasty);
+        assert_eq!(v["arguments"]["text"], nasty);
+        assert_eq!(v["arguments"][nasty][0], nasty);
+    }
+
+    #[test]
+    fn an_oversized_argument_is_cut_and_marked_the_rest_kept() {
+        let big = "x".repeat(200 * 1024);
+        let mut r = record();
+        r.arguments =
+            Some(json!({ "customer_id": "c-100", "note": big, "nested": { "deep": [1, 2, 3] } }));
+        let v = parse(&r.to_line());
+        let args = &v["arguments"];
+        assert_eq!(args["customer_id"], "c-100");
+        assert_eq!(args["nested"], json!({ "deep": [1, 2, 3] }));
+        let note = args["note"].as_str().unwrap();
+        assert_eq!(
+            note,
+            format!("{}…[truncated from 204800 bytes]", "x".repeat(MAX_STRING))
+        );
+        assert_eq!(v["tool"], "get_customer");
+        assert_eq!(v["sub"], "alice");
+    }
+
+    #[test]
+    fn arguments_too_large_even_when_cut_become_a_marker() {
+        let mut args = Map::new();
+        for i in 0..1000 {
+            args.insert(format!("key{i:04}"), Value::String("v".repeat(1000)));
+        }
+        let mut r = record();
+        r.arguments = Some(Value::Object(args));
+        let v = parse(&r.to_line());
+        assert_eq!(v["arguments"], TRUNCATED);
+        assert_eq!(v["tool"], "get_customer");
+    }
+
+    #[test]
+    fn shrinking_bounds_lists_objects_and_depth() {
+        let mut deep = json!("bottom");
+        for _ in 0..20 {
+            deep = json!([deep]);
+        }
+        let mut v = json!({ "list": (0..100).collect::<Vec<_>>(), "deep": deep });
+        shrink(&mut v, 0);
+        let list = v["list"].as_array().unwrap();
+        assert_eq!(list.len(), MAX_ENTRIES + 1);
+        assert_eq!(list[MAX_ENTRIES], "[truncated] 68 more");
+        assert!(v.to_string().contains("\"[truncated]\""));
+        assert!(!v.to_string().contains("bottom"));
+    }
+
+    #[test]
+    fn huge_client_headers_cannot_push_who_and_what_out_of_the_record() {
+        let mut r = record();
+        r.protocol_version = Some("p".repeat(60_000));
+        r.session_id = Some("s".repeat(60_000));
+        r.request_id = Some("r".repeat(60_000));
+        r.reason = Some("Mcp-Method header \"".to_string() + &"m".repeat(60_000));
+        r.groups = Some((0..500).map(|i| format!("group-{i}")).collect());
+        let v = parse(&r.to_line());
+        assert_eq!(v["sub"], "alice");
+        assert_eq!(v["tool"], "get_customer");
+        assert_eq!(v["decision"], "allow");
+        assert!(v["protocol_version"]
+            .as_str()
+            .unwrap()
+            .ends_with("…[truncated from 60000 bytes]"));
+        assert!(v["groups"].as_array().unwrap().len() <= 16);
+    }
+
+    #[test]
+    fn the_worst_case_still_yields_a_bounded_line_with_who_and_outcome() {
+        // Every string all control characters: six bytes each once escaped.
+        let evil = "\u{1}".repeat(20_000);
+        let mut r = record();
+        r.decision = Verdict::Deny;
+        r.status = Some(401);
+        for field in [
+            &mut r.request_id,
+            &mut r.source,
+            &mut r.route,
+            &mut r.upstream,
+            &mut r.server,
+            &mut r.session_id,
+            &mut r.protocol_version,
+            &mut r.iss,
+            &mut r.user,
+            &mut r.client_id,
+            &mut r.prompt,
+            &mut r.resource,
+            &mut r.reason,
+            &mut r.rule,
+            &mut r.policy,
+            &mut r.policy_version,
+        ] {
+            *field = Some(evil.clone());
+        }
+        r.sub = Some(format!("mallory{evil}"));
+        r.groups = Some(vec![evil.clone(); 100]);
+        r.jsonrpc_id = Some(Value::String(evil.clone()));
+        r.arguments = Some(json!({ "a": evil }));
+        r.filter_us = Some(5);
+        let v = parse(&r.to_line());
+        assert_eq!(v["schema"], SCHEMA);
+        assert_eq!(v["decision"], "deny");
+        assert_eq!(v["status"], 401);
+        assert_eq!(v["filter_us"], 5);
+        assert_eq!(v["reason"], "record too large");
+        assert!(v["sub"].as_str().unwrap().starts_with("mallory"));
+    }
+
+    #[test]
+    fn identity_fields() {
+        let claims = |v: Value| v.as_object().unwrap().clone();
+        let mut r = record();
+        r.set_identity(&claims(json!({
+            "iss": "https://idp", "sub": "u1", "preferred_username": "ada", "upn": "ada@corp",
+            "client_id": "cli", "groups": "admins"
+        })));
+        assert_eq!(r.user.as_deref(), Some("ada"));
+        assert_eq!(r.client_id.as_deref(), Some("cli"));
+        assert_eq!(r.groups, Some(vec!["admins".to_string()]));
+        r.set_identity(&claims(json!({ "sub": "u1", "email": "ada@example.com", "upn": "x", "azp": "agent", "client_id": "cli", "groups": ["a", 1, "b"] })));
+        assert_eq!(r.user.as_deref(), Some("ada@example.com"));
+        assert_eq!(r.client_id.as_deref(), Some("agent"));
+        assert_eq!(r.groups, Some(vec!["a".to_string(), "b".to_string()]));
+        assert_eq!(r.iss, None);
+    }
+
+    #[test]
+    fn argument_modes() {
+        let args =
+            json!({ "customer_id": "c-1", "api_key": "k", "nested": { "Password": "p", "x": 1 } });
+        let args = args.as_object().unwrap();
+        assert_eq!(arguments(ArgumentsMode::None, args), None);
+        assert_eq!(
+            arguments(ArgumentsMode::Keys, args),
+            Some(json!(["api_key", "customer_id", "nested"]))
+        );
+        assert_eq!(
+            arguments(ArgumentsMode::Redacted, args),
+            Some(
+                json!({ "customer_id": "c-1", "api_key": "[REDACTED]", "nested": { "Password": "[REDACTED]", "x": 1 } })
+            )
+        );
+        assert_eq!(
+            arguments(ArgumentsMode::Full, args),
+            Some(Value::Object(args.clone()))
+        );
+        assert_eq!(
+            ArgumentsMode::parse("redacted"),
+            Some(ArgumentsMode::Redacted)
+        );
+        assert_eq!(ArgumentsMode::parse("all"), None);
+    }
+
+    #[test]
+    fn columns_follow_the_record_and_are_bounded() {
+        let mut r = record();
+        r.rule = Some("read-only".into());
+        r.tool = Some("t".repeat(1000));
+        let columns = r.columns();
+        assert_eq!(columns.clone().map(|(name, _)| name), AUDIT_COLUMNS);
+        let value = |name: &str| {
+            columns
+                .iter()
+                .find(|(n, _)| *n == name)
+                .and_then(|(_, v)| v.clone())
+        };
+        assert_eq!(value("decision").as_deref(), Some("allow"));
+        assert_eq!(value("rule").as_deref(), Some("read-only"));
+        assert_eq!(value("sub").as_deref(), Some("alice"));
+        assert_eq!(value("reason"), None);
+        assert!(value("tool")
+            .unwrap()
+            .ends_with("…[truncated from 1000 bytes]"));
+    }
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            rfc3339_millis(1_795_460_100_007),
+            "2026-11-23T18:55:00.007Z"
+        );
     }
 }

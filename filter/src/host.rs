@@ -28,6 +28,12 @@ pub trait Host {
     fn count(&mut self, name: &str, by: u64);
     /// Milliseconds since the Unix epoch.
     fn now_millis(&self) -> u64;
+    /// Nanoseconds since the Unix epoch, for timing the filter's own work (`filter_us`).
+    fn now_nanos(&self) -> u64 {
+        self.now_millis().saturating_mul(1_000_000)
+    }
+    /// Stores one audit field under its own key (`wasm.mcp.<name>`), for per-field log columns.
+    fn write_audit_column(&mut self, _name: &str, _value: &str) {}
 
     /// The first value of a request header.
     fn request_header(&self, name: &str) -> Option<String> {

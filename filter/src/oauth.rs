@@ -107,7 +107,9 @@ pub fn bearer<'h>(authorization: &[&'h str], query: &str) -> Result<&'h str, Bea
     }
     let value = match authorization {
         [] => return Err(BearerError::Missing),
-        [one] => *one,
+        // Envoy joins repeated Authorization headers into one value with ",": a comma never
+        // occurs in a bearer token (RFC 6750 b64token), so it means several credentials.
+        [one] if !one.contains(',') => *one,
         _ => {
             return Err(BearerError::InvalidRequest(
                 "duplicate_authorization",
@@ -161,6 +163,11 @@ mod tests {
         assert!(matches!(bearer(&["Bearer "], ""), Err(BearerError::Malformed(_))));
         assert!(matches!(
             bearer(&["Bearer a", "Bearer b"], ""),
+            Err(BearerError::InvalidRequest("duplicate_authorization", _))
+        ));
+        // Two headers as Envoy hands them over: joined with a comma.
+        assert!(matches!(
+            bearer(&["Bearer a,Bearer b"], ""),
             Err(BearerError::InvalidRequest("duplicate_authorization", _))
         ));
         assert!(matches!(

@@ -81,10 +81,7 @@ impl Context for Root {
         let (Some(config), Some(keys)) = (self.config.clone(), self.keys.as_mut()) else {
             return;
         };
-        let status = hostcalls::get_map_value(MapType::HttpCallResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse().ok());
+        let status = header_value(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
         let body = if body_size > crate::jwks::MAX_DOCUMENT_BYTES {
             None
         } else {
@@ -155,17 +152,27 @@ struct Exchange {
 impl Exchange {
     /// Continues a request that waited for keys; runs with `id` as the effective context.
     fn resume(&mut self, id: u32, me: &Rc<RefCell<Exchange>>) {
-        let mut action = self.stream.resume(&mut Envoy);
-        if self.stream.waiting().is_some() {
-            WAITING.with(|w| w.borrow_mut().push((id, Rc::clone(me))));
-            return;
-        }
-        if self.stream.awaiting_body() && self.body_done {
-            action = self.decide_body();
-        }
-        if action == Action::Continue {
-            let _ = hostcalls::resume_http_request();
-        }
+        self.timed(|ex| {
+            let mut action = ex.stream.resume(&mut Envoy);
+            if ex.stream.waiting().is_some() {
+                WAITING.with(|w| w.borrow_mut().push((id, Rc::clone(me))));
+                return;
+            }
+            if ex.stream.awaiting_body() && ex.body_done {
+                action = ex.decide_body();
+            }
+            if action == Action::Continue {
+                let _ = hostcalls::resume_http_request();
+            }
+        })
+    }
+
+    /// Runs one callback's work, adding its duration to the stream's `filter_us`.
+    fn timed<R>(&mut self, work: impl FnOnce(&mut Exchange) -> R) -> R {
+        self.stream.enter(Host::now_nanos(&Envoy));
+        let result = work(self);
+        self.stream.leave(Host::now_nanos(&Envoy));
+        result
     }
 
     fn decide_body(&mut self) -> Action {
@@ -216,12 +223,16 @@ impl HttpContext for Http {
     fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> WasmAction {
         #[cfg(feature = "fault-injection")]
         injected_fault();
+        let id = self.id;
+        let exchange = Rc::clone(&self.exchange);
         let mut ex = self.exchange.borrow_mut();
-        let a = ex.stream.on_request_headers(&mut Envoy, end_of_stream);
-        if ex.stream.waiting().is_some() {
-            WAITING.with(|w| w.borrow_mut().push((self.id, Rc::clone(&self.exchange))));
-        }
-        action(a)
+        ex.timed(|ex| {
+            let a = ex.stream.on_request_headers(&mut Envoy, end_of_stream);
+            if ex.stream.waiting().is_some() {
+                WAITING.with(|w| w.borrow_mut().push((id, exchange)));
+            }
+            action(a)
+        })
     }
 
     fn on_http_request_body(&mut self, _size: usize, end_of_stream: bool) -> WasmAction {
@@ -229,44 +240,68 @@ impl HttpContext for Http {
         if !end_of_stream {
             return WasmAction::Pause;
         }
-        ex.body_done = true;
-        if ex.stream.waiting().is_some() || !ex.stream.awaiting_body() {
-            return WasmAction::Pause;
-        }
-        action(ex.decide_body())
+        ex.timed(|ex| {
+            ex.body_done = true;
+            if ex.stream.waiting().is_some() || !ex.stream.awaiting_body() {
+                return WasmAction::Pause;
+            }
+            action(ex.decide_body())
+        })
     }
 
     fn on_http_response_headers(&mut self, _n: usize, end_of_stream: bool) -> WasmAction {
-        let status = hostcalls::get_map_value(MapType::HttpResponseHeaders, ":status")
-            .ok()
-            .flatten()
-            .and_then(|s| s.parse().ok());
         let mut ex = self.exchange.borrow_mut();
-        action(ex.stream.on_response_headers(&mut Envoy, status, end_of_stream))
+        ex.timed(|ex| {
+            let status = header_value(MapType::HttpResponseHeaders, ":status").and_then(|s| s.parse().ok());
+            action(ex.stream.on_response_headers(&mut Envoy, status, end_of_stream))
+        })
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> WasmAction {
-        let body = match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size) {
-            Ok(b) => b.unwrap_or_default(),
-            Err(_) => {
-                // Fail closed: an uninspectable response does not go on.
-                let _ = hostcalls::reset_http_response();
-                return WasmAction::Pause;
-            }
-        };
         let mut ex = self.exchange.borrow_mut();
-        match ex.stream.on_response_body(&mut Envoy, &body, end_of_stream) {
-            BodyAction::Continue => WasmAction::Continue,
-            BodyAction::Pause => WasmAction::Pause,
-            BodyAction::Replace(bytes) => {
-                if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &bytes).is_err() {
+        ex.timed(|ex| {
+            let body = match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size) {
+                Ok(b) => b.unwrap_or_default(),
+                Err(_) => {
+                    // Fail closed: an uninspectable response does not go on.
                     let _ = hostcalls::reset_http_response();
                     return WasmAction::Pause;
                 }
-                WasmAction::Continue
+            };
+            match ex.stream.on_response_body(&mut Envoy, &body, end_of_stream) {
+                BodyAction::Continue => WasmAction::Continue,
+                BodyAction::Pause => WasmAction::Pause,
+                BodyAction::Replace(bytes) => {
+                    if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &bytes).is_err() {
+                        let _ = hostcalls::reset_http_response();
+                        return WasmAction::Pause;
+                    }
+                    WasmAction::Continue
+                }
             }
-        }
+        })
     }
+}
+
+/// A header map as (name, value) text. proxy-wasm's `get_map` / `get_map_value` unwrap a UTF-8
+/// conversion: one header value that is not UTF-8 (`x-foo: caf\xe9`, from any client, before
+/// authentication; or from the upstream) would panic, trap the VM, and FAIL_CLOSED keeps that
+/// worker answering 503 until Envoy restarts. Values are read as bytes instead; bytes that are
+/// not UTF-8 read as U+FFFD, so such a value never equals what the filter expects (a token, a
+/// session id, `application/json`) and is refused or ignored. Headers are forwarded unchanged.
+fn header_map(map: MapType) -> Vec<Header> {
+    hostcalls::get_map_bytes(map)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+        .collect()
+}
+
+fn header_value(map: MapType, name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(map, name)
+        .ok()
+        .flatten()
+        .map(|value| String::from_utf8_lossy(&value).into_owned())
 }
 
 /// [`Host`] and [`KeyHost`] over proxy-wasm hostcalls. Host errors read as absent values;
@@ -275,12 +310,10 @@ struct Envoy;
 
 impl Host for Envoy {
     fn request_headers(&self) -> Vec<Header> {
-        hostcalls::get_map(MapType::HttpRequestHeaders).unwrap_or_default()
+        header_map(MapType::HttpRequestHeaders)
     }
     fn request_header(&self, name: &str) -> Option<String> {
-        hostcalls::get_map_value(MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
+        header_value(MapType::HttpRequestHeaders, name)
     }
     fn set_request_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
@@ -289,7 +322,7 @@ impl Host for Envoy {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
     }
     fn response_headers(&self) -> Vec<Header> {
-        hostcalls::get_map(MapType::HttpResponseHeaders).unwrap_or_default()
+        header_map(MapType::HttpResponseHeaders)
     }
     fn set_response_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
@@ -336,6 +369,16 @@ impl Host for Envoy {
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+    fn now_nanos(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+    fn write_audit_column(&mut self, name: &str, value: &str) {
+        let key = format!("mcp.{name}");
+        let _ = hostcalls::set_property(vec![key.as_str()], Some(value.as_bytes()));
     }
 }
 
