@@ -193,7 +193,7 @@ class Envoy(Process):
         self.config_path = workdir / "envoy.yaml"
         self.config_path.write_text(rendered)
         args = [envoy_binary(), "-c", str(self.config_path), "--disable-hot-restart",
-                "--concurrency", "2", "--log-level", "warn", "--component-log-level", "wasm:info"]
+                "--concurrency", "2", "--file-flush-interval-msec", "500", "--log-level", "warn", "--component-log-level", "wasm:info"]
         super().__init__(args, workdir / "envoy.log")
         if wait:
             self.wait_ready()
