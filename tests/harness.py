@@ -70,11 +70,17 @@ class Process:
         return self.log.read_text(errors="replace")
 
 
-class McpServer(Process):
-    def __init__(self, workdir: Path, *, json_response: bool = False, stateless: bool = False,
-                 expect_key: str | None = SERVICE_KEY, key_header: str = "x-api-key",
-                 name: str = "mcp-server"):
+class Upstream(Process):
+    """The demo MCP server with every knob the credential tests need: several accepted keys
+    (a rotation's overlap), any key header, JSON or SSE answers, and a key echoed back in a
+    response header (a careless upstream). `requests()` is what it received, with times."""
+
+    def __init__(self, workdir: Path, name: str, *, expect_keys: list[str] | None = None,
+                 key_header: str = "x-api-key", json_response: bool = False,
+                 stateless: bool = False, echo_key_header: str | None = None,
+                 refuse_status: int = 401):
         self.port = free_port()
+        self.name = name
         self.record = workdir / f"{name}.requests.jsonl"
         self.record.touch()
         args = [sys.executable, str(PEERS / "mcp_server.py"), "--port", str(self.port),
@@ -83,14 +89,26 @@ class McpServer(Process):
             args.append("--json-response")
         if stateless:
             args.append("--stateless")
-        if expect_key:
-            args += ["--expect-key", expect_key]
+        for key in expect_keys or []:
+            args += ["--expect-key", key]
+        if echo_key_header:
+            args += ["--echo-key-header", echo_key_header]
+        args += ["--refuse-status", str(refuse_status)]
         super().__init__(args, workdir / f"{name}.log")
         wait_port(self.port, self.proc)
 
     def requests(self) -> list[dict]:
-        """Every request the server received: method, path, headers (as a list of pairs)."""
         return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+
+
+class McpServer(Upstream):
+    """The demo MCP server for the common case: one accepted key (the demo's)."""
+
+    def __init__(self, workdir: Path, *, json_response: bool = False, stateless: bool = False,
+                 expect_key: str | None = SERVICE_KEY, key_header: str = "x-api-key",
+                 name: str = "mcp-server"):
+        super().__init__(workdir, name, expect_keys=[expect_key] if expect_key else [],
+                         key_header=key_header, json_response=json_response, stateless=stateless)
 
 
 def load_policy(path: Path | str) -> dict:
@@ -239,37 +257,6 @@ class Envoy(Process):
 
 
 # ---- service credentials: several upstreams, key rotation by ECDS ---------------------------------
-
-
-class Upstream(Process):
-    """The demo MCP server with every knob the credential tests need: several accepted keys
-    (a rotation's overlap), any key header, JSON or SSE answers, and a key echoed back in a
-    response header (a careless upstream). `requests()` is what it received, with times."""
-
-    def __init__(self, workdir: Path, name: str, *, expect_keys: list[str] | None = None,
-                 key_header: str = "x-api-key", json_response: bool = False,
-                 stateless: bool = False, echo_key_header: str | None = None,
-                 refuse_status: int = 401):
-        self.port = free_port()
-        self.name = name
-        self.record = workdir / f"{name}.requests.jsonl"
-        self.record.touch()
-        args = [sys.executable, str(PEERS / "mcp_server.py"), "--port", str(self.port),
-                "--record", str(self.record), "--key-header", key_header]
-        if json_response:
-            args.append("--json-response")
-        if stateless:
-            args.append("--stateless")
-        for key in expect_keys or []:
-            args += ["--expect-key", key]
-        if echo_key_header:
-            args += ["--echo-key-header", echo_key_header]
-        args += ["--refuse-status", str(refuse_status)]
-        super().__init__(args, workdir / f"{name}.log")
-        wait_port(self.port, self.proc)
-
-    def requests(self) -> list[dict]:
-        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
 
 
 def render_template(template: str, **fill) -> str:

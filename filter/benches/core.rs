@@ -36,7 +36,11 @@ use mcp_guard::sse::{Rewrite, SseRewriter};
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/fixtures/", $name))
+        include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../bench/fixtures/",
+            $name
+        ))
     };
 }
 
@@ -66,7 +70,8 @@ impl Fixtures {
         // The generated rules come first; the last four are bench/policy.yaml's.
         let rules = policy_10["rules"].as_array().expect("rules");
         let base = rules[rules.len() - 4..].to_vec();
-        let policy_4 = json!({"name": "bench-crm", "version": "1", "default": "deny", "rules": base});
+        let policy_4 =
+            json!({"name": "bench-crm", "version": "1", "default": "deny", "rules": base});
         Fixtures {
             tokens,
             now,
@@ -117,7 +122,10 @@ struct Harness {
 
 impl Harness {
     fn from_env() -> Self {
-        let ms = std::env::var("BENCH_TIME_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+        let ms = std::env::var("BENCH_TIME_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2000);
         let mut filters: Vec<String> = std::env::args()
             .skip(1)
             .filter(|a| !a.starts_with('-'))
@@ -130,8 +138,16 @@ impl Harness {
                 .open(path)
                 .expect("BENCH_JSON file")
         });
-        println!("{:<52} {:>12} {:>25} {:>12}", "benchmark", "median", "p10 .. p90", "throughput");
-        Harness { time: Duration::from_millis(ms), filters, json, ran: 0 }
+        println!(
+            "{:<52} {:>12} {:>25} {:>12}",
+            "benchmark", "median", "p10 .. p90", "throughput"
+        );
+        Harness {
+            time: Duration::from_millis(ms),
+            filters,
+            json,
+            ran: 0,
+        }
     }
 
     fn wanted(&self, name: &str) -> bool {
@@ -299,12 +315,25 @@ struct Answer<'a> {
 /// (token verification, credential swap), request body (strict parse, policy, audit), response
 /// headers, response body in 16 KiB chunks (list filtering, key-leak check). Returns the bytes
 /// sent downstream.
-fn whole_request(config: &Rc<Config>, headers: &[Header], body: &[u8], answer: &Answer, now_ms: u64) -> usize {
-    let mut host = BenchHost { headers: headers.to_vec(), now_ms, ..BenchHost::default() };
+fn whole_request(
+    config: &Rc<Config>,
+    headers: &[Header],
+    body: &[u8],
+    answer: &Answer,
+    now_ms: u64,
+) -> usize {
+    let mut host = BenchHost {
+        headers: headers.to_vec(),
+        now_ms,
+        ..BenchHost::default()
+    };
     let mut stream = Stream::new(Rc::clone(config));
     assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
     let action = stream.on_request_body(&mut host, body);
-    assert!(action == Action::Continue && host.sent.is_none(), "the bench call must be allowed");
+    assert!(
+        action == Action::Continue && host.sent.is_none(),
+        "the bench call must be allowed"
+    );
     host.response_headers = vec![
         (":status".to_string(), "200".to_string()),
         ("content-type".to_string(), answer.content_type.to_string()),
@@ -326,7 +355,10 @@ fn whole_request(config: &Rc<Config>, headers: &[Header], body: &[u8], answer: &
             BodyAction::Pause => {}
         }
     }
-    assert!(host.sent.is_none() && !host.reset, "the answer must go through");
+    assert!(
+        host.sent.is_none() && !host.reset,
+        "the answer must go through"
+    );
     sent
 }
 
@@ -361,7 +393,11 @@ fn bench_jwt(h: &mut Harness, fx: &Fixtures) {
 
 fn claims(fx: &Fixtures) -> Map<String, Value> {
     let config = fx.config(&fx.policy_4);
-    config.authenticator.verify(fx.token("RS256"), fx.now).expect("token").claims
+    config
+        .authenticator
+        .verify(fx.token("RS256"), fx.now)
+        .expect("token")
+        .claims
 }
 
 fn bench_policy(h: &mut Harness, fx: &Fixtures) {
@@ -389,15 +425,28 @@ fn bench_policy(h: &mut Harness, fx: &Fixtures) {
                 prompt: None,
                 resource_uri: None,
                 session_id: None,
-                request: RequestFacts { path: "/mcp", host: "127.0.0.1:10000", method: "POST", headers: &headers },
+                request: RequestFacts {
+                    path: "/mcp",
+                    host: "127.0.0.1:10000",
+                    method: "POST",
+                    headers: &headers,
+                },
                 source_address: "127.0.0.1:43210",
                 mtls: false,
                 now: fx.now,
             };
             let decision = policy.evaluate(&input);
-            assert_eq!(decision.outcome, Outcome::Allow, "{rules} rules: {decision:?}");
+            assert_eq!(
+                decision.outcome,
+                Outcome::Allow,
+                "{rules} rules: {decision:?}"
+            );
             assert_eq!(decision.rule.as_deref(), Some("read-only-tools"));
-            h.bench(&format!("policy/evaluate/{rules}-rules/{body_name}"), None, || policy.evaluate(&input));
+            h.bench(
+                &format!("policy/evaluate/{rules}-rules/{body_name}"),
+                None,
+                || policy.evaluate(&input),
+            );
         }
     }
 }
@@ -405,13 +454,17 @@ fn bench_policy(h: &mut Harness, fx: &Fixtures) {
 fn bench_parse(h: &mut Harness) {
     for (name, body) in [("call-1k", CALL_1K), ("call-100k", CALL_100K)] {
         let bytes = body.as_bytes();
-        h.bench(&format!("mcp/parse_message/{name}"), Some(bytes.len()), || {
-            mcp::parse_message(black_box(bytes), mcp::DEFAULT_MAX_DEPTH).expect("valid")
-        });
+        h.bench(
+            &format!("mcp/parse_message/{name}"),
+            Some(bytes.len()),
+            || mcp::parse_message(black_box(bytes), mcp::DEFAULT_MAX_DEPTH).expect("valid"),
+        );
         // Reference point: what a plain, non-strict serde_json parse costs.
-        h.bench(&format!("baseline/serde_json-to-Value/{name}"), Some(bytes.len()), || {
-            serde_json::from_slice::<Value>(black_box(bytes)).expect("valid")
-        });
+        h.bench(
+            &format!("baseline/serde_json-to-Value/{name}"),
+            Some(bytes.len()),
+            || serde_json::from_slice::<Value>(black_box(bytes)).expect("valid"),
+        );
     }
 }
 
@@ -442,11 +495,19 @@ fn bench_discovery(h: &mut Harness, fx: &Fixtures) {
         _ => 0,
     };
 
-    let out = discovery::filter_result(json, ListKind::Tools, Some(&id), &mut |n| n.starts_with("read_"));
-    assert_eq!(kept(&out), 250, "half the tools are hidden");
-    h.bench("discovery/filter_result/500-tools/name-check", Some(json.len()), || {
-        discovery::filter_result(black_box(json), ListKind::Tools, Some(&id), &mut |n| n.starts_with("read_"))
+    let out = discovery::filter_result(json, ListKind::Tools, Some(&id), &mut |n| {
+        n.starts_with("read_")
     });
+    assert_eq!(kept(&out), 250, "half the tools are hidden");
+    h.bench(
+        "discovery/filter_result/500-tools/name-check",
+        Some(json.len()),
+        || {
+            discovery::filter_result(black_box(json), ListKind::Tools, Some(&id), &mut |n| {
+                n.starts_with("read_")
+            })
+        },
+    );
     let by_policy = || {
         let mut lister = policy.lister(&listing);
         discovery::filter_result(black_box(json), ListKind::Tools, Some(&id), &mut |n| {
@@ -454,7 +515,11 @@ fn bench_discovery(h: &mut Harness, fx: &Fixtures) {
         })
     };
     assert_eq!(kept(&by_policy()), 250, "the policy hides the write_ tools");
-    h.bench("discovery/filter_result/500-tools/policy", Some(json.len()), by_policy);
+    h.bench(
+        "discovery/filter_result/500-tools/policy",
+        Some(json.len()),
+        by_policy,
+    );
 
     // The response path as Envoy feeds it: the SSE body in 16 KiB chunks, each event's data
     // filtered, the rewritten event re-encoded.
@@ -466,44 +531,81 @@ fn bench_discovery(h: &mut Harness, fx: &Fixtures) {
         while let Some(chunk) = chunks.next() {
             let last = chunks.peek().is_none();
             let forwarded = rewriter
-                .push(chunk, last, &mut |event| {
-                    match discovery::filter_result(event.data.as_bytes(), ListKind::Tools, Some(&id), &mut |n| {
-                        lister.visible(Item::Tool(n))
-                    }) {
-                        Filtered::Rewritten { body, .. } => {
-                            Rewrite::Replace(String::from_utf8(body).unwrap_or_default())
-                        }
-                        _ => Rewrite::Keep,
+                .push(chunk, last, &mut |event| match discovery::filter_result(
+                    event.data.as_bytes(),
+                    ListKind::Tools,
+                    Some(&id),
+                    &mut |n| lister.visible(Item::Tool(n)),
+                ) {
+                    Filtered::Rewritten { body, .. } => {
+                        Rewrite::Replace(String::from_utf8(body).unwrap_or_default())
                     }
+                    _ => Rewrite::Keep,
                 })
                 .expect("within the event limit");
             out += forwarded.len();
         }
         out
     };
-    assert!(sse_filter(16 * 1024) < sse.len() * 6 / 10, "the SSE list is filtered");
-    h.bench("sse+discovery/tools-list-500/16KiB-chunks/policy", Some(sse.len()), || sse_filter(16 * 1024));
+    assert!(
+        sse_filter(16 * 1024) < sse.len() * 6 / 10,
+        "the SSE list is filtered"
+    );
+    h.bench(
+        "sse+discovery/tools-list-500/16KiB-chunks/policy",
+        Some(sse.len()),
+        || sse_filter(16 * 1024),
+    );
 }
 
 fn bench_whole_request(h: &mut Harness, fx: &Fixtures) {
     let token = fx.token("RS256");
     let now_ms = u64::try_from(fx.now).expect("positive") * 1000;
     let policy_100: Value = serde_json::from_str(POLICY_100).expect("policy-100");
-    let call_answer = Answer { content_type: "application/json", body: CALL_ANSWER.as_bytes() };
-    let list_answer = Answer { content_type: "text/event-stream", body: TOOLS_LIST_SSE.as_bytes() };
+    let call_answer = Answer {
+        content_type: "application/json",
+        body: CALL_ANSWER.as_bytes(),
+    };
+    let list_answer = Answer {
+        content_type: "text/event-stream",
+        body: TOOLS_LIST_SSE.as_bytes(),
+    };
     let tools_list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
     let cases = [
-        ("tools-call/4-rules/call-1k", &fx.policy_4, CALL_1K, &call_answer),
-        ("tools-call/100-rules/call-1k", &policy_100, CALL_1K, &call_answer),
-        ("tools-call/4-rules/call-100k", &fx.policy_4, CALL_100K, &call_answer),
-        ("tools-list/4-rules/sse-500-tools", &fx.policy_4, tools_list, &list_answer),
+        (
+            "tools-call/4-rules/call-1k",
+            &fx.policy_4,
+            CALL_1K,
+            &call_answer,
+        ),
+        (
+            "tools-call/100-rules/call-1k",
+            &policy_100,
+            CALL_1K,
+            &call_answer,
+        ),
+        (
+            "tools-call/4-rules/call-100k",
+            &fx.policy_4,
+            CALL_100K,
+            &call_answer,
+        ),
+        (
+            "tools-list/4-rules/sse-500-tools",
+            &fx.policy_4,
+            tools_list,
+            &list_answer,
+        ),
     ];
     for (name, policy, body, answer) in cases {
         let config = fx.config(policy);
         let headers = request_headers(token, body.len());
         let sent = whole_request(&config, &headers, body.as_bytes(), answer, now_ms);
         if name.starts_with("tools-list") {
-            assert!(sent < answer.body.len() * 6 / 10, "the list is filtered ({sent} bytes sent)");
+            assert!(
+                sent < answer.body.len() * 6 / 10,
+                "the list is filtered ({sent} bytes sent)"
+            );
         }
         h.bench(&format!("flow/RS256/{name}"), None, || {
             whole_request(&config, &headers, body.as_bytes(), answer, now_ms)

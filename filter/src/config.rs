@@ -237,17 +237,19 @@ pub(crate) fn typed<T: DeserializeOwned>(value: Value, field: &str) -> Result<T,
         let member = |prefix: &str| {
             let rest = message.strip_prefix(prefix)?;
             let name = rest.strip_prefix('`')?.split('`').next()?;
-            Some(if at.is_empty() || at == name || at.ends_with(&format!(".{name}")) {
-                if at.is_empty() {
+            Some(
+                if at.is_empty() || at == name || at.ends_with(&format!(".{name}")) {
+                    if at.is_empty() {
+                        name.to_string()
+                    } else {
+                        at.clone()
+                    }
+                } else if at.is_empty() {
                     name.to_string()
                 } else {
-                    at.clone()
-                }
-            } else if at.is_empty() {
-                name.to_string()
-            } else {
-                format!("{at}.{name}")
-            })
+                    format!("{at}.{name}")
+                },
+            )
         };
         if let Some(path) = member("missing field ") {
             ConfigError::new(path, "is required")
@@ -290,7 +292,10 @@ impl Config {
         }
 
         if raw.issuers.is_empty() {
-            return Err(ConfigError::new("issuers", "at least one issuer is required"));
+            return Err(ConfigError::new(
+                "issuers",
+                "at least one issuer is required",
+            ));
         }
         let mut issuers = Vec::with_capacity(raw.issuers.len());
         for (i, value) in raw.issuers.into_iter().enumerate() {
@@ -306,7 +311,10 @@ impl Config {
         }
 
         if raw.servers.is_empty() {
-            return Err(ConfigError::new("servers", "at least one server is required"));
+            return Err(ConfigError::new(
+                "servers",
+                "at least one server is required",
+            ));
         }
         let mut servers: Vec<Server> = Vec::with_capacity(raw.servers.len());
         for (i, value) in raw.servers.into_iter().enumerate() {
@@ -369,10 +377,17 @@ impl Config {
 }
 
 impl Server {
-    fn from_config(value: Value, field: &str, env: &dyn Environment) -> Result<Server, ConfigError> {
+    fn from_config(
+        value: Value,
+        field: &str,
+        env: &dyn Environment,
+    ) -> Result<Server, ConfigError> {
         let raw: RawServer = typed(value, field)?;
         if raw.name.trim().is_empty() {
-            return Err(ConfigError::new(format!("{field}.name"), "must not be empty"));
+            return Err(ConfigError::new(
+                format!("{field}.name"),
+                "must not be empty",
+            ));
         }
         let path = raw.path.unwrap_or_else(|| "/mcp".to_string());
         if !path.starts_with('/') || path.contains('?') || path.contains('#') {
@@ -385,7 +400,8 @@ impl Server {
             .map_err(|m| ConfigError::new(format!("{field}.resource"), m))?;
         let metadata_path = crate::oauth::metadata_path(resource_path);
         let metadata_url = format!("{origin}{metadata_path}");
-        let credential = Credential::from_config(raw.credential, &format!("{field}.credential"), env)?;
+        let credential =
+            Credential::from_config(raw.credential, &format!("{field}.credential"), env)?;
         let matcher: Matcher = match raw.matcher {
             Some(m) => typed(m, &format!("{field}.match"))?,
             None => Matcher::default(),
@@ -399,13 +415,19 @@ impl Server {
                 .filter(|h| is_header_name(h))
                 .ok_or_else(|| ConfigError::new(&at, "must be a valid HTTP header name"))?;
             if header == "authorization" || header == credential.header || header.starts_with(':') {
-                return Err(ConfigError::new(at, "must not be a credential or pseudo header"));
+                return Err(ConfigError::new(
+                    at,
+                    "must not be a credential or pseudo header",
+                ));
             }
             forward_claims.push((claim, header));
         }
         let mut strip_headers: Vec<String> = match raw.strip_headers {
             Some(list) => list.iter().map(|h| h.to_ascii_lowercase()).collect(),
-            None => DEFAULT_STRIP_HEADERS.iter().map(|h| h.to_string()).collect(),
+            None => DEFAULT_STRIP_HEADERS
+                .iter()
+                .map(|h| h.to_string())
+                .collect(),
         };
         if let Some(bad) = strip_headers.iter().position(|h| !is_header_name(h)) {
             return Err(ConfigError::new(
@@ -478,7 +500,11 @@ impl Server {
 }
 
 impl Credential {
-    fn from_config(value: Value, field: &str, env: &dyn Environment) -> Result<Credential, ConfigError> {
+    fn from_config(
+        value: Value,
+        field: &str,
+        env: &dyn Environment,
+    ) -> Result<Credential, ConfigError> {
         // serde quotes the offending value ("invalid type: string \"sk-…\""): for a credential
         // that may be the secret itself, and the error goes to Envoy's log. Never quote it.
         let raw: RawCredential = typed(value, field).map_err(|e| {
@@ -520,7 +546,10 @@ impl Credential {
             }
         };
         if secret.is_empty() {
-            return Err(ConfigError::new(format!("{field}.value"), "must not be empty"));
+            return Err(ConfigError::new(
+                format!("{field}.value"),
+                "must not be empty",
+            ));
         }
         let value = format!("{}{}", raw.prefix, secret);
         if !is_header_value(&value) {
@@ -564,13 +593,15 @@ fn leak_patterns(secret: &str) -> Vec<Vec<u8>> {
 
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 fn is_header_value(value: &str) -> bool {
-    value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
 #[cfg(test)]
@@ -588,9 +619,18 @@ mod credential_tests {
     #[test]
     fn a_misplaced_secret_is_never_quoted_in_the_error() {
         for (credential, secret) in [
-            (json!("sk-live-abcdefgh12345678"), "sk-live-abcdefgh12345678"),
-            (json!({ "header": "x-api-key", "value": 98_765_432_109_876_u64 }), "98765432109876"),
-            (json!({ "header": "x-api-key", "value": ["sk-in-a-list-12345"] }), "sk-in-a-list-12345"),
+            (
+                json!("sk-live-abcdefgh12345678"),
+                "sk-live-abcdefgh12345678",
+            ),
+            (
+                json!({ "header": "x-api-key", "value": 98_765_432_109_876_u64 }),
+                "98765432109876",
+            ),
+            (
+                json!({ "header": "x-api-key", "value": ["sk-in-a-list-12345"] }),
+                "sk-in-a-list-12345",
+            ),
         ] {
             let e = Credential::from_config(credential, "servers[0].credential", &NoEnv)
                 .expect_err("not a credential");
@@ -599,7 +639,8 @@ mod credential_tests {
             assert!(!e.to_string().contains(secret), "{e}");
         }
         // Errors that quote no value keep serde's own words.
-        let e = Credential::from_config(json!({ "value": "sk-abcdefgh" }), "c", &NoEnv).expect_err("no header");
+        let e = Credential::from_config(json!({ "value": "sk-abcdefgh" }), "c", &NoEnv)
+            .expect_err("no header");
         assert_eq!(e.field, "c.header");
     }
 }

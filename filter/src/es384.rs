@@ -43,7 +43,12 @@ impl Algorithm for Es384 {
         Es384Signature(signing_key.sign_digest(Sha384::new_with_prefix(message)))
     }
 
-    fn verify_signature(&self, signature: &Es384Signature, key: &VerifyingKey, message: &[u8]) -> bool {
+    fn verify_signature(
+        &self,
+        signature: &Es384Signature,
+        key: &VerifyingKey,
+        message: &[u8],
+    ) -> bool {
         key.verify_digest(Sha384::new_with_prefix(message), &signature.0)
             .is_ok()
     }

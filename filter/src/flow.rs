@@ -137,7 +137,9 @@ impl Stream {
         self.end_of_stream = end_of_stream;
         let method = self.header(":method").unwrap_or_default().to_string();
         let full_path = self.header(":path").unwrap_or_default().to_string();
-        let (path, query) = full_path.split_once('?').unwrap_or((full_path.as_str(), ""));
+        let (path, query) = full_path
+            .split_once('?')
+            .unwrap_or((full_path.as_str(), ""));
         self.query = query.to_string();
 
         let mut record = Record::new(host.now_millis(), &method);
@@ -159,7 +161,10 @@ impl Stream {
             let (route, cluster) = (record.route.as_deref(), record.upstream.as_deref());
             if let Some(server) = config.server_for_metadata(path, route, &authority, cluster) {
                 let body = oauth::metadata_document(server);
-                let headers = [("content-type", "application/json"), ("cache-control", "max-age=300")];
+                let headers = [
+                    ("content-type", "application/json"),
+                    ("cache-control", "max-age=300"),
+                ];
                 host.send_response(200, &headers, &body);
                 return Action::Pause;
             }
@@ -195,16 +200,22 @@ impl Stream {
     /// Authentication, session check, credential swap, method dispatch. Re-entered after a wait.
     fn authorize(&mut self, host: &mut dyn Host) -> Action {
         let config = Rc::clone(&self.config);
-        let (Some(server), Some(mut record)) =
-            (self.server.and_then(|i| config.servers.get(i)), self.record.take())
-        else {
+        let (Some(server), Some(mut record)) = (
+            self.server.and_then(|i| config.servers.get(i)),
+            self.record.take(),
+        ) else {
             return Action::Pause;
         };
         let now_ms = host.now_millis();
         let identity = match self.authenticate(now_ms) {
             // RFC 8707: the token must have been issued for this server, not just any of ours.
             Ok(identity) if !identity.has_audience(&server.audiences) => {
-                return self.refuse_auth(host, server, record, Refusal::Token(AuthError::WrongAudience));
+                return self.refuse_auth(
+                    host,
+                    server,
+                    record,
+                    Refusal::Token(AuthError::WrongAudience),
+                );
             }
             Ok(identity) => identity,
             Err(refusal) => {
@@ -225,8 +236,20 @@ impl Stream {
         self.identity = Some(identity);
 
         // One value each: servers differ in which of several they would read.
-        for single in ["mcp-session-id", "mcp-method", "mcp-name", "mcp-protocol-version", "content-type"] {
-            if self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(single)).count() > 1 {
+        for single in [
+            "mcp-session-id",
+            "mcp-method",
+            "mcp-name",
+            "mcp-protocol-version",
+            "content-type",
+        ] {
+            if self
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(single))
+                .count()
+                > 1
+            {
                 record.reason = Some(format!("repeated_header: {single}"));
                 let why = format!("the {single} header must appear at most once");
                 let body = reply::jsonrpc_error(None, -32600, &why, None);
@@ -238,7 +261,12 @@ impl Stream {
             // id the filter could have bound, and an upstream might read it differently.
             if session_id.is_empty() || !session_id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
                 record.reason = Some("invalid_session_id".into());
-                let body = reply::jsonrpc_error(None, -32600, "Mcp-Session-Id must be visible ASCII", None);
+                let body = reply::jsonrpc_error(
+                    None,
+                    -32600,
+                    "Mcp-Session-Id must be visible ASCII",
+                    None,
+                );
                 return self.refuse(host, record, 400, &[], body);
             }
             if !session::may_use(host, &session_id, &iss, &sub) {
@@ -250,7 +278,12 @@ impl Stream {
         if let Some(encoding) = self.header("content-encoding") {
             if !encoding.trim().eq_ignore_ascii_case("identity") {
                 record.reason = Some("content_encoding".into());
-                let body = reply::jsonrpc_error(None, -32600, "compressed request bodies are refused", None);
+                let body = reply::jsonrpc_error(
+                    None,
+                    -32600,
+                    "compressed request bodies are refused",
+                    None,
+                );
                 return self.refuse(host, record, 415, &[], body);
             }
         }
@@ -305,16 +338,18 @@ impl Stream {
             return Action::Pause;
         }
         let config = Rc::clone(&self.config);
-        let (Some(server), Some(mut record)) =
-            (self.server.and_then(|i| config.servers.get(i)), self.record.take())
-        else {
+        let (Some(server), Some(mut record)) = (
+            self.server.and_then(|i| config.servers.get(i)),
+            self.record.take(),
+        ) else {
             return Action::Pause; // headers were refused already: never forward
         };
         let method = self.header(":method").unwrap_or_default().to_string();
         if method != "POST" {
             if !body.is_empty() {
                 record.reason = Some("body_not_allowed".into());
-                let body = reply::http_error("invalid_request", "GET and DELETE requests carry no body");
+                let body =
+                    reply::http_error("invalid_request", "GET and DELETE requests carry no body");
                 return self.refuse(host, record, 400, &[], body);
             }
             return self.allow_bodiless(host, record, &method);
@@ -327,7 +362,8 @@ impl Stream {
         }
         if !is_json(self.header("content-type").unwrap_or_default()) {
             record.reason = Some("unsupported_media_type".into());
-            let body = reply::jsonrpc_error(None, -32600, "POST bodies must be application/json", None);
+            let body =
+                reply::jsonrpc_error(None, -32600, "POST bodies must be application/json", None);
             return self.refuse(host, record, 415, &[], body);
         }
         if mcp::is_batch(body) {
@@ -346,7 +382,8 @@ impl Stream {
         if let Some(mismatch) = self.header_mismatch(&message) {
             record.reason = Some(mismatch.clone());
             record.error_code = Some(reply::HEADER_MISMATCH);
-            let body = reply::jsonrpc_error(message.id.as_ref(), reply::HEADER_MISMATCH, &mismatch, None);
+            let body =
+                reply::jsonrpc_error(message.id.as_ref(), reply::HEADER_MISMATCH, &mismatch, None);
             return self.refuse(host, record, 400, &[], body);
         }
 
@@ -372,13 +409,18 @@ impl Stream {
                 record.error_code = Some(code);
                 // A request is answered in-band so the client's session survives; a
                 // notification or response has no id to answer, so it is refused over HTTP.
-                let status = if message.kind == Kind::Request { 200 } else { 403 };
+                let status = if message.kind == Kind::Request {
+                    200
+                } else {
+                    403
+                };
                 self.refuse(host, record, status, &[], body)
             }
             Outcome::InsufficientScope(scopes) => {
                 record.reason = Some(decision.reason.clone());
                 record.error_code = Some(reply::POLICY_DENIED);
-                let challenge = oauth::challenge(server, Some("insufficient_scope"), Some(&scopes.join(" ")));
+                let challenge =
+                    oauth::challenge(server, Some("insufficient_scope"), Some(&scopes.join(" ")));
                 let (_, body) = denial(server, &message, decision.rule.as_deref());
                 self.refuse(host, record, 403, &[("www-authenticate", &challenge)], body)
             }
@@ -387,14 +429,21 @@ impl Stream {
 
     /// A JSON-RPC batch: only protocol version 2025-03-26 allows them. Each message is
     /// authorized on its own and audited on its own line; if any is denied, none is forwarded.
-    fn on_batch(&mut self, host: &mut dyn Host, server: &Server, record: Record, body: &[u8]) -> Action {
+    fn on_batch(
+        &mut self,
+        host: &mut dyn Host,
+        server: &Server,
+        record: Record,
+        body: &[u8],
+    ) -> Action {
         let protocol = self.header("mcp-protocol-version").unwrap_or_default();
-        let refuse_invalid = |this: &mut Self, host: &mut dyn Host, mut record: Record, code: i64, why: String| {
-            record.reason = Some(why.clone());
-            record.error_code = Some(code);
-            let body = reply::jsonrpc_error(None, code, &why, None);
-            this.refuse(host, record, 400, &[], body)
-        };
+        let refuse_invalid =
+            |this: &mut Self, host: &mut dyn Host, mut record: Record, code: i64, why: String| {
+                record.reason = Some(why.clone());
+                record.error_code = Some(code);
+                let body = reply::jsonrpc_error(None, code, &why, None);
+                this.refuse(host, record, 400, &[], body)
+            };
         if protocol != "2025-03-26" {
             let why = format!(
                 "JSON-RPC batches are not allowed in protocol version {:?}; send one message per request",
@@ -414,7 +463,11 @@ impl Stream {
             .collect();
         let all_allowed = decisions.iter().all(|d| d.outcome == Outcome::Allow);
         // Requests get their errors in a 200 batch; a batch of notifications only gets a 403.
-        let status = if messages.iter().any(|m| m.kind == Kind::Request) { 200 } else { 403 };
+        let status = if messages.iter().any(|m| m.kind == Kind::Request) {
+            200
+        } else {
+            403
+        };
         let mut records = Vec::with_capacity(messages.len());
         let mut answers = Vec::new();
         for (message, decision) in messages.iter().zip(&decisions) {
@@ -441,7 +494,15 @@ impl Stream {
                         denial(server, message, decision.rule.as_deref())
                     } else {
                         let text = "not executed: another message in this batch was denied";
-                        (reply::POLICY_DENIED, reply::jsonrpc_error(message.id.as_ref(), reply::POLICY_DENIED, text, None))
+                        (
+                            reply::POLICY_DENIED,
+                            reply::jsonrpc_error(
+                                message.id.as_ref(),
+                                reply::POLICY_DENIED,
+                                text,
+                                None,
+                            ),
+                        )
                     };
                     if let Ok(v) = serde_json::from_slice::<Value>(&body) {
                         answers.push(v);
@@ -461,7 +522,10 @@ impl Stream {
         self.batch = records.collect();
         self.audit(host, first);
         if all_allowed {
-            if messages.iter().any(|m| ListKind::for_method(&m.method).is_some()) {
+            if messages
+                .iter()
+                .any(|m| ListKind::for_method(&m.method).is_some())
+            {
                 self.lists = Some(ListFilter {
                     kinds: vec![ListKind::Tools, ListKind::Prompts, ListKind::Resources],
                     expected_id: None,
@@ -477,7 +541,12 @@ impl Stream {
     }
 
     /// The upstream answered: refuse a rejected service key, bind new sessions, plan the body.
-    pub fn on_response_headers(&mut self, host: &mut dyn Host, status: Option<u32>, end_of_stream: bool) -> Action {
+    pub fn on_response_headers(
+        &mut self,
+        host: &mut dyn Host,
+        status: Option<u32>,
+        end_of_stream: bool,
+    ) -> Action {
         let config = Rc::clone(&self.config);
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
             return Action::Continue;
@@ -514,20 +583,29 @@ impl Stream {
             return self.refuse(host, record, 502, &[], body);
         }
         let headers = host.response_headers();
-        if self.header(":method") == Some("DELETE") && status.is_some_and(|s| (200..300).contains(&s)) {
+        if self.header(":method") == Some("DELETE")
+            && status.is_some_and(|s| (200..300).contains(&s))
+        {
             if let Some(id) = self.header("mcp-session-id").map(str::to_string) {
                 session::end(host, &id);
             }
         }
-        let encoding = header(&headers, "content-encoding").unwrap_or("identity").trim();
+        let encoding = header(&headers, "content-encoding")
+            .unwrap_or("identity")
+            .trim();
         if !end_of_stream && !encoding.eq_ignore_ascii_case("identity") {
             // Compressed despite our request: cannot be filtered or checked, so not forwarded.
             record.decision = Verdict::Error;
-            record.reason = Some(format!("uninspectable_response: content-encoding {encoding}"));
-            let body = reply::http_error("bad_gateway", "the MCP server sent a compressed response");
+            record.reason = Some(format!(
+                "uninspectable_response: content-encoding {encoding}"
+            ));
+            let body =
+                reply::http_error("bad_gateway", "the MCP server sent a compressed response");
             return self.refuse(host, record, 502, &[], body);
         }
-        if let (Some(session_id), Some(identity)) = (header(&headers, "mcp-session-id"), &self.identity) {
+        if let (Some(session_id), Some(identity)) =
+            (header(&headers, "mcp-session-id"), &self.identity)
+        {
             session::bind(
                 host,
                 session_id,
@@ -564,7 +642,12 @@ impl Stream {
     }
 
     /// A chunk of the response body (`body` is everything Envoy buffered when held).
-    pub fn on_response_body(&mut self, host: &mut dyn Host, body: &[u8], end_of_stream: bool) -> BodyAction {
+    pub fn on_response_body(
+        &mut self,
+        host: &mut dyn Host,
+        body: &[u8],
+        end_of_stream: bool,
+    ) -> BodyAction {
         let config = Rc::clone(&self.config);
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
             return BodyAction::Continue;
@@ -594,13 +677,24 @@ impl Stream {
                     (None, report, hold)
                 }
                 Some(Body::Buffered) => {
-                    let (out, report) =
-                        response::inspect_buffered(body, self.json_response, lists, patterns, &mut visible);
+                    let (out, report) = response::inspect_buffered(
+                        body,
+                        self.json_response,
+                        lists,
+                        patterns,
+                        &mut visible,
+                    );
                     (out, report, false)
                 }
                 Some(Body::Events(rewriter)) => {
-                    let (out, report) =
-                        response::inspect_events(rewriter, body, end_of_stream, lists, patterns, &mut visible);
+                    let (out, report) = response::inspect_events(
+                        rewriter,
+                        body,
+                        end_of_stream,
+                        lists,
+                        patterns,
+                        &mut visible,
+                    );
                     (Some(out), report, false)
                 }
             }
@@ -622,7 +716,8 @@ impl Stream {
             }
         }
         if let Some(why) = report.failed.clone().or_else(|| {
-            (report.leaks > 0 && server.block_key_leaks).then(|| "response carried the service key".to_string())
+            (report.leaks > 0 && server.block_key_leaks)
+                .then(|| "response carried the service key".to_string())
         }) {
             let mut r = record.unwrap_or_else(|| Record::new(now, ""));
             r.decision = Verdict::Error;
@@ -631,7 +726,13 @@ impl Stream {
             return match self.body {
                 // Held whole: nothing went downstream yet, answer 502 instead.
                 Some(Body::Buffered) => {
-                    self.refuse(host, r, 502, &[], reply::http_error("bad_gateway", "upstream response refused"));
+                    self.refuse(
+                        host,
+                        r,
+                        502,
+                        &[],
+                        reply::http_error("bad_gateway", "upstream response refused"),
+                    );
                     BodyAction::Pause
                 }
                 // Streaming: cut the stream; nothing unchecked goes on.
@@ -657,7 +758,10 @@ impl Stream {
     /// An internal failure: answer 503 and audit it as an error. Nothing is forwarded.
     pub fn fail(&mut self, host: &mut dyn Host, why: &str) {
         self.awaiting_body = false;
-        let mut record = self.record.take().unwrap_or_else(|| Record::new(host.now_millis(), ""));
+        let mut record = self
+            .record
+            .take()
+            .unwrap_or_else(|| Record::new(host.now_millis(), ""));
         record.decision = Verdict::Error;
         record.reason = Some(why.to_string());
         record.error_code = Some(reply::INTERNAL);
@@ -676,7 +780,10 @@ impl Stream {
             .collect();
         let token = oauth::bearer(&values, &self.query).map_err(Refusal::Bearer)?;
         let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
-        self.config.authenticator.verify(token, now).map_err(Refusal::Token)
+        self.config
+            .authenticator
+            .verify(token, now)
+            .map_err(Refusal::Token)
     }
 
     /// Whether a failed authentication should wait for keys instead of answering now.
@@ -688,7 +795,10 @@ impl Stream {
                 let deadline_ms = self
                     .wait_deadline
                     .unwrap_or_else(|| now_ms.saturating_add(self.config.key_wait_ms));
-                (now_ms < deadline_ms).then_some(Wait { issuer: *issuer, deadline_ms })
+                (now_ms < deadline_ms).then_some(Wait {
+                    issuer: *issuer,
+                    deadline_ms,
+                })
             }
             Refusal::Token(AuthError::UnknownKey { issuer }) if !self.waited => {
                 let trusted = issuers.get(*issuer)?;
@@ -696,31 +806,56 @@ impl Stream {
                 if !trusted.request_refetch(now_ms) {
                     return None;
                 }
-                let budget = remote.timeout_ms.saturating_add(500).min(self.config.key_wait_ms);
-                Some(Wait { issuer: *issuer, deadline_ms: now_ms.saturating_add(budget) })
+                let budget = remote
+                    .timeout_ms
+                    .saturating_add(500)
+                    .min(self.config.key_wait_ms);
+                Some(Wait {
+                    issuer: *issuer,
+                    deadline_ms: now_ms.saturating_add(budget),
+                })
             }
             _ => None,
         }
     }
 
-    fn refuse_auth(&mut self, host: &mut dyn Host, server: &Server, mut record: Record, refusal: Refusal) -> Action {
+    fn refuse_auth(
+        &mut self,
+        host: &mut dyn Host,
+        server: &Server,
+        mut record: Record,
+        refusal: Refusal,
+    ) -> Action {
         record.reason = Some(refusal.reason().to_string());
         metrics::count_auth_failure(host, refusal.reason());
         let (status, error, description) = match &refusal {
             Refusal::Token(AuthError::NoKeys { .. }) => {
                 // Not the caller's fault: 503, never a 401 that makes clients drop tokens.
                 record.decision = Verdict::Error;
-                let body = reply::http_error("temporarily_unavailable", &AuthError::NoKeys { issuer: 0 }.to_string());
+                let body = reply::http_error(
+                    "temporarily_unavailable",
+                    &AuthError::NoKeys { issuer: 0 }.to_string(),
+                );
                 return self.refuse(host, record, 503, &[("retry-after", "2")], body);
             }
             Refusal::Token(e) => (401, Some("invalid_token"), e.to_string()),
             Refusal::Bearer(BearerError::Missing) => (401, None, "no bearer token".to_string()),
-            Refusal::Bearer(BearerError::Malformed(why)) => (401, Some("invalid_token"), why.to_string()),
-            Refusal::Bearer(BearerError::InvalidRequest(_, why)) => (400, Some("invalid_request"), why.to_string()),
+            Refusal::Bearer(BearerError::Malformed(why)) => {
+                (401, Some("invalid_token"), why.to_string())
+            }
+            Refusal::Bearer(BearerError::InvalidRequest(_, why)) => {
+                (400, Some("invalid_request"), why.to_string())
+            }
         };
         let challenge = oauth::challenge(server, error, None);
         let body = reply::http_error(error.unwrap_or("unauthorized"), &description);
-        self.refuse(host, record, status, &[("www-authenticate", &challenge)], body)
+        self.refuse(
+            host,
+            record,
+            status,
+            &[("www-authenticate", &challenge)],
+            body,
+        )
     }
 
     /// Swaps the client's credentials for the service's.
@@ -738,7 +873,10 @@ impl Stream {
                     Some(Value::Null) | None => continue,
                     Some(other) => other.to_string(),
                 };
-                if value.bytes().all(|b| b == b'\t' || (0x20..0x7f).contains(&b)) {
+                if value
+                    .bytes()
+                    .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+                {
                     host.set_request_header(name, &value);
                 }
             }
@@ -749,7 +887,9 @@ impl Stream {
     fn header_mismatch(&self, message: &Message) -> Option<String> {
         if let Some(method) = self.header("mcp-method") {
             if method != message.method {
-                return Some(format!("Mcp-Method header {method:?} does not match the body's method"));
+                return Some(format!(
+                    "Mcp-Method header {method:?} does not match the body's method"
+                ));
             }
         }
         if let Some(name) = self.header("mcp-name") {
@@ -767,7 +907,9 @@ impl Stream {
 
     fn input<'a>(&'a self, message: &'a Message, source: &'a str, now_ms: u64) -> Input<'a> {
         let (tool, prompt, resource_uri) = match &message.target {
-            Target::Tool { name, arguments } => (Some((name.as_str(), Some(arguments))), None, None),
+            Target::Tool { name, arguments } => {
+                (Some((name.as_str(), Some(arguments))), None, None)
+            }
             Target::Prompt { name } => (None, Some(name.as_str()), None),
             Target::Resource { uri } => (None, None, Some(uri.as_str())),
             Target::None => (None, None, None),
@@ -849,7 +991,14 @@ impl Stream {
     }
 
     /// Answers locally and audits the refusal. Nothing is forwarded.
-    fn refuse(&mut self, host: &mut dyn Host, mut record: Record, status: u32, headers: &[(&str, &str)], body: Vec<u8>) -> Action {
+    fn refuse(
+        &mut self,
+        host: &mut dyn Host,
+        mut record: Record,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Action {
         if record.decision != Verdict::Error {
             record.decision = Verdict::Deny;
         }
@@ -896,21 +1045,36 @@ fn denial(server: &Server, message: &Message, rule: Option<&str>) -> (i64, Vec<u
             Target::Resource { uri } => format!("Unknown resource: {uri}"),
             Target::None => format!("Method not found: {}", message.method),
         };
-        let code = if matches!(message.target, Target::None) { -32601 } else { -32602 };
-        return (code, reply::jsonrpc_error(message.id.as_ref(), code, &what, None));
+        let code = if matches!(message.target, Target::None) {
+            -32601
+        } else {
+            -32602
+        };
+        return (
+            code,
+            reply::jsonrpc_error(message.id.as_ref(), code, &what, None),
+        );
     }
     let what = match &message.target {
-        Target::Tool { name, .. } | Target::Prompt { name } => format!("{} {name:?}", message.method),
+        Target::Tool { name, .. } | Target::Prompt { name } => {
+            format!("{} {name:?}", message.method)
+        }
         Target::Resource { uri } => format!("{} {uri:?}", message.method),
         Target::None if message.kind == Kind::Response => "response".to_string(),
         Target::None => message.method.clone(),
     };
     let text = match rule {
         Some(rule) => format!("{what} denied by rule {rule:?} of policy {:?}", policy.name),
-        None => format!("{what} denied by policy {:?}: no rule allows it", policy.name),
+        None => format!(
+            "{what} denied by policy {:?}: no rule allows it",
+            policy.name
+        ),
     };
     let data = json!({ "rule": rule, "policy": policy.name, "policy_version": policy.version });
-    (reply::POLICY_DENIED, reply::jsonrpc_error(message.id.as_ref(), reply::POLICY_DENIED, &text, Some(data)))
+    (
+        reply::POLICY_DENIED,
+        reply::jsonrpc_error(message.id.as_ref(), reply::POLICY_DENIED, &text, Some(data)),
+    )
 }
 
 /// Copies what the message is about into the audit record.

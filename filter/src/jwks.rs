@@ -28,7 +28,13 @@ pub trait KeyHost {
     /// Sets shared data; with `cas`, only if nobody changed it since. Returns success.
     fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
     /// Starts `GET https://<authority><path>` through `cluster`; returns the call's token.
-    fn http_get(&mut self, cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> Option<u32>;
+    fn http_get(
+        &mut self,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        timeout_ms: u64,
+    ) -> Option<u32>;
 }
 
 /// The outcome of one fetch, for metrics and logs.
@@ -177,7 +183,14 @@ impl KeyManager {
                 (None, None) => continue,
             };
             if !self.start(index, issuer, stage, &url, now, host) {
-                self.finish(index, issuer, FetchOutcome::Unreachable, now, host, &mut report);
+                self.finish(
+                    index,
+                    issuer,
+                    FetchOutcome::Unreachable,
+                    now,
+                    host,
+                    &mut report,
+                );
             }
         }
         report
@@ -304,7 +317,9 @@ impl KeyManager {
                 let bytes = serde_json::to_vec(&published).map_err(|e| e.to_string())?;
                 host.shared_set_cas(&doc_key(issuer), &bytes, None);
                 issuer.install_keys(keys);
-                let adopted = host.shared_get_cas(&doc_key(issuer)).and_then(|(_, cas)| cas);
+                let adopted = host
+                    .shared_get_cas(&doc_key(issuer))
+                    .and_then(|(_, cas)| cas);
                 if let Some(local) = self.local.get_mut(index) {
                     *local = Local {
                         adopted,

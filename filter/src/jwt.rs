@@ -15,8 +15,8 @@ use jwt_compact::alg::{Ed25519, Es256, Rsa, RsaPublicKey};
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature, UntrustedToken};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::config::{typed, ConfigError};
 use crate::es384::{self, Es384};
@@ -185,12 +185,15 @@ fn parse_jwk(value: &Value) -> Result<Option<Jwk>, String> {
             let bits = bit_length(modulus);
             let key = RsaPublicKey::try_from(&jwk).map_err(|e| format!("invalid RSA key: {e}"))?;
             if bits < 2048 {
-                return Err(format!("RSA key of {bits} bits is too short (2048 at least)"));
+                return Err(format!(
+                    "RSA key of {bits} bits is too short (2048 at least)"
+                ));
             }
             PublicKey::Rsa(Box::new(key))
         }
         (JsonWebKey::EllipticCurve { curve, .. }, "EC") if curve == "P-256" => PublicKey::P256(
-            p256::ecdsa::VerifyingKey::try_from(&jwk).map_err(|e| format!("invalid P-256 key: {e}"))?,
+            p256::ecdsa::VerifyingKey::try_from(&jwk)
+                .map_err(|e| format!("invalid P-256 key: {e}"))?,
         ),
         (JsonWebKey::EllipticCurve { curve, x, y, .. }, "EC") if curve == "P-384" => {
             PublicKey::P384(es384::verifying_key(x, y)?)
@@ -325,8 +328,7 @@ impl Issuer {
         let remote_wanted = raw.jwks_uri.is_some() || raw.discovery;
         let (source, keys) = match (raw.jwks, remote_wanted) {
             (Some(jwks), false) => {
-                let keys =
-                    KeySet::from_json(&jwks).map_err(|m| ConfigError::new(at("jwks"), m))?;
+                let keys = KeySet::from_json(&jwks).map_err(|m| ConfigError::new(at("jwks"), m))?;
                 (KeySource::Inline, Some(Rc::new(keys)))
             }
             (None, true) => {
@@ -459,9 +461,13 @@ pub enum AuthError {
     UnknownIssuer,
     AlgorithmNotAllowed,
     /// The issuer's keys have not been fetched yet.
-    NoKeys { issuer: usize },
+    NoKeys {
+        issuer: usize,
+    },
     /// No key of the issuer has the token's `kid` (or fits its algorithm).
-    UnknownKey { issuer: usize },
+    UnknownKey {
+        issuer: usize,
+    },
     BadSignature,
     WrongType,
     MissingClaim(String),
@@ -506,7 +512,9 @@ impl fmt::Display for AuthError {
             AuthError::UnsupportedCritical => write!(f, "token has critical header extensions"),
             AuthError::UnknownIssuer => write!(f, "token issuer is not trusted"),
             AuthError::AlgorithmNotAllowed => write!(f, "algorithm not allowed for this issuer"),
-            AuthError::NoKeys { .. } => write!(f, "the issuer's signing keys are not available yet"),
+            AuthError::NoKeys { .. } => {
+                write!(f, "the issuer's signing keys are not available yet")
+            }
             AuthError::UnknownKey { .. } => write!(f, "no key of the issuer matches the token"),
             AuthError::BadSignature => write!(f, "signature does not verify"),
             AuthError::WrongType => write!(f, "token type (typ) is not the one required"),
@@ -631,7 +639,10 @@ impl Authenticator {
             .ok_or_else(|| AuthError::UnsupportedAlgorithm(alg_name.to_string()))?;
 
         let claims = decode_claims(token)?;
-        let iss = claims.get("iss").and_then(Value::as_str).ok_or(AuthError::UnknownIssuer)?;
+        let iss = claims
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or(AuthError::UnknownIssuer)?;
         let (index, issuer) = self
             .issuers
             .iter()
@@ -642,7 +653,11 @@ impl Authenticator {
             return Err(AuthError::AlgorithmNotAllowed);
         }
         if let Some(expected) = &issuer.typ {
-            if !header.token_type.as_deref().is_some_and(|t| typ_matches(t, expected)) {
+            if !header
+                .token_type
+                .as_deref()
+                .is_some_and(|t| typ_matches(t, expected))
+            {
                 return Err(AuthError::WrongType);
             }
         }
@@ -670,7 +685,11 @@ impl Authenticator {
         if !audience_matches(claims.get("aud"), &issuer.audiences) {
             return Err(AuthError::WrongAudience);
         }
-        if let Some(missing) = issuer.required_claims.iter().find(|c| !claims.contains_key(*c)) {
+        if let Some(missing) = issuer
+            .required_claims
+            .iter()
+            .find(|c| !claims.contains_key(*c))
+        {
             return Err(AuthError::MissingClaim(missing.clone()));
         }
         Ok((Identity { claims }, index))
@@ -693,7 +712,12 @@ fn typ_matches(actual: &str, expected: &str) -> bool {
 /// Checks the signature over `header.payload` only: the claims are parsed (once) by
 /// [`decode_claims`], so a signed token with odd claims is refused for what is wrong with them.
 fn verify_signature(alg: Alg, key: &PublicKey, signed: &[u8], signature: &[u8]) -> bool {
-    fn check<A: Algorithm>(alg: &A, key: &A::VerifyingKey, signed: &[u8], signature: &[u8]) -> bool {
+    fn check<A: Algorithm>(
+        alg: &A,
+        key: &A::VerifyingKey,
+        signed: &[u8],
+        signature: &[u8],
+    ) -> bool {
         if A::Signature::LENGTH.is_some_and(|len| signature.len() != len.get()) {
             return false;
         }
@@ -701,7 +725,9 @@ fn verify_signature(alg: Alg, key: &PublicKey, signed: &[u8], signature: &[u8]) 
             .is_ok_and(|sig| alg.verify_signature(&sig, key, signed))
     }
     match (key, alg) {
-        (PublicKey::Rsa(key), _) => alg.rsa().is_some_and(|rsa| check(&rsa, key, signed, signature)),
+        (PublicKey::Rsa(key), _) => alg
+            .rsa()
+            .is_some_and(|rsa| check(&rsa, key, signed, signature)),
         (PublicKey::P256(key), Alg::Es256) => check(&Es256, key, signed, signature),
         (PublicKey::P384(key), Alg::Es384) => check(&Es384, key, signed, signature),
         (PublicKey::Ed25519(key), Alg::EdDsa) => check(&Ed25519, key, signed, signature),

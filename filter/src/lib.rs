@@ -7,13 +7,18 @@
 //! goes through the [`host::Host`] trait, implemented for proxy-wasm in `wasm` (wasm32 only).
 #![cfg_attr(
     not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )
 )]
 
 pub mod audit;
-mod es384;
 pub mod config;
 pub mod discovery;
+mod es384;
 pub mod flow;
 pub mod host;
 pub mod jwks;

@@ -27,9 +27,16 @@ pub enum Kind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
     None,
-    Tool { name: String, arguments: Map<String, Value> },
-    Prompt { name: String },
-    Resource { uri: String },
+    Tool {
+        name: String,
+        arguments: Map<String, Value>,
+    },
+    Prompt {
+        name: String,
+    },
+    Resource {
+        uri: String,
+    },
 }
 
 /// A parsed JSON-RPC message.
@@ -196,7 +203,9 @@ pub fn parse_batch(body: &[u8], max_depth: usize) -> Result<Vec<Message>, ParseE
         return Err(ParseError::Invalid("a batch must be a JSON array".into()));
     };
     if items.is_empty() {
-        return Err(ParseError::Invalid("an empty batch is not a valid request".into()));
+        return Err(ParseError::Invalid(
+            "an empty batch is not a valid request".into(),
+        ));
     }
     items
         .into_iter()
@@ -219,7 +228,11 @@ pub fn is_batch(body: &[u8]) -> bool {
 fn message_from_value(value: Value) -> Result<Message, ParseError> {
     let mut obj = match value {
         Value::Object(obj) => obj,
-        _ => return Err(ParseError::Invalid("a message must be a JSON object".into())),
+        _ => {
+            return Err(ParseError::Invalid(
+                "a message must be a JSON object".into(),
+            ))
+        }
     };
     if let Some(unknown) = obj.keys().find(|k| !MEMBERS.contains(&k.as_str())) {
         return Err(ParseError::Invalid(format!("unknown member {unknown:?}")));
@@ -245,7 +258,9 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
     let Some(method) = method else {
         // A response from the client to a server request.
         if params.is_some() {
-            return Err(ParseError::Invalid("a response must not carry \"params\"".into()));
+            return Err(ParseError::Invalid(
+                "a response must not carry \"params\"".into(),
+            ));
         }
         if has_result == has_error {
             return Err(ParseError::Invalid(
@@ -270,7 +285,11 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
     }
     let method = match method {
         Value::String(m) if !m.is_empty() => m,
-        _ => return Err(ParseError::Invalid("\"method\" must be a non-empty string".into())),
+        _ => {
+            return Err(ParseError::Invalid(
+                "\"method\" must be a non-empty string".into(),
+            ))
+        }
     };
     let params = match params {
         None => Map::new(),
@@ -321,7 +340,9 @@ fn target_of(method: &str, params: &Map<String, Value>) -> Result<Target, ParseE
             };
             Target::Tool { name, arguments }
         }
-        "prompts/get" => Target::Prompt { name: text("name")? },
+        "prompts/get" => Target::Prompt {
+            name: text("name")?,
+        },
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             Target::Resource { uri: text("uri")? }
         }

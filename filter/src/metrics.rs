@@ -14,7 +14,13 @@ pub fn label(value: &str) -> String {
     value
         .chars()
         .take(64)
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -27,7 +33,10 @@ pub fn count_outcome(host: &mut dyn Host, record: &Record) {
     };
     let method = record.method.as_deref().unwrap_or("none");
     host.count(
-        &format!("mcp_guard.requests.method={}.decision={decision}", label(method)),
+        &format!(
+            "mcp_guard.requests.method={}.decision={decision}",
+            label(method)
+        ),
         1,
     );
     if let (Verdict::Deny, Some(rule)) = (record.decision, &record.rule) {
@@ -37,10 +46,16 @@ pub fn count_outcome(host: &mut dyn Host, record: &Record) {
 
 /// Counts an authentication failure by reason (expired, wrong_audience, unknown_key, …).
 pub fn count_auth_failure(host: &mut dyn Host, reason: &str) {
-    host.count(&format!("mcp_guard.auth_failures.reason={}", label(reason)), 1);
+    host.count(
+        &format!("mcp_guard.auth_failures.reason={}", label(reason)),
+        1,
+    );
 }
 
 /// Counts a JWKS fetch outcome.
 pub fn count_fetch(host: &mut dyn Host, outcome: &str) {
-    host.count(&format!("mcp_guard.jwks_fetches.outcome={}", label(outcome)), 1);
+    host.count(
+        &format!("mcp_guard.jwks_fetches.outcome={}", label(outcome)),
+        1,
+    );
 }

@@ -13,7 +13,9 @@ pub fn split_resource(resource: &str) -> Result<(&str, &str), String> {
     let rest = resource
         .strip_prefix("https://")
         .or_else(|| resource.strip_prefix("http://"))
-        .ok_or("must be an absolute http:// or https:// URL, e.g. \"https://mcp.example.com/mcp\"")?;
+        .ok_or(
+            "must be an absolute http:// or https:// URL, e.g. \"https://mcp.example.com/mcp\"",
+        )?;
     if resource.contains('#') || resource.contains('?') {
         return Err("must not have a query or fragment (RFC 8707)".into());
     }
@@ -37,7 +39,10 @@ pub fn metadata_path(resource_path: &str) -> String {
 pub fn metadata_document(server: &Server) -> Vec<u8> {
     let mut doc = serde_json::Map::new();
     doc.insert("resource".into(), json!(server.resource));
-    doc.insert("authorization_servers".into(), json!(server.authorization_servers));
+    doc.insert(
+        "authorization_servers".into(),
+        json!(server.authorization_servers),
+    );
     doc.insert("bearer_methods_supported".into(), json!(["header"]));
     if !server.scopes_supported.is_empty() {
         doc.insert("scopes_supported".into(), json!(server.scopes_supported));
@@ -76,7 +81,10 @@ pub fn challenge(server: &Server, error: Option<&str>, scope: Option<&str>) -> S
     if let Some(scope) = scope {
         params.push(format!("scope={}", quoted(&scope)));
     }
-    params.push(format!("resource_metadata={}", quoted(&server.metadata_url)));
+    params.push(format!(
+        "resource_metadata={}",
+        quoted(&server.metadata_url)
+    ));
     format!("Bearer {}", params.join(", "))
 }
 
@@ -119,7 +127,11 @@ pub fn bearer<'h>(authorization: &[&'h str], query: &str) -> Result<&'h str, Bea
     };
     let token = match value.trim().split_once(' ') {
         Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ => return Err(BearerError::Malformed("the Authorization scheme must be Bearer")),
+        _ => {
+            return Err(BearerError::Malformed(
+                "the Authorization scheme must be Bearer",
+            ))
+        }
     };
     if token.is_empty() || token.contains(char::is_whitespace) {
         return Err(BearerError::Malformed("empty or malformed bearer token"));
@@ -148,7 +160,10 @@ mod tests {
 
     #[test]
     fn metadata_paths_follow_rfc_9728() {
-        assert_eq!(metadata_path("/mcp"), "/.well-known/oauth-protected-resource/mcp");
+        assert_eq!(
+            metadata_path("/mcp"),
+            "/.well-known/oauth-protected-resource/mcp"
+        );
         assert_eq!(metadata_path(""), WELL_KNOWN);
         assert_eq!(metadata_path("/"), WELL_KNOWN);
     }
@@ -158,9 +173,18 @@ mod tests {
         assert_eq!(bearer(&["Bearer abc"], ""), Ok("abc"));
         assert_eq!(bearer(&["bEaReR abc"], "x=1"), Ok("abc"));
         assert_eq!(bearer(&[], ""), Err(BearerError::Missing));
-        assert!(matches!(bearer(&["Basic abc"], ""), Err(BearerError::Malformed(_))));
-        assert!(matches!(bearer(&["Bearer a b"], ""), Err(BearerError::Malformed(_))));
-        assert!(matches!(bearer(&["Bearer "], ""), Err(BearerError::Malformed(_))));
+        assert!(matches!(
+            bearer(&["Basic abc"], ""),
+            Err(BearerError::Malformed(_))
+        ));
+        assert!(matches!(
+            bearer(&["Bearer a b"], ""),
+            Err(BearerError::Malformed(_))
+        ));
+        assert!(matches!(
+            bearer(&["Bearer "], ""),
+            Err(BearerError::Malformed(_))
+        ));
         assert!(matches!(
             bearer(&["Bearer a", "Bearer b"], ""),
             Err(BearerError::InvalidRequest("duplicate_authorization", _))

@@ -57,7 +57,10 @@ pub fn redact(bytes: &mut Vec<u8>, patterns: &[Vec<u8>]) -> usize {
     let mut found = 0;
     for pattern in patterns.iter().filter(|p| !p.is_empty()) {
         // The common case, nothing to redact, costs one scan and no allocation.
-        if !bytes.windows(pattern.len()).any(|w| w == pattern.as_slice()) {
+        if !bytes
+            .windows(pattern.len())
+            .any(|w| w == pattern.as_slice())
+        {
             continue;
         }
         let mut out = Vec::with_capacity(bytes.len());
@@ -194,15 +197,24 @@ mod tests {
     #[test]
     fn redacts_every_occurrence_of_every_pattern() {
         let mut body = b"key=sk-secret-1 again sk-secret-1 b64=c2stc2VjcmV0LTE=".to_vec();
-        let n = redact(&mut body, &[b"sk-secret-1".to_vec(), b"c2stc2VjcmV0LTE=".to_vec()]);
+        let n = redact(
+            &mut body,
+            &[b"sk-secret-1".to_vec(), b"c2stc2VjcmV0LTE=".to_vec()],
+        );
         assert_eq!(n, 3);
-        assert_eq!(body, b"key=[REDACTED] again [REDACTED] b64=[REDACTED]".to_vec());
+        assert_eq!(
+            body,
+            b"key=[REDACTED] again [REDACTED] b64=[REDACTED]".to_vec()
+        );
     }
 
     #[test]
     fn buffered_list_is_filtered_and_counted() {
         let body = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a"},{"name":"b"}],"nextCursor":"x"}}"#;
-        let lists = ListFilter { kinds: vec![ListKind::Tools], expected_id: Some(Value::from(3)) };
+        let lists = ListFilter {
+            kinds: vec![ListKind::Tools],
+            expected_id: Some(Value::from(3)),
+        };
         let (out, report) = inspect_buffered(body, true, Some(&lists), &[], &mut |_, n| n == "a");
         assert_eq!(report.hidden, 1);
         let out: Value = serde_json::from_slice(&out.unwrap_or_default()).unwrap_or_default();
@@ -214,8 +226,22 @@ mod tests {
     fn event_stream_leaks_are_redacted_across_chunks() {
         let mut rw = SseRewriter::new(1024);
         let patterns = vec![b"sk-secret-1".to_vec()];
-        let (a, r1) = inspect_events(&mut rw, b"data: {\"k\":\"sk-sec", false, None, &patterns, &mut |_, _| true);
-        let (b, r2) = inspect_events(&mut rw, b"ret-1\"}\n\n", true, None, &patterns, &mut |_, _| true);
+        let (a, r1) = inspect_events(
+            &mut rw,
+            b"data: {\"k\":\"sk-sec",
+            false,
+            None,
+            &patterns,
+            &mut |_, _| true,
+        );
+        let (b, r2) = inspect_events(
+            &mut rw,
+            b"ret-1\"}\n\n",
+            true,
+            None,
+            &patterns,
+            &mut |_, _| true,
+        );
         let all = [a, b].concat();
         assert_eq!(r1.leaks + r2.leaks, 1);
         assert!(!contains_any(&all, &patterns));

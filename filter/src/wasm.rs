@@ -8,7 +8,9 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as WasmAction, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{
+    Action as WasmAction, BufferType, ContextType, LogLevel, MapType, MetricType, Status,
+};
 
 use crate::config::{Config, Environment};
 use crate::flow::{Action, BodyAction, Stream};
@@ -77,11 +79,18 @@ impl Root {
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
         let (Some(config), Some(keys)) = (self.config.clone(), self.keys.as_mut()) else {
             return;
         };
-        let status = header_value(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
+        let status =
+            header_value(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
         let body = if body_size > crate::jwks::MAX_DOCUMENT_BYTES {
             None
         } else {
@@ -89,7 +98,13 @@ impl Context for Root {
                 .ok()
                 .flatten()
         };
-        let report = keys.on_response(&config.authenticator, &mut Envoy, token, status, body.as_deref());
+        let report = keys.on_response(
+            &config.authenticator,
+            &mut Envoy,
+            token,
+            status,
+            body.as_deref(),
+        );
         self.release_waiting(&report);
     }
 }
@@ -252,8 +267,12 @@ impl HttpContext for Http {
     fn on_http_response_headers(&mut self, _n: usize, end_of_stream: bool) -> WasmAction {
         let mut ex = self.exchange.borrow_mut();
         ex.timed(|ex| {
-            let status = header_value(MapType::HttpResponseHeaders, ":status").and_then(|s| s.parse().ok());
-            action(ex.stream.on_response_headers(&mut Envoy, status, end_of_stream))
+            let status =
+                header_value(MapType::HttpResponseHeaders, ":status").and_then(|s| s.parse().ok());
+            action(
+                ex.stream
+                    .on_response_headers(&mut Envoy, status, end_of_stream),
+            )
         })
     }
 
@@ -272,7 +291,8 @@ impl HttpContext for Http {
                 BodyAction::Continue => WasmAction::Continue,
                 BodyAction::Pause => WasmAction::Pause,
                 BodyAction::Replace(bytes) => {
-                    if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &bytes).is_err() {
+                    if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &bytes).is_err()
+                    {
                         let _ = hostcalls::reset_http_response();
                         return WasmAction::Pause;
                     }
@@ -344,9 +364,11 @@ impl Host for Envoy {
             let mut ids = m.borrow_mut();
             let id = match ids.get(name) {
                 Some(id) => Some(*id),
-                None => hostcalls::define_metric(MetricType::Counter, name).ok().inspect(|id| {
-                    ids.insert(name.to_string(), *id);
-                }),
+                None => hostcalls::define_metric(MetricType::Counter, name)
+                    .ok()
+                    .inspect(|id| {
+                        ids.insert(name.to_string(), *id);
+                    }),
             };
             if let Some(id) = id {
                 let _ = hostcalls::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
@@ -402,14 +424,26 @@ impl KeyHost for Envoy {
             }
         }
     }
-    fn http_get(&mut self, cluster: &str, authority: &str, path: &str, timeout_ms: u64) -> Option<u32> {
+    fn http_get(
+        &mut self,
+        cluster: &str,
+        authority: &str,
+        path: &str,
+        timeout_ms: u64,
+    ) -> Option<u32> {
         let headers = vec![
             (":method", "GET"),
             (":path", path),
             (":authority", authority),
             ("accept", "application/json"),
         ];
-        hostcalls::dispatch_http_call(cluster, headers, None, vec![], Duration::from_millis(timeout_ms))
-            .ok()
+        hostcalls::dispatch_http_call(
+            cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(timeout_ms),
+        )
+        .ok()
     }
 }

@@ -39,6 +39,16 @@ fn error_of(change: impl FnOnce(&mut Value)) -> ConfigError {
     }
 }
 
+/// A change to a valid configuration, and the field its error must name.
+type Case = (fn(&mut Value), &'static str);
+
+/// Each change to a valid configuration is refused with an error naming that field.
+fn assert_fields(cases: &[Case]) {
+    for (change, field) in cases {
+        assert_eq!(field_of(change), *field);
+    }
+}
+
 fn field_of(change: impl FnOnce(&mut Value)) -> String {
     error_of(change).field
 }
@@ -79,163 +89,173 @@ fn errors_display_field_and_message() {
 
 #[test]
 fn issuer_fields_are_named() {
-    assert_eq!(
-        field_of(|c| c["issuers"][0]["audiences"] = json!([])),
-        "issuers[0].audiences"
-    );
-    assert_eq!(
-        field_of(|c| c["issuers"][0]["audiences"] = json!([""])),
-        "issuers[0].audiences"
-    );
-    assert_eq!(
-        field_of(|c| {
-            c["issuers"][0]
-                .as_object_mut()
-                .expect("object")
-                .remove("audiences");
-        }),
-        "issuers[0].audiences"
-    );
-    assert_eq!(
-        field_of(|c| c["issuers"][0]["issuer"] = json!("")),
-        "issuers[0].issuer"
-    );
-    assert_eq!(
-        field_of(|c| c["issuers"][0]["algorithms"] = json!(["ES256", "HS256"])),
-        "issuers[0].algorithms[1]"
-    );
-    assert_eq!(
-        field_of(|c| c["issuers"][0]["algorithms"] = json!([])),
-        "issuers[0].algorithms"
-    );
-    assert_eq!(
-        field_of(|c| c["issuers"][0]["jwks"] = json!({ "keys": [] })),
-        "issuers[0].jwks"
-    );
+    assert_fields(&[
+        (
+            |c| c["issuers"][0]["audiences"] = json!([]),
+            "issuers[0].audiences",
+        ),
+        (
+            |c| c["issuers"][0]["audiences"] = json!([""]),
+            "issuers[0].audiences",
+        ),
+        (
+            |c| {
+                c["issuers"][0]
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("audiences");
+            },
+            "issuers[0].audiences",
+        ),
+        (
+            |c| c["issuers"][0]["issuer"] = json!(""),
+            "issuers[0].issuer",
+        ),
+        (
+            |c| c["issuers"][0]["algorithms"] = json!(["ES256", "HS256"]),
+            "issuers[0].algorithms[1]",
+        ),
+        (
+            |c| c["issuers"][0]["algorithms"] = json!([]),
+            "issuers[0].algorithms",
+        ),
+        (
+            |c| c["issuers"][0]["jwks"] = json!({ "keys": [] }),
+            "issuers[0].jwks",
+        ),
+    ]);
     assert_eq!(
         field_of(
             |c| c["issuers"][0]["jwks"] = json!({ "keys": [{ "kty": "oct", "k": "c2VjcmV0" }] })
         ),
         "issuers[0].jwks"
     );
-    assert_eq!(
-        field_of(|c| {
-            c["issuers"][0]
-                .as_object_mut()
-                .expect("object")
-                .remove("jwks");
-            c["issuers"][0]["jwks_uri"] = json!("https://idp.example.com/jwks");
-        }),
-        "issuers[0].cluster"
-    );
-    assert_eq!(
-        field_of(|c| {
-            c["issuers"][0]
-                .as_object_mut()
-                .expect("object")
-                .remove("jwks");
-            c["issuers"][0]["jwks_uri"] = json!("ftp://idp.example.com/jwks");
-            c["issuers"][0]["cluster"] = json!("idp");
-        }),
-        "issuers[0].jwks_uri"
-    );
-    assert_eq!(
-        field_of(|c| {
-            c["issuers"][0]["jwks_uri"] = json!("https://idp.example.com/jwks");
-            c["issuers"][0]["cluster"] = json!("idp");
-        }),
-        "issuers[0].jwks"
-    );
-    assert_eq!(
-        field_of(|c| {
-            c["issuers"][0]
-                .as_object_mut()
-                .expect("object")
-                .remove("jwks");
-            c["issuers"][0]["discovery"] = json!(true);
-            c["issuers"][0]["cluster"] = json!("idp");
-            c["issuers"][0]["refresh_seconds"] = json!(0);
-        }),
-        "issuers[0].refresh_seconds"
-    );
-    assert_eq!(
-        field_of(|c| {
-            c["issuers"][0]
-                .as_object_mut()
-                .expect("object")
-                .remove("jwks");
-        }),
-        "issuers[0]"
-    );
-    assert_eq!(
-        field_of(|c| {
-            let second = c["issuers"][0].clone();
-            c["issuers"].as_array_mut().expect("array").push(second);
-        }),
-        "issuers[1].issuer"
-    );
-    assert_eq!(field_of(|c| c["issuers"] = json!([])), "issuers");
+    assert_fields(&[
+        (
+            |c| {
+                c["issuers"][0]
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("jwks");
+                c["issuers"][0]["jwks_uri"] = json!("https://idp.example.com/jwks");
+            },
+            "issuers[0].cluster",
+        ),
+        (
+            |c| {
+                c["issuers"][0]
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("jwks");
+                c["issuers"][0]["jwks_uri"] = json!("ftp://idp.example.com/jwks");
+                c["issuers"][0]["cluster"] = json!("idp");
+            },
+            "issuers[0].jwks_uri",
+        ),
+        (
+            |c| {
+                c["issuers"][0]["jwks_uri"] = json!("https://idp.example.com/jwks");
+                c["issuers"][0]["cluster"] = json!("idp");
+            },
+            "issuers[0].jwks",
+        ),
+        (
+            |c| {
+                c["issuers"][0]
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("jwks");
+                c["issuers"][0]["discovery"] = json!(true);
+                c["issuers"][0]["cluster"] = json!("idp");
+                c["issuers"][0]["refresh_seconds"] = json!(0);
+            },
+            "issuers[0].refresh_seconds",
+        ),
+        (
+            |c| {
+                c["issuers"][0]
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("jwks");
+            },
+            "issuers[0]",
+        ),
+        (
+            |c| {
+                let second = c["issuers"][0].clone();
+                c["issuers"].as_array_mut().expect("array").push(second);
+            },
+            "issuers[1].issuer",
+        ),
+        (|c| c["issuers"] = json!([]), "issuers"),
+    ]);
 }
 
 #[test]
 fn wrongly_typed_member_names_the_member() {
     // An operator writing a single audience as a string must be told which field is wrong.
-    assert_eq!(
-        field_of(|c| c["issuers"][0]["audiences"] = json!(RESOURCE)),
-        "issuers[0].audiences"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["credential"]["header"] = json!(42)),
-        "servers[0].credential.header"
-    );
+    assert_fields(&[
+        (
+            |c| c["issuers"][0]["audiences"] = json!(RESOURCE),
+            "issuers[0].audiences",
+        ),
+        (
+            |c| c["servers"][0]["credential"]["header"] = json!(42),
+            "servers[0].credential.header",
+        ),
+    ]);
 }
 
 #[test]
 fn credential_fields_are_named() {
-    assert_eq!(
-        field_of(|c| c["servers"][0]["credential"]["header"] = json!("x api key")),
-        "servers[0].credential.header"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["credential"]["header"] = json!(":path")),
-        "servers[0].credential.header"
-    );
-    assert_eq!(
-        field_of(|c| {
-            c["servers"][0]["credential"]
-                .as_object_mut()
-                .expect("object")
-                .remove("header");
-        }),
-        "servers[0].credential.header"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["credential"]["value"] = json!("short")),
-        "servers[0].credential.value"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["credential"]["value"] = json!("")),
-        "servers[0].credential.value"
-    );
+    assert_fields(&[
+        (
+            |c| c["servers"][0]["credential"]["header"] = json!("x api key"),
+            "servers[0].credential.header",
+        ),
+        (
+            |c| c["servers"][0]["credential"]["header"] = json!(":path"),
+            "servers[0].credential.header",
+        ),
+        (
+            |c| {
+                c["servers"][0]["credential"]
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("header");
+            },
+            "servers[0].credential.header",
+        ),
+        (
+            |c| c["servers"][0]["credential"]["value"] = json!("short"),
+            "servers[0].credential.value",
+        ),
+        (
+            |c| c["servers"][0]["credential"]["value"] = json!(""),
+            "servers[0].credential.value",
+        ),
+    ]);
     assert_eq!(
         field_of(
             |c| c["servers"][0]["credential"]["value"] = json!("sk-0123456789\r\nx-injected: 1")
         ),
         "servers[0].credential.value"
     );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["credential"]["value_from_env"] = json!("KEY")),
-        "servers[0].credential"
-    );
-    assert_eq!(
-        field_of(|c| {
-            c["servers"][0]["credential"]
-                .as_object_mut()
-                .expect("object")
-                .remove("value");
-        }),
-        "servers[0].credential"
-    );
+    assert_fields(&[
+        (
+            |c| c["servers"][0]["credential"]["value_from_env"] = json!("KEY"),
+            "servers[0].credential",
+        ),
+        (
+            |c| {
+                c["servers"][0]["credential"]
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("value");
+            },
+            "servers[0].credential",
+        ),
+    ]);
 }
 
 #[test]
@@ -272,136 +292,138 @@ fn policy_rule_fields_are_named() {
     let e =
         error_of(|c| c["servers"][0]["policy"]["rules"][1]["allow"] = json!("mcp.tool.name == "));
     assert!(e.message.contains("\"b\""), "names the rule: {e}");
-    assert_eq!(
-        field_of(|c| c["servers"][0]["policy"]["rules"][0]["deny"] = json!("true")),
-        "servers[0].policy.rules[0]"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["policy"]["rules"][1]["name"] = json!("a")),
-        "servers[0].policy.rules[1].name"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["policy"]["on_deny"] = json!("silent")),
-        "servers[0].policy.on_deny"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["policy"]["default"] = json!("permit")),
-        "servers[0].policy.default"
-    );
-    assert_eq!(
-        field_of(|c| {
-            c["servers"][0]["policy"]
-                .as_object_mut()
-                .expect("object")
-                .remove("name");
-        }),
-        "servers[0].policy.name"
-    );
+    assert_fields(&[
+        (
+            |c| c["servers"][0]["policy"]["rules"][0]["deny"] = json!("true"),
+            "servers[0].policy.rules[0]",
+        ),
+        (
+            |c| c["servers"][0]["policy"]["rules"][1]["name"] = json!("a"),
+            "servers[0].policy.rules[1].name",
+        ),
+        (
+            |c| c["servers"][0]["policy"]["on_deny"] = json!("silent"),
+            "servers[0].policy.on_deny",
+        ),
+        (
+            |c| c["servers"][0]["policy"]["default"] = json!("permit"),
+            "servers[0].policy.default",
+        ),
+        (
+            |c| {
+                c["servers"][0]["policy"]
+                    .as_object_mut()
+                    .expect("object")
+                    .remove("name");
+            },
+            "servers[0].policy.name",
+        ),
+    ]);
 }
 
 #[test]
 fn unknown_fields_are_named() {
-    assert_eq!(field_of(|c| c["issuer"] = json!("typo")), "issuer");
-    assert_eq!(
-        field_of(|c| c["issuers"][0]["jwks_url"] = json!("https://x")),
-        "issuers[0].jwks_url"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["credentials"] = json!({})),
-        "servers[0].credentials"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["credential"]["prefx"] = json!("Bearer ")),
-        "servers[0].credential.prefx"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["policy"]["on_denied"] = json!("hide")),
-        "servers[0].policy.on_denied"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["policy"]["rules"][1]["allows"] = json!("true")),
-        "servers[0].policy.rules[1].allows"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["match"] = json!({ "route": "x" })),
-        "servers[0].match.route"
-    );
+    assert_fields(&[
+        (|c| c["issuer"] = json!("typo"), "issuer"),
+        (
+            |c| c["issuers"][0]["jwks_url"] = json!("https://x"),
+            "issuers[0].jwks_url",
+        ),
+        (
+            |c| c["servers"][0]["credentials"] = json!({}),
+            "servers[0].credentials",
+        ),
+        (
+            |c| c["servers"][0]["credential"]["prefx"] = json!("Bearer "),
+            "servers[0].credential.prefx",
+        ),
+        (
+            |c| c["servers"][0]["policy"]["on_denied"] = json!("hide"),
+            "servers[0].policy.on_denied",
+        ),
+        (
+            |c| c["servers"][0]["policy"]["rules"][1]["allows"] = json!("true"),
+            "servers[0].policy.rules[1].allows",
+        ),
+        (
+            |c| c["servers"][0]["match"] = json!({ "route": "x" }),
+            "servers[0].match.route",
+        ),
+    ]);
     let e = error_of(|c| c["issuers"][0]["jwks_url"] = json!("https://x"));
     assert!(e.message.contains("not a known field"), "{e}");
 }
 
 #[test]
 fn server_fields_are_named() {
-    assert_eq!(
-        field_of(|c| c["servers"][0]["name"] = json!(" ")),
-        "servers[0].name"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["path"] = json!("mcp")),
-        "servers[0].path"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["path"] = json!("/mcp?x=1")),
-        "servers[0].path"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["resource"] = json!("mcp.example.com")),
-        "servers[0].resource"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["resource"] = json!("https://mcp.example.com/mcp#x")),
-        "servers[0].resource"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["key_leak"] = json!("ignore")),
-        "servers[0].key_leak"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["audit_arguments"] = json!("all")),
-        "servers[0].audit_arguments"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["strip_headers"] = json!(["cookie", "bad header"])),
-        "servers[0].strip_headers[1]"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["forward_claims"] = json!({ "email": "authorization" })),
-        "servers[0].forward_claims.email"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["forward_claims"] = json!({ "email": "x-api-key" })),
-        "servers[0].forward_claims.email"
-    );
-    assert_eq!(
-        field_of(|c| c["servers"][0]["forward_claims"] = json!({ "sub": "x user" })),
-        "servers[0].forward_claims.sub"
-    );
-    assert_eq!(
-        field_of(|c| {
-            let second = c["servers"][0].clone();
-            c["servers"].as_array_mut().expect("array").push(second);
-        }),
-        "servers[1].match"
-    );
-    assert_eq!(field_of(|c| c["servers"] = json!([])), "servers");
+    assert_fields(&[
+        (|c| c["servers"][0]["name"] = json!(" "), "servers[0].name"),
+        (
+            |c| c["servers"][0]["path"] = json!("mcp"),
+            "servers[0].path",
+        ),
+        (
+            |c| c["servers"][0]["path"] = json!("/mcp?x=1"),
+            "servers[0].path",
+        ),
+        (
+            |c| c["servers"][0]["resource"] = json!("mcp.example.com"),
+            "servers[0].resource",
+        ),
+        (
+            |c| c["servers"][0]["resource"] = json!("https://mcp.example.com/mcp#x"),
+            "servers[0].resource",
+        ),
+        (
+            |c| c["servers"][0]["key_leak"] = json!("ignore"),
+            "servers[0].key_leak",
+        ),
+        (
+            |c| c["servers"][0]["audit_arguments"] = json!("all"),
+            "servers[0].audit_arguments",
+        ),
+        (
+            |c| c["servers"][0]["strip_headers"] = json!(["cookie", "bad header"]),
+            "servers[0].strip_headers[1]",
+        ),
+        (
+            |c| c["servers"][0]["forward_claims"] = json!({ "email": "authorization" }),
+            "servers[0].forward_claims.email",
+        ),
+        (
+            |c| c["servers"][0]["forward_claims"] = json!({ "email": "x-api-key" }),
+            "servers[0].forward_claims.email",
+        ),
+        (
+            |c| c["servers"][0]["forward_claims"] = json!({ "sub": "x user" }),
+            "servers[0].forward_claims.sub",
+        ),
+        (
+            |c| {
+                let second = c["servers"][0].clone();
+                c["servers"].as_array_mut().expect("array").push(second);
+            },
+            "servers[1].match",
+        ),
+        (|c| c["servers"] = json!([]), "servers"),
+    ]);
 }
 
 #[test]
 fn top_level_fields_are_named() {
-    assert_eq!(
-        field_of(|c| c["clock_skew_seconds"] = json!(601)),
-        "clock_skew_seconds"
-    );
-    assert_eq!(
-        field_of(|c| c["max_body_bytes"] = json!(0)),
-        "max_body_bytes"
-    );
-    assert_eq!(
-        field_of(|c| {
-            c.as_object_mut().expect("object").remove("servers");
-        }),
-        "servers"
-    );
+    assert_fields(&[
+        (
+            |c| c["clock_skew_seconds"] = json!(601),
+            "clock_skew_seconds",
+        ),
+        (|c| c["max_body_bytes"] = json!(0), "max_body_bytes"),
+        (
+            |c| {
+                c.as_object_mut().expect("object").remove("servers");
+            },
+            "servers",
+        ),
+    ]);
     let e = Config::from_json(b"not json", &MapEnv::default()).expect_err("not JSON");
     assert!(e.message.contains("not valid JSON"), "{e}");
     let e = Config::from_json(b"[]", &MapEnv::default()).expect_err("not an object");

@@ -574,7 +574,10 @@ fn a_cached_token_is_verified_again_when_the_keys_change() {
     let only_other = serde_json::json!({ "keys": [p256_jwk_of(&p256_other_key(), "other")] });
     let keys = mcp_guard::jwt::KeySet::from_json(&only_other).expect("jwks");
     auth.issuers()[0].install_keys(keys);
-    assert!(matches!(auth.verify(&token, NOW), Err(AuthError::UnknownKey { .. } | AuthError::BadSignature)));
+    assert!(matches!(
+        auth.verify(&token, NOW),
+        Err(AuthError::UnknownKey { .. } | AuthError::BadSignature)
+    ));
 }
 
 #[test]
@@ -583,6 +586,9 @@ fn a_forged_token_is_never_served_from_the_cache() {
     let good = sign(Signer::Es256, &claims());
     assert!(auth.verify(&good, NOW).is_ok());
     // Same header and claims, another signature: a different token, verified on its own.
-    let forged = format!("{}.AAAA", good.rsplit_once('.').map(|(a, _)| a).unwrap_or_default());
+    let forged = format!(
+        "{}.AAAA",
+        good.rsplit_once('.').map(|(a, _)| a).unwrap_or_default()
+    );
     assert!(auth.verify(&forged, NOW).is_err());
 }
