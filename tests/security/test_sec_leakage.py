@@ -1,0 +1,185 @@
+"""Leakage: the service key the filter adds upstream never comes back to the client, and neither
+bearer tokens nor the key are ever written to the audit trail or Envoy's log."""
+
+import base64
+import http.client
+import json
+import re
+import string
+import time
+
+import harness
+import keys
+import pytest
+import yaml
+from hostile import SecStack, audit, body_headers, call, forwarded, raw, send, wait_record
+
+KEY = harness.SERVICE_KEY
+KEY_FORMS = [KEY, base64.b64encode(KEY.encode()).decode(), base64.urlsafe_b64encode(KEY.encode()).decode().rstrip("=")]
+
+
+def echo(text, id=1):
+    body, _ = call("echo", {"text": text}, id=id)
+    return json.dumps(body)
+
+
+def hdrs(token):
+    return body_headers(token, method="tools/call", name="echo")
+
+
+def key_leaks_redacted(stack):
+    for line in stack.envoy.stats().splitlines():
+        if line.startswith("wasmcustom.mcp_guard.key_leaks_redacted:"):
+            return int(line.split(":")[1])
+    return 0
+
+
+ECHOES = [KEY, f"prefix-{KEY}-suffix", f"{KEY}{KEY}", KEY_FORMS[1], KEY_FORMS[2], f"Bearer {KEY}"]
+
+
+@pytest.mark.parametrize("text", ECHOES, ids=["raw", "embedded", "twice", "base64", "base64url", "bearer"])
+def test_an_echoed_service_key_is_redacted_from_an_event_stream(sec, alice, text):
+    before = key_leaks_redacted(sec)
+    reply, record, _ = forwarded(sec, body=echo(text), headers=hdrs(alice))
+    assert reply.status == 200 and b"[REDACTED]" in reply.body
+    for form in KEY_FORMS:
+        assert form.encode() not in reply.body
+    assert key_leaks_redacted(sec) > before
+
+
+@pytest.fixture(scope="module")
+def json_stack(tmp_path_factory):
+    s = SecStack(tmp_path_factory.mktemp("json"), json_response=True)
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("text", ECHOES[:3], ids=["raw", "embedded", "twice"])
+def test_an_echoed_service_key_is_redacted_from_a_json_response(json_stack, text):
+    alice = json_stack.token("alice", groups=["sales"])
+    reply, _, _ = forwarded(json_stack, body=echo(text), headers=hdrs(alice))
+    assert reply.status == 200 and reply.header("content-type").startswith("application/json")
+    assert KEY.encode() not in reply.body and b"[REDACTED]" in reply.body
+    reply.json()  # still valid JSON after the rewrite
+
+
+@pytest.fixture(scope="module")
+def blocking(tmp_path_factory):
+    s = SecStack(tmp_path_factory.mktemp("block"), json_response=True, server={"key_leak": "block"})
+    yield s
+    s.stop()
+
+
+def test_key_leak_block_answers_502_and_audits_an_error(blocking):
+    """With key_leak: block, a JSON response carrying the key is replaced by a 502."""
+    alice = blocking.token("alice", groups=["sales"])
+    reply, rid = send(blocking, body=echo(KEY), headers=hdrs(alice))
+    assert reply.status == 502 and KEY.encode() not in reply.body
+    records = wait_record(blocking, rid)
+    assert records and records[-1]["decision"] == "error"
+    assert records[-1]["reason"] == "response carried the service key"
+
+
+def test_key_leak_block_cuts_an_event_stream(tmp_path):
+    s = SecStack(tmp_path, server={"key_leak": "block"})
+    try:
+        alice = s.token("alice", groups=["sales"])
+        try:
+            reply, rid = send(s, body=echo(KEY), headers=hdrs(alice))
+            body = reply.body
+        except (http.client.HTTPException, ConnectionError) as e:  # reset mid-stream
+            body = repr(e).encode()
+            rid = None
+        assert KEY.encode() not in body
+        records = []
+        for _ in range(100):
+            records = [r for r in audit(s) if r.get("tool") == "echo"]
+            if records and records[-1]["decision"] == "error":
+                break
+            time.sleep(0.05)
+        assert records and records[-1]["decision"] == "error"
+        assert records[-1]["reason"] == "response carried the service key"
+    finally:
+        s.stop()
+
+
+def test_a_key_echoed_in_a_response_header_is_redacted(tmp_path):
+    """An upstream that copies the key it received into a response header."""
+    upstream = harness.Upstream(tmp_path, "echoing", expect_keys=[KEY], echo_key_header="x-echo-key")
+    port = harness.free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    issuer = keys.Issuer("https://idp.example", resource)
+    config = harness.plugin_config([{"issuer": issuer.issuer, "audiences": [resource], "jwks": issuer.jwks()}],
+                                   harness.load_policy(harness.ROOT / "policies" / "demo.yaml"), resource)
+    envoy = harness.EnvoyWithArgs(tmp_path, config, upstream.port, port=port,
+                                  options={"--file-flush-interval-msec": 50})
+    try:
+        token = issuer.token("alice", groups=["sales"])
+        reply = raw(port, "POST", "/mcp", echo("hi").encode(), hdrs(token))
+        assert reply.status == 200
+        assert reply.header("x-echo-key") == "[REDACTED]"
+        assert all(KEY not in v for _, v in reply.headers)
+    finally:
+        envoy.stop()
+        upstream.stop()
+
+
+def test_tokens_and_keys_never_reach_the_audit_log_or_envoys_log(sec, alice):
+    """Every kind of request with a token — allowed, denied, refused for each token fault,
+    in the query string, duplicated, oversized — then neither log holds any token (nor its
+    signature), the service key, or an Authorization header."""
+    calls = [("get_customer", {"customer_id": "c-100"}), ("delete_customer", {"customer_id": "c-1"}),
+             ("echo", {"text": KEY})]
+    for name, args in calls:
+        body, _ = call(name, args)
+        send(sec, body=json.dumps(body), headers=body_headers(alice, method="tools/call", name=name))
+    claims = sec.issuer.claims("mallory")
+    bad = [
+        sec.remember(sec.issuer.token("mallory", ttl=-10)),
+        sec.remember(sec.issuer.token("mallory", aud="https://other.example")),
+        sec.remember(keys.unsigned(claims, {"alg": "none"})),
+        sec.remember(keys.SigningKey("RS256").sign(claims)),
+        sec.remember(sec.issuer.token("mallory", padding="p" * 20000)),
+        sec.remember(sec.issuer.key("RS256").sign(claims, {"crit": ["exp"]})),
+        sec.remember("not.a.jwt.at-all-" + "A" * 40),
+    ]
+    body = echo("hi")
+    for token in bad:
+        send(sec, body=body, headers=hdrs(token))
+    send(sec, path=f"/mcp?access_token={alice}", body=body, headers=hdrs(None))
+    send(sec, body=body, headers=hdrs(alice) + [("authorization", f"Bearer {bad[0]}")])
+    send(sec, body=body, headers=hdrs(alice) + [("x-api-key", "client-forged-key-123456")])
+    forwarded(sec, body=echo("flush"), headers=hdrs(alice))  # a final record: the log caught up
+
+    audit = sec.envoy.access_log.read_text()
+    envoy_log = sec.envoy.output()
+    assert audit.count("\n") >= len(bad) + 5
+    secrets = {KEY, *KEY_FORMS}
+    for token in sec.minted:
+        secrets.add(token)
+        parts = token.split(".")
+        if len(parts) == 3 and len(parts[2]) >= 16:
+            secrets.add(parts[2])  # the signature alone
+    for text, where in ((audit, "audit log"), (envoy_log, "Envoy's log")):
+        for secret in secrets:
+            assert secret not in text, f"a secret ({secret[:12]}…) is in the {where}"
+        assert not re.search(r"(?i)bearer\s+[A-Za-z0-9_-]{8,}", text), where
+        assert not re.search(r"(?i)authorization\W{1,4}(bearer|basic|[a-z0-9_-]{16,})", text), where
+    # And the upstream never saw a client token, only the service key.
+    for request in sec.upstream_requests():
+        values = [v for _, v in request["headers"]]
+        assert not any(t in v for t in sec.minted for v in values)
+        assert [v for k, v in request["headers"] if k == "x-api-key"] == [KEY]
+
+
+def test_the_admin_interface_is_bound_to_loopback():
+    """/config_dump shows the plugin configuration, service key included: the shipped template
+    keeps the admin listener on 127.0.0.1 (SECURITY.md: deployment checklist)."""
+    template = string.Template((harness.ROOT / "envoy" / "mcp-guard.yaml").read_text())
+    fill = {name: "1" for name in ("LISTEN_PORT", "ADMIN_PORT", "UPSTREAM_PORT")}
+    fill.update(UPSTREAM_HOST="127.0.0.1", WASM="x.wasm", PLUGIN_CONFIG='"{}"', ACCESS_LOG="/dev/null",
+                EXTRA_CLUSTERS="")
+    config = yaml.safe_load(template.safe_substitute(fill))
+    assert config["admin"]["address"]["socket_address"]["address"] == "127.0.0.1"
+    for listener in config["static_resources"]["listeners"]:
+        assert listener["address"]["socket_address"]["address"] == "127.0.0.1"
