@@ -364,27 +364,35 @@ fn whole_request(
 
 // ---- benchmarks -------------------------------------------------------------------------------
 
-/// How a token is verified. Only `Uncached` exists today; when the token cache lands, add
-/// `Cached` here (verify once outside the timed loop, then time the cache hit) and in `name`.
-#[derive(Clone, Copy)]
+/// How a token is verified: every time in full (a cache miss), or from the verified-token
+/// cache (verified once before the timed loop, then every call is a hit).
+#[derive(Clone, Copy, PartialEq)]
 enum Verify {
     Uncached,
+    Cached,
 }
 
 impl Verify {
     fn name(self) -> &'static str {
         match self {
             Verify::Uncached => "uncached",
+            Verify::Cached => "cached",
         }
     }
 }
 
 fn bench_jwt(h: &mut Harness, fx: &Fixtures) {
     let config = fx.config(&fx.policy_4);
-    for mode in [Verify::Uncached] {
+    for mode in [Verify::Uncached, Verify::Cached] {
         for alg in ALGS {
             let token = fx.token(alg);
-            let verify = || config.authenticator.verify(black_box(token), fx.now);
+            let auth = &config.authenticator;
+            let verify = || match mode {
+                Verify::Uncached => auth
+                    .verify_uncached(black_box(token), fx.now)
+                    .map(|(i, _)| i),
+                Verify::Cached => auth.verify(black_box(token), fx.now),
+            };
             assert!(verify().is_ok(), "{alg} fixture token must verify");
             h.bench(&format!("jwt/verify/{alg}/{}", mode.name()), None, verify);
         }

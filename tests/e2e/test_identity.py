@@ -240,3 +240,19 @@ def test_a_waiting_request_proceeds_when_the_keys_arrive(tmp_path):
         server.stop()
         if host:
             host.stop()
+
+
+def test_keys_are_refreshed_periodically_without_any_unknown_kid(tmp_path):
+    """refresh_seconds: the filter re-fetches on its own, so a rotated key is already known
+    when the first token signed with it arrives (no wait, no unknown-kid re-fetch)."""
+    s = IdpStack(tmp_path, refresh_seconds=2, min_refetch_seconds=3600)
+    try:
+        assert s.call(s.token()).status_code == 200
+        first = s.idp.jwks_hits()
+        s.idp.rotate()
+        time.sleep(3.5)
+        assert s.idp.jwks_hits() >= first + 1
+        # min_refetch_seconds is an hour: only the periodic refresh can know the new key.
+        assert s.call(s.token()).status_code == 200
+    finally:
+        s.stop()

@@ -100,3 +100,28 @@ def test_metadata_and_initialize_need_no_tool_rules(any_stack):
     assert run(session()) == SALES_SEES
     r = httpx2.get(f"http://127.0.0.1:{any_stack.port}/.well-known/oauth-protected-resource/mcp")
     assert r.status_code == 200
+
+
+def test_hide_mode_answers_unknown_tool_and_audits_a_denial(tmp_path):
+    """`on_deny: hide`: the caller cannot tell a forbidden tool from a missing one, while the
+    audit still records the denial and its rule."""
+    import yaml
+    import harness
+    policy = yaml.safe_load((harness.ROOT / "policies" / "demo.yaml").read_text())
+    policy["on_deny"] = "hide"
+    path = tmp_path / "hidden.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    s = Stack(tmp_path, policy=str(path))
+    try:
+        token = s.token("hider", groups=["sales"])
+        r = s.post({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+                    "params": {"name": "delete_customer", "arguments": {"customer_id": "c-1"}}}, token=token)
+        assert r.status_code == 200
+        error = r.json()["error"]
+        assert error["code"] == -32602
+        assert error["message"] == "Unknown tool: delete_customer"
+        assert "data" not in error
+        record = s.audit_for("hider", method="tools/call")[0]
+        assert record["decision"] == "deny" and record["rule"] == "no-destructive"
+    finally:
+        s.stop()
