@@ -906,25 +906,14 @@ impl Stream {
     }
 
     fn input<'a>(&'a self, message: &'a Message, source: &'a str, now_ms: u64) -> Input<'a> {
-        let (tool, prompt, resource_uri) = match &message.target {
-            Target::Tool { name, arguments } => {
-                (Some((name.as_str(), Some(arguments))), None, None)
-            }
-            Target::Prompt { name } => (None, Some(name.as_str()), None),
-            Target::Resource { uri } => (None, None, Some(uri.as_str())),
-            Target::None => (None, None, None),
-        };
         Input {
             claims: self.identity.as_ref().map(|i| &i.claims),
-            method: &message.method,
-            tool,
-            prompt,
-            resource_uri,
             session_id: self.header("mcp-session-id"),
             request: self.request_facts(),
             source_address: source,
             mtls: false,
             now: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+            ..Input::of_message(message)
         }
     }
 

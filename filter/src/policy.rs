@@ -979,6 +979,27 @@ pub struct RequestFacts<'a> {
 }
 
 impl<'a> Input<'a> {
+    /// The message's method and what it is about (tool and arguments, prompt, or resource);
+    /// every other fact is left at its default for the caller to fill in.
+    pub fn of_message(message: &'a crate::mcp::Message) -> Input<'a> {
+        use crate::mcp::Target;
+        let (tool, prompt, resource_uri) = match &message.target {
+            Target::Tool { name, arguments } => {
+                (Some((name.as_str(), Some(arguments))), None, None)
+            }
+            Target::Prompt { name } => (None, Some(name.as_str()), None),
+            Target::Resource { uri } => (None, None, Some(uri.as_str())),
+            Target::None => (None, None, None),
+        };
+        Input {
+            method: &message.method,
+            tool,
+            prompt,
+            resource_uri,
+            ..Input::default()
+        }
+    }
+
     /// Scopes granted by the token: `scope` (space-separated) or `scp` (string or list).
     pub fn scopes(&self) -> Vec<String> {
         scopes_of(self.claims)

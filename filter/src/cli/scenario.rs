@@ -51,20 +51,13 @@ impl Scenario {
 
     /// The policy input for `message`, as the filter builds it.
     pub fn input<'a>(&'a self, message: &'a Message) -> Input<'a> {
-        let (tool, prompt, resource_uri) = match &message.target {
-            Target::Tool { name, arguments } => {
-                (Some((name.as_str(), Some(arguments))), None, None)
-            }
-            Target::Prompt { name } => (None, Some(name.as_str()), None),
-            Target::Resource { uri } => (None, None, Some(uri.as_str())),
-            Target::None => (None, None, None),
-        };
+        let of = Input::of_message(message);
         Input {
             claims: Some(&self.claims),
-            method: &message.method,
-            tool,
-            prompt,
-            resource_uri,
+            method: of.method,
+            tool: of.tool,
+            prompt: of.prompt,
+            resource_uri: of.resource_uri,
             ..self.base()
         }
     }
