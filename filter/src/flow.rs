@@ -873,10 +873,7 @@ impl Stream {
                     Some(Value::Null) | None => continue,
                     Some(other) => other.to_string(),
                 };
-                if value
-                    .bytes()
-                    .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
-                {
+                if crate::config::is_header_value(&value) {
                     host.set_request_header(name, &value);
                 }
             }

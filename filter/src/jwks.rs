@@ -15,7 +15,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::jwt::{split_url, Authenticator, Issuer, KeySet};
+use crate::jwt::{Authenticator, Issuer, KeySet};
+use crate::oauth::split_url;
 
 /// Largest JWKS or discovery document accepted.
 pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;

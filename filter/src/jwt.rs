@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{typed, ConfigError};
 use crate::es384::{self, Es384};
+use crate::oauth::split_url;
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -432,22 +433,6 @@ impl Issuer {
     pub fn note_attempt(&self, at_ms: u64) {
         self.last_attempt_ms.set(at_ms);
     }
-}
-
-/// Splits an absolute http(s) URL into (authority, path-and-query) for `dispatch_http_call`.
-pub fn split_url(url: &str) -> Result<(&str, &str), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or("must be an absolute http:// or https:// URL")?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (rest.get(..i).unwrap_or(""), rest.get(i..).unwrap_or("/")),
-        None => (rest, "/"),
-    };
-    if authority.is_empty() {
-        return Err("has no host".into());
-    }
-    Ok((authority, path))
 }
 
 /// Why a token was refused. `reason()` is the stable word used in audit records and metrics.

@@ -10,23 +10,35 @@ pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
 /// Splits an absolute `http(s)` resource URL into its origin and its path.
 pub fn split_resource(resource: &str) -> Result<(&str, &str), String> {
-    let rest = resource
-        .strip_prefix("https://")
-        .or_else(|| resource.strip_prefix("http://"))
-        .ok_or(
-            "must be an absolute http:// or https:// URL, e.g. \"https://mcp.example.com/mcp\"",
-        )?;
     if resource.contains('#') || resource.contains('?') {
         return Err("must not have a query or fragment (RFC 8707)".into());
     }
-    let host_len = rest.find('/').unwrap_or(rest.len());
-    if host_len == 0 {
+    let (authority, _) =
+        split_url(resource).map_err(|m| format!("{m}, e.g. \"https://mcp.example.com/mcp\""))?;
+    let scheme_len = if resource.starts_with("https://") {
+        8
+    } else {
+        7
+    };
+    let origin_len = scheme_len + authority.len();
+    let origin = resource.get(..origin_len).unwrap_or(resource);
+    Ok((origin, resource.get(origin_len..).unwrap_or("")))
+}
+
+/// Splits an absolute http(s) URL into (authority, path-and-query) for `dispatch_http_call`.
+pub fn split_url(url: &str) -> Result<(&str, &str), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must be an absolute http:// or https:// URL")?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (rest.get(..i).unwrap_or(""), rest.get(i..).unwrap_or("/")),
+        None => (rest, "/"),
+    };
+    if authority.is_empty() {
         return Err("has no host".into());
     }
-    let origin_len = resource.len() - rest.len() + host_len;
-    let origin = resource.get(..origin_len).unwrap_or(resource);
-    let path = resource.get(origin_len..).unwrap_or("");
-    Ok((origin, path))
+    Ok((authority, path))
 }
 
 /// The path-suffixed metadata path for a resource path (`/mcp` → `/.well-known/…/mcp`).
@@ -155,6 +167,7 @@ mod tests {
         );
         assert!(split_resource("mcp.example.com/mcp").is_err());
         assert!(split_resource("https:///mcp").is_err());
+        assert_eq!(split_resource("https://h/x"), Ok(("https://h", "/x")));
         assert!(split_resource("https://a/mcp?x=1").is_err());
     }
 
