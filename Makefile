@@ -15,6 +15,7 @@ STAMPS    := target/stamps
 # no rustup target for wasm32 can be fetched here. Native builds and tests use the default cargo.
 DEB_CARGO := /usr/bin/cargo
 WASI_LIB   = $(shell dirname "$$(dpkg -L wasi-libc 2>/dev/null | grep '/libc\.a$$' | head -n1)")
+WASM_RUSTFLAGS = -Clink-self-contained=no -Lnative=$(WASI_LIB)
 APT_PKGS  := rustc-web cargo-web rust-web-src lld wasi-libc binaryen wrk
 
 .PHONY: help run test unit policy-tests e2e wasm wasm-faults setup lint fmt bench clean
@@ -61,7 +62,7 @@ $(WASM): $(STAMPS)/apt $(WASM_SOURCES)
 	@echo "building $(WASM) (wasm32-wasip1, release)"
 	@PATH=/usr/bin:$$PATH RUSTC_BOOTSTRAP=1 \
 	  CARGO_TARGET_WASM32_WASIP1_LINKER=wasm-ld \
-	  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-Clink-self-contained=no -Lnative=$(WASI_LIB)" \
+	  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="$(WASM_RUSTFLAGS)" \
 	  $(DEB_CARGO) build --release --lib -p mcp-guard --target wasm32-wasip1 \
 	    -Zbuild-std=std,panic_abort --target-dir target/wasm
 	@wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
@@ -75,7 +76,7 @@ wasm-faults: $(WASM_FAULTS)
 $(WASM_FAULTS): $(STAMPS)/apt $(WASM_SOURCES)
 	@PATH=/usr/bin:$$PATH RUSTC_BOOTSTRAP=1 \
 	  CARGO_TARGET_WASM32_WASIP1_LINKER=wasm-ld \
-	  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="-Clink-self-contained=no -Lnative=$(WASI_LIB)" \
+	  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="$(WASM_RUSTFLAGS)" \
 	  $(DEB_CARGO) build --release --lib -p mcp-guard --target wasm32-wasip1 --features fault-injection \
 	    -Zbuild-std=std,panic_abort --target-dir target/wasm-faults
 	@cp target/wasm-faults/wasm32-wasip1/release/mcp_guard.wasm $@

@@ -22,6 +22,8 @@
 
 mod analysis;
 mod facts;
+mod functions;
+mod items;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -120,6 +122,9 @@ pub struct Rule {
     methods: Option<BTreeSet<String>>,
     /// Whether the rule reads `mcp.tool.arguments` (so it cannot be decided for a listing).
     uses_arguments: bool,
+    /// How `condition` and `when` read the item of a listing.
+    condition_items: items::ItemUse,
+    when_items: Option<items::ItemUse>,
 }
 
 impl Rule {
@@ -160,6 +165,8 @@ pub struct Policy {
     index: Index,
     /// The variables some rule reads: only those are built for a request.
     roots: facts::Roots,
+    /// Whether some rule reads the tool arguments (else they are neither kept nor converted).
+    reads_arguments: bool,
 }
 
 impl fmt::Debug for Policy {
@@ -363,7 +370,7 @@ impl Policy {
         let hide_denied = flag(raw.on_deny, "on_deny", "explain", "hide");
         let allow_unknown_methods = flag(raw.unknown_methods, "unknown_methods", "deny", "allow");
 
-        let env = Arc::new(Env::stdlib());
+        let env = Arc::new(functions::environment());
         let mut checker = analysis::Checker::new(Arc::clone(&env));
         let mut rules: Vec<Rule> = Vec::with_capacity(raw.rules.len());
         for (i, value) in raw.rules.into_iter().enumerate() {
@@ -394,6 +401,7 @@ impl Policy {
         }
         let roots = checker.roots();
         let index = Index::build(&rules);
+        let reads_arguments = rules.iter().any(|r| r.uses_arguments);
         Ok(Policy {
             name: raw.name,
             version,
@@ -402,10 +410,17 @@ impl Policy {
             hide_denied,
             allow_unknown_methods,
             rules,
+            reads_arguments,
             env,
             index,
             roots,
         })
+    }
+
+    /// Whether some rule reads `mcp.tool.arguments` (or all of `mcp.tool` or `mcp`): when
+    /// none does, the arguments need not be kept once checked.
+    pub fn reads_arguments(&self) -> bool {
+        self.reads_arguments
     }
 
     /// Whether the built-in rule lets this method through to the rules.
@@ -426,7 +441,12 @@ impl Policy {
         if !self.method_allowed(input.method) {
             return Policy::unknown_method(input.method);
         }
-        let ctx = facts::context(&self.env, input, self.roots, facts::Arguments::Present);
+        let arguments = if self.reads_arguments {
+            facts::Arguments::Present
+        } else {
+            facts::Arguments::Absent
+        };
+        let ctx = facts::context(&self.env, input, self.roots, arguments);
         self.decide(&ctx, input, true)
     }
 
@@ -435,7 +455,7 @@ impl Policy {
     fn decide(&self, ctx: &Context, input: &Input, indexed: bool) -> Decision {
         let method = input.method;
         let tool = input.tool_name();
-        for rule in self.lane(&self.index.deny, method, tool, indexed) {
+        for (_, rule) in self.lane(&self.index.deny, method, tool, indexed) {
             match eval_bool(&rule.condition, ctx) {
                 Ok(false) => {}
                 Ok(true) => return decided(Outcome::Deny, rule, "deny rule matched".into()),
@@ -448,7 +468,7 @@ impl Policy {
                 }
             }
         }
-        for rule in self.lane(&self.index.require, method, tool, indexed) {
+        for (_, rule) in self.lane(&self.index.require, method, tool, indexed) {
             let applies = match &rule.when {
                 None => Ok(true),
                 Some(when) => eval_bool(when, ctx),
@@ -481,7 +501,7 @@ impl Policy {
         let granted = facts::scopes(input.claims);
         let mut lacking: Option<(&Rule, Vec<&String>)> = None;
         let mut failed: Option<(&Rule, String)> = None;
-        for rule in self.lane(&self.index.allow, method, tool, indexed) {
+        for (_, rule) in self.lane(&self.index.allow, method, tool, indexed) {
             match eval_bool(&rule.condition, ctx) {
                 Ok(true) => {
                     let missing: Vec<&String> = rule
@@ -531,14 +551,14 @@ impl Policy {
     }
 
     /// The rules of a lane that can apply to a message with this method and tool, in policy
-    /// order (all of them when not `indexed`).
+    /// order (all of them when not `indexed`), with their positions in the policy.
     fn lane<'l>(
         &'l self,
         lane: &'l Lane,
         method: &'l str,
         tool: &'l str,
         indexed: bool,
-    ) -> impl Iterator<Item = &'l Rule> + 'l {
+    ) -> impl Iterator<Item = (usize, &'l Rule)> + 'l {
         let (some, every) = if indexed {
             (Some(lane.candidates(tool)), None)
         } else {
@@ -547,8 +567,8 @@ impl Policy {
         some.into_iter()
             .flatten()
             .chain(every.into_iter().flatten())
-            .filter_map(|i| self.rules.get(i))
-            .filter(move |r| !indexed || r.may_apply(method, tool))
+            .filter_map(|i| self.rules.get(i).map(|r| (i, r)))
+            .filter(move |(_, r)| !indexed || r.may_apply(method, tool))
     }
 
     /// Whether a listing (`tools/list`, `prompts/list`, `resources/list`) shows `item` to the
@@ -572,33 +592,42 @@ impl Policy {
             policy: self,
             input,
             ctx,
+            known: HashMap::new(),
         }
     }
 
-    fn shown(&self, ctx: &Context, method: &str, tool: &str, indexed: bool) -> bool {
-        for rule in self.lane(&self.index.deny, method, tool, indexed) {
-            match listing_eval(rule, &rule.condition, ctx) {
+    /// Whether a listing shows an item that would be called with this method and tool;
+    /// `eval(position, rule, part)` gives a rule's expression's (or its `when`'s) result.
+    fn shown(
+        &self,
+        method: &str,
+        tool: &str,
+        indexed: bool,
+        eval: &mut dyn FnMut(usize, &Rule, Part) -> Tri,
+    ) -> bool {
+        for (i, rule) in self.lane(&self.index.deny, method, tool, indexed) {
+            match eval(i, rule, Part::Condition) {
                 Tri::True | Tri::Failed => return false,
                 Tri::False | Tri::Unknown => {}
             }
         }
-        for rule in self.lane(&self.index.require, method, tool, indexed) {
+        for (i, rule) in self.lane(&self.index.require, method, tool, indexed) {
             let applies = match &rule.when {
                 None => Tri::True,
-                Some(when) => listing_eval(rule, when, ctx),
+                Some(_) => eval(i, rule, Part::When),
             };
             match applies {
                 Tri::Failed => return false,
                 Tri::False | Tri::Unknown => continue,
                 Tri::True => {}
             }
-            match listing_eval(rule, &rule.condition, ctx) {
+            match eval(i, rule, Part::Condition) {
                 Tri::False | Tri::Failed => return false,
                 Tri::True | Tri::Unknown => {}
             }
         }
-        for rule in self.lane(&self.index.allow, method, tool, indexed) {
-            match listing_eval(rule, &rule.condition, ctx) {
+        for (i, rule) in self.lane(&self.index.allow, method, tool, indexed) {
+            match eval(i, rule, Part::Condition) {
                 Tri::True | Tri::Unknown => return true,
                 Tri::False | Tri::Failed => {}
             }
@@ -646,34 +675,72 @@ impl Policy {
 }
 
 /// Filters the items of listings for one caller; see [`Policy::visible`].
+///
+/// A rule that reads the item only through simple tests of its name runs once per
+/// combination of test results, not once per item (see [`items`]): its results are kept
+/// here for the lister's lifetime, which is one listing's.
 pub struct Lister<'p, 'i> {
     policy: &'p Policy,
     input: &'i Input<'i>,
     ctx: Context<'i, 'i>,
+    known: HashMap<(usize, Part, u8, u64), Tri>,
 }
 
 impl Lister<'_, '_> {
     /// Whether the caller may see `item`.
     pub fn visible(&mut self, item: Item<'_>) -> bool {
-        let (method, tool) = match item {
-            Item::Tool(name) => ("tools/call", name),
-            Item::Prompt(_) => ("prompts/get", ""),
-            Item::Resource(_) => ("resources/read", ""),
+        self.check(item, true, true)
+    }
+
+    fn check(&mut self, item: Item<'_>, indexed: bool, remember: bool) -> bool {
+        let (method, tool, kind) = match item {
+            Item::Tool(name) => ("tools/call", name, 0u8),
+            Item::Prompt(_) => ("prompts/get", "", 1),
+            Item::Resource(_) => ("resources/read", "", 2),
         };
-        facts::set_listing_item(&mut self.ctx, self.policy.roots, self.input, item);
-        self.policy.shown(&self.ctx, method, tool, true)
+        let Lister {
+            policy,
+            input,
+            ctx,
+            known,
+        } = self;
+        let mut item_set = false;
+        let mut eval = |i: usize, rule: &Rule, part: Part| -> Tri {
+            let (program, uses) = match (part, &rule.when, &rule.when_items) {
+                (Part::When, Some(when), Some(uses)) => (when, uses),
+                _ => (&rule.condition, &rule.condition_items),
+            };
+            let key = uses
+                .key(item)
+                .filter(|_| remember)
+                .map(|bits| (i, part, kind, bits));
+            if let Some(tri) = key.and_then(|k| known.get(&k)) {
+                return *tri;
+            }
+            if !item_set {
+                facts::set_listing_item(ctx, policy.roots, input, item);
+                item_set = true;
+            }
+            let tri = listing_eval(rule, program, ctx);
+            if let Some(k) = key {
+                known.insert(k, tri);
+            }
+            tri
+        };
+        policy.shown(method, tool, indexed, &mut eval)
     }
 
     #[cfg(test)]
     fn visible_unindexed(&mut self, item: Item<'_>) -> bool {
-        let (method, tool) = match item {
-            Item::Tool(name) => ("tools/call", name),
-            Item::Prompt(_) => ("prompts/get", ""),
-            Item::Resource(_) => ("resources/read", ""),
-        };
-        facts::set_listing_item(&mut self.ctx, self.policy.roots, self.input, item);
-        self.policy.shown(&self.ctx, method, tool, false)
+        self.check(item, false, false)
     }
+}
+
+/// The expression of a rule, or the `when` of a `require` rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Part {
+    Condition,
+    When,
 }
 
 /// An item of a listing: a tool, a prompt (by name) or a resource (by URI).
@@ -717,6 +784,7 @@ fn decided(outcome: Outcome, rule: &Rule, reason: String) -> Decision {
 }
 
 /// A rule's result for a listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Tri {
     True,
     False,
@@ -833,6 +901,8 @@ impl Rule {
             expression: source,
             when_expression: raw.when,
             scopes: raw.scopes,
+            condition_items: condition.items,
+            when_items: when.as_ref().map(|w| w.items.clone()),
             condition: condition.program,
             when: when.map(|w| w.program),
             tools,
@@ -845,7 +915,7 @@ impl Rule {
 /// Compiles and checks one CEL expression on its own, as a rule's would be (for tools and
 /// tests). `field` and `rule` name it in errors.
 pub fn compile(source: &str, field: &str, rule: &str) -> Result<Program, ConfigError> {
-    let mut checker = analysis::Checker::new(Arc::new(Env::stdlib()));
+    let mut checker = analysis::Checker::new(Arc::new(functions::environment()));
     checker
         .compile(source, field, rule)
         .map(|c| c.program)

@@ -17,6 +17,7 @@ use cel::common::types::CelString;
 use cel::{Context, Env, Program, Value as Cel};
 
 use super::facts::Roots;
+use super::items::ItemUse;
 use super::{Location, PolicyError, VARIABLES};
 
 /// A compiled, checked expression.
@@ -24,6 +25,8 @@ pub(super) struct Compiled {
     pub program: Program,
     pub limits: Limits,
     pub uses_arguments: bool,
+    /// How it reads the item of a listing.
+    pub items: ItemUse,
 }
 
 /// The tools and methods an expression can be true for, from its top-level conjuncts;
@@ -141,6 +144,7 @@ impl Checker {
         }
         Ok(Compiled {
             limits: limits(root),
+            items: ItemUse::of(root),
             program,
             uses_arguments,
         })
@@ -830,6 +834,13 @@ impl Walk<'_> {
         let probe = call_expr(name, Some(epoch), vec![zone.clone()]);
         match Cel::resolve(&probe, &self.checker.ctx) {
             Ok(_) => Ok(()),
+            Err(err) if err.to_string().contains("unknown time zone") => problem(
+                zone.id,
+                format!(
+                    "{err}: not a zone this filter carries (docs/policy.md, \"Time zones\": \
+                     use an offset such as \"+05:30\", or add the zone and rebuild)"
+                ),
+            ),
             Err(err) => problem(zone.id, format!("invalid time zone: {err}")),
         }
     }

@@ -1,0 +1,293 @@
+//! Filtering a listing without running every rule for every item.
+//!
+//! A listing shows an item when some call to it could be allowed ([`super::Policy::visible`]):
+//! each rule is evaluated as if the caller called that item. Within one listing, the facts
+//! of those calls differ only in the item's name (`mcp.tool.name`, `mcp.prompt.name`,
+//! `mcp.resource.uri`/`name`); everything else, from the token to `mcp.method`, is the same
+//! for every item of a kind. So when an expression reads the item's name only through simple
+//! tests against constants (`==`, `!=`, `in [...]`, `startsWith`, `endsWith`, `contains`),
+//! two items that pass the same tests get the same result, and the rule runs once per
+//! combination of test results instead of once per item: a few times per listing, not 500.
+//! An expression that reads the name any other way ([`ItemUse::Opaque`]) runs for every item.
+
+use cel::common::ast::{operators, EntryExpr, Expr, IdedExpr, LiteralValue};
+
+use super::Item;
+
+/// The most tests an expression may have for its results to be remembered (one bit each).
+const MAX_TESTS: usize = 64;
+
+/// Which name of the item a test reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// `mcp.tool.name`.
+    Tool,
+    /// `mcp.prompt.name`.
+    Prompt,
+    /// `mcp.resource.uri` and `mcp.resource.name` (the same value).
+    Resource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Test {
+    Equals(String),
+    In(Vec<String>),
+    StartsWith(String),
+    EndsWith(String),
+    Contains(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NameTest {
+    field: Field,
+    test: Test,
+}
+
+/// How an expression reads the item of a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ItemUse {
+    /// Only through these tests: the result for an item follows from which of them it passes.
+    Tests(Vec<NameTest>),
+    /// Some other way: evaluate for every item.
+    Opaque,
+}
+
+impl ItemUse {
+    /// Finds how the expression `root` reads the item.
+    pub fn of(root: &IdedExpr) -> ItemUse {
+        let mut tests = Vec::new();
+        let mut scope = Vec::new();
+        if walk(root, &mut scope, &mut tests) && tests.len() <= MAX_TESTS {
+            ItemUse::Tests(tests)
+        } else {
+            ItemUse::Opaque
+        }
+    }
+
+    /// Which tests `item` passes, one bit each; `None` for an opaque expression.
+    pub fn key(&self, item: Item<'_>) -> Option<u64> {
+        let ItemUse::Tests(tests) = self else {
+            return None;
+        };
+        let (tool, prompt, resource) = match item {
+            Item::Tool(name) => (name, "", ""),
+            Item::Prompt(name) => ("", name, ""),
+            Item::Resource(uri) => ("", "", uri),
+        };
+        let mut bits = 0u64;
+        for (i, t) in tests.iter().enumerate() {
+            let value = match t.field {
+                Field::Tool => tool,
+                Field::Prompt => prompt,
+                Field::Resource => resource,
+            };
+            let passes = match &t.test {
+                Test::Equals(s) => value == s,
+                Test::In(list) => list.iter().any(|s| s == value),
+                Test::StartsWith(s) => value.starts_with(s.as_str()),
+                Test::EndsWith(s) => value.ends_with(s.as_str()),
+                Test::Contains(s) => value.contains(s.as_str()),
+            };
+            if passes {
+                bits |= 1 << i;
+            }
+        }
+        Some(bits)
+    }
+}
+
+/// Collects the name tests of `e`; false when `e` reads the item some other way.
+fn walk(e: &IdedExpr, scope: &mut Vec<String>, tests: &mut Vec<NameTest>) -> bool {
+    if let Some(test) = name_test(e, scope) {
+        tests.push(test);
+        return true;
+    }
+    match &e.expr {
+        Expr::Unspecified | Expr::Literal(_) => true,
+        Expr::Ident(name) => name != "mcp" || scope.contains(name),
+        Expr::Select(select) => {
+            if !select.test {
+                if let Some(path) = mcp_path(e, scope) {
+                    return same_for_every_item(&path);
+                }
+            }
+            walk(&select.operand, scope, tests)
+        }
+        Expr::Call(call) => {
+            call.target.as_deref().is_none_or(|t| walk(t, scope, tests))
+                && call.args.iter().all(|a| walk(a, scope, tests))
+        }
+        Expr::Comprehension(c) => {
+            if !walk(&c.iter_range, scope, tests) || !walk(&c.accu_init, scope, tests) {
+                return false;
+            }
+            let depth = scope.len();
+            scope.push(c.iter_var.clone());
+            if let Some(second) = &c.iter_var2 {
+                scope.push(second.clone());
+            }
+            scope.push(c.accu_var.clone());
+            let inner = walk(&c.loop_cond, scope, tests)
+                && walk(&c.loop_step, scope, tests)
+                && walk(&c.result, scope, tests);
+            scope.truncate(depth);
+            inner
+        }
+        Expr::List(list) => list.elements.iter().all(|x| walk(x, scope, tests)),
+        Expr::Map(map) => map.entries.iter().all(|entry| match &entry.expr {
+            EntryExpr::MapEntry(m) => walk(&m.key, scope, tests) && walk(&m.value, scope, tests),
+            EntryExpr::StructField(f) => walk(&f.value, scope, tests),
+        }),
+        Expr::Struct(s) => s.entries.iter().all(|entry| match &entry.expr {
+            EntryExpr::MapEntry(m) => walk(&m.key, scope, tests) && walk(&m.value, scope, tests),
+            EntryExpr::StructField(f) => walk(&f.value, scope, tests),
+        }),
+    }
+}
+
+/// `mcp.a.b…` with `mcp` the variable (not a comprehension's): the fields after `mcp`.
+fn mcp_path<'e>(e: &'e IdedExpr, scope: &[String]) -> Option<Vec<&'e str>> {
+    let mut fields = Vec::new();
+    let mut node = e;
+    loop {
+        match &node.expr {
+            Expr::Ident(name) if name == "mcp" && !scope.contains(name) => {
+                fields.reverse();
+                return Some(fields);
+            }
+            Expr::Select(select) if !select.test => {
+                fields.push(select.field.as_str());
+                node = &select.operand;
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// Whether a part of `mcp` is the same for every item of one kind in a listing.
+fn same_for_every_item(path: &[&str]) -> bool {
+    match path {
+        ["method" | "methodName" | "kind" | "session_id" | "sessionId", ..] => true,
+        // Absent in a listing: reading it fails the same way for every item.
+        ["tool", "arguments", ..] => true,
+        _ => false,
+    }
+}
+
+fn name_field(e: &IdedExpr, scope: &[String]) -> Option<Field> {
+    match mcp_path(e, scope)?.as_slice() {
+        ["tool", "name"] => Some(Field::Tool),
+        ["prompt", "name"] => Some(Field::Prompt),
+        ["resource", "uri" | "name"] => Some(Field::Resource),
+        _ => None,
+    }
+}
+
+fn literal(e: &IdedExpr) -> Option<String> {
+    match &e.expr {
+        Expr::Literal(LiteralValue::String(s)) => Some(s.inner().to_string()),
+        _ => None,
+    }
+}
+
+/// `name == "x"`, `"x" == name`, `!=` likewise, `name in ["x", …]`, `name.startsWith("x")`,
+/// `name.endsWith("x")`, `name.contains("x")`: for every string, true or false, never an error.
+fn name_test(e: &IdedExpr, scope: &[String]) -> Option<NameTest> {
+    let Expr::Call(call) = &e.expr else {
+        return None;
+    };
+    let (field, test) = match (call.target.as_deref(), call.args.as_slice()) {
+        (None, [a, b])
+            if call.func_name == operators::EQUALS || call.func_name == operators::NOT_EQUALS =>
+        {
+            match (name_field(a, scope), literal(b)) {
+                (Some(f), Some(s)) => (f, Test::Equals(s)),
+                _ => (name_field(b, scope)?, Test::Equals(literal(a)?)),
+            }
+        }
+        (None, [a, b]) if call.func_name == operators::IN => {
+            let Expr::List(list) = &b.expr else {
+                return None;
+            };
+            if !list.optional_indices.is_empty() {
+                return None;
+            }
+            let values: Option<Vec<String>> = list.elements.iter().map(literal).collect();
+            (name_field(a, scope)?, Test::In(values?))
+        }
+        (Some(target), [arg]) => {
+            let field = name_field(target, scope)?;
+            let s = literal(arg)?;
+            let test = match call.func_name.as_str() {
+                "startsWith" => Test::StartsWith(s),
+                "endsWith" => Test::EndsWith(s),
+                "contains" => Test::Contains(s),
+                _ => return None,
+            };
+            (field, test)
+        }
+        _ => return None,
+    };
+    Some(NameTest { field, test })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn use_of(source: &str) -> ItemUse {
+        match cel::Program::compile(source) {
+            Ok(p) => ItemUse::of(p.expression()),
+            Err(e) => panic!("{source}: {e:?}"),
+        }
+    }
+
+    #[test]
+    fn name_tests_against_constants_are_recognised() {
+        for source in [
+            r#"mcp.tool.name == "a""#,
+            r#""a" != mcp.tool.name"#,
+            r#"mcp.tool.name in ["a", "b"] && jwt.sub == "x""#,
+            r#"mcp.method == "tools/call" && mcp.tool.name.startsWith("read_")"#,
+            r#"mcp.prompt.name.endsWith("x") || mcp.resource.uri.contains("/public/")"#,
+            r#"jwt.groups.exists(g, g == "admins")"#,
+            r#"mcp.tool.arguments.x == 1"#,
+            r#"has(mcp.tool.arguments.x)"#,
+            r#"[1].all(mcp, mcp == 1)"#,
+        ] {
+            assert!(
+                matches!(use_of(source), ItemUse::Tests(_)),
+                "{source} should be recognised"
+            );
+        }
+    }
+
+    #[test]
+    fn any_other_read_of_the_name_is_opaque() {
+        for source in [
+            r#"mcp.tool.name + "x" == "ax""#,
+            r#"size(mcp.tool.name) > 3"#,
+            r#"mcp.tool.name.matches("^a")"#,
+            r#"mcp.tool.name in jwt.tools"#,
+            r#"mcp.tool.name == jwt.sub"#,
+            r#"has(mcp.tool.name)"#,
+            r#"mcp.tool == {"name": "a"}"#,
+            r#"size(mcp) > 0"#,
+            r#"["a"].exists(t, t == mcp.prompt.name)"#,
+        ] {
+            assert_eq!(use_of(source), ItemUse::Opaque, "{source}");
+        }
+    }
+
+    #[test]
+    fn keys_record_which_tests_an_item_passes() {
+        let u = use_of(
+            r#"mcp.tool.name in ["a", "b"] || mcp.tool.name.startsWith("read_") || mcp.prompt.name == "a""#,
+        );
+        assert_eq!(u.key(Item::Tool("a")), Some(0b001));
+        assert_eq!(u.key(Item::Tool("read_x")), Some(0b010));
+        assert_eq!(u.key(Item::Tool("zzz")), Some(0));
+        assert_eq!(u.key(Item::Prompt("a")), Some(0b100));
+        assert_eq!(use_of("size(mcp) > 0").key(Item::Tool("a")), None);
+    }
+}
