@@ -467,6 +467,20 @@ fn bench_parse(h: &mut Harness) {
             Some(bytes.len()),
             || mcp::parse_message(black_box(bytes), mcp::DEFAULT_MAX_DEPTH).expect("valid"),
         );
+        // As the filter parses when no rule and no audit setting reads the arguments: checked
+        // as strictly, not kept.
+        h.bench(
+            &format!("mcp/parse_message/{name}/arguments-unread"),
+            Some(bytes.len()),
+            || {
+                mcp::parse_message_for(
+                    black_box(bytes),
+                    mcp::DEFAULT_MAX_DEPTH,
+                    mcp::Arguments::Check,
+                )
+                .expect("valid")
+            },
+        );
         // Reference point: what a plain, non-strict serde_json parse costs.
         h.bench(
             &format!("baseline/serde_json-to-Value/{name}"),

@@ -20,7 +20,7 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
-use crate::audit::{Record, Verdict, AUDIT_COLUMNS};
+use crate::audit::{ArgumentsMode, Record, Verdict, AUDIT_COLUMNS};
 use crate::config::{Config, Server};
 use crate::discovery::ListKind;
 use crate::host::{Header, Host};
@@ -369,7 +369,8 @@ impl Stream {
         if mcp::is_batch(body) {
             return self.on_batch(host, server, record, body);
         }
-        let message = match mcp::parse_message(body, mcp::DEFAULT_MAX_DEPTH) {
+        let message = match mcp::parse_message_for(body, mcp::DEFAULT_MAX_DEPTH, arguments(server))
+        {
             Ok(m) => m,
             Err(e) => {
                 record.reason = Some(e.to_string());
@@ -451,7 +452,7 @@ impl Stream {
             );
             return refuse_invalid(self, host, record, -32600, why);
         }
-        let messages = match mcp::parse_batch(body, mcp::DEFAULT_MAX_DEPTH) {
+        let messages = match mcp::parse_batch_for(body, mcp::DEFAULT_MAX_DEPTH, arguments(server)) {
             Ok(m) => m,
             Err(e) => return refuse_invalid(self, host, record, e.code(), e.to_string()),
         };
@@ -1022,6 +1023,16 @@ impl Refusal {
 
 /// The JSON-RPC error for a policy denial: names the rule and the policy so that an agent (and
 /// its user) can tell what happened — or, when the policy hides existence, "unknown tool".
+/// Whether a message's tool arguments are kept once checked: only when a rule or the audit
+/// reads them.
+fn arguments(server: &Server) -> mcp::Arguments {
+    if server.policy.reads_arguments() || server.audit_arguments != ArgumentsMode::None {
+        mcp::Arguments::Keep
+    } else {
+        mcp::Arguments::Check
+    }
+}
+
 fn denial(server: &Server, message: &Message, rule: Option<&str>) -> (i64, Vec<u8>) {
     let policy = &server.policy;
     if policy.hide_denied {

@@ -6,6 +6,8 @@
 //! unknown or case-variant top-level members, request/response hybrids, non-object `params`,
 //! ids that are neither a string nor an integer, trailing bytes, excessive nesting.
 
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -47,6 +49,7 @@ pub struct Message {
     pub id: Option<Value>,
     /// The method; empty for responses.
     pub method: String,
+    /// The params; for `tools/call`, without `arguments` (they move into [`Target::Tool`]).
     pub params: Map<String, Value>,
     pub target: Target,
 }
@@ -94,10 +97,15 @@ impl fmt::Display for ParseError {
 /// Parses JSON strictly: duplicate keys at any depth and nesting beyond `max_depth` are errors,
 /// as is anything after the value but whitespace.
 pub fn parse_strict_json(bytes: &[u8], max_depth: usize) -> Result<Value, String> {
+    parse_json(bytes, max_depth, Mode::Keep)
+}
+
+fn parse_json(bytes: &[u8], max_depth: usize, mode: Mode) -> Result<Value, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = Strict {
         depth: 0,
         max_depth,
+        mode,
     }
     .deserialize(&mut de)
     .map_err(|e| e.to_string())?;
@@ -105,14 +113,30 @@ pub fn parse_strict_json(bytes: &[u8], max_depth: usize) -> Result<Value, String
     Ok(value)
 }
 
+/// What the parser keeps of the value it is in.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Everything.
+    Keep,
+    /// A message (or a batch of them) whose tool arguments nobody reads: everything but
+    /// `params.arguments`.
+    Message,
+    /// The `params` of such a message.
+    Params,
+    /// Checked as strictly as the rest, but not kept: objects, arrays and strings come out
+    /// empty (of the same type, which the message's shape checks look at).
+    Check,
+}
+
 #[derive(Clone, Copy)]
 struct Strict {
     depth: usize,
     max_depth: usize,
+    mode: Mode,
 }
 
 impl Strict {
-    fn nested<E: de::Error>(&self) -> Result<Strict, E> {
+    fn nested<E: de::Error>(&self, mode: Mode) -> Result<Strict, E> {
         if self.depth >= self.max_depth {
             return Err(E::custom(format!(
                 "nesting deeper than {} levels",
@@ -122,7 +146,38 @@ impl Strict {
         Ok(Strict {
             depth: self.depth + 1,
             max_depth: self.max_depth,
+            mode,
         })
+    }
+
+    fn keeps(&self) -> bool {
+        self.mode != Mode::Check
+    }
+}
+
+/// An object key, borrowed from the input where it has no escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
     }
 }
 
@@ -154,41 +209,119 @@ impl<'de> Visitor<'de> for Strict {
             .ok_or_else(|| E::custom("number out of range"))
     }
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_string()))
+        Ok(Value::String(if self.keeps() {
+            v.to_string()
+        } else {
+            String::new()
+        }))
     }
     fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+        Ok(Value::String(if self.keeps() { v } else { String::new() }))
     }
     fn visit_unit<E>(self) -> Result<Value, E> {
         Ok(Value::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let inner = self.nested()?;
+        // A batch's elements are messages.
+        let mode = match self.mode {
+            Mode::Message if self.depth == 0 => Mode::Message,
+            Mode::Check => Mode::Check,
+            _ => Mode::Keep,
+        };
+        let inner = self.nested(mode)?;
         let mut out = Vec::new();
         while let Some(v) = seq.next_element_seed(inner)? {
-            out.push(v);
+            if self.keeps() {
+                out.push(v);
+            }
         }
         Ok(Value::Array(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let inner = self.nested()?;
+        if !self.keeps() {
+            return self.check_map(map);
+        }
+        // An object one level too deep is refused even when empty, as an array is.
+        self.nested::<A::Error>(Mode::Keep)?;
         let mut out = Map::new();
         while let Some(key) = map.next_key::<String>()? {
             if out.contains_key(&key) {
                 return Err(de::Error::custom(format!("duplicate key {key:?}")));
             }
-            let value = map.next_value_seed(inner)?;
+            let mode = match (self.mode, key.as_str()) {
+                (Mode::Message, "params") => Mode::Params,
+                (Mode::Params, "arguments") => Mode::Check,
+                _ => Mode::Keep,
+            };
+            let value = map.next_value_seed(self.nested(mode)?)?;
             out.insert(key, value);
         }
         Ok(Value::Object(out))
     }
 }
 
+impl Strict {
+    /// Checks an object without keeping it: the keys are compared where they lie in the input.
+    fn check_map<'de, A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let inner = self.nested(Mode::Check)?;
+        let mut keys: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+        while let Some(key) = map.next_key_seed(Key)? {
+            let duplicate = if keys.len() < 16 {
+                keys.contains(&key)
+            } else {
+                if many.is_empty() {
+                    many.extend(keys.iter().cloned());
+                }
+                many.contains(&key)
+            };
+            if duplicate {
+                return Err(de::Error::custom(format!("duplicate key {key:?}")));
+            }
+            if keys.len() < 16 {
+                keys.push(key);
+            } else {
+                many.insert(key);
+            }
+            map.next_value_seed(inner)?;
+        }
+        Ok(Value::Object(Map::new()))
+    }
+}
+
 const MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params", "result", "error"];
+
+/// What of a message the decisions need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arguments {
+    /// `tools/call` arguments are kept (a rule or the audit reads them).
+    Keep,
+    /// Checked as strictly as the rest of the message, then dropped: no copy of large
+    /// arguments is made when nothing reads them. [`Target::Tool`] then has no arguments.
+    Check,
+}
+
+impl Arguments {
+    fn mode(self) -> Mode {
+        match self {
+            Arguments::Keep => Mode::Keep,
+            Arguments::Check => Mode::Message,
+        }
+    }
+}
 
 /// Parses one JSON-RPC message body.
 pub fn parse_message(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
-    match parse_strict_json(body, max_depth).map_err(ParseError::Json)? {
+    parse_message_for(body, max_depth, Arguments::Keep)
+}
+
+/// Parses one JSON-RPC message body, keeping the tool arguments or not.
+pub fn parse_message_for(
+    body: &[u8],
+    max_depth: usize,
+    arguments: Arguments,
+) -> Result<Message, ParseError> {
+    match parse_json(body, max_depth, arguments.mode()).map_err(ParseError::Json)? {
         Value::Array(_) => Err(ParseError::Invalid(
             "JSON-RPC batches are not accepted: send one message per request".into(),
         )),
@@ -199,7 +332,18 @@ pub fn parse_message(body: &[u8], max_depth: usize) -> Result<Message, ParseErro
 /// Parses a JSON-RPC batch (allowed by protocol version 2025-03-26 only): every element must
 /// be a valid message, and the batch must not be empty.
 pub fn parse_batch(body: &[u8], max_depth: usize) -> Result<Vec<Message>, ParseError> {
-    let Value::Array(items) = parse_strict_json(body, max_depth).map_err(ParseError::Json)? else {
+    parse_batch_for(body, max_depth, Arguments::Keep)
+}
+
+/// Parses a batch, keeping the tool arguments or not.
+pub fn parse_batch_for(
+    body: &[u8],
+    max_depth: usize,
+    arguments: Arguments,
+) -> Result<Vec<Message>, ParseError> {
+    let Value::Array(items) =
+        parse_json(body, max_depth, arguments.mode()).map_err(ParseError::Json)?
+    else {
         return Err(ParseError::Invalid("a batch must be a JSON array".into()));
     };
     if items.is_empty() {
@@ -301,7 +445,8 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
     } else {
         Kind::Notification
     };
-    let target = target_of(&method, &params)?;
+    let mut params = params;
+    let target = target_of(&method, &mut params)?;
     Ok(Message {
         kind,
         id,
@@ -311,8 +456,9 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
     })
 }
 
-/// Extracts the tool, prompt or resource an MCP method is about.
-fn target_of(method: &str, params: &Map<String, Value>) -> Result<Target, ParseError> {
+/// Extracts the tool, prompt or resource an MCP method is about. A tool's arguments move out
+/// of `params` into the target (no second copy).
+fn target_of(method: &str, params: &mut Map<String, Value>) -> Result<Target, ParseError> {
     let text = |name: &str| -> Result<String, ParseError> {
         match params.get(name) {
             Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
@@ -329,9 +475,9 @@ fn target_of(method: &str, params: &Map<String, Value>) -> Result<Target, ParseE
                     "tool name {name:?} is not 1-128 characters of A-Z a-z 0-9 _ - ."
                 )));
             }
-            let arguments = match params.get("arguments") {
+            let arguments = match params.remove("arguments") {
                 None | Some(Value::Null) => Map::new(),
-                Some(Value::Object(a)) => a.clone(),
+                Some(Value::Object(a)) => a,
                 Some(_) => {
                     return Err(ParseError::Params(
                         "tools/call params.arguments must be an object".into(),

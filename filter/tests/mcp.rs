@@ -2,13 +2,29 @@
 //! refused, with the JSON-RPC code a client expects.
 
 use mcp_guard::mcp::{
-    is_batch, is_valid_tool_name, parse_batch, parse_message, parse_strict_json, Kind, ParseError,
-    Target, DEFAULT_MAX_DEPTH,
+    is_batch, is_valid_tool_name, parse_batch, parse_message, parse_message_for, parse_strict_json,
+    Arguments, Kind, ParseError, Target, DEFAULT_MAX_DEPTH,
 };
 use serde_json::{json, Value};
 
+/// Parses as the filter does when a rule or the audit reads the arguments, and checks that the
+/// parse that drops them (when nothing reads them) decides exactly the same: every test here
+/// covers both.
 fn parse(body: &str) -> Result<mcp_guard::mcp::Message, ParseError> {
-    parse_message(body.as_bytes(), DEFAULT_MAX_DEPTH)
+    let kept = parse_message(body.as_bytes(), DEFAULT_MAX_DEPTH);
+    let checked = parse_message_for(body.as_bytes(), DEFAULT_MAX_DEPTH, Arguments::Check);
+    match (&kept, &checked) {
+        (Ok(k), Ok(c)) => {
+            let mut without = k.clone();
+            if let Target::Tool { arguments, .. } = &mut without.target {
+                arguments.clear();
+            }
+            assert_eq!(&without, c, "{body}");
+        }
+        (Err(a), Err(b)) => assert_eq!(a.code(), b.code(), "{body}: {a} / {b}"),
+        _ => panic!("the two parses disagree on {body}: {kept:?} / {checked:?}"),
+    }
+    kept
 }
 
 fn code(body: &str) -> i64 {
@@ -150,6 +166,26 @@ fn duplicate_keys_are_refused_at_any_depth() {
 }
 
 #[test]
+fn duplicate_keys_are_refused_in_large_objects_too() {
+    // Past 16 keys the argument-dropping parse switches to a hash set: both sides of that.
+    for n in [3, 15, 16, 17, 40] {
+        let mut members: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+        let ok = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{{}}}}}}}"#,
+            members.join(",")
+        );
+        assert!(parse(&ok).is_ok(), "{n}");
+        // The first key again, spelled with an escape, at the end.
+        members.push("\"\\u006b0\":1".to_string());
+        let dup = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"x":{{{}}}}}}}}}"#,
+            members.join(",")
+        );
+        assert_eq!(code(&dup), -32700, "{n}: {dup}");
+    }
+}
+
+#[test]
 fn unknown_and_case_variant_members_are_refused() {
     for body in [
         r#"{"jsonrpc":"2.0","id":1,"method":"ping","extra":true}"#,
@@ -282,6 +318,18 @@ fn nesting_beyond_the_depth_limit_is_refused() {
     // Deep enough to overflow a naive recursive parser.
     let deep = nested_arguments(100_000);
     assert_eq!(code(&deep), -32700);
+    // An empty object or array one level too deep (65 with the message, params, arguments
+    // and `deep`) counts as deep.
+    for empty in ["{}", "[]"] {
+        let mut inner = empty.to_string();
+        for _ in 0..DEFAULT_MAX_DEPTH - 3 {
+            inner = format!(r#"{{"a":{inner}}}"#);
+        }
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"deep":{inner}}}}}}}"#
+        );
+        assert_eq!(code(&body), -32700, "{empty}");
+    }
     // The limit is the caller's.
     assert!(parse_message(nested_arguments(1).as_bytes(), 4).is_ok());
     assert!(parse_message(nested_arguments(2).as_bytes(), 4).is_err());
@@ -379,3 +427,4 @@ fn bad_batches_are_refused_naming_the_element() {
     let nested: Value = json!([[{ "jsonrpc": "2.0", "id": 1, "method": "ping" }]]);
     assert!(parse_batch(nested.to_string().as_bytes(), DEFAULT_MAX_DEPTH).is_err());
 }
+
