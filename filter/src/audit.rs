@@ -313,6 +313,10 @@ impl Formatter for LineFormatter {
         writer: &mut W,
         fragment: &str,
     ) -> io::Result<()> {
+        // U+007F is 0x7F; U+0085 starts with 0xC2; U+2028 and U+2029 start with 0xE2.
+        if memchr::memchr3(0x7f, 0xc2, 0xe2, fragment.as_bytes()).is_none() {
+            return writer.write_all(fragment.as_bytes());
+        }
         let mut start = 0;
         for (at, c) in fragment.char_indices() {
             if matches!(c, '\u{7f}' | '\u{85}' | '\u{2028}' | '\u{2029}') {

@@ -4,6 +4,7 @@
 //! JSON (and any non-SSE) bodies are held whole, up to a limit, then checked and rewritten once;
 //! `text/event-stream` bodies are rewritten event by event as they stream.
 
+use memchr::memmem;
 use serde_json::Value;
 
 use crate::discovery::{self, Filtered, ListKind};
@@ -57,31 +58,25 @@ pub fn redact(bytes: &mut Vec<u8>, patterns: &[Vec<u8>]) -> usize {
     let mut found = 0;
     for pattern in patterns.iter().filter(|p| !p.is_empty()) {
         // The common case, nothing to redact, costs one scan and no allocation.
-        if !bytes
-            .windows(pattern.len())
-            .any(|w| w == pattern.as_slice())
-        {
+        let finder = memmem::Finder::new(pattern);
+        let mut hits = finder.find_iter(bytes).peekable();
+        if hits.peek().is_none() {
             continue;
         }
         let mut out = Vec::with_capacity(bytes.len());
-        let mut i = 0;
-        let mut hit = false;
-        while i < bytes.len() {
-            if bytes.get(i..i + pattern.len()) == Some(pattern.as_slice()) {
-                out.extend_from_slice(REDACTED);
-                i += pattern.len();
-                found += 1;
-                hit = true;
-            } else {
-                if let Some(b) = bytes.get(i) {
-                    out.push(*b);
-                }
-                i += 1;
+        let mut from = 0;
+        for at in hits {
+            // Overlapping matches: the first one wins, as a left-to-right replacement would.
+            if at < from {
+                continue;
             }
+            out.extend_from_slice(bytes.get(from..at).unwrap_or_default());
+            out.extend_from_slice(REDACTED);
+            from = at + pattern.len();
+            found += 1;
         }
-        if hit {
-            *bytes = out;
-        }
+        out.extend_from_slice(bytes.get(from..).unwrap_or_default());
+        *bytes = out;
     }
     found
 }
@@ -91,7 +86,7 @@ pub fn contains_any(text: &[u8], patterns: &[Vec<u8>]) -> bool {
     patterns
         .iter()
         .filter(|p| !p.is_empty())
-        .any(|p| text.windows(p.len()).any(|w| w == p.as_slice()))
+        .any(|p| memmem::find(text, p).is_some())
 }
 
 /// Filters a complete JSON-RPC message (a whole JSON body, or one event's data).
