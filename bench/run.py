@@ -230,6 +230,8 @@ class Bench:
                     "PLUGIN_CONFIG": json.dumps(json.dumps(config)),
                     "ACCESS_LOG": str(self.work / f"{name}.access.log"), "EXTRA_CLUSTERS": ""}
         envoy = Envoy(self.work, name, template, fill, concurrency=concurrency, cpus=cpus)
+        # mcp-guard's audit records carry its own time per request (filter_us).
+        envoy.audit_log = Path(fill["ACCESS_LOG"]) if setup == "c" else None
         self.procs.append(envoy)
         return envoy
 
@@ -304,6 +306,8 @@ class Bench:
                f"http://127.0.0.1:{envoy.port}/mcp", "--", str(body), str(tokens), extra_header]
         if self.other_cpus:
             cmd = ["taskset", "-c", ",".join(map(str, self.other_cpus))] + cmd
+        audit = getattr(envoy, "audit_log", None)
+        offset = audit.stat().st_size if audit and audit.exists() else 0
         cpu0, wall0 = envoy.cpu_seconds(), time.monotonic()
         out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         cpu1, wall1 = envoy.cpu_seconds(), time.monotonic()
@@ -317,6 +321,8 @@ class Bench:
         r["proxy_cpu_util"] = (cpu1 - cpu0) / (wall1 - wall0)
         r["resp_bytes"] = r["body_bytes"] / r["requests"] if r["requests"] else 0
         r["conns"] = conns
+        if audit:
+            r.update(filter_times(audit, offset))
         return r
 
     def measure(self, envoy: Envoy, body: Path, tokens: Path, conns: int,
@@ -368,6 +374,7 @@ class Bench:
                 log(f"  {case:20} ({s:4}) c={conns:<3} {r['rps']:9.0f} req/s  "
                     f"p50 {r['p50_us']:6d} µs  p99 {r['p99_us']:6d} µs  "
                     f"proxy {r['proxy_cpu_us_per_req']:6.0f} CPU-µs/req  "
+                    + (f"filter {filter_col(r)} µs  " if "filter_us_p50" in r else "") +
                     f"answer {r['resp_bytes']:7.0f} B  errors {r['errors']}"
                     + (f"  first: {r['first_bad']}" if r["errors"] else ""))
         self.stop(c100)
@@ -524,6 +531,33 @@ class Bench:
             self.results["micro"] = [json.loads(l) for l in out.read_text().splitlines() if l]
 
 
+def filter_times(audit: Path, offset: int) -> dict:
+    """Median and p99 of the filter's own time per request (the audit records' `filter_us`:
+    wall time inside the filter's callbacks, hostcalls included) from the records written since
+    `offset`. Envoy flushes the access log about once a second."""
+    time.sleep(1.2)
+    with audit.open("rb") as f:
+        f.seek(offset)
+        lines = f.read().splitlines()
+    us = []
+    for line in lines:
+        try:
+            v = json.loads(line).get("filter_us")
+        except ValueError:
+            continue
+        if isinstance(v, int):
+            us.append(v)
+    if not us:
+        return {}
+    us.sort()
+    return {"filter_us_p50": us[len(us) // 2], "filter_us_p99": us[min(len(us) - 1, len(us) * 99 // 100)],
+            "filter_samples": len(us)}
+
+
+def filter_col(r: dict) -> str:
+    return (f"{r['filter_us_p50']:,} / {r['filter_us_p99']:,}" if "filter_us_p50" in r else "")
+
+
 def mib(n: float) -> str:
     return f"{n / 2**20:.1f} MiB"
 
@@ -615,8 +649,8 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
                  "(1 worker) was the bottleneck; well below, something else was (other processes, "
                  "the load generator), and the req/s ratios understate the differences.\n")
         L.append("| setup | conns | req/s | p50 µs | p99 µs | proxy CPU µs/req | proxy CPU use "
-                 "| requests | errors |")
-        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "| filter µs p50 / p99 | requests | errors |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         table = {}
         for conns in args.conns:
             for s in "abc":
@@ -631,6 +665,7 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
                 L.append(f"| ({s}) {SETUPS[s]} | {conns} | {row['rps']:,.0f}{spread(rs, 'rps')} "
                          f"| {row['p50_us']:,.0f} | {row['p99_us']:,.0f} "
                          f"| {row['proxy_cpu_us_per_req']:,.0f} | {row['proxy_cpu_util']:.0%} "
+                         f"| {filter_col(rs[len(rs) // 2])} "
                          f"| {row['requests']:,} | {row['errors']} |")
         L.append("")
         L.append("| ratio | " + " | ".join(f"{c} conn{'s' if c > 1 else ''}" for c in args.conns)
@@ -667,9 +702,12 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
     extra = res["extra"]
     if extra:
         L.append("## Further cases (1 round)\n")
+        L.append("*Filter µs* is mcp-guard's own time per request from its audit records "
+                 "(`filter_us`: wall time inside its callbacks, hostcalls included; median / p99). "
+                 "For tools/list it covers the whole request and the filtering of the answer.\n")
         L.append("| case | setup | conns | req/s | p50 µs | p99 µs | proxy CPU µs/req "
-                 "| answer bytes | errors |")
-        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+                 "| filter µs p50 / p99 | answer bytes | errors |")
+        L.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         names = {"call-100k": "tools/call, 100 KiB arguments",
                  "tools-list-sse-500": "tools/list, 500 tools as SSE",
                  "call-1k-100-rules": "tools/call 1 KiB, policy of 100 rules"}
@@ -678,8 +716,8 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
             label = "(c) mcp-guard, 100 rules" if s == "c100" else f"({s}) {SETUPS[s]}"
             L.append(f"| {names.get(r['case'], r['case'])} | {label} | {r['conns']} "
                      f"| {r['rps']:,.0f} | {r['p50_us']:,} | {r['p99_us']:,} "
-                     f"| {r['proxy_cpu_us_per_req']:,.0f} | {r['resp_bytes']:,.0f} "
-                     f"| {r['errors']} |")
+                     f"| {r['proxy_cpu_us_per_req']:,.0f} | {filter_col(r)} "
+                     f"| {r['resp_bytes']:,.0f} | {r['errors']} |")
         checks = res["checks"]
         if checks:
             full = checks.get("a", {}).get("tools_listed")
