@@ -406,6 +406,8 @@ fn claims(fx: &Fixtures) -> Map<String, Value> {
         .verify(fx.token("RS256"), fx.now)
         .expect("token")
         .claims
+        .as_ref()
+        .clone()
 }
 
 fn bench_policy(h: &mut Harness, fx: &Fixtures) {

@@ -626,8 +626,8 @@ impl Stream {
             }
         }
         host.remove_response_header("www-authenticate");
-        self.audit(host, record);
         if end_of_stream {
+            self.audit(host, record);
             return Action::Continue;
         }
         let content_type = header(&headers, "content-type").unwrap_or_default();
@@ -635,8 +635,16 @@ impl Stream {
         let body = response::body_for(content_type);
         host.remove_response_header("content-length");
         let action = match body {
-            Body::Events(_) => Action::Continue,
-            Body::Buffered => Action::Pause,
+            // A stream may last long: its record gets the status now.
+            Body::Events(_) => {
+                self.audit(host, record);
+                Action::Continue
+            }
+            // A held body is checked and its record rewritten (status included) at its end.
+            Body::Buffered => {
+                self.record = Some(record);
+                Action::Pause
+            }
         };
         self.body = Some(body);
         action
@@ -905,7 +913,7 @@ impl Stream {
 
     fn input<'a>(&'a self, message: &'a Message, source: &'a str, now_ms: u64) -> Input<'a> {
         Input {
-            claims: self.identity.as_ref().map(|i| &i.claims),
+            claims: self.identity.as_ref().map(|i| &*i.claims),
             session_id: self.header("mcp-session-id"),
             request: self.request_facts(),
             source_address: source,
@@ -927,7 +935,7 @@ impl Stream {
     /// The facts for deciding which listed tools, prompts and resources this caller sees.
     fn listing_input(&self, now_ms: u64) -> Input<'_> {
         Input {
-            claims: self.identity.as_ref().map(|i| &i.claims),
+            claims: self.identity.as_ref().map(|i| &*i.claims),
             session_id: self.header("mcp-session-id"),
             request: self.request_facts(),
             now: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),

@@ -516,7 +516,8 @@ impl fmt::Display for AuthError {
 /// The caller, once its token has verified.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Identity {
-    pub claims: Map<String, Value>,
+    /// Shared with the token cache: a cache hit copies a pointer, not the claims.
+    pub claims: Rc<Map<String, Value>>,
 }
 
 impl Identity {
@@ -679,7 +680,12 @@ impl Authenticator {
         {
             return Err(AuthError::MissingClaim(missing.clone()));
         }
-        Ok((Identity { claims }, index))
+        Ok((
+            Identity {
+                claims: Rc::new(claims),
+            },
+            index,
+        ))
     }
 }
 

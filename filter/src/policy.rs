@@ -163,8 +163,9 @@ pub struct Policy {
     pub rules: Vec<Rule>,
     env: Arc<Env>,
     index: Index,
-    /// The variables some rule reads: only those are built for a request.
-    roots: facts::Roots,
+    /// What the rules read (variables, and members of `jwt` and `mcp`): only that is built
+    /// for a request.
+    reads: facts::Reads,
     /// Whether some rule reads the tool arguments (else they are neither kept nor converted).
     reads_arguments: bool,
 }
@@ -399,7 +400,7 @@ impl Policy {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let roots = checker.roots();
+        let reads = checker.reads().clone();
         let index = Index::build(&rules);
         let reads_arguments = rules.iter().any(|r| r.uses_arguments);
         Ok(Policy {
@@ -413,7 +414,7 @@ impl Policy {
             reads_arguments,
             env,
             index,
-            roots,
+            reads,
         })
     }
 
@@ -446,7 +447,7 @@ impl Policy {
         } else {
             facts::Arguments::Absent
         };
-        let ctx = facts::context(&self.env, input, self.roots, arguments);
+        let ctx = facts::context(&self.env, input, &self.reads, arguments);
         self.decide(&ctx, input, true)
     }
 
@@ -587,7 +588,7 @@ impl Policy {
 
     /// Prepares [`Lister::visible`] calls for one caller.
     pub fn lister<'p, 'i>(&'p self, input: &'i Input<'i>) -> Lister<'p, 'i> {
-        let ctx = facts::context(&self.env, input, self.roots, facts::Arguments::Absent);
+        let ctx = facts::context(&self.env, input, &self.reads, facts::Arguments::Absent);
         Lister {
             policy: self,
             input,
@@ -638,7 +639,7 @@ impl Policy {
     /// Evaluates every rule for one message, for `mcp-guard explain`: each rule's result or
     /// error, whether the index would have run it, and the decision.
     pub fn explain(&self, input: &Input) -> Explanation {
-        let ctx = facts::context(&self.env, input, self.roots, facts::Arguments::Present);
+        let ctx = facts::context(&self.env, input, &self.reads, facts::Arguments::Present);
         let tool = input.tool_name();
         let scopes = input.scopes();
         let rules = self
@@ -718,7 +719,7 @@ impl Lister<'_, '_> {
                 return *tri;
             }
             if !item_set {
-                facts::set_listing_item(ctx, policy.roots, input, item);
+                facts::set_listing_item(ctx, &policy.reads, input, item);
                 item_set = true;
             }
             let tri = listing_eval(rule, program, ctx);

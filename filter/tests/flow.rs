@@ -1124,6 +1124,10 @@ fn audit_record_is_completed_with_the_upstream_status() {
         stream.on_response_headers(&mut host, Some(200), false),
         Action::Pause
     );
+    // A held body: the record is completed when the body has been checked.
+    assert!(host.record().get("upstream_status").is_none());
+    let body = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+    stream.on_response_body(&mut host, body, true);
     let record = host.record();
     assert_eq!(record["decision"], "allow");
     assert_eq!(record["upstream_status"], 200);

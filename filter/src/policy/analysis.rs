@@ -16,7 +16,7 @@ use cel::common::ast::{operators, CallExpr, EntryExpr, Expr, IdedExpr, LiteralVa
 use cel::common::types::CelString;
 use cel::{Context, Env, Program, Value as Cel};
 
-use super::facts::Roots;
+use super::facts::Reads;
 use super::items::ItemUse;
 use super::{Location, PolicyError, VARIABLES};
 
@@ -42,7 +42,7 @@ pub(super) struct Checker {
     env: Arc<Env>,
     ctx: Context<'static, 'static>,
     functions: HashMap<String, bool>,
-    roots: Roots,
+    reads: Reads,
 }
 
 impl Checker {
@@ -51,13 +51,13 @@ impl Checker {
             ctx: Context::with_env(Arc::clone(&env)),
             env,
             functions: HashMap::new(),
-            roots: Roots::default(),
+            reads: Reads::default(),
         }
     }
 
-    /// The variables the expressions compiled so far read.
-    pub fn roots(&self) -> Roots {
-        self.roots
+    /// What the expressions compiled so far read.
+    pub fn reads(&self) -> &Reads {
+        &self.reads
     }
 
     /// Whether the environment declares a function (or member function) of this name.
@@ -384,9 +384,7 @@ impl Walk<'_> {
     /// tool's arguments (`mcp`, `mcp.tool`, `mcp.tool.arguments…`).
     fn record(&mut self, path: &[(&str, u64)]) {
         let names: Vec<&str> = path.iter().map(|(n, _)| *n).collect();
-        if let Some(root) = names.first().and_then(|n| Roots::of(n)) {
-            self.checker.roots.add(root);
-        }
+        self.checker.reads.add(&names);
         let arguments = ["mcp", "tool", "arguments"];
         let shared = names
             .iter()

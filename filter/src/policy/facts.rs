@@ -2,7 +2,7 @@
 //! strings rather than copying them. Only the variables some rule reads are built.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use cel::common::types::{
@@ -51,6 +51,70 @@ impl Roots {
     }
 }
 
+/// Which members of a map variable (`jwt`, `mcp`) the rules read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(super) enum Fields {
+    /// Only these (`jwt.groups`, `mcp.tool.name`…): the others are not built.
+    Named(BTreeSet<String>),
+    /// The variable itself is read (`jwt[k]`, `"x" in jwt`, `has(jwt.x)`, `size(mcp)`…).
+    #[default]
+    All,
+}
+
+impl Fields {
+    /// Records a read of `path` (the variable's name first).
+    pub(super) fn add(&mut self, path: &[&str]) {
+        match (path.get(1), &mut *self) {
+            (Some(field), Fields::Named(names)) => {
+                names.insert((*field).to_string());
+            }
+            (Some(_), Fields::All) => {}
+            (None, _) => *self = Fields::All,
+        }
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        match self {
+            Fields::Named(names) => names.contains(name),
+            Fields::All => true,
+        }
+    }
+}
+
+/// What the rules of a policy read: the variables, and the members of `jwt` and `mcp`. Only
+/// those are built for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Reads {
+    pub roots: Roots,
+    pub jwt: Fields,
+    pub mcp: Fields,
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Reads {
+            roots: Roots::default(),
+            jwt: Fields::Named(BTreeSet::new()),
+            mcp: Fields::Named(BTreeSet::new()),
+        }
+    }
+}
+
+impl Reads {
+    /// Records a read of `path` (the variable's name first).
+    pub(super) fn add(&mut self, path: &[&str]) {
+        let Some(root) = path.first().and_then(|n| Roots::of(n)) else {
+            return;
+        };
+        self.roots.add(root);
+        match path.first() {
+            Some(&"jwt") => self.jwt.add(path),
+            Some(&"mcp") => self.mcp.add(path),
+            _ => {}
+        }
+    }
+}
+
 /// Whether `mcp.tool.arguments` is present: for a message, always (empty when there are
 /// none); for a listing, never, so that rules reading it fail and count as undecided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,15 +127,16 @@ pub(super) enum Arguments {
 pub(super) fn context<'a>(
     env: &Arc<Env>,
     input: &Input<'a>,
-    roots: Roots,
+    reads: &Reads,
     arguments: Arguments,
 ) -> Context<'a, 'a> {
+    let roots = reads.roots;
     let mut ctx = Context::with_env(Arc::clone(env));
     if roots.has(Roots::JWT) {
-        ctx.add_variable_as_val("jwt", jwt(input.claims));
+        ctx.add_variable_as_val("jwt", jwt(input.claims, &reads.jwt));
     }
     if roots.has(Roots::MCP) {
-        ctx.add_variable_as_val("mcp", mcp(input, arguments));
+        ctx.add_variable_as_val("mcp", mcp(input, arguments, &reads.mcp));
     }
     if roots.has(Roots::REQUEST) {
         ctx.add_variable_as_val("request", request(input));
@@ -95,11 +160,11 @@ pub(super) fn context<'a>(
 /// Replaces `mcp` with a call of `item` without arguments, for a listing.
 pub(super) fn set_listing_item<'a>(
     ctx: &mut Context<'a, 'a>,
-    roots: Roots,
+    reads: &Reads,
     input: &Input<'a>,
     item: Item<'_>,
 ) {
-    if !roots.has(Roots::MCP) {
+    if !reads.roots.has(Roots::MCP) {
         return;
     }
     let mut call = input.clone();
@@ -116,6 +181,7 @@ pub(super) fn set_listing_item<'a>(
     let value = mcp_with(
         &call,
         Arguments::Absent,
+        &reads.mcp,
         owned(tool.to_string()),
         owned(prompt.to_string()),
         owned(uri.to_string()),
@@ -140,15 +206,26 @@ fn object<'a, const N: usize>(entries: [(&'static str, Boxed<'a>); N]) -> Boxed<
 }
 
 /// `jwt`: every claim, and `scopes`.
-fn jwt<'a>(claims: Option<&'a Map<String, Value>>) -> Boxed<'a> {
+fn jwt<'a>(claims: Option<&'a Map<String, Value>>, fields: &Fields) -> Boxed<'a> {
     let mut map: HashMap<CelMapKey<'a>, Boxed<'a>> = HashMap::new();
     if let Some(claims) = claims {
-        for (k, v) in claims {
-            map.insert(CelMapKey::from(k.as_str()), json(v));
+        match fields {
+            Fields::All => {
+                for (k, v) in claims {
+                    map.insert(CelMapKey::from(k.as_str()), json(v));
+                }
+            }
+            Fields::Named(names) => {
+                for (k, v) in names.iter().filter_map(|n| claims.get_key_value(n)) {
+                    map.insert(CelMapKey::from(k.as_str()), json(v));
+                }
+            }
         }
     }
-    let scopes: Vec<Boxed<'a>> = scopes(claims).into_iter().map(text).collect();
-    map.insert(CelMapKey::from("scopes"), Box::new(CelList::from(scopes)));
+    if fields.wants("scopes") {
+        let scopes: Vec<Boxed<'a>> = scopes(claims).into_iter().map(text).collect();
+        map.insert(CelMapKey::from("scopes"), Box::new(CelList::from(scopes)));
+    }
     Box::new(CelMap::from(map))
 }
 
@@ -162,10 +239,11 @@ fn kind(method: &str) -> &'static str {
     }
 }
 
-fn mcp<'a>(input: &Input<'a>, arguments: Arguments) -> Boxed<'a> {
+fn mcp<'a>(input: &Input<'a>, arguments: Arguments, fields: &Fields) -> Boxed<'a> {
     mcp_with(
         input,
         arguments,
+        fields,
         text(input.tool_name()),
         text(input.prompt.unwrap_or("")),
         text(input.resource_uri.unwrap_or("")),
@@ -175,31 +253,45 @@ fn mcp<'a>(input: &Input<'a>, arguments: Arguments) -> Boxed<'a> {
 fn mcp_with<'a>(
     input: &Input<'a>,
     arguments: Arguments,
+    fields: &Fields,
     tool_name: Boxed<'a>,
     prompt: Boxed<'a>,
     uri: Boxed<'a>,
 ) -> Boxed<'a> {
-    let mut tool: HashMap<CelMapKey<'a>, Boxed<'a>> = HashMap::new();
-    tool.insert(CelMapKey::from("name"), tool_name);
-    if arguments == Arguments::Present {
-        let args = match input.tool {
-            Some((_, Some(args))) => json_object(args),
-            _ => Box::new(CelMap::from(HashMap::new())),
-        };
-        tool.insert(CelMapKey::from("arguments"), args);
-    }
-    let resource_name = uri.clone();
+    let mut map: HashMap<CelMapKey<'a>, Boxed<'a>> = HashMap::new();
+    let mut put = |name: &'static str, value: &mut dyn FnMut() -> Boxed<'a>| {
+        if fields.wants(name) {
+            map.insert(CelMapKey::from(name), value());
+        }
+    };
     let session = input.session_id.unwrap_or("");
-    object([
-        ("method", text(input.method)),
-        ("methodName", text(input.method)),
-        ("kind", text(kind(input.method))),
-        ("tool", Box::new(CelMap::from(tool))),
-        ("prompt", object([("name", prompt)])),
-        ("resource", object([("uri", uri), ("name", resource_name)])),
-        ("session_id", text(session)),
-        ("sessionId", text(session)),
-    ])
+    put("method", &mut || text(input.method));
+    put("methodName", &mut || text(input.method));
+    put("kind", &mut || text(kind(input.method)));
+    put("session_id", &mut || text(session));
+    put("sessionId", &mut || text(session));
+    put("prompt", &mut || {
+        object([("name", prompt.clone_as_boxed())])
+    });
+    put("resource", &mut || {
+        object([
+            ("uri", uri.clone_as_boxed()),
+            ("name", uri.clone_as_boxed()),
+        ])
+    });
+    if fields.wants("tool") {
+        let mut tool: HashMap<CelMapKey<'a>, Boxed<'a>> = HashMap::new();
+        tool.insert(CelMapKey::from("name"), tool_name);
+        if arguments == Arguments::Present {
+            let args = match input.tool {
+                Some((_, Some(args))) => json_object(args),
+                _ => Box::new(CelMap::from(HashMap::new())),
+            };
+            tool.insert(CelMapKey::from("arguments"), args);
+        }
+        map.insert(CelMapKey::from("tool"), Box::new(CelMap::from(tool)));
+    }
+    Box::new(CelMap::from(map))
 }
 
 fn request<'a>(input: &Input<'a>) -> Boxed<'a> {

@@ -56,7 +56,7 @@ fn method<'a>(claims: &'a Map<String, Value>, method: &'a str) -> Input<'a> {
 fn decide(p: &Policy, input: &Input) -> (Outcome, Option<String>) {
     let d = p.evaluate(input);
     // The index never changes a decision.
-    let ctx = facts::context(&p.env, input, p.roots, facts::Arguments::Present);
+    let ctx = facts::context(&p.env, input, &p.reads, facts::Arguments::Present);
     if p.method_allowed(input.method) {
         assert_eq!(
             p.decide(&ctx, input, false),
@@ -73,7 +73,7 @@ fn allowed(p: &Policy, input: &Input) -> bool {
 
 fn eval(expr: &str, input: &Input) -> Result<bool, String> {
     let p = policy(rules(json!([{ "name": "r", "allow": expr }])));
-    let ctx = facts::context(&p.env, input, p.roots, facts::Arguments::Present);
+    let ctx = facts::context(&p.env, input, &p.reads, facts::Arguments::Present);
     let rule = p.rules.first().expect("one rule");
     eval_bool(&rule.condition, &ctx)
 }
@@ -297,6 +297,57 @@ fn policy_options_are_parsed() {
     let e = error(v);
     assert_eq!(e.field, "servers[0].policy.on_deny");
     assert!(e.message.contains("\"explain\" or \"hide\""), "{e}");
+}
+
+#[test]
+fn building_only_what_the_rules_read_changes_no_result() {
+    let c = claims(json!({ "sub": "a", "groups": ["x"], "scope": "read write", "n": 3 }));
+    let a = claims(json!({ "q": "x" }));
+    let input = Input {
+        session_id: Some("s-1"),
+        ..call(&c, "tool", &a)
+    };
+    for expr in [
+        "jwt.sub == 'a'",
+        "'groups' in jwt",
+        "size(jwt) == 5",
+        "jwt.scopes == ['read', 'write']",
+        "has(jwt.n)",
+        "has(jwt.missing)",
+        "jwt.missing == 1",
+        "jwt.exists(k, k == 'n')",
+        "jwt.groups.exists(jwt, jwt == 'x')",
+        "mcp.tool.name == 'tool'",
+        "size(mcp) == 8",
+        "'prompt' in mcp",
+        "mcp.resource.name == '' && mcp.prompt.name == ''",
+        "mcp.kind == 'request' && mcp.sessionId == 's-1'",
+        "mcp.tool.arguments.q == 'x'",
+        "mcp.tool == {'name': 'tool', 'arguments': {'q': 'x'}}",
+    ] {
+        let p = policy(rules(json!([{ "name": "r", "allow": expr }])));
+        let rule = p.rules.first().expect("one rule");
+        let everything = facts::Reads {
+            jwt: facts::Fields::All,
+            mcp: facts::Fields::All,
+            ..p.reads.clone()
+        };
+        let some = facts::context(&p.env, &input, &p.reads, facts::Arguments::Present);
+        let all = facts::context(&p.env, &input, &everything, facts::Arguments::Present);
+        let result = eval_bool(&rule.condition, &some);
+        assert_eq!(result, eval_bool(&rule.condition, &all), "{expr}");
+        // Not vacuous: these hold (or fail) for a reason.
+        if !expr.contains("missing") {
+            assert_eq!(result, Ok(true), "{expr}");
+        }
+    }
+    let p = policy(rules(
+        json!([{ "name": "r", "allow": "jwt.sub == 'a' && mcp.method == 'x'" }]),
+    ));
+    assert_eq!(
+        p.reads.jwt,
+        facts::Fields::Named(["sub".to_string()].into_iter().collect())
+    );
 }
 
 // ---- listing -----------------------------------------------------------------------------
@@ -948,7 +999,7 @@ fn bench() {
     let ctx_started = std::time::Instant::now();
     for _ in 0..n {
         let input = call(&c, "tool_10", &a);
-        let ctx = facts::context(&p.env, &input, p.roots, facts::Arguments::Present);
+        let ctx = facts::context(&p.env, &input, &p.reads, facts::Arguments::Present);
         std::hint::black_box(p.decide(&ctx, &input, false));
     }
     println!(
