@@ -427,4 +427,3 @@ fn bad_batches_are_refused_naming_the_element() {
     let nested: Value = json!([[{ "jsonrpc": "2.0", "id": 1, "method": "ping" }]]);
     assert!(parse_batch(nested.to_string().as_bytes(), DEFAULT_MAX_DEPTH).is_err());
 }
-
