@@ -144,7 +144,7 @@ pub struct Credential {
     /// The full header value, prefix included (e.g. `Bearer sk-…`).
     pub value: String,
     /// The byte strings that reveal the key in a response: the secret raw and base64-encoded.
-    pub leak_patterns: Vec<Vec<u8>>,
+    pub leak_patterns: crate::response::Patterns,
 }
 
 impl fmt::Debug for Credential {
@@ -574,7 +574,7 @@ impl Credential {
 
 /// The secret as it could appear in a response: raw, and in the usual base64 alphabets (also
 /// as `user:secret` basic credentials would not be found; the raw secret covers most echoes).
-fn leak_patterns(secret: &str) -> Vec<Vec<u8>> {
+fn leak_patterns(secret: &str) -> crate::response::Patterns {
     use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
     use base64::Engine as _;
     let mut out = vec![secret.as_bytes().to_vec()];
@@ -588,7 +588,7 @@ fn leak_patterns(secret: &str) -> Vec<Vec<u8>> {
             out.push(bytes);
         }
     }
-    out
+    crate::response::Patterns::new(out)
 }
 
 fn is_header_name(name: &str) -> bool {

@@ -53,16 +53,52 @@ pub fn body_for(content_type: &str) -> Body {
     }
 }
 
+/// Byte strings to find in responses (the service key's forms), each with its searcher built
+/// once, when the configuration loads.
+#[derive(Clone)]
+pub struct Patterns(Vec<memmem::Finder<'static>>);
+
+impl Patterns {
+    pub fn new(patterns: impl IntoIterator<Item = Vec<u8>>) -> Patterns {
+        Patterns(
+            patterns
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| memmem::Finder::new(&p).into_owned())
+                .collect(),
+        )
+    }
+
+    fn needles(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.iter().map(memmem::Finder::needle)
+    }
+}
+
+impl PartialEq for Patterns {
+    fn eq(&self, other: &Patterns) -> bool {
+        self.needles().eq(other.needles())
+    }
+}
+
+impl Eq for Patterns {}
+
+impl std::fmt::Debug for Patterns {
+    /// Never the secret itself.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Patterns({} redacted)", self.0.len())
+    }
+}
+
 /// Replaces every occurrence of the patterns in `bytes`; returns how many were found.
-pub fn redact(bytes: &mut Vec<u8>, patterns: &[Vec<u8>]) -> usize {
+pub fn redact(bytes: &mut Vec<u8>, patterns: &Patterns) -> usize {
     let mut found = 0;
-    for pattern in patterns.iter().filter(|p| !p.is_empty()) {
+    for finder in &patterns.0 {
         // The common case, nothing to redact, costs one scan and no allocation.
-        let finder = memmem::Finder::new(pattern);
         let mut hits = finder.find_iter(bytes).peekable();
         if hits.peek().is_none() {
             continue;
         }
+        let len = finder.needle().len();
         let mut out = Vec::with_capacity(bytes.len());
         let mut from = 0;
         for at in hits {
@@ -72,7 +108,7 @@ pub fn redact(bytes: &mut Vec<u8>, patterns: &[Vec<u8>]) -> usize {
             }
             out.extend_from_slice(bytes.get(from..at).unwrap_or_default());
             out.extend_from_slice(REDACTED);
-            from = at + pattern.len();
+            from = at + len;
             found += 1;
         }
         out.extend_from_slice(bytes.get(from..).unwrap_or_default());
@@ -82,11 +118,8 @@ pub fn redact(bytes: &mut Vec<u8>, patterns: &[Vec<u8>]) -> usize {
 }
 
 /// Whether `text` contains any pattern.
-pub fn contains_any(text: &[u8], patterns: &[Vec<u8>]) -> bool {
-    patterns
-        .iter()
-        .filter(|p| !p.is_empty())
-        .any(|p| memmem::find(text, p).is_some())
+pub fn contains_any(text: &[u8], patterns: &Patterns) -> bool {
+    patterns.0.iter().any(|f| f.find(text).is_some())
 }
 
 /// Filters a complete JSON-RPC message (a whole JSON body, or one event's data).
@@ -122,7 +155,7 @@ pub fn inspect_buffered(
     body: &[u8],
     json: bool,
     lists: Option<&ListFilter>,
-    patterns: &[Vec<u8>],
+    patterns: &Patterns,
     visible: &mut dyn FnMut(ListKind, &str) -> bool,
 ) -> (Option<Vec<u8>>, Inspection) {
     let mut report = Inspection::default();
@@ -143,7 +176,7 @@ pub fn inspect_events(
     chunk: &[u8],
     end_of_stream: bool,
     lists: Option<&ListFilter>,
-    patterns: &[Vec<u8>],
+    patterns: &Patterns,
     visible: &mut dyn FnMut(ListKind, &str) -> bool,
 ) -> (Vec<u8>, Inspection) {
     let mut report = Inspection::default();
@@ -194,7 +227,7 @@ mod tests {
         let mut body = b"key=sk-secret-1 again sk-secret-1 b64=c2stc2VjcmV0LTE=".to_vec();
         let n = redact(
             &mut body,
-            &[b"sk-secret-1".to_vec(), b"c2stc2VjcmV0LTE=".to_vec()],
+            &Patterns::new([b"sk-secret-1".to_vec(), b"c2stc2VjcmV0LTE=".to_vec()]),
         );
         assert_eq!(n, 3);
         assert_eq!(
@@ -210,7 +243,10 @@ mod tests {
             kinds: vec![ListKind::Tools],
             expected_id: Some(Value::from(3)),
         };
-        let (out, report) = inspect_buffered(body, true, Some(&lists), &[], &mut |_, n| n == "a");
+        let (out, report) =
+            inspect_buffered(body, true, Some(&lists), &Patterns::new([]), &mut |_, n| {
+                n == "a"
+            });
         assert_eq!(report.hidden, 1);
         let out: Value = serde_json::from_slice(&out.unwrap_or_default()).unwrap_or_default();
         assert_eq!(out["result"]["tools"], serde_json::json!([{"name": "a"}]));
@@ -220,7 +256,7 @@ mod tests {
     #[test]
     fn event_stream_leaks_are_redacted_across_chunks() {
         let mut rw = SseRewriter::new(1024);
-        let patterns = vec![b"sk-secret-1".to_vec()];
+        let patterns = Patterns::new([b"sk-secret-1".to_vec()]);
         let (a, r1) = inspect_events(
             &mut rw,
             b"data: {\"k\":\"sk-sec",

@@ -17,7 +17,7 @@ use cel::common::types::CelString;
 use cel::{Context, Env, Program, Value as Cel};
 
 use super::facts::Reads;
-use super::items::ItemUse;
+use super::items::{mcp_path, ItemUse};
 use super::{Location, PolicyError, VARIABLES};
 
 /// A compiled, checked expression.
@@ -952,7 +952,7 @@ fn is_identifier(name: &str) -> bool {
     })
 }
 
-fn string_literal(e: &IdedExpr) -> Option<String> {
+pub(super) fn string_literal(e: &IdedExpr) -> Option<String> {
     match &e.expr {
         Expr::Literal(LiteralValue::String(s)) => Some(s.inner().to_string()),
         _ => None,
@@ -1044,25 +1044,10 @@ fn constraint(e: &IdedExpr) -> Option<(Subject, BTreeSet<String>)> {
 }
 
 fn subject(e: &IdedExpr) -> Option<Subject> {
-    let mut names = Vec::new();
-    let mut node = e;
-    loop {
-        match &node.expr {
-            Expr::Ident(name) => {
-                names.push(name.as_str());
-                break;
-            }
-            Expr::Select(select) if !select.test => {
-                names.push(select.field.as_str());
-                node = &select.operand;
-            }
-            _ => return None,
-        }
-    }
-    names.reverse();
-    match names.as_slice() {
-        ["mcp", "tool", "name"] => Some(Subject::Tool),
-        ["mcp", "method"] | ["mcp", "methodName"] => Some(Subject::Method),
+    // A top-level conjunct is outside any comprehension: no variable shadows `mcp`.
+    match mcp_path(e, &[])?.as_slice() {
+        ["tool", "name"] => Some(Subject::Tool),
+        ["method"] | ["methodName"] => Some(Subject::Method),
         _ => None,
     }
 }

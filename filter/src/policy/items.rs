@@ -10,8 +10,9 @@
 //! combination of test results instead of once per item: a few times per listing, not 500.
 //! An expression that reads the name any other way ([`ItemUse::Opaque`]) runs for every item.
 
-use cel::common::ast::{operators, EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::common::ast::{operators, EntryExpr, Expr, IdedExpr};
 
+use super::analysis::string_literal;
 use super::Item;
 
 /// The most tests an expression may have for its results to be remembered (one bit each).
@@ -134,19 +135,20 @@ fn walk(e: &IdedExpr, scope: &mut Vec<String>, tests: &mut Vec<NameTest>) -> boo
             inner
         }
         Expr::List(list) => list.elements.iter().all(|x| walk(x, scope, tests)),
-        Expr::Map(map) => map.entries.iter().all(|entry| match &entry.expr {
-            EntryExpr::MapEntry(m) => walk(&m.key, scope, tests) && walk(&m.value, scope, tests),
-            EntryExpr::StructField(f) => walk(&f.value, scope, tests),
-        }),
-        Expr::Struct(s) => s.entries.iter().all(|entry| match &entry.expr {
-            EntryExpr::MapEntry(m) => walk(&m.key, scope, tests) && walk(&m.value, scope, tests),
-            EntryExpr::StructField(f) => walk(&f.value, scope, tests),
-        }),
+        Expr::Map(cel::common::ast::MapExpr { entries })
+        | Expr::Struct(cel::common::ast::StructExpr { entries, .. }) => {
+            entries.iter().all(|entry| match &entry.expr {
+                EntryExpr::MapEntry(m) => {
+                    walk(&m.key, scope, tests) && walk(&m.value, scope, tests)
+                }
+                EntryExpr::StructField(f) => walk(&f.value, scope, tests),
+            })
+        }
     }
 }
 
 /// `mcp.a.b…` with `mcp` the variable (not a comprehension's): the fields after `mcp`.
-fn mcp_path<'e>(e: &'e IdedExpr, scope: &[String]) -> Option<Vec<&'e str>> {
+pub(super) fn mcp_path<'e>(e: &'e IdedExpr, scope: &[String]) -> Option<Vec<&'e str>> {
     let mut fields = Vec::new();
     let mut node = e;
     loop {
@@ -183,13 +185,6 @@ fn name_field(e: &IdedExpr, scope: &[String]) -> Option<Field> {
     }
 }
 
-fn literal(e: &IdedExpr) -> Option<String> {
-    match &e.expr {
-        Expr::Literal(LiteralValue::String(s)) => Some(s.inner().to_string()),
-        _ => None,
-    }
-}
-
 /// `name == "x"`, `"x" == name`, `!=` likewise, `name in ["x", …]`, `name.startsWith("x")`,
 /// `name.endsWith("x")`, `name.contains("x")`: for every string, true or false, never an error.
 fn name_test(e: &IdedExpr, scope: &[String]) -> Option<NameTest> {
@@ -200,9 +195,9 @@ fn name_test(e: &IdedExpr, scope: &[String]) -> Option<NameTest> {
         (None, [a, b])
             if call.func_name == operators::EQUALS || call.func_name == operators::NOT_EQUALS =>
         {
-            match (name_field(a, scope), literal(b)) {
+            match (name_field(a, scope), string_literal(b)) {
                 (Some(f), Some(s)) => (f, Test::Equals(s)),
-                _ => (name_field(b, scope)?, Test::Equals(literal(a)?)),
+                _ => (name_field(b, scope)?, Test::Equals(string_literal(a)?)),
             }
         }
         (None, [a, b]) if call.func_name == operators::IN => {
@@ -212,12 +207,12 @@ fn name_test(e: &IdedExpr, scope: &[String]) -> Option<NameTest> {
             if !list.optional_indices.is_empty() {
                 return None;
             }
-            let values: Option<Vec<String>> = list.elements.iter().map(literal).collect();
+            let values: Option<Vec<String>> = list.elements.iter().map(string_literal).collect();
             (name_field(a, scope)?, Test::In(values?))
         }
         (Some(target), [arg]) => {
             let field = name_field(target, scope)?;
-            let s = literal(arg)?;
+            let s = string_literal(arg)?;
             let test = match call.func_name.as_str() {
                 "startsWith" => Test::StartsWith(s),
                 "endsWith" => Test::EndsWith(s),
