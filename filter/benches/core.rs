@@ -101,6 +101,7 @@ impl Fixtures {
                 "credential": {"header": "x-api-key", "value": "bench-service-key-0001"},
                 "policy": policy,
             }],
+            "sessions": {"key": "YmVuY2gtb25seSBzZXNzaW9uIHNlYWxpbmcga2V5ISE="},
         });
         let bytes = serde_json::to_vec(&config).expect("config");
         Rc::new(Config::from_json(&bytes, &ProcessEnv).expect("bench configuration is valid"))
