@@ -620,17 +620,21 @@ fn sessions_from_config(
         }
     })?;
     let current = secret_key(raw.key, raw.key_from_env, "key", env)?;
-    let previous = secret_key(raw.previous_key, raw.previous_key_from_env, "previous_key", env)?;
+    let previous = secret_key(
+        raw.previous_key,
+        raw.previous_key_from_env,
+        "previous_key",
+        env,
+    )?;
     match (raw.stateless, current, previous) {
         (true, None, None) => Ok(None),
         (true, _, _) => Err(ConfigError::new(
             "sessions.stateless",
             "is true, so no key may be given: remove the keys, or stateless",
         )),
-        (false, Some(current), previous) => Ok(Some(crate::seal::Keys::new(
-            &current,
-            previous.as_ref(),
-        ))),
+        (false, Some(current), previous) => {
+            Ok(Some(crate::seal::Keys::new(&current, previous.as_ref())))
+        }
         (false, None, _) => Err(ConfigError::new(
             "sessions.key",
             format!("is required (or key_from_env): {SESSIONS_HOWTO}"),

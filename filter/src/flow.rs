@@ -913,7 +913,11 @@ impl Stream {
             // `sessions.stateless`: no handle was ever issued.
             return Err("session_not_sealed".into());
         };
-        let Some(caller) = self.identity.as_ref().and_then(|i| session::caller(&i.claims)) else {
+        let Some(caller) = self
+            .identity
+            .as_ref()
+            .and_then(|i| session::caller(&i.claims))
+        else {
             return Err("session_unbindable".into());
         };
         session::open(keys, handle, caller, &server.name).map_err(|e| e.reason("session"))
@@ -933,7 +937,11 @@ impl Stream {
                 "the MCP server opened a session, but this gateway is configured with sessions.stateless",
             ));
         };
-        let Some(caller) = self.identity.as_ref().and_then(|i| session::caller(&i.claims)) else {
+        let Some(caller) = self
+            .identity
+            .as_ref()
+            .and_then(|i| session::caller(&i.claims))
+        else {
             return Err((
                 403,
                 "session_unbindable",

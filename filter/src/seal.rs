@@ -39,7 +39,8 @@ pub const PREFIX: &str = "mg1.";
 pub const MAX_VALUE: usize = 256;
 /// The longest handle `open` reads; anything longer is refused before decoding. Every handle
 /// this module makes is shorter.
-pub const MAX_HANDLE: usize = PREFIX.len() + (KID + NONCE + CALLER_FP + SERVER_FP + MAX_VALUE + TAG).div_ceil(3) * 4;
+pub const MAX_HANDLE: usize =
+    PREFIX.len() + (KID + NONCE + CALLER_FP + SERVER_FP + MAX_VALUE + TAG).div_ceil(3) * 4;
 
 const KID: usize = 4;
 const NONCE: usize = 12;
@@ -287,20 +288,48 @@ mod tests {
         let handle = keys.seal(&alice(), b"upstream-session-1").expect("sealed");
         assert!(handle.starts_with(PREFIX));
         assert!(handle.len() <= MAX_HANDLE);
-        assert!(handle.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{handle}");
+        assert!(
+            handle.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+            "{handle}"
+        );
         assert!(!handle.contains("upstream-session-1"));
-        assert_eq!(keys.open(&handle, &alice()), Ok(b"upstream-session-1".to_vec()));
+        assert_eq!(
+            keys.open(&handle, &alice()),
+            Ok(b"upstream-session-1".to_vec())
+        );
 
-        let bob = Binding { caller: "bob", ..alice() };
+        let bob = Binding {
+            caller: "bob",
+            ..alice()
+        };
         assert_eq!(keys.open(&handle, &bob), Err(OpenError::OtherCaller));
-        let other_issuer = Binding { issuer: "https://other.example", ..alice() };
-        assert_eq!(keys.open(&handle, &other_issuer), Err(OpenError::OtherCaller));
-        let other_server = Binding { server: "billing", ..alice() };
-        assert_eq!(keys.open(&handle, &other_server), Err(OpenError::OtherServer));
-        let task = Binding { purpose: "task", ..alice() };
+        let other_issuer = Binding {
+            issuer: "https://other.example",
+            ..alice()
+        };
+        assert_eq!(
+            keys.open(&handle, &other_issuer),
+            Err(OpenError::OtherCaller)
+        );
+        let other_server = Binding {
+            server: "billing",
+            ..alice()
+        };
+        assert_eq!(
+            keys.open(&handle, &other_server),
+            Err(OpenError::OtherServer)
+        );
+        let task = Binding {
+            purpose: "task",
+            ..alice()
+        };
         assert_eq!(keys.open(&handle, &task), Err(OpenError::Tampered));
         // (issuer, caller) pairs are not confused by where the boundary is.
-        let shifted = Binding { issuer: "https://idp.examplea", caller: "lice", ..alice() };
+        let shifted = Binding {
+            issuer: "https://idp.examplea",
+            caller: "lice",
+            ..alice()
+        };
         assert_eq!(keys.open(&handle, &shifted), Err(OpenError::OtherCaller));
     }
 
@@ -310,7 +339,10 @@ mod tests {
         let one = keys.seal(&alice(), b"s-1").expect("sealed");
         assert_eq!(keys.seal(&alice(), b"s-1"), Some(one.clone()));
         assert_ne!(keys.seal(&alice(), b"s-2"), Some(one.clone()));
-        let bob = Binding { caller: "bob", ..alice() };
+        let bob = Binding {
+            caller: "bob",
+            ..alice()
+        };
         assert_ne!(keys.seal(&bob, b"s-1"), Some(one.clone()));
         assert_ne!(Keys::new(&B, None).seal(&alice(), b"s-1"), Some(one));
     }
@@ -323,14 +355,20 @@ mod tests {
         for at in 0..handle.len() {
             let mut bytes = handle.clone().into_bytes();
             let was = bytes[at];
-            bytes[at] = alphabet.iter().copied().find(|&c| c != was).expect("another letter");
+            bytes[at] = alphabet
+                .iter()
+                .copied()
+                .find(|&c| c != was)
+                .expect("another letter");
             let changed = String::from_utf8(bytes).expect("ascii");
             let got = keys.open(&changed, &alice());
             assert!(got.is_err(), "byte {at} changed and still opened");
             if at >= PREFIX.len() + 6 {
                 // Past the key id: the right key, bytes changed.
-                assert!(matches!(got, Err(OpenError::Tampered) | Err(OpenError::NotSealed)),
-                    "byte {at}: {got:?}");
+                assert!(
+                    matches!(got, Err(OpenError::Tampered) | Err(OpenError::NotSealed)),
+                    "byte {at}: {got:?}"
+                );
             }
         }
     }
@@ -353,7 +391,14 @@ mod tests {
     #[test]
     fn what_was_never_sealed_is_refused_before_decryption() {
         let keys = Keys::new(&A, None);
-        for id in ["", "s-1", "mg1.", "mg1.!!!!", "mg1.AAAA", "MG1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        for id in [
+            "",
+            "s-1",
+            "mg1.",
+            "mg1.!!!!",
+            "mg1.AAAA",
+            "MG1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
             assert_eq!(keys.open(id, &alice()), Err(OpenError::NotSealed), "{id}");
         }
         let long = format!("{PREFIX}{}", "A".repeat(MAX_HANDLE));
@@ -365,7 +410,11 @@ mod tests {
         let keys = Keys::new(&A, None);
         let biggest = vec![b'x'; MAX_VALUE];
         let handle = keys.seal(&alice(), &biggest).expect("sealed");
-        assert!(handle.len() <= MAX_HANDLE, "{} > {MAX_HANDLE}", handle.len());
+        assert!(
+            handle.len() <= MAX_HANDLE,
+            "{} > {MAX_HANDLE}",
+            handle.len()
+        );
         assert_eq!(keys.open(&handle, &alice()), Ok(biggest));
         assert_eq!(keys.seal(&alice(), &[b'x'; MAX_VALUE + 1]), None);
     }

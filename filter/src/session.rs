@@ -90,7 +90,10 @@ mod tests {
     fn a_session_id_round_trips_for_its_caller_and_server() {
         let keys = Keys::new(&[1; 32], None);
         let handle = seal(&keys, "abc123", ("i", "alice"), "crm").expect("sealed");
-        assert_eq!(open(&keys, &handle, ("i", "alice"), "crm"), Ok("abc123".into()));
+        assert_eq!(
+            open(&keys, &handle, ("i", "alice"), "crm"),
+            Ok("abc123".into())
+        );
         assert_eq!(
             open(&keys, &handle, ("i", "bob"), "crm"),
             Err(OpenError::OtherCaller)

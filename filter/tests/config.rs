@@ -484,11 +484,31 @@ fn sealing_keys_are_checked_and_never_quoted() {
     for (sessions, field, secret) in [
         (json!({ "key": short }), "sessions.key", short),
         (json!({ "key": not_b64 }), "sessions.key", not_b64),
-        (json!({ "key": SESSION_KEY, "previous_key": short }), "sessions.previous_key", short),
-        (json!({ "key": 12_345_678_901_234_u64 }), "sessions.key", "12345678901234"),
-        (json!({ "key": SESSION_KEY, "key_from_env": "K" }), "sessions.key", SESSION_KEY),
-        (json!({ "key": SESSION_KEY, "stateless": true }), "sessions.stateless", SESSION_KEY),
-        (json!({ "key": SESSION_KEY, "other": 1 }), "sessions.other", SESSION_KEY),
+        (
+            json!({ "key": SESSION_KEY, "previous_key": short }),
+            "sessions.previous_key",
+            short,
+        ),
+        (
+            json!({ "key": 12_345_678_901_234_u64 }),
+            "sessions.key",
+            "12345678901234",
+        ),
+        (
+            json!({ "key": SESSION_KEY, "key_from_env": "K" }),
+            "sessions.key",
+            SESSION_KEY,
+        ),
+        (
+            json!({ "key": SESSION_KEY, "stateless": true }),
+            "sessions.stateless",
+            SESSION_KEY,
+        ),
+        (
+            json!({ "key": SESSION_KEY, "other": 1 }),
+            "sessions.other",
+            SESSION_KEY,
+        ),
     ] {
         let e = error_of(|c| c["sessions"] = sessions.clone());
         assert_eq!(e.field, field, "{sessions}: {e}");
@@ -506,7 +526,10 @@ fn sealing_keys_are_checked_and_never_quoted() {
     }
     let mut config = valid();
     config["sessions"] = json!({ "stateless": true });
-    assert!(load(&config, &MapEnv::default()).expect("stateless").sessions.is_none());
+    assert!(load(&config, &MapEnv::default())
+        .expect("stateless")
+        .sessions
+        .is_none());
 }
 
 #[test]
@@ -528,7 +551,10 @@ fn sealing_keys_come_from_the_environment() {
     assert!(!e.message.contains("short"), "{e}");
     let env = MapEnv::with(&[
         ("MCP_GUARD_SESSION_KEY", SESSION_KEY),
-        ("MCP_GUARD_PREVIOUS_SESSION_KEY", &format!("{SESSION_KEY}\n")),
+        (
+            "MCP_GUARD_PREVIOUS_SESSION_KEY",
+            &format!("{SESSION_KEY}\n"),
+        ),
     ]);
     assert!(load(&config, &env).expect("both set").sessions.is_some());
 }

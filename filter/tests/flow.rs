@@ -831,7 +831,10 @@ fn a_handle_of_one_server_is_refused_on_another() {
     let (mut stream, _) = send(&config, &mut host, &request(json!(1), "initialize"));
     host.set_response(&[(":status", "200"), ("mcp-session-id", "s-crm")]);
     stream.on_response_headers(&mut host, Some(200), true);
-    let handle = host.resp_header("mcp-session-id").expect("sealed").to_string();
+    let handle = host
+        .resp_header("mcp-session-id")
+        .expect("sealed")
+        .to_string();
 
     let mut host = post_host(Some(&alice()), &[("mcp-session-id", &handle)]);
     host.set_property(&["xds", "route_name"], "hr-route");
@@ -1513,7 +1516,11 @@ fn repeated_session_header_cannot_smuggle_another_callers_session() {
     let mut stream = Stream::new(Rc::clone(&config));
     stream.on_request_headers(&mut host, false);
     let refused = host.replies.first().map(|r| r.status);
-    assert_eq!(refused, Some(400), "bob's request with alice's session went on");
+    assert_eq!(
+        refused,
+        Some(400),
+        "bob's request with alice's session went on"
+    );
 }
 
 /// An event stream answering `tools/list` with id 5, gzip-compressed (`TOOLS` as listed).
