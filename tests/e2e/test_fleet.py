@@ -146,10 +146,18 @@ def upstream_session_ids(fleet, since=0):
             if k == "mcp-session-id"]
 
 
-def audit_reason(envoy, sub, reason, timeout=10.0):
+def same_session(audited, sent):
+    """The audit keeps the handle the client sent (strings past 256 characters are cut)."""
+    if audited is None:
+        return False
+    return audited == sent or (len(sent) > 256 and sent.startswith(audited[:200]))
+
+
+def audit_reason(envoy, sub, reason, session, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [r for r in envoy.audit() if r.get("sub") == sub and r.get("reason") == reason]
+        found = [r for r in envoy.audit() if r.get("sub") == sub and r.get("reason") == reason
+                 and same_session(r.get("session_id"), session)]
         if found:
             return found[-1]
         time.sleep(0.1)
@@ -165,9 +173,9 @@ def refused(fleet, replica, token, handle, reason, sub, method="POST", path="/mc
     assert r.status_code == 404, (r.status_code, r.text)
     error = r.json()["error"]
     assert (error["code"], error["message"]) == (-32001, "Session not found")
-    record = audit_reason(fleet.replicas[replica], sub, reason)
+    # Audited with the handle the client sent, never the upstream's id.
+    record = audit_reason(fleet.replicas[replica], sub, reason, handle)
     assert record["status"] == 404 and record["decision"] == "deny"
-    assert record["session_id"] == handle  # the handle the client sent, not the upstream's id
     time.sleep(0.2)
     assert len(fleet.upstream_requests()) == before, "the upstream saw the refused request"
 
