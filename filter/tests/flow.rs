@@ -906,6 +906,26 @@ fn a_stateless_configuration_refuses_sessions() {
 }
 
 #[test]
+fn a_session_header_envoy_will_not_replace_fails_closed() {
+    let config = config();
+    let handle = open_session(&config, &alice(), "s-1");
+    // The request: the handle must not go upstream in place of the upstream's id.
+    let mut host = post_host(Some(&alice()), &[("mcp-session-id", &handle)]);
+    host.refuse_header_replacement = true;
+    let reply = refused_at_headers(&config, &mut host);
+    assert_eq!(reply.status, 500);
+    assert_eq!(host.record()["reason"], "session_header_not_set");
+    // The answer: the upstream's id must not go to the client unsealed.
+    let mut host = post_host(Some(&alice()), &[]);
+    let (mut stream, _) = send(&config, &mut host, &request(json!(1), "initialize"));
+    host.refuse_header_replacement = true;
+    host.set_response(&[(":status", "200"), ("mcp-session-id", "s-2")]);
+    stream.on_response_headers(&mut host, Some(200), true);
+    assert_eq!(host.reply().status, 502);
+    assert_eq!(host.record()["reason"], "session_header_not_set");
+}
+
+#[test]
 fn an_upstream_session_id_that_cannot_be_sealed_is_not_passed_on() {
     let config = config();
     let long = "x".repeat(300);
