@@ -146,7 +146,8 @@ fuzz-smoke: fuzz-tool
 # ---- benchmark ----------------------------------------------------------------------------------
 # `make bench`: plain Envoy, Envoy's native filters (jwt_authn + mcp + rbac) and mcp-guard side by
 # side in one run (interleaved rounds, same upstream, same wrk load, every answer checked), then
-# further mcp-guard cases, memory, .wasm size and the native micro-benchmarks (cargo bench).
+# further mcp-guard cases, memory (per worker, versus callers and versus sessions), .wasm size and
+# the native micro-benchmarks (cargo bench).
 # Results: bench/RESULTS.md and stdout; about 8 minutes, plus a few the first time (the native
 # benchmarks compile). Options: BENCH_ARGS="--quick" (a smoke run), "--rounds 5",
 # "--skip micro", … (see bench/run.py --help).

@@ -9,7 +9,7 @@ is wrk (bench/load.lua), which checks every answer. Measurements are interleaved
 every setup once, in a rotated order, so drift on a shared machine hits all setups alike.
 
 Also: further cases for mcp-guard (500-tool SSE tools/list, 100 KiB arguments, 100 rules), memory
-per worker and versus the number of distinct callers, the .wasm size, and the native
+per worker and versus the number of distinct callers and of sessions, the .wasm size, and the native
 micro-benchmarks (filter/benches/core.rs). Results: bench/RESULTS.md and stdout.
 
 Only the standard library, the repository's test helpers (tests/harness.py, tests/peers/keys.py)
@@ -427,6 +427,51 @@ class Bench:
         self.stop(envoy)
         self.results["users"] = users
 
+        # Sessions: the upstream opens a new one on every answer, which mcp-guard seals for the
+        # caller. Nothing is kept per session, so memory must not grow with their number.
+        sessions = []
+        envoy = self.start_proxy("c", name="mem-sessions", concurrency=1)
+        sessions.append({"sessions": 0, "rps": 0, **envoy.memory()})
+        total = self.check_sessions(envoy)
+        rps, errors = None, 0
+        for n in [total] + [n for n in a.sessions if n > total]:
+            for _ in range(4):
+                need = n - total
+                if need <= 0:
+                    break
+                duration = 2.0 if rps is None else min(max(1.0, 1.1 * need / rps), 60.0)
+                r = self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 32, duration,
+                             "x-bench-answer: new-session")
+                total, rps, errors = total + r["requests"], r["rps"], errors + r["errors"]
+            time.sleep(0.5)
+            m = envoy.memory()
+            sessions.append({"sessions": total, "rps": rps or 0, "errors": errors, **m})
+            log(f"  (c) {total:>7} sessions opened (errors {errors}): RSS {mib(m['rss'])}, "
+                f"allocated {mib(m['allocated'])}")
+        self.stop(envoy)
+        self.results["sessions"] = sessions
+
+    def check_sessions(self, envoy: Envoy) -> int:
+        """Each answer carries a new sealed session handle (so the series measures sessions).
+        Returns how many sessions it opened."""
+        token = self.token_files[1].read_text().split()[0]
+        seen = set()
+        for _ in range(3):
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{envoy.port}/mcp", method="POST",
+                data=(self.work / "call-1k.json").read_bytes(),
+                headers={"content-type": "application/json", "x-bench-answer": "new-session",
+                         "accept": "application/json, text/event-stream",
+                         "mcp-protocol-version": "2025-11-25", "authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                handle = resp.headers.get("mcp-session-id") or ""
+            if not handle.startswith("mg1."):
+                raise SystemExit(f"sessions bench: expected a sealed handle, got {handle!r}")
+            seen.add(handle)
+        if len(seen) != 3:
+            raise SystemExit("sessions bench: the upstream did not open a new session per answer")
+        return len(seen)
+
     def profile(self) -> None:
         """Where mcp-guard's proxy spends its CPU: perf samples of the (c) process under the main
         load, split into JIT code (the filter's Wasm, compiled by V8), Envoy itself and the
@@ -782,6 +827,20 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
                      f"{mib(u['allocated'] - idle_alloc)} |")
         L.append("")
 
+    if res.get("sessions"):
+        L.append("Versus sessions (mcp-guard, 1 worker, one caller; the upstream opens a new "
+                 "session on every answer and mcp-guard seals each for the caller; cumulative):\n")
+        L.append("| sessions opened | req/s | RSS | allocated | RSS vs idle | allocated vs idle |")
+        L.append("|---:|---:|---:|---:|---:|---:|")
+        idle, idle_alloc = res["sessions"][0]["rss"], res["sessions"][0]["allocated"]
+        for s in res["sessions"]:
+            L.append(f"| {s['sessions'] if s['sessions'] else 'idle'} | {s['rps']:,.0f} "
+                     f"| {mib(s['rss'])} | {mib(s['allocated'])} "
+                     f"| {'+' if s['rss'] >= idle else ''}{mib(s['rss'] - idle)} "
+                     f"| {'+' if s['allocated'] >= idle_alloc else ''}"
+                     f"{mib(s['allocated'] - idle_alloc)} |")
+        L.append("")
+
     if "wasm" in res:
         L.append("## .wasm size\n")
         L.append("| artifact | bytes |\n|---|---:|")
@@ -856,6 +915,8 @@ def main() -> int:
     p.add_argument("--upstream-concurrency", type=int, default=1)
     p.add_argument("--users", type=lambda s: [int(x) for x in s.split(",")],
                    default=[1, 100, 10000], help="distinct callers for the memory test")
+    p.add_argument("--sessions", type=lambda s: [int(x) for x in s.split(",")],
+                   default=[1, 1000, 100000], help="sessions opened (cumulative) for the memory test")
     p.add_argument("--micro-ms", type=int, default=300, help="ms per micro-benchmark")
     p.add_argument("--no-pin", dest="pin", action="store_false",
                    help="do not pin the proxy and the load generator to separate CPUs")
@@ -863,7 +924,8 @@ def main() -> int:
     p.add_argument("--skip", default="", help="comma-separated parts to skip: "
                    "main,extra,perf,memory,micro")
     p.add_argument("--quick", action="store_true",
-                   help="a fast smoke run: 1 round of 3 s, users 1,100,1000, 100 ms micro")
+                   help="a fast smoke run: 1 round of 3 s, users 1,100,1000, sessions "
+                   "1,1000,10000, 100 ms micro")
     p.add_argument("--guard-template", type=Path, default=ROOT / "envoy" / "mcp-guard.yaml",
                    help="Envoy template for mcp-guard (placeholders as tests/harness.py fills)")
     p.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
@@ -871,6 +933,7 @@ def main() -> int:
     if args.quick:
         args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
         args.users, args.micro_ms = [1, 100, 1000], 100
+        args.sessions = [1, 1000, 10000]
     skip = set(filter(None, args.skip.split(",")))
     for tool in ("wrk", "taskset"):
         if not shutil.which(tool):

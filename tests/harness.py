@@ -20,6 +20,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target" / "mcp_guard.wasm"
 PEERS = ROOT / "tests" / "peers"
 SERVICE_KEY = "demo-service-key-0001"
+# The demo's and the tests' session sealing key (sessions.key): 32 bytes in base64, public, so
+# for tests and the demo only. Make your own with `head -c32 /dev/urandom | base64`.
+SESSION_KEY = "bWNwLWd1YXJkIGRlbW8gc2Vzc2lvbiBrZXkgKHRlc3Q="
 
 
 def free_port() -> int:
@@ -117,8 +120,9 @@ def load_policy(path: Path | str) -> dict:
 
 
 def plugin_config(issuers: list[dict], policy: dict, resource: str, *, key: str = SERVICE_KEY,
-                  key_header: str = "x-api-key", **extra) -> dict:
-    """The filter's configuration for one MCP server at /mcp."""
+                  key_header: str = "x-api-key", sessions: dict | None = None, **extra) -> dict:
+    """The filter's configuration for one MCP server at /mcp. `sessions` defaults to sealing
+    with SESSION_KEY."""
     config = {
         "issuers": issuers,
         "servers": [{
@@ -130,6 +134,7 @@ def plugin_config(issuers: list[dict], policy: dict, resource: str, *, key: str 
             "credential": {"header": key_header, "value": key},
             "policy": policy,
         }],
+        "sessions": sessions if sessions is not None else {"key": SESSION_KEY},
     }
     config.update(extra)
     return config

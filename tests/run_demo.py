@@ -94,6 +94,8 @@ mcp-guard demo is running (Ctrl-C stops it).
   Audit log      {rel(envoy.access_log)}   (also echoed below as 'audit:' lines; try: jq . {rel(envoy.access_log)})
   Envoy admin    http://127.0.0.1:{envoy.admin_port}/stats   (loopback only)
   Demo IdP keys  {rel(work / 'jwks.json')}   issuer {ISSUER}
+  Session key    sessions.key in {rel(work / 'plugin-config.json')} seals each Mcp-Session-Id for
+                 its caller (a public demo key: make your own with `head -c32 /dev/urandom | base64`)
 
 Demo users (tokens valid 12 h):
   alice  groups: sales                 token in {rel(work / 'alice.jwt')}

@@ -101,6 +101,7 @@ impl Fixtures {
                 "credential": {"header": "x-api-key", "value": "bench-service-key-0001"},
                 "policy": policy,
             }],
+            "sessions": {"key": "YmVuY2gtb25seSBzZXNzaW9uIHNlYWxpbmcga2V5ISE="},
         });
         let bytes = serde_json::to_vec(&config).expect("config");
         Rc::new(Config::from_json(&bytes, &ProcessEnv).expect("bench configuration is valid"))
@@ -637,6 +638,23 @@ fn bench_whole_request(h: &mut Harness, fx: &Fixtures) {
     }
 }
 
+/// Sealing and opening a session handle (every answer that carries a session id, every request
+/// that presents one).
+fn bench_seal(h: &mut Harness) {
+    use mcp_guard::seal::{Binding, Keys};
+    let keys = Keys::new(&[7; 32], Some(&[9; 32]));
+    let binding = Binding {
+        purpose: "session",
+        issuer: "https://login.example.com/",
+        caller: "00u1a2b3c4d5e6f7g8h9",
+        server: "crm",
+    };
+    let id = b"6f1c2a9e4b7d4c3e8a5f0b1d2c3e4f5a";
+    h.bench("seal/session-id", None, || keys.seal(&binding, id));
+    let handle = keys.seal(&binding, id).expect("sealed");
+    h.bench("open/session-id", None, || keys.open(&handle, &binding));
+}
+
 fn main() {
     let fx = Fixtures::load();
     let mut h = Harness::from_env();
@@ -645,6 +663,7 @@ fn main() {
     bench_parse(&mut h);
     bench_discovery(&mut h, &fx);
     bench_whole_request(&mut h, &fx);
+    bench_seal(&mut h);
     if h.ran == 0 {
         eprintln!("no benchmark matches {:?}", h.filters);
     }

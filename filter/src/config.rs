@@ -66,6 +66,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a request may wait for an issuer's keys (first fetch, unknown `kid`).
     pub key_wait_ms: u64,
+    /// The keys that seal `Mcp-Session-Id` handles (`sessions`); `None` when the configuration
+    /// says no server behind it keeps sessions (`sessions.stateless`).
+    pub sessions: Option<crate::seal::Keys>,
 }
 
 /// One protected MCP server: the path it is served on and everything that applies to it.
@@ -172,7 +175,27 @@ struct RawConfig {
     key_wait_ms: Option<u64>,
     issuers: Vec<Value>,
     servers: Vec<Value>,
+    #[serde(default)]
+    sessions: Option<Value>,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSessions {
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    key_from_env: Option<String>,
+    #[serde(default)]
+    previous_key: Option<String>,
+    #[serde(default)]
+    previous_key_from_env: Option<String>,
+    #[serde(default)]
+    stateless: bool,
+}
+
+/// What to write when the sealing key is missing (the error says it whole).
+const SESSIONS_HOWTO: &str = "mcp-guard seals every Mcp-Session-Id for the caller it belongs to with this key, which every replica shares. Add \"sessions\": {\"key_from_env\": \"MCP_GUARD_SESSION_KEY\"} and set that VM environment variable to the output of `head -c32 /dev/urandom | base64` (or write that output inline as \"sessions\": {\"key\": \"...\"}); if no MCP server behind this filter keeps sessions, write \"sessions\": {\"stateless\": true} instead";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,6 +363,7 @@ impl Config {
             servers,
             max_body_bytes,
             key_wait_ms: raw.key_wait_ms.unwrap_or(DEFAULT_KEY_WAIT_MS),
+            sessions: sessions_from_config(raw.sessions, env)?,
         })
     }
 
@@ -570,6 +594,97 @@ impl Credential {
             value,
         })
     }
+}
+
+/// The `sessions` member: the sealing keys, or `None` for `stateless: true`.
+fn sessions_from_config(
+    value: Option<Value>,
+    env: &dyn Environment,
+) -> Result<Option<crate::seal::Keys>, ConfigError> {
+    const FIELD: &str = "sessions";
+    let Some(value) = value else {
+        return Err(ConfigError::new(
+            FIELD,
+            format!("is required: {SESSIONS_HOWTO}"),
+        ));
+    };
+    // As for credentials: serde would quote a misplaced value, which may be the key itself.
+    let raw: RawSessions = typed(value, FIELD).map_err(|e| {
+        if e.message.starts_with("invalid type") || e.message.starts_with("invalid value") {
+            ConfigError::new(
+                e.field,
+                "has the wrong type: sessions is an object with string members key or key_from_env, previous_key or previous_key_from_env, or the boolean stateless (the value given is not shown: it may be the key)",
+            )
+        } else {
+            e
+        }
+    })?;
+    let current = secret_key(raw.key, raw.key_from_env, "key", env)?;
+    let previous = secret_key(
+        raw.previous_key,
+        raw.previous_key_from_env,
+        "previous_key",
+        env,
+    )?;
+    match (raw.stateless, current, previous) {
+        (true, None, None) => Ok(None),
+        (true, _, _) => Err(ConfigError::new(
+            "sessions.stateless",
+            "is true, so no key may be given: remove the keys, or stateless",
+        )),
+        (false, Some(current), previous) => {
+            Ok(Some(crate::seal::Keys::new(&current, previous.as_ref())))
+        }
+        (false, None, _) => Err(ConfigError::new(
+            "sessions.key",
+            format!("is required (or key_from_env): {SESSIONS_HOWTO}"),
+        )),
+    }
+}
+
+/// One sealing key, given inline (`<name>`) or by environment variable (`<name>_from_env`):
+/// 32 bytes in base64. Errors never show the value.
+fn secret_key(
+    inline: Option<String>,
+    from_env: Option<String>,
+    name: &str,
+    env: &dyn Environment,
+) -> Result<Option<[u8; crate::seal::KEY_BYTES]>, ConfigError> {
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+    let (text, field) = match (inline, from_env) {
+        (None, None) => return Ok(None),
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                format!("sessions.{name}"),
+                format!("set exactly one of \"{name}\" and \"{name}_from_env\", not both"),
+            ))
+        }
+        (Some(v), None) => (v, format!("sessions.{name}")),
+        (None, Some(var)) => {
+            let field = format!("sessions.{name}_from_env");
+            let v = env.var(&var).ok_or_else(|| {
+                ConfigError::new(
+                    &field,
+                    format!("environment variable {var:?} is not set for this VM"),
+                )
+            })?;
+            (v, field)
+        }
+    };
+    let text = text.trim();
+    let decoded = [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD]
+        .iter()
+        .find_map(|engine| engine.decode(text).ok());
+    decoded
+        .and_then(|bytes| <[u8; crate::seal::KEY_BYTES]>::try_from(bytes).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            ConfigError::new(
+                field,
+                "must be 32 bytes in base64, e.g. the output of `head -c32 /dev/urandom | base64` (the value given is not shown)",
+            )
+        })
 }
 
 /// The secret as it could appear in a response: raw, and in the usual base64 alphabets (also

@@ -4,12 +4,12 @@
 //! request headers ─┬─ RFC 9728 metadata path? ─── answer the metadata document
 //!                  ├─ no MCP server here? ─────── 404
 //!                  ├─ bearer JWT ─────────────── 400/401 + WWW-Authenticate (503 while no keys)
-//!                  ├─ session bound to another caller? ── 404
+//!                  ├─ session handle: open, check caller and server ── 404; forward the upstream's id
 //!                  ├─ swap credentials: strip the client's, set the service key, claim headers
 //!                  └─ POST: hold, buffer the body ┐   GET/DELETE: forward
 //! request body ────── HTTP checks, strict JSON-RPC parse ── 400/413/415
 //!                  └─ policy ── deny: 200 + JSON-RPC error │ 403 insufficient_scope │ allow
-//! response headers ── upstream 401/403 → 502; bind a new session; plan body inspection
+//! response headers ── upstream 401/403 → 502; seal the session id; plan body inspection
 //! response body ───── filter list results per caller; redact the service key
 //! ```
 //!
@@ -229,10 +229,6 @@ impl Stream {
             }
         };
         record.set_identity(&identity.claims);
-        let (iss, sub) = (
-            identity.issuer().unwrap_or_default().to_string(),
-            identity.subject().unwrap_or_default().to_string(),
-        );
         self.identity = Some(identity);
 
         // One value each: servers differ in which of several they would read.
@@ -256,6 +252,7 @@ impl Stream {
                 return self.refuse(host, record, 400, &[], body);
             }
         }
+        let mut upstream_session = None;
         if let Some(session_id) = self.header("mcp-session-id").map(str::to_string) {
             // MCP: visible ASCII only. Anything else ("A, B" lists included) is not a session
             // id the filter could have bound, and an upstream might read it differently.
@@ -269,10 +266,14 @@ impl Stream {
                 );
                 return self.refuse(host, record, 400, &[], body);
             }
-            if !session::may_use(host, &session_id, &iss, &sub) {
-                record.reason = Some("session_of_another_caller".into());
-                let body = reply::jsonrpc_error(None, -32001, "Session not found", None);
-                return self.refuse(host, record, 404, &[], body);
+            match self.open_session(server, &session_id) {
+                Ok(id) => upstream_session = Some(id),
+                Err(reason) => {
+                    // MCP: 404 for a session the server does not know; clients start anew.
+                    record.reason = Some(reason);
+                    let body = reply::jsonrpc_error(None, -32001, "Session not found", None);
+                    return self.refuse(host, record, 404, &[], body);
+                }
             }
         }
         if let Some(encoding) = self.header("content-encoding") {
@@ -289,6 +290,20 @@ impl Stream {
         }
 
         self.forward_as_service(host, server);
+        if let Some(id) = upstream_session {
+            // The client's handle must never reach the upstream in place of its own id.
+            if !host.replace_request_header("mcp-session-id", &id) {
+                record.decision = Verdict::Error;
+                record.reason = Some("session_header_not_set".into());
+                let body = reply::jsonrpc_error(
+                    None,
+                    reply::INTERNAL,
+                    "the session could not be forwarded",
+                    None,
+                );
+                return self.refuse(host, record, 500, &[], body);
+            }
+        }
         let method = self.header(":method").unwrap_or_default().to_string();
         match method.as_str() {
             "POST" => {
@@ -319,7 +334,6 @@ impl Stream {
 
     /// A GET (the server's event stream) or a DELETE (end of session): no body to decide on.
     fn allow_bodiless(&mut self, host: &mut dyn Host, mut record: Record, method: &str) -> Action {
-        // A DELETE unbinds its session only once the upstream confirms the end.
         if method == "GET" {
             // A GET stream may replay list results: filter them by shape.
             self.lists = Some(ListFilter {
@@ -584,13 +598,6 @@ impl Stream {
             return self.refuse(host, record, 502, &[], body);
         }
         let headers = host.response_headers();
-        if self.header(":method") == Some("DELETE")
-            && status.is_some_and(|s| (200..300).contains(&s))
-        {
-            if let Some(id) = self.header("mcp-session-id").map(str::to_string) {
-                session::end(host, &id);
-            }
-        }
         let encoding = header(&headers, "content-encoding")
             .unwrap_or("identity")
             .trim();
@@ -604,16 +611,6 @@ impl Stream {
                 reply::http_error("bad_gateway", "the MCP server sent a compressed response");
             return self.refuse(host, record, 502, &[], body);
         }
-        if let (Some(session_id), Some(identity)) =
-            (header(&headers, "mcp-session-id"), &self.identity)
-        {
-            session::bind(
-                host,
-                session_id,
-                identity.issuer().unwrap_or_default(),
-                identity.subject().unwrap_or_default(),
-            );
-        }
         for (name, value) in &headers {
             if response::contains_any(value.as_bytes(), &server.credential.leak_patterns) {
                 host.count(metrics::KEY_LEAKS, 1);
@@ -623,6 +620,27 @@ impl Stream {
                 let mut redacted = value.clone().into_bytes();
                 response::redact(&mut redacted, &server.credential.leak_patterns);
                 host.set_response_header(name, &String::from_utf8_lossy(&redacted));
+            }
+        }
+        if let Some(session_id) = header(&headers, "mcp-session-id") {
+            // The client gets the session sealed for it, never the upstream's id.
+            match self.seal_session(server, session_id) {
+                Ok(handle) if host.replace_response_header("mcp-session-id", &handle) => {
+                    record.session_id.get_or_insert(handle);
+                }
+                Ok(_) => {
+                    record.decision = Verdict::Error;
+                    record.reason = Some("session_header_not_set".into());
+                    let body = reply::http_error("bad_gateway", "the session could not be sealed");
+                    return self.refuse(host, record, 502, &[], body);
+                }
+                Err((status, reason, message)) => {
+                    record.decision = Verdict::Error;
+                    record.reason = Some(reason.into());
+                    let id = record.jsonrpc_id.clone();
+                    let body = reply::jsonrpc_error(id.as_ref(), -32600, message, None);
+                    return self.refuse(host, record, status, &[], body);
+                }
             }
         }
         host.remove_response_header("www-authenticate");
@@ -887,6 +905,54 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// The upstream's session id behind a client's handle, or the audit reason why not.
+    fn open_session(&self, server: &Server, handle: &str) -> Result<String, String> {
+        let Some(keys) = &self.config.sessions else {
+            // `sessions.stateless`: no handle was ever issued.
+            return Err("session_not_sealed".into());
+        };
+        let Some(caller) = self
+            .identity
+            .as_ref()
+            .and_then(|i| session::caller(&i.claims))
+        else {
+            return Err("session_unbindable".into());
+        };
+        session::open(keys, handle, caller, &server.name).map_err(|e| e.reason("session"))
+    }
+
+    /// The handle the client gets for the upstream's new (or repeated) session id; or the
+    /// status, audit reason and message of the refusal.
+    fn seal_session(
+        &self,
+        server: &Server,
+        session_id: &str,
+    ) -> Result<String, (u32, &'static str, &'static str)> {
+        let Some(keys) = &self.config.sessions else {
+            return Err((
+                502,
+                "session_not_configured",
+                "the MCP server opened a session, but this gateway is configured with sessions.stateless",
+            ));
+        };
+        let Some(caller) = self
+            .identity
+            .as_ref()
+            .and_then(|i| session::caller(&i.claims))
+        else {
+            return Err((
+                403,
+                "session_unbindable",
+                "the MCP server opened a session, but the token names neither a subject (sub) nor a client (client_id, azp) to bind it to",
+            ));
+        };
+        session::seal(keys, session_id, caller, &server.name).ok_or((
+            502,
+            "session_id_unsealable",
+            "the MCP server issued a session id that is too long or not visible ASCII",
+        ))
     }
 
     /// The 2026-07-28 `Mcp-Method` / `Mcp-Name` headers, when present, must match the body.

@@ -32,6 +32,17 @@ pub trait Host {
     fn now_nanos(&self) -> u64 {
         self.now_millis().saturating_mul(1_000_000)
     }
+    /// Sets a request header, replacing every existing value, and says whether it was set.
+    /// For headers whose old value must never go on (the session id): fail closed on `false`.
+    fn replace_request_header(&mut self, name: &str, value: &str) -> bool {
+        self.set_request_header(name, value);
+        true
+    }
+    /// As [`Host::replace_request_header`], for the response.
+    fn replace_response_header(&mut self, name: &str, value: &str) -> bool {
+        self.set_response_header(name, value);
+        true
+    }
     /// Stores one audit field under its own key (`wasm.mcp.<name>`), for per-field log columns.
     fn write_audit_column(&mut self, _name: &str, _value: &str) {}
 

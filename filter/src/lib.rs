@@ -29,6 +29,7 @@ pub mod oauth;
 pub mod policy;
 pub mod reply;
 pub mod response;
+pub mod seal;
 pub mod session;
 pub mod sse;
 

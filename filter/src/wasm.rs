@@ -347,6 +347,12 @@ impl Host for Envoy {
     fn set_response_header(&mut self, name: &str, value: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
     }
+    fn replace_request_header(&mut self, name: &str, value: &str) -> bool {
+        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
+    }
+    fn replace_response_header(&mut self, name: &str, value: &str) -> bool {
+        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)).is_ok()
+    }
     fn remove_response_header(&mut self, name: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
     }

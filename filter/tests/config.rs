@@ -22,8 +22,12 @@ fn valid() -> Value {
                 ],
             },
         }],
+        "sessions": { "key": SESSION_KEY },
     })
 }
+
+/// 32 bytes in base64 (as `head -c32 /dev/urandom | base64` prints them).
+const SESSION_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 fn load(config: &Value, env: &MapEnv) -> Result<Config, ConfigError> {
     Config::from_json(config.to_string().as_bytes(), env)
@@ -454,4 +458,103 @@ fn weak_rsa_keys_are_refused() {
         e.message.contains("too short") || e.message.contains("RSA"),
         "{e}"
     );
+}
+
+#[test]
+fn a_configuration_without_a_sealing_key_says_what_to_write() {
+    let e = error_of(|c| {
+        c.as_object_mut().expect("object").remove("sessions");
+    });
+    assert_eq!(e.field, "sessions");
+    for words in [
+        "\"sessions\": {\"key_from_env\": \"MCP_GUARD_SESSION_KEY\"}",
+        "head -c32 /dev/urandom | base64",
+        "\"sessions\": {\"stateless\": true}",
+    ] {
+        assert!(e.message.contains(words), "{e}");
+    }
+    let e = error_of(|c| c["sessions"] = json!({ "previous_key": SESSION_KEY }));
+    assert_eq!(e.field, "sessions.key");
+}
+
+#[test]
+fn sealing_keys_are_checked_and_never_quoted() {
+    let short = "c2hvcnQta2V5LW5vdC0zMi1ieXRlcw==";
+    let not_b64 = "this is not base64 but a secret!!";
+    for (sessions, field, secret) in [
+        (json!({ "key": short }), "sessions.key", short),
+        (json!({ "key": not_b64 }), "sessions.key", not_b64),
+        (
+            json!({ "key": SESSION_KEY, "previous_key": short }),
+            "sessions.previous_key",
+            short,
+        ),
+        (
+            json!({ "key": 12_345_678_901_234_u64 }),
+            "sessions.key",
+            "12345678901234",
+        ),
+        (
+            json!({ "key": SESSION_KEY, "key_from_env": "K" }),
+            "sessions.key",
+            SESSION_KEY,
+        ),
+        (
+            json!({ "key": SESSION_KEY, "stateless": true }),
+            "sessions.stateless",
+            SESSION_KEY,
+        ),
+        (
+            json!({ "key": SESSION_KEY, "other": 1 }),
+            "sessions.other",
+            SESSION_KEY,
+        ),
+    ] {
+        let e = error_of(|c| c["sessions"] = sessions.clone());
+        assert_eq!(e.field, field, "{sessions}: {e}");
+        assert!(!e.to_string().contains(secret), "{e}");
+    }
+    // URL-safe and unpadded spellings of the same 32 bytes are accepted.
+    for key in [
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8",
+        "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=",
+    ] {
+        let mut config = valid();
+        config["sessions"] = json!({ "key": key, "previous_key": SESSION_KEY });
+        let loaded = load(&config, &MapEnv::default()).expect("valid key");
+        assert!(loaded.sessions.is_some());
+    }
+    let mut config = valid();
+    config["sessions"] = json!({ "stateless": true });
+    assert!(load(&config, &MapEnv::default())
+        .expect("stateless")
+        .sessions
+        .is_none());
+}
+
+#[test]
+fn sealing_keys_come_from_the_environment() {
+    let mut config = valid();
+    config["sessions"] = json!({
+        "key_from_env": "MCP_GUARD_SESSION_KEY",
+        "previous_key_from_env": "MCP_GUARD_PREVIOUS_SESSION_KEY",
+    });
+    let e = load(&config, &MapEnv::default()).expect_err("unset variable");
+    assert_eq!(e.field, "sessions.key_from_env");
+    assert!(e.message.contains("MCP_GUARD_SESSION_KEY"), "{e}");
+    let env = MapEnv::with(&[
+        ("MCP_GUARD_SESSION_KEY", SESSION_KEY),
+        ("MCP_GUARD_PREVIOUS_SESSION_KEY", "short"),
+    ]);
+    let e = load(&config, &env).expect_err("bad previous key");
+    assert_eq!(e.field, "sessions.previous_key_from_env");
+    assert!(!e.message.contains("short"), "{e}");
+    let env = MapEnv::with(&[
+        ("MCP_GUARD_SESSION_KEY", SESSION_KEY),
+        (
+            "MCP_GUARD_PREVIOUS_SESSION_KEY",
+            &format!("{SESSION_KEY}\n"),
+        ),
+    ]);
+    assert!(load(&config, &env).expect("both set").sessions.is_some());
 }

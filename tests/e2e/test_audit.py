@@ -278,7 +278,8 @@ def test_known_mix_leaves_one_record_per_message_and_exact_counters(stack):
             "params": {"protocolVersion": "2025-06-18", "capabilities": {},
                        "clientInfo": {"name": "audit-test", "version": "1"}}}
     r = go("bob-initialize", 200, {"sub": bob, **allowed, "method": "initialize",
-                                   "upstream_status": 200},
+                                   "upstream_status": 200,
+                                   "session_id": lambda s: s.startswith("mg1.")},
            raw=json.dumps(init).encode(), token=t_bob)
     session = r.headers["mcp-session-id"]
     go("session-theft", 404, {**bad, "status": 404, "reason": "session_of_another_caller",

@@ -129,6 +129,7 @@ class Pair:
                        strip_headers=["x-api-key", "x-crm-session"]),
                 server("git", {"header": "X-API-Key", "value_from_env": "GIT_API_KEY"}),
             ],
+            "sessions": {"key": harness.SESSION_KEY},
         }
         environment = git_env or {"key_values": {"GIT_API_KEY": GIT_KEY}}
         try:

@@ -277,6 +277,8 @@ pub struct MockHost {
     pub replies: Vec<Reply>,
     pub resets: usize,
     pub now_ms: u64,
+    /// Envoy refuses header changes that must not fail silently (`replace_*_header`).
+    pub refuse_header_replacement: bool,
 }
 
 impl Default for MockHost {
@@ -291,6 +293,7 @@ impl Default for MockHost {
             replies: Vec::new(),
             resets: 0,
             now_ms: NOW as u64 * 1000,
+            refuse_header_replacement: false,
         }
     }
 }
@@ -388,6 +391,20 @@ fn remove_all(headers: &mut Vec<Header>, name: &str) {
 }
 
 impl Host for MockHost {
+    fn replace_request_header(&mut self, name: &str, value: &str) -> bool {
+        if self.refuse_header_replacement {
+            return false;
+        }
+        self.set_request_header(name, value);
+        true
+    }
+    fn replace_response_header(&mut self, name: &str, value: &str) -> bool {
+        if self.refuse_header_replacement {
+            return false;
+        }
+        self.set_response_header(name, value);
+        true
+    }
     fn request_headers(&self) -> Vec<Header> {
         self.request_headers.clone()
     }

@@ -1,0 +1,427 @@
+//! Sealed handles: an opaque string that carries a value (an upstream's session id, later a task
+//! id) to a client and back, readable and checkable only by the filter, and only for the caller
+//! and server it was issued to. Nothing is remembered: any filter with the same key opens it.
+//!
+//! ```text
+//! handle  = "mg1." base64url-no-pad( kid[4] ‖ nonce[12] ‖ AES-256-GCM-SIV(plaintext) ‖ tag[16] )
+//! plaintext = caller_fp[16] ‖ server_fp[8] ‖ value
+//! associated data = "mg1" ‖ kid ‖ purpose
+//! ```
+//!
+//! * Binding. The caller (issuer and caller id) and the server's name are bound into the
+//!   authenticated plaintext as SHA-256 fingerprints. The AEAD authenticates them exactly as it
+//!   would associated data (nobody without the key can produce a handle whose plaintext says
+//!   anything else), and, unlike associated data, an opened handle says *whose* it is, so a
+//!   refusal can be audited as "another caller's" or "another server's" rather than as a bare
+//!   authentication failure. A 128-bit caller fingerprint cannot be matched by trying subjects.
+//! * The purpose ("session", "task", …) is associated data: a handle issued for one use never
+//!   opens as another.
+//! * Nonces are synthetic (SIV): HMAC-SHA-256 of the associated data and plaintext under a
+//!   nonce key derived from the sealing key. No randomness is needed (so nothing depends on the
+//!   Wasm host's `random_get`), sealing is deterministic (the same session of the same caller
+//!   gets the same handle on every replica and every answer, which keeps audit records
+//!   comparable), and distinct plaintexts get distinct nonces. AES-GCM-SIV (RFC 8452) is itself
+//!   nonce-misuse resistant: even a repeated nonce would reveal only that two handles are equal.
+//! * Keys. The configured 32-byte key is never used directly: encryption key, nonce key and the
+//!   4-byte key id are derived from it with HMAC-SHA-256 under distinct labels. Handles are
+//!   opened with the key their id names, the current or the previous one (rotation).
+
+use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
+use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+/// The prefix of every handle (version 1 of the format).
+pub const PREFIX: &str = "mg1.";
+/// The longest value that can be sealed, in bytes.
+pub const MAX_VALUE: usize = 256;
+/// The longest handle `open` reads; anything longer is refused before decoding. Every handle
+/// this module makes is shorter.
+pub const MAX_HANDLE: usize =
+    PREFIX.len() + (KID + NONCE + CALLER_FP + SERVER_FP + MAX_VALUE + TAG).div_ceil(3) * 4;
+
+const KID: usize = 4;
+const NONCE: usize = 12;
+const TAG: usize = 16;
+const CALLER_FP: usize = 16;
+const SERVER_FP: usize = 8;
+const VERSION: &[u8] = b"mg1";
+
+/// The length of a key in the configuration, in bytes.
+pub const KEY_BYTES: usize = 32;
+
+/// Who a handle belongs to and what for.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding<'a> {
+    /// What the value is ("session", "task"): a handle opens only for the same purpose.
+    pub purpose: &'a str,
+    /// The token's issuer (`iss`).
+    pub issuer: &'a str,
+    /// The caller within that issuer (`sub`, else the client): never empty.
+    pub caller: &'a str,
+    /// The protected server's configured name.
+    pub server: &'a str,
+}
+
+/// Why a handle did not open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenError {
+    /// Not a handle of this format (never sealed, or longer than any handle can be).
+    NotSealed,
+    /// Sealed with a key that is neither the current nor the previous one.
+    UnknownKey,
+    /// The right key, but the bytes were changed (or the purpose differs).
+    Tampered,
+    /// Genuine, but issued to another caller.
+    OtherCaller,
+    /// Genuine and this caller's, but issued for another server.
+    OtherServer,
+}
+
+impl OpenError {
+    /// The audit reason, with `what` naming the value ("session").
+    pub fn reason(self, what: &str) -> String {
+        let why = match self {
+            OpenError::NotSealed => "not_sealed",
+            OpenError::UnknownKey => "key_unknown",
+            OpenError::Tampered => "tampered",
+            OpenError::OtherCaller => "of_another_caller",
+            OpenError::OtherServer => "of_another_server",
+        };
+        format!("{what}_{why}")
+    }
+}
+
+/// One sealing key, with what is derived from it.
+#[derive(Clone)]
+struct Key {
+    id: [u8; KID],
+    cipher: Aes256GcmSiv,
+    nonce_key: [u8; 32],
+}
+
+impl Key {
+    fn new(secret: &[u8; KEY_BYTES]) -> Key {
+        let enc = derive(secret, b"mcp-guard seal v1 encryption");
+        let nonce_key = derive(secret, b"mcp-guard seal v1 nonce");
+        let full_id = derive(secret, b"mcp-guard seal v1 key id");
+        let mut id = [0u8; KID];
+        id.copy_from_slice(full_id.get(..KID).unwrap_or(&[0; KID]));
+        Key {
+            id,
+            cipher: Aes256GcmSiv::new(&enc.into()),
+            nonce_key,
+        }
+    }
+}
+
+/// The sealing keys: new handles are sealed with `current`; `previous` still opens its own.
+#[derive(Clone)]
+pub struct Keys {
+    current: Key,
+    previous: Option<Key>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Key ids are public (they are in every handle); the keys never appear.
+        f.debug_struct("Keys")
+            .field("current", &hex(&self.current.id))
+            .field("previous", &self.previous.as_ref().map(|k| hex(&k.id)))
+            .finish()
+    }
+}
+
+impl Keys {
+    pub fn new(current: &[u8; KEY_BYTES], previous: Option<&[u8; KEY_BYTES]>) -> Keys {
+        Keys {
+            current: Key::new(current),
+            previous: previous.map(Key::new),
+        }
+    }
+
+    /// Seals `value` for `binding`. `None` when the value is longer than [`MAX_VALUE`].
+    pub fn seal(&self, binding: &Binding, value: &[u8]) -> Option<String> {
+        if value.len() > MAX_VALUE {
+            return None;
+        }
+        let key = &self.current;
+        let aad = associated_data(&key.id, binding.purpose);
+        let mut plaintext = Vec::with_capacity(CALLER_FP + SERVER_FP + value.len());
+        plaintext.extend_from_slice(&caller_fingerprint(binding));
+        plaintext.extend_from_slice(&server_fingerprint(binding.server));
+        plaintext.extend_from_slice(value);
+
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.nonce_key).ok()?;
+        mac.update(&aad);
+        mac.update(&plaintext);
+        let tag = mac.finalize().into_bytes();
+        let nonce: [u8; NONCE] = tag.get(..NONCE)?.try_into().ok()?;
+        let sealed = key
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: &plaintext,
+                    aad: &aad,
+                },
+            )
+            .ok()?;
+        let mut raw = Vec::with_capacity(KID + NONCE + sealed.len());
+        raw.extend_from_slice(&key.id);
+        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(&sealed);
+        Some(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw)))
+    }
+
+    /// Opens `handle` for `binding`: the value it carries, or why not.
+    pub fn open(&self, handle: &str, binding: &Binding) -> Result<Vec<u8>, OpenError> {
+        // Bounded before anything is decoded.
+        if handle.len() > MAX_HANDLE {
+            return Err(OpenError::NotSealed);
+        }
+        let encoded = handle.strip_prefix(PREFIX).ok_or(OpenError::NotSealed)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(encoded)
+            .map_err(|_| OpenError::NotSealed)?;
+        if raw.len() < KID + NONCE + CALLER_FP + SERVER_FP + TAG {
+            return Err(OpenError::NotSealed);
+        }
+        let (kid, rest) = raw.split_at(KID);
+        let (nonce, sealed) = rest.split_at(NONCE);
+        let nonce: [u8; NONCE] = nonce.try_into().map_err(|_| OpenError::NotSealed)?;
+        let key = std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .find(|k| k.id == kid)
+            .ok_or(OpenError::UnknownKey)?;
+        let aad = associated_data(&key.id, binding.purpose);
+        let plaintext = key
+            .cipher
+            .decrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: &aad,
+                },
+            )
+            .map_err(|_| OpenError::Tampered)?;
+        let (caller, rest) = plaintext
+            .split_at_checked(CALLER_FP)
+            .ok_or(OpenError::Tampered)?;
+        let (server, value) = rest
+            .split_at_checked(SERVER_FP)
+            .ok_or(OpenError::Tampered)?;
+        if caller != caller_fingerprint(binding) {
+            return Err(OpenError::OtherCaller);
+        }
+        if server != server_fingerprint(binding.server) {
+            return Err(OpenError::OtherServer);
+        }
+        Ok(value.to_vec())
+    }
+}
+
+fn derive(secret: &[u8], label: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(secret) {
+        mac.update(label);
+        out.copy_from_slice(&mac.finalize().into_bytes());
+    }
+    out
+}
+
+fn associated_data(kid: &[u8], purpose: &str) -> Vec<u8> {
+    [VERSION, kid, purpose.as_bytes()].concat()
+}
+
+/// Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+fn caller_fingerprint(binding: &Binding) -> [u8; CALLER_FP] {
+    let mut h = Sha256::new();
+    h.update(b"mcp-guard caller");
+    for part in [binding.issuer, binding.caller] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    truncate(&h.finalize())
+}
+
+fn server_fingerprint(server: &str) -> [u8; SERVER_FP] {
+    let mut h = Sha256::new();
+    h.update(b"mcp-guard server");
+    h.update(server.as_bytes());
+    truncate(&h.finalize())
+}
+
+fn truncate<const N: usize>(digest: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    if let Some(head) = digest.get(..N) {
+        out.copy_from_slice(head);
+    }
+    out
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: [u8; 32] = [7; 32];
+    const B: [u8; 32] = [9; 32];
+
+    fn alice() -> Binding<'static> {
+        Binding {
+            purpose: "session",
+            issuer: "https://idp.example",
+            caller: "alice",
+            server: "crm",
+        }
+    }
+
+    #[test]
+    fn a_sealed_value_opens_for_its_binding_only() {
+        let keys = Keys::new(&A, None);
+        let handle = keys.seal(&alice(), b"upstream-session-1").expect("sealed");
+        assert!(handle.starts_with(PREFIX));
+        assert!(handle.len() <= MAX_HANDLE);
+        assert!(
+            handle.bytes().all(|b| (0x21..=0x7e).contains(&b)),
+            "{handle}"
+        );
+        assert!(!handle.contains("upstream-session-1"));
+        assert_eq!(
+            keys.open(&handle, &alice()),
+            Ok(b"upstream-session-1".to_vec())
+        );
+
+        let bob = Binding {
+            caller: "bob",
+            ..alice()
+        };
+        assert_eq!(keys.open(&handle, &bob), Err(OpenError::OtherCaller));
+        let other_issuer = Binding {
+            issuer: "https://other.example",
+            ..alice()
+        };
+        assert_eq!(
+            keys.open(&handle, &other_issuer),
+            Err(OpenError::OtherCaller)
+        );
+        let other_server = Binding {
+            server: "billing",
+            ..alice()
+        };
+        assert_eq!(
+            keys.open(&handle, &other_server),
+            Err(OpenError::OtherServer)
+        );
+        let task = Binding {
+            purpose: "task",
+            ..alice()
+        };
+        assert_eq!(keys.open(&handle, &task), Err(OpenError::Tampered));
+        // (issuer, caller) pairs are not confused by where the boundary is.
+        let shifted = Binding {
+            issuer: "https://idp.examplea",
+            caller: "lice",
+            ..alice()
+        };
+        assert_eq!(keys.open(&handle, &shifted), Err(OpenError::OtherCaller));
+    }
+
+    #[test]
+    fn sealing_is_deterministic_per_key_binding_and_value() {
+        let keys = Keys::new(&A, None);
+        let one = keys.seal(&alice(), b"s-1").expect("sealed");
+        assert_eq!(keys.seal(&alice(), b"s-1"), Some(one.clone()));
+        assert_ne!(keys.seal(&alice(), b"s-2"), Some(one.clone()));
+        let bob = Binding {
+            caller: "bob",
+            ..alice()
+        };
+        assert_ne!(keys.seal(&bob, b"s-1"), Some(one.clone()));
+        assert_ne!(Keys::new(&B, None).seal(&alice(), b"s-1"), Some(one));
+    }
+
+    #[test]
+    fn every_changed_byte_is_refused() {
+        let keys = Keys::new(&A, None);
+        let handle = keys.seal(&alice(), b"upstream-session-1").expect("sealed");
+        let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for at in 0..handle.len() {
+            let mut bytes = handle.clone().into_bytes();
+            let was = bytes[at];
+            bytes[at] = alphabet
+                .iter()
+                .copied()
+                .find(|&c| c != was)
+                .expect("another letter");
+            let changed = String::from_utf8(bytes).expect("ascii");
+            let got = keys.open(&changed, &alice());
+            assert!(got.is_err(), "byte {at} changed and still opened");
+            if at >= PREFIX.len() + 6 {
+                // Past the key id: the right key, bytes changed.
+                assert!(
+                    matches!(got, Err(OpenError::Tampered) | Err(OpenError::NotSealed)),
+                    "byte {at}: {got:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rotation_opens_the_previous_keys_handles_and_seals_with_the_new() {
+        let old = Keys::new(&A, None);
+        let handle = old.seal(&alice(), b"s-1").expect("sealed");
+        let rotated = Keys::new(&B, Some(&A));
+        assert_eq!(rotated.open(&handle, &alice()), Ok(b"s-1".to_vec()));
+        let resealed = rotated.seal(&alice(), b"s-1").expect("sealed");
+        assert_ne!(resealed, handle);
+        assert_eq!(old.open(&resealed, &alice()), Err(OpenError::UnknownKey));
+        // Once the old key is dropped, its handles no longer open.
+        let done = Keys::new(&B, None);
+        assert_eq!(done.open(&handle, &alice()), Err(OpenError::UnknownKey));
+        assert_eq!(done.open(&resealed, &alice()), Ok(b"s-1".to_vec()));
+    }
+
+    #[test]
+    fn what_was_never_sealed_is_refused_before_decryption() {
+        let keys = Keys::new(&A, None);
+        for id in [
+            "",
+            "s-1",
+            "mg1.",
+            "mg1.!!!!",
+            "mg1.AAAA",
+            "MG1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
+            assert_eq!(keys.open(id, &alice()), Err(OpenError::NotSealed), "{id}");
+        }
+        let long = format!("{PREFIX}{}", "A".repeat(MAX_HANDLE));
+        assert_eq!(keys.open(&long, &alice()), Err(OpenError::NotSealed));
+    }
+
+    #[test]
+    fn values_are_bounded() {
+        let keys = Keys::new(&A, None);
+        let biggest = vec![b'x'; MAX_VALUE];
+        let handle = keys.seal(&alice(), &biggest).expect("sealed");
+        assert!(
+            handle.len() <= MAX_HANDLE,
+            "{} > {MAX_HANDLE}",
+            handle.len()
+        );
+        assert_eq!(keys.open(&handle, &alice()), Ok(biggest));
+        assert_eq!(keys.seal(&alice(), &[b'x'; MAX_VALUE + 1]), None);
+    }
+
+    #[test]
+    fn debug_never_shows_a_key() {
+        let text = format!("{:?}", Keys::new(&A, Some(&B)));
+        assert!(!text.contains("7, 7") && !text.contains("0707"), "{text}");
+    }
+}
