@@ -930,7 +930,12 @@ impl Stream {
     /// (`Mcp-Name` after decoding the base64 sentinel; for tasks methods it mirrors
     /// `params.taskId`). A request declaring 2026-07-28 must send them, and its `Mcp-Param-*`
     /// headers must match the arguments (see [`protocol::param_mismatch`]).
-    fn header_mismatch(&self, host: &dyn Host, server: &Server, message: &Message) -> Option<String> {
+    fn header_mismatch(
+        &self,
+        host: &dyn Host,
+        server: &Server,
+        message: &Message,
+    ) -> Option<String> {
         let modern = self.protocol.as_deref() == Some(protocol::MODERN);
         if let Some(method) = self.header("mcp-method") {
             if method != message.method {

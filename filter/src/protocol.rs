@@ -42,15 +42,15 @@ pub const MODERN_REQUESTS: &[&str] = &[
     "tasks/cancel",
 ];
 
-/// Notifications a 2026-07-28 client may send (only on stdio in the core protocol; accepted
-/// over HTTP as before).
-pub const MODERN_NOTIFICATIONS: &[&str] = &["notifications/cancelled"];
-
-/// Whether a request declaring 2026-07-28 may use `method` (removed methods — `initialize`,
-/// `ping`, `logging/setLevel`, `resources/subscribe`, `tasks/list`, `tasks/result`, … — and
-/// client responses are not part of the revision).
+/// Whether a message declaring 2026-07-28 may use `method`: a request must be one of the
+/// revision's ([`MODERN_REQUESTS`]; `initialize`, `ping`, `logging/setLevel`,
+/// `resources/subscribe`, `tasks/list`, `tasks/result`, … were removed). Notifications and
+/// responses (which the revision does not send over HTTP) are judged as in earlier revisions.
 pub fn is_modern_client_method(method: &str) -> bool {
-    MODERN_REQUESTS.contains(&method) || MODERN_NOTIFICATIONS.contains(&method)
+    if method.is_empty() || method.starts_with("notifications/") {
+        return crate::policy::is_client_method(method);
+    }
+    MODERN_REQUESTS.contains(&method)
 }
 
 /// The params' `_meta`, when it is an object.
@@ -102,7 +102,10 @@ pub fn subscription(message: &Message) -> Option<&Map<String, Value>> {
     if message.method != "subscriptions/listen" {
         return None;
     }
-    message.params.get("notifications").and_then(Value::as_object)
+    message
+        .params
+        .get("notifications")
+        .and_then(Value::as_object)
 }
 
 /// The `inputResponses` of a multi round-trip retry (or of a `tasks/update`).
@@ -161,8 +164,7 @@ pub fn check_params(message: &Message) -> Result<(), ParseError> {
             _ => return bad("params.taskId as a non-empty string"),
         }
     }
-    if method == "tasks/update" && !matches!(params.get("inputResponses"), Some(Value::Object(_)))
-    {
+    if method == "tasks/update" && !matches!(params.get("inputResponses"), Some(Value::Object(_))) {
         return bad("params.inputResponses as an object");
     }
     if method == "subscriptions/listen" {
@@ -174,9 +176,11 @@ pub fn check_params(message: &Message) -> Result<(), ParseError> {
                 "toolsListChanged" | "promptsListChanged" | "resourcesListChanged" => {
                     value.is_boolean()
                 }
-                "resourceSubscriptions" | "taskIds" => value
-                    .as_array()
-                    .is_some_and(|items| items.iter().all(|i| i.as_str().is_some_and(|s| !s.is_empty()))),
+                "resourceSubscriptions" | "taskIds" => value.as_array().is_some_and(|items| {
+                    items
+                        .iter()
+                        .all(|i| i.as_str().is_some_and(|s| !s.is_empty()))
+                }),
                 // A filter field this filter does not know could subscribe to anything: the
                 // policy could not have decided on it.
                 _ => false,
@@ -215,7 +219,10 @@ pub fn mirrored_name(message: &Message) -> Option<&str> {
 /// when it has characters a header value may not carry, or a sentinel that does not decode
 /// to UTF-8.
 pub fn decode_header_value(value: &str) -> Option<String> {
-    if !value.bytes().all(|b| b == b'\t' || (0x20..=0x7e).contains(&b)) {
+    if !value
+        .bytes()
+        .all(|b| b == b'\t' || (0x20..=0x7e).contains(&b))
+    {
         return None;
     }
     match value
@@ -310,7 +317,11 @@ pub fn listed_param_headers(message: &[u8]) -> Vec<(String, Vec<ParamHeader>)> {
     list.tools
         .into_iter()
         .filter_map(|t| {
-            let headers = t.input_schema.as_ref().map(param_headers).unwrap_or_default();
+            let headers = t
+                .input_schema
+                .as_ref()
+                .map(param_headers)
+                .unwrap_or_default();
             Some((t.name?, headers))
         })
         .collect()
@@ -366,7 +377,14 @@ pub fn param_mismatch(
     let sent: Vec<(String, &str)> = headers
         .iter()
         .filter(|(k, _)| is_param_header(k))
-        .map(|(k, v)| (k.get(PARAM_PREFIX.len()..).unwrap_or("").to_ascii_lowercase(), v.as_str()))
+        .map(|(k, v)| {
+            (
+                k.get(PARAM_PREFIX.len()..)
+                    .unwrap_or("")
+                    .to_ascii_lowercase(),
+                v.as_str(),
+            )
+        })
         .collect();
     let Some(declared) = declared else {
         return sent.first().map(|(name, _)| {
@@ -377,7 +395,9 @@ pub fn param_mismatch(
     };
     for (i, (name, _)) in sent.iter().enumerate() {
         if sent.iter().skip(i + 1).any(|(other, _)| other == name) {
-            return Some(format!("the Mcp-Param-{name} header must appear at most once"));
+            return Some(format!(
+                "the Mcp-Param-{name} header must appear at most once"
+            ));
         }
         if !declared.iter().any(|d| &d.name == name) {
             return Some(format!(
@@ -464,13 +484,14 @@ pub fn traceparent(value: &str) -> Option<Trace> {
     let (version, trace_id, span_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let hex = |s: &str, n: usize| {
-        s.len() == n && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == n
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     if !hex(version, 2) || version == "ff" || !hex(trace_id, 32) || !hex(span_id, 16) {
         return None;
     }
-    if !hex(flags, 2) || trace_id.bytes().all(|b| b == b'0') || span_id.bytes().all(|b| b == b'0')
-    {
+    if !hex(flags, 2) || trace_id.bytes().all(|b| b == b'0') || span_id.bytes().all(|b| b == b'0') {
         return None;
     }
     // Version 00 has exactly four fields; later versions may append more.
@@ -575,13 +596,18 @@ pub fn private_cache(message: &[u8]) -> Result<Option<Vec<u8>>, String> {
     }
     let fields: Cacheable = serde_json::from_str(result.get())
         .map_err(|e| format!("list result could not be parsed: {e}"))?;
-    let offset = |raw: &RawValue| (raw.get().as_ptr() as usize).wrapping_sub(message.as_ptr() as usize);
+    let offset =
+        |raw: &RawValue| (raw.get().as_ptr() as usize).wrapping_sub(message.as_ptr() as usize);
     let (at, replace, insert) = match fields.cacheScope {
         Some(scope) if scope.get() == "\"private\"" => return Ok(None),
         Some(scope) => (offset(scope), scope.get().len(), "\"private\"".to_string()),
         None if fields.ttlMs.is_some() || fields.resultType.is_some() => {
             // After the result's `{`; a comma when other members follow.
-            (offset(result) + 1, 0, "\"cacheScope\":\"private\",".to_string())
+            (
+                offset(result) + 1,
+                0,
+                "\"cacheScope\":\"private\",".to_string(),
+            )
         }
         None => return Ok(None),
     };

@@ -53,7 +53,10 @@ fn host(shared: &Shared, headers: &[(&str, &str)]) -> MockHost {
 fn body(id: i64, method: &str, params: Value) -> Vec<u8> {
     let mut params = params;
     if let Some(p) = params.as_object_mut() {
-        p.insert("_meta".into(), json!({ "io.modelcontextprotocol/protocolVersion": MODERN }));
+        p.insert(
+            "_meta".into(),
+            json!({ "io.modelcontextprotocol/protocolVersion": MODERN }),
+        );
     }
     json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params })
         .to_string()
@@ -76,7 +79,13 @@ fn refused_with_32020(host: &MockHost) {
 }
 
 fn list_tools(shared: &Shared, result: Value) -> Vec<u8> {
-    let mut h = host(shared, &[("mcp-protocol-version", MODERN), ("mcp-method", "tools/list")]);
+    let mut h = host(
+        shared,
+        &[
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tools/list"),
+        ],
+    );
     let (mut stream, action) = send(&mut h, &body(2, "tools/list", json!({})));
     assert_eq!(action, Action::Continue);
     h.set_response(&[(":status", "200"), ("content-type", "application/json")]);
@@ -105,13 +114,28 @@ fn sql_tools() -> Value {
 #[test]
 fn declared_versions_that_disagree_are_refused() {
     let shared = Shared::default();
-    let mut h = host(&shared, &[("mcp-protocol-version", "2025-11-25"), ("mcp-method", "tools/list")]);
+    let mut h = host(
+        &shared,
+        &[
+            ("mcp-protocol-version", "2025-11-25"),
+            ("mcp-method", "tools/list"),
+        ],
+    );
     let (_, action) = send(&mut h, &body(1, "tools/list", json!({})));
     assert_eq!(action, Action::Pause);
     refused_with_32020(&h);
-    assert!(h.record()["reason"].as_str().unwrap_or("").contains("does not match"));
+    assert!(h.record()["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("does not match"));
     // Agreeing versions pass, and the record names the version.
-    let mut h = host(&shared, &[("mcp-protocol-version", MODERN), ("mcp-method", "tools/list")]);
+    let mut h = host(
+        &shared,
+        &[
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tools/list"),
+        ],
+    );
     let (_, action) = send(&mut h, &body(1, "tools/list", json!({})));
     assert_eq!(action, Action::Continue);
     assert_eq!(h.record()["protocol_version"], MODERN);
@@ -123,15 +147,30 @@ fn a_2026_07_28_request_needs_its_standard_headers() {
     let mut h = host(&shared, &[("mcp-protocol-version", MODERN)]);
     let (_, _) = send(&mut h, &body(1, "tools/list", json!({})));
     refused_with_32020(&h);
-    let mut h = host(&shared, &[("mcp-protocol-version", MODERN), ("mcp-method", "tools/call")]);
-    let (_, _) = send(&mut h, &body(1, "tools/call", json!({"name": "echo", "arguments": {}})));
+    let mut h = host(
+        &shared,
+        &[
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tools/call"),
+        ],
+    );
+    let (_, _) = send(
+        &mut h,
+        &body(1, "tools/call", json!({"name": "echo", "arguments": {}})),
+    );
     refused_with_32020(&h);
 }
 
 #[test]
 fn task_requests_mirror_the_task_id_in_mcp_name() {
     let shared = Shared::default();
-    let headers = |name| vec![("mcp-protocol-version", MODERN), ("mcp-method", "tasks/get"), ("mcp-name", name)];
+    let headers = |name| {
+        vec![
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tasks/get"),
+            ("mcp-name", name),
+        ]
+    };
     let mut h = host(&shared, &headers("t-1"));
     let (_, action) = send(&mut h, &body(1, "tasks/get", json!({"taskId": "t-1"})));
     assert_eq!(action, Action::Continue);
@@ -156,7 +195,11 @@ fn param_headers_are_checked_against_the_arguments_once_the_tool_was_listed() {
         let mut h = host(&shared, &headers);
         let (_, action) = send(
             &mut h,
-            &body(3, "tools/call", json!({"name": "sql", "arguments": {"region": region, "query": "q"}})),
+            &body(
+                3,
+                "tools/call",
+                json!({"name": "sql", "arguments": {"region": region, "query": "q"}}),
+            ),
         );
         (h, action)
     };
@@ -175,7 +218,10 @@ fn param_headers_are_checked_against_the_arguments_once_the_tool_was_listed() {
     let (h, action) = call(Some("eu-west1"), "us-west1");
     assert_eq!(action, Action::Pause, "nothing forwarded");
     refused_with_32020(&h);
-    assert!(h.record()["reason"].as_str().unwrap_or("").contains("Mcp-Param-region"));
+    assert!(h.record()["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("Mcp-Param-region"));
     let (h, _) = call(None, "us-west1");
     refused_with_32020(&h);
 }
@@ -210,11 +256,16 @@ fn trace_context_is_recorded() {
         &[
             ("mcp-protocol-version", MODERN),
             ("mcp-method", "tools/list"),
-            ("traceparent", "00-11111111111111111111111111111111-2222222222222222-01"),
+            (
+                "traceparent",
+                "00-11111111111111111111111111111111-2222222222222222-01",
+            ),
         ],
     );
-    let mut b: Value = serde_json::from_slice(&body(1, "tools/list", json!({}))).unwrap_or_default();
-    b["params"]["_meta"]["traceparent"] = json!("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01");
+    let mut b: Value =
+        serde_json::from_slice(&body(1, "tools/list", json!({}))).unwrap_or_default();
+    b["params"]["_meta"]["traceparent"] =
+        json!("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01");
     let (_, action) = send(&mut h, b.to_string().as_bytes());
     assert_eq!(action, Action::Continue);
     let r = h.record();

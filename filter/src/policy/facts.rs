@@ -315,7 +315,9 @@ fn mcp_with<'a>(
 /// `subscriptions/listen` (empty lists for other messages).
 fn subscription<'a>(filter: Option<&'a Map<String, Value>>) -> Boxed<'a> {
     let list = |items: Vec<&'a str>| -> Boxed<'a> {
-        Box::new(CelList::from(items.into_iter().map(text).collect::<Vec<_>>()))
+        Box::new(CelList::from(
+            items.into_iter().map(text).collect::<Vec<_>>(),
+        ))
     };
     let (notifications, resources, tasks) = match filter {
         Some(f) => (

@@ -18,11 +18,20 @@ fn headers(pairs: &[(&str, &str)]) -> Vec<Header> {
 fn the_declared_version_is_metas_and_must_agree_with_the_header() {
     let m = message(json!({"jsonrpc":"2.0","id":1,"method":"tools/list",
         "params":{"_meta":{META_VERSION: "2026-07-28"}}}));
-    assert_eq!(declared_version(Some("2026-07-28"), &m), Ok(Some("2026-07-28")));
+    assert_eq!(
+        declared_version(Some("2026-07-28"), &m),
+        Ok(Some("2026-07-28"))
+    );
     assert!(declared_version(Some("2025-11-25"), &m).is_err());
-    assert!(declared_version(None, &m).is_err(), "2026-07-28 needs the header");
+    assert!(
+        declared_version(None, &m).is_err(),
+        "2026-07-28 needs the header"
+    );
     let legacy = message(json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}));
-    assert_eq!(declared_version(Some("2025-06-18"), &legacy), Ok(Some("2025-06-18")));
+    assert_eq!(
+        declared_version(Some("2025-06-18"), &legacy),
+        Ok(Some("2025-06-18"))
+    );
     assert_eq!(declared_version(None, &legacy), Ok(None));
     let bad = message(json!({"jsonrpc":"2.0","id":1,"method":"tools/list",
         "params":{"_meta":{META_VERSION: 20260728}}}));
@@ -57,10 +66,15 @@ fn new_methods_params_are_checked() {
 
 #[test]
 fn subscription_facts() {
-    let m = message(json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{
-        "notifications":{"toolsListChanged":true,"promptsListChanged":false,"resourceSubscriptions":["a://1","a://2"]}}}));
+    let m = message(
+        json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{
+        "notifications":{"toolsListChanged":true,"promptsListChanged":false,"resourceSubscriptions":["a://1","a://2"]}}}),
+    );
     let f = subscription(&m).unwrap_or_else(|| panic!("a filter"));
-    assert_eq!(requested(f), vec!["toolsListChanged", "resourceSubscriptions"]);
+    assert_eq!(
+        requested(f),
+        vec!["toolsListChanged", "resourceSubscriptions"]
+    );
     assert_eq!(strings(f, "resourceSubscriptions"), vec!["a://1", "a://2"]);
     assert!(strings(f, "taskIds").is_empty());
 }
@@ -92,8 +106,14 @@ fn param_headers_are_read_through_properties_only() {
     assert_eq!(
         found,
         vec![
-            ParamHeader { name: "max".into(), path: vec!["limits".into(), "max".into()] },
-            ParamHeader { name: "region".into(), path: vec!["region".into()] },
+            ParamHeader {
+                name: "max".into(),
+                path: vec!["limits".into(), "max".into()]
+            },
+            ParamHeader {
+                name: "region".into(),
+                path: vec!["region".into()]
+            },
         ]
     );
 }
@@ -104,30 +124,66 @@ fn param_headers_must_match_the_arguments() {
     let args = json!({"region":"us-west1","limits":{"max":42},"query":"q"});
     let args = args.as_object().cloned().unwrap_or_default();
     let check = |pairs: &[(&str, &str)]| param_mismatch(&headers(pairs), Some(&declared), &args);
-    assert_eq!(check(&[("mcp-param-region", "us-west1"), ("mcp-param-max", "42")]), None);
-    assert_eq!(check(&[("Mcp-Param-Region", "=?base64?dXMtd2VzdDE=?="), ("mcp-param-max", "42.0")]), None);
+    assert_eq!(
+        check(&[("mcp-param-region", "us-west1"), ("mcp-param-max", "42")]),
+        None
+    );
+    assert_eq!(
+        check(&[
+            ("Mcp-Param-Region", "=?base64?dXMtd2VzdDE=?="),
+            ("mcp-param-max", "42.0")
+        ]),
+        None
+    );
     assert!(check(&[("mcp-param-region", "eu-west1"), ("mcp-param-max", "42")]).is_some());
-    assert!(check(&[("mcp-param-max", "42")]).is_some(), "missing header");
+    assert!(
+        check(&[("mcp-param-max", "42")]).is_some(),
+        "missing header"
+    );
     assert!(check(&[("mcp-param-region", "us-west1"), ("mcp-param-max", "43")]).is_some());
     assert!(
-        check(&[("mcp-param-region", "us-west1"), ("mcp-param-max", "42"), ("mcp-param-query", "q")]).is_some(),
+        check(&[
+            ("mcp-param-region", "us-west1"),
+            ("mcp-param-max", "42"),
+            ("mcp-param-query", "q")
+        ])
+        .is_some(),
         "undeclared header"
     );
     assert!(
-        check(&[("mcp-param-region", "us-west1"), ("mcp-param-region", "us-west1"), ("mcp-param-max", "42")]).is_some(),
+        check(&[
+            ("mcp-param-region", "us-west1"),
+            ("mcp-param-region", "us-west1"),
+            ("mcp-param-max", "42")
+        ])
+        .is_some(),
         "repeated header"
     );
     // No value in the body: no header expected, and none accepted.
     let empty = Map::new();
     assert_eq!(param_mismatch(&[], Some(&declared), &empty), None);
-    assert!(param_mismatch(&headers(&[("mcp-param-region", "x")]), Some(&declared), &empty).is_some());
+    assert!(param_mismatch(
+        &headers(&[("mcp-param-region", "x")]),
+        Some(&declared),
+        &empty
+    )
+    .is_some());
     // A tool never listed here: headers cannot be checked, so they are refused.
     assert!(param_mismatch(&headers(&[("mcp-param-region", "x")]), None, &args).is_some());
     assert_eq!(param_mismatch(&[], None, &args), None);
     // Booleans are `true` / `false`.
-    let flag = vec![ParamHeader { name: "dry".into(), path: vec!["dry".into()] }];
-    let args = json!({"dry": true}).as_object().cloned().unwrap_or_default();
-    assert_eq!(param_mismatch(&headers(&[("mcp-param-dry", "true")]), Some(&flag), &args), None);
+    let flag = vec![ParamHeader {
+        name: "dry".into(),
+        path: vec!["dry".into()],
+    }];
+    let args = json!({"dry": true})
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        param_mismatch(&headers(&[("mcp-param-dry", "true")]), Some(&flag), &args),
+        None
+    );
     assert!(param_mismatch(&headers(&[("mcp-param-dry", "True")]), Some(&flag), &args).is_some());
 }
 
@@ -138,8 +194,14 @@ fn listed_tools_yield_their_param_headers() {
         {"name":"plain","inputSchema":{"type":"object"}}]}});
     let found = listed_param_headers(list.to_string().as_bytes());
     assert_eq!(found.len(), 2);
-    assert_eq!(found.first().map(|(n, h)| (n.as_str(), h.len())), Some(("sql", 1)));
-    assert_eq!(found.get(1).map(|(n, h)| (n.as_str(), h.len())), Some(("plain", 0)));
+    assert_eq!(
+        found.first().map(|(n, h)| (n.as_str(), h.len())),
+        Some(("sql", 1))
+    );
+    assert_eq!(
+        found.get(1).map(|(n, h)| (n.as_str(), h.len())),
+        Some(("plain", 0))
+    );
 }
 
 #[test]
@@ -163,20 +225,33 @@ fn traceparent_is_validated() {
     ] {
         assert_eq!(traceparent(bad), None, "{bad}");
     }
-    assert!(traceparent("01-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01-future").is_some());
+    assert!(
+        traceparent("01-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01-future").is_some()
+    );
 }
 
 #[test]
 fn meta_trace_context_wins_and_a_different_header_trace_is_noted() {
     let meta_tp = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01";
-    let m = message(json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"traceparent":meta_tp}}}));
-    let same_trace = headers(&[("traceparent", "00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01")]);
+    let m = message(
+        json!({"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"traceparent":meta_tp}}}),
+    );
+    let same_trace = headers(&[(
+        "traceparent",
+        "00-0af7651916cd43dd8448eb211c80319c-1111111111111111-01",
+    )]);
     let (t, other) = trace(&same_trace, Some(&m));
     assert_eq!(t.map(|t| t.span_id), Some("00f067aa0ba902b7".to_string()));
     assert_eq!(other, None);
-    let other_trace = headers(&[("traceparent", "00-11111111111111111111111111111111-1111111111111111-01")]);
+    let other_trace = headers(&[(
+        "traceparent",
+        "00-11111111111111111111111111111111-1111111111111111-01",
+    )]);
     let (t, other) = trace(&other_trace, Some(&m));
-    assert_eq!(t.map(|t| t.trace_id), Some("0af7651916cd43dd8448eb211c80319c".to_string()));
+    assert_eq!(
+        t.map(|t| t.trace_id),
+        Some("0af7651916cd43dd8448eb211c80319c".to_string())
+    );
     assert_eq!(other.as_deref(), Some("11111111111111111111111111111111"));
     let (t, _) = trace(&other_trace, None);
     assert_eq!(t.map(|t| t.span_id), Some("1111111111111111".to_string()));
@@ -242,15 +317,37 @@ fn rules_read_the_new_methods_facts() {
         {"name":"tools","allow":"mcp.tool.name == 'echo'"},
     ]));
     assert_eq!(decide(&p, &modern("server/discover", json!({}))).0, Allow);
-    assert_eq!(decide(&p, &modern("tasks/get", json!({"taskId":"t-1"}))).0, Allow);
-    assert_eq!(decide(&p, &modern("tasks/cancel", json!({"taskId":"x-1"}))).0, Deny);
     assert_eq!(
-        decide(&p, &modern("tasks/update", json!({"taskId":"t-1","inputResponses":{}}))).0,
+        decide(&p, &modern("tasks/get", json!({"taskId":"t-1"}))).0,
         Allow
     );
-    let listen = |filter: Value| decide(&p, &modern("subscriptions/listen", json!({"notifications":filter}))).0;
-    assert_eq!(listen(json!({"toolsListChanged":true,"resourceSubscriptions":["crm://a"]})), Allow);
-    assert_eq!(listen(json!({"resourceSubscriptions":["file:///etc/passwd"]})), Deny);
+    assert_eq!(
+        decide(&p, &modern("tasks/cancel", json!({"taskId":"x-1"}))).0,
+        Deny
+    );
+    assert_eq!(
+        decide(
+            &p,
+            &modern("tasks/update", json!({"taskId":"t-1","inputResponses":{}}))
+        )
+        .0,
+        Allow
+    );
+    let listen = |filter: Value| {
+        decide(
+            &p,
+            &modern("subscriptions/listen", json!({"notifications":filter})),
+        )
+        .0
+    };
+    assert_eq!(
+        listen(json!({"toolsListChanged":true,"resourceSubscriptions":["crm://a"]})),
+        Allow
+    );
+    assert_eq!(
+        listen(json!({"resourceSubscriptions":["file:///etc/passwd"]})),
+        Deny
+    );
     assert_eq!(listen(json!({"taskIds":["t-1"]})), Deny);
     // A multi round-trip retry is decided as the call it retries, and its answers are read.
     let call = |extra: Value| {
@@ -261,7 +358,10 @@ fn rules_read_the_new_methods_facts() {
         decide(&p, &modern("tools/call", params))
     };
     assert_eq!(call(json!({})).0, Allow);
-    assert_eq!(call(json!({"inputResponses":{"confirm":{"action":"accept"}},"requestState":"s"})).0, Allow);
+    assert_eq!(
+        call(json!({"inputResponses":{"confirm":{"action":"accept"}},"requestState":"s"})).0,
+        Allow
+    );
     assert_eq!(
         call(json!({"inputResponses":{"confirm":{"action":"decline"}},"requestState":"s"})),
         (Deny, Some("retry".to_string()))
@@ -271,26 +371,60 @@ fn rules_read_the_new_methods_facts() {
 #[test]
 fn a_2026_07_28_request_may_only_use_that_revisions_methods() {
     let p = policy(json!([{"name":"all","allow":"true"}]));
-    for removed in ["initialize", "ping", "logging/setLevel", "resources/subscribe", "tasks/list", "tasks/result"] {
+    for removed in [
+        "initialize",
+        "ping",
+        "logging/setLevel",
+        "resources/subscribe",
+        "tasks/list",
+        "tasks/result",
+    ] {
         assert_eq!(
-            decide(&p, &modern(removed, json!({"taskId":"t","uri":"a://b"}))).1.as_deref(),
+            decide(&p, &modern(removed, json!({"taskId":"t","uri":"a://b"})))
+                .1
+                .as_deref(),
             Some(crate::policy::UNKNOWN_METHOD_RULE),
             "{removed}"
         );
     }
-    for kept in ["server/discover", "subscriptions/listen", "tasks/get", "tools/list"] {
-        assert_eq!(decide(&p, &modern(kept, json!({"taskId":"t","notifications":{}}))).1.as_deref(), Some("all"), "{kept}");
+    for kept in [
+        "server/discover",
+        "subscriptions/listen",
+        "tasks/get",
+        "tools/list",
+    ] {
+        assert_eq!(
+            decide(&p, &modern(kept, json!({"taskId":"t","notifications":{}})))
+                .1
+                .as_deref(),
+            Some("all"),
+            "{kept}"
+        );
     }
     // Earlier revisions keep their methods, and gain the tasks extension's.
-    for legacy in ["initialize", "ping", "tasks/list", "tasks/result", "tasks/update", "subscriptions/listen"] {
-        let m = message(json!({"jsonrpc":"2.0","id":1,"method":legacy,"params":{"taskId":"t","inputResponses":{},"notifications":{}}}));
+    for legacy in [
+        "initialize",
+        "ping",
+        "tasks/list",
+        "tasks/result",
+        "tasks/update",
+        "subscriptions/listen",
+    ] {
+        let m = message(
+            json!({"jsonrpc":"2.0","id":1,"method":legacy,"params":{"taskId":"t","inputResponses":{},"notifications":{}}}),
+        );
         assert_eq!(decide(&p, &m).1.as_deref(), Some("all"), "{legacy}");
     }
 }
 
 #[test]
 fn rules_on_the_new_variables_are_checked_at_load() {
-    for bad in ["mcp.task.name == 'x'", "mcp.subscription.uris == []", "mcp.input.retry == 'yes'", "mcp.protocol_version > 3"] {
+    for bad in [
+        "mcp.task.name == 'x'",
+        "mcp.subscription.uris == []",
+        "mcp.input.retry == 'yes'",
+        "mcp.protocol_version > 3",
+    ] {
         let r = crate::policy::Policy::from_config(
             json!({"name":"p","rules":[{"name":"r","allow":bad}]}),
             "policy",
