@@ -550,7 +550,10 @@ pub fn private_list(
     learned: &mut Vec<(String, Vec<ParamHeader>)>,
 ) -> Option<Vec<u8>> {
     let current = rewritten.as_deref().unwrap_or(message);
-    if kind == ListKind::Tools {
+    // Only results of the revision that has parameter headers (they carry `resultType`) are
+    // read for declarations: earlier revisions' listings cost nothing more.
+    let has = |needle: &[u8]| memchr::memmem::find(current, needle).is_some();
+    if kind == ListKind::Tools && (has(b"\"resultType\"") || has(b"x-mcp-header")) {
         learned.extend(listed_param_headers(current));
     }
     match private_cache(current) {
@@ -584,6 +587,12 @@ pub fn private_cache(message: &[u8]) -> Result<Option<Vec<u8>>, String> {
         resultType: Option<&'a RawValue>,
     }
     if message.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Ok(None);
+    }
+    // Earlier revisions' results have none of these members: skip the parse (a member name
+    // written with escapes is found by the parse, so any `\u` is parsed too).
+    let has = |needle: &[u8]| memchr::memmem::find(message, needle).is_some();
+    if !(has(b"cacheScope") || has(b"ttlMs") || has(b"resultType") || has(b"\\u")) {
         return Ok(None);
     }
     let msg: Msg = serde_json::from_slice(message)

@@ -432,3 +432,11 @@ fn rules_on_the_new_variables_are_checked_at_load() {
         assert!(r.is_err(), "{bad}");
     }
 }
+
+#[test]
+fn an_escaped_scope_is_found_too() {
+    let sneaky = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[],"cache\u0053cope":"public"}}"#;
+    let out = private_cache(sneaky).ok().flatten().unwrap_or_default();
+    let v: Value = serde_json::from_slice(&out).unwrap_or_default();
+    assert_eq!(v["result"]["cacheScope"], "private");
+}
