@@ -273,3 +273,33 @@ fn trace_context_is_recorded() {
     assert_eq!(r["span_id"], "00f067aa0ba902b7");
     assert_eq!(r["header_trace_id"], "11111111111111111111111111111111");
 }
+
+#[test]
+fn a_filtered_list_in_an_event_stream_is_private_too() {
+    let shared = Shared::default();
+    let mut h = host(&shared, &[("mcp-protocol-version", MODERN), ("mcp-method", "tools/list")]);
+    let (mut stream, action) = send(&mut h, &body(2, "tools/list", json!({})));
+    assert_eq!(action, Action::Continue);
+    h.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    stream.on_response_headers(&mut h, Some(200), false);
+    let data = json!({ "jsonrpc": "2.0", "id": 2, "result": sql_tools() }).to_string();
+    let event = format!("event: message\ndata: {data}\n\n");
+    let (a, b) = event.as_bytes().split_at(40);
+    let mut out = Vec::new();
+    for (chunk, end) in [(a, false), (b, true)] {
+        match stream.on_response_body(&mut h, chunk, end) {
+            BodyAction::Replace(bytes) => out.extend(bytes),
+            BodyAction::Continue => out.extend_from_slice(chunk),
+            BodyAction::Pause => panic!("held"),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or_default();
+    let v: Value = serde_json::from_str(line).unwrap_or_default();
+    assert_eq!(v["result"]["cacheScope"], "private", "{text}");
+    assert_eq!(v["result"]["ttlMs"], 60000);
+    assert_eq!(v["result"]["tools"].as_array().map(Vec::len), Some(2));
+}
