@@ -928,8 +928,8 @@ impl Stream {
 
     /// The 2026-07-28 `Mcp-Method` / `Mcp-Name` headers, when present, must match the body
     /// (`Mcp-Name` after decoding the base64 sentinel; for tasks methods it mirrors
-    /// `params.taskId`). A request declaring 2026-07-28 must send them, and its `Mcp-Param-*`
-    /// headers must match the arguments (see [`protocol::param_mismatch`]).
+    /// `params.taskId`). A request declaring 2026-07-28 must send the `Mcp-Param-*` headers its
+    /// tool declares, matching the arguments (see [`protocol::param_mismatch`]).
     fn header_mismatch(
         &self,
         host: &dyn Host,
@@ -959,14 +959,8 @@ impl Stream {
         if !modern {
             return None;
         }
-        if message.kind == Kind::Request {
-            if let Some(missing) = protocol::missing_standard_header(&self.headers, message) {
-                return Some(format!(
-                    "the {missing} header is required in protocol version {}",
-                    protocol::MODERN
-                ));
-            }
-        }
+        // A missing Mcp-Method or Mcp-Name is left to the server (nothing can have routed on a
+        // header that is not there); the parameter headers are the tool's declaration.
         if let Target::Tool { name, arguments } = &message.target {
             let declared = protocol::known_param_headers(host, &server.name, name);
             return protocol::param_mismatch(&self.headers, declared.as_deref(), arguments);

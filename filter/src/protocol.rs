@@ -237,20 +237,6 @@ pub fn decode_header_value(value: &str) -> Option<String> {
     }
 }
 
-/// The 2026-07-28 standard headers a request lacks: `Mcp-Method` on every request, `Mcp-Name`
-/// on `tools/call`, `resources/read`, `prompts/get`.
-pub fn missing_standard_header(headers: &[Header], message: &Message) -> Option<&'static str> {
-    let has = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
-    if !has("mcp-method") {
-        return Some("Mcp-Method");
-    }
-    let needs_name = matches!(
-        message.method.as_str(),
-        "tools/call" | "resources/read" | "prompts/get"
-    );
-    (needs_name && !has("mcp-name")).then_some("Mcp-Name")
-}
-
 // ---- Mcp-Param-* headers ---------------------------------------------------------------------
 
 /// One tool parameter mirrored into a header: the header's name after `Mcp-Param-`
