@@ -9,7 +9,6 @@ use std::rc::Rc;
 use common::*;
 use mcp_guard::config::Config;
 use mcp_guard::flow::{Action, BodyAction, Stream};
-use mcp_guard::host::Host;
 use serde_json::{json, Value};
 
 const MODERN: &str = "2026-07-28";
@@ -145,7 +144,10 @@ fn declared_versions_that_disagree_are_refused() {
 fn missing_standard_headers_are_left_to_the_server() {
     let shared = Shared::default();
     let mut h = host(&shared, &[("mcp-protocol-version", MODERN)]);
-    let (_, action) = send(&mut h, &body(1, "tools/call", json!({"name": "echo", "arguments": {}})));
+    let (_, action) = send(
+        &mut h,
+        &body(1, "tools/call", json!({"name": "echo", "arguments": {}})),
+    );
     assert_eq!(action, Action::Continue);
 }
 
@@ -265,7 +267,13 @@ fn trace_context_is_recorded() {
 #[test]
 fn a_filtered_list_in_an_event_stream_is_private_too() {
     let shared = Shared::default();
-    let mut h = host(&shared, &[("mcp-protocol-version", MODERN), ("mcp-method", "tools/list")]);
+    let mut h = host(
+        &shared,
+        &[
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tools/list"),
+        ],
+    );
     let (mut stream, action) = send(&mut h, &body(2, "tools/list", json!({})));
     assert_eq!(action, Action::Continue);
     h.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
