@@ -28,7 +28,7 @@ help:
 
 # ---- set-up -----------------------------------------------------------------------------------
 
-setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/idp
+setup: $(STAMPS)/apt $(STAMPS)/venv $(STAMPS)/idp $(STAMPS)/ts-client
 
 $(STAMPS)/apt:
 	@mkdir -p $(STAMPS)
@@ -50,6 +50,12 @@ $(STAMPS)/venv: tests/requirements.txt
 $(STAMPS)/idp: tests/peers/idp/package-lock.json
 	@mkdir -p $(STAMPS)
 	@cd tests/peers/idp && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+# The official MCP TypeScript SDK client (pinned in its package.json) the 2026-07-28 tests run.
+$(STAMPS)/ts-client: tests/peers/ts-client/package-lock.json
+	@mkdir -p $(STAMPS)
+	@cd tests/peers/ts-client && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 # ---- build ------------------------------------------------------------------------------------

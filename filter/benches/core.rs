@@ -445,6 +445,7 @@ fn bench_policy(h: &mut Harness, fx: &Fixtures) {
                 source_address: "127.0.0.1:43210",
                 mtls: false,
                 now: fx.now,
+                ..Input::default()
             };
             let decision = policy.evaluate(&input);
             assert_eq!(

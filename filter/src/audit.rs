@@ -103,6 +103,17 @@ pub struct Record {
     pub resource: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<Value>,
+    /// The task a tasks method names (`params.taskId`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    /// The W3C trace context of the request: `_meta.traceparent`, else the `traceparent` header.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
+    /// The `traceparent` header's trace id, when it names another trace than `_meta`'s.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header_trace_id: Option<String>,
     pub decision: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -155,6 +166,10 @@ impl Record {
             prompt: None,
             resource: None,
             arguments: None,
+            task_id: None,
+            trace_id: None,
+            span_id: None,
+            header_trace_id: None,
             decision: Verdict::Deny,
             reason: None,
             rule: None,
@@ -269,6 +284,7 @@ impl Record {
             &mut self.tool,
             &mut self.prompt,
             &mut self.resource,
+            &mut self.task_id,
             &mut self.reason,
             &mut self.rule,
             &mut self.policy,

@@ -29,7 +29,7 @@ use crate::mcp::{self, Kind, Message, Target};
 use crate::oauth::BearerError;
 use crate::policy::{Input, Item, Outcome, RequestFacts};
 use crate::response::{self, Body, ListFilter};
-use crate::{metrics, oauth, reply, session};
+use crate::{metrics, oauth, protocol, reply, session};
 
 /// What the adapter tells Envoy after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,8 @@ pub struct Stream {
     entered_ns: Option<u64>,
     /// The audit columns last written to filter state (see [`Record::columns`]).
     columns: [Option<String>; AUDIT_COLUMNS.len()],
+    /// The protocol version the request declares (`_meta`, else the header).
+    protocol: Option<String>,
 }
 
 impl Stream {
@@ -106,6 +108,7 @@ impl Stream {
             busy_ns: 0,
             entered_ns: None,
             columns: Default::default(),
+            protocol: None,
         }
     }
 
@@ -154,6 +157,11 @@ impl Stream {
         record.upstream = host.property_string(&["xds", "cluster_name"]);
         record.session_id = self.header("mcp-session-id").map(str::to_string);
         record.protocol_version = self.header("mcp-protocol-version").map(str::to_string);
+        self.protocol = record.protocol_version.clone();
+        if let (Some(trace), _) = protocol::trace(&self.headers, None) {
+            record.trace_id = Some(trace.trace_id);
+            record.span_id = Some(trace.span_id);
+        }
 
         let config = Rc::clone(&self.config);
         let authority = self.header(":authority").unwrap_or_default().to_string();
@@ -383,7 +391,14 @@ impl Stream {
         if mcp::is_batch(body) {
             return self.on_batch(host, server, record, body);
         }
-        let message = match mcp::parse_message_for(body, mcp::DEFAULT_MAX_DEPTH, arguments(server))
+        // 2026-07-28: the Mcp-Param-* headers are checked against the arguments.
+        let mode = if self.protocol.as_deref() == Some(protocol::MODERN) {
+            mcp::Arguments::Keep
+        } else {
+            arguments(server)
+        };
+        let message = match mcp::parse_message_for(body, mcp::DEFAULT_MAX_DEPTH, mode)
+            .and_then(|m| protocol::check_params(&m).map(|()| m))
         {
             Ok(m) => m,
             Err(e) => {
@@ -394,7 +409,26 @@ impl Stream {
             }
         };
         describe(&mut record, &message, server);
-        if let Some(mismatch) = self.header_mismatch(&message) {
+        if let (Some(trace), other) = protocol::trace(&self.headers, Some(&message)) {
+            record.trace_id = Some(trace.trace_id);
+            record.span_id = Some(trace.span_id);
+            record.header_trace_id = other;
+        }
+        let declared = protocol::declared_version(self.header("mcp-protocol-version"), &message)
+            .map(|v| v.map(str::to_string));
+        let version = match declared {
+            Ok(v) => v,
+            Err(why) => {
+                record.reason = Some(why.clone());
+                record.error_code = Some(reply::HEADER_MISMATCH);
+                let body =
+                    reply::jsonrpc_error(message.id.as_ref(), reply::HEADER_MISMATCH, &why, None);
+                return self.refuse(host, record, 400, &[], body);
+            }
+        };
+        record.protocol_version = version.clone();
+        self.protocol = version;
+        if let Some(mismatch) = self.header_mismatch(host, server, &message) {
             record.reason = Some(mismatch.clone());
             record.error_code = Some(reply::HEADER_MISMATCH);
             let body =
@@ -727,6 +761,9 @@ impl Stream {
             }
         };
         self.body = state;
+        if !report.learned.is_empty() {
+            protocol::learn(host, &server.name, &report.learned);
+        }
         if hold {
             return BodyAction::Pause;
         }
@@ -955,8 +992,17 @@ impl Stream {
         ))
     }
 
-    /// The 2026-07-28 `Mcp-Method` / `Mcp-Name` headers, when present, must match the body.
-    fn header_mismatch(&self, message: &Message) -> Option<String> {
+    /// The 2026-07-28 `Mcp-Method` / `Mcp-Name` headers, when present, must match the body
+    /// (`Mcp-Name` after decoding the base64 sentinel; for tasks methods it mirrors
+    /// `params.taskId`). A request declaring 2026-07-28 must send the `Mcp-Param-*` headers its
+    /// tool declares, matching the arguments (see [`protocol::param_mismatch`]).
+    fn header_mismatch(
+        &self,
+        host: &dyn Host,
+        server: &Server,
+        message: &Message,
+    ) -> Option<String> {
+        let modern = self.protocol.as_deref() == Some(protocol::MODERN);
         if let Some(method) = self.header("mcp-method") {
             if method != message.method {
                 return Some(format!(
@@ -965,14 +1011,25 @@ impl Stream {
             }
         }
         if let Some(name) = self.header("mcp-name") {
-            let body_name = match &message.target {
-                Target::Tool { name, .. } | Target::Prompt { name } => Some(name.as_str()),
-                Target::Resource { uri } => Some(uri.as_str()),
-                Target::None => None,
+            let decoded = match protocol::decode_header_value(name) {
+                Some(d) => d,
+                None if modern => {
+                    return Some("Mcp-Name header carries characters a header value may not; use the base64 form".into())
+                }
+                None => name.to_string(),
             };
-            if body_name != Some(name) {
+            if protocol::mirrored_name(message) != Some(decoded.as_str()) {
                 return Some(format!("Mcp-Name header {name:?} does not match the body"));
             }
+        }
+        if !modern {
+            return None;
+        }
+        // A missing Mcp-Method or Mcp-Name is left to the server (nothing can have routed on a
+        // header that is not there); the parameter headers are the tool's declaration.
+        if let Target::Tool { name, arguments } = &message.target {
+            let declared = protocol::known_param_headers(host, &server.name, name);
+            return protocol::param_mismatch(&self.headers, declared.as_deref(), arguments);
         }
         None
     }
@@ -985,6 +1042,7 @@ impl Stream {
             source_address: source,
             mtls: false,
             now: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+            protocol_version: self.protocol.as_deref(),
             ..Input::of_message(message)
         }
     }
@@ -1005,6 +1063,7 @@ impl Stream {
             session_id: self.header("mcp-session-id"),
             request: self.request_facts(),
             now: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+            protocol_version: self.protocol.as_deref(),
             ..Input::default()
         }
     }
@@ -1165,6 +1224,7 @@ fn describe(record: &mut Record, message: &Message, server: &Server) {
         Target::Resource { uri } => record.resource = Some(uri.clone()),
         Target::None => {}
     }
+    record.task_id = protocol::task_id(message).map(str::to_string);
 }
 
 fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {

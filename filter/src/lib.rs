@@ -27,6 +27,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod oauth;
 pub mod policy;
+pub mod protocol;
 pub mod reply;
 pub mod response;
 pub mod seal;

@@ -44,8 +44,10 @@ pub const VARIABLES: &[&str] = &["jwt", "mcp", "request", "source", "connection"
 /// [`is_client_method`]). No policy rule may use it.
 pub const UNKNOWN_METHOD_RULE: &str = "unknown-method";
 
-/// Requests an MCP client sends to a server (up to protocol version 2025-11-25, plus the
-/// draft `server/discover`).
+/// Requests an MCP client sends to a server (up to protocol version 2025-11-25, and those of
+/// 2026-07-28 and its tasks extension: `server/discover`, `subscriptions/listen`,
+/// `tasks/update`). A request declaring 2026-07-28 may only use that revision's
+/// ([`crate::protocol::MODERN_REQUESTS`]).
 pub const CLIENT_REQUESTS: &[&str] = &[
     "initialize",
     "ping",
@@ -65,6 +67,8 @@ pub const CLIENT_REQUESTS: &[&str] = &[
     "tasks/result",
     "tasks/cancel",
     "server/discover",
+    "subscriptions/listen",
+    "tasks/update",
 ];
 
 /// Notifications an MCP client sends to a server.
@@ -429,6 +433,16 @@ impl Policy {
         self.allow_unknown_methods || is_client_method(method)
     }
 
+    /// Whether the built-in rule lets this method through for a request declaring `version`:
+    /// a 2026-07-28 request may only use that revision's methods.
+    fn method_allowed_in(&self, method: &str, version: Option<&str>) -> bool {
+        self.allow_unknown_methods
+            || match version {
+                Some(crate::protocol::MODERN) => crate::protocol::is_modern_client_method(method),
+                _ => is_client_method(method),
+            }
+    }
+
     fn unknown_method(method: &str) -> Decision {
         Decision {
             outcome: Outcome::Deny,
@@ -439,7 +453,7 @@ impl Policy {
 
     /// Evaluates the policy for one message.
     pub fn evaluate(&self, input: &Input) -> Decision {
-        if !self.method_allowed(input.method) {
+        if !self.method_allowed_in(input.method, input.protocol_version) {
             return Policy::unknown_method(input.method);
         }
         let arguments = if self.reads_arguments {
@@ -1031,6 +1045,17 @@ pub struct Input<'a> {
     /// The resource of a `resources/read`, `resources/subscribe` or `resources/unsubscribe`.
     pub resource_uri: Option<&'a str>,
     pub session_id: Option<&'a str>,
+    /// The protocol version the request declares (`_meta`, else the `MCP-Protocol-Version`
+    /// header).
+    pub protocol_version: Option<&'a str>,
+    /// The task a tasks method names (`params.taskId`).
+    pub task_id: Option<&'a str>,
+    /// The notification filter of a `subscriptions/listen` request.
+    pub subscription: Option<&'a Map<String, Value>>,
+    /// The `inputResponses` of a multi round-trip retry or a `tasks/update`.
+    pub input_responses: Option<&'a Map<String, Value>>,
+    /// Whether the request retries an earlier one (`inputResponses` or `requestState`).
+    pub retry: bool,
     pub request: RequestFacts<'a>,
     pub source_address: &'a str,
     pub mtls: bool,
@@ -1067,6 +1092,11 @@ impl<'a> Input<'a> {
             tool,
             prompt,
             resource_uri,
+            protocol_version: crate::protocol::meta_version(message),
+            task_id: crate::protocol::task_id(message),
+            subscription: crate::protocol::subscription(message),
+            input_responses: crate::protocol::input_responses(message),
+            retry: crate::protocol::is_retry(message),
             ..Input::default()
         }
     }
@@ -1088,6 +1118,10 @@ impl<'a> Input<'a> {
         input.tool = None;
         input.prompt = None;
         input.resource_uri = None;
+        input.task_id = None;
+        input.subscription = None;
+        input.input_responses = None;
+        input.retry = false;
         match item {
             Item::Tool(name) => {
                 input.method = "tools/call";

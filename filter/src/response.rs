@@ -41,6 +41,8 @@ pub struct Inspection {
     pub leaks: usize,
     /// The body could not be inspected (unparseable list, oversized event): fail closed.
     pub failed: Option<String>,
+    /// Tools listed, with their `Mcp-Param-*` headers (see [`crate::protocol::learn`]).
+    pub learned: Vec<(String, Vec<crate::protocol::ParamHeader>)>,
 }
 
 /// Chooses the body handling from the response's content type.
@@ -135,11 +137,25 @@ fn filter_message(
         match discovery::filter_result(message, kind, lists.expected_id.as_ref(), &mut |name| {
             visible(kind, name)
         }) {
-            Filtered::Unchanged => return None,
+            Filtered::Unchanged => {
+                return crate::protocol::private_list(
+                    kind,
+                    message,
+                    None,
+                    &mut report.failed,
+                    &mut report.learned,
+                )
+            }
             Filtered::NotAList => continue,
             Filtered::Rewritten { body, hidden } => {
                 report.hidden += hidden;
-                return Some(body);
+                return crate::protocol::private_list(
+                    kind,
+                    message,
+                    Some(body),
+                    &mut report.failed,
+                    &mut report.learned,
+                );
             }
             Filtered::Unparseable => {
                 report.failed = Some("list result could not be parsed".into());
@@ -164,9 +180,10 @@ pub fn inspect_buffered(
     } else {
         None
     };
+    let rewritten = out.is_some();
     let mut bytes = out.take().unwrap_or_else(|| body.to_vec());
     report.leaks = redact(&mut bytes, patterns);
-    let changed = report.hidden > 0 || report.leaks > 0;
+    let changed = rewritten || report.leaks > 0;
     (changed.then_some(bytes), report)
 }
 

@@ -177,8 +177,9 @@ def test_header_values_cannot_forge_audit_lines(sec, alice):
     h = [(k, v) for k, v in body_headers(alice, method="tools/call", name="delete_customer")
          if k != "mcp-protocol-version"]
     h.append(("mcp-protocol-version", hostile.encode("utf-8")))
-    reply, record = refused(sec, status=200, code=-31403, reason="deny rule matched", body=DELETE_CALL,
-                            headers=h)
+    # The header disagrees with the body's `_meta` version: refused before policy (-32020).
+    reply, record = refused(sec, status=400, code=-32020, reason=lambda r: "does not match" in r,
+                            body=DELETE_CALL, headers=h)
     assert record["protocol_version"] == hostile and record["sub"] == "alice"
     text = sec.envoy.access_log.read_bytes()
     assert "\u2028".encode() not in text

@@ -58,6 +58,13 @@ impl Scenario {
             tool: of.tool,
             prompt: of.prompt,
             resource_uri: of.resource_uri,
+            protocol_version: of
+                .protocol_version
+                .or_else(|| self.header("mcp-protocol-version")),
+            task_id: of.task_id,
+            subscription: of.subscription,
+            input_responses: of.input_responses,
+            retry: of.retry,
             ..self.base()
         }
     }
@@ -89,6 +96,7 @@ impl Scenario {
             source_address: &self.source,
             mtls: self.mtls,
             now: self.now,
+            ..Input::default()
         }
     }
 }

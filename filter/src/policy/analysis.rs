@@ -229,6 +229,22 @@ static RESOURCE: Obj = Obj {
     name: "mcp.resource",
     fields: &[("uri", Ty::Str), ("name", Ty::Str)],
 };
+static TASK: Obj = Obj {
+    name: "mcp.task",
+    fields: &[("id", Ty::Str)],
+};
+static SUBSCRIPTION: Obj = Obj {
+    name: "mcp.subscription",
+    fields: &[
+        ("notifications", Ty::List),
+        ("resources", Ty::List),
+        ("tasks", Ty::List),
+    ],
+};
+static INPUT: Obj = Obj {
+    name: "mcp.input",
+    fields: &[("responses", Ty::Map), ("retry", Ty::Bool)],
+};
 static MCP: Obj = Obj {
     name: "mcp",
     fields: &[
@@ -240,6 +256,11 @@ static MCP: Obj = Obj {
         ("resource", Ty::Obj(&RESOURCE)),
         ("session_id", Ty::Str),
         ("sessionId", Ty::Str),
+        ("protocol_version", Ty::Str),
+        ("protocolVersion", Ty::Str),
+        ("task", Ty::Obj(&TASK)),
+        ("subscription", Ty::Obj(&SUBSCRIPTION)),
+        ("input", Ty::Obj(&INPUT)),
     ],
 };
 static REQUEST: Obj = Obj {

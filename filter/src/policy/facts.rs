@@ -279,6 +279,23 @@ fn mcp_with<'a>(
             ("name", uri.clone_as_boxed()),
         ])
     });
+    let version = input.protocol_version.unwrap_or("");
+    put("protocol_version", &mut || text(version));
+    put("protocolVersion", &mut || text(version));
+    put("task", &mut || {
+        object([("id", text(input.task_id.unwrap_or("")))])
+    });
+    put("subscription", &mut || subscription(input.subscription));
+    put("input", &mut || {
+        let responses = match input.input_responses {
+            Some(r) => json_object(r),
+            None => Box::new(CelMap::from(HashMap::new())),
+        };
+        object([
+            ("responses", responses),
+            ("retry", Box::new(CelBool::from(input.retry)) as Boxed),
+        ])
+    });
     if fields.wants("tool") {
         let mut tool: HashMap<CelMapKey<'a>, Boxed<'a>> = HashMap::new();
         tool.insert(CelMapKey::from("name"), tool_name);
@@ -292,6 +309,29 @@ fn mcp_with<'a>(
         map.insert(CelMapKey::from("tool"), Box::new(CelMap::from(tool)));
     }
     Box::new(CelMap::from(map))
+}
+
+/// `mcp.subscription`: the requested notification types, resource URIs and task ids of a
+/// `subscriptions/listen` (empty lists for other messages).
+fn subscription<'a>(filter: Option<&'a Map<String, Value>>) -> Boxed<'a> {
+    let list = |items: Vec<&'a str>| -> Boxed<'a> {
+        Box::new(CelList::from(
+            items.into_iter().map(text).collect::<Vec<_>>(),
+        ))
+    };
+    let (notifications, resources, tasks) = match filter {
+        Some(f) => (
+            crate::protocol::requested(f),
+            crate::protocol::strings(f, "resourceSubscriptions"),
+            crate::protocol::strings(f, "taskIds"),
+        ),
+        None => (Vec::new(), Vec::new(), Vec::new()),
+    };
+    object([
+        ("notifications", list(notifications)),
+        ("resources", list(resources)),
+        ("tasks", list(tasks)),
+    ])
 }
 
 fn request<'a>(input: &Input<'a>) -> Boxed<'a> {

@@ -170,6 +170,8 @@ pub(super) fn mcp_path<'e>(e: &'e IdedExpr, scope: &[String]) -> Option<Vec<&'e 
 fn same_for_every_item(path: &[&str]) -> bool {
     match path {
         ["method" | "methodName" | "kind" | "session_id" | "sessionId", ..] => true,
+        // The listing request's own facts, not the item's.
+        ["protocol_version" | "protocolVersion" | "task" | "subscription" | "input", ..] => true,
         // Absent in a listing: reading it fails the same way for every item.
         ["tool", "arguments", ..] => true,
         _ => false,

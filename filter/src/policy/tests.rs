@@ -318,7 +318,7 @@ fn building_only_what_the_rules_read_changes_no_result() {
         "jwt.exists(k, k == 'n')",
         "jwt.groups.exists(jwt, jwt == 'x')",
         "mcp.tool.name == 'tool'",
-        "size(mcp) == 8",
+        "size(mcp) == 13",
         "'prompt' in mcp",
         "mcp.resource.name == '' && mcp.prompt.name == ''",
         "mcp.kind == 'request' && mcp.sessionId == 's-1'",

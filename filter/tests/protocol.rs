@@ -1,0 +1,301 @@
+//! The MCP 2026-07-28 revision through the request path: declared versions, `Mcp-Name` and
+//! `Mcp-Param-*` headers against the body, trace context in the audit record, and filtered
+//! lists made private.
+
+mod common;
+
+use std::rc::Rc;
+
+use common::*;
+use mcp_guard::config::Config;
+use mcp_guard::flow::{Action, BodyAction, Stream};
+use serde_json::{json, Value};
+
+const MODERN: &str = "2026-07-28";
+
+fn config() -> Rc<Config> {
+    let c = json!({
+        "issuers": [{ "issuer": ISSUER, "audiences": [RESOURCE], "algorithms": ["RS256", "PS256", "ES256", "ES384", "EdDSA"], "jwks": jwks_all() }],
+        "servers": [{
+            "name": "crm",
+            "resource": RESOURCE,
+            "authorization_servers": [ISSUER],
+            "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+            "policy": {
+                "name": "crm", "version": "1",
+                "rules": [
+                    { "name": "discover", "allow": "mcp.method in ['server/discover', 'tools/list', 'tasks/get']" },
+                    { "name": "tools", "allow": "mcp.tool.name in ['sql', 'echo']" },
+                ],
+            },
+        }],
+    });
+    Rc::new(
+        Config::from_json(c.to_string().as_bytes(), &MapEnv::default())
+            .unwrap_or_else(|e| panic!("test configuration is invalid: {e}")),
+    )
+}
+
+fn host(shared: &Shared, headers: &[(&str, &str)]) -> MockHost {
+    let auth = format!("Bearer {}", token_for("alice", &["staff"], "mcp:read"));
+    let mut all: Vec<(&str, &str)> = vec![
+        (":method", "POST"),
+        (":path", "/mcp"),
+        (":authority", "mcp.example.com"),
+        ("content-type", "application/json"),
+        ("authorization", &auth),
+    ];
+    all.extend_from_slice(headers);
+    MockHost::request(&all).with_shared(shared)
+}
+
+fn body(id: i64, method: &str, params: Value) -> Vec<u8> {
+    let mut params = params;
+    if let Some(p) = params.as_object_mut() {
+        p.insert(
+            "_meta".into(),
+            json!({ "io.modelcontextprotocol/protocolVersion": MODERN }),
+        );
+    }
+    json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params })
+        .to_string()
+        .into_bytes()
+}
+
+fn send(host: &mut MockHost, body: &[u8]) -> (Stream, Action) {
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(host, false), Action::Pause);
+    let action = stream.on_request_body(host, body);
+    (stream, action)
+}
+
+fn refused_with_32020(host: &MockHost) {
+    assert_eq!(host.reply().status, 400);
+    assert_eq!(host.reply().json()["error"]["code"], -32020);
+    let record = host.record();
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["error_code"], -32020);
+}
+
+fn list_tools(shared: &Shared, result: Value) -> Vec<u8> {
+    let mut h = host(
+        shared,
+        &[
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tools/list"),
+        ],
+    );
+    let (mut stream, action) = send(&mut h, &body(2, "tools/list", json!({})));
+    assert_eq!(action, Action::Continue);
+    h.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    stream.on_response_headers(&mut h, Some(200), false);
+    let answer = json!({ "jsonrpc": "2.0", "id": 2, "result": result }).to_string();
+    match stream.on_response_body(&mut h, answer.as_bytes(), true) {
+        BodyAction::Replace(bytes) => bytes,
+        BodyAction::Continue => answer.into_bytes(),
+        BodyAction::Pause => panic!("held"),
+    }
+}
+
+fn sql_tools() -> Value {
+    json!({
+        "resultType": "complete", "ttlMs": 60000, "cacheScope": "public",
+        "tools": [
+            { "name": "sql", "inputSchema": { "type": "object", "properties": {
+                "region": { "type": "string", "x-mcp-header": "Region" },
+                "query": { "type": "string" } } } },
+            { "name": "echo", "inputSchema": { "type": "object" } },
+            { "name": "secret", "inputSchema": { "type": "object" } },
+        ],
+    })
+}
+
+#[test]
+fn declared_versions_that_disagree_are_refused() {
+    let shared = Shared::default();
+    let mut h = host(
+        &shared,
+        &[
+            ("mcp-protocol-version", "2025-11-25"),
+            ("mcp-method", "tools/list"),
+        ],
+    );
+    let (_, action) = send(&mut h, &body(1, "tools/list", json!({})));
+    assert_eq!(action, Action::Pause);
+    refused_with_32020(&h);
+    assert!(h.record()["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("does not match"));
+    // Agreeing versions pass, and the record names the version.
+    let mut h = host(
+        &shared,
+        &[
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tools/list"),
+        ],
+    );
+    let (_, action) = send(&mut h, &body(1, "tools/list", json!({})));
+    assert_eq!(action, Action::Continue);
+    assert_eq!(h.record()["protocol_version"], MODERN);
+}
+
+#[test]
+fn missing_standard_headers_are_left_to_the_server() {
+    let shared = Shared::default();
+    let mut h = host(&shared, &[("mcp-protocol-version", MODERN)]);
+    let (_, action) = send(
+        &mut h,
+        &body(1, "tools/call", json!({"name": "echo", "arguments": {}})),
+    );
+    assert_eq!(action, Action::Continue);
+}
+
+#[test]
+fn task_requests_mirror_the_task_id_in_mcp_name() {
+    let shared = Shared::default();
+    let headers = |name| {
+        vec![
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tasks/get"),
+            ("mcp-name", name),
+        ]
+    };
+    let mut h = host(&shared, &headers("t-1"));
+    let (_, action) = send(&mut h, &body(1, "tasks/get", json!({"taskId": "t-1"})));
+    assert_eq!(action, Action::Continue);
+    assert_eq!(h.record()["task_id"], "t-1");
+    let mut h = host(&shared, &headers("t-2"));
+    let (_, _) = send(&mut h, &body(1, "tasks/get", json!({"taskId": "t-1"})));
+    refused_with_32020(&h);
+}
+
+#[test]
+fn param_headers_are_checked_against_the_arguments_once_the_tool_was_listed() {
+    let shared = Shared::default();
+    let call = |region_header: Option<&str>, region: &str| {
+        let mut headers = vec![
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "sql"),
+        ];
+        if let Some(r) = region_header {
+            headers.push(("mcp-param-region", r));
+        }
+        let mut h = host(&shared, &headers);
+        let (_, action) = send(
+            &mut h,
+            &body(
+                3,
+                "tools/call",
+                json!({"name": "sql", "arguments": {"region": region, "query": "q"}}),
+            ),
+        );
+        (h, action)
+    };
+    // Not listed through the filter yet: a parameter header cannot be checked, so it is refused
+    // (the client lists the tools again and retries, as the revision says).
+    let (h, _) = call(Some("us-west1"), "us-west1");
+    refused_with_32020(&h);
+    let (_, action) = call(None, "us-west1");
+    assert_eq!(action, Action::Continue, "nothing to check");
+
+    list_tools(&shared, sql_tools());
+    let (_, action) = call(Some("us-west1"), "us-west1");
+    assert_eq!(action, Action::Continue);
+    let (_, action) = call(Some("=?base64?dXMtd2VzdDE=?="), "us-west1");
+    assert_eq!(action, Action::Continue);
+    let (h, action) = call(Some("eu-west1"), "us-west1");
+    assert_eq!(action, Action::Pause, "nothing forwarded");
+    refused_with_32020(&h);
+    assert!(h.record()["reason"]
+        .as_str()
+        .unwrap_or("")
+        .contains("Mcp-Param-region"));
+    let (h, _) = call(None, "us-west1");
+    refused_with_32020(&h);
+}
+
+#[test]
+fn a_filtered_list_is_private_and_keeps_its_ttl() {
+    let shared = Shared::default();
+    let out = list_tools(&shared, sql_tools());
+    let v: Value = serde_json::from_slice(&out).unwrap_or_default();
+    assert_eq!(v["result"]["cacheScope"], "private");
+    assert_eq!(v["result"]["ttlMs"], 60000);
+    let names: Vec<&str> = v["result"]["tools"]
+        .as_array()
+        .map(|t| t.iter().filter_map(|t| t["name"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, vec!["sql", "echo"]);
+    // Nothing hidden: still the caller's answer, still private.
+    let mut all = sql_tools();
+    if let Some(tools) = all["tools"].as_array_mut() {
+        tools.pop();
+    }
+    let out = list_tools(&shared, all);
+    let v: Value = serde_json::from_slice(&out).unwrap_or_default();
+    assert_eq!(v["result"]["cacheScope"], "private");
+}
+
+#[test]
+fn trace_context_is_recorded() {
+    let shared = Shared::default();
+    let mut h = host(
+        &shared,
+        &[
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tools/list"),
+            (
+                "traceparent",
+                "00-11111111111111111111111111111111-2222222222222222-01",
+            ),
+        ],
+    );
+    let mut b: Value =
+        serde_json::from_slice(&body(1, "tools/list", json!({}))).unwrap_or_default();
+    b["params"]["_meta"]["traceparent"] =
+        json!("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01");
+    let (_, action) = send(&mut h, b.to_string().as_bytes());
+    assert_eq!(action, Action::Continue);
+    let r = h.record();
+    assert_eq!(r["trace_id"], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(r["span_id"], "00f067aa0ba902b7");
+    assert_eq!(r["header_trace_id"], "11111111111111111111111111111111");
+}
+
+#[test]
+fn a_filtered_list_in_an_event_stream_is_private_too() {
+    let shared = Shared::default();
+    let mut h = host(
+        &shared,
+        &[
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tools/list"),
+        ],
+    );
+    let (mut stream, action) = send(&mut h, &body(2, "tools/list", json!({})));
+    assert_eq!(action, Action::Continue);
+    h.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    stream.on_response_headers(&mut h, Some(200), false);
+    let data = json!({ "jsonrpc": "2.0", "id": 2, "result": sql_tools() }).to_string();
+    let event = format!("event: message\ndata: {data}\n\n");
+    let (a, b) = event.as_bytes().split_at(40);
+    let mut out = Vec::new();
+    for (chunk, end) in [(a, false), (b, true)] {
+        match stream.on_response_body(&mut h, chunk, end) {
+            BodyAction::Replace(bytes) => out.extend(bytes),
+            BodyAction::Continue => out.extend_from_slice(chunk),
+            BodyAction::Pause => panic!("held"),
+        }
+    }
+    let text = String::from_utf8_lossy(&out);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap_or_default();
+    let v: Value = serde_json::from_str(line).unwrap_or_default();
+    assert_eq!(v["result"]["cacheScope"], "private", "{text}");
+    assert_eq!(v["result"]["ttlMs"], 60000);
+    assert_eq!(v["result"]["tools"].as_array().map(Vec::len), Some(2));
+}

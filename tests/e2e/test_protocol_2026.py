@@ -1,0 +1,326 @@
+"""MCP 2026-07-28 through real Envoy + mcp-guard, with the official Python SDK on both sides in
+2026-07-28 mode: discovery, a filtered list made private for shared caches, a subscription
+(allowed and refused), a multi round-trip tool call, `Mcp-Param-*` headers checked against the
+body, declared protocol versions that disagree, the tasks extension's methods, and trace ids in
+the audit trail."""
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+
+import anyio
+import httpx2
+import pytest
+
+import harness
+import keys
+from stack import PROTOCOL, modern
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp_types import ElicitResult
+
+ISSUER = "https://idp.example"
+POLICY_DENIED = -31403
+HEADER_MISMATCH = -32020
+
+POLICY = {
+    "name": "crm-2026",
+    "version": "1",
+    "default": "deny",
+    "rules": [
+        {"name": "discover", "allow": "mcp.method in ['server/discover', 'tools/list', 'prompts/list', "
+                                      "'resources/list', 'resources/templates/list']"},
+        # Clients on earlier revisions (the TypeScript SDK's newest is 2025-11-25) still connect.
+        {"name": "connect", "allow": "mcp.method in ['initialize', 'notifications/initialized', 'ping']"},
+        {"name": "read", "allow": "mcp.method == 'resources/read' && mcp.resource.uri.startsWith('crm://')"},
+        {"name": "tools", "allow": "mcp.tool.name in ['search_customers', 'get_customer', 'echo', "
+                                   "'regional_report', 'confirm_delete', 'touch_customer']"},
+        {"name": "admins-delete", "allow": "mcp.tool.name == 'delete_customer' && 'admins' in jwt.groups"},
+        # A multi round-trip retry is decided as the call it retries, and the policy reads what it
+        # answers: confirming a deletion is only forwarded when the user accepted.
+        {"name": "confirmed-only",
+         "deny": "mcp.tool.name == 'confirm_delete' && mcp.input.retry"
+                 " && !(has(mcp.input.responses.confirm) && mcp.input.responses.confirm.action == 'accept')"},
+        {"name": "listen-crm-only",
+         "allow": "mcp.method == 'subscriptions/listen'"
+                  " && mcp.subscription.resources.all(u, u.startsWith('crm://'))"
+                  " && !('taskIds' in mcp.subscription.notifications)"},
+        {"name": "own-tasks", "allow": "mcp.method in ['tasks/get', 'tasks/update', 'tasks/cancel']"
+                                       " && mcp.task.id.startsWith(jwt.sub + '-')"},
+    ],
+}
+
+
+class Upstream2026(harness.Process):
+    """tests/peers/mcp_server_2026.py, recording what it receives."""
+
+    def __init__(self, workdir):
+        self.port = harness.free_port()
+        self.record = workdir / "upstream.requests.jsonl"
+        self.record.touch()
+        args = [sys.executable, str(harness.PEERS / "mcp_server_2026.py"), "--port", str(self.port),
+                "--record", str(self.record), "--expect-key", harness.SERVICE_KEY]
+        super().__init__(args, workdir / "upstream.log")
+        harness.wait_port(self.port, self.proc)
+
+    def requests(self):
+        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
+
+
+class Stack2026:
+    def __init__(self, workdir):
+        self.port = harness.free_port()
+        self.resource = f"http://127.0.0.1:{self.port}/mcp"
+        self.issuer = keys.Issuer(ISSUER, self.resource, algs=("RS256",))
+        self.server = Upstream2026(workdir)
+        issuers = [{"issuer": ISSUER, "audiences": [self.resource], "algorithms": ["RS256"],
+                    "jwks": self.issuer.jwks()}]
+        config = harness.plugin_config(issuers, POLICY, self.resource)
+        try:
+            self.envoy = harness.Envoy(workdir, config, self.server.port, port=self.port)
+        except Exception:
+            self.server.stop()
+            raise
+
+    def stop(self):
+        self.envoy.stop()
+        self.server.stop()
+
+    def token(self, sub, groups=()):
+        return self.issuer.token(sub, groups=list(groups))
+
+    def post(self, body, token, headers=None, raw_headers=False):
+        h = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+             "authorization": f"Bearer {token}"}
+        if not raw_headers:
+            body, envelope = modern(body)
+            h.update(envelope)
+        h.update(headers or {})
+        return httpx2.post(self.envoy.url, content=json.dumps(body), headers=h, timeout=10)
+
+    def audit(self, sub, count=1, timeout=10.0, **match):
+        """Audit records of `sub` (and other exact field matches), waiting for `count`."""
+        end = time.monotonic() + timeout
+        while True:
+            found = [r for r in self.envoy.audit() if r.get("sub") == sub
+                     and all(r.get(k) == v for k, v in match.items())]
+            if len(found) >= count or time.monotonic() > end:
+                return found
+            time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    s = Stack2026(tmp_path_factory.mktemp("proto2026"))
+    yield s
+    s.stop()
+
+
+def client(stack, token, **kw):
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    return Client(streamable_http_client(stack.envoy.url, http_client=http), mode=PROTOCOL, **kw)
+
+
+def sse_result(response):
+    """The JSON-RPC message of a JSON or single-event SSE answer."""
+    if response.headers.get("content-type", "").startswith("text/event-stream"):
+        data = [line[5:].strip() for line in response.text.splitlines() if line.startswith("data:")]
+        return json.loads(data[-1])
+    return response.json()
+
+
+def test_an_sdk_client_in_2026_mode_gets_its_filtered_list_as_private(stack):
+    """Discovery and tools/list with the SDK: the list is filtered for the caller, and its
+    cacheScope is private although the server said public; ttlMs is kept."""
+    token = stack.token("alice", groups=["sales"])
+
+    async def session():
+        async with client(stack, token) as c:
+            tools = await c.list_tools(cache_mode="bypass")
+            names = [t.name for t in tools.tools]
+            assert "get_customer" in names and "delete_customer" not in names
+            assert tools.cache_scope == "private"
+            assert tools.ttl_ms == 60000
+            ok = await c.call_tool("get_customer", {"customer_id": "c-100"})
+            assert "Ada Lovelace" in ok.content[0].text
+
+    asyncio.run(session())
+    listing = stack.audit("alice", method="tools/list")[0]
+    assert listing["decision"] == "allow" and listing["hidden"] == 1
+    assert listing["protocol_version"] == PROTOCOL
+
+
+def test_a_shared_cache_never_sees_a_public_filtered_list(stack):
+    """Two callers behind one shared cache: each one's list is marked private (even the admin's,
+    from which nothing was hidden), so a cache that honours cacheScope never hands one caller's
+    list to the other."""
+    seen = {}
+    for sub, groups in (("alice", ["sales"]), ("root", ["admins"])):
+        r = stack.post({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, stack.token(sub, groups))
+        assert r.status_code == 200
+        result = sse_result(r)["result"]
+        assert result["cacheScope"] == "private", sub
+        assert result["ttlMs"] == 60000
+        seen[sub] = {t["name"] for t in result["tools"]}
+    assert "delete_customer" in seen["root"] and "delete_customer" not in seen["alice"]
+
+
+def test_a_subscription_is_governed_by_its_resources(stack):
+    """subscriptions/listen: allowed for crm:// resources (notifications arrive through the
+    filter), refused for others with a JSON-RPC error and no stream."""
+    token = stack.token("sam", groups=["sales"])
+    got = []
+
+    async def session():
+        async with client(stack, token) as listener, client(stack, token) as actor:
+            async with listener.listen(resource_subscriptions=["crm://customers/c-100"]) as sub:
+                await actor.call_tool("touch_customer", {"customer_id": "c-100"})
+                with anyio.fail_after(10):
+                    async for event in sub:
+                        got.append(event)
+                        break
+            with pytest.raises(MCPError) as refused:
+                async with listener.listen(resource_subscriptions=["file:///etc/passwd"]):
+                    pass
+            assert refused.value.code == POLICY_DENIED
+            assert "subscriptions/listen" in refused.value.message
+
+    asyncio.run(session())
+    assert got and "crm://customers/c-100" in str(got[0])
+    records = stack.audit("sam", count=2, method="subscriptions/listen")
+    assert sorted(r["decision"] for r in records) == ["allow", "deny"]
+    denied = [r for r in records if r["decision"] == "deny"][0]
+    assert "rule" not in denied and "no rule matched" in denied["reason"]
+
+
+def test_a_multi_round_trip_call_is_decided_as_the_call_it_retries(stack):
+    """confirm_delete answers input_required; the SDK client asks the user and retries with
+    inputResponses and the (sealed) requestState, which reach the server untouched. A retry that
+    declines is denied by the policy, which reads the answer."""
+    token = stack.token("mia", groups=["sales"])
+
+    def answering(action):
+        async def elicit(_ctx, _params):
+            return ElicitResult(action=action, content={"sure": action == "accept"})
+        return elicit
+
+    async def session():
+        async with client(stack, token, elicitation_callback=answering("accept")) as c:
+            done = await c.call_tool("confirm_delete", {"customer_id": "c-200"})
+            assert done.content[0].text == "deleted c-200"
+        async with client(stack, token, elicitation_callback=answering("decline")) as c:
+            with pytest.raises(MCPError) as denied:
+                await c.call_tool("confirm_delete", {"customer_id": "c-200"})
+            assert denied.value.code == POLICY_DENIED
+            assert "confirmed-only" in denied.value.message
+
+    asyncio.run(session())
+    calls = stack.audit("mia", count=4, tool="confirm_delete")
+    assert [r["decision"] for r in calls] == ["allow", "allow", "allow", "deny"]
+    assert calls[-1]["rule"] == "confirmed-only"
+
+
+def test_parameter_headers_must_match_the_body(stack):
+    """Mcp-Param-Region (x-mcp-header) mirrors `region`: the SDK client's call passes; a header
+    that says another region than the body is refused 400 -32020, audited, and not forwarded."""
+    token = stack.token("pat", groups=["sales"])
+
+    async def session():
+        async with client(stack, token) as c:
+            r = await c.call_tool("regional_report", {"region": "us-west1", "query": "q"})
+            assert r.content[0].text == "report for 'q' in us-west1"
+
+    asyncio.run(session())
+    before = len(stack.server.requests())
+    body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": {"name": "regional_report", "arguments": {"region": "us-west1", "query": "q"}}}
+    r = stack.post(body, token, headers={"mcp-param-region": "eu-west1"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == HEADER_MISMATCH
+    missing = stack.post(body, token)
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == HEADER_MISMATCH
+    encoded = stack.post(body, token, headers={"mcp-param-region": "=?base64?dXMtd2VzdDE=?="})
+    assert encoded.status_code == 200
+    assert len(stack.server.requests()) == before + 1, "only the matching call was forwarded"
+    # (The SDK client's own first call may have been refused too, and retried after listing the
+    # tools again, when an earlier test had already shown this tool's declarations to the filter.)
+    refused = stack.audit("pat", count=2, tool="regional_report", decision="deny", jsonrpc_id=9)
+    assert len(refused) == 2
+    assert all(x["error_code"] == HEADER_MISMATCH and x["status"] == 400 for x in refused)
+    assert "Mcp-Param-region" in refused[0]["reason"]
+
+
+def test_declared_versions_that_disagree_are_refused(stack):
+    token = stack.token("vic", groups=["sales"])
+    before = len(stack.server.requests())
+    r = stack.post({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, token,
+                   headers={"mcp-protocol-version": "2025-11-25"})
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == HEADER_MISMATCH
+    assert len(stack.server.requests()) == before
+    record = stack.audit("vic", method="tools/list")[0]
+    assert record["decision"] == "deny" and record["status"] == 400
+    assert "does not match" in record["reason"]
+
+
+def test_task_requests_are_governed_by_their_task_id(stack):
+    """tasks/get of the tasks extension: the policy reads mcp.task.id; Mcp-Name must mirror it."""
+    token = stack.token("tom", groups=["sales"])
+    mine = stack.post({"jsonrpc": "2.0", "id": 4, "method": "tasks/get", "params": {"taskId": "tom-1"}},
+                      token, headers={"mcp-name": "tom-1"})
+    # Allowed and forwarded (this demo server has no tasks: whatever it answers is its own).
+    assert mine.status_code != 400
+    theirs = stack.post({"jsonrpc": "2.0", "id": 5, "method": "tasks/get", "params": {"taskId": "ann-1"}},
+                        token, headers={"mcp-name": "ann-1"})
+    assert theirs.status_code == 200 and theirs.json()["error"]["code"] == POLICY_DENIED
+    wrong = stack.post({"jsonrpc": "2.0", "id": 6, "method": "tasks/get", "params": {"taskId": "tom-1"}},
+                       token, headers={"mcp-name": "tom-2"})
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == HEADER_MISMATCH
+    records = stack.audit("tom", count=3, method="tasks/get")
+    assert [r["task_id"] for r in records] == ["tom-1", "ann-1", "tom-1"]
+    assert [r["decision"] for r in records] == ["allow", "deny", "deny"]
+
+
+def test_trace_ids_are_recorded(stack):
+    token = stack.token("tia", groups=["sales"])
+    body, headers = modern({"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
+    body["params"]["_meta"]["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
+    headers["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    r = stack.post(body, token, headers=headers, raw_headers=True)
+    assert r.status_code == 200
+    record = stack.audit("tia", method="tools/list")[0]
+    assert record["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+    assert record["span_id"] == "00f067aa0ba902b7"
+    assert "header_trace_id" not in record
+    # The header alone, and a malformed one ignored.
+    stack.post({"jsonrpc": "2.0", "id": 8, "method": "tools/list"}, token,
+               headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+    stack.post({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}, token,
+               headers={"traceparent": "00-XYZ-00f067aa0ba902b7-01"})
+    records = stack.audit("tia", count=3, method="tools/list")
+    assert records[1]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert "trace_id" not in records[2]
+
+
+def test_the_typescript_sdk_client_on_its_newest_protocol(stack):
+    """The official TypeScript SDK client (pinned; its newest protocol is 2025-11-25) against the
+    same dual-era server: it connects, sees its filtered list, is allowed and denied as the
+    policy says; its list keeps the shape of its revision (no cacheScope is invented)."""
+    token = stack.token("ted", groups=["sales"])
+    script = harness.PEERS / "ts-client" / "client.mjs"
+    done = subprocess.run(["node", str(script), stack.envoy.url, token], capture_output=True,
+                          text=True, timeout=60, cwd=script.parent)
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["protocol"] == "2025-11-25"
+    assert "get_customer" in seen["tools"] and "delete_customer" not in seen["tools"]
+    assert seen["allowed"] and "Ada Lovelace" in seen["allowed"]
+    assert seen["denied"]["code"] == POLICY_DENIED
+    assert stack.audit("ted", method="initialize")[0]["decision"] == "allow"
+    calls = stack.audit("ted", count=2, method="tools/call")
+    assert [(r["tool"], r["decision"]) for r in calls] == [("get_customer", "allow"),
+                                                           ("delete_customer", "deny")]
+    assert all(r["protocol_version"] == "2025-11-25" for r in calls)
