@@ -29,6 +29,7 @@ fn config() -> Rc<Config> {
                 ],
             },
         }],
+        "sessions": { "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" },
     });
     Rc::new(
         Config::from_json(c.to_string().as_bytes(), &MapEnv::default())
