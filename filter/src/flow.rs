@@ -322,9 +322,11 @@ impl Stream {
         // A DELETE unbinds its session only once the upstream confirms the end.
         if method == "GET" {
             // A GET stream may replay list results: filter them by shape.
+            // A GET stream may replay the answers of earlier requests (Last-Event-ID): every
+            // list in any response is filtered, and every event must be JSON-RPC.
             self.lists = Some(ListFilter {
-                kinds: vec![ListKind::Tools, ListKind::Prompts, ListKind::Resources],
-                expected_id: None,
+                any: ListKind::ALL.to_vec(),
+                ..ListFilter::default()
             });
         }
         record.decision = Verdict::Allow;
@@ -396,9 +398,18 @@ impl Stream {
             Outcome::Allow => {
                 record.decision = Verdict::Allow;
                 if let Some(kind) = ListKind::for_method(&message.method) {
-                    self.lists = Some(ListFilter {
-                        kinds: vec![kind],
-                        expected_id: message.id.clone(),
+                    self.lists = Some(match (&message.id, message.kind) {
+                        // Its answer must be read as that list, or it does not pass.
+                        (Some(id), Kind::Request) => ListFilter {
+                            lists: vec![(id.clone(), kind)],
+                            strict: true,
+                            ..ListFilter::default()
+                        },
+                        // No answer is due: whatever comes is filtered all the same.
+                        _ => ListFilter {
+                            any: vec![kind],
+                            ..ListFilter::default()
+                        },
                     });
                 }
                 self.audit(host, record);
@@ -527,10 +538,21 @@ impl Stream {
                 .iter()
                 .any(|m| ListKind::for_method(&m.method).is_some())
             {
-                self.lists = Some(ListFilter {
-                    kinds: vec![ListKind::Tools, ListKind::Prompts, ListKind::Resources],
-                    expected_id: None,
-                });
+                // Each list request's answer is matched by id and must be its list; every
+                // list in any response of the batch is filtered.
+                let mut lists = ListFilter {
+                    any: ListKind::ALL.to_vec(),
+                    strict: true,
+                    ..ListFilter::default()
+                };
+                for m in messages.iter().filter(|m| m.kind == Kind::Request) {
+                    let Some(id) = m.id.clone() else { continue };
+                    match ListKind::for_method(&m.method) {
+                        Some(kind) => lists.lists.push((id, kind)),
+                        None => lists.others.push(id),
+                    }
+                }
+                self.lists = Some(lists);
             }
             return Action::Continue;
         }
@@ -626,12 +648,23 @@ impl Stream {
             }
         }
         host.remove_response_header("www-authenticate");
+        if let Some(why) = self.list_answer_problem(status, &headers, end_of_stream) {
+            record.decision = Verdict::Error;
+            record.reason = Some(format!("{}: {why}", response::UNREADABLE_LIST_ANSWER));
+            record.error_code = Some(reply::INTERNAL);
+            let body = self.bad_gateway_body();
+            return self.refuse(host, record, 502, &[], body);
+        }
         if end_of_stream {
             self.audit(host, record);
             return Action::Continue;
         }
         let content_type = header(&headers, "content-type").unwrap_or_default();
         self.json_response = is_json(content_type);
+        if let Some(lists) = self.lists.as_mut() {
+            // A JSON body answers the POST: it must be the response(s), nothing else.
+            lists.responses_only = lists.strict && self.json_response;
+        }
         let body = response::body_for(content_type);
         host.remove_response_header("content-length");
         let action = match body {
@@ -670,7 +703,7 @@ impl Stream {
                 lister.visible(match kind {
                     ListKind::Tools => Item::Tool(name),
                     ListKind::Prompts => Item::Prompt(name),
-                    ListKind::Resources => Item::Resource(name),
+                    ListKind::Resources | ListKind::Templates => Item::Resource(name),
                 })
             };
             let lists = self.lists.as_ref();
@@ -735,13 +768,8 @@ impl Stream {
             return match self.body {
                 // Held whole: nothing went downstream yet, answer 502 instead.
                 Some(Body::Buffered) => {
-                    self.refuse(
-                        host,
-                        r,
-                        502,
-                        &[],
-                        reply::http_error("bad_gateway", "upstream response refused"),
-                    );
+                    let body = self.bad_gateway_body();
+                    self.refuse(host, r, 502, &[], body);
                     BodyAction::Pause
                 }
                 // Streaming: cut the stream; nothing unchecked goes on.
@@ -943,6 +971,65 @@ impl Stream {
         }
     }
 
+    /// Why the answer to a list request (or a GET stream, which may replay one) cannot be read
+    /// as a list, from its headers: then it is answered with 502. Only `application/json` and
+    /// `text/event-stream` bodies are readable; a list request's answer must be a 200 with a
+    /// body. Other statuses (3xx, 4xx, 5xx) carry no list a client reads: they pass, but every
+    /// list in a readable body is still filtered, whatever its id.
+    fn list_answer_problem(
+        &mut self,
+        status: Option<u32>,
+        headers: &[Header],
+        end_of_stream: bool,
+    ) -> Option<String> {
+        let lists = self.lists.as_mut()?;
+        let content_type = header(headers, "content-type");
+        let readable = content_type.is_some_and(|t| is_json(t) || is_event_stream(t));
+        let unreadable_type = || match content_type {
+            Some(t) => format!("content-type {t:?}"),
+            None => "no content-type".to_string(),
+        };
+        let success = status.is_some_and(|s| (200..300).contains(&s));
+        if !lists.strict {
+            // A GET stream: whatever has a body must be readable.
+            return (success && !end_of_stream && !readable).then(unreadable_type);
+        }
+        match status {
+            Some(200) if end_of_stream => Some("no body".to_string()),
+            Some(200) if !readable => Some(unreadable_type()),
+            Some(200) => None,
+            Some(s) if success => Some(format!("status {s}")),
+            _ => {
+                lists.strict = false;
+                for kind in ListKind::ALL {
+                    if !lists.any.contains(&kind) {
+                        lists.any.push(kind);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The 502 body when an answer is refused: for a list request, a JSON-RPC error with its id.
+    fn bad_gateway_body(&self) -> Vec<u8> {
+        match self.lists.as_ref().filter(|l| !l.lists.is_empty()) {
+            Some(lists) => {
+                let id = match (lists.lists.as_slice(), lists.others.is_empty()) {
+                    ([(id, _)], true) => Some(id),
+                    _ => None,
+                };
+                reply::jsonrpc_error(
+                    id,
+                    reply::INTERNAL,
+                    "the MCP server's answer to this list request could not be checked, so it was not forwarded",
+                    None,
+                )
+            }
+            None => reply::http_error("bad_gateway", "upstream response refused"),
+        }
+    }
+
     fn block_leak(&mut self, host: &mut dyn Host, mut record: Record) -> Action {
         record.decision = Verdict::Error;
         record.reason = Some("response carried the service key".into());
@@ -1106,6 +1193,14 @@ fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
+}
+
+/// `text/event-stream`, any case, with or without parameters.
+fn is_event_stream(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 /// `application/json`, any case, with or without parameters.

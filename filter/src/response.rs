@@ -5,9 +5,8 @@
 //! `text/event-stream` bodies are rewritten event by event as they stream.
 
 use memchr::memmem;
-use serde_json::Value;
 
-use crate::discovery::{self, Filtered, ListKind};
+use crate::discovery::{self, Checked, ListKind};
 use crate::sse::{Rewrite, SseRewriter};
 
 /// Largest non-streamed response body held for inspection.
@@ -16,14 +15,12 @@ pub const MAX_BUFFERED_RESPONSE: usize = 8 * 1024 * 1024;
 pub const MAX_EVENT: usize = 4 * 1024 * 1024;
 const REDACTED: &[u8] = b"[REDACTED]";
 
-/// Which list results to filter in this response.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListFilter {
-    pub kinds: Vec<ListKind>,
-    /// The list request's id; `None` on a GET stream, where replayed results are recognised by
-    /// their shape alone.
-    pub expected_id: Option<Value>,
-}
+/// Which list results to filter in this response, and what the answer to list requests must
+/// be: see [`discovery::Expect`].
+pub type ListFilter = discovery::Expect;
+
+/// The audit reason prefix of a list answer the filter could not read (fail closed).
+pub const UNREADABLE_LIST_ANSWER: &str = "unreadable_list_answer";
 
 /// How a response body is handled.
 #[derive(Debug)]
@@ -122,7 +119,7 @@ pub fn contains_any(text: &[u8], patterns: &Patterns) -> bool {
     patterns.0.iter().any(|f| f.find(text).is_some())
 }
 
-/// Filters a complete JSON-RPC message (a whole JSON body, or one event's data).
+/// Checks and filters a complete JSON-RPC message (a whole JSON body, or one event's data).
 fn filter_message(
     message: &[u8],
     lists: Option<&ListFilter>,
@@ -130,24 +127,17 @@ fn filter_message(
     report: &mut Inspection,
 ) -> Option<Vec<u8>> {
     let lists = lists?;
-    for kind in &lists.kinds {
-        let kind = *kind;
-        match discovery::filter_result(message, kind, lists.expected_id.as_ref(), &mut |name| {
-            visible(kind, name)
-        }) {
-            Filtered::Unchanged => return None,
-            Filtered::NotAList => continue,
-            Filtered::Rewritten { body, hidden } => {
-                report.hidden += hidden;
-                return Some(body);
-            }
-            Filtered::Unparseable => {
-                report.failed = Some("list result could not be parsed".into());
-                return None;
-            }
+    match discovery::check_answer(message, lists, visible) {
+        Checked::Pass => None,
+        Checked::Rewritten { body, hidden } => {
+            report.hidden += hidden;
+            Some(body)
+        }
+        Checked::Unreadable(why) => {
+            report.failed = Some(format!("{UNREADABLE_LIST_ANSWER}: {why}"));
+            None
         }
     }
-    None
 }
 
 /// Inspects a whole buffered body. Returns the body to send, when it changed.
@@ -159,7 +149,8 @@ pub fn inspect_buffered(
     visible: &mut dyn FnMut(ListKind, &str) -> bool,
 ) -> (Option<Vec<u8>>, Inspection) {
     let mut report = Inspection::default();
-    let mut out = if json && !body.is_empty() {
+    // An empty body is no list; it is unreadable only where a list is due.
+    let mut out = if json && (!body.is_empty() || lists.is_some_and(|l| l.strict)) {
         filter_message(body, lists, visible, &mut report)
     } else {
         None
@@ -221,6 +212,7 @@ pub fn inspect_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn redacts_every_occurrence_of_every_pattern() {
@@ -240,8 +232,10 @@ mod tests {
     fn buffered_list_is_filtered_and_counted() {
         let body = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a"},{"name":"b"}],"nextCursor":"x"}}"#;
         let lists = ListFilter {
-            kinds: vec![ListKind::Tools],
-            expected_id: Some(Value::from(3)),
+            lists: vec![(Value::from(3), ListKind::Tools)],
+            strict: true,
+            responses_only: true,
+            ..Default::default()
         };
         let (out, report) =
             inspect_buffered(body, true, Some(&lists), &Patterns::new([]), &mut |_, n| {
