@@ -90,7 +90,9 @@ pub fn same_id(request: &Value, response: &Value) -> bool {
     };
     match id_number(response) {
         Some(got) => got == wanted,
-        None => matches!(response, Value::String(s) if s.chars().any(|c| !c.is_ascii() && c.is_numeric())),
+        None => {
+            matches!(response, Value::String(s) if s.chars().any(|c| !c.is_ascii() && c.is_numeric()))
+        }
     }
 }
 
@@ -1019,7 +1021,10 @@ mod tests {
         for id in [json!("5"), json!(5.0), json!("05")] {
             let msg = json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools(&["a", "b"])}});
             let (out, hidden) = rewritten(filter(&msg, ListKind::Tools, Some(json!(5)), &["a"]));
-            assert_eq!((out["result"]["tools"].clone(), hidden), (json!(tools(&["a"])), 1));
+            assert_eq!(
+                (out["result"]["tools"].clone(), hidden),
+                (json!(tools(&["a"])), 1)
+            );
         }
     }
 
@@ -1049,7 +1054,10 @@ mod tests {
         for id in [json!(5), json!("5"), json!(5.0), json!("5e0")] {
             let msg = json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools(&["a", "b"])}});
             let (out, hidden) = rewritten_checked(check(&msg, &expect, &["a"]));
-            assert_eq!((out["result"]["tools"].clone(), hidden), (json!(tools(&["a"])), 1));
+            assert_eq!(
+                (out["result"]["tools"].clone(), hidden),
+                (json!(tools(&["a"])), 1)
+            );
         }
         // Errors pass; nothing to filter.
         let error = json!({"jsonrpc": "2.0", "id": 5, "error": {"code": -1, "message": "no"}});
@@ -1085,7 +1093,11 @@ mod tests {
                 "{bad}"
             );
         }
-        for bad in [&b""[..], b"not json", b"{\"id\":5,\"id\":5,\"result\":{\"tools\":[]}}"] {
+        for bad in [
+            &b""[..],
+            b"not json",
+            b"{\"id\":5,\"id\":5,\"result\":{\"tools\":[]}}",
+        ] {
             assert!(matches!(
                 check_answer(bad, &expect, &mut |_, _| true),
                 Checked::Unreadable(_)
@@ -1149,7 +1161,10 @@ mod tests {
             json!([{"jsonrpc": "2.0", "id": 9, "result": {}}]),
             json!([{"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}, 5]),
         ] {
-            assert!(matches!(check(&bad, &expect, &["a"]), Checked::Unreadable(_)), "{bad}");
+            assert!(
+                matches!(check(&bad, &expect, &["a"]), Checked::Unreadable(_)),
+                "{bad}"
+            );
         }
     }
 
