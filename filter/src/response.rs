@@ -51,23 +51,46 @@ pub fn body_for(content_type: &str) -> Body {
 }
 
 /// Byte strings to find in responses (the service key's forms), each with its searcher built
-/// once, when the configuration loads.
+/// once, when the configuration loads. A pattern may widen its redaction over neighbouring
+/// base64 characters (see [`Pattern`]).
 #[derive(Clone)]
-pub struct Patterns(Vec<memmem::Finder<'static>>);
+pub struct Patterns(Vec<(memmem::Finder<'static>, Widen)>);
+
+/// How far a match's redaction extends over adjacent base64 characters: the core of a base64
+/// encoding at another byte offset leaves a character on each side (then `=` padding) that
+/// still carries bits of the key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Widen {
+    pub left: usize,
+    pub right: usize,
+}
+
+/// One pattern: its bytes and how far its redaction widens.
+pub struct Pattern {
+    pub bytes: Vec<u8>,
+    pub widen: Widen,
+}
 
 impl Patterns {
     pub fn new(patterns: impl IntoIterator<Item = Vec<u8>>) -> Patterns {
+        Patterns::widened(patterns.into_iter().map(|bytes| Pattern {
+            bytes,
+            widen: Widen::default(),
+        }))
+    }
+
+    pub fn widened(patterns: impl IntoIterator<Item = Pattern>) -> Patterns {
         Patterns(
             patterns
                 .into_iter()
-                .filter(|p| !p.is_empty())
-                .map(|p| memmem::Finder::new(&p).into_owned())
+                .filter(|p| !p.bytes.is_empty())
+                .map(|p| (memmem::Finder::new(&p.bytes).into_owned(), p.widen))
                 .collect(),
         )
     }
 
-    fn needles(&self) -> impl Iterator<Item = &[u8]> {
-        self.0.iter().map(memmem::Finder::needle)
+    fn needles(&self) -> impl Iterator<Item = (&[u8], Widen)> {
+        self.0.iter().map(|(f, w)| (f.needle(), *w))
     }
 }
 
@@ -86,10 +109,16 @@ impl std::fmt::Debug for Patterns {
     }
 }
 
-/// Replaces every occurrence of the patterns in `bytes`; returns how many were found.
+/// Either base64 alphabet (standard and URL-safe).
+fn is_base64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')
+}
+
+/// Replaces every occurrence of the patterns in `bytes` (widened over the base64 characters
+/// next to it, as the pattern says); returns how many were found.
 pub fn redact(bytes: &mut Vec<u8>, patterns: &Patterns) -> usize {
     let mut found = 0;
-    for finder in &patterns.0 {
+    for (finder, widen) in &patterns.0 {
         // The common case, nothing to redact, costs one scan and no allocation.
         let mut hits = finder.find_iter(bytes).peekable();
         if hits.peek().is_none() {
@@ -103,9 +132,34 @@ pub fn redact(bytes: &mut Vec<u8>, patterns: &Patterns) -> usize {
             if at < from {
                 continue;
             }
-            out.extend_from_slice(bytes.get(from..at).unwrap_or_default());
+            let mut start = at;
+            for _ in 0..widen.left {
+                match start.checked_sub(1) {
+                    Some(p) if p >= from && bytes.get(p).copied().is_some_and(is_base64) => {
+                        start = p
+                    }
+                    _ => break,
+                }
+            }
+            let mut end = at + len;
+            for _ in 0..widen.right {
+                match bytes.get(end) {
+                    Some(&b) if is_base64(b) => end += 1,
+                    _ => break,
+                }
+            }
+            if widen.left + widen.right > 0 {
+                // Padding ends an encoding: it goes too.
+                for _ in 0..2 {
+                    match bytes.get(end) {
+                        Some(b'=') => end += 1,
+                        _ => break,
+                    }
+                }
+            }
+            out.extend_from_slice(bytes.get(from..start).unwrap_or_default());
             out.extend_from_slice(REDACTED);
-            from = at + len;
+            from = end;
             found += 1;
         }
         out.extend_from_slice(bytes.get(from..).unwrap_or_default());
@@ -116,7 +170,7 @@ pub fn redact(bytes: &mut Vec<u8>, patterns: &Patterns) -> usize {
 
 /// Whether `text` contains any pattern.
 pub fn contains_any(text: &[u8], patterns: &Patterns) -> bool {
-    patterns.0.iter().any(|f| f.find(text).is_some())
+    patterns.0.iter().any(|(f, _)| f.find(text).is_some())
 }
 
 /// Checks and filters a complete JSON-RPC message (a whole JSON body, or one event's data).
