@@ -761,23 +761,7 @@ impl Stream {
             (report.leaks > 0 && server.block_key_leaks)
                 .then(|| "response carried the service key".to_string())
         }) {
-            let mut r = record.unwrap_or_else(|| Record::new(now, ""));
-            r.decision = Verdict::Error;
-            r.reason = Some(why);
-            self.write(host, &mut r);
-            return match self.body {
-                // Held whole: nothing went downstream yet, answer 502 instead.
-                Some(Body::Buffered) => {
-                    let body = self.bad_gateway_body();
-                    self.refuse(host, r, 502, &[], body);
-                    BodyAction::Pause
-                }
-                // Streaming: cut the stream; nothing unchecked goes on.
-                _ => {
-                    host.reset_response();
-                    BodyAction::Pause
-                }
-            };
+            return self.fail_response(host, record, why);
         }
         if let Some(mut r) = record {
             // Rewritten at the end too, for the final timings.
@@ -789,6 +773,45 @@ impl Stream {
         match out {
             Some(bytes) => BodyAction::Replace(bytes),
             None => BodyAction::Continue,
+        }
+    }
+
+    /// The adapter could not read the response body from Envoy, or not write the filtered one
+    /// back (`why`, the audit reason): nothing unchecked goes on. A held body is answered with
+    /// 502, a stream is cut; audited as an error.
+    pub fn response_failed(&mut self, host: &mut dyn Host, why: &str) -> BodyAction {
+        if self.server.is_none() {
+            host.reset_response();
+            return BodyAction::Pause;
+        }
+        let record = self.record.take();
+        self.fail_response(host, record, why.to_string())
+    }
+
+    /// A response that cannot go on: 502 while its headers are held, else the stream is cut.
+    fn fail_response(
+        &mut self,
+        host: &mut dyn Host,
+        record: Option<Record>,
+        why: String,
+    ) -> BodyAction {
+        let mut r = record.unwrap_or_else(|| Record::new(host.now_millis(), ""));
+        r.decision = Verdict::Error;
+        r.reason = Some(why);
+        self.write(host, &mut r);
+        match self.body {
+            // Held whole: nothing went downstream yet, answer 502 instead.
+            Some(Body::Buffered) => {
+                let body = self.bad_gateway_body();
+                self.refuse(host, r, 502, &[], body);
+                BodyAction::Pause
+            }
+            // Streaming: cut the stream; nothing unchecked goes on.
+            _ => {
+                self.record = None;
+                host.reset_response();
+                BodyAction::Pause
+            }
         }
     }
 
