@@ -205,7 +205,7 @@ def test_a_basic_credential_echoed_in_a_response_header_is_redacted(tmp_path, va
         reply, _, _ = forwarded(s, body=echo("hi"), headers=hdrs(alice))
         assert reply.status == 200
         # What is left are the characters of the user name alone.
-        assert re.fullmatch(r"Basic [A-Za-z0-9+/_-]{0,12}\[REDACTED\][A-Za-z0-9+/_=-]{0,4}",
+        assert re.fullmatch(r"Basic [A-Za-z0-9+/_-]{0,12}\[REDACTED\][A-Za-z0-9+/_=-]{0,6}",
                             reply.header("x-upstream-auth")), reply.headers
         assert not any(key_revealed(v) for _, v in reply.headers)
     finally:
