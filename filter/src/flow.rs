@@ -73,6 +73,8 @@ pub struct Stream {
     batch: Vec<Record>,
     lists: Option<ListFilter>,
     body: Option<Body>,
+    /// A held (buffered) response body has not been checked to its end yet.
+    held: bool,
     json_response: bool,
     /// When the request began (Envoy's `request.time`), in nanoseconds since the epoch.
     start_ns: Option<u64>,
@@ -101,6 +103,7 @@ impl Stream {
             batch: Vec::new(),
             lists: None,
             body: None,
+            held: false,
             json_response: false,
             start_ns: None,
             busy_ns: 0,
@@ -676,6 +679,7 @@ impl Stream {
             // A held body is checked and its record rewritten (status included) at its end.
             Body::Buffered => {
                 self.record = Some(record);
+                self.held = true;
                 Action::Pause
             }
         };
@@ -745,6 +749,7 @@ impl Stream {
         if hold {
             return BodyAction::Pause;
         }
+        self.held = false;
         if report.hidden > 0 {
             host.count(metrics::HIDDEN_ENTRIES, report.hidden as u64);
         }
@@ -795,6 +800,7 @@ impl Stream {
         record: Option<Record>,
         why: String,
     ) -> BodyAction {
+        self.held = false;
         let mut r = record.unwrap_or_else(|| Record::new(host.now_millis(), ""));
         r.decision = Verdict::Error;
         r.reason = Some(why);
@@ -813,6 +819,35 @@ impl Stream {
                 BodyAction::Pause
             }
         }
+    }
+
+    /// The exchange is over (Envoy's log phase). A held response that never reached its end
+    /// here was answered by Envoy itself: over its buffer limit while the filter held it
+    /// (500, `response_payload_too_large`), or reset. Its record, still the request's `allow`,
+    /// becomes an error naming what Envoy said.
+    pub fn on_log(&mut self, host: &mut dyn Host) {
+        if !std::mem::take(&mut self.held) {
+            return;
+        }
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        let details = host
+            .property_string(&["response", "code_details"])
+            .unwrap_or_default();
+        record.decision = Verdict::Error;
+        record.status = host
+            .property(&["response", "code"])
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .and_then(|b| u32::try_from(i64::from_le_bytes(b)).ok());
+        record.reason = Some(if details == "response_payload_too_large" {
+            "response_payload_too_large: the response exceeded Envoy's buffer limit \
+             (per_connection_buffer_limit_bytes) while the filter held it"
+                .to_string()
+        } else {
+            format!("response_not_completed: {details}")
+        });
+        self.write(host, &mut record);
     }
 
     /// An internal failure: answer 503 and audit it as an error. Nothing is forwarded.

@@ -284,6 +284,11 @@ impl HttpContext for Http {
         })
     }
 
+    fn on_log(&mut self) {
+        let mut ex = self.exchange.borrow_mut();
+        ex.timed(|ex| ex.stream.on_log(&mut Envoy));
+    }
+
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> WasmAction {
         let mut ex = self.exchange.borrow_mut();
         ex.timed(|ex| {

@@ -1620,3 +1620,32 @@ fn a_get_stream_of_another_content_type_is_502() {
         "unreadable_list_answer: content-type \"text/plain\""
     );
 }
+
+#[test]
+fn a_held_response_envoy_answered_itself_is_audited_as_an_error() {
+    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Pause
+    );
+    // Envoy's buffer limit: its own 500, the body never reaches the filter's end.
+    host.set_property(&["response", "code_details"], "response_payload_too_large");
+    stream.on_log(&mut host);
+    let record = host.record();
+    assert_eq!(record["decision"], "error");
+    assert_eq!(record["upstream_status"], 200);
+    assert!(record["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("response_payload_too_large: "));
+
+    // A body checked to its end: the record stays as it was.
+    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    stream.on_response_headers(&mut host, Some(200), false);
+    stream.on_response_body(&mut host, br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, true);
+    host.set_property(&["response", "code_details"], "via_upstream");
+    stream.on_log(&mut host);
+    assert_eq!(host.record()["decision"], "allow");
+}
