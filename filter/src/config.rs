@@ -597,12 +597,11 @@ fn leak_patterns(secret: &str) -> crate::response::Patterns {
         }
     };
     add(secret.as_bytes().to_vec(), Widen::default());
-    for offset in 0..3usize {
+    for (offset, left) in [(0usize, 0usize), (1, 2), (2, 3)] {
         let mut input = vec![0u8; offset];
         input.extend_from_slice(secret.as_bytes());
         let encoded = STANDARD_NO_PAD.encode(&input);
         // Characters that depend on the bytes before the secret, and on the byte after it.
-        let left = [0, 2, 3][offset];
         let right = usize::from(input.len() % 3 != 0);
         let Some(core) = encoded.get(left..encoded.len().saturating_sub(right)) else {
             continue;
