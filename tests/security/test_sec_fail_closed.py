@@ -13,7 +13,6 @@ log has the panic."""
 import gzip
 import http.client
 import json
-import time
 
 import harness
 import pytest

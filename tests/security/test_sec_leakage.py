@@ -6,14 +6,13 @@ import http.client
 import json
 import re
 import string
-import time
 import uuid
 
 import harness
 import keys
 import pytest
 import yaml
-from hostile import SecStack, audit, body_headers, call, forwarded, raw, send, wait_record
+from hostile import SecStack, body_headers, call, forwarded, raw, send, wait_record
 
 KEY = harness.SERVICE_KEY
 KEY_FORMS = [KEY, base64.b64encode(KEY.encode()).decode(), base64.urlsafe_b64encode(KEY.encode()).decode().rstrip("=")]
