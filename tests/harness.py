@@ -335,3 +335,110 @@ class EnvoyWithArgs(Envoy, _ArgsOverride):
     def __init__(self, *args, options: dict | None = None, **kwargs):
         self.overrides = {k: str(v) for k, v in (options or {}).items()}
         super().__init__(*args, **kwargs)
+
+
+# ---- a scripted upstream (tests/security: hostile answers) ----------------------------------------
+
+
+class Answer:
+    """One scripted HTTP answer: `status`, `headers` (a list of pairs, sent as given; no
+    Content-Length is added when the body is a list of chunks, which go out chunked, `delay`
+    seconds apart) and `body` (bytes, str, a JSON value, or a list of byte chunks)."""
+
+    def __init__(self, status=200, headers=(), body=b"", delay=0.0):
+        self.status = status
+        self.headers = list(headers)
+        self.body = body
+        self.delay = delay
+
+    @staticmethod
+    def json(message, status=200, content_type="application/json"):
+        headers = [("content-type", content_type)] if content_type else []
+        return Answer(status, headers, json.dumps(message).encode())
+
+    @staticmethod
+    def events(*messages, status=200, raw=b""):
+        """A text/event-stream of one event per message (dicts, or str data as given)."""
+        data = b"".join(
+            b"event: message\ndata: " + (m if isinstance(m, str) else json.dumps(m)).encode() + b"\n\n"
+            for m in messages) + raw
+        return Answer(status, [("content-type", "text/event-stream"), ("cache-control", "no-cache")], [data])
+
+
+class ScriptedUpstream:
+    """An HTTP upstream in the test process whose answers the test writes: `answer(request)`
+    returns an `Answer` for each request ({"method", "path", "headers", "body", "json"}), set
+    with `script(fn)`. Like `Upstream`, `requests()` is what it received."""
+
+    def __init__(self, answer=None):
+        import http.server
+        import threading
+
+        upstream = self
+        self._answer = answer or (lambda request: Answer(404))
+        self._requests = []
+        self._lock = threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _handle(self):
+                length = int(self.headers.get("content-length") or 0)
+                body = self.rfile.read(length) if length else b""
+                try:
+                    parsed = json.loads(body) if body else None
+                except ValueError:
+                    parsed = None
+                request = {"method": self.command, "path": self.path,
+                           "headers": [(k.lower(), v) for k, v in self.headers.items()],
+                           "body": body, "json": parsed, "time": time.time()}
+                with upstream._lock:
+                    upstream._requests.append(request)
+                answer = upstream._answer(request)
+                self.send_response_only(answer.status)
+                names = {k.lower() for k, _ in answer.headers}
+                for k, v in answer.headers:
+                    self.send_header(k, v)
+                body = answer.body
+                if isinstance(body, list):
+                    self.send_header("transfer-encoding", "chunked")
+                    self.end_headers()
+                    for chunk in body:
+                        if answer.delay:
+                            time.sleep(answer.delay)
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                else:
+                    if isinstance(body, str):
+                        body = body.encode()
+                    elif not isinstance(body, bytes):
+                        body = json.dumps(body).encode()
+                    if "content-length" not in names:
+                        self.send_header("content-length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                self.wfile.flush()
+
+            do_GET = do_POST = do_DELETE = _handle
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def script(self, answer):
+        """Answers every later request with `answer(request)`."""
+        self._answer = answer
+
+    def requests(self):
+        with self._lock:
+            return list(self._requests)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()

@@ -582,7 +582,7 @@ impl Credential {
                 "contains characters not allowed in an HTTP header value",
             ));
         }
-        if secret.len() < 8 {
+        if secret.len() < MIN_SECRET_BYTES {
             return Err(ConfigError::new(
                 format!("{field}.value"),
                 "is shorter than 8 characters: too short to be a secret, or to be recognised in responses",
@@ -687,24 +687,77 @@ fn secret_key(
         })
 }
 
-/// The secret as it could appear in a response: raw, and in the usual base64 alphabets (also
-/// as `user:secret` basic credentials would not be found; the raw secret covers most echoes).
+/// The secret as it could appear in a response: raw, and base64-encoded at every byte offset,
+/// in both alphabets, with or without padding — as inside `Basic base64(user:secret)`.
+///
+/// The base64 of the secret preceded by 0, 1 or 2 other bytes (offset mod 3) has characters
+/// that depend on those unknown neighbours: the first 0, 2 or 3, and the last one when the
+/// encoded length is not a multiple of 3 bytes. What is left, the core, is the same wherever
+/// the secret sits; the patterns are the three cores (standard and URL-safe alphabets, and
+/// `\/` as JSON encoders may escape `/`). A match is redacted together with the neighbouring
+/// characters that carry bits of the secret. Secrets are at least 8 bytes
+/// ([`MIN_SECRET_BYTES`]), so every core is at least 10 characters (60 bits): ordinary text
+/// does not match by chance.
 fn leak_patterns(secret: &str) -> crate::response::Patterns {
-    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+    use crate::response::{Pattern, Widen};
+    use base64::engine::general_purpose::STANDARD_NO_PAD;
     use base64::Engine as _;
-    let mut out = vec![secret.as_bytes().to_vec()];
-    for encoded in [
-        STANDARD.encode(secret),
-        STANDARD_NO_PAD.encode(secret),
-        URL_SAFE_NO_PAD.encode(secret),
-    ] {
-        let bytes = encoded.into_bytes();
-        if !out.contains(&bytes) {
-            out.push(bytes);
+    let mut out: Vec<Pattern> = Vec::new();
+    let mut add = |bytes: Vec<u8>, widen: Widen| {
+        let escaped = escape_slashes(&bytes);
+        for bytes in [Some(bytes), escaped].into_iter().flatten() {
+            if !out.iter().any(|p| p.bytes == bytes) {
+                out.push(Pattern { bytes, widen });
+            }
         }
+    };
+    add(secret.as_bytes().to_vec(), Widen::default());
+    for (offset, left) in [(0usize, 0usize), (1, 2), (2, 3)] {
+        let mut input = vec![0u8; offset];
+        input.extend_from_slice(secret.as_bytes());
+        let encoded = STANDARD_NO_PAD.encode(&input);
+        // Characters that depend on the bytes before the secret, and on the byte after it.
+        let right = usize::from(input.len() % 3 != 0);
+        let Some(core) = encoded.get(left..encoded.len().saturating_sub(right)) else {
+            continue;
+        };
+        // Of those, one on each side still carries bits of the secret: redacted with it.
+        let widen = Widen {
+            left: left.min(1),
+            right,
+        };
+        add(core.as_bytes().to_vec(), widen);
+        let url_safe: Vec<u8> = core
+            .bytes()
+            .map(|b| match b {
+                b'+' => b'-',
+                b'/' => b'_',
+                b => b,
+            })
+            .collect();
+        add(url_safe, widen);
     }
-    crate::response::Patterns::new(out)
+    crate::response::Patterns::widened(out)
 }
+
+/// The bytes with every `/` written `\/`, as some JSON encoders do; `None` without a `/`.
+fn escape_slashes(bytes: &[u8]) -> Option<Vec<u8>> {
+    if !bytes.contains(&b'/') {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() + 4);
+    for &b in bytes {
+        if b == b'/' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    Some(out)
+}
+
+/// The shortest service secret accepted: shorter ones are guessable, and their encodings too
+/// short to be told from ordinary text in responses.
+pub const MIN_SECRET_BYTES: usize = 8;
 
 fn is_header_name(name: &str) -> bool {
     !name.is_empty()
@@ -758,5 +811,95 @@ mod credential_tests {
         let e = Credential::from_config(json!({ "value": "sk-abcdefgh" }), "c", &NoEnv)
             .expect_err("no header");
         assert_eq!(e.field, "c.header");
+    }
+}
+
+#[cfg(test)]
+mod leak_pattern_tests {
+    use super::*;
+    use crate::response::{contains_any, redact};
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    use base64::Engine as _;
+
+    /// The key base64-encoded after any prefix (every byte offset) and before any suffix, in
+    /// both alphabets, padded or not: found, and once redacted no decoding reveals the key.
+    #[test]
+    fn the_key_is_found_base64_encoded_at_every_offset() {
+        let engines = [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD];
+        for key in [
+            "demo-service-key-0001",
+            "sk-??>>~~12",
+            "12345678",
+            "\u{e9}t\u{e9}-key-\u{fffd}",
+        ] {
+            let patterns = leak_patterns(key);
+            for prefix in [
+                "",
+                "a",
+                "ab",
+                "abc",
+                "user:",
+                "svc-account:",
+                "\u{ff}\u{fe}",
+            ] {
+                for suffix in ["", "x", "xy", ":", "\n--"] {
+                    let plain = format!("{prefix}{key}{suffix}");
+                    for engine in engines {
+                        let encoded = engine.encode(&plain);
+                        let text = format!("{{\"auth\":\"Basic {encoded}\"}}");
+                        assert!(
+                            contains_any(text.as_bytes(), &patterns),
+                            "{plain:?} {encoded}"
+                        );
+                        let mut out = text.clone().into_bytes();
+                        assert_eq!(redact(&mut out, &patterns), 1, "{plain:?} {encoded}");
+                        let out = String::from_utf8(out).unwrap();
+                        assert!(
+                            out.starts_with("{\"auth\":\"Basic ") && out.ends_with("\"}"),
+                            "{out}"
+                        );
+                        assert!(out.contains("[REDACTED]"), "{out}");
+                        // Left of the redaction: exactly the characters that depend on the
+                        // prefix alone, so no bit of the key.
+                        let p = prefix.len();
+                        let left = out
+                            .trim_start_matches("{\"auth\":\"Basic ")
+                            .split("[REDACTED]")
+                            .next()
+                            .unwrap();
+                        assert_eq!(left, &encoded[..p / 3 * 4 + p % 3], "{plain:?}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn cores_are_long_enough_not_to_match_ordinary_text() {
+        // The shortest secret: every core at least 10 characters.
+        let patterns = leak_patterns("abcdefgh");
+        assert!(format!("{patterns:?}").starts_with("Patterns("));
+        let text =
+            b"The quick brown fox jumps over the lazy dog; base64 of nothing: AAAAAAAAAAAAAAAA";
+        assert!(!contains_any(text, &patterns));
+        for offset in 0..3 {
+            let mut input = vec![0u8; offset];
+            input.extend_from_slice(b"abcdefgh");
+            let encoded = STANDARD_NO_PAD.encode(&input);
+            let core_len = encoded.len() - [0, 2, 3][offset] - usize::from(input.len() % 3 != 0);
+            assert!(core_len >= 10, "{offset}: {core_len}");
+        }
+    }
+
+    #[test]
+    fn a_slash_escaped_by_a_json_encoder_is_found_too() {
+        // A key whose encoding holds '/': PHP-style JSON writes it as "\/".
+        let key = "\u{3ff}\u{3ff}\u{3ff}-key-0001";
+        let encoded = STANDARD.encode(format!("u:{key}"));
+        assert!(encoded.contains('/'), "{encoded}");
+        let text = format!("{{\"a\":\"{}\"}}", encoded.replace('/', "\\/"));
+        let patterns = leak_patterns(key);
+        let mut out = text.into_bytes();
+        assert_eq!(redact(&mut out, &patterns), 1);
     }
 }

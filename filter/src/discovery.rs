@@ -1,4 +1,5 @@
-//! Per-caller filtering of discovery results: `tools/list`, `prompts/list`, `resources/list`.
+//! Per-caller filtering of discovery results: `tools/list`, `prompts/list`, `resources/list`,
+//! `resources/templates/list`.
 //!
 //! A caller should only see what it may use. [`filter_result`] takes one whole JSON-RPC
 //! message from the server (a JSON body, or the data of one SSE event) and drops the list
@@ -26,15 +27,27 @@ pub enum ListKind {
     Tools,
     Prompts,
     Resources,
+    /// `resources/templates/list`: entries are matched on their `uriTemplate`, as a resource
+    /// URI (the policy's `resources/read` rules decide; a template no rule allows is hidden).
+    Templates,
 }
 
 impl ListKind {
+    /// Every list kind.
+    pub const ALL: [ListKind; 4] = [
+        ListKind::Tools,
+        ListKind::Prompts,
+        ListKind::Resources,
+        ListKind::Templates,
+    ];
+
     /// The list kind answered by a request `method`, if any.
     pub fn for_method(method: &str) -> Option<ListKind> {
         match method {
             "tools/list" => Some(ListKind::Tools),
             "prompts/list" => Some(ListKind::Prompts),
             "resources/list" => Some(ListKind::Resources),
+            "resources/templates/list" => Some(ListKind::Templates),
             _ => None,
         }
     }
@@ -45,6 +58,7 @@ impl ListKind {
             ListKind::Tools => "tools",
             ListKind::Prompts => "prompts",
             ListKind::Resources => "resources",
+            ListKind::Templates => "resourceTemplates",
         }
     }
 
@@ -53,8 +67,65 @@ impl ListKind {
         match self {
             ListKind::Tools | ListKind::Prompts => "name",
             ListKind::Resources => "uri",
+            ListKind::Templates => "uriTemplate",
         }
     }
+}
+
+/// Whether a client could take a response `id` for the answer to a request with id `request`.
+///
+/// Clients do not compare ids exactly. The official Python SDK turns a string id that Python's
+/// `int()` accepts back into an integer before matching (`"5"`, `"05"`, `" 5"`, `"+5"`,
+/// `"5_0"` for 50, `"٥"` in any script's digits); the TypeScript SDK matches on
+/// `Number(id)` (`"5"`, `"5.0"`, `"5e0"`, `"0x5"`, `""` for 0, and JSON `5.0`). So the ids are
+/// equal as JSON, or both read as the same number under the most lenient of those rules; a
+/// string holding non-ASCII digits (values this filter does not decode) may be any number.
+/// Saying "same" too often is safe: that response is then filtered as the list.
+pub fn same_id(request: &Value, response: &Value) -> bool {
+    if request == response {
+        return true;
+    }
+    let Some(wanted) = id_number(request) else {
+        return false;
+    };
+    match id_number(response) {
+        Some(got) => got == wanted,
+        None => {
+            matches!(response, Value::String(s) if s.chars().any(|c| !c.is_ascii() && c.is_numeric()))
+        }
+    }
+}
+
+/// An id read as a number, the way the most lenient client would: JSON numbers as they are;
+/// strings trimmed of whitespace, `_` removed, then as a decimal (sign, fraction, exponent), a
+/// `0x`/`0o`/`0b` integer, or 0 when nothing is left.
+fn id_number(id: &Value) -> Option<f64> {
+    let text = match id {
+        Value::Number(n) => return n.as_f64().filter(|f| f.is_finite()),
+        Value::String(s) => s,
+        _ => return None,
+    };
+    let trimmed: String = text
+        .trim_matches(|c: char| c.is_whitespace() || c == '\u{feff}')
+        .chars()
+        .filter(|&c| c != '_')
+        .collect();
+    if trimmed.is_empty() {
+        return Some(0.0);
+    }
+    let lower = trimmed.to_ascii_lowercase();
+    for (prefix, radix) in [("0x", 16), ("0o", 8), ("0b", 2)] {
+        if let Some(digits) = lower.strip_prefix(prefix) {
+            return u64::from_str_radix(digits, radix).ok().map(|n| n as f64);
+        }
+    }
+    if !lower
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.' | b'e'))
+    {
+        return None;
+    }
+    lower.parse::<f64>().ok().filter(|f| f.is_finite())
 }
 
 /// The outcome of [`filter_result`].
@@ -72,8 +143,8 @@ pub enum Filtered {
     Unparseable,
 }
 
-/// Filters the list in `message` if it is a response (a `result` member) whose `id` equals
-/// `expected_id` (any id when `None`) and whose result holds the `kind` list array. Entries are
+/// Filters the list in `message` if it is a response (a `result` member) whose `id` a client
+/// could take for `expected_id` ([`same_id`]; any id when `None`) and whose result holds the `kind` list array. Entries are
 /// kept when their name (`name`, or `uri` for resources) is a string that `allowed` accepts;
 /// everything else in the message is kept as is. A JSON-RPC batch is filtered member by member.
 pub fn filter_result(
@@ -127,6 +198,193 @@ pub fn filter_result(
             Filtered::Rewritten { body, hidden }
         }),
     }
+}
+
+/// What the answer to a response must be, for [`check_answer`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Expect {
+    /// List requests this response answers: a response a client could take for one of them
+    /// ([`same_id`]) must be an error or carry that list, an array; it is filtered.
+    pub lists: Vec<(Value, ListKind)>,
+    /// Ids of the other requests answered here (a batch's).
+    pub others: Vec<Value>,
+    /// Lists filtered in every response whatever its id (a GET stream's replays, a batch).
+    pub any: Vec<ListKind>,
+    /// Every message must be JSON-RPC, and every response must answer a request above.
+    pub strict: bool,
+    /// A JSON body answering a POST: server requests and notifications are no answer.
+    pub responses_only: bool,
+}
+
+/// The outcome of [`check_answer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    /// Forward the original bytes: no list in it.
+    Pass,
+    /// Forward the original bytes: it holds lists of `kinds`, nothing of them hidden.
+    Listed { kinds: Vec<ListKind> },
+    /// Forward `body` instead: `hidden` entries of its lists of `kinds` were removed.
+    Rewritten {
+        body: Vec<u8>,
+        hidden: usize,
+        kinds: Vec<ListKind>,
+    },
+    /// The message cannot be read as what was expected: fail closed. Says why.
+    Unreadable(String),
+}
+
+/// Checks one message from the server (a JSON body, or one event's data; a JSON-RPC batch
+/// member by member) against what the exchange's list requests expect, and filters every list
+/// it must. Anything the filter cannot read positively is [`Checked::Unreadable`]: not JSON,
+/// ambiguous members, a message both request and response, a result and an error together; and
+/// when `strict`, anything that is not a JSON-RPC message, a response to no request of the
+/// exchange, or a list request's result without its list array.
+pub fn check_answer(
+    message: &[u8],
+    expect: &Expect,
+    allowed: &mut dyn FnMut(ListKind, &str) -> bool,
+) -> Checked {
+    let unreadable = |why: &str| Checked::Unreadable(why.to_string());
+    if std::str::from_utf8(message).is_err()
+        || serde_json::from_slice::<IgnoredAny>(message).is_err()
+    {
+        return unreadable("not JSON");
+    }
+    let mut kinds: Vec<ListKind> = expect.any.clone();
+    for (_, kind) in &expect.lists {
+        if !kinds.contains(kind) {
+            kinds.push(*kind);
+        }
+    }
+    let mut top = Scan::new(message, 0);
+    let batch = top.peek() == Some(b'[');
+    let infos = if batch {
+        top.elements(|s| Some(s.info(&kinds)))
+    } else {
+        Some(vec![top.info(&kinds)])
+    };
+    let Some(infos) = infos else {
+        return unreadable("not JSON");
+    };
+    if batch && infos.is_empty() && expect.strict {
+        return unreadable("an empty batch");
+    }
+    let mut edits: Vec<(Range<usize>, Vec<Range<usize>>)> = Vec::new();
+    let mut hidden = 0;
+    let mut listed: Vec<ListKind> = Vec::new();
+    for info in infos {
+        let Ok(info) = info else {
+            return unreadable("a member the filter reads appears twice");
+        };
+        if !info.object {
+            if expect.strict {
+                return unreadable("not a JSON-RPC message");
+            }
+            continue;
+        }
+        let responses = info.results + info.errors;
+        if info.ids.len() > 1 || info.results > 1 || info.errors > 1 || info.methods > 1 {
+            return unreadable("a member the filter reads appears twice");
+        }
+        if info.methods > 0 {
+            if responses > 0 {
+                return unreadable("both a request and a response");
+            }
+            if expect.responses_only {
+                return unreadable("a request or notification where a response was due");
+            }
+            continue;
+        }
+        if responses == 0 {
+            if expect.strict {
+                return unreadable("not a JSON-RPC message");
+            }
+            continue;
+        }
+        if responses > 1 {
+            return unreadable("both a result and an error");
+        }
+        let id = info
+            .ids
+            .first()
+            .and_then(|span| message.get(span.clone()))
+            .and_then(|raw| serde_json::from_slice::<Value>(raw).ok());
+        let answered = id.as_ref().and_then(|id| {
+            expect
+                .lists
+                .iter()
+                .find(|(wanted, _)| same_id(wanted, id))
+                .map(|(_, kind)| *kind)
+        });
+        let known = answered.is_some()
+            || id
+                .as_ref()
+                .is_some_and(|id| expect.others.iter().any(|o| same_id(o, id)));
+        if info.errors > 0 {
+            if !info.error_object {
+                return unreadable("an error that is not an object");
+            }
+            if expect.strict && !known && id != Some(Value::Null) {
+                return unreadable("a response to no request of this exchange");
+            }
+            continue;
+        }
+        if expect.strict && !known {
+            return unreadable("a response to no request of this exchange");
+        }
+        for (i, kind) in kinds.iter().enumerate() {
+            let found = info.lists.get(i).map(Vec::as_slice).unwrap_or_default();
+            let list = match found {
+                [] | [None] if answered != Some(*kind) => continue,
+                [] | [None] => return unreadable("a list result without its list"),
+                [Some(list)] => list,
+                _ => return unreadable("a member the filter reads appears twice"),
+            };
+            let (array, entries) = list;
+            if !listed.contains(kind) {
+                listed.push(*kind);
+            }
+            let total = entries.len();
+            let kept: Vec<Range<usize>> = entries
+                .iter()
+                .filter(|(_, name)| name.as_deref().is_some_and(|n| allowed(*kind, n)))
+                .map(|(entry, _)| entry.clone())
+                .collect();
+            if kept.len() < total {
+                hidden += total - kept.len();
+                edits.push((array.clone(), kept));
+            }
+        }
+    }
+    if hidden == 0 {
+        return if listed.is_empty() {
+            Checked::Pass
+        } else {
+            Checked::Listed { kinds: listed }
+        };
+    }
+    edits.sort_by_key(|(array, _)| array.start);
+    match splice(message, &edits) {
+        Some(body) => Checked::Rewritten {
+            body,
+            hidden,
+            kinds: listed,
+        },
+        None => unreadable("not JSON"),
+    }
+}
+
+/// What one message holds, for [`check_answer`].
+struct Info {
+    /// The message is an object.
+    object: bool,
+    ids: Vec<Range<usize>>,
+    results: usize,
+    errors: usize,
+    error_object: bool,
+    methods: usize,
+    /// For each kind asked for: the list members found in the result (`None`: not an array).
+    lists: Vec<Vec<Option<List>>>,
 }
 
 /// A member that must be unique appears twice, or the scanner failed.
@@ -206,7 +464,7 @@ impl<'a> Scan<'a> {
         if let Some(expected) = expected_id {
             let id = ids.first().and_then(|v| self.bytes.get(v.clone()));
             let id = id.and_then(|v| serde_json::from_slice::<Value>(v).ok());
-            if id.as_ref() != Some(expected) {
+            if !id.is_some_and(|id| same_id(expected, &id)) {
                 return Ok(None);
             }
         }
@@ -215,6 +473,64 @@ impl<'a> Scan<'a> {
             return Err(Ambiguous);
         }
         Ok(lists.pop().flatten())
+    }
+
+    /// Reads one message's members (see [`Info`]).
+    fn info(&mut self, kinds: &[ListKind]) -> Result<Info, Ambiguous> {
+        self.ws();
+        let mut info = Info {
+            object: self.peek() == Some(b'{'),
+            ids: Vec::new(),
+            results: 0,
+            errors: 0,
+            error_object: false,
+            methods: 0,
+            lists: vec![Vec::new(); kinds.len()],
+        };
+        if !info.object {
+            self.value().ok_or(Ambiguous)?;
+            return Ok(info);
+        }
+        self.object(|s, key| {
+            if s.key_is(&key, "id") {
+                info.ids.push(s.value()?);
+            } else if s.key_is(&key, "result") {
+                info.results += 1;
+                if s.peek()? != b'{' {
+                    s.value()?;
+                    return Some(());
+                }
+                s.object(|s, key| {
+                    let Some(i) = kinds.iter().position(|k| s.key_is(&key, k.list_key())) else {
+                        s.value()?;
+                        return Some(());
+                    };
+                    let kind = kinds.get(i)?;
+                    let list = if s.peek()? == b'[' {
+                        let start = s.pos;
+                        let entries = s.entries(kind.name_key())?;
+                        Some((start..s.pos, entries))
+                    } else {
+                        s.value()?;
+                        None
+                    };
+                    info.lists.get_mut(i)?.push(list);
+                    Some(())
+                })?;
+            } else if s.key_is(&key, "error") {
+                info.errors += 1;
+                info.error_object = s.peek()? == b'{';
+                s.value()?;
+            } else if s.key_is(&key, "method") {
+                info.methods += 1;
+                s.value()?;
+            } else {
+                s.value()?;
+            }
+            Some(())
+        })
+        .ok_or(Ambiguous)?;
+        Ok(info)
     }
 
     /// Reads a `result` value: one item per list member, the list if it is an array.
@@ -431,7 +747,10 @@ mod tests {
             ListKind::for_method("resources/list"),
             Some(ListKind::Resources)
         );
-        assert_eq!(ListKind::for_method("resources/templates/list"), None);
+        assert_eq!(
+            ListKind::for_method("resources/templates/list"),
+            Some(ListKind::Templates)
+        );
         assert_eq!(ListKind::for_method("tools/call"), None);
     }
 
@@ -517,7 +836,8 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": 7, "method": "roots/list"}),
             // Another id, same or different type.
             json!({"jsonrpc": "2.0", "id": 8, "result": {"tools": tools(&["a"])}}),
-            json!({"jsonrpc": "2.0", "id": "7", "result": {"tools": tools(&["a"])}}),
+            json!({"jsonrpc": "2.0", "id": "8", "result": {"tools": tools(&["a"])}}),
+            json!({"jsonrpc": "2.0", "id": "seven", "result": {"tools": tools(&["a"])}}),
             // No id at all.
             json!({"jsonrpc": "2.0", "result": {"tools": tools(&["a"])}}),
             // A result without the list, or with a list that is not an array.
@@ -674,6 +994,196 @@ mod tests {
         assert_eq!(hidden, 1);
         assert_eq!(out[0], msg[0]);
         assert_eq!(out[1]["result"]["tools"], json!(tools(&["b"])));
+    }
+
+    #[test]
+    fn ids_a_client_would_take_for_the_request_s() {
+        let five = json!(5);
+        for id in [
+            json!(5),
+            json!(5.0),
+            json!("5"),
+            json!("05"),
+            json!(" 5 "),
+            json!("+5"),
+            json!("5.0"),
+            json!("5e0"),
+            json!("0x5"),
+            json!("0_5"),
+            json!("\u{0665}"), // ARABIC-INDIC DIGIT FIVE: Python's int() reads it
+        ] {
+            assert!(same_id(&five, &id), "{id}");
+        }
+        for id in [
+            json!(6),
+            json!("6"),
+            json!("5a"),
+            json!(5.5),
+            json!(null),
+            json!(true),
+            json!([5]),
+            json!("five"),
+        ] {
+            assert!(!same_id(&five, &id), "{id}");
+        }
+        // JavaScript's Number("") is 0, the TypeScript SDK's first request id.
+        assert!(same_id(&json!(0), &json!("")));
+        // A string request id: exact, or the same number.
+        assert!(same_id(&json!("7"), &json!(7)));
+        assert!(same_id(&json!("abc"), &json!("abc")));
+        assert!(!same_id(&json!("abc"), &json!("ABC")));
+    }
+
+    #[test]
+    fn a_coerced_id_is_filtered_as_the_request_s() {
+        for id in [json!("5"), json!(5.0), json!("05")] {
+            let msg = json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools(&["a", "b"])}});
+            let (out, hidden) = rewritten(filter(&msg, ListKind::Tools, Some(json!(5)), &["a"]));
+            assert_eq!(
+                (out["result"]["tools"].clone(), hidden),
+                (json!(tools(&["a"])), 1)
+            );
+        }
+    }
+
+    fn check(message: &Value, expect: &Expect, allow: &[&str]) -> Checked {
+        let bytes = serde_json::to_vec(message).unwrap();
+        check_answer(&bytes, expect, &mut |_, n| allow.contains(&n))
+    }
+
+    fn list_request(id: Value, kind: ListKind) -> Expect {
+        Expect {
+            lists: vec![(id, kind)],
+            strict: true,
+            ..Expect::default()
+        }
+    }
+
+    fn rewritten_checked(c: Checked) -> (Value, usize) {
+        match c {
+            Checked::Rewritten { body, hidden, .. } => (serde_json::from_slice(&body).unwrap(), hidden),
+            other => panic!("expected Rewritten, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_list_request_s_answer_is_filtered_or_unreadable() {
+        let expect = list_request(json!(5), ListKind::Tools);
+        for id in [json!(5), json!("5"), json!(5.0), json!("5e0")] {
+            let msg = json!({"jsonrpc": "2.0", "id": id, "result": {"tools": tools(&["a", "b"])}});
+            let (out, hidden) = rewritten_checked(check(&msg, &expect, &["a"]));
+            assert_eq!(
+                (out["result"]["tools"].clone(), hidden),
+                (json!(tools(&["a"])), 1)
+            );
+        }
+        // Errors pass; nothing to filter.
+        let error = json!({"jsonrpc": "2.0", "id": 5, "error": {"code": -1, "message": "no"}});
+        assert_eq!(check(&error, &expect, &[]), Checked::Pass);
+        let null_id = json!({"jsonrpc": "2.0", "id": null, "error": {"code": -1, "message": "no"}});
+        assert_eq!(check(&null_id, &expect, &[]), Checked::Pass);
+        // Server requests and notifications pass on a stream, not as a JSON body.
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/progress", "params": {}});
+        assert_eq!(check(&note, &expect, &[]), Checked::Pass);
+        let body = Expect {
+            responses_only: true,
+            ..expect.clone()
+        };
+        assert!(matches!(check(&note, &body, &[]), Checked::Unreadable(_)));
+        for bad in [
+            json!({"jsonrpc": "2.0", "id": 6, "result": {"tools": tools(&["a"])}}),
+            json!({"jsonrpc": "2.0", "result": {"tools": tools(&["a"])}}),
+            json!({"jsonrpc": "2.0", "id": 5, "result": {}}),
+            json!({"jsonrpc": "2.0", "id": 5, "result": {"prompts": []}}),
+            json!({"jsonrpc": "2.0", "id": 5, "result": {"tools": {"name": "a"}}}),
+            json!({"jsonrpc": "2.0", "id": 5, "result": [1]}),
+            json!({"jsonrpc": "2.0", "id": 5, "result": {"tools": []}, "error": {"code": 1}}),
+            json!({"jsonrpc": "2.0", "id": 5, "method": "x", "result": {"tools": []}}),
+            json!({"jsonrpc": "2.0", "id": 5, "error": "no"}),
+            json!({"jsonrpc": "2.0", "id": 6, "error": {"code": 1, "message": "x"}}),
+            json!({"jsonrpc": "2.0", "id": 5}),
+            json!({"tools": tools(&["a"])}),
+            json!("just a string"),
+            json!([]),
+        ] {
+            assert!(
+                matches!(check(&bad, &expect, &["a"]), Checked::Unreadable(_)),
+                "{bad}"
+            );
+        }
+        for bad in [
+            &b""[..],
+            b"not json",
+            b"{\"id\":5,\"id\":5,\"result\":{\"tools\":[]}}",
+        ] {
+            assert!(matches!(
+                check_answer(bad, &expect, &mut |_, _| true),
+                Checked::Unreadable(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn a_get_stream_filters_every_list_by_shape() {
+        let expect = Expect {
+            any: ListKind::ALL.to_vec(),
+            ..Expect::default()
+        };
+        // Any id; every kind in one result, each filtered.
+        let msg = json!({"jsonrpc": "2.0", "id": "x", "result": {
+            "tools": tools(&["a", "b"]),
+            "prompts": [{"name": "a"}, {"name": "p"}],
+            "resourceTemplates": [{"uriTemplate": "a", "name": "t"}, {"uriTemplate": "u", "name": "a"}],
+        }});
+        let (out, hidden) = rewritten_checked(check(&msg, &expect, &["a"]));
+        assert_eq!(hidden, 3);
+        assert_eq!(out["result"]["tools"], json!(tools(&["a"])));
+        assert_eq!(out["result"]["prompts"], json!([{"name": "a"}]));
+        assert_eq!(
+            out["result"]["resourceTemplates"],
+            json!([{"uriTemplate": "a", "name": "t"}])
+        );
+        // Other JSON-RPC messages pass; what is not JSON, or is both request and response, not.
+        let other = json!({"jsonrpc": "2.0", "id": 1, "result": {"content": []}});
+        assert_eq!(check(&other, &expect, &[]), Checked::Pass);
+        let both = json!({"jsonrpc": "2.0", "id": 1, "method": "m", "result": {"tools": []}});
+        assert!(matches!(check(&both, &expect, &[]), Checked::Unreadable(_)));
+        assert!(matches!(
+            check_answer(b"data", &expect, &mut |_, _| true),
+            Checked::Unreadable(_)
+        ));
+    }
+
+    #[test]
+    fn a_batch_s_list_answers_are_matched_by_id() {
+        let expect = Expect {
+            lists: vec![(json!(1), ListKind::Tools), (json!(3), ListKind::Prompts)],
+            others: vec![json!(2)],
+            any: ListKind::ALL.to_vec(),
+            strict: true,
+            responses_only: true,
+        };
+        let msg = json!([
+            {"jsonrpc": "2.0", "id": "3", "result": {"prompts": [{"name": "a"}, {"name": "p"}]}},
+            {"jsonrpc": "2.0", "id": 2, "result": {"content": [], "tools": tools(&["b"])}},
+            {"jsonrpc": "2.0", "id": 1.0, "result": {"tools": tools(&["a", "b"])}},
+        ]);
+        let (out, hidden) = rewritten_checked(check(&msg, &expect, &["a"]));
+        assert_eq!(hidden, 3);
+        assert_eq!(out[0]["result"]["prompts"], json!([{"name": "a"}]));
+        assert_eq!(out[1]["result"]["tools"], json!([]));
+        assert_eq!(out[2]["result"]["tools"], json!(tools(&["a"])));
+        // A list request answered without its list, or a response to no request: unreadable.
+        for bad in [
+            json!([{"jsonrpc": "2.0", "id": 1, "result": {"prompts": []}}]),
+            json!([{"jsonrpc": "2.0", "id": 9, "result": {}}]),
+            json!([{"jsonrpc": "2.0", "id": 1, "result": {"tools": []}}, 5]),
+        ] {
+            assert!(
+                matches!(check(&bad, &expect, &["a"]), Checked::Unreadable(_)),
+                "{bad}"
+            );
+        }
     }
 
     fn big_list() -> Vec<u8> {

@@ -73,6 +73,8 @@ pub struct Stream {
     batch: Vec<Record>,
     lists: Option<ListFilter>,
     body: Option<Body>,
+    /// A held (buffered) response body has not been checked to its end yet.
+    held: bool,
     json_response: bool,
     /// When the request began (Envoy's `request.time`), in nanoseconds since the epoch.
     start_ns: Option<u64>,
@@ -103,6 +105,7 @@ impl Stream {
             batch: Vec::new(),
             lists: None,
             body: None,
+            held: false,
             json_response: false,
             start_ns: None,
             busy_ns: 0,
@@ -344,9 +347,11 @@ impl Stream {
     fn allow_bodiless(&mut self, host: &mut dyn Host, mut record: Record, method: &str) -> Action {
         if method == "GET" {
             // A GET stream may replay list results: filter them by shape.
+            // A GET stream may replay the answers of earlier requests (Last-Event-ID): every
+            // list in any response is filtered, and every event must be JSON-RPC.
             self.lists = Some(ListFilter {
-                kinds: vec![ListKind::Tools, ListKind::Prompts, ListKind::Resources],
-                expected_id: None,
+                any: ListKind::ALL.to_vec(),
+                ..ListFilter::default()
             });
         }
         record.decision = Verdict::Allow;
@@ -444,9 +449,18 @@ impl Stream {
             Outcome::Allow => {
                 record.decision = Verdict::Allow;
                 if let Some(kind) = ListKind::for_method(&message.method) {
-                    self.lists = Some(ListFilter {
-                        kinds: vec![kind],
-                        expected_id: message.id.clone(),
+                    self.lists = Some(match (&message.id, message.kind) {
+                        // Its answer must be read as that list, or it does not pass.
+                        (Some(id), Kind::Request) => ListFilter {
+                            lists: vec![(id.clone(), kind)],
+                            strict: true,
+                            ..ListFilter::default()
+                        },
+                        // No answer is due: whatever comes is filtered all the same.
+                        _ => ListFilter {
+                            any: vec![kind],
+                            ..ListFilter::default()
+                        },
                     });
                 }
                 self.audit(host, record);
@@ -575,10 +589,21 @@ impl Stream {
                 .iter()
                 .any(|m| ListKind::for_method(&m.method).is_some())
             {
-                self.lists = Some(ListFilter {
-                    kinds: vec![ListKind::Tools, ListKind::Prompts, ListKind::Resources],
-                    expected_id: None,
-                });
+                // Each list request's answer is matched by id and must be its list; every
+                // list in any response of the batch is filtered.
+                let mut lists = ListFilter {
+                    any: ListKind::ALL.to_vec(),
+                    strict: true,
+                    ..ListFilter::default()
+                };
+                for m in messages.iter().filter(|m| m.kind == Kind::Request) {
+                    let Some(id) = m.id.clone() else { continue };
+                    match ListKind::for_method(&m.method) {
+                        Some(kind) => lists.lists.push((id, kind)),
+                        None => lists.others.push(id),
+                    }
+                }
+                self.lists = Some(lists);
             }
             return Action::Continue;
         }
@@ -678,12 +703,23 @@ impl Stream {
             }
         }
         host.remove_response_header("www-authenticate");
+        if let Some(why) = self.list_answer_problem(status, &headers, end_of_stream) {
+            record.decision = Verdict::Error;
+            record.reason = Some(format!("{}: {why}", response::UNREADABLE_LIST_ANSWER));
+            record.error_code = Some(reply::INTERNAL);
+            let body = self.bad_gateway_body();
+            return self.refuse(host, record, 502, &[], body);
+        }
         if end_of_stream {
             self.audit(host, record);
             return Action::Continue;
         }
         let content_type = header(&headers, "content-type").unwrap_or_default();
         self.json_response = is_json(content_type);
+        if let Some(lists) = self.lists.as_mut() {
+            // A JSON body answers the POST: it must be the response(s), nothing else.
+            lists.responses_only = lists.strict && self.json_response;
+        }
         let body = response::body_for(content_type);
         host.remove_response_header("content-length");
         let action = match body {
@@ -695,6 +731,7 @@ impl Stream {
             // A held body is checked and its record rewritten (status included) at its end.
             Body::Buffered => {
                 self.record = Some(record);
+                self.held = true;
                 Action::Pause
             }
         };
@@ -722,7 +759,7 @@ impl Stream {
                 lister.visible(match kind {
                     ListKind::Tools => Item::Tool(name),
                     ListKind::Prompts => Item::Prompt(name),
-                    ListKind::Resources => Item::Resource(name),
+                    ListKind::Resources | ListKind::Templates => Item::Resource(name),
                 })
             };
             let lists = self.lists.as_ref();
@@ -767,6 +804,7 @@ impl Stream {
         if hold {
             return BodyAction::Pause;
         }
+        self.held = false;
         if report.hidden > 0 {
             host.count(metrics::HIDDEN_ENTRIES, report.hidden as u64);
         }
@@ -783,28 +821,7 @@ impl Stream {
             (report.leaks > 0 && server.block_key_leaks)
                 .then(|| "response carried the service key".to_string())
         }) {
-            let mut r = record.unwrap_or_else(|| Record::new(now, ""));
-            r.decision = Verdict::Error;
-            r.reason = Some(why);
-            self.write(host, &mut r);
-            return match self.body {
-                // Held whole: nothing went downstream yet, answer 502 instead.
-                Some(Body::Buffered) => {
-                    self.refuse(
-                        host,
-                        r,
-                        502,
-                        &[],
-                        reply::http_error("bad_gateway", "upstream response refused"),
-                    );
-                    BodyAction::Pause
-                }
-                // Streaming: cut the stream; nothing unchecked goes on.
-                _ => {
-                    host.reset_response();
-                    BodyAction::Pause
-                }
-            };
+            return self.fail_response(host, record, why);
         }
         if let Some(mut r) = record {
             // Rewritten at the end too, for the final timings.
@@ -817,6 +834,75 @@ impl Stream {
             Some(bytes) => BodyAction::Replace(bytes),
             None => BodyAction::Continue,
         }
+    }
+
+    /// The adapter could not read the response body from Envoy, or not write the filtered one
+    /// back (`why`, the audit reason): nothing unchecked goes on. A held body is answered with
+    /// 502, a stream is cut; audited as an error.
+    pub fn response_failed(&mut self, host: &mut dyn Host, why: &str) -> BodyAction {
+        if self.server.is_none() {
+            host.reset_response();
+            return BodyAction::Pause;
+        }
+        let record = self.record.take();
+        self.fail_response(host, record, why.to_string())
+    }
+
+    /// A response that cannot go on: 502 while its headers are held, else the stream is cut.
+    fn fail_response(
+        &mut self,
+        host: &mut dyn Host,
+        record: Option<Record>,
+        why: String,
+    ) -> BodyAction {
+        self.held = false;
+        let mut r = record.unwrap_or_else(|| Record::new(host.now_millis(), ""));
+        r.decision = Verdict::Error;
+        r.reason = Some(why);
+        self.write(host, &mut r);
+        match self.body {
+            // Held whole: nothing went downstream yet, answer 502 instead.
+            Some(Body::Buffered) => {
+                let body = self.bad_gateway_body();
+                self.refuse(host, r, 502, &[], body);
+                BodyAction::Pause
+            }
+            // Streaming: cut the stream; nothing unchecked goes on.
+            _ => {
+                self.record = None;
+                host.reset_response();
+                BodyAction::Pause
+            }
+        }
+    }
+
+    /// The exchange is over (Envoy's log phase). A held response that never reached its end
+    /// here was answered by Envoy itself: over its buffer limit while the filter held it
+    /// (500, `response_payload_too_large`), or reset. Its record, still the request's `allow`,
+    /// becomes an error naming what Envoy said.
+    pub fn on_log(&mut self, host: &mut dyn Host) {
+        if !std::mem::take(&mut self.held) {
+            return;
+        }
+        let Some(mut record) = self.record.take() else {
+            return;
+        };
+        let details = host
+            .property_string(&["response", "code_details"])
+            .unwrap_or_default();
+        record.decision = Verdict::Error;
+        record.status = host
+            .property(&["response", "code"])
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .and_then(|b| u32::try_from(i64::from_le_bytes(b)).ok());
+        record.reason = Some(if details == "response_payload_too_large" {
+            "response_payload_too_large: the response exceeded Envoy's buffer limit \
+             (per_connection_buffer_limit_bytes) while the filter held it"
+                .to_string()
+        } else {
+            format!("response_not_completed: {details}")
+        });
+        self.write(host, &mut record);
     }
 
     /// An internal failure: answer 503 and audit it as an error. Nothing is forwarded.
@@ -1068,6 +1154,65 @@ impl Stream {
         }
     }
 
+    /// Why the answer to a list request (or a GET stream, which may replay one) cannot be read
+    /// as a list, from its headers: then it is answered with 502. Only `application/json` and
+    /// `text/event-stream` bodies are readable; a list request's answer must be a 200 with a
+    /// body. Other statuses (3xx, 4xx, 5xx) carry no list a client reads: they pass, but every
+    /// list in a readable body is still filtered, whatever its id.
+    fn list_answer_problem(
+        &mut self,
+        status: Option<u32>,
+        headers: &[Header],
+        end_of_stream: bool,
+    ) -> Option<String> {
+        let lists = self.lists.as_mut()?;
+        let content_type = header(headers, "content-type");
+        let readable = content_type.is_some_and(|t| is_json(t) || is_event_stream(t));
+        let unreadable_type = || match content_type {
+            Some(t) => format!("content-type {t:?}"),
+            None => "no content-type".to_string(),
+        };
+        let success = status.is_some_and(|s| (200..300).contains(&s));
+        if !lists.strict {
+            // A GET stream: whatever has a body must be readable.
+            return (success && !end_of_stream && !readable).then(unreadable_type);
+        }
+        match status {
+            Some(200) if end_of_stream => Some("no body".to_string()),
+            Some(200) if !readable => Some(unreadable_type()),
+            Some(200) => None,
+            Some(s) if success => Some(format!("status {s}")),
+            _ => {
+                lists.strict = false;
+                for kind in ListKind::ALL {
+                    if !lists.any.contains(&kind) {
+                        lists.any.push(kind);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The 502 body when an answer is refused: for a list request, a JSON-RPC error with its id.
+    fn bad_gateway_body(&self) -> Vec<u8> {
+        match self.lists.as_ref().filter(|l| !l.lists.is_empty()) {
+            Some(lists) => {
+                let id = match (lists.lists.as_slice(), lists.others.is_empty()) {
+                    ([(id, _)], true) => Some(id),
+                    _ => None,
+                };
+                reply::jsonrpc_error(
+                    id,
+                    reply::INTERNAL,
+                    "the MCP server's answer to this list request could not be checked, so it was not forwarded",
+                    None,
+                )
+            }
+            None => reply::http_error("bad_gateway", "upstream response refused"),
+        }
+    }
+
     fn block_leak(&mut self, host: &mut dyn Host, mut record: Record) -> Action {
         record.decision = Verdict::Error;
         record.reason = Some("response carried the service key".into());
@@ -1232,6 +1377,14 @@ fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(name))
         .map(|(_, v)| v.as_str())
+}
+
+/// `text/event-stream`, any case, with or without parameters.
+fn is_event_stream(content_type: &str) -> bool {
+    content_type
+        .split(';')
+        .next()
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 /// `application/json`, any case, with or without parameters.

@@ -5,9 +5,8 @@
 //! `text/event-stream` bodies are rewritten event by event as they stream.
 
 use memchr::memmem;
-use serde_json::Value;
 
-use crate::discovery::{self, Filtered, ListKind};
+use crate::discovery::{self, Checked, ListKind};
 use crate::sse::{Rewrite, SseRewriter};
 
 /// Largest non-streamed response body held for inspection.
@@ -16,14 +15,12 @@ pub const MAX_BUFFERED_RESPONSE: usize = 8 * 1024 * 1024;
 pub const MAX_EVENT: usize = 4 * 1024 * 1024;
 const REDACTED: &[u8] = b"[REDACTED]";
 
-/// Which list results to filter in this response.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ListFilter {
-    pub kinds: Vec<ListKind>,
-    /// The list request's id; `None` on a GET stream, where replayed results are recognised by
-    /// their shape alone.
-    pub expected_id: Option<Value>,
-}
+/// Which list results to filter in this response, and what the answer to list requests must
+/// be: see [`discovery::Expect`].
+pub type ListFilter = discovery::Expect;
+
+/// The audit reason prefix of a list answer the filter could not read (fail closed).
+pub const UNREADABLE_LIST_ANSWER: &str = "unreadable_list_answer";
 
 /// How a response body is handled.
 #[derive(Debug)]
@@ -56,23 +53,46 @@ pub fn body_for(content_type: &str) -> Body {
 }
 
 /// Byte strings to find in responses (the service key's forms), each with its searcher built
-/// once, when the configuration loads.
+/// once, when the configuration loads. A pattern may widen its redaction over neighbouring
+/// base64 characters (see [`Pattern`]).
 #[derive(Clone)]
-pub struct Patterns(Vec<memmem::Finder<'static>>);
+pub struct Patterns(Vec<(memmem::Finder<'static>, Widen)>);
+
+/// How far a match's redaction extends over adjacent base64 characters: the core of a base64
+/// encoding at another byte offset leaves a character on each side (then `=` padding) that
+/// still carries bits of the key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Widen {
+    pub left: usize,
+    pub right: usize,
+}
+
+/// One pattern: its bytes and how far its redaction widens.
+pub struct Pattern {
+    pub bytes: Vec<u8>,
+    pub widen: Widen,
+}
 
 impl Patterns {
     pub fn new(patterns: impl IntoIterator<Item = Vec<u8>>) -> Patterns {
+        Patterns::widened(patterns.into_iter().map(|bytes| Pattern {
+            bytes,
+            widen: Widen::default(),
+        }))
+    }
+
+    pub fn widened(patterns: impl IntoIterator<Item = Pattern>) -> Patterns {
         Patterns(
             patterns
                 .into_iter()
-                .filter(|p| !p.is_empty())
-                .map(|p| memmem::Finder::new(&p).into_owned())
+                .filter(|p| !p.bytes.is_empty())
+                .map(|p| (memmem::Finder::new(&p.bytes).into_owned(), p.widen))
                 .collect(),
         )
     }
 
-    fn needles(&self) -> impl Iterator<Item = &[u8]> {
-        self.0.iter().map(memmem::Finder::needle)
+    fn needles(&self) -> impl Iterator<Item = (&[u8], Widen)> {
+        self.0.iter().map(|(f, w)| (f.needle(), *w))
     }
 }
 
@@ -91,10 +111,16 @@ impl std::fmt::Debug for Patterns {
     }
 }
 
-/// Replaces every occurrence of the patterns in `bytes`; returns how many were found.
+/// Either base64 alphabet (standard and URL-safe).
+fn is_base64(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'-' | b'_')
+}
+
+/// Replaces every occurrence of the patterns in `bytes` (widened over the base64 characters
+/// next to it, as the pattern says); returns how many were found.
 pub fn redact(bytes: &mut Vec<u8>, patterns: &Patterns) -> usize {
     let mut found = 0;
-    for finder in &patterns.0 {
+    for (finder, widen) in &patterns.0 {
         // The common case, nothing to redact, costs one scan and no allocation.
         let mut hits = finder.find_iter(bytes).peekable();
         if hits.peek().is_none() {
@@ -108,9 +134,34 @@ pub fn redact(bytes: &mut Vec<u8>, patterns: &Patterns) -> usize {
             if at < from {
                 continue;
             }
-            out.extend_from_slice(bytes.get(from..at).unwrap_or_default());
+            let mut start = at;
+            for _ in 0..widen.left {
+                match start.checked_sub(1) {
+                    Some(p) if p >= from && bytes.get(p).copied().is_some_and(is_base64) => {
+                        start = p
+                    }
+                    _ => break,
+                }
+            }
+            let mut end = at + len;
+            for _ in 0..widen.right {
+                match bytes.get(end) {
+                    Some(&b) if is_base64(b) => end += 1,
+                    _ => break,
+                }
+            }
+            if widen.left + widen.right > 0 {
+                // Padding ends an encoding: it goes too.
+                for _ in 0..2 {
+                    match bytes.get(end) {
+                        Some(b'=') => end += 1,
+                        _ => break,
+                    }
+                }
+            }
+            out.extend_from_slice(bytes.get(from..start).unwrap_or_default());
             out.extend_from_slice(REDACTED);
-            from = at + len;
+            from = end;
             found += 1;
         }
         out.extend_from_slice(bytes.get(from..).unwrap_or_default());
@@ -121,10 +172,10 @@ pub fn redact(bytes: &mut Vec<u8>, patterns: &Patterns) -> usize {
 
 /// Whether `text` contains any pattern.
 pub fn contains_any(text: &[u8], patterns: &Patterns) -> bool {
-    patterns.0.iter().any(|f| f.find(text).is_some())
+    patterns.0.iter().any(|(f, _)| f.find(text).is_some())
 }
 
-/// Filters a complete JSON-RPC message (a whole JSON body, or one event's data).
+/// Checks and filters a complete JSON-RPC message (a whole JSON body, or one event's data).
 fn filter_message(
     message: &[u8],
     lists: Option<&ListFilter>,
@@ -132,38 +183,47 @@ fn filter_message(
     report: &mut Inspection,
 ) -> Option<Vec<u8>> {
     let lists = lists?;
-    for kind in &lists.kinds {
-        let kind = *kind;
-        match discovery::filter_result(message, kind, lists.expected_id.as_ref(), &mut |name| {
-            visible(kind, name)
-        }) {
-            Filtered::Unchanged => {
-                return crate::protocol::private_list(
-                    kind,
-                    message,
-                    None,
-                    &mut report.failed,
-                    &mut report.learned,
-                )
-            }
-            Filtered::NotAList => continue,
-            Filtered::Rewritten { body, hidden } => {
-                report.hidden += hidden;
-                return crate::protocol::private_list(
-                    kind,
-                    message,
-                    Some(body),
-                    &mut report.failed,
-                    &mut report.learned,
-                );
-            }
-            Filtered::Unparseable => {
-                report.failed = Some("list result could not be parsed".into());
-                return None;
-            }
+    match discovery::check_answer(message, lists, visible) {
+        Checked::Pass => None,
+        Checked::Listed { kinds } => private(&kinds, message, None, report),
+        Checked::Rewritten {
+            body,
+            hidden,
+            kinds,
+        } => {
+            report.hidden += hidden;
+            private(&kinds, message, Some(body), report)
+        }
+        Checked::Unreadable(why) => {
+            report.failed = Some(format!("{UNREADABLE_LIST_ANSWER}: {why}"));
+            None
         }
     }
-    None
+}
+
+/// A list answer the filter decided for this caller leaves private (`cacheScope`), and a tools
+/// listing teaches the `Mcp-Param-*` declarations ([`crate::protocol::private_list`]). Batches
+/// exist only in 2025-03-26, which has neither.
+fn private(
+    kinds: &[ListKind],
+    message: &[u8],
+    rewritten: Option<Vec<u8>>,
+    report: &mut Inspection,
+) -> Option<Vec<u8>> {
+    let batch = message.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let kind = match kinds {
+        _ if batch => return rewritten,
+        [] => return rewritten,
+        _ if kinds.contains(&ListKind::Tools) => ListKind::Tools,
+        [first, ..] => *first,
+    };
+    crate::protocol::private_list(
+        kind,
+        message,
+        rewritten,
+        &mut report.failed,
+        &mut report.learned,
+    )
 }
 
 /// Inspects a whole buffered body. Returns the body to send, when it changed.
@@ -175,7 +235,8 @@ pub fn inspect_buffered(
     visible: &mut dyn FnMut(ListKind, &str) -> bool,
 ) -> (Option<Vec<u8>>, Inspection) {
     let mut report = Inspection::default();
-    let mut out = if json && !body.is_empty() {
+    // An empty body is no list; it is unreadable only where a list is due.
+    let mut out = if json && (!body.is_empty() || lists.is_some_and(|l| l.strict)) {
         filter_message(body, lists, visible, &mut report)
     } else {
         None
@@ -238,6 +299,7 @@ pub fn inspect_events(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     #[test]
     fn redacts_every_occurrence_of_every_pattern() {
@@ -257,8 +319,10 @@ mod tests {
     fn buffered_list_is_filtered_and_counted() {
         let body = br#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"a"},{"name":"b"}],"nextCursor":"x"}}"#;
         let lists = ListFilter {
-            kinds: vec![ListKind::Tools],
-            expected_id: Some(Value::from(3)),
+            lists: vec![(Value::from(3), ListKind::Tools)],
+            strict: true,
+            responses_only: true,
+            ..Default::default()
         };
         let (out, report) =
             inspect_buffered(body, true, Some(&lists), &Patterns::new([]), &mut |_, n| {

@@ -208,9 +208,17 @@ impl Exchange {
 #[cfg(feature = "fault-injection")]
 #[allow(clippy::panic)]
 fn injected_fault() {
-    if Host::request_header(&Envoy, "x-mcp-guard-fault").as_deref() == Some("trap") {
+    if fault("trap") {
         panic!("mcp-guard: injected fault");
     }
+}
+
+/// Test builds only: whether the request asked for this fault (`x-mcp-guard-fault`):
+/// `response-body-unavailable` (Envoy cannot hand the response body over),
+/// `response-body-write` (the filtered body cannot be written back).
+#[cfg(feature = "fault-injection")]
+fn fault(name: &str) -> bool {
+    Host::request_header(&Envoy, "x-mcp-guard-fault").as_deref() == Some(name)
 }
 
 struct Http {
@@ -276,14 +284,20 @@ impl HttpContext for Http {
         })
     }
 
+    fn on_log(&mut self) {
+        let mut ex = self.exchange.borrow_mut();
+        ex.timed(|ex| ex.stream.on_log(&mut Envoy));
+    }
+
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> WasmAction {
         let mut ex = self.exchange.borrow_mut();
         ex.timed(|ex| {
-            let body = match hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size) {
-                Ok(b) => b.unwrap_or_default(),
-                Err(_) => {
+            let body = match read_response_body(size) {
+                Ok(b) => b,
+                Err(()) => {
                     // Fail closed: an uninspectable response does not go on.
-                    let _ = hostcalls::reset_http_response();
+                    ex.stream
+                        .response_failed(&mut Envoy, "response_body_unavailable");
                     return WasmAction::Pause;
                 }
             };
@@ -291,9 +305,9 @@ impl HttpContext for Http {
                 BodyAction::Continue => WasmAction::Continue,
                 BodyAction::Pause => WasmAction::Pause,
                 BodyAction::Replace(bytes) => {
-                    if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, &bytes).is_err()
-                    {
-                        let _ = hostcalls::reset_http_response();
+                    if write_response_body(size, &bytes).is_err() {
+                        ex.stream
+                            .response_failed(&mut Envoy, "response_body_write_failed");
                         return WasmAction::Pause;
                     }
                     WasmAction::Continue
@@ -301,6 +315,26 @@ impl HttpContext for Http {
             }
         })
     }
+}
+
+/// The response body Envoy holds (the first `size` bytes).
+fn read_response_body(size: usize) -> Result<Vec<u8>, ()> {
+    #[cfg(feature = "fault-injection")]
+    if fault("response-body-unavailable") {
+        return Err(());
+    }
+    hostcalls::get_buffer(BufferType::HttpResponseBody, 0, size)
+        .map(Option::unwrap_or_default)
+        .map_err(|_| ())
+}
+
+/// Replaces the first `size` bytes of the response body Envoy holds.
+fn write_response_body(size: usize, bytes: &[u8]) -> Result<(), ()> {
+    #[cfg(feature = "fault-injection")]
+    if fault("response-body-write") {
+        return Err(());
+    }
+    hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, bytes).map_err(|_| ())
 }
 
 /// A header map as (name, value) text. proxy-wasm's `get_map` / `get_map_value` unwrap a UTF-8

@@ -1584,3 +1584,270 @@ fn compressed_response_is_not_forwarded_uninspected() {
         forwarded.map_or(0, |b| b.len())
     );
 }
+
+// ---- list answers: filtered or refused (issue 12) ------------------------------------------
+
+/// A tools/list request with id 5 answered with `status` and these headers.
+fn list_answered(
+    status: u32,
+    headers: &[(&str, &str)],
+    end_of_stream: bool,
+) -> (Stream, MockHost, Action) {
+    let (mut stream, mut host, action) = post(&alice(), &request(json!(5), "tools/list"));
+    assert_eq!(action, Action::Continue);
+    let status_text = status.to_string();
+    let mut all = vec![(":status", status_text.as_str())];
+    all.extend_from_slice(headers);
+    host.set_response(&all);
+    let action = stream.on_response_headers(&mut host, Some(status), end_of_stream);
+    (stream, host, action)
+}
+
+fn assert_unreadable_list_answer(host: &MockHost, why: &str) {
+    let reply = host.reply();
+    assert_eq!(reply.status, 502);
+    let body = reply.json();
+    assert_eq!(body["id"], 5, "{body}");
+    assert_eq!(body["error"]["code"], -32603);
+    let record = host.record();
+    assert_eq!(record["decision"], "error");
+    assert_eq!(record["reason"], format!("unreadable_list_answer: {why}"));
+    assert_eq!(record["status"], 502);
+}
+
+#[test]
+fn a_list_answer_of_an_unreadable_content_type_is_502() {
+    for (content_type, why) in [
+        (
+            Some("application/json-rpc"),
+            "content-type \"application/json-rpc\"",
+        ),
+        (Some("text/plain"), "content-type \"text/plain\""),
+        (
+            Some("application/problem+json"),
+            "content-type \"application/problem+json\"",
+        ),
+        (
+            Some("application/json, text/plain"),
+            "content-type \"application/json, text/plain\"",
+        ),
+        (None, "no content-type"),
+    ] {
+        let headers: Vec<(&str, &str)> = content_type
+            .map(|t| ("content-type", t))
+            .into_iter()
+            .collect();
+        let (_, host, action) = list_answered(200, &headers, false);
+        assert_eq!(action, Action::Pause, "{content_type:?}");
+        assert_unreadable_list_answer(&host, why);
+    }
+    // With parameters, any case: readable.
+    let (_, host, action) = list_answered(
+        200,
+        &[("content-type", "Application/JSON; charset=utf-8")],
+        false,
+    );
+    assert_eq!(action, Action::Pause);
+    assert!(host.replies.is_empty());
+}
+
+#[test]
+fn a_list_answer_with_another_2xx_or_no_body_is_502() {
+    for status in [201, 202, 203, 204, 206] {
+        let (_, host, _) = list_answered(status, &[("content-type", "application/json")], false);
+        assert_unreadable_list_answer(&host, &format!("status {status}"));
+    }
+    let (_, host, _) = list_answered(200, &[("content-type", "application/json")], true);
+    assert_unreadable_list_answer(&host, "no body");
+}
+
+#[test]
+fn a_list_answer_with_a_coerced_id_is_filtered() {
+    for id in [r#""5""#, "5.0", "5e0", r#""05""#] {
+        let (mut stream, mut host, _) =
+            list_answered(200, &[("content-type", "application/json")], false);
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":{TOOLS}}}}}"#);
+        let out = replaced(
+            stream.on_response_body(&mut host, body.as_bytes(), true),
+            body.as_bytes(),
+        );
+        let out: Value = serde_json::from_slice(&out).expect("JSON");
+        assert_eq!(
+            names(&out["result"]["tools"]),
+            ["search", "get", "update"],
+            "{id}"
+        );
+    }
+}
+
+#[test]
+fn a_json_list_answer_that_is_not_the_list_is_502() {
+    for (body, why) in [
+        (
+            r#"{"jsonrpc":"2.0","id":6,"result":{"tools":[]}}"#,
+            "a response to no request of this exchange",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":5,"result":{}}"#,
+            "a list result without its list",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","method":"notifications/message","params":{}}"#,
+            "a request or notification where a response was due",
+        ),
+        ("", "not JSON"),
+        ("tools: search, delete", "not JSON"),
+    ] {
+        let (mut stream, mut host, _) =
+            list_answered(200, &[("content-type", "application/json")], false);
+        assert_eq!(
+            stream.on_response_body(&mut host, body.as_bytes(), true),
+            BodyAction::Pause,
+            "{body}"
+        );
+        assert_unreadable_list_answer(&host, why);
+    }
+    // An error answer passes as it is.
+    let (mut stream, mut host, _) =
+        list_answered(200, &[("content-type", "application/json")], false);
+    let error = br#"{"jsonrpc":"2.0","id":5,"error":{"code":-32601,"message":"no"}}"#;
+    assert_eq!(
+        stream.on_response_body(&mut host, error, true),
+        BodyAction::Continue
+    );
+    assert!(host.replies.is_empty());
+}
+
+#[test]
+fn a_list_answer_under_an_error_status_is_still_filtered() {
+    let (mut stream, mut host, action) =
+        list_answered(500, &[("content-type", "application/json")], false);
+    assert_eq!(action, Action::Pause);
+    // Whatever its id: a client reading it would see the list.
+    let body = format!(r#"{{"jsonrpc":"2.0","id":"x","result":{{"tools":{TOOLS}}}}}"#);
+    let out = replaced(
+        stream.on_response_body(&mut host, body.as_bytes(), true),
+        body.as_bytes(),
+    );
+    let out: Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(names(&out["result"]["tools"]), ["search", "get", "update"]);
+    // A 404 in plain text (an expired session) passes.
+    let (mut stream, mut host, _) = list_answered(404, &[("content-type", "text/plain")], false);
+    assert_eq!(
+        stream.on_response_body(&mut host, b"Not Found", true),
+        BodyAction::Continue
+    );
+    assert!(host.replies.is_empty());
+}
+
+#[test]
+fn an_event_stream_list_answer_is_filtered_or_cut() {
+    // Server requests pass; the answer with a coerced id is filtered.
+    let (mut stream, mut host, _) =
+        list_answered(200, &[("content-type", "text/event-stream")], false);
+    let events = format!(
+        "data: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{{}}}}\n\n\
+         data: {{\"jsonrpc\":\"2.0\",\"id\":\"5\",\"result\":{{\"tools\":{TOOLS}}}}}\n\n"
+    );
+    let out = replaced(
+        stream.on_response_body(&mut host, events.as_bytes(), true),
+        events.as_bytes(),
+    );
+    let text = String::from_utf8(out).expect("utf-8");
+    assert!(text.contains("notifications/progress"));
+    assert!(
+        !text.contains("delete") && !text.contains("secret_tool"),
+        "{text}"
+    );
+    // An event that is not JSON-RPC, or a response to another id: the stream is cut.
+    for data in [
+        "not json",
+        r#"{"jsonrpc":"2.0","id":6,"result":{"tools":[]}}"#,
+        r#"{"tools":[]}"#,
+    ] {
+        let (mut stream, mut host, _) =
+            list_answered(200, &[("content-type", "text/event-stream")], false);
+        let event = format!("data: {data}\n\n");
+        assert_eq!(
+            stream.on_response_body(&mut host, event.as_bytes(), false),
+            BodyAction::Pause
+        );
+        assert_eq!(host.resets, 1, "{data}");
+        let record = host.record();
+        assert_eq!(record["decision"], "error");
+        assert!(record["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("unreadable_list_answer: "));
+    }
+}
+
+#[test]
+fn a_batch_s_list_answers_are_filtered_by_id() {
+    let config = config();
+    let mut host = post_host(Some(&alice()), &[("mcp-protocol-version", "2025-03-26")]);
+    let body = batch(&[request(json!(1), "tools/list"), request(json!(2), "ping")]);
+    let (mut stream, action) = send(&config, &mut host, &body);
+    assert_eq!(action, Action::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    stream.on_response_headers(&mut host, Some(200), false);
+    let answer = format!(
+        r#"[{{"jsonrpc":"2.0","id":2,"result":{{}}}},{{"jsonrpc":"2.0","id":"1","result":{{"tools":{TOOLS}}}}}]"#
+    );
+    let out = replaced(
+        stream.on_response_body(&mut host, answer.as_bytes(), true),
+        answer.as_bytes(),
+    );
+    let out: Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(
+        names(&out[1]["result"]["tools"]),
+        ["search", "get", "update"]
+    );
+    assert_eq!(out[0], json!({"jsonrpc": "2.0", "id": 2, "result": {}}));
+}
+
+#[test]
+fn a_get_stream_of_another_content_type_is_502() {
+    let mut host = get_host("/mcp", Some(&alice()));
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, true), Action::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", "text/plain")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Pause
+    );
+    assert_eq!(host.reply().status, 502);
+    assert_eq!(
+        host.record()["reason"],
+        "unreadable_list_answer: content-type \"text/plain\""
+    );
+}
+
+#[test]
+fn a_held_response_envoy_answered_itself_is_audited_as_an_error() {
+    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Pause
+    );
+    // Envoy's buffer limit: its own 500, the body never reaches the filter's end.
+    host.set_property(&["response", "code_details"], "response_payload_too_large");
+    stream.on_log(&mut host);
+    let record = host.record();
+    assert_eq!(record["decision"], "error");
+    assert_eq!(record["upstream_status"], 200);
+    assert!(record["reason"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("response_payload_too_large: "));
+
+    // A body checked to its end: the record stays as it was.
+    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    stream.on_response_headers(&mut host, Some(200), false);
+    stream.on_response_body(&mut host, br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, true);
+    host.set_property(&["response", "code_details"], "via_upstream");
+    stream.on_log(&mut host);
+    assert_eq!(host.record()["decision"], "allow");
+}

@@ -24,12 +24,15 @@ class SecStack(Stack):
     and a partner IdP with keys of its own (for kid confusion across issuers)."""
 
     def __init__(self, workdir, *, json_response=False, policy="policies/demo.yaml",
-                 values=None, options=None, server=None, **config):
+                 values=None, options=None, server=None, upstream=None, template="mcp-guard.yaml",
+                 **config):
+        """`upstream`: another upstream than the demo MCP server (e.g. a
+        `harness.ScriptedUpstream`); `template`: an Envoy template (a path outside envoy/ too)."""
         self.port = harness.free_port()
         self.resource = f"http://127.0.0.1:{self.port}/mcp"
         self.issuer = keys.Issuer(ISSUER, self.resource, algs=("RS256", "ES256"))
         self.partner = keys.Issuer(PARTNER, self.resource, algs=("RS256", "ES256"))
-        self.server = harness.McpServer(workdir, json_response=json_response)
+        self.server = upstream or harness.McpServer(workdir, json_response=json_response)
         issuers = [
             {"issuer": ISSUER, "audiences": [self.resource], "algorithms": ["RS256", "ES256"],
              "jwks": self.issuer.jwks()},
@@ -44,6 +47,7 @@ class SecStack(Stack):
             # Audit lines reach the file within 50 ms (Envoy's default is 10 s).
             self.envoy = harness.EnvoyWithArgs(
                 workdir, self.config, self.server.port, port=self.port, values=values,
+                template=template,
                 options={"--file-flush-interval-msec": 50, **(options or {})})
         except Exception:
             self.server.stop()

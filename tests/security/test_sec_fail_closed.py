@@ -10,11 +10,14 @@ workers the others keep checking traffic normally. The trapped VM cannot write a
 Envoy's access log writes them instead (origin "envoy", reason "wasm_fail_stream"), and Envoy's
 log has the panic."""
 
+import gzip
+import http.client
 import json
 
 import harness
 import pytest
 from hostile import SecStack, body_headers, call, forwarded, refused, send, wait_record
+from stack import modern
 
 FAULTS = harness.ROOT / "target" / "mcp_guard_faults.wasm"
 BODY = json.dumps(call("get_customer", {"customer_id": "c-100"})[0])
@@ -121,5 +124,152 @@ def test_header_values_that_are_not_utf8_do_not_kill_the_vm(tmp_path, name, valu
         else:
             forwarded(s, body=BODY, headers=h)
         forwarded(s, body=BODY, headers=hdrs(alice))
+    finally:
+        s.stop()
+
+
+# ---- responses the filter cannot inspect ----------------------------------------------------------
+
+TOOLS_CALL = json.dumps(call("echo", {"text": "hi"})[0])
+
+
+def echo_hdrs(token, extra=()):
+    return body_headers(token, method="tools/call", name="echo", extra=extra)
+
+
+def big_json(size):
+    """A tools/call result of about `size` bytes."""
+    return json.dumps({"jsonrpc": "2.0", "id": 1, "result": {
+        "content": [{"type": "text", "text": "x" * size}]}}).encode()
+
+
+@pytest.fixture(scope="module")
+def scripted(tmp_path_factory):
+    upstream = harness.ScriptedUpstream()
+    s = SecStack(tmp_path_factory.mktemp("scripted"), upstream=upstream)
+    s.upstream = upstream
+    yield s
+    s.stop()
+
+
+def only_record(stack, tag):
+    records = wait_record(stack, tag)
+    assert len(records) == 1, records
+    return records[0]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "identity, gzip"])
+def test_a_compressed_response_gets_502(scripted, encoding):
+    """The upstream compresses although the filter removed Accept-Encoding: the filter cannot
+    read it, so it does not pass."""
+    alice = scripted.token("alice", groups=["sales"])
+    scripted.upstream.script(lambda r: harness.Answer(
+        200, [("content-type", "application/json"), ("content-encoding", encoding)], gzip.compress(big_json(10))))
+    reply, tag = send(scripted, body=TOOLS_CALL, headers=echo_hdrs(alice))
+    assert reply.status == 502, reply
+    assert reply.json() == {"error": "bad_gateway", "error_description": "the MCP server sent a compressed response"}
+    record = only_record(scripted, tag)
+    assert (record["decision"], record["reason"]) == ("error", f"uninspectable_response: content-encoding {encoding}")
+
+
+def test_an_oversized_event_cuts_the_stream(scripted):
+    """An event over 4 MiB (response::MAX_EVENT) cannot be inspected: the stream is cut there."""
+    alice = scripted.token("alice", groups=["sales"])
+    first = b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\n\n'
+    huge = b"data: " + b"x" * (256 * 1024)
+    chunks = [first] + [huge] + [b"x" * (256 * 1024)] * 20 + [b"\n\n"]
+    scripted.upstream.script(lambda r: harness.Answer(200, [("content-type", "text/event-stream")], chunks))
+    rid = "oversized-event-1"
+    conn = http.client.HTTPConnection("127.0.0.1", scripted.port, timeout=20)
+    try:
+        conn.putrequest("POST", "/mcp", skip_accept_encoding=True)
+        for k, v in echo_hdrs(alice) + [("x-request-id", rid), ("content-length", str(len(TOOLS_CALL)))]:
+            conn.putheader(k, v)
+        conn.endheaders(TOOLS_CALL.encode())
+        resp = conn.getresponse()
+        assert resp.status == 200
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            resp.read()
+        assert cut.value.partial == first
+    finally:
+        conn.close()
+    record = only_record(scripted, rid)
+    assert (record["decision"], record["reason"]) == ("error", "server-sent event larger than the limit")
+
+
+def test_a_json_response_over_envoys_buffer_limit_is_audited_as_an_error(scripted):
+    """A held JSON response over Envoy's buffer limit (per_connection_buffer_limit_bytes, 1 MiB
+    by default): Envoy answers 500 itself; the filter learns it when the exchange ends and the
+    record says so (it used to stay `allow`)."""
+    alice = scripted.token("alice", groups=["sales"])
+    scripted.upstream.script(lambda r: harness.Answer(
+        200, [("content-type", "application/json")], big_json(2 * 1024 * 1024)))
+    reply, tag = send(scripted, body=TOOLS_CALL, headers=echo_hdrs(alice))
+    assert (reply.status, reply.body) == (500, b"Internal Server Error")
+    record = only_record(scripted, tag)
+    assert record["decision"] == "error" and record["status"] == 500, record
+    assert record["upstream_status"] == 200 and record["tool"] == "echo", record
+    assert record["reason"].startswith("response_payload_too_large: "), record
+    assert "per_connection_buffer_limit_bytes" in record["reason"]
+
+
+def big_buffer_template(workdir):
+    """envoy/mcp-guard.yaml with Envoy's buffer limits raised to 32 MiB (listener, cluster), so
+    that the filter's own limit on held responses (8 MiB) is met first."""
+    text = (harness.ROOT / "envoy" / "mcp-guard.yaml").read_text()
+    limit = "    per_connection_buffer_limit_bytes: 33554432\n"
+    listener = "  listeners:\n  - name: mcp\n"
+    cluster = "  clusters:\n  - name: mcp_upstream\n"
+    assert text.count(listener) == 1 and text.count(cluster) == 1
+    text = text.replace(listener, listener + limit).replace(cluster, cluster + limit)
+    path = workdir / "big-buffers.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_response_too_large_to_inspect_gets_502(tmp_path):
+    """Over 8 MiB (response::MAX_BUFFERED_RESPONSE) the filter stops holding a JSON body: 502."""
+    upstream = harness.ScriptedUpstream(lambda r: harness.Answer(
+        200, [("content-type", "application/json")], big_json(9 * 1024 * 1024)))
+    s = SecStack(tmp_path, upstream=upstream, template=big_buffer_template(tmp_path))
+    try:
+        alice = s.token("alice", groups=["sales"])
+        reply, tag = send(s, body=TOOLS_CALL, headers=echo_hdrs(alice))
+        assert reply.status == 502, reply
+        assert reply.json() == {"error": "bad_gateway", "error_description": "upstream response refused"}
+        record = only_record(s, tag)
+        assert (record["decision"], record["reason"]) == ("error", "response too large to inspect"), record
+    finally:
+        s.stop()
+
+
+TOOLS = [{"name": n, "inputSchema": {"type": "object"}}
+         for n in ("search_customers", "get_customer", "delete_customer")]
+
+
+@pytest.mark.parametrize("fault,reason", [
+    ("response-body-unavailable", "response_body_unavailable"),
+    ("response-body-write", "response_body_write_failed"),
+], ids=["body_unavailable", "write_failed"])
+def test_a_response_body_the_filter_cannot_read_or_rewrite_gets_502(tmp_path, fault, reason):
+    """The fault build: Envoy cannot hand the body over (get_buffer fails), or the filtered
+    list cannot be written back (set_buffer fails). Nothing unchecked goes on: 502, audited."""
+    if not FAULTS.exists():
+        pytest.fail(f"{FAULTS} is missing: run `make wasm-faults`")
+    answer = {"jsonrpc": "2.0", "id": 5, "result": {"tools": TOOLS}}
+    upstream = harness.ScriptedUpstream(lambda r: harness.Answer.json(answer))
+    s = SecStack(tmp_path, upstream=upstream, values={"WASM": str(FAULTS)})
+    try:
+        alice = s.token("alice", groups=["sales"])
+        body = json.dumps(modern({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {}})[0])
+        headers = body_headers(alice, method="tools/list", extra=[("x-mcp-guard-fault", fault)])
+        reply, tag = send(s, body=body, headers=headers)
+        assert reply.status == 502, reply
+        assert reply.json()["id"] == 5 and b"delete_customer" not in reply.body
+        record = only_record(s, tag)
+        assert (record["decision"], record["reason"]) == ("error", reason), record
+        # The control: without the fault, the list is filtered.
+        reply, _ = send(s, body=body, headers=body_headers(alice, method="tools/list"))
+        assert [t["name"] for t in reply.json()["result"]["tools"]] == ["search_customers", "get_customer"]
     finally:
         s.stop()

@@ -6,16 +6,74 @@ import http.client
 import json
 import re
 import string
-import time
+import uuid
 
 import harness
 import keys
 import pytest
 import yaml
-from hostile import SecStack, audit, body_headers, call, forwarded, raw, send, wait_record
+from hostile import SecStack, body_headers, call, forwarded, raw, send, wait_record
 
 KEY = harness.SERVICE_KEY
 KEY_FORMS = [KEY, base64.b64encode(KEY.encode()).decode(), base64.urlsafe_b64encode(KEY.encode()).decode().rstrip("=")]
+
+
+def b64(text, urlsafe=False, pad=True):
+    encoded = (base64.urlsafe_b64encode if urlsafe else base64.b64encode)(text.encode()).decode()
+    return encoded if pad else encoded.rstrip("=")
+
+
+# The key inside HTTP Basic credentials: base64 at byte offsets 1 and 2 (and 0), both alphabets.
+BASIC = [f"Basic {b64('svc:' + KEY)}", f"Basic {b64('user:' + KEY)}", f"Basic {b64('gateway:' + KEY + ':x')}",
+         f"Basic {b64('svc:' + KEY, urlsafe=True, pad=False)}", f"Basic {b64('ab' + KEY, urlsafe=True)}"]
+BASIC_IDS = ["offset1", "offset2", "offset0_suffix", "offset1_urlsafe_unpadded", "offset2_urlsafe"]
+
+
+def key_revealed(text):
+    """Whether `text` holds the key, raw or base64-decodable from any of its base64 runs at any
+    alignment (what a reader of the response could recover)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    if KEY in text:
+        return True
+    for run in re.findall(r"[A-Za-z0-9+/_-]{8,}", text):
+        run = run.replace("-", "+").replace("_", "/")
+        for skip in range(4):
+            chunk = run[skip:]
+            chunk += "A" * (-len(chunk) % 4)
+            try:
+                if KEY.encode() in base64.b64decode(chunk):
+                    return True
+            except ValueError:
+                pass
+            # The key's first/last bytes may share a character with their neighbours: look for
+            # its middle.
+            try:
+                if KEY[1:-1].encode() in base64.b64decode(chunk):
+                    return True
+            except ValueError:
+                pass
+    return False
+
+
+def sse_echo(request):
+    """An upstream that answers every tools/call of echo in an event stream, the text echoed."""
+    message = request["json"] or {}
+    if message.get("method") != "tools/call":
+        return harness.Answer(405)
+    text = message["params"]["arguments"]["text"]
+    return harness.Answer.events({"jsonrpc": "2.0", "id": message["id"], "result": {
+        "content": [{"type": "text", "text": text}], "isError": False}})
+
+
+@pytest.fixture(scope="module")
+def sse_stack(tmp_path_factory):
+    """The demo policy in front of an upstream that answers in SSE (the demo server answers
+    2026-07-28 requests in JSON)."""
+    upstream = harness.ScriptedUpstream(sse_echo)
+    s = SecStack(tmp_path_factory.mktemp("sse"), upstream=upstream)
+    yield s
+    s.stop()
 
 
 def echo(text, id=1):
@@ -34,17 +92,21 @@ def key_leaks_redacted(stack):
     return 0
 
 
-ECHOES = [KEY, f"prefix-{KEY}-suffix", f"{KEY}{KEY}", KEY_FORMS[1], KEY_FORMS[2], f"Bearer {KEY}"]
+ECHOES = [KEY, f"prefix-{KEY}-suffix", f"{KEY}{KEY}", KEY_FORMS[1], KEY_FORMS[2], f"Bearer {KEY}", *BASIC]
+ECHO_IDS = ["raw", "embedded", "twice", "base64", "base64url", "bearer", *BASIC_IDS]
 
 
-@pytest.mark.parametrize("text", ECHOES, ids=["raw", "embedded", "twice", "base64", "base64url", "bearer"])
-def test_an_echoed_service_key_is_redacted_from_an_event_stream(sec, alice, text):
-    before = key_leaks_redacted(sec)
-    reply, record, _ = forwarded(sec, body=echo(text), headers=hdrs(alice))
-    assert reply.status == 200 and b"[REDACTED]" in reply.body
-    for form in KEY_FORMS:
-        assert form.encode() not in reply.body
-    assert key_leaks_redacted(sec) > before
+@pytest.mark.parametrize("text", ECHOES, ids=ECHO_IDS)
+def test_an_echoed_service_key_is_redacted_from_an_event_stream(sse_stack, text):
+    alice = sse_stack.token("alice", groups=["sales"])
+    assert key_revealed(text)  # the check below can fail
+    before = key_leaks_redacted(sse_stack)
+    reply, record, _ = forwarded(sse_stack, body=echo(text), headers=hdrs(alice))
+    assert reply.status == 200 and reply.header("content-type") == "text/event-stream"
+    assert b"[REDACTED]" in reply.body and not key_revealed(reply.body), reply.body
+    [line] = [line for line in reply.body.decode().splitlines() if line.startswith("data: ")]
+    json.loads(line[6:])  # still one JSON message
+    assert key_leaks_redacted(sse_stack) > before
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +116,12 @@ def json_stack(tmp_path_factory):
     s.stop()
 
 
-@pytest.mark.parametrize("text", ECHOES[:3], ids=["raw", "embedded", "twice"])
+@pytest.mark.parametrize("text", ECHOES, ids=ECHO_IDS)
 def test_an_echoed_service_key_is_redacted_from_a_json_response(json_stack, text):
     alice = json_stack.token("alice", groups=["sales"])
     reply, _, _ = forwarded(json_stack, body=echo(text), headers=hdrs(alice))
     assert reply.status == 200 and reply.header("content-type").startswith("application/json")
-    assert KEY.encode() not in reply.body and b"[REDACTED]" in reply.body
+    assert not key_revealed(reply.body) and b"[REDACTED]" in reply.body, reply.body
     reply.json()  # still valid JSON after the rewrite
 
 
@@ -80,25 +142,30 @@ def test_key_leak_block_answers_502_and_audits_an_error(blocking):
     assert records[-1]["reason"] == "response carried the service key"
 
 
-def test_key_leak_block_cuts_an_event_stream(tmp_path):
-    s = SecStack(tmp_path, server={"key_leak": "block"})
+@pytest.mark.parametrize("text", [KEY, BASIC[0]], ids=["raw", "basic_offset1"])
+def test_key_leak_block_cuts_an_event_stream(tmp_path, text):
+    """The stream's headers (200) went downstream already: the stream is cut at the event that
+    carries the key, which never arrives."""
+    s = SecStack(tmp_path, server={"key_leak": "block"}, upstream=harness.ScriptedUpstream(sse_echo))
     try:
         alice = s.token("alice", groups=["sales"])
-        try:
-            reply, rid = send(s, body=echo(KEY), headers=hdrs(alice))
-            body = reply.body
-        except (http.client.HTTPException, ConnectionError) as e:  # reset mid-stream
-            body = repr(e).encode()
-            rid = None
-        assert KEY.encode() not in body
-        records = []
-        for _ in range(100):
-            records = [r for r in audit(s) if r.get("tool") == "echo"]
-            if records and records[-1]["decision"] == "error":
-                break
-            time.sleep(0.05)
-        assert records and records[-1]["decision"] == "error"
-        assert records[-1]["reason"] == "response carried the service key"
+        # Not 36 characters: Envoy would take it for a UUID and rewrite a digit (trace status).
+        rid = f"cut-{uuid.uuid4().hex[:20]}"
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+        data = echo(text).encode()
+        conn.putrequest("POST", "/mcp", skip_accept_encoding=True)
+        for k, v in hdrs(alice) + [("x-request-id", rid), ("content-length", str(len(data)))]:
+            conn.putheader(k, v)
+        conn.endheaders(data)
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("content-type") == "text/event-stream"
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            resp.read()
+        assert cut.value.partial == b""
+        conn.close()
+        [record] = wait_record(s, rid)
+        assert record["decision"] == "error" and record["tool"] == "echo", record
+        assert record["reason"] == "response carried the service key"
     finally:
         s.stop()
 
@@ -122,6 +189,26 @@ def test_a_key_echoed_in_a_response_header_is_redacted(tmp_path):
     finally:
         envoy.stop()
         upstream.stop()
+
+
+@pytest.mark.parametrize("value", BASIC, ids=BASIC_IDS)
+def test_a_basic_credential_echoed_in_a_response_header_is_redacted(tmp_path, value):
+    """An upstream that sends the key back inside Basic credentials, at any byte offset."""
+    def answer(request):
+        a = sse_echo(request)
+        a.headers.append(("x-upstream-auth", value))
+        return a
+    s = SecStack(tmp_path, upstream=harness.ScriptedUpstream(answer))
+    try:
+        alice = s.token("alice", groups=["sales"])
+        reply, _, _ = forwarded(s, body=echo("hi"), headers=hdrs(alice))
+        assert reply.status == 200
+        # What is left are the characters of the user name alone.
+        assert re.fullmatch(r"Basic [A-Za-z0-9+/_-]{0,12}\[REDACTED\][A-Za-z0-9+/_=-]{0,6}",
+                            reply.header("x-upstream-auth")), reply.headers
+        assert not any(key_revealed(v) for _, v in reply.headers)
+    finally:
+        s.stop()
 
 
 def test_tokens_and_keys_never_reach_the_audit_log_or_envoys_log(sec, alice):

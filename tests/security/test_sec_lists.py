@@ -1,0 +1,342 @@
+"""List answers: what the upstream answers to `tools/list`, `prompts/list`, `resources/list` and
+`resources/templates/list` reaches the caller filtered by the policy, or not at all (502, a cut
+stream). The upstream here is scripted (`harness.ScriptedUpstream`), so every answer a careless
+or hostile MCP server could give is sent through real Envoy and the built filter."""
+
+import asyncio
+import http.client
+import json
+
+import harness
+import pytest
+from harness import Answer
+from hostile import SecStack, body_headers, raw, send, wait_record
+from stack import mcp_client, modern
+
+TOOL_NAMES = ["search_customers", "get_customer", "delete_customer", "push_branch", "echo"]
+TOOLS = [{"name": n, "description": f"the {n} tool", "inputSchema": {"type": "object"}} for n in TOOL_NAMES]
+# What the demo policy lets a sales user (alice) call, so see.
+VISIBLE = ["search_customers", "get_customer", "echo"]
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    u = harness.ScriptedUpstream()
+    yield u
+    u.stop()
+
+
+@pytest.fixture(scope="module")
+def lists(tmp_path_factory, upstream):
+    s = SecStack(tmp_path_factory.mktemp("lists"), upstream=upstream)
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def alice(lists):
+    return lists.token("alice", groups=["sales"])
+
+
+def list_request(stack, token, method="tools/list", id=5, extra=()):
+    body, _ = modern({"jsonrpc": "2.0", "id": id, "method": method, "params": {}})
+    return send(stack, body=json.dumps(body), headers=body_headers(token, method=method, extra=extra))
+
+
+def tools_result(id_text):
+    """A tools/list answer with every tool, its id written as given (`"5"`, `5.0`, …)."""
+    return '{"jsonrpc":"2.0","id":%s,"result":{"tools":%s}}' % (id_text, json.dumps(TOOLS))
+
+
+def names(result, key="tools"):
+    return [t.get("name") for t in result["result"][key]]
+
+
+def event_messages(body):
+    """The JSON messages of an event stream's data lines."""
+    return [json.loads(line[5:]) for line in body.decode().splitlines() if line.startswith("data:")]
+
+
+def the_record(stack, tag):
+    records = wait_record(stack, tag)
+    assert len(records) == 1, records
+    return records[0]
+
+
+def assert_refused(stack, reply, tag, why, upstream_status=200):
+    """The one right outcome for an answer that cannot be read as the list: 502, a JSON-RPC
+    error for the request's id, no tool name, an error record saying why."""
+    assert reply.status == 502, reply
+    body = reply.json()
+    assert body["id"] == 5 and body["error"]["code"] == -32603, body
+    assert not any(n.encode() in reply.body for n in TOOL_NAMES)
+    record = the_record(stack, tag)
+    assert record["decision"] == "error", record
+    assert record["reason"] == f"unreadable_list_answer: {why}", record
+    assert record["status"] == 502 and record.get("upstream_status") == upstream_status, record
+    assert record["method"] == "tools/list" and record["jsonrpc_id"] == 5, record
+
+
+@pytest.mark.parametrize("content_type,why", [
+    ("application/json-rpc", 'content-type "application/json-rpc"'),
+    ("text/plain", 'content-type "text/plain"'),
+    (None, "no content-type"),
+    ("application/problem+json", 'content-type "application/problem+json"'),
+    ("application/jsonl", 'content-type "application/jsonl"'),
+], ids=["json_rpc", "text_plain", "none", "problem_json", "jsonl"])
+def test_a_list_answer_of_another_content_type_gets_502(lists, upstream, alice, content_type, why):
+    headers = [("content-type", content_type)] if content_type else []
+    upstream.script(lambda r: Answer(200, headers, tools_result("5")))
+    reply, tag = list_request(lists, alice)
+    assert_refused(lists, reply, tag, why)
+
+
+@pytest.mark.parametrize("status", [201, 202, 204])
+def test_a_list_answer_with_another_2xx_gets_502(lists, upstream, alice, status):
+    body = b"" if status == 204 else tools_result("5").encode()
+    upstream.script(lambda r: Answer(status, [("content-type", "application/json")], body))
+    reply, tag = list_request(lists, alice)
+    assert_refused(lists, reply, tag, f"status {status}", upstream_status=status)
+
+
+@pytest.mark.parametrize("body,why", [
+    ('{"jsonrpc":"2.0","id":6,"result":{"tools":%s}}' % json.dumps(TOOLS), "a response to no request of this exchange"),
+    ('{"jsonrpc":"2.0","result":{"tools":%s}}' % json.dumps(TOOLS), "a response to no request of this exchange"),
+    ('{"jsonrpc":"2.0","id":5,"result":{"prompts":[]}}', "a list result without its list"),
+    ('{"jsonrpc":"2.0","method":"notifications/message","params":{}}', "a request or notification where a response was due"),
+    ('{"jsonrpc":"2.0","id":5,"result":{"tools":[]},"error":{"code":1,"message":"x"}}', "both a result and an error"),
+    ('{"jsonrpc":"2.0","id":5,"result":{"tools":%s}} ' % json.dumps(TOOLS) * 2, "not JSON"),
+    ("", "no body"),
+], ids=["other_id", "no_id", "other_list", "notification", "result_and_error", "two_messages", "empty"])
+def test_a_json_list_answer_that_is_not_one_response_carrying_the_list_gets_502(lists, upstream, alice, body, why):
+    upstream.script(lambda r: Answer(200, [("content-type", "application/json")], body.encode()))
+    reply, tag = list_request(lists, alice)
+    assert_refused(lists, reply, tag, why)
+
+
+@pytest.mark.parametrize("wire_id", ['"5"', "5.0", "5e0", '"05"'], ids=["string", "float", "exponent", "leading_zero"])
+def test_a_coerced_id_is_filtered_in_json(lists, upstream, alice, wire_id):
+    upstream.script(lambda r: Answer(200, [("content-type", "application/json")], tools_result(wire_id).encode()))
+    reply, tag = list_request(lists, alice)
+    assert reply.status == 200, reply
+    assert names(reply.json()) == VISIBLE
+    record = the_record(lists, tag)
+    assert record["decision"] == "allow" and record["hidden"] == 2, record
+
+
+@pytest.mark.parametrize("wire_id", ['"5"', "5.0"], ids=["string", "float"])
+def test_a_coerced_id_is_filtered_in_an_event_stream(lists, upstream, alice, wire_id):
+    progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 5, "progress": 1}}
+    upstream.script(lambda r: Answer.events(progress, tools_result(wire_id)))
+    reply, tag = list_request(lists, alice)
+    assert reply.status == 200 and reply.header("content-type") == "text/event-stream", reply
+    messages = event_messages(reply.body)
+    assert messages[0] == progress
+    assert names(messages[1]) == VISIBLE and len(messages) == 2
+    assert the_record(lists, tag)["hidden"] == 2
+
+
+def read_cut_stream(stack, token, method="tools/list"):
+    """Sends a list request whose event stream the filter must cut: the 200 and the events before
+    the cut arrive, then the connection ends before the stream's end (http.client raises)."""
+    body, _ = modern({"jsonrpc": "2.0", "id": 5, "method": method, "params": {}})
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
+    try:
+        rid = f"cut-{id(body)}-{method}"
+        conn.putrequest("POST", "/mcp", skip_accept_encoding=True)
+        for k, v in body_headers(token, method=method) + [("x-request-id", rid)]:
+            conn.putheader(k, v)
+        data = json.dumps(body).encode()
+        conn.putheader("content-length", str(len(data)))
+        conn.endheaders(data)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        with pytest.raises(http.client.IncompleteRead) as cut:
+            resp.read()
+        return cut.value.partial, rid
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("data,why", [
+    ("tools: delete_customer", "not JSON"),
+    ('{"jsonrpc":"2.0","id":6,"result":{"tools":%s}}' % json.dumps(TOOLS), "a response to no request of this exchange"),
+    ('{"tools":%s}' % json.dumps(TOOLS), "not a JSON-RPC message"),
+    ('{"jsonrpc":"2.0","id":5,"method":"x","result":{"tools":%s}}' % json.dumps(TOOLS), "both a request and a response"),
+], ids=["not_json", "other_id", "not_jsonrpc", "request_and_response"])
+def test_an_event_that_is_not_the_list_answer_cuts_the_stream(lists, upstream, alice, data, why):
+    # The progress event first, on its own; then the event that is not the answer, then the list.
+    progress = b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\n\n'
+    rest = Answer.events(data, tools_result("5")).body
+    upstream.script(lambda r: Answer(200, [("content-type", "text/event-stream")], [progress, *rest], delay=0.3))
+    partial, rid = read_cut_stream(lists, alice)
+    assert partial == progress
+    record = the_record(lists, rid)
+    assert record["decision"] == "error" and record["reason"] == f"unreadable_list_answer: {why}", record
+
+
+def test_an_error_answer_to_a_list_request_passes(lists, upstream, alice):
+    error = {"jsonrpc": "2.0", "id": 5, "error": {"code": -32601, "message": "Method not found"}}
+    upstream.script(lambda r: Answer.json(error))
+    reply, tag = list_request(lists, alice)
+    assert reply.status == 200 and reply.json() == error
+    assert the_record(lists, tag)["decision"] == "allow"
+
+
+def test_a_list_under_an_error_status_is_still_filtered(lists, upstream, alice):
+    """Clients read no result at a 4xx/5xx, but one that did must not see a hidden tool: the
+    answer passes with its status, every list in it filtered whatever its id."""
+    upstream.script(lambda r: Answer(500, [("content-type", "application/json")], tools_result('"x"').encode()))
+    reply, tag = list_request(lists, alice)
+    assert reply.status == 500 and names(reply.json()) == VISIBLE
+    record = the_record(lists, tag)
+    assert record["upstream_status"] == 500 and record["hidden"] == 2, record
+    # A plain-text 404 (an expired session) passes as it is.
+    upstream.script(lambda r: Answer(404, [("content-type", "text/plain")], b"Not Found"))
+    reply, _ = list_request(lists, alice)
+    assert (reply.status, reply.body) == (404, b"Not Found")
+
+
+def test_a_2025_03_26_batch_s_list_answers_are_filtered_by_id(lists, upstream, alice):
+    """Each list request of a batch is answered filtered, matched by id (coerced too)."""
+    prompts = [{"name": "summarize_account"}]
+    answer = [
+        {"jsonrpc": "2.0", "id": 3, "result": {}},
+        {"jsonrpc": "2.0", "id": "1", "result": {"tools": TOOLS}},
+        {"jsonrpc": "2.0", "id": 2.0, "result": {"prompts": prompts}},
+    ]
+    upstream.script(lambda r: Answer.json(answer))
+    batch = [{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+             {"jsonrpc": "2.0", "id": 2, "method": "prompts/list"},
+             {"jsonrpc": "2.0", "id": 3, "method": "ping"}]
+    headers = body_headers(alice, protocol="2025-03-26")
+    reply, tag = send(lists, body=json.dumps(batch), headers=headers)
+    assert reply.status == 200, reply
+    out = reply.json()
+    assert out[0] == answer[0]
+    assert names(out[1]) == VISIBLE
+    assert out[2]["result"]["prompts"] == []  # the demo policy allows no prompts/get
+    # A batch answer that leaves a list request's answer without its list: 502.
+    upstream.script(lambda r: Answer.json([{"jsonrpc": "2.0", "id": 1, "result": {}}]))
+    reply, tag = send(lists, body=json.dumps(batch), headers=headers)
+    assert reply.status == 502 and reply.json()["error"]["code"] == -32603
+
+
+def test_a_list_replayed_on_a_get_stream_is_filtered(lists, upstream, alice):
+    """A GET stream resumed with Last-Event-ID may replay earlier answers, lists included:
+    every list in it is filtered whatever its id; an event that is not JSON-RPC cuts it."""
+    replay = {"jsonrpc": "2.0", "id": "77", "result": {"tools": TOOLS}}
+    upstream.script(lambda r: Answer.events(replay))
+    h = [("accept", "text/event-stream"), ("authorization", f"Bearer {alice}"), ("last-event-id", "e1")]
+    reply, _ = send(lists, method="GET", headers=h)
+    assert reply.status == 200
+    assert [names(m) for m in event_messages(reply.body)] == [VISIBLE]
+    # Not an event stream: nothing readable, 502.
+    upstream.script(lambda r: Answer(200, [("content-type", "text/plain")], json.dumps(replay).encode()))
+    reply, tag = send(lists, method="GET", headers=h)
+    assert reply.status == 502 and b"delete_customer" not in reply.body
+    assert the_record(lists, tag)["reason"] == 'unreadable_list_answer: content-type "text/plain"'
+
+
+# ---- a real SDK client ---------------------------------------------------------------------------
+
+
+def legacy_server(list_answer):
+    """A minimal Streamable HTTP server for the SDK client's handshake, answering tools/list with
+    `list_answer(request_id)` (an `Answer`)."""
+    def answer(request):
+        if request["method"] != "POST":
+            return Answer(405)
+        message = request["json"] or {}
+        method = message.get("method")
+        if method == "initialize":
+            return Answer.json({"jsonrpc": "2.0", "id": message["id"], "result": {
+                "protocolVersion": message["params"]["protocolVersion"],
+                "capabilities": {"tools": {"listChanged": False}},
+                "serverInfo": {"name": "scripted", "version": "1"}}})
+        if "id" not in message:
+            return Answer(202)
+        if method == "tools/list":
+            return list_answer(message["id"])
+        return Answer.json({"jsonrpc": "2.0", "id": message["id"], "error": {"code": -32601, "message": "no"}})
+    return answer
+
+
+async def sdk_list_tools(url, token):
+    async with mcp_client(url, token, mode="legacy") as client:
+        return [t.name for t in (await client.list_tools()).tools]
+
+
+def leaves(error):
+    """The exceptions inside (nested) exception groups."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for e in error.exceptions for leaf in leaves(e)]
+    return [error]
+
+
+@pytest.mark.parametrize("wire", ["string_id", "string_id_sse"])
+def test_the_python_sdk_client_sees_only_allowed_tools_with_a_coerced_id(lists, upstream, alice, wire):
+    """The official Python SDK client takes `"id": "5"` for its request 5: it sees only what
+    the policy allows."""
+    def list_answer(request_id):
+        text = tools_result(json.dumps(str(request_id)))
+        return Answer.events(text) if wire.endswith("sse") else Answer(200, [("content-type", "application/json")], text.encode())
+    upstream.script(legacy_server(list_answer))
+    assert asyncio.run(sdk_list_tools(lists.envoy.url, alice)) == VISIBLE
+
+
+def test_the_python_sdk_client_gets_a_clean_error_for_an_unreadable_list(lists, upstream, alice):
+    """`application/json-rpc`, which the SDK client would parse: the client gets an error,
+    never the list."""
+    from mcp import MCPError
+
+    upstream.script(legacy_server(lambda request_id: Answer(
+        200, [("content-type", "application/json-rpc")], tools_result(json.dumps(request_id)).encode())))
+    with pytest.raises(BaseException) as error:
+        asyncio.run(sdk_list_tools(lists.envoy.url, alice))
+    [leaf] = leaves(error.value)
+    assert isinstance(leaf, MCPError) and leaf.code == -32603, leaf
+    assert "could not be checked" in leaf.message
+
+
+# ---- prompts and resources, end to end with the demo MCP server ------------------------------------
+
+LIST_POLICY = """
+name: lists-e2e
+version: "1"
+default: deny
+rules:
+  - name: discover
+    allow: mcp.method in ["ping", "tools/list", "prompts/list", "resources/list", "resources/templates/list"]
+  - name: admins-prompts
+    allow: mcp.method == "prompts/get" && mcp.prompt.name == "summarize_account" && "admins" in jwt.groups
+  - name: admins-customers
+    allow: >
+      mcp.method == "resources/read" && mcp.resource.uri.startsWith("crm://customers/")
+      && "admins" in jwt.groups
+"""
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo-lists")
+    policy = workdir / "lists.yaml"
+    policy.write_text(LIST_POLICY)
+    s = SecStack(workdir, policy=str(policy))
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("method,key,entry,expected", [
+    ("prompts/list", "prompts", "name", "summarize_account"),
+    ("resources/templates/list", "resourceTemplates", "uriTemplate", "crm://customers/{customer_id}"),
+], ids=["prompts", "resource_templates"])
+def test_prompts_and_resource_templates_are_filtered_per_caller(demo, method, key, entry, expected):
+    """The demo MCP server's own listings, through Envoy: an admin sees what the policy lets
+    admins get or read; a sales user sees nothing of it."""
+    for sub, groups, seen, hidden in (("root", ["admins"], [expected], None), ("alice", ["sales"], [], 1)):
+        reply, tag = list_request(demo, demo.token(sub, groups=groups), method=method)
+        assert reply.status == 200, reply
+        messages = event_messages(reply.body) if reply.body.startswith(b"event") else [reply.json()]
+        assert [e[entry] for e in messages[-1]["result"][key]] == seen
+        assert the_record(demo, tag).get("hidden") == hidden
