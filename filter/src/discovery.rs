@@ -82,6 +82,17 @@ pub fn filter_result(
     expected_id: Option<&Value>,
     allowed: &mut dyn FnMut(&str) -> bool,
 ) -> Filtered {
+    filter_entries(message, kind, expected_id, &mut |name, _| allowed(name))
+}
+
+/// [`filter_result`], with each entry's JSON text (as the server wrote it) handed to `allowed`
+/// beside its name: what tool pinning digests.
+pub fn filter_entries(
+    message: &[u8],
+    kind: ListKind,
+    expected_id: Option<&Value>,
+    allowed: &mut dyn FnMut(&str, &[u8]) -> bool,
+) -> Filtered {
     if std::str::from_utf8(message).is_err()
         || serde_json::from_slice::<IgnoredAny>(message).is_err()
     {
@@ -112,7 +123,10 @@ pub fn filter_result(
         let total = entries.len();
         let kept: Vec<Range<usize>> = entries
             .into_iter()
-            .filter(|(_, name)| name.as_deref().is_some_and(&mut *allowed))
+            .filter(|(entry, name)| {
+                let text = message.get(entry.clone()).unwrap_or_default();
+                name.as_deref().is_some_and(|n| allowed(n, text))
+            })
             .map(|(entry, _)| entry)
             .collect();
         if kept.len() < total {

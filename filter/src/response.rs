@@ -122,19 +122,26 @@ pub fn contains_any(text: &[u8], patterns: &Patterns) -> bool {
     patterns.0.iter().any(|f| f.find(text).is_some())
 }
 
+/// Whether a listed entry goes to the caller: asked with the list kind, the entry's name and
+/// its JSON text as the server wrote it.
+pub type Visible<'a> = dyn FnMut(ListKind, &str, &[u8]) -> bool + 'a;
+
 /// Filters a complete JSON-RPC message (a whole JSON body, or one event's data).
 fn filter_message(
     message: &[u8],
     lists: Option<&ListFilter>,
-    visible: &mut dyn FnMut(ListKind, &str) -> bool,
+    visible: &mut Visible,
     report: &mut Inspection,
 ) -> Option<Vec<u8>> {
     let lists = lists?;
     for kind in &lists.kinds {
         let kind = *kind;
-        match discovery::filter_result(message, kind, lists.expected_id.as_ref(), &mut |name| {
-            visible(kind, name)
-        }) {
+        match discovery::filter_entries(
+            message,
+            kind,
+            lists.expected_id.as_ref(),
+            &mut |name, entry| visible(kind, name, entry),
+        ) {
             Filtered::Unchanged => return None,
             Filtered::NotAList => continue,
             Filtered::Rewritten { body, hidden } => {
@@ -156,7 +163,7 @@ pub fn inspect_buffered(
     json: bool,
     lists: Option<&ListFilter>,
     patterns: &Patterns,
-    visible: &mut dyn FnMut(ListKind, &str) -> bool,
+    visible: &mut Visible,
 ) -> (Option<Vec<u8>>, Inspection) {
     let mut report = Inspection::default();
     let mut out = if json && !body.is_empty() {
@@ -177,7 +184,7 @@ pub fn inspect_events(
     end_of_stream: bool,
     lists: Option<&ListFilter>,
     patterns: &Patterns,
-    visible: &mut dyn FnMut(ListKind, &str) -> bool,
+    visible: &mut Visible,
 ) -> (Vec<u8>, Inspection) {
     let mut report = Inspection::default();
     let result = rewriter.push(chunk, end_of_stream, &mut |event| {
@@ -243,10 +250,13 @@ mod tests {
             kinds: vec![ListKind::Tools],
             expected_id: Some(Value::from(3)),
         };
-        let (out, report) =
-            inspect_buffered(body, true, Some(&lists), &Patterns::new([]), &mut |_, n| {
-                n == "a"
-            });
+        let (out, report) = inspect_buffered(
+            body,
+            true,
+            Some(&lists),
+            &Patterns::new([]),
+            &mut |_, n, _| n == "a",
+        );
         assert_eq!(report.hidden, 1);
         let out: Value = serde_json::from_slice(&out.unwrap_or_default()).unwrap_or_default();
         assert_eq!(out["result"]["tools"], serde_json::json!([{"name": "a"}]));
@@ -263,7 +273,7 @@ mod tests {
             false,
             None,
             &patterns,
-            &mut |_, _| true,
+            &mut |_, _, _| true,
         );
         let (b, r2) = inspect_events(
             &mut rw,
@@ -271,7 +281,7 @@ mod tests {
             true,
             None,
             &patterns,
-            &mut |_, _| true,
+            &mut |_, _, _| true,
         );
         let all = [a, b].concat();
         assert_eq!(r1.leaks + r2.leaks, 1);
