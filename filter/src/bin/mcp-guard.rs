@@ -3,6 +3,8 @@
 
 #[path = "../cli/files.rs"]
 mod files;
+#[path = "../cli/pin.rs"]
+mod pin;
 #[path = "../cli/render.rs"]
 mod render;
 #[path = "../cli/scenario.rs"]
@@ -19,7 +21,7 @@ use mcp_guard::policy::{Effect, Policy, PolicyError};
 use serde_json::Value;
 
 const USAGE: &str = "\
-mcp-guard: check, test, explain and render mcp-guard policies
+mcp-guard: check, test, explain and render mcp-guard policies; pin tool definitions
 
 usage:
   mcp-guard check FILE...
@@ -33,9 +35,18 @@ usage:
   mcp-guard explain FILE --claims JSON|@FILE --message JSON|@FILE
                     [--now RFC3339] [--header NAME=VALUE]...
       Evaluate one message: each rule's result or error, and the decision.
-  mcp-guard render envoy|istio FILE
+  mcp-guard render envoy|istio FILE [--pins PINS [--pin-mode MODE]]
       Print the Envoy HTTP filter (envoy) or an Istio EnvoyFilter (istio) that
-      runs mcp-guard with the policy, placeholders marked REPLACE_ME.
+      runs mcp-guard with the policy (and the tool pins of a pins file, mode
+      enforce unless observe or off is given), placeholders marked REPLACE_ME.
+  mcp-guard pin --url URL [--token T] [--header 'Name: value']... [--prompts]
+                [--out PINS] [--timeout SECONDS]
+      Connect to an MCP server (directly, or through Envoy with a token), list
+      its tools (and prompts) and write the pins file for what it lists now
+      (to PINS, YAML or .json; stdout without --out).
+  mcp-guard pin --diff --url URL [--token T] [--header ...] [--out NEW] PINS
+      Show the tools added, removed and changed since PINS was written, with
+      a line diff of descriptions and schemas; exits 1 if anything changed.
 ";
 
 fn main() -> ExitCode {
@@ -46,6 +57,7 @@ fn main() -> ExitCode {
             "test" => test(rest),
             "explain" => explain(rest),
             "render" => render(rest),
+            "pin" => pin::run(rest),
             "help" | "-h" | "--help" => {
                 print!("{USAGE}");
                 Ok(true)
@@ -411,9 +423,26 @@ fn one_line(expression: &str) -> String {
 }
 
 fn render(args: &[String]) -> Result<bool, String> {
-    let (target, file) = match args {
-        [target, file] => (target.as_str(), Path::new(file)),
+    let (target, file, rest) = match args {
+        [target, file, rest @ ..] => (target.as_str(), Path::new(file), rest),
         _ => return Err("render needs envoy|istio and a policy FILE".into()),
+    };
+    let pins = match rest {
+        [] => None,
+        [flag, pins] if flag == "--pins" => Some((pins, "enforce")),
+        [flag, pins, m, mode] | [m, mode, flag, pins] if flag == "--pins" && m == "--pin-mode" => {
+            if !["enforce", "observe", "off"].contains(&mode.as_str()) {
+                return Err(format!(
+                    "--pin-mode is enforce, observe or off, not {mode:?}"
+                ));
+            }
+            Some((pins, mode.as_str()))
+        }
+        _ => return Err("render takes envoy|istio FILE [--pins PINS [--pin-mode MODE]]".into()),
+    };
+    let pins = match pins {
+        Some((path, mode)) => Some(pin::for_config(&pin::read_pins(Path::new(path))?, mode)),
+        None => None,
     };
     let (value, policy) = match load_policy(file) {
         Ok(p) => p,
@@ -425,8 +454,8 @@ fn render(args: &[String]) -> Result<bool, String> {
         }
     };
     let text = match target {
-        "envoy" => render::envoy(&value, &policy)?,
-        "istio" => render::istio(&value, &policy)?,
+        "envoy" => render::envoy(&value, &policy, pins.as_ref())?,
+        "istio" => render::istio(&value, &policy, pins.as_ref())?,
         other => return Err(format!("render targets are envoy and istio, not {other:?}")),
     };
     print!("{text}");
@@ -470,7 +499,7 @@ mod tests {
         for path in policies() {
             let (value, policy) = load_policy(&path).expect("compiles");
             let envoy: Value =
-                serde_norway::from_str(&render::envoy(&value, &policy).expect("renders"))
+                serde_norway::from_str(&render::envoy(&value, &policy, None).expect("renders"))
                     .expect("YAML");
             let config = envoy
                 .pointer("/0/typed_config/config")
@@ -493,7 +522,7 @@ mod tests {
             assert_eq!(plugin.pointer("/servers/0/policy"), Some(&value));
 
             let istio: Value =
-                serde_norway::from_str(&render::istio(&value, &policy).expect("renders"))
+                serde_norway::from_str(&render::istio(&value, &policy, None).expect("renders"))
                     .expect("YAML");
             assert_eq!(istio.get("kind"), Some(&Value::from("EnvoyFilter")));
             let filter = istio
