@@ -15,6 +15,7 @@
 //! tools; only pinned names are remembered, so that memory is bounded by the configuration.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -79,13 +80,10 @@ pub fn digest(kind: ListKind, definition: &Value) -> Option<String> {
     let mut out = String::with_capacity(7 + 64);
     out.push_str("sha256:");
     for byte in hash {
-        out.push(char::from(HEX[usize::from(byte >> 4)]));
-        out.push(char::from(HEX[usize::from(byte & 0xf)]));
+        let _ = write!(out, "{byte:02x}");
     }
     Some(out)
 }
-
-const HEX: [u8; 16] = *b"0123456789abcdef";
 
 /// The digest of a definition given as JSON text (a list entry as the server wrote it).
 pub fn digest_bytes(kind: ListKind, entry: &[u8]) -> Option<String> {
@@ -96,7 +94,7 @@ pub fn digest_bytes(kind: ListKind, entry: &[u8]) -> Option<String> {
 /// Whether `s` is a well-formed digest: `sha256:` and 64 lower-case hex digits.
 pub fn is_digest(s: &str) -> bool {
     s.strip_prefix("sha256:")
-        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| HEX.contains(&b)))
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// One server's pins.
