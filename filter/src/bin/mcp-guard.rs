@@ -537,6 +537,49 @@ mod tests {
     }
 
     #[test]
+    fn render_puts_the_digests_of_a_pins_file_into_the_configuration() {
+        let dir =
+            std::env::temp_dir().join(format!("mcp-guard-render-pins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let listing = pin::Listing {
+            tools: [(
+                "search".to_string(),
+                serde_json::json!({"name": "search", "description": "d"}),
+            )]
+            .into_iter()
+            .collect(),
+            prompts: None,
+        };
+        let doc = pin::pins_document(&listing);
+        let file = dir.join("pins.yaml");
+        std::fs::write(&file, pin::render_document(&doc, false, "u").expect("yaml"))
+            .expect("write");
+        let (value, policy) = load_policy(&policies()[0]).expect("compiles");
+        let pins = pin::for_config(&pin::read_pins(&file).expect("valid"), "observe");
+        let envoy: Value =
+            serde_norway::from_str(&render::envoy(&value, &policy, Some(&pins)).expect("renders"))
+                .expect("YAML");
+        let plugin: Value = serde_json::from_str(
+            envoy
+                .pointer("/0/typed_config/config/configuration/value")
+                .and_then(Value::as_str)
+                .expect("a StringValue"),
+        )
+        .expect("JSON");
+        assert_eq!(
+            plugin.pointer("/servers/0/pins"),
+            Some(
+                &serde_json::json!({"mode": "observe", "tools": {"search": doc["tools"]["search"]["digest"]}})
+            )
+        );
+        // What render wrote is a configuration the filter accepts.
+        let p = mcp_guard::pins::Pins::from_config(plugin["servers"][0]["pins"].clone(), "pins")
+            .expect("valid pins");
+        assert_eq!(p.mode, mcp_guard::pins::Mode::Observe);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn test_files_and_policies_find_each_other() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
         let policy = dir.join("sales.yaml");
