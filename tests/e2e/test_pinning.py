@@ -7,6 +7,7 @@ server, directly and through Envoy with a token."""
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 
 import jsonschema
@@ -105,7 +106,6 @@ class PinnedStack:
         return run(session())
 
     def records(self, sub, method, count=1):
-        import time
         deadline = time.monotonic() + 10
         while True:
             found = [r for r in self.envoy.audit() if r.get("sub") == sub and r.get("method") == method]
@@ -134,6 +134,13 @@ def enforcing(request, cli, tmp_path_factory):
 
 def test_enforce_stops_a_rug_pull_and_a_new_tool(enforcing, tmp_path):
     s = enforcing
+    # Before anything was listed through this Envoy: a tool without a pin is refused already.
+    s.server.switch("rug-pull")
+    outcome, error = s.call("first-caller", NEW, {"destination": "https://evil.example/"})
+    assert outcome == "error", error
+    assert "is not approved (no pin) and awaits review" in str(error)
+    assert s.records("first-caller", "tools/call")[0]["rule"] == f"pin:{NEW}"
+
     s.server.switch("approved")
     assert set(s.list_tools("before")) == {CHANGED, STABLE}
     assert s.call("before", CHANGED, {"query": "ada"}) == ("ok", "found customers matching 'ada'")
