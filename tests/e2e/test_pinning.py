@@ -10,13 +10,14 @@ import sys
 import time
 import urllib.request
 
+import httpx2
 import jsonschema
 import pytest
 import yaml
 
 import harness
 import keys
-from stack import mcp_client, run
+from stack import mcp_client, modern, run
 
 ISSUER = "https://idp.example"
 CLI = harness.ROOT / "target" / "debug" / "mcp-guard"
@@ -162,6 +163,16 @@ def test_enforce_stops_a_rug_pull_and_a_new_tool(enforcing, tmp_path):
     assert drift[NEW]["pinned"] is None
     assert record["hidden"] == 2
     assert s.stat("mcp_guard.pin_drift") == drift_before + 2
+    # The same for a sessionless 2026-07-28 request, whatever the answer's content type.
+    body, headers = modern({"jsonrpc": "2.0", "id": "l-2026", "method": "tools/list"})
+    r = httpx2.post(s.envoy.url, content=json.dumps(body), timeout=10, headers={
+        **headers, "content-type": "application/json", "accept": "application/json, text/event-stream",
+        "authorization": f"Bearer {s.issuer.token('modern-lister')}"})
+    assert r.status_code == 200, r.text
+    data = [line[5:].strip() for line in r.text.splitlines() if line.startswith("data:")]
+    message = json.loads(data[-1]) if data else r.json()
+    assert message["id"] == "l-2026", message
+    assert {t["name"] for t in message["result"]["tools"]} == {STABLE}
 
     # Callers who never listed through this Envoy are refused too, with the reason.
     for sub, tool, args, says in [
