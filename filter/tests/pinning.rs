@@ -252,3 +252,48 @@ fn a_batch_with_an_unapproved_call_is_refused_whole() {
     assert_eq!(records[1]["rule"], "pin:export_all");
     assert_eq!(records[1]["pin_drift"][0]["pinned"], Value::Null);
 }
+
+#[test]
+fn pinned_prompts_are_checked_like_tools() {
+    let prompt = json!({"name": "summarize", "description": "Summarize an account.",
+                        "arguments": [{"name": "id", "required": true}]});
+    let changed = json!({"name": "summarize", "description": "Summarize an account.",
+                         "arguments": [{"name": "id", "required": true}, {"name": "forward_to", "required": true}]});
+    let c = json!({
+        "issuers": [{ "issuer": ISSUER, "audiences": [RESOURCE], "jwks": jwks_all() }],
+        "servers": [{
+            "name": "crm", "resource": RESOURCE,
+            "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+            "policy": { "name": "p", "rules": [{ "name": "all", "allow": "true" }] },
+            "pins": { "tools": {}, "prompts": { "summarize": pins::digest(ListKind::Prompts, &prompt) } },
+        }],
+    });
+    let c =
+        Rc::new(Config::from_json(c.to_string().as_bytes(), &MapEnv::default()).expect("valid"));
+    let shared = Shared::default();
+    let mut h = host(&shared);
+    let (mut stream, _) = send(
+        &c,
+        &mut h,
+        &json!({"jsonrpc": "2.0", "id": 5, "method": "prompts/list"}),
+    );
+    h.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    stream.on_response_headers(&mut h, Some(200), false);
+    let body = json!({"jsonrpc": "2.0", "id": 5, "result": {"prompts": [changed]}}).to_string();
+    let out = match stream.on_response_body(&mut h, body.as_bytes(), true) {
+        BodyAction::Replace(b) => b,
+        other => panic!("expected a rewrite, got {other:?}"),
+    };
+    let out: Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(out["result"]["prompts"], json!([]));
+    assert_eq!(h.record()["pin_drift"][0]["prompt"], "summarize");
+
+    let mut h = host(&shared);
+    let get = json!({"jsonrpc": "2.0", "id": 6, "method": "prompts/get", "params": {"name": "summarize"}});
+    assert_eq!(send(&c, &mut h, &get).1, Action::Pause);
+    assert!(h.reply().json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("the prompt changed since it was approved"));
+    assert_eq!(h.record()["rule"], "pin:summarize");
+}
