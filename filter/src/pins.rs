@@ -151,30 +151,37 @@ impl Pins {
     /// Reads `servers[].pins` (or a pins file, which has no `mode`: it defaults to `enforce`).
     pub fn from_config(value: Value, field: &str) -> Result<Pins, ConfigError> {
         let raw: RawPins = typed(value, field)?;
+        let at = |member: &str| {
+            if field.is_empty() {
+                member.to_string()
+            } else {
+                format!("{field}.{member}")
+            }
+        };
         let mode = match raw.mode.as_deref() {
             None => Mode::Enforce,
             Some(m) => Mode::parse(m).ok_or_else(|| {
                 ConfigError::new(
-                    format!("{field}.mode"),
+                    at("mode"),
                     format!("must be one of enforce, observe, off; not {m:?}"),
                 )
             })?,
         };
         if let Some(v) = raw.version.filter(|v| *v != 1) {
             return Err(ConfigError::new(
-                format!("{field}.version"),
+                at("version"),
                 format!("only version 1 is known, not {v}"),
             ));
         }
         let Some(tools) = raw.tools else {
             return Err(ConfigError::new(
-                format!("{field}.tools"),
+                at("tools"),
                 "is required: the approved tools by name (an empty map approves none)",
             ));
         };
-        let tools = pin_map(tools, ListKind::Tools, &format!("{field}.tools"))?;
+        let tools = pin_map(tools, ListKind::Tools, &at("tools"))?;
         let prompts = match raw.prompts {
-            Some(p) => Some(pin_map(p, ListKind::Prompts, &format!("{field}.prompts"))?),
+            Some(p) => Some(pin_map(p, ListKind::Prompts, &at("prompts"))?),
             None => None,
         };
         Ok(Pins {

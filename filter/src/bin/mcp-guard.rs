@@ -26,8 +26,8 @@ mcp-guard: check, test, explain and render mcp-guard policies; pin tool definiti
 usage:
   mcp-guard check FILE...
       Validate and compile policies (YAML or JSON; a plugin configuration's
-      servers[*].policy too). Prints every error with its field, rule, line and
-      column; exits 1 if any.
+      servers[*].policy and servers[*].pins too) and pins files. Prints every
+      error with its field, rule, line and column; exits 1 if any.
   mcp-guard test [-v] FILE...
       Run the test cases kept beside each policy (NAME.tests.yaml beside
       NAME.yaml; a test file may be named instead). Prints failures (every case
@@ -141,6 +141,31 @@ fn check(args: &[String]) -> Result<bool, String> {
                 continue;
             }
         };
+        // A pins file (`mcp-guard pin`), or the pins of each server of a configuration.
+        let pins: Vec<(String, Value)> = match value.get("servers").and_then(Value::as_array) {
+            _ if value.get("tools").is_some() && value.get("rules").is_none() => {
+                vec![(String::new(), value.clone())]
+            }
+            Some(servers) if value.get("rules").is_none() => servers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| Some((format!("servers[{i}].pins"), s.get("pins")?.clone())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (field, doc) in &pins {
+            let count = doc["tools"].as_object().map_or(0, |t| t.len());
+            match mcp_guard::pins::Pins::from_config(doc.clone(), field) {
+                Ok(_) => println!("{}: ok: pins of {count} tool(s)", path.display()),
+                Err(e) => {
+                    println!("{}: {e}", path.display());
+                    ok = false;
+                }
+            }
+        }
+        if value.get("tools").is_some() && value.get("rules").is_none() {
+            continue;
+        }
         // A plugin configuration: check each server's policy.
         let policies: Vec<(String, Value)> = match value.get("servers").and_then(Value::as_array) {
             Some(servers) if value.get("rules").is_none() => servers
@@ -576,6 +601,14 @@ mod tests {
         let p = mcp_guard::pins::Pins::from_config(plugin["servers"][0]["pins"].clone(), "pins")
             .expect("valid pins");
         assert_eq!(p.mode, mcp_guard::pins::Mode::Observe);
+        // `check` reads pins files, and a hand-edited definition fails it.
+        let path = file.display().to_string();
+        assert_eq!(check(std::slice::from_ref(&path)), Ok(true));
+        let edited = std::fs::read_to_string(&file)
+            .expect("read")
+            .replace("description: d", "description: changed by hand");
+        std::fs::write(&file, edited).expect("write");
+        assert_eq!(check(&[path]), Ok(false));
         std::fs::remove_dir_all(&dir).ok();
     }
 
