@@ -453,7 +453,8 @@ fn show_members(kind: ListKind, old: &Value, new: &Value) -> String {
     let mut out = String::new();
     for member in pins::members(kind) {
         let (a, b) = (old.get(*member), new.get(*member));
-        if a == b {
+        // A new entry's name is in its heading already.
+        if a == b || (old.is_null() && *member == "name") {
             continue;
         }
         let text = |v: Option<&Value>| match v {
