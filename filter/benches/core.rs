@@ -547,6 +547,40 @@ fn bench_discovery(h: &mut Harness, fx: &Fixtures) {
         by_policy,
     );
 
+    // Tool pinning on: every tool the caller sees is parsed, canonicalized (RFC 8785) and hashed.
+    let pins = {
+        let mut all = std::collections::HashMap::new();
+        discovery::filter_entries(json, ListKind::Tools, Some(&id), &mut |n, entry| {
+            if let Some(d) = mcp_guard::pins::digest_bytes(ListKind::Tools, entry) {
+                all.insert(n.to_string(), d);
+            }
+            true
+        });
+        mcp_guard::pins::Pins::new(mcp_guard::pins::Mode::Enforce, all, None)
+    };
+    let by_policy_and_pins = || {
+        let mut lister = policy.lister(&listing);
+        discovery::filter_entries(
+            black_box(json),
+            ListKind::Tools,
+            Some(&id),
+            &mut |n, entry| {
+                lister.visible(Item::Tool(n))
+                    && pins.check(ListKind::Tools, n, entry) == mcp_guard::pins::Check::Matches
+            },
+        )
+    };
+    assert_eq!(
+        kept(&by_policy_and_pins()),
+        250,
+        "every visible tool matches its pin"
+    );
+    h.bench(
+        "discovery/filter_result/500-tools/policy+pins",
+        Some(json.len()),
+        by_policy_and_pins,
+    );
+
     // The response path as Envoy feeds it: the SSE body in 16 KiB chunks, each event's data
     // filtered, the rewritten event re-encoded.
     let sse_filter = |chunk_size: usize| {

@@ -60,6 +60,20 @@ pub const AUDIT_COLUMNS: [&str; 8] = [
     "tool",
 ];
 
+/// Most `pin_drift` entries one record lists (a listing may drift more; the counter has all).
+pub const MAX_PIN_DRIFT: usize = 32;
+
+/// A definition that did not match its pin: `pinned` is `null` when the name has no pin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PinDrift {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    pub pinned: Option<String>,
+    pub seen: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Record {
     pub schema: &'static str,
@@ -133,6 +147,10 @@ pub struct Record {
     /// For list results: how many entries this caller did not get to see.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hidden: Option<usize>,
+    /// Tools (or prompts) whose definition did not match its pin, or had none: in a listing,
+    /// or the one a call named. At most [`MAX_PIN_DRIFT`] entries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin_drift: Option<Vec<PinDrift>>,
     /// Microseconds spent inside the filter's callbacks for this HTTP request so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filter_us: Option<u64>,
@@ -179,6 +197,7 @@ impl Record {
             error_code: None,
             upstream_status: None,
             hidden: None,
+            pin_drift: None,
             filter_us: None,
             total_ms: None,
         }
@@ -296,6 +315,14 @@ impl Record {
             truncate(field, max);
         }
         truncate(&mut self.http_method, max);
+        if let Some(drift) = &mut self.pin_drift {
+            drift.truncate(max_groups);
+            for d in drift.iter_mut() {
+                for name in [&mut d.tool, &mut d.prompt].into_iter().flatten() {
+                    truncate(name, max);
+                }
+            }
+        }
         if let Some(groups) = &mut self.groups {
             groups.truncate(max_groups);
             groups.iter_mut().for_each(|g| truncate(g, max));

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use crate::audit::ArgumentsMode;
 use crate::jwt::{Authenticator, Issuer};
+use crate::pins::Pins;
 use crate::policy::Policy;
 
 /// A configuration error: which field, and what is wrong with it.
@@ -103,6 +104,8 @@ pub struct Server {
     /// How much of tool arguments the audit records keep.
     pub audit_arguments: ArgumentsMode,
     pub policy: Policy,
+    /// Approved tool (and prompt) definitions; mode `off` when the server has no `pins`.
+    pub pins: Pins,
 }
 
 /// Conditions selecting a server beyond its path: Envoy route name, host, upstream cluster.
@@ -224,6 +227,8 @@ struct RawServer {
     #[serde(default)]
     audit_arguments: Option<String>,
     policy: Value,
+    #[serde(default)]
+    pins: Option<Value>,
 }
 
 /// Removed from every forwarded request unless the configuration lists its own set.
@@ -492,6 +497,10 @@ impl Server {
             })?,
         };
         let policy = Policy::from_config(raw.policy, &format!("{field}.policy"))?;
+        let pins = match raw.pins {
+            Some(p) => Pins::from_config(p, &format!("{field}.pins"))?,
+            None => Pins::default(),
+        };
         let audiences = match raw.audiences {
             None => vec![raw.resource.clone()],
             Some(list) if list.is_empty() || list.iter().any(String::is_empty) => {
@@ -519,6 +528,7 @@ impl Server {
             resource_name: raw.resource_name,
             credential,
             policy,
+            pins,
         })
     }
 }

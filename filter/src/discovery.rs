@@ -153,6 +153,17 @@ pub fn filter_result(
     expected_id: Option<&Value>,
     allowed: &mut dyn FnMut(&str) -> bool,
 ) -> Filtered {
+    filter_entries(message, kind, expected_id, &mut |name, _| allowed(name))
+}
+
+/// [`filter_result`], with each entry's JSON text (as the server wrote it) handed to `allowed`
+/// beside its name: what tool pinning digests.
+pub fn filter_entries(
+    message: &[u8],
+    kind: ListKind,
+    expected_id: Option<&Value>,
+    allowed: &mut dyn FnMut(&str, &[u8]) -> bool,
+) -> Filtered {
     if std::str::from_utf8(message).is_err()
         || serde_json::from_slice::<IgnoredAny>(message).is_err()
     {
@@ -183,7 +194,10 @@ pub fn filter_result(
         let total = entries.len();
         let kept: Vec<Range<usize>> = entries
             .into_iter()
-            .filter(|(_, name)| name.as_deref().is_some_and(&mut *allowed))
+            .filter(|(entry, name)| {
+                let text = message.get(entry.clone()).unwrap_or_default();
+                name.as_deref().is_some_and(|n| allowed(n, text))
+            })
             .map(|(entry, _)| entry)
             .collect();
         if kept.len() < total {
@@ -242,7 +256,7 @@ pub enum Checked {
 pub fn check_answer(
     message: &[u8],
     expect: &Expect,
-    allowed: &mut dyn FnMut(ListKind, &str) -> bool,
+    allowed: &mut dyn FnMut(ListKind, &str, &[u8]) -> bool,
 ) -> Checked {
     let unreadable = |why: &str| Checked::Unreadable(why.to_string());
     if std::str::from_utf8(message).is_err()
@@ -347,7 +361,10 @@ pub fn check_answer(
             let total = entries.len();
             let kept: Vec<Range<usize>> = entries
                 .iter()
-                .filter(|(_, name)| name.as_deref().is_some_and(|n| allowed(*kind, n)))
+                .filter(|(entry, name)| {
+                    let text = message.get(entry.clone()).unwrap_or_default();
+                    name.as_deref().is_some_and(|n| allowed(*kind, n, text))
+                })
                 .map(|(entry, _)| entry.clone())
                 .collect();
             if kept.len() < total {
@@ -1048,7 +1065,7 @@ mod tests {
 
     fn check(message: &Value, expect: &Expect, allow: &[&str]) -> Checked {
         let bytes = serde_json::to_vec(message).unwrap();
-        check_answer(&bytes, expect, &mut |_, n| allow.contains(&n))
+        check_answer(&bytes, expect, &mut |_, n, _| allow.contains(&n))
     }
 
     fn list_request(id: Value, kind: ListKind) -> Expect {
@@ -1117,7 +1134,7 @@ mod tests {
             b"{\"id\":5,\"id\":5,\"result\":{\"tools\":[]}}",
         ] {
             assert!(matches!(
-                check_answer(bad, &expect, &mut |_, _| true),
+                check_answer(bad, &expect, &mut |_, _, _| true),
                 Checked::Unreadable(_)
             ));
         }
@@ -1149,7 +1166,7 @@ mod tests {
         let both = json!({"jsonrpc": "2.0", "id": 1, "method": "m", "result": {"tools": []}});
         assert!(matches!(check(&both, &expect, &[]), Checked::Unreadable(_)));
         assert!(matches!(
-            check_answer(b"data", &expect, &mut |_, _| true),
+            check_answer(b"data", &expect, &mut |_, _, _| true),
             Checked::Unreadable(_)
         ));
     }

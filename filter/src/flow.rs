@@ -20,13 +20,14 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 
-use crate::audit::{ArgumentsMode, Record, Verdict, AUDIT_COLUMNS};
+use crate::audit::{ArgumentsMode, PinDrift, Record, Verdict, AUDIT_COLUMNS, MAX_PIN_DRIFT};
 use crate::config::{Config, Server};
 use crate::discovery::ListKind;
 use crate::host::{Header, Host};
 use crate::jwt::{AuthError, Identity};
 use crate::mcp::{self, Kind, Message, Target};
 use crate::oauth::BearerError;
+use crate::pins::{self, Check, Drift};
 use crate::policy::{Input, Item, Outcome, RequestFacts};
 use crate::response::{self, Body, ListFilter};
 use crate::{metrics, oauth, protocol, reply, session};
@@ -447,6 +448,21 @@ impl Stream {
         record.rule = decision.rule.clone();
         match decision.outcome {
             Outcome::Allow => {
+                if let Some(drift) = pin_drift(host, server, &message) {
+                    add_pin_drift(&mut record, std::slice::from_ref(&drift));
+                    if server.pins.mode == pins::Mode::Enforce {
+                        let (code, body) = pin_denial(server, &message, &drift);
+                        record.rule = Some(pin_rule(&drift));
+                        record.reason = Some(pin_reason(&drift).to_string());
+                        record.error_code = Some(code);
+                        let status = if message.kind == Kind::Request {
+                            200
+                        } else {
+                            403
+                        };
+                        return self.refuse(host, record, status, &[], body);
+                    }
+                }
                 record.decision = Verdict::Allow;
                 if let Some(kind) = ListKind::for_method(&message.method) {
                     self.lists = Some(match (&message.id, message.kind) {
@@ -524,7 +540,15 @@ impl Stream {
             .iter()
             .map(|m| server.policy.evaluate(&self.input(m, &source, now)))
             .collect();
-        let all_allowed = decisions.iter().all(|d| d.outcome == Outcome::Allow);
+        let drifts: Vec<Option<Drift>> = messages
+            .iter()
+            .map(|m| pin_drift(host, server, m))
+            .collect();
+        let enforce = server.pins.mode == pins::Mode::Enforce;
+        let all_allowed = decisions
+            .iter()
+            .zip(&drifts)
+            .all(|(d, drift)| d.outcome == Outcome::Allow && !(enforce && drift.is_some()));
         // Requests get their errors in a 200 batch; a batch of notifications only gets a 403.
         let status = if messages.iter().any(|m| m.kind == Kind::Request) {
             200
@@ -533,11 +557,30 @@ impl Stream {
         };
         let mut records = Vec::with_capacity(messages.len());
         let mut answers = Vec::new();
-        for (message, decision) in messages.iter().zip(&decisions) {
+        for ((message, decision), drift) in messages.iter().zip(&decisions).zip(&drifts) {
             let mut r = record.clone();
             describe(&mut r, message, server);
             r.rule = decision.rule.clone();
-            if all_allowed {
+            let pinned_out = match drift {
+                Some(drift) => {
+                    add_pin_drift(&mut r, std::slice::from_ref(drift));
+                    (enforce && decision.outcome == Outcome::Allow).then_some(drift)
+                }
+                None => None,
+            };
+            if let Some(drift) = pinned_out {
+                r.decision = Verdict::Deny;
+                r.status = Some(status);
+                r.rule = Some(pin_rule(drift));
+                r.reason = Some(pin_reason(drift).to_string());
+                let (code, body) = pin_denial(server, message, drift);
+                r.error_code = Some(code);
+                if message.kind == Kind::Request {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                        answers.push(v);
+                    }
+                }
+            } else if all_allowed {
                 r.decision = Verdict::Allow;
             } else {
                 r.decision = Verdict::Deny;
@@ -752,15 +795,25 @@ impl Stream {
         };
         let now = host.now_millis();
         let mut state = self.body.take();
+        // Pinned entries this caller may see, as listed: remembered and audited below.
+        let mut checked: Vec<(ListKind, String, Check)> = Vec::new();
         let (out, report, hold) = {
             let input = self.listing_input(now);
             let mut lister = server.policy.lister(&input);
-            let mut visible = |kind: ListKind, name: &str| {
-                lister.visible(match kind {
+            let pins = &server.pins;
+            let mut visible = |kind: ListKind, name: &str, entry: &[u8]| {
+                let allowed = lister.visible(match kind {
                     ListKind::Tools => Item::Tool(name),
                     ListKind::Prompts => Item::Prompt(name),
                     ListKind::Resources | ListKind::Templates => Item::Resource(name),
-                })
+                });
+                if !allowed || !pins.covers(kind) {
+                    return allowed;
+                }
+                let check = pins.check(kind, name, entry);
+                let keep = pins.mode != pins::Mode::Enforce || check == Check::Matches;
+                checked.push((kind, name.to_string(), check));
+                keep
             };
             let lists = self.lists.as_ref();
             let patterns = &server.credential.leak_patterns;
@@ -811,11 +864,22 @@ impl Stream {
         if report.leaks > 0 {
             host.count(metrics::KEY_LEAKS, report.leaks as u64);
         }
+        let mut drifts = Vec::new();
+        for (kind, name, check) in checked {
+            pins::remember(host, &server.name, &server.pins, kind, &name, &check);
+            if let Check::Drift(drift) = check {
+                drifts.push(drift);
+            }
+        }
+        if !drifts.is_empty() {
+            host.count(metrics::PIN_DRIFT, drifts.len() as u64);
+        }
         let mut record = self.record.take();
         if let Some(r) = record.as_mut() {
             if report.hidden > 0 {
                 r.hidden = Some(r.hidden.unwrap_or(0) + report.hidden);
             }
+            add_pin_drift(r, &drifts);
         }
         if let Some(why) = report.failed.clone().or_else(|| {
             (report.leaks > 0 && server.block_key_leaks)
@@ -825,7 +889,7 @@ impl Stream {
         }
         if let Some(mut r) = record {
             // Rewritten at the end too, for the final timings.
-            if report.hidden > 0 || end_of_stream {
+            if report.hidden > 0 || !drifts.is_empty() || end_of_stream {
                 self.write(host, &mut r);
             }
             self.record = Some(r);
@@ -1350,6 +1414,82 @@ fn denial(server: &Server, message: &Message, rule: Option<&str>) -> (i64, Vec<u
         reply::POLICY_DENIED,
         reply::jsonrpc_error(message.id.as_ref(), reply::POLICY_DENIED, &text, Some(data)),
     )
+}
+
+/// A `tools/call` (or `prompts/get`, when prompts are pinned) of a name without a pin, or
+/// whose definition a listing through this Envoy last showed changed.
+fn pin_drift(host: &dyn Host, server: &Server, message: &Message) -> Option<Drift> {
+    if server.pins.mode == pins::Mode::Off || message.kind != Kind::Request {
+        return None;
+    }
+    let (kind, name) = match (&message.target, message.method.as_str()) {
+        (Target::Tool { name, .. }, "tools/call") => (ListKind::Tools, name),
+        (Target::Prompt { name }, "prompts/get") => (ListKind::Prompts, name),
+        _ => return None,
+    };
+    pins::call_drift(host, &server.name, &server.pins, kind, name)
+}
+
+/// The rule a pin denial is audited and counted under: `pin:<name>`.
+fn pin_rule(drift: &Drift) -> String {
+    format!("pin:{}", drift.name)
+}
+
+fn pin_reason(drift: &Drift) -> &'static str {
+    if drift.pinned.is_some() {
+        "pin_drift: the definition changed since it was approved"
+    } else {
+        "pin_missing: the definition was never approved"
+    }
+}
+
+/// The JSON-RPC error for a call of an unapproved or changed tool (or prompt).
+fn pin_denial(server: &Server, message: &Message, drift: &Drift) -> (i64, Vec<u8>) {
+    if server.policy.hide_denied {
+        return denial(server, message, None);
+    }
+    let what = match drift.kind {
+        ListKind::Prompts => "prompt",
+        _ => "tool",
+    };
+    let text = if drift.pinned.is_some() {
+        format!(
+            "{} {:?} denied: the {what} changed since it was approved and awaits review",
+            message.method, drift.name
+        )
+    } else {
+        format!(
+            "{} {:?} denied: the {what} is not approved (no pin) and awaits review",
+            message.method, drift.name
+        )
+    };
+    let data = json!({ "rule": pin_rule(drift), "pinned": drift.pinned, "seen": drift.seen });
+    (
+        reply::POLICY_DENIED,
+        reply::jsonrpc_error(message.id.as_ref(), reply::POLICY_DENIED, &text, Some(data)),
+    )
+}
+
+/// Adds drifted definitions to the record's `pin_drift` (at most [`MAX_PIN_DRIFT`]).
+fn add_pin_drift(record: &mut Record, drifts: &[Drift]) {
+    if drifts.is_empty() {
+        return;
+    }
+    let list = record.pin_drift.get_or_insert_with(Vec::new);
+    for d in drifts {
+        if list.len() >= MAX_PIN_DRIFT {
+            break;
+        }
+        let entry = PinDrift {
+            tool: (d.kind != ListKind::Prompts).then(|| d.name.clone()),
+            prompt: (d.kind == ListKind::Prompts).then(|| d.name.clone()),
+            pinned: d.pinned.clone(),
+            seen: d.seen.clone(),
+        };
+        if !list.contains(&entry) {
+            list.push(entry);
+        }
+    }
 }
 
 /// Copies what the message is about into the audit record.

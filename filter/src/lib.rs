@@ -26,6 +26,7 @@ pub mod jwt;
 pub mod mcp;
 pub mod metrics;
 pub mod oauth;
+pub mod pins;
 pub mod policy;
 pub mod protocol;
 pub mod reply;

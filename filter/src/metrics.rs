@@ -8,6 +8,8 @@ use crate::host::Host;
 
 pub const HIDDEN_ENTRIES: &str = "mcp_guard.hidden_entries";
 pub const KEY_LEAKS: &str = "mcp_guard.key_leaks_redacted";
+/// Listed tool (or prompt) definitions that did not match their pin, or had none (either mode).
+pub const PIN_DRIFT: &str = "mcp_guard.pin_drift";
 
 /// A label value safe inside a stat name: `[A-Za-z0-9_-]`, everything else `_`, bounded.
 pub fn label(value: &str) -> String {

@@ -175,11 +175,15 @@ pub fn contains_any(text: &[u8], patterns: &Patterns) -> bool {
     patterns.0.iter().any(|(f, _)| f.find(text).is_some())
 }
 
+/// Whether a listed entry goes to the caller: asked with the list kind, the entry's name and
+/// its JSON text as the server wrote it.
+pub type Visible<'a> = dyn FnMut(ListKind, &str, &[u8]) -> bool + 'a;
+
 /// Checks and filters a complete JSON-RPC message (a whole JSON body, or one event's data).
 fn filter_message(
     message: &[u8],
     lists: Option<&ListFilter>,
-    visible: &mut dyn FnMut(ListKind, &str) -> bool,
+    visible: &mut Visible,
     report: &mut Inspection,
 ) -> Option<Vec<u8>> {
     let lists = lists?;
@@ -232,7 +236,7 @@ pub fn inspect_buffered(
     json: bool,
     lists: Option<&ListFilter>,
     patterns: &Patterns,
-    visible: &mut dyn FnMut(ListKind, &str) -> bool,
+    visible: &mut Visible,
 ) -> (Option<Vec<u8>>, Inspection) {
     let mut report = Inspection::default();
     // An empty body is no list; it is unreadable only where a list is due.
@@ -255,7 +259,7 @@ pub fn inspect_events(
     end_of_stream: bool,
     lists: Option<&ListFilter>,
     patterns: &Patterns,
-    visible: &mut dyn FnMut(ListKind, &str) -> bool,
+    visible: &mut Visible,
 ) -> (Vec<u8>, Inspection) {
     let mut report = Inspection::default();
     let result = rewriter.push(chunk, end_of_stream, &mut |event| {
@@ -324,10 +328,13 @@ mod tests {
             responses_only: true,
             ..Default::default()
         };
-        let (out, report) =
-            inspect_buffered(body, true, Some(&lists), &Patterns::new([]), &mut |_, n| {
-                n == "a"
-            });
+        let (out, report) = inspect_buffered(
+            body,
+            true,
+            Some(&lists),
+            &Patterns::new([]),
+            &mut |_, n, _| n == "a",
+        );
         assert_eq!(report.hidden, 1);
         let out: Value = serde_json::from_slice(&out.unwrap_or_default()).unwrap_or_default();
         assert_eq!(out["result"]["tools"], serde_json::json!([{"name": "a"}]));
@@ -344,7 +351,7 @@ mod tests {
             false,
             None,
             &patterns,
-            &mut |_, _| true,
+            &mut |_, _, _| true,
         );
         let (b, r2) = inspect_events(
             &mut rw,
@@ -352,7 +359,7 @@ mod tests {
             true,
             None,
             &patterns,
-            &mut |_, _| true,
+            &mut |_, _, _| true,
         );
         let all = [a, b].concat();
         assert_eq!(r1.leaks + r2.leaks, 1);

@@ -29,7 +29,7 @@ fn config() -> Rc<Config> {
                 ],
             },
         }],
-        "sessions": { "key": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=" },
+        "sessions": { "key": TEST_SESSION_KEY },
     });
     Rc::new(
         Config::from_json(c.to_string().as_bytes(), &MapEnv::default())

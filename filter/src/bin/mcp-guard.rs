@@ -3,6 +3,8 @@
 
 #[path = "../cli/files.rs"]
 mod files;
+#[path = "../cli/pin.rs"]
+mod pin;
 #[path = "../cli/render.rs"]
 mod render;
 #[path = "../cli/scenario.rs"]
@@ -19,13 +21,13 @@ use mcp_guard::policy::{Effect, Policy, PolicyError};
 use serde_json::Value;
 
 const USAGE: &str = "\
-mcp-guard: check, test, explain and render mcp-guard policies
+mcp-guard: check, test, explain and render mcp-guard policies; pin tool definitions
 
 usage:
   mcp-guard check FILE...
       Validate and compile policies (YAML or JSON; a plugin configuration's
-      servers[*].policy too). Prints every error with its field, rule, line and
-      column; exits 1 if any.
+      servers[*].policy and servers[*].pins too) and pins files. Prints every
+      error with its field, rule, line and column; exits 1 if any.
   mcp-guard test [-v] FILE...
       Run the test cases kept beside each policy (NAME.tests.yaml beside
       NAME.yaml; a test file may be named instead). Prints failures (every case
@@ -33,9 +35,18 @@ usage:
   mcp-guard explain FILE --claims JSON|@FILE --message JSON|@FILE
                     [--now RFC3339] [--header NAME=VALUE]...
       Evaluate one message: each rule's result or error, and the decision.
-  mcp-guard render envoy|istio FILE
+  mcp-guard render envoy|istio FILE [--pins PINS [--pin-mode MODE]]
       Print the Envoy HTTP filter (envoy) or an Istio EnvoyFilter (istio) that
-      runs mcp-guard with the policy, placeholders marked REPLACE_ME.
+      runs mcp-guard with the policy (and the tool pins of a pins file, mode
+      enforce unless observe or off is given), placeholders marked REPLACE_ME.
+  mcp-guard pin --url URL [--token T] [--header 'Name: value']... [--prompts]
+                [--out PINS] [--timeout SECONDS]
+      Connect to an MCP server (directly, or through Envoy with a token), list
+      its tools (and prompts) and write the pins file for what it lists now
+      (to PINS, YAML or .json; stdout without --out).
+  mcp-guard pin --diff --url URL [--token T] [--header ...] [--out NEW] PINS
+      Show the tools added, removed and changed since PINS was written, with
+      a line diff of descriptions and schemas; exits 1 if anything changed.
 ";
 
 fn main() -> ExitCode {
@@ -46,6 +57,7 @@ fn main() -> ExitCode {
             "test" => test(rest),
             "explain" => explain(rest),
             "render" => render(rest),
+            "pin" => pin::run(rest),
             "help" | "-h" | "--help" => {
                 print!("{USAGE}");
                 Ok(true)
@@ -129,6 +141,31 @@ fn check(args: &[String]) -> Result<bool, String> {
                 continue;
             }
         };
+        // A pins file (`mcp-guard pin`), or the pins of each server of a configuration.
+        let pins: Vec<(String, Value)> = match value.get("servers").and_then(Value::as_array) {
+            _ if value.get("tools").is_some() && value.get("rules").is_none() => {
+                vec![(String::new(), value.clone())]
+            }
+            Some(servers) if value.get("rules").is_none() => servers
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| Some((format!("servers[{i}].pins"), s.get("pins")?.clone())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        for (field, doc) in &pins {
+            let count = doc["tools"].as_object().map_or(0, |t| t.len());
+            match mcp_guard::pins::Pins::from_config(doc.clone(), field) {
+                Ok(_) => println!("{}: ok: pins of {count} tool(s)", path.display()),
+                Err(e) => {
+                    println!("{}: {e}", path.display());
+                    ok = false;
+                }
+            }
+        }
+        if value.get("tools").is_some() && value.get("rules").is_none() {
+            continue;
+        }
         // A plugin configuration: check each server's policy.
         let policies: Vec<(String, Value)> = match value.get("servers").and_then(Value::as_array) {
             Some(servers) if value.get("rules").is_none() => servers
@@ -411,9 +448,26 @@ fn one_line(expression: &str) -> String {
 }
 
 fn render(args: &[String]) -> Result<bool, String> {
-    let (target, file) = match args {
-        [target, file] => (target.as_str(), Path::new(file)),
+    let (target, file, rest) = match args {
+        [target, file, rest @ ..] => (target.as_str(), Path::new(file), rest),
         _ => return Err("render needs envoy|istio and a policy FILE".into()),
+    };
+    let pins = match rest {
+        [] => None,
+        [flag, pins] if flag == "--pins" => Some((pins, "enforce")),
+        [flag, pins, m, mode] | [m, mode, flag, pins] if flag == "--pins" && m == "--pin-mode" => {
+            if !["enforce", "observe", "off"].contains(&mode.as_str()) {
+                return Err(format!(
+                    "--pin-mode is enforce, observe or off, not {mode:?}"
+                ));
+            }
+            Some((pins, mode.as_str()))
+        }
+        _ => return Err("render takes envoy|istio FILE [--pins PINS [--pin-mode MODE]]".into()),
+    };
+    let pins = match pins {
+        Some((path, mode)) => Some(pin::for_config(&pin::read_pins(Path::new(path))?, mode)),
+        None => None,
     };
     let (value, policy) = match load_policy(file) {
         Ok(p) => p,
@@ -425,8 +479,8 @@ fn render(args: &[String]) -> Result<bool, String> {
         }
     };
     let text = match target {
-        "envoy" => render::envoy(&value, &policy)?,
-        "istio" => render::istio(&value, &policy)?,
+        "envoy" => render::envoy(&value, &policy, pins.as_ref())?,
+        "istio" => render::istio(&value, &policy, pins.as_ref())?,
         other => return Err(format!("render targets are envoy and istio, not {other:?}")),
     };
     print!("{text}");
@@ -470,7 +524,7 @@ mod tests {
         for path in policies() {
             let (value, policy) = load_policy(&path).expect("compiles");
             let envoy: Value =
-                serde_norway::from_str(&render::envoy(&value, &policy).expect("renders"))
+                serde_norway::from_str(&render::envoy(&value, &policy, None).expect("renders"))
                     .expect("YAML");
             let config = envoy
                 .pointer("/0/typed_config/config")
@@ -493,7 +547,7 @@ mod tests {
             assert_eq!(plugin.pointer("/servers/0/policy"), Some(&value));
 
             let istio: Value =
-                serde_norway::from_str(&render::istio(&value, &policy).expect("renders"))
+                serde_norway::from_str(&render::istio(&value, &policy, None).expect("renders"))
                     .expect("YAML");
             assert_eq!(istio.get("kind"), Some(&Value::from("EnvoyFilter")));
             let filter = istio
@@ -505,6 +559,57 @@ mod tests {
                 Some(&Value::Bool(true))
             );
         }
+    }
+
+    #[test]
+    fn render_puts_the_digests_of_a_pins_file_into_the_configuration() {
+        let dir =
+            std::env::temp_dir().join(format!("mcp-guard-render-pins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let listing = pin::Listing {
+            tools: [(
+                "search".to_string(),
+                serde_json::json!({"name": "search", "description": "d"}),
+            )]
+            .into_iter()
+            .collect(),
+            prompts: None,
+        };
+        let doc = pin::pins_document(&listing);
+        let file = dir.join("pins.yaml");
+        std::fs::write(&file, pin::render_document(&doc, false, "u").expect("yaml"))
+            .expect("write");
+        let (value, policy) = load_policy(&policies()[0]).expect("compiles");
+        let pins = pin::for_config(&pin::read_pins(&file).expect("valid"), "observe");
+        let envoy: Value =
+            serde_norway::from_str(&render::envoy(&value, &policy, Some(&pins)).expect("renders"))
+                .expect("YAML");
+        let plugin: Value = serde_json::from_str(
+            envoy
+                .pointer("/0/typed_config/config/configuration/value")
+                .and_then(Value::as_str)
+                .expect("a StringValue"),
+        )
+        .expect("JSON");
+        assert_eq!(
+            plugin.pointer("/servers/0/pins"),
+            Some(
+                &serde_json::json!({"mode": "observe", "tools": {"search": doc["tools"]["search"]["digest"]}})
+            )
+        );
+        // What render wrote is a configuration the filter accepts.
+        let p = mcp_guard::pins::Pins::from_config(plugin["servers"][0]["pins"].clone(), "pins")
+            .expect("valid pins");
+        assert_eq!(p.mode, mcp_guard::pins::Mode::Observe);
+        // `check` reads pins files, and a hand-edited definition fails it.
+        let path = file.display().to_string();
+        assert_eq!(check(std::slice::from_ref(&path)), Ok(true));
+        let edited = std::fs::read_to_string(&file)
+            .expect("read")
+            .replace("description: d", "description: changed by hand");
+        std::fs::write(&file, edited).expect("write");
+        assert_eq!(check(&[path]), Ok(false));
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -11,9 +11,10 @@ fn placeholder(what: &str) -> Value {
     Value::from(format!("{MARK}: {what}"))
 }
 
-/// The plugin configuration (the filter's JSON) with the policy under `servers[0].policy`.
-pub fn plugin_config(policy_value: &Value, policy: &Policy) -> Value {
-    json!({
+/// The plugin configuration (the filter's JSON) with the policy under `servers[0].policy`
+/// (and tool pins under `servers[0].pins`, when given).
+pub fn plugin_config(policy_value: &Value, policy: &Policy, pins: Option<&Value>) -> Value {
+    let mut config = json!({
         "issuers": [{
             "issuer": placeholder("the token issuer, exactly as in the `iss` claim, e.g. https://idp.example.com"),
             "audiences": [placeholder("this MCP server's resource URL, e.g. https://mcp.example.com/mcp")],
@@ -32,7 +33,11 @@ pub fn plugin_config(policy_value: &Value, policy: &Policy) -> Value {
             },
             "policy": policy_value,
         }],
-    })
+    });
+    if let (Some(pins), Some(server)) = (pins, config.pointer_mut("/servers/0")) {
+        server["pins"] = pins.clone();
+    }
+    config
 }
 
 /// `text` as the lines of a YAML literal block indented by `indent` spaces.
@@ -42,8 +47,13 @@ fn block(text: &str, indent: usize) -> String {
 }
 
 /// The `envoy.filters.http.wasm` filter, indented by `indent` spaces, as a list item.
-fn http_filter(policy_value: &Value, policy: &Policy, indent: usize) -> Result<String, String> {
-    let config = serde_json::to_string_pretty(&plugin_config(policy_value, policy))
+fn http_filter(
+    policy_value: &Value,
+    policy: &Policy,
+    pins: Option<&Value>,
+    indent: usize,
+) -> Result<String, String> {
+    let config = serde_json::to_string_pretty(&plugin_config(policy_value, policy, pins))
         .map_err(|e| e.to_string())?;
     let filter = format!(
         r#"- name: mcp-guard
@@ -90,16 +100,24 @@ fn header(policy: &Policy, what: &str) -> String {
     )
 }
 
-pub fn envoy(policy_value: &Value, policy: &Policy) -> Result<String, String> {
+pub fn envoy(
+    policy_value: &Value,
+    policy: &Policy,
+    pins: Option<&Value>,
+) -> Result<String, String> {
     Ok(format!(
         "{}# Add it to the http_filters of the HTTP connection manager in front of the MCP server,\n\
          # before envoy.filters.http.router. The issuer's cluster must exist in `clusters`.\n{}",
         header(policy, "The Envoy HTTP filter"),
-        http_filter(policy_value, policy, 0)?
+        http_filter(policy_value, policy, pins, 0)?
     ))
 }
 
-pub fn istio(policy_value: &Value, policy: &Policy) -> Result<String, String> {
+pub fn istio(
+    policy_value: &Value,
+    policy: &Policy,
+    pins: Option<&Value>,
+) -> Result<String, String> {
     let name: String = policy
         .name
         .chars()
@@ -144,7 +162,7 @@ spec:
       value:
 {filter}"#,
         header = header(policy, "An Istio EnvoyFilter"),
-        filter = strip_item(&http_filter(policy_value, policy, 8)?),
+        filter = strip_item(&http_filter(policy_value, policy, pins, 8)?),
     ))
 }
 

@@ -575,3 +575,7 @@ impl KeyHost for MockKeyHost {
         Some(token)
     }
 }
+
+/// The sealing key of test configurations that do not test sessions (32 bytes, base64).
+#[allow(dead_code)]
+pub const TEST_SESSION_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
