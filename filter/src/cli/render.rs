@@ -33,6 +33,7 @@ pub fn plugin_config(policy_value: &Value, policy: &Policy, pins: Option<&Value>
             },
             "policy": policy_value,
         }],
+        "sessions": { "key_from_env": "MCP_GUARD_SESSION_KEY" },
     });
     if let (Some(pins), Some(server)) = (pins, config.pointer_mut("/servers/0")) {
         server["pins"] = pins.clone();
@@ -80,7 +81,9 @@ fn http_filter(
         environment_variables:
           # The service credential the filter sends upstream instead of the client's token
           # (credential.value_from_env): set MCP_GUARD_SERVICE_KEY in Envoy's environment.
-          host_env_keys: [MCP_GUARD_SERVICE_KEY]
+          # The key that seals session handles (sessions.key_from_env), the same on every
+          # replica: MCP_GUARD_SESSION_KEY=$(head -c32 /dev/urandom | base64).
+          host_env_keys: [MCP_GUARD_SERVICE_KEY, MCP_GUARD_SESSION_KEY]
 "#,
         config = block(&config, 10),
     );
