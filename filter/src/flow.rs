@@ -290,6 +290,7 @@ impl Stream {
 
         if has_method_override(&self.query) {
             record.reason = Some("method_override".into());
+            record.error_code = Some(-32600);
             let body = reply::jsonrpc_error(
                 None,
                 -32600,

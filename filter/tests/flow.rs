@@ -407,6 +407,7 @@ fn a_method_override_query_parameter_is_refused() {
         assert_eq!(reply.status, 400, "{query}");
         assert_eq!(reply.json()["error"]["code"], -32600, "{query}");
         assert_eq!(host.record()["reason"], "method_override", "{query}");
+        assert_eq!(host.record()["error_code"], -32600, "{query}");
     }
     // Other parameters pass.
     let mut host = post_host(Some(&alice()), &[(":path", "/mcp?method=x&my_method=y")]);
