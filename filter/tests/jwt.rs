@@ -590,7 +590,15 @@ fn a_forged_token_is_never_served_from_the_cache() {
         "{}.AAAA",
         good.rsplit_once('.').map(|(a, _)| a).unwrap_or_default()
     );
-    assert!(auth.verify(&forged, NOW).is_err());
+    assert_eq!(auth.verify(&forged, NOW), Err(AuthError::BadSignature));
+    // And a valid ES256 signature over other claims, spliced onto the cached token's input.
+    let other = sign(Signer::Es256, &with_claims(json!({ "sub": "root" })));
+    let (input, _) = good.rsplit_once('.').unwrap_or_default();
+    let (_, signature) = other.rsplit_once('.').unwrap_or_default();
+    let spliced = format!("{input}.{signature}");
+    assert_eq!(auth.verify(&spliced, NOW), Err(AuthError::BadSignature));
+    // The cached token itself is still accepted.
+    assert_eq!(verify(&auth, &good), Ok("alice".into()));
 }
 
 // ---- sender-constrained tokens and ambiguous claims --------------------------------------------
