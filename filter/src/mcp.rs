@@ -180,11 +180,13 @@ fn has_control(key: &str) -> bool {
     key.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) && key.chars().any(char::is_control)
 }
 
-/// A key under Unicode simple case folding (CaseFolding.txt, statuses C and S). Two keys fold to
-/// the same string exactly when Go's `strings.EqualFold` / `bytes.EqualFold` (and so
-/// `encoding/json`'s field matching) holds them equal: Go's `unicode.SimpleFold` orbits are the
-/// classes of these simple folds, compared character by character. ASCII keys without upper
-/// case (nearly all keys) are returned as they are, without a copy.
+/// A key under Unicode simple case folding (CaseFolding.txt, statuses C and S), character by
+/// character. Two keys Go's `strings.EqualFold` / `bytes.EqualFold` (and so `encoding/json`'s
+/// field matching) holds equal fold to the same string: Go's `unicode.SimpleFold` orbits are
+/// exactly the classes of these simple folds (Go's table generator builds them from
+/// CaseFolding.txt C and S lines). No crate offers Go's rule as such, so it is put together
+/// here from the `casefold` crate's simple folds, with one widening in [`fold_char`]. ASCII
+/// keys without upper case (nearly all keys) are returned as they are, without a copy.
 pub fn fold_key<'a>(key: &Cow<'a, str>) -> Cow<'a, str> {
     if key.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
         return key.clone();
@@ -192,7 +194,28 @@ pub fn fold_key<'a>(key: &Cow<'a, str>) -> Cow<'a, str> {
     if key.is_ascii() {
         return Cow::Owned(key.to_ascii_lowercase());
     }
-    Cow::Owned(key.chars().map(casefold::simple_fold_char).collect())
+    Cow::Owned(key.chars().map(fold_char).collect())
+}
+
+/// One character's fold: its simple case fold; a character without one (and only such a
+/// character) joins the class of its one-character upper case's lower case. That widens Go's
+/// rule in two places, both on the side of refusing: U+0131 (dotless ı) joins `i`/`I`, as
+/// .NET's `OrdinalIgnoreCase` (upper-casing) and Java's `equalsIgnoreCase` hold them equal; and
+/// case pairs newer than the fold table's Unicode version are still folded.
+fn fold_char(c: char) -> char {
+    let folded = casefold::simple_fold_char(c);
+    if folded != c {
+        return folded;
+    }
+    single(c.to_uppercase())
+        .and_then(|u| single(u.to_lowercase()))
+        .unwrap_or(c)
+}
+
+/// The only item of an iterator of one.
+fn single(mut chars: impl Iterator<Item = char>) -> Option<char> {
+    let first = chars.next()?;
+    chars.next().is_none().then_some(first)
 }
 
 /// Up to this many keys an object's folded keys are compared one by one; past it, through a map.

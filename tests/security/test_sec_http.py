@@ -145,7 +145,10 @@ def test_path_variants_never_reach_the_upstream_unauthenticated(sec, path, statu
     reply, _ = refused(sec, status=status, reason=reason, method=method, path=path, body=body,
                        headers=hdrs(None), origin="envoy" if by_envoy else None)
     if status == 401:
-        assert reply.header("www-authenticate").startswith("Bearer resource_metadata=")
+        meta = f"http://127.0.0.1:{sec.port}/.well-known/oauth-protected-resource/mcp"
+        assert reply.header("www-authenticate") == f'Bearer resource_metadata="{meta}"'
+    else:
+        assert reply.header("www-authenticate") is None
 
 
 @pytest.mark.parametrize("path", ["/mcp/", "/MCP", "/mcp;x", "/admin", "/"])

@@ -133,6 +133,9 @@ COLLIDING = [
      "colliding_keys", 'keys "customer_id" and "cu\u017ftomer_id"'),
     ("arguments_kelvin", tool_params('"name":"echo","arguments":{"text":"x","kind":"a","\\u212aind":"b"}'),
      "colliding_keys", 'keys "kind" and "\u212aind"'),
+    # dotless ı: equal to i for .NET OrdinalIgnoreCase and Java equalsIgnoreCase
+    ("arguments_dotless_i", tool_params('"name":"echo","arguments":{"text":"x","id":1,"\\u0131d":2}'),
+     "colliding_keys", 'keys "id" and "\u0131d"'),
     # arguments: the policy checks owner, a Go server would use Owner
     ("arguments_Owner", tool_params('"name":"get_customer","arguments":{"customer_id":"c-100","Customer_Id":"c-200"}'),
      "colliding_keys", 'keys "customer_id" and "Customer_Id"'),
