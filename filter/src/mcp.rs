@@ -134,6 +134,10 @@ pub enum KeyProblem {
     Colliding(String, String),
     /// A key holding U+0000–U+001F, U+007F or U+0080–U+009F.
     ControlCharacter(String),
+    /// A `params` key that folds to a member the filter reads but is spelled otherwise
+    /// (`"Arguments"`): the member, the key. The filter would read the member as absent, a
+    /// case-insensitive server as present.
+    CaseVariant(&'static str, String),
 }
 
 impl KeyProblem {
@@ -143,6 +147,7 @@ impl KeyProblem {
             KeyProblem::Duplicate(_) => "duplicate_key",
             KeyProblem::Colliding(..) => "colliding_keys",
             KeyProblem::ControlCharacter(_) => "control_character_in_key",
+            KeyProblem::CaseVariant(..) => "case_variant_key",
         }
     }
 }
@@ -160,6 +165,11 @@ impl fmt::Display for KeyProblem {
             KeyProblem::ControlCharacter(k) => {
                 write!(f, "key {} contains a control character", shown(k))
             }
+            KeyProblem::CaseVariant(member, k) => write!(
+                f,
+                "params key {} is a case variant of {member:?}: spell it exactly",
+                shown(k)
+            ),
         }
     }
 }
@@ -624,6 +634,7 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
         Some(Value::Object(p)) => p,
         Some(_) => return Err(ParseError::Invalid("\"params\" must be an object".into())),
     };
+    check_read_members(&params)?;
     let kind = if id.is_some() {
         Kind::Request
     } else {
@@ -638,6 +649,29 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
         params,
         target,
     })
+}
+
+/// The `params` members the filter reads (for any method, so a method's members cannot hide
+/// in another's spelling).
+const READ_PARAMS: &[&str] = &["name", "arguments", "uri"];
+
+/// Refuses a `params` key that a case-insensitive server would take for a member the filter
+/// reads while the filter, matching exactly, would not (`"Arguments"` alone: no arguments to
+/// the policy, arguments to the server).
+fn check_read_members(params: &Map<String, Value>) -> Result<(), ParseError> {
+    for key in params.keys() {
+        if READ_PARAMS.contains(&key.as_str()) {
+            continue;
+        }
+        let folded = fold_key(&Cow::Borrowed(key.as_str()));
+        if let Some(member) = READ_PARAMS.iter().find(|m| **m == folded) {
+            return Err(ParseError::Key(KeyProblem::CaseVariant(
+                member,
+                key.clone(),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Extracts the tool, prompt or resource an MCP method is about. A tool's arguments move out

@@ -647,3 +647,44 @@ fn jwt_style_strict_json_refuses_colliding_keys() {
     assert!(parse_strict_json(br#"{"sub":"a","s\u0000":"b"}"#, 8).is_err());
     assert!(parse_strict_json(br#"{"sub":"a","aud":["x"]}"#, 8).is_ok());
 }
+
+#[test]
+fn case_variants_of_the_params_the_filter_reads_are_refused() {
+    // Alone, with no exact member beside them: the filter would read no arguments (or no name,
+    // no uri) where a case-insensitive server reads them.
+    for (params, member, key) in [
+        (
+            r#"{"name":"push","aRguments":{"force":true}}"#,
+            "arguments",
+            "aRguments",
+        ),
+        (
+            r#"{"name":"push","ARGUMENTS":{"force":true}}"#,
+            "arguments",
+            "ARGUMENTS",
+        ),
+        (r#"{"Name":"delete_customer"}"#, "name", "Name"),
+        (
+            r#"{"name":"a","argument\u017f":{"force":true}}"#,
+            "arguments",
+            "argument\u{17f}",
+        ),
+    ] {
+        let body = call_with(params);
+        assert_eq!(
+            key_problem(&body),
+            KeyProblem::CaseVariant(member, key.to_string()),
+            "{body}"
+        );
+    }
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"URI":"crm://x"}}"#;
+    assert_eq!(
+        key_problem(body),
+        KeyProblem::CaseVariant("uri", "URI".to_string())
+    );
+    let e = parse(&call_with(r#"{"name":"a","Arguments":{}}"#)).expect_err("variant");
+    assert_eq!(e.audit_reason(), "case_variant_key");
+    assert_eq!(e.code(), -32600);
+    // Other params keys may use any case.
+    assert!(parse(&call_with(r#"{"name":"a","Extra":1,"NAMES":2}"#)).is_ok());
+}
