@@ -143,6 +143,10 @@ COLLIDING = [
      "control_character_in_key", 'key "customer_id\\0"'),
     ("arguments_nested_array", tool_params('"name":"echo","arguments":{"text":"x","opts":[{"ok":1},{"force":false,"FORCE":true}]}'),
      "colliding_keys", 'keys "force" and "FORCE"'),
+    # a lone case variant of a params member the filter reads: no arguments to the policy,
+    # arguments to a case-insensitive server (found by the fuzz property)
+    ("params_Arguments_alone", tool_params('"name":"echo","Arguments":{"text":"x"}'),
+     "case_variant_key", 'params key "Arguments" is a case variant of "arguments"'),
     # _meta
     ("meta_progressToken", '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"},'
                            '"_meta":{"progressToken":1,"ProgressToken":2,'
