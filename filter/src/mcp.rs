@@ -240,11 +240,11 @@ struct Seen<'de> {
 
 impl<'de> Seen<'de> {
     /// Adds a key, or says why the object must be refused.
-    fn add(&mut self, key: &Cow<'de, str>) -> Result<(), KeyProblem> {
-        if has_control(key) {
+    fn add(&mut self, key: Cow<'de, str>) -> Result<(), KeyProblem> {
+        if has_control(&key) {
             return Err(KeyProblem::ControlCharacter(key.to_string()));
         }
-        let folded = fold_key(key);
+        let folded = fold_key(&key);
         let earlier = if self.keys.len() < LINEAR_KEYS {
             self.keys.iter().position(|(f, _)| *f == folded)
         } else {
@@ -273,7 +273,7 @@ impl<'de> Seen<'de> {
         if self.keys.len() >= LINEAR_KEYS {
             self.index.insert(folded.clone(), self.keys.len());
         }
-        self.keys.push((folded, key.clone()));
+        self.keys.push((folded, key));
         Ok(())
     }
 }
@@ -459,7 +459,8 @@ impl<'de> Visitor<'de> for Strict<'_> {
         let mut out = Map::new();
         let mut seen = Seen::default();
         while let Some(key) = map.next_key_seed(Key)? {
-            seen.add(&key).map_err(|p| self.refuse::<A::Error>(p))?;
+            seen.add(key.clone())
+                .map_err(|p| self.refuse::<A::Error>(p))?;
             let mode = match (self.mode, key.as_ref()) {
                 (Mode::Message, "params") => Mode::Params,
                 (Mode::Params, "arguments") => Mode::Check,
@@ -478,7 +479,7 @@ impl Strict<'_> {
         let inner = self.nested(Mode::Check)?;
         let mut seen = Seen::default();
         while let Some(key) = map.next_key_seed(Key)? {
-            seen.add(&key).map_err(|p| self.refuse::<A::Error>(p))?;
+            seen.add(key).map_err(|p| self.refuse::<A::Error>(p))?;
             map.next_value_seed(inner)?;
         }
         Ok(Value::Object(Map::new()))
