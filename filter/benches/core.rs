@@ -463,8 +463,32 @@ fn bench_policy(h: &mut Harness, fx: &Fixtures) {
     }
 }
 
+/// A tools/call whose arguments hold 256 keys (lower case, camelCase, and non-ASCII ones that
+/// take the Unicode folding path) and 64 small objects of 4 keys each: what the key-collision
+/// check costs per key.
+fn call_many_keys() -> String {
+    let mut args: Vec<String> = (0..256)
+        .map(|i| match i % 4 {
+            0 => format!("\"field_{i}\":{i}"),
+            1 => format!("\"someField{i}\":\"v\""),
+            2 => format!("\"Gr\u{f6}\u{df}e{i}\":true"),
+            _ => format!("\"KEY_{i}\":null"),
+        })
+        .collect();
+    args.extend((0..64).map(|i| format!("\"obj{i}\":{{\"a\":1,\"b\":2,\"Id\":3,\"name\":\"x\"}}")));
+    format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"search_customers","arguments":{{{}}}}}}}"#,
+        args.join(",")
+    )
+}
+
 fn bench_parse(h: &mut Harness) {
-    for (name, body) in [("call-1k", CALL_1K), ("call-100k", CALL_100K)] {
+    let many_keys = call_many_keys();
+    for (name, body) in [
+        ("call-1k", CALL_1K),
+        ("call-100k", CALL_100K),
+        ("call-many-keys", many_keys.as_str()),
+    ] {
         let bytes = body.as_bytes();
         h.bench(
             &format!("mcp/parse_message/{name}"),

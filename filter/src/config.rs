@@ -236,6 +236,18 @@ pub const DEFAULT_STRIP_HEADERS: &[&str] = &["cookie", "proxy-authorization", "x
 /// Removed from every forwarded request, added to any `strip_headers` list: what a client uses
 /// to authenticate never reaches the upstream.
 pub const ALWAYS_STRIPPED: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+/// Removed from every forwarded request too: headers an upstream framework may take for the
+/// HTTP method in place of the real one (Express `method-override`, Rack, Symfony, Laravel,
+/// ASP.NET, OData, Google APIs; `x-original-method` / `x-forwarded-method` as nginx
+/// `auth_request` and Traefik `ForwardAuth` set them). The filter decided on the real method, so
+/// the upstream must see that one.
+pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+    "x-forwarded-method",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -465,10 +477,12 @@ impl Server {
             ));
         }
         // Always, whatever the list says: the client's token and other credentials it may carry
-        // (cookies, proxy credentials), any client copy of the service key header, and any
+        // (cookies, proxy credentials), method-override headers, any client copy of the service
+        // key header, and any
         // client-supplied copy of a header that carries forwarded claims.
         for must in ALWAYS_STRIPPED
             .iter()
+            .chain(METHOD_OVERRIDE_HEADERS)
             .map(|h| h.to_string())
             .chain(std::iter::once(credential.header.clone()))
             .chain(forward_claims.iter().map(|(_, h)| h.clone()))

@@ -301,6 +301,18 @@ impl Stream {
             }
         }
 
+        if has_method_override(&self.query) {
+            record.reason = Some("method_override".into());
+            record.error_code = Some(-32600);
+            let body = reply::jsonrpc_error(
+                None,
+                -32600,
+                "a _method query parameter is refused: the HTTP method is the request's own",
+                None,
+            );
+            return self.refuse(host, record, 400, &[], body);
+        }
+
         self.forward_as_service(host, server);
         if let Some(id) = upstream_session {
             // The client's handle must never reach the upstream in place of its own id.
@@ -408,7 +420,7 @@ impl Stream {
         {
             Ok(m) => m,
             Err(e) => {
-                record.reason = Some(e.to_string());
+                record.reason = Some(e.audit_reason());
                 record.error_code = Some(e.code());
                 let body = reply::jsonrpc_error(None, e.code(), &e.to_string(), None);
                 return self.refuse(host, record, 400, &[], body);
@@ -516,23 +528,30 @@ impl Stream {
         body: &[u8],
     ) -> Action {
         let protocol = self.header("mcp-protocol-version").unwrap_or_default();
-        let refuse_invalid =
-            |this: &mut Self, host: &mut dyn Host, mut record: Record, code: i64, why: String| {
-                record.reason = Some(why.clone());
-                record.error_code = Some(code);
-                let body = reply::jsonrpc_error(None, code, &why, None);
-                this.refuse(host, record, 400, &[], body)
-            };
+        let refuse_invalid = |this: &mut Self,
+                              host: &mut dyn Host,
+                              mut record: Record,
+                              code: i64,
+                              why: String,
+                              reason: String| {
+            record.reason = Some(reason);
+            record.error_code = Some(code);
+            let body = reply::jsonrpc_error(None, code, &why, None);
+            this.refuse(host, record, 400, &[], body)
+        };
         if protocol != "2025-03-26" {
             let why = format!(
                 "JSON-RPC batches are not allowed in protocol version {:?}; send one message per request",
                 protocol
             );
-            return refuse_invalid(self, host, record, -32600, why);
+            return refuse_invalid(self, host, record, -32600, why.clone(), why);
         }
         let messages = match mcp::parse_batch_for(body, mcp::DEFAULT_MAX_DEPTH, arguments(server)) {
             Ok(m) => m,
-            Err(e) => return refuse_invalid(self, host, record, e.code(), e.to_string()),
+            Err(e) => {
+                let (why, reason) = (e.to_string(), e.audit_reason());
+                return refuse_invalid(self, host, record, e.code(), why, reason);
+            }
         };
         let source = record.source.clone().unwrap_or_default();
         let now = host.now_millis();
@@ -1525,6 +1544,46 @@ fn is_event_stream(content_type: &str) -> bool {
         .split(';')
         .next()
         .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
+}
+
+/// Whether the query string has a `_method` parameter, which Symfony, Laravel and Rails-style
+/// frameworks read as the HTTP method. Names are compared as a framework would see them:
+/// percent-decoded, any case, with PHP's `.` / space / `[` → `_` in parameter names.
+fn has_method_override(query: &str) -> bool {
+    query.split(['&', ';']).any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        let mut decoded = Vec::with_capacity(name.len());
+        let mut bytes = name.bytes();
+        while let Some(b) = bytes.next() {
+            let b = match b {
+                b'%' => {
+                    let hex = [bytes.next(), bytes.next()];
+                    match hex {
+                        [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
+                            .ok()
+                            .and_then(|h| u8::from_str_radix(h, 16).ok())
+                            .unwrap_or(b'%'),
+                        _ => b'%',
+                    }
+                }
+                b'+' => b' ',
+                b => b,
+            };
+            decoded.push(b.to_ascii_lowercase());
+        }
+        let name = decoded.trim_ascii_start();
+        name.len() == 7
+            && name
+                .iter()
+                .map(|b| {
+                    if matches!(b, b'.' | b' ' | b'[') {
+                        b'_'
+                    } else {
+                        *b
+                    }
+                })
+                .eq(b"_method".iter().copied())
+    })
 }
 
 /// `application/json`, any case, with or without parameters.

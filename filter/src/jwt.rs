@@ -461,6 +461,9 @@ pub enum AuthError {
     MissingExpiry,
     BadTimeClaim(&'static str),
     WrongAudience,
+    /// A sender-constrained token (`cnf`: DPoP `jkt`, mTLS `x5t#S256`, …), which the filter
+    /// cannot verify yet: presented as a plain bearer token it could be a stolen one.
+    SenderConstrained,
 }
 
 impl AuthError {
@@ -483,6 +486,7 @@ impl AuthError {
             AuthError::MissingExpiry => "missing_exp",
             AuthError::BadTimeClaim(_) => "bad_time_claim",
             AuthError::WrongAudience => "wrong_audience",
+            AuthError::SenderConstrained => "sender_constrained_token",
         }
     }
 }
@@ -509,6 +513,10 @@ impl fmt::Display for AuthError {
             AuthError::MissingExpiry => write!(f, "token has no exp claim"),
             AuthError::BadTimeClaim(c) => write!(f, "claim {c} is not a number"),
             AuthError::WrongAudience => write!(f, "token audience does not include this resource"),
+            AuthError::SenderConstrained => write!(
+                f,
+                "sender-constrained tokens (cnf claim: DPoP or mTLS) are not supported yet"
+            ),
         }
     }
 }
@@ -670,6 +678,11 @@ impl Authenticator {
         }
 
         check_times(&claims, now, self.skew, issuer.require_exp)?;
+        // Until DPoP / mTLS proof of possession is verified, a token bound to a key (any `cnf`)
+        // is refused: accepting it as a bearer token would let a stolen one be replayed.
+        if claims.contains_key("cnf") {
+            return Err(AuthError::SenderConstrained);
+        }
         if !audience_matches(claims.get("aud"), &issuer.audiences) {
             return Err(AuthError::WrongAudience);
         }

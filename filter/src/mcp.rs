@@ -2,12 +2,15 @@
 //!
 //! One strict parse decides what the message is; the filter forwards the original bytes, never
 //! a re-serialization, so what the policy saw is exactly what the server gets. Anything that is
-//! not a single, well-formed JSON-RPC 2.0 message is refused: duplicate keys at any depth,
-//! unknown or case-variant top-level members, request/response hybrids, non-object `params`,
-//! ids that are neither a string nor an integer, trailing bytes, excessive nesting.
+//! not a single, well-formed JSON-RPC 2.0 message is refused: keys of one object, at any depth,
+//! that a server-side decoder could take for the same member (duplicates, case variants, Unicode
+//! case folds) or that hold control characters, unknown top-level members, request/response
+//! hybrids, non-object `params`, ids that are neither a string nor an integer, trailing bytes,
+//! excessive nesting.
 
 use std::borrow::Cow;
-use std::collections::HashSet;
+use std::cell::Cell;
+use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
@@ -91,15 +94,187 @@ pub enum ParseError {
     Invalid(String),
     /// A well-formed request whose MCP params are wrong (-32602).
     Params(String),
+    /// Keys of one object that decoders could read differently (-32600).
+    Key(KeyProblem),
 }
 
 impl ParseError {
     pub fn code(&self) -> i64 {
         match self {
             ParseError::Json(_) => -32700,
-            ParseError::Invalid(_) => -32600,
+            ParseError::Invalid(_) | ParseError::Key(_) => -32600,
             ParseError::Params(_) => -32602,
         }
+    }
+
+    /// What the audit record says: a stable reason for key problems, the message otherwise.
+    pub fn audit_reason(&self) -> String {
+        match self {
+            ParseError::Key(k) => k.reason().to_string(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// An object key the strict parse refuses, at any depth of the message.
+///
+/// Many server-side decoders match members case-insensitively and let the last one win: Go's
+/// `encoding/json` (with Unicode simple case folding: `ſ` is `s`, the Kelvin sign is `k`),
+/// Jackson with `ACCEPT_CASE_INSENSITIVE_PROPERTIES`, .NET `System.Text.Json` with
+/// `PropertyNameCaseInsensitive`. An object holding `"name"` and `"Name"` would be one thing to
+/// the policy and another to such a server, so two keys that are equal under simple case folding
+/// are refused. Control characters in a key (C0, DEL, C1) are refused too: some decoders stop a
+/// key at NUL, others drop or replace what they cannot print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyProblem {
+    /// The same key twice.
+    Duplicate(String),
+    /// Two different keys equal under (ASCII or Unicode simple) case folding: the earlier, the
+    /// later.
+    Colliding(String, String),
+    /// A key holding U+0000–U+001F, U+007F or U+0080–U+009F.
+    ControlCharacter(String),
+    /// A `params` key that folds to a member the filter reads but is spelled otherwise
+    /// (`"Arguments"`): the member, the key. The filter would read the member as absent, a
+    /// case-insensitive server as present.
+    CaseVariant(&'static str, String),
+}
+
+impl KeyProblem {
+    /// The audit reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            KeyProblem::Duplicate(_) => "duplicate_key",
+            KeyProblem::Colliding(..) => "colliding_keys",
+            KeyProblem::ControlCharacter(_) => "control_character_in_key",
+            KeyProblem::CaseVariant(..) => "case_variant_key",
+        }
+    }
+}
+
+impl fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            KeyProblem::Duplicate(k) => write!(f, "duplicate key {}", shown(k)),
+            KeyProblem::Colliding(a, b) => write!(
+                f,
+                "keys {} and {} differ only in case: case-insensitive decoders read them as one",
+                shown(a),
+                shown(b)
+            ),
+            KeyProblem::ControlCharacter(k) => {
+                write!(f, "key {} contains a control character", shown(k))
+            }
+            KeyProblem::CaseVariant(member, k) => write!(
+                f,
+                "params key {} is a case variant of {member:?}: spell it exactly",
+                shown(k)
+            ),
+        }
+    }
+}
+
+/// A key as an error message shows it: quoted, every control or invisible character escaped
+/// (Rust's `Debug` escaping), and cut after 64 characters.
+fn shown(key: &str) -> String {
+    const MAX: usize = 64;
+    match key.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}…", key.get(..cut).unwrap_or_default()),
+        None => format!("{key:?}"),
+    }
+}
+
+/// Whether a key holds a C0 or C1 control character or DEL.
+fn has_control(key: &str) -> bool {
+    // 0xC2 leads the UTF-8 of U+0080–U+00BF: only then can a C1 control be there.
+    key.bytes().any(|b| b < 0x20 || b == 0x7f || b == 0xc2) && key.chars().any(char::is_control)
+}
+
+/// A key under Unicode simple case folding (CaseFolding.txt, statuses C and S), character by
+/// character. Two keys Go's `strings.EqualFold` / `bytes.EqualFold` (and so `encoding/json`'s
+/// field matching) holds equal fold to the same string: Go's `unicode.SimpleFold` orbits are
+/// exactly the classes of these simple folds (Go's table generator builds them from
+/// CaseFolding.txt C and S lines). No crate offers Go's rule as such, so it is put together
+/// here from the `casefold` crate's simple folds, with one widening in [`fold_char`]. ASCII
+/// keys without upper case (nearly all keys) are returned as they are, without a copy.
+pub fn fold_key<'a>(key: &Cow<'a, str>) -> Cow<'a, str> {
+    if key.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
+        return key.clone();
+    }
+    if key.is_ascii() {
+        return Cow::Owned(key.to_ascii_lowercase());
+    }
+    Cow::Owned(key.chars().map(fold_char).collect())
+}
+
+/// One character's fold: its simple case fold; a character without one (and only such a
+/// character) joins the class of its one-character upper case's lower case. That widens Go's
+/// rule in two places, both on the side of refusing: U+0131 (dotless ı) joins `i`/`I`, as
+/// .NET's `OrdinalIgnoreCase` (upper-casing) and Java's `equalsIgnoreCase` hold them equal; and
+/// case pairs newer than the fold table's Unicode version are still folded.
+fn fold_char(c: char) -> char {
+    let folded = casefold::simple_fold_char(c);
+    if folded != c {
+        return folded;
+    }
+    single(c.to_uppercase())
+        .and_then(|u| single(u.to_lowercase()))
+        .unwrap_or(c)
+}
+
+/// The only item of an iterator of one.
+fn single(mut chars: impl Iterator<Item = char>) -> Option<char> {
+    let first = chars.next()?;
+    chars.next().is_none().then_some(first)
+}
+
+/// Up to this many keys an object's folded keys are compared one by one; past it, through a map.
+const LINEAR_KEYS: usize = 16;
+
+/// The keys of one object seen so far: (folded, as sent).
+#[derive(Default)]
+struct Seen<'de> {
+    keys: Vec<(Cow<'de, str>, Cow<'de, str>)>,
+    index: HashMap<Cow<'de, str>, usize>,
+}
+
+impl<'de> Seen<'de> {
+    /// Adds a key, or says why the object must be refused.
+    fn add(&mut self, key: Cow<'de, str>) -> Result<(), KeyProblem> {
+        if has_control(&key) {
+            return Err(KeyProblem::ControlCharacter(key.to_string()));
+        }
+        let folded = fold_key(&key);
+        let earlier = if self.keys.len() < LINEAR_KEYS {
+            self.keys.iter().position(|(f, _)| *f == folded)
+        } else {
+            if self.index.is_empty() {
+                let index = self
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (f, _))| (f.clone(), i));
+                self.index.extend(index);
+            }
+            self.index.get(&folded).copied()
+        };
+        if let Some(i) = earlier {
+            let first = self
+                .keys
+                .get(i)
+                .map(|(_, k)| k.as_ref())
+                .unwrap_or_default();
+            return Err(if first == key.as_ref() {
+                KeyProblem::Duplicate(key.to_string())
+            } else {
+                KeyProblem::Colliding(first.to_string(), key.to_string())
+            });
+        }
+        if self.keys.len() >= LINEAR_KEYS {
+            self.index.insert(folded.clone(), self.keys.len());
+        }
+        self.keys.push((folded, key));
+        Ok(())
     }
 }
 
@@ -109,27 +284,36 @@ impl fmt::Display for ParseError {
             ParseError::Json(m) => write!(f, "parse error: {m}"),
             ParseError::Invalid(m) => write!(f, "invalid request: {m}"),
             ParseError::Params(m) => write!(f, "invalid params: {m}"),
+            ParseError::Key(k) => write!(f, "invalid request: {k}"),
         }
     }
 }
 
-/// Parses JSON strictly: duplicate keys at any depth and nesting beyond `max_depth` are errors,
-/// as is anything after the value but whitespace.
+/// Parses JSON strictly: colliding keys ([`KeyProblem`]) at any depth and nesting beyond
+/// `max_depth` are errors, as is anything after the value but whitespace.
 pub fn parse_strict_json(bytes: &[u8], max_depth: usize) -> Result<Value, String> {
-    parse_json(bytes, max_depth, Mode::Keep)
+    parse_json(bytes, max_depth, Mode::Keep).map_err(|e| match e {
+        ParseError::Json(m) => m,
+        other => other.to_string(),
+    })
 }
 
-fn parse_json(bytes: &[u8], max_depth: usize, mode: Mode) -> Result<Value, String> {
+/// Parses JSON strictly; errors are [`ParseError::Json`] or [`ParseError::Key`].
+fn parse_json(bytes: &[u8], max_depth: usize, mode: Mode) -> Result<Value, ParseError> {
+    let problem = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = Strict {
+    let parsed = Strict {
         depth: 0,
         max_depth,
         mode,
+        problem: &problem,
     }
     .deserialize(&mut de)
-    .map_err(|e| e.to_string())?;
-    de.end().map_err(|e| e.to_string())?;
-    Ok(value)
+    .and_then(|value| de.end().map(|()| value));
+    parsed.map_err(|e| match problem.take() {
+        Some(key) => ParseError::Key(key),
+        None => ParseError::Json(e.to_string()),
+    })
 }
 
 /// What the parser keeps of the value it is in.
@@ -148,14 +332,16 @@ enum Mode {
 }
 
 #[derive(Clone, Copy)]
-struct Strict {
+struct Strict<'p> {
     depth: usize,
     max_depth: usize,
     mode: Mode,
+    /// Where a key problem is left for [`parse_json`] (serde's errors carry only text).
+    problem: &'p Cell<Option<KeyProblem>>,
 }
 
-impl Strict {
-    fn nested<E: de::Error>(&self, mode: Mode) -> Result<Strict, E> {
+impl<'p> Strict<'p> {
+    fn nested<E: de::Error>(&self, mode: Mode) -> Result<Strict<'p>, E> {
         if self.depth >= self.max_depth {
             return Err(E::custom(format!(
                 "nesting deeper than {} levels",
@@ -166,11 +352,19 @@ impl Strict {
             depth: self.depth + 1,
             max_depth: self.max_depth,
             mode,
+            problem: self.problem,
         })
     }
 
     fn keeps(&self) -> bool {
         self.mode != Mode::Check
+    }
+
+    /// Records a key problem and returns the error that stops the parse.
+    fn refuse<E: de::Error>(&self, problem: KeyProblem) -> E {
+        let e = E::custom(&problem);
+        self.problem.set(Some(problem));
+        e
     }
 }
 
@@ -200,14 +394,14 @@ impl<'de> Visitor<'de> for Key {
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Strict {
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
     type Value = Value;
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Strict {
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -263,45 +457,29 @@ impl<'de> Visitor<'de> for Strict {
         // An object one level too deep is refused even when empty, as an array is.
         self.nested::<A::Error>(Mode::Keep)?;
         let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(de::Error::custom(format!("duplicate key {key:?}")));
-            }
-            let mode = match (self.mode, key.as_str()) {
+        let mut seen = Seen::default();
+        while let Some(key) = map.next_key_seed(Key)? {
+            seen.add(key.clone())
+                .map_err(|p| self.refuse::<A::Error>(p))?;
+            let mode = match (self.mode, key.as_ref()) {
                 (Mode::Message, "params") => Mode::Params,
                 (Mode::Params, "arguments") => Mode::Check,
                 _ => Mode::Keep,
             };
             let value = map.next_value_seed(self.nested(mode)?)?;
-            out.insert(key, value);
+            out.insert(key.into_owned(), value);
         }
         Ok(Value::Object(out))
     }
 }
 
-impl Strict {
+impl Strict<'_> {
     /// Checks an object without keeping it: the keys are compared where they lie in the input.
     fn check_map<'de, A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let inner = self.nested(Mode::Check)?;
-        let mut keys: Vec<Cow<'de, str>> = Vec::new();
-        let mut many: HashSet<Cow<'de, str>> = HashSet::new();
+        let mut seen = Seen::default();
         while let Some(key) = map.next_key_seed(Key)? {
-            let duplicate = if keys.len() < 16 {
-                keys.contains(&key)
-            } else {
-                if many.is_empty() {
-                    many.extend(keys.iter().cloned());
-                }
-                many.contains(&key)
-            };
-            if duplicate {
-                return Err(de::Error::custom(format!("duplicate key {key:?}")));
-            }
-            if keys.len() < 16 {
-                keys.push(key);
-            } else {
-                many.insert(key);
-            }
+            seen.add(key).map_err(|p| self.refuse::<A::Error>(p))?;
             map.next_value_seed(inner)?;
         }
         Ok(Value::Object(Map::new()))
@@ -340,7 +518,7 @@ pub fn parse_message_for(
     max_depth: usize,
     arguments: Arguments,
 ) -> Result<Message, ParseError> {
-    match parse_json(body, max_depth, arguments.mode()).map_err(ParseError::Json)? {
+    match parse_json(body, max_depth, arguments.mode())? {
         Value::Array(_) => Err(ParseError::Invalid(
             "JSON-RPC batches are not accepted: send one message per request".into(),
         )),
@@ -360,9 +538,7 @@ pub fn parse_batch_for(
     max_depth: usize,
     arguments: Arguments,
 ) -> Result<Vec<Message>, ParseError> {
-    let Value::Array(items) =
-        parse_json(body, max_depth, arguments.mode()).map_err(ParseError::Json)?
-    else {
+    let Value::Array(items) = parse_json(body, max_depth, arguments.mode())? else {
         return Err(ParseError::Invalid("a batch must be a JSON array".into()));
     };
     if items.is_empty() {
@@ -459,6 +635,7 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
         Some(Value::Object(p)) => p,
         Some(_) => return Err(ParseError::Invalid("\"params\" must be an object".into())),
     };
+    check_read_members(&params)?;
     let kind = if id.is_some() {
         Kind::Request
     } else {
@@ -473,6 +650,29 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
         params,
         target,
     })
+}
+
+/// The `params` members the filter reads (for any method, so a method's members cannot hide
+/// in another's spelling).
+const READ_PARAMS: &[&str] = &["name", "arguments", "uri"];
+
+/// Refuses a `params` key that a case-insensitive server would take for a member the filter
+/// reads while the filter, matching exactly, would not (`"Arguments"` alone: no arguments to
+/// the policy, arguments to the server).
+fn check_read_members(params: &Map<String, Value>) -> Result<(), ParseError> {
+    for key in params.keys() {
+        if READ_PARAMS.contains(&key.as_str()) {
+            continue;
+        }
+        let folded = fold_key(&Cow::Borrowed(key.as_str()));
+        if let Some(member) = READ_PARAMS.iter().find(|m| **m == folded) {
+            return Err(ParseError::Key(KeyProblem::CaseVariant(
+                member,
+                key.clone(),
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Extracts the tool, prompt or resource an MCP method is about. A tool's arguments move out

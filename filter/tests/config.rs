@@ -441,7 +441,17 @@ fn custom_strip_headers_still_strip_credentials() {
     config["servers"][0]["forward_claims"] = json!({ "email": "X-MCP-User" });
     let loaded = load(&config, &MapEnv::default()).expect("valid");
     let strip = &loaded.servers[0].strip_headers;
-    for must in ["x-debug", "authorization", "x-api-key", "x-mcp-user"] {
+    for must in [
+        "x-debug",
+        "authorization",
+        "x-api-key",
+        "x-mcp-user",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-method",
+        "x-forwarded-method",
+    ] {
         assert!(strip.iter().any(|h| h == must), "{must} in {strip:?}");
     }
 }

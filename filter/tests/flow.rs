@@ -380,6 +380,89 @@ fn valid_post_is_held_and_forwarded_as_the_service() {
 }
 
 #[test]
+fn method_override_headers_never_reach_the_upstream() {
+    let overrides = [
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("x-http-method", "DELETE"),
+        ("X-Method-Override", "PUT"),
+        ("x-original-method", "DELETE"),
+        ("X-Forwarded-Method", "DELETE"),
+    ];
+    let mut host = post_host(Some(&alice()), &overrides);
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    assert!(stream.awaiting_body());
+    for (name, _) in overrides {
+        assert_eq!(host.req_header(name), None, "{name}");
+    }
+}
+
+#[test]
+fn a_method_override_query_parameter_is_refused() {
+    for query in [
+        "_method=DELETE",
+        "a=1&_METHOD=delete",
+        "%5Fmethod=DELETE",
+        ".method=DELETE",
+        "x=1;_method=PUT",
+    ] {
+        let path = format!("/mcp?{query}");
+        let mut host = post_host(Some(&alice()), &[(":path", &path)]);
+        let reply = refused_at_headers(&config(), &mut host);
+        assert_eq!(reply.status, 400, "{query}");
+        assert_eq!(reply.json()["error"]["code"], -32600, "{query}");
+        assert_eq!(host.record()["reason"], "method_override", "{query}");
+        assert_eq!(host.record()["error_code"], -32600, "{query}");
+    }
+    // Other parameters pass.
+    let mut host = post_host(Some(&alice()), &[(":path", "/mcp?method=x&my_method=y")]);
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    assert!(stream.awaiting_body());
+}
+
+#[test]
+fn a_sender_constrained_token_is_refused() {
+    let mut claims = claims_for("alice", &["staff"], "");
+    claims["cnf"] = json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" });
+    assert_token_refused(&sign(Signer::Es256, &claims), "sender_constrained_token");
+}
+
+#[test]
+fn colliding_keys_are_refused_with_a_stable_reason() {
+    for (body, reason, says) in [
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","Name":"delete_customer"}}"#,
+            "colliding_keys",
+            r#"keys "name" and "Name""#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name\u0000":"x"}}"#,
+            "control_character_in_key",
+            r#"key "name\0""#,
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","name":"x"}}"#,
+            "duplicate_key",
+            r#"duplicate key "name""#,
+        ),
+    ] {
+        let (_, host, action) = post(&alice(), body.as_bytes());
+        assert_eq!(action, Action::Pause, "{body}");
+        let reply = host.reply();
+        assert_eq!(reply.status, 400, "{body}");
+        let error = &reply.json()["error"];
+        assert_eq!(error["code"], -32600, "{body}");
+        assert!(
+            error["message"].as_str().unwrap_or_default().contains(says),
+            "{error}"
+        );
+        assert_eq!(host.record()["reason"], reason);
+        assert_eq!(host.record()["error_code"], -32600);
+    }
+}
+
+#[test]
 fn forwarded_claim_header_is_removed_when_the_token_lacks_the_claim() {
     let mut claims = claims_for("svc", &["staff"], "");
     claims.as_object_mut().expect("object").remove("email");

@@ -2,10 +2,11 @@
 //! refused, with the JSON-RPC code a client expects.
 
 use mcp_guard::mcp::{
-    is_batch, is_valid_tool_name, parse_batch, parse_message, parse_message_for, parse_strict_json,
-    Arguments, Kind, ParseError, Target, DEFAULT_MAX_DEPTH,
+    fold_key, is_batch, is_valid_tool_name, parse_batch, parse_message, parse_message_for,
+    parse_strict_json, Arguments, KeyProblem, Kind, ParseError, Target, DEFAULT_MAX_DEPTH,
 };
 use serde_json::{json, Value};
+use std::borrow::Cow;
 
 /// Parses as the filter does when a rule or the audit reads the arguments, and checks that the
 /// parse that drops them (when nothing reads them) decides exactly the same: every test here
@@ -140,13 +141,13 @@ fn escaped_names_are_decoded_before_any_decision() {
 fn escaped_duplicate_member_is_a_duplicate() {
     assert_eq!(
         code(r#"{"jsonrpc":"2.0","id":1,"method":"ping","\u006dethod":"tools/call"}"#),
-        -32700
+        -32600
     );
     assert_eq!(
         code(
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get","n\u0061me":"delete"}}"#
         ),
-        -32700
+        -32600
     );
 }
 
@@ -161,19 +162,19 @@ fn lone_surrogates_are_refused() {
 fn duplicate_keys_are_refused_at_any_depth() {
     assert_eq!(
         code(r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#),
-        -32700
+        -32600
     );
     assert_eq!(
         code(
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get","name":"delete"}}"#
         ),
-        -32700
+        -32600
     );
     assert_eq!(
         code(
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a","arguments":{"x":{"y":[{"z":1,"z":2}]}}}}"#
         ),
-        -32700
+        -32600
     );
     assert!(parse_strict_json(br#"{"a":{"b":1,"b":1}}"#, 8).is_err());
 }
@@ -194,7 +195,7 @@ fn duplicate_keys_are_refused_in_large_objects_too() {
             r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"x":{{{}}}}}}}}}"#,
             members.join(",")
         );
-        assert_eq!(code(&dup), -32700, "{n}: {dup}");
+        assert_eq!(code(&dup), -32600, "{n}: {dup}");
     }
 }
 
@@ -436,7 +437,254 @@ fn bad_batches_are_refused_naming_the_element() {
         DEFAULT_MAX_DEPTH,
     )
     .expect_err("duplicate");
-    assert_eq!(err.code(), -32700);
+    assert_eq!(err.code(), -32600);
     let nested: Value = json!([[{ "jsonrpc": "2.0", "id": 1, "method": "ping" }]]);
     assert!(parse_batch(nested.to_string().as_bytes(), DEFAULT_MAX_DEPTH).is_err());
+}
+
+// ---- keys a case-insensitive decoder would read as one -----------------------------------------
+
+/// The key problem both parses (arguments kept and dropped) report for a body.
+fn key_problem(body: &str) -> KeyProblem {
+    let kept = parse_message(body.as_bytes(), DEFAULT_MAX_DEPTH);
+    let checked = parse_message_for(body.as_bytes(), DEFAULT_MAX_DEPTH, Arguments::Check);
+    match (kept, checked) {
+        (Err(ParseError::Key(a)), Err(ParseError::Key(b))) => {
+            assert_eq!(a, b, "{body}");
+            a
+        }
+        other => panic!("not a key problem in {body}: {other:?}"),
+    }
+}
+
+fn call_with(params: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{params}}}"#)
+}
+
+#[test]
+fn keys_that_fold_together_are_refused_at_every_depth() {
+    let collide = |a: &str, b: &str| KeyProblem::Colliding(a.to_string(), b.to_string());
+    // params, as in the review: "name" beside "Name", "NAME", "nAmE".
+    for other in ["Name", "NAME", "nAmE"] {
+        let body = call_with(&format!(r#"{{"name":"echo","{other}":"delete_customer"}}"#));
+        assert_eq!(key_problem(&body), collide("name", other), "{body}");
+    }
+    // Unicode simple case folding as Go's EqualFold: U+017F long s is s, U+212A Kelvin is k.
+    let body = call_with(r#"{"name":"echo","arguments":{"cost":1,"co\u017Ft":2}}"#);
+    assert_eq!(key_problem(&body), collide("cost", "co\u{17f}t"));
+    let body = call_with(r#"{"name":"echo","arguments":{"\u212Aey":1,"key":2}}"#);
+    assert_eq!(key_problem(&body), collide("\u{212a}ey", "key"));
+    // In arguments (the policy reads owner, a Go server would read Owner).
+    let body = call_with(r#"{"name":"push","arguments":{"owner":"acme","Owner":"evil"}}"#);
+    assert_eq!(key_problem(&body), collide("owner", "Owner"));
+    // In _meta, in nested values, in arrays of objects, in the params of other methods.
+    for params in [
+        r#"{"name":"a","_meta":{"progressToken":1,"progresstoken":2}}"#,
+        r#"{"name":"a","arguments":{"x":{"y":{"Force":false,"FORCE":true}}}}"#,
+        r#"{"name":"a","arguments":{"list":[{"ok":1},{"id":1,"Id":2}]}}"#,
+    ] {
+        assert!(
+            matches!(key_problem(&call_with(params)), KeyProblem::Colliding(..)),
+            "{params}"
+        );
+    }
+    let body =
+        r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"a","Name":"b"}}"#;
+    assert_eq!(key_problem(body), collide("name", "Name"));
+    // Top level: a case variant beside the member is a collision too.
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"ping","Method":"tools/call"}"#;
+    assert_eq!(key_problem(body), collide("method", "Method"));
+    // Exact duplicates keep their own reason; all are -32600 with a stable audit reason.
+    let body = call_with(r#"{"name":"a","n\u0061me":"b"}"#);
+    let e = parse(&body).expect_err("duplicate");
+    assert_eq!(e, ParseError::Key(KeyProblem::Duplicate("name".into())));
+    assert_eq!(e.code(), -32600);
+    assert_eq!(e.audit_reason(), "duplicate_key");
+    let e = parse(&call_with(r#"{"name":"a","NAME":"b"}"#)).expect_err("collision");
+    assert_eq!(e.audit_reason(), "colliding_keys");
+    assert_eq!(
+        e.to_string(),
+        r#"invalid request: keys "name" and "NAME" differ only in case: case-insensitive decoders read them as one"#
+    );
+}
+
+#[test]
+fn keys_that_only_look_alike_are_accepted() {
+    // Not equal under simple case folding, so not equal for Go either: ß is not "ss", dotted
+    // capital I (U+0130) is not i, Cyrillic а is not Latin a, and a trailing space is a key
+    // of its own.
+    for params in [
+        r#"{"name":"a","arguments":{"stra\u00dfe":1,"strasse":2}}"#,
+        r#"{"name":"a","arguments":{"\u0130d":1,"id":2}}"#,
+        r#"{"name":"a","arguments":{"\u0430":1,"a":2}}"#,
+        r#"{"name":"a","arguments":{"a ":1,"a":2}}"#,
+        r#"{"name":"a","arguments":{"x":{"a":1},"y":{"A":2}}}"#,
+    ] {
+        assert!(parse(&call_with(params)).is_ok(), "{params}");
+    }
+}
+
+#[test]
+fn fold_matches_go_equal_fold() {
+    // Each group is one orbit of Go's unicode.SimpleFold (EqualFold holds within a group).
+    let groups: &[&[&str]] = &[
+        &["k", "K", "\u{212a}"],
+        &["s", "S", "\u{17f}"],
+        &["\u{3c3}", "\u{3a3}", "\u{3c2}"],            // σ Σ ς
+        &["\u{b5}", "\u{3bc}", "\u{39c}"],             // µ μ Μ
+        &["\u{e5}", "\u{c5}", "\u{212b}"],             // å Å Å (angstrom)
+        &["\u{1c4}", "\u{1c5}", "\u{1c6}"],            // Ǆ ǅ ǆ
+        &["\u{df}", "\u{1e9e}"],                       // ß ẞ
+        &["\u{3b8}", "\u{398}", "\u{3d1}", "\u{3f4}"], // θ Θ ϑ ϴ
+    ];
+    for group in groups {
+        let folds: Vec<String> = group
+            .iter()
+            .map(|k| fold_key(&Cow::Borrowed(k)).into_owned())
+            .collect();
+        assert!(
+            folds.windows(2).all(|w| w[0] == w[1]),
+            "{group:?}: {folds:?}"
+        );
+    }
+    // Wider than Go on purpose: dotless ı is i for .NET OrdinalIgnoreCase and Java's
+    // equalsIgnoreCase (the upper case of ı is I).
+    for (a, b) in [("\u{131}d", "id"), ("\u{131}D", "ID"), ("\u{131}", "I")] {
+        assert_eq!(
+            fold_key(&Cow::Borrowed(a)),
+            fold_key(&Cow::Borrowed(b)),
+            "{a:?} {b:?}"
+        );
+    }
+    // Not in one class: dotted İ has no one-character fold, ß is not "ss".
+    for (a, b) in [("\u{130}", "i"), ("\u{130}", "I"), ("\u{df}", "ss")] {
+        assert_ne!(
+            fold_key(&Cow::Borrowed(a)),
+            fold_key(&Cow::Borrowed(b)),
+            "{a:?} {b:?}"
+        );
+    }
+    // Lower-case ASCII keys come back as they are, without a copy.
+    assert!(matches!(
+        fold_key(&Cow::Borrowed("customer_id")),
+        Cow::Borrowed(_)
+    ));
+}
+
+#[test]
+fn keys_with_control_characters_are_refused() {
+    for (escaped, key) in [
+        ("name\\u0000", "name\u{0}"),
+        ("a\\u001fb", "a\u{1f}b"),
+        ("\\t", "\t"),
+        ("x\\u007f", "x\u{7f}"),
+        ("x\\u0085", "x\u{85}"),
+        ("x\\u009f", "x\u{9f}"),
+        ("x\u{85}", "x\u{85}"), // raw C1 in UTF-8
+    ] {
+        for params in [
+            format!(r#"{{"name":"echo","{escaped}":"delete_customer"}}"#),
+            format!(r#"{{"name":"a","arguments":{{"k":[{{"{escaped}":1}}]}}}}"#),
+            format!(r#"{{"name":"a","_meta":{{"{escaped}":1}}}}"#),
+        ] {
+            let body = call_with(&params);
+            assert_eq!(
+                key_problem(&body),
+                KeyProblem::ControlCharacter(key.to_string()),
+                "{body}"
+            );
+        }
+    }
+    let e = parse(&call_with(r#"{"name":"a","name\u0000":"b"}"#)).expect_err("NUL");
+    assert_eq!(e.audit_reason(), "control_character_in_key");
+    assert_eq!(e.code(), -32600);
+    // Escaped for the message: no raw control character reaches the answer or a log.
+    assert_eq!(
+        e.to_string(),
+        r#"invalid request: key "name\0" contains a control character"#
+    );
+    // U+00A0 and other non-control characters above U+009F are fine.
+    assert!(parse(&call_with(
+        r#"{"name":"a","arguments":{"a\u00a0":1,"\u00e9":2}}"#
+    ))
+    .is_ok());
+}
+
+#[test]
+fn key_messages_are_cut_and_escaped() {
+    let long = "K".repeat(300);
+    let body = call_with(&format!(
+        r#"{{"name":"a","arguments":{{"{}":1,"{long}":2}}}}"#,
+        long.to_lowercase()
+    ));
+    let e = parse(&body).expect_err("collision");
+    let text = e.to_string();
+    assert!(text.len() < 250, "{text}");
+    assert!(text.contains(&format!("{:?}…", "K".repeat(64))), "{text}");
+}
+
+#[test]
+fn colliding_keys_are_found_in_large_objects_too() {
+    // Past 16 keys the comparison switches to a map: both sides of that, in both parses.
+    for n in [3, 15, 16, 17, 40] {
+        let mut members: Vec<String> = (0..n).map(|i| format!("\"k{i}\":{i}")).collect();
+        members.push("\"K0\":1".to_string());
+        let body = call_with(&format!(
+            r#"{{"name":"t","arguments":{{"x":{{{}}}}}}}"#,
+            members.join(",")
+        ));
+        assert_eq!(
+            key_problem(&body),
+            KeyProblem::Colliding("k0".into(), "K0".into()),
+            "{n}"
+        );
+    }
+}
+
+#[test]
+fn jwt_style_strict_json_refuses_colliding_keys() {
+    assert!(parse_strict_json(br#"{"sub":"a","Sub":"b"}"#, 8).is_err());
+    assert!(parse_strict_json(br#"{"sub":"a","s\u0000":"b"}"#, 8).is_err());
+    assert!(parse_strict_json(br#"{"sub":"a","aud":["x"]}"#, 8).is_ok());
+}
+
+#[test]
+fn case_variants_of_the_params_the_filter_reads_are_refused() {
+    // Alone, with no exact member beside them: the filter would read no arguments (or no name,
+    // no uri) where a case-insensitive server reads them.
+    for (params, member, key) in [
+        (
+            r#"{"name":"push","aRguments":{"force":true}}"#,
+            "arguments",
+            "aRguments",
+        ),
+        (
+            r#"{"name":"push","ARGUMENTS":{"force":true}}"#,
+            "arguments",
+            "ARGUMENTS",
+        ),
+        (r#"{"Name":"delete_customer"}"#, "name", "Name"),
+        (
+            r#"{"name":"a","argument\u017f":{"force":true}}"#,
+            "arguments",
+            "argument\u{17f}",
+        ),
+    ] {
+        let body = call_with(params);
+        assert_eq!(
+            key_problem(&body),
+            KeyProblem::CaseVariant(member, key.to_string()),
+            "{body}"
+        );
+    }
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"URI":"crm://x"}}"#;
+    assert_eq!(
+        key_problem(body),
+        KeyProblem::CaseVariant("uri", "URI".to_string())
+    );
+    let e = parse(&call_with(r#"{"name":"a","Arguments":{}}"#)).expect_err("variant");
+    assert_eq!(e.audit_reason(), "case_variant_key");
+    assert_eq!(e.code(), -32600);
+    // Other params keys may use any case.
+    assert!(parse(&call_with(r#"{"name":"a","Extra":1,"NAMES":2}"#)).is_ok());
 }

@@ -25,16 +25,18 @@ class SecStack(Stack):
 
     def __init__(self, workdir, *, json_response=False, policy="policies/demo.yaml",
                  values=None, options=None, server=None, upstream=None, template="mcp-guard.yaml",
-                 **config):
+                 algs=("RS256", "ES256"), **config):
         """`upstream`: another upstream than the demo MCP server (e.g. a
-        `harness.ScriptedUpstream`); `template`: an Envoy template (a path outside envoy/ too)."""
+        `harness.ScriptedUpstream`); `template`: an Envoy template (a path outside envoy/ too);
+        `algs`: the demo issuer's algorithms, one key each."""
         self.port = harness.free_port()
         self.resource = f"http://127.0.0.1:{self.port}/mcp"
-        self.issuer = keys.Issuer(ISSUER, self.resource, algs=("RS256", "ES256"))
+        # The demo issuer: one key per algorithm in `algs`, each allowed.
+        self.issuer = keys.Issuer(ISSUER, self.resource, algs=algs)
         self.partner = keys.Issuer(PARTNER, self.resource, algs=("RS256", "ES256"))
         self.server = upstream or harness.McpServer(workdir, json_response=json_response)
         issuers = [
-            {"issuer": ISSUER, "audiences": [self.resource], "algorithms": ["RS256", "ES256"],
+            {"issuer": ISSUER, "audiences": [self.resource], "algorithms": list(algs),
              "jwks": self.issuer.jwks()},
             {"issuer": PARTNER, "audiences": [self.resource], "algorithms": ["RS256", "ES256"],
              "jwks": self.partner.jwks()},

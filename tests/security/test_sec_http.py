@@ -5,7 +5,7 @@ import gzip
 import json
 
 import pytest
-from hostile import body_headers, call, forwarded, refused, upstream_header
+from hostile import body_headers, call, forwarded, refused, send, upstream_header
 
 BODY = json.dumps(call("get_customer", {"customer_id": "c-100"})[0])
 
@@ -56,6 +56,47 @@ def test_accept_encoding_is_removed_upstream(sec, alice):
     assert reply.header("content-encoding") is None and b"Ada Lovelace" in reply.body
 
 
+# ---- method overrides ---------------------------------------------------------------------------------
+# Express method-override, Rack, Symfony, Laravel, ASP.NET, OData and Google APIs read a header as
+# the HTTP method (a POST the filter authorized could become a DELETE that ends the session);
+# nginx auth_request and Traefik ForwardAuth conventions add x-original-method /
+# x-forwarded-method. They are removed before the upstream, and a _method query parameter
+# (Symfony, Laravel) is refused.
+
+OVERRIDES = ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override", "X-Original-Method",
+             "X-Forwarded-Method"]
+
+
+def test_method_override_headers_never_reach_the_upstream(sec, alice):
+    extra = [(name, "DELETE") for name in OVERRIDES] + [("x-http-method-override", "PUT")]
+    reply, record, upstream = forwarded(sec, body=BODY, headers=hdrs(alice, extra=extra))
+    assert reply.status == 200 and b"Ada Lovelace" in reply.body
+    assert upstream["method"] == "POST"
+    for name in OVERRIDES:
+        assert upstream_header(upstream, name.lower()) == [], name
+    assert record["tool"] == "get_customer"
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE"])
+def test_method_override_headers_are_removed_from_get_and_delete_too(sec, alice, method):
+    extra = [("accept", "application/json, text/event-stream"), ("mcp-protocol-version", "2025-06-18"),
+             ("authorization", f"Bearer {alice}")] + [(name, "POST") for name in OVERRIDES]
+    before = len(sec.upstream_requests())
+    reply, tag = send(sec, method=method, headers=extra)
+    seen = sec.upstream_requests()[before:]
+    assert len(seen) == 1, (reply, seen)
+    assert seen[0]["method"] == method
+    for name in OVERRIDES:
+        assert upstream_header(seen[0], name.lower()) == [], name
+
+
+@pytest.mark.parametrize("query", ["_method=DELETE", "x=1&_METHOD=delete", "%5Fmethod=DELETE", ".method=PUT"])
+def test_a_method_override_query_parameter_is_refused(sec, alice, query):
+    reply, _ = refused(sec, status=400, code=-32600, reason="method_override", path=f"/mcp?{query}",
+                       body=BODY, headers=hdrs(alice))
+    assert "_method" in reply.json()["error"]["message"]
+
+
 # ---- path variants ------------------------------------------------------------------------------------
 # Envoy normalizes first (normalize_path, merge_slashes, path_with_escaped_slashes_action:
 # REJECT_REQUEST), then the filter matches the path exactly: whatever Envoy turns into "/mcp" is
@@ -104,7 +145,10 @@ def test_path_variants_never_reach_the_upstream_unauthenticated(sec, path, statu
     reply, _ = refused(sec, status=status, reason=reason, method=method, path=path, body=body,
                        headers=hdrs(None), origin="envoy" if by_envoy else None)
     if status == 401:
-        assert reply.header("www-authenticate").startswith("Bearer resource_metadata=")
+        meta = f"http://127.0.0.1:{sec.port}/.well-known/oauth-protected-resource/mcp"
+        assert reply.header("www-authenticate") == f'Bearer resource_metadata="{meta}"'
+    else:
+        assert reply.header("www-authenticate") is None
 
 
 @pytest.mark.parametrize("path", ["/mcp/", "/MCP", "/mcp;x", "/admin", "/"])

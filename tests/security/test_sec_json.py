@@ -29,25 +29,25 @@ META = json.dumps(envelope())
 MALFORMED = [
     ("duplicate_top_level_method",
      '{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call","params":{"_meta":%s}}' % META,
-     -32700, has('duplicate key "method"')),
+     -32600, "duplicate_key"),
     ("duplicate_tool_name",
      '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer",'
      '"name":"delete_customer","arguments":{},"_meta":%s}}' % META,
-     -32700, has('duplicate key "name"')),
+     -32600, "duplicate_key"),
     ("duplicate_key_nested_in_arguments",
      '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer",'
      '"arguments":{"customer_id":"c-100","customer_id":"c-200"},"_meta":%s}}' % META,
-     -32700, has('duplicate key "customer_id"')),
+     -32600, "duplicate_key"),
     ("duplicate_key_deep_in_arguments",
      '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer",'
      '"arguments":{"customer_id":"c-100","filter":[{"a":{"force":false,"force":true}}]},"_meta":%s}}' % META,
-     -32700, has('duplicate key "force"')),
+     -32600, "duplicate_key"),
     ("duplicate_id",
      '{"jsonrpc":"2.0","id":1,"id":2,"method":"tools/list","params":{"_meta":%s}}' % META,
-     -32700, has('duplicate key "id"')),
+     -32600, "duplicate_key"),
     ("case_variant_Method_beside_method",
      '{"jsonrpc":"2.0","id":1,"method":"tools/list","Method":"tools/call","params":{"_meta":%s}}' % META,
-     -32600, has('unknown member "Method"')),
+     -32600, "colliding_keys"),
     ("case_variant_Method_alone",
      '{"jsonrpc":"2.0","id":1,"Method":"tools/call","params":{"name":"delete_customer","_meta":%s}}' % META,
      -32600, has('unknown member "Method"')),
@@ -104,6 +104,86 @@ def test_malformed_message_is_refused(sec, alice, body, code, reason):
     reply, _ = refused(sec, status=400, code=code, reason=reason, body=body,
                        headers=hdrs(alice, method="tools/call"))
     assert reply.json()["id"] is None
+
+
+# ---- keys a case-insensitive, last-wins decoder would read as one --------------------------------
+# A Go MCP server (encoding/json matches struct fields with Unicode simple case folding, last
+# key wins) would run delete_customer for {"name":"echo","Name":"delete_customer"} while the
+# policy saw echo. Such objects are refused at every depth; so are keys with control characters.
+
+def tool_params(inner):
+    return ('{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{%s,"_meta":%s}}' % (inner, META))
+
+
+COLLIDING = [
+    # params: the review's cases
+    ("params_Name", tool_params('"name":"echo","Name":"delete_customer","arguments":{"text":"x"}'),
+     "colliding_keys", 'keys "name" and "Name"'),
+    ("params_NAME", tool_params('"name":"echo","NAME":"delete_customer","arguments":{"text":"x"}'),
+     "colliding_keys", 'keys "name" and "NAME"'),
+    ("params_nAmE", tool_params('"name":"echo","nAmE":"delete_customer","arguments":{"text":"x"}'),
+     "colliding_keys", 'keys "name" and "nAmE"'),
+    ("params_name_nul", tool_params('"name":"echo","name\\u0000":"delete_customer","arguments":{"text":"x"}'),
+     "control_character_in_key", 'key "name\\0"'),
+    ("params_name_first_variant_last", tool_params('"NAME":"delete_customer","name":"echo","arguments":{"text":"x"}'),
+     "colliding_keys", 'keys "NAME" and "name"'),
+    # Unicode simple folding as Go's EqualFold: U+017F (long s), U+212A (Kelvin sign)
+    ("arguments_long_s", tool_params('"name":"get_customer","arguments":{"customer_id":"c-100",'
+                                     '"customer_id":"c-1"}').replace('"customer_id":"c-1"', '"cu\\u017ftomer_id":"c-1"'),
+     "colliding_keys", 'keys "customer_id" and "cu\u017ftomer_id"'),
+    ("arguments_kelvin", tool_params('"name":"echo","arguments":{"text":"x","kind":"a","\\u212aind":"b"}'),
+     "colliding_keys", 'keys "kind" and "\u212aind"'),
+    # dotless ı: equal to i for .NET OrdinalIgnoreCase and Java equalsIgnoreCase
+    ("arguments_dotless_i", tool_params('"name":"echo","arguments":{"text":"x","id":1,"\\u0131d":2}'),
+     "colliding_keys", 'keys "id" and "\u0131d"'),
+    # arguments: the policy checks owner, a Go server would use Owner
+    ("arguments_Owner", tool_params('"name":"get_customer","arguments":{"customer_id":"c-100","Customer_Id":"c-200"}'),
+     "colliding_keys", 'keys "customer_id" and "Customer_Id"'),
+    ("arguments_nul", tool_params('"name":"get_customer","arguments":{"customer_id":"c-100","customer_id\\u0000":"c-200"}'),
+     "control_character_in_key", 'key "customer_id\\0"'),
+    ("arguments_nested_array", tool_params('"name":"echo","arguments":{"text":"x","opts":[{"ok":1},{"force":false,"FORCE":true}]}'),
+     "colliding_keys", 'keys "force" and "FORCE"'),
+    # a lone case variant of a params member the filter reads: no arguments to the policy,
+    # arguments to a case-insensitive server (found by the fuzz property)
+    ("params_Arguments_alone", tool_params('"name":"echo","Arguments":{"text":"x"}'),
+     "case_variant_key", 'params key "Arguments" is a case variant of "arguments"'),
+    # _meta
+    ("meta_progressToken", '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"},'
+                           '"_meta":{"progressToken":1,"ProgressToken":2,'
+                           '"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+                           '"io.modelcontextprotocol/clientCapabilities":{}}}}',
+     "colliding_keys", 'keys "progressToken" and "ProgressToken"'),
+    ("meta_protocol_version", '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"},'
+                              '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28",'
+                              '"IO.modelcontextprotocol/protocolVersion":"2025-06-18",'
+                              '"io.modelcontextprotocol/clientCapabilities":{}}}}',
+     "colliding_keys", 'keys "io.modelcontextprotocol/protocolVersion" and "IO.modelcontextprotocol/protocolVersion"'),
+    ("meta_c1_control", '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"},'
+                        '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","x\\u0085":1,'
+                        '"io.modelcontextprotocol/clientCapabilities":{}}}}',
+     "control_character_in_key", 'key "x\\u{85}"'),
+]
+
+
+@pytest.mark.parametrize("body,reason,says", [c[1:] for c in COLLIDING], ids=[c[0] for c in COLLIDING])
+def test_keys_that_collide_under_case_folding_are_refused_at_every_depth(sec, alice, body, reason, says):
+    """400, -32600 naming the key, nothing forwarded, audited with the stable reason."""
+    json.loads(body)  # valid JSON to any lenient parser: the refusal is the filter's rule
+    reply, _ = refused(sec, status=400, code=-32600, reason=reason, body=body,
+                       headers=hdrs(alice, method="tools/call"))
+    error = reply.json()["error"]
+    assert says in error["message"], error
+    assert reply.json()["id"] is None
+
+
+def test_keys_that_only_look_alike_still_reach_the_server(sec, alice):
+    """The control: keys that no common decoder folds together (ß and ss, dotted I and i, a key
+    in another object) are not a collision."""
+    body = tool_params('"name":"echo","arguments":{"text":"x","stra\\u00dfe":1,"strasse":2,'
+                       '"\\u0130d":1,"id":2,"inner":{"Text":1}}')
+    reply, record, _ = forwarded(sec, body=body, headers=hdrs(alice, method="tools/call", name="echo"))
+    assert reply.status == 200
+    assert record["tool"] == "echo" and record["rule"] == "read-only-tools"
 
 
 # ---- ids ----------------------------------------------------------------------------------------
@@ -199,7 +279,7 @@ def test_a_2025_03_26_batch_with_one_denied_element_is_denied_whole(sec, alice):
 
 @pytest.mark.parametrize("text,code,reason", [
     ("[]", -32600, has("empty batch")),
-    ('[{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"x"}]', -32700, has("duplicate key")),
+    ('[{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"x"}]', -32600, "duplicate_key"),
     ('[[{"jsonrpc":"2.0","id":1,"method":"tools/list"}]]', -32600, has("batch element 0")),
     ('[{"jsonrpc":"2.0","id":1,"method":"tools/list"}, 1]', -32600, has("batch element 1")),
     ('[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_cust\\u043emer"}}]',

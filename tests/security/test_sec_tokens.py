@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
-from hostile import body_headers, call, refused, send
+from hostile import SecStack, body_headers, call, refused, send
 
 CALL, _ = call("get_customer", {"customer_id": "c-100"})
 BODY = json.dumps(CALL)
@@ -280,3 +280,90 @@ def test_token_in_the_query_string_is_a_bad_request(sec, alice, query):
     for h in (headers(None), headers(alice)):
         reply, _ = refused(sec, status=400, reason="token_in_query", path=path, body=BODY, headers=h)
         assert reply.header("www-authenticate") == challenge(sec, "invalid_request")
+
+
+# ---- sender-constrained tokens ------------------------------------------------------------------
+# A token bound to a key (RFC 9449 DPoP `cnf.jkt`, RFC 8705 mTLS `cnf.x5t#S256`) presented as a
+# plain bearer token may be a stolen one; until proof of possession is verified, it is refused.
+
+@pytest.mark.parametrize("cnf", [
+    {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"},
+    {"x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2"},
+], ids=["dpop_jkt", "mtls_x5t_s256"])
+def test_a_sender_constrained_token_is_refused(sec, cnf):
+    token = sec.token("alice", groups=["sales"], cnf=cnf)
+    reply, record = refused(sec, status=401, reason="sender_constrained_token", body=BODY,
+                            headers=headers(token))
+    assert reply.header("www-authenticate") == challenge(sec, "invalid_token")
+    assert reply.json()["error"] == "invalid_token"
+    assert "sender-constrained" in reply.json()["error_description"]
+    assert "sub" not in record
+
+
+# ---- duplicate claims ---------------------------------------------------------------------------
+# Which `sub` or `aud` did the IdP mean? A payload naming a claim twice (or two claim names a
+# case-insensitive reader takes for one) is refused as malformed, however well signed.
+
+def raw_payload_token(key, payload: str) -> str:
+    """A token signed over exactly these payload bytes (a JSON encoder would merge repeats)."""
+    signed = pyjwt.api_jws.PyJWS().encode(payload.encode(), key.pem(), algorithm=key.alg,
+                                          headers={"kid": key.kid, "typ": "JWT"})
+    assert signed.split(".")[1] == keys.b64url(payload.encode())
+    return signed
+
+
+@pytest.mark.parametrize("extra", ['"sub":"root"', '"aud":"https://elsewhere.example/mcp"',
+                                   '"Sub":"root"'], ids=["two_sub", "two_aud", "sub_and_Sub"])
+def test_a_token_with_duplicate_claims_is_refused(sec, extra):
+    claims = json.dumps(sec.issuer.claims("alice", groups=["sales"]), separators=(",", ":"))
+    token = sec.remember(raw_payload_token(sec.issuer.key("RS256"), claims[:-1] + "," + extra + "}"))
+    reply, record = refused(sec, status=401, reason="malformed", body=BODY, headers=headers(token))
+    assert reply.json()["error"] == "invalid_token"
+    assert "sub" not in record
+    # The control: the same payload without the repeated claim is accepted.
+    good = sec.remember(raw_payload_token(sec.issuer.key("RS256"), claims))
+    assert send(sec, body=BODY, headers=headers(good))[0].status == 200
+
+
+# ---- forged and tampered tokens, every algorithm ------------------------------------------------
+
+ALGS = ("RS384", "RS512", "PS384", "PS512", "ES384", "EdDSA")
+
+
+@pytest.fixture(scope="module")
+def algs_stack(tmp_path_factory):
+    """The demo issuer with one key per algorithm above, all allowed."""
+    s = SecStack(tmp_path_factory.mktemp("algs"), algs=ALGS)
+    yield s
+    s.stop()
+
+
+def forged(s, alg):
+    """Signed by another key of the same type, naming the trusted key's kid."""
+    return keys.SigningKey(alg, kid=s.issuer.key(alg).kid).sign(s.issuer.claims("mallory", groups=["sales"]))
+
+
+def tampered(s, alg):
+    """A valid token of this algorithm whose payload was changed after signing (sub → root)."""
+    good = s.issuer.token("mallory", alg=alg, groups=["sales"])
+    header, _, signature = good.split(".")
+    return f"{header}.{segment(s.issuer.claims('root', groups=['sales']))}.{signature}"
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_every_algorithm_accepts_its_own_tokens(algs_stack, alg):
+    """The control: a correctly signed token of each algorithm is accepted."""
+    token = algs_stack.token("mallory", alg=alg, groups=["sales"])
+    reply, tag = send(algs_stack, body=BODY, headers=headers(token))
+    assert reply.status == 200 and b"Ada Lovelace" in reply.body
+
+
+@pytest.mark.parametrize("make", [forged, tampered])
+@pytest.mark.parametrize("alg", ALGS)
+def test_every_algorithm_refuses_forged_and_tampered_tokens(algs_stack, alg, make):
+    token = algs_stack.remember(make(algs_stack, alg))
+    reply, record = refused(algs_stack, status=401, reason="bad_signature", body=BODY,
+                            headers=headers(token))
+    assert reply.header("www-authenticate") == challenge(algs_stack, "invalid_token")
+    assert reply.json()["error"] == "invalid_token"
+    assert "sub" not in record
