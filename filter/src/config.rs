@@ -300,7 +300,16 @@ impl Config {
         let mut issuers = Vec::with_capacity(raw.issuers.len());
         for (i, value) in raw.issuers.into_iter().enumerate() {
             let field = format!("issuers[{i}]");
-            let issuer = Issuer::from_config(value, &field)?;
+            let mut issuer = Issuer::from_config(value, &field)?;
+            issuer.resolve_secrets(env, &field)?;
+            if issuer.introspection.is_some()
+                && issuers.iter().any(|o: &Issuer| o.introspection.is_some())
+            {
+                return Err(ConfigError::new(
+                    format!("{field}.introspect"),
+                    "only one issuer may introspect: opaque tokens do not name their issuer",
+                ));
+            }
             if issuers.iter().any(|o: &Issuer| o.issuer == issuer.issuer) {
                 return Err(ConfigError::new(
                     format!("{field}.issuer"),

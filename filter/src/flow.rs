@@ -121,6 +121,11 @@ impl Stream {
         }
     }
 
+    /// The configuration this stream runs with (an ECDS update leaves it in place).
+    pub fn config(&self) -> &Rc<Config> {
+        &self.config
+    }
+
     /// Whether the headers were accepted and the decision now needs the whole body.
     pub fn awaiting_body(&self) -> bool {
         self.awaiting_body
@@ -207,7 +212,7 @@ impl Stream {
             return Action::Pause;
         };
         let now_ms = host.now_millis();
-        let identity = match self.authenticate(now_ms) {
+        let identity = match self.authenticate(host) {
             // RFC 8707: the token must have been issued for this server, not just any of ours.
             Ok(identity) if !identity.has_audience(&server.audiences) => {
                 return self.refuse_auth(
@@ -780,7 +785,7 @@ impl Stream {
 
     // ---- steps ----------------------------------------------------------------------------
 
-    fn authenticate(&self, now_ms: u64) -> Result<Identity, Refusal> {
+    fn authenticate(&self, host: &mut dyn Host) -> Result<Identity, Refusal> {
         let values: Vec<&str> = self
             .headers
             .iter()
@@ -788,10 +793,9 @@ impl Stream {
             .map(|(_, v)| v.as_str())
             .collect();
         let token = oauth::bearer(&values, &self.query).map_err(Refusal::Bearer)?;
-        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         self.config
             .authenticator
-            .verify(token, now)
+            .authenticate(token, host)
             .map_err(Refusal::Token)
     }
 
@@ -799,7 +803,11 @@ impl Stream {
     fn should_wait(&self, refusal: &Refusal, now_ms: u64) -> Option<Wait> {
         let issuers = self.config.authenticator.issuers();
         match refusal {
-            Refusal::Token(AuthError::NoKeys { issuer }) => {
+            Refusal::Token(
+                AuthError::NoKeys { issuer }
+                | AuthError::NoRevocations { issuer }
+                | AuthError::IntrospectionPending { issuer },
+            ) => {
                 // The deadline is fixed when the request first waits, however often it resumes.
                 let deadline_ms = self
                     .wait_deadline
@@ -838,13 +846,15 @@ impl Stream {
         record.reason = Some(refusal.reason().to_string());
         metrics::count_auth_failure(host, refusal.reason());
         let (status, error, description) = match &refusal {
-            Refusal::Token(AuthError::NoKeys { .. }) => {
+            Refusal::Token(
+                e @ (AuthError::NoKeys { .. }
+                | AuthError::NoRevocations { .. }
+                | AuthError::IntrospectionPending { .. }
+                | AuthError::IntrospectionFailed { .. }),
+            ) => {
                 // Not the caller's fault: 503, never a 401 that makes clients drop tokens.
                 record.decision = Verdict::Error;
-                let body = reply::http_error(
-                    "temporarily_unavailable",
-                    &AuthError::NoKeys { issuer: 0 }.to_string(),
-                );
+                let body = reply::http_error("temporarily_unavailable", &e.to_string());
                 return self.refuse(host, record, 503, &[("retry-after", "2")], body);
             }
             Refusal::Token(e) => (401, Some("invalid_token"), e.to_string()),

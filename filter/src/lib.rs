@@ -21,6 +21,7 @@ pub mod discovery;
 mod es384;
 pub mod flow;
 pub mod host;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod mcp;
@@ -29,6 +30,7 @@ pub mod oauth;
 pub mod policy;
 pub mod reply;
 pub mod response;
+pub mod revocation;
 pub mod session;
 pub mod sse;
 
