@@ -66,6 +66,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a request may wait for an issuer's keys (first fetch, unknown `kid`).
     pub key_wait_ms: u64,
+    /// DPoP proof checking (RFC 9449) for DPoP-bound tokens.
+    pub dpop: crate::dpop::DpopConfig,
 }
 
 /// One protected MCP server: the path it is served on and everything that applies to it.
@@ -100,6 +102,8 @@ pub struct Server {
     /// How much of tool arguments the audit records keep.
     pub audit_arguments: ArgumentsMode,
     pub policy: Policy,
+    /// Only DPoP-bound tokens are accepted (advertised as `dpop_bound_access_tokens_required`).
+    pub require_dpop: bool,
 }
 
 /// Conditions selecting a server beyond its path: Envoy route name, host, upstream cluster.
@@ -170,6 +174,8 @@ struct RawConfig {
     max_body_bytes: Option<usize>,
     #[serde(default)]
     key_wait_ms: Option<u64>,
+    #[serde(default)]
+    dpop: Option<Value>,
     issuers: Vec<Value>,
     servers: Vec<Value>,
 }
@@ -201,6 +207,8 @@ struct RawServer {
     #[serde(default)]
     audit_arguments: Option<String>,
     policy: Value,
+    #[serde(default)]
+    require_dpop: bool,
 }
 
 /// Removed from every forwarded request unless the configuration lists its own set.
@@ -349,6 +357,7 @@ impl Config {
             servers,
             max_body_bytes,
             key_wait_ms: raw.key_wait_ms.unwrap_or(DEFAULT_KEY_WAIT_MS),
+            dpop: crate::dpop::DpopConfig::from_config(raw.dpop, "dpop")?,
         })
     }
 
@@ -504,6 +513,7 @@ impl Server {
             resource_name: raw.resource_name,
             credential,
             policy,
+            require_dpop: raw.require_dpop,
         })
     }
 }

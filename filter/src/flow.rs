@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use crate::audit::{ArgumentsMode, Record, Verdict, AUDIT_COLUMNS};
 use crate::config::{Config, Server};
 use crate::discovery::ListKind;
+use crate::dpop::{self, SenderError};
 use crate::host::{Header, Host};
 use crate::jwt::{AuthError, Identity};
 use crate::mcp::{self, Kind, Message, Target};
@@ -212,7 +213,7 @@ impl Stream {
             return Action::Pause;
         };
         let now_ms = host.now_millis();
-        let identity = match self.authenticate(host) {
+        let identity = match self.authenticate(host, server) {
             // RFC 8707: the token must have been issued for this server, not just any of ours.
             Ok(identity) if !identity.has_audience(&server.audiences) => {
                 return self.refuse_auth(
@@ -785,18 +786,77 @@ impl Stream {
 
     // ---- steps ----------------------------------------------------------------------------
 
-    fn authenticate(&self, host: &mut dyn Host) -> Result<Identity, Refusal> {
+    fn authenticate(&self, host: &mut dyn Host, server: &Server) -> Result<Identity, Refusal> {
         let values: Vec<&str> = self
             .headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
             .map(|(_, v)| v.as_str())
             .collect();
-        let token = oauth::bearer(&values, &self.query).map_err(Refusal::Bearer)?;
-        self.config
+        // `DPoP <token>` (RFC 9449), else `Bearer <token>` (the query string is checked too).
+        let (token, dpop_scheme) = match dpop::scheme_token(&values) {
+            Some(token) => {
+                oauth::bearer(&["Bearer -"], &self.query).map_err(Refusal::Bearer)?;
+                (token, true)
+            }
+            None => (
+                oauth::bearer(&values, &self.query).map_err(Refusal::Bearer)?,
+                false,
+            ),
+        };
+        let identity = self
+            .config
             .authenticator
             .authenticate(token, host)
-            .map_err(Refusal::Token)
+            .map_err(Refusal::Token)?;
+        // Sender-constrained tokens (`cnf`): DPoP proof or client certificate.
+        let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
+        let path = self.header(":path").unwrap_or_default();
+        let origin = server
+            .resource
+            .find("://")
+            .and_then(|i| {
+                let end = server
+                    .resource
+                    .get(i + 3..)
+                    .and_then(|rest| rest.find('/'))
+                    .map_or(server.resource.len(), |j| i + 3 + j);
+                server.resource.get(..end)
+            })
+            .unwrap_or_default();
+        let presentation = dpop::Presentation {
+            dpop_scheme,
+            proofs: self
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("dpop"))
+                .map(|(_, v)| v.as_str())
+                .collect(),
+            method: self.header(":method").unwrap_or_default(),
+            htu: format!(
+                "{origin}{}",
+                path.split(['?', '#']).next().unwrap_or_default()
+            ),
+            peer_cert_sha256_hex: host
+                .property_string(&["connection", "sha256_peer_certificate_digest"])
+                .filter(|d| !d.is_empty()),
+            now,
+            skew: self.config.authenticator.skew_seconds(),
+        };
+        dpop::check(
+            &identity.claims,
+            token,
+            &presentation,
+            &self.config.dpop,
+            host,
+        )
+        .map_err(Refusal::Sender)?;
+        if server.require_dpop && !dpop_scheme {
+            return Err(Refusal::Sender(SenderError::Token(
+                "this server accepts DPoP-bound tokens only",
+            )));
+        }
+        Ok(identity)
     }
 
     /// Whether a failed authentication should wait for keys instead of answering now.
@@ -858,6 +918,25 @@ impl Stream {
                 return self.refuse(host, record, 503, &[("retry-after", "2")], body);
             }
             Refusal::Token(e) => (401, Some("invalid_token"), e.to_string()),
+            Refusal::Sender(e) => {
+                // RFC 9449 §7.1: a DPoP challenge with the accepted algorithms (and the
+                // Bearer one, for clients that do not do DPoP).
+                let error = match e {
+                    SenderError::Proof(_) => "invalid_dpop_proof",
+                    _ => "invalid_token",
+                };
+                let dpop = format!(
+                    "DPoP error=\"{error}\", algs=\"{}\"",
+                    self.config.dpop.algs()
+                );
+                let bearer = oauth::challenge(server, Some("invalid_token"), None);
+                let body = reply::http_error(error, e.describe());
+                let headers = [
+                    ("www-authenticate", dpop.as_str()),
+                    ("www-authenticate", bearer.as_str()),
+                ];
+                return self.refuse(host, record, 401, &headers, body);
+            }
             Refusal::Bearer(BearerError::Missing) => (401, None, "no bearer token".to_string()),
             Refusal::Bearer(BearerError::Malformed(why)) => {
                 (401, Some("invalid_token"), why.to_string())
@@ -1026,6 +1105,8 @@ impl Stream {
 enum Refusal {
     Bearer(BearerError),
     Token(AuthError),
+    /// A sender-constrained token without valid proof of possession.
+    Sender(SenderError),
 }
 
 impl Refusal {
@@ -1035,6 +1116,7 @@ impl Refusal {
             Refusal::Bearer(BearerError::Malformed(_)) => "malformed",
             Refusal::Bearer(BearerError::InvalidRequest(reason, _)) => reason,
             Refusal::Token(e) => e.reason(),
+            Refusal::Sender(e) => e.reason(),
         }
     }
 }

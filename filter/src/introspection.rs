@@ -149,17 +149,18 @@ impl Introspection {
         if raw.client_id.is_empty() {
             return Err(ConfigError::new(at("client_id"), "must not be empty"));
         }
-        let auth =
-            match raw.auth.as_deref() {
-                None | Some("client_secret_basic") => ClientAuth::Basic,
-                Some("client_secret_post") => ClientAuth::Post,
-                Some(other) => return Err(ConfigError::new(
+        let auth = match raw.auth.as_deref() {
+            None | Some("client_secret_basic") => ClientAuth::Basic,
+            Some("client_secret_post") => ClientAuth::Post,
+            Some(other) => {
+                return Err(ConfigError::new(
                     at("auth"),
                     format!(
                         "must be \"client_secret_basic\" or \"client_secret_post\", not {other:?}"
                     ),
-                )),
-            };
+                ))
+            }
+        };
         if raw.client_secret_from_env.is_none() {
             return Err(ConfigError::new(
                 at("client_secret_from_env"),

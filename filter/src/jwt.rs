@@ -215,6 +215,18 @@ fn parse_jwk(value: &Value) -> Result<Option<Jwk>, String> {
     }))
 }
 
+/// Verifies a JWS signature with a public JWK that came with the message itself (a DPoP
+/// proof's `jwk` header). `Ok(false)`: the key does not fit `alg` or the signature is wrong.
+pub(crate) fn verify_with_jwk(
+    jwk: &Value,
+    alg: Alg,
+    signed: &[u8],
+    signature: &[u8],
+) -> Result<bool, String> {
+    let key = parse_jwk(jwk)?.ok_or("not a signature verification key")?;
+    Ok(key.fits(alg) && verify_signature(alg, &key.key, signed, signature))
+}
+
 /// Bit length of a big-endian unsigned integer.
 fn bit_length(bytes: &[u8]) -> usize {
     match bytes.iter().position(|b| *b != 0) {
@@ -639,6 +651,11 @@ impl Authenticator {
             cache: RefCell::new(HashMap::new()),
             introspector: Introspector::default(),
         }
+    }
+
+    /// The clock skew allowed for time claims, in seconds.
+    pub fn skew_seconds(&self) -> i64 {
+        self.skew
     }
 
     /// Authenticates a bearer token: a JWT is verified (and, with `introspect: always`, also

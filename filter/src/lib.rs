@@ -18,6 +18,7 @@
 pub mod audit;
 pub mod config;
 pub mod discovery;
+pub mod dpop;
 mod es384;
 pub mod flow;
 pub mod host;
