@@ -672,7 +672,10 @@ fn bench_identity(h: &mut Harness, fx: &Fixtures) {
         ..BenchHost::default()
     };
     let opaque = "2YotnFZFEjr1zCsicMWpAA-bench-opaque-token";
-    assert!(auth.authenticate(opaque, &mut host).is_err(), "first use waits");
+    assert!(
+        auth.authenticate(opaque, &mut host).is_err(),
+        "first use waits"
+    );
     let answer = json!({"active": true, "iss": issuer, "aud": audience, "sub": "alice",
                         "client_id": "agent", "scope": "mcp:tools", "exp": fx.now + 3600,
                         "iat": fx.now, "groups": ["sales"]});
@@ -698,8 +701,10 @@ fn bench_identity(h: &mut Harness, fx: &Fixtures) {
     let input = format!(
         "{}.{}",
         b64(&json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk})),
-        b64(&json!({"htm": "POST", "htu": "https://mcp.example/mcp", "iat": fx.now,
-                    "jti": "bench-proof", "ath": ath}))
+        b64(
+            &json!({"htm": "POST", "htu": "https://mcp.example/mcp", "iat": fx.now,
+                    "jti": "bench-proof", "ath": ath})
+        )
     );
     let signature: p256::ecdsa::Signature = key.sign(input.as_bytes());
     let proof = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()));

@@ -15,10 +15,13 @@ use serde_json::{json, Value};
 
 const OPAQUE: &str = "2YotnFZFEjr1zCsicMWpAA";
 
+/// A dispatched call: (token, cluster, headers, body).
+type Call = (u32, String, Vec<(String, String)>, String);
+
 /// MockHost plus the HTTP calls the filter dispatched.
 struct CallHost {
     inner: MockHost,
-    calls: Vec<(u32, String, Vec<(String, String)>, String)>,
+    calls: Vec<Call>,
 }
 
 impl CallHost {
