@@ -215,7 +215,7 @@ struct RawServer {
 pub const DEFAULT_STRIP_HEADERS: &[&str] = &["cookie", "proxy-authorization", "x-api-key"];
 /// Removed from every forwarded request, added to any `strip_headers` list: what a client uses
 /// to authenticate never reaches the upstream.
-pub const ALWAYS_STRIPPED: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+pub const ALWAYS_STRIPPED: &[&str] = &["authorization", "cookie", "proxy-authorization", "dpop"];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

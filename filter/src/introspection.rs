@@ -319,8 +319,9 @@ fn hex(hash: &[u8; 32]) -> String {
 #[derive(Debug, Default)]
 pub struct Introspector {
     cache: RefCell<HashMap<[u8; 32], Cached>>,
-    /// Call token → (issuer, token hash).
-    inflight: RefCell<HashMap<u32, (usize, [u8; 32])>>,
+    /// Call token → (issuer, token hash, when to give up on it). An answer can be lost (the
+    /// request that dispatched the call ended first): the tick forgets calls past their time.
+    inflight: RefCell<HashMap<u32, (usize, [u8; 32], u64)>>,
     /// Lookups waiting for another VM's call.
     waiting: RefCell<HashSet<(usize, [u8; 32])>>,
 }
@@ -342,7 +343,12 @@ impl Introspector {
                 return Lookup::Ready(Rc::clone(&hit.answer));
             }
         }
-        if self.inflight.borrow().values().any(|(_, h)| h == hash) {
+        if self
+            .inflight
+            .borrow()
+            .values()
+            .any(|(_, h, until)| h == hash && *until > now)
+        {
             return Lookup::Pending;
         }
         let key = slot_key(hash);
@@ -384,7 +390,10 @@ impl Introspector {
             .collect();
         match host.http_call(&config.cluster, &headers, &body, config.timeout_ms) {
             Some(call) => {
-                self.inflight.borrow_mut().insert(call, (issuer, *hash));
+                let until = now.saturating_add(config.timeout_ms).saturating_add(1000);
+                self.inflight
+                    .borrow_mut()
+                    .insert(call, (issuer, *hash, until));
                 Lookup::Pending
             }
             None => {
@@ -414,7 +423,7 @@ impl Introspector {
         body: Option<&[u8]>,
         host: &mut dyn Host,
     ) -> Option<usize> {
-        let (issuer, hash) = self.inflight.borrow_mut().remove(&call)?;
+        let (issuer, hash, _) = self.inflight.borrow_mut().remove(&call)?;
         let config = configs.get(issuer).copied().flatten()?;
         let now = host.now_millis();
         let (answer, outcome) = match (status, body) {
@@ -455,6 +464,13 @@ impl Introspector {
     pub fn tick(&self, host: &mut dyn Host) -> Vec<usize> {
         let now = host.now_millis();
         let mut settled = Vec::new();
+        self.inflight.borrow_mut().retain(|_, (issuer, _, until)| {
+            let keep = *until > now;
+            if !keep && !settled.contains(issuer) {
+                settled.push(*issuer);
+            }
+            keep
+        });
         let waiting: Vec<(usize, [u8; 32])> = self.waiting.borrow().iter().copied().collect();
         for (issuer, hash) in waiting {
             let slot = host

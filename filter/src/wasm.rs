@@ -70,27 +70,25 @@ impl Root {
 /// Lets the waiting requests whose issuer's keys, feed or introspection answer changed (or
 /// whose deadline passed) go on; then makes `back_to` the effective context again.
 fn release(report: &Report, back_to: u32) {
-    {
-        let now = Host::now_millis(&Envoy);
-        let ready: Vec<(u32, Rc<RefCell<Exchange>>)> = WAITING.with(|w| {
-            let mut waiting = w.borrow_mut();
-            let (ready, still): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(_, ex)| {
-                ex.borrow().stream.waiting().is_none_or(|wait| {
-                    now >= wait.deadline_ms
-                        || report.changed.contains(&wait.issuer)
-                        || report.settled.contains(&wait.issuer)
-                })
-            });
-            *waiting = still;
-            ready
+    let now = Host::now_millis(&Envoy);
+    let ready: Vec<(u32, Rc<RefCell<Exchange>>)> = WAITING.with(|w| {
+        let mut waiting = w.borrow_mut();
+        let (ready, still): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(_, ex)| {
+            ex.borrow().stream.waiting().is_none_or(|wait| {
+                now >= wait.deadline_ms
+                    || report.changed.contains(&wait.issuer)
+                    || report.settled.contains(&wait.issuer)
+            })
         });
-        for (id, exchange) in ready {
-            if hostcalls::set_effective_context(id).is_ok() {
-                exchange.borrow_mut().resume(id, &exchange);
-            }
+        *waiting = still;
+        ready
+    });
+    for (id, exchange) in ready {
+        if hostcalls::set_effective_context(id).is_ok() {
+            exchange.borrow_mut().resume(id, &exchange);
         }
-        let _ = hostcalls::set_effective_context(back_to);
     }
+    let _ = hostcalls::set_effective_context(back_to);
 }
 
 /// An introspection answer, whichever context the call was dispatched from.

@@ -104,6 +104,8 @@ def test_dpop_bound_token_needs_a_fresh_proof_for_this_request(tmp_path):
         reasons = [r.get("reason") for r in records]
         assert reasons.count("invalid_dpop_proof") == 6 and reasons[-1] == "dpop_required"
         assert len(server.requests()) == 1
+        assert not any(k.lower() in ("dpop", "authorization") for k, _ in server.requests()[0]["headers"]), \
+            "the proof and the token never reach the MCP server"
         # Another fresh proof works.
         assert call(key.proof("POST", resource, token)).status_code == 200
     finally:
