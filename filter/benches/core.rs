@@ -662,7 +662,7 @@ fn bench_identity(h: &mut Harness, fx: &Fixtures) {
                                         "not_before": { "someone-else": 1 } } },
         }],
         "servers": [{ "name": "bench", "resource": audience,
-                      "credential": {"header": "x-api-key", "value": "k"}, "policy": fx.policy_4 }],
+                      "credential": {"header": "x-api-key", "value": "bench-service-key-0001"}, "policy": fx.policy_4 }],
     });
     let config = Config::from_json(&serde_json::to_vec(&config).expect("json"), &ProcessEnv)
         .expect("bench identity configuration is valid");

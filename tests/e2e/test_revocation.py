@@ -11,6 +11,9 @@ import time
 
 import harness
 import httpx2
+import jsonschema
+
+SCHEMA = json.loads((harness.ROOT / "docs" / "revocation-feed.schema.json").read_text())
 
 POLICY = {"name": "open", "version": "1", "default": "allow"}
 
@@ -41,11 +44,24 @@ class FeedServer:
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def publish(self, doc):
+        jsonschema.validate(doc, SCHEMA)  # every feed the tests publish follows the documented format
         self.doc = doc
 
     def stop(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def test_the_schema_matches_what_the_filter_refuses():
+    """Documents the filter refuses as a whole (filter/src/revocation.rs) are invalid by the schema."""
+    jsonschema.validate(SCHEMA["examples"][0], SCHEMA)
+    for bad in ({"revoked": []}, {"revoked_jti": [""]}, {"not_before": {"a": -1}},
+                {"not_before": {"a": "soon"}}, []):
+        try:
+            jsonschema.validate(bad, SCHEMA)
+        except jsonschema.ValidationError:
+            continue
+        raise AssertionError(f"the schema accepts {bad}")
 
 
 def claims_of(token):
