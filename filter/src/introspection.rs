@@ -315,13 +315,16 @@ fn hex(hash: &[u8; 32]) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A call in flight: (issuer, token hash, when to give up on it).
+type InFlight = (usize, [u8; 32], u64);
+
 /// Per-VM introspection state: the cache, the calls in flight, the lookups waiting.
 #[derive(Debug, Default)]
 pub struct Introspector {
     cache: RefCell<HashMap<[u8; 32], Cached>>,
     /// Call token → (issuer, token hash, when to give up on it). An answer can be lost (the
     /// request that dispatched the call ended first): the tick forgets calls past their time.
-    inflight: RefCell<HashMap<u32, (usize, [u8; 32], u64)>>,
+    inflight: RefCell<HashMap<u32, InFlight>>,
     /// Lookups waiting for another VM's call.
     waiting: RefCell<HashSet<(usize, [u8; 32])>>,
 }
