@@ -284,6 +284,9 @@ impl Host for BenchHost {
     fn now_millis(&self) -> u64 {
         self.now_ms
     }
+    fn http_call(&mut self, _: &str, _: &[(&str, &str)], _: &[u8], _: u64) -> Option<u32> {
+        Some(1)
+    }
 }
 
 /// The headers wrk sends in the Envoy bench, as Envoy hands them to the filter.
@@ -714,6 +717,91 @@ fn bench_seal(h: &mut Harness) {
     h.bench("open/session-id", None, || keys.open(&handle, &binding));
 }
 
+/// Revocation and sender constraints: a cached introspection answer (what an opaque token
+/// costs once the IdP answered), the revocation-feed check on a cached JWT, and a DPoP proof
+/// check (signature, thumbprint, claims; the replay store's shared-data write is not included).
+fn bench_identity(h: &mut Harness, fx: &Fixtures) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    use p256::ecdsa::signature::Signer as _;
+    use sha2::Digest as _;
+
+    let now_ms = u64::try_from(fx.now).expect("now") * 1000;
+    let issuer = fx.tokens["issuer"].as_str().expect("issuer");
+    let audience = fx.tokens["audience"].as_str().expect("audience");
+    let config = json!({
+        "issuers": [{
+            "issuer": issuer, "audiences": [audience], "algorithms": ALGS, "jwks": fx.jwks,
+            "introspect": "opaque",
+            "introspection": { "endpoint": "https://idp.example/introspect", "cluster": "idp",
+                               "client_id": "bench", "client_secret_from_env": "PATH" },
+            "revocation": { "inline": { "revoked_jti": (0..1000).map(|i| format!("jti-{i}")).collect::<Vec<_>>(),
+                                        "not_before": { "someone-else": 1 } } },
+        }],
+        "servers": [{ "name": "bench", "resource": audience,
+                      "credential": {"header": "x-api-key", "value": "bench-service-key-0001"}, "policy": fx.policy_4 }],
+        "sessions": {"key": "YmVuY2gtb25seSBzZXNzaW9uIHNlYWxpbmcga2V5ISE="},
+    });
+    let config = Config::from_json(&serde_json::to_vec(&config).expect("json"), &ProcessEnv)
+        .expect("bench identity configuration is valid");
+    let auth = &config.authenticator;
+    let mut host = BenchHost {
+        now_ms,
+        ..BenchHost::default()
+    };
+    let opaque = "2YotnFZFEjr1zCsicMWpAA-bench-opaque-token";
+    assert!(
+        auth.authenticate(opaque, &mut host).is_err(),
+        "first use waits"
+    );
+    let answer = json!({"active": true, "iss": issuer, "aud": audience, "sub": "alice",
+                        "client_id": "agent", "scope": "mcp:tools", "exp": fx.now + 3600,
+                        "iat": fx.now, "groups": ["sales"]});
+    let body = serde_json::to_vec(&answer).expect("answer");
+    auth.on_introspection_response(1, Some(200), Some(&body), &mut host);
+    assert!(auth.authenticate(opaque, &mut host).is_ok());
+    h.bench("identity/introspection/cached", None, || {
+        auth.authenticate(opaque, &mut host).is_ok()
+    });
+    let jwt = fx.token("ES256");
+    assert!(auth.authenticate(jwt, &mut host).is_ok());
+    h.bench("identity/jwt-cached+revocation-feed(1000)", None, || {
+        auth.authenticate(jwt, &mut host).is_ok()
+    });
+
+    let key = p256::ecdsa::SigningKey::from_slice(&[0x44; 32]).expect("P-256 scalar");
+    let point = key.verifying_key().to_encoded_point(false);
+    let jwk = json!({"kty": "EC", "crv": "P-256",
+                     "x": URL_SAFE_NO_PAD.encode(point.x().expect("x")),
+                     "y": URL_SAFE_NO_PAD.encode(point.y().expect("y"))});
+    let b64 = |v: &Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).expect("json"));
+    let ath = URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(jwt.as_bytes()));
+    let input = format!(
+        "{}.{}",
+        b64(&json!({"typ": "dpop+jwt", "alg": "ES256", "jwk": jwk})),
+        b64(
+            &json!({"htm": "POST", "htu": "https://mcp.example/mcp", "iat": fx.now,
+                    "jti": "bench-proof", "ath": ath})
+        )
+    );
+    let signature: p256::ecdsa::Signature = key.sign(input.as_bytes());
+    let proof = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()));
+    let presentation = mcp_guard::dpop::Presentation {
+        dpop_scheme: true,
+        proofs: vec![&proof],
+        method: "POST",
+        htu: "https://mcp.example/mcp".into(),
+        peer_cert_sha256_hex: None,
+        now: fx.now,
+        skew: 60,
+    };
+    let dpop = mcp_guard::dpop::DpopConfig::default();
+    assert!(mcp_guard::dpop::verify_proof(&proof, jwt, &presentation, &dpop).is_ok());
+    h.bench("identity/dpop/proof-ES256", None, || {
+        mcp_guard::dpop::verify_proof(&proof, jwt, &presentation, &dpop).is_ok()
+    });
+}
+
 fn main() {
     let fx = Fixtures::load();
     let mut h = Harness::from_env();
@@ -723,6 +811,7 @@ fn main() {
     bench_discovery(&mut h, &fx);
     bench_whole_request(&mut h, &fx);
     bench_seal(&mut h);
+    bench_identity(&mut h, &fx);
     if h.ran == 0 {
         eprintln!("no benchmark matches {:?}", h.filters);
     }

@@ -70,6 +70,8 @@ pub struct Config {
     /// The keys that seal `Mcp-Session-Id` handles (`sessions`); `None` when the configuration
     /// says no server behind it keeps sessions (`sessions.stateless`).
     pub sessions: Option<crate::seal::Keys>,
+    /// DPoP proof checking (RFC 9449) for DPoP-bound tokens.
+    pub dpop: crate::dpop::DpopConfig,
 }
 
 /// One protected MCP server: the path it is served on and everything that applies to it.
@@ -106,6 +108,8 @@ pub struct Server {
     pub policy: Policy,
     /// Approved tool (and prompt) definitions; mode `off` when the server has no `pins`.
     pub pins: Pins,
+    /// Only DPoP-bound tokens are accepted (advertised as `dpop_bound_access_tokens_required`).
+    pub require_dpop: bool,
 }
 
 /// Conditions selecting a server beyond its path: Envoy route name, host, upstream cluster.
@@ -176,6 +180,8 @@ struct RawConfig {
     max_body_bytes: Option<usize>,
     #[serde(default)]
     key_wait_ms: Option<u64>,
+    #[serde(default)]
+    dpop: Option<Value>,
     issuers: Vec<Value>,
     servers: Vec<Value>,
     #[serde(default)]
@@ -229,13 +235,15 @@ struct RawServer {
     policy: Value,
     #[serde(default)]
     pins: Option<Value>,
+    #[serde(default)]
+    require_dpop: bool,
 }
 
 /// Removed from every forwarded request unless the configuration lists its own set.
 pub const DEFAULT_STRIP_HEADERS: &[&str] = &["cookie", "proxy-authorization", "x-api-key"];
 /// Removed from every forwarded request, added to any `strip_headers` list: what a client uses
 /// to authenticate never reaches the upstream.
-pub const ALWAYS_STRIPPED: &[&str] = &["authorization", "cookie", "proxy-authorization"];
+pub const ALWAYS_STRIPPED: &[&str] = &["authorization", "cookie", "proxy-authorization", "dpop"];
 /// Removed from every forwarded request too: headers an upstream framework may take for the
 /// HTTP method in place of the real one (Express `method-override`, Rack, Symfony, Laravel,
 /// ASP.NET, OData, Google APIs; `x-original-method` / `x-forwarded-method` as nginx
@@ -340,7 +348,16 @@ impl Config {
         let mut issuers = Vec::with_capacity(raw.issuers.len());
         for (i, value) in raw.issuers.into_iter().enumerate() {
             let field = format!("issuers[{i}]");
-            let issuer = Issuer::from_config(value, &field)?;
+            let mut issuer = Issuer::from_config(value, &field)?;
+            issuer.resolve_secrets(env, &field)?;
+            if issuer.introspection.is_some()
+                && issuers.iter().any(|o: &Issuer| o.introspection.is_some())
+            {
+                return Err(ConfigError::new(
+                    format!("{field}.introspect"),
+                    "only one issuer may introspect: opaque tokens do not name their issuer",
+                ));
+            }
             if issuers.iter().any(|o: &Issuer| o.issuer == issuer.issuer) {
                 return Err(ConfigError::new(
                     format!("{field}.issuer"),
@@ -381,6 +398,7 @@ impl Config {
             max_body_bytes,
             key_wait_ms: raw.key_wait_ms.unwrap_or(DEFAULT_KEY_WAIT_MS),
             sessions: sessions_from_config(raw.sessions, env)?,
+            dpop: crate::dpop::DpopConfig::from_config(raw.dpop, "dpop")?,
         })
     }
 
@@ -543,6 +561,7 @@ impl Server {
             credential,
             policy,
             pins,
+            require_dpop: raw.require_dpop,
         })
     }
 }

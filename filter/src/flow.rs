@@ -23,6 +23,7 @@ use serde_json::{json, Value};
 use crate::audit::{ArgumentsMode, PinDrift, Record, Verdict, AUDIT_COLUMNS, MAX_PIN_DRIFT};
 use crate::config::{Config, Server};
 use crate::discovery::ListKind;
+use crate::dpop::{self, SenderError};
 use crate::host::{Header, Host};
 use crate::jwt::{AuthError, Identity};
 use crate::mcp::{self, Kind, Message, Target};
@@ -128,6 +129,11 @@ impl Stream {
         }
     }
 
+    /// The configuration this stream runs with (an ECDS update leaves it in place).
+    pub fn config(&self) -> &Rc<Config> {
+        &self.config
+    }
+
     /// Whether the headers were accepted and the decision now needs the whole body.
     pub fn awaiting_body(&self) -> bool {
         self.awaiting_body
@@ -219,7 +225,7 @@ impl Stream {
             return Action::Pause;
         };
         let now_ms = host.now_millis();
-        let identity = match self.authenticate(now_ms) {
+        let identity = match self.authenticate(host, server) {
             // RFC 8707: the token must have been issued for this server, not just any of ours.
             Ok(identity) if !identity.has_audience(&server.audiences) => {
                 return self.refuse_auth(
@@ -1004,26 +1010,88 @@ impl Stream {
 
     // ---- steps ----------------------------------------------------------------------------
 
-    fn authenticate(&self, now_ms: u64) -> Result<Identity, Refusal> {
+    fn authenticate(&self, host: &mut dyn Host, server: &Server) -> Result<Identity, Refusal> {
         let values: Vec<&str> = self
             .headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case("authorization"))
             .map(|(_, v)| v.as_str())
             .collect();
-        let token = oauth::bearer(&values, &self.query).map_err(Refusal::Bearer)?;
-        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
-        self.config
+        // `DPoP <token>` (RFC 9449), else `Bearer <token>` (the query string is checked too).
+        let (token, dpop_scheme) = match dpop::scheme_token(&values) {
+            Some(token) => {
+                oauth::bearer(&["Bearer -"], &self.query).map_err(Refusal::Bearer)?;
+                (token, true)
+            }
+            None => (
+                oauth::bearer(&values, &self.query).map_err(Refusal::Bearer)?,
+                false,
+            ),
+        };
+        let identity = self
+            .config
             .authenticator
-            .verify(token, now)
-            .map_err(Refusal::Token)
+            .authenticate(token, host)
+            .map_err(Refusal::Token)?;
+        // Sender-constrained tokens (`cnf`): DPoP proof or client certificate.
+        let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
+        let path = self.header(":path").unwrap_or_default();
+        let origin = server
+            .resource
+            .find("://")
+            .and_then(|i| {
+                let end = server
+                    .resource
+                    .get(i + 3..)
+                    .and_then(|rest| rest.find('/'))
+                    .map_or(server.resource.len(), |j| i + 3 + j);
+                server.resource.get(..end)
+            })
+            .unwrap_or_default();
+        let presentation = dpop::Presentation {
+            dpop_scheme,
+            proofs: self
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case("dpop"))
+                .map(|(_, v)| v.as_str())
+                .collect(),
+            method: self.header(":method").unwrap_or_default(),
+            htu: format!(
+                "{origin}{}",
+                path.split(['?', '#']).next().unwrap_or_default()
+            ),
+            peer_cert_sha256_hex: host
+                .property_string(&["connection", "sha256_peer_certificate_digest"])
+                .filter(|d| !d.is_empty()),
+            now,
+            skew: self.config.authenticator.skew_seconds(),
+        };
+        dpop::check(
+            &identity.claims,
+            token,
+            &presentation,
+            &self.config.dpop,
+            host,
+        )
+        .map_err(Refusal::Sender)?;
+        if server.require_dpop && !dpop_scheme {
+            return Err(Refusal::Sender(SenderError::Token(
+                "this server accepts DPoP-bound tokens only",
+            )));
+        }
+        Ok(identity)
     }
 
     /// Whether a failed authentication should wait for keys instead of answering now.
     fn should_wait(&self, refusal: &Refusal, now_ms: u64) -> Option<Wait> {
         let issuers = self.config.authenticator.issuers();
         match refusal {
-            Refusal::Token(AuthError::NoKeys { issuer }) => {
+            Refusal::Token(
+                AuthError::NoKeys { issuer }
+                | AuthError::NoRevocations { issuer }
+                | AuthError::IntrospectionPending { issuer },
+            ) => {
                 // The deadline is fixed when the request first waits, however often it resumes.
                 let deadline_ms = self
                     .wait_deadline
@@ -1062,16 +1130,37 @@ impl Stream {
         record.reason = Some(refusal.reason().to_string());
         metrics::count_auth_failure(host, refusal.reason());
         let (status, error, description) = match &refusal {
-            Refusal::Token(AuthError::NoKeys { .. }) => {
+            Refusal::Token(
+                e @ (AuthError::NoKeys { .. }
+                | AuthError::NoRevocations { .. }
+                | AuthError::IntrospectionPending { .. }
+                | AuthError::IntrospectionFailed { .. }),
+            ) => {
                 // Not the caller's fault: 503, never a 401 that makes clients drop tokens.
                 record.decision = Verdict::Error;
-                let body = reply::http_error(
-                    "temporarily_unavailable",
-                    &AuthError::NoKeys { issuer: 0 }.to_string(),
-                );
+                let body = reply::http_error("temporarily_unavailable", &e.to_string());
                 return self.refuse(host, record, 503, &[("retry-after", "2")], body);
             }
             Refusal::Token(e) => (401, Some("invalid_token"), e.to_string()),
+            Refusal::Sender(e) => {
+                // RFC 9449 §7.1: a DPoP challenge with the accepted algorithms (and the
+                // Bearer one, for clients that do not do DPoP).
+                let error = match e {
+                    SenderError::Proof(_) => "invalid_dpop_proof",
+                    _ => "invalid_token",
+                };
+                let dpop = format!(
+                    "DPoP error=\"{error}\", algs=\"{}\"",
+                    self.config.dpop.algs()
+                );
+                let bearer = oauth::challenge(server, Some("invalid_token"), None);
+                let body = reply::http_error(error, e.describe());
+                let headers = [
+                    ("www-authenticate", dpop.as_str()),
+                    ("www-authenticate", bearer.as_str()),
+                ];
+                return self.refuse(host, record, 401, &headers, body);
+            }
             Refusal::Bearer(BearerError::Missing) => (401, None, "no bearer token".to_string()),
             Refusal::Bearer(BearerError::Malformed(why)) => {
                 (401, Some("invalid_token"), why.to_string())
@@ -1369,6 +1458,8 @@ impl Stream {
 enum Refusal {
     Bearer(BearerError),
     Token(AuthError),
+    /// A sender-constrained token without valid proof of possession.
+    Sender(SenderError),
 }
 
 impl Refusal {
@@ -1378,6 +1469,7 @@ impl Refusal {
             Refusal::Bearer(BearerError::Malformed(_)) => "malformed",
             Refusal::Bearer(BearerError::InvalidRequest(reason, _)) => reason,
             Refusal::Token(e) => e.reason(),
+            Refusal::Sender(e) => e.reason(),
         }
     }
 }

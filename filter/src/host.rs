@@ -46,6 +46,28 @@ pub trait Host {
     /// Stores one audit field under its own key (`wasm.mcp.<name>`), for per-field log columns.
     fn write_audit_column(&mut self, _name: &str, _value: &str) {}
 
+    /// Shared data with its compare-and-swap token (see [`crate::jwks::KeyHost`]).
+    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        self.shared_get(key).map(|v| (v, None))
+    }
+    /// Sets shared data; with `cas`, only if nobody changed it since. Returns success.
+    fn shared_set_cas(&mut self, key: &str, value: &[u8], _cas: Option<u32>) -> bool {
+        self.shared_set(key, value);
+        true
+    }
+    /// Starts an HTTP call through `cluster` (headers include the pseudo-headers); returns the
+    /// call's token, or `None` when it could not be dispatched. The answer comes back to
+    /// [`crate::jwt::Authenticator::on_introspection_response`].
+    fn http_call(
+        &mut self,
+        _cluster: &str,
+        _headers: &[(&str, &str)],
+        _body: &[u8],
+        _timeout_ms: u64,
+    ) -> Option<u32> {
+        None
+    }
+
     /// The first value of a request header.
     fn request_header(&self, name: &str) -> Option<String> {
         self.request_headers()

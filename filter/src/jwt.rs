@@ -18,9 +18,12 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{typed, ConfigError};
+use crate::config::{typed, ConfigError, Environment};
 use crate::es384::{self, Es384};
+use crate::host::Host;
+use crate::introspection::{self, Answer, Introspection, Introspector, Lookup, Mode};
 use crate::oauth::split_url;
+use crate::revocation::{Feed, Revoked};
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -212,6 +215,18 @@ fn parse_jwk(value: &Value) -> Result<Option<Jwk>, String> {
     }))
 }
 
+/// Verifies a JWS signature with a public JWK that came with the message itself (a DPoP
+/// proof's `jwk` header). `Ok(false)`: the key does not fit `alg` or the signature is wrong.
+pub(crate) fn verify_with_jwk(
+    jwk: &Value,
+    alg: Alg,
+    signed: &[u8],
+    signature: &[u8],
+) -> Result<bool, String> {
+    let key = parse_jwk(jwk)?.ok_or("not a signature verification key")?;
+    Ok(key.fits(alg) && verify_signature(alg, &key.key, signed, signature))
+}
+
 /// Bit length of a big-endian unsigned integer.
 fn bit_length(bytes: &[u8]) -> usize {
     match bytes.iter().position(|b| *b != 0) {
@@ -258,6 +273,10 @@ pub struct Issuer {
     pub required_claims: Vec<String>,
     pub require_exp: bool,
     pub source: KeySource,
+    /// The revocation feed, when one is configured ([`crate::revocation`]).
+    pub revocation: Option<Feed>,
+    /// Token introspection (RFC 7662), when `introspect` is not `never`.
+    pub introspection: Option<Introspection>,
     keys: RefCell<Option<Rc<KeySet>>>,
     refetch_wanted: Cell<bool>,
     /// Bumped whenever the keys change (invalidates cached verifications).
@@ -293,11 +312,17 @@ struct RawIssuer {
     required_claims: Vec<String>,
     #[serde(default)]
     require_exp: Option<bool>,
+    #[serde(default)]
+    revocation: Option<Value>,
+    #[serde(default)]
+    introspect: Option<String>,
+    #[serde(default)]
+    introspection: Option<Value>,
 }
 
 impl Issuer {
     pub fn from_config(value: Value, field: &str) -> Result<Issuer, ConfigError> {
-        let raw: RawIssuer = typed(value, field)?;
+        let mut raw: RawIssuer = typed(value, field)?;
         let at = |name: &str| format!("{field}.{name}");
         if raw.issuer.is_empty() {
             return Err(ConfigError::new(at("issuer"), "must not be empty"));
@@ -326,6 +351,17 @@ impl Issuer {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
+        let revocation = raw
+            .revocation
+            .take()
+            .map(|v| Feed::from_config(v, &at("revocation"), &raw.issuer, raw.cluster.as_deref()))
+            .transpose()?;
+        let introspection = Introspection::from_config(
+            raw.introspect.as_deref(),
+            raw.introspection.take(),
+            field,
+            raw.cluster.as_deref(),
+        )?;
         let remote_wanted = raw.jwks_uri.is_some() || raw.discovery;
         let (source, keys) = match (raw.jwks, remote_wanted) {
             (Some(jwks), false) => {
@@ -379,6 +415,8 @@ impl Issuer {
             }
         };
         Ok(Issuer {
+            revocation,
+            introspection,
             issuer: raw.issuer,
             audiences: raw.audiences,
             algorithms,
@@ -391,6 +429,19 @@ impl Issuer {
             generation: Cell::new(0),
             last_attempt_ms: Cell::new(0),
         })
+    }
+
+    /// Reads secrets named in the configuration from the environment (the introspection
+    /// client secret).
+    pub fn resolve_secrets(
+        &mut self,
+        env: &dyn Environment,
+        field: &str,
+    ) -> Result<(), ConfigError> {
+        match self.introspection.as_mut() {
+            Some(i) => i.resolve_secret(env, field),
+            None => Ok(()),
+        }
     }
 
     /// The keys currently in use, if any have been loaded.
@@ -461,9 +512,22 @@ pub enum AuthError {
     MissingExpiry,
     BadTimeClaim(&'static str),
     WrongAudience,
-    /// A sender-constrained token (`cnf`: DPoP `jkt`, mTLS `x5t#S256`, …), which the filter
-    /// cannot verify yet: presented as a plain bearer token it could be a stolen one.
-    SenderConstrained,
+    /// Listed in the issuer's revocation feed.
+    Revoked(Revoked),
+    /// The issuer's revocation feed has not been fetched yet.
+    NoRevocations {
+        issuer: usize,
+    },
+    /// The introspection endpoint says the token is not active.
+    Inactive,
+    /// The introspection answer has not arrived (yet).
+    IntrospectionPending {
+        issuer: usize,
+    },
+    /// The introspection endpoint could not be asked or answered with an error.
+    IntrospectionFailed {
+        issuer: usize,
+    },
 }
 
 impl AuthError {
@@ -486,7 +550,11 @@ impl AuthError {
             AuthError::MissingExpiry => "missing_exp",
             AuthError::BadTimeClaim(_) => "bad_time_claim",
             AuthError::WrongAudience => "wrong_audience",
-            AuthError::SenderConstrained => "sender_constrained_token",
+            AuthError::Revoked(_) => "token_revoked",
+            AuthError::NoRevocations { .. } => "revocations_unavailable",
+            AuthError::Inactive => "token_inactive",
+            AuthError::IntrospectionPending { .. } => "introspection_timeout",
+            AuthError::IntrospectionFailed { .. } => "introspection_unavailable",
         }
     }
 }
@@ -513,10 +581,14 @@ impl fmt::Display for AuthError {
             AuthError::MissingExpiry => write!(f, "token has no exp claim"),
             AuthError::BadTimeClaim(c) => write!(f, "claim {c} is not a number"),
             AuthError::WrongAudience => write!(f, "token audience does not include this resource"),
-            AuthError::SenderConstrained => write!(
-                f,
-                "sender-constrained tokens (cnf claim: DPoP or mTLS) are not supported yet"
-            ),
+            AuthError::Revoked(why) => write!(f, "{}", why.describe()),
+            AuthError::NoRevocations { .. } => {
+                write!(f, "the issuer's revocation list is not available yet")
+            }
+            AuthError::Inactive => write!(f, "token is not active"),
+            AuthError::IntrospectionPending { .. } | AuthError::IntrospectionFailed { .. } => {
+                write!(f, "the token introspection endpoint is not available")
+            }
         }
     }
 }
@@ -557,6 +629,7 @@ pub struct Authenticator {
     issuers: Vec<Issuer>,
     skew: i64,
     cache: RefCell<HashMap<[u8; 32], Cached>>,
+    introspector: Introspector,
 }
 
 /// How many verified tokens one VM remembers (memory stays bounded as callers grow).
@@ -576,7 +649,155 @@ impl Authenticator {
             issuers,
             skew: i64::try_from(skew_seconds).unwrap_or(i64::MAX),
             cache: RefCell::new(HashMap::new()),
+            introspector: Introspector::default(),
         }
+    }
+
+    /// The clock skew allowed for time claims, in seconds.
+    pub fn skew_seconds(&self) -> i64 {
+        self.skew
+    }
+
+    /// Authenticates a bearer token: a JWT is verified (and, with `introspect: always`, also
+    /// introspected); an opaque token is introspected at the issuer that introspects; then the
+    /// revocation feed. [`AuthError::IntrospectionPending`]: a call is under way, wait.
+    pub fn authenticate(&self, token: &str, host: &mut dyn Host) -> Result<Identity, AuthError> {
+        let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
+        if introspection::is_opaque(token) {
+            let Some((index, issuer, config)) = self.introspecting() else {
+                return self.verify(token, now);
+            };
+            if token.len() > MAX_TOKEN_BYTES {
+                return Err(AuthError::TooLarge);
+            }
+            if token.is_empty() {
+                return Err(AuthError::Malformed("empty token".into()));
+            }
+            let answer = self.introspect(index, config, token, host)?;
+            let Answer::Active { claims } = &*answer else {
+                return Err(AuthError::Inactive);
+            };
+            let mut claims = claims.clone();
+            self.check_introspected(issuer, &mut claims, now)?;
+            let identity = Identity {
+                claims: Rc::new(claims),
+            };
+            self.check_revoked(index, &identity)?;
+            return Ok(identity);
+        }
+        let identity = self.verify(token, now)?;
+        if let Some((index, _, config)) = self
+            .introspecting()
+            .filter(|(_, i, c)| c.mode == Mode::Always && identity.issuer() == Some(&i.issuer))
+        {
+            let answer = self.introspect(index, config, token, host)?;
+            match &*answer {
+                Answer::Active { claims } => {
+                    check_times(claims, now, self.skew, false)?;
+                }
+                _ => return Err(AuthError::Inactive),
+            }
+        }
+        Ok(identity)
+    }
+
+    /// The issuer that introspects tokens, if any (at most one: opaque tokens name none).
+    fn introspecting(&self) -> Option<(usize, &Issuer, &Introspection)> {
+        self.issuers.iter().enumerate().find_map(|(i, issuer)| {
+            issuer
+                .introspection
+                .as_ref()
+                .filter(|c| c.mode != Mode::Never)
+                .map(|c| (i, issuer, c))
+        })
+    }
+
+    fn introspect(
+        &self,
+        index: usize,
+        config: &Introspection,
+        token: &str,
+        host: &mut dyn Host,
+    ) -> Result<Rc<Answer>, AuthError> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        match self.introspector.lookup(index, config, token, &hash, host) {
+            Lookup::Pending => Err(AuthError::IntrospectionPending { issuer: index }),
+            Lookup::Ready(answer) => match &*answer {
+                Answer::Failed => Err(AuthError::IntrospectionFailed { issuer: index }),
+                _ => Ok(answer),
+            },
+        }
+    }
+
+    /// An active introspection answer is checked like a JWT's claims: `iss` (added when the
+    /// answer has none), `token_type`, `exp`/`nbf`, `aud`, required claims.
+    fn check_introspected(
+        &self,
+        issuer: &Issuer,
+        claims: &mut Map<String, Value>,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        match claims.get("iss") {
+            None => {
+                claims.insert("iss".into(), Value::String(issuer.issuer.clone()));
+            }
+            Some(Value::String(iss)) if *iss == issuer.issuer => {}
+            Some(_) => return Err(AuthError::UnknownIssuer),
+        }
+        if let Some(kind) = claims.get("token_type") {
+            let ok = kind.as_str().is_some_and(|t| {
+                ["bearer", "dpop", "access_token", "n_a"]
+                    .iter()
+                    .any(|k| t.eq_ignore_ascii_case(k))
+            });
+            if !ok {
+                return Err(AuthError::WrongType);
+            }
+        }
+        check_times(claims, now, self.skew, issuer.require_exp)?;
+        if !audience_matches(claims.get("aud"), &issuer.audiences) {
+            return Err(AuthError::WrongAudience);
+        }
+        if let Some(missing) = issuer
+            .required_claims
+            .iter()
+            .find(|c| !claims.contains_key(*c))
+        {
+            return Err(AuthError::MissingClaim(missing.clone()));
+        }
+        Ok(())
+    }
+
+    /// Whether any issuer introspects (the adapter then ticks and routes call answers here).
+    pub fn has_introspection(&self) -> bool {
+        self.introspecting().is_some()
+    }
+
+    /// Whether `call` is one of this VM's introspection calls.
+    pub fn owns_introspection_call(&self, call: u32) -> bool {
+        self.introspector.owns(call)
+    }
+
+    /// The answer to an introspection call. Returns the issuer whose waiting requests may go on.
+    pub fn on_introspection_response(
+        &self,
+        call: u32,
+        status: Option<u32>,
+        body: Option<&[u8]>,
+        host: &mut dyn Host,
+    ) -> Option<usize> {
+        let configs: Vec<Option<&Introspection>> = self
+            .issuers
+            .iter()
+            .map(|i| i.introspection.as_ref())
+            .collect();
+        self.introspector
+            .on_response(&configs, call, status, body, host)
+    }
+
+    /// Adopts answers other VMs published; returns the issuers whose waiting requests may go on.
+    pub fn introspection_tick(&self, host: &mut dyn Host) -> Vec<usize> {
+        self.introspector.tick(host)
     }
 
     /// Verifies `token` at time `now` (seconds since the epoch). Tokens that verified are
@@ -589,10 +810,12 @@ impl Authenticator {
             if current == Some(hit.generation) {
                 let require_exp = self.issuers.get(hit.issuer).is_none_or(|i| i.require_exp);
                 check_times(&hit.identity.claims, now, self.skew, require_exp)?;
+                self.check_revoked(hit.issuer, &hit.identity)?;
                 return Ok(hit.identity.clone());
             }
         }
         let (identity, issuer) = self.verify_uncached(token, now)?;
+        self.check_revoked(issuer, &identity)?;
         let generation = self.issuers.get(issuer).map_or(0, |i| i.generation.get());
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= TOKEN_CACHE_ENTRIES {
@@ -615,6 +838,16 @@ impl Authenticator {
 
     pub fn issuers(&self) -> &[Issuer] {
         &self.issuers
+    }
+
+    /// Refuses a verified token its issuer's revocation feed lists (checked on every use,
+    /// cached or not, so a feed update takes effect on the next request).
+    pub fn check_revoked(&self, issuer: usize, identity: &Identity) -> Result<(), AuthError> {
+        let Some(feed) = self.issuers.get(issuer).and_then(|i| i.revocation.as_ref()) else {
+            return Ok(());
+        };
+        let list = feed.current().ok_or(AuthError::NoRevocations { issuer })?;
+        list.check(&identity.claims).map_err(AuthError::Revoked)
     }
 
     /// Full verification, bypassing (and not filling) the cache: what a cache miss costs.
@@ -678,11 +911,6 @@ impl Authenticator {
         }
 
         check_times(&claims, now, self.skew, issuer.require_exp)?;
-        // Until DPoP / mTLS proof of possession is verified, a token bound to a key (any `cnf`)
-        // is refused: accepting it as a bearer token would let a stolen one be replayed.
-        if claims.contains_key("cnf") {
-            return Err(AuthError::SenderConstrained);
-        }
         if !audience_matches(claims.get("aud"), &issuer.audiences) {
             return Err(AuthError::WrongAudience);
         }

@@ -18,9 +18,11 @@
 pub mod audit;
 pub mod config;
 pub mod discovery;
+pub mod dpop;
 mod es384;
 pub mod flow;
 pub mod host;
+pub mod introspection;
 pub mod jwks;
 pub mod jwt;
 pub mod mcp;
@@ -32,6 +34,7 @@ pub mod protocol;
 pub mod reply;
 pub mod response;
 pub mod seal;
+pub mod revocation;
 pub mod session;
 pub mod sse;
 

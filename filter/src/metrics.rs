@@ -61,3 +61,11 @@ pub fn count_fetch(host: &mut dyn Host, outcome: &str) {
         1,
     );
 }
+
+/// Counts a revocation feed fetch outcome.
+pub fn count_feed_fetch(host: &mut dyn Host, outcome: &str) {
+    host.count(
+        &format!("mcp_guard.revocation_fetches.outcome={}", label(outcome)),
+        1,
+    );
+}

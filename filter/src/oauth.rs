@@ -62,6 +62,9 @@ pub fn metadata_document(server: &Server) -> Vec<u8> {
     if let Some(name) = &server.resource_name {
         doc.insert("resource_name".into(), json!(name));
     }
+    if server.require_dpop {
+        doc.insert("dpop_bound_access_tokens_required".into(), json!(true));
+    }
     serde_json::Value::Object(doc).to_string().into_bytes()
 }
 

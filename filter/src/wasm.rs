@@ -17,11 +17,12 @@ use crate::flow::{Action, BodyAction, Stream};
 use crate::host::{Header, Host};
 use crate::jwks::{KeyHost, KeyManager, Report};
 use crate::metrics;
+use crate::revocation::FeedManager;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-        Box::new(Root { id, config: None, keys: None })
+        Box::new(Root { id, config: None, keys: None, feeds: None })
     });
 }}
 
@@ -48,34 +49,72 @@ struct Root {
     id: u32,
     config: Option<Rc<Config>>,
     keys: Option<KeyManager>,
+    /// Fetched revocation feeds (only when an issuer has one).
+    feeds: Option<FeedManager>,
 }
 
 impl Root {
     /// After keys changed or a fetch settled: count, and let the waiting requests go on.
     fn release_waiting(&mut self, report: &Report) {
-        for (_, outcome) in &report.outcomes {
-            metrics::count_fetch(&mut Envoy, outcome.as_str());
-        }
-        let now = Host::now_millis(&Envoy);
-        let ready: Vec<(u32, Rc<RefCell<Exchange>>)> = WAITING.with(|w| {
-            let mut waiting = w.borrow_mut();
-            let (ready, still): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(_, ex)| {
-                ex.borrow().stream.waiting().is_none_or(|wait| {
-                    now >= wait.deadline_ms
-                        || report.changed.contains(&wait.issuer)
-                        || report.settled.contains(&wait.issuer)
-                })
-            });
-            *waiting = still;
-            ready
-        });
-        for (id, exchange) in ready {
-            if hostcalls::set_effective_context(id).is_ok() {
-                exchange.borrow_mut().resume(id, &exchange);
-            }
-        }
-        let _ = hostcalls::set_effective_context(self.id);
+        self.release(report, metrics::count_fetch);
     }
+
+    fn release(&mut self, report: &Report, count: fn(&mut dyn Host, &str)) {
+        for (_, outcome) in &report.outcomes {
+            count(&mut Envoy, outcome.as_str());
+        }
+        release(report, self.id);
+    }
+}
+
+/// Lets the waiting requests whose issuer's keys, feed or introspection answer changed (or
+/// whose deadline passed) go on; then makes `back_to` the effective context again.
+fn release(report: &Report, back_to: u32) {
+    let now = Host::now_millis(&Envoy);
+    let ready: Vec<(u32, Rc<RefCell<Exchange>>)> = WAITING.with(|w| {
+        let mut waiting = w.borrow_mut();
+        let (ready, still): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(_, ex)| {
+            ex.borrow().stream.waiting().is_none_or(|wait| {
+                now >= wait.deadline_ms
+                    || report.changed.contains(&wait.issuer)
+                    || report.settled.contains(&wait.issuer)
+            })
+        });
+        *waiting = still;
+        ready
+    });
+    for (id, exchange) in ready {
+        if hostcalls::set_effective_context(id).is_ok() {
+            exchange.borrow_mut().resume(id, &exchange);
+        }
+    }
+    let _ = hostcalls::set_effective_context(back_to);
+}
+
+/// An introspection answer, whichever context the call was dispatched from.
+fn introspection_response(config: &Config, token: u32, body_size: usize, back_to: u32) -> bool {
+    if !config.authenticator.owns_introspection_call(token) {
+        return false;
+    }
+    let status =
+        header_value(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
+    let body = if body_size > crate::introspection::MAX_ANSWER_BYTES {
+        None
+    } else {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+    };
+    let settled =
+        config
+            .authenticator
+            .on_introspection_response(token, status, body.as_deref(), &mut Envoy);
+    let report = Report {
+        settled: settled.into_iter().collect(),
+        ..Report::default()
+    };
+    release(&report, back_to);
+    true
 }
 
 impl Context for Root {
@@ -86,11 +125,35 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        let (Some(config), Some(keys)) = (self.config.clone(), self.keys.as_mut()) else {
+        let Some(config) = self.config.clone() else {
             return;
         };
+        if introspection_response(&config, token, body_size, self.id) {
+            return;
+        }
         let status =
             header_value(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
+        if let Some(feeds) = self.feeds.as_mut().filter(|f| f.owns(token)) {
+            let body = if body_size > crate::revocation::LIMIT_MAX_BYTES {
+                None
+            } else {
+                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+            };
+            let report = feeds.on_response(
+                &config.authenticator,
+                &mut Envoy,
+                token,
+                status,
+                body.as_deref(),
+            );
+            self.release(&report, metrics::count_feed_fetch);
+            return;
+        }
+        let Some(keys) = self.keys.as_mut() else {
+            return;
+        };
         let body = if body_size > crate::jwks::MAX_DOCUMENT_BYTES {
             None
         } else {
@@ -122,6 +185,9 @@ impl RootContext for Root {
             Ok(config) => {
                 let remote = KeyManager::has_remote(&config.authenticator);
                 self.keys = remote.then(|| KeyManager::new(&config.authenticator));
+                let feeds = FeedManager::has_remote(&config.authenticator);
+                self.feeds = feeds.then(|| FeedManager::new(&config.authenticator));
+                let remote = remote || feeds || config.authenticator.has_introspection();
                 self.config = Some(Rc::new(config));
                 let _ = hostcalls::set_tick_period(if remote { TICK } else { Duration::ZERO });
                 true
@@ -134,11 +200,26 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        let (Some(config), Some(keys)) = (self.config.clone(), self.keys.as_mut()) else {
+        let Some(config) = self.config.clone() else {
             return;
         };
-        let report = keys.tick(&config.authenticator, &mut Envoy);
-        self.release_waiting(&report);
+        if let Some(keys) = self.keys.as_mut() {
+            let report = keys.tick(&config.authenticator, &mut Envoy);
+            self.release_waiting(&report);
+        }
+        if let Some(feeds) = self.feeds.as_mut() {
+            let report = feeds.tick(&config.authenticator, &mut Envoy);
+            self.release(&report, metrics::count_feed_fetch);
+        }
+        if config.authenticator.has_introspection() {
+            let settled = config.authenticator.introspection_tick(&mut Envoy);
+            let report = Report {
+                settled,
+                ..Report::default()
+            };
+            // Also releases the requests whose wait deadline passed.
+            release(&report, self.id);
+        }
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
@@ -233,7 +314,19 @@ impl Drop for Http {
     }
 }
 
-impl Context for Http {}
+impl Context for Http {
+    /// Introspection calls dispatched while this request's callbacks ran answer here.
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let config = Rc::clone(self.exchange.borrow().stream.config());
+        introspection_response(&config, token, body_size, self.id);
+    }
+}
 
 fn action(a: Action) -> WasmAction {
     match a {
@@ -441,6 +534,28 @@ impl Host for Envoy {
     fn write_audit_column(&mut self, name: &str, value: &str) {
         let key = format!("mcp.{name}");
         let _ = hostcalls::set_property(vec![key.as_str()], Some(value.as_bytes()));
+    }
+    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        KeyHost::shared_get_cas(self, key)
+    }
+    fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        KeyHost::shared_set_cas(self, key, value, cas)
+    }
+    fn http_call(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        hostcalls::dispatch_http_call(
+            cluster,
+            headers.to_vec(),
+            Some(body),
+            vec![],
+            Duration::from_millis(timeout_ms),
+        )
+        .ok()
     }
 }
 

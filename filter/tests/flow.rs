@@ -422,10 +422,32 @@ fn a_method_override_query_parameter_is_refused() {
 }
 
 #[test]
-fn a_sender_constrained_token_is_refused() {
-    let mut claims = claims_for("alice", &["staff"], "");
-    claims["cnf"] = json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" });
-    assert_token_refused(&sign(Signer::Es256, &claims), "sender_constrained_token");
+fn a_sender_constrained_token_without_its_proof_is_refused() {
+    // Presented as a plain bearer token, a bound token may be a stolen one (RFC 9449, RFC 8705):
+    // without its DPoP proof, its client certificate, or with a binding the filter cannot check.
+    for (cnf, reason) in [
+        (json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" }), "dpop_required"),
+        (json!({ "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2" }), "certificate_mismatch"),
+        (json!({}), "dpop_required"),
+        (json!(null), "dpop_required"),
+        (json!({ "jwk": { "kty": "OKP" } }), "dpop_required"),
+    ] {
+        let mut claims = claims_for("alice", &["staff"], "");
+        claims["cnf"] = cnf;
+        let mut host = post_host(Some(&sign(Signer::Es256, &claims)), &[]);
+        let reply = refused_at_headers(&config(), &mut host);
+        assert_eq!(reply.status, 401, "{reason}");
+        assert!(
+            reply
+                .header("www-authenticate")
+                .is_some_and(|c| c.starts_with("DPoP error=\"invalid_token\"")),
+            "{reason}"
+        );
+        let record = host.record();
+        assert_eq!(record["reason"], reason);
+        assert_eq!(record["decision"], "deny");
+        assert_eq!(host.req_header("x-api-key"), None);
+    }
 }
 
 #[test]

@@ -604,55 +604,6 @@ fn a_forged_token_is_never_served_from_the_cache() {
 // ---- sender-constrained tokens and ambiguous claims --------------------------------------------
 
 #[test]
-fn a_token_with_cnf_is_refused_as_sender_constrained() {
-    // DPoP (RFC 9449) binds with jkt, mTLS (RFC 8705) with x5t#S256; any cnf is refused until
-    // the proof of possession is verified.
-    for cnf in [
-        json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" }),
-        json!({ "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2" }),
-        json!({}),
-        json!(null),
-    ] {
-        let token = sign(Signer::Rs256, &with_claims(json!({ "cnf": cnf.clone() })));
-        // `with_claims` drops a null claim; set it explicitly for that case.
-        let token = if cnf.is_null() {
-            let mut c = claims();
-            c["cnf"] = Value::Null;
-            sign(Signer::Rs256, &c)
-        } else {
-            token
-        };
-        assert_eq!(
-            verify(&auth(), &token),
-            Err(AuthError::SenderConstrained),
-            "{cnf}"
-        );
-    }
-    assert_eq!(
-        AuthError::SenderConstrained.reason(),
-        "sender_constrained_token"
-    );
-    assert!(AuthError::SenderConstrained
-        .to_string()
-        .contains("not supported yet"));
-    // The same token without cnf passes.
-    assert_eq!(
-        verify(&auth(), &sign(Signer::Rs256, &claims())),
-        Ok("alice".into())
-    );
-}
-
-/// A token whose payload is exactly these bytes, properly signed.
-fn sign_raw_payload(signer: Signer, payload: &str) -> String {
-    let input = format!(
-        "{}.{}",
-        b64(serde_json::to_vec(&signer.header()).expect("header")),
-        b64(payload)
-    );
-    format!("{input}.{}", b64(signer.signature(input.as_bytes())))
-}
-
-#[test]
 fn duplicate_and_colliding_claims_are_refused() {
     let body = |extra: &str| {
         let c = claims();
@@ -676,4 +627,14 @@ fn duplicate_and_colliding_claims_are_refused() {
     // The same payload without the extra claim verifies.
     let token = sign_raw_payload(Signer::Rs256, &claims().to_string());
     assert_eq!(verify(&auth(), &token), Ok("alice".into()));
+}
+
+/// A token whose payload is exactly these bytes, properly signed.
+fn sign_raw_payload(signer: Signer, payload: &str) -> String {
+    let input = format!(
+        "{}.{}",
+        b64(serde_json::to_vec(&signer.header()).expect("header")),
+        b64(payload)
+    );
+    format!("{input}.{}", b64(signer.signature(input.as_bytes())))
 }

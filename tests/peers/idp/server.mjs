@@ -96,6 +96,37 @@ const TEST_CLIENTS = [
 ];
 const GROUPS_BY_CLIENT = new Map(TEST_CLIENTS.map((c) => [c.client_id, c.groups]));
 
+// TEST-ONLY clients beyond the agents above:
+// - `mcp-guard`, the resource server's own client, which calls the introspection endpoint
+//   (client_secret_basic, or client_secret_post as `mcp-guard-post`);
+// - `mtls-agent`, whose access tokens are bound to its TLS client certificate (RFC 8705).
+//   This IdP listens on plain HTTP: the token request carries the client certificate (PEM,
+//   URL-encoded) in the `x-client-cert` header, as a TLS-terminating proxy would forward it.
+const EXTRA_CLIENTS = [
+  {
+    client_id: 'mcp-guard',
+    client_secret: 'test-only-mcp-guard-secret',
+    scope: 'mcp:read',
+    token_endpoint_auth_method: 'client_secret_basic',
+  },
+  {
+    client_id: 'mcp-guard-post',
+    client_secret: 'test-only-mcp-guard-post-secret',
+    scope: 'mcp:read',
+    token_endpoint_auth_method: 'client_secret_post',
+  },
+  {
+    client_id: 'mtls-agent',
+    client_secret: 'test-only-mtls-agent-secret',
+    scope: 'mcp:tools mcp:read',
+    tls_client_certificate_bound_access_tokens: true,
+  },
+];
+GROUPS_BY_CLIENT.set('mtls-agent', ['sales']);
+
+// Calls to the introspection endpoint, for the tests (/_test/introspection-hits).
+let introspectionHits = 0;
+
 // JWS algorithms a token request may select with the non-standard
 // `token_alg` parameter (default RS256).
 const SUPPORTED_ALGS = new Set(['RS256', 'ES256']);
@@ -132,12 +163,12 @@ function isAcceptedResource(resource) {
 function buildProvider(jwks) {
   const provider = new Provider(ISSUER, {
     jwks: { keys: jwks },
-    clients: TEST_CLIENTS.map(({ groups, ...client }) => ({
+    clients: [...TEST_CLIENTS, ...EXTRA_CLIENTS].map(({ groups, ...client }) => ({
+      token_endpoint_auth_method: 'client_secret_basic',
       ...client,
       grant_types: ['client_credentials'],
       response_types: [],
       redirect_uris: [],
-      token_endpoint_auth_method: 'client_secret_basic',
     })),
     // Scopes must be registered statically, otherwise the per-client scope
     // allow-list is not enforced.
@@ -145,6 +176,20 @@ function buildProvider(jwks) {
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
+      // RFC 7662 and RFC 7009, for opaque tokens and revocation.
+      introspection: { enabled: true },
+      revocation: { enabled: true },
+      // RFC 9449 (DPoP-bound tokens: a token request with a DPoP proof gets cnf.jkt).
+      dPoP: { enabled: true },
+      // RFC 8705 certificate-bound tokens (cnf.x5t#S256), the certificate from x-client-cert.
+      mTLS: {
+        enabled: true,
+        certificateBoundAccessTokens: true,
+        getCertificate(ctx) {
+          const pem = ctx.get('x-client-cert');
+          return pem ? decodeURIComponent(pem) : undefined;
+        },
+      },
       resourceIndicators: {
         enabled: true,
         // With no `resource` parameter the token would be opaque (no `aud`);
@@ -169,6 +214,12 @@ function buildProvider(jwks) {
           if (!SUPPORTED_ALGS.has(alg)) {
             throw new errors.InvalidRequest(`unsupported token_alg: ${alg}`);
           }
+          // `token_format=opaque`: an opaque (reference) access token, only usable through
+          // introspection.
+          const format = extra.token_format ?? 'jwt';
+          if (format !== 'jwt' && format !== 'opaque') {
+            throw new errors.InvalidRequest(`unsupported token_format: ${format}`);
+          }
           const ttl = extra.token_ttl !== undefined
             ? Number.parseInt(extra.token_ttl, 10)
             : TOKEN_TTL;
@@ -179,7 +230,7 @@ function buildProvider(jwks) {
             scope: MCP_SCOPES.join(' '),
             audience: resourceIndicator,
             accessTokenTTL: ttl,
-            accessTokenFormat: 'jwt',
+            accessTokenFormat: format,
             jwt: { sign: { alg } },
           };
         },
@@ -241,6 +292,8 @@ function handleTest(req, res, path) {
     case 'POST /_test/reset-hits':
       jwksHits = 0;
       return sendJson(res, 200, { count: 0 });
+    case 'GET /_test/introspection-hits':
+      return sendJson(res, 200, { count: introspectionHits });
     case 'GET /_test/kids':
       return sendJson(res, 200, { kids: publicKids() });
     default:
@@ -257,6 +310,9 @@ const server = http.createServer((req, res) => {
   }
   if (path === JWKS_PATH && req.method === 'GET') {
     jwksHits += 1;
+  }
+  if (path === '/token/introspection') {
+    introspectionHits += 1;
   }
   return handler(req, res);
 });

@@ -1,0 +1,484 @@
+//! Sender-constrained tokens: a token whose claims (or introspection answer) carry `cnf` is
+//! only accepted with proof that the caller holds its key.
+//!
+//! - DPoP (RFC 9449), `cnf.jkt`: the request uses the `DPoP` authorization scheme and carries
+//!   one `DPoP` header, a JWT with `typ: dpop+jwt`, signed with the public `jwk` in its header
+//!   (an allowed algorithm), whose RFC 7638 thumbprint equals `cnf.jkt`; `htm` is the request
+//!   method, `htu` the URL the client called (the server's public origin, from its `resource`,
+//!   plus the request path, without query or fragment), `iat` within the window, `ath` the
+//!   base64url SHA-256 of the token, and `jti` not seen before within the window by any worker
+//!   VM of this Envoy (shared data, bounded).
+//! - mTLS (RFC 8705), `cnf.x5t#S256`: the SHA-256 of the client certificate Envoy received on
+//!   this connection (`connection.sha256_peer_certificate_digest`) must match.
+//!
+//! A token with any other `cnf`, or without the proof its `cnf` asks for, is refused.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::{typed, ConfigError};
+use crate::host::Host;
+use crate::jwt::{verify_with_jwk, Alg};
+
+/// Largest DPoP proof accepted.
+pub const MAX_PROOF_BYTES: usize = 8 * 1024;
+/// Shared-data slots for seen proof ids, and ids per slot: at most `SLOTS * PER_SLOT` proofs
+/// within one window (131072); beyond, new proofs are refused (fail closed) until ids expire.
+const SLOTS: u16 = 1024;
+const PER_SLOT: usize = 128;
+
+/// The `dpop` section of the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DpopConfig {
+    pub algorithms: Vec<Alg>,
+    /// How old (by `iat`) a proof may be, and how long its `jti` is remembered.
+    pub max_age_seconds: i64,
+}
+
+impl Default for DpopConfig {
+    fn default() -> Self {
+        DpopConfig {
+            algorithms: vec![Alg::Es256, Alg::Rs256, Alg::Ps256, Alg::EdDsa, Alg::Es384],
+            max_age_seconds: 60,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDpop {
+    #[serde(default)]
+    algorithms: Option<Vec<String>>,
+    #[serde(default)]
+    max_age_seconds: Option<i64>,
+}
+
+impl DpopConfig {
+    pub fn from_config(value: Option<Value>, field: &str) -> Result<DpopConfig, ConfigError> {
+        let Some(value) = value else {
+            return Ok(DpopConfig::default());
+        };
+        let raw: RawDpop = typed(value, field)?;
+        let mut config = DpopConfig::default();
+        if let Some(names) = raw.algorithms {
+            if names.is_empty() {
+                return Err(ConfigError::new(
+                    format!("{field}.algorithms"),
+                    "must not be empty",
+                ));
+            }
+            config.algorithms = names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    Alg::parse(n).ok_or_else(|| {
+                        ConfigError::new(
+                            format!("{field}.algorithms[{i}]"),
+                            format!("unsupported algorithm {n:?}"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(age) = raw.max_age_seconds {
+            if !(1..=600).contains(&age) {
+                return Err(ConfigError::new(
+                    format!("{field}.max_age_seconds"),
+                    "must be between 1 and 600",
+                ));
+            }
+            config.max_age_seconds = age;
+        }
+        Ok(config)
+    }
+
+    /// The `algs` of the `WWW-Authenticate: DPoP` challenge.
+    pub fn algs(&self) -> String {
+        self.algorithms
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// How the token was presented, and what the request offers as proof of possession.
+pub struct Presentation<'a> {
+    /// `Authorization: DPoP <token>` (rather than `Bearer`).
+    pub dpop_scheme: bool,
+    /// The `DPoP` header values.
+    pub proofs: Vec<&'a str>,
+    pub method: &'a str,
+    /// The URL the client called, without query or fragment.
+    pub htu: String,
+    /// `connection.sha256_peer_certificate_digest` (hex), when a client certificate was given.
+    pub peer_cert_sha256_hex: Option<String>,
+    pub now: i64,
+    pub skew: i64,
+}
+
+/// Why a sender-constrained token (or a DPoP presentation) was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SenderError {
+    /// The proof itself is wrong: `invalid_dpop_proof` (RFC 9449 §7.1).
+    Proof(String),
+    /// The token and its presentation do not fit: `invalid_token`, with a DPoP challenge.
+    Token(&'static str),
+    /// An mTLS-bound token without its certificate: `invalid_token` (RFC 8705 §3).
+    Certificate(&'static str),
+}
+
+impl SenderError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SenderError::Proof(_) => "invalid_dpop_proof",
+            SenderError::Token(_) => "dpop_required",
+            SenderError::Certificate(_) => "certificate_mismatch",
+        }
+    }
+
+    pub fn describe(&self) -> &str {
+        match self {
+            SenderError::Proof(m) => m,
+            SenderError::Token(m) | SenderError::Certificate(m) => m,
+        }
+    }
+}
+
+/// `Authorization: DPoP <token>`: the token, when the (single) header uses the DPoP scheme.
+pub fn scheme_token<'h>(authorization: &[&'h str]) -> Option<&'h str> {
+    let [value] = authorization else {
+        return None;
+    };
+    let (scheme, token) = value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("dpop")
+        && !token.is_empty()
+        && !token.contains(char::is_whitespace)
+        && !token.contains(','))
+    .then_some(token)
+}
+
+/// Checks the token's `cnf` against the presentation (see the module documentation).
+pub fn check(
+    claims: &Map<String, Value>,
+    token: &str,
+    p: &Presentation<'_>,
+    config: &DpopConfig,
+    host: &mut dyn Host,
+) -> Result<(), SenderError> {
+    let Some(cnf) = claims.get("cnf") else {
+        if p.dpop_scheme {
+            return Err(SenderError::Token(
+                "the DPoP scheme was used with a token that is not DPoP-bound",
+            ));
+        }
+        return Ok(());
+    };
+    let cnf = cnf
+        .as_object()
+        .ok_or(SenderError::Token("the token's cnf claim is not an object"))?;
+    let jkt = cnf.get("jkt");
+    let x5t = cnf.get("x5t#S256");
+    if jkt.is_none() && x5t.is_none() {
+        return Err(SenderError::Token(
+            "the token is bound by a confirmation method this filter does not support",
+        ));
+    }
+    if let Some(x5t) = x5t {
+        let expected = x5t
+            .as_str()
+            .ok_or(SenderError::Token("cnf.x5t#S256 is not a string"))?;
+        let digest = p
+            .peer_cert_sha256_hex
+            .as_deref()
+            .and_then(hex_decode)
+            .ok_or(SenderError::Certificate(
+                "the token is bound to a client certificate and none was presented",
+            ))?;
+        if URL_SAFE_NO_PAD.encode(digest) != expected {
+            return Err(SenderError::Certificate(
+                "the token is bound to another client certificate",
+            ));
+        }
+    }
+    match jkt {
+        Some(jkt) => {
+            let jkt = jkt
+                .as_str()
+                .ok_or(SenderError::Token("cnf.jkt is not a string"))?;
+            if !p.dpop_scheme {
+                return Err(SenderError::Token(
+                    "a DPoP-bound token must be sent with the DPoP authorization scheme",
+                ));
+            }
+            let proof = match p.proofs.as_slice() {
+                [] => return Err(SenderError::Proof("no DPoP proof".into())),
+                [one] if !one.contains(',') => *one,
+                _ => return Err(SenderError::Proof("more than one DPoP proof".into())),
+            };
+            let (thumbprint, jti, iat) = verify_proof(proof, token, p, config)?;
+            if thumbprint != jkt {
+                return Err(SenderError::Proof(
+                    "the proof's key is not the one the token is bound to".into(),
+                ));
+            }
+            remember_jti(&jti, iat + config.max_age_seconds + p.skew, p.now, host)
+        }
+        None if p.dpop_scheme => Err(SenderError::Token(
+            "the DPoP scheme was used with a token that is not DPoP-bound",
+        )),
+        None => Ok(()),
+    }
+}
+
+fn hex_decode(hex: &str) -> Option<Vec<u8>> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|b| u8::from_str_radix(b, 16).ok())
+        })
+        .collect()
+}
+
+fn decode_part(part: &str, what: &str) -> Result<Map<String, Value>, SenderError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| SenderError::Proof(format!("the proof's {what} is not base64url")))?;
+    match crate::mcp::parse_strict_json(&bytes, 16) {
+        Ok(Value::Object(map)) => Ok(map),
+        _ => Err(SenderError::Proof(format!(
+            "the proof's {what} is not a JSON object"
+        ))),
+    }
+}
+
+/// Verifies a DPoP proof; returns its key's thumbprint, its `jti` and `iat`.
+pub fn verify_proof(
+    proof: &str,
+    token: &str,
+    p: &Presentation<'_>,
+    config: &DpopConfig,
+) -> Result<(String, String, i64), SenderError> {
+    let bad = |m: &str| SenderError::Proof(m.to_string());
+    if proof.len() > MAX_PROOF_BYTES {
+        return Err(bad("the proof is too large"));
+    }
+    let mut parts = proof.split('.');
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("the proof is not a compact JWS"));
+    };
+    let header = decode_part(h, "header")?;
+    let claims = decode_part(c, "payload")?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| bad("the proof's signature is not base64url"))?;
+    if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
+        return Err(bad("the proof's typ must be dpop+jwt"));
+    }
+    if header.contains_key("crit") {
+        return Err(bad("the proof has critical header extensions"));
+    }
+    let alg = header
+        .get("alg")
+        .and_then(Value::as_str)
+        .and_then(Alg::parse)
+        .filter(|a| config.algorithms.contains(a))
+        .ok_or_else(|| bad("the proof's algorithm is not allowed"))?;
+    let jwk = header
+        .get("jwk")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("the proof has no jwk header"))?;
+    if ["d", "p", "q", "dp", "dq", "qi", "k"]
+        .iter()
+        .any(|m| jwk.contains_key(*m))
+    {
+        return Err(bad("the proof's jwk must be a public key"));
+    }
+    let signed = proof
+        .rfind('.')
+        .and_then(|dot| proof.get(..dot))
+        .ok_or_else(|| bad("the proof is not a compact JWS"))?;
+    let verified = verify_with_jwk(
+        &Value::Object(jwk.clone()),
+        alg,
+        signed.as_bytes(),
+        &signature,
+    )
+    .map_err(|e| SenderError::Proof(format!("the proof's jwk: {e}")))?;
+    if !verified {
+        return Err(bad("the proof's signature does not verify"));
+    }
+    let thumbprint = thumbprint(jwk).ok_or_else(|| bad("the proof's jwk is incomplete"))?;
+
+    let text = |name: &str| claims.get(name).and_then(Value::as_str);
+    if text("htm") != Some(p.method) {
+        return Err(bad("the proof is for another HTTP method (htm)"));
+    }
+    let htu = text("htu").ok_or_else(|| bad("the proof has no htu"))?;
+    if !same_url(htu, &p.htu) {
+        return Err(bad("the proof is for another URL (htu)"));
+    }
+    let iat = claims
+        .get("iat")
+        .and_then(Value::as_f64)
+        .ok_or_else(|| bad("the proof has no numeric iat"))? as i64;
+    if iat > p.now + p.skew || iat < p.now - config.max_age_seconds - p.skew {
+        return Err(bad("the proof's iat is outside the accepted window"));
+    }
+    let ath: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    if text("ath") != Some(URL_SAFE_NO_PAD.encode(ath).as_str()) {
+        return Err(bad("the proof's ath is not the hash of this token"));
+    }
+    let jti = text("jti")
+        .filter(|j| !j.is_empty() && j.len() <= 256)
+        .ok_or_else(|| bad("the proof has no jti"))?;
+    Ok((thumbprint, jti.to_string(), iat))
+}
+
+/// RFC 7638 JWK thumbprint (SHA-256, base64url).
+pub fn thumbprint(jwk: &Map<String, Value>) -> Option<String> {
+    let members: &[&str] = match jwk.get("kty").and_then(Value::as_str)? {
+        "EC" => &["crv", "kty", "x", "y"],
+        "RSA" => &["e", "kty", "n"],
+        "OKP" => &["crv", "kty", "x"],
+        _ => return None,
+    };
+    let mut canonical = String::from("{");
+    for (i, member) in members.iter().enumerate() {
+        let value = jwk.get(*member).and_then(Value::as_str)?;
+        if i > 0 {
+            canonical.push(',');
+        }
+        canonical.push_str(&format!(
+            "\"{member}\":{}",
+            Value::String(value.to_string())
+        ));
+    }
+    canonical.push('}');
+    Some(URL_SAFE_NO_PAD.encode(Sha256::digest(canonical.as_bytes())))
+}
+
+/// `htu` comparison (RFC 9449 §4.3): scheme and host case-insensitive, no query or fragment,
+/// default ports ignored.
+fn same_url(a: &str, b: &str) -> bool {
+    fn norm(u: &str) -> Option<String> {
+        let u = u.split(['?', '#']).next()?;
+        let (scheme, rest) = u.split_once("://")?;
+        let scheme = scheme.to_ascii_lowercase();
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (rest.get(..i)?, rest.get(i..)?),
+            None => (rest, "/"),
+        };
+        let mut authority = authority.to_ascii_lowercase();
+        for default in [(":443", "https"), (":80", "http")] {
+            if scheme == default.1 && authority.ends_with(default.0) {
+                authority.truncate(authority.len() - default.0.len());
+            }
+        }
+        Some(format!("{scheme}://{authority}{path}"))
+    }
+    matches!((norm(a), norm(b)), (Some(x), Some(y)) if x == y)
+}
+
+fn slot_key(hash: &[u8; 32]) -> String {
+    let n = u16::from_be_bytes([hash[0], hash[1]]) % SLOTS;
+    format!("mcp-guard:dpop-jti:{n}")
+}
+
+/// Records a proof's `jti` until `until` (Unix seconds); a `jti` seen before is a replay.
+fn remember_jti(jti: &str, until: i64, now: i64, host: &mut dyn Host) -> Result<(), SenderError> {
+    let hash: [u8; 32] = Sha256::digest(jti.as_bytes()).into();
+    let id = URL_SAFE_NO_PAD.encode(hash.get(..16).unwrap_or_default());
+    let key = slot_key(&hash);
+    for _ in 0..4 {
+        let (mut seen, cas) = match host.shared_get_cas(&key) {
+            Some((bytes, cas)) => (
+                serde_json::from_slice::<Vec<(String, i64)>>(&bytes).unwrap_or_default(),
+                cas,
+            ),
+            None => (Vec::new(), None),
+        };
+        seen.retain(|(_, expiry)| *expiry >= now);
+        if seen.iter().any(|(s, _)| *s == id) {
+            return Err(SenderError::Proof("the proof was used before (jti)".into()));
+        }
+        if seen.len() >= PER_SLOT {
+            return Err(SenderError::Proof(
+                "too many recent proofs; retry with a fresh proof".into(),
+            ));
+        }
+        seen.push((id.clone(), until));
+        let Ok(bytes) = serde_json::to_vec(&seen) else {
+            break;
+        };
+        if host.shared_set_cas(&key, &bytes, cas) {
+            return Ok(());
+        }
+    }
+    Err(SenderError::Proof(
+        "the proof could not be recorded; retry with a fresh proof".into(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rfc7638_example_thumbprint() {
+        // RFC 7638 §3.1.
+        let jwk = json!({
+            "kty": "RSA",
+            "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "e": "AQAB",
+            "alg": "RS256",
+            "kid": "2011-04-29",
+        });
+        assert_eq!(
+            thumbprint(jwk.as_object().unwrap()).unwrap(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
+    }
+
+    #[test]
+    fn urls_compare_like_the_rfc_says() {
+        assert!(same_url(
+            "https://Mcp.Example.com:443/mcp",
+            "https://mcp.example.com/mcp"
+        ));
+        assert!(same_url(
+            "https://mcp.example.com/mcp?x=1",
+            "https://mcp.example.com/mcp"
+        ));
+        assert!(!same_url(
+            "https://mcp.example.com/other",
+            "https://mcp.example.com/mcp"
+        ));
+        assert!(!same_url(
+            "http://mcp.example.com/mcp",
+            "https://mcp.example.com/mcp"
+        ));
+        assert!(!same_url(
+            "https://mcp.example.com:8443/mcp",
+            "https://mcp.example.com/mcp"
+        ));
+    }
+
+    #[test]
+    fn hex_digest() {
+        assert_eq!(hex_decode(&"ab".repeat(32)), Some(vec![0xab; 32]));
+        assert_eq!(hex_decode("abc"), None);
+    }
+}

@@ -1,0 +1,242 @@
+//! Sender-constrained tokens through the request path: DPoP (RFC 9449) proofs checked against
+//! `cnf.jkt` (method, URL, age, token hash, replay across VMs), mTLS-bound tokens against the
+//! client certificate Envoy saw (RFC 8705), and the challenge a refused caller gets.
+
+mod common;
+
+use std::rc::Rc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use common::*;
+use mcp_guard::config::Config;
+use mcp_guard::dpop::thumbprint;
+use mcp_guard::flow::{Action, Stream};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const URL: &str = "https://mcp.example.com/mcp";
+
+fn config(require_dpop: bool) -> Rc<Config> {
+    let value = json!({
+        "issuers": [{
+            "issuer": ISSUER, "audiences": [RESOURCE], "algorithms": ["ES256"],
+            "jwks": { "keys": [p256_public_jwk()] },
+        }],
+        "dpop": { "algorithms": ["ES256"], "max_age_seconds": 60 },
+        "servers": [{
+            "name": "crm", "resource": RESOURCE, "require_dpop": require_dpop,
+            "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+            "policy": { "name": "p", "default": "allow" },
+        }],
+        "sessions": { "key": TEST_SESSION_KEY },
+    });
+    Rc::new(Config::from_json(value.to_string().as_bytes(), &MapEnv::default()).unwrap())
+}
+
+/// The client's DPoP key (the "other" P-256 key) and its thumbprint.
+fn client_jwk() -> Value {
+    let mut jwk = p256_jwk_of(&p256_other_key(), "client");
+    let obj = jwk.as_object_mut().unwrap();
+    obj.remove("kid");
+    obj.remove("use");
+    jwk
+}
+
+fn jkt() -> String {
+    thumbprint(client_jwk().as_object().unwrap()).unwrap()
+}
+
+fn bound_token(cnf: Value) -> String {
+    let mut claims = claims_for("alice", &[], "");
+    claims["cnf"] = cnf;
+    sign(Signer::Es256, &claims)
+}
+
+fn proof(token: &str, htm: &str, htu: &str, iat: i64, jti: &str) -> String {
+    let header = json!({ "typ": "dpop+jwt", "alg": "ES256", "jwk": client_jwk() });
+    let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()));
+    let claims = json!({ "htm": htm, "htu": htu, "iat": iat, "jti": jti, "ath": ath });
+    sign_with_header(Signer::Es256Other, &header, &claims)
+}
+
+fn request(scheme: &str, token: &str, proof: Option<&str>, shared: &Shared) -> MockHost {
+    let auth = format!("{scheme} {token}");
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", "/mcp?x=1"),
+        (":authority", "internal.example:8080"),
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    if let Some(p) = proof {
+        headers.push(("dpop", p));
+    }
+    MockHost::request(&headers).with_shared(shared)
+}
+
+/// Runs the request headers: `Ok(())` when accepted (waiting for the body), else the reply.
+fn run(config: &Rc<Config>, host: &mut MockHost) -> Result<(), (u32, Value, Vec<String>)> {
+    let mut stream = Stream::new(Rc::clone(config));
+    assert_eq!(stream.on_request_headers(host, false), Action::Pause);
+    if stream.awaiting_body() {
+        return Ok(());
+    }
+    let reply = host.reply().clone();
+    let challenges = reply
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "www-authenticate")
+        .map(|(_, v)| v.clone())
+        .collect();
+    Err((reply.status, reply.json(), challenges))
+}
+
+#[test]
+fn a_fresh_proof_is_accepted_once() {
+    let config = config(false);
+    let shared = Shared::default();
+    let token = bound_token(json!({ "jkt": jkt() }));
+    let p = proof(&token, "POST", URL, NOW, "proof-1");
+    assert_eq!(
+        run(&config, &mut request("DPoP", &token, Some(&p), &shared)),
+        Ok(())
+    );
+
+    // The same proof again (another worker VM shares the data): a replay.
+    let (status, body, challenges) =
+        run(&config, &mut request("DPoP", &token, Some(&p), &shared)).unwrap_err();
+    assert_eq!(status, 401);
+    assert_eq!(body["error"], "invalid_dpop_proof");
+    assert_eq!(body["error_description"], "the proof was used before (jti)");
+    assert_eq!(
+        challenges[0],
+        "DPoP error=\"invalid_dpop_proof\", algs=\"ES256\""
+    );
+    assert!(challenges[1].starts_with("Bearer error=\"invalid_token\""));
+}
+
+#[test]
+fn wrong_proofs_are_refused() {
+    let config = config(false);
+    let token = bound_token(json!({ "jkt": jkt() }));
+    let other = bound_token(json!({ "jkt": jkt(), "jti": "other" }));
+    for (p, why) in [
+        (proof(&token, "GET", URL, NOW, "a"), "another HTTP method"),
+        (
+            proof(&token, "POST", "https://mcp.example.com/other", NOW, "b"),
+            "another URL",
+        ),
+        (
+            proof(&token, "POST", URL, NOW - 200, "c"),
+            "outside the accepted window",
+        ),
+        (
+            proof(&token, "POST", URL, NOW + 100, "d"),
+            "outside the accepted window",
+        ),
+        (proof(&other, "POST", URL, NOW, "e"), "ath"),
+        ("not.a.proof".to_string(), "not base64url"),
+    ] {
+        let shared = Shared::default();
+        let (status, body, _) =
+            run(&config, &mut request("DPoP", &token, Some(&p), &shared)).unwrap_err();
+        assert_eq!(status, 401, "{why}");
+        assert_eq!(body["error"], "invalid_dpop_proof");
+        let description = body["error_description"].as_str().unwrap();
+        assert!(description.contains(why), "{description} / {why}");
+    }
+    // Signed by another key than the one the token is bound to.
+    let shared = Shared::default();
+    let stranger = bound_token(json!({ "jkt": "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs" }));
+    let p = proof(&stranger, "POST", URL, NOW, "f");
+    let (_, body, _) =
+        run(&config, &mut request("DPoP", &stranger, Some(&p), &shared)).unwrap_err();
+    assert!(body["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("not the one the token is bound to"));
+}
+
+#[test]
+fn a_bound_token_without_its_proof_is_refused() {
+    let config = config(false);
+    let shared = Shared::default();
+    let token = bound_token(json!({ "jkt": jkt() }));
+    let (status, body, _) = run(&config, &mut request("DPoP", &token, None, &shared)).unwrap_err();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_dpop_proof"))
+    );
+    // Presented as a plain bearer token (stolen and replayed without the key).
+    let p = proof(&token, "POST", URL, NOW, "g");
+    let (status, body, _) =
+        run(&config, &mut request("Bearer", &token, Some(&p), &shared)).unwrap_err();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    let mut host = request("Bearer", &token, None, &shared);
+    run(&config, &mut host).unwrap_err();
+    assert_eq!(host.record()["reason"], "dpop_required");
+    // An unknown confirmation method.
+    let odd = bound_token(json!({ "x5t": "abc" }));
+    assert!(run(&config, &mut request("Bearer", &odd, None, &shared)).is_err());
+    // An unbound token under the DPoP scheme.
+    let plain = token_for("alice", &[], "");
+    let p = proof(&plain, "POST", URL, NOW, "h");
+    assert!(run(&config, &mut request("DPoP", &plain, Some(&p), &shared)).is_err());
+    assert_eq!(
+        run(&config, &mut request("Bearer", &plain, None, &shared)),
+        Ok(())
+    );
+}
+
+#[test]
+fn require_dpop_refuses_bearer_tokens_and_is_advertised() {
+    let config = config(true);
+    let shared = Shared::default();
+    let plain = token_for("alice", &[], "");
+    let (status, _, challenges) =
+        run(&config, &mut request("Bearer", &plain, None, &shared)).unwrap_err();
+    assert_eq!(status, 401);
+    assert!(challenges[0].starts_with("DPoP "));
+    let mut host = MockHost::request(&[
+        (":method", "GET"),
+        (":path", "/.well-known/oauth-protected-resource/mcp"),
+        (":authority", "mcp.example.com"),
+    ]);
+    Stream::new(Rc::clone(&config)).on_request_headers(&mut host, true);
+    assert_eq!(
+        host.reply().json()["dpop_bound_access_tokens_required"],
+        true
+    );
+}
+
+#[test]
+fn an_mtls_bound_token_needs_its_certificate() {
+    let config = config(false);
+    let shared = Shared::default();
+    let digest = [0x5a_u8; 32];
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let token = bound_token(json!({ "x5t#S256": URL_SAFE_NO_PAD.encode(digest) }));
+
+    let mut host = request("Bearer", &token, None, &shared);
+    host.set_property(&["connection", "sha256_peer_certificate_digest"], &hex);
+    assert_eq!(run(&config, &mut host), Ok(()));
+
+    let mut host = request("Bearer", &token, None, &shared);
+    host.set_property(
+        &["connection", "sha256_peer_certificate_digest"],
+        &"00".repeat(32),
+    );
+    let (status, body, _) = run(&config, &mut host).unwrap_err();
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token"))
+    );
+    assert_eq!(host.record()["reason"], "certificate_mismatch");
+
+    let (status, _, _) = run(&config, &mut request("Bearer", &token, None, &shared)).unwrap_err();
+    assert_eq!(status, 401);
+}

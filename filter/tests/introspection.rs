@@ -1,0 +1,335 @@
+//! Token introspection (RFC 7662) through the request path: an opaque token waits for one call,
+//! the answer is checked like a JWT's claims and reaches the policy, answers are cached (the
+//! IdP is not asked again), concurrent requests share one call, and an IdP that fails gives
+//! 503, never 401.
+
+mod common;
+
+use std::rc::Rc;
+
+use common::*;
+use mcp_guard::config::Config;
+use mcp_guard::flow::{Action, Stream};
+use mcp_guard::host::{Header, Host};
+use serde_json::{json, Value};
+
+const OPAQUE: &str = "2YotnFZFEjr1zCsicMWpAA";
+
+/// A dispatched call: (token, cluster, headers, body).
+type Call = (u32, String, Vec<(String, String)>, String);
+
+/// MockHost plus the HTTP calls the filter dispatched.
+struct CallHost {
+    inner: MockHost,
+    calls: Vec<Call>,
+}
+
+impl CallHost {
+    fn post(token: &str) -> CallHost {
+        let auth = format!("Bearer {token}");
+        CallHost {
+            inner: MockHost::request(&[
+                (":method", "POST"),
+                (":path", "/mcp"),
+                (":authority", "mcp.example.com"),
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ]),
+            calls: Vec::new(),
+        }
+    }
+}
+
+impl Host for CallHost {
+    fn request_headers(&self) -> Vec<Header> {
+        self.inner.request_headers()
+    }
+    fn set_request_header(&mut self, n: &str, v: &str) {
+        self.inner.set_request_header(n, v)
+    }
+    fn remove_request_header(&mut self, n: &str) {
+        self.inner.remove_request_header(n)
+    }
+    fn response_headers(&self) -> Vec<Header> {
+        self.inner.response_headers()
+    }
+    fn set_response_header(&mut self, n: &str, v: &str) {
+        self.inner.set_response_header(n, v)
+    }
+    fn remove_response_header(&mut self, n: &str) {
+        self.inner.remove_response_header(n)
+    }
+    fn property(&self, p: &[&str]) -> Option<Vec<u8>> {
+        self.inner.property(p)
+    }
+    fn send_response(&mut self, s: u32, h: &[(&str, &str)], b: &[u8]) {
+        self.inner.send_response(s, h, b)
+    }
+    fn reset_response(&mut self) {
+        self.inner.reset_response()
+    }
+    fn write_audit(&mut self, r: &[u8]) {
+        self.inner.write_audit(r)
+    }
+    fn shared_get(&self, k: &str) -> Option<Vec<u8>> {
+        self.inner.shared_get(k)
+    }
+    fn shared_set(&mut self, k: &str, v: &[u8]) {
+        self.inner.shared_set(k, v)
+    }
+    fn count(&mut self, n: &str, by: u64) {
+        self.inner.count(n, by)
+    }
+    fn now_millis(&self) -> u64 {
+        self.inner.now_ms
+    }
+    fn http_call(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        _timeout_ms: u64,
+    ) -> Option<u32> {
+        let token = 7000 + self.calls.len() as u32;
+        self.calls.push((
+            token,
+            cluster.to_string(),
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            String::from_utf8(body.to_vec()).unwrap(),
+        ));
+        Some(token)
+    }
+}
+
+fn config(mode: &str) -> Rc<Config> {
+    let value = json!({
+        "issuers": [{
+            "issuer": ISSUER,
+            "audiences": [RESOURCE],
+            "algorithms": ["ES256"],
+            "jwks": { "keys": [p256_public_jwk()] },
+            "introspect": mode,
+            "introspection": {
+                "endpoint": "https://idp.example.com/token/introspection",
+                "cluster": "idp",
+                "client_id": "mcp-guard",
+                "client_secret_from_env": "INTROSPECTION_SECRET",
+                "auth": "client_secret_post",
+                "cache_ttl_seconds": 30,
+                "negative_ttl_seconds": 2,
+            },
+        }],
+        "servers": [{
+            "name": "crm",
+            "resource": RESOURCE,
+            "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+            "policy": { "name": "p", "rules": [
+                { "name": "sales", "allow": "\"sales\" in jwt.groups" },
+            ]},
+        }],
+        "sessions": { "key": TEST_SESSION_KEY },
+    });
+    let env = MapEnv::with(&[("INTROSPECTION_SECRET", "s3cret")]);
+    Rc::new(Config::from_json(value.to_string().as_bytes(), &env).unwrap())
+}
+
+fn active(extra: Value) -> Vec<u8> {
+    let mut answer = json!({
+        "active": true, "iss": ISSUER, "aud": RESOURCE, "client_id": "agent",
+        "sub": "alice", "scope": "mcp:tools", "exp": NOW + 600, "iat": NOW - 5,
+        "token_type": "Bearer", "groups": ["sales"],
+    });
+    for (k, v) in extra.as_object().unwrap() {
+        answer[k] = v.clone();
+    }
+    answer.to_string().into_bytes()
+}
+
+const BODY: &[u8] =
+    br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{}}}"#;
+
+/// Headers of a fresh request: (stream, action).
+fn start(config: &Rc<Config>, host: &mut CallHost) -> (Stream, Action) {
+    let mut stream = Stream::new(Rc::clone(config));
+    let action = stream.on_request_headers(host, false);
+    (stream, action)
+}
+
+/// Answers the last call and resumes `stream`.
+fn answer(
+    config: &Rc<Config>,
+    host: &mut CallHost,
+    stream: &mut Stream,
+    status: Option<u32>,
+    body: &[u8],
+) -> Action {
+    let call = host.calls.last().unwrap().0;
+    assert!(config.authenticator.owns_introspection_call(call));
+    let settled = config
+        .authenticator
+        .on_introspection_response(call, status, Some(body), host);
+    assert_eq!(settled, Some(0));
+    stream.resume(host)
+}
+
+#[test]
+fn an_opaque_token_is_introspected_once_and_its_claims_reach_the_policy() {
+    let config = config("opaque");
+    let mut host = CallHost::post(OPAQUE);
+    let (mut stream, action) = start(&config, &mut host);
+    assert_eq!(action, Action::Pause);
+    assert!(stream.waiting().is_some(), "waits for the answer");
+    assert_eq!(host.calls.len(), 1);
+    let (_, cluster, headers, body) = host.calls[0].clone();
+    assert_eq!(cluster, "idp");
+    assert!(headers.contains(&(":path".into(), "/token/introspection".into())));
+    assert!(headers.contains(&(":method".into(), "POST".into())));
+    assert_eq!(
+        body,
+        format!(
+            "token={OPAQUE}&token_type_hint=access_token&client_id=mcp-guard&client_secret=s3cret"
+        )
+    );
+
+    // A second request with the same token while the call is in flight: no second call.
+    let mut host2 = CallHost::post(OPAQUE);
+    host2.inner.shared = Rc::clone(&host.inner.shared);
+    let (mut stream2, _) = start(&config, &mut host2);
+    assert!(stream2.waiting().is_some());
+    assert!(host2.calls.is_empty());
+
+    answer(
+        &config,
+        &mut host,
+        &mut stream,
+        Some(200),
+        &active(json!({})),
+    );
+    assert!(stream.waiting().is_none());
+    assert!(stream.awaiting_body());
+    assert_eq!(stream.on_request_body(&mut host, BODY), Action::Continue);
+    let record = host.inner.record();
+    assert_eq!(record["sub"], "alice");
+    assert_eq!(record["decision"], "allow");
+    assert!(!String::from_utf8_lossy(&host.inner.audits.concat()).contains(OPAQUE));
+
+    assert_eq!(stream2.resume(&mut host2), Action::Pause);
+    assert!(stream2.awaiting_body());
+
+    // Cached: a third request asks nobody.
+    let mut host3 = CallHost::post(OPAQUE);
+    let (stream3, _) = start(&config, &mut host3);
+    assert!(stream3.awaiting_body() && host3.calls.is_empty());
+    assert_eq!(
+        host3
+            .inner
+            .counter("mcp_guard.introspections.outcome=cache_hit"),
+        1
+    );
+}
+
+#[test]
+fn inactive_invalid_and_failed_answers() {
+    for (status, body, code, reason) in [
+        (
+            Some(200),
+            br#"{"active":false}"#.to_vec(),
+            401,
+            "token_inactive",
+        ),
+        (
+            Some(200),
+            active(json!({"aud": "https://other.example.com"})),
+            401,
+            "wrong_audience",
+        ),
+        (
+            Some(200),
+            active(json!({"iss": "https://evil.example.com"})),
+            401,
+            "unknown_issuer",
+        ),
+        (Some(200), active(json!({"exp": NOW - 600})), 401, "expired"),
+        (
+            Some(200),
+            active(json!({"token_type": "refresh_token"})),
+            401,
+            "wrong_typ",
+        ),
+        (
+            Some(200),
+            b"<html>".to_vec(),
+            503,
+            "introspection_unavailable",
+        ),
+        (Some(500), Vec::new(), 503, "introspection_unavailable"),
+        (None, Vec::new(), 503, "introspection_unavailable"),
+    ] {
+        let config = config("opaque");
+        let mut host = CallHost::post(OPAQUE);
+        let (mut stream, _) = start(&config, &mut host);
+        assert_eq!(
+            answer(&config, &mut host, &mut stream, status, &body),
+            Action::Pause,
+            "{reason}"
+        );
+        assert!(stream.waiting().is_none(), "{reason}");
+        let reply = host.inner.reply();
+        assert_eq!(reply.status, code, "{reason}");
+        assert_eq!(host.inner.record()["reason"], reason);
+        if code == 401 {
+            assert!(reply
+                .header("www-authenticate")
+                .unwrap()
+                .contains("invalid_token"));
+        } else {
+            assert!(reply.header("www-authenticate").is_none());
+        }
+    }
+}
+
+#[test]
+fn always_mode_introspects_a_valid_jwt_too() {
+    let config = config("always");
+    let mut claims = claims_for("alice", &["sales"], "");
+    claims["iat"] = json!(NOW);
+    let jwt = sign(Signer::Es256, &claims);
+    let mut host = CallHost::post(&jwt);
+    let (mut stream, _) = start(&config, &mut host);
+    assert_eq!(host.calls.len(), 1);
+    answer(
+        &config,
+        &mut host,
+        &mut stream,
+        Some(200),
+        br#"{"active":false}"#,
+    );
+    assert_eq!(host.inner.reply().status, 401);
+    assert_eq!(host.inner.record()["reason"], "token_inactive");
+}
+
+#[test]
+fn only_one_issuer_may_introspect() {
+    let mut value: Value = json!({
+        "issuers": [],
+        "servers": [{ "name": "s", "resource": RESOURCE,
+            "credential": { "header": "x-api-key", "value": "k" }, "policy": { "name": "p" } }],
+        "sessions": { "key": TEST_SESSION_KEY },
+    });
+    for iss in ["https://a.example.com", "https://b.example.com"] {
+        value["issuers"].as_array_mut().unwrap().push(json!({
+            "issuer": iss, "audiences": [RESOURCE], "jwks": { "keys": [p256_public_jwk()] },
+            "introspect": "opaque",
+            "introspection": { "endpoint": "https://a.example.com/i", "cluster": "idp",
+                "client_id": "c", "client_secret_from_env": "S" },
+        }));
+    }
+    let env = MapEnv::with(&[("S", "x")]);
+    let err = Config::from_json(value.to_string().as_bytes(), &env).unwrap_err();
+    assert_eq!(err.field, "issuers[1].introspect");
+    let err = Config::from_json(value.to_string().as_bytes(), &MapEnv::default()).unwrap_err();
+    assert_eq!(err.field, "issuers[0].introspection.client_secret_from_env");
+}

@@ -1,0 +1,224 @@
+"""Sender-constrained tokens through real Envoy against the real IdP (npm oidc-provider with its
+DPoP and certificate-bound token features): a DPoP-bound token with a fresh proof (allowed), a
+replayed proof, a proof for another URL or method, a missing proof (refused); an mTLS-bound
+token through an Envoy listener that asks for client certificates, with the right and a wrong
+certificate."""
+
+import base64
+import datetime
+import hashlib
+import http.client
+import json
+import ssl
+import time
+import urllib.parse
+import urllib.request
+import uuid
+
+import harness
+import httpx2
+import jwt as pyjwt
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import keys
+
+POLICY = {"name": "open", "version": "1", "default": "allow"}
+BODY = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "echo", "arguments": {"text": "x"}}}
+
+
+class DpopKey:
+    """The client's DPoP key pair and its proofs."""
+
+    def __init__(self):
+        self.key = keys.SigningKey("ES256")
+        self.jwk = {k: v for k, v in self.key.jwk().items() if k in ("kty", "crv", "x", "y")}
+
+    def proof(self, htm, htu, token=None, iat=None, jti=None):
+        claims = {"htm": htm, "htu": htu, "iat": int(iat or time.time()), "jti": jti or uuid.uuid4().hex}
+        if token:
+            claims["ath"] = keys.b64url(hashlib.sha256(token.encode()).digest())
+        return pyjwt.encode(claims, self.key.pem(), algorithm="ES256",
+                            headers={"typ": "dpop+jwt", "jwk": self.jwk})
+
+
+def token_request(idp, client, resource, headers):
+    data = urllib.parse.urlencode({"grant_type": "client_credentials", "scope": "mcp:tools",
+                                   "resource": resource}).encode()
+    req = urllib.request.Request(f"{idp.url}/token", data=data)
+    basic = base64.b64encode(f"{client}:test-only-{client}-secret".encode()).decode()
+    req.add_header("authorization", f"Basic {basic}")
+    for k, v in headers.items():
+        req.add_header(k, v)
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_dpop_bound_token_needs_a_fresh_proof_for_this_request(tmp_path):
+    idp = harness.Idp(tmp_path)
+    server = harness.McpServer(tmp_path, stateless=True)
+    port = harness.free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    issuer = {"issuer": idp.url, "audiences": [resource], "algorithms": ["RS256"],
+              "discovery": True, "cluster": "idp", "typ": "at+jwt"}
+    config = harness.plugin_config([issuer], POLICY, resource, dpop={"algorithms": ["ES256", "RS256"]})
+    envoy = harness.Envoy(tmp_path, config, server.port, port=port,
+                          values={"EXTRA_CLUSTERS": harness.cluster_yaml("idp", idp.port)})
+    try:
+        key = DpopKey()
+        answer = token_request(idp, "sales-agent", resource, {"dpop": key.proof("POST", f"{idp.url}/token")})
+        assert answer["token_type"] == "DPoP"
+        token = answer["access_token"]
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        assert claims["cnf"]["jkt"]
+
+        def call(proof, scheme="DPoP", path="/mcp"):
+            headers = {"authorization": f"{scheme} {token}", "mcp-protocol-version": "2025-11-25",
+                       "accept": "application/json, text/event-stream"}
+            if proof:
+                headers["dpop"] = proof
+            return httpx2.post(f"http://127.0.0.1:{port}{path}", json=BODY, headers=headers, timeout=15)
+
+        fresh = key.proof("POST", resource, token)
+        assert call(fresh).status_code == 200
+
+        refusals = {
+            "replayed": call(fresh),
+            "other URL": call(key.proof("POST", f"http://127.0.0.1:{port}/other", token)),
+            "other method": call(key.proof("GET", resource, token)),
+            "old": call(key.proof("POST", resource, token, iat=time.time() - 600)),
+            "another key": call(DpopKey().proof("POST", resource, token)),
+            "missing proof": call(None),
+        }
+        for why, r in refusals.items():
+            assert r.status_code == 401, why
+            assert r.json()["error"] == "invalid_dpop_proof", why
+            assert r.headers.get_list("www-authenticate")[0] == 'DPoP error="invalid_dpop_proof", algs="ES256 RS256"', why
+        assert "used before" in refusals["replayed"].json()["error_description"]
+        # A stolen DPoP-bound token presented as a plain bearer token.
+        r = call(None, scheme="Bearer")
+        assert r.status_code == 401 and r.json()["error"] == "invalid_token"
+        records = envoy.wait_audit(9)
+        reasons = [r.get("reason") for r in records]
+        assert reasons.count("invalid_dpop_proof") == 6 and reasons[-1] == "dpop_required"
+        assert len(server.requests()) == 1
+        assert not any(k.lower() in ("dpop", "authorization") for k, _ in server.requests()[0]["headers"]), \
+            "the proof and the token never reach the MCP server"
+        # Another fresh proof works.
+        assert call(key.proof("POST", resource, token)).status_code == 200
+    finally:
+        envoy.stop()
+        server.stop()
+        idp.stop()
+
+
+# ---- mTLS ---------------------------------------------------------------------------------------
+
+def make_ca():
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mcp-guard test CA")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return key, cert
+
+
+def issue(ca_key, ca_cert, cn, server=False):
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+               .issuer_name(ca_cert.subject).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+               .not_valid_after(now + datetime.timedelta(days=1)))
+    if server:
+        import ipaddress
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                                        critical=False)
+    return key, builder.sign(ca_key, hashes.SHA256())
+
+
+def write_pem(path, key, cert):
+    cert_path, key_path = path.with_suffix(".crt"), path.with_suffix(".key")
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def tls_template(tmp_path, server_crt, server_key, ca_crt):
+    """envoy/mcp-guard.yaml with a TLS listener that requires a client certificate."""
+    text = (harness.ROOT / "envoy" / "mcp-guard.yaml").read_text()
+    marker = "    filter_chains:\n    - filters:\n"
+    assert marker in text
+    tls = f"""    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true
+          common_tls_context:
+            tls_certificates:
+            - certificate_chain: {{ filename: {server_crt} }}
+              private_key: {{ filename: {server_key} }}
+            validation_context:
+              trusted_ca: {{ filename: {ca_crt} }}
+      filters:
+"""
+    path = tmp_path / "envoy-mtls.yaml"
+    path.write_text(text.replace(marker, tls, 1))
+    return str(path)
+
+
+def test_mtls_bound_token_needs_its_client_certificate(tmp_path):
+    ca_key, ca_cert = make_ca()
+    ca_crt = tmp_path / "ca.crt"
+    ca_crt.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    server_crt, server_key = write_pem(tmp_path / "server", *issue(ca_key, ca_cert, "127.0.0.1", server=True))
+    right_key, right_cert = issue(ca_key, ca_cert, "mtls-agent")
+    right = write_pem(tmp_path / "right", right_key, right_cert)
+    wrong = write_pem(tmp_path / "wrong", *issue(ca_key, ca_cert, "mtls-agent"))
+
+    idp = harness.Idp(tmp_path)
+    server = harness.McpServer(tmp_path, stateless=True)
+    port = harness.free_port()
+    resource = f"https://127.0.0.1:{port}/mcp"
+    issuer = {"issuer": idp.url, "audiences": [resource], "algorithms": ["RS256"],
+              "discovery": True, "cluster": "idp", "typ": "at+jwt"}
+    envoy = harness.Envoy(tmp_path, harness.plugin_config([issuer], POLICY, resource), server.port, port=port,
+                          template=tls_template(tmp_path, server_crt, server_key, str(ca_crt)),
+                          values={"EXTRA_CLUSTERS": harness.cluster_yaml("idp", idp.port)})
+    try:
+        pem = right_cert.public_bytes(serialization.Encoding.PEM).decode()
+        token = token_request(idp, "mtls-agent", resource, {"x-client-cert": urllib.parse.quote(pem)})["access_token"]
+        claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
+        der = right_cert.public_bytes(serialization.Encoding.DER)
+        assert claims["cnf"]["x5t#S256"] == keys.b64url(hashlib.sha256(der).digest())
+
+        def call(cert):
+            context = ssl.create_default_context(cafile=str(ca_crt))
+            context.load_cert_chain(*cert)
+            conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=15)
+            conn.request("POST", "/mcp", body=json.dumps(BODY), headers={
+                "authorization": f"Bearer {token}", "content-type": "application/json",
+                "mcp-protocol-version": "2025-11-25", "accept": "application/json, text/event-stream"})
+            r = conn.getresponse()
+            body = r.read()
+            conn.close()
+            return r.status, body
+
+        status, body = call(right)
+        assert status == 200, body
+        status, body = call(wrong)
+        assert status == 401, body
+        assert json.loads(body)["error"] == "invalid_token"
+        assert envoy.wait_audit(2)[-1]["reason"] == "certificate_mismatch"
+        assert len(server.requests()) == 1
+    finally:
+        envoy.stop()
+        server.stop()
+        idp.stop()
