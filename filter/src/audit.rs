@@ -122,6 +122,10 @@ pub struct Record {
     /// For list results: how many entries this caller did not get to see.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hidden: Option<usize>,
+    /// The key's budget left (whole tokens; for a global limit, what the rate limit service
+    /// said) in the limit that refused the message, or the smallest of those it spent from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_remaining: Option<u64>,
     /// Microseconds spent inside the filter's callbacks for this HTTP request so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filter_us: Option<u64>,
@@ -164,6 +168,7 @@ impl Record {
             error_code: None,
             upstream_status: None,
             hidden: None,
+            limit_remaining: None,
             filter_us: None,
             total_ms: None,
         }

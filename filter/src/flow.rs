@@ -31,6 +31,8 @@ use crate::policy::{Input, Item, Outcome, RequestFacts};
 use crate::response::{self, Body, ListFilter};
 use crate::{metrics, oauth, reply, session};
 
+mod limits;
+
 /// What the adapter tells Envoy after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -81,6 +83,8 @@ pub struct Stream {
     entered_ns: Option<u64>,
     /// The audit columns last written to filter state (see [`Record::columns`]).
     columns: [Option<String>; AUDIT_COLUMNS.len()],
+    /// An allowed message waiting for the rate limit service (global limits).
+    pending_limit: Option<limits::PendingLimit>,
 }
 
 impl Stream {
@@ -106,6 +110,7 @@ impl Stream {
             busy_ns: 0,
             entered_ns: None,
             columns: Default::default(),
+            pending_limit: None,
         }
     }
 
@@ -395,14 +400,21 @@ impl Stream {
         match decision.outcome {
             Outcome::Allow => {
                 record.decision = Verdict::Allow;
+                let charges = server.policy.charges(&input);
                 if let Some(kind) = ListKind::for_method(&message.method) {
                     self.lists = Some(ListFilter {
                         kinds: vec![kind],
                         expected_id: message.id.clone(),
                     });
                 }
-                self.audit(host, record);
-                Action::Continue
+                // Budgets and rate limits (flow/limits.rs): may answer, or wait for the service.
+                match self.limit(host, server, charges, &message, record) {
+                    limits::Gate::Pass(record) => {
+                        self.audit(host, record);
+                        Action::Continue
+                    }
+                    limits::Gate::Done(action) => action,
+                }
             }
             Outcome::Deny => {
                 record.reason = Some(decision.reason.clone());
@@ -463,6 +475,11 @@ impl Stream {
             .map(|m| server.policy.evaluate(&self.input(m, &source, now)))
             .collect();
         let all_allowed = decisions.iter().all(|d| d.outcome == Outcome::Allow);
+        if all_allowed && !server.policy.limits.is_empty() {
+            // Limits count one message per request; a batch would have to be spent atomically.
+            let why = "JSON-RPC batches are refused on a server with limits; send one message per request".to_string();
+            return refuse_invalid(self, host, record, -32600, why);
+        }
         // Requests get their errors in a 200 batch; a batch of notifications only gets a 403.
         let status = if messages.iter().any(|m| m.kind == Kind::Request) {
             200

@@ -23,12 +23,14 @@ pub mod flow;
 pub mod host;
 pub mod jwks;
 pub mod jwt;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod oauth;
 pub mod policy;
 pub mod reply;
 pub mod response;
+pub mod rls;
 pub mod session;
 pub mod sse;
 
