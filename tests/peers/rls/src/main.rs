@@ -2,8 +2,8 @@
 //!
 //! LIMITS_JSON is a list of `{"domain", "limit", "max", "seconds"}`: the descriptor
 //! `[mcp_limit=<limit>, mcp_key=<key>]` sent in `domain` is counted per key, `max` hits per
-//! `seconds`, by limitador on Redis (the condition and variable are limitador CEL over the
-//! descriptor, as limitador-server writes them). Prints `ready` once it serves.
+//! `seconds`, by limitador on Redis (the condition and the variable read the descriptor's
+//! entries, as limitador-server exposes them).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use limitador::limit::{Context, Limit};
+use limitador::limit::Limit;
 use limitador::storage::redis::AsyncRedisStorage;
 use limitador::AsyncRateLimiter;
 use serde::Deserialize;
@@ -52,11 +52,10 @@ impl RateLimitService for Service {
                 .as_ref()
                 .map(|h| h.value)
                 .unwrap_or(if req.hits_addend == 0 { 1 } else { u64::from(req.hits_addend) });
-            let mut ctx = Context::default();
-            ctx.list_binding("descriptors".to_string(), vec![entries]);
+            let hits = i64::try_from(hits).unwrap_or(i64::MAX);
             let result = self
                 .limiter
-                .check_rate_limited_and_update(&namespace, &ctx, hits)
+                .check_rate_limited_and_update(&namespace, &entries, hits, true)
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
             let remaining = result
@@ -64,7 +63,8 @@ impl RateLimitService for Service {
                 .iter()
                 .filter_map(|c| c.remaining())
                 .min()
-                .unwrap_or(u64::from(u32::MAX));
+                .unwrap_or(i64::from(u32::MAX))
+                .max(0);
             let code = if result.limited { Code::OverLimit } else { Code::Ok };
             if result.limited {
                 overall = Code::OverLimit;
@@ -93,19 +93,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let storage = AsyncRedisStorage::new(redis).await?;
     let limiter = AsyncRateLimiter::new_with_storage(Box::new(storage));
     for spec in specs {
-        let condition = format!("descriptors[0].mcp_limit == {:?}", spec.limit);
+        let condition = format!("mcp_limit == \"{}\"", spec.limit);
         let limit = Limit::new(
             spec.domain.as_str(),
-            spec.max,
+            i64::try_from(spec.max)?,
             spec.seconds,
-            vec![condition.as_str().try_into().map_err(|e| format!("{e:?}"))?],
-            vec!["descriptors[0].mcp_key".try_into().map_err(|e| format!("{e:?}"))?],
+            vec![condition.as_str()],
+            vec!["mcp_key"],
         );
         limiter.add_limit(limit);
     }
-    let addr = listen.parse()?;
+    let addr: std::net::SocketAddr = listen.parse()?;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    println!("ready");
     tonic::transport::Server::builder()
         .add_service(RateLimitServiceServer::new(Service {
             limiter: Arc::new(limiter),
