@@ -192,7 +192,10 @@ pub fn locate(limit_id: &str, key: &str, slots: u32) -> ([u8; HASH_BYTES], u32) 
     let mut hash = [0u8; HASH_BYTES];
     hash.copy_from_slice(digest.get(..HASH_BYTES).unwrap_or(&[0; HASH_BYTES]));
     if hash == [0; HASH_BYTES] {
-        hash[0] = 1; // zero means empty
+        // Zero means empty.
+        if let Some(first) = hash.first_mut() {
+            *first = 1;
+        }
     }
     let mut first = [0u8; 8];
     first.copy_from_slice(digest.get(HASH_BYTES..HASH_BYTES + 8).unwrap_or(&[0; 8]));

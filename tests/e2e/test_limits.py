@@ -4,6 +4,7 @@ on Kuadrant's limitador with a real Redis, the service stopped mid-test (failure
 key that reads a claim the token lacks."""
 
 import json
+import re
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,10 @@ def test_local_limit_is_counted_exactly_across_both_workers(local):
     assert sorted(r["limit_remaining"] for r in records if r["decision"] == "allow") == list(range(20))
     assert "mcp_guard.limits.name=echo-per-user.outcome=limited: 40" in local.envoy.stats()
     assert "mcp_guard.limits.name=echo-per-user.outcome=allowed: 20" in local.envoy.stats()
+    # Both worker threads took connections (each runs its own VM): the bucket is shared.
+    workers = [line for line in local.envoy.stats().splitlines()
+               if re.search(r"\.worker_[0-9]+\.downstream_cx_total: [1-9]", line)]
+    assert len(workers) == 2, workers
 
 
 def test_sdk_client_sees_the_limit_and_its_session_goes_on(local):
