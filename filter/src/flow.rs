@@ -410,7 +410,7 @@ impl Stream {
                 // Budgets and rate limits (flow/limits.rs): may answer, or wait for the service.
                 match self.limit(host, server, charges, &message, record) {
                     limits::Gate::Pass(record) => {
-                        self.audit(host, record);
+                        self.audit(host, *record);
                         Action::Continue
                     }
                     limits::Gate::Done(action) => action,

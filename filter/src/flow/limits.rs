@@ -35,7 +35,7 @@ struct What {
 /// Whether the message goes on.
 pub(super) enum Gate {
     /// Within every limit: forward it (the record carries what the limits left).
-    Pass(Record),
+    Pass(Box<Record>),
     /// Answered, or waiting for the rate limit service.
     Done(Action),
 }
@@ -70,7 +70,7 @@ impl Stream {
     ) -> Gate {
         let policy = &server.policy;
         if policy.limits.is_empty() {
-            return Gate::Pass(record);
+            return Gate::Pass(Box::new(record));
         }
         let what = What::of(message);
         let charges = match charges {
@@ -131,7 +131,7 @@ impl Stream {
             }
         }
         if globals.is_empty() {
-            return Gate::Pass(record);
+            return Gate::Pass(Box::new(record));
         }
         let config = std::rc::Rc::clone(&self.config);
         let sent = config.rate_limit_service.as_ref().and_then(|service| {
@@ -212,7 +212,7 @@ impl Stream {
             Err(why) => {
                 return match self.service_failed(host, server, record, &what, &asks, &why) {
                     Gate::Pass(record) => {
-                        self.audit(host, record);
+                        self.audit(host, *record);
                         Action::Continue
                     }
                     Gate::Done(action) => action,
@@ -286,7 +286,7 @@ impl Stream {
                 record.reason = Some(format!(
                     "rate_limit_service_unavailable ({why}); global limits fail open"
                 ));
-                Gate::Pass(record)
+                Gate::Pass(Box::new(record))
             }
         }
     }
