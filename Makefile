@@ -54,7 +54,7 @@ $(STAMPS)/idp: tests/peers/idp/package-lock.json
 
 # The rate limit service the global-limit tests run against (tests/peers/rls: Envoy's RLS API on
 # Kuadrant's limitador with Redis storage). Its own cargo project and Cargo.lock, not part of
-# the filter's workspace; the first build takes about 6 minutes on 2 cores.
+# the filter's workspace; built once into target/rls (about 20 minutes on a busy 2-core machine).
 RLS_PEER := target/rls/release/mcp-guard-test-rls
 
 rls-peer: $(RLS_PEER) $(STAMPS)/redis
