@@ -569,6 +569,11 @@ impl Stream {
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
             return Action::Continue;
         };
+        if let Some(pending) = self.pending_limit.take() {
+            // Envoy answered while the message waited for the rate limit service.
+            self.record = Some(pending.into_record());
+            self.awaiting_body = true;
+        }
         let Some(mut record) = self.record.take() else {
             return Action::Continue;
         };

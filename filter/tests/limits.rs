@@ -429,3 +429,25 @@ fn limits_are_checked_at_load_naming_the_field() {
         );
     }
 }
+
+#[test]
+fn envoy_answering_while_the_service_is_awaited_is_audited_once() {
+    let config = config_with(global_limits("closed"), true);
+    let mut host = grpc_host(Some(5));
+    let (mut stream, _) = send(&config, &mut host, &call(1, "search"));
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(504), true),
+        Action::Continue
+    );
+    let r = host.inner.record();
+    assert_eq!(
+        (r["decision"].as_str(), r["reason"].as_str()),
+        (Some("error"), Some("answered_by_envoy"))
+    );
+    // The late answer changes nothing.
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 5, 0, Some(&answer(1, 9))),
+        Action::Pause
+    );
+    assert_eq!(host.inner.audits.len(), 1);
+}

@@ -24,6 +24,13 @@ pub(super) struct PendingLimit {
     asks: Vec<Charge>,
 }
 
+impl PendingLimit {
+    /// The message's record, when Envoy answered before the service did.
+    pub(super) fn into_record(self) -> Record {
+        self.record
+    }
+}
+
 /// What the answer to a refused message needs from it.
 #[derive(Clone)]
 struct What {
