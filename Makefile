@@ -16,9 +16,9 @@ STAMPS    := target/stamps
 DEB_CARGO := /usr/bin/cargo
 WASI_LIB   = $(shell dirname "$$(dpkg -L wasi-libc 2>/dev/null | grep '/libc\.a$$' | head -n1)")
 WASM_RUSTFLAGS = -Clink-self-contained=no -Lnative=$(WASI_LIB)
-APT_PKGS  := rustc-web cargo-web rust-web-src lld wasi-libc binaryen wrk
+APT_PKGS  := rustc-web cargo-web rust-web-src lld wasi-libc binaryen wrk redis-server
 
-.PHONY: help run test unit policy-tests e2e wasm wasm-faults setup lint fmt bench clean
+.PHONY: help run test unit policy-tests e2e wasm wasm-faults setup lint fmt bench clean rls-peer
 
 help:
 	@echo "make run    start the demo: Envoy + mcp-guard + a demo MCP server on :$(PORT)"
@@ -58,6 +58,24 @@ $(STAMPS)/ts-client: tests/peers/ts-client/package-lock.json
 	@cd tests/peers/ts-client && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
+# The rate limit service the global-limit tests run against (tests/peers/rls: Envoy's RLS API on
+# Kuadrant's limitador with Redis storage). Its own cargo project and Cargo.lock, not part of
+# the filter's workspace; built once into target/rls (about 20 minutes on a busy 2-core machine).
+RLS_PEER := target/rls/release/mcp-guard-test-rls
+
+rls-peer: $(RLS_PEER) $(STAMPS)/redis
+
+# redis-server is in APT_PKGS; this also installs it where the apt stamp predates it.
+$(STAMPS)/redis:
+	@mkdir -p $(STAMPS)
+	@command -v redis-server >/dev/null || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@touch $@
+
+$(RLS_PEER): tests/peers/rls/Cargo.toml tests/peers/rls/Cargo.lock tests/peers/rls/src/main.rs
+	@echo "building the test rate limit service ($@)"
+	@cd tests/peers/rls && cargo build -q --release --locked --target-dir ../../../target/rls
+
 # ---- build ------------------------------------------------------------------------------------
 
 WASM_SOURCES := $(shell find filter/src -name '*.rs') filter/Cargo.toml Cargo.toml $(wildcard Cargo.lock)
@@ -92,7 +110,7 @@ $(WASM_FAULTS): $(STAMPS)/apt $(WASM_SOURCES)
 run: setup $(WASM)
 	@$(PY) tests/run_demo.py --port $(PORT)
 
-test: setup $(WASM) $(WASM_FAULTS) unit policy-tests fuzz-smoke e2e
+test: setup $(WASM) $(WASM_FAULTS) rls-peer unit policy-tests fuzz-smoke e2e
 
 unit:
 	cargo test --workspace
@@ -101,7 +119,7 @@ unit:
 policy-tests:
 	cargo run -q -p mcp-guard --bin mcp-guard -- test policies/*.yaml
 
-e2e: setup $(WASM) $(WASM_FAULTS)
+e2e: setup $(WASM) $(WASM_FAULTS) rls-peer
 	$(PY) -m pytest -q tests
 
 lint:

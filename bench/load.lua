@@ -3,7 +3,8 @@
 --   BODY_FILE    the request body (sent as is)
 --   TOKENS_FILE  one token per line; with several, each request takes the next one (each thread
 --                starts at a different place), so N lines = N distinct callers
---   EXTRA_HEADER optional "name: value" request header (selects the upstream's canned answer)
+--   EXTRA_HEADER optional "name: value" request header (selects the upstream's canned answer);
+--                "name: #N" sends N distinct values, one per request in turn (limit keys)
 -- An answer counts as good only if its status is 200 and its first bytes hold a JSON-RPC
 -- "result" (a policy denial is a 200 with "error": it would not count). done() prints one line,
 -- "WRK_JSON {...}", that bench/run.py reads.
@@ -26,6 +27,7 @@ end
 
 local body, tokens, headers, prebuilt
 local cursor = 0
+local keyed_name, keyed_count, keyed_cursor
 
 function init(args)
   body = read(args[1])
@@ -41,10 +43,16 @@ function init(args)
   local extra = args[3]
   if extra and extra ~= "" then
     local name, value = extra:match("^([^:]+):%s*(.*)$")
-    headers[name] = value
+    local count = value:match("^#(%d+)$")
+    if count then
+      keyed_name, keyed_count = name, tonumber(count)
+      keyed_cursor = ((id or 1) - 1) * math.floor(keyed_count / 2)
+    else
+      headers[name] = value
+    end
   end
   cursor = ((id or 1) - 1) * math.floor(#tokens / 2)
-  if #tokens == 1 then
+  if #tokens == 1 and not keyed_name then
     headers["Authorization"] = "Bearer " .. tokens[1]
     prebuilt = wrk.format("POST", "/mcp", headers, body)
   end
@@ -59,6 +67,10 @@ function request()
   end
   cursor = cursor % #tokens + 1
   headers["Authorization"] = "Bearer " .. tokens[cursor]
+  if keyed_name then
+    keyed_cursor = (keyed_cursor + 1) % keyed_count
+    headers[keyed_name] = "key-" .. keyed_cursor
+  end
   return wrk.format("POST", "/mcp", headers, body)
 end
 

@@ -204,7 +204,8 @@ class Bench:
         self.procs.append(self.upstream)
 
     def start_proxy(self, setup: str, *, name: str | None = None, rules: int = 4,
-                    concurrency: int | None = None, cpus="proxy") -> Envoy:
+                    concurrency: int | None = None, cpus="proxy", limits: list | None = None,
+                    extra_config: dict | None = None, clusters: str = "") -> Envoy:
         name = name or setup
         port = harness.free_port()
         common = {"LISTEN_PORT": port, "UPSTREAM_HOST": "127.0.0.1"}
@@ -223,12 +224,16 @@ class Bench:
             template = self.args.guard_template
             issuers = [{"issuer": ISSUER, "audiences": [RESOURCE], "algorithms": ["RS256"],
                         "jwks": self.idp.jwks()}]
-            config = harness.plugin_config(issuers, workload.policy(rules), RESOURCE,
-                                           key=SERVICE_KEY, key_header=SERVICE_KEY_HEADER)
+            policy = workload.policy(rules)
+            if limits:
+                policy["limits"] = limits
+            config = harness.plugin_config(issuers, policy, RESOURCE, key=SERVICE_KEY,
+                                           key_header=SERVICE_KEY_HEADER, **(extra_config or {}))
             (self.work / f"{name}.plugin.json").write_text(json.dumps(config, indent=1))
             fill = {**common, "UPSTREAM_PORT": self.strict_port, "WASM": str(harness.WASM),
                     "PLUGIN_CONFIG": json.dumps(json.dumps(config)),
-                    "ACCESS_LOG": str(self.work / f"{name}.access.log"), "EXTRA_CLUSTERS": ""}
+                    "ACCESS_LOG": str(self.work / f"{name}.access.log"),
+                    "EXTRA_CLUSTERS": clusters}
         envoy = Envoy(self.work, name, template, fill, concurrency=concurrency, cpus=cpus)
         # mcp-guard's audit records carry its own time per request (filter_us).
         envoy.audit_log = Path(fill["ACCESS_LOG"]) if setup == "c" else None
@@ -244,6 +249,8 @@ class Bench:
         for p in reversed(self.procs):
             p.stop()
         self.procs.clear()
+        for p in getattr(self, "helpers", []):
+            p.stop()
 
     # -- checks --
 
@@ -528,6 +535,80 @@ class Bench:
         self.results["profile"] = {"samples": total, "shares": prof}
         log("  " + ", ".join(f"{k} {v:.0%}" for k, v in prof.items()) + f" ({total} samples)")
 
+    def limits(self) -> None:
+        """The cost of a local and of a global limit on tools/call (same load as the main
+        comparison, the service on loopback), and memory of a local limit with 100,000 keys."""
+        a = self.args
+        log("\n== limits")
+        self.stop_all_proxies()
+        # Budgets large enough never to refuse: what is measured is the counting.
+        local = [{"name": "per-user", "key": "jwt.sub", "rate": "1000000000/second"}]
+        glob = [{"name": "company", "key": '"acme"', "rate": "1000000000/second",
+                 "scope": "global"}]
+        setups = [("c", self.start_proxy("c", name="limits-none")),
+                  ("c-local", self.start_proxy("c", name="limits-local", limits=local))]
+        rls = self.start_rls()
+        if rls:
+            setups.append(("c-global", self.start_proxy(
+                "c", name="limits-global", limits=glob,
+                extra_config={"rate_limit_service": {"cluster": "rls", "domain": "bench"}},
+                clusters=harness_rls_cluster(rls))))
+        else:
+            log("  (the test rate limit service is not built: `make rls-peer`; global skipped)")
+        for name, envoy in setups:
+            self.check(envoy, "c")
+        for conns in a.conns:
+            for name, envoy in setups:
+                r = self.measure(envoy, self.work / "call-1k.json", self.token_files[1], conns)
+                r.update(setup=name, case="call-1k-limits")
+                self.results.setdefault("limits", []).append(r)
+                log(f"  {name:9} c={conns:<3} {r['rps']:9.0f} req/s  p50 {r['p50_us']:6d} µs  "
+                    f"p99 {r['p99_us']:6d} µs  proxy {r['proxy_cpu_us_per_req']:6.0f} CPU-µs/req  "
+                    f"filter {filter_col(r)} µs  errors {r['errors']}"
+                    + (f"  first: {r['first_bad']}" if r["errors"] else ""))
+        self.stop_all_proxies()
+
+        # Memory: a local limit keyed by a header, 100,000 distinct keys, 100,000 slots.
+        keyed = [{"name": "per-key", "key": 'request.headers["x-bench-key"]',
+                  "rate": "1000/second", "slots": 100000}]
+        mem = {}
+        base = self.start_proxy("c", name="limits-mem-none", concurrency=1)
+        mem["no limit"] = base.memory()
+        self.stop(base)
+        envoy = self.start_proxy("c", name="limits-mem", concurrency=1, limits=keyed)
+        mem["limit, idle"] = envoy.memory()
+        # Long enough for every one of the 100,000 keys (rate from a short run; at most 5 min).
+        probe = self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 32, 3.0,
+                         "x-bench-key: #100000")
+        duration = min(300.0, 1.6 * 100_000 / max(probe["rps"], 1.0))
+        r = self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 32, duration,
+                     "x-bench-key: #100000")
+        time.sleep(0.5)
+        mem["after keys"] = {**envoy.memory(), "requests": r["requests"], "errors": r["errors"],
+                             "all_keys": r["requests"] >= 100_000}
+        self.stop(envoy)
+        self.results["limits_memory"] = mem
+        log(f"  memory: no limit RSS {mib(mem['no limit']['rss'])}; a 100,000-slot local limit: "
+            f"RSS {mib(mem['limit, idle']['rss'])} idle, {mib(mem['after keys']['rss'])} after "
+            f"{r['requests']} requests cycling through 100,000 distinct keys (errors {r['errors']})")
+
+    def start_rls(self):
+        """Redis and the test rate limit service (tests/peers/rls), when built."""
+        binary = ROOT / "target" / "rls" / "release" / "mcp-guard-test-rls"
+        if not binary.exists() or not shutil.which("redis-server"):
+            return None
+        redis_port, rls_port = harness.free_port(), harness.free_port()
+        redis = harness.Process(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no"], self.work / "redis.log")
+        harness.wait_port(redis_port, redis.proc)
+        limits = json.dumps([{"domain": "bench", "limit": "company", "max": 10**12,
+                              "seconds": 3600}])
+        rls = harness.Process([str(binary), f"127.0.0.1:{rls_port}",
+                               f"redis://127.0.0.1:{redis_port}/", limits], self.work / "rls.log")
+        harness.wait_port(rls_port, rls.proc)
+        self.helpers = getattr(self, "helpers", []) + [rls, redis]
+        return rls_port
+
     def stop_all_proxies(self) -> None:
         for p in list(self.procs):
             if p is not self.upstream:
@@ -597,6 +678,24 @@ def filter_times(audit: Path, offset: int) -> dict:
     us.sort()
     return {"filter_us_p50": us[len(us) // 2], "filter_us_p99": us[min(len(us) - 1, len(us) * 99 // 100)],
             "filter_samples": len(us)}
+
+
+def harness_rls_cluster(port: int) -> str:
+    """The HTTP/2 cluster `rls` of the rate limit service."""
+    return f"""  - name: rls
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: rls
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+"""
 
 
 def filter_col(r: dict) -> str:
@@ -743,6 +842,32 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
                      f"CPU-µs more with mcp-guard, "
                      f"{tb['proxy_cpu_us_per_req'] - ta['proxy_cpu_us_per_req']:,.0f} more with "
                      f"the native filters.\n")
+
+    lim = res.get("limits")
+    if lim:
+        L.append("## Limits (1 round)\n")
+        L.append("tools/call with 1 KiB arguments through mcp-guard: without limits, with one "
+                 "local limit (token bucket in shared data, CAS), with one global limit (a "
+                 "`ShouldRateLimit` call to the test rate limit service — limitador on Redis — "
+                 "on loopback, the request waiting for it).\n")
+        L.append("| limit | conns | req/s | p50 µs | p99 µs | proxy CPU µs/req | filter µs p50 / p99 "
+                 "| errors |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        names = {"c": "none", "c-local": "local", "c-global": "global"}
+        for r in lim:
+            L.append(f"| {names.get(r['setup'], r['setup'])} | {r['conns']} | {r['rps']:,.0f} "
+                     f"| {r['p50_us']:,} | {r['p99_us']:,} | {r['proxy_cpu_us_per_req']:,.0f} "
+                     f"| {filter_col(r)} | {r['errors']} |")
+        mem = res.get("limits_memory")
+        if mem:
+            after = mem["after keys"]
+            L.append(f"\nMemory (one worker): RSS {mib(mem['no limit']['rss'])} without limits; "
+                     f"{mib(mem['limit, idle']['rss'])} with a local limit of 100,000 slots "
+                     f"(created at load); {mib(after['rss'])} after {after['requests']:,} requests "
+                     f"cycling through 100,000 distinct keys"
+                     + ("" if after.get("all_keys") else " (NOT all of them used: the run was too short)")
+                     + f" ({after['errors']} errors). Memory is fixed by "
+                     f"`slots`, not by the number of keys.\n")
 
     extra = res["extra"]
     if extra:
@@ -922,7 +1047,7 @@ def main() -> int:
                    help="do not pin the proxy and the load generator to separate CPUs")
     p.add_argument("--wasm-oz", action="store_true", help="also report the size with -Oz")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: "
-                   "main,extra,perf,memory,micro")
+                   "main,extra,perf,memory,limits,micro")
     p.add_argument("--quick", action="store_true",
                    help="a fast smoke run: 1 round of 3 s, users 1,100,1000, sessions "
                    "1,1000,10000, 100 ms micro")
@@ -961,6 +1086,8 @@ def main() -> int:
                 bench.profile()
         if "memory" not in skip:
             bench.memory()
+        if "limits" not in skip:
+            bench.limits()
         bench.wasm_sizes()
     finally:
         bench.stop_all()

@@ -151,6 +151,10 @@ pub struct Record {
     /// or the one a call named. At most [`MAX_PIN_DRIFT`] entries.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pin_drift: Option<Vec<PinDrift>>,
+    /// The key's budget left (whole tokens; for a global limit, what the rate limit service
+    /// said) in the limit that refused the message, or the smallest of those it spent from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_remaining: Option<u64>,
     /// Microseconds spent inside the filter's callbacks for this HTTP request so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filter_us: Option<u64>,
@@ -198,6 +202,7 @@ impl Record {
             upstream_status: None,
             hidden: None,
             pin_drift: None,
+            limit_remaining: None,
             filter_us: None,
             total_ms: None,
         }

@@ -72,6 +72,61 @@ pub struct Config {
     pub sessions: Option<crate::seal::Keys>,
     /// DPoP proof checking (RFC 9449) for DPoP-bound tokens.
     pub dpop: crate::dpop::DpopConfig,
+    /// Where global limits are counted (Envoy's rate limit service API).
+    pub rate_limit_service: Option<RateLimitService>,
+}
+
+/// `rate_limit_service`: an `envoy.service.ratelimit.v3` service reached through an Envoy
+/// cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimitService {
+    pub cluster: String,
+    /// The `domain` of every request (default `mcp-guard`).
+    pub domain: String,
+    /// How long a message waits for the answer before the limit's failure mode applies.
+    pub timeout_ms: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimitService {
+    cluster: String,
+    #[serde(default)]
+    domain: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+impl RateLimitService {
+    fn from_config(value: Value) -> Result<RateLimitService, ConfigError> {
+        let field = "rate_limit_service";
+        let raw: RawRateLimitService = typed(value, field)?;
+        if raw.cluster.trim().is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.cluster"),
+                "must name the Envoy cluster of the rate limit service",
+            ));
+        }
+        let domain = raw.domain.unwrap_or_else(|| "mcp-guard".to_string());
+        if domain.is_empty() {
+            return Err(ConfigError::new(
+                format!("{field}.domain"),
+                "must not be empty",
+            ));
+        }
+        let timeout_ms = raw.timeout_ms.unwrap_or(200);
+        if !(1..=60_000).contains(&timeout_ms) {
+            return Err(ConfigError::new(
+                format!("{field}.timeout_ms"),
+                "must be between 1 and 60000",
+            ));
+        }
+        Ok(RateLimitService {
+            cluster: raw.cluster,
+            domain,
+            timeout_ms,
+        })
+    }
 }
 
 /// One protected MCP server: the path it is served on and everything that applies to it.
@@ -182,6 +237,8 @@ struct RawConfig {
     key_wait_ms: Option<u64>,
     #[serde(default)]
     dpop: Option<Value>,
+    #[serde(default)]
+    rate_limit_service: Option<Value>,
     issuers: Vec<Value>,
     servers: Vec<Value>,
     #[serde(default)]
@@ -391,6 +448,25 @@ impl Config {
             }
             servers.push(server);
         }
+        let rate_limit_service = raw
+            .rate_limit_service
+            .map(RateLimitService::from_config)
+            .transpose()?;
+        if rate_limit_service.is_none() {
+            for (i, server) in servers.iter().enumerate() {
+                if let Some(j) = server
+                    .policy
+                    .limits
+                    .iter()
+                    .position(|l| l.scope == crate::policy::Scope::Global)
+                {
+                    return Err(ConfigError::new(
+                        format!("servers[{i}].policy.limits[{j}].scope"),
+                        "a global limit needs `rate_limit_service` (its cluster) in the configuration",
+                    ));
+                }
+            }
+        }
 
         Ok(Config {
             authenticator: Authenticator::new(issuers, skew),
@@ -399,6 +475,7 @@ impl Config {
             key_wait_ms: raw.key_wait_ms.unwrap_or(DEFAULT_KEY_WAIT_MS),
             sessions: sessions_from_config(raw.sessions, env)?,
             dpop: crate::dpop::DpopConfig::from_config(raw.dpop, "dpop")?,
+            rate_limit_service,
         })
     }
 

@@ -33,6 +33,8 @@ use crate::policy::{Input, Item, Outcome, RequestFacts};
 use crate::response::{self, Body, ListFilter};
 use crate::{metrics, oauth, protocol, reply, session};
 
+mod limits;
+
 /// What the adapter tells Envoy after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -87,6 +89,8 @@ pub struct Stream {
     columns: [Option<String>; AUDIT_COLUMNS.len()],
     /// The protocol version the request declares (`_meta`, else the header).
     protocol: Option<String>,
+    /// An allowed message waiting for the rate limit service (global limits).
+    pending_limit: Option<limits::PendingLimit>,
 }
 
 impl Stream {
@@ -114,6 +118,7 @@ impl Stream {
             entered_ns: None,
             columns: Default::default(),
             protocol: None,
+            pending_limit: None,
         }
     }
 
@@ -482,6 +487,7 @@ impl Stream {
                     }
                 }
                 record.decision = Verdict::Allow;
+                let charges = server.policy.charges(&input);
                 if let Some(kind) = ListKind::for_method(&message.method) {
                     self.lists = Some(match (&message.id, message.kind) {
                         // Its answer must be read as that list, or it does not pass.
@@ -497,8 +503,14 @@ impl Stream {
                         },
                     });
                 }
-                self.audit(host, record);
-                Action::Continue
+                // Budgets and rate limits (flow/limits.rs): may answer, or wait for the service.
+                match self.limit(host, server, charges, &message, record) {
+                    limits::Gate::Pass(record) => {
+                        self.audit(host, *record);
+                        Action::Continue
+                    }
+                    limits::Gate::Done(action) => action,
+                }
             }
             Outcome::Deny => {
                 record.reason = Some(decision.reason.clone());
@@ -574,6 +586,11 @@ impl Stream {
             .iter()
             .zip(&drifts)
             .all(|(d, drift)| d.outcome == Outcome::Allow && !(enforce && drift.is_some()));
+        if all_allowed && !server.policy.limits.is_empty() {
+            // Limits count one message per request; a batch would have to be spent atomically.
+            let why = "JSON-RPC batches are refused on a server with limits; send one message per request".to_string();
+            return refuse_invalid(self, host, record, -32600, why.clone(), why);
+        }
         // Requests get their errors in a 200 batch; a batch of notifications only gets a 403.
         let status = if messages.iter().any(|m| m.kind == Kind::Request) {
             200
@@ -693,6 +710,11 @@ impl Stream {
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
             return Action::Continue;
         };
+        if let Some(pending) = self.pending_limit.take() {
+            // Envoy answered while the message waited for the rate limit service.
+            self.record = Some(pending.into_record());
+            self.awaiting_body = true;
+        }
         let Some(mut record) = self.record.take() else {
             return Action::Continue;
         };

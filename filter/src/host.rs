@@ -24,6 +24,30 @@ pub trait Host {
     /// Process-wide data shared by every worker VM.
     fn shared_get(&self, key: &str) -> Option<Vec<u8>>;
     fn shared_set(&mut self, key: &str, value: &[u8]);
+    /// Shared data with its compare-and-swap token (local limits). The defaults, for hosts
+    /// without concurrent VMs, ignore the token; the proxy-wasm adapter honours it.
+    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        self.shared_get(key).map(|v| (v, None))
+    }
+    /// Writes only if the entry is unchanged since read with `cas` (`None`: unconditionally);
+    /// false on a mismatch or failure.
+    fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let _ = cas;
+        self.shared_set(key, value);
+        true
+    }
+    /// Sends a unary gRPC request to an Envoy cluster (global limits); the answer comes back
+    /// to the stream as [`crate::flow::Stream::on_grpc_answer`]. `None` when it cannot be sent.
+    fn grpc_call(
+        &mut self,
+        _cluster: &str,
+        _service: &str,
+        _method: &str,
+        _message: &[u8],
+        _timeout_ms: u64,
+    ) -> Option<u32> {
+        None
+    }
     /// Increments the counter `name` (created on first use).
     fn count(&mut self, name: &str, by: u64);
     /// Milliseconds since the Unix epoch.
@@ -46,15 +70,6 @@ pub trait Host {
     /// Stores one audit field under its own key (`wasm.mcp.<name>`), for per-field log columns.
     fn write_audit_column(&mut self, _name: &str, _value: &str) {}
 
-    /// Shared data with its compare-and-swap token (see [`crate::jwks::KeyHost`]).
-    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
-        self.shared_get(key).map(|v| (v, None))
-    }
-    /// Sets shared data; with `cas`, only if nobody changed it since. Returns success.
-    fn shared_set_cas(&mut self, key: &str, value: &[u8], _cas: Option<u32>) -> bool {
-        self.shared_set(key, value);
-        true
-    }
     /// Starts an HTTP call through `cluster` (headers include the pseudo-headers); returns the
     /// call's token, or `None` when it could not be dispatched. The answer comes back to
     /// [`crate::jwt::Authenticator::on_introspection_response`].

@@ -25,6 +25,7 @@ pub mod host;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod limits;
 pub mod mcp;
 pub mod metrics;
 pub mod oauth;
@@ -35,6 +36,7 @@ pub mod reply;
 pub mod response;
 pub mod seal;
 pub mod revocation;
+pub mod rls;
 pub mod session;
 pub mod sse;
 

@@ -54,6 +54,20 @@ pub fn count_auth_failure(host: &mut dyn Host, reason: &str) {
     );
 }
 
+/// Counts a limit's outcome for one message: `allowed`, `limited`, `error` (not evaluated,
+/// refused), `failure_open` / `failure_closed` (the rate limit service did not answer). The
+/// label is the limit's name, never its key.
+pub fn count_limit(host: &mut dyn Host, limit: &str, outcome: &str) {
+    host.count(
+        &format!(
+            "mcp_guard.limits.name={}.outcome={}",
+            label(limit),
+            label(outcome)
+        ),
+        1,
+    );
+}
+
 /// Counts a JWKS fetch outcome.
 pub fn count_fetch(host: &mut dyn Host, outcome: &str) {
     host.count(

@@ -24,6 +24,7 @@ mod analysis;
 mod facts;
 mod functions;
 mod items;
+pub mod limit;
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -36,6 +37,7 @@ use serde_json::{Map, Value};
 use crate::config::{typed, ConfigError};
 
 pub use facts::json_to_cel;
+pub use limit::{Charge, ChargeError, FailureMode, Limit, Scope};
 
 /// The variables a rule may use.
 pub const VARIABLES: &[&str] = &["jwt", "mcp", "request", "source", "connection", "now"];
@@ -165,6 +167,8 @@ pub struct Policy {
     /// being denied by [`UNKNOWN_METHOD_RULE`].
     pub allow_unknown_methods: bool,
     pub rules: Vec<Rule>,
+    /// Rate limits and budgets on allowed messages (`limits:`), in policy order.
+    pub limits: Vec<Limit>,
     env: Arc<Env>,
     index: Index,
     /// What the rules read (variables, and members of `jwt` and `mcp`): only that is built
@@ -288,6 +292,8 @@ struct RawPolicy {
     unknown_methods: Option<String>,
     #[serde(default)]
     rules: Vec<Value>,
+    #[serde(default)]
+    limits: Vec<Value>,
 }
 
 #[derive(Deserialize)]
@@ -401,12 +407,29 @@ impl Policy {
                 Err(mut e) => errors.append(&mut e),
             }
         }
+        let mut limits: Vec<Limit> = Vec::with_capacity(raw.limits.len());
+        for (i, value) in raw.limits.into_iter().enumerate() {
+            let limit_field = format!("{}[{i}]", member(field, "limits"));
+            match Limit::from_config(value, &limit_field, &mut checker) {
+                Ok(limit) => {
+                    if limits.iter().any(|l| l.name == limit.name) {
+                        errors.push(PolicyError::new(
+                            member(&limit_field, "name"),
+                            format!("limit name {:?} is used twice", limit.name),
+                        ));
+                    }
+                    limits.push(limit);
+                }
+                Err(mut e) => errors.append(&mut e),
+            }
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
         let reads = checker.reads().clone();
         let index = Index::build(&rules);
-        let reads_arguments = rules.iter().any(|r| r.uses_arguments);
+        let reads_arguments =
+            rules.iter().any(|r| r.uses_arguments) || limits.iter().any(|l| l.uses_arguments);
         Ok(Policy {
             name: raw.name,
             version,
@@ -415,6 +438,7 @@ impl Policy {
             hide_denied,
             allow_unknown_methods,
             rules,
+            limits,
             reads_arguments,
             env,
             index,
@@ -426,6 +450,28 @@ impl Policy {
     /// none does, the arguments need not be kept once checked.
     pub fn reads_arguments(&self) -> bool {
         self.reads_arguments
+    }
+
+    /// What an allowed message owes each limit whose `when` holds, in policy order. A limit
+    /// whose `when`, `key` or `cost` fails to evaluate (a claim the token lacks…) fails closed:
+    /// the error names it and the message is refused. Empty without limits.
+    pub fn charges(&self, input: &Input) -> Result<Vec<Charge>, ChargeError> {
+        if self.limits.is_empty() {
+            return Ok(Vec::new());
+        }
+        let arguments = if self.reads_arguments {
+            facts::Arguments::Present
+        } else {
+            facts::Arguments::Absent
+        };
+        let ctx = facts::context(&self.env, input, &self.reads, arguments);
+        let mut charges = Vec::new();
+        for (i, limit) in self.limits.iter().enumerate() {
+            if let Some(charge) = limit.charge(i, &ctx)? {
+                charges.push(charge);
+            }
+        }
+        Ok(charges)
     }
 
     /// Whether the built-in rule lets this method through to the rules.

@@ -9,6 +9,10 @@ pub const POLICY_DENIED: i64 = -31403;
 pub const INTERNAL: i64 = -32603;
 /// The upstream refused the gateway's service credential (answered with HTTP 502).
 pub const UPSTREAM_CREDENTIAL: i64 = -31502;
+/// JSON-RPC error code of a message refused by a rate limit or budget (`limits:`), answered with
+/// HTTP 200 and `Retry-After`. Outside the reserved range, like [`POLICY_DENIED`] (MCP defines
+/// no code for it).
+pub const RATE_LIMITED: i64 = -31429;
 /// 2026-07-28: `Mcp-Method` / `Mcp-Name` headers disagree with the body.
 pub const HEADER_MISMATCH: i64 = -32020;
 

@@ -183,6 +183,7 @@ impl RootContext for Root {
         };
         match Config::from_json(&bytes, &VmEnv) {
             Ok(config) => {
+                crate::limits::prepare(&mut Envoy, &config);
                 let remote = KeyManager::has_remote(&config.authenticator);
                 self.keys = remote.then(|| KeyManager::new(&config.authenticator));
                 let feeds = FeedManager::has_remote(&config.authenticator);
@@ -326,7 +327,30 @@ impl Context for Http {
         let config = Rc::clone(self.exchange.borrow().stream.config());
         introspection_response(&config, token, body_size, self.id);
     }
+
+    /// The rate limit service answered (status 0, the body) or failed (gRPC status, no body).
+    fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
+        let mut ex = self.exchange.borrow_mut();
+        ex.timed(|ex| {
+            let body = if status == 0 && size <= MAX_GRPC_ANSWER {
+                hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, size)
+                    .ok()
+                    .flatten()
+            } else {
+                None
+            };
+            let action = ex
+                .stream
+                .on_grpc_answer(&mut Envoy, token, status, body.as_deref());
+            if action == Action::Continue {
+                let _ = hostcalls::resume_http_request();
+            }
+        })
+    }
 }
+
+/// A rate limit service answer larger than this is not read (and fails as unreadable).
+const MAX_GRPC_ANSWER: usize = 64 * 1024;
 
 fn action(a: Action) -> WasmAction {
     match a {
@@ -492,6 +516,33 @@ impl Host for Envoy {
     fn shared_set(&mut self, key: &str, value: &[u8]) {
         let _ = hostcalls::set_shared_data(key, Some(value), None);
     }
+    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        KeyHost::shared_get_cas(self, key)
+    }
+    fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        KeyHost::shared_set_cas(self, key, value, cas)
+    }
+    fn grpc_call(
+        &mut self,
+        cluster: &str,
+        service: &str,
+        method: &str,
+        message: &[u8],
+        timeout_ms: u64,
+    ) -> Option<u32> {
+        // The cluster as an encoded GrpcService: a bare name could happen to parse as one.
+        let upstream = String::from_utf8(crate::rls::upstream(cluster))
+            .unwrap_or_else(|_| cluster.to_string());
+        hostcalls::dispatch_grpc_call(
+            &upstream,
+            service,
+            method,
+            vec![],
+            Some(message),
+            Duration::from_millis(timeout_ms),
+        )
+        .ok()
+    }
     fn count(&mut self, name: &str, by: u64) {
         METRICS.with(|m| {
             let mut ids = m.borrow_mut();
@@ -534,12 +585,6 @@ impl Host for Envoy {
     fn write_audit_column(&mut self, name: &str, value: &str) {
         let key = format!("mcp.{name}");
         let _ = hostcalls::set_property(vec![key.as_str()], Some(value.as_bytes()));
-    }
-    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
-        KeyHost::shared_get_cas(self, key)
-    }
-    fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        KeyHost::shared_set_cas(self, key, value, cas)
     }
     fn http_call(
         &mut self,

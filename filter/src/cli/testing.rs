@@ -17,7 +17,17 @@
 //! ```
 //!
 //! Optional per case: `now`, `headers` (a mapping), `source` (address), `mtls`, `scopes` (the
-//! scopes an `insufficient_scope` answer asks for).
+//! scopes an `insufficient_scope` answer asks for), `spent` (limit name → what the message's key
+//! already spent in the current window: with it a case can `expect: limited`).
+//!
+//! ```yaml
+//!   - name: the 101st email in an hour is limited
+//!     as: alice
+//!     spent: { per-engineer-email: 100 }
+//!     message: { method: tools/call, params: { name: send_email, arguments: {} } }
+//!     expect: limited
+//!     rule: limit:per-engineer-email
+//! ```
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -55,6 +65,7 @@ const CASE_KEYS: &[&str] = &[
     "headers",
     "source",
     "mtls",
+    "spent",
 ];
 
 /// Runs the test file `tests` against `policy`, printing a line per failure (and per case
@@ -211,11 +222,12 @@ fn run_case(policy: &Policy, file: &TestFile, case: &Map<String, Value>) -> Resu
         Some("allow") => Expect::Outcome("allow"),
         Some("deny") => Expect::Outcome("deny"),
         Some("insufficient_scope") => Expect::Outcome("insufficient_scope"),
+        Some("limited") => Expect::Outcome("limited"),
         Some("visible") => Expect::Visible(true),
         Some("hidden") => Expect::Visible(false),
         _ => {
             return Err(
-                "`expect` must be allow, deny, insufficient_scope (with `message`), or visible, hidden (with `list`)"
+                "`expect` must be allow, deny, insufficient_scope, limited (with `message`), or visible, hidden (with `list`)"
                     .into(),
             )
         }
@@ -226,12 +238,20 @@ fn run_case(policy: &Policy, file: &TestFile, case: &Map<String, Value>) -> Resu
             let bytes = scenario::message_bytes(message)?;
             let message = scenario::parse_message(&bytes)?;
             let input = scene.input(&message);
-            let decision = policy.evaluate(&input);
-            let got = match &decision.outcome {
+            let mut decision = policy.evaluate(&input);
+            let mut got = match &decision.outcome {
                 Outcome::Allow => "allow",
                 Outcome::Deny => "deny",
                 Outcome::InsufficientScope(_) => "insufficient_scope",
             };
+            let spent = spent_budgets(policy, case.get("spent"))?;
+            if got == "allow" {
+                if let Some((verdict, rule, reason)) = limit_verdict(policy, &input, &spent) {
+                    got = verdict;
+                    decision.rule = Some(rule);
+                    decision.reason = reason;
+                }
+            }
             let by = match &decision.rule {
                 Some(rule) => format!("by rule {rule:?}"),
                 None => "by the policy default".to_string(),
@@ -325,11 +345,79 @@ fn run_case(policy: &Policy, file: &TestFile, case: &Map<String, Value>) -> Resu
             }
             Ok(())
         }
-        (Expect::Outcome(_), _, _) => {
-            Err("allow, deny and insufficient_scope need a `message` (and no `list`)".into())
-        }
+        (Expect::Outcome(_), _, _) => Err(
+            "allow, deny, insufficient_scope and limited need a `message` (and no `list`)".into(),
+        ),
         (Expect::Visible(_), _, _) => {
             Err("visible and hidden need a `list` (and no `message`)".into())
         }
     }
+}
+
+/// `spent`: limit name → amount already spent by the message's key.
+fn spent_budgets(
+    policy: &Policy,
+    spent: Option<&Value>,
+) -> Result<std::collections::HashMap<String, u64>, String> {
+    let mut out = std::collections::HashMap::new();
+    match spent {
+        None => {}
+        Some(Value::Object(m)) => {
+            for (name, amount) in m {
+                if !policy.limits.iter().any(|l| &l.name == name) {
+                    let known: Vec<&str> = policy.limits.iter().map(|l| l.name.as_str()).collect();
+                    return Err(format!(
+                        "spent: the policy has no limit {name:?} (it has: {})",
+                        known.join(", ")
+                    ));
+                }
+                let amount = amount
+                    .as_u64()
+                    .ok_or_else(|| format!("spent.{name}: must be a whole number"))?;
+                out.insert(name.clone(), amount);
+            }
+        }
+        Some(_) => return Err("`spent` must be a mapping of limit name to amount".into()),
+    }
+    Ok(out)
+}
+
+/// What the limits make of an allowed message, given what its keys already spent: `limited`
+/// when one has no room for the message's cost (a local limit holds `burst`, a global one the
+/// rate's N per window), `deny` when one cannot be evaluated (fails closed); `None`: allowed.
+fn limit_verdict(
+    policy: &Policy,
+    input: &mcp_guard::policy::Input,
+    spent: &std::collections::HashMap<String, u64>,
+) -> Option<(&'static str, String, String)> {
+    let charges = match policy.charges(input) {
+        Ok(c) => c,
+        Err(e) => {
+            let name = policy
+                .limits
+                .get(e.limit)
+                .map(|l| l.name.as_str())
+                .unwrap_or("");
+            return Some(("deny", format!("limit:{name}"), e.reason));
+        }
+    };
+    for charge in charges {
+        let limit = policy.limits.get(charge.limit)?;
+        let budget = match limit.scope {
+            mcp_guard::policy::Scope::Local => limit.burst,
+            mcp_guard::policy::Scope::Global => limit.rate.amount,
+        };
+        let already = spent.get(&limit.name).copied().unwrap_or(0);
+        if already.saturating_add(charge.cost) > budget {
+            return Some((
+                "limited",
+                format!("limit:{}", limit.name),
+                format!(
+                    "key {:?} spent {already} of {budget} ({}), the message costs {}",
+                    charge.key, limit.rate, charge.cost
+                ),
+            ));
+        }
+    }
+    None
 }

@@ -37,6 +37,14 @@ pub(super) struct Limits {
     pub methods: Option<BTreeSet<String>>,
 }
 
+/// The type an expression must give.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Want {
+    Bool,
+    Str,
+    Int,
+}
+
 /// Compiles and checks the expressions of one policy.
 pub(super) struct Checker {
     env: Arc<Env>,
@@ -78,6 +86,18 @@ impl Checker {
         source: &str,
         field: &str,
         rule: &str,
+    ) -> Result<Compiled, PolicyError> {
+        self.compile_as(source, field, rule, Want::Bool)
+    }
+
+    /// Compiles an expression that must give a `want` (a limit's `key` a string, its `cost`
+    /// an int).
+    pub fn compile_as(
+        &mut self,
+        source: &str,
+        field: &str,
+        rule: &str,
+        want: Want,
     ) -> Result<Compiled, PolicyError> {
         let error = |message: String, location: Option<Location>| PolicyError {
             field: field.to_string(),
@@ -125,10 +145,19 @@ impl Checker {
             uses_arguments: false,
         };
         let checked = walk.ty(root).and_then(|ty| {
-            if ty.category().is_some() && ty != Ty::Bool {
+            let wanted = match want {
+                Want::Bool => Ty::Bool,
+                Want::Str => Ty::Str,
+                Want::Int => Ty::Int,
+            };
+            if ty.category().is_some() && ty != wanted {
                 Err(Problem {
                     id: root.id,
-                    message: format!("the expression gives a {}, not a bool", ty.describe()),
+                    message: format!(
+                        "the expression gives a {}, not a {}",
+                        ty.describe(),
+                        wanted.describe()
+                    ),
                 })
             } else {
                 Ok(())

@@ -1,0 +1,357 @@
+//! The limits step of the request path: once the policy allowed a message, spend from the
+//! budgets its limits name — local token buckets at once ([`crate::limits`]), global ones by
+//! asking the rate limit service ([`crate::rls`]) while the request waits. A limited message is
+//! answered with HTTP 200 and a JSON-RPC error ([`reply::RATE_LIMITED`]) plus `Retry-After`;
+//! the session goes on.
+
+use serde_json::json;
+
+use super::{Action, Stream};
+use crate::audit::{Record, Verdict};
+use crate::config::Server;
+use crate::host::Host;
+use crate::limits::{self, Outcome as Local};
+use crate::mcp::{Kind, Message};
+use crate::policy::{Charge, ChargeError, FailureMode, Scope};
+use crate::{metrics, reply, rls};
+
+/// A message waiting for the rate limit service's answer.
+pub(super) struct PendingLimit {
+    token: u32,
+    record: Record,
+    what: What,
+    /// The global limits asked about, in the order of the request's descriptors.
+    asks: Vec<Charge>,
+}
+
+impl PendingLimit {
+    /// The message's record, when Envoy answered before the service did.
+    pub(super) fn into_record(self) -> Record {
+        self.record
+    }
+}
+
+/// What the answer to a refused message needs from it.
+#[derive(Clone)]
+struct What {
+    id: Option<serde_json::Value>,
+    request: bool,
+    text: String,
+}
+
+/// Whether the message goes on.
+pub(super) enum Gate {
+    /// Within every limit: forward it (the record carries what the limits left).
+    Pass(Box<Record>),
+    /// Answered, or waiting for the rate limit service.
+    Done(Action),
+}
+
+impl What {
+    fn of(message: &Message) -> What {
+        let text = match &message.target {
+            crate::mcp::Target::Tool { name, .. } | crate::mcp::Target::Prompt { name } => {
+                format!("{} {name:?}", message.method)
+            }
+            crate::mcp::Target::Resource { uri } => format!("{} {uri:?}", message.method),
+            crate::mcp::Target::None => message.method.clone(),
+        };
+        What {
+            id: message.id.clone(),
+            request: message.kind == Kind::Request,
+            text,
+        }
+    }
+}
+
+impl Stream {
+    /// Spends an allowed message's budgets. Local limits first (a message they refuse never
+    /// reaches the rate limit service), then one request to the service for the global ones.
+    pub(super) fn limit(
+        &mut self,
+        host: &mut dyn Host,
+        server: &Server,
+        charges: Result<Vec<Charge>, ChargeError>,
+        message: &Message,
+        mut record: Record,
+    ) -> Gate {
+        let policy = &server.policy;
+        if policy.limits.is_empty() {
+            return Gate::Pass(Box::new(record));
+        }
+        let what = What::of(message);
+        let charges = match charges {
+            Ok(c) => c,
+            Err(e) => {
+                let name = policy
+                    .limits
+                    .get(e.limit)
+                    .map(|l| l.name.clone())
+                    .unwrap_or_default();
+                metrics::count_limit(host, &name, "error");
+                record.reason = Some(e.reason);
+                return Gate::Done(self.refuse_limit(host, server, record, &what, &name, None));
+            }
+        };
+        let now = host.now_millis();
+        let mut globals = Vec::new();
+        for charge in charges {
+            let Some(limit) = policy.limits.get(charge.limit) else {
+                continue;
+            };
+            if limit.scope == Scope::Global {
+                globals.push(charge);
+                continue;
+            }
+            let id = limits::limit_id(&server.name, &limit.name);
+            match limits::take(host, &id, limit, &charge.key, charge.cost, now) {
+                Local::Allowed { remaining } => {
+                    metrics::count_limit(host, &limit.name, "allowed");
+                    least(&mut record, remaining);
+                }
+                Local::Limited {
+                    remaining,
+                    retry_after_ms,
+                } => {
+                    metrics::count_limit(host, &limit.name, "limited");
+                    record.limit_remaining = Some(remaining);
+                    record.reason = Some(format!(
+                        "limit {:?} ({}) exhausted for this key",
+                        limit.name, limit.rate
+                    ));
+                    let name = limit.name.clone();
+                    return Gate::Done(self.refuse_limit(
+                        host,
+                        server,
+                        record,
+                        &what,
+                        &name,
+                        Some(retry_after_ms),
+                    ));
+                }
+                Local::Failed(why) => {
+                    metrics::count_limit(host, &limit.name, "error");
+                    record.reason = Some(format!("{why}: limit {:?}; failing closed", limit.name));
+                    let name = limit.name.clone();
+                    return Gate::Done(self.refuse_limit(host, server, record, &what, &name, None));
+                }
+            }
+        }
+        if globals.is_empty() {
+            return Gate::Pass(Box::new(record));
+        }
+        let config = std::rc::Rc::clone(&self.config);
+        let sent = config.rate_limit_service.as_ref().and_then(|service| {
+            let asks: Vec<rls::Ask> = globals
+                .iter()
+                .filter_map(|c| {
+                    policy.limits.get(c.limit).map(|l| rls::Ask {
+                        limit: &l.name,
+                        key: &c.key,
+                        rate: l.rate,
+                        cost: c.cost,
+                    })
+                })
+                .collect();
+            let body = rls::request(&service.domain, &asks);
+            host.grpc_call(
+                &service.cluster,
+                rls::SERVICE,
+                rls::METHOD,
+                &body,
+                service.timeout_ms,
+            )
+        });
+        match sent {
+            Some(token) => {
+                self.pending_limit = Some(PendingLimit {
+                    token,
+                    record,
+                    what,
+                    asks: globals,
+                });
+                Gate::Done(Action::Pause)
+            }
+            None => {
+                let why = "rate limit service could not be called";
+                self.service_failed(host, server, record, &what, &globals, why)
+            }
+        }
+    }
+
+    /// Whether the request waits for the rate limit service.
+    pub fn waiting_for_limits(&self) -> bool {
+        self.pending_limit.is_some()
+    }
+
+    /// The rate limit service answered call `token`: `status` is the gRPC status (0: OK) and
+    /// `body` the answer's bytes. Forwards the message or answers it.
+    pub fn on_grpc_answer(
+        &mut self,
+        host: &mut dyn Host,
+        token: u32,
+        status: u32,
+        body: Option<&[u8]>,
+    ) -> Action {
+        if self.pending_limit.as_ref().is_none_or(|p| p.token != token) {
+            return Action::Pause;
+        }
+        let Some(PendingLimit {
+            mut record,
+            what,
+            asks,
+            ..
+        }) = self.pending_limit.take()
+        else {
+            return Action::Pause;
+        };
+        let config = std::rc::Rc::clone(&self.config);
+        let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
+            return Action::Pause;
+        };
+        let verdicts = match (status, body) {
+            (0, Some(bytes)) => rls::response(bytes, asks.len()),
+            (0, None) => Err("empty answer".to_string()),
+            (s, _) => Err(format!("gRPC status {s}")),
+        };
+        let verdicts = match verdicts {
+            Ok(v) => v,
+            Err(why) => {
+                return match self.service_failed(host, server, record, &what, &asks, &why) {
+                    Gate::Pass(record) => {
+                        self.audit(host, *record);
+                        Action::Continue
+                    }
+                    Gate::Done(action) => action,
+                }
+            }
+        };
+        for (charge, verdict) in asks.iter().zip(&verdicts) {
+            let Some(limit) = server.policy.limits.get(charge.limit) else {
+                continue;
+            };
+            if verdict.over_limit {
+                metrics::count_limit(host, &limit.name, "limited");
+                record.limit_remaining = Some(verdict.remaining);
+                record.reason = Some(format!(
+                    "limit {:?} ({}, global) exhausted for this key",
+                    limit.name, limit.rate
+                ));
+                // The service's window reset when it says; else the time one unit refills.
+                let retry = verdict
+                    .reset_ms
+                    .filter(|ms| *ms > 0)
+                    .unwrap_or_else(|| limit.rate.unit.millis().div_ceil(limit.rate.amount.max(1)));
+                let name = limit.name.clone();
+                return self.refuse_limit(host, server, record, &what, &name, Some(retry));
+            }
+        }
+        for (charge, verdict) in asks.iter().zip(&verdicts) {
+            if let Some(limit) = server.policy.limits.get(charge.limit) {
+                metrics::count_limit(host, &limit.name, "allowed");
+                least(&mut record, verdict.remaining);
+            }
+        }
+        self.audit(host, record);
+        Action::Continue
+    }
+
+    /// The rate limit service did not answer: each global limit's failure mode decides.
+    fn service_failed(
+        &mut self,
+        host: &mut dyn Host,
+        server: &Server,
+        mut record: Record,
+        what: &What,
+        asks: &[Charge],
+        why: &str,
+    ) -> Gate {
+        let mut closed = None;
+        for charge in asks {
+            let Some(limit) = server.policy.limits.get(charge.limit) else {
+                continue;
+            };
+            match limit.failure_mode {
+                FailureMode::Open => metrics::count_limit(host, &limit.name, "failure_open"),
+                FailureMode::Closed => {
+                    metrics::count_limit(host, &limit.name, "failure_closed");
+                    if closed.is_none() {
+                        closed = Some(limit.name.clone());
+                    }
+                }
+            }
+        }
+        match closed {
+            Some(name) => {
+                record.decision = Verdict::Error;
+                record.reason = Some(format!(
+                    "rate_limit_service_unavailable ({why}); limit {name:?} fails closed"
+                ));
+                Gate::Done(self.refuse_limit(host, server, record, what, &name, Some(1_000)))
+            }
+            None => {
+                record.reason = Some(format!(
+                    "rate_limit_service_unavailable ({why}); global limits fail open"
+                ));
+                Gate::Pass(Box::new(record))
+            }
+        }
+    }
+
+    /// Refuses a message for limit `name`: HTTP 200 and a JSON-RPC error for a request (429
+    /// for a notification or response, which have no id to answer), `Retry-After` when known.
+    fn refuse_limit(
+        &mut self,
+        host: &mut dyn Host,
+        server: &Server,
+        mut record: Record,
+        what: &What,
+        name: &str,
+        retry_after_ms: Option<u64>,
+    ) -> Action {
+        let policy = &server.policy;
+        record.rule = Some(format!("limit:{name}"));
+        record.error_code = Some(reply::RATE_LIMITED);
+        let text = match retry_after_ms {
+            Some(ms) => format!(
+                "{} refused by limit {name:?} of policy {:?}: budget spent, retry in {} s",
+                what.text,
+                policy.name,
+                seconds(ms)
+            ),
+            None => format!(
+                "{} refused by limit {name:?} of policy {:?}: the limit could not be checked",
+                what.text, policy.name
+            ),
+        };
+        let data = json!({
+            "limit": name,
+            "policy": policy.name,
+            "policy_version": policy.version,
+            "retry_after_ms": retry_after_ms,
+            "remaining": record.limit_remaining,
+        });
+        let body = reply::jsonrpc_error(what.id.as_ref(), reply::RATE_LIMITED, &text, Some(data));
+        let status = if what.request { 200 } else { 429 };
+        let retry = retry_after_ms.map(|ms| seconds(ms).to_string());
+        let headers: Vec<(&str, &str)> = retry
+            .as_deref()
+            .map(|r| vec![("retry-after", r)])
+            .unwrap_or_default();
+        self.refuse(host, record, status, &headers, body)
+    }
+}
+
+/// Keeps the smallest budget left among the limits a message spent from.
+fn least(record: &mut Record, remaining: u64) {
+    record.limit_remaining = Some(
+        record
+            .limit_remaining
+            .map_or(remaining, |r| r.min(remaining)),
+    );
+}
+
+/// Whole seconds, rounded up, at least 1 (`Retry-After`).
+fn seconds(ms: u64) -> u64 {
+    ms.div_ceil(1000).max(1)
+}

@@ -1,0 +1,286 @@
+//! Envoy's rate limit service API (`envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`):
+//! the messages global limits send and read, declared by hand after the `.proto` files
+//! (`envoy/service/ratelimit/v3/rls.proto`, `envoy/extensions/common/ratelimit/v3/
+//! ratelimit.proto`, only the fields used) and encoded with `prost`.
+//!
+//! One request per message, one descriptor per global limit it spends from:
+//!
+//! ```text
+//! domain: <rate_limit_service.domain>
+//! descriptors: [{ entries: [{key: "mcp_limit", value: <limit name>},
+//!                           {key: "mcp_key",   value: <the limit's key>}],
+//!                 limit: { requests_per_unit: N, unit: SECOND|MINUTE|HOUR|DAY },  # the policy's rate
+//!                 hits_addend: <cost> }]
+//! ```
+
+use prost::Message;
+
+use crate::policy::limit::{Rate, Unit};
+
+pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
+pub const METHOD: &str = "ShouldRateLimit";
+/// The descriptor entries' keys.
+pub const LIMIT_ENTRY: &str = "mcp_limit";
+pub const KEY_ENTRY: &str = "mcp_key";
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RateLimitRequest {
+    #[prost(string, tag = "1")]
+    pub domain: String,
+    #[prost(message, repeated, tag = "2")]
+    pub descriptors: Vec<RateLimitDescriptor>,
+    #[prost(uint32, tag = "3")]
+    pub hits_addend: u32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RateLimitDescriptor {
+    #[prost(message, repeated, tag = "1")]
+    pub entries: Vec<Entry>,
+    #[prost(message, optional, tag = "2")]
+    pub limit: Option<RateLimitOverride>,
+    /// `google.protobuf.UInt64Value`.
+    #[prost(message, optional, tag = "3")]
+    pub hits_addend: Option<UInt64Value>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Entry {
+    #[prost(string, tag = "1")]
+    pub key: String,
+    #[prost(string, tag = "2")]
+    pub value: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RateLimitOverride {
+    #[prost(uint32, tag = "1")]
+    pub requests_per_unit: u32,
+    /// `envoy.type.v3.RateLimitUnit`: SECOND = 1, MINUTE = 2, HOUR = 3, DAY = 4.
+    #[prost(int32, tag = "2")]
+    pub unit: i32,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct UInt64Value {
+    #[prost(uint64, tag = "1")]
+    pub value: u64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct RateLimitResponse {
+    /// UNKNOWN = 0, OK = 1, OVER_LIMIT = 2.
+    #[prost(int32, tag = "1")]
+    pub overall_code: i32,
+    #[prost(message, repeated, tag = "2")]
+    pub statuses: Vec<DescriptorStatus>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct DescriptorStatus {
+    #[prost(int32, tag = "1")]
+    pub code: i32,
+    #[prost(uint32, tag = "3")]
+    pub limit_remaining: u32,
+    /// `google.protobuf.Duration`.
+    #[prost(message, optional, tag = "4")]
+    pub duration_until_reset: Option<Duration>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct Duration {
+    #[prost(int64, tag = "1")]
+    pub seconds: i64,
+    #[prost(int32, tag = "2")]
+    pub nanos: i32,
+}
+
+/// `envoy.config.core.v3.GrpcService` naming an Envoy cluster: what proxy-wasm's gRPC call
+/// takes as its upstream. Passing the bare cluster name also works, unless those bytes happen
+/// to parse as this message.
+#[derive(Clone, PartialEq, Message)]
+pub struct GrpcService {
+    #[prost(message, optional, tag = "1")]
+    pub envoy_grpc: Option<EnvoyGrpc>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+pub struct EnvoyGrpc {
+    #[prost(string, tag = "1")]
+    pub cluster_name: String,
+}
+
+pub const OK: i32 = 1;
+pub const OVER_LIMIT: i32 = 2;
+
+/// One global limit's part of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ask<'a> {
+    pub limit: &'a str,
+    pub key: &'a str,
+    pub rate: Rate,
+    pub cost: u64,
+}
+
+fn unit(u: Unit) -> i32 {
+    match u {
+        Unit::Second => 1,
+        Unit::Minute => 2,
+        Unit::Hour => 3,
+        Unit::Day => 4,
+    }
+}
+
+/// The encoded `ShouldRateLimit` request.
+pub fn request(domain: &str, asks: &[Ask<'_>]) -> Vec<u8> {
+    let descriptors = asks
+        .iter()
+        .map(|a| RateLimitDescriptor {
+            entries: vec![
+                Entry {
+                    key: LIMIT_ENTRY.into(),
+                    value: a.limit.into(),
+                },
+                Entry {
+                    key: KEY_ENTRY.into(),
+                    value: a.key.into(),
+                },
+            ],
+            limit: Some(RateLimitOverride {
+                requests_per_unit: u32::try_from(a.rate.amount).unwrap_or(u32::MAX),
+                unit: unit(a.rate.unit),
+            }),
+            hits_addend: Some(UInt64Value { value: a.cost }),
+        })
+        .collect();
+    RateLimitRequest {
+        domain: domain.into(),
+        descriptors,
+        hits_addend: 0,
+    }
+    .encode_to_vec()
+}
+
+/// A descriptor's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    pub over_limit: bool,
+    pub remaining: u64,
+    /// When the window resets, when the service says.
+    pub reset_ms: Option<u64>,
+}
+
+/// Reads a `ShouldRateLimit` answer: one verdict per descriptor sent (`expected`), or why the
+/// answer is not one.
+pub fn response(bytes: &[u8], expected: usize) -> Result<Vec<Verdict>, String> {
+    let r = RateLimitResponse::decode(bytes).map_err(|e| format!("undecodable answer: {e}"))?;
+    if r.overall_code != OK && r.overall_code != OVER_LIMIT {
+        return Err(format!("answer code {}", r.overall_code));
+    }
+    let verdicts: Vec<Verdict> = r
+        .statuses
+        .iter()
+        .map(|s| Verdict {
+            over_limit: s.code == OVER_LIMIT,
+            remaining: u64::from(s.limit_remaining),
+            reset_ms: s.duration_until_reset.as_ref().map(|d| {
+                u64::try_from(d.seconds)
+                    .unwrap_or(0)
+                    .saturating_mul(1000)
+                    .saturating_add(u64::try_from(d.nanos).unwrap_or(0) / 1_000_000)
+            }),
+        })
+        .collect();
+    if verdicts.len() == expected {
+        return Ok(verdicts);
+    }
+    // A service may leave statuses out: the overall code still decides, for every limit.
+    Ok((0..expected)
+        .map(|_| Verdict {
+            over_limit: r.overall_code == OVER_LIMIT,
+            remaining: 0,
+            reset_ms: None,
+        })
+        .collect())
+}
+
+/// The upstream argument of proxy-wasm's gRPC call for an Envoy cluster.
+pub fn upstream(cluster: &str) -> Vec<u8> {
+    GrpcService {
+        envoy_grpc: Some(EnvoyGrpc {
+            cluster_name: cluster.into(),
+        }),
+    }
+    .encode_to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_carry_name_key_rate_and_cost() {
+        let rate = Rate {
+            amount: 5000,
+            unit: Unit::Hour,
+        };
+        let bytes = request(
+            "mcp",
+            &[Ask {
+                limit: "company-email",
+                key: "acme",
+                rate,
+                cost: 3,
+            }],
+        );
+        let r = RateLimitRequest::decode(bytes.as_slice()).unwrap();
+        assert_eq!(r.domain, "mcp");
+        let d = &r.descriptors[0];
+        assert_eq!(
+            d.entries,
+            vec![
+                Entry {
+                    key: "mcp_limit".into(),
+                    value: "company-email".into()
+                },
+                Entry {
+                    key: "mcp_key".into(),
+                    value: "acme".into()
+                }
+            ]
+        );
+        assert_eq!(d.limit.as_ref().unwrap().unit, 3);
+        assert_eq!(d.hits_addend.as_ref().unwrap().value, 3);
+    }
+
+    #[test]
+    fn answers_are_read_or_refused() {
+        let answer = RateLimitResponse {
+            overall_code: OVER_LIMIT,
+            statuses: vec![DescriptorStatus {
+                code: OVER_LIMIT,
+                limit_remaining: 0,
+                duration_until_reset: Some(Duration {
+                    seconds: 12,
+                    nanos: 500_000_000,
+                }),
+            }],
+        }
+        .encode_to_vec();
+        assert_eq!(
+            response(&answer, 1).unwrap(),
+            vec![Verdict {
+                over_limit: true,
+                remaining: 0,
+                reset_ms: Some(12_500)
+            }]
+        );
+        let unknown = RateLimitResponse {
+            overall_code: 0,
+            statuses: vec![],
+        }
+        .encode_to_vec();
+        assert!(response(&unknown, 1).is_err());
+        assert!(response(b"\xff\xff\xff", 1).is_err());
+    }
+}

@@ -1,0 +1,454 @@
+//! Rate limits and budgets (`limits:`) on the request path, through the public `Stream` API
+//! and an in-memory host: what a limited caller gets back, what the audit says, what is
+//! counted, and how a global limit waits for the rate limit service.
+
+mod common;
+
+use std::rc::Rc;
+
+use common::*;
+use mcp_guard::config::Config;
+use mcp_guard::flow::{Action, Stream};
+use mcp_guard::host::{Header, Host};
+use mcp_guard::rls;
+use prost::Message as _;
+use serde_json::{json, Value};
+
+fn config_with(limits: Value, service: bool) -> Rc<Config> {
+    let mut c = json!({
+        "issuers": [{ "issuer": ISSUER, "audiences": [RESOURCE], "algorithms": ["ES256"], "jwks": jwks_all() }],
+        "servers": [{
+            "name": "mail",
+            "resource": RESOURCE,
+            "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+            "policy": {
+                "name": "mail", "version": "1",
+                "rules": [
+                    { "name": "tools", "allow": "mcp.method in [\"tools/call\", \"tools/list\"]" },
+                    { "name": "no-delete", "deny": "mcp.tool.name == \"delete\"" },
+                ],
+                "limits": limits,
+            },
+        }],
+        "sessions": { "key": TEST_SESSION_KEY },
+    });
+    if service {
+        c["rate_limit_service"] = json!({ "cluster": "rls", "domain": "mcp", "timeout_ms": 100 });
+    }
+    Rc::new(Config::from_json(c.to_string().as_bytes(), &MapEnv::default()).expect("config"))
+}
+
+/// Each engineer: 3 send_email an hour; everyone: 5 an hour.
+fn email_limits() -> Value {
+    json!([
+        { "name": "per-engineer", "when": "mcp.tool.name == \"send_email\"", "key": "jwt.sub", "rate": "3/hour" },
+        { "name": "company", "when": "mcp.tool.name == \"send_email\"", "key": "\"acme\"", "rate": "5/hour" },
+    ])
+}
+
+/// A host that also records gRPC calls (the rate limit service).
+struct GrpcHost {
+    inner: MockHost,
+    calls: Vec<(String, String, String, Vec<u8>, u64)>,
+    answer_token: Option<u32>,
+}
+
+impl Host for GrpcHost {
+    fn request_headers(&self) -> Vec<Header> {
+        self.inner.request_headers()
+    }
+    fn set_request_header(&mut self, n: &str, v: &str) {
+        self.inner.set_request_header(n, v)
+    }
+    fn remove_request_header(&mut self, n: &str) {
+        self.inner.remove_request_header(n)
+    }
+    fn response_headers(&self) -> Vec<Header> {
+        self.inner.response_headers()
+    }
+    fn set_response_header(&mut self, n: &str, v: &str) {
+        self.inner.set_response_header(n, v)
+    }
+    fn remove_response_header(&mut self, n: &str) {
+        self.inner.remove_response_header(n)
+    }
+    fn property(&self, p: &[&str]) -> Option<Vec<u8>> {
+        self.inner.property(p)
+    }
+    fn send_response(&mut self, s: u32, h: &[(&str, &str)], b: &[u8]) {
+        self.inner.send_response(s, h, b)
+    }
+    fn reset_response(&mut self) {
+        self.inner.reset_response()
+    }
+    fn write_audit(&mut self, r: &[u8]) {
+        self.inner.write_audit(r)
+    }
+    fn shared_get(&self, k: &str) -> Option<Vec<u8>> {
+        self.inner.shared_get(k)
+    }
+    fn shared_set(&mut self, k: &str, v: &[u8]) {
+        self.inner.shared_set(k, v)
+    }
+    fn count(&mut self, n: &str, by: u64) {
+        self.inner.count(n, by)
+    }
+    fn now_millis(&self) -> u64 {
+        self.inner.now_millis()
+    }
+    fn grpc_call(&mut self, c: &str, s: &str, m: &str, msg: &[u8], t: u64) -> Option<u32> {
+        self.calls
+            .push((c.into(), s.into(), m.into(), msg.to_vec(), t));
+        self.answer_token
+    }
+}
+
+fn post_host(token: &str) -> MockHost {
+    let auth = format!("Bearer {token}");
+    MockHost::request(&[
+        (":method", "POST"),
+        (":path", "/mcp"),
+        (":authority", "mcp.example.com"),
+        ("content-type", "application/json"),
+        ("mcp-protocol-version", "2025-06-18"),
+        ("authorization", &auth),
+    ])
+}
+
+fn call(id: i64, tool: &str) -> Vec<u8> {
+    json!({ "jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": { "name": tool, "arguments": {} } })
+    .to_string()
+    .into_bytes()
+}
+
+/// One request through the stream; the host keeps the shared data between calls.
+fn send(config: &Rc<Config>, host: &mut dyn Host, body: &[u8]) -> (Stream, Action) {
+    let mut stream = Stream::new(Rc::clone(config));
+    assert_eq!(stream.on_request_headers(host, false), Action::Pause);
+    let action = stream.on_request_body(host, body);
+    (stream, action)
+}
+
+/// Sends `body` as `sub` on a fresh host sharing `shared` and `now_ms`.
+fn as_user(config: &Rc<Config>, shared: &Shared, now_ms: u64, sub: &str, body: &[u8]) -> MockHost {
+    let mut host = post_host(&token_for(sub, &["eng"], "mcp"));
+    host.shared = shared.clone();
+    host.now_ms = now_ms;
+    let _ = send(config, &mut host, body);
+    host
+}
+
+#[test]
+fn a_spent_budget_answers_200_with_a_jsonrpc_error_and_retry_after() {
+    let config = config_with(email_limits(), false);
+    let shared = Shared::default();
+    let t0 = NOW as u64 * 1000;
+    for i in 0..3 {
+        let host = as_user(&config, &shared, t0, "alice", &call(i, "send_email"));
+        assert!(host.replies.is_empty(), "call {i} is forwarded");
+        let r = host.record();
+        assert_eq!(r["decision"], "allow");
+        assert_eq!(r["limit_remaining"], json!(2 - i));
+    }
+    let host = as_user(&config, &shared, t0, "alice", &call(9, "send_email"));
+    let reply = host.reply();
+    assert_eq!(reply.status, 200);
+    assert!(reply
+        .headers
+        .contains(&("retry-after".into(), "1200".into())));
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["id"], 9);
+    assert_eq!(body["error"]["code"], -31429);
+    assert_eq!(body["error"]["data"]["limit"], "per-engineer");
+    assert_eq!(body["error"]["data"]["retry_after_ms"], 1_200_000);
+    let r = host.record();
+    assert_eq!(r["decision"], "deny");
+    assert_eq!(r["rule"], "limit:per-engineer");
+    assert_eq!(r["limit_remaining"], 0);
+    assert_eq!(
+        host.counter("mcp_guard.limits.name=per-engineer.outcome=limited"),
+        1
+    );
+    assert_eq!(host.counter("mcp_guard.denials.rule=limit_per-engineer"), 1);
+
+    // Other tools are not counted; bob has his own budget, until the company's runs out.
+    let host = as_user(&config, &shared, t0, "alice", &call(10, "search"));
+    assert!(host.replies.is_empty());
+    assert_eq!(host.record()["limit_remaining"], Value::Null);
+    for i in 0..2 {
+        let host = as_user(&config, &shared, t0, "bob", &call(i, "send_email"));
+        assert!(host.replies.is_empty());
+    }
+    let host = as_user(&config, &shared, t0, "bob", &call(3, "send_email"));
+    assert_eq!(host.record()["rule"], "limit:company");
+
+    // 20 minutes later alice has one token again (3/hour), but the company none yet: 12 min.
+    let host = as_user(
+        &config,
+        &shared,
+        t0 + 1_200_000,
+        "alice",
+        &call(11, "send_email"),
+    );
+    assert!(host.replies.is_empty(), "refilled");
+}
+
+#[test]
+fn denied_messages_are_not_counted() {
+    let limits = json!([{ "name": "all", "key": "jwt.sub", "rate": "1/minute" }]);
+    let config = config_with(limits, false);
+    let shared = Shared::default();
+    let t0 = NOW as u64 * 1000;
+    for i in 0..3 {
+        let host = as_user(&config, &shared, t0, "alice", &call(i, "delete"));
+        assert_eq!(host.record()["rule"], "no-delete");
+    }
+    let host = as_user(&config, &shared, t0, "alice", &call(5, "search"));
+    assert!(host.replies.is_empty(), "the denials spent nothing");
+}
+
+#[test]
+fn a_key_reading_a_missing_claim_fails_closed() {
+    let limits = json!([{ "name": "per-team", "key": "jwt.team", "rate": "10/minute" }]);
+    let config = config_with(limits, false);
+    let host = as_user(
+        &config,
+        &Shared::default(),
+        NOW as u64 * 1000,
+        "alice",
+        &call(1, "search"),
+    );
+    let reply = host.reply();
+    assert_eq!(reply.status, 200);
+    let body: Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["error"]["code"], -31429);
+    let r = host.record();
+    assert_eq!(r["decision"], "deny");
+    assert_eq!(r["rule"], "limit:per-team");
+    assert!(
+        r["reason"].as_str().unwrap().contains("failing closed"),
+        "{r}"
+    );
+    assert_eq!(
+        host.counter("mcp_guard.limits.name=per-team.outcome=error"),
+        1
+    );
+}
+
+#[test]
+fn cost_is_a_cel_int() {
+    let limits = json!([{ "name": "recipients", "key": "jwt.sub", "rate": "10/hour",
+                          "cost": "mcp.tool.name == \"send_email\" ? 4 : 0" }]);
+    let config = config_with(limits, false);
+    let shared = Shared::default();
+    let t0 = NOW as u64 * 1000;
+    for (i, expect) in [(0, json!(6)), (1, json!(2))] {
+        let host = as_user(&config, &shared, t0, "alice", &call(i, "send_email"));
+        assert_eq!(host.record()["limit_remaining"], expect);
+    }
+    let host = as_user(&config, &shared, t0, "alice", &call(2, "search"));
+    assert!(host.replies.is_empty(), "cost 0 is not counted");
+    let host = as_user(&config, &shared, t0, "alice", &call(3, "send_email"));
+    assert_eq!(host.record()["rule"], "limit:recipients");
+}
+
+fn global_limits(failure_mode: &str) -> Value {
+    json!([{ "name": "company", "key": "\"acme\"", "rate": "5000/hour", "scope": "global",
+             "failure_mode": failure_mode, "cost": 2 }])
+}
+
+fn grpc_host(token: Option<u32>) -> GrpcHost {
+    GrpcHost {
+        inner: post_host(&token_for("alice", &["eng"], "mcp")),
+        calls: Vec::new(),
+        answer_token: token,
+    }
+}
+
+fn answer(code: i32, remaining: u32) -> Vec<u8> {
+    rls::RateLimitResponse {
+        overall_code: code,
+        statuses: vec![rls::DescriptorStatus {
+            code,
+            limit_remaining: remaining,
+            duration_until_reset: Some(rls::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+        }],
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn a_global_limit_asks_the_service_and_waits() {
+    let config = config_with(global_limits("closed"), true);
+    let mut host = grpc_host(Some(42));
+    let (mut stream, action) = send(&config, &mut host, &call(1, "search"));
+    assert_eq!(action, Action::Pause);
+    assert!(stream.waiting_for_limits());
+    assert!(host.inner.replies.is_empty());
+    let (cluster, service, method, msg, timeout) = host.calls[0].clone();
+    assert_eq!(
+        (cluster.as_str(), service.as_str(), method.as_str(), timeout),
+        (
+            "rls",
+            "envoy.service.ratelimit.v3.RateLimitService",
+            "ShouldRateLimit",
+            100
+        )
+    );
+    let request = rls::RateLimitRequest::decode(msg.as_slice()).unwrap();
+    assert_eq!(request.domain, "mcp");
+    let entries: Vec<(&str, &str)> = request.descriptors[0]
+        .entries
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_str()))
+        .collect();
+    assert_eq!(entries, vec![("mcp_limit", "company"), ("mcp_key", "acme")]);
+    assert_eq!(
+        request.descriptors[0].hits_addend.as_ref().unwrap().value,
+        2
+    );
+    // Another token's answer is not ours.
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 7, 0, Some(&answer(1, 9))),
+        Action::Pause
+    );
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 42, 0, Some(&answer(1, 9))),
+        Action::Continue
+    );
+    let r = host.inner.record();
+    assert_eq!(
+        (r["decision"].as_str(), r["limit_remaining"].as_u64()),
+        (Some("allow"), Some(9))
+    );
+
+    let mut host = grpc_host(Some(43));
+    let (mut stream, _) = send(&config, &mut host, &call(2, "search"));
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 43, 0, Some(&answer(2, 0))),
+        Action::Pause
+    );
+    let reply = host.inner.reply();
+    assert_eq!(reply.status, 200);
+    assert!(reply.headers.contains(&("retry-after".into(), "30".into())));
+    assert_eq!(host.inner.record()["rule"], "limit:company");
+}
+
+#[test]
+fn an_unavailable_service_applies_each_limits_failure_mode() {
+    // closed: refused, audited as an error; open: forwarded, audited with the reason.
+    let config = config_with(global_limits("closed"), true);
+    let mut host = grpc_host(Some(1));
+    let (mut stream, _) = send(&config, &mut host, &call(1, "search"));
+    assert_eq!(stream.on_grpc_answer(&mut host, 1, 14, None), Action::Pause);
+    assert_eq!(host.inner.reply().status, 200);
+    let r = host.inner.record();
+    assert_eq!(
+        (r["decision"].as_str(), r["rule"].as_str()),
+        (Some("error"), Some("limit:company"))
+    );
+    assert_eq!(
+        host.inner
+            .counter("mcp_guard.limits.name=company.outcome=failure_closed"),
+        1
+    );
+
+    let config = config_with(global_limits("open"), true);
+    let mut host = grpc_host(None); // cannot even be sent
+    let (_, action) = send(&config, &mut host, &call(1, "search"));
+    assert_eq!(action, Action::Continue);
+    let r = host.inner.record();
+    assert_eq!(r["decision"], "allow");
+    assert!(r["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("rate_limit_service_unavailable"));
+    assert_eq!(
+        host.inner
+            .counter("mcp_guard.limits.name=company.outcome=failure_open"),
+        1
+    );
+}
+
+#[test]
+fn limits_are_checked_at_load_naming_the_field() {
+    let cases = [
+        (
+            json!([{ "name": "a", "key": "jwt.sub", "rate": "10/fortnight" }]),
+            "limits[0].rate",
+        ),
+        (
+            json!([{ "name": "a", "key": "size(jwt.sub)", "rate": "1/second" }]),
+            "limits[0].key",
+        ),
+        (
+            json!([{ "name": "a", "key": "jwt.sub", "rate": "1/second", "cost": "\"x\"" }]),
+            "limits[0].cost",
+        ),
+        (
+            json!([{ "name": "a", "key": "jwt.sub", "rate": "1/second", "when": "mcp.tool.name" }]),
+            "limits[0].when",
+        ),
+        (
+            json!([{ "name": "a", "key": "jwt.sub", "rate": "1/second", "failure_mode": "open" }]),
+            "limits[0].failure_mode",
+        ),
+        (
+            json!([{ "name": "a", "key": "jwt.sub", "rate": "1/second", "scope": "global", "burst": 3 }]),
+            "limits[0].burst",
+        ),
+        (
+            json!([{ "name": "a b", "key": "jwt.sub", "rate": "1/second" }]),
+            "limits[0].name",
+        ),
+        (
+            json!([{ "name": "a", "key": "jwt.sub", "rate": "1/second", "scope": "global" }]),
+            "limits[0].scope",
+        ),
+        (
+            json!([{ "name": "a", "key": "jwt.sub", "rate": "1/second", "colour": "red" }]),
+            "limits[0].colour",
+        ),
+    ];
+    for (limits, field) in cases {
+        let c = json!({
+            "issuers": [{ "issuer": ISSUER, "audiences": [RESOURCE], "jwks": jwks_all() }],
+            "servers": [{ "name": "m", "resource": RESOURCE,
+                "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+                "policy": { "name": "p", "rules": [], "limits": limits } }],
+        });
+        let err = Config::from_json(c.to_string().as_bytes(), &MapEnv::default())
+            .expect_err(field)
+            .to_string();
+        assert!(
+            err.starts_with(&format!("servers[0].policy.{field}")),
+            "{field}: {err}"
+        );
+    }
+}
+
+#[test]
+fn envoy_answering_while_the_service_is_awaited_is_audited_once() {
+    let config = config_with(global_limits("closed"), true);
+    let mut host = grpc_host(Some(5));
+    let (mut stream, _) = send(&config, &mut host, &call(1, "search"));
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(504), true),
+        Action::Continue
+    );
+    let r = host.inner.record();
+    assert_eq!(
+        (r["decision"].as_str(), r["reason"].as_str()),
+        (Some("error"), Some("answered_by_envoy"))
+    );
+    // The late answer changes nothing.
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 5, 0, Some(&answer(1, 9))),
+        Action::Pause
+    );
+    assert_eq!(host.inner.audits.len(), 1);
+}
