@@ -1078,7 +1078,9 @@ mod tests {
 
     fn rewritten_checked(c: Checked) -> (Value, usize) {
         match c {
-            Checked::Rewritten { body, hidden, .. } => (serde_json::from_slice(&body).unwrap(), hidden),
+            Checked::Rewritten { body, hidden, .. } => {
+                (serde_json::from_slice(&body).unwrap(), hidden)
+            }
             other => panic!("expected Rewritten, got {other:?}"),
         }
     }

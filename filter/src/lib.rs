@@ -34,9 +34,9 @@ pub mod policy;
 pub mod protocol;
 pub mod reply;
 pub mod response;
-pub mod seal;
 pub mod revocation;
 pub mod rls;
+pub mod seal;
 pub mod session;
 pub mod sse;
 

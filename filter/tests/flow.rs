@@ -426,8 +426,14 @@ fn a_sender_constrained_token_without_its_proof_is_refused() {
     // Presented as a plain bearer token, a bound token may be a stolen one (RFC 9449, RFC 8705):
     // without its DPoP proof, its client certificate, or with a binding the filter cannot check.
     for (cnf, reason) in [
-        (json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" }), "dpop_required"),
-        (json!({ "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2" }), "certificate_mismatch"),
+        (
+            json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" }),
+            "dpop_required",
+        ),
+        (
+            json!({ "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2" }),
+            "certificate_mismatch",
+        ),
         (json!({}), "dpop_required"),
         (json!(null), "dpop_required"),
         (json!({ "jwk": { "kty": "OKP" } }), "dpop_required"),
