@@ -729,6 +729,28 @@ impl Authenticator {
         }
     }
 
+    /// What every token's claims must satisfy, whether they came signed or introspected:
+    /// `exp`/`nbf`, the audience, the issuer's required claims.
+    fn check_claims(
+        &self,
+        issuer: &Issuer,
+        claims: &Map<String, Value>,
+        now: i64,
+    ) -> Result<(), AuthError> {
+        check_times(claims, now, self.skew, issuer.require_exp)?;
+        if !audience_matches(claims.get("aud"), &issuer.audiences) {
+            return Err(AuthError::WrongAudience);
+        }
+        if let Some(missing) = issuer
+            .required_claims
+            .iter()
+            .find(|c| !claims.contains_key(*c))
+        {
+            return Err(AuthError::MissingClaim(missing.clone()));
+        }
+        Ok(())
+    }
+
     /// An active introspection answer is checked like a JWT's claims: `iss` (added when the
     /// answer has none), `token_type`, `exp`/`nbf`, `aud`, required claims.
     fn check_introspected(
@@ -754,18 +776,7 @@ impl Authenticator {
                 return Err(AuthError::WrongType);
             }
         }
-        check_times(claims, now, self.skew, issuer.require_exp)?;
-        if !audience_matches(claims.get("aud"), &issuer.audiences) {
-            return Err(AuthError::WrongAudience);
-        }
-        if let Some(missing) = issuer
-            .required_claims
-            .iter()
-            .find(|c| !claims.contains_key(*c))
-        {
-            return Err(AuthError::MissingClaim(missing.clone()));
-        }
-        Ok(())
+        self.check_claims(issuer, claims, now)
     }
 
     /// Whether any issuer introspects (the adapter then ticks and routes call answers here).
@@ -910,17 +921,7 @@ impl Authenticator {
             return Err(AuthError::BadSignature);
         }
 
-        check_times(&claims, now, self.skew, issuer.require_exp)?;
-        if !audience_matches(claims.get("aud"), &issuer.audiences) {
-            return Err(AuthError::WrongAudience);
-        }
-        if let Some(missing) = issuer
-            .required_claims
-            .iter()
-            .find(|c| !claims.contains_key(*c))
-        {
-            return Err(AuthError::MissingClaim(missing.clone()));
-        }
+        self.check_claims(issuer, &claims, now)?;
         Ok((
             Identity {
                 claims: Rc::new(claims),
