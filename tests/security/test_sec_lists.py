@@ -6,6 +6,7 @@ or hostile MCP server could give is sent through real Envoy and the built filter
 import asyncio
 import http.client
 import json
+import uuid
 
 import harness
 import pytest
@@ -142,7 +143,9 @@ def read_cut_stream(stack, token, method="tools/list"):
     body, _ = modern({"jsonrpc": "2.0", "id": 5, "method": method, "params": {}})
     conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=10)
     try:
-        rid = f"cut-{id(body)}-{method}"
+        # Unique per request: an object id() may be reused by the next test, and two records
+        # under one request id would be ambiguous.
+        rid = f"cut-{uuid.uuid4().hex[:16]}"
         conn.putrequest("POST", "/mcp", skip_accept_encoding=True)
         for k, v in body_headers(token, method=method) + [("x-request-id", rid)]:
             conn.putheader(k, v)
