@@ -235,18 +235,11 @@ pub fn check(
     }
 }
 
+/// A SHA-256 digest written in hex (either case), as Envoy gives the peer certificate's.
 fn hex_decode(hex: &str) -> Option<Vec<u8>> {
-    let hex = hex.trim();
-    if hex.len() != 64 {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|b| u8::from_str_radix(b, 16).ok())
-        })
-        .collect()
+    base16ct::mixed::decode_vec(hex.trim())
+        .ok()
+        .filter(|d| d.len() == 32)
 }
 
 fn decode_part(part: &str, what: &str) -> Result<Map<String, Value>, SenderError> {

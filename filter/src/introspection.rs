@@ -312,7 +312,7 @@ fn slot_key(hash: &[u8; 32]) -> String {
 }
 
 fn hex(hash: &[u8; 32]) -> String {
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    base16ct::lower::encode_string(hash)
 }
 
 /// A call in flight: (issuer, token hash, when to give up on it).

@@ -15,7 +15,6 @@
 //! tools; only pinned names are remembered, so that memory is bounded by the configuration.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -77,12 +76,7 @@ pub fn digest(kind: ListKind, definition: &Value) -> Option<String> {
     let object = definition.as_object()?;
     let canonical = serde_jcs::to_vec(&Value::Object(pinned_part(kind, object))).ok()?;
     let hash = Sha256::digest(&canonical);
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for byte in hash {
-        let _ = write!(out, "{byte:02x}");
-    }
-    Some(out)
+    Some(format!("sha256:{}", base16ct::lower::encode_string(&hash)))
 }
 
 /// The digest of a definition given as JSON text (a list entry as the server wrote it). Parsed

@@ -263,7 +263,7 @@ fn truncate<const N: usize>(digest: &[u8]) -> [u8; N] {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    base16ct::lower::encode_string(bytes)
 }
 
 #[cfg(test)]

@@ -98,13 +98,7 @@ fn introspection_response(config: &Config, token: u32, body_size: usize, back_to
     }
     let status =
         header_value(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
-    let body = if body_size > crate::introspection::MAX_ANSWER_BYTES {
-        None
-    } else {
-        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-    };
+    let body = call_body(body_size, crate::introspection::MAX_ANSWER_BYTES);
     let settled =
         config
             .authenticator
@@ -134,13 +128,7 @@ impl Context for Root {
         let status =
             header_value(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
         if let Some(feeds) = self.feeds.as_mut().filter(|f| f.owns(token)) {
-            let body = if body_size > crate::revocation::LIMIT_MAX_BYTES {
-                None
-            } else {
-                hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                    .ok()
-                    .flatten()
-            };
+            let body = call_body(body_size, crate::revocation::LIMIT_MAX_BYTES);
             let report = feeds.on_response(
                 &config.authenticator,
                 &mut Envoy,
@@ -154,13 +142,7 @@ impl Context for Root {
         let Some(keys) = self.keys.as_mut() else {
             return;
         };
-        let body = if body_size > crate::jwks::MAX_DOCUMENT_BYTES {
-            None
-        } else {
-            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                .ok()
-                .flatten()
-        };
+        let body = call_body(body_size, crate::jwks::MAX_DOCUMENT_BYTES);
         let report = keys.on_response(
             &config.authenticator,
             &mut Envoy,
@@ -351,6 +333,16 @@ impl Context for Http {
 
 /// A rate limit service answer larger than this is not read (and fails as unreadable).
 const MAX_GRPC_ANSWER: usize = 64 * 1024;
+
+/// The body of an HTTP call's answer, unless it is larger than `max` (then it is not read).
+fn call_body(size: usize, max: usize) -> Option<Vec<u8>> {
+    if size > max {
+        return None;
+    }
+    hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
+}
 
 fn action(a: Action) -> WasmAction {
     match a {
