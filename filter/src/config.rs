@@ -6,57 +6,17 @@
 
 use std::fmt;
 
-use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+
+pub use crate::env::{Environment, ProcessEnv};
+use crate::error::typed;
+pub use crate::error::ConfigError;
 
 use crate::audit::ArgumentsMode;
 use crate::jwt::{Authenticator, Issuer};
 use crate::pins::Pins;
 use crate::policy::Policy;
-
-/// A configuration error: which field, and what is wrong with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub field: String,
-    pub message: String,
-}
-
-impl ConfigError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.field.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.field, self.message)
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Where the filter reads values it is told to take from the environment
-/// (`vm_config.environment_variables` in Envoy; the process environment natively).
-pub trait Environment {
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The process environment.
-pub struct ProcessEnv;
-
-impl Environment for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
 
 /// The validated, compiled configuration.
 #[derive(Debug)]
@@ -326,55 +286,6 @@ struct RawCredential {
     value_from_env: Option<String>,
 }
 
-/// Deserializes `value` as `T`, naming `field` in the error.
-pub(crate) fn typed<T: DeserializeOwned>(value: Value, field: &str) -> Result<T, ConfigError> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        // Where inside `value` it went wrong (`audiences`, `rules[2].scopes[0]`, or nothing).
-        let inner = e.path().to_string();
-        let at = match (field.is_empty(), inner.as_str()) {
-            (_, ".") => field.to_string(),
-            (true, p) => p.to_string(),
-            (false, p) if p.starts_with('[') => format!("{field}{p}"),
-            (false, p) => format!("{field}.{p}"),
-        };
-        let message = clean_serde_message(e.inner());
-        // Point at the member itself: `servers[0].credential.header: is required`.
-        let member = |prefix: &str| {
-            let rest = message.strip_prefix(prefix)?;
-            let name = rest.strip_prefix('`')?.split('`').next()?;
-            Some(
-                if at.is_empty() || at == name || at.ends_with(&format!(".{name}")) {
-                    if at.is_empty() {
-                        name.to_string()
-                    } else {
-                        at.clone()
-                    }
-                } else if at.is_empty() {
-                    name.to_string()
-                } else {
-                    format!("{at}.{name}")
-                },
-            )
-        };
-        if let Some(path) = member("missing field ") {
-            ConfigError::new(path, "is required")
-        } else if let Some(path) = member("unknown field ") {
-            ConfigError::new(path, format!("is not a known field ({message})"))
-        } else {
-            ConfigError::new(at, message)
-        }
-    })
-}
-
-/// serde_json appends "at line 1 column 2" positions that mean nothing for a `Value`.
-fn clean_serde_message(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    match text.find(" at line ") {
-        Some(at) => text.get(..at).unwrap_or(&text).to_string(),
-        None => text,
-    }
-}
-
 impl Config {
     /// Parses and compiles the plugin configuration.
     pub fn from_json(bytes: &[u8], env: &dyn Environment) -> Result<Config, ConfigError> {
@@ -505,7 +416,7 @@ impl Config {
             .servers
             .iter()
             .filter(|s| s.matcher.matches(route, host, cluster));
-        if path == crate::oauth::WELL_KNOWN {
+        if path == crate::url::WELL_KNOWN {
             return here.next();
         }
         here.find(|s| s.metadata_path == path)
@@ -532,9 +443,9 @@ impl Server {
                 "must be an absolute path without query or fragment, e.g. \"/mcp\"",
             ));
         }
-        let (origin, resource_path) = crate::oauth::split_resource(&raw.resource)
+        let (origin, resource_path) = crate::url::split_resource(&raw.resource)
             .map_err(|m| ConfigError::new(format!("{field}.resource"), m))?;
-        let metadata_path = crate::oauth::metadata_path(resource_path);
+        let metadata_path = crate::url::metadata_path(resource_path);
         let metadata_url = format!("{origin}{metadata_path}");
         let credential =
             Credential::from_config(raw.credential, &format!("{field}.credential"), env)?;

@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{typed, ConfigError};
+use crate::error::{typed, ConfigError};
 use crate::host::Host;
 use crate::jwt::{verify_with_jwk, Alg};
 

@@ -19,9 +19,10 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::config::{typed, ConfigError, Environment};
+use crate::env::Environment;
+use crate::error::{typed, ConfigError};
 use crate::host::Host;
-use crate::oauth::split_url;
+use crate::url::split_url;
 
 /// Largest introspection answer read.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;

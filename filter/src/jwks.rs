@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::jwt::{Authenticator, Issuer, KeySet};
-use crate::oauth::split_url;
+use crate::url::split_url;
 
 /// Largest JWKS or discovery document accepted.
 pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;

@@ -18,12 +18,13 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{typed, ConfigError, Environment};
+use crate::env::Environment;
+use crate::error::{typed, ConfigError};
 use crate::es384::{self, Es384};
 use crate::host::Host;
 use crate::introspection::{self, Answer, Introspection, Introspector, Lookup, Mode};
-use crate::oauth::split_url;
 use crate::revocation::{Feed, Revoked};
+use crate::url::split_url;
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;

@@ -19,7 +19,10 @@ pub mod audit;
 pub mod config;
 pub mod discovery;
 pub mod dpop;
+pub mod env;
+pub mod error;
 mod es384;
+pub mod feeds;
 pub mod flow;
 pub mod host;
 pub mod introspection;
@@ -27,6 +30,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod limits;
 pub mod mcp;
+pub mod methods;
 pub mod metrics;
 pub mod oauth;
 pub mod pins;
@@ -39,6 +43,7 @@ pub mod rls;
 pub mod seal;
 pub mod session;
 pub mod sse;
+pub mod url;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::config::{typed, ConfigError};
 use crate::discovery::ListKind;
+use crate::error::{typed, ConfigError};
 use crate::host::Host;
 
 /// What happens to a definition that does not match its pin, or has none.

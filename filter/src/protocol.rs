@@ -48,7 +48,7 @@ pub const MODERN_REQUESTS: &[&str] = &[
 /// responses (which the revision does not send over HTTP) are judged as in earlier revisions.
 pub fn is_modern_client_method(method: &str) -> bool {
     if method.is_empty() || method.starts_with("notifications/") {
-        return crate::policy::is_client_method(method);
+        return crate::methods::is_client_method(method);
     }
     MODERN_REQUESTS.contains(&method)
 }

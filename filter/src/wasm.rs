@@ -13,11 +13,11 @@ use proxy_wasm::types::{
 };
 
 use crate::config::{Config, Environment};
+use crate::feeds::FeedManager;
 use crate::flow::{Action, BodyAction, Stream};
 use crate::host::{Header, Host};
 use crate::jwks::{KeyHost, KeyManager, Report};
 use crate::metrics;
-use crate::revocation::FeedManager;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);

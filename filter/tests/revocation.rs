@@ -4,9 +4,10 @@
 mod common;
 
 use common::*;
+use mcp_guard::feeds::FeedManager;
 use mcp_guard::jwks::FetchOutcome;
 use mcp_guard::jwt::{AuthError, Authenticator, Issuer};
-use mcp_guard::revocation::{FeedManager, Revoked};
+use mcp_guard::revocation::Revoked;
 use serde_json::{json, Value};
 
 const T0: u64 = NOW as u64 * 1000;

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::analysis::{Checker, Want};
 use super::{member, PolicyError};
-use crate::config::typed;
+use crate::error::typed;
 
 /// Longest key a limit may give, in bytes: longer ones fail closed (it becomes a shared-data
 /// key hash locally, but a descriptor value sent to the rate limit service as it is).
