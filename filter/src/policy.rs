@@ -432,11 +432,6 @@ impl Policy {
         Ok(charges)
     }
 
-    /// Whether the built-in rule lets this method through to the rules.
-    pub fn method_allowed(&self, method: &str) -> bool {
-        self.allow_unknown_methods || is_client_method(method)
-    }
-
     /// Whether the built-in rule lets this method through for a request declaring `version`:
     /// a 2026-07-28 request may only use that revision's methods.
     fn method_allowed_in(&self, method: &str, version: Option<&str>) -> bool {
@@ -472,100 +467,90 @@ impl Policy {
     /// The decision for the message `ctx` describes. `indexed`: only evaluate the rules the
     /// index lets apply (always, but for the tests that check the index changes nothing).
     fn decide(&self, ctx: &Context, input: &Input, indexed: bool) -> Decision {
-        let method = input.method;
-        let tool = input.tool_name();
-        for (_, rule) in self.lane(&self.index.deny, method, tool, indexed) {
-            match eval_bool(&rule.condition, ctx) {
-                Ok(false) => {}
-                Ok(true) => return decided(Outcome::Deny, rule, "deny rule matched".into()),
-                Err(e) => {
-                    return decided(
-                        Outcome::Deny,
-                        rule,
-                        format!("deny rule could not be evaluated ({e}); failing closed"),
-                    )
-                }
-            }
-        }
-        for (_, rule) in self.lane(&self.index.require, method, tool, indexed) {
-            let applies = match &rule.when {
-                None => Ok(true),
-                Some(when) => eval_bool(when, ctx),
-            };
-            let holds = applies.and_then(|a| {
-                if a {
-                    eval_bool(&rule.condition, ctx)
-                } else {
-                    Ok(true)
-                }
-            });
-            match holds {
-                Ok(true) => {}
-                Ok(false) => {
-                    return decided(
-                        Outcome::Deny,
-                        rule,
-                        "required condition does not hold".into(),
-                    )
-                }
-                Err(e) => {
-                    return decided(
-                        Outcome::Deny,
-                        rule,
-                        format!("require rule could not be evaluated ({e}); failing closed"),
-                    )
-                }
-            }
-        }
         let granted = facts::scopes(input.claims);
-        let mut lacking: Option<(&Rule, Vec<&String>)> = None;
+        let mut eval = |_: usize, rule: &Rule, part: Part| match eval_bool(rule.program(part), ctx)
+        {
+            Ok(true) => Tri::True,
+            Ok(false) => Tri::False,
+            Err(e) => Tri::Failed(e),
+        };
+        self.walk(
+            input.method,
+            input.tool_name(),
+            &granted,
+            indexed,
+            &mut eval,
+        )
+        .decision(self.default_allow)
+    }
+
+    /// The one walk over the rules, for calls ([`Policy::evaluate`]) and listings
+    /// ([`Lister::visible`]): deny rules, then require rules, then allow rules, then the
+    /// default. `eval(position, rule, part)` gives a rule's expression's (or its `when`'s)
+    /// result; only a listing's can be [`Tri::Unknown`] (a rule that reads the arguments,
+    /// which a listing has not), and an unknown result never denies: for `allow` it counts as
+    /// matching, for `deny` and `require` as not denying. `granted`: the token's scopes.
+    fn walk<'r>(
+        &'r self,
+        method: &'r str,
+        tool: &'r str,
+        granted: &[&str],
+        indexed: bool,
+        eval: &mut dyn FnMut(usize, &'r Rule, Part) -> Tri,
+    ) -> Verdict<'r> {
+        for (i, rule) in self.lane(&self.index.deny, method, tool, indexed) {
+            match eval(i, rule, Part::Condition) {
+                Tri::False | Tri::Unknown => {}
+                Tri::True => return Verdict::Denied(rule, Why::DenyMatched),
+                Tri::Failed(e) => return Verdict::Denied(rule, Why::DenyFailed(e)),
+            }
+        }
+        for (i, rule) in self.lane(&self.index.require, method, tool, indexed) {
+            let applies = match &rule.when {
+                None => Tri::True,
+                Some(_) => eval(i, rule, Part::When),
+            };
+            let holds = match applies {
+                Tri::True => eval(i, rule, Part::Condition),
+                Tri::False | Tri::Unknown => continue,
+                failed @ Tri::Failed(_) => failed,
+            };
+            match holds {
+                Tri::True | Tri::Unknown => {}
+                Tri::False => return Verdict::Denied(rule, Why::RequireFalse),
+                Tri::Failed(e) => return Verdict::Denied(rule, Why::RequireFailed(e)),
+            }
+        }
+        let mut lacking: Option<(&Rule, Vec<&str>)> = None;
         let mut failed: Option<(&Rule, String)> = None;
-        for (_, rule) in self.lane(&self.index.allow, method, tool, indexed) {
-            match eval_bool(&rule.condition, ctx) {
-                Ok(true) => {
-                    let missing: Vec<&String> = rule
+        for (i, rule) in self.lane(&self.index.allow, method, tool, indexed) {
+            match eval(i, rule, Part::Condition) {
+                Tri::True => {
+                    let missing: Vec<&str> = rule
                         .scopes
                         .iter()
-                        .filter(|s| !granted.contains(&s.as_str()))
+                        .map(String::as_str)
+                        .filter(|s| !granted.contains(s))
                         .collect();
                     if missing.is_empty() {
-                        return decided(Outcome::Allow, rule, "allow rule matched".into());
+                        return Verdict::Allowed(rule);
                     }
                     if lacking.is_none() {
                         lacking = Some((rule, missing));
                     }
                 }
-                Ok(false) => {}
-                Err(e) => {
+                Tri::Unknown => return Verdict::Allowed(rule),
+                Tri::False => {}
+                Tri::Failed(e) => {
                     if failed.is_none() {
                         failed = Some((rule, e));
                     }
                 }
             }
         }
-        if let Some((rule, missing)) = lacking {
-            let missing: Vec<&str> = missing.iter().map(|s| s.as_str()).collect();
-            return decided(
-                Outcome::InsufficientScope(rule.scopes.clone()),
-                rule,
-                format!("token lacks scope(s) {}", missing.join(" ")),
-            );
-        }
-        let mut reason = "no rule matched; policy default applies".to_string();
-        if let Some((rule, e)) = failed {
-            reason.push_str(&format!(
-                " (allow rule {:?} could not be evaluated: {e})",
-                rule.name
-            ));
-        }
-        Decision {
-            outcome: if self.default_allow {
-                Outcome::Allow
-            } else {
-                Outcome::Deny
-            },
-            rule: None,
-            reason,
+        match lacking {
+            Some((rule, missing)) => Verdict::Lacking(rule, missing),
+            None => Verdict::Default(failed),
         }
     }
 
@@ -611,47 +596,9 @@ impl Policy {
             policy: self,
             input,
             ctx,
+            granted: facts::scopes(input.claims),
             known: HashMap::new(),
         }
-    }
-
-    /// Whether a listing shows an item that would be called with this method and tool;
-    /// `eval(position, rule, part)` gives a rule's expression's (or its `when`'s) result.
-    fn shown(
-        &self,
-        method: &str,
-        tool: &str,
-        indexed: bool,
-        eval: &mut dyn FnMut(usize, &Rule, Part) -> Tri,
-    ) -> bool {
-        for (i, rule) in self.lane(&self.index.deny, method, tool, indexed) {
-            match eval(i, rule, Part::Condition) {
-                Tri::True | Tri::Failed => return false,
-                Tri::False | Tri::Unknown => {}
-            }
-        }
-        for (i, rule) in self.lane(&self.index.require, method, tool, indexed) {
-            let applies = match &rule.when {
-                None => Tri::True,
-                Some(_) => eval(i, rule, Part::When),
-            };
-            match applies {
-                Tri::Failed => return false,
-                Tri::False | Tri::Unknown => continue,
-                Tri::True => {}
-            }
-            match eval(i, rule, Part::Condition) {
-                Tri::False | Tri::Failed => return false,
-                Tri::True | Tri::Unknown => {}
-            }
-        }
-        for (i, rule) in self.lane(&self.index.allow, method, tool, indexed) {
-            match eval(i, rule, Part::Condition) {
-                Tri::True | Tri::Unknown => return true,
-                Tri::False | Tri::Failed => {}
-            }
-        }
-        self.default_allow
     }
 
     /// Evaluates every rule for one message, for `mcp-guard explain`: each rule's result or
@@ -702,11 +649,14 @@ pub struct Lister<'p, 'i> {
     policy: &'p Policy,
     input: &'i Input<'i>,
     ctx: Context<'i, 'i>,
+    /// The token's scopes.
+    granted: Vec<&'i str>,
     known: HashMap<(usize, Part, u8, u64), Tri>,
 }
 
 impl Lister<'_, '_> {
-    /// Whether the caller may see `item`.
+    /// Whether the caller may see `item`: the walk of a call of it, without arguments, does
+    /// not deny it.
     pub fn visible(&mut self, item: Item<'_>) -> bool {
         self.check(item, true, true)
     }
@@ -721,32 +671,36 @@ impl Lister<'_, '_> {
             policy,
             input,
             ctx,
+            granted,
             known,
         } = self;
         let mut item_set = false;
         let mut eval = |i: usize, rule: &Rule, part: Part| -> Tri {
-            let (program, uses) = match (part, &rule.when, &rule.when_items) {
-                (Part::When, Some(when), Some(uses)) => (when, uses),
-                _ => (&rule.condition, &rule.condition_items),
-            };
-            let key = uses
+            let key = rule
+                .item_use(part)
                 .key(item)
                 .filter(|_| remember)
                 .map(|bits| (i, part, kind, bits));
             if let Some(tri) = key.and_then(|k| known.get(&k)) {
-                return *tri;
+                return tri.clone();
             }
             if !item_set {
                 facts::set_listing_item(ctx, &policy.reads, input, item);
                 item_set = true;
             }
-            let tri = listing_eval(rule, program, ctx);
+            let tri = match eval_bool(rule.program(part), ctx) {
+                Ok(true) => Tri::True,
+                Ok(false) => Tri::False,
+                Err(_) if rule.uses_arguments => Tri::Unknown,
+                Err(e) => Tri::Failed(e),
+            };
             if let Some(k) = key {
-                known.insert(k, tri);
+                known.insert(k, tri.clone());
             }
             tri
         };
-        policy.shown(method, tool, indexed, &mut eval)
+        let verdict = policy.walk(method, tool, granted, indexed, &mut eval);
+        verdict.outcome(policy.default_allow) != Outcome::Deny
     }
 
     #[cfg(test)]
@@ -794,31 +748,105 @@ pub struct RuleTrace {
     pub missing_scopes: Vec<String>,
 }
 
-fn decided(outcome: Outcome, rule: &Rule, reason: String) -> Decision {
-    Decision {
-        outcome,
-        rule: Some(rule.name.clone()),
-        reason,
-    }
-}
-
-/// A rule's result for a listing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A rule's expression's (or its `when`'s) result.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Tri {
     True,
     False,
-    /// Failed for want of the arguments: could go either way.
+    /// Failed for want of the arguments (a listing has none): could go either way.
     Unknown,
-    /// Failed for another reason: fails closed as for a call.
-    Failed,
+    /// Failed for another reason: fails closed.
+    Failed(String),
 }
 
-fn listing_eval(rule: &Rule, program: &Program, ctx: &Context) -> Tri {
-    match eval_bool(program, ctx) {
-        Ok(true) => Tri::True,
-        Ok(false) => Tri::False,
-        Err(_) if rule.uses_arguments => Tri::Unknown,
-        Err(_) => Tri::Failed,
+/// Why a rule denied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Why {
+    DenyMatched,
+    DenyFailed(String),
+    RequireFalse,
+    RequireFailed(String),
+}
+
+/// Where [`Policy::walk`] ended.
+#[derive(Debug)]
+enum Verdict<'r> {
+    /// A deny rule matched or failed, or a require rule does not hold or failed.
+    Denied(&'r Rule, Why),
+    /// An allow rule matched and the token has its scopes (or, in a listing, may match).
+    Allowed(&'r Rule),
+    /// Allow rules matched, but the token lacks their scopes: the first one, and what it lacks.
+    Lacking(&'r Rule, Vec<&'r str>),
+    /// No rule decided: the policy default, with the first allow rule that failed.
+    Default(Option<(&'r Rule, String)>),
+}
+
+impl Verdict<'_> {
+    fn outcome(&self, default_allow: bool) -> Outcome {
+        match self {
+            Verdict::Denied(..) => Outcome::Deny,
+            Verdict::Allowed(_) => Outcome::Allow,
+            Verdict::Lacking(rule, _) => Outcome::InsufficientScope(rule.scopes.clone()),
+            Verdict::Default(_) if default_allow => Outcome::Allow,
+            Verdict::Default(_) => Outcome::Deny,
+        }
+    }
+
+    fn decision(self, default_allow: bool) -> Decision {
+        let outcome = self.outcome(default_allow);
+        let (rule, reason) = match self {
+            Verdict::Denied(rule, why) => (
+                Some(rule),
+                match why {
+                    Why::DenyMatched => "deny rule matched".to_string(),
+                    Why::DenyFailed(e) => {
+                        format!("deny rule could not be evaluated ({e}); failing closed")
+                    }
+                    Why::RequireFalse => "required condition does not hold".to_string(),
+                    Why::RequireFailed(e) => {
+                        format!("require rule could not be evaluated ({e}); failing closed")
+                    }
+                },
+            ),
+            Verdict::Allowed(rule) => (Some(rule), "allow rule matched".to_string()),
+            Verdict::Lacking(rule, missing) => (
+                Some(rule),
+                format!("token lacks scope(s) {}", missing.join(" ")),
+            ),
+            Verdict::Default(failed) => {
+                let mut reason = "no rule matched; policy default applies".to_string();
+                if let Some((rule, e)) = failed {
+                    reason.push_str(&format!(
+                        " (allow rule {:?} could not be evaluated: {e})",
+                        rule.name
+                    ));
+                }
+                (None, reason)
+            }
+        };
+        Decision {
+            outcome,
+            rule: rule.map(|r| r.name.clone()),
+            reason,
+        }
+    }
+}
+
+impl Rule {
+    /// The program of the expression, or of the `when` of a `require` rule.
+    fn program(&self, part: Part) -> &Program {
+        match (part, &self.when) {
+            (Part::When, Some(when)) => when,
+            _ => &self.condition,
+        }
+    }
+
+    /// How that program reads the item of a listing.
+    fn item_use(&self, part: Part) -> &items::ItemUse {
+        match (part, &self.when_items) {
+            (Part::When, Some(uses)) => uses,
+            _ => &self.condition_items,
+        }
     }
 }
 
@@ -1114,34 +1142,6 @@ impl<'a> Input<'a> {
     pub fn tool_name(&self) -> &'a str {
         self.tool.map(|(name, _)| name).unwrap_or("")
     }
-
-    /// This caller's facts for a call of `item` without arguments: what [`Policy::visible`]
-    /// evaluates.
-    pub fn for_item(&self, item: Item<'a>) -> Input<'a> {
-        let mut input = self.clone();
-        input.tool = None;
-        input.prompt = None;
-        input.resource_uri = None;
-        input.task_id = None;
-        input.subscription = None;
-        input.input_responses = None;
-        input.retry = false;
-        match item {
-            Item::Tool(name) => {
-                input.method = "tools/call";
-                input.tool = Some((name, None));
-            }
-            Item::Prompt(name) => {
-                input.method = "prompts/get";
-                input.prompt = Some(name);
-            }
-            Item::Resource(uri) => {
-                input.method = "resources/read";
-                input.resource_uri = Some(uri);
-            }
-        }
-        input
-    }
 }
 
 /// Scopes granted by a token's claims.
@@ -1154,3 +1154,5 @@ pub fn scopes_of(claims: Option<&Map<String, Value>>) -> Vec<String> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod walk_tests;

@@ -53,11 +53,44 @@ fn method<'a>(claims: &'a Map<String, Value>, method: &'a str) -> Input<'a> {
     }
 }
 
+/// Whether the built-in rule lets this method through to the rules.
+fn method_allowed(p: &Policy, method: &str) -> bool {
+    p.allow_unknown_methods || is_client_method(method)
+}
+
+/// This caller's facts for a call of `item` without arguments: what [`Policy::visible`]
+/// evaluates.
+pub(super) fn for_item<'a>(listing: &Input<'a>, item: Item<'a>) -> Input<'a> {
+    let mut input = listing.clone();
+    input.tool = None;
+    input.prompt = None;
+    input.resource_uri = None;
+    input.task_id = None;
+    input.subscription = None;
+    input.input_responses = None;
+    input.retry = false;
+    match item {
+        Item::Tool(name) => {
+            input.method = "tools/call";
+            input.tool = Some((name, None));
+        }
+        Item::Prompt(name) => {
+            input.method = "prompts/get";
+            input.prompt = Some(name);
+        }
+        Item::Resource(uri) => {
+            input.method = "resources/read";
+            input.resource_uri = Some(uri);
+        }
+    }
+    input
+}
+
 fn decide(p: &Policy, input: &Input) -> (Outcome, Option<String>) {
     let d = p.evaluate(input);
     // The index never changes a decision.
     let ctx = facts::context(&p.env, input, &p.reads, facts::Arguments::Present);
-    if p.method_allowed(input.method) {
+    if method_allowed(p, input.method) {
         assert_eq!(
             p.decide(&ctx, input, false),
             d,
@@ -542,14 +575,14 @@ fn for_item_describes_the_call_visible_evaluates() {
         now: NOW,
         ..Default::default()
     };
-    let call = listing.for_item(Item::Tool("t"));
+    let call = for_item(&listing, Item::Tool("t"));
     assert_eq!(call.method, "tools/call");
     assert_eq!(call.tool, Some(("t", None)));
     assert_eq!(
-        listing.for_item(Item::Resource("u")).resource_uri,
+        for_item(&listing, Item::Resource("u")).resource_uri,
         Some("u")
     );
-    assert_eq!(listing.for_item(Item::Prompt("p")).method, "prompts/get");
+    assert_eq!(for_item(&listing, Item::Prompt("p")).method, "prompts/get");
 }
 
 // ---- CEL: variables and functions ---------------------------------------------------------
