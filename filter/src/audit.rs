@@ -49,17 +49,30 @@ impl Verdict {
 /// Record fields the filter also writes each under its own filter-state key `wasm.mcp.<name>`,
 /// for access-log formats with one column per field (`%FILTER_STATE(wasm.mcp.decision:PLAIN)%`;
 /// Envoy cannot pick a field out of the JSON record). Values are cut like oversized strings.
-pub const AUDIT_COLUMNS: [&str; 8] = [
-    "decision",
-    "reason",
-    "rule",
-    "sub",
-    "user",
-    "client_id",
-    "method",
-    "tool",
-];
+// Evaluated while compiling: an index out of bounds fails the build, never a request.
+#[allow(clippy::indexing_slicing)]
+pub const AUDIT_COLUMNS: [&str; COLUMNS.len()] = {
+    let mut names = [""; COLUMNS.len()];
+    let mut i = 0;
+    while i < COLUMNS.len() {
+        names[i] = COLUMNS[i].0;
+        i += 1;
+    }
+    names
+};
 
+/// Each of [`AUDIT_COLUMNS`] with where its value is in the record: the one list of them.
+type Column = (&'static str, fn(&Record) -> Option<&str>);
+const COLUMNS: [Column; 8] = [
+    ("decision", |r| Some(r.decision.as_str())),
+    ("reason", |r| r.reason.as_deref()),
+    ("rule", |r| r.rule.as_deref()),
+    ("sub", |r| r.sub.as_deref()),
+    ("user", |r| r.user.as_deref()),
+    ("client_id", |r| r.client_id.as_deref()),
+    ("method", |r| r.method.as_deref()),
+    ("tool", |r| r.tool.as_deref()),
+];
 /// Most `pin_drift` entries one record lists (a listing may drift more; the counter has all).
 pub const MAX_PIN_DRIFT: usize = 32;
 
@@ -272,23 +285,14 @@ impl Record {
 
     /// The [`AUDIT_COLUMNS`] values, in that order; `None` where the record has no value.
     pub fn columns(&self) -> [(&'static str, Option<String>); AUDIT_COLUMNS.len()] {
-        let cut = |s: &Option<String>| {
-            s.as_ref().map(|s| {
-                let mut s = s.clone();
-                truncate(&mut s, MAX_STRING);
-                s
-            })
-        };
-        [
-            ("decision", Some(self.decision.as_str().to_string())),
-            ("reason", cut(&self.reason)),
-            ("rule", cut(&self.rule)),
-            ("sub", cut(&self.sub)),
-            ("user", cut(&self.user)),
-            ("client_id", cut(&self.client_id)),
-            ("method", cut(&self.method)),
-            ("tool", cut(&self.tool)),
-        ]
+        COLUMNS.map(|(name, value)| {
+            let value = value(self).map(|v| {
+                let mut v = v.to_string();
+                truncate(&mut v, MAX_STRING);
+                v
+            });
+            (name, value)
+        })
     }
 
     fn cut_strings(&mut self, max: usize, max_groups: usize) {

@@ -12,6 +12,8 @@ use serde_json::{Map, Value};
 pub use crate::env::{Environment, ProcessEnv};
 use crate::error::typed;
 pub use crate::error::ConfigError;
+use crate::http::is_header_name;
+pub(crate) use crate::http::is_header_value;
 
 use crate::audit::ArgumentsMode;
 use crate::jwt::{Authenticator, Issuer};
@@ -523,13 +525,14 @@ impl Server {
         };
         let audiences = match raw.audiences {
             None => vec![raw.resource.clone()],
-            Some(list) if list.is_empty() || list.iter().any(String::is_empty) => {
-                return Err(ConfigError::new(
-                    format!("{field}.audiences"),
-                    "list at least one non-empty audience, or leave it out to use `resource`",
-                ))
+            Some(list) => {
+                crate::jwt::check_audiences(
+                    &list,
+                    &format!("{field}.audiences"),
+                    ", or leave it out to use `resource`",
+                )?;
+                list
             }
-            Some(list) => list,
         };
         Ok(Server {
             audiences,
@@ -789,20 +792,6 @@ fn escape_slashes(bytes: &[u8]) -> Option<Vec<u8>> {
 /// The shortest service secret accepted: shorter ones are guessable, and their encodings too
 /// short to be told from ordinary text in responses.
 pub const MIN_SECRET_BYTES: usize = 8;
-
-fn is_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-}
-
-/// Visible ASCII, space and tab: what may go into a header value as is.
-pub(crate) fn is_header_value(value: &str) -> bool {
-    value
-        .bytes()
-        .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
-}
 
 #[cfg(test)]
 mod credential_tests {

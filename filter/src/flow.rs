@@ -25,6 +25,7 @@ use crate::config::{Config, Server};
 use crate::discovery::ListKind;
 use crate::dpop::{self, SenderError};
 use crate::host::{Header, Host};
+use crate::http::{is_event_stream, is_json};
 use crate::jwt::{AuthError, Identity};
 use crate::mcp::{self, Kind, Message, Target};
 use crate::oauth::BearerError;
@@ -1652,14 +1653,6 @@ fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// `text/event-stream`, any case, with or without parameters.
-fn is_event_stream(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
-}
-
 /// Whether the query string has a `_method` parameter, which Symfony, Laravel and Rails-style
 /// frameworks read as the HTTP method. Names are compared as a framework would see them:
 /// percent-decoded, any case, with PHP's `.` / space / `[` → `_` in parameter names.
@@ -1698,12 +1691,4 @@ fn has_method_override(query: &str) -> bool {
                 })
                 .eq(b"_method".iter().copied())
     })
-}
-
-/// `application/json`, any case, with or without parameters.
-fn is_json(content_type: &str) -> bool {
-    content_type
-        .split(';')
-        .next()
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }

@@ -328,12 +328,11 @@ impl Issuer {
         if raw.issuer.is_empty() {
             return Err(ConfigError::new(at("issuer"), "must not be empty"));
         }
-        if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
-            return Err(ConfigError::new(
-                at("audiences"),
-                "list at least one non-empty audience (the resource this filter protects)",
-            ));
-        }
+        check_audiences(
+            &raw.audiences,
+            &at("audiences"),
+            " (the resource this filter protects)",
+        )?;
         let algorithms = match raw.algorithms {
             None => DEFAULT_ALGS.to_vec(),
             Some(names) if names.is_empty() => {
@@ -490,7 +489,6 @@ impl Issuer {
 /// Why a token was refused. `reason()` is the stable word used in audit records and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthError {
-    Missing,
     Malformed(String),
     TooLarge,
     UnsupportedAlgorithm(String),
@@ -534,7 +532,6 @@ pub enum AuthError {
 impl AuthError {
     pub fn reason(&self) -> &'static str {
         match self {
-            AuthError::Missing => "missing_token",
             AuthError::Malformed(_) => "malformed",
             AuthError::TooLarge => "too_large",
             AuthError::UnsupportedAlgorithm(_) => "unsupported_algorithm",
@@ -563,7 +560,6 @@ impl AuthError {
 impl fmt::Display for AuthError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AuthError::Missing => write!(f, "no bearer token"),
             AuthError::Malformed(why) => write!(f, "malformed token: {why}"),
             AuthError::TooLarge => write!(f, "token larger than {MAX_TOKEN_BYTES} bytes"),
             AuthError::UnsupportedAlgorithm(a) => write!(f, "unsupported algorithm {a:?}"),
@@ -1019,6 +1015,19 @@ fn check_times(
     Ok(())
 }
 
+/// A list of accepted audiences (an issuer's, a server's): at least one, none empty. `hint`
+/// ends the error.
+pub(crate) fn check_audiences(list: &[String], field: &str, hint: &str) -> Result<(), ConfigError> {
+    if list.is_empty() || list.iter().any(String::is_empty) {
+        return Err(ConfigError::new(
+            field,
+            format!("list at least one non-empty audience{hint}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a token's `aud` (a string or a list) names one of the `accepted` audiences.
 fn audience_matches(aud: Option<&Value>, accepted: &[String]) -> bool {
     let accepts = |a: &str| accepted.iter().any(|x| x == a);
     match aud {

@@ -25,6 +25,7 @@ mod es384;
 pub mod feeds;
 pub mod flow;
 pub mod host;
+pub mod http;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;

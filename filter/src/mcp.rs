@@ -61,22 +61,6 @@ impl Message {
     /// This message as the parse that drops unread arguments ([`Arguments::Check`]) gives it:
     /// a tool's arguments empty, and any other method's `params.arguments` emptied to a value
     /// of the same JSON type (what the parser checked but did not keep).
-    pub fn without_arguments(&self) -> Message {
-        let mut m = self.clone();
-        if let Target::Tool { arguments, .. } = &mut m.target {
-            arguments.clear();
-        }
-        if let Some(a) = m.params.get_mut("arguments") {
-            match a {
-                Value::Object(o) => o.clear(),
-                Value::Array(items) => items.clear(),
-                Value::String(s) => s.clear(),
-                _ => {}
-            }
-        }
-        m
-    }
-
     pub fn tool_name(&self) -> Option<&str> {
         match &self.target {
             Target::Tool { name, .. } => Some(name),
@@ -526,13 +510,8 @@ pub fn parse_message_for(
     }
 }
 
-/// Parses a JSON-RPC batch (allowed by protocol version 2025-03-26 only): every element must
-/// be a valid message, and the batch must not be empty.
-pub fn parse_batch(body: &[u8], max_depth: usize) -> Result<Vec<Message>, ParseError> {
-    parse_batch_for(body, max_depth, Arguments::Keep)
-}
-
-/// Parses a batch, keeping the tool arguments or not.
+/// Parses a JSON-RPC batch (allowed by protocol version 2025-03-26 only), keeping the tool
+/// arguments or not: every element must be a valid message, and the batch must not be empty.
 pub fn parse_batch_for(
     body: &[u8],
     max_depth: usize,

@@ -339,11 +339,6 @@ pub fn known_param_headers(host: &dyn Host, server: &str, tool: &str) -> Option<
     serde_json::from_slice(&value).ok()
 }
 
-/// Whether any `Mcp-Param-*` header is present.
-pub fn has_param_headers(headers: &[Header]) -> bool {
-    headers.iter().any(|(k, _)| is_param_header(k))
-}
-
 fn is_param_header(name: &str) -> bool {
     name.len() > PARAM_PREFIX.len()
         && name

@@ -44,8 +44,7 @@ pub struct Inspection {
 
 /// Chooses the body handling from the response's content type.
 pub fn body_for(content_type: &str) -> Body {
-    let media = content_type.split(';').next().unwrap_or("").trim();
-    if media.eq_ignore_ascii_case("text/event-stream") {
+    if crate::http::is_event_stream(content_type) {
         Body::Events(Box::new(SseRewriter::new(MAX_EVENT)))
     } else {
         Body::Buffered

@@ -94,11 +94,6 @@ impl Revocations {
         })
     }
 
-    pub fn from_bytes(bytes: &[u8], issuer: &str) -> Result<Revocations, String> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
-        Revocations::from_json(value, issuer)
-    }
-
     /// Whether the token with these (verified) claims is revoked.
     pub fn check(&self, claims: &Map<String, Value>) -> Result<(), Revoked> {
         if let Some(jti) = claims.get("jti").and_then(Value::as_str) {
