@@ -18,13 +18,14 @@ WASI_LIB   = $(shell dirname "$$(dpkg -L wasi-libc 2>/dev/null | grep '/libc\.a$
 WASM_RUSTFLAGS = -Clink-self-contained=no -Lnative=$(WASI_LIB)
 APT_PKGS  := rustc-web cargo-web rust-web-src lld wasi-libc binaryen wrk redis-server
 
-.PHONY: help run test unit policy-tests e2e wasm wasm-faults setup lint fmt bench clean rls-peer
+.PHONY: help run test unit policy-tests e2e wasm wasm-faults setup lint fmt schema bench clean rls-peer
 
 help:
 	@echo "make run    start the demo: Envoy + mcp-guard + a demo MCP server on :$(PORT)"
 	@echo "make test   unit tests, then end-to-end tests through real Envoy"
 	@echo "make wasm   build $(WASM)"
 	@echo "make lint   cargo fmt --check and clippy -D warnings"
+	@echo "make schema write policies/config.schema.json from the configuration's types"
 
 # ---- set-up -----------------------------------------------------------------------------------
 
@@ -128,6 +129,11 @@ lint:
 
 fmt:
 	cargo fmt --all
+
+# The plugin configuration's JSON Schema is generated from the types that parse it; `make unit`
+# fails when the checked-in file differs (filter/tests/config_schema.rs).
+schema:
+	MCP_GUARD_WRITE_SCHEMA=1 cargo test -q -p mcp-guard --test config_schema
 
 clean:
 	rm -rf target

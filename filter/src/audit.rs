@@ -10,7 +10,8 @@
 
 use std::io;
 
-use serde::Serialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::ser::Formatter;
 use serde_json::{Map, Value};
 
@@ -410,7 +411,8 @@ fn shrink(value: &mut Value, depth: usize) {
 }
 
 /// How much of a tool call's arguments an audit record keeps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum ArgumentsMode {
     /// Nothing (the default: arguments may hold personal data).
     #[default]
@@ -421,18 +423,6 @@ pub enum ArgumentsMode {
     Redacted,
     /// Everything, as sent.
     Full,
-}
-
-impl ArgumentsMode {
-    pub fn parse(s: &str) -> Option<ArgumentsMode> {
-        Some(match s {
-            "none" => ArgumentsMode::None,
-            "keys" => ArgumentsMode::Keys,
-            "redacted" => ArgumentsMode::Redacted,
-            "full" => ArgumentsMode::Full,
-            _ => return None,
-        })
-    }
 }
 
 /// Key names whose values are masked in `redacted` mode (matched as substrings, any case).
@@ -721,11 +711,9 @@ mod tests {
             arguments(ArgumentsMode::Full, args),
             Some(Value::Object(args.clone()))
         );
-        assert_eq!(
-            ArgumentsMode::parse("redacted"),
-            Some(ArgumentsMode::Redacted)
-        );
-        assert_eq!(ArgumentsMode::parse("all"), None);
+        let parse = |s: &str| serde_json::from_value::<ArgumentsMode>(json!(s)).ok();
+        assert_eq!(parse("redacted"), Some(ArgumentsMode::Redacted));
+        assert_eq!(parse("all"), None);
     }
 
     #[test]

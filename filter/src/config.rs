@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -49,12 +50,17 @@ pub struct RateLimitService {
     pub timeout_ms: u64,
 }
 
-#[derive(Deserialize)]
+/// Envoy's rate limit service API (`envoy.service.ratelimit.v3`), for limits of `scope: global`.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawRateLimitService {
+    /// The Envoy cluster of the rate limit service (HTTP/2).
     cluster: String,
+    /// The `domain` of every request (default `mcp-guard`).
     #[serde(default)]
     domain: Option<String>,
+    /// How long a message waits for the answer before the limit's failure mode applies, 1 to
+    /// 60000 (default 200).
     #[serde(default)]
     timeout_ms: Option<u64>,
 }
@@ -130,13 +136,16 @@ pub struct Server {
 }
 
 /// Conditions selecting a server beyond its path: Envoy route name, host, upstream cluster.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Matcher {
+    /// The Envoy route's name.
     #[serde(default)]
     pub route_name: Option<String>,
+    /// The request's host (any case; a port in the request is ignored).
     #[serde(default)]
     pub host: Option<String>,
+    /// The upstream cluster Envoy routes to.
     #[serde(default)]
     pub cluster: Option<String>,
 }
@@ -188,36 +197,67 @@ const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 const DEFAULT_CLOCK_SKEW: u64 = 60;
 const DEFAULT_KEY_WAIT_MS: u64 = 3000;
 
-#[derive(Deserialize)]
+/// The plugin configuration as written: the JSON Envoy hands to `on_configure`, and the
+/// source of its JSON Schema ([`schema`]). Members that are parts with their own parser keep
+/// their JSON here and are read into the type their schema names (`schemars(with)`), by
+/// [`typed`], field by field, so that one wrong part does not hide the errors of the others.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    title = "mcp-guard plugin configuration",
+    description = "The configuration of the mcp-guard Envoy filter (the plugin configuration of its Wasm filter). See README.md, Configuration. The filter checks more than this schema can: CEL rules, URLs, header names, keys, and that the parts agree; it names the field of every error."
+)]
 struct RawConfig {
+    /// How far `exp` and `nbf` may be off, in seconds, at most 600 (default 60).
     #[serde(default)]
     clock_skew_seconds: Option<u64>,
+    /// Largest JSON-RPC request body, in bytes; 413 above (default 1048576).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     max_body_bytes: Option<usize>,
+    /// How long a request may wait for an issuer's keys, revocation feed or introspection
+    /// answer before a 503, in milliseconds (default 3000).
     #[serde(default)]
     key_wait_ms: Option<u64>,
+    /// DPoP proofs (RFC 9449) for tokens bound by `cnf.jkt`.
     #[serde(default)]
+    #[schemars(with = "Option<crate::dpop::RawDpop>")]
     dpop: Option<Value>,
+    /// Where limits of `scope: global` are counted.
     #[serde(default)]
+    #[schemars(with = "Option<RawRateLimitService>")]
     rate_limit_service: Option<Value>,
+    /// The token issuers trusted (at least one).
+    #[schemars(with = "Vec<crate::jwt::RawIssuer>", length(min = 1))]
     issuers: Vec<Value>,
+    /// The MCP servers behind the filter (at least one).
+    #[schemars(with = "Vec<RawServer>", length(min = 1))]
     servers: Vec<Value>,
+    /// Required: the keys that seal each `Mcp-Session-Id` for its caller and server, or
+    /// `{"stateless": true}` when no MCP server behind the filter keeps sessions.
     #[serde(default)]
+    #[schemars(with = "Option<RawSessions>")]
     sessions: Option<Value>,
 }
 
-#[derive(Deserialize)]
+/// `sessions`: the sealing keys (32 bytes in base64, as `head -c32 /dev/urandom | base64`
+/// prints them), given inline or by VM environment variable.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawSessions {
+    /// The key, inline.
     #[serde(default)]
     key: Option<String>,
+    /// The VM environment variable that holds the key.
     #[serde(default)]
     key_from_env: Option<String>,
+    /// A second key that still opens handles, for rotation.
     #[serde(default)]
     previous_key: Option<String>,
+    /// The VM environment variable that holds the previous key.
     #[serde(default)]
     previous_key_from_env: Option<String>,
+    /// No MCP server behind this filter keeps sessions: no key.
     #[serde(default)]
     stateless: bool,
 }
@@ -225,37 +265,110 @@ struct RawSessions {
 /// What to write when the sealing key is missing (the error says it whole).
 const SESSIONS_HOWTO: &str = "mcp-guard seals every Mcp-Session-Id for the caller it belongs to with this key, which every replica shares. Add \"sessions\": {\"key_from_env\": \"MCP_GUARD_SESSION_KEY\"} and set that VM environment variable to the output of `head -c32 /dev/urandom | base64` (or write that output inline as \"sessions\": {\"key\": \"...\"}); if no MCP server behind this filter keeps sessions, write \"sessions\": {\"stateless\": true} instead";
 
-#[derive(Deserialize)]
+/// One protected MCP server.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
+    /// The server's name, in audit records and metrics.
     name: String,
+    /// The MCP endpoint path (default `/mcp`).
     #[serde(default)]
     path: Option<String>,
+    /// The resource identifier (RFC 8707): the absolute URL clients call.
     resource: String,
+    /// A token's `aud` must name one of these to be used here (default: `resource`).
     #[serde(default)]
     audiences: Option<Vec<String>>,
+    /// RFC 9728 metadata: the authorization servers clients get tokens from.
     #[serde(default)]
     authorization_servers: Vec<String>,
+    /// RFC 9728 metadata: the scopes this server knows.
     #[serde(default)]
     scopes_supported: Vec<String>,
+    /// RFC 9728 metadata: a name for people.
     #[serde(default)]
     resource_name: Option<String>,
+    /// Which Envoy route, host or cluster this server is, beyond its path (all given must hold).
     #[serde(default, rename = "match")]
+    #[schemars(with = "Option<Matcher>")]
     matcher: Option<Value>,
+    /// The service credential injected towards the upstream.
+    #[schemars(with = "RawCredential")]
     credential: Value,
+    /// Client request headers removed before forwarding (default `cookie`,
+    /// `proxy-authorization`, `x-api-key`); the client's credentials, method overrides, the
+    /// key header and the forwarded-claim headers are always removed.
     #[serde(default)]
     strip_headers: Option<Vec<String>>,
+    /// Verified claims forwarded as request headers: claim name → header name.
     #[serde(default)]
+    #[schemars(with = "Option<std::collections::BTreeMap<String, String>>")]
     forward_claims: Option<Map<String, Value>>,
+    /// What to do with a response that carries the service key (default `redact`).
     #[serde(default)]
-    key_leak: Option<String>,
+    key_leak: Option<KeyLeak>,
+    /// How much of tool arguments the audit records keep (default `none`).
     #[serde(default)]
-    audit_arguments: Option<String>,
+    audit_arguments: Option<ArgumentsMode>,
+    /// The policy: named CEL rules, and limits.
+    #[schemars(schema_with = "policy_schema")]
     policy: Value,
+    /// Approved tool (and prompt) definitions, as `mcp-guard pin` writes them.
     #[serde(default)]
+    #[schemars(schema_with = "pins_schema")]
     pins: Option<Value>,
+    /// Only DPoP-bound tokens are accepted.
     #[serde(default)]
     require_dpop: bool,
+}
+
+/// `servers[].key_leak`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum KeyLeak {
+    /// The key is replaced by `[REDACTED]`.
+    #[default]
+    Redact,
+    /// The response is refused.
+    Block,
+}
+
+fn policy_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "$ref": "policy.schema.json" })
+}
+
+fn pins_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "$ref": "pins.schema.json" })
+}
+
+/// The JSON Schema of the plugin configuration, generated from the types that parse it
+/// ([`RawConfig`] and its parts); checked in as `policies/config.schema.json` (a test fails
+/// when it drifts). Policies and pins refer to their own schemas, next to it.
+pub fn schema() -> Value {
+    /// Doc comments are wrapped at 100 columns: descriptions are not.
+    fn unwrap_descriptions(value: &mut Value) {
+        match value {
+            Value::Object(members) => {
+                for (key, member) in members.iter_mut() {
+                    match member {
+                        Value::String(text) if key == "description" => {
+                            *text = text.replace('\n', " ");
+                        }
+                        other => unwrap_descriptions(other),
+                    }
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+            _ => {}
+        }
+    }
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let mut schema = generator.into_root_schema_for::<RawConfig>().to_value();
+    unwrap_descriptions(&mut schema);
+    if let Value::Object(members) = &mut schema {
+        members.insert("$id".into(), Value::String("config.schema.json".into()));
+    }
+    schema
 }
 
 /// Removed from every forwarded request unless the configuration lists its own set.
@@ -276,120 +389,181 @@ pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
     "x-forwarded-method",
 ];
 
-#[derive(Deserialize)]
+/// The service credential: a header, and its value inline or from a VM environment variable.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct RawCredential {
+    /// The header name, e.g. `x-api-key` or `authorization`.
     header: String,
+    /// Written before the secret, e.g. `Bearer `.
     #[serde(default)]
     prefix: String,
+    /// The secret, inline (at least 8 characters).
     #[serde(default)]
     value: Option<String>,
+    /// The VM environment variable that holds the secret.
     #[serde(default)]
     value_from_env: Option<String>,
 }
 
 impl Config {
-    /// Parses and compiles the plugin configuration.
+    /// Parses and compiles the plugin configuration. The error is the first one found; the
+    /// others, if any, follow in its message (see [`Config::load`]).
     pub fn from_json(bytes: &[u8], env: &dyn Environment) -> Result<Config, ConfigError> {
-        let root: Value = serde_json::from_slice(bytes)
-            .map_err(|e| ConfigError::new("", format!("configuration is not valid JSON: {e}")))?;
+        Config::load(bytes, env).map_err(|errors| {
+            let mut errors = errors.into_iter();
+            let mut first = errors
+                .next()
+                .unwrap_or_else(|| ConfigError::new("", "invalid configuration"));
+            let rest: Vec<String> = errors.map(|e| e.to_string()).collect();
+            if !rest.is_empty() {
+                first.message = format!(
+                    "{} (and {} more: {})",
+                    first.message,
+                    rest.len(),
+                    rest.join("; ")
+                );
+            }
+            first
+        })
+    }
+
+    /// Parses and compiles the plugin configuration, reporting every error found: the first of
+    /// each part (the top-level members, each issuer, each server, `rate_limit_service`,
+    /// `sessions`, `dpop`), in that order. Only a configuration whose top level does not
+    /// parse (not JSON, an unknown or mistyped member) stops at that one error.
+    pub fn load(bytes: &[u8], env: &dyn Environment) -> Result<Config, Vec<ConfigError>> {
+        let root: Value = serde_json::from_slice(bytes).map_err(|e| {
+            vec![ConfigError::new(
+                "",
+                format!("configuration is not valid JSON: {e}"),
+            )]
+        })?;
         if !root.is_object() {
-            return Err(ConfigError::new("", "configuration must be a JSON object"));
+            return Err(vec![ConfigError::new(
+                "",
+                "configuration must be a JSON object",
+            )]);
         }
-        let raw: RawConfig = typed(root, "")?;
+        let raw: RawConfig = typed(root, "").map_err(|e| vec![e])?;
+        let mut errors = Vec::new();
         let skew = raw.clock_skew_seconds.unwrap_or(DEFAULT_CLOCK_SKEW);
         if skew > 600 {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 "clock_skew_seconds",
                 "must be at most 600 seconds",
             ));
         }
         let max_body_bytes = raw.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
         if max_body_bytes == 0 {
-            return Err(ConfigError::new("max_body_bytes", "must be positive"));
+            errors.push(ConfigError::new("max_body_bytes", "must be positive"));
         }
 
         if raw.issuers.is_empty() {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 "issuers",
                 "at least one issuer is required",
             ));
         }
-        let mut issuers = Vec::with_capacity(raw.issuers.len());
+        let mut issuers: Vec<Issuer> = Vec::with_capacity(raw.issuers.len());
         for (i, value) in raw.issuers.into_iter().enumerate() {
             let field = format!("issuers[{i}]");
-            let mut issuer = Issuer::from_config(value, &field)?;
-            issuer.resolve_secrets(env, &field)?;
-            if issuer.introspection.is_some()
-                && issuers.iter().any(|o: &Issuer| o.introspection.is_some())
-            {
-                return Err(ConfigError::new(
-                    format!("{field}.introspect"),
-                    "only one issuer may introspect: opaque tokens do not name their issuer",
-                ));
+            let issuer = Issuer::from_config(value, &field).and_then(|mut issuer| {
+                issuer.resolve_secrets(env, &field)?;
+                if issuer.introspection.is_some()
+                    && issuers.iter().any(|o| o.introspection.is_some())
+                {
+                    return Err(ConfigError::new(
+                        format!("{field}.introspect"),
+                        "only one issuer may introspect: opaque tokens do not name their issuer",
+                    ));
+                }
+                if issuers.iter().any(|o| o.issuer == issuer.issuer) {
+                    return Err(ConfigError::new(
+                        format!("{field}.issuer"),
+                        format!("issuer {:?} is configured twice", issuer.issuer),
+                    ));
+                }
+                Ok(issuer)
+            });
+            match issuer {
+                Ok(issuer) => issuers.push(issuer),
+                Err(e) => errors.push(e),
             }
-            if issuers.iter().any(|o: &Issuer| o.issuer == issuer.issuer) {
-                return Err(ConfigError::new(
-                    format!("{field}.issuer"),
-                    format!("issuer {:?} is configured twice", issuer.issuer),
-                ));
-            }
-            issuers.push(issuer);
         }
 
         if raw.servers.is_empty() {
-            return Err(ConfigError::new(
+            errors.push(ConfigError::new(
                 "servers",
                 "at least one server is required",
             ));
         }
         let mut servers: Vec<Server> = Vec::with_capacity(raw.servers.len());
+        // Each loaded server's position in the configuration (errors name it).
+        let mut positions: Vec<usize> = Vec::with_capacity(raw.servers.len());
         for (i, value) in raw.servers.into_iter().enumerate() {
             let field = format!("servers[{i}]");
-            let server = Server::from_config(value, &field, env)?;
-            if servers
-                .iter()
-                .any(|s| s.path == server.path && s.matcher == server.matcher)
-            {
-                return Err(ConfigError::new(
-                    format!("{field}.match"),
-                    format!(
-                        "another server has path {:?} and the same match: give each a distinct route_name, host or cluster",
-                        server.path
-                    ),
-                ));
+            let server = Server::from_config(value, &field, env).and_then(|server| {
+                if servers
+                    .iter()
+                    .any(|s| s.path == server.path && s.matcher == server.matcher)
+                {
+                    return Err(ConfigError::new(
+                        format!("{field}.match"),
+                        format!(
+                            "another server has path {:?} and the same match: give each a distinct route_name, host or cluster",
+                            server.path
+                        ),
+                    ));
+                }
+                Ok(server)
+            });
+            match server {
+                Ok(server) => {
+                    positions.push(i);
+                    servers.push(server);
+                }
+                Err(e) => errors.push(e),
             }
-            servers.push(server);
         }
         let rate_limit_service = raw
             .rate_limit_service
             .map(RateLimitService::from_config)
-            .transpose()?;
+            .transpose()
+            .unwrap_or_else(|e| {
+                errors.push(e);
+                None
+            });
         if rate_limit_service.is_none() {
-            for (i, server) in servers.iter().enumerate() {
+            for (i, server) in positions.iter().zip(&servers) {
                 if let Some(j) = server
                     .policy
                     .limits
                     .iter()
                     .position(|l| l.scope == crate::policy::Scope::Global)
                 {
-                    return Err(ConfigError::new(
+                    errors.push(ConfigError::new(
                         format!("servers[{i}].policy.limits[{j}].scope"),
                         "a global limit needs `rate_limit_service` (its cluster) in the configuration",
                     ));
                 }
             }
         }
-
-        Ok(Config {
-            authenticator: Authenticator::new(issuers, skew),
-            servers,
-            max_body_bytes,
-            key_wait_ms: raw.key_wait_ms.unwrap_or(DEFAULT_KEY_WAIT_MS),
-            sessions: sessions_from_config(raw.sessions, env)?,
-            dpop: crate::dpop::DpopConfig::from_config(raw.dpop, "dpop")?,
-            rate_limit_service,
-        })
+        let sessions = sessions_from_config(raw.sessions, env).map_err(|e| errors.push(e));
+        let dpop =
+            crate::dpop::DpopConfig::from_config(raw.dpop, "dpop").map_err(|e| errors.push(e));
+        match (sessions, dpop) {
+            (Ok(sessions), Ok(dpop)) if errors.is_empty() => Ok(Config {
+                authenticator: Authenticator::new(issuers, skew),
+                servers,
+                max_body_bytes,
+                key_wait_ms: raw.key_wait_ms.unwrap_or(DEFAULT_KEY_WAIT_MS),
+                sessions,
+                dpop,
+                rate_limit_service,
+            }),
+            _ => Err(errors),
+        }
     }
 
     /// The first server serving `path` whose match holds for this route, host and cluster.
@@ -499,25 +673,8 @@ impl Server {
                 strip_headers.push(must);
             }
         }
-        let block_key_leaks = match raw.key_leak.as_deref() {
-            None | Some("redact") => false,
-            Some("block") => true,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    format!("{field}.key_leak"),
-                    format!("must be \"redact\" or \"block\", not {other:?}"),
-                ))
-            }
-        };
-        let audit_arguments = match raw.audit_arguments.as_deref() {
-            None => ArgumentsMode::None,
-            Some(mode) => ArgumentsMode::parse(mode).ok_or_else(|| {
-                ConfigError::new(
-                    format!("{field}.audit_arguments"),
-                    format!("must be one of none, keys, redacted, full; not {mode:?}"),
-                )
-            })?,
-        };
+        let block_key_leaks = raw.key_leak.unwrap_or_default() == KeyLeak::Block;
+        let audit_arguments = raw.audit_arguments.unwrap_or_default();
         let policy = Policy::from_config(raw.policy, &format!("{field}.policy"))?;
         let pins = match raw.pins {
             Some(p) => Pins::from_config(p, &format!("{field}.pins"))?,

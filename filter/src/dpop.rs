@@ -15,6 +15,7 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -47,11 +48,15 @@ impl Default for DpopConfig {
     }
 }
 
-#[derive(Deserialize)]
+/// `dpop`: how DPoP proofs (RFC 9449) are checked.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawDpop {
+pub(crate) struct RawDpop {
+    /// Algorithms a proof may be signed with (default ES256, RS256, PS256, EdDSA, ES384).
     #[serde(default)]
+    #[schemars(with = "Option<Vec<Alg>>")]
     algorithms: Option<Vec<String>>,
+    /// How old a proof may be, in seconds (default 60).
     #[serde(default)]
     max_age_seconds: Option<i64>,
 }

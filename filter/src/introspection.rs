@@ -16,6 +16,7 @@ use std::rc::Rc;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -34,8 +35,10 @@ const SLOTS: u16 = 4096;
 const FAILED_TTL_MS: u64 = 1000;
 
 /// Which tokens of an issuer are introspected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(rename_all = "lowercase")]
 pub enum Mode {
+    /// None (the default).
     Never,
     /// Tokens that are not JWTs (no two dots).
     Opaque,
@@ -43,9 +46,14 @@ pub enum Mode {
     Always,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the filter authenticates to the introspection endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
 pub enum ClientAuth {
+    /// HTTP Basic (the default).
+    #[schemars(rename = "client_secret_basic")]
     Basic,
+    /// In the form body.
+    #[schemars(rename = "client_secret_post")]
     Post,
 }
 
@@ -76,21 +84,31 @@ impl std::fmt::Debug for Introspection {
     }
 }
 
-#[derive(Deserialize)]
+/// `issuers[].introspection`: an RFC 7662 token introspection endpoint.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawIntrospection {
+pub(crate) struct RawIntrospection {
+    /// The endpoint's absolute URL.
     endpoint: String,
+    /// The Envoy cluster that reaches it (default: the issuer's `cluster`).
     #[serde(default)]
     cluster: Option<String>,
+    /// The filter's client id at the authorization server.
     client_id: String,
+    /// The VM environment variable that holds the client secret.
     #[serde(default)]
     client_secret_from_env: Option<String>,
+    /// How the client authenticates (default `client_secret_basic`).
     #[serde(default)]
+    #[schemars(with = "Option<ClientAuth>")]
     auth: Option<String>,
+    /// How long an active answer is kept, in seconds (default 60).
     #[serde(default)]
     cache_ttl_seconds: Option<u64>,
+    /// How long an inactive answer is kept, in seconds (default 5).
     #[serde(default)]
     negative_ttl_seconds: Option<u64>,
+    /// Call timeout, in milliseconds (default 2000).
     #[serde(default)]
     timeout_ms: Option<u64>,
 }

@@ -14,6 +14,7 @@ use base64::Engine as _;
 use jwt_compact::alg::{Ed25519, Es256, Rsa, RsaPublicKey};
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature, UntrustedToken};
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -29,8 +30,10 @@ use crate::url::split_url;
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// The signature algorithms the filter verifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The signature algorithms the filter verifies, by their JOSE names (`RS256`…).
+// In the schema by those names, as `Alg::parse` reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[schemars(rename_all = "UPPERCASE")]
 pub enum Alg {
     Rs256,
     Rs384,
@@ -40,6 +43,7 @@ pub enum Alg {
     Ps512,
     Es256,
     Es384,
+    #[schemars(rename = "EdDSA")]
     EdDsa,
 }
 
@@ -286,39 +290,71 @@ pub struct Issuer {
     last_attempt_ms: Cell<u64>,
 }
 
-#[derive(Deserialize)]
+/// One trusted token issuer: its keys inline (`jwks`) or fetched (`jwks_uri` or `discovery`
+/// with `cluster`).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawIssuer {
+pub(crate) struct RawIssuer {
+    /// The exact `iss` of its tokens.
     issuer: String,
+    /// Accepted `aud` values (a token names one of them).
     audiences: Vec<String>,
+    /// Allowed signing algorithms (default RS256, ES256).
     #[serde(default)]
+    #[schemars(with = "Option<Vec<Alg>>")]
     algorithms: Option<Vec<String>>,
+    /// An inline JSON Web Key Set.
     #[serde(default)]
+    #[schemars(schema_with = "jwks_schema")]
     jwks: Option<Value>,
+    /// Where the key set is fetched, through `cluster`.
     #[serde(default)]
     jwks_uri: Option<String>,
+    /// Find `jwks_uri` by OpenID Connect / RFC 8414 discovery from `issuer`, through `cluster`.
     #[serde(default)]
     discovery: bool,
+    /// The Envoy cluster that reaches the issuer.
     #[serde(default)]
     cluster: Option<String>,
+    /// How often fetched keys are refreshed, in seconds (default 300).
     #[serde(default)]
     refresh_seconds: Option<u64>,
+    /// At most one re-fetch for an unknown `kid` per this many seconds (default 30).
     #[serde(default)]
     min_refetch_seconds: Option<u64>,
+    /// Key fetch timeout, in milliseconds (default 5000).
     #[serde(default)]
     fetch_timeout_ms: Option<u64>,
+    /// The `typ` every token must have, e.g. `at+jwt`.
     #[serde(default)]
     typ: Option<String>,
+    /// Claims every token must carry.
     #[serde(default)]
     required_claims: Vec<String>,
+    /// Whether `exp` is required (default true).
     #[serde(default)]
     require_exp: Option<bool>,
+    /// A revocation feed: fetched (`uri`, `cluster`, …) or inline.
     #[serde(default)]
+    #[schemars(with = "Option<crate::revocation::RawFeedConfig>")]
     revocation: Option<Value>,
+    /// Which tokens are introspected (RFC 7662; default `never`).
     #[serde(default)]
+    #[schemars(with = "Option<crate::introspection::Mode>")]
     introspect: Option<String>,
+    /// The introspection endpoint.
     #[serde(default)]
+    #[schemars(with = "Option<crate::introspection::RawIntrospection>")]
     introspection: Option<Value>,
+}
+
+fn jwks_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "An inline JSON Web Key Set (RFC 7517).",
+        "type": "object",
+        "required": ["keys"],
+        "properties": { "keys": { "type": "array", "items": { "type": "object" } } }
+    })
 }
 
 impl Issuer {

@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -140,21 +141,33 @@ pub struct Feed {
     current: RefCell<Option<Rc<Revocations>>>,
 }
 
-#[derive(Deserialize)]
+/// `issuers[].revocation`: the feed inline, or where to fetch it.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct RawFeedConfig {
+pub(crate) struct RawFeedConfig {
+    /// The feed document itself.
     #[serde(default)]
+    #[schemars(schema_with = "feed_schema")]
     inline: Option<Value>,
+    /// Where the feed is fetched.
     #[serde(default)]
     uri: Option<String>,
+    /// The Envoy cluster that serves it (default: the issuer's `cluster`).
     #[serde(default)]
     cluster: Option<String>,
+    /// How often it is fetched, in seconds (default 30).
     #[serde(default)]
     refresh_seconds: Option<u64>,
+    /// Fetch timeout, in milliseconds (default 5000).
     #[serde(default)]
     fetch_timeout_ms: Option<u64>,
+    /// Largest feed accepted, in bytes (default 1048576, at most 8388608).
     #[serde(default)]
     max_bytes: Option<usize>,
+}
+
+fn feed_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "$ref": "../docs/revocation-feed.schema.json" })
 }
 
 impl Feed {

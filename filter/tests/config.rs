@@ -568,3 +568,46 @@ fn sealing_keys_come_from_the_environment() {
     ]);
     assert!(load(&config, &env).expect("both set").sessions.is_some());
 }
+
+#[test]
+fn every_part_s_error_is_reported_in_order() {
+    let mut config = valid();
+    config["clock_skew_seconds"] = json!(601);
+    config["issuers"][0]["audiences"] = json!([]);
+    let second = config["servers"][0].clone();
+    config["servers"]
+        .as_array_mut()
+        .expect("array")
+        .push(second);
+    config["servers"][0]["credential"]["header"] = json!("x api key");
+    config["servers"][1]["path"] = json!("/other");
+    config["servers"][1]["policy"]["limits"] =
+        json!([{ "name": "g", "key": "jwt.sub", "rate": "10/minute", "scope": "global" }]);
+    config.as_object_mut().expect("object").remove("sessions");
+    let errors = match Config::load(config.to_string().as_bytes(), &MapEnv::default()) {
+        Ok(_) => panic!("accepted: {config}"),
+        Err(errors) => errors,
+    };
+    let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "clock_skew_seconds",
+            "issuers[0].audiences",
+            "servers[0].credential.header",
+            "servers[1].policy.limits[0].scope",
+            "sessions",
+        ]
+    );
+    // The one error Envoy logs names the first and carries the others.
+    let e = load(&config, &MapEnv::default()).expect_err("invalid");
+    assert_eq!(e.field, "clock_skew_seconds");
+    assert!(
+        e.message.contains("(and 4 more: issuers[0].audiences: "),
+        "{e}"
+    );
+    assert!(
+        e.message.contains("servers[1].policy.limits[0].scope: "),
+        "{e}"
+    );
+}
