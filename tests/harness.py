@@ -190,6 +190,23 @@ class Idp(Process):
         self._call("POST", "/_test/reset-hits")
 
 
+def check_config_schema(plugin: dict) -> None:
+    """A configuration the filter accepted is valid by policies/config.schema.json (generated
+    from the types that parse it), which refers to the policy, pins and revocation feed
+    schemas."""
+    import jsonschema
+    from referencing import Registry, Resource
+    schemas = {name: ROOT / "policies" / name
+               for name in ("config.schema.json", "policy.schema.json", "pins.schema.json")}
+    schemas["../docs/revocation-feed.schema.json"] = ROOT / "docs" / "revocation-feed.schema.json"
+    registry = Registry().with_resources(
+        (name, Resource.from_contents(json.loads(path.read_text()))) for name, path in schemas.items())
+    validator = jsonschema.Draft202012Validator(json.loads(schemas["config.schema.json"].read_text()),
+                                                registry=registry)
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(plugin)]
+    assert not errors, f"the filter accepted a configuration its schema refuses: {errors[:5]}"
+
+
 class Envoy(Process):
     """Envoy with mcp-guard, rendered from a template in envoy/."""
 
@@ -220,6 +237,8 @@ class Envoy(Process):
         super().__init__(args, workdir / "envoy.log")
         if wait:
             self.wait_ready()
+            if isinstance(plugin, dict):
+                check_config_schema(plugin)
 
     @property
     def url(self) -> str:
