@@ -3,6 +3,10 @@
 //! Everything derived from the configuration (key sets, compiled CEL programs, header names) is
 //! built here once, so no request ever rebuilds it. Every error names the field it is about, as
 //! a path such as `servers[0].policy.rules[2].allow`.
+//!
+//! The configuration as written is `RawConfig` and the types of its parts (serde derive, an
+//! enum for every choice); its JSON Schema (`policies/config.schema.json`, [`schema`]) is
+//! generated from the same types. [`Config::load`] reports every part's error.
 
 use std::fmt;
 
@@ -342,7 +346,7 @@ fn pins_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 }
 
 /// The JSON Schema of the plugin configuration, generated from the types that parse it
-/// ([`RawConfig`] and its parts); checked in as `policies/config.schema.json` (a test fails
+/// (`RawConfig` and its parts); checked in as `policies/config.schema.json` (a test fails
 /// when it drifts). Policies and pins refer to their own schemas, next to it.
 pub fn schema() -> Value {
     /// Doc comments are wrapped at 100 columns: descriptions are not.

@@ -1,5 +1,5 @@
 //! Configuration errors, each naming the field it is about (`servers[0].policy.rules[2].allow`),
-//! and [`typed`], which reads one part of the configuration into its Rust type and names the
+//! and `typed`, which reads one part of the configuration into its Rust type and names the
 //! field where serde stopped. A leaf module: every part of the configuration (issuers, policies,
 //! pins, DPoP, revocation feeds) loads itself with these, and none of them imports `config`.
 
