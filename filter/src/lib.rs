@@ -39,6 +39,7 @@ pub mod rls;
 pub mod seal;
 pub mod session;
 pub mod sse;
+pub mod tasks;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;
