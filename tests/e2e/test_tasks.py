@@ -27,7 +27,8 @@ POLICY = {
     "default": "deny",
     "rules": [
         {"name": "tools", "allow": "mcp.method == 'tools/call'"},
-        {"name": "tasks", "allow": "mcp.method in ['tasks/get', 'tasks/cancel', 'tasks/list', 'tasks/result']"},
+        {"name": "tasks", "allow": "mcp.method in ['tasks/get', 'tasks/update', 'tasks/cancel', 'tasks/list',"
+                                   " 'tasks/result', 'subscriptions/listen']"},
     ],
 }
 
@@ -74,6 +75,14 @@ class TaskServer:
                 return harness.Answer.json({"jsonrpc": "2.0", "id": mid, "error": {
                     "code": -32602, "message": "Failed to retrieve task: Task not found"}})
             return harness.Answer.json(reply({"taskId": params["taskId"], "status": status}))
+        if method == "tasks/update":
+            return harness.Answer.json(reply({"resultType": "complete"}))
+        if method == "subscriptions/listen":
+            # The status of each task asked for, as a stream.
+            return harness.Answer.events(*[
+                {"jsonrpc": "2.0", "method": "notifications/tasks",
+                 "params": {"taskId": t, "status": self.tasks.get(t, "unknown")}}
+                for t in params["notifications"].get("taskIds", [])])
         if method == "tasks/list":
             return harness.Answer.json(reply({"tasks": [{"taskId": t, "status": s}
                                                         for t, s in sorted(self.tasks.items())]}))
@@ -224,3 +233,32 @@ def test_a_restarted_replica_still_opens_the_callers_handles(fleet, tmp_path_fac
     polled = fleet.post(1, "fred", task_request("tasks/get", handle))
     assert polled.json()["result"] == {"taskId": handle, "status": "working"}
     assert fleet.post(1, "gina", task_request("tasks/get", handle)).json()["error"]["code"] == -32602
+
+
+def test_subscriptions_and_updates_name_only_the_callers_own_tasks(fleet):
+    handle = fleet.post(0, "hana", call("slow")).json()["result"]["task"]["taskId"]
+    upstream_id = fleet.server.latest()
+    modern = lambda method: {"mcp-method": method}  # noqa: E731
+    listen = {"jsonrpc": "2.0", "id": 5, "method": "subscriptions/listen",
+              "params": {"notifications": {"taskIds": [handle]}}}
+    stream = fleet.post(1, "hana", listen, version=MODERN, headers=modern("subscriptions/listen"))
+    assert stream.status_code == 200, stream.text
+    [status] = events(stream.text)
+    assert status["params"] == {"taskId": handle, "status": "working"}
+    assert fleet.server.received("subscriptions/listen")[-1]["params"]["notifications"]["taskIds"] == [upstream_id]
+    update = {"jsonrpc": "2.0", "id": 6, "method": "tasks/update",
+              "params": {"taskId": handle, "inputResponses": {"confirm": {"action": "accept"}},
+                         "_meta": {RELATED: {"taskId": handle}}}}
+    ok = fleet.post(0, "hana", update, version=MODERN,
+                    headers={"mcp-method": "tasks/update", "mcp-name": handle})
+    assert ok.json()["result"] == {"resultType": "complete"}
+    forwarded = fleet.server.received("tasks/update")[-1]["params"]
+    assert forwarded["taskId"] == upstream_id and forwarded["_meta"][RELATED]["taskId"] == upstream_id
+
+    before = len(fleet.server.received())
+    for message, method in ((listen, "subscriptions/listen"), (update, "tasks/update")):
+        refused = fleet.post(1, "ivan", message, version=MODERN,
+                             headers={"mcp-method": method, "mcp-name": handle} if method == "tasks/update"
+                             else modern(method))
+        assert refused.json()["error"] == {"code": -32602, "message": "Failed to retrieve task: Task not found"}
+    assert len(fleet.server.received()) == before
