@@ -383,21 +383,73 @@ fn the_policy_decides_on_the_upstreams_task_id() {
 fn a_batch_with_task_ids_is_refused() {
     let handle = alices_handle();
     let batch = json!([get(&handle), {"jsonrpc": "2.0", "id": 2, "method": "ping"}]);
-    let (mut host, mut stream, _) = {
-        let auth = format!("Bearer {}", token_for("alice", &[], ""));
-        let host = MockHost::request(&[
-            (":method", "POST"),
-            (":path", "/mcp"),
-            (":authority", "mcp.example.com"),
-            ("content-type", "application/json"),
-            ("mcp-protocol-version", "2025-03-26"),
-            ("authorization", &auth),
-        ]);
-        (host, Stream::new(config()), ())
-    };
+    let auth = format!("Bearer {}", token_for("alice", &[], ""));
+    let mut host = MockHost::request(&[
+        (":method", "POST"),
+        (":path", "/mcp"),
+        (":authority", "mcp.example.com"),
+        ("content-type", "application/json"),
+        ("mcp-protocol-version", "2025-03-26"),
+        ("authorization", &auth),
+    ]);
+    let mut stream = Stream::new(config());
     assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
     let action = stream.on_request_body(&mut host, batch.to_string().as_bytes());
     assert_eq!(action, Action::Pause);
     assert_eq!(host.reply().status, 400);
     assert_eq!(host.record()["reason"], "task_not_found: in a batch");
+    assert_eq!(host.replaced_request_body, None);
+}
+
+#[test]
+fn an_answer_whose_task_id_cannot_be_sealed_is_not_forwarded() {
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "slow", "arguments": {}}});
+    let (mut host, mut stream, action) = post(&token_for("alice", &[], ""), &[], &call);
+    assert_eq!(action, Action::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Pause
+    );
+    let answer = br#"{"jsonrpc":"2.0","id":1,"result":{"task":{"taskId":"t-1","taskId":"t-2"}}}"#;
+    assert_eq!(
+        stream.on_response_body(&mut host, answer, true),
+        BodyAction::Pause
+    );
+    assert_eq!(host.reply().status, 502);
+    let record = host.record();
+    assert_eq!(record["decision"], "error");
+    assert!(record["reason"]
+        .as_str()
+        .is_some_and(|r| r.starts_with("task_answer_unreadable")));
+}
+
+#[test]
+fn task_ids_in_an_event_stream_are_sealed_event_by_event() {
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "slow", "arguments": {}}});
+    let (mut host, mut stream, _) = post(&token_for("alice", &[], ""), &[], &call);
+    host.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Continue
+    );
+    let first = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tasks/status\",\"params\":{\"taskId\":\"t-";
+    let second = b"1\",\"status\":\"working\"}}\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"resultType\":\"task\",\"taskId\":\"t-1\"}}\n\n";
+    let mut out = Vec::new();
+    for (chunk, end) in [(&first[..], false), (&second[..], true)] {
+        match stream.on_response_body(&mut host, chunk, end) {
+            BodyAction::Replace(bytes) => out.extend(bytes),
+            other => panic!("{other:?}"),
+        }
+    }
+    let text = String::from_utf8(out).expect("UTF-8");
+    assert!(!text.contains("\"t-1\""), "{text}");
+    let keys = Keys::new(&KEY, None);
+    let alice = Sealer {
+        keys: &keys,
+        caller: Some((ISSUER, "alice")),
+        server: "crm",
+    };
+    let handle = alice.seal("t-1").expect("sealed");
+    assert_eq!(text.matches(handle.as_str()).count(), 2, "{text}");
 }
