@@ -44,6 +44,7 @@ pub mod rls;
 pub mod seal;
 pub mod session;
 pub mod sse;
+pub mod tasks;
 pub mod url;
 
 #[cfg(target_arch = "wasm32")]
