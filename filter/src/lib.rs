@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod crypto;
 pub mod discovery;
 pub mod dpop;
 mod es384;
@@ -39,6 +40,7 @@ pub mod rls;
 pub mod seal;
 pub mod session;
 pub mod sse;
+pub mod token_cache;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;
