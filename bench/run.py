@@ -422,7 +422,10 @@ class Bench:
         log(f"\n== features on vs off, 1 round, {a.duration:g}s each, {conns} connections")
         base = self.proxies["c"]
         call, listing = self.work / "call-1k.json", self.work / "tools-list.json"
-        pins = {"pins": {"mode": "enforce", "tools": workload.tool_pins(500)}}
+        # Every listed tool pinned as it is; the called tools (never listed here) pinned too.
+        tools = {**workload.tool_pins(500), "search_customers": "sha256:" + "0" * 64,
+                 "delete_customer": "sha256:" + "0" * 64}
+        pins = {"pins": {"mode": "enforce", "tools": tools}}
         pinned = self.start_proxy("c", name="c-pins", server_extra=pins)
         listed = self.check(pinned, "c")["tools_listed"]
         if listed != self.results["checks"].get("c", {}).get("tools_listed"):

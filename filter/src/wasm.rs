@@ -451,12 +451,14 @@ fn write_response_body(size: usize, bytes: &[u8]) -> Result<(), ()> {
 }
 
 /// Envoy's own crypto through its `verify_signature` foreign function ([`crate::crypto`]).
-/// Counts `mcp_guard.signatures.host` (checked by Envoy) and `mcp_guard.signatures.fallback`
-/// (the function is missing or declined: checked in Wasm).
+/// Each VM logs once that Envoy checks its signatures, or once why it cannot (then they are
+/// checked in Wasm). No counter: the set of counters is part of the documented metrics.
 #[derive(Debug, Default)]
 struct EnvoyCrypto {
     /// Set when this Envoy has no such function (then every check stays in Wasm).
     missing: Cell<bool>,
+    announced: Cell<bool>,
+    warned: Cell<bool>,
 }
 
 impl SignatureHost for EnvoyCrypto {
@@ -465,26 +467,25 @@ impl SignatureHost for EnvoyCrypto {
             return None;
         }
         let arguments = crypto::encode_arguments(request);
-        let verdict = match hostcalls::call_foreign_function(
-            crypto::VERIFY_SIGNATURE,
-            Some(&arguments),
-        ) {
-            Ok(answer) => crypto::decode_result(&answer.unwrap_or_default()),
+        let answer = hostcalls::call_foreign_function(crypto::VERIFY_SIGNATURE, Some(&arguments));
+        let verdict = match &answer {
+            Ok(bytes) => crypto::decode_result(bytes.as_deref().unwrap_or_default()),
             Err(Status::NotFound) => {
-                log::info!(
-                        "mcp-guard: this Envoy has no verify_signature function; signatures are checked in Wasm"
-                    );
                 self.missing.set(true);
                 None
             }
             Err(_) => None,
         };
-        let name = if verdict.is_some() {
-            "mcp_guard.signatures.host"
-        } else {
-            "mcp_guard.signatures.fallback"
-        };
-        Host::count(&mut Envoy, name, 1);
+        if verdict.is_some() && !self.announced.replace(true) {
+            log::info!("mcp-guard: signatures are checked by Envoy's crypto (verify_signature)");
+        }
+        if verdict.is_none() && !self.warned.replace(true) {
+            log::warn!(
+                "mcp-guard: Envoy's verify_signature could not check a {} signature ({:?}); such signatures are checked in Wasm",
+                request.hash,
+                answer.err()
+            );
+        }
         verdict
     }
 }
