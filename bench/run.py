@@ -1239,7 +1239,7 @@ def main() -> int:
     try:
         bench.write_inputs()
         bench.start_upstream()
-        if "main" not in skip or "extra" not in skip:
+        if not {"main", "extra", "features", "perf"} <= skip:
             bench.main_comparison() if "main" not in skip else None
             if "main" in skip:
                 bench.proxies = {s: bench.start_proxy(s) for s in "abc"}
