@@ -464,6 +464,12 @@ impl Stream {
                 reply::jsonrpc_error(message.id.as_ref(), reply::HEADER_MISMATCH, &mismatch, None);
             return self.refuse(host, record, 400, &[], body);
         }
+        // Task handles (tasks.rs): opened for this caller, forwarded as the upstream's ids.
+        let (message, mut record) = match self.open_tasks(host, server, body, message, mode, record)
+        {
+            Ok(opened) => opened,
+            Err(action) => return action,
+        };
 
         let source = record.source.clone().unwrap_or_default();
         let input = self.input(&message, &source, host.now_millis());
@@ -571,6 +577,12 @@ impl Stream {
                 return refuse_invalid(self, host, record, e.code(), why, reason);
             }
         };
+        if self.config.sessions.is_some() && crate::tasks::carries_task_ids(body) {
+            // Batches are 2025-03-26 only, which has no tasks: never opened, never forwarded.
+            let why = "task ids cannot be sent in a JSON-RPC batch".to_string();
+            let reason = format!("{}: in a batch", crate::tasks::NOT_FOUND);
+            return refuse_invalid(self, host, record, -32600, why, reason);
+        }
         let source = record.source.clone().unwrap_or_default();
         let now = host.now_millis();
         let decisions: Vec<_> = messages
@@ -864,6 +876,7 @@ impl Stream {
             };
             let lists = self.lists.as_ref();
             let patterns = &server.credential.leak_patterns;
+            let tasks = self.task_sealer(&config, server);
             match state.as_mut() {
                 None => return BodyAction::Continue,
                 Some(Body::Buffered) if !end_of_stream => {
@@ -880,6 +893,7 @@ impl Stream {
                         self.json_response,
                         lists,
                         patterns,
+                        tasks.as_ref(),
                         &mut visible,
                     );
                     (out, report, false)
@@ -891,6 +905,7 @@ impl Stream {
                         end_of_stream,
                         lists,
                         patterns,
+                        tasks.as_ref(),
                         &mut visible,
                     );
                     (Some(out), report, false)
@@ -1238,6 +1253,99 @@ impl Stream {
             return Err("session_unbindable".into());
         };
         session::open(keys, handle, caller, &server.name).map_err(|e| e.reason("session"))
+    }
+
+    /// Who this exchange's task ids are sealed for; `None` with `sessions.stateless` (no key:
+    /// task ids pass as the upstream wrote them, see docs/fleet.md).
+    fn task_sealer<'a>(
+        &'a self,
+        config: &'a Config,
+        server: &'a Server,
+    ) -> Option<crate::tasks::Sealer<'a>> {
+        Some(crate::tasks::Sealer {
+            keys: config.sessions.as_ref()?,
+            caller: self
+                .identity
+                .as_ref()
+                .and_then(|i| session::caller(&i.claims)),
+            server: &server.name,
+        })
+    }
+
+    /// Opens the task handles a client's message carries (see [`crate::tasks`]): the body, the
+    /// `Mcp-Name` header and the message the policy decides on then name the upstream's task;
+    /// a handle that is not this caller's is answered "task not found", nothing forwarded.
+    fn open_tasks(
+        &mut self,
+        host: &mut dyn Host,
+        server: &Server,
+        body: &[u8],
+        message: Message,
+        mode: mcp::Arguments,
+        mut record: Record,
+    ) -> Result<(Message, Record), Action> {
+        use crate::tasks;
+        let config = Rc::clone(&self.config);
+        let Some(sealer) = self.task_sealer(&config, server) else {
+            return Ok((message, record));
+        };
+        let opened = match tasks::open_request(body, &sealer) {
+            Ok(None) => return Ok((message, record)),
+            Ok(Some(opened)) => opened,
+            Err(reason) => {
+                record.reason = Some(reason);
+                record.error_code = Some(tasks::NOT_FOUND_CODE);
+                let answer = reply::jsonrpc_error(
+                    message.id.as_ref(),
+                    tasks::NOT_FOUND_CODE,
+                    tasks::NOT_FOUND_MESSAGE,
+                    None,
+                );
+                let status = if message.kind == Kind::Request {
+                    200
+                } else {
+                    404
+                };
+                return Err(self.refuse(host, record, status, &[], answer));
+            }
+        };
+        // The policy decides on what the upstream will read.
+        let message = match mcp::parse_message_for(&opened.body, mcp::DEFAULT_MAX_DEPTH, mode)
+            .and_then(|m| protocol::check_params(&m).map(|()| m))
+        {
+            Ok(m) => m,
+            Err(e) => {
+                record.reason = Some(format!("task_id_invalid: {}", e.audit_reason()));
+                record.error_code = Some(e.code());
+                let answer =
+                    reply::jsonrpc_error(message.id.as_ref(), e.code(), &e.to_string(), None);
+                return Err(self.refuse(host, record, 400, &[], answer));
+            }
+        };
+        describe(&mut record, &message, server);
+        // Mcp-Name mirrored the handle (checked above); upstream it mirrors the task's id.
+        let name = match (&opened.task_id, self.header("mcp-name")) {
+            (Some(id), Some(_)) => Some(tasks::header_value(id)),
+            _ => None,
+        };
+        let length = opened.body.len().to_string();
+        let forwarded = host.replace_request_body(body.len(), &opened.body)
+            && (self.header("content-length").is_none()
+                || host.replace_request_header("content-length", &length))
+            && name.is_none_or(|n| host.replace_request_header("mcp-name", &n));
+        if !forwarded {
+            // The client's handles must never reach the upstream in place of its ids.
+            record.decision = Verdict::Error;
+            record.reason = Some("task_body_not_set".into());
+            let answer = reply::jsonrpc_error(
+                message.id.as_ref(),
+                reply::INTERNAL,
+                "the task could not be forwarded",
+                None,
+            );
+            return Err(self.refuse(host, record, 500, &[], answer));
+        }
+        Ok((message, record))
     }
 
     /// The handle the client gets for the upstream's new (or repeated) session id; or the

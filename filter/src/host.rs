@@ -67,6 +67,12 @@ pub trait Host {
         self.set_response_header(name, value);
         true
     }
+    /// Replaces the whole request body (the first `old_len` bytes Envoy holds: all of it) before
+    /// it is forwarded, and says whether it was replaced. Callers fail closed on `false`: the
+    /// default, for hosts that cannot.
+    fn replace_request_body(&mut self, _old_len: usize, _body: &[u8]) -> bool {
+        false
+    }
     /// Stores one audit field under its own key (`wasm.mcp.<name>`), for per-field log columns.
     fn write_audit_column(&mut self, _name: &str, _value: &str) {}
 

@@ -40,6 +40,7 @@ pub mod rls;
 pub mod seal;
 pub mod session;
 pub mod sse;
+pub mod tasks;
 pub mod token_cache;
 
 #[cfg(target_arch = "wasm32")]

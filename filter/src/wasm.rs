@@ -540,6 +540,9 @@ impl Host for Envoy {
     fn replace_response_header(&mut self, name: &str, value: &str) -> bool {
         hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)).is_ok()
     }
+    fn replace_request_body(&mut self, old_len: usize, body: &[u8]) -> bool {
+        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_len, body).is_ok()
+    }
     fn remove_response_header(&mut self, name: &str) {
         let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
     }

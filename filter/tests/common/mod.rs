@@ -279,6 +279,8 @@ pub struct MockHost {
     pub now_ms: u64,
     /// Envoy refuses header changes that must not fail silently (`replace_*_header`).
     pub refuse_header_replacement: bool,
+    /// The request body the filter forwards in place of the client's (`replace_request_body`).
+    pub replaced_request_body: Option<Vec<u8>>,
 }
 
 impl Default for MockHost {
@@ -294,6 +296,7 @@ impl Default for MockHost {
             resets: 0,
             now_ms: NOW as u64 * 1000,
             refuse_header_replacement: false,
+            replaced_request_body: None,
         }
     }
 }
@@ -391,6 +394,13 @@ fn remove_all(headers: &mut Vec<Header>, name: &str) {
 }
 
 impl Host for MockHost {
+    fn replace_request_body(&mut self, _old_len: usize, body: &[u8]) -> bool {
+        if self.refuse_header_replacement {
+            return false;
+        }
+        self.replaced_request_body = Some(body.to_vec());
+        true
+    }
     fn replace_request_header(&mut self, name: &str, value: &str) -> bool {
         if self.refuse_header_replacement {
             return false;
