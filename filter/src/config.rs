@@ -41,6 +41,10 @@ pub struct Config {
     pub dpop: crate::dpop::DpopConfig,
     /// Where global limits are counted (Envoy's rate limit service API).
     pub rate_limit_service: Option<RateLimitService>,
+    /// Whether the per-field audit columns (`wasm.mcp.decision`, `.sub`, …) are written beside
+    /// the record (`audit_columns`, default true). Each is a hostcall per request: an access log
+    /// that reads only `wasm.mcp.audit` (envoy/mcp-guard.yaml) does not need them.
+    pub audit_columns: bool,
 }
 
 /// `rate_limit_service`: an `envoy.service.ratelimit.v3` service reached through an Envoy
@@ -231,6 +235,10 @@ struct RawConfig {
     #[serde(default)]
     #[schemars(with = "Option<RawRateLimitService>")]
     rate_limit_service: Option<Value>,
+    /// Also write the per-field audit columns `wasm.mcp.<field>` (default true); false when no
+    /// access log reads them.
+    #[serde(default)]
+    audit_columns: Option<bool>,
     /// The token issuers trusted (at least one).
     #[schemars(with = "Vec<crate::jwt::RawIssuer>", length(min = 1))]
     issuers: Vec<Value>,
@@ -565,6 +573,7 @@ impl Config {
                 sessions,
                 dpop,
                 rate_limit_service,
+                audit_columns: raw.audit_columns.unwrap_or(true),
             }),
             _ => Err(errors),
         }

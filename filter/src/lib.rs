@@ -17,6 +17,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod crypto;
 pub mod discovery;
 pub mod dpop;
 pub mod env;
@@ -45,6 +46,7 @@ pub mod seal;
 pub mod session;
 pub mod sse;
 pub mod tasks;
+pub mod token_cache;
 pub mod url;
 
 #[cfg(target_arch = "wasm32")]

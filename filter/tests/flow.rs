@@ -1962,3 +1962,31 @@ fn a_held_response_envoy_answered_itself_is_audited_as_an_error() {
     stream.on_log(&mut host);
     assert_eq!(host.record()["decision"], "allow");
 }
+
+#[test]
+fn audit_columns_are_written_unless_switched_off() {
+    let body = tool_call(json!(1), "search");
+    let mut host = post_host(Some(&alice()), &[]);
+    send(&config(), &mut host, &body);
+    assert_eq!(
+        host.property_string(&["mcp.decision"]).as_deref(),
+        Some("allow")
+    );
+    assert_eq!(host.property_string(&["mcp.sub"]).as_deref(), Some("alice"));
+
+    let mut quiet = base_config();
+    quiet["audit_columns"] = json!(false);
+    let mut host = post_host(Some(&alice()), &[]);
+    send(&build(quiet), &mut host, &body);
+    assert!(
+        !host.audits.is_empty(),
+        "the record itself is still written"
+    );
+    assert!(
+        host.properties
+            .keys()
+            .all(|k| !k.concat().starts_with("mcp.")),
+        "no per-field column: {:?}",
+        host.properties.keys()
+    );
+}
