@@ -24,7 +24,7 @@ use crate::audit::{ArgumentsMode, PinDrift, Record, Verdict, AUDIT_COLUMNS, MAX_
 use crate::config::{Config, Server};
 use crate::discovery::ListKind;
 use crate::dpop::{self, SenderError};
-use crate::host::{Header, Host};
+use crate::host::{Header, Host, HostError};
 use crate::jwt::{AuthError, Identity};
 use crate::mcp::{self, Kind, Message, Target};
 use crate::oauth::BearerError;
@@ -34,6 +34,9 @@ use crate::response::{self, Body, ListFilter};
 use crate::{metrics, oauth, protocol, reply, session};
 
 mod limits;
+mod waiting;
+
+pub use waiting::{Wait, Waiting};
 
 /// What the adapter tells Envoy after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,13 +55,6 @@ pub enum BodyAction {
     Replace(Vec<u8>),
 }
 
-/// A request held until an issuer's keys arrive (first fetch, or re-fetch for an unknown `kid`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Wait {
-    pub issuer: usize,
-    pub deadline_ms: u64,
-}
-
 /// The state of one HTTP stream.
 pub struct Stream {
     config: Rc<Config>,
@@ -72,6 +68,8 @@ pub struct Stream {
     wait_deadline: Option<u64>,
     waited: bool,
     awaiting_body: bool,
+    /// The whole request body has arrived (Envoy buffers it until the decision).
+    body_done: bool,
     counted: bool,
     /// The audit records of a batch's other messages (the first is `record`).
     batch: Vec<Record>,
@@ -107,6 +105,7 @@ impl Stream {
             wait_deadline: None,
             waited: false,
             awaiting_body: false,
+            body_done: false,
             counted: false,
             batch: Vec::new(),
             lists: None,
@@ -145,9 +144,22 @@ impl Stream {
     }
 
     /// Set while the request waits for keys; the adapter calls [`Stream::resume`] when the
-    /// issuer's keys change, a fetch settles, or the deadline passes.
+    /// issuer's keys change, a fetch settles, or the deadline passes (see [`Waiting`]).
     pub fn waiting(&self) -> Option<Wait> {
         self.wait
+    }
+
+    /// The adapter saw the end of the request body (Envoy holds it): whether to read it and
+    /// call [`Stream::on_request_body`] now. Not while the request waits for keys; then
+    /// [`Stream::body_due`] says so after it resumed.
+    pub fn request_body_ended(&mut self) -> bool {
+        self.body_done = true;
+        self.body_due()
+    }
+
+    /// Whether the whole body is there and the decision waits for it.
+    pub fn body_due(&self) -> bool {
+        self.body_done && self.awaiting_body && self.wait.is_none()
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
@@ -324,10 +336,21 @@ impl Stream {
             return self.refuse(host, record, 400, &[], body);
         }
 
-        self.forward_as_service(host, server);
+        if self.forward_as_service(host, server).is_err() {
+            // A client credential that stayed, or a service key that is not there: not sent.
+            record.decision = Verdict::Error;
+            record.reason = Some("credential_not_set".into());
+            let body = reply::jsonrpc_error(
+                None,
+                reply::INTERNAL,
+                "the request's credentials could not be swapped",
+                None,
+            );
+            return self.refuse(host, record, 500, &[], body);
+        }
         if let Some(id) = upstream_session {
             // The client's handle must never reach the upstream in place of its own id.
-            if !host.replace_request_header("mcp-session-id", &id) {
+            if host.set_request_header("mcp-session-id", &id).is_err() {
                 record.decision = Verdict::Error;
                 record.reason = Some("session_header_not_set".into());
                 let body = reply::jsonrpc_error(
@@ -768,13 +791,18 @@ impl Stream {
                 }
                 let mut redacted = value.clone().into_bytes();
                 response::redact(&mut redacted, &server.credential.leak_patterns);
-                host.set_response_header(name, &String::from_utf8_lossy(&redacted));
+                if host
+                    .set_response_header(name, &String::from_utf8_lossy(&redacted))
+                    .is_err()
+                {
+                    return self.block_leak(host, record);
+                }
             }
         }
         if let Some(session_id) = header(&headers, "mcp-session-id") {
             // The client gets the session sealed for it, never the upstream's id.
             match self.seal_session(server, session_id) {
-                Ok(handle) if host.replace_response_header("mcp-session-id", &handle) => {
+                Ok(handle) if host.set_response_header("mcp-session-id", &handle).is_ok() => {
                     record.session_id.get_or_insert(handle);
                 }
                 Ok(_) => {
@@ -792,7 +820,13 @@ impl Stream {
                 }
             }
         }
-        host.remove_response_header("www-authenticate");
+        if host.remove_response_header("www-authenticate").is_err() {
+            // Never relay the upstream's challenge (see above).
+            record.decision = Verdict::Error;
+            record.reason = Some("response_header_not_removed".into());
+            let body = self.bad_gateway_body();
+            return self.refuse(host, record, 502, &[], body);
+        }
         if let Some(why) = self.list_answer_problem(status, &headers, end_of_stream) {
             record.decision = Verdict::Error;
             record.reason = Some(format!("{}: {why}", response::UNREADABLE_LIST_ANSWER));
@@ -811,7 +845,13 @@ impl Stream {
             lists.responses_only = lists.strict && self.json_response;
         }
         let body = response::body_for(content_type);
-        host.remove_response_header("content-length");
+        if host.remove_response_header("content-length").is_err() {
+            // The body may be rewritten: a stale length would cut or stall it.
+            record.decision = Verdict::Error;
+            record.reason = Some("response_header_not_removed".into());
+            let body = self.bad_gateway_body();
+            return self.refuse(host, record, 502, &[], body);
+        }
         let action = match body {
             // A stream may last long: its record gets the status now.
             Body::Events(_) => {
@@ -1202,14 +1242,15 @@ impl Stream {
         )
     }
 
-    /// Swaps the client's credentials for the service's.
-    fn forward_as_service(&self, host: &mut dyn Host, server: &Server) {
+    /// Swaps the client's credentials for the service's. An error when a client credential
+    /// could not be removed or the service key not set: the request must not go on.
+    fn forward_as_service(&self, host: &mut dyn Host, server: &Server) -> Result<(), HostError> {
         for name in &server.strip_headers {
-            host.remove_request_header(name);
+            host.remove_request_header(name)?;
         }
         // Responses must stay inspectable.
-        host.remove_request_header("accept-encoding");
-        host.set_request_header(&server.credential.header, &server.credential.value);
+        host.remove_request_header("accept-encoding")?;
+        host.set_request_header(&server.credential.header, &server.credential.value)?;
         if let Some(identity) = &self.identity {
             for (claim, name) in &server.forward_claims {
                 let value = match identity.claims.get(claim) {
@@ -1218,10 +1259,11 @@ impl Stream {
                     Some(other) => other.to_string(),
                 };
                 if crate::config::is_header_value(&value) {
-                    host.set_request_header(name, &value);
+                    host.set_request_header(name, &value)?;
                 }
             }
         }
+        Ok(())
     }
 
     /// The upstream's session id behind a client's handle, or the audit reason why not.

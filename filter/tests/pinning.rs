@@ -235,7 +235,8 @@ fn a_batch_with_an_unapproved_call_is_refused_whole() {
     let c = config("enforce", false);
     let shared = Shared::default();
     let mut h = host(&shared);
-    h.set_request_header("mcp-protocol-version", "2025-03-26");
+    h.set_request_header("mcp-protocol-version", "2025-03-26")
+        .unwrap();
     let batch = json!([
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "get"}},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "export_all"}},
