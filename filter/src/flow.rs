@@ -30,7 +30,9 @@ use crate::mcp::{self, Kind, Message, Target};
 use crate::oauth::BearerError;
 use crate::pins::{self, Check, Drift};
 use crate::policy::{Input, Item, Outcome, RequestFacts};
+use crate::refusal::Refusal;
 use crate::response::{self, Body, ListFilter};
+use crate::seal::OpenError;
 use crate::{metrics, oauth, protocol, reply, session};
 
 mod limits;
@@ -211,9 +213,7 @@ impl Stream {
             record.upstream.as_deref(),
         );
         let Some(server) = selected.and_then(|i| config.servers.get(i)) else {
-            record.reason = Some("unknown_path".into());
-            let body = reply::http_error("not_found", "no MCP server at this path");
-            return self.refuse(host, record, 404, &[], body);
+            return self.refuse(host, record, Refusal::UnknownPath);
         };
         self.server = selected;
         record.server = Some(server.name.clone());
@@ -249,18 +249,18 @@ impl Stream {
                     host,
                     server,
                     record,
-                    Refusal::Token(AuthError::WrongAudience),
+                    AuthFailure::Token(AuthError::WrongAudience),
                 );
             }
             Ok(identity) => identity,
-            Err(refusal) => {
-                if let Some(wait) = self.should_wait(&refusal, now_ms) {
+            Err(failure) => {
+                if let Some(wait) = self.should_wait(&failure, now_ms) {
                     self.wait = Some(wait);
                     self.wait_deadline = Some(wait.deadline_ms);
                     self.record = Some(record);
                     return Action::Pause;
                 }
-                return self.refuse_auth(host, server, record, refusal);
+                return self.refuse_auth(host, server, record, failure);
             }
         };
         record.set_identity(&identity.claims);
@@ -281,10 +281,7 @@ impl Stream {
                 .count()
                 > 1
             {
-                record.reason = Some(format!("repeated_header: {single}"));
-                let why = format!("the {single} header must appear at most once");
-                let body = reply::jsonrpc_error(None, -32600, &why, None);
-                return self.refuse(host, record, 400, &[], body);
+                return self.refuse(host, record, Refusal::RepeatedHeader(single));
             }
         }
         let mut upstream_session = None;
@@ -292,74 +289,34 @@ impl Stream {
             // MCP: visible ASCII only. Anything else ("A, B" lists included) is not a session
             // id the filter could have bound, and an upstream might read it differently.
             if session_id.is_empty() || !session_id.bytes().all(|b| (0x21..=0x7e).contains(&b)) {
-                record.reason = Some("invalid_session_id".into());
-                let body = reply::jsonrpc_error(
-                    None,
-                    -32600,
-                    "Mcp-Session-Id must be visible ASCII",
-                    None,
-                );
-                return self.refuse(host, record, 400, &[], body);
+                return self.refuse(host, record, Refusal::InvalidSessionId);
             }
             match self.open_session(server, &session_id) {
                 Ok(id) => upstream_session = Some(id),
-                Err(reason) => {
+                Err(code) => {
                     // MCP: 404 for a session the server does not know; clients start anew.
-                    record.reason = Some(reason);
-                    let body = reply::jsonrpc_error(None, -32001, "Session not found", None);
-                    return self.refuse(host, record, 404, &[], body);
+                    return self.refuse(host, record, Refusal::SessionNotFound(code));
                 }
             }
         }
         if let Some(encoding) = self.header("content-encoding") {
             if !encoding.trim().eq_ignore_ascii_case("identity") {
-                record.reason = Some("content_encoding".into());
-                let body = reply::jsonrpc_error(
-                    None,
-                    -32600,
-                    "compressed request bodies are refused",
-                    None,
-                );
-                return self.refuse(host, record, 415, &[], body);
+                return self.refuse(host, record, Refusal::CompressedRequest);
             }
         }
 
         if has_method_override(&self.query) {
-            record.reason = Some("method_override".into());
-            record.error_code = Some(-32600);
-            let body = reply::jsonrpc_error(
-                None,
-                -32600,
-                "a _method query parameter is refused: the HTTP method is the request's own",
-                None,
-            );
-            return self.refuse(host, record, 400, &[], body);
+            return self.refuse(host, record, Refusal::MethodOverride);
         }
 
         if self.forward_as_service(host, server).is_err() {
             // A client credential that stayed, or a service key that is not there: not sent.
-            record.decision = Verdict::Error;
-            record.reason = Some("credential_not_set".into());
-            let body = reply::jsonrpc_error(
-                None,
-                reply::INTERNAL,
-                "the request's credentials could not be swapped",
-                None,
-            );
-            return self.refuse(host, record, 500, &[], body);
+            return self.refuse(host, record, Refusal::CredentialNotSet);
         }
         if let Some(id) = upstream_session {
             // The client's handle must never reach the upstream in place of its own id.
             if host.set_request_header("mcp-session-id", &id).is_err() {
-                record.decision = Verdict::Error;
-                record.reason = Some("session_header_not_set".into());
-                let body = reply::jsonrpc_error(
-                    None,
-                    reply::INTERNAL,
-                    "the session could not be forwarded",
-                    None,
-                );
-                return self.refuse(host, record, 500, &[], body);
+                return self.refuse(host, record, Refusal::SessionNotForwarded);
             }
         }
         let method = self.header(":method").unwrap_or_default().to_string();
@@ -382,11 +339,7 @@ impl Stream {
                 Action::Pause
             }
             "GET" | "DELETE" => self.allow_bodiless(host, record, &method),
-            _ => {
-                record.reason = Some("method_not_allowed".into());
-                let body = reply::http_error("method_not_allowed", "use POST, GET or DELETE");
-                self.refuse(host, record, 405, &[("allow", "GET, POST, DELETE")], body)
-            }
+            _ => self.refuse(host, record, Refusal::MethodNotAllowed),
         }
     }
 
@@ -421,24 +374,16 @@ impl Stream {
         let method = self.header(":method").unwrap_or_default().to_string();
         if method != "POST" {
             if !body.is_empty() {
-                record.reason = Some("body_not_allowed".into());
-                let body =
-                    reply::http_error("invalid_request", "GET and DELETE requests carry no body");
-                return self.refuse(host, record, 400, &[], body);
+                return self.refuse(host, record, Refusal::BodyNotAllowed);
             }
             return self.allow_bodiless(host, record, &method);
         }
 
         if body.len() > config.max_body_bytes {
-            record.reason = Some("body_too_large".into());
-            let body = reply::jsonrpc_error(None, -32600, "request body too large", None);
-            return self.refuse(host, record, 413, &[], body);
+            return self.refuse(host, record, Refusal::BodyTooLarge);
         }
         if !is_json(self.header("content-type").unwrap_or_default()) {
-            record.reason = Some("unsupported_media_type".into());
-            let body =
-                reply::jsonrpc_error(None, -32600, "POST bodies must be application/json", None);
-            return self.refuse(host, record, 415, &[], body);
+            return self.refuse(host, record, Refusal::UnsupportedMediaType);
         }
         if mcp::is_batch(body) {
             return self.on_batch(host, server, record, body);
@@ -453,12 +398,7 @@ impl Stream {
             .and_then(|m| protocol::check_params(&m).map(|()| m))
         {
             Ok(m) => m,
-            Err(e) => {
-                record.reason = Some(e.audit_reason());
-                record.error_code = Some(e.code());
-                let body = reply::jsonrpc_error(None, e.code(), &e.to_string(), None);
-                return self.refuse(host, record, 400, &[], body);
-            }
+            Err(e) => return self.refuse(host, record, invalid(&e)),
         };
         describe(&mut record, &message, server);
         if let (Some(trace), other) = protocol::trace(&self.headers, Some(&message)) {
@@ -470,22 +410,16 @@ impl Stream {
             .map(|v| v.map(str::to_string));
         let version = match declared {
             Ok(v) => v,
-            Err(why) => {
-                record.reason = Some(why.clone());
-                record.error_code = Some(reply::HEADER_MISMATCH);
-                let body =
-                    reply::jsonrpc_error(message.id.as_ref(), reply::HEADER_MISMATCH, &why, None);
-                return self.refuse(host, record, 400, &[], body);
+            Err(detail) => {
+                let id = message.id.clone();
+                return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });
             }
         };
         record.protocol_version = version.clone();
         self.protocol = version;
-        if let Some(mismatch) = self.header_mismatch(host, server, &message) {
-            record.reason = Some(mismatch.clone());
-            record.error_code = Some(reply::HEADER_MISMATCH);
-            let body =
-                reply::jsonrpc_error(message.id.as_ref(), reply::HEADER_MISMATCH, &mismatch, None);
-            return self.refuse(host, record, 400, &[], body);
+        if let Some(detail) = self.header_mismatch(host, server, &message) {
+            let id = message.id.clone();
+            return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });
         }
 
         let source = record.source.clone().unwrap_or_default();
@@ -497,16 +431,9 @@ impl Stream {
                 if let Some(drift) = pin_drift(host, server, &message) {
                     add_pin_drift(&mut record, std::slice::from_ref(&drift));
                     if server.pins.mode == pins::Mode::Enforce {
-                        let (code, body) = pin_denial(server, &message, &drift);
                         record.rule = Some(pin_rule(&drift));
-                        record.reason = Some(pin_reason(&drift).to_string());
-                        record.error_code = Some(code);
-                        let status = if message.kind == Kind::Request {
-                            200
-                        } else {
-                            403
-                        };
-                        return self.refuse(host, record, status, &[], body);
+                        let refusal = pin_refusal(server, &message, &drift);
+                        return self.refuse(host, record, refusal);
                     }
                 }
                 record.decision = Verdict::Allow;
@@ -536,25 +463,29 @@ impl Stream {
                 }
             }
             Outcome::Deny => {
-                record.reason = Some(decision.reason.clone());
-                let (code, body) = denial(server, &message, decision.rule.as_deref());
-                record.error_code = Some(code);
                 // A request is answered in-band so the client's session survives; a
                 // notification or response has no id to answer, so it is refused over HTTP.
-                let status = if message.kind == Kind::Request {
-                    200
-                } else {
-                    403
+                let (jsonrpc, body) = denial(server, &message, decision.rule.as_deref());
+                let refusal = Refusal::Denied {
+                    code: "policy_denied",
+                    request: message.kind == Kind::Request,
+                    jsonrpc,
+                    detail: decision.reason.clone(),
+                    body,
                 };
-                self.refuse(host, record, status, &[], body)
+                self.refuse(host, record, refusal)
             }
             Outcome::InsufficientScope(scopes) => {
-                record.reason = Some(decision.reason.clone());
-                record.error_code = Some(reply::POLICY_DENIED);
                 let challenge =
                     oauth::challenge(server, Some("insufficient_scope"), Some(&scopes.join(" ")));
                 let (_, body) = denial(server, &message, decision.rule.as_deref());
-                self.refuse(host, record, 403, &[("www-authenticate", &challenge)], body)
+                let detail = decision.reason.clone();
+                let refusal = Refusal::InsufficientScope {
+                    detail,
+                    challenge,
+                    body,
+                };
+                self.refuse(host, record, refusal)
             }
         }
     }
@@ -569,30 +500,13 @@ impl Stream {
         body: &[u8],
     ) -> Action {
         let protocol = self.header("mcp-protocol-version").unwrap_or_default();
-        let refuse_invalid = |this: &mut Self,
-                              host: &mut dyn Host,
-                              mut record: Record,
-                              code: i64,
-                              why: String,
-                              reason: String| {
-            record.reason = Some(reason);
-            record.error_code = Some(code);
-            let body = reply::jsonrpc_error(None, code, &why, None);
-            this.refuse(host, record, 400, &[], body)
-        };
         if protocol != "2025-03-26" {
-            let why = format!(
-                "JSON-RPC batches are not allowed in protocol version {:?}; send one message per request",
-                protocol
-            );
-            return refuse_invalid(self, host, record, -32600, why.clone(), why);
+            let refusal = Refusal::BatchNotAllowed(protocol.to_string());
+            return self.refuse(host, record, refusal);
         }
         let messages = match mcp::parse_batch_for(body, mcp::DEFAULT_MAX_DEPTH, arguments(server)) {
             Ok(m) => m,
-            Err(e) => {
-                let (why, reason) = (e.to_string(), e.audit_reason());
-                return refuse_invalid(self, host, record, e.code(), why, reason);
-            }
+            Err(e) => return self.refuse(host, record, invalid(&e)),
         };
         let source = record.source.clone().unwrap_or_default();
         let now = host.now_millis();
@@ -611,8 +525,7 @@ impl Stream {
             .all(|(d, drift)| d.outcome == Outcome::Allow && !(enforce && drift.is_some()));
         if all_allowed && !server.policy.limits.is_empty() {
             // Limits count one message per request; a batch would have to be spent atomically.
-            let why = "JSON-RPC batches are refused on a server with limits; send one message per request".to_string();
-            return refuse_invalid(self, host, record, -32600, why.clone(), why);
+            return self.refuse(host, record, Refusal::BatchWithLimits);
         }
         // Requests get their errors in a 200 batch; a batch of notifications only gets a 403.
         let status = if messages.iter().any(|m| m.kind == Kind::Request) {
@@ -637,11 +550,12 @@ impl Stream {
                 r.decision = Verdict::Deny;
                 r.status = Some(status);
                 r.rule = Some(pin_rule(drift));
-                r.reason = Some(pin_reason(drift).to_string());
-                let (code, body) = pin_denial(server, message, drift);
-                r.error_code = Some(code);
+                let refusal = pin_refusal(server, message, drift);
+                r.reason = Some(refusal.code().to_string());
+                r.detail = Some(refusal.detail());
+                r.error_code = refusal.jsonrpc_code();
                 if message.kind == Kind::Request {
-                    if let Ok(v) = serde_json::from_slice::<Value>(&body) {
+                    if let Ok(v) = serde_json::from_slice::<Value>(&refusal.body()) {
                         answers.push(v);
                     }
                 }
@@ -652,14 +566,21 @@ impl Stream {
                 r.status = Some(status);
                 r.error_code = Some(reply::POLICY_DENIED);
                 let denied_here = decision.outcome != Outcome::Allow;
-                r.reason = Some(if denied_here {
-                    decision.reason.clone()
+                let (code, detail) = if denied_here {
+                    let code = match decision.outcome {
+                        Outcome::InsufficientScope(_) => "insufficient_scope",
+                        _ => "policy_denied",
+                    };
+                    (code, decision.reason.clone())
                 } else {
                     // The rule that allowed this message did not decide its denial: naming
                     // it would count a denial against an allow rule.
                     r.rule = None;
-                    "batch_denied: another message in the batch was denied".to_string()
-                });
+                    let why = "another message in the batch was denied";
+                    ("batch_denied", why.to_string())
+                };
+                r.reason = Some(code.to_string());
+                r.detail = Some(detail);
                 if message.kind == Kind::Request {
                     let (_, body) = if denied_here {
                         denial(server, message, decision.rule.as_deref())
@@ -683,7 +604,7 @@ impl Stream {
             records.push(r);
         }
         for r in &records {
-            metrics::count_outcome(host, r);
+            metrics::count_outcome(host, r, &|rule| is_configured_rule(server, rule));
         }
         self.counted = true;
         let mut records = records.into_iter();
@@ -747,9 +668,11 @@ impl Stream {
             record.status = status;
             if status == Some(413) {
                 record.reason = Some("body_too_large".into());
+                record.detail = Some("over Envoy's request buffer limit".into());
             } else {
                 record.decision = Verdict::Error;
                 record.reason = Some("answered_by_envoy".into());
+                record.detail = Some("Envoy answered before the filter decided".into());
             }
             self.audit(host, record);
             self.record = None;
@@ -758,16 +681,8 @@ impl Stream {
         record.upstream_status = status;
         if matches!(status, Some(401 | 403)) {
             // Never relay the upstream's challenge: clients would loop re-authenticating.
-            record.decision = Verdict::Error;
-            record.reason = Some("upstream_refused_service_credential".into());
-            record.error_code = Some(reply::UPSTREAM_CREDENTIAL);
-            let body = reply::jsonrpc_error(
-                record.jsonrpc_id.as_ref(),
-                reply::UPSTREAM_CREDENTIAL,
-                "the MCP server refused the gateway's service credential; an operator must fix or rotate it",
-                None,
-            );
-            return self.refuse(host, record, 502, &[], body);
+            let id = record.jsonrpc_id.clone();
+            return self.refuse(host, record, Refusal::UpstreamRefusedCredential { id });
         }
         let headers = host.response_headers();
         let encoding = header(&headers, "content-encoding")
@@ -775,28 +690,22 @@ impl Stream {
             .trim();
         if !end_of_stream && !encoding.eq_ignore_ascii_case("identity") {
             // Compressed despite our request: cannot be filtered or checked, so not forwarded.
-            record.decision = Verdict::Error;
-            record.reason = Some(format!(
-                "uninspectable_response: content-encoding {encoding}"
-            ));
-            let body =
-                reply::http_error("bad_gateway", "the MCP server sent a compressed response");
-            return self.refuse(host, record, 502, &[], body);
+            let refusal = Refusal::CompressedResponse(encoding.to_string());
+            return self.refuse(host, record, refusal);
         }
         for (name, value) in &headers {
             if response::contains_any(value.as_bytes(), &server.credential.leak_patterns) {
-                host.count(metrics::KEY_LEAKS, 1);
-                if server.block_key_leaks {
-                    return self.block_leak(host, record);
-                }
                 let mut redacted = value.clone().into_bytes();
                 response::redact(&mut redacted, &server.credential.leak_patterns);
-                if host
-                    .set_response_header(name, &String::from_utf8_lossy(&redacted))
-                    .is_err()
+                if server.block_key_leaks
+                    || host
+                        .set_response_header(name, &String::from_utf8_lossy(&redacted))
+                        .is_err()
                 {
-                    return self.block_leak(host, record);
+                    host.count(metrics::KEY_LEAKS_BLOCKED, 1);
+                    return self.refuse(host, record, Refusal::ServiceKeyInResponse);
                 }
+                host.count(metrics::KEY_LEAKS, 1);
             }
         }
         if let Some(session_id) = header(&headers, "mcp-session-id") {
@@ -805,34 +714,27 @@ impl Stream {
                 Ok(handle) if host.set_response_header("mcp-session-id", &handle).is_ok() => {
                     record.session_id.get_or_insert(handle);
                 }
-                Ok(_) => {
-                    record.decision = Verdict::Error;
-                    record.reason = Some("session_header_not_set".into());
-                    let body = reply::http_error("bad_gateway", "the session could not be sealed");
-                    return self.refuse(host, record, 502, &[], body);
-                }
-                Err((status, reason, message)) => {
-                    record.decision = Verdict::Error;
-                    record.reason = Some(reason.into());
+                Ok(_) => return self.refuse(host, record, Refusal::SessionHeaderNotSet),
+                Err((status, code, message)) => {
                     let id = record.jsonrpc_id.clone();
-                    let body = reply::jsonrpc_error(id.as_ref(), -32600, message, None);
-                    return self.refuse(host, record, status, &[], body);
+                    let refusal = Refusal::SessionUnsealable {
+                        code,
+                        status,
+                        id,
+                        message,
+                    };
+                    return self.refuse(host, record, refusal);
                 }
             }
         }
         if host.remove_response_header("www-authenticate").is_err() {
             // Never relay the upstream's challenge (see above).
-            record.decision = Verdict::Error;
-            record.reason = Some("response_header_not_removed".into());
             let body = self.bad_gateway_body();
-            return self.refuse(host, record, 502, &[], body);
+            return self.refuse(host, record, Refusal::ResponseHeaderNotRemoved { body });
         }
-        if let Some(why) = self.list_answer_problem(status, &headers, end_of_stream) {
-            record.decision = Verdict::Error;
-            record.reason = Some(format!("{}: {why}", response::UNREADABLE_LIST_ANSWER));
-            record.error_code = Some(reply::INTERNAL);
+        if let Some(detail) = self.list_answer_problem(status, &headers, end_of_stream) {
             let body = self.bad_gateway_body();
-            return self.refuse(host, record, 502, &[], body);
+            return self.refuse(host, record, Refusal::UnreadableListAnswer { detail, body });
         }
         if end_of_stream {
             self.audit(host, record);
@@ -847,10 +749,8 @@ impl Stream {
         let body = response::body_for(content_type);
         if host.remove_response_header("content-length").is_err() {
             // The body may be rewritten: a stale length would cut or stall it.
-            record.decision = Verdict::Error;
-            record.reason = Some("response_header_not_removed".into());
             let body = self.bad_gateway_body();
-            return self.refuse(host, record, 502, &[], body);
+            return self.refuse(host, record, Refusal::ResponseHeaderNotRemoved { body });
         }
         let action = match body {
             // A stream may last long: its record gets the status now.
@@ -882,6 +782,7 @@ impl Stream {
         };
         let now = host.now_millis();
         let mut state = self.body.take();
+        let mut too_large = false;
         // Pinned entries this caller may see, as listed: remembered and audited below.
         let mut checked: Vec<(ListKind, String, Check)> = Vec::new();
         let (out, report, hold) = {
@@ -912,6 +813,7 @@ impl Stream {
                         failed: (!hold).then(|| "response too large to inspect".to_string()),
                         ..Default::default()
                     };
+                    too_large = !hold;
                     (None, report, hold)
                 }
                 Some(Body::Buffered) => {
@@ -949,7 +851,13 @@ impl Stream {
             host.count(metrics::HIDDEN_ENTRIES, report.hidden as u64);
         }
         if report.leaks > 0 {
-            host.count(metrics::KEY_LEAKS, report.leaks as u64);
+            // Redacted, unless the answer does not go on (blocked below, or failed).
+            let counter = if server.block_key_leaks || report.failed.is_some() {
+                metrics::KEY_LEAKS_BLOCKED
+            } else {
+                metrics::KEY_LEAKS
+            };
+            host.count(counter, report.leaks as u64);
         }
         let mut drifts = Vec::new();
         for (kind, name, check) in checked {
@@ -968,11 +876,20 @@ impl Stream {
             }
             add_pin_drift(r, &drifts);
         }
-        if let Some(why) = report.failed.clone().or_else(|| {
-            (report.leaks > 0 && server.block_key_leaks)
-                .then(|| "response carried the service key".to_string())
-        }) {
-            return self.fail_response(host, record, why);
+        let unreadable = format!("{}: ", response::UNREADABLE_LIST_ANSWER);
+        let failed = match report.failed.clone() {
+            Some(detail) if too_large => Some(("response_too_large", detail)),
+            Some(detail) => match detail.strip_prefix(&unreadable) {
+                Some(why) => Some((response::UNREADABLE_LIST_ANSWER, why.to_string())),
+                None => Some(("response_uninspectable", detail)),
+            },
+            None => (report.leaks > 0 && server.block_key_leaks).then(|| {
+                let r = Refusal::ServiceKeyInResponse;
+                (r.code(), r.detail())
+            }),
+        };
+        if let Some((code, detail)) = failed {
+            return self.fail_response(host, record, code, detail);
         }
         if let Some(mut r) = record {
             // Rewritten at the end too, for the final timings.
@@ -988,15 +905,17 @@ impl Stream {
     }
 
     /// The adapter could not read the response body from Envoy, or not write the filtered one
-    /// back (`why`, the audit reason): nothing unchecked goes on. A held body is answered with
-    /// 502, a stream is cut; audited as an error.
-    pub fn response_failed(&mut self, host: &mut dyn Host, why: &str) -> BodyAction {
+    /// back (`code`, the audit reason: `response_body_unavailable`, `response_body_write_failed`):
+    /// nothing unchecked goes on. A held body is answered with 502, a stream is cut; audited as
+    /// an error.
+    pub fn response_failed(&mut self, host: &mut dyn Host, code: &'static str) -> BodyAction {
         if self.server.is_none() {
             host.reset_response();
             return BodyAction::Pause;
         }
         let record = self.record.take();
-        self.fail_response(host, record, why.to_string())
+        let detail = "Envoy could not hand the response body over, or take the checked one back";
+        self.fail_response(host, record, code, detail.to_string())
     }
 
     /// A response that cannot go on: 502 while its headers are held, else the stream is cut.
@@ -1004,18 +923,21 @@ impl Stream {
         &mut self,
         host: &mut dyn Host,
         record: Option<Record>,
-        why: String,
+        code: &'static str,
+        detail: String,
     ) -> BodyAction {
         self.held = false;
         let mut r = record.unwrap_or_else(|| Record::new(host.now_millis(), ""));
         r.decision = Verdict::Error;
-        r.reason = Some(why);
+        r.reason = Some(code.to_string());
+        r.detail = Some(detail.clone());
         self.write(host, &mut r);
         match self.body {
             // Held whole: nothing went downstream yet, answer 502 instead.
             Some(Body::Buffered) => {
                 let body = self.bad_gateway_body();
-                self.refuse(host, r, 502, &[], body);
+                let refusal = Refusal::UninspectableResponse { code, detail, body };
+                self.refuse(host, r, refusal);
                 BodyAction::Pause
             }
             // Streaming: cut the stream; nothing unchecked goes on.
@@ -1046,33 +968,36 @@ impl Stream {
             .property(&["response", "code"])
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .and_then(|b| u32::try_from(i64::from_le_bytes(b)).ok());
-        record.reason = Some(if details == "response_payload_too_large" {
-            "response_payload_too_large: the response exceeded Envoy's buffer limit \
-             (per_connection_buffer_limit_bytes) while the filter held it"
-                .to_string()
+        let (code, detail) = if details == "response_payload_too_large" {
+            (
+                "response_payload_too_large",
+                "the response exceeded Envoy's buffer limit \
+                 (per_connection_buffer_limit_bytes) while the filter held it"
+                    .to_string(),
+            )
         } else {
-            format!("response_not_completed: {details}")
-        });
+            ("response_not_completed", details)
+        };
+        record.reason = Some(code.to_string());
+        record.detail = Some(detail);
         self.write(host, &mut record);
     }
 
-    /// An internal failure: answer 503 and audit it as an error. Nothing is forwarded.
-    pub fn fail(&mut self, host: &mut dyn Host, why: &str) {
+    /// An internal failure (`code`, the audit reason, and its prose): answer 503 and audit it
+    /// as an error. Nothing is forwarded.
+    pub fn fail(&mut self, host: &mut dyn Host, code: &'static str, detail: &str) {
         self.awaiting_body = false;
-        let mut record = self
+        let record = self
             .record
             .take()
             .unwrap_or_else(|| Record::new(host.now_millis(), ""));
-        record.decision = Verdict::Error;
-        record.reason = Some(why.to_string());
-        record.error_code = Some(reply::INTERNAL);
-        let body = reply::jsonrpc_error(None, reply::INTERNAL, why, None);
-        self.refuse(host, record, 503, &[], body);
+        let detail = detail.to_string();
+        self.refuse(host, record, Refusal::Internal { code, detail });
     }
 
     // ---- steps ----------------------------------------------------------------------------
 
-    fn authenticate(&self, host: &mut dyn Host, server: &Server) -> Result<Identity, Refusal> {
+    fn authenticate(&self, host: &mut dyn Host, server: &Server) -> Result<Identity, AuthFailure> {
         let values: Vec<&str> = self
             .headers
             .iter()
@@ -1082,11 +1007,11 @@ impl Stream {
         // `DPoP <token>` (RFC 9449), else `Bearer <token>` (the query string is checked too).
         let (token, dpop_scheme) = match dpop::scheme_token(&values) {
             Some(token) => {
-                oauth::bearer(&["Bearer -"], &self.query).map_err(Refusal::Bearer)?;
+                oauth::bearer(&["Bearer -"], &self.query).map_err(AuthFailure::Bearer)?;
                 (token, true)
             }
             None => (
-                oauth::bearer(&values, &self.query).map_err(Refusal::Bearer)?,
+                oauth::bearer(&values, &self.query).map_err(AuthFailure::Bearer)?,
                 false,
             ),
         };
@@ -1094,7 +1019,7 @@ impl Stream {
             .config
             .authenticator
             .authenticate(token, host)
-            .map_err(Refusal::Token)?;
+            .map_err(AuthFailure::Token)?;
         // Sender-constrained tokens (`cnf`): DPoP proof or client certificate.
         let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
         let path = self.header(":path").unwrap_or_default();
@@ -1136,9 +1061,9 @@ impl Stream {
             &self.config.dpop,
             host,
         )
-        .map_err(Refusal::Sender)?;
+        .map_err(AuthFailure::Sender)?;
         if server.require_dpop && !dpop_scheme {
-            return Err(Refusal::Sender(SenderError::Token(
+            return Err(AuthFailure::Sender(SenderError::Token(
                 "this server accepts DPoP-bound tokens only",
             )));
         }
@@ -1146,10 +1071,10 @@ impl Stream {
     }
 
     /// Whether a failed authentication should wait for keys instead of answering now.
-    fn should_wait(&self, refusal: &Refusal, now_ms: u64) -> Option<Wait> {
+    fn should_wait(&self, failure: &AuthFailure, now_ms: u64) -> Option<Wait> {
         let issuers = self.config.authenticator.issuers();
-        match refusal {
-            Refusal::Token(
+        match failure {
+            AuthFailure::Token(
                 AuthError::NoKeys { issuer }
                 | AuthError::NoRevocations { issuer }
                 | AuthError::IntrospectionPending { issuer },
@@ -1163,7 +1088,7 @@ impl Stream {
                     deadline_ms,
                 })
             }
-            Refusal::Token(AuthError::UnknownKey { issuer }) if !self.waited => {
+            AuthFailure::Token(AuthError::UnknownKey { issuer }) if !self.waited => {
                 let trusted = issuers.get(*issuer)?;
                 let remote = trusted.remote()?;
                 if !trusted.request_refetch(now_ms) {
@@ -1186,25 +1111,24 @@ impl Stream {
         &mut self,
         host: &mut dyn Host,
         server: &Server,
-        mut record: Record,
-        refusal: Refusal,
+        record: Record,
+        failure: AuthFailure,
     ) -> Action {
-        record.reason = Some(refusal.reason().to_string());
-        metrics::count_auth_failure(host, refusal.reason());
-        let (status, error, description) = match &refusal {
-            Refusal::Token(
+        let code = failure.reason();
+        metrics::count_auth_failure(host, code);
+        let (status, error, description) = match &failure {
+            AuthFailure::Token(
                 e @ (AuthError::NoKeys { .. }
                 | AuthError::NoRevocations { .. }
                 | AuthError::IntrospectionPending { .. }
                 | AuthError::IntrospectionFailed { .. }),
             ) => {
                 // Not the caller's fault: 503, never a 401 that makes clients drop tokens.
-                record.decision = Verdict::Error;
-                let body = reply::http_error("temporarily_unavailable", &e.to_string());
-                return self.refuse(host, record, 503, &[("retry-after", "2")], body);
+                let description = e.to_string();
+                return self.refuse(host, record, Refusal::AuthUnavailable { code, description });
             }
-            Refusal::Token(e) => (401, Some("invalid_token"), e.to_string()),
-            Refusal::Sender(e) => {
+            AuthFailure::Token(e) => (401, Some("invalid_token"), e.to_string()),
+            AuthFailure::Sender(e) => {
                 // RFC 9449 §7.1: a DPoP challenge with the accepted algorithms (and the
                 // Bearer one, for clients that do not do DPoP).
                 let error = match e {
@@ -1216,30 +1140,32 @@ impl Stream {
                     self.config.dpop.algs()
                 );
                 let bearer = oauth::challenge(server, Some("invalid_token"), None);
-                let body = reply::http_error(error, e.describe());
-                let headers = [
-                    ("www-authenticate", dpop.as_str()),
-                    ("www-authenticate", bearer.as_str()),
-                ];
-                return self.refuse(host, record, 401, &headers, body);
+                let refusal = Refusal::Unauthenticated {
+                    code,
+                    status: 401,
+                    error,
+                    description: e.describe().to_string(),
+                    challenges: vec![dpop, bearer],
+                };
+                return self.refuse(host, record, refusal);
             }
-            Refusal::Bearer(BearerError::Missing) => (401, None, "no bearer token".to_string()),
-            Refusal::Bearer(BearerError::Malformed(why)) => {
+            AuthFailure::Bearer(BearerError::Missing) => (401, None, "no bearer token".to_string()),
+            AuthFailure::Bearer(BearerError::Malformed(why)) => {
                 (401, Some("invalid_token"), why.to_string())
             }
-            Refusal::Bearer(BearerError::InvalidRequest(_, why)) => {
+            AuthFailure::Bearer(BearerError::InvalidRequest(_, why)) => {
                 (400, Some("invalid_request"), why.to_string())
             }
         };
         let challenge = oauth::challenge(server, error, None);
-        let body = reply::http_error(error.unwrap_or("unauthorized"), &description);
-        self.refuse(
-            host,
-            record,
+        let refusal = Refusal::Unauthenticated {
+            code,
             status,
-            &[("www-authenticate", &challenge)],
-            body,
-        )
+            error: error.unwrap_or("unauthorized"),
+            description,
+            challenges: vec![challenge],
+        };
+        self.refuse(host, record, refusal)
     }
 
     /// Swaps the client's credentials for the service's. An error when a client credential
@@ -1267,19 +1193,25 @@ impl Stream {
     }
 
     /// The upstream's session id behind a client's handle, or the audit reason why not.
-    fn open_session(&self, server: &Server, handle: &str) -> Result<String, String> {
+    fn open_session(&self, server: &Server, handle: &str) -> Result<String, &'static str> {
         let Some(keys) = &self.config.sessions else {
             // `sessions.stateless`: no handle was ever issued.
-            return Err("session_not_sealed".into());
+            return Err("session_not_sealed");
         };
         let Some(caller) = self
             .identity
             .as_ref()
             .and_then(|i| session::caller(&i.claims))
         else {
-            return Err("session_unbindable".into());
+            return Err("session_unbindable");
         };
-        session::open(keys, handle, caller, &server.name).map_err(|e| e.reason("session"))
+        session::open(keys, handle, caller, &server.name).map_err(|e| match e {
+            OpenError::NotSealed => "session_not_sealed",
+            OpenError::UnknownKey => "session_key_unknown",
+            OpenError::Tampered => "session_tampered",
+            OpenError::OtherCaller => "session_of_another_caller",
+            OpenError::OtherServer => "session_of_another_server",
+        })
     }
 
     /// The handle the client gets for the upstream's new (or repeated) session id; or the
@@ -1449,19 +1381,15 @@ impl Stream {
         }
     }
 
-    fn block_leak(&mut self, host: &mut dyn Host, mut record: Record) -> Action {
-        record.decision = Verdict::Error;
-        record.reason = Some("response carried the service key".into());
-        let body = reply::http_error("bad_gateway", "upstream response refused");
-        self.refuse(host, record, 502, &[], body)
-    }
-
     /// Writes the audit record (and counts the outcome once per message). A batch writes one
     /// line per message.
     fn audit(&mut self, host: &mut dyn Host, mut record: Record) {
         if !self.counted {
             self.counted = true;
-            metrics::count_outcome(host, &record);
+            let config = Rc::clone(&self.config);
+            let server = self.server.and_then(|i| config.servers.get(i));
+            let is_rule = |rule: &str| server.is_some_and(|s| is_configured_rule(s, rule));
+            metrics::count_outcome(host, &record, &is_rule);
         }
         self.write(host, &mut record);
         self.record = Some(record);
@@ -1491,25 +1419,26 @@ impl Stream {
         }
     }
 
-    /// Answers locally and audits the refusal. Nothing is forwarded.
-    fn refuse(
-        &mut self,
-        host: &mut dyn Host,
-        mut record: Record,
-        status: u32,
-        headers: &[(&str, &str)],
-        body: Vec<u8>,
-    ) -> Action {
+    /// The one answer to a refusal: its status, headers and body, and the audit record with
+    /// its decision, reason code, detail and JSON-RPC code. Nothing is forwarded.
+    fn refuse(&mut self, host: &mut dyn Host, mut record: Record, refusal: Refusal) -> Action {
         if record.decision != Verdict::Error {
-            record.decision = Verdict::Deny;
+            record.decision = refusal.verdict();
         }
+        let status = refusal.status();
         record.status = Some(status);
+        record.reason = Some(refusal.code().to_string());
+        record.detail = Some(refusal.detail());
+        if let Some(code) = refusal.jsonrpc_code() {
+            record.error_code = Some(code);
+        }
         self.audit(host, record);
         self.record = None;
         self.body = None;
+        let headers = refusal.headers();
         let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
-        all.extend_from_slice(headers);
-        host.send_response(status, &all, &body);
+        all.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));
+        host.send_response(status, &all, &refusal.body());
         Action::Pause
     }
 
@@ -1519,27 +1448,37 @@ impl Stream {
 }
 
 /// Why authentication failed.
-enum Refusal {
+enum AuthFailure {
     Bearer(BearerError),
     Token(AuthError),
     /// A sender-constrained token without valid proof of possession.
     Sender(SenderError),
 }
 
-impl Refusal {
+impl AuthFailure {
     fn reason(&self) -> &'static str {
         match self {
-            Refusal::Bearer(BearerError::Missing) => "missing_token",
-            Refusal::Bearer(BearerError::Malformed(_)) => "malformed",
-            Refusal::Bearer(BearerError::InvalidRequest(reason, _)) => reason,
-            Refusal::Token(e) => e.reason(),
-            Refusal::Sender(e) => e.reason(),
+            AuthFailure::Bearer(BearerError::Missing) => "missing_token",
+            AuthFailure::Bearer(BearerError::Malformed(_)) => "malformed",
+            AuthFailure::Bearer(BearerError::InvalidRequest(reason, _)) => reason,
+            AuthFailure::Token(e) => e.reason(),
+            AuthFailure::Sender(e) => e.reason(),
         }
     }
 }
 
-/// The JSON-RPC error for a policy denial: names the rule and the policy so that an agent (and
-/// its user) can tell what happened — or, when the policy hides existence, "unknown tool".
+/// The refusal of a body that is not one valid JSON-RPC message (or batch).
+fn invalid(e: &mcp::ParseError) -> Refusal {
+    Refusal::InvalidMessage {
+        code: match e {
+            mcp::ParseError::Key(k) => k.reason(),
+            _ => "invalid_message",
+        },
+        jsonrpc: e.code(),
+        detail: e.to_string(),
+    }
+}
+
 /// Whether a message's tool arguments are kept once checked: only when a rule or the audit
 /// reads them.
 fn arguments(server: &Server) -> mcp::Arguments {
@@ -1550,6 +1489,8 @@ fn arguments(server: &Server) -> mcp::Arguments {
     }
 }
 
+/// The JSON-RPC error for a policy denial: names the rule and the policy so that an agent (and
+/// its user) can tell what happened — or, when the policy hides existence, "unknown tool".
 fn denial(server: &Server, message: &Message, rule: Option<&str>) -> (i64, Vec<u8>) {
     let policy = &server.policy;
     if policy.hide_denied {
@@ -1605,16 +1546,43 @@ fn pin_drift(host: &dyn Host, server: &Server, message: &Message) -> Option<Drif
     pins::call_drift(host, &server.name, &server.pins, kind, name)
 }
 
+/// Whether `rule` names a rule of the server's configuration: one of its policy's rules, the
+/// built-in unknown-method rule, one of its limits (`limit:<name>`) or a pinned tool or prompt
+/// (`pin:<name>`). Metrics label only these (a call of an unpinned name counts as `pin`).
+fn is_configured_rule(server: &Server, rule: &str) -> bool {
+    let policy = &server.policy;
+    let pinned = |name: &str| {
+        [ListKind::Tools, ListKind::Prompts]
+            .into_iter()
+            .any(|kind| server.pins.pin(kind, name).is_some())
+    };
+    rule == crate::policy::UNKNOWN_METHOD_RULE
+        || policy.rules.iter().any(|r| r.name == rule)
+        || rule
+            .strip_prefix("limit:")
+            .is_some_and(|name| policy.limits.iter().any(|l| l.name == name))
+        || rule.strip_prefix("pin:").is_some_and(pinned)
+}
+
 /// The rule a pin denial is audited and counted under: `pin:<name>`.
 fn pin_rule(drift: &Drift) -> String {
     format!("pin:{}", drift.name)
 }
 
-fn pin_reason(drift: &Drift) -> &'static str {
-    if drift.pinned.is_some() {
-        "pin_drift: the definition changed since it was approved"
+/// The refusal of a call of an unapproved or changed tool (or prompt).
+fn pin_refusal(server: &Server, message: &Message, drift: &Drift) -> Refusal {
+    let (code, detail) = if drift.pinned.is_some() {
+        ("pin_drift", "the definition changed since it was approved")
     } else {
-        "pin_missing: the definition was never approved"
+        ("pin_missing", "the definition was never approved")
+    };
+    let (jsonrpc, body) = pin_denial(server, message, drift);
+    Refusal::Denied {
+        code,
+        request: message.kind == Kind::Request,
+        jsonrpc,
+        detail: detail.to_string(),
+        body,
     }
 }
 

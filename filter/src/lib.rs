@@ -34,6 +34,7 @@ pub mod oauth;
 pub mod pins;
 pub mod policy;
 pub mod protocol;
+pub mod refusal;
 pub mod reply;
 pub mod response;
 pub mod revocation;

@@ -524,7 +524,7 @@ fn allowed_call_continues_and_is_audited_with_its_rule() {
     assert_eq!(action, Action::Continue);
     assert!(host.replies.is_empty());
     let record = host.record();
-    assert_eq!(record["schema"], "mcp-guard.audit.v1");
+    assert_eq!(record["schema"], "mcp-guard.audit.v2");
     assert_eq!(record["decision"], "allow");
     assert_eq!(record["rule"], "read-tools");
     assert_eq!(record["method"], "tools/call");
@@ -1761,7 +1761,8 @@ fn assert_unreadable_list_answer(host: &MockHost, why: &str) {
     assert_eq!(body["error"]["code"], -32603);
     let record = host.record();
     assert_eq!(record["decision"], "error");
-    assert_eq!(record["reason"], format!("unreadable_list_answer: {why}"));
+    assert_eq!(record["reason"], "unreadable_list_answer");
+    assert_eq!(record["detail"], why);
     assert_eq!(record["status"], 502);
 }
 
@@ -1925,10 +1926,8 @@ fn an_event_stream_list_answer_is_filtered_or_cut() {
         assert_eq!(host.resets, 1, "{data}");
         let record = host.record();
         assert_eq!(record["decision"], "error");
-        assert!(record["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("unreadable_list_answer: "));
+        assert_eq!(record["reason"], "unreadable_list_answer");
+        assert!(!record["detail"].as_str().unwrap_or_default().is_empty());
     }
 }
 
@@ -1967,10 +1966,8 @@ fn a_get_stream_of_another_content_type_is_502() {
         Action::Pause
     );
     assert_eq!(host.reply().status, 502);
-    assert_eq!(
-        host.record()["reason"],
-        "unreadable_list_answer: content-type \"text/plain\""
-    );
+    assert_eq!(host.record()["reason"], "unreadable_list_answer");
+    assert_eq!(host.record()["detail"], "content-type \"text/plain\"");
 }
 
 #[test]
@@ -1987,10 +1984,11 @@ fn a_held_response_envoy_answered_itself_is_audited_as_an_error() {
     let record = host.record();
     assert_eq!(record["decision"], "error");
     assert_eq!(record["upstream_status"], 200);
-    assert!(record["reason"]
+    assert_eq!(record["reason"], "response_payload_too_large");
+    assert!(record["detail"]
         .as_str()
         .unwrap_or_default()
-        .starts_with("response_payload_too_large: "));
+        .contains("per_connection_buffer_limit_bytes"));
 
     // A body checked to its end: the record stays as it was.
     let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
@@ -2000,4 +1998,34 @@ fn a_held_response_envoy_answered_itself_is_audited_as_an_error() {
     host.set_property(&["response", "code_details"], "via_upstream");
     stream.on_log(&mut host);
     assert_eq!(host.record()["decision"], "allow");
+}
+
+// ---- metrics ------------------------------------------------------------------------------
+
+#[test]
+fn metric_labels_come_from_bounded_sets() {
+    let config = config();
+    // A method no MCP client sends: counted as `other`, denied by the built-in rule.
+    let mut host = post_host(Some(&alice()), &[]);
+    send(&config, &mut host, &request(json!(1), "x-evil/method-4711"));
+    assert_eq!(host.record()["reason"], "policy_denied");
+    assert_eq!(
+        host.counter("mcp_guard.requests.method=other.decision=deny"),
+        1,
+        "{:?}",
+        host.counters
+    );
+    assert_eq!(host.counter("mcp_guard.denials.rule=unknown-method"), 1);
+    assert!(
+        host.counters.keys().all(|k| !k.contains("4711")),
+        "{:?}",
+        host.counters
+    );
+    // A known method keeps its name.
+    let mut host = post_host(Some(&alice()), &[]);
+    send(&config, &mut host, &request(json!(2), "ping"));
+    assert_eq!(
+        host.counter("mcp_guard.requests.method=ping.decision=allow"),
+        1
+    );
 }

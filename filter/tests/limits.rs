@@ -226,8 +226,9 @@ fn a_key_reading_a_missing_claim_fails_closed() {
     let r = host.record();
     assert_eq!(r["decision"], "deny");
     assert_eq!(r["rule"], "limit:per-team");
+    assert_eq!(r["reason"], "limit_error", "{r}");
     assert!(
-        r["reason"].as_str().unwrap().contains("failing closed"),
+        r["detail"].as_str().unwrap().contains("failing closed"),
         "{r}"
     );
     assert_eq!(

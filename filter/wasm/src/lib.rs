@@ -258,7 +258,11 @@ impl Exchange {
                 .on_request_body(&mut Envoy, &body.unwrap_or_default()),
             Err(_) => {
                 // Fail closed: without the body there is no decision.
-                self.stream.fail(&mut Envoy, "request body unavailable");
+                self.stream.fail(
+                    &mut Envoy,
+                    "request_body_unavailable",
+                    "the request body could not be read from Envoy",
+                );
                 Action::Pause
             }
         }
