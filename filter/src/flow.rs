@@ -33,6 +33,7 @@ use crate::policy::{Input, Item, Outcome, RequestFacts};
 use crate::refusal::Refusal;
 use crate::response::{self, Body, ListFilter};
 use crate::seal::OpenError;
+use crate::sse::SseRewriter;
 use crate::{metrics, oauth, protocol, reply, session};
 
 mod limits;
@@ -64,22 +65,18 @@ pub struct Stream {
     identity: Option<Identity>,
     headers: Vec<Header>,
     query: String,
+    /// Where the request is.
+    phase: Phase,
+    /// The request's HTTP method, resolved once.
+    method: String,
     end_of_stream: bool,
     record: Option<Record>,
-    wait: Option<Wait>,
-    wait_deadline: Option<u64>,
-    waited: bool,
-    awaiting_body: bool,
     /// The whole request body has arrived (Envoy buffers it until the decision).
     body_done: bool,
     counted: bool,
     /// The audit records of a batch's other messages (the first is `record`).
     batch: Vec<Record>,
     lists: Option<ListFilter>,
-    body: Option<Body>,
-    /// A held (buffered) response body has not been checked to its end yet.
-    held: bool,
-    json_response: bool,
     /// When the request began (Envoy's `request.time`), in nanoseconds since the epoch.
     start_ns: Option<u64>,
     /// Time spent in this stream's callbacks so far, and when the current one began.
@@ -89,8 +86,41 @@ pub struct Stream {
     columns: [Option<String>; AUDIT_COLUMNS.len()],
     /// The protocol version the request declares (`_meta`, else the header).
     protocol: Option<String>,
-    /// An allowed message waiting for the rate limit service (global limits).
-    pending_limit: Option<limits::PendingLimit>,
+}
+
+/// The phases of one request. Each variant is a state the request can be in and holds what
+/// that state needs; a step consumes the phase (`std::mem::replace`) and sets the next one.
+/// Adding an asynchronous step (waiting on an HTTP or gRPC callout) is adding a phase.
+///
+/// ```text
+/// Headers ─┬─▶ WaitingForKeys ──(keys, feed, introspection answer, deadline)──▶ Headers
+///          ├─▶ AwaitingBody ─┬─▶ WaitingForLimits ──(rate limit service)──┐
+///          │                 └───────────────────────────────────────────┤
+///          └─────────────────────────────────────────────────────────────┴─▶ Forwarded
+/// Forwarded ─(answer headers)─┬─▶ BufferingAnswer ──(its end: checked)──▶ …
+///                             ├─▶ StreamingEvents ──(event by event)──▶ …
+///                             └─▶ Done
+/// any ──(refusal: `Stream::refuse`)──▶ Done
+/// ```
+enum Phase {
+    /// The request headers are being decided.
+    Headers,
+    /// Authentication waits for an issuer's keys, its revocation feed or an introspection
+    /// answer (callouts of the root context); [`Stream::resume`] re-enters the headers.
+    WaitingForKeys(Wait),
+    /// The headers were accepted; the decision needs the whole request body.
+    AwaitingBody,
+    /// An allowed message waits for the rate limit service (global limits, a gRPC callout).
+    WaitingForLimits(Box<limits::PendingLimit>),
+    /// Forwarded (or allowed without a body); the answer has not come yet.
+    Forwarded,
+    /// The answer is held whole and checked at its end (`ended` once it was); `json`: its
+    /// content type is `application/json`.
+    BufferingAnswer { json: bool, ended: bool },
+    /// The answer is an event stream, checked and rewritten event by event.
+    StreamingEvents(Box<SseRewriter>),
+    /// Answered locally, or nothing is left to decide.
+    Done,
 }
 
 impl Stream {
@@ -101,25 +131,19 @@ impl Stream {
             identity: None,
             headers: Vec::new(),
             query: String::new(),
+            phase: Phase::Headers,
+            method: String::new(),
             end_of_stream: false,
             record: None,
-            wait: None,
-            wait_deadline: None,
-            waited: false,
-            awaiting_body: false,
             body_done: false,
             counted: false,
             batch: Vec::new(),
             lists: None,
-            body: None,
-            held: false,
-            json_response: false,
             start_ns: None,
             busy_ns: 0,
             entered_ns: None,
             columns: Default::default(),
             protocol: None,
-            pending_limit: None,
         }
     }
 
@@ -142,13 +166,16 @@ impl Stream {
 
     /// Whether the headers were accepted and the decision now needs the whole body.
     pub fn awaiting_body(&self) -> bool {
-        self.awaiting_body
+        matches!(self.phase, Phase::AwaitingBody)
     }
 
     /// Set while the request waits for keys; the adapter calls [`Stream::resume`] when the
     /// issuer's keys change, a fetch settles, or the deadline passes (see [`Waiting`]).
     pub fn waiting(&self) -> Option<Wait> {
-        self.wait
+        match self.phase {
+            Phase::WaitingForKeys(wait) => Some(wait),
+            _ => None,
+        }
     }
 
     /// The adapter saw the end of the request body (Envoy holds it): whether to read it and
@@ -161,13 +188,14 @@ impl Stream {
 
     /// Whether the whole body is there and the decision waits for it.
     pub fn body_due(&self) -> bool {
-        self.body_done && self.awaiting_body && self.wait.is_none()
+        self.body_done && self.awaiting_body()
     }
 
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
         self.headers = host.request_headers();
         self.end_of_stream = end_of_stream;
-        let method = self.header(":method").unwrap_or_default().to_string();
+        self.method = self.header(":method").unwrap_or_default().to_string();
+        let method = self.method.clone();
         let full_path = self.header(":path").unwrap_or_default().to_string();
         let (path, query) = full_path
             .split_once('?')
@@ -220,20 +248,34 @@ impl Stream {
         record.policy = Some(server.policy.name.clone());
         record.policy_version = Some(server.policy.version.clone());
         self.record = Some(record);
-        self.authorize(host)
+        let action = self.authorize(host, None);
+        self.forwarded_on(action)
     }
 
     /// Re-runs authentication once the awaited keys arrived (or the wait timed out).
     pub fn resume(&mut self, host: &mut dyn Host) -> Action {
-        if self.wait.take().is_none() {
-            return Action::Pause;
-        }
-        self.waited = true;
-        self.authorize(host)
+        let waited = match std::mem::replace(&mut self.phase, Phase::Headers) {
+            Phase::WaitingForKeys(wait) => wait,
+            other => {
+                self.phase = other;
+                return Action::Pause;
+            }
+        };
+        let action = self.authorize(host, Some(waited));
+        self.forwarded_on(action)
     }
 
-    /// Authentication, session check, credential swap, method dispatch. Re-entered after a wait.
-    fn authorize(&mut self, host: &mut dyn Host) -> Action {
+    /// A request-side step returned `Continue`: the request goes upstream.
+    fn forwarded_on(&mut self, action: Action) -> Action {
+        if action == Action::Continue {
+            self.phase = Phase::Forwarded;
+        }
+        action
+    }
+
+    /// Authentication, session check, credential swap, method dispatch. Re-entered after a
+    /// wait (`waited`: the wait it comes back from).
+    fn authorize(&mut self, host: &mut dyn Host, waited: Option<Wait>) -> Action {
         let config = Rc::clone(&self.config);
         let (Some(server), Some(mut record)) = (
             self.server.and_then(|i| config.servers.get(i)),
@@ -254,9 +296,8 @@ impl Stream {
             }
             Ok(identity) => identity,
             Err(failure) => {
-                if let Some(wait) = self.should_wait(&failure, now_ms) {
-                    self.wait = Some(wait);
-                    self.wait_deadline = Some(wait.deadline_ms);
+                if let Some(wait) = self.should_wait(&failure, now_ms, waited) {
+                    self.phase = Phase::WaitingForKeys(wait);
                     self.record = Some(record);
                     return Action::Pause;
                 }
@@ -319,11 +360,11 @@ impl Stream {
                 return self.refuse(host, record, Refusal::SessionNotForwarded);
             }
         }
-        let method = self.header(":method").unwrap_or_default().to_string();
+        let method = self.method.clone();
         match method.as_str() {
             "POST" => {
                 self.record = Some(record);
-                self.awaiting_body = true;
+                self.phase = Phase::AwaitingBody;
                 if self.end_of_stream {
                     self.on_request_body(host, &[])
                 } else {
@@ -335,7 +376,7 @@ impl Stream {
                 // this one has none (HTTP/2 may end it with an empty DATA frame). Continuing
                 // here would leave a body nobody decided on paused, and the request hanging.
                 self.record = Some(record);
-                self.awaiting_body = true;
+                self.phase = Phase::AwaitingBody;
                 Action::Pause
             }
             "GET" | "DELETE" => self.allow_bodiless(host, record, &method),
@@ -361,9 +402,19 @@ impl Stream {
 
     /// Called once with the whole request body.
     pub fn on_request_body(&mut self, host: &mut dyn Host, body: &[u8]) -> Action {
-        if !std::mem::take(&mut self.awaiting_body) {
-            return Action::Pause;
+        match std::mem::replace(&mut self.phase, Phase::Headers) {
+            Phase::AwaitingBody => {}
+            other => {
+                self.phase = other;
+                return Action::Pause;
+            }
         }
+        let action = self.decide_body(host, body);
+        self.forwarded_on(action)
+    }
+
+    /// The body's step: HTTP checks, the strict parse, the policy, pins and limits.
+    fn decide_body(&mut self, host: &mut dyn Host, body: &[u8]) -> Action {
         let config = Rc::clone(&self.config);
         let (Some(server), Some(mut record)) = (
             self.server.and_then(|i| config.servers.get(i)),
@@ -371,7 +422,7 @@ impl Stream {
         ) else {
             return Action::Pause; // headers were refused already: never forward
         };
-        let method = self.header(":method").unwrap_or_default().to_string();
+        let method = self.method.clone();
         if method != "POST" {
             if !body.is_empty() {
                 return self.refuse(host, record, Refusal::BodyNotAllowed);
@@ -639,6 +690,7 @@ impl Stream {
         let body = Value::Array(answers).to_string().into_bytes();
         self.record = None;
         self.batch.clear();
+        self.phase = Phase::Done;
         host.send_response(status, &[("content-type", "application/json")], &body);
         Action::Pause
     }
@@ -654,15 +706,23 @@ impl Stream {
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
             return Action::Continue;
         };
-        if let Some(pending) = self.pending_limit.take() {
-            // Envoy answered while the message waited for the rate limit service.
-            self.record = Some(pending.into_record());
-            self.awaiting_body = true;
-        }
+        let decided = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Forwarded => true,
+            Phase::WaitingForLimits(pending) => {
+                // Envoy answered while the message waited for the rate limit service.
+                self.record = Some(pending.into_record());
+                false
+            }
+            Phase::AwaitingBody | Phase::WaitingForKeys(_) => false,
+            other => {
+                self.phase = other;
+                return Action::Continue;
+            }
+        };
         let Some(mut record) = self.record.take() else {
             return Action::Continue;
         };
-        if std::mem::take(&mut self.awaiting_body) || self.wait.take().is_some() {
+        if !decided {
             // No decision yet, so this is Envoy's own answer (its request buffer limit, a
             // timeout): nothing was forwarded. Audit it as such, not as an upstream status.
             record.status = status;
@@ -741,10 +801,10 @@ impl Stream {
             return Action::Continue;
         }
         let content_type = header(&headers, "content-type").unwrap_or_default();
-        self.json_response = is_json(content_type);
+        let json = is_json(content_type);
         if let Some(lists) = self.lists.as_mut() {
             // A JSON body answers the POST: it must be the response(s), nothing else.
-            lists.responses_only = lists.strict && self.json_response;
+            lists.responses_only = lists.strict && json;
         }
         let body = response::body_for(content_type);
         if host.remove_response_header("content-length").is_err() {
@@ -752,21 +812,20 @@ impl Stream {
             let body = self.bad_gateway_body();
             return self.refuse(host, record, Refusal::ResponseHeaderNotRemoved { body });
         }
-        let action = match body {
+        match body {
             // A stream may last long: its record gets the status now.
-            Body::Events(_) => {
+            Body::Events(rewriter) => {
                 self.audit(host, record);
+                self.phase = Phase::StreamingEvents(rewriter);
                 Action::Continue
             }
             // A held body is checked and its record rewritten (status included) at its end.
             Body::Buffered => {
                 self.record = Some(record);
-                self.held = true;
+                self.phase = Phase::BufferingAnswer { json, ended: false };
                 Action::Pause
             }
-        };
-        self.body = Some(body);
-        action
+        }
     }
 
     /// A chunk of the response body (`body` is everything Envoy buffered when held).
@@ -781,11 +840,11 @@ impl Stream {
             return BodyAction::Continue;
         };
         let now = host.now_millis();
-        let mut state = self.body.take();
+        let mut phase = std::mem::replace(&mut self.phase, Phase::Done);
         let mut too_large = false;
         // Pinned entries this caller may see, as listed: remembered and audited below.
         let mut checked: Vec<(ListKind, String, Check)> = Vec::new();
-        let (out, report, hold) = {
+        let inspected = {
             let input = self.listing_input(now);
             let mut lister = server.policy.lister(&input);
             let pins = &server.pins;
@@ -805,28 +864,22 @@ impl Stream {
             };
             let lists = self.lists.as_ref();
             let patterns = &server.credential.leak_patterns;
-            match state.as_mut() {
-                None => return BodyAction::Continue,
-                Some(Body::Buffered) if !end_of_stream => {
+            match &mut phase {
+                Phase::BufferingAnswer { .. } if !end_of_stream => {
                     let hold = body.len() <= response::MAX_BUFFERED_RESPONSE;
                     let report = response::Inspection {
                         failed: (!hold).then(|| "response too large to inspect".to_string()),
                         ..Default::default()
                     };
                     too_large = !hold;
-                    (None, report, hold)
+                    Some((None, report, hold))
                 }
-                Some(Body::Buffered) => {
-                    let (out, report) = response::inspect_buffered(
-                        body,
-                        self.json_response,
-                        lists,
-                        patterns,
-                        &mut visible,
-                    );
-                    (out, report, false)
+                Phase::BufferingAnswer { json, .. } => {
+                    let (out, report) =
+                        response::inspect_buffered(body, *json, lists, patterns, &mut visible);
+                    Some((out, report, false))
                 }
-                Some(Body::Events(rewriter)) => {
+                Phase::StreamingEvents(rewriter) => {
                     let (out, report) = response::inspect_events(
                         rewriter,
                         body,
@@ -835,18 +888,25 @@ impl Stream {
                         patterns,
                         &mut visible,
                     );
-                    (Some(out), report, false)
+                    Some((Some(out), report, false))
                 }
+                _ => None,
             }
         };
-        self.body = state;
+        let Some((out, report, hold)) = inspected else {
+            self.phase = phase;
+            return BodyAction::Continue;
+        };
+        if let Phase::BufferingAnswer { ended, .. } = &mut phase {
+            *ended = !hold;
+        }
+        self.phase = phase;
         if !report.learned.is_empty() {
             protocol::learn(host, &server.name, &report.learned);
         }
         if hold {
             return BodyAction::Pause;
         }
-        self.held = false;
         if report.hidden > 0 {
             host.count(metrics::HIDDEN_ENTRIES, report.hidden as u64);
         }
@@ -926,15 +986,14 @@ impl Stream {
         code: &'static str,
         detail: String,
     ) -> BodyAction {
-        self.held = false;
         let mut r = record.unwrap_or_else(|| Record::new(host.now_millis(), ""));
         r.decision = Verdict::Error;
         r.reason = Some(code.to_string());
         r.detail = Some(detail.clone());
         self.write(host, &mut r);
-        match self.body {
+        match self.phase {
             // Held whole: nothing went downstream yet, answer 502 instead.
-            Some(Body::Buffered) => {
+            Phase::BufferingAnswer { .. } => {
                 let body = self.bad_gateway_body();
                 let refusal = Refusal::UninspectableResponse { code, detail, body };
                 self.refuse(host, r, refusal);
@@ -943,6 +1002,7 @@ impl Stream {
             // Streaming: cut the stream; nothing unchecked goes on.
             _ => {
                 self.record = None;
+                self.phase = Phase::Done;
                 host.reset_response();
                 BodyAction::Pause
             }
@@ -954,8 +1014,12 @@ impl Stream {
     /// (500, `response_payload_too_large`), or reset. Its record, still the request's `allow`,
     /// becomes an error naming what Envoy said.
     pub fn on_log(&mut self, host: &mut dyn Host) {
-        if !std::mem::take(&mut self.held) {
-            return;
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::BufferingAnswer { ended: false, .. } => {}
+            other => {
+                self.phase = other;
+                return;
+            }
         }
         let Some(mut record) = self.record.take() else {
             return;
@@ -986,7 +1050,6 @@ impl Stream {
     /// An internal failure (`code`, the audit reason, and its prose): answer 503 and audit it
     /// as an error. Nothing is forwarded.
     pub fn fail(&mut self, host: &mut dyn Host, code: &'static str, detail: &str) {
-        self.awaiting_body = false;
         let record = self
             .record
             .take()
@@ -1071,7 +1134,12 @@ impl Stream {
     }
 
     /// Whether a failed authentication should wait for keys instead of answering now.
-    fn should_wait(&self, failure: &AuthFailure, now_ms: u64) -> Option<Wait> {
+    fn should_wait(
+        &self,
+        failure: &AuthFailure,
+        now_ms: u64,
+        waited: Option<Wait>,
+    ) -> Option<Wait> {
         let issuers = self.config.authenticator.issuers();
         match failure {
             AuthFailure::Token(
@@ -1080,15 +1148,15 @@ impl Stream {
                 | AuthError::IntrospectionPending { issuer },
             ) => {
                 // The deadline is fixed when the request first waits, however often it resumes.
-                let deadline_ms = self
-                    .wait_deadline
+                let deadline_ms = waited
+                    .map(|w| w.deadline_ms)
                     .unwrap_or_else(|| now_ms.saturating_add(self.config.key_wait_ms));
                 (now_ms < deadline_ms).then_some(Wait {
                     issuer: *issuer,
                     deadline_ms,
                 })
             }
-            AuthFailure::Token(AuthError::UnknownKey { issuer }) if !self.waited => {
+            AuthFailure::Token(AuthError::UnknownKey { issuer }) if waited.is_none() => {
                 let trusted = issuers.get(*issuer)?;
                 let remote = trusted.remote()?;
                 if !trusted.request_refetch(now_ms) {
@@ -1434,7 +1502,7 @@ impl Stream {
         }
         self.audit(host, record);
         self.record = None;
-        self.body = None;
+        self.phase = Phase::Done;
         let headers = refusal.headers();
         let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
         all.extend(headers.iter().map(|(k, v)| (*k, v.as_str())));

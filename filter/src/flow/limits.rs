@@ -6,7 +6,7 @@
 
 use serde_json::json;
 
-use super::{Action, Stream};
+use super::{Action, Phase, Stream};
 use crate::audit::{Record, Verdict};
 use crate::config::Server;
 use crate::host::Host;
@@ -170,12 +170,12 @@ impl Stream {
         });
         match sent {
             Some(token) => {
-                self.pending_limit = Some(PendingLimit {
+                self.phase = Phase::WaitingForLimits(Box::new(PendingLimit {
                     token,
                     record,
                     what,
                     asks: globals,
-                });
+                }));
                 Gate::Done(Action::Pause)
             }
             None => {
@@ -187,7 +187,7 @@ impl Stream {
 
     /// Whether the request waits for the rate limit service.
     pub fn waiting_for_limits(&self) -> bool {
-        self.pending_limit.is_some()
+        matches!(self.phase, Phase::WaitingForLimits(_))
     }
 
     /// The rate limit service answered call `token`: `status` is the gRPC status (0: OK) and
@@ -199,17 +199,28 @@ impl Stream {
         status: u32,
         body: Option<&[u8]>,
     ) -> Action {
-        if self.pending_limit.as_ref().is_none_or(|p| p.token != token) {
-            return Action::Pause;
-        }
-        let Some(PendingLimit {
+        let action = self.grpc_answer(host, token, status, body);
+        self.forwarded_on(action)
+    }
+
+    fn grpc_answer(
+        &mut self,
+        host: &mut dyn Host,
+        token: u32,
+        status: u32,
+        body: Option<&[u8]>,
+    ) -> Action {
+        let PendingLimit {
             mut record,
             what,
             asks,
             ..
-        }) = self.pending_limit.take()
-        else {
-            return Action::Pause;
+        } = match std::mem::replace(&mut self.phase, Phase::Headers) {
+            Phase::WaitingForLimits(pending) if pending.token == token => *pending,
+            other => {
+                self.phase = other;
+                return Action::Pause;
+            }
         };
         let config = std::rc::Rc::clone(&self.config);
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
