@@ -3,7 +3,11 @@
 //! a fetch settles, or its deadline passes. [`Waiting`] is a VM's list of such requests; the
 //! adapter only stores it and resumes what it hands back.
 
+use super::headers::AuthFailure;
+use super::{Action, Phase, Stream};
+use crate::host::Host;
 use crate::jwks::Report;
+use crate::jwt::AuthError;
 
 /// A request held until an issuer's keys arrive (first fetch, or re-fetch for an unknown `kid`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +71,72 @@ impl<T> Waiting<T> {
             .partition(|(_, request)| wait_of(request).is_none_or(|w| w.over(report, now_ms)));
         self.entries = still;
         ready
+    }
+}
+
+impl Stream {
+    /// Set while the request waits for keys; the adapter calls [`Stream::resume`] when the
+    /// issuer's keys change, a fetch settles, or the deadline passes (see [`Waiting`]).
+    pub fn waiting(&self) -> Option<Wait> {
+        match self.phase {
+            Phase::WaitingForKeys(wait) => Some(wait),
+            _ => None,
+        }
+    }
+
+    /// Re-runs authentication once the awaited keys arrived (or the wait timed out).
+    pub fn resume(&mut self, host: &mut dyn Host) -> Action {
+        let waited = match std::mem::replace(&mut self.phase, Phase::Headers) {
+            Phase::WaitingForKeys(wait) => wait,
+            other => {
+                self.phase = other;
+                return Action::Pause;
+            }
+        };
+        let action = self.authorize(host, Some(waited));
+        self.forwarded_on(action)
+    }
+
+    /// Whether a failed authentication should wait for keys instead of answering now.
+    pub(super) fn should_wait(
+        &self,
+        failure: &AuthFailure,
+        now_ms: u64,
+        waited: Option<Wait>,
+    ) -> Option<Wait> {
+        let issuers = self.config.authenticator.issuers();
+        match failure {
+            AuthFailure::Token(
+                AuthError::NoKeys { issuer }
+                | AuthError::NoRevocations { issuer }
+                | AuthError::IntrospectionPending { issuer },
+            ) => {
+                // The deadline is fixed when the request first waits, however often it resumes.
+                let deadline_ms = waited
+                    .map(|w| w.deadline_ms)
+                    .unwrap_or_else(|| now_ms.saturating_add(self.config.key_wait_ms));
+                (now_ms < deadline_ms).then_some(Wait {
+                    issuer: *issuer,
+                    deadline_ms,
+                })
+            }
+            AuthFailure::Token(AuthError::UnknownKey { issuer }) if waited.is_none() => {
+                let trusted = issuers.get(*issuer)?;
+                let remote = trusted.remote()?;
+                if !trusted.request_refetch(now_ms) {
+                    return None;
+                }
+                let budget = remote
+                    .timeout_ms
+                    .saturating_add(500)
+                    .min(self.config.key_wait_ms);
+                Some(Wait {
+                    issuer: *issuer,
+                    deadline_ms: now_ms.saturating_add(budget),
+                })
+            }
+            _ => None,
+        }
     }
 }
 
