@@ -1,6 +1,6 @@
 //! Every way the filter refuses a request or an answer, as one type. Each refusal knows its
 //! HTTP status, its stable reason code (the audit record's `reason`, a metrics label), its
-//! JSON-RPC error code, its headers and its body; `Stream::refuse` (flow.rs) is the one
+//! JSON-RPC error code, its headers and its body; `Stream::refuse` (flow/done.rs) is the one
 //! function that answers with it and audits it. The prose (`detail`) is for people and may
 //! change; the codes are a stable interface (docs/audit.md lists them).
 
