@@ -43,6 +43,11 @@ pub trait Host {
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
     /// Cuts a response that is already streaming downstream.
     fn reset_response(&mut self);
+    /// Replaces the whole request body (the first `old_len` bytes Envoy holds: all of it) before
+    /// it is forwarded. Callers fail closed on an error: the default, for hosts that cannot.
+    fn replace_request_body(&mut self, _old_len: usize, _body: &[u8]) -> Result<(), HostError> {
+        Err(HostError)
+    }
 
     /// The first value of a request header.
     fn request_header(&self, name: &str) -> Option<String> {

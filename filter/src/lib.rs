@@ -42,3 +42,4 @@ pub mod rls;
 pub mod seal;
 pub mod session;
 pub mod sse;
+pub mod tasks;

@@ -82,6 +82,23 @@ pub enum Refusal {
         challenge: String,
         body: Vec<u8>,
     },
+    /// A task handle that does not open for this caller and server ("task not found"): 200 for
+    /// a request (its JSON-RPC error), 404 otherwise. `detail` says why.
+    TaskNotFound {
+        id: Option<Value>,
+        request: bool,
+        detail: String,
+    },
+    /// Task ids in a JSON-RPC batch (400): batches have no tasks, so they are never opened.
+    TaskInBatch,
+    /// The message with its tasks opened no longer parses (400).
+    TaskIdInvalid {
+        id: Option<Value>,
+        jsonrpc: i64,
+        detail: String,
+    },
+    /// The body with the opened task ids could not be forwarded (500).
+    TaskNotForwarded { id: Option<Value> },
     /// A limit or budget refused the message: 200 for a request, 429 otherwise.
     RateLimited {
         code: &'static str,
@@ -145,6 +162,9 @@ impl Refusal {
             Refusal::BatchWithLimits => "batch_with_limits",
             Refusal::Denied { code, .. } => code,
             Refusal::InsufficientScope { .. } => "insufficient_scope",
+            Refusal::TaskNotFound { .. } | Refusal::TaskInBatch => crate::tasks::NOT_FOUND,
+            Refusal::TaskIdInvalid { .. } => "task_id_invalid",
+            Refusal::TaskNotForwarded { .. } => "task_body_not_set",
             Refusal::RateLimited { code, .. } => code,
             Refusal::Internal { code, .. } => code,
             Refusal::UpstreamRefusedCredential { .. } => "upstream_refused_service_credential",
@@ -183,6 +203,15 @@ impl Refusal {
                 }
             }
             Refusal::InsufficientScope { .. } => 403,
+            Refusal::TaskNotFound { request, .. } => {
+                if *request {
+                    200
+                } else {
+                    404
+                }
+            }
+            Refusal::TaskInBatch | Refusal::TaskIdInvalid { .. } => 400,
+            Refusal::TaskNotForwarded { .. } => 500,
             Refusal::RateLimited { request, .. } => {
                 if *request {
                     200
@@ -215,6 +244,10 @@ impl Refusal {
             | Refusal::BatchWithLimits => Some(-32600),
             Refusal::SessionUnsealable { .. } => Some(-32600),
             Refusal::SessionNotFound(_) => Some(-32001),
+            Refusal::TaskNotFound { .. } => Some(crate::tasks::NOT_FOUND_CODE),
+            Refusal::TaskInBatch => Some(-32600),
+            Refusal::TaskIdInvalid { jsonrpc, .. } => Some(*jsonrpc),
+            Refusal::TaskNotForwarded { .. } => Some(reply::INTERNAL),
             Refusal::CredentialNotSet
             | Refusal::SessionNotForwarded
             | Refusal::Internal { .. }
@@ -235,6 +268,7 @@ impl Refusal {
     pub fn verdict(&self) -> Verdict {
         match self {
             Refusal::AuthUnavailable { .. }
+            | Refusal::TaskNotForwarded { .. }
             | Refusal::CredentialNotSet
             | Refusal::SessionNotForwarded
             | Refusal::Internal { .. }
@@ -277,7 +311,11 @@ impl Refusal {
             | Refusal::RateLimited { detail, .. }
             | Refusal::Internal { detail, .. }
             | Refusal::UnreadableListAnswer { detail, .. }
-            | Refusal::UninspectableResponse { detail, .. } => detail.clone(),
+            | Refusal::UninspectableResponse { detail, .. }
+            | Refusal::TaskNotFound { detail, .. }
+            | Refusal::TaskIdInvalid { detail, .. } => detail.clone(),
+            Refusal::TaskInBatch => "task ids cannot be sent in a JSON-RPC batch".into(),
+            Refusal::TaskNotForwarded { .. } => "the task could not be forwarded".into(),
             Refusal::BatchNotAllowed(protocol) => format!(
                 "JSON-RPC batches are not allowed in protocol version {protocol:?}; send one message per request"
             ),
@@ -347,6 +385,17 @@ impl Refusal {
                 reply::http_error("bad_gateway", "upstream response refused")
             }
             Refusal::SessionUnsealable { id, message, .. } => rpc(id.as_ref(), -32600, message),
+            Refusal::TaskNotFound { id, .. } => rpc(
+                id.as_ref(),
+                crate::tasks::NOT_FOUND_CODE,
+                crate::tasks::NOT_FOUND_MESSAGE,
+            ),
+            Refusal::TaskIdInvalid {
+                id,
+                jsonrpc,
+                detail,
+            } => rpc(id.as_ref(), *jsonrpc, detail),
+            Refusal::TaskNotForwarded { id } => rpc(id.as_ref(), reply::INTERNAL, &self.detail()),
             Refusal::SessionHeaderNotSet => reply::http_error("bad_gateway", &self.detail()),
             other => match other.jsonrpc_code() {
                 Some(code) => rpc(None, code, &other.detail()),

@@ -8,6 +8,7 @@ use memchr::memmem;
 
 use crate::discovery::{self, Checked, ListKind};
 use crate::sse::{Rewrite, SseRewriter};
+use crate::tasks::Sealer;
 
 /// Largest non-streamed response body held for inspection.
 pub const MAX_BUFFERED_RESPONSE: usize = 8 * 1024 * 1024;
@@ -205,6 +206,31 @@ fn filter_message(
     }
 }
 
+/// Filters a message's lists, then seals its task ids for the caller ([`crate::tasks`]).
+fn check_message(
+    message: &[u8],
+    lists: Option<&ListFilter>,
+    tasks: Option<&Sealer>,
+    visible: &mut Visible,
+    report: &mut Inspection,
+) -> Option<Vec<u8>> {
+    let out = filter_message(message, lists, visible, report);
+    let Some(tasks) = tasks else {
+        return out;
+    };
+    match crate::tasks::seal_answer(out.as_deref().unwrap_or(message), tasks) {
+        Ok(None) => out,
+        Ok(Some((sealed, hidden))) => {
+            report.hidden += hidden;
+            Some(sealed)
+        }
+        Err(why) => {
+            report.failed = Some(why);
+            None
+        }
+    }
+}
+
 /// A list answer the filter decided for this caller leaves private (`cacheScope`), and a tools
 /// listing teaches the `Mcp-Param-*` declarations ([`crate::protocol::private_list`]). Batches
 /// exist only in 2025-03-26, which has neither.
@@ -236,12 +262,13 @@ pub fn inspect_buffered(
     json: bool,
     lists: Option<&ListFilter>,
     patterns: &Patterns,
+    tasks: Option<&Sealer>,
     visible: &mut Visible,
 ) -> (Option<Vec<u8>>, Inspection) {
     let mut report = Inspection::default();
     // An empty body is no list; it is unreadable only where a list is due.
     let mut out = if json && (!body.is_empty() || lists.is_some_and(|l| l.strict)) {
-        filter_message(body, lists, visible, &mut report)
+        check_message(body, lists, tasks, visible, &mut report)
     } else {
         None
     };
@@ -259,6 +286,7 @@ pub fn inspect_events(
     end_of_stream: bool,
     lists: Option<&ListFilter>,
     patterns: &Patterns,
+    tasks: Option<&Sealer>,
     visible: &mut Visible,
 ) -> (Vec<u8>, Inspection) {
     let mut report = Inspection::default();
@@ -267,7 +295,7 @@ pub fn inspect_events(
         let mut replaced = if data.is_empty() {
             None
         } else {
-            filter_message(data, lists, visible, &mut report)
+            check_message(data, lists, tasks, visible, &mut report)
         };
         let mut current = replaced.take().unwrap_or_else(|| data.to_vec());
         let leaks = redact(&mut current, patterns);
@@ -333,6 +361,7 @@ mod tests {
             true,
             Some(&lists),
             &Patterns::new([]),
+            None,
             &mut |_, n, _| n == "a",
         );
         assert_eq!(report.hidden, 1);
@@ -351,6 +380,7 @@ mod tests {
             false,
             None,
             &patterns,
+            None,
             &mut |_, _, _| true,
         );
         let (b, r2) = inspect_events(
@@ -359,6 +389,7 @@ mod tests {
             true,
             None,
             &patterns,
+            None,
             &mut |_, _, _| true,
         );
         let all = [a, b].concat();

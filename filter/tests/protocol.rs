@@ -163,12 +163,23 @@ fn task_requests_mirror_the_task_id_in_mcp_name() {
             ("mcp-name", name),
         ]
     };
-    let mut h = host(&shared, &headers("t-1"));
-    let (_, action) = send(&mut h, &body(1, "tasks/get", json!({"taskId": "t-1"})));
+    // Task ids are the handles the filter sealed for this caller (tests/tasks.rs); Mcp-Name
+    // mirrors the handle the client holds, and upstream the task's own id.
+    // TEST_SESSION_KEY: the bytes 0, 1, …, 31.
+    let keys = mcp_guard::seal::Keys::new(&std::array::from_fn(|i| i as u8), None);
+    let sealer = mcp_guard::tasks::Sealer {
+        keys: &keys,
+        caller: Some((ISSUER, "alice")),
+        server: "crm",
+    };
+    let handle = sealer.seal("t-1").expect("sealed");
+    let mut h = host(&shared, &headers(&handle));
+    let (_, action) = send(&mut h, &body(1, "tasks/get", json!({"taskId": handle})));
     assert_eq!(action, Action::Continue);
     assert_eq!(h.record()["task_id"], "t-1");
+    assert_eq!(h.req_header("mcp-name"), Some("t-1"));
     let mut h = host(&shared, &headers("t-2"));
-    let (_, _) = send(&mut h, &body(1, "tasks/get", json!({"taskId": "t-1"})));
+    let (_, _) = send(&mut h, &body(1, "tasks/get", json!({"taskId": handle})));
     refused_with_32020(&h);
 }
 

@@ -269,21 +269,27 @@ def test_declared_versions_that_disagree_are_refused(stack):
 
 
 def test_task_requests_are_governed_by_their_task_id(stack):
-    """tasks/get of the tasks extension: the policy reads mcp.task.id; Mcp-Name must mirror it."""
+    """tasks/get of the tasks extension: Mcp-Name must mirror params.taskId, and a task id the
+    filter did not seal for this caller (here, ids this server never issued, sent raw) is the
+    spec's unknown task: nothing forwarded (tests/e2e/test_tasks.py has tasks that exist)."""
     token = stack.token("tom", groups=["sales"])
+    before = len(stack.server.requests())
     mine = stack.post({"jsonrpc": "2.0", "id": 4, "method": "tasks/get", "params": {"taskId": "tom-1"}},
                       token, headers={"mcp-name": "tom-1"})
-    # Allowed and forwarded (this demo server has no tasks: whatever it answers is its own).
-    assert mine.status_code != 400
+    assert mine.status_code == 200 and mine.json()["error"]["code"] == -32602
+    assert mine.json()["error"]["message"] == "Failed to retrieve task: Task not found"
     theirs = stack.post({"jsonrpc": "2.0", "id": 5, "method": "tasks/get", "params": {"taskId": "ann-1"}},
                         token, headers={"mcp-name": "ann-1"})
-    assert theirs.status_code == 200 and theirs.json()["error"]["code"] == POLICY_DENIED
+    assert theirs.status_code == 200 and theirs.json()["error"]["code"] == -32602
     wrong = stack.post({"jsonrpc": "2.0", "id": 6, "method": "tasks/get", "params": {"taskId": "tom-1"}},
                        token, headers={"mcp-name": "tom-2"})
     assert wrong.status_code == 400 and wrong.json()["error"]["code"] == HEADER_MISMATCH
+    assert len(stack.server.requests()) == before
     records = stack.audit("tom", count=3, method="tasks/get")
     assert [r["task_id"] for r in records] == ["tom-1", "ann-1", "tom-1"]
-    assert [r["decision"] for r in records] == ["allow", "deny", "deny"]
+    assert [r["decision"] for r in records] == ["deny", "deny", "deny"]
+    assert [r["reason"] for r in records][:2] == ["task_not_found"] * 2
+    assert [r["detail"] for r in records][:2] == ["task_not_sealed"] * 2
 
 
 def test_trace_ids_are_recorded(stack):

@@ -52,6 +52,7 @@ impl Stream {
             };
             let lists = self.lists.as_ref();
             let patterns = &server.credential.leak_patterns;
+            let tasks = self.task_sealer(&config, server);
             match &mut phase {
                 Phase::BufferingAnswer { .. } if !end_of_stream => {
                     let hold = body.len() <= response::MAX_BUFFERED_RESPONSE;
@@ -63,8 +64,14 @@ impl Stream {
                     Some((None, report, hold))
                 }
                 Phase::BufferingAnswer { json, .. } => {
-                    let (out, report) =
-                        response::inspect_buffered(body, *json, lists, patterns, &mut visible);
+                    let (out, report) = response::inspect_buffered(
+                        body,
+                        *json,
+                        lists,
+                        patterns,
+                        tasks.as_ref(),
+                        &mut visible,
+                    );
                     Some((out, report, false))
                 }
                 Phase::StreamingEvents(rewriter) => {
@@ -74,6 +81,7 @@ impl Stream {
                         end_of_stream,
                         lists,
                         patterns,
+                        tasks.as_ref(),
                         &mut visible,
                     );
                     Some((Some(out), report, false))
@@ -124,13 +132,9 @@ impl Stream {
             }
             add_pin_drift(r, &drifts);
         }
-        let unreadable = format!("{}: ", response::UNREADABLE_LIST_ANSWER);
         let failed = match report.failed.clone() {
             Some(detail) if too_large => Some(("response_too_large", detail)),
-            Some(detail) => match detail.strip_prefix(&unreadable) {
-                Some(why) => Some((response::UNREADABLE_LIST_ANSWER, why.to_string())),
-                None => Some(("response_uninspectable", detail)),
-            },
+            Some(detail) => Some(answer_failure(detail)),
             None => (report.leaks > 0 && server.block_key_leaks).then(|| {
                 let r = Refusal::ServiceKeyInResponse;
                 (r.code(), r.detail())
@@ -208,4 +212,24 @@ impl Stream {
             }
         }
     }
+}
+
+/// The stable code and the prose of an answer that could not be checked: the inspection
+/// reports `<code>: <what>` for the codes below, else only prose.
+fn answer_failure(failed: String) -> (&'static str, String) {
+    const CODES: [&str; 4] = [
+        response::UNREADABLE_LIST_ANSWER,
+        "task_answer_unreadable",
+        "task_unbindable",
+        "task_id_unsealable",
+    ];
+    for code in CODES {
+        if let Some(what) = failed
+            .strip_prefix(code)
+            .and_then(|rest| rest.strip_prefix(": "))
+        {
+            return (code, what.to_string());
+        }
+    }
+    ("response_uninspectable", failed)
 }

@@ -37,6 +37,10 @@ impl Stream {
             Ok(m) => m,
             Err(e) => return self.refuse(host, record, invalid(&e)),
         };
+        if self.config.sessions.is_some() && crate::tasks::carries_task_ids(body) {
+            // Batches are 2025-03-26 only, which has no tasks: never opened, never forwarded.
+            return self.refuse(host, record, Refusal::TaskInBatch);
+        }
         let source = record.source.clone().unwrap_or_default();
         let now = host.now_millis();
         let decisions: Vec<_> = messages

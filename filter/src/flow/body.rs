@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{limits, Action, Phase, Stream};
 use crate::audit::{ArgumentsMode, PinDrift, Record, Verdict, MAX_PIN_DRIFT};
-use crate::config::Server;
+use crate::config::{Config, Server};
 use crate::discovery::ListKind;
 use crate::host::Host;
 use crate::mcp::{self, Kind, Message, Target};
@@ -15,7 +15,7 @@ use crate::pins::{self, Drift};
 use crate::policy::{Input, Outcome, RequestFacts};
 use crate::refusal::Refusal;
 use crate::response::ListFilter;
-use crate::{oauth, protocol, reply};
+use crate::{oauth, protocol, reply, session};
 
 impl Stream {
     /// Whether the headers were accepted and the decision now needs the whole body.
@@ -110,6 +110,12 @@ impl Stream {
             let id = message.id.clone();
             return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });
         }
+        // Task handles (tasks.rs): opened for this caller, forwarded as the upstream's ids.
+        let (message, mut record) = match self.open_tasks(host, server, body, message, mode, record)
+        {
+            Ok(opened) => opened,
+            Err(action) => return action,
+        };
 
         let source = record.source.clone().unwrap_or_default();
         let input = self.input(&message, &source, host.now_millis());
@@ -204,6 +210,86 @@ impl Stream {
     /// (`Mcp-Name` after decoding the base64 sentinel; for tasks methods it mirrors
     /// `params.taskId`). A request declaring 2026-07-28 must send the `Mcp-Param-*` headers its
     /// tool declares, matching the arguments (see [`protocol::param_mismatch`]).
+    /// Who this exchange's task ids are sealed for; `None` with `sessions.stateless` (no key:
+    /// task ids pass as the upstream wrote them, see docs/fleet.md).
+    pub(super) fn task_sealer<'a>(
+        &'a self,
+        config: &'a Config,
+        server: &'a Server,
+    ) -> Option<crate::tasks::Sealer<'a>> {
+        Some(crate::tasks::Sealer {
+            keys: config.sessions.as_ref()?,
+            caller: self
+                .identity
+                .as_ref()
+                .and_then(|i| session::caller(&i.claims)),
+            server: &server.name,
+        })
+    }
+
+    /// Opens the task handles a client's message carries (see [`crate::tasks`]): the body, the
+    /// `Mcp-Name` header and the message the policy decides on then name the upstream's task;
+    /// a handle that is not this caller's is answered "task not found", nothing forwarded.
+    fn open_tasks(
+        &mut self,
+        host: &mut dyn Host,
+        server: &Server,
+        body: &[u8],
+        message: Message,
+        mode: mcp::Arguments,
+        mut record: Record,
+    ) -> Result<(Message, Record), Action> {
+        use crate::tasks;
+        let config = Rc::clone(&self.config);
+        let Some(sealer) = self.task_sealer(&config, server) else {
+            return Ok((message, record));
+        };
+        let opened = match tasks::open_request(body, &sealer) {
+            Ok(None) => return Ok((message, record)),
+            Ok(Some(opened)) => opened,
+            Err(reason) => {
+                let prefix = format!("{}: ", tasks::NOT_FOUND);
+                let refusal = Refusal::TaskNotFound {
+                    id: message.id.clone(),
+                    request: message.kind == Kind::Request,
+                    detail: reason.strip_prefix(&prefix).unwrap_or(&reason).to_string(),
+                };
+                return Err(self.refuse(host, record, refusal));
+            }
+        };
+        // The policy decides on what the upstream will read.
+        let message = match mcp::parse_message_for(&opened.body, mcp::DEFAULT_MAX_DEPTH, mode)
+            .and_then(|m| protocol::check_params(&m).map(|()| m))
+        {
+            Ok(m) => m,
+            Err(e) => {
+                let refusal = Refusal::TaskIdInvalid {
+                    id: message.id.clone(),
+                    jsonrpc: e.code(),
+                    detail: e.to_string(),
+                };
+                return Err(self.refuse(host, record, refusal));
+            }
+        };
+        describe(&mut record, &message, server);
+        // Mcp-Name mirrored the handle (checked above); upstream it mirrors the task's id.
+        let name = match (&opened.task_id, self.header("mcp-name")) {
+            (Some(id), Some(_)) => Some(tasks::header_value(id)),
+            _ => None,
+        };
+        let length = opened.body.len().to_string();
+        let forwarded = host.replace_request_body(body.len(), &opened.body).is_ok()
+            && (self.header("content-length").is_none()
+                || host.set_request_header("content-length", &length).is_ok())
+            && name.is_none_or(|n| host.set_request_header("mcp-name", &n).is_ok());
+        if !forwarded {
+            // The client's handles must never reach the upstream in place of its ids.
+            let id = message.id.clone();
+            return Err(self.refuse(host, record, Refusal::TaskNotForwarded { id }));
+        }
+        Ok((message, record))
+    }
+
     pub(super) fn header_mismatch(
         &self,
         host: &dyn Host,

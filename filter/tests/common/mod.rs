@@ -278,6 +278,8 @@ pub struct MockHost {
     pub now_ms: u64,
     /// Headers Envoy refuses to set or remove (request or response): the flow must fail closed.
     pub refuse_headers: Vec<&'static str>,
+    /// The request body the filter forwards in place of the client's (`replace_request_body`).
+    pub replaced_request_body: Option<Vec<u8>>,
 }
 
 impl Default for MockHost {
@@ -293,6 +295,7 @@ impl Default for MockHost {
             resets: 0,
             now_ms: NOW as u64 * 1000,
             refuse_headers: Vec::new(),
+            replaced_request_body: None,
         }
     }
 }
@@ -403,6 +406,12 @@ impl MockHost {
 }
 
 impl Host for MockHost {
+    /// Refused like a header change when the body's `content-length` is refused.
+    fn replace_request_body(&mut self, _old_len: usize, body: &[u8]) -> Result<(), HostError> {
+        self.allowed("content-length")?;
+        self.replaced_request_body = Some(body.to_vec());
+        Ok(())
+    }
     fn request_headers(&self) -> Vec<Header> {
         self.request_headers.clone()
     }

@@ -506,6 +506,14 @@ impl Host for Envoy {
             Some(value),
         ))
     }
+    fn replace_request_body(&mut self, old_len: usize, body: &[u8]) -> Result<(), HostError> {
+        changed(hostcalls::set_buffer(
+            BufferType::HttpRequestBody,
+            0,
+            old_len,
+            body,
+        ))
+    }
     fn remove_response_header(&mut self, name: &str) -> Result<(), HostError> {
         changed(hostcalls::set_map_value(
             MapType::HttpResponseHeaders,
