@@ -162,6 +162,8 @@ class Bench:
         w = self.work
         (w / "call-answer.json").write_bytes(workload.call_answer())
         (w / "tools-list.sse").write_bytes(workload.tools_list_sse(500))
+        (w / "introspect.json").write_text(json.dumps(
+            {"active": True, "token_type": "Bearer", "exp": workload.FIXTURE_EXP}))
         (w / "call-1k.json").write_bytes(workload.tool_call(workload.arguments_1k()))
         (w / "call-100k.json").write_bytes(workload.tool_call(workload.arguments_100k()))
         (w / "tools-list.json").write_bytes(workload.tools_list_request())
@@ -195,7 +197,8 @@ class Bench:
         fill = {"STRICT_PORT": harness.free_port(), "OPEN_PORT": harness.free_port(),
                 "SERVICE_KEY_HEADER": SERVICE_KEY_HEADER, "SERVICE_KEY": SERVICE_KEY,
                 "CALL_ANSWER": str(self.work / "call-answer.json"),
-                "TOOLS_LIST_ANSWER": str(self.work / "tools-list.sse")}
+                "TOOLS_LIST_ANSWER": str(self.work / "tools-list.sse"),
+                "INTROSPECT_ANSWER": str(self.work / "introspect.json")}
         self.upstream = Envoy(self.work, "upstream", BENCH / "envoy-upstream.yaml",
                               {**fill, "LISTEN_PORT": fill["STRICT_PORT"]},
                               concurrency=self.args.upstream_concurrency, cpus=self.other_cpus)
@@ -205,7 +208,9 @@ class Bench:
 
     def start_proxy(self, setup: str, *, name: str | None = None, rules: int = 4,
                     concurrency: int | None = None, cpus="proxy", limits: list | None = None,
-                    extra_config: dict | None = None, clusters: str = "") -> Envoy:
+                    extra_config: dict | None = None, clusters: str = "",
+                    server_extra: dict | None = None, issuer_extra: dict | None = None,
+                    vm_env: dict | None = None) -> Envoy:
         name = name or setup
         port = harness.free_port()
         common = {"LISTEN_PORT": port, "UPSTREAM_HOST": "127.0.0.1"}
@@ -223,12 +228,18 @@ class Bench:
         else:
             template = self.args.guard_template
             issuers = [{"issuer": ISSUER, "audiences": [RESOURCE], "algorithms": ["RS256"],
-                        "jwks": self.idp.jwks()}]
+                        "jwks": self.idp.jwks(), **(issuer_extra or {})}]
             policy = workload.policy(rules)
             if limits:
                 policy["limits"] = limits
+            # The shipped access log reads the record only (`wasm.mcp.audit`), not the
+            # per-field columns: the filter need not write them.
             config = harness.plugin_config(issuers, policy, RESOURCE, key=SERVICE_KEY,
-                                           key_header=SERVICE_KEY_HEADER, **(extra_config or {}))
+                                           key_header=SERVICE_KEY_HEADER,
+                                           **{"audit_columns": False, **(extra_config or {})})
+            config["servers"][0].update(server_extra or {})
+            if vm_env:
+                template = self.template_with_env(template, vm_env)
             (self.work / f"{name}.plugin.json").write_text(json.dumps(config, indent=1))
             fill = {**common, "UPSTREAM_PORT": self.strict_port, "WASM": str(harness.WASM),
                     "PLUGIN_CONFIG": json.dumps(json.dumps(config)),
@@ -239,6 +250,18 @@ class Bench:
         envoy.audit_log = Path(fill["ACCESS_LOG"]) if setup == "c" else None
         self.procs.append(envoy)
         return envoy
+
+    def template_with_env(self, template: Path, env: dict) -> Path:
+        """The template with `vm_config.environment_variables` (secrets the filter reads)."""
+        text = template.read_text()
+        marker = "                  code: { local: { filename: ${WASM} } }\n"
+        if marker not in text:
+            raise SystemExit(f"{rel(template)}: cannot add vm_config.environment_variables")
+        text = text.replace(marker, marker + "                  environment_variables: "
+                            + json.dumps({"key_values": env}) + "\n")
+        path = self.work / f"{template.stem}-env.yaml"
+        path.write_text(text)
+        return path
 
     def stop(self, envoy: Envoy) -> None:
         envoy.stop()
@@ -347,13 +370,17 @@ class Bench:
             self.results["checks"][s] = self.check(envoy, s)
         log(f"\n== tools/call, 1 KiB arguments, RS256 token: {a.rounds} round(s) x "
             f"{len(a.conns)} load(s) x 3 setups, {a.duration:g}s each (+{a.warmup:g}s warm-up)")
-        order = list("abc")
+        # (c) also with many distinct callers, each token used a few times (a per-VM cache miss
+        # costs a full token check: this prices it next to the one-token case).
+        callers = self.write_tokens(a.callers)
+        order = list("abc") + ["c-callers"]
         for rnd in range(a.rounds):
-            rotated = order[rnd % 3:] + order[:rnd % 3]
+            rotated = order[rnd % 4:] + order[:rnd % 4]
             for conns in a.conns:
                 for s in rotated:
-                    r = self.measure(proxies[s], self.work / "call-1k.json", self.token_files[1],
-                                     conns)
+                    envoy = proxies["c" if s == "c-callers" else s]
+                    tokens = callers if s == "c-callers" else self.token_files[1]
+                    r = self.measure(envoy, self.work / "call-1k.json", tokens, conns)
                     r.update(setup=s, round=rnd + 1, case="call-1k")
                     self.results["runs"].append(r)
                     log(f"  round {rnd + 1} ({s}) c={conns:<3} {r['rps']:9.0f} req/s  "
@@ -385,6 +412,54 @@ class Bench:
                     f"answer {r['resp_bytes']:7.0f} B  errors {r['errors']}"
                     + (f"  first: {r['first_bad']}" if r["errors"] else ""))
         self.stop(c100)
+
+    def features(self) -> None:
+        """What each feature costs when it is on, against the same request without it (1 round,
+        at the largest connection count, where the proxy is the bottleneck and CPU per request
+        is steadiest). The local limit is priced in the limits part."""
+        a = self.args
+        conns = max(a.conns)
+        log(f"\n== features on vs off, 1 round, {a.duration:g}s each, {conns} connections")
+        base = self.proxies["c"]
+        call, listing = self.work / "call-1k.json", self.work / "tools-list.json"
+        # Every listed tool pinned as it is; the called tools (never listed here) pinned too.
+        tools = {**workload.tool_pins(500), "search_customers": "sha256:" + "0" * 64,
+                 "delete_customer": "sha256:" + "0" * 64}
+        pins = {"pins": {"mode": "enforce", "tools": tools}}
+        pinned = self.start_proxy("c", name="c-pins", server_extra=pins)
+        listed = self.check(pinned, "c")["tools_listed"]
+        if listed != self.results["checks"].get("c", {}).get("tools_listed"):
+            raise SystemExit(f"pinning: {listed} tools listed with every tool pinned, not as many "
+                             "as without pins: the bench's pins do not match the tools")
+        introspect = {"introspect": "always", "introspection": {
+            "endpoint": "http://127.0.0.1/introspect", "cluster": "introspect",
+            "client_id": "mcp-guard", "client_secret_from_env": "BENCH_INTROSPECTION_SECRET",
+            "cache_ttl_seconds": 3600}}
+        introspecting = self.start_proxy(
+            "c", name="c-introspect", issuer_extra=introspect,
+            vm_env={"BENCH_INTROSPECTION_SECRET": "bench-only-secret"},
+            clusters=harness.cluster_yaml("introspect", self.open_port))
+        self.check(introspecting, "c")
+        cases = [
+            ("sealed session handles", (base, call, ""), (base, call, "x-bench-answer: new-session")),
+            ("pinning, 500-tool SSE tools/list", (base, listing, "x-bench-answer: tools-list"),
+             (pinned, listing, "x-bench-answer: tools-list")),
+            ("cached introspection (introspect: always)", (base, call, ""),
+             (introspecting, call, "")),
+        ]
+        for feature, off, on in cases:
+            pair = {}
+            for side, (envoy, body, header) in (("off", off), ("on", on)):
+                r = self.measure(envoy, body, self.token_files[1], conns, header)
+                r.update(setup=envoy.name, case=feature, side=side)
+                pair[side] = r
+                log(f"  {feature:42} {side:3} {r['rps']:9.0f} req/s  "
+                    f"proxy {r['proxy_cpu_us_per_req']:6.0f} CPU-µs/req  "
+                    f"filter {filter_col(r)} µs  errors {r['errors']}"
+                    + (f"  first: {r['first_bad']}" if r["errors"] else ""))
+            self.results.setdefault("features", []).append({"feature": feature, **pair})
+        self.stop(pinned)
+        self.stop(introspecting)
 
     def memory(self) -> None:
         """Memory per worker (concurrency 1 vs 2) and versus distinct callers."""
@@ -797,7 +872,7 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         table = {}
         for conns in args.conns:
-            for s in "abc":
+            for s in ["a", "b", "c", "c-callers"]:
                 rs = [r for r in runs if r["setup"] == s and r["conns"] == conns]
                 if not rs:
                     continue
@@ -806,7 +881,9 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
                 row["requests"] = sum(r["requests"] for r in rs)
                 row["errors"] = sum(r["errors"] for r in rs)
                 table[(s, conns)] = row
-                L.append(f"| ({s}) {SETUPS[s]} | {conns} | {row['rps']:,.0f}{spread(rs, 'rps')} "
+                label = (f"(c) mcp-guard, {args.callers:,} distinct callers" if s == "c-callers"
+                         else f"({s}) {SETUPS[s]}")
+                L.append(f"| {label} | {conns} | {row['rps']:,.0f}{spread(rs, 'rps')} "
                          f"| {row['p50_us']:,.0f} | {row['p99_us']:,.0f} "
                          f"| {row['proxy_cpu_us_per_req']:,.0f} | {row['proxy_cpu_util']:.0%} "
                          f"| {filter_col(rs[len(rs) // 2])} "
@@ -830,6 +907,12 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
         L.append(f"| throughput b/a (native / plain) | {ratio('b', 'a', 'rps')} |")
         L.append(f"| proxy CPU per request c/a | {ratio('c', 'a', 'proxy_cpu_us_per_req')} |")
         L.append(f"| proxy CPU per request c/b | {ratio('c', 'b', 'proxy_cpu_us_per_req')} |")
+        L.append(f"| throughput, {args.callers:,} callers / one token (target ≥ 0.80) "
+                 f"| {ratio('c-callers', 'c', 'rps')} |")
+        L.append(f"| proxy CPU per request, {args.callers:,} callers / one token "
+                 f"| {ratio('c-callers', 'c', 'proxy_cpu_us_per_req')} |")
+        L.append(f"| throughput, {args.callers:,} callers c/b (mcp-guard / native, one token) "
+                 f"| {ratio('c-callers', 'b', 'rps')} |")
         L.append("")
         one = min(args.conns)
         if all((s, one) in table for s in "abc"):
@@ -897,6 +980,34 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
                      + ("filtered by the policy" if got is not None and full and got < full
                         else "NOT filtered: this build forwards the list as is") + "). "
                      "The native stack never filters lists.\n")
+
+    feats = res.get("features") or []
+    lim_rows = {r["setup"]: r for r in res.get("limits") or [] if r["conns"] == max(args.conns)}
+    if feats or ("c" in lim_rows and "c-local" in lim_rows):
+        L.append("## Features on vs off (1 round)\n")
+        L.append(f"Each feature of this round against the same request without it, at "
+                 f"{max(args.conns)} connections (the proxy the bottleneck, its CPU per request "
+                 "the steadiest figure). Target: at most 1.10× the proxy CPU per request when on, "
+                 "nothing when not configured (*off* is the configuration without it).\n")
+        L.append("| feature | req/s off → on | proxy CPU µs/req off → on | on/off | filter µs p50 "
+                 "off → on | target ≤ 1.10 |")
+        L.append("|---|---:|---:|---:|---:|---|")
+        rows = [(f["feature"], f["off"], f["on"]) for f in feats]
+        if "c" in lim_rows and "c-local" in lim_rows:
+            rows.append(("a local limit (token bucket in shared data)", lim_rows["c"],
+                         lim_rows["c-local"]))
+        for feature, off, on in rows:
+            ratio = (on["proxy_cpu_us_per_req"] / off["proxy_cpu_us_per_req"]
+                     if off["proxy_cpu_us_per_req"] else float("nan"))
+            L.append(f"| {feature} | {off['rps']:,.0f} → {on['rps']:,.0f} "
+                     f"| {off['proxy_cpu_us_per_req']:,.0f} → {on['proxy_cpu_us_per_req']:,.0f} "
+                     f"| {ratio:.2f} | {off.get('filter_us_p50', '–')} → "
+                     f"{on.get('filter_us_p50', '–')} | {'met' if ratio <= 1.10 else 'NOT met'} |")
+        L.append("\nA DPoP proof is priced by the native micro-benchmark "
+                 "`identity/dpop/proof-ES256` below (a proof is single-use, so a fixed wrk "
+                 "request cannot carry one).\n")
+
+    L.extend(targets(args, res))
 
     if "profile" in res:
         prof = res["profile"]
@@ -1018,6 +1129,57 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
     return "\n".join(L) + "\n"
 
 
+def targets(args, res: dict) -> list[str]:
+    """Where issue 19's targets stand, from this run's numbers."""
+    runs = res["runs"]
+    L = ["## Targets\n", "| target | measured | met? |", "|---|---|---|"]
+
+    def med(setup, conns, key):
+        rs = [r[key] for r in runs if r["setup"] == setup and r["conns"] == conns]
+        return statistics.median(rs) if rs else None
+
+    def verdict(ok):
+        return "–" if ok is None else ("met" if ok else "**not met**")
+
+    for c in args.conns:
+        cb, bb = med("c", c, "rps"), med("b", c, "rps")
+        ccpu, bcpu = med("c", c, "proxy_cpu_us_per_req"), med("b", c, "proxy_cpu_us_per_req")
+        if cb and bb and ccpu and bcpu:
+            L.append(f"| tools/call throughput ≥ native, {c} conn | c/b {cb / bb:.2f} "
+                     f"| {verdict(cb / bb >= 1.0)} |")
+            L.append(f"| proxy CPU per request ≤ native, {c} conn | c/b {ccpu / bcpu:.2f} "
+                     f"({ccpu:,.0f} vs {bcpu:,.0f} µs) | {verdict(ccpu <= bcpu)} |")
+        many, one = med("c-callers", c, "rps"), med("c", c, "rps")
+        if many and one:
+            L.append(f"| {args.callers:,} callers within 20% of one token, {c} conn "
+                     f"| {many / one:.2f} | {verdict(many / one >= 0.8)} |")
+    sse = [r for r in res["extra"] if r["case"] == "tools-list-sse-500" and r["setup"] == "c"
+           and "filter_us_p50" in r]
+    if sse:
+        worst = max(r["filter_us_p50"] for r in sse)
+        L.append(f"| 500-tool SSE tools/list filtered in ≤ 0.5 ms of filter time "
+                 f"| {worst:,} µs (median, worst load) | {verdict(worst <= 500)} |")
+    for f in res.get("features") or []:
+        off, on = f["off"]["proxy_cpu_us_per_req"], f["on"]["proxy_cpu_us_per_req"]
+        if off:
+            L.append(f"| {f['feature']}: ≤ 1.10× CPU | {on / off:.2f} | {verdict(on / off <= 1.10)} |")
+    if res.get("sessions") and len(res["sessions"]) > 1:
+        s0, s1 = res["sessions"][0], res["sessions"][-1]
+        L.append(f"| memory flat with {s1['sessions']:,} sessions | RSS {mib(s1['rss'] - s0['rss'])} "
+                 f"over idle | {verdict(s1['rss'] - s0['rss'] < 16 * 2**20)} |")
+    mem = res.get("limits_memory")
+    if mem:
+        d = mem["after keys"]["rss"] - mem["limit, idle"]["rss"]
+        L.append(f"| memory flat with 100,000 limit keys | RSS {mib(d)} after all keys "
+                 f"| {verdict(d < 16 * 2**20)} |")
+    if res.get("users") and len(res["users"]) > 1:
+        u0, u1 = res["users"][0], res["users"][-1]
+        L.append(f"| memory flat with {u1['users']:,} callers | RSS {mib(u1['rss'] - u0['rss'])} "
+                 f"over idle | {verdict(u1['rss'] - u0['rss'] < 16 * 2**20)} |")
+    L.append("\n*Flat* is read as: less than 16 MiB above idle, the per-worker budget.\n")
+    return L
+
+
 def ns(v: float) -> str:
     if v < 1e3:
         return f"{v:.0f} ns"
@@ -1038,6 +1200,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2, help="wrk threads (1 for 1 connection)")
     p.add_argument("--concurrency", type=int, default=1, help="workers of the proxies under test")
     p.add_argument("--upstream-concurrency", type=int, default=1)
+    p.add_argument("--callers", type=int, default=10000,
+                   help="distinct callers of the many-callers case (each token used a few times)")
     p.add_argument("--users", type=lambda s: [int(x) for x in s.split(",")],
                    default=[1, 100, 10000], help="distinct callers for the memory test")
     p.add_argument("--sessions", type=lambda s: [int(x) for x in s.split(",")],
@@ -1047,10 +1211,10 @@ def main() -> int:
                    help="do not pin the proxy and the load generator to separate CPUs")
     p.add_argument("--wasm-oz", action="store_true", help="also report the size with -Oz")
     p.add_argument("--skip", default="", help="comma-separated parts to skip: "
-                   "main,extra,perf,memory,limits,micro")
+                   "main,extra,features,perf,memory,limits,micro")
     p.add_argument("--quick", action="store_true",
                    help="a fast smoke run: 1 round of 3 s, users 1,100,1000, sessions "
-                   "1,1000,10000, 100 ms micro")
+                   "1,1000,10000, 1,000 callers, 100 ms micro")
     p.add_argument("--guard-template", type=Path, default=ROOT / "envoy" / "mcp-guard.yaml",
                    help="Envoy template for mcp-guard (placeholders as tests/harness.py fills)")
     p.add_argument("--out", type=Path, default=BENCH / "RESULTS.md")
@@ -1058,6 +1222,7 @@ def main() -> int:
     if args.quick:
         args.duration, args.warmup, args.rounds = 3.0, 1.0, 1
         args.users, args.micro_ms = [1, 100, 1000], 100
+        args.callers = 1000
         args.sessions = [1, 1000, 10000]
     skip = set(filter(None, args.skip.split(",")))
     for tool in ("wrk", "taskset"):
@@ -1074,7 +1239,7 @@ def main() -> int:
     try:
         bench.write_inputs()
         bench.start_upstream()
-        if "main" not in skip or "extra" not in skip:
+        if not {"main", "extra", "features", "perf"} <= skip:
             bench.main_comparison() if "main" not in skip else None
             if "main" in skip:
                 bench.proxies = {s: bench.start_proxy(s) for s in "abc"}
@@ -1082,6 +1247,8 @@ def main() -> int:
                     bench.results["checks"][s] = bench.check(e, s)
             if "extra" not in skip:
                 bench.extra_cases()
+            if "features" not in skip:
+                bench.features()
             if "perf" not in skip:
                 bench.profile()
         if "memory" not in skip:
@@ -1100,8 +1267,9 @@ def main() -> int:
     (bench.work / "results.json").write_text(json.dumps(bench.results, indent=1))
     log("\n" + text)
     log(f"written: {rel(args.out)} (raw numbers: {rel(bench.work / 'results.json')})")
+    feature_runs = [f[side] for f in bench.results.get("features", []) for side in ("off", "on")]
     bad = sum(r["bad_status"] + r["bad_body"] for r in bench.results["runs"] +
-              bench.results["extra"])
+              bench.results["extra"] + feature_runs + bench.results.get("limits", []))
     if bad:
         log(f"ERROR: {bad} answers were not the expected 200 + result: the numbers above are "
             "not valid")

@@ -113,6 +113,21 @@ def tool_entries(count: int = 500) -> list[dict]:
     return tools
 
 
+def tool_pins(count: int = 500) -> dict:
+    """`servers[].pins.tools` approving every tool of `tool_entries(count)` as it is: SHA-256 over
+    the RFC 8785 canonical JSON of the pinned members (for these definitions, ASCII strings and
+    no numbers, `json.dumps` with sorted keys and no spaces writes exactly that)."""
+    import hashlib
+
+    members = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+    pins = {}
+    for tool in tool_entries(count):
+        canonical = json.dumps({k: tool[k] for k in members if k in tool}, sort_keys=True,
+                               separators=(",", ":"), ensure_ascii=False)
+        pins[tool["name"]] = "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return pins
+
+
 def tools_list_sse(count: int = 500) -> bytes:
     """The upstream's `tools/list` answer as one Server-Sent Event (Streamable HTTP)."""
     message = compact({"jsonrpc": "2.0", "id": 1, "result": {"tools": tool_entries(count)}})

@@ -405,6 +405,20 @@ fn bench_jwt(h: &mut Harness, fx: &Fixtures) {
             h.bench(&format!("jwt/verify/{alg}/{}", mode.name()), None, verify);
         }
     }
+    // A token another worker VM verified: what reading its entry in the shared token cache
+    // costs (the digest, the shared-data read, the claims parsed); the checks that follow
+    // are those of a cached token.
+    let token = fx.token("RS256");
+    let mut host = BenchHost::default();
+    config
+        .authenticator
+        .verify_shared(token, fx.now, &mut host)
+        .expect("fixture token");
+    h.bench("jwt/verify/RS256/shared-cache-entry", None, || {
+        use sha2::Digest as _;
+        let digest: [u8; 32] = sha2::Sha256::digest(black_box(token).as_bytes()).into();
+        mcp_guard::token_cache::lookup(&host, &digest).is_some()
+    });
 }
 
 fn claims(fx: &Fixtures) -> Map<String, Value> {

@@ -74,6 +74,10 @@ pub struct Config {
     pub dpop: crate::dpop::DpopConfig,
     /// Where global limits are counted (Envoy's rate limit service API).
     pub rate_limit_service: Option<RateLimitService>,
+    /// Whether the per-field audit columns (`wasm.mcp.decision`, `.sub`, …) are written beside
+    /// the record (`audit_columns`, default true). Each is a hostcall per request: an access log
+    /// that reads only `wasm.mcp.audit` (envoy/mcp-guard.yaml) does not need them.
+    pub audit_columns: bool,
 }
 
 /// `rate_limit_service`: an `envoy.service.ratelimit.v3` service reached through an Envoy
@@ -239,6 +243,8 @@ struct RawConfig {
     dpop: Option<Value>,
     #[serde(default)]
     rate_limit_service: Option<Value>,
+    #[serde(default)]
+    audit_columns: Option<bool>,
     issuers: Vec<Value>,
     servers: Vec<Value>,
     #[serde(default)]
@@ -476,6 +482,7 @@ impl Config {
             sessions: sessions_from_config(raw.sessions, env)?,
             dpop: crate::dpop::DpopConfig::from_config(raw.dpop, "dpop")?,
             rate_limit_service,
+            audit_columns: raw.audit_columns.unwrap_or(true),
         })
     }
 

@@ -22,7 +22,7 @@ use serde::de::IgnoredAny;
 use serde_json::Value;
 
 /// Which discovery list a response carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ListKind {
     Tools,
     Prompts,
@@ -672,7 +672,12 @@ impl<'a> Scan<'a> {
         self.ws();
         let start = self.pos;
         self.expect(b'"')?;
-        while self.seek(|b| b == b'"' || b == b'\\')? == b'\\' {
+        // memchr: strings are most of a listing's bytes (descriptions, schemas).
+        loop {
+            self.pos += memchr::memchr2(b'"', b'\\', self.bytes.get(self.pos..)?)?;
+            if self.peek()? != b'\\' {
+                break;
+            }
             self.pos += 2;
         }
         self.pos += 1;

@@ -36,6 +36,8 @@ pub struct DpopConfig {
     pub algorithms: Vec<Alg>,
     /// How old (by `iat`) a proof may be, and how long its `jti` is remembered.
     pub max_age_seconds: i64,
+    /// Verifies proof signatures outside Wasm when the adapter installed a host.
+    pub signatures: crate::crypto::Signatures,
 }
 
 impl Default for DpopConfig {
@@ -43,6 +45,7 @@ impl Default for DpopConfig {
         DpopConfig {
             algorithms: vec![Alg::Es256, Alg::Rs256, Alg::Ps256, Alg::EdDsa, Alg::Es384],
             max_age_seconds: 60,
+            signatures: crate::crypto::Signatures::default(),
         }
     }
 }
@@ -307,6 +310,7 @@ pub fn verify_proof(
         alg,
         signed.as_bytes(),
         &signature,
+        config.signatures.host(),
     )
     .map_err(|e| SenderError::Proof(format!("the proof's jwk: {e}")))?;
     if !verified {

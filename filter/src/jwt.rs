@@ -19,11 +19,13 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::config::{typed, ConfigError, Environment};
+use crate::crypto::{SignatureHost, Signatures, VerifyRequest};
 use crate::es384::{self, Es384};
 use crate::host::Host;
 use crate::introspection::{self, Answer, Introspection, Introspector, Lookup, Mode};
 use crate::oauth::split_url;
 use crate::revocation::{Feed, Revoked};
+use crate::token_cache;
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -72,6 +74,17 @@ impl Alg {
         }
     }
 
+    /// The digest the host's `verify_signature` is asked for, for the algorithms it may check
+    /// (see [`crate::crypto`]): PKCS#1 v1.5 RSA and ECDSA. `None`: verified in Wasm only.
+    fn host_hash(self) -> Option<&'static str> {
+        match self {
+            Alg::Rs256 | Alg::Es256 => Some("sha256"),
+            Alg::Rs384 | Alg::Es384 => Some("sha384"),
+            Alg::Rs512 => Some("sha512"),
+            Alg::Ps256 | Alg::Ps384 | Alg::Ps512 | Alg::EdDsa => None,
+        }
+    }
+
     fn rsa(self) -> Option<Rsa> {
         Some(match self {
             Alg::Rs256 => Rsa::rs256(),
@@ -103,6 +116,12 @@ struct Jwk {
     /// The JWK's own `alg`, when it pins one.
     alg: Option<String>,
     key: PublicKey,
+    /// The key as DER `SubjectPublicKeyInfo`, for the host's signature check (RSA and EC keys;
+    /// computed once, when the key set is read).
+    der: Option<Rc<[u8]>>,
+    /// SHA-256 of the key (of its DER form; of the raw key for Ed25519): names it in the shared
+    /// token cache ([`crate::token_cache`]).
+    fingerprint: [u8; 32],
 }
 
 impl Jwk {
@@ -208,11 +227,32 @@ fn parse_jwk(value: &Value) -> Result<Option<Jwk>, String> {
         ),
         _ => return Ok(None),
     };
+    let der: Option<Rc<[u8]>> = public_key_der(&key).map(Rc::from);
+    let fingerprint = match (&der, &key) {
+        (Some(der), _) => Sha256::digest(der).into(),
+        (None, PublicKey::Ed25519(k)) => Sha256::digest(k.as_ref()).into(),
+        (None, _) => [0; 32],
+    };
     Ok(Some(Jwk {
         kid: text("kid"),
         alg: text("alg"),
         key,
+        der,
+        fingerprint,
     }))
+}
+
+/// DER `SubjectPublicKeyInfo` of an RSA or EC key (the encoders of the `rsa`, `p256` and
+/// `p384` crates); `None` for Ed25519, which the host does not check.
+fn public_key_der(key: &PublicKey) -> Option<Vec<u8>> {
+    use p256::pkcs8::EncodePublicKey as _;
+    let doc = match key {
+        PublicKey::Rsa(key) => key.to_public_key_der().ok()?,
+        PublicKey::P256(key) => p256::PublicKey::from(key).to_public_key_der().ok()?,
+        PublicKey::P384(key) => p384::PublicKey::from(key).to_public_key_der().ok()?,
+        PublicKey::Ed25519(_) => return None,
+    };
+    Some(doc.as_bytes().to_vec())
 }
 
 /// Verifies a JWS signature with a public JWK that came with the message itself (a DPoP
@@ -222,9 +262,10 @@ pub(crate) fn verify_with_jwk(
     alg: Alg,
     signed: &[u8],
     signature: &[u8],
+    host: Option<&dyn SignatureHost>,
 ) -> Result<bool, String> {
     let key = parse_jwk(jwk)?.ok_or("not a signature verification key")?;
-    Ok(key.fits(alg) && verify_signature(alg, &key.key, signed, signature))
+    Ok(key.fits(alg) && verify_signature(host, alg, &key, signed, signature))
 }
 
 /// Bit length of a big-endian unsigned integer.
@@ -630,10 +671,25 @@ pub struct Authenticator {
     skew: i64,
     cache: RefCell<HashMap<[u8; 32], Cached>>,
     introspector: Introspector,
+    /// Verifies signatures outside Wasm, when the adapter installed one.
+    signatures: Signatures,
+    /// When the full cache may next be swept for expired entries (seconds).
+    sweep: Cell<i64>,
 }
 
-/// How many verified tokens one VM remembers (memory stays bounded as callers grow).
-pub const TOKEN_CACHE_ENTRIES: usize = 2048;
+/// How many verified tokens one VM remembers (memory stays bounded as callers grow); the
+/// process-wide cache behind it ([`crate::token_cache`]) holds more.
+pub const TOKEN_CACHE_ENTRIES: usize = 4096;
+
+/// What a full verification establishes.
+struct FullyVerified {
+    identity: Identity,
+    issuer: usize,
+    /// The verifying key's fingerprint.
+    key: [u8; 32],
+    alg: Alg,
+    typ: Option<String>,
+}
 
 /// A token that verified: its claims, and the key generation that verified it.
 #[derive(Debug)]
@@ -650,7 +706,14 @@ impl Authenticator {
             skew: i64::try_from(skew_seconds).unwrap_or(i64::MAX),
             cache: RefCell::new(HashMap::new()),
             introspector: Introspector::default(),
+            signatures: Signatures::default(),
+            sweep: Cell::new(0),
         }
+    }
+
+    /// Lets the host verify signatures it can ([`crate::crypto`]); the adapter installs it.
+    pub fn set_signature_host(&mut self, signatures: Signatures) {
+        self.signatures = signatures;
     }
 
     /// The clock skew allowed for time claims, in seconds.
@@ -665,7 +728,7 @@ impl Authenticator {
         let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
         if introspection::is_opaque(token) {
             let Some((index, issuer, config)) = self.introspecting() else {
-                return self.verify(token, now);
+                return self.verify_shared(token, now, host);
             };
             if token.len() > MAX_TOKEN_BYTES {
                 return Err(AuthError::TooLarge);
@@ -685,7 +748,7 @@ impl Authenticator {
             self.check_revoked(index, &identity)?;
             return Ok(identity);
         }
-        let identity = self.verify(token, now)?;
+        let identity = self.verify_shared(token, now, host)?;
         if let Some((index, _, config)) = self
             .introspecting()
             .filter(|(_, i, c)| c.mode == Mode::Always && identity.issuer() == Some(&i.issuer))
@@ -815,6 +878,26 @@ impl Authenticator {
     /// remembered by their SHA-256: a repeat skips parsing and the signature, but its times are
     /// checked again, and it is forgotten as soon as its issuer's keys change.
     pub fn verify(&self, token: &str, now: i64) -> Result<Identity, AuthError> {
+        self.verify_with(token, now, None)
+    }
+
+    /// As [`Authenticator::verify`], with the cache shared by the worker VMs
+    /// ([`crate::token_cache`]) behind this VM's own.
+    pub fn verify_shared(
+        &self,
+        token: &str,
+        now: i64,
+        host: &mut dyn Host,
+    ) -> Result<Identity, AuthError> {
+        self.verify_with(token, now, Some(host))
+    }
+
+    fn verify_with(
+        &self,
+        token: &str,
+        now: i64,
+        mut shared: Option<&mut dyn Host>,
+    ) -> Result<Identity, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         if let Some(hit) = self.cache.borrow().get(&digest) {
             let current = self.issuers.get(hit.issuer).map(|i| i.generation.get());
@@ -825,15 +908,78 @@ impl Authenticator {
                 return Ok(hit.identity.clone());
             }
         }
-        let (identity, issuer) = self.verify_uncached(token, now)?;
-        self.check_revoked(issuer, &identity)?;
+        if let Some(host) = shared.as_deref_mut() {
+            if let Some(entry) = token_cache::lookup(host, &digest) {
+                if let Some(issuer) = self.vouches(&entry) {
+                    let identity = Identity {
+                        claims: Rc::new(entry.claims),
+                    };
+                    if let Some(i) = self.issuers.get(issuer) {
+                        self.check_claims(i, &identity.claims, now)?;
+                    }
+                    self.check_revoked(issuer, &identity)?;
+                    self.remember(digest, &identity, issuer, now);
+                    return Ok(identity);
+                }
+            }
+        }
+        let verified = self.verify_full(token, now)?;
+        self.check_revoked(verified.issuer, &verified.identity)?;
+        self.remember(digest, &verified.identity, verified.issuer, now);
+        if let Some(host) = shared {
+            let entry = token_cache::VerifiedRef {
+                key: &verified.key,
+                alg: verified.alg.name(),
+                typ: verified.typ.as_deref(),
+                claims: &verified.identity.claims,
+            };
+            token_cache::store(host, &digest, &entry);
+        }
+        Ok(verified.identity)
+    }
+
+    /// The issuer a shared cache entry's signature still stands for: the one its `iss` names,
+    /// if that issuer allows its algorithm and `typ` and still has the key that verified it.
+    fn vouches(&self, entry: &token_cache::Verified) -> Option<usize> {
+        let iss = entry.claims.get("iss").and_then(Value::as_str)?;
+        let (index, issuer) = self
+            .issuers
+            .iter()
+            .enumerate()
+            .find(|(_, i)| i.issuer == iss)?;
+        let alg = Alg::parse(&entry.alg).filter(|a| issuer.algorithms.contains(a))?;
+        if let Some(expected) = &issuer.typ {
+            if !entry
+                .typ
+                .as_deref()
+                .is_some_and(|t| typ_matches(t, expected))
+            {
+                return None;
+            }
+        }
+        let keys = issuer.keys()?;
+        keys.keys
+            .iter()
+            .any(|k| k.fits(alg) && k.fingerprint == entry.key)
+            .then_some(index)
+    }
+
+    /// Remembers a verified token in this VM (bounded: when full, expired entries go, else
+    /// one entry picked by the map's hash order, so a cycle of more callers than entries
+    /// still finds most of them).
+    fn remember(&self, digest: [u8; 32], identity: &Identity, issuer: usize, now: i64) {
         let generation = self.issuers.get(issuer).map_or(0, |i| i.generation.get());
         let mut cache = self.cache.borrow_mut();
         if cache.len() >= TOKEN_CACHE_ENTRIES {
-            // Bounded: drop expired entries, and if that is not enough, start over.
-            cache.retain(|_, c| check_times(&c.identity.claims, now, self.skew, false).is_ok());
+            if self.sweep.get() <= now {
+                cache.retain(|_, c| check_times(&c.identity.claims, now, self.skew, false).is_ok());
+                // At most one sweep a minute: each walks every entry.
+                self.sweep.set(now.saturating_add(60));
+            }
             if cache.len() >= TOKEN_CACHE_ENTRIES {
-                cache.clear();
+                if let Some(victim) = cache.keys().next().copied() {
+                    cache.remove(&victim);
+                }
             }
         }
         cache.insert(
@@ -844,7 +990,6 @@ impl Authenticator {
                 generation,
             },
         );
-        Ok(identity)
     }
 
     pub fn issuers(&self) -> &[Issuer] {
@@ -864,6 +1009,10 @@ impl Authenticator {
     /// Full verification, bypassing (and not filling) the cache: what a cache miss costs.
     /// Returns the identity and the index of the issuer that vouched for it.
     pub fn verify_uncached(&self, token: &str, now: i64) -> Result<(Identity, usize), AuthError> {
+        self.verify_full(token, now).map(|v| (v.identity, v.issuer))
+    }
+
+    fn verify_full(&self, token: &str, now: i64) -> Result<FullyVerified, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::TooLarge);
         }
@@ -917,17 +1066,21 @@ impl Authenticator {
             .and_then(|dot| token.get(..dot))
             .ok_or_else(|| AuthError::Malformed("not a compact JWS".into()))?;
         let signature = untrusted.signature_bytes();
-        if !candidates.any(|k| verify_signature(alg, &k.key, signed.as_bytes(), signature)) {
-            return Err(AuthError::BadSignature);
-        }
+        let host = self.signatures.host();
+        let key = candidates
+            .find(|k| verify_signature(host, alg, k, signed.as_bytes(), signature))
+            .ok_or(AuthError::BadSignature)?;
 
         self.check_claims(issuer, &claims, now)?;
-        Ok((
-            Identity {
+        Ok(FullyVerified {
+            identity: Identity {
                 claims: Rc::new(claims),
             },
-            index,
-        ))
+            issuer: index,
+            key: key.fingerprint,
+            alg,
+            typ: header.token_type.clone(),
+        })
     }
 }
 
@@ -946,7 +1099,47 @@ fn typ_matches(actual: &str, expected: &str) -> bool {
 
 /// Checks the signature over `header.payload` only: the claims are parsed (once) by
 /// [`decode_claims`], so a signed token with odd claims is refused for what is wrong with them.
-fn verify_signature(alg: Alg, key: &PublicKey, signed: &[u8], signature: &[u8]) -> bool {
+/// The host checks it when it can ([`crate::crypto`]), else the Rust crates do.
+fn verify_signature(
+    host: Option<&dyn SignatureHost>,
+    alg: Alg,
+    jwk: &Jwk,
+    signed: &[u8],
+    signature: &[u8],
+) -> bool {
+    if let (Some(host), Some(hash), Some(der)) = (host, alg.host_hash(), jwk.der.as_deref()) {
+        // ECDSA: JWS carries r ‖ s (RFC 7518 §3.4), BoringSSL takes DER. A value that is not
+        // a valid r ‖ s for the curve (wrong length, zero, not below the order) does not verify,
+        // exactly as in the Wasm path below.
+        // Only a key of the algorithm's own type goes to the host (as [`Jwk::fits`] demands).
+        let der_signature = match (&jwk.key, alg) {
+            (PublicKey::Rsa(_), Alg::Rs256 | Alg::Rs384 | Alg::Rs512) => signature.to_vec(),
+            (PublicKey::P256(_), Alg::Es256) => match p256::ecdsa::Signature::from_slice(signature)
+            {
+                Ok(sig) => sig.to_der().as_bytes().to_vec(),
+                Err(_) => return false,
+            },
+            (PublicKey::P384(_), Alg::Es384) => match p384::ecdsa::Signature::from_slice(signature)
+            {
+                Ok(sig) => sig.to_der().as_bytes().to_vec(),
+                Err(_) => return false,
+            },
+            _ => return verify_in_wasm(alg, &jwk.key, signed, signature),
+        };
+        let request = VerifyRequest {
+            hash,
+            public_key_der: der,
+            signature: &der_signature,
+            text: signed,
+        };
+        if let Some(valid) = host.verify(&request) {
+            return valid;
+        }
+    }
+    verify_in_wasm(alg, &jwk.key, signed, signature)
+}
+
+fn verify_in_wasm(alg: Alg, key: &PublicKey, signed: &[u8], signature: &[u8]) -> bool {
     fn check<A: Algorithm>(
         alg: &A,
         key: &A::VerifyingKey,

@@ -19,6 +19,7 @@
 
 pub mod audit;
 pub mod config;
+pub mod crypto;
 pub mod discovery;
 pub mod dpop;
 mod es384;
@@ -43,3 +44,4 @@ pub mod seal;
 pub mod session;
 pub mod sse;
 pub mod tasks;
+pub mod token_cache;

@@ -134,7 +134,7 @@ impl SseRewriter {
 
         loop {
             let rest = self.buf.get(self.scan..).unwrap_or_default();
-            let Some(offset) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+            let Some(offset) = memchr::memchr2(b'\n', b'\r', rest) else {
                 self.scan = self.buf.len();
                 break;
             };
@@ -229,7 +229,7 @@ fn parse_event(block: &[u8]) -> Option<Event> {
         if line.first() == Some(&b':') {
             continue; // Comment.
         }
-        let (name, value) = match line.iter().position(|&b| b == b':') {
+        let (name, value) = match memchr::memchr(b':', line) {
             Some(colon) => {
                 let (name, rest) = line.split_at(colon);
                 let value = rest.get(1..).unwrap_or_default();
@@ -291,7 +291,7 @@ impl<'a> Iterator for Lines<'a> {
 
     fn next(&mut self) -> Option<&'a [u8]> {
         let rest = self.0?;
-        let Some(eol) = rest.iter().position(|&b| b == b'\n' || b == b'\r') else {
+        let Some(eol) = memchr::memchr2(b'\n', b'\r', rest) else {
             self.0 = None;
             return Some(rest);
         };

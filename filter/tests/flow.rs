@@ -2029,3 +2029,31 @@ fn metric_labels_come_from_bounded_sets() {
         1
     );
 }
+
+#[test]
+fn audit_columns_are_written_unless_switched_off() {
+    let body = tool_call(json!(1), "search");
+    let mut host = post_host(Some(&alice()), &[]);
+    send(&config(), &mut host, &body);
+    assert_eq!(
+        host.property_string(&["mcp.decision"]).as_deref(),
+        Some("allow")
+    );
+    assert_eq!(host.property_string(&["mcp.sub"]).as_deref(), Some("alice"));
+
+    let mut quiet = base_config();
+    quiet["audit_columns"] = json!(false);
+    let mut host = post_host(Some(&alice()), &[]);
+    send(&build(quiet), &mut host, &body);
+    assert!(
+        !host.audits.is_empty(),
+        "the record itself is still written"
+    );
+    assert!(
+        host.properties
+            .keys()
+            .all(|k| !k.concat().starts_with("mcp.")),
+        "no per-field column: {:?}",
+        host.properties.keys()
+    );
+}

@@ -638,3 +638,300 @@ fn sign_raw_payload(signer: Signer, payload: &str) -> String {
     );
     format!("{input}.{}", b64(signer.signature(input.as_bytes())))
 }
+
+// ---- signatures checked by the host (Envoy's verify_signature) -------------------------------
+
+mod host_signatures {
+    use super::*;
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use jwt_compact::alg::{Rsa, RsaPublicKey};
+    use jwt_compact::{Algorithm, AlgorithmSignature};
+    use mcp_guard::crypto::{SignatureHost, Signatures, VerifyRequest};
+    use p256::ecdsa::signature::Verifier as _;
+    use p256::pkcs8::DecodePublicKey as _;
+
+    /// What the fake host does with a check.
+    #[derive(Debug, Clone, Copy)]
+    enum Answer {
+        /// Verify the DER key and DER signature it was given, with independent decoders (as
+        /// BoringSSL would): proves what the filter hands over is right.
+        Verify,
+        /// Decline (as an Envoy without the function): the filter must verify in Wasm.
+        Decline,
+        /// Say "valid" to everything: shows the host's verdict is the one used.
+        AlwaysValid,
+    }
+
+    #[derive(Debug)]
+    struct FakeHost {
+        answer: Answer,
+        seen: RefCell<Vec<String>>,
+    }
+
+    fn verify_der(request: &VerifyRequest<'_>) -> bool {
+        if let Ok(key) = RsaPublicKey::from_public_key_der(request.public_key_der) {
+            let alg = match request.hash {
+                "sha256" => Rsa::rs256(),
+                "sha384" => Rsa::rs384(),
+                _ => Rsa::rs512(),
+            };
+            return <Rsa as Algorithm>::Signature::try_from_slice(request.signature)
+                .is_ok_and(|sig| alg.verify_signature(&sig, &key, request.text));
+        }
+        if let Ok(key) = p256::PublicKey::from_public_key_der(request.public_key_der) {
+            assert_eq!(request.hash, "sha256");
+            let key = p256::ecdsa::VerifyingKey::from(key);
+            return p256::ecdsa::Signature::from_der(request.signature)
+                .is_ok_and(|sig| key.verify(request.text, &sig).is_ok());
+        }
+        if let Ok(key) = p384::PublicKey::from_public_key_der(request.public_key_der) {
+            assert_eq!(request.hash, "sha384");
+            let key = p384::ecdsa::VerifyingKey::from(key);
+            return p384::ecdsa::Signature::from_der(request.signature)
+                .is_ok_and(|sig| key.verify(request.text, &sig).is_ok());
+        }
+        panic!("the host was given a key that is not DER SubjectPublicKeyInfo");
+    }
+
+    impl SignatureHost for FakeHost {
+        fn verify(&self, request: &VerifyRequest<'_>) -> Option<bool> {
+            self.seen.borrow_mut().push(request.hash.to_string());
+            match self.answer {
+                Answer::Verify => Some(verify_der(request)),
+                Answer::Decline => None,
+                Answer::AlwaysValid => Some(true),
+            }
+        }
+    }
+
+    fn with_host(answer: Answer) -> (Authenticator, Rc<FakeHost>) {
+        let host = Rc::new(FakeHost {
+            answer,
+            seen: RefCell::new(Vec::new()),
+        });
+        let mut auth = auth();
+        auth.set_signature_host(Signatures::new(host.clone()));
+        (auth, host)
+    }
+
+    fn forged(token: &str) -> String {
+        let (input, _) = token.rsplit_once('.').unwrap_or_default();
+        let other = sign(Signer::Rs256, &with_claims(json!({ "sub": "root" })));
+        let (_, signature) = other.rsplit_once('.').unwrap_or_default();
+        format!("{input}.{signature}")
+    }
+
+    #[test]
+    fn rsa_and_ecdsa_go_to_the_host_in_the_encoding_it_takes() {
+        for (signer, hash) in [
+            (Signer::Rs256, "sha256"),
+            (Signer::Es256, "sha256"),
+            (Signer::Es384, "sha384"),
+        ] {
+            let (auth, host) = with_host(Answer::Verify);
+            let token = sign(signer, &claims());
+            assert_eq!(verify(&auth, &token), Ok("alice".into()), "{signer:?}");
+            assert_eq!(*host.seen.borrow(), vec![hash.to_string()], "{signer:?}");
+            // A signature over other claims does not verify at the host either.
+            let (input, _) = token.rsplit_once('.').unwrap_or_default();
+            let other = sign(signer, &with_claims(json!({ "sub": "root" })));
+            let (_, signature) = other.rsplit_once('.').unwrap_or_default();
+            let spliced = format!("{input}.{signature}");
+            assert_eq!(
+                verify(&auth, &spliced),
+                Err(AuthError::BadSignature),
+                "{signer:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_hosts_verdict_is_the_one_used() {
+        let token = sign(Signer::Rs256, &claims());
+        let (auth, _) = with_host(Answer::AlwaysValid);
+        assert!(
+            verify(&auth, &forged(&token)).is_ok(),
+            "a (broken) host that says valid is believed: the check really happened there"
+        );
+        // Wrong-length ECDSA signatures never reach the host.
+        let (auth, host) = with_host(Answer::AlwaysValid);
+        let es = sign(Signer::Es256, &claims());
+        let (input, _) = es.rsplit_once('.').unwrap_or_default();
+        assert_eq!(
+            verify(&auth, &format!("{input}.AAAA")),
+            Err(AuthError::BadSignature)
+        );
+        assert!(host.seen.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_declining_host_leaves_the_check_to_wasm() {
+        let (auth, host) = with_host(Answer::Decline);
+        let token = sign(Signer::Rs256, &claims());
+        assert_eq!(verify(&auth, &token), Ok("alice".into()));
+        assert_eq!(verify(&auth, &forged(&token)), Err(AuthError::BadSignature));
+        assert_eq!(host.seen.borrow().len(), 2);
+    }
+
+    #[test]
+    fn pss_and_eddsa_stay_in_wasm() {
+        let (auth, host) = with_host(Answer::AlwaysValid);
+        for signer in [Signer::Ps256, Signer::EdDsa] {
+            let token = sign(signer, &claims());
+            assert_eq!(verify(&auth, &token), Ok("alice".into()));
+            let (input, _) = token.rsplit_once('.').unwrap_or_default();
+            let other = sign(signer, &with_claims(json!({ "sub": "root" })));
+            let (_, signature) = other.rsplit_once('.').unwrap_or_default();
+            assert_eq!(
+                verify(&auth, &format!("{input}.{signature}")),
+                Err(AuthError::BadSignature),
+                "{signer:?} is checked in Wasm, whatever the host would say"
+            );
+        }
+        assert!(host.seen.borrow().is_empty());
+    }
+}
+
+// ---- the verified-token cache shared by the worker VMs -----------------------------------------
+
+mod shared_cache {
+    use super::*;
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    use mcp_guard::crypto::{SignatureHost, Signatures, VerifyRequest};
+
+    /// Counts the signature checks of one VM (and lets the Rust crates do them).
+    #[derive(Debug, Default)]
+    struct Checks(Cell<usize>);
+
+    impl SignatureHost for Checks {
+        fn verify(&self, _: &VerifyRequest<'_>) -> Option<bool> {
+            self.0.set(self.0.get() + 1);
+            None
+        }
+    }
+
+    /// A worker VM: its authenticator and how many signatures it checked.
+    fn vm(extra: Value) -> (Authenticator, Rc<Checks>) {
+        let checks = Rc::new(Checks::default());
+        let mut auth = auth_with(extra, 60);
+        auth.set_signature_host(Signatures::new(checks.clone()));
+        (auth, checks)
+    }
+
+    fn host_at(shared: &Shared, now: i64) -> MockHost {
+        let mut host = MockHost::default().with_shared(shared);
+        host.now_ms = u64::try_from(now).unwrap() * 1000;
+        host
+    }
+
+    fn rs256(changes: Value) -> String {
+        sign(Signer::Rs256, &with_claims(changes))
+    }
+
+    #[test]
+    fn a_token_one_vm_verified_is_not_verified_again_by_another() {
+        let shared = Shared::default();
+        let (a, a_checks) = vm(json!({}));
+        let (b, b_checks) = vm(json!({}));
+        let token = rs256(json!({}));
+        let who = |auth: &Authenticator| {
+            auth.authenticate(&token, &mut host_at(&shared, NOW))
+                .map(|i| i.subject().unwrap_or_default().to_string())
+        };
+        assert_eq!(who(&a), Ok("alice".into()));
+        assert_eq!(who(&b), Ok("alice".into()));
+        assert_eq!(who(&b), Ok("alice".into()));
+        assert_eq!((a_checks.0.get(), b_checks.0.get()), (1, 0));
+        // Without shared data (another process, a restart), B verifies it itself.
+        let (c, c_checks) = vm(json!({}));
+        let mut alone = host_at(&Shared::default(), NOW);
+        assert!(c.authenticate(&token, &mut alone).is_ok());
+        assert_eq!(c_checks.0.get(), 1);
+    }
+
+    #[test]
+    fn a_shared_entry_still_expires_and_is_still_revoked() {
+        let shared = Shared::default();
+        let (a, _) = vm(json!({}));
+        let token = rs256(json!({ "jti": "t-1" }));
+        assert!(a.authenticate(&token, &mut host_at(&shared, NOW)).is_ok());
+        let exp = claims()["exp"].as_i64().unwrap();
+        let (b, _) = vm(json!({}));
+        assert_eq!(
+            b.authenticate(&token, &mut host_at(&shared, exp + 3600)),
+            Err(AuthError::Expired)
+        );
+        let (revoking, checks) =
+            vm(json!({ "revocation": { "inline": { "revoked_jti": ["t-1"] } } }));
+        assert_eq!(
+            revoking.authenticate(&token, &mut host_at(&shared, NOW)),
+            Err(AuthError::Revoked(mcp_guard::revocation::Revoked::Jti))
+        );
+        assert_eq!(
+            checks.0.get(),
+            0,
+            "refused from the shared entry, without a new check"
+        );
+    }
+
+    #[test]
+    fn a_shared_entry_needs_the_key_that_verified_it() {
+        let shared = Shared::default();
+        let (a, _) = vm(json!({}));
+        let token = sign(Signer::Es256, &claims());
+        assert!(a.authenticate(&token, &mut host_at(&shared, NOW)).is_ok());
+        // B's issuer has rotated to a key set without that key.
+        let only_other = json!({ "keys": [p256_jwk_of(&p256_other_key(), "other")] });
+        let (b, _) = vm(json!({ "jwks": only_other }));
+        assert!(matches!(
+            b.authenticate(&token, &mut host_at(&shared, NOW)),
+            Err(AuthError::UnknownKey { .. } | AuthError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn a_shared_entry_meets_this_vms_issuer_settings() {
+        let shared = Shared::default();
+        let (a, _) = vm(json!({}));
+        let token = rs256(json!({ "aud": "https://other.example.com/mcp" }));
+        assert!(a.authenticate(&token, &mut host_at(&shared, NOW)).is_ok());
+        // A VM with a newer configuration: another audience, RS256 no longer allowed.
+        let (b, _) = vm(json!({ "audiences": [RESOURCE] }));
+        assert_eq!(
+            b.authenticate(&token, &mut host_at(&shared, NOW)),
+            Err(AuthError::WrongAudience)
+        );
+        let (c, _) = vm(json!({ "algorithms": ["ES256"] }));
+        assert_eq!(
+            c.authenticate(&token, &mut host_at(&shared, NOW)),
+            Err(AuthError::AlgorithmNotAllowed)
+        );
+    }
+
+    #[test]
+    fn shared_data_stays_bounded() {
+        let shared = Shared::default();
+        let (a, _) = vm(json!({}));
+        for i in 0..300 {
+            let token = sign(Signer::EdDsa, &claims_for(&format!("u{i}"), &[], ""));
+            assert!(a.authenticate(&token, &mut host_at(&shared, NOW)).is_ok());
+        }
+        let slots = shared
+            .borrow()
+            .keys()
+            .filter(|k| k.starts_with("mcp-guard:token:"))
+            .count();
+        assert!(slots <= usize::from(mcp_guard::token_cache::SLOTS) && slots > 250);
+        assert!(
+            shared
+                .borrow()
+                .values()
+                .all(|v| !String::from_utf8_lossy(v).contains("eyJ")),
+            "entries hold digests and claims, never a token"
+        );
+    }
+}

@@ -85,6 +85,24 @@ def test_jwks_fetched_once_for_all_workers(idp_stack):
     assert idp_stack.idp.jwks_hits() == 1
 
 
+def test_signatures_are_checked_by_envoy_once_for_all_workers(idp_stack):
+    """RS256 signatures go to Envoy's crypto (the verify_signature foreign function; each VM
+    says so in the log on its first check), and a token one worker verified is served to the
+    other from the shared token cache: one check, one line, whichever worker took which
+    connection."""
+    token = idp_stack.token()
+    for _ in range(6):  # a new connection each: both workers take some
+        assert idp_stack.call(token).status_code == 200
+    log = idp_stack.envoy.log.read_text()
+    assert log.count("signatures are checked by Envoy's crypto") == 1, log[-2000:]
+    assert "such signatures are checked in Wasm" not in log
+    # Another token's signature on this token's claims is refused.
+    head, _ = token.rsplit(".", 1)
+    _, signature = idp_stack.token("readonly-agent", scope="mcp:read").rsplit(".", 1)
+    r = idp_stack.call(f"{head}.{signature}")
+    assert r.status_code == 401 and 'error="invalid_token"' in r.headers["www-authenticate"]
+
+
 def test_scope_claim_reaches_cel_and_missing_scope_is_a_step_up(idp_stack):
     readonly = idp_stack.token("readonly-agent", scope="mcp:read")
     r = idp_stack.call(readonly)

@@ -134,6 +134,9 @@ impl Stream {
             line.extend_from_slice(&other.to_line());
         }
         host.write_audit(&line);
+        if !self.config.audit_columns {
+            return;
+        }
         for ((name, value), last) in record.columns().into_iter().zip(self.columns.iter_mut()) {
             if *last != value {
                 host.write_audit_column(name, value.as_deref().unwrap_or_default());

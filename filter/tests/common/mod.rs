@@ -462,6 +462,10 @@ impl Host for MockHost {
     fn write_audit(&mut self, record: &[u8]) {
         self.audits.push(record.to_vec());
     }
+    /// As the adapter does: the property `mcp.<name>` (`wasm.mcp.<name>` in filter state).
+    fn write_audit_column(&mut self, name: &str, value: &str) {
+        self.set_property(&[&format!("mcp.{name}")], value);
+    }
     fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
         self.shared.borrow().get(key).cloned()
     }

@@ -9,7 +9,7 @@
     clippy::indexing_slicing
 )]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -21,6 +21,7 @@ use proxy_wasm::types::{
 };
 
 use mcp_guard::config::{Config, Environment};
+use mcp_guard::crypto::{self, SignatureHost, Signatures, VerifyRequest};
 use mcp_guard::flow::{Action, BodyAction, Stream, Waiting};
 use mcp_guard::host::{Header, Host, HostError};
 use mcp_guard::jwks::{KeyManager, Report};
@@ -164,7 +165,10 @@ impl RootContext for Root {
             }
         };
         match Config::from_json(&bytes, &VmEnv) {
-            Ok(config) => {
+            Ok(mut config) => {
+                let signatures = Signatures::new(Rc::new(EnvoyCrypto::default()));
+                config.authenticator.set_signature_host(signatures.clone());
+                config.dpop.signatures = signatures;
                 mcp_guard::limits::prepare(&mut Envoy, &config);
                 let remote = KeyManager::has_remote(&config.authenticator);
                 self.keys = remote.then(|| KeyManager::new(&config.authenticator));
@@ -444,6 +448,46 @@ fn write_response_body(size: usize, bytes: &[u8]) -> Result<(), ()> {
         return Err(());
     }
     hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, bytes).map_err(|_| ())
+}
+
+/// Envoy's own crypto through its `verify_signature` foreign function ([`mcp_guard::crypto`]).
+/// Each VM logs once that Envoy checks its signatures, or once why it cannot (then they are
+/// checked in Wasm). No counter: the set of counters is part of the documented metrics.
+#[derive(Debug, Default)]
+struct EnvoyCrypto {
+    /// Set when this Envoy has no such function (then every check stays in Wasm).
+    missing: Cell<bool>,
+    announced: Cell<bool>,
+    warned: Cell<bool>,
+}
+
+impl SignatureHost for EnvoyCrypto {
+    fn verify(&self, request: &VerifyRequest<'_>) -> Option<bool> {
+        if self.missing.get() {
+            return None;
+        }
+        let arguments = crypto::encode_arguments(request);
+        let answer = hostcalls::call_foreign_function(crypto::VERIFY_SIGNATURE, Some(&arguments));
+        let verdict = match &answer {
+            Ok(bytes) => crypto::decode_result(bytes.as_deref().unwrap_or_default()),
+            Err(Status::NotFound) => {
+                self.missing.set(true);
+                None
+            }
+            Err(_) => None,
+        };
+        if verdict.is_some() && !self.announced.replace(true) {
+            log::info!("mcp-guard: signatures are checked by Envoy's crypto (verify_signature)");
+        }
+        if verdict.is_none() && !self.warned.replace(true) {
+            log::warn!(
+                "mcp-guard: Envoy's verify_signature could not check a {} signature ({:?}); such signatures are checked in Wasm",
+                request.hash,
+                answer.err()
+            );
+        }
+        verdict
+    }
 }
 
 /// A header map as (name, value) text. proxy-wasm's `get_map` / `get_map_value` unwrap a UTF-8
