@@ -79,7 +79,8 @@ $(RLS_PEER): tests/peers/rls/Cargo.toml tests/peers/rls/Cargo.lock tests/peers/r
 
 # ---- build ------------------------------------------------------------------------------------
 
-WASM_SOURCES := $(shell find filter/src -name '*.rs') filter/Cargo.toml Cargo.toml $(wildcard Cargo.lock)
+WASM_SOURCES := $(shell find filter/src filter/wasm/src -name '*.rs') filter/Cargo.toml filter/wasm/Cargo.toml \
+  Cargo.toml $(wildcard Cargo.lock)
 
 wasm: $(WASM)
 
@@ -88,10 +89,10 @@ $(WASM): $(STAMPS)/apt $(WASM_SOURCES)
 	@PATH=/usr/bin:$$PATH RUSTC_BOOTSTRAP=1 \
 	  CARGO_TARGET_WASM32_WASIP1_LINKER=wasm-ld \
 	  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="$(WASM_RUSTFLAGS)" \
-	  $(DEB_CARGO) build --release --lib -p mcp-guard --target wasm32-wasip1 \
+	  $(DEB_CARGO) build --release --lib -p mcp-guard-wasm --target wasm32-wasip1 \
 	    -Zbuild-std=std,panic_abort --target-dir target/wasm
 	@wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
-	  --enable-mutable-globals $(WASM_DIR)/mcp_guard.wasm -o $@.tmp && mv $@.tmp $@
+	  --enable-mutable-globals $(WASM_DIR)/mcp_guard_wasm.wasm -o $@.tmp && mv $@.tmp $@
 	@ls -l $@ | awk '{print "built " $$NF ": " $$5 " bytes"}'
 
 # A test-only build with the fault hook (`x-mcp-guard-fault: trap`), to prove fail-closed.
@@ -102,9 +103,9 @@ $(WASM_FAULTS): $(STAMPS)/apt $(WASM_SOURCES)
 	@PATH=/usr/bin:$$PATH RUSTC_BOOTSTRAP=1 \
 	  CARGO_TARGET_WASM32_WASIP1_LINKER=wasm-ld \
 	  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="$(WASM_RUSTFLAGS)" \
-	  $(DEB_CARGO) build --release --lib -p mcp-guard --target wasm32-wasip1 --features fault-injection \
+	  $(DEB_CARGO) build --release --lib -p mcp-guard-wasm --target wasm32-wasip1 --features fault-injection \
 	    -Zbuild-std=std,panic_abort --target-dir target/wasm-faults
-	@cp target/wasm-faults/wasm32-wasip1/release/mcp_guard.wasm $@
+	@cp target/wasm-faults/wasm32-wasip1/release/mcp_guard_wasm.wasm $@
 
 # ---- run and test -----------------------------------------------------------------------------
 
@@ -118,7 +119,7 @@ unit:
 
 # Every example policy's test cases, through the policy CLI (what a team runs in its own CI).
 policy-tests:
-	cargo run -q -p mcp-guard --bin mcp-guard -- test policies/*.yaml
+	cargo run -q -p mcp-guard-cli --bin mcp-guard -- test policies/*.yaml
 
 e2e: setup $(WASM) $(WASM_FAULTS) rls-peer
 	$(PY) -m pytest -q tests

@@ -27,7 +27,7 @@ use serde_json::{json, Map, Value};
 use mcp_guard::config::{Config, ProcessEnv};
 use mcp_guard::discovery::{self, Filtered, ListKind};
 use mcp_guard::flow::{Action, BodyAction, Stream};
-use mcp_guard::host::{Header, Host};
+use mcp_guard::host::{Header, Host, HostError};
 use mcp_guard::mcp::{self, Target};
 use mcp_guard::policy::{Input, Item, Outcome, Policy, RequestFacts};
 use mcp_guard::sse::{Rewrite, SseRewriter};
@@ -242,20 +242,24 @@ impl Host for BenchHost {
     fn request_headers(&self) -> Vec<Header> {
         self.headers.clone()
     }
-    fn set_request_header(&mut self, name: &str, value: &str) {
+    fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
         set(&mut self.headers, name, Some(value));
+        Ok(())
     }
-    fn remove_request_header(&mut self, name: &str) {
+    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError> {
         set(&mut self.headers, name, None);
+        Ok(())
     }
     fn response_headers(&self) -> Vec<Header> {
         self.response_headers.clone()
     }
-    fn set_response_header(&mut self, name: &str, value: &str) {
+    fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
         set(&mut self.response_headers, name, Some(value));
+        Ok(())
     }
-    fn remove_response_header(&mut self, name: &str) {
+    fn remove_response_header(&mut self, name: &str) -> Result<(), HostError> {
         set(&mut self.response_headers, name, None);
+        Ok(())
     }
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         match path {

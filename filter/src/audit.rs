@@ -16,7 +16,7 @@ use serde_json::ser::Formatter;
 use serde_json::{Map, Value};
 
 /// Version of the record layout; bumped on any incompatible change.
-pub const SCHEMA: &str = "mcp-guard.audit.v1";
+pub const SCHEMA: &str = "mcp-guard.audit.v2";
 pub const MAX_RECORD_BYTES: usize = 8 * 1024;
 /// Longest string kept when a record is too large (bytes, before the marker).
 const MAX_STRING: usize = 256;
@@ -143,8 +143,12 @@ pub struct Record {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub header_trace_id: Option<String>,
     pub decision: Verdict,
+    /// Why, as a stable code (`crate::refusal::Refusal::code`, an authentication reason, …).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The reason in prose, for people; its wording may change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,6 +212,7 @@ impl Record {
             header_trace_id: None,
             decision: Verdict::Deny,
             reason: None,
+            detail: None,
             rule: None,
             policy: None,
             policy_version: None,
@@ -280,7 +285,8 @@ impl Record {
             "schema": SCHEMA, "ts": smaller.ts, "request_id": cut(&smaller.request_id),
             "iss": cut(&smaller.iss), "sub": cut(&smaller.sub), "method": cut(&smaller.method),
             "tool": cut(&smaller.tool), "decision": smaller.decision, "status": smaller.status,
-            "reason": "record too large", "filter_us": smaller.filter_us, "total_ms": smaller.total_ms,
+            "reason": "record_too_large", "detail": "record too large",
+            "filter_us": smaller.filter_us, "total_ms": smaller.total_ms,
         }))
     }
 
@@ -315,6 +321,7 @@ impl Record {
             &mut self.resource,
             &mut self.task_id,
             &mut self.reason,
+            &mut self.detail,
             &mut self.rule,
             &mut self.policy,
             &mut self.policy_version,
@@ -351,7 +358,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     let mut ser = serde_json::Serializer::with_formatter(&mut out, LineFormatter);
     match value.serialize(&mut ser) {
         Ok(()) => out,
-        Err(_) => br#"{"schema":"mcp-guard.audit.v1","decision":"error","reason":"record not serializable"}"#.to_vec(),
+        Err(_) => br#"{"schema":"mcp-guard.audit.v2","decision":"error","reason":"record_not_serializable"}"#.to_vec(),
     }
 }
 
@@ -532,7 +539,7 @@ mod tests {
         let line = r.to_line();
         assert_eq!(line, serde_json::to_vec(&r).unwrap());
         let v = parse(&line);
-        assert_eq!(v["schema"], "mcp-guard.audit.v1");
+        assert_eq!(v["schema"], "mcp-guard.audit.v2");
         assert_eq!(v["ts"], "2026-11-23T18:55:00.123Z");
         assert_eq!(v["decision"], "allow");
         assert_eq!(v["filter_us"], 42);
@@ -669,7 +676,8 @@ mod tests {
         assert_eq!(v["decision"], "deny");
         assert_eq!(v["status"], 401);
         assert_eq!(v["filter_us"], 5);
-        assert_eq!(v["reason"], "record too large");
+        assert_eq!(v["reason"], "record_too_large");
+        assert_eq!(v["detail"], "record too large");
         assert!(v["sub"].as_str().unwrap().starts_with("mallory"));
     }
 

@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::jwks::{FetchOutcome, KeyHost, Report};
+use crate::host::{self, Host};
+use crate::jwks::{FetchOutcome, Report};
 use crate::jwt::Authenticator;
 use crate::revocation::{Feed, Revocations};
 use crate::url::split_url;
@@ -81,7 +82,7 @@ impl FeedManager {
     }
 
     /// Adopts feeds other VMs published and starts the fetches that are due.
-    pub fn tick(&mut self, auth: &Authenticator, host: &mut dyn KeyHost) -> Report {
+    pub fn tick(&mut self, auth: &Authenticator, host: &mut dyn Host) -> Report {
         let mut report = Report::default();
         let now = host.now_millis();
         for (index, issuer) in auth.issuers().iter().enumerate() {
@@ -121,7 +122,7 @@ impl FeedManager {
                 continue; // another VM took it first
             }
             let started = split_url(&remote.uri).ok().and_then(|(authority, path)| {
-                host.http_get(&remote.cluster, authority, path, remote.timeout_ms)
+                host::http_get(host, &remote.cluster, authority, path, remote.timeout_ms)
             });
             match started {
                 Some(token) => {
@@ -151,7 +152,7 @@ impl FeedManager {
     pub fn on_response(
         &mut self,
         auth: &Authenticator,
-        host: &mut dyn KeyHost,
+        host: &mut dyn Host,
         token: u32,
         status: Option<u32>,
         body: Option<&[u8]>,
@@ -211,7 +212,7 @@ impl FeedManager {
         issuer: &str,
         feed: &Feed,
         body: &[u8],
-        host: &mut dyn KeyHost,
+        host: &mut dyn Host,
     ) -> Result<(), String> {
         let value: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
         let list = Revocations::from_json(value.clone(), issuer)?;
@@ -233,7 +234,7 @@ impl FeedManager {
         Ok(())
     }
 
-    fn adopt(&mut self, index: usize, issuer: &str, feed: &Feed, host: &mut dyn KeyHost) -> bool {
+    fn adopt(&mut self, index: usize, issuer: &str, feed: &Feed, host: &mut dyn Host) -> bool {
         let Some((bytes, cas)) = host.shared_get_cas(&doc_key(issuer)) else {
             return false;
         };
@@ -263,7 +264,7 @@ fn finish(
     issuer: &str,
     outcome: FetchOutcome,
     attempt: u64,
-    host: &mut dyn KeyHost,
+    host: &mut dyn Host,
     report: &mut Report,
 ) {
     report.settled.push(index);
@@ -286,7 +287,7 @@ fn finish(
     }
 }
 
-fn read_lease(issuer: &str, host: &mut dyn KeyHost) -> (Lease, Option<u32>) {
+fn read_lease(issuer: &str, host: &mut dyn Host) -> (Lease, Option<u32>) {
     let key = lease_key(issuer);
     if host.shared_get_cas(&key).is_none() {
         write_lease(issuer, &Lease::default(), None, host);
@@ -297,7 +298,7 @@ fn read_lease(issuer: &str, host: &mut dyn KeyHost) -> (Lease, Option<u32>) {
     }
 }
 
-fn write_lease(issuer: &str, lease: &Lease, cas: Option<u32>, host: &mut dyn KeyHost) -> bool {
+fn write_lease(issuer: &str, lease: &Lease, cas: Option<u32>, host: &mut dyn Host) -> bool {
     match serde_json::to_vec(lease) {
         Ok(bytes) => host.shared_set_cas(&lease_key(issuer), &bytes, cas),
         Err(_) => false,

@@ -15,28 +15,12 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::host::{self, Host};
 use crate::jwt::{Authenticator, Issuer, KeySet};
 use crate::url::split_url;
 
 /// Largest JWKS or discovery document accepted.
 pub const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
-
-/// What the key manager needs from Envoy (implemented with hostcalls in the adapter).
-pub trait KeyHost {
-    fn now_millis(&self) -> u64;
-    /// A shared-data value and its CAS token.
-    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)>;
-    /// Sets shared data; with `cas`, only if nobody changed it since. Returns success.
-    fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool;
-    /// Starts `GET https://<authority><path>` through `cluster`; returns the call's token.
-    fn http_get(
-        &mut self,
-        cluster: &str,
-        authority: &str,
-        path: &str,
-        timeout_ms: u64,
-    ) -> Option<u32>;
-}
 
 /// The outcome of one fetch, for metrics and logs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +124,7 @@ impl KeyManager {
     }
 
     /// Adopts keys other VMs published and starts the fetches that are due.
-    pub fn tick(&mut self, auth: &Authenticator, host: &mut dyn KeyHost) -> Report {
+    pub fn tick(&mut self, auth: &Authenticator, host: &mut dyn Host) -> Report {
         let mut report = Report::default();
         let now = host.now_millis();
         for (index, issuer) in auth.issuers().iter().enumerate() {
@@ -201,7 +185,7 @@ impl KeyManager {
     pub fn on_response(
         &mut self,
         auth: &Authenticator,
-        host: &mut dyn KeyHost,
+        host: &mut dyn Host,
         token: u32,
         status: Option<u32>,
         body: Option<&[u8]>,
@@ -258,7 +242,7 @@ impl KeyManager {
         stage: Stage,
         url: &str,
         attempt: u64,
-        host: &mut dyn KeyHost,
+        host: &mut dyn Host,
     ) -> bool {
         let Some(remote) = issuer.remote() else {
             return false;
@@ -266,7 +250,7 @@ impl KeyManager {
         let Ok((authority, path)) = split_url(url) else {
             return false;
         };
-        match host.http_get(&remote.cluster, authority, path, remote.timeout_ms) {
+        match host::http_get(host, &remote.cluster, authority, path, remote.timeout_ms) {
             Some(token) => {
                 self.inflight.insert(token, (index, stage, attempt));
                 true
@@ -288,7 +272,7 @@ impl KeyManager {
         issuer: &Issuer,
         stage: Stage,
         body: &[u8],
-        host: &mut dyn KeyHost,
+        host: &mut dyn Host,
     ) -> Result<Option<String>, String> {
         let doc: Value = serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
         match stage {
@@ -340,7 +324,7 @@ impl KeyManager {
         issuer: &Issuer,
         outcome: FetchOutcome,
         attempt: u64,
-        host: &mut dyn KeyHost,
+        host: &mut dyn Host,
         report: &mut Report,
     ) {
         report.settled.push(index);
@@ -365,7 +349,7 @@ impl KeyManager {
     }
 
     /// Adopts the JWKS another VM published, if newer than ours. Returns whether keys changed.
-    fn adopt(&mut self, index: usize, issuer: &Issuer, host: &mut dyn KeyHost) -> bool {
+    fn adopt(&mut self, index: usize, issuer: &Issuer, host: &mut dyn Host) -> bool {
         let Some((bytes, cas)) = host.shared_get_cas(&doc_key(issuer)) else {
             return false;
         };
@@ -393,7 +377,7 @@ impl KeyManager {
 
 /// Reads the lease, creating it first if absent: a take must always be a compare-and-swap on
 /// an existing entry, or two VMs could both "take" a lease that did not exist yet.
-fn read_lease(issuer: &Issuer, host: &mut dyn KeyHost) -> (Lease, Option<u32>) {
+fn read_lease(issuer: &Issuer, host: &mut dyn Host) -> (Lease, Option<u32>) {
     let key = lease_key(issuer);
     if host.shared_get_cas(&key).is_none() {
         write_lease(issuer, &Lease::default(), None, host);
@@ -405,7 +389,7 @@ fn read_lease(issuer: &Issuer, host: &mut dyn KeyHost) -> (Lease, Option<u32>) {
 }
 
 /// Extends our lease while a fetch goes on (discovery, then the JWKS itself).
-fn renew_lease(issuer: &Issuer, attempt: u64, host: &mut dyn KeyHost) {
+fn renew_lease(issuer: &Issuer, attempt: u64, host: &mut dyn Host) {
     let Some(remote) = issuer.remote() else {
         return;
     };
@@ -422,7 +406,7 @@ fn renew_lease(issuer: &Issuer, attempt: u64, host: &mut dyn KeyHost) {
     }
 }
 
-fn write_lease(issuer: &Issuer, lease: &Lease, cas: Option<u32>, host: &mut dyn KeyHost) -> bool {
+fn write_lease(issuer: &Issuer, lease: &Lease, cas: Option<u32>, host: &mut dyn Host) -> bool {
     match serde_json::to_vec(lease) {
         Ok(bytes) => host.shared_set_cas(&lease_key(issuer), &bytes, cas),
         Err(_) => false,

@@ -4,7 +4,9 @@
 //! The request's path is in [`flow`]. Each concern has its module: [`jwt`] (tokens), [`mcp`]
 //! (JSON-RPC parsing), [`policy`] (CEL rules), [`audit`] (records), [`oauth`] (the MCP
 //! authorization spec), [`config`] (plugin configuration). None of them calls Envoy: host access
-//! goes through the [`host::Host`] trait, implemented for proxy-wasm in `wasm` (wasm32 only).
+//! goes through the [`host::Host`] trait, implemented with hostcalls by the adapter crate
+//! (`filter/wasm`, wasm32 only). This crate has no proxy-wasm dependency, so the compiler keeps
+//! hostcalls out of it (docs/architecture.md).
 #![cfg_attr(
     not(test),
     deny(
@@ -38,6 +40,7 @@ pub mod oauth;
 pub mod pins;
 pub mod policy;
 pub mod protocol;
+pub mod refusal;
 pub mod reply;
 pub mod response;
 pub mod revocation;
@@ -48,6 +51,3 @@ pub mod sse;
 pub mod tasks;
 pub mod token_cache;
 pub mod url;
-
-#[cfg(target_arch = "wasm32")]
-mod wasm;

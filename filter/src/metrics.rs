@@ -5,9 +5,13 @@
 
 use crate::audit::{Record, Verdict};
 use crate::host::Host;
+use crate::policy;
 
 pub const HIDDEN_ENTRIES: &str = "mcp_guard.hidden_entries";
+/// Service-key occurrences redacted from answers that went on.
 pub const KEY_LEAKS: &str = "mcp_guard.key_leaks_redacted";
+/// Service-key occurrences in answers that were blocked (`key_leak: block`) or cut.
+pub const KEY_LEAKS_BLOCKED: &str = "mcp_guard.key_leaks_blocked";
 /// Listed tool (or prompt) definitions that did not match their pin, or had none (either mode).
 pub const PIN_DRIFT: &str = "mcp_guard.pin_drift";
 
@@ -26,14 +30,21 @@ pub fn label(value: &str) -> String {
         .collect()
 }
 
-/// Counts one message's outcome: by method and decision, and denials by rule.
-pub fn count_outcome(host: &mut dyn Host, record: &Record) {
+/// Counts one message's outcome: by method and decision, and denials by rule. Label values come
+/// from bounded sets only: methods an MCP client sends (else `other`; `response` for a
+/// response, `none` when there is no message), rules of the configuration (`is_rule`; a pin
+/// denial counts as `pin`, anything else as `other`).
+pub fn count_outcome(host: &mut dyn Host, record: &Record, is_rule: &dyn Fn(&str) -> bool) {
     let decision = match record.decision {
         Verdict::Allow => "allow",
         Verdict::Deny => "deny",
         Verdict::Error => "error",
     };
-    let method = record.method.as_deref().unwrap_or("none");
+    let method = match record.method.as_deref() {
+        None => "none",
+        Some(m) if m == "response" || (!m.is_empty() && policy::is_client_method(m)) => m,
+        Some(_) => "other",
+    };
     host.count(
         &format!(
             "mcp_guard.requests.method={}.decision={decision}",
@@ -42,11 +53,17 @@ pub fn count_outcome(host: &mut dyn Host, record: &Record) {
         1,
     );
     if let (Verdict::Deny, Some(rule)) = (record.decision, &record.rule) {
+        let rule = match rule.as_str() {
+            r if is_rule(r) => r,
+            r if r.starts_with("pin:") => "pin",
+            _ => "other",
+        };
         host.count(&format!("mcp_guard.denials.rule={}", label(rule)), 1);
     }
 }
 
-/// Counts an authentication failure by reason (expired, wrong_audience, unknown_key, …).
+/// Counts an authentication failure by reason (expired, wrong_audience, unknown_key, …): the
+/// reason codes of [`crate::refusal::Refusal`] for authentication, a fixed set.
 pub fn count_auth_failure(host: &mut dyn Host, reason: &str) {
     host.count(
         &format!("mcp_guard.auth_failures.reason={}", label(reason)),

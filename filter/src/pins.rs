@@ -390,6 +390,7 @@ pub fn call_drift(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::HostError;
     use serde_json::json;
     use std::collections::HashMap as Map2;
 
@@ -400,13 +401,21 @@ mod tests {
         fn request_headers(&self) -> Vec<crate::host::Header> {
             Vec::new()
         }
-        fn set_request_header(&mut self, _: &str, _: &str) {}
-        fn remove_request_header(&mut self, _: &str) {}
+        fn set_request_header(&mut self, _: &str, _: &str) -> Result<(), HostError> {
+            Ok(())
+        }
+        fn remove_request_header(&mut self, _: &str) -> Result<(), HostError> {
+            Ok(())
+        }
         fn response_headers(&self) -> Vec<crate::host::Header> {
             Vec::new()
         }
-        fn set_response_header(&mut self, _: &str, _: &str) {}
-        fn remove_response_header(&mut self, _: &str) {}
+        fn set_response_header(&mut self, _: &str, _: &str) -> Result<(), HostError> {
+            Ok(())
+        }
+        fn remove_response_header(&mut self, _: &str) -> Result<(), HostError> {
+            Ok(())
+        }
         fn property(&self, _: &[&str]) -> Option<Vec<u8>> {
             None
         }

@@ -90,7 +90,7 @@ fn post_host(token: Option<&str>, extra: &[(&str, &str)]) -> MockHost {
     }
     let mut host = MockHost::request(&headers);
     for (k, v) in extra {
-        host.set_request_header(k, v);
+        host.set_request_header(k, v).unwrap();
     }
     host
 }
@@ -524,7 +524,7 @@ fn allowed_call_continues_and_is_audited_with_its_rule() {
     assert_eq!(action, Action::Continue);
     assert!(host.replies.is_empty());
     let record = host.record();
-    assert_eq!(record["schema"], "mcp-guard.audit.v1");
+    assert_eq!(record["schema"], "mcp-guard.audit.v2");
     assert_eq!(record["decision"], "allow");
     assert_eq!(record["rule"], "read-tools");
     assert_eq!(record["method"], "tools/call");
@@ -872,7 +872,7 @@ fn another_caller_presenting_a_handle_gets_404_and_nothing_is_forwarded() {
     let handle = open_session(&config, &alice(), "s-1");
     for method in ["POST", "GET", "DELETE"] {
         let mut host = post_host(Some(&bob()), &[("mcp-session-id", &handle)]);
-        host.set_request_header(":method", method);
+        host.set_request_header(":method", method).unwrap();
         let reply = refused_at_headers(&config, &mut host);
         assert_eq!(reply.status, 404, "{method}");
         session_refused(&host, "session_of_another_caller");
@@ -1022,18 +1022,56 @@ fn a_session_header_envoy_will_not_replace_fails_closed() {
     let handle = open_session(&config, &alice(), "s-1");
     // The request: the handle must not go upstream in place of the upstream's id.
     let mut host = post_host(Some(&alice()), &[("mcp-session-id", &handle)]);
-    host.refuse_header_replacement = true;
+    host.refuse_headers = vec!["mcp-session-id"];
     let reply = refused_at_headers(&config, &mut host);
     assert_eq!(reply.status, 500);
     assert_eq!(host.record()["reason"], "session_header_not_set");
     // The answer: the upstream's id must not go to the client unsealed.
     let mut host = post_host(Some(&alice()), &[]);
     let (mut stream, _) = send(&config, &mut host, &request(json!(1), "initialize"));
-    host.refuse_header_replacement = true;
+    host.refuse_headers = vec!["mcp-session-id"];
     host.set_response(&[(":status", "200"), ("mcp-session-id", "s-2")]);
     stream.on_response_headers(&mut host, Some(200), true);
     assert_eq!(host.reply().status, 502);
     assert_eq!(host.record()["reason"], "session_header_not_set");
+}
+
+#[test]
+fn a_credential_envoy_will_not_strip_or_set_fails_closed() {
+    // The client's token stays, the service key or a claim header is not set, or responses
+    // could come compressed: nothing goes upstream.
+    for refused in [
+        "authorization",
+        "x-api-key",
+        "x-mcp-user",
+        "accept-encoding",
+    ] {
+        let mut host = post_host(Some(&alice()), &[]);
+        host.refuse_headers = vec![refused];
+        let reply = refused_at_headers(&config(), &mut host);
+        assert_eq!(reply.status, 500, "{refused}");
+        assert_eq!(host.record()["reason"], "credential_not_set", "{refused}");
+        assert_eq!(host.record()["decision"], "error", "{refused}");
+    }
+}
+
+#[test]
+fn response_headers_envoy_will_not_change_fail_closed() {
+    let config = config();
+    for refused in ["www-authenticate", "content-length"] {
+        let mut host = post_host(Some(&alice()), &[]);
+        let (mut stream, _) = send(&config, &mut host, &request(json!(1), "ping"));
+        host.refuse_headers = vec![refused];
+        host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+        stream.on_response_headers(&mut host, Some(200), false);
+        assert_eq!(host.reply().status, 502, "{refused}");
+        assert_eq!(host.record()["decision"], "error", "{refused}");
+        assert_eq!(
+            host.record()["reason"],
+            "response_header_not_removed",
+            "{refused}"
+        );
+    }
 }
 
 #[test]
@@ -1130,7 +1168,7 @@ fn batch_in_2025_06_18_is_400() {
     assert_eq!(host.reply().json()["error"]["code"], -32600);
     // And without any protocol header.
     let mut host = post_host(Some(&alice()), &[]);
-    host.remove_request_header("mcp-protocol-version");
+    host.remove_request_header("mcp-protocol-version").unwrap();
     let (_, _) = send(&config(), &mut host, &body);
     assert_eq!(host.reply().status, 400);
 }
@@ -1547,7 +1585,8 @@ fn ambiguous_list_result_fails_closed() {
 #[test]
 fn get_stream_replaying_a_list_is_filtered() {
     let mut host = get_host("/mcp", Some(&alice()));
-    host.set_request_header("accept", "text/event-stream");
+    host.set_request_header("accept", "text/event-stream")
+        .unwrap();
     let mut stream = Stream::new(config());
     assert_eq!(stream.on_request_headers(&mut host, true), Action::Continue);
     host.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
@@ -1575,8 +1614,8 @@ fn ending_a_session_the_upstream_kept_does_not_free_it_for_others() {
     // Alice asks to end the session; this server does not let clients end sessions (405, as
     // the MCP transport allows), so the session lives on upstream.
     let mut host = get_host("/mcp", Some(&alice()));
-    host.set_request_header(":method", "DELETE");
-    host.set_request_header("mcp-session-id", &handle);
+    host.set_request_header(":method", "DELETE").unwrap();
+    host.set_request_header("mcp-session-id", &handle).unwrap();
     let mut stream = Stream::new(Rc::clone(&config));
     assert_eq!(stream.on_request_headers(&mut host, true), Action::Continue);
     assert_eq!(host.req_header("mcp-session-id"), Some("s-9"));
@@ -1722,7 +1761,8 @@ fn assert_unreadable_list_answer(host: &MockHost, why: &str) {
     assert_eq!(body["error"]["code"], -32603);
     let record = host.record();
     assert_eq!(record["decision"], "error");
-    assert_eq!(record["reason"], format!("unreadable_list_answer: {why}"));
+    assert_eq!(record["reason"], "unreadable_list_answer");
+    assert_eq!(record["detail"], why);
     assert_eq!(record["status"], 502);
 }
 
@@ -1886,10 +1926,8 @@ fn an_event_stream_list_answer_is_filtered_or_cut() {
         assert_eq!(host.resets, 1, "{data}");
         let record = host.record();
         assert_eq!(record["decision"], "error");
-        assert!(record["reason"]
-            .as_str()
-            .unwrap_or_default()
-            .starts_with("unreadable_list_answer: "));
+        assert_eq!(record["reason"], "unreadable_list_answer");
+        assert!(!record["detail"].as_str().unwrap_or_default().is_empty());
     }
 }
 
@@ -1928,10 +1966,8 @@ fn a_get_stream_of_another_content_type_is_502() {
         Action::Pause
     );
     assert_eq!(host.reply().status, 502);
-    assert_eq!(
-        host.record()["reason"],
-        "unreadable_list_answer: content-type \"text/plain\""
-    );
+    assert_eq!(host.record()["reason"], "unreadable_list_answer");
+    assert_eq!(host.record()["detail"], "content-type \"text/plain\"");
 }
 
 #[test]
@@ -1948,10 +1984,11 @@ fn a_held_response_envoy_answered_itself_is_audited_as_an_error() {
     let record = host.record();
     assert_eq!(record["decision"], "error");
     assert_eq!(record["upstream_status"], 200);
-    assert!(record["reason"]
+    assert_eq!(record["reason"], "response_payload_too_large");
+    assert!(record["detail"]
         .as_str()
         .unwrap_or_default()
-        .starts_with("response_payload_too_large: "));
+        .contains("per_connection_buffer_limit_bytes"));
 
     // A body checked to its end: the record stays as it was.
     let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
@@ -1961,6 +1998,36 @@ fn a_held_response_envoy_answered_itself_is_audited_as_an_error() {
     host.set_property(&["response", "code_details"], "via_upstream");
     stream.on_log(&mut host);
     assert_eq!(host.record()["decision"], "allow");
+}
+
+// ---- metrics ------------------------------------------------------------------------------
+
+#[test]
+fn metric_labels_come_from_bounded_sets() {
+    let config = config();
+    // A method no MCP client sends: counted as `other`, denied by the built-in rule.
+    let mut host = post_host(Some(&alice()), &[]);
+    send(&config, &mut host, &request(json!(1), "x-evil/method-4711"));
+    assert_eq!(host.record()["reason"], "policy_denied");
+    assert_eq!(
+        host.counter("mcp_guard.requests.method=other.decision=deny"),
+        1,
+        "{:?}",
+        host.counters
+    );
+    assert_eq!(host.counter("mcp_guard.denials.rule=unknown-method"), 1);
+    assert!(
+        host.counters.keys().all(|k| !k.contains("4711")),
+        "{:?}",
+        host.counters
+    );
+    // A known method keeps its name.
+    let mut host = post_host(Some(&alice()), &[]);
+    send(&config, &mut host, &request(json!(2), "ping"));
+    assert_eq!(
+        host.counter("mcp_guard.requests.method=ping.decision=allow"),
+        1
+    );
 }
 
 #[test]

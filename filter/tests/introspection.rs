@@ -10,7 +10,7 @@ use std::rc::Rc;
 use common::*;
 use mcp_guard::config::Config;
 use mcp_guard::flow::{Action, Stream};
-use mcp_guard::host::{Header, Host};
+use mcp_guard::host::{Header, Host, HostError};
 use serde_json::{json, Value};
 
 const OPAQUE: &str = "2YotnFZFEjr1zCsicMWpAA";
@@ -44,19 +44,19 @@ impl Host for CallHost {
     fn request_headers(&self) -> Vec<Header> {
         self.inner.request_headers()
     }
-    fn set_request_header(&mut self, n: &str, v: &str) {
+    fn set_request_header(&mut self, n: &str, v: &str) -> Result<(), HostError> {
         self.inner.set_request_header(n, v)
     }
-    fn remove_request_header(&mut self, n: &str) {
+    fn remove_request_header(&mut self, n: &str) -> Result<(), HostError> {
         self.inner.remove_request_header(n)
     }
     fn response_headers(&self) -> Vec<Header> {
         self.inner.response_headers()
     }
-    fn set_response_header(&mut self, n: &str, v: &str) {
+    fn set_response_header(&mut self, n: &str, v: &str) -> Result<(), HostError> {
         self.inner.set_response_header(n, v)
     }
-    fn remove_response_header(&mut self, n: &str) {
+    fn remove_response_header(&mut self, n: &str) -> Result<(), HostError> {
         self.inner.remove_response_header(n)
     }
     fn property(&self, p: &[&str]) -> Option<Vec<u8>> {

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use common::*;
 use mcp_guard::config::Config;
 use mcp_guard::flow::{Action, Stream};
-use mcp_guard::host::{Header, Host};
+use mcp_guard::host::{Header, Host, HostError};
 use mcp_guard::rls;
 use prost::Message as _;
 use serde_json::{json, Value};
@@ -57,19 +57,19 @@ impl Host for GrpcHost {
     fn request_headers(&self) -> Vec<Header> {
         self.inner.request_headers()
     }
-    fn set_request_header(&mut self, n: &str, v: &str) {
+    fn set_request_header(&mut self, n: &str, v: &str) -> Result<(), HostError> {
         self.inner.set_request_header(n, v)
     }
-    fn remove_request_header(&mut self, n: &str) {
+    fn remove_request_header(&mut self, n: &str) -> Result<(), HostError> {
         self.inner.remove_request_header(n)
     }
     fn response_headers(&self) -> Vec<Header> {
         self.inner.response_headers()
     }
-    fn set_response_header(&mut self, n: &str, v: &str) {
+    fn set_response_header(&mut self, n: &str, v: &str) -> Result<(), HostError> {
         self.inner.set_response_header(n, v)
     }
-    fn remove_response_header(&mut self, n: &str) {
+    fn remove_response_header(&mut self, n: &str) -> Result<(), HostError> {
         self.inner.remove_response_header(n)
     }
     fn property(&self, p: &[&str]) -> Option<Vec<u8>> {
@@ -226,8 +226,9 @@ fn a_key_reading_a_missing_claim_fails_closed() {
     let r = host.record();
     assert_eq!(r["decision"], "deny");
     assert_eq!(r["rule"], "limit:per-team");
+    assert_eq!(r["reason"], "limit_error", "{r}");
     assert!(
-        r["reason"].as_str().unwrap().contains("failing closed"),
+        r["detail"].as_str().unwrap().contains("failing closed"),
         "{r}"
     );
     assert_eq!(

@@ -124,7 +124,8 @@ fn declared_versions_that_disagree_are_refused() {
     let (_, action) = send(&mut h, &body(1, "tools/list", json!({})));
     assert_eq!(action, Action::Pause);
     refused_with_32020(&h);
-    assert!(h.record()["reason"]
+    assert_eq!(h.record()["reason"], "header_mismatch");
+    assert!(h.record()["detail"]
         .as_str()
         .unwrap_or("")
         .contains("does not match"));
@@ -220,7 +221,8 @@ fn param_headers_are_checked_against_the_arguments_once_the_tool_was_listed() {
     let (h, action) = call(Some("eu-west1"), "us-west1");
     assert_eq!(action, Action::Pause, "nothing forwarded");
     refused_with_32020(&h);
-    assert!(h.record()["reason"]
+    assert_eq!(h.record()["reason"], "header_mismatch");
+    assert!(h.record()["detail"]
         .as_str()
         .unwrap_or("")
         .contains("Mcp-Param-region"));

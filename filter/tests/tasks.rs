@@ -288,7 +288,7 @@ fn post(token: &str, extra: &[(&str, &str)], body: &Value) -> (MockHost, Stream,
         ("authorization", &auth),
     ]);
     for (k, v) in extra {
-        host.set_request_header(k, v);
+        host.set_request_header(k, v).unwrap();
     }
     let mut stream = Stream::new(config());
     assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
@@ -355,11 +355,13 @@ fn another_caller_presenting_the_handle_is_told_the_task_does_not_exist() {
     );
     let record = host.record();
     assert_eq!(record["decision"], "deny");
-    assert_eq!(record["reason"], "task_not_found: task_of_another_caller");
+    assert_eq!(record["reason"], "task_not_found");
+    assert_eq!(record["detail"], "task_of_another_caller");
     // And an upstream id sent raw is not forwarded either.
     let (host, _, action) = post(&token_for("alice", &[], ""), &[], &get("t-1"));
     assert_eq!(action, Action::Pause);
-    assert_eq!(host.record()["reason"], "task_not_found: task_not_sealed");
+    assert_eq!(host.record()["reason"], "task_not_found");
+    assert_eq!(host.record()["detail"], "task_not_sealed");
 }
 
 #[test]
@@ -397,7 +399,11 @@ fn a_batch_with_task_ids_is_refused() {
     let action = stream.on_request_body(&mut host, batch.to_string().as_bytes());
     assert_eq!(action, Action::Pause);
     assert_eq!(host.reply().status, 400);
-    assert_eq!(host.record()["reason"], "task_not_found: in a batch");
+    assert_eq!(host.record()["reason"], "task_not_found");
+    assert_eq!(
+        host.record()["detail"],
+        "task ids cannot be sent in a JSON-RPC batch"
+    );
     assert_eq!(host.replaced_request_body, None);
 }
 
@@ -419,9 +425,8 @@ fn an_answer_whose_task_id_cannot_be_sealed_is_not_forwarded() {
     assert_eq!(host.reply().status, 502);
     let record = host.record();
     assert_eq!(record["decision"], "error");
-    assert!(record["reason"]
-        .as_str()
-        .is_some_and(|r| r.starts_with("task_answer_unreadable")));
+    assert_eq!(record["reason"], "task_answer_unreadable");
+    assert!(record["detail"].as_str().is_some_and(|d| !d.is_empty()));
 }
 
 #[test]

@@ -156,7 +156,7 @@ def check(record, expected):
 def common(record, http_method="POST"):
     """What every record the filter writes for the demo server carries."""
     check(record, {
-        "schema": "mcp-guard.audit.v1", "ts": TS.match, "http_method": http_method,
+        "schema": "mcp-guard.audit.v2", "ts": TS.match, "http_method": http_method,
         "source": lambda s: s.startswith("127.0.0.1:"), "route": "mcp-demo",
         "upstream": "mcp_upstream", "server": "demo", "policy": "demo-crm", "policy_version": "1",
         "filter_us": lambda v: isinstance(v, int) and v >= 0,
@@ -267,7 +267,7 @@ def test_known_mix_leaves_one_record_per_message_and_exact_counters(stack):
        token=t_alice, headers=batch)
     go("batch-denied", 200, [
         {**who_alice, **denied, "status": 200, "tool": "get_customer", "rule": ABSENT,
-         "reason": lambda s: s.startswith("batch_denied")},
+         "reason": "batch_denied", "detail": "another message in the batch was denied"},
         {**who_alice, **denied, "status": 200, "tool": "delete_customer", "rule": "no-destructive"},
     ], raw=json.dumps([tool_call("get_customer", {"customer_id": "c-1"}, id=8),
                        tool_call("delete_customer", {"customer_id": "c-1"}, id=9)]).encode(),
@@ -363,7 +363,7 @@ def test_envoy_writes_the_record_when_the_filter_could_not(stack):
     assert ok.status_code == 200
     records = all_records_for(stack, tag)
     assert len(records) == 1, records
-    check(records[0], {"schema": "mcp-guard.audit.v1", "origin": "envoy", "ts": TS.match,
+    check(records[0], {"schema": "mcp-guard.audit.v2", "origin": "envoy", "ts": TS.match,
                        "decision": "deny", "status": 400, "reason": "path_normalization_failed",
                        "http_method": "GET", "source": lambda s: s.startswith("127.0.0.1:"),
                        "total_ms": lambda v: isinstance(v, int)})

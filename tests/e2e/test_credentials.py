@@ -327,7 +327,8 @@ def test_json_response_carrying_the_key_is_refused_with_block(blocking_pair):
         assert all(form not in r.text for form in encodings(GIT_KEY))
     n = len(encodings(GIT_KEY))
     records = audit_where(blocking_pair.envoy, lambda a: a.get("sub") == "erin" and a["decision"] == "error", n)
-    assert len(records) == n and all(a["reason"] == "response carried the service key" for a in records)
+    assert len(records) == n and all(a["reason"] == "service_key_in_response" for a in records)
+    assert all(a["detail"] == "response carried the service key" for a in records)
 
 
 def test_sse_stream_carrying_the_key_is_cut_with_block(blocking_pair):
@@ -354,7 +355,8 @@ def test_sse_stream_carrying_the_key_is_cut_with_block(blocking_pair):
     assert all(form.encode() not in received for form in encodings(CRM_KEY))
     assert b"leak" not in received
     [record] = audit_where(blocking_pair.envoy, lambda a: a.get("sub") == "fay" and a["decision"] == "error", 1)
-    assert record["reason"] == "response carried the service key"
+    assert record["reason"] == "service_key_in_response"
+    assert record["detail"] == "response carried the service key"
 
 
 def test_key_in_a_response_header_is_refused_with_block(tmp_path):

@@ -30,7 +30,7 @@ STABLE = "get_customer"
 
 @pytest.fixture(scope="module")
 def cli():
-    subprocess.run(["cargo", "build", "-q", "-p", "mcp-guard", "--bin", "mcp-guard"],
+    subprocess.run(["cargo", "build", "-q", "-p", "mcp-guard-cli", "--bin", "mcp-guard"],
                    cwd=harness.ROOT, check=True)
     return CLI
 

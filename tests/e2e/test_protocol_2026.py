@@ -193,7 +193,8 @@ def test_a_subscription_is_governed_by_its_resources(stack):
     records = stack.audit("sam", count=2, method="subscriptions/listen")
     assert sorted(r["decision"] for r in records) == ["allow", "deny"]
     denied = [r for r in records if r["decision"] == "deny"][0]
-    assert "rule" not in denied and "no rule matched" in denied["reason"]
+    assert "rule" not in denied and denied["reason"] == "policy_denied"
+    assert "no rule matched" in denied["detail"]
 
 
 def test_a_multi_round_trip_call_is_decided_as_the_call_it_retries(stack):
@@ -250,7 +251,8 @@ def test_parameter_headers_must_match_the_body(stack):
     refused = stack.audit("pat", count=2, tool="regional_report", decision="deny", jsonrpc_id=9)
     assert len(refused) == 2
     assert all(x["error_code"] == HEADER_MISMATCH and x["status"] == 400 for x in refused)
-    assert "Mcp-Param-region" in refused[0]["reason"]
+    assert refused[0]["reason"] == "header_mismatch"
+    assert "Mcp-Param-region" in refused[0]["detail"]
 
 
 def test_declared_versions_that_disagree_are_refused(stack):
@@ -263,7 +265,7 @@ def test_declared_versions_that_disagree_are_refused(stack):
     assert len(stack.server.requests()) == before
     record = stack.audit("vic", method="tools/list")[0]
     assert record["decision"] == "deny" and record["status"] == 400
-    assert "does not match" in record["reason"]
+    assert record["reason"] == "header_mismatch" and "does not match" in record["detail"]
 
 
 def test_task_requests_are_governed_by_their_task_id(stack):
@@ -286,7 +288,8 @@ def test_task_requests_are_governed_by_their_task_id(stack):
     records = stack.audit("tom", count=3, method="tasks/get")
     assert [r["task_id"] for r in records] == ["tom-1", "ann-1", "tom-1"]
     assert [r["decision"] for r in records] == ["deny", "deny", "deny"]
-    assert [r["reason"] for r in records][:2] == ["task_not_found: task_not_sealed"] * 2
+    assert [r["reason"] for r in records][:2] == ["task_not_found"] * 2
+    assert [r["detail"] for r in records][:2] == ["task_not_sealed"] * 2
 
 
 def test_trace_ids_are_recorded(stack):

@@ -188,9 +188,9 @@ def test_a_task_is_polled_by_its_caller_through_any_replica_and_by_nobody_else(f
     assert len(fleet.server.received()) == before
     assert fleet.server.tasks[upstream_id] == "working"
 
-    denied = wait_for(fleet, 4, sub="bob", reason="task_not_found: task_of_another_caller")
+    denied = wait_for(fleet, 4, sub="bob", reason="task_not_found", detail="task_of_another_caller")
     assert len(denied) == 4 and all(r["decision"] == "deny" for r in denied)
-    assert wait_for(fleet, 1, sub="alice", reason="task_not_found: task_not_sealed")
+    assert wait_for(fleet, 1, sub="alice", reason="task_not_found", detail="task_not_sealed")
 
 
 def test_sse_answers_carry_only_sealed_task_ids(fleet):

@@ -5,6 +5,7 @@ request (matched by x-request-id), and that nothing reached the upstream."""
 
 import http.client
 import json
+import re
 import time
 import uuid
 
@@ -177,13 +178,14 @@ def send(stack, method="POST", path="/mcp", body=b"", headers=(), rid=None):
 
 
 def refused(stack, *, status, reason, code=None, decision="deny", method="POST", path="/mcp",
-            body=b"", headers=(), audited=True, origin=None):
+            body=b"", headers=(), audited=True, origin=None, detail=None):
     """Sends one hostile request and checks its exact outcome:
 
     - the HTTP `status`, and the JSON-RPC error `code` when one is expected;
     - nothing reached the upstream;
     - one audit record for this request, with `decision` and `reason` (`reason` may be a
-      callable predicate for reasons that carry a parser message) and the same status, written
+      callable predicate on the record's `detail`, the prose, for refusals that carry a parser
+      message; `reason` is then checked to be a stable code) and the same status, written
       by the filter — or, with `origin="envoy"`, by Envoy's access log for requests refused
       before the filter could write one (envoy/mcp-guard.yaml).
 
@@ -202,9 +204,13 @@ def refused(stack, *, status, reason, code=None, decision="deny", method="POST",
     record = records[0]
     assert record["decision"] == decision, record
     if callable(reason):
-        assert reason(record.get("reason") or ""), record
+        # The prose is the record's `detail`; `reason` is its stable code.
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", record.get("reason") or ""), record
+        assert reason(record.get("detail") or ""), record
     else:
         assert record.get("reason") == reason, record
+    if detail is not None:
+        assert record.get("detail") == detail, record
     assert record.get("status") == status, record
     assert record.get("origin") == origin, record
     if code is not None and origin is None:

@@ -169,7 +169,8 @@ def test_a_compressed_response_gets_502(scripted, encoding):
     assert reply.status == 502, reply
     assert reply.json() == {"error": "bad_gateway", "error_description": "the MCP server sent a compressed response"}
     record = only_record(scripted, tag)
-    assert (record["decision"], record["reason"]) == ("error", f"uninspectable_response: content-encoding {encoding}")
+    assert (record["decision"], record["reason"]) == ("error", "uninspectable_response")
+    assert record["detail"] == f"content-encoding {encoding}"
 
 
 def test_an_oversized_event_cuts_the_stream(scripted):
@@ -194,7 +195,8 @@ def test_an_oversized_event_cuts_the_stream(scripted):
     finally:
         conn.close()
     record = only_record(scripted, rid)
-    assert (record["decision"], record["reason"]) == ("error", "server-sent event larger than the limit")
+    assert (record["decision"], record["reason"]) == ("error", "response_uninspectable")
+    assert record["detail"] == "server-sent event larger than the limit"
 
 
 def test_a_json_response_over_envoys_buffer_limit_is_audited_as_an_error(scripted):
@@ -209,8 +211,8 @@ def test_a_json_response_over_envoys_buffer_limit_is_audited_as_an_error(scripte
     record = only_record(scripted, tag)
     assert record["decision"] == "error" and record["status"] == 500, record
     assert record["upstream_status"] == 200 and record["tool"] == "echo", record
-    assert record["reason"].startswith("response_payload_too_large: "), record
-    assert "per_connection_buffer_limit_bytes" in record["reason"]
+    assert record["reason"] == "response_payload_too_large", record
+    assert "per_connection_buffer_limit_bytes" in record["detail"]
 
 
 def big_buffer_template(workdir):
@@ -238,7 +240,8 @@ def test_a_response_too_large_to_inspect_gets_502(tmp_path):
         assert reply.status == 502, reply
         assert reply.json() == {"error": "bad_gateway", "error_description": "upstream response refused"}
         record = only_record(s, tag)
-        assert (record["decision"], record["reason"]) == ("error", "response too large to inspect"), record
+        assert (record["decision"], record["reason"]) == ("error", "response_too_large"), record
+        assert record["detail"] == "response too large to inspect", record
     finally:
         s.stop()
 

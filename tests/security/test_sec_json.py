@@ -214,7 +214,7 @@ def test_string_and_64_bit_ids_are_echoed_exactly_in_a_denial(sec, alice, good_i
     """Integers past JavaScript's 2^53 and up to 64 bits keep every digit in the filter's answer."""
     body, _ = call("delete_customer", {"customer_id": "c-100"}, id=good_id)
     text = json.dumps(body)
-    reply, record = refused(sec, status=200, code=POLICY_DENIED, reason="deny rule matched", body=text,
+    reply, record = refused(sec, status=200, code=POLICY_DENIED, reason="policy_denied", detail="deny rule matched", body=text,
                             headers=hdrs(alice, method="tools/call", name="delete_customer"))
     assert reply.json()["id"] == good_id
     assert record["jsonrpc_id"] == good_id
@@ -272,9 +272,11 @@ def test_a_2025_03_26_batch_with_one_denied_element_is_denied_whole(sec, alice):
     assert len(records) == 4 and all(r["decision"] == "deny" for r in records)
     by_method = {(r["method"], r.get("tool")): r for r in records}
     assert by_method[("tools/call", "delete_customer")]["rule"] == "no-destructive"
-    assert by_method[("tools/call", "delete_customer")]["reason"] == "deny rule matched"
+    assert by_method[("tools/call", "delete_customer")]["reason"] == "policy_denied"
+    assert by_method[("tools/call", "delete_customer")]["detail"] == "deny rule matched"
     for key in [("tools/list", None), ("tools/call", "get_customer"), ("notifications/initialized", None)]:
-        assert by_method[key]["reason"].startswith("batch_denied")
+        assert by_method[key]["reason"] == "batch_denied"
+        assert by_method[key]["detail"] == "another message in the batch was denied"
 
 
 @pytest.mark.parametrize("text,code,reason", [
@@ -372,7 +374,7 @@ def test_a_body_over_envoys_buffer_limit_gets_413_and_is_audited(sec, alice):
 def test_escaped_method_and_tool_names_meet_the_deny_rule(sec, alice, method, name):
     text = ('{"jsonrpc":"2.0","id":7,"method":"%s","params":{"name":"%s",'
             '"arguments":{"customer_id":"c-100"},"_meta":%s}}' % (method, name, META))
-    reply, record = refused(sec, status=200, code=POLICY_DENIED, reason="deny rule matched", body=text,
+    reply, record = refused(sec, status=200, code=POLICY_DENIED, reason="policy_denied", detail="deny rule matched", body=text,
                             headers=hdrs(alice, method="tools/call", name="delete_customer"))
     assert reply.json()["error"]["data"]["rule"] == "no-destructive"
     assert record["method"] == "tools/call" and record["tool"] == "delete_customer"

@@ -139,7 +139,8 @@ def test_key_leak_block_answers_502_and_audits_an_error(blocking):
     assert reply.status == 502 and KEY.encode() not in reply.body
     records = wait_record(blocking, rid)
     assert records and records[-1]["decision"] == "error"
-    assert records[-1]["reason"] == "response carried the service key"
+    assert records[-1]["reason"] == "service_key_in_response"
+    assert records[-1]["detail"] == "response carried the service key"
 
 
 @pytest.mark.parametrize("text", [KEY, BASIC[0]], ids=["raw", "basic_offset1"])
@@ -165,7 +166,8 @@ def test_key_leak_block_cuts_an_event_stream(tmp_path, text):
         conn.close()
         [record] = wait_record(s, rid)
         assert record["decision"] == "error" and record["tool"] == "echo", record
-        assert record["reason"] == "response carried the service key"
+        assert record["reason"] == "service_key_in_response"
+        assert record["detail"] == "response carried the service key"
     finally:
         s.stop()
 

@@ -73,7 +73,7 @@ def assert_refused(stack, reply, tag, why, upstream_status=200):
     assert not any(n.encode() in reply.body for n in TOOL_NAMES)
     record = the_record(stack, tag)
     assert record["decision"] == "error", record
-    assert record["reason"] == f"unreadable_list_answer: {why}", record
+    assert record["reason"] == "unreadable_list_answer" and record["detail"] == why, record
     assert record["status"] == 502 and record.get("upstream_status") == upstream_status, record
     assert record["method"] == "tools/list" and record["jsonrpc_id"] == 5, record
 
@@ -175,7 +175,8 @@ def test_an_event_that_is_not_the_list_answer_cuts_the_stream(lists, upstream, a
     partial, rid = read_cut_stream(lists, alice)
     assert partial == progress
     record = the_record(lists, rid)
-    assert record["decision"] == "error" and record["reason"] == f"unreadable_list_answer: {why}", record
+    assert record["decision"] == "error" and record["reason"] == "unreadable_list_answer", record
+    assert record["detail"] == why, record
 
 
 def test_an_error_answer_to_a_list_request_passes(lists, upstream, alice):
@@ -238,7 +239,8 @@ def test_a_list_replayed_on_a_get_stream_is_filtered(lists, upstream, alice):
     upstream.script(lambda r: Answer(200, [("content-type", "text/plain")], json.dumps(replay).encode()))
     reply, tag = send(lists, method="GET", headers=h)
     assert reply.status == 502 and b"delete_customer" not in reply.body
-    assert the_record(lists, tag)["reason"] == 'unreadable_list_answer: content-type "text/plain"'
+    assert the_record(lists, tag)["reason"] == "unreadable_list_answer"
+    assert the_record(lists, tag)["detail"] == 'content-type "text/plain"'
 
 
 # ---- a real SDK client ---------------------------------------------------------------------------

@@ -204,7 +204,8 @@ def test_smuggling_another_session_id_beside_ones_own_is_refused(sec):
     a, b = initialize(sec, alice), initialize(sec, bob)
     base = [(k, v) for k, v in session_headers(bob, b) if k != "mcp-session-id"]
     for order in ((b, a), (a, b)):
-        refused(sec, status=400, reason="repeated_header: mcp-session-id", body=json.dumps(LIST),
+        refused(sec, status=400, reason="repeated_header",
+                detail="the mcp-session-id header must appear at most once", body=json.dumps(LIST),
                 headers=base + [("mcp-session-id", order[0]), ("mcp-session-id", order[1])])
     for value in (f"{b}, {a}", f"{b} {a}", f"{b}\t{a}"):
         refused(sec, status=400, reason="invalid_session_id", body=json.dumps(LIST),

@@ -6,13 +6,14 @@
 
 use serde_json::json;
 
-use super::{Action, Stream};
+use super::{Action, Phase, Stream};
 use crate::audit::{Record, Verdict};
 use crate::config::Server;
 use crate::host::Host;
 use crate::limits::{self, Outcome as Local};
 use crate::mcp::{Kind, Message};
 use crate::policy::{Charge, ChargeError, FailureMode, Scope};
+use crate::refusal::Refusal;
 use crate::{metrics, reply, rls};
 
 /// A message waiting for the rate limit service's answer.
@@ -90,7 +91,9 @@ impl Stream {
                     .unwrap_or_default();
                 metrics::count_limit(host, &name, "error");
                 record.reason = Some(e.reason);
-                return Gate::Done(self.refuse_limit(host, server, record, &what, &name, None));
+                let code = "limit_error";
+                let refused = self.refuse_limit(host, server, record, &what, &name, (code, None));
+                return Gate::Done(refused);
             }
         };
         let now = host.now_millis();
@@ -126,14 +129,17 @@ impl Stream {
                         record,
                         &what,
                         &name,
-                        Some(retry_after_ms),
+                        ("rate_limited", Some(retry_after_ms)),
                     ));
                 }
                 Local::Failed(why) => {
                     metrics::count_limit(host, &limit.name, "error");
                     record.reason = Some(format!("{why}: limit {:?}; failing closed", limit.name));
                     let name = limit.name.clone();
-                    return Gate::Done(self.refuse_limit(host, server, record, &what, &name, None));
+                    let code = "limit_failed";
+                    let refused =
+                        self.refuse_limit(host, server, record, &what, &name, (code, None));
+                    return Gate::Done(refused);
                 }
             }
         }
@@ -164,12 +170,12 @@ impl Stream {
         });
         match sent {
             Some(token) => {
-                self.pending_limit = Some(PendingLimit {
+                self.phase = Phase::WaitingForLimits(Box::new(PendingLimit {
                     token,
                     record,
                     what,
                     asks: globals,
-                });
+                }));
                 Gate::Done(Action::Pause)
             }
             None => {
@@ -181,7 +187,7 @@ impl Stream {
 
     /// Whether the request waits for the rate limit service.
     pub fn waiting_for_limits(&self) -> bool {
-        self.pending_limit.is_some()
+        matches!(self.phase, Phase::WaitingForLimits(_))
     }
 
     /// The rate limit service answered call `token`: `status` is the gRPC status (0: OK) and
@@ -193,17 +199,28 @@ impl Stream {
         status: u32,
         body: Option<&[u8]>,
     ) -> Action {
-        if self.pending_limit.as_ref().is_none_or(|p| p.token != token) {
-            return Action::Pause;
-        }
-        let Some(PendingLimit {
+        let action = self.grpc_answer(host, token, status, body);
+        self.forwarded_on(action)
+    }
+
+    fn grpc_answer(
+        &mut self,
+        host: &mut dyn Host,
+        token: u32,
+        status: u32,
+        body: Option<&[u8]>,
+    ) -> Action {
+        let PendingLimit {
             mut record,
             what,
             asks,
             ..
-        }) = self.pending_limit.take()
-        else {
-            return Action::Pause;
+        } = match std::mem::replace(&mut self.phase, Phase::Headers) {
+            Phase::WaitingForLimits(pending) if pending.token == token => *pending,
+            other => {
+                self.phase = other;
+                return Action::Pause;
+            }
         };
         let config = std::rc::Rc::clone(&self.config);
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
@@ -243,7 +260,8 @@ impl Stream {
                     .filter(|ms| *ms > 0)
                     .unwrap_or_else(|| limit.rate.unit.millis().div_ceil(limit.rate.amount.max(1)));
                 let name = limit.name.clone();
-                return self.refuse_limit(host, server, record, &what, &name, Some(retry));
+                let code = "rate_limited";
+                return self.refuse_limit(host, server, record, &what, &name, (code, Some(retry)));
             }
         }
         for (charge, verdict) in asks.iter().zip(&verdicts) {
@@ -285,13 +303,16 @@ impl Stream {
             Some(name) => {
                 record.decision = Verdict::Error;
                 record.reason = Some(format!(
-                    "rate_limit_service_unavailable ({why}); limit {name:?} fails closed"
+                    "the rate limit service did not answer ({why}); limit {name:?} fails closed"
                 ));
-                Gate::Done(self.refuse_limit(host, server, record, what, &name, Some(1_000)))
+                let code = "rate_limit_service_unavailable";
+                let retry = Some(1_000);
+                Gate::Done(self.refuse_limit(host, server, record, what, &name, (code, retry)))
             }
             None => {
-                record.reason = Some(format!(
-                    "rate_limit_service_unavailable ({why}); global limits fail open"
+                record.reason = Some("rate_limit_service_unavailable".into());
+                record.detail = Some(format!(
+                    "the rate limit service did not answer ({why}); global limits fail open"
                 ));
                 Gate::Pass(Box::new(record))
             }
@@ -307,9 +328,12 @@ impl Stream {
         mut record: Record,
         what: &What,
         name: &str,
-        retry_after_ms: Option<u64>,
+        (code, retry_after_ms): (&'static str, Option<u64>),
     ) -> Action {
         let policy = &server.policy;
+        // The sites above put the prose where the code goes now.
+        let detail = record.reason.take().unwrap_or_default();
+        let failed = record.decision == Verdict::Error;
         record.rule = Some(format!("limit:{name}"));
         record.error_code = Some(reply::RATE_LIMITED);
         let text = match retry_after_ms {
@@ -332,13 +356,15 @@ impl Stream {
             "remaining": record.limit_remaining,
         });
         let body = reply::jsonrpc_error(what.id.as_ref(), reply::RATE_LIMITED, &text, Some(data));
-        let status = if what.request { 200 } else { 429 };
-        let retry = retry_after_ms.map(|ms| seconds(ms).to_string());
-        let headers: Vec<(&str, &str)> = retry
-            .as_deref()
-            .map(|r| vec![("retry-after", r)])
-            .unwrap_or_default();
-        self.refuse(host, record, status, &headers, body)
+        let refusal = Refusal::RateLimited {
+            code,
+            request: what.request,
+            detail,
+            body,
+            retry_after_s: retry_after_ms.map(seconds),
+            failed,
+        };
+        self.refuse(host, record, refusal)
     }
 }
 

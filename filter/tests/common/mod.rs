@@ -1,5 +1,5 @@
-//! Test support shared by the integration tests: an in-memory [`Host`], an in-memory
-//! [`KeyHost`], fixed signing keys for every supported algorithm, and a token signer that
+//! Test support shared by the integration tests: an in-memory [`Host`] for a stream, one for a
+//! VM's root context ([`MockKeyHost`]), fixed signing keys for every supported algorithm, and a token signer that
 //! builds compact JWS by hand so that headers and claims can be anything a test needs.
 #![allow(dead_code)]
 
@@ -14,8 +14,7 @@ use jwt_compact::alg::{Ed25519, Es256, Hs256, Hs256Key, Rsa, RsaPrivateKey};
 use jwt_compact::jwk::JsonWebKey;
 use jwt_compact::{Algorithm, AlgorithmSignature};
 use mcp_guard::config::Environment;
-use mcp_guard::host::{Header, Host};
-use mcp_guard::jwks::KeyHost;
+use mcp_guard::host::{Header, Host, HostError};
 use serde_json::{json, Value};
 
 // ---- keys ---------------------------------------------------------------------------------
@@ -277,8 +276,8 @@ pub struct MockHost {
     pub replies: Vec<Reply>,
     pub resets: usize,
     pub now_ms: u64,
-    /// Envoy refuses header changes that must not fail silently (`replace_*_header`).
-    pub refuse_header_replacement: bool,
+    /// Headers Envoy refuses to set or remove (request or response): the flow must fail closed.
+    pub refuse_headers: Vec<&'static str>,
     /// The request body the filter forwards in place of the client's (`replace_request_body`).
     pub replaced_request_body: Option<Vec<u8>>,
 }
@@ -295,7 +294,7 @@ impl Default for MockHost {
             replies: Vec::new(),
             resets: 0,
             now_ms: NOW as u64 * 1000,
-            refuse_header_replacement: false,
+            refuse_headers: Vec::new(),
             replaced_request_body: None,
         }
     }
@@ -393,49 +392,55 @@ fn remove_all(headers: &mut Vec<Header>, name: &str) {
     headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
 }
 
+impl MockHost {
+    fn allowed(&self, name: &str) -> Result<(), HostError> {
+        match self
+            .refuse_headers
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(name))
+        {
+            true => Err(HostError),
+            false => Ok(()),
+        }
+    }
+}
+
 impl Host for MockHost {
-    fn replace_request_body(&mut self, _old_len: usize, body: &[u8]) -> bool {
-        if self.refuse_header_replacement {
-            return false;
-        }
+    /// Refused like a header change when the body's `content-length` is refused.
+    fn replace_request_body(&mut self, _old_len: usize, body: &[u8]) -> Result<(), HostError> {
+        self.allowed("content-length")?;
         self.replaced_request_body = Some(body.to_vec());
-        true
-    }
-    fn replace_request_header(&mut self, name: &str, value: &str) -> bool {
-        if self.refuse_header_replacement {
-            return false;
-        }
-        self.set_request_header(name, value);
-        true
-    }
-    fn replace_response_header(&mut self, name: &str, value: &str) -> bool {
-        if self.refuse_header_replacement {
-            return false;
-        }
-        self.set_response_header(name, value);
-        true
+        Ok(())
     }
     fn request_headers(&self) -> Vec<Header> {
         self.request_headers.clone()
     }
-    fn set_request_header(&mut self, name: &str, value: &str) {
+    fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        self.allowed(name)?;
         remove_all(&mut self.request_headers, name);
         self.request_headers
             .push((name.to_ascii_lowercase(), value.to_string()));
+        Ok(())
     }
-    fn remove_request_header(&mut self, name: &str) {
+    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError> {
+        self.allowed(name)?;
         remove_all(&mut self.request_headers, name);
+        Ok(())
     }
     fn response_headers(&self) -> Vec<Header> {
         self.response_headers.clone()
     }
-    fn set_response_header(&mut self, name: &str, value: &str) {
+    fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        self.allowed(name)?;
         remove_all(&mut self.response_headers, name);
         self.response_headers
             .push((name.to_ascii_lowercase(), value.to_string()));
+        Ok(())
     }
-    fn remove_response_header(&mut self, name: &str) {
+    fn remove_response_header(&mut self, name: &str) -> Result<(), HostError> {
+        self.allowed(name)?;
         remove_all(&mut self.response_headers, name);
+        Ok(())
     }
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
         let key: Vec<String> = path.iter().map(|s| s.to_string()).collect();
@@ -477,7 +482,7 @@ impl Host for MockHost {
     }
 }
 
-// ---- KeyHost ------------------------------------------------------------------------------
+// ---- a VM's root context ----------------------------------------------------------------
 
 /// Shared data with compare-and-swap, as Envoy implements it: every write bumps the entry's
 /// CAS; a write with a CAS fails when the entry exists and its CAS differs.
@@ -554,9 +559,41 @@ impl MockKeyHost {
     }
 }
 
-impl KeyHost for MockKeyHost {
+/// A root context has no request: its request calls do nothing (and refuse changes).
+impl Host for MockKeyHost {
+    fn request_headers(&self) -> Vec<Header> {
+        Vec::new()
+    }
+    fn set_request_header(&mut self, _: &str, _: &str) -> Result<(), HostError> {
+        Err(HostError)
+    }
+    fn remove_request_header(&mut self, _: &str) -> Result<(), HostError> {
+        Err(HostError)
+    }
+    fn response_headers(&self) -> Vec<Header> {
+        Vec::new()
+    }
+    fn set_response_header(&mut self, _: &str, _: &str) -> Result<(), HostError> {
+        Err(HostError)
+    }
+    fn remove_response_header(&mut self, _: &str) -> Result<(), HostError> {
+        Err(HostError)
+    }
+    fn property(&self, _: &[&str]) -> Option<Vec<u8>> {
+        None
+    }
+    fn send_response(&mut self, _: u32, _: &[(&str, &str)], _: &[u8]) {}
+    fn reset_response(&mut self) {}
+    fn write_audit(&mut self, _: &[u8]) {}
+    fn count(&mut self, _: &str, _: u64) {}
     fn now_millis(&self) -> u64 {
         self.now_ms
+    }
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.store.borrow().get(key).map(|(v, _)| v)
+    }
+    fn shared_set(&mut self, key: &str, value: &[u8]) {
+        self.store.borrow_mut().set(key, value, None);
     }
     fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
         self.store.borrow().get(key)
@@ -564,13 +601,23 @@ impl KeyHost for MockKeyHost {
     fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         self.store.borrow_mut().set(key, value, cas)
     }
-    fn http_get(
+    /// Only `GET`s of JSON documents are expected here (keys, discovery, feeds).
+    fn http_call(
         &mut self,
         cluster: &str,
-        authority: &str,
-        path: &str,
+        headers: &[(&str, &str)],
+        _body: &[u8],
         timeout_ms: u64,
     ) -> Option<u32> {
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map_or("", |(_, v)| *v)
+        };
+        assert_eq!(header(":method"), "GET");
+        assert_eq!(header("accept"), "application/json");
+        let (authority, path) = (header(":authority"), header(":path"));
         if !self.dispatch_ok {
             return None;
         }

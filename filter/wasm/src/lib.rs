@@ -1,5 +1,13 @@
-//! The proxy-wasm adapter: turns Envoy callbacks into [`crate::flow`] and [`crate::jwks`] calls
+//! The proxy-wasm adapter: turns Envoy callbacks into [`mcp_guard::flow`] and [`mcp_guard::jwks`] calls
 //! and implements their host traits with hostcalls. No decisions are made here.
+//! wasm32 only: natively this crate is empty (the core is tested natively through its `Host`).
+#![cfg(target_arch = "wasm32")]
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -12,13 +20,13 @@ use proxy_wasm::types::{
     Action as WasmAction, BufferType, ContextType, LogLevel, MapType, MetricType, Status,
 };
 
-use crate::config::{Config, Environment};
-use crate::crypto::{self, SignatureHost, Signatures, VerifyRequest};
-use crate::feeds::FeedManager;
-use crate::flow::{Action, BodyAction, Stream};
-use crate::host::{Header, Host};
-use crate::jwks::{KeyHost, KeyManager, Report};
-use crate::metrics;
+use mcp_guard::config::{Config, Environment};
+use mcp_guard::crypto::{self, SignatureHost, Signatures, VerifyRequest};
+use mcp_guard::feeds::FeedManager;
+use mcp_guard::flow::{Action, BodyAction, Stream, Waiting};
+use mcp_guard::host::{Header, Host, HostError};
+use mcp_guard::jwks::{KeyManager, Report};
+use mcp_guard::metrics;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -31,8 +39,8 @@ proxy_wasm::main! {{
 const TICK: Duration = Duration::from_millis(100);
 
 thread_local! {
-    /// Requests of this VM waiting for keys: (context id, exchange).
-    static WAITING: RefCell<Vec<(u32, Rc<RefCell<Exchange>>)>> = const { RefCell::new(Vec::new()) };
+    /// Requests of this VM waiting for keys, by context id.
+    static WAITING: RefCell<Waiting<Rc<RefCell<Exchange>>>> = RefCell::new(Waiting::default());
     /// Counter ids by name, defined on first use in this VM.
     static METRICS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
 }
@@ -72,17 +80,9 @@ impl Root {
 /// whose deadline passed) go on; then makes `back_to` the effective context again.
 fn release(report: &Report, back_to: u32) {
     let now = Host::now_millis(&Envoy);
-    let ready: Vec<(u32, Rc<RefCell<Exchange>>)> = WAITING.with(|w| {
-        let mut waiting = w.borrow_mut();
-        let (ready, still): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(_, ex)| {
-            ex.borrow().stream.waiting().is_none_or(|wait| {
-                now >= wait.deadline_ms
-                    || report.changed.contains(&wait.issuer)
-                    || report.settled.contains(&wait.issuer)
-            })
-        });
-        *waiting = still;
-        ready
+    let ready = WAITING.with(|w| {
+        w.borrow_mut()
+            .ready(report, now, |ex| ex.borrow().stream.waiting())
     });
     for (id, exchange) in ready {
         if hostcalls::set_effective_context(id).is_ok() {
@@ -99,7 +99,7 @@ fn introspection_response(config: &Config, token: u32, body_size: usize, back_to
     }
     let status =
         header_value(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
-    let body = call_body(body_size, crate::introspection::MAX_ANSWER_BYTES);
+    let body = call_body(body_size, mcp_guard::introspection::MAX_ANSWER_BYTES);
     let settled =
         config
             .authenticator
@@ -129,7 +129,7 @@ impl Context for Root {
         let status =
             header_value(MapType::HttpCallResponseHeaders, ":status").and_then(|s| s.parse().ok());
         if let Some(feeds) = self.feeds.as_mut().filter(|f| f.owns(token)) {
-            let body = call_body(body_size, crate::revocation::LIMIT_MAX_BYTES);
+            let body = call_body(body_size, mcp_guard::revocation::LIMIT_MAX_BYTES);
             let report = feeds.on_response(
                 &config.authenticator,
                 &mut Envoy,
@@ -143,7 +143,7 @@ impl Context for Root {
         let Some(keys) = self.keys.as_mut() else {
             return;
         };
-        let body = call_body(body_size, crate::jwks::MAX_DOCUMENT_BYTES);
+        let body = call_body(body_size, mcp_guard::jwks::MAX_DOCUMENT_BYTES);
         let report = keys.on_response(
             &config.authenticator,
             &mut Envoy,
@@ -169,7 +169,7 @@ impl RootContext for Root {
                 let signatures = Signatures::new(Rc::new(EnvoyCrypto::default()));
                 config.authenticator.set_signature_host(signatures.clone());
                 config.dpop.signatures = signatures;
-                crate::limits::prepare(&mut Envoy, &config);
+                mcp_guard::limits::prepare(&mut Envoy, &config);
                 let remote = KeyManager::has_remote(&config.authenticator);
                 self.keys = remote.then(|| KeyManager::new(&config.authenticator));
                 let feeds = FeedManager::has_remote(&config.authenticator);
@@ -215,7 +215,6 @@ impl RootContext for Root {
             id: context_id,
             exchange: Rc::new(RefCell::new(Exchange {
                 stream: Stream::new(config),
-                body_done: false,
             })),
         }))
     }
@@ -228,8 +227,6 @@ impl RootContext for Root {
 /// One request's state, shared with the waiting list while it waits for keys.
 struct Exchange {
     stream: Stream,
-    /// The whole request body has arrived (and is buffered by Envoy).
-    body_done: bool,
 }
 
 impl Exchange {
@@ -238,10 +235,10 @@ impl Exchange {
         self.timed(|ex| {
             let mut action = ex.stream.resume(&mut Envoy);
             if ex.stream.waiting().is_some() {
-                WAITING.with(|w| w.borrow_mut().push((id, Rc::clone(me))));
+                WAITING.with(|w| w.borrow_mut().add(id, Rc::clone(me)));
                 return;
             }
-            if ex.stream.awaiting_body() && ex.body_done {
+            if ex.stream.body_due() {
                 action = ex.decide_body();
             }
             if action == Action::Continue {
@@ -265,7 +262,11 @@ impl Exchange {
                 .on_request_body(&mut Envoy, &body.unwrap_or_default()),
             Err(_) => {
                 // Fail closed: without the body there is no decision.
-                self.stream.fail(&mut Envoy, "request body unavailable");
+                self.stream.fail(
+                    &mut Envoy,
+                    "request_body_unavailable",
+                    "the request body could not be read from Envoy",
+                );
                 Action::Pause
             }
         }
@@ -297,7 +298,7 @@ struct Http {
 impl Drop for Http {
     fn drop(&mut self) {
         let id = self.id;
-        WAITING.with(|w| w.borrow_mut().retain(|(i, _)| *i != id));
+        WAITING.with(|w| w.borrow_mut().remove(id));
     }
 }
 
@@ -365,7 +366,7 @@ impl HttpContext for Http {
         ex.timed(|ex| {
             let a = ex.stream.on_request_headers(&mut Envoy, end_of_stream);
             if ex.stream.waiting().is_some() {
-                WAITING.with(|w| w.borrow_mut().push((id, exchange)));
+                WAITING.with(|w| w.borrow_mut().add(id, exchange));
             }
             action(a)
         })
@@ -377,8 +378,7 @@ impl HttpContext for Http {
             return WasmAction::Pause;
         }
         ex.timed(|ex| {
-            ex.body_done = true;
-            if ex.stream.waiting().is_some() || !ex.stream.awaiting_body() {
+            if !ex.stream.request_body_ended() {
                 return WasmAction::Pause;
             }
             action(ex.decide_body())
@@ -450,7 +450,7 @@ fn write_response_body(size: usize, bytes: &[u8]) -> Result<(), ()> {
     hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, bytes).map_err(|_| ())
 }
 
-/// Envoy's own crypto through its `verify_signature` foreign function ([`crate::crypto`]).
+/// Envoy's own crypto through its `verify_signature` foreign function ([`mcp_guard::crypto`]).
 /// Each VM logs once that Envoy checks its signatures, or once why it cannot (then they are
 /// checked in Wasm). No counter: the set of counters is part of the documented metrics.
 #[derive(Debug, Default)]
@@ -511,9 +511,13 @@ fn header_value(map: MapType, name: &str) -> Option<String> {
         .map(|value| String::from_utf8_lossy(&value).into_owned())
 }
 
-/// [`Host`] and [`KeyHost`] over proxy-wasm hostcalls. Host errors read as absent values;
-/// the flow fails closed on anything it needs and does not get.
+/// [`Host`] over proxy-wasm hostcalls. Reads that fail read as absent values (the flow fails
+/// closed on anything it needs and does not get); changes that fail return [`HostError`].
 struct Envoy;
+
+fn changed(result: Result<(), Status>) -> Result<(), HostError> {
+    result.map_err(|_| HostError)
+}
 
 impl Host for Envoy {
     fn request_headers(&self) -> Vec<Header> {
@@ -522,29 +526,44 @@ impl Host for Envoy {
     fn request_header(&self, name: &str) -> Option<String> {
         header_value(MapType::HttpRequestHeaders, name)
     }
-    fn set_request_header(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value));
+    fn set_request_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        changed(hostcalls::set_map_value(
+            MapType::HttpRequestHeaders,
+            name,
+            Some(value),
+        ))
     }
-    fn remove_request_header(&mut self, name: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None);
+    fn remove_request_header(&mut self, name: &str) -> Result<(), HostError> {
+        changed(hostcalls::set_map_value(
+            MapType::HttpRequestHeaders,
+            name,
+            None,
+        ))
     }
     fn response_headers(&self) -> Vec<Header> {
         header_map(MapType::HttpResponseHeaders)
     }
-    fn set_response_header(&mut self, name: &str, value: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value));
+    fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        changed(hostcalls::set_map_value(
+            MapType::HttpResponseHeaders,
+            name,
+            Some(value),
+        ))
     }
-    fn replace_request_header(&mut self, name: &str, value: &str) -> bool {
-        hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_ok()
+    fn replace_request_body(&mut self, old_len: usize, body: &[u8]) -> Result<(), HostError> {
+        changed(hostcalls::set_buffer(
+            BufferType::HttpRequestBody,
+            0,
+            old_len,
+            body,
+        ))
     }
-    fn replace_response_header(&mut self, name: &str, value: &str) -> bool {
-        hostcalls::set_map_value(MapType::HttpResponseHeaders, name, Some(value)).is_ok()
-    }
-    fn replace_request_body(&mut self, old_len: usize, body: &[u8]) -> bool {
-        hostcalls::set_buffer(BufferType::HttpRequestBody, 0, old_len, body).is_ok()
-    }
-    fn remove_response_header(&mut self, name: &str) {
-        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None);
+    fn remove_response_header(&mut self, name: &str) -> Result<(), HostError> {
+        changed(hostcalls::set_map_value(
+            MapType::HttpResponseHeaders,
+            name,
+            None,
+        ))
     }
     fn reset_response(&mut self) {
         let _ = hostcalls::reset_http_response();
@@ -556,10 +575,20 @@ impl Host for Envoy {
         let _ = hostcalls::set_shared_data(key, Some(value), None);
     }
     fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
-        KeyHost::shared_get_cas(self, key)
+        match hostcalls::get_shared_data(key) {
+            Ok((Some(value), cas)) => Some((value, cas)),
+            _ => None,
+        }
     }
     fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        KeyHost::shared_set_cas(self, key, value, cas)
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => true,
+            Err(Status::CasMismatch) => false,
+            Err(e) => {
+                log::warn!("mcp-guard: shared data {key:?} not written: {e:?}");
+                false
+            }
+        }
     }
     fn grpc_call(
         &mut self,
@@ -570,7 +599,7 @@ impl Host for Envoy {
         timeout_ms: u64,
     ) -> Option<u32> {
         // The cluster as an encoded GrpcService: a bare name could happen to parse as one.
-        let upstream = String::from_utf8(crate::rls::upstream(cluster))
+        let upstream = String::from_utf8(mcp_guard::rls::upstream(cluster))
             .unwrap_or_else(|_| cluster.to_string());
         hostcalls::dispatch_grpc_call(
             &upstream,
@@ -635,51 +664,7 @@ impl Host for Envoy {
         hostcalls::dispatch_http_call(
             cluster,
             headers.to_vec(),
-            Some(body),
-            vec![],
-            Duration::from_millis(timeout_ms),
-        )
-        .ok()
-    }
-}
-
-impl KeyHost for Envoy {
-    fn now_millis(&self) -> u64 {
-        Host::now_millis(self)
-    }
-    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
-        match hostcalls::get_shared_data(key) {
-            Ok((Some(value), cas)) => Some((value, cas)),
-            _ => None,
-        }
-    }
-    fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        match hostcalls::set_shared_data(key, Some(value), cas) {
-            Ok(()) => true,
-            Err(Status::CasMismatch) => false,
-            Err(e) => {
-                log::warn!("mcp-guard: shared data {key:?} not written: {e:?}");
-                false
-            }
-        }
-    }
-    fn http_get(
-        &mut self,
-        cluster: &str,
-        authority: &str,
-        path: &str,
-        timeout_ms: u64,
-    ) -> Option<u32> {
-        let headers = vec![
-            (":method", "GET"),
-            (":path", path),
-            (":authority", authority),
-            ("accept", "application/json"),
-        ];
-        hostcalls::dispatch_http_call(
-            cluster,
-            headers,
-            None,
+            (!body.is_empty()).then_some(body),
             vec![],
             Duration::from_millis(timeout_ms),
         )

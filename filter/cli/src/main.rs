@@ -1,15 +1,10 @@
 //! `mcp-guard`: check, test, explain and deploy mcp-guard policies, with the filter's own
 //! policy code (native build; the filter itself is the Wasm build of the same library).
 
-#[path = "../cli/files.rs"]
 mod files;
-#[path = "../cli/pin.rs"]
 mod pin;
-#[path = "../cli/render.rs"]
 mod render;
-#[path = "../cli/scenario.rs"]
 mod scenario;
-#[path = "../cli/testing.rs"]
 mod testing;
 
 use std::collections::BTreeSet;
@@ -492,7 +487,7 @@ mod tests {
     use super::*;
 
     fn policies() -> Vec<PathBuf> {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
         let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
             .expect("policies/ exists")
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -614,7 +609,7 @@ mod tests {
 
     #[test]
     fn test_files_and_policies_find_each_other() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies");
         let policy = dir.join("sales.yaml");
         let tests = dir.join("sales.tests.yaml");
         assert!(files::is_test_file(&tests) && !files::is_test_file(&policy));

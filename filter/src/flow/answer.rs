@@ -1,0 +1,241 @@
+//! Forwarded: the upstream answered. Its headers decide the rest: a refused service key
+//! (502), the session id sealed for the caller, and how the body is checked — held whole
+//! (buffering an answer) or event by event (streaming events).
+
+use std::rc::Rc;
+
+use crate::http::{is_event_stream, is_json};
+use super::{header, Action, Phase, Stream};
+use crate::audit::Verdict;
+use crate::config::Server;
+use crate::discovery::ListKind;
+use crate::host::{Header, Host};
+use crate::refusal::Refusal;
+use crate::response::{self, Body};
+use crate::{metrics, reply, session};
+
+impl Stream {
+    /// The upstream answered: refuse a rejected service key, bind new sessions, plan the body.
+    pub fn on_response_headers(
+        &mut self,
+        host: &mut dyn Host,
+        status: Option<u32>,
+        end_of_stream: bool,
+    ) -> Action {
+        let config = Rc::clone(&self.config);
+        let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
+            return Action::Continue;
+        };
+        let decided = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Forwarded => true,
+            Phase::WaitingForLimits(pending) => {
+                // Envoy answered while the message waited for the rate limit service.
+                self.record = Some(pending.into_record());
+                false
+            }
+            Phase::AwaitingBody | Phase::WaitingForKeys(_) => false,
+            other => {
+                self.phase = other;
+                return Action::Continue;
+            }
+        };
+        let Some(mut record) = self.record.take() else {
+            return Action::Continue;
+        };
+        if !decided {
+            // No decision yet, so this is Envoy's own answer (its request buffer limit, a
+            // timeout): nothing was forwarded. Audit it as such, not as an upstream status.
+            record.status = status;
+            if status == Some(413) {
+                record.reason = Some("body_too_large".into());
+                record.detail = Some("over Envoy's request buffer limit".into());
+            } else {
+                record.decision = Verdict::Error;
+                record.reason = Some("answered_by_envoy".into());
+                record.detail = Some("Envoy answered before the filter decided".into());
+            }
+            self.audit(host, record);
+            self.record = None;
+            return Action::Continue;
+        }
+        record.upstream_status = status;
+        if matches!(status, Some(401 | 403)) {
+            // Never relay the upstream's challenge: clients would loop re-authenticating.
+            let id = record.jsonrpc_id.clone();
+            return self.refuse(host, record, Refusal::UpstreamRefusedCredential { id });
+        }
+        let headers = host.response_headers();
+        let encoding = header(&headers, "content-encoding")
+            .unwrap_or("identity")
+            .trim();
+        if !end_of_stream && !encoding.eq_ignore_ascii_case("identity") {
+            // Compressed despite our request: cannot be filtered or checked, so not forwarded.
+            let refusal = Refusal::CompressedResponse(encoding.to_string());
+            return self.refuse(host, record, refusal);
+        }
+        for (name, value) in &headers {
+            if response::contains_any(value.as_bytes(), &server.credential.leak_patterns) {
+                let mut redacted = value.clone().into_bytes();
+                response::redact(&mut redacted, &server.credential.leak_patterns);
+                if server.block_key_leaks
+                    || host
+                        .set_response_header(name, &String::from_utf8_lossy(&redacted))
+                        .is_err()
+                {
+                    host.count(metrics::KEY_LEAKS_BLOCKED, 1);
+                    return self.refuse(host, record, Refusal::ServiceKeyInResponse);
+                }
+                host.count(metrics::KEY_LEAKS, 1);
+            }
+        }
+        if let Some(session_id) = header(&headers, "mcp-session-id") {
+            // The client gets the session sealed for it, never the upstream's id.
+            match self.seal_session(server, session_id) {
+                Ok(handle) if host.set_response_header("mcp-session-id", &handle).is_ok() => {
+                    record.session_id.get_or_insert(handle);
+                }
+                Ok(_) => return self.refuse(host, record, Refusal::SessionHeaderNotSet),
+                Err((status, code, message)) => {
+                    let id = record.jsonrpc_id.clone();
+                    let refusal = Refusal::SessionUnsealable {
+                        code,
+                        status,
+                        id,
+                        message,
+                    };
+                    return self.refuse(host, record, refusal);
+                }
+            }
+        }
+        if host.remove_response_header("www-authenticate").is_err() {
+            // Never relay the upstream's challenge (see above).
+            let body = self.bad_gateway_body();
+            return self.refuse(host, record, Refusal::ResponseHeaderNotRemoved { body });
+        }
+        if let Some(detail) = self.list_answer_problem(status, &headers, end_of_stream) {
+            let body = self.bad_gateway_body();
+            return self.refuse(host, record, Refusal::UnreadableListAnswer { detail, body });
+        }
+        if end_of_stream {
+            self.audit(host, record);
+            return Action::Continue;
+        }
+        let content_type = header(&headers, "content-type").unwrap_or_default();
+        let json = is_json(content_type);
+        if let Some(lists) = self.lists.as_mut() {
+            // A JSON body answers the POST: it must be the response(s), nothing else.
+            lists.responses_only = lists.strict && json;
+        }
+        let body = response::body_for(content_type);
+        if host.remove_response_header("content-length").is_err() {
+            // The body may be rewritten: a stale length would cut or stall it.
+            let body = self.bad_gateway_body();
+            return self.refuse(host, record, Refusal::ResponseHeaderNotRemoved { body });
+        }
+        match body {
+            // A stream may last long: its record gets the status now.
+            Body::Events(rewriter) => {
+                self.audit(host, record);
+                self.phase = Phase::StreamingEvents(rewriter);
+                Action::Continue
+            }
+            // A held body is checked and its record rewritten (status included) at its end.
+            Body::Buffered => {
+                self.record = Some(record);
+                self.phase = Phase::BufferingAnswer { json, ended: false };
+                Action::Pause
+            }
+        }
+    }
+
+    /// The handle the client gets for the upstream's new (or repeated) session id; or the
+    /// status, audit reason and message of the refusal.
+    pub(super) fn seal_session(
+        &self,
+        server: &Server,
+        session_id: &str,
+    ) -> Result<String, (u32, &'static str, &'static str)> {
+        let Some(keys) = &self.config.sessions else {
+            return Err((
+                502,
+                "session_not_configured",
+                "the MCP server opened a session, but this gateway is configured with sessions.stateless",
+            ));
+        };
+        let Some(caller) = self
+            .identity
+            .as_ref()
+            .and_then(|i| session::caller(&i.claims))
+        else {
+            return Err((
+                403,
+                "session_unbindable",
+                "the MCP server opened a session, but the token names neither a subject (sub) nor a client (client_id, azp) to bind it to",
+            ));
+        };
+        session::seal(keys, session_id, caller, &server.name).ok_or((
+            502,
+            "session_id_unsealable",
+            "the MCP server issued a session id that is too long or not visible ASCII",
+        ))
+    }
+
+    /// Why the answer to a list request (or a GET stream, which may replay one) cannot be read
+    /// as a list, from its headers: then it is answered with 502. Only `application/json` and
+    /// `text/event-stream` bodies are readable; a list request's answer must be a 200 with a
+    /// body. Other statuses (3xx, 4xx, 5xx) carry no list a client reads: they pass, but every
+    /// list in a readable body is still filtered, whatever its id.
+    pub(super) fn list_answer_problem(
+        &mut self,
+        status: Option<u32>,
+        headers: &[Header],
+        end_of_stream: bool,
+    ) -> Option<String> {
+        let lists = self.lists.as_mut()?;
+        let content_type = header(headers, "content-type");
+        let readable = content_type.is_some_and(|t| is_json(t) || is_event_stream(t));
+        let unreadable_type = || match content_type {
+            Some(t) => format!("content-type {t:?}"),
+            None => "no content-type".to_string(),
+        };
+        let success = status.is_some_and(|s| (200..300).contains(&s));
+        if !lists.strict {
+            // A GET stream: whatever has a body must be readable.
+            return (success && !end_of_stream && !readable).then(unreadable_type);
+        }
+        match status {
+            Some(200) if end_of_stream => Some("no body".to_string()),
+            Some(200) if !readable => Some(unreadable_type()),
+            Some(200) => None,
+            Some(s) if success => Some(format!("status {s}")),
+            _ => {
+                lists.strict = false;
+                for kind in ListKind::ALL {
+                    if !lists.any.contains(&kind) {
+                        lists.any.push(kind);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// The 502 body when an answer is refused: for a list request, a JSON-RPC error with its id.
+    pub(super) fn bad_gateway_body(&self) -> Vec<u8> {
+        match self.lists.as_ref().filter(|l| !l.lists.is_empty()) {
+            Some(lists) => {
+                let id = match (lists.lists.as_slice(), lists.others.is_empty()) {
+                    ([(id, _)], true) => Some(id),
+                    _ => None,
+                };
+                reply::jsonrpc_error(
+                    id,
+                    reply::INTERNAL,
+                    "the MCP server's answer to this list request could not be checked, so it was not forwarded",
+                    None,
+                )
+            }
+            None => reply::http_error("bad_gateway", "upstream response refused"),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Buffering an answer / streaming events: the answer's body, checked held whole or event
+//! by event (one step for both: the same inspection). Lists are filtered per caller, the
+//! service key redacted, pins checked. What cannot be checked does not go on.
+
+use std::rc::Rc;
+
+use super::body::add_pin_drift;
+use super::{BodyAction, Phase, Stream};
+use crate::audit::{Record, Verdict};
+use crate::discovery::ListKind;
+use crate::host::Host;
+use crate::pins::{self, Check};
+use crate::policy::{Input, Item};
+use crate::refusal::Refusal;
+use crate::response::{self};
+use crate::{metrics, protocol};
+
+impl Stream {
+    /// A chunk of the response body (`body` is everything Envoy buffered when held).
+    pub fn on_response_body(
+        &mut self,
+        host: &mut dyn Host,
+        body: &[u8],
+        end_of_stream: bool,
+    ) -> BodyAction {
+        let config = Rc::clone(&self.config);
+        let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
+            return BodyAction::Continue;
+        };
+        let now = host.now_millis();
+        let mut phase = std::mem::replace(&mut self.phase, Phase::Done);
+        let mut too_large = false;
+        // Pinned entries this caller may see, as listed: remembered and audited below.
+        let mut checked: Vec<(ListKind, String, Check)> = Vec::new();
+        let inspected = {
+            let input = self.listing_input(now);
+            let mut lister = server.policy.lister(&input);
+            let pins = &server.pins;
+            let mut visible = |kind: ListKind, name: &str, entry: &[u8]| {
+                let allowed = lister.visible(match kind {
+                    ListKind::Tools => Item::Tool(name),
+                    ListKind::Prompts => Item::Prompt(name),
+                    ListKind::Resources | ListKind::Templates => Item::Resource(name),
+                });
+                if !allowed || !pins.covers(kind) {
+                    return allowed;
+                }
+                let check = pins.check(kind, name, entry);
+                let keep = pins.mode != pins::Mode::Enforce || check == Check::Matches;
+                checked.push((kind, name.to_string(), check));
+                keep
+            };
+            let lists = self.lists.as_ref();
+            let patterns = &server.credential.leak_patterns;
+            let tasks = self.task_sealer(&config, server);
+            match &mut phase {
+                Phase::BufferingAnswer { .. } if !end_of_stream => {
+                    let hold = body.len() <= response::MAX_BUFFERED_RESPONSE;
+                    let report = response::Inspection {
+                        failed: (!hold).then(|| "response too large to inspect".to_string()),
+                        ..Default::default()
+                    };
+                    too_large = !hold;
+                    Some((None, report, hold))
+                }
+                Phase::BufferingAnswer { json, .. } => {
+                    let (out, report) = response::inspect_buffered(
+                        body,
+                        *json,
+                        lists,
+                        patterns,
+                        tasks.as_ref(),
+                        &mut visible,
+                    );
+                    Some((out, report, false))
+                }
+                Phase::StreamingEvents(rewriter) => {
+                    let (out, report) = response::inspect_events(
+                        rewriter,
+                        body,
+                        end_of_stream,
+                        lists,
+                        patterns,
+                        tasks.as_ref(),
+                        &mut visible,
+                    );
+                    Some((Some(out), report, false))
+                }
+                _ => None,
+            }
+        };
+        let Some((out, report, hold)) = inspected else {
+            self.phase = phase;
+            return BodyAction::Continue;
+        };
+        if let Phase::BufferingAnswer { ended, .. } = &mut phase {
+            *ended = !hold;
+        }
+        self.phase = phase;
+        if !report.learned.is_empty() {
+            protocol::learn(host, &server.name, &report.learned);
+        }
+        if hold {
+            return BodyAction::Pause;
+        }
+        if report.hidden > 0 {
+            host.count(metrics::HIDDEN_ENTRIES, report.hidden as u64);
+        }
+        if report.leaks > 0 {
+            // Redacted, unless the answer does not go on (blocked below, or failed).
+            let counter = if server.block_key_leaks || report.failed.is_some() {
+                metrics::KEY_LEAKS_BLOCKED
+            } else {
+                metrics::KEY_LEAKS
+            };
+            host.count(counter, report.leaks as u64);
+        }
+        let mut drifts = Vec::new();
+        for (kind, name, check) in checked {
+            pins::remember(host, &server.name, &server.pins, kind, &name, &check);
+            if let Check::Drift(drift) = check {
+                drifts.push(drift);
+            }
+        }
+        if !drifts.is_empty() {
+            host.count(metrics::PIN_DRIFT, drifts.len() as u64);
+        }
+        let mut record = self.record.take();
+        if let Some(r) = record.as_mut() {
+            if report.hidden > 0 {
+                r.hidden = Some(r.hidden.unwrap_or(0) + report.hidden);
+            }
+            add_pin_drift(r, &drifts);
+        }
+        let failed = match report.failed.clone() {
+            Some(detail) if too_large => Some(("response_too_large", detail)),
+            Some(detail) => Some(answer_failure(detail)),
+            None => (report.leaks > 0 && server.block_key_leaks).then(|| {
+                let r = Refusal::ServiceKeyInResponse;
+                (r.code(), r.detail())
+            }),
+        };
+        if let Some((code, detail)) = failed {
+            return self.fail_response(host, record, code, detail);
+        }
+        if let Some(mut r) = record {
+            // Rewritten at the end too, for the final timings.
+            if report.hidden > 0 || !drifts.is_empty() || end_of_stream {
+                self.write(host, &mut r);
+            }
+            self.record = Some(r);
+        }
+        match out {
+            Some(bytes) => BodyAction::Replace(bytes),
+            None => BodyAction::Continue,
+        }
+    }
+
+    /// The facts for deciding which listed tools, prompts and resources this caller sees.
+    pub(super) fn listing_input(&self, now_ms: u64) -> Input<'_> {
+        Input {
+            claims: self.identity.as_ref().map(|i| &*i.claims),
+            session_id: self.header("mcp-session-id"),
+            request: self.request_facts(),
+            now: i64::try_from(now_ms / 1000).unwrap_or(i64::MAX),
+            protocol_version: self.protocol.as_deref(),
+            ..Input::default()
+        }
+    }
+
+    /// The adapter could not read the response body from Envoy, or not write the filtered one
+    /// back (`code`, the audit reason: `response_body_unavailable`, `response_body_write_failed`):
+    /// nothing unchecked goes on. A held body is answered with 502, a stream is cut; audited as
+    /// an error.
+    pub fn response_failed(&mut self, host: &mut dyn Host, code: &'static str) -> BodyAction {
+        if self.server.is_none() {
+            host.reset_response();
+            return BodyAction::Pause;
+        }
+        let record = self.record.take();
+        let detail = "Envoy could not hand the response body over, or take the checked one back";
+        self.fail_response(host, record, code, detail.to_string())
+    }
+
+    /// A response that cannot go on: 502 while its headers are held, else the stream is cut.
+    pub(super) fn fail_response(
+        &mut self,
+        host: &mut dyn Host,
+        record: Option<Record>,
+        code: &'static str,
+        detail: String,
+    ) -> BodyAction {
+        let mut r = record.unwrap_or_else(|| Record::new(host.now_millis(), ""));
+        r.decision = Verdict::Error;
+        r.reason = Some(code.to_string());
+        r.detail = Some(detail.clone());
+        self.write(host, &mut r);
+        match self.phase {
+            // Held whole: nothing went downstream yet, answer 502 instead.
+            Phase::BufferingAnswer { .. } => {
+                let body = self.bad_gateway_body();
+                let refusal = Refusal::UninspectableResponse { code, detail, body };
+                self.refuse(host, r, refusal);
+                BodyAction::Pause
+            }
+            // Streaming: cut the stream; nothing unchecked goes on.
+            _ => {
+                self.record = None;
+                self.phase = Phase::Done;
+                host.reset_response();
+                BodyAction::Pause
+            }
+        }
+    }
+}
+
+/// The stable code and the prose of an answer that could not be checked: the inspection
+/// reports `<code>: <what>` for the codes below, else only prose.
+fn answer_failure(failed: String) -> (&'static str, String) {
+    const CODES: [&str; 4] = [
+        response::UNREADABLE_LIST_ANSWER,
+        "task_answer_unreadable",
+        "task_unbindable",
+        "task_id_unsealable",
+    ];
+    for code in CODES {
+        if let Some(what) = failed
+            .strip_prefix(code)
+            .and_then(|rest| rest.strip_prefix(": "))
+        {
+            return (code, what.to_string());
+        }
+    }
+    ("response_uninspectable", failed)
+}

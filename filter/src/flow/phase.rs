@@ -1,0 +1,40 @@
+//! The phase type: where a request is (see flow.rs for the map of phases and files).
+
+use super::limits::PendingLimit;
+use super::Wait;
+use crate::sse::SseRewriter;
+
+/// The phases of one request. Each variant is a state the request can be in and holds what
+/// that state needs; a step consumes the phase (`std::mem::replace`) and sets the next one.
+/// Adding an asynchronous step (waiting on an HTTP or gRPC callout) is adding a phase.
+///
+/// ```text
+/// Headers ─┬─▶ WaitingForKeys ──(keys, feed, introspection answer, deadline)──▶ Headers
+///          ├─▶ AwaitingBody ─┬─▶ WaitingForLimits ──(rate limit service)──┐
+///          │                 └───────────────────────────────────────────┤
+///          └─────────────────────────────────────────────────────────────┴─▶ Forwarded
+/// Forwarded ─(answer headers)─┬─▶ BufferingAnswer ──(its end: checked)──▶ …
+///                             ├─▶ StreamingEvents ──(event by event)──▶ …
+///                             └─▶ Done
+/// any ──(refusal: `Stream::refuse`)──▶ Done
+/// ```
+pub(super) enum Phase {
+    /// The request headers are being decided.
+    Headers,
+    /// Authentication waits for an issuer's keys, its revocation feed or an introspection
+    /// answer (callouts of the root context); [`Stream::resume`] re-enters the headers.
+    WaitingForKeys(Wait),
+    /// The headers were accepted; the decision needs the whole request body.
+    AwaitingBody,
+    /// An allowed message waits for the rate limit service (global limits, a gRPC callout).
+    WaitingForLimits(Box<PendingLimit>),
+    /// Forwarded (or allowed without a body); the answer has not come yet.
+    Forwarded,
+    /// The answer is held whole and checked at its end (`ended` once it was); `json`: its
+    /// content type is `application/json`.
+    BufferingAnswer { json: bool, ended: bool },
+    /// The answer is an event stream, checked and rewritten event by event.
+    StreamingEvents(Box<SseRewriter>),
+    /// Answered locally, or nothing is left to decide.
+    Done,
+}
