@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::host::{self, Host};
 use crate::jwks::{FetchOutcome, Report};
 use crate::jwt::Authenticator;
+use crate::lease;
 use crate::revocation::{Feed, Revocations};
 use crate::url::split_url;
 
@@ -22,13 +23,6 @@ use crate::url::split_url;
 struct Published {
     fetched_ms: u64,
     feed: Value,
-}
-
-#[derive(Serialize, Deserialize, Default, Clone)]
-struct Lease {
-    until_ms: u64,
-    attempt_ms: u64,
-    failures: u32,
 }
 
 #[derive(Default, Clone)]
@@ -52,13 +46,6 @@ fn doc_key(issuer: &str) -> String {
 
 fn lease_key(issuer: &str) -> String {
     format!("mcp-guard:revocation-lease:{issuer}")
-}
-
-fn backoff_ms(failures: u32) -> u64 {
-    if failures == 0 {
-        return 0;
-    }
-    500u64.saturating_mul(1u64 << failures.min(6)).min(30_000)
 }
 
 impl FeedManager {
@@ -98,27 +85,23 @@ impl FeedManager {
             if self.inflight.values().any(|(i, _)| *i == index) {
                 continue;
             }
-            let (lease, cas) = read_lease(&issuer.issuer, host);
+            let (lease, cas) = lease::read(&lease_key(&issuer.issuer), host);
             if lease.until_ms > now {
                 continue;
             }
             let local = self.local.get(index).cloned().unwrap_or_default();
             let since_attempt = now.saturating_sub(lease.attempt_ms);
             let due = if feed.current().is_none() {
-                since_attempt >= backoff_ms(lease.failures).max(500)
+                since_attempt >= lease.backoff_ms().max(500)
             } else {
                 now.saturating_sub(local.fetched_ms) >= remote.refresh_ms
-                    && since_attempt >= backoff_ms(lease.failures).max(remote.refresh_ms / 2)
+                    && since_attempt >= lease.backoff_ms().max(remote.refresh_ms / 2)
             };
             if !due {
                 continue;
             }
-            let taken = Lease {
-                until_ms: now.saturating_add(remote.timeout_ms).saturating_add(1000),
-                attempt_ms: now,
-                failures: lease.failures,
-            };
-            if !write_lease(&issuer.issuer, &taken, cas, host) {
+            let taken = lease.taken(now, remote.timeout_ms);
+            if !lease::write(&lease_key(&issuer.issuer), &taken, cas, host) {
                 continue; // another VM took it first
             }
             let started = split_url(&remote.uri).ok().and_then(|(authority, path)| {
@@ -269,38 +252,10 @@ fn finish(
 ) {
     report.settled.push(index);
     report.outcomes.push((index, outcome));
-    let (lease, cas) = read_lease(issuer, host);
-    if lease.attempt_ms != attempt {
-        return;
-    }
-    let done = Lease {
-        until_ms: 0,
-        attempt_ms: lease.attempt_ms,
-        failures: if outcome == FetchOutcome::Ok {
-            0
-        } else {
-            lease.failures.saturating_add(1)
-        },
-    };
-    if !write_lease(issuer, &done, cas, host) {
-        write_lease(issuer, &done, None, host);
-    }
-}
-
-fn read_lease(issuer: &str, host: &mut dyn Host) -> (Lease, Option<u32>) {
-    let key = lease_key(issuer);
-    if host.shared_get_cas(&key).is_none() {
-        write_lease(issuer, &Lease::default(), None, host);
-    }
-    match host.shared_get_cas(&key) {
-        Some((bytes, cas)) => (serde_json::from_slice(&bytes).unwrap_or_default(), cas),
-        None => (Lease::default(), None),
-    }
-}
-
-fn write_lease(issuer: &str, lease: &Lease, cas: Option<u32>, host: &mut dyn Host) -> bool {
-    match serde_json::to_vec(lease) {
-        Ok(bytes) => host.shared_set_cas(&lease_key(issuer), &bytes, cas),
-        Err(_) => false,
-    }
+    lease::finish(
+        &lease_key(issuer),
+        attempt,
+        outcome == FetchOutcome::Ok,
+        host,
+    );
 }

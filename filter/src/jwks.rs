@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::host::{self, Host};
 use crate::jwt::{Authenticator, Issuer, KeySet};
+use crate::lease::{self, Lease};
 use crate::url::split_url;
 
 /// Largest JWKS or discovery document accepted.
@@ -63,16 +64,6 @@ struct Published {
     jwks_uri: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Default, Clone)]
-struct Lease {
-    /// A fetch is in flight until then.
-    until_ms: u64,
-    /// When the last fetch started.
-    attempt_ms: u64,
-    /// Consecutive failures, for back-off.
-    failures: u32,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Discovery,
@@ -102,14 +93,6 @@ fn lease_key(issuer: &Issuer) -> String {
     format!("mcp-guard:lease:{}", issuer.issuer)
 }
 
-/// Back-off after `failures` consecutive failures: 0.5 s doubling, at most 30 s.
-fn backoff_ms(failures: u32) -> u64 {
-    if failures == 0 {
-        return 0;
-    }
-    500u64.saturating_mul(1u64 << failures.min(6)).min(30_000)
-}
-
 impl KeyManager {
     pub fn new(auth: &Authenticator) -> Self {
         KeyManager {
@@ -134,7 +117,7 @@ impl KeyManager {
             if self.adopt(index, issuer, host) {
                 report.changed.push(index);
             }
-            let (lease, cas) = read_lease(issuer, host);
+            let (lease, cas) = lease::read(&lease_key(issuer), host);
             issuer.note_attempt(lease.attempt_ms);
             let refetch = issuer.take_refetch_request();
             if lease.until_ms > now || self.inflight.values().any(|(i, _, _)| *i == index) {
@@ -143,21 +126,17 @@ impl KeyManager {
             let local = self.local.get(index).cloned().unwrap_or_default();
             let since_attempt = now.saturating_sub(lease.attempt_ms);
             let due = if issuer.keys().is_none() {
-                since_attempt >= backoff_ms(lease.failures).max(500)
+                since_attempt >= lease.backoff_ms().max(500)
             } else {
                 let refresh_due = now.saturating_sub(local.fetched_ms) >= remote.refresh_ms
-                    && since_attempt >= backoff_ms(lease.failures);
+                    && since_attempt >= lease.backoff_ms();
                 refresh_due || (refetch && since_attempt >= remote.min_refetch_ms)
             };
             if !due {
                 continue;
             }
-            let taken = Lease {
-                until_ms: now.saturating_add(remote.timeout_ms).saturating_add(1000),
-                attempt_ms: now,
-                failures: lease.failures,
-            };
-            if !write_lease(issuer, &taken, cas, host) {
+            let taken = lease.taken(now, remote.timeout_ms);
+            if !lease::write(&lease_key(issuer), &taken, cas, host) {
                 continue; // another VM took it first
             }
             issuer.note_attempt(now);
@@ -329,23 +308,12 @@ impl KeyManager {
     ) {
         report.settled.push(index);
         report.outcomes.push((index, outcome));
-        let (lease, cas) = read_lease(issuer, host);
-        if lease.attempt_ms != attempt {
-            return; // our lease expired and another VM's attempt holds it now: leave it be
-        }
-        let done = Lease {
-            until_ms: 0,
-            attempt_ms: lease.attempt_ms,
-            failures: if outcome == FetchOutcome::Ok {
-                0
-            } else {
-                lease.failures.saturating_add(1)
-            },
-        };
-        if !write_lease(issuer, &done, cas, host) {
-            // Lost a race with another VM's update; retry once unconditionally.
-            write_lease(issuer, &done, None, host);
-        }
+        lease::finish(
+            &lease_key(issuer),
+            attempt,
+            outcome == FetchOutcome::Ok,
+            host,
+        );
     }
 
     /// Adopts the JWKS another VM published, if newer than ours. Returns whether keys changed.
@@ -375,25 +343,12 @@ impl KeyManager {
     }
 }
 
-/// Reads the lease, creating it first if absent: a take must always be a compare-and-swap on
-/// an existing entry, or two VMs could both "take" a lease that did not exist yet.
-fn read_lease(issuer: &Issuer, host: &mut dyn Host) -> (Lease, Option<u32>) {
-    let key = lease_key(issuer);
-    if host.shared_get_cas(&key).is_none() {
-        write_lease(issuer, &Lease::default(), None, host);
-    }
-    match host.shared_get_cas(&key) {
-        Some((bytes, cas)) => (serde_json::from_slice(&bytes).unwrap_or_default(), cas),
-        None => (Lease::default(), None),
-    }
-}
-
 /// Extends our lease while a fetch goes on (discovery, then the JWKS itself).
 fn renew_lease(issuer: &Issuer, attempt: u64, host: &mut dyn Host) {
     let Some(remote) = issuer.remote() else {
         return;
     };
-    let (lease, cas) = read_lease(issuer, host);
+    let (lease, cas) = lease::read(&lease_key(issuer), host);
     if lease.attempt_ms == attempt {
         let renewed = Lease {
             until_ms: host
@@ -402,13 +357,6 @@ fn renew_lease(issuer: &Issuer, attempt: u64, host: &mut dyn Host) {
                 .saturating_add(1000),
             ..lease
         };
-        write_lease(issuer, &renewed, cas, host);
-    }
-}
-
-fn write_lease(issuer: &Issuer, lease: &Lease, cas: Option<u32>, host: &mut dyn Host) -> bool {
-    match serde_json::to_vec(lease) {
-        Ok(bytes) => host.shared_set_cas(&lease_key(issuer), &bytes, cas),
-        Err(_) => false,
+        lease::write(&lease_key(issuer), &renewed, cas, host);
     }
 }

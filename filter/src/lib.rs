@@ -32,6 +32,7 @@ pub mod http;
 pub mod introspection;
 pub mod jwks;
 pub mod jwt;
+pub mod lease;
 pub mod limits;
 pub mod mcp;
 pub mod methods;

@@ -4,12 +4,12 @@
 
 use std::rc::Rc;
 
-use crate::http::{is_event_stream, is_json};
 use super::{header, Action, Phase, Stream};
 use crate::audit::Verdict;
 use crate::config::Server;
 use crate::discovery::ListKind;
 use crate::host::{Header, Host};
+use crate::http::{is_event_stream, is_json};
 use crate::refusal::Refusal;
 use crate::response::{self, Body};
 use crate::{metrics, reply, session};

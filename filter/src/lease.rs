@@ -1,0 +1,81 @@
+//! A fetch lease in shared data: which worker VM fetches a document every VM shares (an
+//! issuer's keys, a revocation feed), when the last attempt began and how many failed in a row.
+//! One VM fetches for all; taking the lease is a compare-and-swap, so two VMs never both fetch.
+//! Used by [`crate::jwks`] and [`crate::feeds`], each under its own key.
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::Host;
+
+#[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    /// A fetch is in flight until then.
+    pub until_ms: u64,
+    /// When the last fetch started.
+    pub attempt_ms: u64,
+    /// Consecutive failures, for back-off.
+    pub failures: u32,
+}
+
+impl Lease {
+    /// The lease a VM writes to take it at `now` for a fetch that may last `timeout_ms`.
+    pub fn taken(&self, now: u64, timeout_ms: u64) -> Lease {
+        Lease {
+            until_ms: now.saturating_add(timeout_ms).saturating_add(1000),
+            attempt_ms: now,
+            failures: self.failures,
+        }
+    }
+
+    /// Back-off after this lease's consecutive failures: 0.5 s doubling, at most 30 s.
+    pub fn backoff_ms(&self) -> u64 {
+        if self.failures == 0 {
+            return 0;
+        }
+        500u64
+            .saturating_mul(1u64 << self.failures.min(6))
+            .min(30_000)
+    }
+}
+
+/// Reads the lease, creating it first if absent: a take must always be a compare-and-swap on
+/// an existing entry, or two VMs could both "take" a lease that did not exist yet.
+pub fn read(key: &str, host: &mut dyn Host) -> (Lease, Option<u32>) {
+    if host.shared_get_cas(key).is_none() {
+        write(key, &Lease::default(), None, host);
+    }
+    match host.shared_get_cas(key) {
+        Some((bytes, cas)) => (serde_json::from_slice(&bytes).unwrap_or_default(), cas),
+        None => (Lease::default(), None),
+    }
+}
+
+/// Writes the lease if its CAS is still `cas` (`None`: unconditionally).
+pub fn write(key: &str, lease: &Lease, cas: Option<u32>, host: &mut dyn Host) -> bool {
+    match serde_json::to_vec(lease) {
+        Ok(bytes) => host.shared_set_cas(key, &bytes, cas),
+        Err(_) => false,
+    }
+}
+
+/// Ends the fetch that began at `attempt`: records success or failure for every VM to see.
+/// Leaves the lease alone when it expired and another VM's attempt holds it now.
+pub fn finish(key: &str, attempt: u64, ok: bool, host: &mut dyn Host) {
+    let (lease, cas) = read(key, host);
+    if lease.attempt_ms != attempt {
+        return;
+    }
+    let done = Lease {
+        until_ms: 0,
+        attempt_ms: lease.attempt_ms,
+        failures: if ok {
+            0
+        } else {
+            lease.failures.saturating_add(1)
+        },
+    };
+    if !write(key, &done, cas, host) {
+        // Lost a race with another VM's update; retry once unconditionally.
+        write(key, &done, None, host);
+    }
+}
