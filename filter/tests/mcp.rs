@@ -13,24 +13,6 @@ fn parse_batch(body: &[u8], max_depth: usize) -> Result<Vec<Message>, ParseError
     parse_batch_for(body, max_depth, Arguments::Keep)
 }
 
-/// The message as the parse that drops the arguments gives it: arguments empty, of the same
-/// type.
-fn without_arguments(message: &Message) -> Message {
-    let mut m = message.clone();
-    if let Target::Tool { arguments, .. } = &mut m.target {
-        arguments.clear();
-    }
-    if let Some(a) = m.params.get_mut("arguments") {
-        match a {
-            Value::Object(o) => o.clear(),
-            Value::Array(items) => items.clear(),
-            Value::String(s) => s.clear(),
-            _ => {}
-        }
-    }
-    m
-}
-
 /// Parses as the filter does when a rule or the audit reads the arguments, and checks that the
 /// parse that drops them (when nothing reads them) decides exactly the same: every test here
 /// covers both.
@@ -38,7 +20,7 @@ fn parse(body: &str) -> Result<mcp_guard::mcp::Message, ParseError> {
     let kept = parse_message(body.as_bytes(), DEFAULT_MAX_DEPTH);
     let checked = parse_message_for(body.as_bytes(), DEFAULT_MAX_DEPTH, Arguments::Check);
     match (&kept, &checked) {
-        (Ok(k), Ok(c)) => assert_eq!(&without_arguments(k), c, "{body}"),
+        (Ok(k), Ok(c)) => assert_eq!(&k.without_arguments(), c, "{body}"),
         (Err(a), Err(b)) => assert_eq!(a.code(), b.code(), "{body}: {a} / {b}"),
         _ => panic!("the two parses disagree on {body}: {kept:?} / {checked:?}"),
     }
