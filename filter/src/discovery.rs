@@ -5,9 +5,9 @@
 //! message from the server (a JSON body, or the data of one SSE event) and drops the list
 //! entries the caller is not allowed.
 //!
-//! The message is validated by serde_json without building anything (UTF-8, then syntax), then
-//! a small scanner, which only ever sees valid JSON, locates the list and its entries, and the
-//! hidden entries are cut out of the original bytes. Everything else stays byte-for-byte as the
+//! The message is read in one pass by a validating cursor ([`crate::scan`], the grammar
+//! serde_json accepts) that locates the list and its entries without building anything, and
+//! the hidden entries are cut out of the original bytes. Everything else stays byte-for-byte as the
 //! server wrote it (member order, number formatting, whitespace). This is several times faster
 //! than parsing into a `serde_json::Value` and serializing again, which would also reorder
 //! every object's members (serde_json is built without `preserve_order`).
@@ -18,8 +18,9 @@
 
 use std::ops::Range;
 
-use serde::de::IgnoredAny;
 use serde_json::Value;
+
+use crate::scan::Scan;
 
 /// Which discovery list a response carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -164,19 +165,18 @@ pub fn filter_entries(
     expected_id: Option<&Value>,
     allowed: &mut dyn FnMut(&str, &[u8]) -> bool,
 ) -> Filtered {
-    if std::str::from_utf8(message).is_err()
-        || serde_json::from_slice::<IgnoredAny>(message).is_err()
-    {
+    // UTF-8 here, the JSON grammar as the cursor reads (the whole text: `at_end` below).
+    if std::str::from_utf8(message).is_err() {
         return Filtered::Unparseable;
     }
-    let mut top = Scan::new(message, 0);
+    let mut top = Scan::new(message);
     let lists = if top.peek() == Some(b'[') {
         top.elements(|s| Some(s.message(kind, expected_id)))
     } else {
         Some(vec![top.message(kind, expected_id)])
     };
-    // The scanner cannot fail on valid JSON; if it ever did, fail closed.
-    let Some(lists) = lists else {
+    // The cursor stops at the first byte that is not JSON, and JSON ends at the end.
+    let Some(lists) = lists.filter(|_| top.at_end()) else {
         return Filtered::Unparseable;
     };
 
@@ -259,9 +259,8 @@ pub fn check_answer(
     allowed: &mut dyn FnMut(ListKind, &str, &[u8]) -> bool,
 ) -> Checked {
     let unreadable = |why: &str| Checked::Unreadable(why.to_string());
-    if std::str::from_utf8(message).is_err()
-        || serde_json::from_slice::<IgnoredAny>(message).is_err()
-    {
+    // UTF-8 here, the JSON grammar as the cursor reads (the whole text: `at_end` below).
+    if std::str::from_utf8(message).is_err() {
         return unreadable("not JSON");
     }
     let mut kinds: Vec<ListKind> = expect.any.clone();
@@ -270,14 +269,21 @@ pub fn check_answer(
             kinds.push(*kind);
         }
     }
-    let mut top = Scan::new(message, 0);
+    let mut top = Scan::new(message);
     let batch = top.peek() == Some(b'[');
     let infos = if batch {
         top.elements(|s| Some(s.info(&kinds)))
     } else {
         Some(vec![top.info(&kinds)])
     };
-    let Some(infos) = infos else {
+    // The cursor stops at the first byte that is not JSON, and JSON ends at the end; `info`
+    // fails only where the JSON does.
+    let Some(infos) = infos.filter(|_| top.at_end()).and_then(|infos| {
+        infos
+            .into_iter()
+            .collect::<Result<Vec<Info>, Ambiguous>>()
+            .ok()
+    }) else {
         return unreadable("not JSON");
     };
     if batch && infos.is_empty() && expect.strict {
@@ -287,9 +293,6 @@ pub fn check_answer(
     let mut hidden = 0;
     let mut listed: Vec<ListKind> = Vec::new();
     for info in infos {
-        let Ok(info) = info else {
-            return unreadable("a member the filter reads appears twice");
-        };
         if !info.object {
             if expect.strict {
                 return unreadable("not a JSON-RPC message");
@@ -433,28 +436,14 @@ fn splice(bytes: &[u8], edits: &[(Range<usize>, Vec<Range<usize>>)]) -> Option<V
     Some(out)
 }
 
-/// A cursor over JSON already validated by serde_json, reading it in one pass. Every method
-/// returns `None` rather than panic if the input is not what it expects. Spans are absolute
-/// byte ranges into `bytes`.
-struct Scan<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Scan<'a> {
-    fn new(bytes: &'a [u8], pos: usize) -> Self {
-        let mut s = Scan { bytes, pos };
-        s.ws();
-        s
-    }
-
+/// The list readers, on the validating cursor ([`crate::scan`]).
+impl Scan<'_> {
     /// Reads one message: its list if it is the awaited list response.
     fn message(
         &mut self,
         kind: ListKind,
         expected_id: Option<&Value>,
     ) -> Result<Option<List>, Ambiguous> {
-        self.ws();
         if self.peek() != Some(b'{') {
             self.value().ok_or(Ambiguous)?;
             return Ok(None);
@@ -479,7 +468,7 @@ impl<'a> Scan<'a> {
             return Err(Ambiguous);
         }
         if let Some(expected) = expected_id {
-            let id = ids.first().and_then(|v| self.bytes.get(v.clone()));
+            let id = ids.first().and_then(|v| self.bytes().get(v.clone()));
             let id = id.and_then(|v| serde_json::from_slice::<Value>(v).ok());
             if !id.is_some_and(|id| same_id(expected, &id)) {
                 return Ok(None);
@@ -494,7 +483,6 @@ impl<'a> Scan<'a> {
 
     /// Reads one message's members (see [`Info`]).
     fn info(&mut self, kinds: &[ListKind]) -> Result<Info, Ambiguous> {
-        self.ws();
         let mut info = Info {
             object: self.peek() == Some(b'{'),
             ids: Vec::new(),
@@ -524,9 +512,9 @@ impl<'a> Scan<'a> {
                     };
                     let kind = kinds.get(i)?;
                     let list = if s.peek()? == b'[' {
-                        let start = s.pos;
+                        let start = s.pos();
                         let entries = s.entries(kind.name_key())?;
-                        Some((start..s.pos, entries))
+                        Some((start..s.pos(), entries))
                     } else {
                         s.value()?;
                         None
@@ -561,9 +549,9 @@ impl<'a> Scan<'a> {
             if !s.key_is(&key, kind.list_key()) {
                 s.value()?;
             } else if s.peek()? == b'[' {
-                let start = s.pos;
+                let start = s.pos();
                 let entries = s.entries(kind.name_key())?;
-                lists.push(Some((start..s.pos, entries)));
+                lists.push(Some((start..s.pos(), entries)));
             } else {
                 s.value()?;
                 lists.push(None);
@@ -576,10 +564,10 @@ impl<'a> Scan<'a> {
     /// Reads an array of list entries and the `name_key` string of each one.
     fn entries(&mut self, name_key: &str) -> Option<Vec<Entry>> {
         self.elements(|s| {
-            let start = s.pos;
+            let start = s.pos();
             if s.peek()? != b'{' {
                 s.value()?;
-                return Some((start..s.pos, None));
+                return Some((start..s.pos(), None));
             }
             let mut names = Vec::new();
             s.object(|s, key| {
@@ -592,142 +580,11 @@ impl<'a> Scan<'a> {
             })?;
             // No name, several names or a name that is not a string: no entry.
             let name = match names.as_slice() {
-                [name] => serde_json::from_slice::<String>(s.bytes.get(name.clone())?).ok(),
+                [name] => serde_json::from_slice::<String>(s.bytes().get(name.clone())?).ok(),
                 _ => None,
             };
-            Some((start..s.pos, name))
+            Some((start..s.pos(), name))
         })
-    }
-
-    fn peek(&self) -> Option<u8> {
-        self.bytes.get(self.pos).copied()
-    }
-
-    fn ws(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.pos += 1;
-        }
-    }
-
-    /// Consumes `byte` (after whitespace) or fails.
-    fn expect(&mut self, byte: u8) -> Option<()> {
-        self.ws();
-        (self.peek()? == byte).then(|| self.pos += 1)
-    }
-
-    /// Advances to the next byte matching `stop`; that byte.
-    fn seek(&mut self, stop: impl Fn(u8) -> bool) -> Option<u8> {
-        let offset = self.bytes.get(self.pos..)?.iter().position(|&b| stop(b))?;
-        self.pos += offset;
-        self.peek()
-    }
-
-    /// Whether the quoted key at `span` decodes to `key` (escapes such as `\u0069d` count).
-    fn key_is(&self, span: &Range<usize>, key: &str) -> bool {
-        let Some(raw) = self.bytes.get(span.clone()) else {
-            return false;
-        };
-        if raw.contains(&b'\\') {
-            serde_json::from_slice::<String>(raw).is_ok_and(|k| k == key)
-        } else {
-            raw.get(1..raw.len().saturating_sub(1)) == Some(key.as_bytes())
-        }
-    }
-
-    /// Skips one value; its span.
-    fn value(&mut self) -> Option<Range<usize>> {
-        self.ws();
-        let start = self.pos;
-        match self.peek()? {
-            b'"' => return self.string(),
-            b'{' | b'[' => {
-                let mut depth = 0usize;
-                loop {
-                    match self.seek(|b| matches!(b, b'"' | b'{' | b'[' | b'}' | b']'))? {
-                        b'"' => {
-                            self.string()?;
-                            continue;
-                        }
-                        b'{' | b'[' => depth += 1,
-                        _ => depth = depth.checked_sub(1)?,
-                    }
-                    self.pos += 1;
-                    if depth == 0 {
-                        break;
-                    }
-                }
-            }
-            _ => {
-                let end = |b| matches!(b, b',' | b']' | b'}' | b' ' | b'\t' | b'\n' | b'\r');
-                if self.seek(end).is_none() {
-                    self.pos = self.bytes.len();
-                }
-            }
-        }
-        Some(start..self.pos)
-    }
-
-    /// Skips a string; its span, quotes included.
-    fn string(&mut self) -> Option<Range<usize>> {
-        self.ws();
-        let start = self.pos;
-        self.expect(b'"')?;
-        // memchr: strings are most of a listing's bytes (descriptions, schemas).
-        loop {
-            self.pos += memchr::memchr2(b'"', b'\\', self.bytes.get(self.pos..)?)?;
-            if self.peek()? != b'\\' {
-                break;
-            }
-            self.pos += 2;
-        }
-        self.pos += 1;
-        Some(start..self.pos)
-    }
-
-    /// Reads an object, handing each key's span to `member`, which must consume the value.
-    fn object(
-        &mut self,
-        mut member: impl FnMut(&mut Self, Range<usize>) -> Option<()>,
-    ) -> Option<()> {
-        self.expect(b'{')?;
-        self.ws();
-        if self.peek()? != b'}' {
-            loop {
-                let key = self.string()?;
-                self.expect(b':')?;
-                self.ws();
-                member(self, key)?;
-                self.ws();
-                match self.peek()? {
-                    b',' => self.pos += 1,
-                    b'}' => break,
-                    _ => return None,
-                }
-            }
-        }
-        self.pos += 1;
-        Some(())
-    }
-
-    /// Reads an array, calling `element` (which must consume it) on each element.
-    fn elements<T>(&mut self, mut element: impl FnMut(&mut Self) -> Option<T>) -> Option<Vec<T>> {
-        let mut items = Vec::new();
-        self.expect(b'[')?;
-        self.ws();
-        if self.peek()? != b']' {
-            loop {
-                self.ws();
-                items.push(element(self)?);
-                self.ws();
-                match self.peek()? {
-                    b',' => self.pos += 1,
-                    b']' => break,
-                    _ => return None,
-                }
-            }
-        }
-        self.pos += 1;
-        Some(items)
     }
 }
 
@@ -1257,44 +1114,6 @@ mod tests {
         assert_eq!(
             out["result"]["tools"][1]["inputSchema"]["required"],
             json!(["path"])
-        );
-    }
-
-    /// `cargo test --release -p mcp-guard five_hundred_tools_timing -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn five_hundred_tools_timing() {
-        /// The fastest of 300 runs: robust against other load on the machine.
-        fn best(mut run: impl FnMut()) -> std::time::Duration {
-            (0..300)
-                .map(|_| {
-                    let start = std::time::Instant::now();
-                    run();
-                    start.elapsed()
-                })
-                .min()
-                .unwrap()
-        }
-        let body = big_list();
-        let filter = best(|| {
-            let f = filter_result(&body, ListKind::Tools, Some(&json!(42)), &mut |n| even(n));
-            assert!(matches!(f, Filtered::Rewritten { hidden: 250, .. }));
-        });
-        let validate = best(|| {
-            serde_json::from_slice::<IgnoredAny>(&body).unwrap();
-        });
-        let scan = best(|| {
-            let list = Scan::new(&body, 0).message(ListKind::Tools, None);
-            assert!(matches!(list, Ok(Some(_))));
-        });
-        let value = best(|| {
-            let v: Value = serde_json::from_slice(&body).unwrap();
-            serde_json::to_vec(&v).unwrap();
-        });
-        println!(
-            "500 tools, {} bytes: {filter:?} per filter (validation {validate:?}, scan {scan:?}); \
-             Value parse + serialize alone: {value:?}",
-            body.len()
         );
     }
 

@@ -46,6 +46,7 @@ pub mod reply;
 pub mod response;
 pub mod revocation;
 pub mod rls;
+pub mod scan;
 pub mod seal;
 pub mod session;
 pub mod sse;

@@ -13,6 +13,8 @@
 //!    (at every depth), the prompt name, the resource URI. The reference decoder below keeps
 //!    every member in order and looks names up under its own case folding (Rust's per-character
 //!    upper then lower case), independent of the filter's fold table.
+//! 5. The one-pass cursor that reads answers (`scan::is_json`) accepts exactly the JSON
+//!    serde_json accepts (`IgnoredAny`, on UTF-8), up to its nesting limit.
 #![no_main]
 
 use std::fmt;
@@ -174,7 +176,27 @@ fn same_to_a_case_insensitive_decoder(data: &[u8], message: &Message) {
     }
 }
 
+/// Containers nested at most this deep (an over-estimate: brackets in strings count too).
+fn shallow(data: &[u8]) -> bool {
+    let mut depth = 0usize;
+    data.iter().all(|b| {
+        match b {
+            b'[' | b'{' => depth += 1,
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        depth <= mcp_guard::scan::MAX_DEPTH as usize
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
+    let serde_says = std::str::from_utf8(data).is_ok()
+        && serde_json::from_slice::<serde::de::IgnoredAny>(data).is_ok();
+    let scan_says = mcp_guard::scan::is_json(data);
+    assert!(!scan_says || serde_says, "the cursor accepted what serde_json refuses");
+    if shallow(data) {
+        assert_eq!(scan_says, serde_says, "the cursor and serde_json disagree");
+    }
     // The parse that drops unread arguments decides exactly as the one that keeps them.
     let checked = parse_message_for(data, DEFAULT_MAX_DEPTH, Arguments::Check);
     let Ok(message) = parse_message(data, DEFAULT_MAX_DEPTH) else {
