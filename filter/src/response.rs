@@ -291,32 +291,21 @@ pub fn inspect_events(
     let mut report = Inspection::default();
     let result = rewriter.push(chunk, end_of_stream, &mut |event| {
         let data = event.data.as_bytes();
-        let mut replaced = if data.is_empty() {
-            None
-        } else {
-            check_message(data, lists, tasks, visible, &mut report)
-        };
-        let mut current = replaced.take().unwrap_or_else(|| data.to_vec());
-        let leaks = redact(&mut current, patterns);
-        report.leaks += leaks;
-        let other_fields_leak = [event.id.as_deref(), event.event.as_deref()]
-            .iter()
-            .flatten()
-            .any(|f| contains_any(f.as_bytes(), patterns));
-        if other_fields_leak {
-            report.leaks += 1;
-            return Rewrite::Replace(String::from_utf8_lossy(&current).into_owned());
+        if data.is_empty() {
+            return Rewrite::Keep;
         }
-        if current.as_slice() != data {
-            Rewrite::Replace(String::from_utf8_lossy(&current).into_owned())
-        } else {
-            Rewrite::Keep
+        match check_message(data, lists, tasks, visible, &mut report) {
+            Some(bytes) => Rewrite::Replace(
+                String::from_utf8(bytes)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            ),
+            None => Rewrite::Keep,
         }
     });
     match result {
-        Ok(bytes) => {
-            // Comments are forwarded verbatim: check them too.
-            let mut bytes = bytes;
+        Ok(mut bytes) => {
+            // The service key, once over everything that goes out: the events' data, their
+            // other fields and comments, kept or re-encoded alike.
             report.leaks += redact(&mut bytes, patterns);
             (bytes, report)
         }
