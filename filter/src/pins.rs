@@ -15,7 +15,7 @@
 //! tools; only pinned names are remembered, so that memory is bounded by the configuration.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -322,38 +322,78 @@ fn pin_map(
     Ok(out)
 }
 
-/// Where the last seen digest of a pinned name is kept (shared by every worker VM).
-fn key(server: &str, kind: ListKind, name: &str) -> String {
-    // JSON quoting keeps any server or tool name unambiguous.
-    let parts = serde_json::to_string(&(server, kind.list_key(), name)).unwrap_or_default();
-    format!("mcp-guard:pin:{parts}")
+/// Where the drifted pinned names of a server's list of one kind are kept, shared by every
+/// worker VM: one entry (a JSON object, name → digest last seen), so that a listing costs one
+/// read of shared data, not one per entry.
+fn key(server: &str, kind: ListKind) -> String {
+    // JSON quoting keeps any server name unambiguous.
+    let parts = serde_json::to_string(&(server, kind.list_key())).unwrap_or_default();
+    format!("mcp-guard:pins:{parts}")
 }
 
-/// Records what a listing showed for `name`: its digest when it drifted from its pin, nothing
-/// (the drift forgotten) when it matches again. Names without a pin are not remembered (the
-/// configuration already says they are not approved), so this memory never holds more than one
-/// entry per pin.
+/// The drifted names of one server and kind, as stored (an unreadable entry counts as empty:
+/// it is rewritten by the next listing).
+fn drifted(stored: Option<&[u8]>) -> BTreeMap<String, String> {
+    stored
+        .and_then(|bytes| serde_json::from_slice(bytes).ok())
+        .unwrap_or_default()
+}
+
+/// Attempts to update the shared entry against concurrent listings on other workers.
+const REMEMBER_TRIES: usize = 4;
+
+/// Records what a listing showed: for each pinned entry checked, its digest when it drifted
+/// from its pin, nothing (the drift forgotten) when it matches again. Names without a pin are
+/// not remembered (the configuration already says they are not approved), so this memory never
+/// holds more than one name per pin. One read per list kind; a write only when something
+/// changed (compare-and-swap, retried).
 pub fn remember(
     host: &mut dyn Host,
     server: &str,
     pins: &Pins,
-    kind: ListKind,
-    name: &str,
-    check: &Check,
+    checked: &[(ListKind, String, Check)],
 ) {
-    let value: &[u8] = match check {
-        Check::Drift(d) if d.pinned.is_some() => d.seen.as_bytes(),
-        Check::Matches => b"",
-        Check::Drift(_) | Check::NotPinned => return,
-    };
-    if pins.pin(kind, name).is_none() {
-        return;
-    }
-    let k = key(server, kind, name);
-    // Read first: most listings change nothing, and a read is cheaper than a write.
-    let stored = host.shared_get(&k);
-    if stored.as_deref().unwrap_or_default() != value {
-        host.shared_set(&k, value);
+    for kind in ListKind::ALL {
+        let updates: Vec<(&str, Option<&str>)> = checked
+            .iter()
+            .filter(|(k, name, _)| *k == kind && pins.pin(kind, name).is_some())
+            .filter_map(|(_, name, check)| match check {
+                Check::Drift(d) if d.pinned.is_some() => {
+                    Some((name.as_str(), Some(d.seen.as_str())))
+                }
+                Check::Matches => Some((name.as_str(), None)),
+                Check::Drift(_) | Check::NotPinned => None,
+            })
+            .collect();
+        if updates.is_empty() {
+            continue;
+        }
+        let k = key(server, kind);
+        for _ in 0..REMEMBER_TRIES {
+            let (stored, cas) = host
+                .shared_get_cas(&k)
+                .map_or((None, None), |(bytes, cas)| (Some(bytes), cas));
+            let mut names = drifted(stored.as_deref());
+            let mut changed = false;
+            for (name, seen) in &updates {
+                changed |= match seen {
+                    Some(seen) => {
+                        names
+                            .insert((*name).to_string(), (*seen).to_string())
+                            .as_deref()
+                            != Some(*seen)
+                    }
+                    None => names.remove(*name).is_some(),
+                };
+            }
+            if !changed {
+                break;
+            }
+            let bytes = serde_json::to_vec(&names).unwrap_or_default();
+            if host.shared_set_cas(&k, &bytes, cas) {
+                break;
+            }
+        }
     }
 }
 
@@ -375,15 +415,15 @@ pub fn call_drift(
             seen: "unknown".to_string(),
         });
     };
-    let seen = host.shared_get(&key(server, kind, name))?;
-    if seen.is_empty() || seen == pinned.as_bytes() {
+    let seen = drifted(host.shared_get(&key(server, kind)).as_deref()).remove(name)?;
+    if seen == *pinned {
         return None;
     }
     Some(Drift {
         kind,
         name: name.to_string(),
         pinned: Some(pinned.clone()),
-        seen: String::from_utf8_lossy(&seen).into_owned(),
+        seen,
     })
 }
 
@@ -613,7 +653,12 @@ mod tests {
             "search",
             &serde_json::to_vec(&changed).unwrap(),
         );
-        remember(&mut host, "crm", &p, ListKind::Tools, "search", &check);
+        remember(
+            &mut host,
+            "crm",
+            &p,
+            &[(ListKind::Tools, "search".into(), check.clone())],
+        );
         let d = call_drift(&host, "crm", &p, ListKind::Tools, "search").unwrap();
         assert_eq!(Some(d.seen.clone()), digest(ListKind::Tools, &changed));
         assert_eq!(d.pinned, digest(ListKind::Tools, &def));
@@ -626,14 +671,24 @@ mod tests {
             "search",
             &serde_json::to_vec(&def).unwrap(),
         );
-        remember(&mut host, "crm", &p, ListKind::Tools, "search", &again);
+        remember(
+            &mut host,
+            "crm",
+            &p,
+            &[(ListKind::Tools, "search".into(), again)],
+        );
         assert_eq!(
             call_drift(&host, "crm", &p, ListKind::Tools, "search"),
             None
         );
 
         // Re-approved (the pin is now the changed definition): the memory no longer denies.
-        remember(&mut host, "crm", &p, ListKind::Tools, "search", &check);
+        remember(
+            &mut host,
+            "crm",
+            &p,
+            &[(ListKind::Tools, "search".into(), check.clone())],
+        );
         let approved = pins(Mode::Enforce, &[("search", &changed)]);
         assert_eq!(
             call_drift(&host, "crm", &approved, ListKind::Tools, "search"),
@@ -651,13 +706,18 @@ mod tests {
             let entry = format!(r#"{{"name":"{name}","description":"{i}"}}"#);
             let check = p.check(ListKind::Tools, &name, entry.as_bytes());
             assert!(matches!(check, Check::Drift(Drift { pinned: None, .. })));
-            remember(&mut host, "crm", &p, ListKind::Tools, &name, &check);
+            remember(&mut host, "crm", &p, &[(ListKind::Tools, name, check)]);
         }
         assert!(host.0.is_empty());
         let changed = br#"{"name":"search","description":"new"}"#;
         for _ in 0..100 {
             let check = p.check(ListKind::Tools, "search", changed);
-            remember(&mut host, "crm", &p, ListKind::Tools, "search", &check);
+            remember(
+                &mut host,
+                "crm",
+                &p,
+                &[(ListKind::Tools, "search".into(), check.clone())],
+            );
         }
         assert_eq!(host.0.len(), 1);
     }

@@ -115,13 +115,14 @@ impl Stream {
             };
             host.count(counter, report.leaks as u64);
         }
-        let mut drifts = Vec::new();
-        for (kind, name, check) in checked {
-            pins::remember(host, &server.name, &server.pins, kind, &name, &check);
-            if let Check::Drift(drift) = check {
-                drifts.push(drift);
-            }
-        }
+        pins::remember(host, &server.name, &server.pins, &checked);
+        let drifts: Vec<pins::Drift> = checked
+            .into_iter()
+            .filter_map(|(_, _, check)| match check {
+                Check::Drift(drift) => Some(drift),
+                _ => None,
+            })
+            .collect();
         if !drifts.is_empty() {
             host.count(metrics::PIN_DRIFT, drifts.len() as u64);
         }
