@@ -1046,7 +1046,8 @@ fn a_credential_envoy_will_not_strip_or_set_fails_closed() {
         "x-mcp-user",
         "accept-encoding",
     ] {
-        let mut host = post_host(Some(&alice()), &[]);
+        // Sent by the client: removed before the request goes on (absent ones need nothing).
+        let mut host = post_host(Some(&alice()), &[("accept-encoding", "gzip")]);
         host.refuse_headers = vec![refused];
         let reply = refused_at_headers(&config(), &mut host);
         assert_eq!(reply.status, 500, "{refused}");
@@ -1062,7 +1063,12 @@ fn response_headers_envoy_will_not_change_fail_closed() {
         let mut host = post_host(Some(&alice()), &[]);
         let (mut stream, _) = send(&config, &mut host, &request(json!(1), "ping"));
         host.refuse_headers = vec![refused];
-        host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+        host.set_response(&[
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("content-length", "2"),
+            ("www-authenticate", "Bearer"),
+        ]);
         stream.on_response_headers(&mut host, Some(200), false);
         assert_eq!(host.reply().status, 502, "{refused}");
         assert_eq!(host.record()["decision"], "error", "{refused}");

@@ -107,7 +107,8 @@ impl Stream {
                 }
             }
         }
-        if host.remove_response_header("www-authenticate").is_err() {
+        let present = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        if present("www-authenticate") && host.remove_response_header("www-authenticate").is_err() {
             // Never relay the upstream's challenge (see above).
             let body = self.bad_gateway_body();
             return self.refuse(host, record, Refusal::ResponseHeaderNotRemoved { body });
@@ -127,7 +128,7 @@ impl Stream {
             lists.responses_only = lists.strict && json;
         }
         let body = response::body_for(content_type);
-        if host.remove_response_header("content-length").is_err() {
+        if present("content-length") && host.remove_response_header("content-length").is_err() {
             // The body may be rewritten: a stale length would cut or stall it.
             let body = self.bad_gateway_body();
             return self.refuse(host, record, Refusal::ResponseHeaderNotRemoved { body });

@@ -217,7 +217,21 @@ impl Stream {
             .authenticator
             .authenticate(token, host)
             .map_err(AuthFailure::Token)?;
-        // Sender-constrained tokens (`cnf`): DPoP proof or client certificate.
+        let dpop_only = || {
+            AuthFailure::Sender(SenderError::Token(
+                "this server accepts DPoP-bound tokens only",
+            ))
+        };
+        // Sender-constrained tokens (`cnf`): DPoP proof or client certificate. A plain bearer
+        // token without `cnf` has nothing to check (`dpop::check` would pass it): the proof's
+        // inputs and the certificate property are not read for it.
+        if !dpop_scheme && !identity.claims.contains_key("cnf") {
+            return if server.require_dpop {
+                Err(dpop_only())
+            } else {
+                Ok(identity)
+            };
+        }
         let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
         let path = self.header(":path").unwrap_or_default();
         let origin = server
@@ -260,9 +274,7 @@ impl Stream {
         )
         .map_err(AuthFailure::Sender)?;
         if server.require_dpop && !dpop_scheme {
-            return Err(AuthFailure::Sender(SenderError::Token(
-                "this server accepts DPoP-bound tokens only",
-            )));
+            return Err(dpop_only());
         }
         Ok(identity)
     }
@@ -335,11 +347,22 @@ impl Stream {
         host: &mut dyn Host,
         server: &Server,
     ) -> Result<(), HostError> {
+        // Removed where the request has them: each removal is a hostcall, and `self.headers` is
+        // the request's headers as this filter received them (no filter runs in between).
+        let present = |name: &str| {
+            self.headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case(name))
+        };
         for name in &server.strip_headers {
-            host.remove_request_header(name)?;
+            if present(name) {
+                host.remove_request_header(name)?;
+            }
         }
         // Responses must stay inspectable.
-        host.remove_request_header("accept-encoding")?;
+        if present("accept-encoding") {
+            host.remove_request_header("accept-encoding")?;
+        }
         host.set_request_header(&server.credential.header, &server.credential.value)?;
         if let Some(identity) = &self.identity {
             for (claim, name) in &server.forward_claims {

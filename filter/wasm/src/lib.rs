@@ -249,8 +249,11 @@ impl Exchange {
 
     /// Runs one callback's work, adding its duration to the stream's `filter_us`.
     fn timed<R>(&mut self, work: impl FnOnce(&mut Exchange) -> R) -> R {
-        self.stream.enter(Host::now_nanos(&Envoy));
+        let entered = Host::now_nanos(&Envoy);
+        self.stream.enter(entered);
+        CALLBACK_CLOCK.with(|c| c.set(Some(entered)));
         let result = work(self);
+        CALLBACK_CLOCK.with(|c| c.set(None));
         self.stream.leave(Host::now_nanos(&Envoy));
         result
     }
@@ -511,6 +514,13 @@ fn header_value(map: MapType, name: &str) -> Option<String> {
         .map(|value| String::from_utf8_lossy(&value).into_owned())
 }
 
+thread_local! {
+    /// When the stream callback being run was entered (ns): within one callback the filter's
+    /// clock stands still (expiry checks, audit timestamps, token buckets read it several times;
+    /// one hostcall instead of one each). `now_nanos` still reads Envoy's clock.
+    static CALLBACK_CLOCK: Cell<Option<u64>> = const { Cell::new(None) };
+}
+
 /// [`Host`] over proxy-wasm hostcalls. Reads that fail read as absent values (the flow fails
 /// closed on anything it needs and does not get); changes that fail return [`HostError`].
 struct Envoy;
@@ -639,6 +649,9 @@ impl Host for Envoy {
         }
     }
     fn now_millis(&self) -> u64 {
+        if let Some(entered) = CALLBACK_CLOCK.with(Cell::get) {
+            return entered / 1_000_000;
+        }
         hostcalls::get_current_time()
             .ok()
             .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
