@@ -15,7 +15,9 @@ STAMPS    := target/stamps
 # no rustup target for wasm32 can be fetched here. Native builds and tests use the default cargo.
 DEB_CARGO := /usr/bin/cargo
 WASI_LIB   = $(shell dirname "$$(dpkg -L wasi-libc 2>/dev/null | grep '/libc\.a$$' | head -n1)")
-WASM_RUSTFLAGS = -Clink-self-contained=no -Lnative=$(WASI_LIB)
+# simd128: Wasm SIMD (on in V8 since 9.1, so in every Envoy with V8) lets memchr and memmem scan
+# 16 bytes at a time: SSE line ends, the service-key search, JSON strings.
+WASM_RUSTFLAGS = -Clink-self-contained=no -Lnative=$(WASI_LIB) -Ctarget-feature=+simd128
 APT_PKGS  := rustc-web cargo-web rust-web-src lld wasi-libc binaryen wrk redis-server
 
 .PHONY: help run test unit policy-tests e2e wasm wasm-faults setup lint fmt schema bench clean rls-peer
@@ -91,7 +93,7 @@ $(WASM): $(STAMPS)/apt $(WASM_SOURCES)
 	  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="$(WASM_RUSTFLAGS)" \
 	  $(DEB_CARGO) build --release --lib -p mcp-guard-wasm --target wasm32-wasip1 \
 	    -Zbuild-std=std,panic_abort --target-dir target/wasm
-	@wasm-opt -O3 --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+	@wasm-opt -O3 --enable-simd --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
 	  --enable-mutable-globals $(WASM_DIR)/mcp_guard_wasm.wasm -o $@.tmp && mv $@.tmp $@
 	@ls -l $@ | awk '{print "built " $$NF ": " $$5 " bytes"}'
 
