@@ -26,17 +26,21 @@ fn stops_string(b: u8) -> bool {
 
 /// Where the run of plain string contents starting at `i` ends: at a quote, a backslash, a
 /// control character, or the end of `bytes`. Most bytes of a listing are string contents, so
-/// this goes eight bytes at a time (a SWAR test on a `u64`), then byte by byte.
+/// this goes eight bytes at a time (SWAR on a `u64`), then byte by byte for the last few.
 fn plain_run(bytes: &[u8], mut i: usize) -> usize {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    // Whether some byte of `w` is zero (exact as a yes/no answer).
-    let zero_byte = |w: u64| w.wrapping_sub(ONES) & !w & HIGH != 0;
+    // The high bit of each byte of `w` below `n` (n <= 0x80). Borrows only run upwards, so
+    // the lowest marked byte is exactly the first one below `n`; bytes above it may be marked
+    // wrongly, which does not matter: only the first counts.
+    let below = |w: u64, n: u64| w.wrapping_sub(ONES * n) & !w & HIGH;
     while let Some(word) = bytes.get(i..).and_then(|rest| rest.first_chunk::<8>()) {
         let w = u64::from_le_bytes(*word);
-        let control = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
-        if control || zero_byte(w ^ (ONES * u64::from(b'"'))) || zero_byte(w ^ (ONES * 0x5c)) {
-            break;
+        let stops = below(w, 0x20)
+            | below(w ^ (ONES * u64::from(b'"')), 1)
+            | below(w ^ (ONES * u64::from(b'\\')), 1);
+        if stops != 0 {
+            return i + (stops.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
