@@ -642,9 +642,7 @@ fn bench_discovery(h: &mut Harness, fx: &Fixtures) {
                     Some(&id),
                     &mut |n| lister.visible(Item::Tool(n)),
                 ) {
-                    Filtered::Rewritten { body, .. } => {
-                        Rewrite::Replace(String::from_utf8(body).unwrap_or_default())
-                    }
+                    Filtered::Rewritten { body, .. } => Rewrite::Replace(body),
                     _ => Rewrite::Keep,
                 })
                 .expect("within the event limit");

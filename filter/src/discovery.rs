@@ -236,12 +236,18 @@ pub enum Checked {
     /// Forward the original bytes: no list in it.
     Pass,
     /// Forward the original bytes: it holds lists of `kinds`, nothing of them hidden.
-    Listed { kinds: Vec<ListKind> },
+    /// `cacheable`: a result has `resultType`, `cacheScope` or `ttlMs` (the 2026-07-28
+    /// revision's caching members; names read as a client decodes them).
+    Listed {
+        kinds: Vec<ListKind>,
+        cacheable: bool,
+    },
     /// Forward `body` instead: `hidden` entries of its lists of `kinds` were removed.
     Rewritten {
         body: Vec<u8>,
         hidden: usize,
         kinds: Vec<ListKind>,
+        cacheable: bool,
     },
     /// The message cannot be read as what was expected: fail closed. Says why.
     Unreadable(String),
@@ -258,11 +264,21 @@ pub fn check_answer(
     expect: &Expect,
     allowed: &mut dyn FnMut(ListKind, &str, &[u8]) -> bool,
 ) -> Checked {
-    let unreadable = |why: &str| Checked::Unreadable(why.to_string());
-    // UTF-8 here, the JSON grammar as the cursor reads (the whole text: `at_end` below).
-    if std::str::from_utf8(message).is_err() {
-        return unreadable("not JSON");
+    match std::str::from_utf8(message) {
+        Ok(text) => check_answer_text(text, expect, allowed),
+        Err(_) => Checked::Unreadable("not JSON".to_string()),
     }
+}
+
+/// [`check_answer`] on text already known to be UTF-8 (an event's data): the cursor checks
+/// the JSON grammar (the whole text: `at_end` below).
+pub fn check_answer_text(
+    text: &str,
+    expect: &Expect,
+    allowed: &mut dyn FnMut(ListKind, &str, &[u8]) -> bool,
+) -> Checked {
+    let unreadable = |why: &str| Checked::Unreadable(why.to_string());
+    let message = text.as_bytes();
     let mut kinds: Vec<ListKind> = expect.any.clone();
     for (_, kind) in &expect.lists {
         if !kinds.contains(kind) {
@@ -292,6 +308,7 @@ pub fn check_answer(
     let mut edits: Vec<(Range<usize>, Vec<Range<usize>>)> = Vec::new();
     let mut hidden = 0;
     let mut listed: Vec<ListKind> = Vec::new();
+    let cacheable = infos.iter().any(|info| info.cacheable);
     for info in infos {
         if !info.object {
             if expect.strict {
@@ -380,7 +397,10 @@ pub fn check_answer(
         return if listed.is_empty() {
             Checked::Pass
         } else {
-            Checked::Listed { kinds: listed }
+            Checked::Listed {
+                kinds: listed,
+                cacheable,
+            }
         };
     }
     edits.sort_by_key(|(array, _)| array.start);
@@ -389,6 +409,7 @@ pub fn check_answer(
             body,
             hidden,
             kinds: listed,
+            cacheable,
         },
         None => unreadable("not JSON"),
     }
@@ -403,9 +424,15 @@ struct Info {
     errors: usize,
     error_object: bool,
     methods: usize,
+    /// The result has a caching member ([`Checked::Listed`]).
+    cacheable: bool,
     /// For each kind asked for: the list members found in the result (`None`: not an array).
     lists: Vec<Vec<Option<List>>>,
 }
+
+/// The members of a result that make it cacheable (2026-07-28): such a list answer is marked
+/// private to its caller ([`crate::protocol::private_cache`]).
+const CACHING_MEMBERS: [&str; 3] = ["resultType", "cacheScope", "ttlMs"];
 
 /// A member that must be unique appears twice, or the scanner failed.
 struct Ambiguous;
@@ -490,6 +517,7 @@ impl Scan<'_> {
             errors: 0,
             error_object: false,
             methods: 0,
+            cacheable: false,
             lists: vec![Vec::new(); kinds.len()],
         };
         if !info.object {
@@ -506,6 +534,9 @@ impl Scan<'_> {
                     return Some(());
                 }
                 s.object(|s, key| {
+                    if CACHING_MEMBERS.iter().any(|m| s.key_is(&key, m)) {
+                        info.cacheable = true;
+                    }
                     let Some(i) = kinds.iter().position(|k| s.key_is(&key, k.list_key())) else {
                         s.value()?;
                         return Some(());
@@ -1139,7 +1170,7 @@ mod tests {
             Some(&expected_id),
             &mut |n| n == "read",
         ) {
-            Filtered::Rewritten { body, .. } => Rewrite::Replace(String::from_utf8(body).unwrap()),
+            Filtered::Rewritten { body, .. } => Rewrite::Replace(body),
             Filtered::Unchanged | Filtered::NotAList => Rewrite::Keep,
             Filtered::Unparseable if e.data.is_empty() => Rewrite::Keep,
             Filtered::Unparseable => panic!("unparseable {e:?}"),

@@ -525,17 +525,23 @@ pub fn trace(headers: &[Header], message: Option<&Message>) -> (Option<Trace>, O
 /// everything else stay as they were.
 pub fn private_list(
     kind: ListKind,
+    cacheable: bool,
     message: &[u8],
     rewritten: Option<Vec<u8>>,
     failed: &mut Option<String>,
     learned: &mut Vec<(String, Vec<ParamHeader>)>,
 ) -> Option<Vec<u8>> {
     let current = rewritten.as_deref().unwrap_or(message);
-    // Only results of the revision that has parameter headers (they carry `resultType`) are
-    // read for declarations: earlier revisions' listings cost nothing more.
-    let has = |needle: &[u8]| memchr::memmem::find(current, needle).is_some();
-    if kind == ListKind::Tools && (has(b"\"resultType\"") || has(b"x-mcp-header")) {
+    // Only results of the revision that has parameter headers (`cacheable`: they carry
+    // `resultType`) are read for declarations: earlier revisions' listings cost nothing more.
+    if kind == ListKind::Tools
+        && (cacheable || memchr::memmem::find(current, b"x-mcp-header").is_some())
+    {
         learned.extend(listed_param_headers(current));
+    }
+    if !cacheable {
+        // No caching member (as the list's reader found them, escapes decoded): nothing to mark.
+        return rewritten;
     }
     match private_cache(current) {
         Ok(Some(body)) => Some(body),

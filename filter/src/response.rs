@@ -181,22 +181,25 @@ pub type Visible<'a> = dyn FnMut(ListKind, &str, &[u8]) -> bool + 'a;
 
 /// Checks and filters a complete JSON-RPC message (a whole JSON body, or one event's data).
 fn filter_message(
-    message: &[u8],
+    message: &str,
     lists: Option<&ListFilter>,
     visible: &mut Visible,
     report: &mut Inspection,
 ) -> Option<Vec<u8>> {
     let lists = lists?;
-    match discovery::check_answer(message, lists, visible) {
+    match discovery::check_answer_text(message, lists, visible) {
         Checked::Pass => None,
-        Checked::Listed { kinds } => private(&kinds, message, None, report),
+        Checked::Listed { kinds, cacheable } => {
+            private(&kinds, cacheable, message.as_bytes(), None, report)
+        }
         Checked::Rewritten {
             body,
             hidden,
             kinds,
+            cacheable,
         } => {
             report.hidden += hidden;
-            private(&kinds, message, Some(body), report)
+            private(&kinds, cacheable, message.as_bytes(), Some(body), report)
         }
         Checked::Unreadable(why) => {
             report.failed = Some(format!("{UNREADABLE_LIST_ANSWER}: {why}"));
@@ -207,7 +210,7 @@ fn filter_message(
 
 /// Filters a message's lists, then seals its task ids for the caller ([`crate::tasks`]).
 fn check_message(
-    message: &[u8],
+    message: &str,
     lists: Option<&ListFilter>,
     tasks: Option<&Sealer>,
     visible: &mut Visible,
@@ -217,7 +220,7 @@ fn check_message(
     let Some(tasks) = tasks else {
         return out;
     };
-    match crate::tasks::seal_answer(out.as_deref().unwrap_or(message), tasks) {
+    match crate::tasks::seal_answer(out.as_deref().unwrap_or(message.as_bytes()), tasks) {
         Ok(None) => out,
         Ok(Some((sealed, hidden))) => {
             report.hidden += hidden;
@@ -235,6 +238,7 @@ fn check_message(
 /// exist only in 2025-03-26, which has neither.
 fn private(
     kinds: &[ListKind],
+    cacheable: bool,
     message: &[u8],
     rewritten: Option<Vec<u8>>,
     report: &mut Inspection,
@@ -248,6 +252,7 @@ fn private(
     };
     crate::protocol::private_list(
         kind,
+        cacheable,
         message,
         rewritten,
         &mut report.failed,
@@ -267,7 +272,16 @@ pub fn inspect_buffered(
     let mut report = Inspection::default();
     // An empty body is no list; it is unreadable only where a list is due.
     let mut out = if json && (!body.is_empty() || lists.is_some_and(|l| l.strict)) {
-        check_message(body, lists, tasks, visible, &mut report)
+        match std::str::from_utf8(body) {
+            Ok(text) => check_message(text, lists, tasks, visible, &mut report),
+            // No task id a client could read; a list due here is unreadable.
+            Err(_) => {
+                if lists.is_some() {
+                    report.failed = Some(format!("{UNREADABLE_LIST_ANSWER}: not JSON"));
+                }
+                None
+            }
+        }
     } else {
         None
     };
@@ -290,15 +304,11 @@ pub fn inspect_events(
 ) -> (Vec<u8>, Inspection) {
     let mut report = Inspection::default();
     let result = rewriter.push(chunk, end_of_stream, &mut |event| {
-        let data = event.data.as_bytes();
-        if data.is_empty() {
+        if event.data.is_empty() {
             return Rewrite::Keep;
         }
-        match check_message(data, lists, tasks, visible, &mut report) {
-            Some(bytes) => Rewrite::Replace(
-                String::from_utf8(bytes)
-                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-            ),
+        match check_message(&event.data, lists, tasks, visible, &mut report) {
+            Some(bytes) => Rewrite::Replace(bytes),
             None => Rewrite::Keep,
         }
     });

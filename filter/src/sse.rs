@@ -30,8 +30,9 @@ pub struct Event {
 pub enum Rewrite {
     /// Forward the event's original bytes.
     Keep,
-    /// Re-encode the event (`id`, `event`, `retry` kept) with this data payload.
-    Replace(String),
+    /// Re-encode the event (`id`, `event`, `retry` kept) with this data payload (UTF-8 text:
+    /// bytes, so that a payload the filter spliced need not be validated again).
+    Replace(Vec<u8>),
 }
 
 /// Why a stream was refused.
@@ -264,7 +265,7 @@ fn parse_event(block: &[u8]) -> Option<Event> {
 
 /// Encodes `event` with `data` as its payload. Data is split on every kind of line end so
 /// that a payload can never smuggle in extra fields or events.
-fn encode(event: &Event, data: &str, out: &mut Vec<u8>) {
+fn encode(event: &Event, data: &[u8], out: &mut Vec<u8>) {
     let fields = [
         ("id", &event.id),
         ("event", &event.event),
@@ -280,7 +281,7 @@ fn encode(event: &Event, data: &str, out: &mut Vec<u8>) {
             out.push(b'\n');
         }
     }
-    for line in Lines(Some(data.as_bytes())) {
+    for line in Lines(Some(data)) {
         out.extend_from_slice(b"data: ");
         out.extend_from_slice(line);
         out.push(b'\n');
@@ -320,7 +321,7 @@ mod tests {
         let mut f = |e: &Event| {
             seen.push(e.clone());
             if e.data.contains("secret") {
-                Rewrite::Replace(e.data.to_uppercase())
+                Rewrite::Replace(e.data.to_uppercase().into_bytes())
             } else {
                 Rewrite::Keep
             }
@@ -496,7 +497,7 @@ mod tests {
     #[test]
     fn replacement_data_cannot_inject_lines() {
         let mut out = Vec::new();
-        encode(&Event::default(), "a\r\nb\rc\nid: x\n", &mut out);
+        encode(&Event::default(), b"a\r\nb\rc\nid: x\n", &mut out);
         assert_eq!(
             text(&out),
             "data: a\ndata: b\ndata: c\ndata: id: x\ndata: \n\n"
@@ -506,7 +507,7 @@ mod tests {
             ..Event::default()
         };
         out.clear();
-        encode(&evil, "d", &mut out);
+        encode(&evil, b"d", &mut out);
         assert_eq!(text(&out), "id: 1\ndata: d\n\n");
     }
 
