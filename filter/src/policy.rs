@@ -109,8 +109,11 @@ impl Rule {
 
     /// Whether the index lets this rule apply to a message with this method and tool name.
     fn may_apply(&self, method: &str, tool: &str) -> bool {
+        self.may_apply_to_method(method) && self.tools.as_ref().is_none_or(|t| t.contains(tool))
+    }
+
+    fn may_apply_to_method(&self, method: &str) -> bool {
         self.methods.as_ref().is_none_or(|m| m.contains(method))
-            && self.tools.as_ref().is_none_or(|t| t.contains(tool))
     }
 }
 
@@ -576,7 +579,8 @@ impl Policy {
             .flatten()
             .chain(every.into_iter().flatten())
             .filter_map(|i| self.rules.get(i).map(|r| (i, r)))
-            .filter(move |(_, r)| !indexed || r.may_apply(method, tool))
+            // The index already chose by tool (`candidates`): only the methods are left.
+            .filter(move |(_, r)| !indexed || r.may_apply_to_method(method))
     }
 
     /// Whether a listing (`tools/list`, `prompts/list`, `resources/list`) shows `item` to the
