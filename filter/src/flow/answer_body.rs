@@ -34,9 +34,11 @@ impl Stream {
         let mut checked: Vec<(ListKind, String, Check)> = Vec::new();
         let inspected = {
             let input = self.listing_input(now);
-            let mut lister = server.policy.lister(&input);
+            // Built at the first entry: most chunks of a stream hold no complete list.
+            let mut lister = None;
             let pins = &server.pins;
             let mut visible = |kind: ListKind, name: &str, entry: &[u8]| {
+                let lister = lister.get_or_insert_with(|| server.policy.lister(&input));
                 let allowed = lister.visible(match kind {
                     ListKind::Tools => Item::Tool(name),
                     ListKind::Prompts => Item::Prompt(name),
