@@ -165,7 +165,7 @@ pub fn scheme_token<'h>(authorization: &[&'h str]) -> Option<&'h str> {
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("dpop")
         && !token.is_empty()
-        && !token.contains(char::is_whitespace)
+        && !crate::http::has_whitespace(token)
         && !token.contains(','))
     .then_some(token)
 }

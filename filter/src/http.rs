@@ -32,9 +32,41 @@ pub fn is_header_value(value: &str) -> bool {
         .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
 }
 
+/// `s.contains(char::is_whitespace)`, byte by byte for ASCII text (a token, nearly always):
+/// decoding characters for Unicode's table costs more than the rest of a cached token check.
+pub fn has_whitespace(s: &str) -> bool {
+    if s.is_ascii() {
+        s.bytes()
+            .any(|b| matches!(b, b'\t' | b'\n' | b'\x0B' | b'\x0C' | b'\r' | b' '))
+    } else {
+        s.contains(char::is_whitespace)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whitespace_is_found_as_unicode_defines_it() {
+        for s in [
+            "a b",
+            "a\tb",
+            "a\x0Bb",
+            "a\x0Cb",
+            "a\rb",
+            "a\nb",
+            "a\u{a0}b",
+            "a\u{2028}b",
+            "a\u{3000}b",
+        ] {
+            assert!(has_whitespace(s), "{s:?}");
+            assert_eq!(has_whitespace(s), s.contains(char::is_whitespace));
+        }
+        for s in ["abc.def-ghi_jkl~+/=", "é", "\u{200b}", ""] {
+            assert_eq!(has_whitespace(s), s.contains(char::is_whitespace), "{s:?}");
+        }
+    }
 
     #[test]
     fn media_types_are_read_without_parameters_or_case() {

@@ -107,7 +107,7 @@ pub fn bearer<'h>(authorization: &[&'h str], query: &str) -> Result<&'h str, Bea
             ))
         }
     };
-    if token.is_empty() || token.contains(char::is_whitespace) {
+    if token.is_empty() || crate::http::has_whitespace(token) {
         return Err(BearerError::Malformed("empty or malformed bearer token"));
     }
     Ok(token)
