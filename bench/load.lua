@@ -3,8 +3,11 @@
 --   BODY_FILE    the request body (sent as is)
 --   TOKENS_FILE  one token per line; with several, each request takes the next one (each thread
 --                starts at a different place), so N lines = N distinct callers
+--                (a line with a space is a whole Authorization value, e.g. "DPoP <token>")
 --   EXTRA_HEADER optional "name: value" request header (selects the upstream's canned answer);
---                "name: #N" sends N distinct values, one per request in turn (limit keys)
+--                "name: #N" sends N distinct values, one per request in turn (limit keys);
+--                "name: @FILE" sends the lines of FILE, each once (DPoP proofs: thread k of
+--                two takes lines k, k+2, ...)
 -- An answer counts as good only if its status is 200 and its first bytes hold a JSON-RPC
 -- "result" (a policy denial is a 200 with "error": it would not count). done() prints one line,
 -- "WRK_JSON {...}", that bench/run.py reads.
@@ -28,6 +31,14 @@ end
 local body, tokens, headers, prebuilt
 local cursor = 0
 local keyed_name, keyed_count, keyed_cursor
+local listed_name, listed_values, listed_cursor
+
+local function authorization(token)
+  if string.find(token, " ", 1, true) then
+    return token
+  end
+  return "Bearer " .. token
+end
 
 function init(args)
   body = read(args[1])
@@ -44,7 +55,14 @@ function init(args)
   if extra and extra ~= "" then
     local name, value = extra:match("^([^:]+):%s*(.*)$")
     local count = value:match("^#(%d+)$")
-    if count then
+    local file = value:match("^@(.+)$")
+    if file then
+      listed_name, listed_values = name, {}
+      for line in read(file):gmatch("[^\n]+") do
+        listed_values[#listed_values + 1] = line
+      end
+      listed_cursor = (id or 1) - 1
+    elseif count then
       keyed_name, keyed_count = name, tonumber(count)
       keyed_cursor = ((id or 1) - 1) * math.floor(keyed_count / 2)
     else
@@ -52,8 +70,8 @@ function init(args)
     end
   end
   cursor = ((id or 1) - 1) * math.floor(#tokens / 2)
-  if #tokens == 1 and not keyed_name then
-    headers["Authorization"] = "Bearer " .. tokens[1]
+  if #tokens == 1 and not keyed_name and not listed_name then
+    headers["Authorization"] = authorization(tokens[1])
     prebuilt = wrk.format("POST", "/mcp", headers, body)
   end
   -- Counters, read back by done() through thread:get.
@@ -66,7 +84,11 @@ function request()
     return prebuilt
   end
   cursor = cursor % #tokens + 1
-  headers["Authorization"] = "Bearer " .. tokens[cursor]
+  headers["Authorization"] = authorization(tokens[cursor])
+  if listed_name then
+    headers[listed_name] = listed_values[listed_cursor % #listed_values + 1]
+    listed_cursor = listed_cursor + 2
+  end
   if keyed_name then
     keyed_cursor = (keyed_cursor + 1) % keyed_count
     headers[keyed_name] = "key-" .. keyed_cursor
