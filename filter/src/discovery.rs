@@ -1123,6 +1123,62 @@ mod tests {
             .is_some_and(|n| n % 2 == 0)
     }
 
+    /// The reader validates as it goes: a list whose bytes are not JSON anywhere (deep inside an
+    /// entry the caller would not see, or one it would) is refused whole, as serde_json would
+    /// refuse it; nothing of it is forwarded as a filtered list.
+    #[test]
+    fn damage_anywhere_in_a_list_makes_it_unreadable() {
+        let body = String::from_utf8(big_list()).unwrap();
+        let expect = Expect {
+            lists: vec![(json!(42), ListKind::Tools)],
+            strict: true,
+            ..Expect::default()
+        };
+        let damages = [
+            ("\"minimum\":0", "\"minimum\":01"),
+            ("\"minimum\":0", "\"minimum\":-"),
+            ("\"minimum\":0", "\"minimum\":0."),
+            ("\"type\":\"object\"", "\"type\":objec"),
+            ("\"required\":[\"path\"]", "\"required\":[\"path\",]"),
+            ("\"required\":[\"path\"]", "\"required\":[\"path\" \"x\"]"),
+            ("\"A path\"", "\"A\tpath\""),
+            ("\"A path\"", "\"A \\x path\""),
+            ("\"A path\"", "\"A \\u12G4 path\""),
+            ("\"nextCursor\":\"c\"", "\"nextCursor\":tru"),
+            ("\"nextCursor\":\"c\"", "\"nextCursor\":\"c\",}"),
+        ];
+        for (from, to) in damages {
+            for nth in [1, 2, 499, 500] {
+                // The nth occurrence (an even tool is kept, an odd one hidden).
+                let Some((at, _)) = body.match_indices(from).nth(nth - 1) else {
+                    continue;
+                };
+                let bad = format!("{}{}{}", &body[..at], to, &body[at + from.len()..]);
+                assert!(
+                    serde_json::from_str::<serde::de::IgnoredAny>(&bad).is_err(),
+                    "{to} at {nth} is still JSON"
+                );
+                assert!(
+                    matches!(
+                        check_answer(bad.as_bytes(), &expect, &mut |_, n, _| even(n)),
+                        Checked::Unreadable(_)
+                    ),
+                    "{to} at {nth}"
+                );
+                assert_eq!(
+                    filter_result(bad.as_bytes(), ListKind::Tools, Some(&json!(42)), &mut even),
+                    Filtered::Unparseable,
+                    "{to} at {nth}"
+                );
+            }
+        }
+        // Undamaged, the same list is read and filtered.
+        assert!(matches!(
+            check_answer(body.as_bytes(), &expect, &mut |_, n, _| even(n)),
+            Checked::Rewritten { hidden: 250, .. }
+        ));
+    }
+
     #[test]
     fn five_hundred_tools() {
         let body = big_list();
