@@ -99,9 +99,9 @@ pub fn is_digest(s: &str) -> bool {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pins {
     pub mode: Mode,
-    tools: HashMap<String, String>,
+    tools: PinMap,
     /// `None`: prompts are not pinned (the pins file has no `prompts`).
-    prompts: Option<HashMap<String, String>>,
+    prompts: Option<PinMap>,
     /// Definitions (their exact bytes) that matched their pin in this VM.
     matched: Matched,
 }
@@ -111,7 +111,27 @@ pub struct Pins {
 /// SHA-256 (the same bytes always give the same digest, so this changes no outcome). Bounded
 /// by the pinned names (only those are kept) and [`MATCHED_MAX_BYTES`] per definition.
 #[derive(Debug, Clone, Default)]
-struct Matched(RefCell<HashMap<(ListKind, String), Vec<u8>>>);
+struct Matched {
+    tools: RefCell<FastMap<String, Vec<u8>>>,
+    prompts: RefCell<FastMap<String, Vec<u8>>>,
+}
+
+impl Matched {
+    fn of(&self, kind: ListKind) -> Option<&RefCell<FastMap<String, Vec<u8>>>> {
+        match kind {
+            ListKind::Tools => Some(&self.tools),
+            ListKind::Prompts => Some(&self.prompts),
+            ListKind::Resources | ListKind::Templates => None,
+        }
+    }
+}
+
+/// Maps keyed by pinned names (from the configuration; looked up by listed names): hashed with
+/// foldhash, a listing looks up every entry it shows.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
+
+/// Approved digests by name.
+type PinMap = FastMap<String, String>;
 
 /// Larger definitions are digested every time.
 const MATCHED_MAX_BYTES: usize = 16 * 1024;
@@ -219,13 +239,13 @@ impl Pins {
     ) -> Pins {
         Pins {
             mode,
-            tools,
-            prompts,
+            tools: tools.into_iter().collect(),
+            prompts: prompts.map(|p| p.into_iter().collect()),
             matched: Matched::default(),
         }
     }
 
-    fn map(&self, kind: ListKind) -> Option<&HashMap<String, String>> {
+    fn map(&self, kind: ListKind) -> Option<&PinMap> {
         if self.mode == Mode::Off {
             return None;
         }
@@ -252,21 +272,20 @@ impl Pins {
             return Check::NotPinned;
         };
         let pinned = map.get(name);
-        let key = (kind, name.to_string());
+        let matched = self.matched.of(kind);
         if pinned.is_some()
-            && self
-                .matched
-                .0
-                .borrow()
-                .get(&key)
-                .is_some_and(|bytes| bytes.as_slice() == entry)
+            && matched.is_some_and(|m| {
+                m.borrow()
+                    .get(name)
+                    .is_some_and(|bytes| bytes.as_slice() == entry)
+            })
         {
             return Check::Matches;
         }
         let seen = digest_bytes(kind, entry).unwrap_or_else(|| "unparseable".to_string());
         if pinned == Some(&seen) {
-            if entry.len() <= MATCHED_MAX_BYTES {
-                self.matched.0.borrow_mut().insert(key, entry.to_vec());
+            if let Some(m) = matched.filter(|_| entry.len() <= MATCHED_MAX_BYTES) {
+                m.borrow_mut().insert(name.to_string(), entry.to_vec());
             }
             return Check::Matches;
         }
@@ -281,12 +300,8 @@ impl Pins {
 
 /// Reads `{name: "sha256:…" | {digest, definition?}}`; a given definition must match its
 /// digest and name.
-fn pin_map(
-    map: Map<String, Value>,
-    kind: ListKind,
-    field: &str,
-) -> Result<HashMap<String, String>, ConfigError> {
-    let mut out = HashMap::with_capacity(map.len());
+fn pin_map(map: Map<String, Value>, kind: ListKind, field: &str) -> Result<PinMap, ConfigError> {
+    let mut out = PinMap::with_capacity_and_hasher(map.len(), Default::default());
     for (name, value) in map {
         let at = format!("{field}.{name}");
         let (digest_text, definition) = match value {
