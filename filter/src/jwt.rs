@@ -7,6 +7,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasher as _;
 use std::rc::Rc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -260,17 +261,38 @@ fn public_key_der(key: &PublicKey) -> Option<Vec<u8>> {
     Some(doc.as_bytes().to_vec())
 }
 
-/// Verifies a JWS signature with a public JWK that came with the message itself (a DPoP
-/// proof's `jwk` header). `Ok(false)`: the key does not fit `alg` or the signature is wrong.
-pub(crate) fn verify_with_jwk(
-    jwk: &Value,
-    alg: Alg,
-    signed: &[u8],
-    signature: &[u8],
-    host: Option<&dyn SignatureHost>,
-) -> Result<bool, String> {
-    let key = parse_jwk(jwk)?.ok_or("not a signature verification key")?;
-    Ok(key.fits(alg) && verify_signature(host, alg, &key, signed, signature))
+/// A public key that came with the message itself (a DPoP proof's `jwk` header), parsed.
+#[derive(Debug)]
+pub(crate) struct MessageKey(Jwk);
+
+impl MessageKey {
+    pub(crate) fn parse(jwk: &Value) -> Result<MessageKey, String> {
+        parse_jwk(jwk)?
+            .map(MessageKey)
+            .ok_or_else(|| "not a signature verification key".to_string())
+    }
+
+    /// Whether `signature` is this key's `alg` signature of `signed` (false when the key does
+    /// not fit `alg`).
+    pub(crate) fn verifies(
+        &self,
+        alg: Alg,
+        signed: &[u8],
+        signature: &[u8],
+        host: Option<&dyn SignatureHost>,
+    ) -> bool {
+        self.0.fits(alg) && verify_signature(host, alg, &self.0, signed, signature)
+    }
+}
+
+/// `a == b`, eight bytes at a time: the libc `memcmp` a slice comparison calls in Wasm goes
+/// byte by byte, and a token is a kilobyte.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let word = |c: &[u8]| c.first_chunk::<8>().map(|w| u64::from_ne_bytes(*w));
+    let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
+    a.len() == b.len()
+        && wa.remainder() == wb.remainder()
+        && wa.zip(wb).all(|(x, y)| word(x) == word(y))
 }
 
 /// Bit length of a big-endian unsigned integer.
@@ -703,6 +725,8 @@ pub struct Authenticator {
     issuers: Vec<Issuer>,
     skew: i64,
     cache: RefCell<HashMap<[u8; 32], Cached>>,
+    /// The SHA-256 of recently presented tokens ([`Authenticator::token_digest`]).
+    digests: RefCell<Vec<Option<KeptDigest>>>,
     introspector: Introspector,
     /// Verifies signatures outside Wasm, when the adapter installed one.
     signatures: Signatures,
@@ -713,6 +737,14 @@ pub struct Authenticator {
 /// How many verified tokens one VM remembers (memory stays bounded as callers grow); the
 /// process-wide cache behind it ([`crate::token_cache`]) holds more.
 pub const TOKEN_CACHE_ENTRIES: usize = 4096;
+
+/// A token and its SHA-256.
+type KeptDigest = (Box<str>, [u8; 32]);
+
+/// How many tokens' digests one VM keeps at hand.
+const DIGEST_MEMO_ENTRIES: usize = 128;
+/// Larger tokens are hashed on every use rather than kept (the memo stays under 512 KiB).
+const DIGEST_MEMO_TOKEN_BYTES: usize = 4 * 1024;
 
 /// What a full verification establishes.
 struct FullyVerified {
@@ -738,6 +770,7 @@ impl Authenticator {
             issuers,
             skew: i64::try_from(skew_seconds).unwrap_or(i64::MAX),
             cache: RefCell::new(HashMap::new()),
+            digests: RefCell::new(vec![None; DIGEST_MEMO_ENTRIES]),
             introspector: Introspector::default(),
             signatures: Signatures::default(),
             sweep: Cell::new(0),
@@ -925,13 +958,40 @@ impl Authenticator {
         self.verify_with(token, now, Some(host))
     }
 
+    /// The SHA-256 of `token`: the key of both token caches, and a DPoP proof's `ath`. In Wasm,
+    /// hashing a 1 KiB token is most of what a cached check costs, so the digests of recent
+    /// tokens are kept with the token itself, compared whole: a caller's repeat requests hash
+    /// it once per VM. Direct-mapped by the token's last bytes (a JWT ends with its
+    /// signature); a token that lands on a taken slot replaces its holder.
+    pub fn token_digest(&self, token: &str) -> [u8; 32] {
+        let tail = token.len().saturating_sub(16);
+        let slot = token.as_bytes().get(tail..).map_or(0, |end| {
+            usize::try_from(foldhash::fast::FixedState::default().hash_one(end)).unwrap_or(0)
+                % DIGEST_MEMO_ENTRIES
+        });
+        let mut digests = self.digests.borrow_mut();
+        let Some(entry) = digests.get_mut(slot) else {
+            return Sha256::digest(token.as_bytes()).into();
+        };
+        if let Some((kept, digest)) = entry {
+            if same_bytes(kept.as_bytes(), token.as_bytes()) {
+                return *digest;
+            }
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if token.len() <= DIGEST_MEMO_TOKEN_BYTES {
+            *entry = Some((token.into(), digest));
+        }
+        digest
+    }
+
     fn verify_with(
         &self,
         token: &str,
         now: i64,
         mut shared: Option<&mut dyn Host>,
     ) -> Result<Identity, AuthError> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let digest = self.token_digest(token);
         if let Some(hit) = self.cache.borrow().get(&digest) {
             let current = self.issuers.get(hit.issuer).map(|i| i.generation.get());
             if current == Some(hit.generation) {

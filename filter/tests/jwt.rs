@@ -254,6 +254,38 @@ fn wrong_signature_is_refused() {
 }
 
 #[test]
+fn a_token_altered_after_a_good_one_is_refused_whatever_is_remembered() {
+    // The VM keeps recent tokens' digests, slotted by their last bytes: tokens that differ
+    // anywhere else, or only in length, must never be taken for the one remembered.
+    let auth = auth();
+    let good = sign(Signer::Rs256, &claims());
+    let other = sign(Signer::Rs256, &with_claims(json!({ "sub": "root" })));
+    assert_eq!(verify(&auth, &good), Ok("alice".into()));
+    let (head, signature) = good.rsplit_once('.').expect("three parts");
+    let other_payload = other.split('.').nth(1).expect("payload");
+    let header = head.split('.').next().expect("header");
+    let swapped = format!("{header}.{other_payload}.{signature}");
+    let mut flipped = good.clone().into_bytes();
+    flipped[10] ^= 1;
+    let flipped = String::from_utf8(flipped).expect("ascii");
+    let longer = format!("A{good}");
+    for forged in [&swapped, &flipped, &longer] {
+        assert!(verify(&auth, forged).is_err(), "{forged}");
+        assert_eq!(verify(&auth, &good), Ok("alice".into()));
+    }
+    assert_eq!(
+        auth.token_digest(&good),
+        auth.token_digest(&good.clone()),
+        "a repeat gives the same digest"
+    );
+    use sha2::Digest as _;
+    for token in [&good, &flipped, &longer] {
+        let sha256: [u8; 32] = sha2::Sha256::digest(token.as_bytes()).into();
+        assert_eq!(auth.token_digest(token), sha256);
+    }
+}
+
+#[test]
 fn crit_header_is_refused() {
     let header = json!({ "alg": "ES256", "kid": P256_KID, "crit": ["exp"], "exp": 1 });
     let token = sign_with_header(Signer::Es256, &header, &claims());
