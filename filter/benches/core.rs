@@ -812,9 +812,10 @@ fn bench_identity(h: &mut Harness, fx: &Fixtures) {
         skew: 60,
     };
     let dpop = mcp_guard::dpop::DpopConfig::default();
-    assert!(mcp_guard::dpop::verify_proof(&proof, jwt, &presentation, &dpop).is_ok());
+    let jwt_sha256: [u8; 32] = sha2::Sha256::digest(jwt.as_bytes()).into();
+    assert!(mcp_guard::dpop::verify_proof(&proof, &jwt_sha256, &presentation, &dpop).is_ok());
     h.bench("identity/dpop/proof-ES256", None, || {
-        mcp_guard::dpop::verify_proof(&proof, jwt, &presentation, &dpop).is_ok()
+        mcp_guard::dpop::verify_proof(&proof, &jwt_sha256, &presentation, &dpop).is_ok()
     });
 }
 

@@ -13,6 +13,10 @@
 //!
 //! A token with any other `cnf`, or without the proof its `cnf` asks for, is refused.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use schemars::JsonSchema;
@@ -22,7 +26,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{typed, ConfigError};
 use crate::host::Host;
-use crate::jwt::{verify_with_jwk, Alg};
+use crate::jwt::{Alg, MessageKey};
 
 /// Largest DPoP proof accepted.
 pub const MAX_PROOF_BYTES: usize = 8 * 1024;
@@ -39,6 +43,64 @@ pub struct DpopConfig {
     pub max_age_seconds: i64,
     /// Verifies proof signatures outside Wasm when the adapter installed a host.
     pub signatures: crate::crypto::Signatures,
+    /// Proof headers read before ([`Headers`]).
+    headers: Headers,
+}
+
+/// How many proof headers one VM keeps read (emptied when full: a bound, not an LRU).
+const HEADERS_KEPT: usize = 64;
+
+/// Proof headers already read, by their base64url text. A client signs all its proofs with one
+/// key, so each proof repeats the header (`typ`, `alg`, `jwk`) and only the payload changes:
+/// the header's checks, its key (parsed, validated, DER-encoded for the host) and the key's
+/// thumbprint are worked out once per VM. Only headers that passed their checks are kept; what
+/// is kept depends on nothing but the header's text and this configuration (which owns it).
+#[derive(Default)]
+struct Headers(RefCell<HashMap<Box<str>, Rc<ProofHeader>, foldhash::fast::FixedState>>);
+
+/// A proof header that passed its checks.
+#[derive(Debug)]
+struct ProofHeader {
+    alg: Alg,
+    key: MessageKey,
+    /// RFC 7638 thumbprint; `None` when the key lacks a member it needs.
+    thumbprint: Option<String>,
+}
+
+impl Headers {
+    fn read(&self, text: &str, config: &DpopConfig) -> Result<Rc<ProofHeader>, SenderError> {
+        if let Some(header) = self.0.borrow().get(text) {
+            return Ok(Rc::clone(header));
+        }
+        let header = Rc::new(read_header(text, config)?);
+        let mut kept = self.0.borrow_mut();
+        if kept.len() >= HEADERS_KEPT {
+            kept.clear();
+        }
+        kept.insert(text.into(), Rc::clone(&header));
+        Ok(header)
+    }
+}
+
+/// A configuration's memo: a new one starts empty, and it never changes what a check decides.
+impl Clone for Headers {
+    fn clone(&self) -> Self {
+        Headers::default()
+    }
+}
+
+impl PartialEq for Headers {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Headers {}
+
+impl std::fmt::Debug for Headers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Headers({} kept)", self.0.borrow().len())
+    }
 }
 
 impl Default for DpopConfig {
@@ -47,6 +109,7 @@ impl Default for DpopConfig {
             algorithms: vec![Alg::Es256, Alg::Rs256, Alg::Ps256, Alg::EdDsa, Alg::Es384],
             max_age_seconds: 60,
             signatures: crate::crypto::Signatures::default(),
+            headers: Headers::default(),
         }
     }
 }
@@ -173,7 +236,7 @@ pub fn scheme_token<'h>(authorization: &[&'h str]) -> Option<&'h str> {
 /// Checks the token's `cnf` against the presentation (see the module documentation).
 pub fn check(
     claims: &Map<String, Value>,
-    token: &str,
+    token_sha256: &[u8; 32],
     p: &Presentation<'_>,
     config: &DpopConfig,
     host: &mut dyn Host,
@@ -228,7 +291,7 @@ pub fn check(
                 [one] if !one.contains(',') => *one,
                 _ => return Err(SenderError::Proof("more than one DPoP proof".into())),
             };
-            let (thumbprint, jti, iat) = verify_proof(proof, token, p, config)?;
+            let (thumbprint, jti, iat) = verify_proof(proof, token_sha256, p, config)?;
             if thumbprint != jkt {
                 return Err(SenderError::Proof(
                     "the proof's key is not the one the token is bound to".into(),
@@ -262,28 +325,10 @@ fn decode_part(part: &str, what: &str) -> Result<Map<String, Value>, SenderError
     }
 }
 
-/// Verifies a DPoP proof; returns its key's thumbprint, its `jti` and `iat`.
-pub fn verify_proof(
-    proof: &str,
-    token: &str,
-    p: &Presentation<'_>,
-    config: &DpopConfig,
-) -> Result<(String, String, i64), SenderError> {
+/// Checks a proof's header (its base64url text) and reads its key.
+fn read_header(text: &str, config: &DpopConfig) -> Result<ProofHeader, SenderError> {
     let bad = |m: &str| SenderError::Proof(m.to_string());
-    if proof.len() > MAX_PROOF_BYTES {
-        return Err(bad("the proof is too large"));
-    }
-    let mut parts = proof.split('.');
-    let (Some(h), Some(c), Some(s), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad("the proof is not a compact JWS"));
-    };
-    let header = decode_part(h, "header")?;
-    let claims = decode_part(c, "payload")?;
-    let signature = URL_SAFE_NO_PAD
-        .decode(s)
-        .map_err(|_| bad("the proof's signature is not base64url"))?;
+    let header = decode_part(text, "header")?;
     if header.get("typ").and_then(Value::as_str) != Some("dpop+jwt") {
         return Err(bad("the proof's typ must be dpop+jwt"));
     }
@@ -306,22 +351,53 @@ pub fn verify_proof(
     {
         return Err(bad("the proof's jwk must be a public key"));
     }
+    let key = MessageKey::parse(&Value::Object(jwk.clone()))
+        .map_err(|e| SenderError::Proof(format!("the proof's jwk: {e}")))?;
+    Ok(ProofHeader {
+        alg,
+        key,
+        thumbprint: thumbprint(jwk),
+    })
+}
+
+/// Verifies a DPoP proof for the access token whose SHA-256 is `token_sha256` (the proof's
+/// `ath`); returns its key's thumbprint, its `jti` and `iat`.
+pub fn verify_proof(
+    proof: &str,
+    token_sha256: &[u8; 32],
+    p: &Presentation<'_>,
+    config: &DpopConfig,
+) -> Result<(String, String, i64), SenderError> {
+    let bad = |m: &str| SenderError::Proof(m.to_string());
+    if proof.len() > MAX_PROOF_BYTES {
+        return Err(bad("the proof is too large"));
+    }
+    let mut parts = proof.split('.');
+    let (Some(h), Some(c), Some(s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad("the proof is not a compact JWS"));
+    };
+    let header = config.headers.read(h, config)?;
+    let claims = decode_part(c, "payload")?;
+    let signature = URL_SAFE_NO_PAD
+        .decode(s)
+        .map_err(|_| bad("the proof's signature is not base64url"))?;
     let signed = proof
         .rfind('.')
         .and_then(|dot| proof.get(..dot))
         .ok_or_else(|| bad("the proof is not a compact JWS"))?;
-    let verified = verify_with_jwk(
-        &Value::Object(jwk.clone()),
-        alg,
-        signed.as_bytes(),
-        &signature,
-        config.signatures.host(),
-    )
-    .map_err(|e| SenderError::Proof(format!("the proof's jwk: {e}")))?;
-    if !verified {
+    let host = config.signatures.host();
+    if !header
+        .key
+        .verifies(header.alg, signed.as_bytes(), &signature, host)
+    {
         return Err(bad("the proof's signature does not verify"));
     }
-    let thumbprint = thumbprint(jwk).ok_or_else(|| bad("the proof's jwk is incomplete"))?;
+    let thumbprint = header
+        .thumbprint
+        .clone()
+        .ok_or_else(|| bad("the proof's jwk is incomplete"))?;
 
     let text = |name: &str| claims.get(name).and_then(Value::as_str);
     if text("htm") != Some(p.method) {
@@ -338,8 +414,7 @@ pub fn verify_proof(
     if iat > p.now + p.skew || iat < p.now - config.max_age_seconds - p.skew {
         return Err(bad("the proof's iat is outside the accepted window"));
     }
-    let ath: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    if text("ath") != Some(URL_SAFE_NO_PAD.encode(ath).as_str()) {
+    if text("ath") != Some(URL_SAFE_NO_PAD.encode(token_sha256).as_str()) {
         return Err(bad("the proof's ath is not the hash of this token"));
     }
     let jti = text("jti")

@@ -240,3 +240,43 @@ fn an_mtls_bound_token_needs_its_certificate() {
     let (status, _, _) = run(&config, &mut request("Bearer", &token, None, &shared)).unwrap_err();
     assert_eq!(status, 401);
 }
+
+#[test]
+fn a_remembered_proof_header_does_not_vouch_for_the_next_signature() {
+    // A client's proofs repeat one header (typ, alg, jwk), read once per VM: every proof's
+    // signature is still checked against that header's key.
+    let config = config(false);
+    let shared = Shared::default();
+    let token = bound_token(json!({ "jkt": jkt() }));
+    let good = proof(&token, "POST", URL, NOW, "g-1");
+    assert_eq!(
+        run(&config, &mut request("DPoP", &token, Some(&good), &shared)),
+        Ok(())
+    );
+    let header = json!({ "typ": "dpop+jwt", "alg": "ES256", "jwk": client_jwk() });
+    let ath = URL_SAFE_NO_PAD.encode(Sha256::digest(token.as_bytes()));
+    let claims = json!({ "htm": "POST", "htu": URL, "iat": NOW, "jti": "g-2", "ath": ath });
+    // The same header, signed by a key that is not the header's.
+    let forged = sign_with_header(Signer::Es256, &header, &claims);
+    assert_eq!(
+        good.split('.').next(),
+        forged.split('.').next(),
+        "one header text"
+    );
+    let (status, body, _) = run(
+        &config,
+        &mut request("DPoP", &token, Some(&forged), &shared),
+    )
+    .unwrap_err();
+    assert_eq!(status, 401);
+    assert_eq!(
+        body["error_description"],
+        "the proof's signature does not verify"
+    );
+    // The good key's next proof still passes.
+    let next = proof(&token, "POST", URL, NOW, "g-3");
+    assert_eq!(
+        run(&config, &mut request("DPoP", &token, Some(&next), &shared)),
+        Ok(())
+    );
+}

@@ -267,7 +267,7 @@ impl Stream {
         };
         dpop::check(
             &identity.claims,
-            token,
+            &self.config.authenticator.token_digest(token),
             &presentation,
             &self.config.dpop,
             host,
