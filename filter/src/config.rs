@@ -21,6 +21,7 @@ use crate::http::is_header_name;
 pub(crate) use crate::http::is_header_value;
 
 use crate::audit::ArgumentsMode;
+use crate::discovery::KnownLists;
 use crate::jwt::{Authenticator, Issuer};
 use crate::pins::Pins;
 use crate::policy::Policy;
@@ -141,6 +142,8 @@ pub struct Server {
     pub pins: Pins,
     /// Only DPoP-bound tokens are accepted (advertised as `dpop_bound_access_tokens_required`).
     pub require_dpop: bool,
+    /// The list arrays this server last sent, compared rather than read again.
+    pub lists_seen: KnownLists,
 }
 
 /// Conditions selecting a server beyond its path: Envoy route name, host, upstream cluster.
@@ -723,6 +726,7 @@ impl Server {
             policy,
             pins,
             require_dpop: raw.require_dpop,
+            lists_seen: KnownLists::default(),
         })
     }
 }

@@ -15,8 +15,15 @@
 //! Members the decision depends on (`id`, `result`, the list, each entry's name) must appear
 //! once: a duplicate makes the message [`Filtered::Unparseable`] (an entry with a duplicate
 //! name is hidden), so that no client can read a different list than the one filtered.
+//!
+//! A server answers a listing with the same array call after call: [`KnownLists`] keeps the
+//! last array of each kind a server sent, with its entries, so that the same bytes are compared
+//! rather than read again.
 
+use std::cell::RefCell;
+use std::fmt;
 use std::ops::Range;
+use std::rc::Rc;
 
 use serde_json::Value;
 
@@ -193,7 +200,8 @@ pub fn filter_entries(
         found = true;
         let total = entries.len();
         let kept: Vec<Range<usize>> = entries
-            .into_iter()
+            .iter()
+            .map(|(entry, name)| (at(&array, entry), name))
             .filter(|(entry, name)| {
                 let text = message.get(entry.clone()).unwrap_or_default();
                 name.as_deref().is_some_and(|n| allowed(n, text))
@@ -265,16 +273,18 @@ pub fn check_answer(
     allowed: &mut dyn FnMut(ListKind, &str, &[u8]) -> bool,
 ) -> Checked {
     match std::str::from_utf8(message) {
-        Ok(text) => check_answer_text(text, expect, allowed),
+        Ok(text) => check_answer_text(text, expect, None, allowed),
         Err(_) => Checked::Unreadable("not JSON".to_string()),
     }
 }
 
 /// [`check_answer`] on text already known to be UTF-8 (an event's data): the cursor checks
-/// the JSON grammar (the whole text: `at_end` below).
+/// the JSON grammar (the whole text: `at_end` below). List arrays in `known` are compared
+/// rather than read again, and the arrays read are kept there.
 pub fn check_answer_text(
     text: &str,
     expect: &Expect,
+    known: Option<&KnownLists>,
     allowed: &mut dyn FnMut(ListKind, &str, &[u8]) -> bool,
 ) -> Checked {
     let unreadable = |why: &str| Checked::Unreadable(why.to_string());
@@ -288,9 +298,9 @@ pub fn check_answer_text(
     let mut top = Scan::new(message);
     let batch = top.peek() == Some(b'[');
     let infos = if batch {
-        top.elements(|s| Some(s.info(&kinds)))
+        top.elements(|s| Some(s.info(&kinds, known)))
     } else {
-        Some(vec![top.info(&kinds)])
+        Some(vec![top.info(&kinds, known)])
     };
     // The cursor stops at the first byte that is not JSON, and JSON ends at the end; `info`
     // fails only where the JSON does.
@@ -381,11 +391,12 @@ pub fn check_answer_text(
             let total = entries.len();
             let kept: Vec<Range<usize>> = entries
                 .iter()
+                .map(|(entry, name)| (at(array, entry), name))
                 .filter(|(entry, name)| {
                     let text = message.get(entry.clone()).unwrap_or_default();
                     name.as_deref().is_some_and(|n| allowed(*kind, n, text))
                 })
-                .map(|(entry, _)| entry.clone())
+                .map(|(entry, _)| entry)
                 .collect();
             if kept.len() < total {
                 hidden += total - kept.len();
@@ -437,11 +448,77 @@ const CACHING_MEMBERS: [&str; 3] = ["resultType", "cacheScope", "ttlMs"];
 /// A member that must be unique appears twice, or the scanner failed.
 struct Ambiguous;
 
-/// A list entry: its span and its name, if it is an object with one string name.
+/// A list entry: its span from the start of its array, and its name if it is an object with
+/// one string name.
 type Entry = (Range<usize>, Option<String>);
 
 /// A list: the span of its array and its entries.
-type List = (Range<usize>, Vec<Entry>);
+type List = (Range<usize>, Rc<[Entry]>);
+
+/// Where an entry is in the message.
+fn at(array: &Range<usize>, entry: &Range<usize>) -> Range<usize> {
+    array.start + entry.start..array.start + entry.end
+}
+
+/// The last list array of each kind one server sent, with what reading it found. A server
+/// answers `tools/list` with the same array call after call (only the JSON-RPC `id` around it
+/// changes), and reading it again, validating some 140 KB of JSON for 500 tools, was most of
+/// what a listing cost. An array is taken from here only when the message holds exactly its
+/// bytes, at the same nesting depth ([`Scan::skip_known`]): what reading it found cannot differ.
+/// Each entry's visibility, its pin and everything outside the array are decided anew. Bounded:
+/// one array per kind, up to [`KNOWN_LIST_MAX_BYTES`]. One per server and VM, as the pins'
+/// matched definitions.
+#[derive(Default)]
+pub struct KnownLists(RefCell<Vec<KnownList>>);
+
+/// Longer arrays are read every time.
+pub const KNOWN_LIST_MAX_BYTES: usize = 1024 * 1024;
+
+struct KnownList {
+    kind: ListKind,
+    depth: u32,
+    escape: bool,
+    text: Box<[u8]>,
+    entries: Rc<[Entry]>,
+}
+
+impl fmt::Debug for KnownLists {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kept = self.0.try_borrow().map_or(0, |k| k.len());
+        write!(f, "KnownLists({kept} kept)")
+    }
+}
+
+impl KnownLists {
+    /// Reads the `kind` list array at the cursor, or moves past it if it is the one kept.
+    fn read(&self, s: &mut Scan, kind: ListKind) -> Option<Rc<[Entry]>> {
+        if let Ok(kept) = self.0.try_borrow() {
+            let known = kept.iter().find(|k| k.kind == kind);
+            if let Some(k) = known.filter(|k| s.skip_known(&k.text, k.depth, k.escape)) {
+                return Some(Rc::clone(&k.entries));
+            }
+        }
+        let (depth, start, before) = (s.depth(), s.pos(), s.unicode_escape);
+        s.unicode_escape = false;
+        let entries: Rc<[Entry]> = s.entries(kind.name_key())?.into();
+        let escape = s.unicode_escape;
+        s.unicode_escape |= before;
+        let text = s.bytes().get(start..s.pos())?;
+        if let Ok(mut kept) = self.0.try_borrow_mut() {
+            kept.retain(|k| k.kind != kind);
+            if text.len() <= KNOWN_LIST_MAX_BYTES {
+                kept.push(KnownList {
+                    kind,
+                    depth,
+                    escape,
+                    text: text.into(),
+                    entries: Rc::clone(&entries),
+                });
+            }
+        }
+        Some(entries)
+    }
+}
 
 /// Copies `bytes`, replacing each array span with `[` kept entries joined by `,` `]`.
 fn splice(bytes: &[u8], edits: &[(Range<usize>, Vec<Range<usize>>)]) -> Option<Vec<u8>> {
@@ -509,7 +586,7 @@ impl Scan<'_> {
     }
 
     /// Reads one message's members (see [`Info`]).
-    fn info(&mut self, kinds: &[ListKind]) -> Result<Info, Ambiguous> {
+    fn info(&mut self, kinds: &[ListKind], known: Option<&KnownLists>) -> Result<Info, Ambiguous> {
         let mut info = Info {
             object: self.peek() == Some(b'{'),
             ids: Vec::new(),
@@ -544,7 +621,10 @@ impl Scan<'_> {
                     let kind = kinds.get(i)?;
                     let list = if s.peek()? == b'[' {
                         let start = s.pos();
-                        let entries = s.entries(kind.name_key())?;
+                        let entries = match known {
+                            Some(known) => known.read(s, *kind)?,
+                            None => s.entries(kind.name_key())?.into(),
+                        };
                         Some((start..s.pos(), entries))
                     } else {
                         s.value()?;
@@ -581,7 +661,7 @@ impl Scan<'_> {
                 s.value()?;
             } else if s.peek()? == b'[' {
                 let start = s.pos();
-                let entries = s.entries(kind.name_key())?;
+                let entries = s.entries(kind.name_key())?.into();
                 lists.push(Some((start..s.pos(), entries)));
             } else {
                 s.value()?;
@@ -592,10 +672,13 @@ impl Scan<'_> {
         Some(lists)
     }
 
-    /// Reads an array of list entries and the `name_key` string of each one.
+    /// Reads an array of list entries and the `name_key` string of each one (spans from the
+    /// array's `[`).
     fn entries(&mut self, name_key: &str) -> Option<Vec<Entry>> {
+        self.peek()?;
+        let base = self.pos();
         self.elements(|s| {
-            let start = s.pos();
+            let start = s.pos().saturating_sub(base);
             if s.peek()? != b'{' {
                 s.value()?;
                 return Some((start..s.pos(), None));
@@ -614,7 +697,7 @@ impl Scan<'_> {
                 [name] => serde_json::from_slice::<String>(s.bytes().get(name.clone())?).ok(),
                 _ => None,
             };
-            Some((start..s.pos(), name))
+            Some((start..s.pos().saturating_sub(base), name))
         })
     }
 }
@@ -1126,6 +1209,70 @@ mod tests {
     /// The reader validates as it goes: a list whose bytes are not JSON anywhere (deep inside an
     /// entry the caller would not see, or one it would) is refused whole, as serde_json would
     /// refuse it; nothing of it is forwarded as a filtered list.
+    /// Checks `message` with the lists `known` holds (and keeps its arrays there), and without.
+    fn check_both(message: &[u8], expect: &Expect, known: &KnownLists) -> (Checked, Checked) {
+        let mut allow = |_: ListKind, n: &str, _: &[u8]| n.len() % 2 == 1;
+        let fresh = check_answer(message, expect, &mut allow);
+        let remembered = match std::str::from_utf8(message) {
+            Ok(text) => check_answer_text(text, expect, Some(known), &mut allow),
+            Err(_) => Checked::Unreadable("not JSON".into()),
+        };
+        (fresh, remembered)
+    }
+
+    #[test]
+    fn a_remembered_list_decides_exactly_as_reading_it_again() {
+        // After a good list is kept, every one-byte change anywhere in the message (inside the
+        // array, at its ends, around it) gets the verdict a fresh read gives, and the good
+        // list still reads the same between the changes.
+        let good = br#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"a","d":{"x":[1,"\u0041"]}},{"name":"bb"},{"name":"ccc","name":"d"},7,{"name":"eeeee","k":"v"}],"nextCursor":"n"}}"#;
+        let expect = list_request(json!(7), ListKind::Tools);
+        let known = KnownLists::default();
+        let (fresh, first) = check_both(good, &expect, &known);
+        assert!(
+            matches!(fresh, Checked::Rewritten { hidden: 3, .. }),
+            "{fresh:?}"
+        );
+        assert_eq!(first, fresh);
+        let replacements = b"\"\\{}[],:x 0\t";
+        for at in 0..good.len() {
+            for &b in replacements.iter().filter(|&&b| b != good[at]) {
+                let mut bad = good.to_vec();
+                bad[at] = b;
+                let (fresh, remembered) = check_both(&bad, &expect, &known);
+                assert_eq!(remembered, fresh, "byte {at} set to {:?}", b as char);
+                let (fresh, again) = check_both(good, &expect, &known);
+                assert_eq!(again, fresh, "the good list after byte {at}");
+            }
+        }
+        // One byte more or less at the end of the array.
+        let text = std::str::from_utf8(good).unwrap();
+        for (from, to) in [("}],", "}] ,"), ("}],", "},{}],"), ("}],", "],")] {
+            let bad = text.replacen(from, to, 1);
+            let (fresh, remembered) = check_both(bad.as_bytes(), &expect, &known);
+            assert_eq!(remembered, fresh, "{to}");
+        }
+    }
+
+    #[test]
+    fn a_remembered_list_is_not_taken_deeper_than_it_was_read() {
+        // Valid at the depth of a single message, too deep inside a batch (one level more).
+        let deep = format!("{}1{}", "[".repeat(123), "]".repeat(123));
+        let one = format!(r#"{{"id":1,"result":{{"tools":[{{"name":"a","x":{deep}}}]}}}}"#);
+        let expect = Expect {
+            any: vec![ListKind::Tools],
+            ..Expect::default()
+        };
+        let known = KnownLists::default();
+        let (fresh, remembered) = check_both(one.as_bytes(), &expect, &known);
+        assert!(matches!(fresh, Checked::Listed { .. }), "{fresh:?}");
+        assert_eq!(remembered, fresh);
+        let batch = format!("[{one}]");
+        let (fresh, remembered) = check_both(batch.as_bytes(), &expect, &known);
+        assert!(matches!(fresh, Checked::Unreadable(_)), "{fresh:?}");
+        assert_eq!(remembered, fresh);
+    }
+
     #[test]
     fn damage_anywhere_in_a_list_makes_it_unreadable() {
         let body = String::from_utf8(big_list()).unwrap();

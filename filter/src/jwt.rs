@@ -285,16 +285,6 @@ impl MessageKey {
     }
 }
 
-/// `a == b`, eight bytes at a time: the libc `memcmp` a slice comparison calls in Wasm goes
-/// byte by byte, and a token is a kilobyte.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    let word = |c: &[u8]| c.first_chunk::<8>().map(|w| u64::from_ne_bytes(*w));
-    let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));
-    a.len() == b.len()
-        && wa.remainder() == wb.remainder()
-        && wa.zip(wb).all(|(x, y)| word(x) == word(y))
-}
-
 /// Bit length of a big-endian unsigned integer.
 fn bit_length(bytes: &[u8]) -> usize {
     match bytes.iter().position(|b| *b != 0) {
@@ -974,7 +964,7 @@ impl Authenticator {
             return Sha256::digest(token.as_bytes()).into();
         };
         if let Some((kept, digest)) = entry {
-            if same_bytes(kept.as_bytes(), token.as_bytes()) {
+            if crate::bytes::same(kept.as_bytes(), token.as_bytes()) {
                 return *digest;
             }
         }

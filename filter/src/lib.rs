@@ -18,6 +18,7 @@
 )]
 
 pub mod audit;
+pub mod bytes;
 pub mod config;
 pub mod crypto;
 pub mod discovery;

@@ -277,7 +277,7 @@ impl Pins {
             && matched.is_some_and(|m| {
                 m.borrow()
                     .get(name)
-                    .is_some_and(|bytes| bytes.as_slice() == entry)
+                    .is_some_and(|bytes| crate::bytes::same(bytes, entry))
             })
         {
             return Check::Matches;

@@ -6,7 +6,7 @@
 
 use memchr::memmem;
 
-use crate::discovery::{self, Checked, ListKind};
+use crate::discovery::{self, Checked, KnownLists, ListKind};
 use crate::sse::{Rewrite, SseRewriter};
 use crate::tasks::Sealer;
 
@@ -175,6 +175,19 @@ pub fn contains_any(text: &[u8], patterns: &Patterns) -> bool {
     patterns.0.iter().any(|(f, _)| f.find(text).is_some())
 }
 
+/// What an answer is checked against.
+#[derive(Clone, Copy)]
+pub struct Checks<'a> {
+    /// The lists to filter, and what list answers must be.
+    pub lists: Option<&'a ListFilter>,
+    /// The list arrays this server sent before ([`KnownLists`]).
+    pub known: Option<&'a KnownLists>,
+    /// The service key's forms, redacted wherever they appear.
+    pub patterns: &'a Patterns,
+    /// Seals task ids for the caller.
+    pub tasks: Option<&'a Sealer<'a>>,
+}
+
 /// Whether a listed entry goes to the caller: asked with the list kind, the entry's name and
 /// its JSON text as the server wrote it.
 pub type Visible<'a> = dyn FnMut(ListKind, &str, &[u8]) -> bool + 'a;
@@ -182,12 +195,12 @@ pub type Visible<'a> = dyn FnMut(ListKind, &str, &[u8]) -> bool + 'a;
 /// Checks and filters a complete JSON-RPC message (a whole JSON body, or one event's data).
 fn filter_message(
     message: &str,
-    lists: Option<&ListFilter>,
+    checks: Checks,
     visible: &mut Visible,
     report: &mut Inspection,
 ) -> Option<Vec<u8>> {
-    let lists = lists?;
-    match discovery::check_answer_text(message, lists, visible) {
+    let lists = checks.lists?;
+    match discovery::check_answer_text(message, lists, checks.known, visible) {
         Checked::Pass => None,
         Checked::Listed { kinds, cacheable } => {
             private(&kinds, cacheable, message.as_bytes(), None, report)
@@ -211,13 +224,12 @@ fn filter_message(
 /// Filters a message's lists, then seals its task ids for the caller ([`crate::tasks`]).
 fn check_message(
     message: &str,
-    lists: Option<&ListFilter>,
-    tasks: Option<&Sealer>,
+    checks: Checks,
     visible: &mut Visible,
     report: &mut Inspection,
 ) -> Option<Vec<u8>> {
-    let out = filter_message(message, lists, visible, report);
-    let Some(tasks) = tasks else {
+    let out = filter_message(message, checks, visible, report);
+    let Some(tasks) = checks.tasks else {
         return out;
     };
     match crate::tasks::seal_answer(out.as_deref().unwrap_or(message.as_bytes()), tasks) {
@@ -264,16 +276,15 @@ fn private(
 pub fn inspect_buffered(
     body: &[u8],
     json: bool,
-    lists: Option<&ListFilter>,
-    patterns: &Patterns,
-    tasks: Option<&Sealer>,
+    checks: Checks,
     visible: &mut Visible,
 ) -> (Option<Vec<u8>>, Inspection) {
     let mut report = Inspection::default();
+    let lists = checks.lists;
     // An empty body is no list; it is unreadable only where a list is due.
     let mut out = if json && (!body.is_empty() || lists.is_some_and(|l| l.strict)) {
         match std::str::from_utf8(body) {
-            Ok(text) => check_message(text, lists, tasks, visible, &mut report),
+            Ok(text) => check_message(text, checks, visible, &mut report),
             // No task id a client could read; a list due here is unreadable.
             Err(_) => {
                 if lists.is_some() {
@@ -287,7 +298,7 @@ pub fn inspect_buffered(
     };
     let rewritten = out.is_some();
     let mut bytes = out.take().unwrap_or_else(|| body.to_vec());
-    report.leaks = redact(&mut bytes, patterns);
+    report.leaks = redact(&mut bytes, checks.patterns);
     let changed = rewritten || report.leaks > 0;
     (changed.then_some(bytes), report)
 }
@@ -297,9 +308,7 @@ pub fn inspect_events(
     rewriter: &mut SseRewriter,
     chunk: &[u8],
     end_of_stream: bool,
-    lists: Option<&ListFilter>,
-    patterns: &Patterns,
-    tasks: Option<&Sealer>,
+    checks: Checks,
     visible: &mut Visible,
 ) -> (Vec<u8>, Inspection) {
     let mut report = Inspection::default();
@@ -307,7 +316,7 @@ pub fn inspect_events(
         if event.data.is_empty() {
             return Rewrite::Keep;
         }
-        match check_message(&event.data, lists, tasks, visible, &mut report) {
+        match check_message(&event.data, checks, visible, &mut report) {
             Some(bytes) => Rewrite::Replace(bytes),
             None => Rewrite::Keep,
         }
@@ -316,7 +325,7 @@ pub fn inspect_events(
         Ok(mut bytes) => {
             // The service key, once over everything that goes out: the events' data, their
             // other fields and comments, kept or re-encoded alike.
-            report.leaks += redact(&mut bytes, patterns);
+            report.leaks += redact(&mut bytes, checks.patterns);
             (bytes, report)
         }
         Err(e) => {
@@ -354,14 +363,13 @@ mod tests {
             responses_only: true,
             ..Default::default()
         };
-        let (out, report) = inspect_buffered(
-            body,
-            true,
-            Some(&lists),
-            &Patterns::new([]),
-            None,
-            &mut |_, n, _| n == "a",
-        );
+        let checks = Checks {
+            lists: Some(&lists),
+            known: None,
+            patterns: &Patterns::new([]),
+            tasks: None,
+        };
+        let (out, report) = inspect_buffered(body, true, checks, &mut |_, n, _| n == "a");
         assert_eq!(report.hidden, 1);
         let out: Value = serde_json::from_slice(&out.unwrap_or_default()).unwrap_or_default();
         assert_eq!(out["result"]["tools"], serde_json::json!([{"name": "a"}]));
@@ -372,24 +380,16 @@ mod tests {
     fn event_stream_leaks_are_redacted_across_chunks() {
         let mut rw = SseRewriter::new(1024);
         let patterns = Patterns::new([b"sk-secret-1".to_vec()]);
-        let (a, r1) = inspect_events(
-            &mut rw,
-            b"data: {\"k\":\"sk-sec",
-            false,
-            None,
-            &patterns,
-            None,
-            &mut |_, _, _| true,
-        );
-        let (b, r2) = inspect_events(
-            &mut rw,
-            b"ret-1\"}\n\n",
-            true,
-            None,
-            &patterns,
-            None,
-            &mut |_, _, _| true,
-        );
+        let checks = Checks {
+            lists: None,
+            known: None,
+            patterns: &patterns,
+            tasks: None,
+        };
+        let chunk = b"data: {\"k\":\"sk-sec";
+        let (a, r1) = inspect_events(&mut rw, chunk, false, checks, &mut |_, _, _| true);
+        let chunk = b"ret-1\"}\n\n";
+        let (b, r2) = inspect_events(&mut rw, chunk, true, checks, &mut |_, _, _| true);
         let all = [a, b].concat();
         assert_eq!(r1.leaks + r2.leaks, 1);
         assert!(!contains_any(&all, &patterns));

@@ -124,6 +124,30 @@ impl<'a> Scan<'a> {
         self.bytes.get(self.pos).copied()
     }
 
+    /// How many containers the cursor is inside of.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+
+    /// Moves past `text` if the input continues with exactly these bytes (whitespace skipped
+    /// first), where `text` is one value a cursor read as valid at this same depth: the same
+    /// bytes from the same depth get the same verdict, so there is nothing to check again.
+    /// `escape` is what reading it left in [`Scan::unicode_escape`].
+    pub fn skip_known(&mut self, text: &[u8], depth: u32, escape: bool) -> bool {
+        self.ws();
+        let end = self.pos.saturating_add(text.len());
+        let same = depth == self.depth
+            && self
+                .bytes
+                .get(self.pos..end)
+                .is_some_and(|here| crate::bytes::same(here, text));
+        if same {
+            self.pos = end;
+            self.unicode_escape |= escape;
+        }
+        same
+    }
+
     /// Whether only whitespace is left: the end of a whole JSON text.
     pub fn at_end(&mut self) -> bool {
         self.ws();

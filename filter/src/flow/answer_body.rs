@@ -52,9 +52,13 @@ impl Stream {
                 checked.push((kind, name.to_string(), check));
                 keep
             };
-            let lists = self.lists.as_ref();
-            let patterns = &server.credential.leak_patterns;
             let tasks = self.task_sealer(&config, server);
+            let checks = response::Checks {
+                lists: self.lists.as_ref(),
+                known: Some(&server.lists_seen),
+                patterns: &server.credential.leak_patterns,
+                tasks: tasks.as_ref(),
+            };
             match &mut phase {
                 Phase::BufferingAnswer { .. } if !end_of_stream => {
                     let hold = body.len() <= response::MAX_BUFFERED_RESPONSE;
@@ -66,14 +70,8 @@ impl Stream {
                     Some((None, report, hold))
                 }
                 Phase::BufferingAnswer { json, .. } => {
-                    let (out, report) = response::inspect_buffered(
-                        body,
-                        *json,
-                        lists,
-                        patterns,
-                        tasks.as_ref(),
-                        &mut visible,
-                    );
+                    let (out, report) =
+                        response::inspect_buffered(body, *json, checks, &mut visible);
                     Some((out, report, false))
                 }
                 Phase::StreamingEvents(rewriter) => {
@@ -81,9 +79,7 @@ impl Stream {
                         rewriter,
                         body,
                         end_of_stream,
-                        lists,
-                        patterns,
-                        tasks.as_ref(),
+                        checks,
                         &mut visible,
                     );
                     Some((Some(out), report, false))
