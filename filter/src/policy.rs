@@ -112,8 +112,14 @@ impl Rule {
         self.may_apply_to_method(method) && self.tools.as_ref().is_none_or(|t| t.contains(tool))
     }
 
+    /// Asked for every rule and every item of a listing: the few names are compared one by
+    /// one, lengths first ([`crate::bytes::same`]), rather than through the set's ordered
+    /// search, whose string comparisons go through Wasm's byte-at-a-time `memcmp`.
     fn may_apply_to_method(&self, method: &str) -> bool {
-        self.methods.as_ref().is_none_or(|m| m.contains(method))
+        self.methods.as_ref().is_none_or(|m| {
+            m.iter()
+                .any(|name| crate::bytes::same(name.as_bytes(), method.as_bytes()))
+        })
     }
 }
 
