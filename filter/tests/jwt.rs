@@ -945,6 +945,23 @@ mod shared_cache {
     }
 
     #[test]
+    fn a_token_with_large_claims_is_not_shared_but_still_accepted() {
+        let shared = Shared::default();
+        let (a, _) = vm(json!({}));
+        let big = "g".repeat(mcp_guard::token_cache::MAX_ENTRY_BYTES);
+        let token = sign(Signer::EdDsa, &claims_for("big", &[big.as_str()], ""));
+        assert!(a.authenticate(&token, &mut host_at(&shared, NOW)).is_ok());
+        assert!(a.authenticate(&token, &mut host_at(&shared, NOW)).is_ok());
+        let entries: Vec<usize> = shared
+            .borrow()
+            .iter()
+            .filter(|(k, _)| k.starts_with("mcp-guard:token:"))
+            .map(|(_, v)| v.len())
+            .collect();
+        assert!(entries.is_empty(), "shared entries of {entries:?} bytes");
+    }
+
+    #[test]
     fn shared_data_stays_bounded() {
         let shared = Shared::default();
         let (a, _) = vm(json!({}));
