@@ -88,6 +88,8 @@ pub struct Rule {
     tools: Option<BTreeSet<String>>,
     /// The methods the rule can apply to, likewise.
     methods: Option<BTreeSet<String>>,
+    /// The same, as a list for [`Rule::may_apply_to_method`].
+    method_list: Option<Box<[String]>>,
     /// Whether the rule reads `mcp.tool.arguments` (so it cannot be decided for a listing).
     uses_arguments: bool,
     /// How `condition` and `when` read the item of a listing.
@@ -116,7 +118,7 @@ impl Rule {
     /// one, lengths first ([`crate::bytes::same`]), rather than through the set's ordered
     /// search, whose string comparisons go through Wasm's byte-at-a-time `memcmp`.
     fn may_apply_to_method(&self, method: &str) -> bool {
-        self.methods.as_ref().is_none_or(|m| {
+        self.method_list.as_deref().is_none_or(|m| {
             m.iter()
                 .any(|name| crate::bytes::same(name.as_bytes(), method.as_bytes()))
         })
@@ -576,14 +578,12 @@ impl Policy {
         tool: &'l str,
         indexed: bool,
     ) -> impl Iterator<Item = (usize, &'l Rule)> + 'l {
-        let (some, every) = if indexed {
-            (Some(lane.candidates(tool)), None)
+        let rules = if indexed {
+            Candidates::Indexed(lane.candidates(tool))
         } else {
-            (None, Some(lane.every.iter().copied()))
+            Candidates::Every(lane.every.iter())
         };
-        some.into_iter()
-            .flatten()
-            .chain(every.into_iter().flatten())
+        rules
             .filter_map(|i| self.rules.get(i).map(|r| (i, r)))
             // The index already chose by tool (`candidates`): only the methods are left.
             .filter(move |(_, r)| !indexed || r.may_apply_to_method(method))
@@ -967,6 +967,7 @@ impl Rule {
             condition: condition.program,
             when: when.map(|w| w.program),
             tools,
+            method_list: methods.as_ref().map(|m| m.iter().cloned().collect()),
             methods,
             uses_arguments,
         })
@@ -1034,11 +1035,29 @@ impl Index {
 
 impl Lane {
     /// The rules that can apply to a message about `tool` ("" when none), in policy order.
-    fn candidates<'l>(&'l self, tool: &str) -> impl Iterator<Item = usize> + 'l {
+    fn candidates<'l>(&'l self, tool: &str) -> Merge<'l> {
         let named: &'l [usize] = self.by_tool.get(tool).map(Vec::as_slice).unwrap_or(&[]);
         Merge {
             a: self.any_tool.as_slice(),
             b: named,
+        }
+    }
+}
+
+/// The rules of a lane a walk goes through: those the index chose, or every one. (One plain
+/// iterator: run for every item of a listing, where a chain of options cost more than the
+/// choosing.)
+enum Candidates<'l> {
+    Indexed(Merge<'l>),
+    Every(std::slice::Iter<'l, usize>),
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = usize;
+    fn next(&mut self) -> Option<usize> {
+        match self {
+            Candidates::Indexed(merge) => merge.next(),
+            Candidates::Every(every) => every.next().copied(),
         }
     }
 }
