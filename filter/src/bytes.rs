@@ -35,7 +35,7 @@ fn same16(a: &[u8], b: &[u8]) -> bool {
     same_words(a, b)
 }
 
-/// Eight bytes at a time, then the rest (equal lengths assumed by the callers above).
+/// Eight bytes at a time, then the rest.
 fn same_words(a: &[u8], b: &[u8]) -> bool {
     let word = |c: &[u8]| c.first_chunk::<8>().map(|w| u64::from_ne_bytes(*w));
     let (wa, wb) = (a.chunks_exact(8), b.chunks_exact(8));

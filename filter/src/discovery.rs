@@ -1206,9 +1206,6 @@ mod tests {
             .is_some_and(|n| n % 2 == 0)
     }
 
-    /// The reader validates as it goes: a list whose bytes are not JSON anywhere (deep inside an
-    /// entry the caller would not see, or one it would) is refused whole, as serde_json would
-    /// refuse it; nothing of it is forwarded as a filtered list.
     /// Checks `message` with the lists `known` holds (and keeps its arrays there), and without.
     fn check_both(message: &[u8], expect: &Expect, known: &KnownLists) -> (Checked, Checked) {
         let mut allow = |_: ListKind, n: &str, _: &[u8]| n.len() % 2 == 1;
@@ -1273,6 +1270,9 @@ mod tests {
         assert_eq!(remembered, fresh);
     }
 
+    /// The reader validates as it goes: a list whose bytes are not JSON anywhere (deep inside an
+    /// entry the caller would not see, or one it would) is refused whole, as serde_json would
+    /// refuse it; nothing of it is forwarded as a filtered list.
     #[test]
     fn damage_anywhere_in_a_list_makes_it_unreadable() {
         let body = String::from_utf8(big_list()).unwrap();

@@ -86,10 +86,9 @@ pub struct Rule {
     /// The tools the rule can apply to (from conjuncts such as `mcp.tool.name == "x"`); `None`
     /// when any tool, or none, may match.
     tools: Option<BTreeSet<String>>,
-    /// The methods the rule can apply to, likewise.
-    methods: Option<BTreeSet<String>>,
-    /// The same, as a list for [`Rule::may_apply_to_method`].
-    method_list: Option<Box<[String]>>,
+    /// The methods the rule can apply to, likewise (in order, without repeats). A list, not a
+    /// set: see [`Rule::may_apply_to_method`].
+    methods: Option<Box<[String]>>,
     /// Whether the rule reads `mcp.tool.arguments` (so it cannot be decided for a listing).
     uses_arguments: bool,
     /// How `condition` and `when` read the item of a listing.
@@ -105,8 +104,8 @@ impl Rule {
     }
 
     /// The methods this rule can apply to, when its expression limits them.
-    pub fn methods(&self) -> Option<&BTreeSet<String>> {
-        self.methods.as_ref()
+    pub fn methods(&self) -> Option<&[String]> {
+        self.methods.as_deref()
     }
 
     /// Whether the index lets this rule apply to a message with this method and tool name.
@@ -118,7 +117,7 @@ impl Rule {
     /// one, lengths first ([`crate::bytes::same`]), rather than through the set's ordered
     /// search, whose string comparisons go through Wasm's byte-at-a-time `memcmp`.
     fn may_apply_to_method(&self, method: &str) -> bool {
-        self.method_list.as_deref().is_none_or(|m| {
+        self.methods.as_deref().is_none_or(|m| {
             m.iter()
                 .any(|name| crate::bytes::same(name.as_bytes(), method.as_bytes()))
         })
@@ -967,8 +966,7 @@ impl Rule {
             condition: condition.program,
             when: when.map(|w| w.program),
             tools,
-            method_list: methods.as_ref().map(|m| m.iter().cloned().collect()),
-            methods,
+            methods: methods.map(|m| m.into_iter().collect()),
             uses_arguments,
         })
     }

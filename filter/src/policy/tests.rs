@@ -923,7 +923,7 @@ fn rules_are_indexed_by_the_tools_and_methods_they_name() {
         .rules
         .iter()
         .find(|r| r.name == "method")
-        .and_then(|r| r.methods().cloned());
+        .and_then(|r| r.methods().map(|m| m.iter().cloned().collect()));
     assert_eq!(methods, set(&["tools/list"]));
 
     // A call to `b` runs neither `one` nor `method` nor `req`.
