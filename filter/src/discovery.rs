@@ -20,7 +20,7 @@
 //! last array of each kind a server sent, with its entries, so that the same bytes are compared
 //! rather than read again.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::ops::Range;
 use std::rc::Rc;
@@ -201,7 +201,7 @@ pub fn filter_entries(
         let total = entries.len();
         let kept: Vec<Range<usize>> = entries
             .iter()
-            .map(|(entry, name)| (at(&array, entry), name))
+            .map(|entry| (at(&array, &entry.span), &entry.name))
             .filter(|(entry, name)| {
                 let text = message.get(entry.clone()).unwrap_or_default();
                 name.as_deref().is_some_and(|n| allowed(n, text))
@@ -270,7 +270,7 @@ pub enum Checked {
 pub fn check_answer(
     message: &[u8],
     expect: &Expect,
-    allowed: &mut dyn FnMut(ListKind, &str, &[u8]) -> bool,
+    allowed: &mut dyn FnMut(&Listed) -> bool,
 ) -> Checked {
     match std::str::from_utf8(message) {
         Ok(text) => check_answer_text(text, expect, None, allowed),
@@ -285,7 +285,7 @@ pub fn check_answer_text(
     text: &str,
     expect: &Expect,
     known: Option<&KnownLists>,
-    allowed: &mut dyn FnMut(ListKind, &str, &[u8]) -> bool,
+    allowed: &mut dyn FnMut(&Listed) -> bool,
 ) -> Checked {
     let unreadable = |why: &str| Checked::Unreadable(why.to_string());
     let message = text.as_bytes();
@@ -391,12 +391,17 @@ pub fn check_answer_text(
             let total = entries.len();
             let kept: Vec<Range<usize>> = entries
                 .iter()
-                .map(|(entry, name)| (at(array, entry), name))
-                .filter(|(entry, name)| {
-                    let text = message.get(entry.clone()).unwrap_or_default();
-                    name.as_deref().is_some_and(|n| allowed(*kind, n, text))
+                .filter_map(|entry| {
+                    let span = at(array, &entry.span);
+                    let name = entry.name.as_deref()?;
+                    let listed = Listed {
+                        kind: *kind,
+                        name,
+                        text: message.get(span.clone()).unwrap_or_default(),
+                        memo: &entry.memo,
+                    };
+                    allowed(&listed).then_some(span)
                 })
-                .map(|(entry, _)| entry)
                 .collect();
             if kept.len() < total {
                 hidden += total - kept.len();
@@ -450,7 +455,35 @@ struct Ambiguous;
 
 /// A list entry: its span from the start of its array, and its name if it is an object with
 /// one string name.
-type Entry = (Range<usize>, Option<String>);
+struct Entry {
+    span: Range<usize>,
+    name: Option<String>,
+    /// [`Listed::memo`]: kept with the array in [`KnownLists`].
+    memo: Cell<bool>,
+}
+
+impl Entry {
+    fn new(span: Range<usize>, name: Option<String>) -> Entry {
+        Entry {
+            span,
+            name,
+            memo: Cell::new(false),
+        }
+    }
+}
+
+/// A listed entry, as the list filter asks about it ([`check_answer`]).
+pub struct Listed<'a> {
+    pub kind: ListKind,
+    pub name: &'a str,
+    /// The entry's JSON text, as the server wrote it.
+    pub text: &'a [u8],
+    /// Kept with these exact bytes: `false` when they are first read, and what the caller
+    /// leaves here is handed back when a later message repeats the same list array
+    /// ([`KnownLists`]). Only for a verdict that depends on the server's configuration and
+    /// the entry alone, never on the caller: the pin check's.
+    pub memo: &'a Cell<bool>,
+}
 
 /// A list: the span of its array and its entries.
 type List = (Range<usize>, Rc<[Entry]>);
@@ -681,7 +714,7 @@ impl Scan<'_> {
             let start = s.pos().saturating_sub(base);
             if s.peek()? != b'{' {
                 s.value()?;
-                return Some((start..s.pos(), None));
+                return Some(Entry::new(start..s.pos(), None));
             }
             let mut names = Vec::new();
             s.object(|s, key| {
@@ -697,7 +730,7 @@ impl Scan<'_> {
                 [name] => serde_json::from_slice::<String>(s.bytes().get(name.clone())?).ok(),
                 _ => None,
             };
-            Some((start..s.pos().saturating_sub(base), name))
+            Some(Entry::new(start..s.pos().saturating_sub(base), name))
         })
     }
 }
@@ -1041,7 +1074,7 @@ mod tests {
 
     fn check(message: &Value, expect: &Expect, allow: &[&str]) -> Checked {
         let bytes = serde_json::to_vec(message).unwrap();
-        check_answer(&bytes, expect, &mut |_, n, _| allow.contains(&n))
+        check_answer(&bytes, expect, &mut |l| allow.contains(&l.name))
     }
 
     fn list_request(id: Value, kind: ListKind) -> Expect {
@@ -1112,7 +1145,7 @@ mod tests {
             b"{\"id\":5,\"id\":5,\"result\":{\"tools\":[]}}",
         ] {
             assert!(matches!(
-                check_answer(bad, &expect, &mut |_, _, _| true),
+                check_answer(bad, &expect, &mut |_| true),
                 Checked::Unreadable(_)
             ));
         }
@@ -1144,7 +1177,7 @@ mod tests {
         let both = json!({"jsonrpc": "2.0", "id": 1, "method": "m", "result": {"tools": []}});
         assert!(matches!(check(&both, &expect, &[]), Checked::Unreadable(_)));
         assert!(matches!(
-            check_answer(b"data", &expect, &mut |_, _, _| true),
+            check_answer(b"data", &expect, &mut |_| true),
             Checked::Unreadable(_)
         ));
     }
@@ -1207,30 +1240,58 @@ mod tests {
     }
 
     /// Checks `message` with the lists `known` holds (and keeps its arrays there), and without.
+    /// An entry is shown if its name has an odd length and its text has no `x` in it: the second
+    /// test is an entry-only verdict, kept in the entry's memo when it passes (as pins do).
     fn check_both(message: &[u8], expect: &Expect, known: &KnownLists) -> (Checked, Checked) {
-        let mut allow = |_: ListKind, n: &str, _: &[u8]| n.len() % 2 == 1;
+        check_counted(message, expect, known).0
+    }
+
+    /// [`check_both`], and how many entry texts the remembered read had to look at.
+    fn check_counted(
+        message: &[u8],
+        expect: &Expect,
+        known: &KnownLists,
+    ) -> ((Checked, Checked), usize) {
+        let looked = Cell::new(0);
+        let mut allow = |l: &Listed| {
+            if l.name.len() % 2 == 0 {
+                return false;
+            }
+            if l.memo.get() {
+                return true;
+            }
+            looked.set(looked.get() + 1);
+            let ok = !l.text.contains(&b'x');
+            l.memo.set(ok);
+            ok
+        };
         let fresh = check_answer(message, expect, &mut allow);
+        looked.set(0);
         let remembered = match std::str::from_utf8(message) {
             Ok(text) => check_answer_text(text, expect, Some(known), &mut allow),
             Err(_) => Checked::Unreadable("not JSON".into()),
         };
-        (fresh, remembered)
+        ((fresh, remembered), looked.get())
     }
 
     #[test]
     fn a_remembered_list_decides_exactly_as_reading_it_again() {
         // After a good list is kept, every one-byte change anywhere in the message (inside the
         // array, at its ends, around it) gets the verdict a fresh read gives, and the good
-        // list still reads the same between the changes.
+        // list still reads the same between the changes: neither the kept entries nor their
+        // memos are taken for bytes that differ.
         let good = br#"{"jsonrpc":"2.0","id":7,"result":{"tools":[{"name":"a","d":{"x":[1,"\u0041"]}},{"name":"bb"},{"name":"ccc","name":"d"},7,{"name":"eeeee","k":"v"}],"nextCursor":"n"}}"#;
         let expect = list_request(json!(7), ListKind::Tools);
         let known = KnownLists::default();
-        let (fresh, first) = check_both(good, &expect, &known);
+        let ((fresh, first), looked) = check_counted(good, &expect, &known);
         assert!(
-            matches!(fresh, Checked::Rewritten { hidden: 3, .. }),
+            matches!(fresh, Checked::Rewritten { hidden: 4, .. }),
             "{fresh:?}"
         );
-        assert_eq!(first, fresh);
+        assert_eq!((first, looked), (fresh, 2));
+        // Read again: the entry that passed is not looked at again (its memo is kept).
+        let ((fresh, again), looked) = check_counted(good, &expect, &known);
+        assert_eq!((again, looked), (fresh, 1));
         let replacements = b"\"\\{}[],:x 0\t";
         for at in 0..good.len() {
             for &b in replacements.iter().filter(|&&b| b != good[at]) {
@@ -1255,7 +1316,7 @@ mod tests {
     fn a_remembered_list_is_not_taken_deeper_than_it_was_read() {
         // Valid at the depth of a single message, too deep inside a batch (one level more).
         let deep = format!("{}1{}", "[".repeat(123), "]".repeat(123));
-        let one = format!(r#"{{"id":1,"result":{{"tools":[{{"name":"a","x":{deep}}}]}}}}"#);
+        let one = format!(r#"{{"id":1,"result":{{"tools":[{{"name":"a","y":{deep}}}]}}}}"#);
         let expect = Expect {
             any: vec![ListKind::Tools],
             ..Expect::default()
@@ -1307,7 +1368,7 @@ mod tests {
                 );
                 assert!(
                     matches!(
-                        check_answer(bad.as_bytes(), &expect, &mut |_, n, _| even(n)),
+                        check_answer(bad.as_bytes(), &expect, &mut |l| even(l.name)),
                         Checked::Unreadable(_)
                     ),
                     "{to} at {nth}"
@@ -1321,7 +1382,7 @@ mod tests {
         }
         // Undamaged, the same list is read and filtered.
         assert!(matches!(
-            check_answer(body.as_bytes(), &expect, &mut |_, n, _| even(n)),
+            check_answer(body.as_bytes(), &expect, &mut |l| even(l.name)),
             Checked::Rewritten { hidden: 250, .. }
         ));
     }

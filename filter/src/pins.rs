@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::discovery::ListKind;
+use crate::discovery::{ListKind, Listed};
 use crate::error::{typed, ConfigError};
 use crate::host::Host;
 
@@ -102,48 +102,46 @@ pub struct Pins {
     tools: PinMap,
     /// `None`: prompts are not pinned (the pins file has no `prompts`).
     prompts: Option<PinMap>,
-    /// Definitions (their exact bytes) that matched their pin in this VM.
-    matched: Matched,
-}
-
-/// The exact bytes of each pinned definition that last matched its pin, by kind and name: a
-/// listing that repeats them byte for byte matches again without the RFC 8785 form and its
-/// SHA-256 (the same bytes always give the same digest, so this changes no outcome). Bounded
-/// by the pinned names (only those are kept) and [`MATCHED_MAX_BYTES`] per definition.
-#[derive(Debug, Clone, Default)]
-struct Matched {
-    tools: RefCell<FastMap<String, Vec<u8>>>,
-    prompts: RefCell<FastMap<String, Vec<u8>>>,
-}
-
-impl Matched {
-    fn of(&self, kind: ListKind) -> Option<&RefCell<FastMap<String, Vec<u8>>>> {
-        match kind {
-            ListKind::Tools => Some(&self.tools),
-            ListKind::Prompts => Some(&self.prompts),
-            ListKind::Resources | ListKind::Templates => None,
-        }
-    }
 }
 
 /// Maps keyed by pinned names (from the configuration; looked up by listed names): hashed with
 /// foldhash, a listing looks up every entry it shows.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
 
-/// Approved digests by name.
-type PinMap = FastMap<String, String>;
+/// Approved definitions by name.
+type PinMap = FastMap<String, Pin>;
 
-/// Larger definitions are digested every time.
-const MATCHED_MAX_BYTES: usize = 16 * 1024;
+/// One approved definition.
+#[derive(Debug, Clone)]
+struct Pin {
+    digest: String,
+    /// The exact bytes of the definition that last matched this pin in this VM: a listing that
+    /// repeats them byte for byte matches again without the RFC 8785 form and its SHA-256 (the
+    /// same bytes always give the same digest, so this changes no outcome). At most
+    /// [`MATCHED_MAX_BYTES`]; kept beside the pin so that a listed entry costs one lookup.
+    matched: RefCell<Option<Box<[u8]>>>,
+}
 
-impl PartialEq for Matched {
-    /// Pins compare by what they approve, not by what this VM has seen.
-    fn eq(&self, _: &Self) -> bool {
-        true
+impl Pin {
+    fn new(digest: String) -> Pin {
+        Pin {
+            digest,
+            matched: RefCell::new(None),
+        }
     }
 }
 
-impl Eq for Matched {}
+impl PartialEq for Pin {
+    /// Pins compare by what they approve, not by what this VM has seen.
+    fn eq(&self, other: &Self) -> bool {
+        self.digest == other.digest
+    }
+}
+
+impl Eq for Pin {}
+
+/// Larger definitions are digested every time.
+const MATCHED_MAX_BYTES: usize = 16 * 1024;
 
 /// How a listed definition compares with its pin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,7 +225,6 @@ impl Pins {
             mode,
             tools,
             prompts,
-            matched: Matched::default(),
         })
     }
 
@@ -237,11 +234,12 @@ impl Pins {
         tools: HashMap<String, String>,
         prompts: Option<HashMap<String, String>>,
     ) -> Pins {
+        let map =
+            |m: HashMap<String, String>| m.into_iter().map(|(n, d)| (n, Pin::new(d))).collect();
         Pins {
             mode,
-            tools: tools.into_iter().collect(),
-            prompts: prompts.map(|p| p.into_iter().collect()),
-            matched: Matched::default(),
+            tools: map(tools),
+            prompts: prompts.map(map),
         }
     }
 
@@ -263,7 +261,7 @@ impl Pins {
 
     /// The pin of `name`, if this kind is pinned and the name has one.
     pub fn pin(&self, kind: ListKind, name: &str) -> Option<&str> {
-        self.map(kind)?.get(name).map(String::as_str)
+        self.map(kind)?.get(name).map(|p| p.digest.as_str())
     }
 
     /// Compares a listed entry (its JSON text) with its pin.
@@ -271,30 +269,28 @@ impl Pins {
         let Some(map) = self.map(kind) else {
             return Check::NotPinned;
         };
-        let pinned = map.get(name);
-        let matched = self.matched.of(kind);
-        if pinned.is_some()
-            && matched.is_some_and(|m| {
-                m.borrow()
-                    .get(name)
-                    .is_some_and(|bytes| crate::bytes::same(bytes, entry))
-            })
-        {
-            return Check::Matches;
+        let pin = map.get(name);
+        if let Some(pin) = pin {
+            let known = pin.matched.try_borrow().ok();
+            if known.is_some_and(|m| m.as_deref().is_some_and(|m| crate::bytes::same(m, entry))) {
+                return Check::Matches;
+            }
         }
         let seen = digest_bytes(kind, entry).unwrap_or_else(|| "unparseable".to_string());
-        if pinned == Some(&seen) {
-            if let Some(m) = matched.filter(|_| entry.len() <= MATCHED_MAX_BYTES) {
-                m.borrow_mut().insert(name.to_string(), entry.to_vec());
+        match pin {
+            Some(pin) if pin.digest == seen => {
+                if let Ok(mut m) = pin.matched.try_borrow_mut() {
+                    *m = (entry.len() <= MATCHED_MAX_BYTES).then(|| entry.into());
+                }
+                Check::Matches
             }
-            return Check::Matches;
+            _ => Check::Drift(Drift {
+                kind,
+                name: name.to_string(),
+                pinned: pin.map(|p| p.digest.clone()),
+                seen,
+            }),
         }
-        Check::Drift(Drift {
-            kind,
-            name: name.to_string(),
-            pinned: pinned.cloned(),
-            seen,
-        })
     }
 }
 
@@ -332,7 +328,7 @@ fn pin_map(map: Map<String, Value>, kind: ListKind, field: &str) -> Result<PinMa
                 ));
             }
         }
-        out.insert(name, digest_text);
+        out.insert(name, Pin::new(digest_text));
     }
     Ok(out)
 }
@@ -354,60 +350,125 @@ fn drifted(stored: Option<&[u8]>) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// The pin checks of one answer's listings: each listed entry is checked as it is read
+/// ([`Listing::check`]), then what the listings showed is remembered for calls
+/// ([`Listing::remember`]): for each pinned name, its digest when it drifted from its pin, or
+/// the drift forgotten when it matches again. Names without a pin are not remembered (the
+/// configuration already says they are not approved), so this memory never holds more than one
+/// name per pin.
+pub struct Listing<'p> {
+    server: &'p str,
+    pins: &'p Pins,
+    /// The drifted names stored for a kind, read at its first pinned entry: a match is worth
+    /// remembering only if it clears one of them (a listing where everything matches, the
+    /// usual case, then writes nothing and keeps no names).
+    stored: Vec<(ListKind, BTreeMap<String, String>)>,
+    /// What to change in the stored names: a drift's digest to record, or `None` to forget one.
+    updates: Vec<(ListKind, String, Option<String>)>,
+    /// Every drift seen, pinned or not: audited and counted.
+    drifts: Vec<Drift>,
+}
+
+impl<'p> Listing<'p> {
+    pub fn new(server: &'p str, pins: &'p Pins) -> Listing<'p> {
+        Listing {
+            server,
+            pins,
+            stored: Vec::new(),
+            updates: Vec::new(),
+            drifts: Vec::new(),
+        }
+    }
+
+    /// Whether a listed entry goes on: `false` for a drifted one under `enforce`. A match is
+    /// marked on the entry ([`Listed::memo`]): when a later answer repeats the same list array,
+    /// its entries are known to match without looking them up.
+    pub fn check(&mut self, host: &dyn Host, listed: &Listed) -> bool {
+        let (kind, name) = (listed.kind, listed.name);
+        let check = if listed.memo.get() {
+            Check::Matches
+        } else {
+            self.pins.check(kind, name, listed.text)
+        };
+        match check {
+            Check::NotPinned => true,
+            Check::Matches => {
+                listed.memo.set(true);
+                if self.stored(host, kind, name) {
+                    self.updates.push((kind, name.to_string(), None));
+                }
+                true
+            }
+            Check::Drift(drift) => {
+                if drift.pinned.is_some() {
+                    // Recorded even when the stored digest is the same: the CAS below decides
+                    // against what other workers wrote meanwhile.
+                    self.updates
+                        .push((kind, name.to_string(), Some(drift.seen.clone())));
+                }
+                self.drifts.push(drift);
+                self.pins.mode != Mode::Enforce
+            }
+        }
+    }
+
+    /// Whether `name` is stored as drifted (the stored names read at the kind's first check).
+    fn stored(&mut self, host: &dyn Host, kind: ListKind, name: &str) -> bool {
+        if !self.stored.iter().any(|(k, _)| *k == kind) {
+            let names = drifted(host.shared_get(&key(self.server, kind)).as_deref());
+            self.stored.push((kind, names));
+        }
+        self.stored
+            .iter()
+            .any(|(k, names)| *k == kind && names.contains_key(name))
+    }
+
+    /// Writes what changed to shared data (one compare-and-swap per kind that changed,
+    /// retried); returns the drifts seen.
+    pub fn remember(self, host: &mut dyn Host) -> Vec<Drift> {
+        for kind in ListKind::ALL {
+            let updates: Vec<(&str, Option<&str>)> = self
+                .updates
+                .iter()
+                .filter(|(k, ..)| *k == kind)
+                .map(|(_, name, seen)| (name.as_str(), seen.as_deref()))
+                .collect();
+            if !updates.is_empty() {
+                update(host, &key(self.server, kind), &updates);
+            }
+        }
+        self.drifts
+    }
+}
+
 /// Attempts to update the shared entry against concurrent listings on other workers.
 const REMEMBER_TRIES: usize = 4;
 
-/// Records what a listing showed: for each pinned entry checked, its digest when it drifted
-/// from its pin, nothing (the drift forgotten) when it matches again. Names without a pin are
-/// not remembered (the configuration already says they are not approved), so this memory never
-/// holds more than one name per pin. One read per list kind; a write only when something
-/// changed (compare-and-swap, retried).
-pub fn remember(
-    host: &mut dyn Host,
-    server: &str,
-    pins: &Pins,
-    checked: &[(ListKind, String, Check)],
-) {
-    for kind in ListKind::ALL {
-        let updates: Vec<(&str, Option<&str>)> = checked
-            .iter()
-            .filter(|(k, name, _)| *k == kind && pins.pin(kind, name).is_some())
-            .filter_map(|(_, name, check)| match check {
-                Check::Drift(d) if d.pinned.is_some() => {
-                    Some((name.as_str(), Some(d.seen.as_str())))
+/// Applies `updates` (a drift's digest, or `None` to forget it) to the stored names at `key`.
+fn update(host: &mut dyn Host, key: &str, updates: &[(&str, Option<&str>)]) {
+    for _ in 0..REMEMBER_TRIES {
+        let (stored, cas) = host
+            .shared_get_cas(key)
+            .map_or((None, None), |(bytes, cas)| (Some(bytes), cas));
+        let mut names = drifted(stored.as_deref());
+        let mut changed = false;
+        for (name, seen) in updates {
+            changed |= match seen {
+                Some(seen) => {
+                    names
+                        .insert((*name).to_string(), (*seen).to_string())
+                        .as_deref()
+                        != Some(*seen)
                 }
-                Check::Matches => Some((name.as_str(), None)),
-                Check::Drift(_) | Check::NotPinned => None,
-            })
-            .collect();
-        if updates.is_empty() {
-            continue;
+                None => names.remove(*name).is_some(),
+            };
         }
-        let k = key(server, kind);
-        for _ in 0..REMEMBER_TRIES {
-            let (stored, cas) = host
-                .shared_get_cas(&k)
-                .map_or((None, None), |(bytes, cas)| (Some(bytes), cas));
-            let mut names = drifted(stored.as_deref());
-            let mut changed = false;
-            for (name, seen) in &updates {
-                changed |= match seen {
-                    Some(seen) => {
-                        names
-                            .insert((*name).to_string(), (*seen).to_string())
-                            .as_deref()
-                            != Some(*seen)
-                    }
-                    None => names.remove(*name).is_some(),
-                };
-            }
-            if !changed {
-                break;
-            }
-            let bytes = serde_json::to_vec(&names).unwrap_or_default();
-            if host.shared_set_cas(&k, &bytes, cas) {
-                break;
-            }
+        if !changed {
+            return;
+        }
+        let bytes = serde_json::to_vec(&names).unwrap_or_default();
+        if host.shared_set_cas(key, &bytes, cas) {
+            return;
         }
     }
 }
@@ -422,7 +483,7 @@ pub fn call_drift(
     name: &str,
 ) -> Option<Drift> {
     let map = pins.map(kind)?;
-    let Some(pinned) = map.get(name) else {
+    let Some(pinned) = map.get(name).map(|p| &p.digest) else {
         return Some(Drift {
             kind,
             name: name.to_string(),
@@ -507,6 +568,22 @@ mod tests {
                 .collect(),
             None,
         )
+    }
+
+    /// One listing of tools through `pins`, remembered: the drifts it showed.
+    fn list(host: &mut Shared, server: &str, pins: &Pins, tools: &[(&str, &[u8])]) -> Vec<Drift> {
+        let mut listing = Listing::new(server, pins);
+        for (name, text) in tools {
+            let memo = std::cell::Cell::new(false);
+            let listed = Listed {
+                kind: ListKind::Tools,
+                name,
+                text,
+                memo: &memo,
+            };
+            listing.check(host, &listed);
+        }
+        listing.remember(host)
     }
 
     #[test]
@@ -663,47 +740,25 @@ mod tests {
 
         let mut changed = search();
         changed["inputSchema"] = json!({"type": "object", "required": ["q", "exfil_to"]});
-        let check = p.check(
-            ListKind::Tools,
-            "search",
-            &serde_json::to_vec(&changed).unwrap(),
-        );
-        remember(
-            &mut host,
-            "crm",
-            &p,
-            &[(ListKind::Tools, "search".into(), check.clone())],
-        );
+        let changed_bytes = serde_json::to_vec(&changed).unwrap();
+        let drifts = list(&mut host, "crm", &p, &[("search", &changed_bytes)]);
+        assert_eq!(drifts.len(), 1);
         let d = call_drift(&host, "crm", &p, ListKind::Tools, "search").unwrap();
         assert_eq!(Some(d.seen.clone()), digest(ListKind::Tools, &changed));
         assert_eq!(d.pinned, digest(ListKind::Tools, &def));
         // Another server with a tool of the same name is not affected.
         assert_eq!(call_drift(&host, "hr", &p, ListKind::Tools, "search"), None);
 
-        // Seen matching again: forgotten.
-        let again = p.check(
-            ListKind::Tools,
-            "search",
-            &serde_json::to_vec(&def).unwrap(),
-        );
-        remember(
-            &mut host,
-            "crm",
-            &p,
-            &[(ListKind::Tools, "search".into(), again)],
-        );
+        // Seen matching again (by a listing that did not see the drift itself): forgotten.
+        let def_bytes = serde_json::to_vec(&def).unwrap();
+        assert!(list(&mut host, "crm", &p, &[("search", &def_bytes)]).is_empty());
         assert_eq!(
             call_drift(&host, "crm", &p, ListKind::Tools, "search"),
             None
         );
 
         // Re-approved (the pin is now the changed definition): the memory no longer denies.
-        remember(
-            &mut host,
-            "crm",
-            &p,
-            &[(ListKind::Tools, "search".into(), check.clone())],
-        );
+        list(&mut host, "crm", &p, &[("search", &changed_bytes)]);
         let approved = pins(Mode::Enforce, &[("search", &changed)]);
         assert_eq!(
             call_drift(&host, "crm", &approved, ListKind::Tools, "search"),
@@ -712,27 +767,65 @@ mod tests {
     }
 
     #[test]
+    fn a_match_is_marked_on_the_entry_and_a_marked_entry_still_clears_a_drift() {
+        let def = search();
+        let p = pins(Mode::Enforce, &[("search", &def)]);
+        let mut host = Shared::default();
+        let def_bytes = serde_json::to_vec(&def).unwrap();
+        let changed = br#"{"name":"search","description":"new"}"#;
+        let memo = std::cell::Cell::new(false);
+        fn listed<'a>(text: &'a [u8], memo: &'a std::cell::Cell<bool>) -> Listed<'a> {
+            Listed {
+                kind: ListKind::Tools,
+                name: "search",
+                text,
+                memo,
+            }
+        }
+        let mut listing = Listing::new("crm", &p);
+        assert!(!listing.check(&host, &listed(changed, &memo)));
+        assert!(!memo.get(), "a drift is not marked");
+        listing.remember(&mut host);
+        assert!(call_drift(&host, "crm", &p, ListKind::Tools, "search").is_some());
+
+        // The approved bytes (kept, as a repeated list array keeps them): marked once matched,
+        // and a marked entry is taken as matching, which forgets the drift.
+        let approved = def_bytes.as_slice();
+        let mut listing = Listing::new("crm", &p);
+        assert!(listing.check(&host, &listed(approved, &memo)));
+        assert!(memo.get());
+        let mut listing2 = Listing::new("crm", &p);
+        assert!(listing2.check(&host, &listed(approved, &memo)));
+        assert!(listing2.remember(&mut host).is_empty());
+        assert_eq!(
+            call_drift(&host, "crm", &p, ListKind::Tools, "search"),
+            None
+        );
+        assert!(listing.remember(&mut host).is_empty());
+    }
+
+    #[test]
     fn memory_holds_pinned_names_only() {
         let def = search();
         let p = pins(Mode::Enforce, &[("search", &def)]);
         let mut host = Shared::default();
+        // Matching listings and unpinned names write nothing.
+        let def_bytes = serde_json::to_vec(&def).unwrap();
         for i in 0..10_000 {
             let name = format!("tool{i}");
             let entry = format!(r#"{{"name":"{name}","description":"{i}"}}"#);
-            let check = p.check(ListKind::Tools, &name, entry.as_bytes());
-            assert!(matches!(check, Check::Drift(Drift { pinned: None, .. })));
-            remember(&mut host, "crm", &p, &[(ListKind::Tools, name, check)]);
+            let drifts = list(
+                &mut host,
+                "crm",
+                &p,
+                &[(&name, entry.as_bytes()), ("search", &def_bytes)],
+            );
+            assert!(matches!(drifts.as_slice(), [Drift { pinned: None, .. }]));
         }
         assert!(host.0.is_empty());
         let changed = br#"{"name":"search","description":"new"}"#;
         for _ in 0..100 {
-            let check = p.check(ListKind::Tools, "search", changed);
-            remember(
-                &mut host,
-                "crm",
-                &p,
-                &[(ListKind::Tools, "search".into(), check.clone())],
-            );
+            list(&mut host, "crm", &p, &[("search", changed)]);
         }
         assert_eq!(host.0.len(), 1);
     }

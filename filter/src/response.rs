@@ -6,7 +6,7 @@
 
 use memchr::memmem;
 
-use crate::discovery::{self, Checked, KnownLists, ListKind};
+use crate::discovery::{self, Checked, KnownLists, ListKind, Listed};
 use crate::sse::{Rewrite, SseRewriter};
 use crate::tasks::Sealer;
 
@@ -188,9 +188,8 @@ pub struct Checks<'a> {
     pub tasks: Option<&'a Sealer<'a>>,
 }
 
-/// Whether a listed entry goes to the caller: asked with the list kind, the entry's name and
-/// its JSON text as the server wrote it.
-pub type Visible<'a> = dyn FnMut(ListKind, &str, &[u8]) -> bool + 'a;
+/// Whether a listed entry goes to the caller.
+pub type Visible<'a> = dyn FnMut(&Listed) -> bool + 'a;
 
 /// Checks and filters a complete JSON-RPC message (a whole JSON body, or one event's data).
 fn filter_message(
@@ -369,7 +368,7 @@ mod tests {
             patterns: &Patterns::new([]),
             tasks: None,
         };
-        let (out, report) = inspect_buffered(body, true, checks, &mut |_, n, _| n == "a");
+        let (out, report) = inspect_buffered(body, true, checks, &mut |l| l.name == "a");
         assert_eq!(report.hidden, 1);
         let out: Value = serde_json::from_slice(&out.unwrap_or_default()).unwrap_or_default();
         assert_eq!(out["result"]["tools"], serde_json::json!([{"name": "a"}]));
@@ -387,9 +386,9 @@ mod tests {
             tasks: None,
         };
         let chunk = b"data: {\"k\":\"sk-sec";
-        let (a, r1) = inspect_events(&mut rw, chunk, false, checks, &mut |_, _, _| true);
+        let (a, r1) = inspect_events(&mut rw, chunk, false, checks, &mut |_| true);
         let chunk = b"ret-1\"}\n\n";
-        let (b, r2) = inspect_events(&mut rw, chunk, true, checks, &mut |_, _, _| true);
+        let (b, r2) = inspect_events(&mut rw, chunk, true, checks, &mut |_| true);
         let all = [a, b].concat();
         assert_eq!(r1.leaks + r2.leaks, 1);
         assert!(!contains_any(&all, &patterns));

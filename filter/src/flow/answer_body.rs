@@ -7,9 +7,9 @@ use std::rc::Rc;
 use super::body::add_pin_drift;
 use super::{BodyAction, Phase, Stream};
 use crate::audit::{Record, Verdict};
-use crate::discovery::ListKind;
+use crate::discovery::{ListKind, Listed};
 use crate::host::Host;
-use crate::pins::{self, Check};
+use crate::pins;
 use crate::policy::{Input, Item};
 use crate::refusal::Refusal;
 use crate::response::{self};
@@ -30,27 +30,22 @@ impl Stream {
         let now = host.now_millis();
         let mut phase = std::mem::replace(&mut self.phase, Phase::Done);
         let mut too_large = false;
-        // Pinned entries this caller may see, as listed: remembered and audited below.
-        let mut checked: Vec<(ListKind, String, Check)> = Vec::new();
+        // The pinned entries this caller may see, checked as listed: remembered and audited below.
+        let mut pinned = pins::Listing::new(&server.name, &server.pins);
         let inspected = {
+            let shared: &dyn Host = &*host;
             let input = self.listing_input(now);
             // Built at the first entry: most chunks of a stream hold no complete list.
             let mut lister = None;
-            let pins = &server.pins;
-            let mut visible = |kind: ListKind, name: &str, entry: &[u8]| {
+            let mut visible = |listed: &Listed| {
                 let lister = lister.get_or_insert_with(|| server.policy.lister(&input));
-                let allowed = lister.visible(match kind {
+                let name = listed.name;
+                let allowed = lister.visible(match listed.kind {
                     ListKind::Tools => Item::Tool(name),
                     ListKind::Prompts => Item::Prompt(name),
                     ListKind::Resources | ListKind::Templates => Item::Resource(name),
                 });
-                if !allowed || !pins.covers(kind) {
-                    return allowed;
-                }
-                let check = pins.check(kind, name, entry);
-                let keep = pins.mode != pins::Mode::Enforce || check == Check::Matches;
-                checked.push((kind, name.to_string(), check));
-                keep
+                allowed && pinned.check(shared, listed)
             };
             let tasks = self.task_sealer(&config, server);
             let checks = response::Checks {
@@ -113,14 +108,7 @@ impl Stream {
             };
             host.count(counter, report.leaks as u64);
         }
-        pins::remember(host, &server.name, &server.pins, &checked);
-        let drifts: Vec<pins::Drift> = checked
-            .into_iter()
-            .filter_map(|(_, _, check)| match check {
-                Check::Drift(drift) => Some(drift),
-                _ => None,
-            })
-            .collect();
+        let drifts = pinned.remember(host);
         if !drifts.is_empty() {
             host.count(metrics::PIN_DRIFT, drifts.len() as u64);
         }
