@@ -418,9 +418,10 @@ class Bench:
         self.stop(c100)
 
     def features(self) -> None:
-        """What each feature costs when it is on, against the same request without it (1 round,
-        at the largest connection count, where the proxy is the bottleneck and CPU per request
-        is steadiest). The local limit is priced in the limits part."""
+        """What each feature costs when it is on, against the same request without it (each side
+        measured twice, off-on-on-off, and averaged; at the largest connection count, where the
+        proxy is the bottleneck and CPU per request is steadiest). The local limit is priced in
+        the limits part."""
         a = self.args
         conns = max(a.conns)
         log(f"\n== features on vs off, 1 round, {a.duration:g}s each, {conns} connections")
@@ -455,18 +456,21 @@ class Bench:
             ("a DPoP proof (DPoP-bound token)", (base, call, ""), (base, call, DPOP)),
         ]
         for feature, off, on in cases:
-            pair = {}
-            for side, (envoy, body, header) in (("off", off), ("on", on)):
+            # off, on, on, off: a drift of the host over the four runs weighs on both sides alike.
+            runs: dict[str, list[dict]] = {"off": [], "on": []}
+            for side in ("off", "on", "on", "off"):
+                envoy, body, header = off if side == "off" else on
                 if header == DPOP:
                     r = self.measure_dpop(envoy, body, conns)
                 else:
                     r = self.measure(envoy, body, self.token_files[1], conns, header)
                 r.update(setup=envoy.name, case=feature, side=side)
-                pair[side] = r
+                runs[side].append(r)
                 log(f"  {feature:42} {side:3} {r['rps']:9.0f} req/s  "
                     f"proxy {r['proxy_cpu_us_per_req']:6.0f} CPU-µs/req  "
                     f"filter {filter_col(r)} µs  errors {r['errors']}"
                     + (f"  first: {r['first_bad']}" if r["errors"] else ""))
+            pair = {side: mean_run(rs) for side, rs in runs.items()}
             self.results.setdefault("features", []).append({"feature": feature, **pair})
         self.results["es256_verify_us"] = es256_verify_us()
         log(f"  one ES256 verification on this machine (OpenSSL): "
@@ -778,6 +782,22 @@ class Bench:
             self.results["micro"] = [json.loads(l) for l in out.read_text().splitlines() if l]
 
 
+def mean_run(runs: list[dict]) -> dict:
+    """One measurement from several of the same setup: numbers averaged (failures summed), the
+    rest taken from the first; the runs kept under `runs`."""
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        values = [r.get(key) for r in runs]
+        if key in ("errors", "bad_status", "bad_body"):
+            out[key] = sum(v or 0 for v in values)
+        elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            mean = sum(values) / len(values)
+            out[key] = round(mean) if all(isinstance(v, int) for v in values) else mean
+    out["first_bad"] = next((r["first_bad"] for r in runs if r.get("first_bad")), runs[0].get("first_bad"))
+    out["runs"] = runs
+    return out
+
+
 def filter_times(audit: Path, offset: int) -> dict:
     """Median and p99 of the filter's own time per request (the audit records' `filter_us`:
     wall time inside the filter's callbacks, hostcalls included) from the records written since
@@ -1057,11 +1077,13 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
     feats = res.get("features") or []
     lim_rows = {r["setup"]: r for r in res.get("limits") or [] if r["conns"] == max(args.conns)}
     if feats or ("c" in lim_rows and "c-local" in lim_rows):
-        L.append("## Features on vs off (1 round)\n")
-        L.append(f"Each feature of this round against the same request without it, at "
+        L.append("## Features on vs off\n")
+        L.append(f"Each feature of this round against the same request without it (each side "
+                 "measured twice, in the order off, on, on, off, and averaged), at "
                  f"{max(args.conns)} connections (the proxy the bottleneck, its CPU per request "
                  "the steadiest figure). Target: at most 1.10× the proxy CPU per request when on, "
-                 "nothing when not configured (*off* is the configuration without it).\n")
+                 "nothing when not configured (*off* is the configuration without it). The local "
+                 "limit's row comes from the limits part (one run of each).\n")
         L.append("| feature | req/s off → on | proxy CPU µs/req off → on | on/off | filter µs p50 "
                  "off → on | target ≤ 1.10 |")
         L.append("|---|---:|---:|---:|---:|---|")
