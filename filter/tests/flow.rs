@@ -1254,6 +1254,33 @@ fn service_key_is_redacted_from_a_json_response() {
 }
 
 #[test]
+fn a_held_answer_is_read_at_its_end_and_events_at_every_chunk() {
+    let (stream, _) = answered(&alice(), &tool_call(json!(1), "search"), "application/json");
+    assert!(
+        stream.holds_response_chunk(40, false),
+        "held whole: left unread"
+    );
+    assert!(
+        !stream.holds_response_chunk(40, true),
+        "the end is read and checked"
+    );
+    let over = mcp_guard::response::MAX_BUFFERED_RESPONSE + 1;
+    assert!(
+        !stream.holds_response_chunk(over, false),
+        "over the limit: read, and refused"
+    );
+    let (stream, _) = answered(
+        &alice(),
+        &tool_call(json!(1), "search"),
+        "text/event-stream",
+    );
+    assert!(
+        !stream.holds_response_chunk(40, false),
+        "events are checked as they come"
+    );
+}
+
+#[test]
 fn service_key_is_redacted_from_an_event_stream_split_across_chunks() {
     let (mut stream, mut host) = answered(
         &alice(),

@@ -16,6 +16,17 @@ use crate::response::{self};
 use crate::{metrics, protocol};
 
 impl Stream {
+    /// Whether a chunk of the response body may stay in Envoy's buffer unread: the answer is
+    /// held whole (a JSON body), this is not its end, and what Envoy holds is within
+    /// [`response::MAX_BUFFERED_RESPONSE`]. Nothing is decided before the end, so the adapter
+    /// pauses without reading: the body is read once, at its end, not the whole buffer again at
+    /// every chunk. Otherwise the adapter calls [`Stream::on_response_body`].
+    pub fn holds_response_chunk(&self, size: usize, end_of_stream: bool) -> bool {
+        !end_of_stream
+            && matches!(self.phase, Phase::BufferingAnswer { .. })
+            && size <= response::MAX_BUFFERED_RESPONSE
+    }
+
     /// A chunk of the response body (`body` is everything Envoy buffered when held).
     pub fn on_response_body(
         &mut self,

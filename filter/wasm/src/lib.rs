@@ -407,6 +407,9 @@ impl HttpContext for Http {
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> WasmAction {
         let mut ex = self.exchange.borrow_mut();
+        if ex.stream.holds_response_chunk(size, end_of_stream) {
+            return WasmAction::Pause;
+        }
         ex.timed(|ex| {
             let body = match read_response_body(size) {
                 Ok(b) => b,
