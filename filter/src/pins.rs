@@ -254,11 +254,6 @@ impl Pins {
         }
     }
 
-    /// Whether listings of `kind` are checked.
-    pub fn covers(&self, kind: ListKind) -> bool {
-        self.map(kind).is_some()
-    }
-
     /// The pin of `name`, if this kind is pinned and the name has one.
     pub fn pin(&self, kind: ListKind, name: &str) -> Option<&str> {
         self.map(kind)?.get(name).map(|p| p.digest.as_str())
@@ -570,18 +565,21 @@ mod tests {
         )
     }
 
+    fn tool<'a>(name: &'a str, text: &'a [u8], memo: &'a std::cell::Cell<bool>) -> Listed<'a> {
+        Listed {
+            kind: ListKind::Tools,
+            name,
+            text,
+            memo,
+        }
+    }
+
     /// One listing of tools through `pins`, remembered: the drifts it showed.
     fn list(host: &mut Shared, server: &str, pins: &Pins, tools: &[(&str, &[u8])]) -> Vec<Drift> {
         let mut listing = Listing::new(server, pins);
         for (name, text) in tools {
             let memo = std::cell::Cell::new(false);
-            let listed = Listed {
-                kind: ListKind::Tools,
-                name,
-                text,
-                memo: &memo,
-            };
-            listing.check(host, &listed);
+            listing.check(host, &tool(name, text, &memo));
         }
         listing.remember(host)
     }
@@ -774,16 +772,8 @@ mod tests {
         let def_bytes = serde_json::to_vec(&def).unwrap();
         let changed = br#"{"name":"search","description":"new"}"#;
         let memo = std::cell::Cell::new(false);
-        fn listed<'a>(text: &'a [u8], memo: &'a std::cell::Cell<bool>) -> Listed<'a> {
-            Listed {
-                kind: ListKind::Tools,
-                name: "search",
-                text,
-                memo,
-            }
-        }
         let mut listing = Listing::new("crm", &p);
-        assert!(!listing.check(&host, &listed(changed, &memo)));
+        assert!(!listing.check(&host, &tool("search", changed, &memo)));
         assert!(!memo.get(), "a drift is not marked");
         listing.remember(&mut host);
         assert!(call_drift(&host, "crm", &p, ListKind::Tools, "search").is_some());
@@ -792,10 +782,10 @@ mod tests {
         // and a marked entry is taken as matching, which forgets the drift.
         let approved = def_bytes.as_slice();
         let mut listing = Listing::new("crm", &p);
-        assert!(listing.check(&host, &listed(approved, &memo)));
+        assert!(listing.check(&host, &tool("search", approved, &memo)));
         assert!(memo.get());
         let mut listing2 = Listing::new("crm", &p);
-        assert!(listing2.check(&host, &listed(approved, &memo)));
+        assert!(listing2.check(&host, &tool("search", approved, &memo)));
         assert!(listing2.remember(&mut host).is_empty());
         assert_eq!(
             call_drift(&host, "crm", &p, ListKind::Tools, "search"),
@@ -840,12 +830,12 @@ mod tests {
         .unwrap();
         assert_eq!(ok.mode, Mode::Observe);
         assert_eq!(ok.pin(ListKind::Tools, "other"), Some(d.as_str()));
-        assert!(!ok.covers(ListKind::Prompts));
+        assert_eq!(ok.check(ListKind::Prompts, "x", b"{}"), Check::NotPinned);
         let with_def =
             json!({"tools": {"search": {"digest": d, "definition": search()}}, "prompts": {}});
         let p = Pins::from_config(with_def, "servers[0].pins").unwrap();
         assert_eq!(p.mode, Mode::Enforce);
-        assert!(p.covers(ListKind::Prompts));
+        assert_ne!(p.check(ListKind::Prompts, "x", b"{}"), Check::NotPinned);
 
         let cases = [
             (
