@@ -807,7 +807,6 @@ fn bench_identity(h: &mut Harness, fx: &Fixtures) {
         proofs: vec![&proof],
         method: "POST",
         htu: "https://mcp.example/mcp".into(),
-        peer_cert_sha256_hex: None,
         now: fx.now,
         skew: 60,
     };

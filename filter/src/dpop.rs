@@ -185,8 +185,6 @@ pub struct Presentation<'a> {
     pub method: &'a str,
     /// The URL the client called, without query or fragment.
     pub htu: String,
-    /// `connection.sha256_peer_certificate_digest` (hex), when a client certificate was given.
-    pub peer_cert_sha256_hex: Option<String>,
     pub now: i64,
     pub skew: i64,
 }
@@ -263,8 +261,9 @@ pub fn check(
         let expected = x5t
             .as_str()
             .ok_or(SenderError::Token("cnf.x5t#S256 is not a string"))?;
-        let digest = p
-            .peer_cert_sha256_hex
+        // Read only for a certificate-bound token: one hostcall fewer for every other.
+        let digest = host
+            .property_string(&["connection", "sha256_peer_certificate_digest"])
             .as_deref()
             .and_then(hex_decode)
             .ok_or(SenderError::Certificate(
@@ -473,39 +472,62 @@ fn slot_key(hash: &[u8; 32]) -> String {
     format!("mcp-guard:dpop-jti:{n}")
 }
 
+/// A remembered proof in a slot: the first 16 bytes of SHA-256(`jti`), then the Unix second
+/// until which it is kept (i64, little-endian). Fixed records, so a proof reads and rewrites its
+/// slot without parsing or allocating per id (the slot was JSON before; see [`legacy_slot`]).
+const RECORD: usize = 24;
+
 /// Records a proof's `jti` until `until` (Unix seconds); a `jti` seen before is a replay.
 fn remember_jti(jti: &str, until: i64, now: i64, host: &mut dyn Host) -> Result<(), SenderError> {
     let hash: [u8; 32] = Sha256::digest(jti.as_bytes()).into();
-    let id = URL_SAFE_NO_PAD.encode(hash.get(..16).unwrap_or_default());
+    let id = hash.get(..16).unwrap_or_default();
     let key = slot_key(&hash);
     for _ in 0..4 {
-        let (mut seen, cas) = match host.shared_get_cas(&key) {
-            Some((bytes, cas)) => (
-                serde_json::from_slice::<Vec<(String, i64)>>(&bytes).unwrap_or_default(),
-                cas,
-            ),
-            None => (Vec::new(), None),
-        };
-        seen.retain(|(_, expiry)| *expiry >= now);
-        if seen.iter().any(|(s, _)| *s == id) {
-            return Err(SenderError::Proof("the proof was used before (jti)".into()));
+        let (stored, cas) = host.shared_get_cas(&key).unwrap_or_default();
+        let stored = legacy_slot(&stored).unwrap_or(stored);
+        let mut slot = Vec::with_capacity(stored.len() + RECORD);
+        for record in stored.chunks_exact(RECORD) {
+            let (seen, expiry) = record.split_at(16);
+            let expiry = <[u8; 8]>::try_from(expiry).map_or(i64::MIN, i64::from_le_bytes);
+            if expiry < now {
+                continue;
+            }
+            if seen == id {
+                return Err(SenderError::Proof("the proof was used before (jti)".into()));
+            }
+            slot.extend_from_slice(record);
         }
-        if seen.len() >= PER_SLOT {
+        if slot.len() >= PER_SLOT * RECORD {
             return Err(SenderError::Proof(
                 "too many recent proofs; retry with a fresh proof".into(),
             ));
         }
-        seen.push((id.clone(), until));
-        let Ok(bytes) = serde_json::to_vec(&seen) else {
-            break;
-        };
-        if host.shared_set_cas(&key, &bytes, cas) {
+        slot.extend_from_slice(id);
+        slot.extend_from_slice(&until.to_le_bytes());
+        if host.shared_set_cas(&key, &slot, cas) {
             return Ok(());
         }
     }
     Err(SenderError::Proof(
         "the proof could not be recorded; retry with a fresh proof".into(),
     ))
+}
+
+/// A slot written by an earlier version of the filter (a JSON array of `[base64url id, expiry]`)
+/// as records, so the proofs it remembers stay refused across an upgrade in place (shared data
+/// outlives a module swap). `None` when the slot is not in that form.
+fn legacy_slot(stored: &[u8]) -> Option<Vec<u8>> {
+    if stored.first() != Some(&b'[') {
+        return None;
+    }
+    let seen = serde_json::from_slice::<Vec<(String, i64)>>(stored).ok()?;
+    let mut slot = Vec::with_capacity(seen.len() * RECORD);
+    for (id, expiry) in seen {
+        let id = URL_SAFE_NO_PAD.decode(id).ok().filter(|id| id.len() == 16)?;
+        slot.extend_from_slice(&id);
+        slot.extend_from_slice(&expiry.to_le_bytes());
+    }
+    Some(slot)
 }
 
 #[cfg(test)]

@@ -280,3 +280,69 @@ fn a_remembered_proof_header_does_not_vouch_for_the_next_signature() {
         Ok(())
     );
 }
+
+/// The shared-data slot a proof id is remembered in, as the filter names it.
+fn slot_of(jti: &str) -> (String, [u8; 32]) {
+    let hash: [u8; 32] = Sha256::digest(jti.as_bytes()).into();
+    let n = u16::from_be_bytes([hash[0], hash[1]]) % 1024;
+    (format!("mcp-guard:dpop-jti:{n}"), hash)
+}
+
+#[test]
+fn a_proof_remembered_by_the_previous_version_stays_refused() {
+    // Shared data outlives a module swap: a slot the JSON-writing version left is still read.
+    let config = config(false);
+    let shared = Shared::default();
+    let token = bound_token(json!({ "jkt": jkt() }));
+    let (key, hash) = slot_of("old-proof");
+    let id = URL_SAFE_NO_PAD.encode(&hash[..16]);
+    let legacy = json!([["AAAAAAAAAAAAAAAAAAAAAA", NOW + 60], [id, NOW + 60]]);
+    shared
+        .borrow_mut()
+        .insert(key.clone(), legacy.to_string().into_bytes());
+    let p = proof(&token, "POST", URL, NOW, "old-proof");
+    let (status, body, _) =
+        run(&config, &mut request("DPoP", &token, Some(&p), &shared)).unwrap_err();
+    assert_eq!(status, 401);
+    assert_eq!(body["error_description"], "the proof was used before (jti)");
+
+    // A new proof in a legacy slot is accepted; the slot now holds records, old ones kept.
+    let (key, _) = slot_of("new-proof");
+    shared.borrow_mut().insert(key.clone(), legacy.to_string().into_bytes());
+    let p = proof(&token, "POST", URL, NOW, "new-proof");
+    assert_eq!(run(&config, &mut request("DPoP", &token, Some(&p), &shared)), Ok(()));
+    assert_eq!(shared.borrow()[&key].len(), 3 * 24);
+    let (status, _, _) =
+        run(&config, &mut request("DPoP", &token, Some(&p), &shared)).unwrap_err();
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn a_slot_forgets_expired_proofs_and_refuses_when_full_of_live_ones() {
+    let config = config(false);
+    let shared = Shared::default();
+    let token = bound_token(json!({ "jkt": jkt() }));
+    let (key, _) = slot_of("p-1");
+    let records = |expiry: i64| -> Vec<u8> {
+        (0u8..128)
+            .flat_map(|i| [[i; 16].as_slice(), &expiry.to_le_bytes()].concat())
+            .collect()
+    };
+
+    // 128 ids whose time is over: dropped, the new one kept alone.
+    shared.borrow_mut().insert(key.clone(), records(NOW - 1));
+    let p = proof(&token, "POST", URL, NOW, "p-1");
+    assert_eq!(run(&config, &mut request("DPoP", &token, Some(&p), &shared)), Ok(()));
+    assert_eq!(shared.borrow()[&key].len(), 24);
+
+    // 128 live ids: full, the proof refused (fail closed) and nothing written.
+    shared.borrow_mut().insert(key.clone(), records(NOW + 30));
+    let (status, body, _) =
+        run(&config, &mut request("DPoP", &token, Some(&p), &shared)).unwrap_err();
+    assert_eq!(status, 401);
+    assert_eq!(
+        body["error_description"],
+        "too many recent proofs; retry with a fresh proof"
+    );
+    assert_eq!(shared.borrow()[&key], records(NOW + 30));
+}

@@ -259,9 +259,6 @@ impl Stream {
                 "{origin}{}",
                 path.split(['?', '#']).next().unwrap_or_default()
             ),
-            peer_cert_sha256_hex: host
-                .property_string(&["connection", "sha256_peer_certificate_digest"])
-                .filter(|d| !d.is_empty()),
             now,
             skew: self.config.authenticator.skew_seconds(),
         };
