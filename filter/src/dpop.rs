@@ -523,7 +523,10 @@ fn legacy_slot(stored: &[u8]) -> Option<Vec<u8>> {
     let seen = serde_json::from_slice::<Vec<(String, i64)>>(stored).ok()?;
     let mut slot = Vec::with_capacity(seen.len() * RECORD);
     for (id, expiry) in seen {
-        let id = URL_SAFE_NO_PAD.decode(id).ok().filter(|id| id.len() == 16)?;
+        let id = URL_SAFE_NO_PAD
+            .decode(id)
+            .ok()
+            .filter(|id| id.len() == 16)?;
         slot.extend_from_slice(&id);
         slot.extend_from_slice(&expiry.to_le_bytes());
     }

@@ -308,12 +308,16 @@ fn a_proof_remembered_by_the_previous_version_stays_refused() {
 
     // A new proof in a legacy slot is accepted; the slot now holds records, old ones kept.
     let (key, _) = slot_of("new-proof");
-    shared.borrow_mut().insert(key.clone(), legacy.to_string().into_bytes());
+    shared
+        .borrow_mut()
+        .insert(key.clone(), legacy.to_string().into_bytes());
     let p = proof(&token, "POST", URL, NOW, "new-proof");
-    assert_eq!(run(&config, &mut request("DPoP", &token, Some(&p), &shared)), Ok(()));
+    assert_eq!(
+        run(&config, &mut request("DPoP", &token, Some(&p), &shared)),
+        Ok(())
+    );
     assert_eq!(shared.borrow()[&key].len(), 3 * 24);
-    let (status, _, _) =
-        run(&config, &mut request("DPoP", &token, Some(&p), &shared)).unwrap_err();
+    let (status, _, _) = run(&config, &mut request("DPoP", &token, Some(&p), &shared)).unwrap_err();
     assert_eq!(status, 401);
 }
 
@@ -332,7 +336,10 @@ fn a_slot_forgets_expired_proofs_and_refuses_when_full_of_live_ones() {
     // 128 ids whose time is over: dropped, the new one kept alone.
     shared.borrow_mut().insert(key.clone(), records(NOW - 1));
     let p = proof(&token, "POST", URL, NOW, "p-1");
-    assert_eq!(run(&config, &mut request("DPoP", &token, Some(&p), &shared)), Ok(()));
+    assert_eq!(
+        run(&config, &mut request("DPoP", &token, Some(&p), &shared)),
+        Ok(())
+    );
     assert_eq!(shared.borrow()[&key].len(), 24);
 
     // 128 live ids: full, the proof refused (fail closed) and nothing written.
