@@ -75,6 +75,10 @@ pub struct Stream {
     /// The whole request body has arrived (Envoy buffers it until the decision).
     body_done: bool,
     counted: bool,
+    /// `record` holds a decision not yet written to filter state: an allowed message's record
+    /// is written once, when its answer is checked, or else in the log phase ([`Stream::on_log`]),
+    /// which Envoy runs before its access logs.
+    unwritten: bool,
     /// The audit records of a batch's other messages (the first is `record`).
     batch: Vec<Record>,
     lists: Option<ListFilter>,
@@ -103,6 +107,7 @@ impl Stream {
             record: None,
             body_done: false,
             counted: false,
+            unwritten: false,
             batch: Vec::new(),
             lists: None,
             start_ns: None,

@@ -151,8 +151,17 @@ fn send(config: &Rc<Config>, host: &mut MockHost, body: &[u8]) -> (Stream, Actio
     (stream, action)
 }
 
-/// A POST by `token` with `body`, under the base configuration.
+/// A POST by `token` with `body`, under the base configuration, and the exchange ends there
+/// (Envoy's log phase: an allowed message's record is written then, as when the caller goes
+/// away before the answer).
 fn post(token: &str, body: &[u8]) -> (Stream, MockHost, Action) {
+    let (mut stream, mut host, action) = post_open(token, body);
+    stream.on_log(&mut host);
+    (stream, host, action)
+}
+
+/// A POST by `token` with `body`, its exchange left open for the answer.
+fn post_open(token: &str, body: &[u8]) -> (Stream, MockHost, Action) {
     let mut host = post_host(Some(token), &[]);
     let (stream, action) = send(&config(), &mut host, body);
     (stream, host, action)
@@ -792,6 +801,7 @@ fn get_stream_is_allowed_and_audited() {
     let mut host = get_host("/mcp", Some(&alice()));
     let mut stream = Stream::new(config());
     assert_eq!(stream.on_request_headers(&mut host, true), Action::Continue);
+    stream.on_log(&mut host);
     assert_eq!(host.record()["decision"], "allow");
     assert_eq!(host.req_header("x-api-key"), Some(SERVICE_KEY));
 }
@@ -816,6 +826,7 @@ fn open_session(config: &Rc<Config>, token: &str, upstream_id: &str) -> String {
         .resp_header("mcp-session-id")
         .expect("a session id")
         .to_string();
+    stream.on_log(&mut host);
     assert_eq!(host.record()["session_id"], handle.as_str());
     handle
 }
@@ -833,6 +844,7 @@ fn use_session(config: &Rc<Config>, token: &str, handle: &str) -> (MockHost, Opt
         Action::Continue
     );
     let forwarded = host.req_header("mcp-session-id").map(str::to_string);
+    stream.on_log(&mut host);
     (host, forwarded)
 }
 
@@ -1106,9 +1118,10 @@ fn batch(messages: &[Vec<u8>]) -> Vec<u8> {
 fn allowed_batch_in_2025_03_26_goes_on_with_one_audit_line_per_message() {
     let mut host = post_host(Some(&alice()), &[("mcp-protocol-version", "2025-03-26")]);
     let body = batch(&[tool_call(json!(1), "search"), tool_call(json!(2), "get")]);
-    let (_, action) = send(&config(), &mut host, &body);
+    let (mut stream, action) = send(&config(), &mut host, &body);
     assert_eq!(action, Action::Continue);
     assert!(host.replies.is_empty());
+    stream.on_log(&mut host);
     let records = host.audit();
     assert_eq!(records.len(), 2, "{records:?}");
     assert_eq!(records[0]["tool"], "search");
@@ -1184,7 +1197,8 @@ fn batch_in_2025_06_18_is_400() {
 #[test]
 fn upstream_401_becomes_502_with_its_own_code() {
     for upstream in [401, 403] {
-        let (mut stream, mut host, action) = post(&alice(), &tool_call(json!("c-1"), "search"));
+        let (mut stream, mut host, action) =
+            post_open(&alice(), &tool_call(json!("c-1"), "search"));
         assert_eq!(action, Action::Continue);
         host.set_response(&[
             (":status", &upstream.to_string()),
@@ -1209,7 +1223,7 @@ fn upstream_401_becomes_502_with_its_own_code() {
 
 /// A completed allowed POST whose response headers were seen.
 fn answered(token: &str, body: &[u8], content_type: &str) -> (Stream, MockHost) {
-    let (mut stream, mut host, action) = post(token, body);
+    let (mut stream, mut host, action) = post_open(token, body);
     assert_eq!(action, Action::Continue);
     host.set_response(&[
         (":status", "200"),
@@ -1302,7 +1316,7 @@ fn service_key_is_redacted_from_an_event_stream_split_across_chunks() {
 
 #[test]
 fn service_key_is_redacted_from_response_headers() {
-    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    let (mut stream, mut host, _) = post_open(&alice(), &tool_call(json!(1), "search"));
     host.set_response(&[
         (":status", "200"),
         ("x-debug", &format!("used {SERVICE_KEY}")),
@@ -1434,6 +1448,7 @@ fn request_waits_for_the_first_keys_then_proceeds() {
         stream.on_request_body(&mut host, &tool_call(json!(1), "search")),
         Action::Continue
     );
+    stream.on_log(&mut host);
     assert_eq!(host.record()["decision"], "allow");
 }
 
@@ -1512,16 +1527,23 @@ fn unknown_kid_after_the_wait_is_401() {
 
 #[test]
 fn audit_record_is_completed_with_the_upstream_status() {
-    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    let (mut stream, mut host, _) = post_open(&alice(), &tool_call(json!(1), "search"));
     host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
     assert_eq!(
         stream.on_response_headers(&mut host, Some(200), false),
         Action::Pause
     );
-    // A held body: the record is completed when the body has been checked.
-    assert!(host.record().get("upstream_status").is_none());
+    // A held body: the record is written once, when the body has been checked.
+    assert!(host.audits.is_empty(), "{:?}", host.audits);
     let body = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
     stream.on_response_body(&mut host, body, true);
+    assert_eq!(host.audits.len(), 1);
+    stream.on_log(&mut host);
+    assert_eq!(
+        host.audits.len(),
+        1,
+        "nothing left to write in the log phase"
+    );
     let record = host.record();
     assert_eq!(record["decision"], "allow");
     assert_eq!(record["upstream_status"], 200);
@@ -1530,7 +1552,7 @@ fn audit_record_is_completed_with_the_upstream_status() {
 
 #[test]
 fn upstream_challenge_header_is_never_relayed() {
-    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    let (mut stream, mut host, _) = post_open(&alice(), &tool_call(json!(1), "search"));
     host.set_response(&[
         (":status", "200"),
         ("www-authenticate", "Bearer realm=\"x\""),
@@ -1670,8 +1692,9 @@ fn audit_arguments_redacted_masks_secrets() {
         "jsonrpc": "2.0", "id": 1, "method": "tools/call",
         "params": { "name": "search", "arguments": { "q": "acme", "api_key": "hunter2", "nested": { "password": "p" } } },
     });
-    let (_, action) = send(&build(c), &mut host, body.to_string().as_bytes());
+    let (mut stream, action) = send(&build(c), &mut host, body.to_string().as_bytes());
     assert_eq!(action, Action::Continue);
+    stream.on_log(&mut host);
     let args = &host.record()["arguments"];
     assert_eq!(args["q"], "acme");
     assert_eq!(args["api_key"], "[REDACTED]");
@@ -1691,8 +1714,9 @@ fn envoy_attributes_are_audited_and_select_the_server() {
     host.set_property(&["source", "address"], "10.0.0.7:5555");
     host.set_property(&["xds", "route_name"], "hr-route");
     host.set_property(&["xds", "cluster_name"], "hr_upstream");
-    let (_, action) = send(&config, &mut host, &tool_call(json!(1), "search"));
+    let (mut stream, action) = send(&config, &mut host, &tool_call(json!(1), "search"));
     assert_eq!(action, Action::Continue);
+    stream.on_log(&mut host);
     let record = host.record();
     assert_eq!(record["server"], "hr");
     assert_eq!(record["route"], "hr-route");
@@ -1740,7 +1764,7 @@ fn unhex(s: &str) -> Vec<u8> {
 fn compressed_response_is_not_forwarded_uninspected() {
     // The filter strips accept-encoding, but an upstream may compress anyway: then neither the
     // list filter nor the key redaction can see the content, and it must not go out as is.
-    let (mut stream, mut host, action) = post(&alice(), &request(json!(5), "tools/list"));
+    let (mut stream, mut host, action) = post_open(&alice(), &request(json!(5), "tools/list"));
     assert_eq!(action, Action::Continue);
     host.set_response(&[
         (":status", "200"),
@@ -1776,7 +1800,7 @@ fn list_answered(
     headers: &[(&str, &str)],
     end_of_stream: bool,
 ) -> (Stream, MockHost, Action) {
-    let (mut stream, mut host, action) = post(&alice(), &request(json!(5), "tools/list"));
+    let (mut stream, mut host, action) = post_open(&alice(), &request(json!(5), "tools/list"));
     assert_eq!(action, Action::Continue);
     let status_text = status.to_string();
     let mut all = vec![(":status", status_text.as_str())];
@@ -2005,7 +2029,7 @@ fn a_get_stream_of_another_content_type_is_502() {
 
 #[test]
 fn a_held_response_envoy_answered_itself_is_audited_as_an_error() {
-    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    let (mut stream, mut host, _) = post_open(&alice(), &tool_call(json!(1), "search"));
     host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
     assert_eq!(
         stream.on_response_headers(&mut host, Some(200), false),
@@ -2024,7 +2048,7 @@ fn a_held_response_envoy_answered_itself_is_audited_as_an_error() {
         .contains("per_connection_buffer_limit_bytes"));
 
     // A body checked to its end: the record stays as it was.
-    let (mut stream, mut host, _) = post(&alice(), &tool_call(json!(1), "search"));
+    let (mut stream, mut host, _) = post_open(&alice(), &tool_call(json!(1), "search"));
     host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
     stream.on_response_headers(&mut host, Some(200), false);
     stream.on_response_body(&mut host, br#"{"jsonrpc":"2.0","id":1,"result":{}}"#, true);
@@ -2067,7 +2091,7 @@ fn metric_labels_come_from_bounded_sets() {
 fn audit_columns_are_written_unless_switched_off() {
     let body = tool_call(json!(1), "search");
     let mut host = post_host(Some(&alice()), &[]);
-    send(&config(), &mut host, &body);
+    send(&config(), &mut host, &body).0.on_log(&mut host);
     assert_eq!(
         host.property_string(&["mcp.decision"]).as_deref(),
         Some("allow")
@@ -2077,7 +2101,7 @@ fn audit_columns_are_written_unless_switched_off() {
     let mut quiet = base_config();
     quiet["audit_columns"] = json!(false);
     let mut host = post_host(Some(&alice()), &[]);
-    send(&build(quiet), &mut host, &body);
+    send(&build(quiet), &mut host, &body).0.on_log(&mut host);
     assert!(
         !host.audits.is_empty(),
         "the record itself is still written"

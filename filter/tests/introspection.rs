@@ -211,6 +211,7 @@ fn an_opaque_token_is_introspected_once_and_its_claims_reach_the_policy() {
     assert!(stream.waiting().is_none());
     assert!(stream.awaiting_body());
     assert_eq!(stream.on_request_body(&mut host, BODY), Action::Continue);
+    stream.on_log(&mut host);
     let record = host.inner.record();
     assert_eq!(record["sub"], "alice");
     assert_eq!(record["decision"], "allow");

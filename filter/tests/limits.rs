@@ -135,7 +135,8 @@ fn as_user(config: &Rc<Config>, shared: &Shared, now_ms: u64, sub: &str, body: &
     let mut host = post_host(&token_for(sub, &["eng"], "mcp"));
     host.shared = shared.clone();
     host.now_ms = now_ms;
-    let _ = send(config, &mut host, body);
+    let (mut stream, _) = send(config, &mut host, body);
+    stream.on_log(&mut host); // the exchange ends here: its record is written
     host
 }
 
@@ -321,6 +322,7 @@ fn a_global_limit_asks_the_service_and_waits() {
         stream.on_grpc_answer(&mut host, 42, 0, Some(&answer(1, 9))),
         Action::Continue
     );
+    stream.on_log(&mut host);
     let r = host.inner.record();
     assert_eq!(
         (r["decision"].as_str(), r["limit_remaining"].as_u64()),
@@ -360,8 +362,9 @@ fn an_unavailable_service_applies_each_limits_failure_mode() {
 
     let config = config_with(global_limits("open"), true);
     let mut host = grpc_host(None); // cannot even be sent
-    let (_, action) = send(&config, &mut host, &call(1, "search"));
+    let (mut stream, action) = send(&config, &mut host, &call(1, "search"));
     assert_eq!(action, Action::Continue);
+    stream.on_log(&mut host);
     let r = host.inner.record();
     assert_eq!(r["decision"], "allow");
     assert!(r["reason"]

@@ -204,7 +204,9 @@ fn observe_keeps_drifted_tools_visible_and_callable_but_audited() {
     assert!(record.get("hidden").is_none());
     assert_eq!(h.counter("mcp_guard.pin_drift"), 1);
     let mut h = host(&shared);
-    assert_eq!(send(&c, &mut h, &call("search")).1, Action::Continue);
+    let (mut stream, action) = send(&c, &mut h, &call("search"));
+    assert_eq!(action, Action::Continue);
+    stream.on_log(&mut h);
     let record = h.record();
     assert_eq!(record["decision"], "allow");
     assert_eq!(record["pin_drift"][0]["pinned"], digest(&search()));

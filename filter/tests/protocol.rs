@@ -137,8 +137,9 @@ fn declared_versions_that_disagree_are_refused() {
             ("mcp-method", "tools/list"),
         ],
     );
-    let (_, action) = send(&mut h, &body(1, "tools/list", json!({})));
+    let (mut stream, action) = send(&mut h, &body(1, "tools/list", json!({})));
     assert_eq!(action, Action::Continue);
+    stream.on_log(&mut h);
     assert_eq!(h.record()["protocol_version"], MODERN);
 }
 
@@ -174,8 +175,9 @@ fn task_requests_mirror_the_task_id_in_mcp_name() {
     };
     let handle = sealer.seal("t-1").expect("sealed");
     let mut h = host(&shared, &headers(&handle));
-    let (_, action) = send(&mut h, &body(1, "tasks/get", json!({"taskId": handle})));
+    let (mut stream, action) = send(&mut h, &body(1, "tasks/get", json!({"taskId": handle})));
     assert_eq!(action, Action::Continue);
+    stream.on_log(&mut h);
     assert_eq!(h.record()["task_id"], "t-1");
     assert_eq!(h.req_header("mcp-name"), Some("t-1"));
     let mut h = host(&shared, &headers("t-2"));
@@ -270,8 +272,9 @@ fn trace_context_is_recorded() {
         serde_json::from_slice(&body(1, "tools/list", json!({}))).unwrap_or_default();
     b["params"]["_meta"]["traceparent"] =
         json!("00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01");
-    let (_, action) = send(&mut h, b.to_string().as_bytes());
+    let (mut stream, action) = send(&mut h, b.to_string().as_bytes());
     assert_eq!(action, Action::Continue);
+    stream.on_log(&mut h);
     let r = h.record();
     assert_eq!(r["trace_id"], "0af7651916cd43dd8448eb211c80319c");
     assert_eq!(r["span_id"], "00f067aa0ba902b7");

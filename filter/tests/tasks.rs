@@ -321,12 +321,13 @@ fn alices_handle() -> String {
 #[test]
 fn the_caller_polls_its_task_and_the_upstream_gets_its_own_id() {
     let handle = alices_handle();
-    let (host, _, action) = post(
+    let (mut host, mut stream, action) = post(
         &token_for("alice", &[], ""),
         &[("mcp-name", &handle)],
         &get(&handle),
     );
     assert_eq!(action, Action::Continue);
+    stream.on_log(&mut host);
     let forwarded: Value =
         serde_json::from_slice(host.replaced_request_body.as_deref().expect("rewritten"))
             .expect("JSON");

@@ -13,6 +13,7 @@ log has the panic."""
 import gzip
 import http.client
 import json
+import time
 
 import harness
 import pytest
@@ -197,6 +198,34 @@ def test_an_oversized_event_cuts_the_stream(scripted):
     record = only_record(scripted, rid)
     assert (record["decision"], record["reason"]) == ("error", "response_uninspectable")
     assert record["detail"] == "server-sent event larger than the limit"
+
+
+def test_a_call_the_client_abandons_before_the_answer_is_still_audited(scripted):
+    """The caller goes away while the server is still working on an allowed call: the call was
+    forwarded (the tool may have run), so it has its record, `allow`, written when the exchange
+    ends."""
+    alice = scripted.token("alice", groups=["sales"])
+    rid = "abandoned-call-1"
+
+    def slow(request):
+        time.sleep(1.5)
+        return harness.Answer.json({"jsonrpc": "2.0", "id": 1, "result": {"content": []}})
+    scripted.upstream.script(slow)
+    conn = http.client.HTTPConnection("127.0.0.1", scripted.port, timeout=20)
+    try:
+        conn.putrequest("POST", "/mcp", skip_accept_encoding=True)
+        for k, v in echo_hdrs(alice) + [("x-request-id", rid), ("content-length", str(len(TOOLS_CALL)))]:
+            conn.putheader(k, v)
+        conn.endheaders(TOOLS_CALL.encode())
+        deadline = time.monotonic() + 10
+        while not any(("x-request-id", rid) in r["headers"] for r in scripted.upstream.requests()):
+            assert time.monotonic() < deadline, "the call never reached the server"
+            time.sleep(0.05)
+    finally:
+        conn.close()
+    record = only_record(scripted, rid)
+    assert (record["decision"], record["method"], record["tool"]) == ("allow", "tools/call", "echo"), record
+    assert "status" not in record, record
 
 
 def test_a_json_response_over_envoys_buffer_limit_is_audited_as_an_error(scripted):

@@ -31,11 +31,20 @@ impl Stream {
     /// here was answered by Envoy itself: over its buffer limit while the filter held it
     /// (500, `response_payload_too_large`), or reset. Its record, still the request's `allow`,
     /// becomes an error naming what Envoy said.
+    ///
+    /// An allowed message whose answer never reached the filter's end (the caller went away,
+    /// the upstream reset) gets its record written here.
     pub fn on_log(&mut self, host: &mut dyn Host) {
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::BufferingAnswer { ended: false, .. } => {}
             other => {
                 self.phase = other;
+                if self.unwritten {
+                    if let Some(mut record) = self.record.take() {
+                        self.write(host, &mut record);
+                        self.record = Some(record);
+                    }
+                }
                 return;
             }
         }
@@ -105,7 +114,9 @@ impl Stream {
     }
 
     /// Writes the audit record (and counts the outcome once per message). A batch writes one
-    /// line per message.
+    /// line per message. An `allow` goes on to the server: its record is written when the
+    /// answer has been checked, or in the log phase if none comes (one write per exchange, not
+    /// two; each is a serialization and a hostcall).
     pub(super) fn audit(&mut self, host: &mut dyn Host, mut record: Record) {
         if !self.counted {
             self.counted = true;
@@ -114,13 +125,18 @@ impl Stream {
             let is_rule = |rule: &str| server.is_some_and(|s| is_configured_rule(s, rule));
             metrics::count_outcome(host, &record, &is_rule);
         }
-        self.write(host, &mut record);
+        if record.decision == Verdict::Allow {
+            self.unwritten = true;
+        } else {
+            self.write(host, &mut record);
+        }
         self.record = Some(record);
     }
 
     /// Writes the record (and a batch's other records, one line each) to filter state, with
     /// the timings so far; and the columns that changed, each under its own key.
     pub(super) fn write(&mut self, host: &mut dyn Host, record: &mut Record) {
+        self.unwritten = false;
         let now_ns = host.now_nanos();
         let busy_ns = self.busy_ns + self.entered_ns.map_or(0, |t| now_ns.saturating_sub(t));
         record.filter_us = Some(busy_ns / 1_000);
