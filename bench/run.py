@@ -133,6 +133,19 @@ class Envoy(harness.Process):
                 "heap_size": int(mem.get("heap_size", 0)),
                 "pageheap_free": int(mem.get("pageheap_free", 0))}
 
+    def settled_memory(self, timeout: float = 20.0) -> dict:
+        """`memory()` once RSS has stopped falling: the allocator returns freed heap in the
+        background (`memory_allocator_manager`, 16 MiB a second), so a reading right after the
+        start or a load would count heap that is on its way back."""
+        last, deadline = self.memory(), time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = self.memory()
+            if last["rss"] - now["rss"] < 1 << 20:
+                return now
+            last = now
+        return last
+
     def workers_used(self) -> int:
         """How many workers accepted connections (so a per-worker figure covers them all)."""
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?filter="
@@ -525,10 +538,10 @@ class Bench:
             for conc in (1, 2):
                 envoy = self.start_proxy(s, name=f"mem-{s}-{conc}", concurrency=conc,
                                          cpus=None if conc > 1 else self.proxy_cpus)
-                idle = envoy.memory()
+                idle = envoy.settled_memory()
                 self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 8, 2.0)
                 time.sleep(0.5)
-                loaded = envoy.memory()
+                loaded = envoy.settled_memory()
                 used = envoy.workers_used()
                 per_worker[f"{s}{conc}"] = {"idle": idle, "loaded": loaded, "workers_used": used}
                 log(f"  ({s}) concurrency {conc}: RSS {mib(loaded['rss'])}, tcmalloc allocated "
@@ -540,7 +553,7 @@ class Bench:
 
         users = []
         envoy = self.start_proxy("c", name="mem-users", concurrency=1)
-        base = envoy.memory()
+        base = envoy.settled_memory()
         users.append({"users": 0, "requests": 0, "rps": 0, **base})
         log(f"  (c) idle: RSS {mib(base['rss'])}, allocated {mib(base['allocated'])}")
         # Throughput estimate, to run long enough that every token is used at least once.
@@ -554,7 +567,7 @@ class Bench:
             r = self.wrk(envoy, self.work / "call-1k.json", tokens, 32, duration)
             rps = r["rps"]
             time.sleep(0.5)
-            m = envoy.memory()
+            m = envoy.settled_memory()
             users.append({"users": n, "requests": r["requests"], "rps": r["rps"],
                           "errors": r["errors"], "all_used": r["requests"] >= n, **m})
             log(f"  (c) {n:>6} distinct callers: {r['requests']:7d} requests "
@@ -567,7 +580,7 @@ class Bench:
         # caller. Nothing is kept per session, so memory must not grow with their number.
         sessions = []
         envoy = self.start_proxy("c", name="mem-sessions", concurrency=1)
-        sessions.append({"sessions": 0, "rps": 0, **envoy.memory()})
+        sessions.append({"sessions": 0, "rps": 0, **envoy.settled_memory()})
         total = self.check_sessions(envoy)
         rps, errors = None, 0
         for n in [total] + [n for n in a.sessions if n > total]:
@@ -580,7 +593,7 @@ class Bench:
                              "x-bench-answer: new-session")
                 total, rps, errors = total + r["requests"], r["rps"], errors + r["errors"]
             time.sleep(0.5)
-            m = envoy.memory()
+            m = envoy.settled_memory()
             sessions.append({"sessions": total, "rps": rps or 0, "errors": errors, **m})
             log(f"  (c) {total:>7} sessions opened (errors {errors}): RSS {mib(m['rss'])}, "
                 f"allocated {mib(m['allocated'])}")
@@ -702,10 +715,10 @@ class Bench:
                   "rate": "1000/second", "slots": 100000}]
         mem = {}
         base = self.start_proxy("c", name="limits-mem-none", concurrency=1)
-        mem["no limit"] = base.memory()
+        mem["no limit"] = base.settled_memory()
         self.stop(base)
         envoy = self.start_proxy("c", name="limits-mem", concurrency=1, limits=keyed)
-        mem["limit, idle"] = envoy.memory()
+        mem["limit, idle"] = envoy.settled_memory()
         # Long enough for every one of the 100,000 keys (rate from a short run; at most 5 min).
         probe = self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 32, 3.0,
                          "x-bench-key: #100000")
@@ -713,8 +726,8 @@ class Bench:
         r = self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 32, duration,
                      "x-bench-key: #100000")
         time.sleep(0.5)
-        mem["after keys"] = {**envoy.memory(), "requests": r["requests"], "errors": r["errors"],
-                             "all_keys": r["requests"] >= 100_000}
+        mem["after keys"] = {**envoy.settled_memory(), "requests": r["requests"],
+                             "errors": r["errors"], "all_keys": r["requests"] >= 100_000}
         self.stop(envoy)
         self.results["limits_memory"] = mem
         log(f"  memory: no limit RSS {mib(mem['no limit']['rss'])}; a 100,000-slot local limit: "
