@@ -25,10 +25,23 @@ SERVICE_KEY = "demo-service-key-0001"
 SESSION_KEY = "bWNwLWd1YXJkIGRlbW8gc2Vzc2lvbiBrZXkgKHRlc3Q="
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and not handed out before by this process: the kernel may offer the
+    same ephemeral port to two binds in a row, before the first caller's server has bound it
+    (two listeners of one Envoy then collide)."""
+    if len(_HANDED_OUT) > 10_000:
+        _HANDED_OUT.clear()
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port that was not handed out already")
 
 
 def wait_port(port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
