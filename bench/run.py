@@ -540,7 +540,6 @@ class Bench:
                                          cpus=None if conc > 1 else self.proxy_cpus)
                 idle = envoy.settled_memory()
                 self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 8, 2.0)
-                time.sleep(0.5)
                 loaded = envoy.settled_memory()
                 used = envoy.workers_used()
                 per_worker[f"{s}{conc}"] = {"idle": idle, "loaded": loaded, "workers_used": used}
@@ -566,7 +565,6 @@ class Bench:
                 duration = min(max(duration, 1.2 * n / rps), 45.0)
             r = self.wrk(envoy, self.work / "call-1k.json", tokens, 32, duration)
             rps = r["rps"]
-            time.sleep(0.5)
             m = envoy.settled_memory()
             users.append({"users": n, "requests": r["requests"], "rps": r["rps"],
                           "errors": r["errors"], "all_used": r["requests"] >= n, **m})
@@ -592,7 +590,6 @@ class Bench:
                 r = self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 32, duration,
                              "x-bench-answer: new-session")
                 total, rps, errors = total + r["requests"], r["rps"], errors + r["errors"]
-            time.sleep(0.5)
             m = envoy.settled_memory()
             sessions.append({"sessions": total, "rps": rps or 0, "errors": errors, **m})
             log(f"  (c) {total:>7} sessions opened (errors {errors}): RSS {mib(m['rss'])}, "
@@ -725,7 +722,6 @@ class Bench:
         duration = min(300.0, 1.6 * 100_000 / max(probe["rps"], 1.0))
         r = self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 32, duration,
                      "x-bench-key: #100000")
-        time.sleep(0.5)
         mem["after keys"] = {**envoy.settled_memory(), "requests": r["requests"],
                              "errors": r["errors"], "all_keys": r["requests"] >= 100_000}
         self.stop(envoy)

@@ -515,7 +515,8 @@ fn remember_jti(jti: &str, until: i64, now: i64, host: &mut dyn Host) -> Result<
 
 /// A slot written by an earlier version of the filter (a JSON array of `[base64url id, expiry]`)
 /// as records, so the proofs it remembers stay refused across an upgrade in place (shared data
-/// outlives a module swap). `None` when the slot is not in that form.
+/// outlives a module swap). `None` when the slot is not in that form (records may begin with
+/// `[` too); an id that is not 16 bytes is dropped rather than read as record bytes.
 fn legacy_slot(stored: &[u8]) -> Option<Vec<u8>> {
     if stored.first() != Some(&b'[') {
         return None;
@@ -523,12 +524,10 @@ fn legacy_slot(stored: &[u8]) -> Option<Vec<u8>> {
     let seen = serde_json::from_slice::<Vec<(String, i64)>>(stored).ok()?;
     let mut slot = Vec::with_capacity(seen.len() * RECORD);
     for (id, expiry) in seen {
-        let id = URL_SAFE_NO_PAD
-            .decode(id)
-            .ok()
-            .filter(|id| id.len() == 16)?;
-        slot.extend_from_slice(&id);
-        slot.extend_from_slice(&expiry.to_le_bytes());
+        if let Some(id) = URL_SAFE_NO_PAD.decode(id).ok().filter(|id| id.len() == 16) {
+            slot.extend_from_slice(&id);
+            slot.extend_from_slice(&expiry.to_le_bytes());
+        }
     }
     Some(slot)
 }

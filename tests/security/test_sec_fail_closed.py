@@ -138,6 +138,17 @@ def echo_hdrs(token, extra=()):
     return body_headers(token, method="tools/call", name="echo", extra=extra)
 
 
+def post_call(stack, token, rid):
+    """The echo tools/call sent on a connection of its own, left open for the test to read or
+    drop (no Accept-Encoding added)."""
+    conn = http.client.HTTPConnection("127.0.0.1", stack.port, timeout=20)
+    conn.putrequest("POST", "/mcp", skip_accept_encoding=True)
+    for k, v in echo_hdrs(token) + [("x-request-id", rid), ("content-length", str(len(TOOLS_CALL)))]:
+        conn.putheader(k, v)
+    conn.endheaders(TOOLS_CALL.encode())
+    return conn
+
+
 def big_json(size):
     """A tools/call result of about `size` bytes."""
     return json.dumps({"jsonrpc": "2.0", "id": 1, "result": {
@@ -182,12 +193,8 @@ def test_an_oversized_event_cuts_the_stream(scripted):
     chunks = [first] + [huge] + [b"x" * (256 * 1024)] * 20 + [b"\n\n"]
     scripted.upstream.script(lambda r: harness.Answer(200, [("content-type", "text/event-stream")], chunks))
     rid = "oversized-event-1"
-    conn = http.client.HTTPConnection("127.0.0.1", scripted.port, timeout=20)
+    conn = post_call(scripted, alice, rid)
     try:
-        conn.putrequest("POST", "/mcp", skip_accept_encoding=True)
-        for k, v in echo_hdrs(alice) + [("x-request-id", rid), ("content-length", str(len(TOOLS_CALL)))]:
-            conn.putheader(k, v)
-        conn.endheaders(TOOLS_CALL.encode())
         resp = conn.getresponse()
         assert resp.status == 200
         with pytest.raises(http.client.IncompleteRead) as cut:
@@ -211,12 +218,8 @@ def test_a_call_the_client_abandons_before_the_answer_is_still_audited(scripted)
         time.sleep(1.5)
         return harness.Answer.json({"jsonrpc": "2.0", "id": 1, "result": {"content": []}})
     scripted.upstream.script(slow)
-    conn = http.client.HTTPConnection("127.0.0.1", scripted.port, timeout=20)
+    conn = post_call(scripted, alice, rid)
     try:
-        conn.putrequest("POST", "/mcp", skip_accept_encoding=True)
-        for k, v in echo_hdrs(alice) + [("x-request-id", rid), ("content-length", str(len(TOOLS_CALL)))]:
-            conn.putheader(k, v)
-        conn.endheaders(TOOLS_CALL.encode())
         deadline = time.monotonic() + 10
         while not any(("x-request-id", rid) in r["headers"] for r in scripted.upstream.requests()):
             assert time.monotonic() < deadline, "the call never reached the server"
