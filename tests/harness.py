@@ -377,11 +377,14 @@ class Answer:
     Content-Length is added when the body is a list of chunks, which go out chunked, `delay`
     seconds apart) and `body` (bytes, str, a JSON value, or a list of byte chunks)."""
 
-    def __init__(self, status=200, headers=(), body=b"", delay=0.0):
+    def __init__(self, status=200, headers=(), body=b"", delay=0.0, trailers=()):
         self.status = status
         self.headers = list(headers)
         self.body = body
         self.delay = delay
+        # Sent after the last chunk of a chunked body (Envoy passes them on only where the
+        # cluster enables HTTP/1.1 trailers).
+        self.trailers = list(trailers)
 
     @staticmethod
     def json(message, status=200, content_type="application/json"):
@@ -443,7 +446,9 @@ class ScriptedUpstream:
                             time.sleep(answer.delay)
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                         self.wfile.flush()
-                    self.wfile.write(b"0\r\n\r\n")
+                    trailers = b"".join(b"%s: %s\r\n" % (k.encode(), v.encode())
+                                        for k, v in answer.trailers)
+                    self.wfile.write(b"0\r\n" + trailers + b"\r\n")
                 else:
                     if isinstance(body, str):
                         body = body.encode()

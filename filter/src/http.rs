@@ -17,6 +17,50 @@ pub fn is_event_stream(content_type: &str) -> bool {
     media_type(content_type).eq_ignore_ascii_case("text/event-stream")
 }
 
+/// Whether a `content-type` value names a charset other than UTF-8. JSON and SSE are UTF-8
+/// (RFC 8259 §8.1, the SSE standard) and the filter reads them so; but peers decode by this
+/// parameter (Express's JSON parser and the TypeScript SDK's server accept any `utf-*`, UTF-7
+/// included, where `+ACI-` is a quote; httpx, under the Python SDK's client, decodes event
+/// streams by it): the same bytes would mean another message to them. Every parameter whose
+/// name begins with `charset` counts: parsers differ on which of several wins, and Python's
+/// reads RFC 2231 forms (`charset*=''utf-7`, `charset*0=utf-7`), which are therefore refused
+/// whatever they say. The value is compared after splitting at every `;`, so a quoted `;`
+/// cannot hide a parameter from this check, only make it stricter.
+pub fn foreign_charset(content_type: &str) -> bool {
+    content_type.split(';').skip(1).any(|parameter| {
+        let (name, value) = parameter.split_once('=').unwrap_or((parameter, ""));
+        let name = name.trim();
+        if !name
+            .get(..7)
+            .is_some_and(|n| n.eq_ignore_ascii_case("charset"))
+        {
+            return false;
+        }
+        if name.len() != 7 {
+            return true;
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|v| v.strip_suffix('"'))
+            .unwrap_or(value);
+        !value.eq_ignore_ascii_case("utf-8")
+    })
+}
+
+/// Whether an answer's `content-type` may be read as JSON or an event stream by an MCP client
+/// while the filter reads it otherwise: the clients classify loosely (the TypeScript SDK by
+/// whether the value contains `text/event-stream`, then `application/json`; the Python SDK
+/// by prefix), the filter by the exact media type. So a value that names either anywhere must
+/// be exactly an event stream, or exactly JSON naming no event stream; and in UTF-8.
+pub fn ambiguous_answer_type(content_type: &str) -> bool {
+    let lower = content_type.to_ascii_lowercase();
+    let names_json = lower.contains("application/json");
+    let names_events = lower.contains("text/event-stream");
+    let exact = is_event_stream(content_type) || (is_json(content_type) && !names_events);
+    ((names_json || names_events) && !exact) || (exact && foreign_charset(content_type))
+}
+
 /// A token (RFC 9110 §5.6.2): what a header name may be.
 pub fn is_header_name(name: &str) -> bool {
     !name.is_empty()
@@ -65,6 +109,61 @@ mod tests {
         }
         for s in ["abc.def-ghi_jkl~+/=", "é", "\u{200b}", ""] {
             assert_eq!(has_whitespace(s), s.contains(char::is_whitespace), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn only_utf_8_is_a_native_charset() {
+        for value in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/json;CHARSET=UTF-8",
+            "application/json; charset=\"utf-8\"",
+            "text/event-stream; charset = utf-8 ; x=1",
+            "application/json; x=\"a;b\"",
+        ] {
+            assert!(!foreign_charset(value), "{value}");
+        }
+        for value in [
+            "application/json; charset=utf-7",
+            "application/json; charset=UTF-16",
+            "application/json; charset=utf-8; charset=utf-7",
+            "application/json; charset=\"utf\\-7\"",
+            "application/json; charset=",
+            "application/json; charset",
+            "application/json; x=\"a;charset=utf-7\"",
+            "text/event-stream; charset*=''utf-16le",
+            "text/event-stream; CHARSET*0=utf-7",
+            "text/event-stream; charset*=utf-8''utf-8",
+            "text/event-stream; charset=iso-8859-1",
+        ] {
+            assert!(foreign_charset(value), "{value}");
+        }
+    }
+
+    #[test]
+    fn answer_types_a_client_could_read_otherwise_are_ambiguous() {
+        for value in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "text/event-stream",
+            "text/event-stream; x=application/json",
+            "text/plain",
+            "",
+        ] {
+            assert!(!ambiguous_answer_type(value), "{value}");
+        }
+        for value in [
+            "application/json-seq",
+            "application/jsonx",
+            "text/plain; x=application/json",
+            "application/json; x=text/event-stream",
+            "text/event-stream2",
+            "text/html, application/json",
+            "application/json; charset=utf-16",
+            "text/event-stream; charset=utf-7",
+        ] {
+            assert!(ambiguous_answer_type(value), "{value}");
         }
     }
 

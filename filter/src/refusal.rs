@@ -50,6 +50,8 @@ pub enum Refusal {
     // ---- the request's body --------------------------------------------------------------------
     /// A body on a GET or DELETE (400).
     BodyNotAllowed,
+    /// Trailers ended the request before it was decided (400): MCP requests carry none.
+    RequestTrailers,
     /// Over `max_body_bytes` (413).
     BodyTooLarge,
     /// A POST body that is not `application/json` (415).
@@ -116,6 +118,10 @@ pub enum Refusal {
     UpstreamRefusedCredential { id: Option<Value> },
     /// A compressed response (502).
     CompressedResponse(String),
+    /// An answer whose `content-type` a client may read otherwise than the filter (502): JSON
+    /// or an event stream in a charset other than UTF-8, a value that names JSON or an event
+    /// stream without being exactly one, several values. The (first) `content-type` value.
+    AmbiguousContentType { content_type: String, body: Vec<u8> },
     /// The response carried the service key and `key_leak: block` (502).
     ServiceKeyInResponse,
     /// A session the gateway cannot seal for the caller: `status` 502 or 403.
@@ -154,6 +160,7 @@ impl Refusal {
             Refusal::SessionNotForwarded | Refusal::SessionHeaderNotSet => "session_header_not_set",
             Refusal::MethodNotAllowed => "method_not_allowed",
             Refusal::BodyNotAllowed => "body_not_allowed",
+            Refusal::RequestTrailers => "request_trailers",
             Refusal::BodyTooLarge => "body_too_large",
             Refusal::UnsupportedMediaType => "unsupported_media_type",
             Refusal::InvalidMessage { code, .. } => code,
@@ -168,7 +175,9 @@ impl Refusal {
             Refusal::RateLimited { code, .. } => code,
             Refusal::Internal { code, .. } => code,
             Refusal::UpstreamRefusedCredential { .. } => "upstream_refused_service_credential",
-            Refusal::CompressedResponse(_) => "uninspectable_response",
+            Refusal::CompressedResponse(_) | Refusal::AmbiguousContentType { .. } => {
+                "uninspectable_response"
+            }
             Refusal::ServiceKeyInResponse => "service_key_in_response",
             Refusal::SessionUnsealable { code, .. } => code,
             Refusal::ResponseHeaderNotRemoved { .. } => "response_header_not_removed",
@@ -187,6 +196,7 @@ impl Refusal {
             | Refusal::InvalidSessionId
             | Refusal::MethodOverride
             | Refusal::BodyNotAllowed
+            | Refusal::RequestTrailers
             | Refusal::InvalidMessage { .. }
             | Refusal::HeaderMismatch { .. }
             | Refusal::BatchNotAllowed(_)
@@ -222,6 +232,7 @@ impl Refusal {
             Refusal::SessionUnsealable { status, .. } => *status,
             Refusal::UpstreamRefusedCredential { .. }
             | Refusal::CompressedResponse(_)
+            | Refusal::AmbiguousContentType { .. }
             | Refusal::ServiceKeyInResponse
             | Refusal::SessionHeaderNotSet
             | Refusal::ResponseHeaderNotRemoved { .. }
@@ -274,6 +285,7 @@ impl Refusal {
             | Refusal::Internal { .. }
             | Refusal::UpstreamRefusedCredential { .. }
             | Refusal::CompressedResponse(_)
+            | Refusal::AmbiguousContentType { .. }
             | Refusal::ServiceKeyInResponse
             | Refusal::SessionUnsealable { .. }
             | Refusal::SessionHeaderNotSet
@@ -302,8 +314,11 @@ impl Refusal {
             Refusal::SessionNotForwarded => "the session could not be forwarded".into(),
             Refusal::MethodNotAllowed => "use POST, GET or DELETE".into(),
             Refusal::BodyNotAllowed => "GET and DELETE requests carry no body".into(),
+            Refusal::RequestTrailers => "MCP requests carry no trailers".into(),
             Refusal::BodyTooLarge => "request body too large".into(),
-            Refusal::UnsupportedMediaType => "POST bodies must be application/json".into(),
+            Refusal::UnsupportedMediaType => {
+                "POST bodies must be application/json, in UTF-8 (no other charset)".into()
+            }
             Refusal::InvalidMessage { detail, .. }
             | Refusal::HeaderMismatch { detail, .. }
             | Refusal::Denied { detail, .. }
@@ -322,6 +337,9 @@ impl Refusal {
             Refusal::BatchWithLimits => "JSON-RPC batches are refused on a server with limits; send one message per request".into(),
             Refusal::UpstreamRefusedCredential { .. } => "the MCP server refused the gateway's service credential; an operator must fix or rotate it".into(),
             Refusal::CompressedResponse(encoding) => format!("content-encoding {encoding}"),
+            Refusal::AmbiguousContentType { content_type, .. } => {
+                format!("content-type {content_type}")
+            }
             Refusal::ServiceKeyInResponse => "response carried the service key".into(),
             Refusal::SessionUnsealable { message, .. } => (*message).into(),
             Refusal::SessionHeaderNotSet => "the session could not be sealed".into(),
@@ -365,7 +383,9 @@ impl Refusal {
                 reply::http_error("temporarily_unavailable", description)
             }
             Refusal::MethodNotAllowed => reply::http_error("method_not_allowed", &self.detail()),
-            Refusal::BodyNotAllowed => reply::http_error("invalid_request", &self.detail()),
+            Refusal::BodyNotAllowed | Refusal::RequestTrailers => {
+                reply::http_error("invalid_request", &self.detail())
+            }
             Refusal::HeaderMismatch { id, detail } => {
                 rpc(id.as_ref(), reply::HEADER_MISMATCH, detail)
             }
@@ -374,7 +394,8 @@ impl Refusal {
             | Refusal::RateLimited { body, .. }
             | Refusal::ResponseHeaderNotRemoved { body }
             | Refusal::UnreadableListAnswer { body, .. }
-            | Refusal::UninspectableResponse { body, .. } => body.clone(),
+            | Refusal::UninspectableResponse { body, .. }
+            | Refusal::AmbiguousContentType { body, .. } => body.clone(),
             Refusal::UpstreamRefusedCredential { id } => {
                 rpc(id.as_ref(), reply::UPSTREAM_CREDENTIAL, &self.detail())
             }
@@ -422,6 +443,7 @@ mod tests {
             Refusal::SessionNotForwarded,
             Refusal::MethodNotAllowed,
             Refusal::BodyNotAllowed,
+            Refusal::RequestTrailers,
             Refusal::BodyTooLarge,
             Refusal::UnsupportedMediaType,
             Refusal::BatchNotAllowed("2025-06-18".into()),

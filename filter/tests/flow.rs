@@ -2114,3 +2114,150 @@ fn audit_columns_are_written_unless_switched_off() {
         host.properties.keys()
     );
 }
+
+// ---- trailers, charsets and answers a client reads otherwise (hostile review, session 11) ---
+
+#[test]
+fn request_trailers_before_the_decision_refuse_the_request() {
+    // The body has not ended (HTTP/2 ends it with trailers): nothing was decided.
+    let mut host = post_host(Some(&alice()), &[]);
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    assert!(stream.awaiting_body());
+    assert_eq!(stream.on_request_trailers(&mut host), Action::Pause);
+    let reply = host.reply();
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.json()["error"], "invalid_request");
+    let record = host.record();
+    assert_eq!(
+        (&record["decision"], &record["reason"]),
+        (&json!("deny"), &json!("request_trailers"))
+    );
+    // The body step never runs after that.
+    assert_eq!(
+        stream.on_request_body(&mut host, &tool_call(json!(1), "search")),
+        Action::Pause
+    );
+    assert_eq!(host.replies.len(), 1);
+}
+
+#[test]
+fn request_trailers_after_the_decision_go_on() {
+    let (mut stream, mut host, action) = post_open(&alice(), &tool_call(json!(1), "search"));
+    assert_eq!(action, Action::Continue);
+    assert_eq!(stream.on_request_trailers(&mut host), Action::Continue);
+    assert!(host.replies.is_empty());
+    // An answered request stays answered.
+    let (mut stream, mut host, action) = post_open(&alice(), &tool_call(json!(1), "delete"));
+    assert_eq!((action, host.replies.len()), (Action::Pause, 1));
+    assert_eq!(stream.on_request_trailers(&mut host), Action::Pause);
+    assert_eq!(host.replies.len(), 1);
+}
+
+#[test]
+fn a_held_answer_is_unchecked_until_its_end() {
+    let (mut stream, mut host, _) =
+        list_answered(200, &[("content-type", "application/json")], false);
+    assert!(stream.holds_unchecked_answer());
+    let body = format!(r#"{{"jsonrpc":"2.0","id":5,"result":{{"tools":{TOOLS}}}}}"#);
+    let out = replaced(
+        stream.on_response_body(&mut host, body.as_bytes(), true),
+        body.as_bytes(),
+    );
+    let out: Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(names(&out["result"]["tools"]), ["search", "get", "update"]);
+    assert!(!stream.holds_unchecked_answer());
+    // A stream's events are checked as they come: nothing unchecked is held.
+    let (stream, _, _) = list_answered(200, &[("content-type", "text/event-stream")], false);
+    assert!(!stream.holds_unchecked_answer());
+}
+
+#[test]
+fn a_request_body_in_another_charset_is_415() {
+    for content_type in [
+        "application/json; charset=utf-7",
+        "application/json; charset=utf-16le",
+        "application/json; charset=utf-8; charset=utf-7",
+        "application/json; charset*=''utf-7",
+    ] {
+        let mut host = post_host(Some(&alice()), &[("content-type", content_type)]);
+        let (_, action) = send(&config(), &mut host, &request(json!(1), "ping"));
+        assert_eq!(action, Action::Pause, "{content_type}");
+        assert_eq!(host.reply().status, 415, "{content_type}");
+        assert_eq!(host.record()["reason"], "unsupported_media_type");
+    }
+}
+
+#[test]
+fn every_content_encoding_of_a_request_counts() {
+    let token = format!("Bearer {}", alice());
+    let mut host = MockHost::request(&[
+        (":method", "POST"),
+        (":path", "/mcp"),
+        (":authority", "mcp.example.com"),
+        ("content-type", "application/json"),
+        ("mcp-protocol-version", PROTOCOL),
+        ("authorization", &token),
+        ("content-encoding", "identity"),
+        ("content-encoding", "gzip"),
+    ]);
+    let reply = refused_at_headers(&config(), &mut host);
+    assert_eq!(reply.status, 415);
+    assert_eq!(host.record()["reason"], "content_encoding");
+}
+
+/// A tools/call (id 7) answered with `content_type` and these bytes, to its end.
+fn call_answered(content_type: &str, body: &str) -> (Stream, MockHost, Action, BodyAction) {
+    let (mut stream, mut host, action) = post_open(&alice(), &tool_call(json!(7), "search"));
+    assert_eq!(action, Action::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", content_type)]);
+    let headers = stream.on_response_headers(&mut host, Some(200), false);
+    if !host.replies.is_empty() {
+        return (stream, host, headers, BodyAction::Pause);
+    }
+    let body = stream.on_response_body(&mut host, body.as_bytes(), true);
+    (stream, host, headers, body)
+}
+
+#[test]
+fn a_list_smuggled_into_another_requests_answer_does_not_pass() {
+    // Clients take a response by its id, whichever POST it came on: id 8 may be a tools/list
+    // the client awaits elsewhere. On this tools/call's answer it would pass unfiltered.
+    let smuggled = format!(r#"{{"jsonrpc":"2.0","id":8,"result":{{"tools":{TOOLS}}}}}"#);
+    let (_, host, _, _) = call_answered("application/json", &smuggled);
+    assert_eq!(host.reply().status, 502);
+    assert!(!String::from_utf8_lossy(&host.reply().body).contains("secret_tool"));
+    assert_eq!(host.record()["reason"], "unreadable_list_answer");
+    let events = format!(
+        "data: {smuggled}\n\ndata: {{\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{{\"content\":[]}}}}\n\n"
+    );
+    let (_, host, headers, body) = call_answered("text/event-stream", &events);
+    assert_eq!((headers, body), (Action::Continue, BodyAction::Pause));
+    assert_eq!(host.resets, 1, "the stream is cut");
+    assert_eq!(host.record()["decision"], "error");
+    // The call's own answer passes as it is.
+    let own = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[{"type":"text","text":"ok"}]}}"#;
+    let (_, host, headers, body) = call_answered("application/json", own);
+    assert_eq!((headers, body), (Action::Pause, BodyAction::Continue));
+    assert!(host.replies.is_empty());
+}
+
+#[test]
+fn an_answer_a_client_could_read_otherwise_is_502() {
+    for content_type in [
+        "application/json; charset=utf-7",
+        "text/event-stream; charset=utf-16le",
+        "text/event-stream; charset*=''utf-7",
+        "application/json-seq",
+        "text/plain; x=text/event-stream",
+        "application/json; x=text/event-stream",
+    ] {
+        let own = r#"{"jsonrpc":"2.0","id":7,"result":{"content":[]}}"#;
+        let (_, host, headers, _) = call_answered(content_type, own);
+        assert_eq!(headers, Action::Pause, "{content_type}");
+        assert_eq!(host.reply().status, 502, "{content_type}");
+        let record = host.record();
+        assert_eq!(record["reason"], "uninspectable_response", "{content_type}");
+        assert_eq!(record["detail"], format!("content-type {content_type}"));
+    }
+}

@@ -9,7 +9,7 @@ use crate::audit::Verdict;
 use crate::config::Server;
 use crate::discovery::ListKind;
 use crate::host::{Header, Host};
-use crate::http::{is_event_stream, is_json};
+use crate::http::{ambiguous_answer_type, is_event_stream, is_json};
 use crate::refusal::Refusal;
 use crate::response::{self, Body};
 use crate::{metrics, reply, session};
@@ -65,12 +65,13 @@ impl Stream {
             return self.refuse(host, record, Refusal::UpstreamRefusedCredential { id });
         }
         let headers = host.response_headers();
-        let encoding = header(&headers, "content-encoding")
-            .unwrap_or("identity")
-            .trim();
-        if !end_of_stream && !encoding.eq_ignore_ascii_case("identity") {
+        // Every value: a client may decode by any of them (or by their list).
+        let encoding = headers.iter().find(|(k, v)| {
+            k.eq_ignore_ascii_case("content-encoding") && !v.trim().eq_ignore_ascii_case("identity")
+        });
+        if let (false, Some((_, encoding))) = (end_of_stream, encoding) {
             // Compressed despite our request: cannot be filtered or checked, so not forwarded.
-            let refusal = Refusal::CompressedResponse(encoding.to_string());
+            let refusal = Refusal::CompressedResponse(redacted(encoding.trim(), server));
             return self.refuse(host, record, refusal);
         }
         for (name, value) in &headers {
@@ -117,11 +118,23 @@ impl Stream {
             let body = self.bad_gateway_body();
             return self.refuse(host, record, Refusal::UnreadableListAnswer { detail, body });
         }
+        let content_type = header(&headers, "content-type").unwrap_or_default();
+        let content_types = headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+            .count();
+        if !end_of_stream && (content_types > 1 || ambiguous_answer_type(content_type)) {
+            // A client could read this body as another message than the filter checked.
+            let refusal = Refusal::AmbiguousContentType {
+                content_type: redacted(content_type, server),
+                body: self.bad_gateway_body(),
+            };
+            return self.refuse(host, record, refusal);
+        }
         if end_of_stream {
             self.audit(host, record);
             return Action::Continue;
         }
-        let content_type = header(&headers, "content-type").unwrap_or_default();
         let json = is_json(content_type);
         if let Some(lists) = self.lists.as_mut() {
             // A JSON body answers the POST: it must be the response(s), nothing else.
@@ -204,7 +217,11 @@ impl Stream {
             // A GET stream: whatever has a body must be readable.
             return (success && !end_of_stream && !readable).then(unreadable_type);
         }
+        // Only a list request's answer must be a list (other requests' answers are held to
+        // answering their own requests, in the body).
+        let list_due = !lists.lists.is_empty();
         match status {
+            _ if success && !list_due => None,
             Some(200) if end_of_stream => Some("no body".to_string()),
             Some(200) if !readable => Some(unreadable_type()),
             Some(200) => None,
@@ -239,4 +256,12 @@ impl Stream {
             None => reply::http_error("bad_gateway", "upstream response refused"),
         }
     }
+}
+
+/// A header value for the audit record's detail, the service key redacted (a hostile upstream
+/// may echo it anywhere).
+fn redacted(value: &str, server: &Server) -> String {
+    let mut bytes = value.as_bytes().to_vec();
+    response::redact(&mut bytes, &server.credential.leak_patterns);
+    String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -27,6 +27,15 @@ impl Stream {
             && size <= response::MAX_BUFFERED_RESPONSE
     }
 
+    /// Response trailers (HTTP/2; HTTP/1.1 where the cluster enables them) end the answer
+    /// without a last body chunk, and Envoy passes on what it holds as soon as that callback
+    /// continues. Whether the answer is held whole and not checked yet: then the adapter reads
+    /// what Envoy holds and calls [`Stream::on_response_body`] with `end_of_stream`. A stream's
+    /// events were checked (and rewritten) chunk by chunk: nothing unchecked is held there.
+    pub fn holds_unchecked_answer(&self) -> bool {
+        matches!(self.phase, Phase::BufferingAnswer { ended: false, .. })
+    }
+
     /// A chunk of the response body (`body` is everything Envoy buffered when held).
     pub fn on_response_body(
         &mut self,

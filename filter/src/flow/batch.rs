@@ -147,26 +147,22 @@ impl Stream {
         self.batch = records.collect();
         self.audit(host, first);
         if all_allowed {
-            if messages
-                .iter()
-                .any(|m| ListKind::for_method(&m.method).is_some())
-            {
-                // Each list request's answer is matched by id and must be its list; every
-                // list in any response of the batch is filtered.
-                let mut lists = ListFilter {
-                    any: ListKind::ALL.to_vec(),
-                    strict: true,
-                    ..ListFilter::default()
-                };
-                for m in messages.iter().filter(|m| m.kind == Kind::Request) {
-                    let Some(id) = m.id.clone() else { continue };
-                    match ListKind::for_method(&m.method) {
-                        Some(kind) => lists.lists.push((id, kind)),
-                        None => lists.others.push(id),
-                    }
+            // Each list request's answer is matched by id and must be its list; every list in
+            // any response of the batch is filtered; a response to no request of the batch
+            // does not pass (clients take responses by id, whichever POST they came on).
+            let mut lists = ListFilter {
+                any: ListKind::ALL.to_vec(),
+                strict: true,
+                ..ListFilter::default()
+            };
+            for m in messages.iter().filter(|m| m.kind == Kind::Request) {
+                let Some(id) = m.id.clone() else { continue };
+                match ListKind::for_method(&m.method) {
+                    Some(kind) => lists.lists.push((id, kind)),
+                    None => lists.others.push(id),
                 }
-                self.lists = Some(lists);
             }
+            self.lists = Some(lists);
             return Action::Continue;
         }
         let body = Value::Array(answers).to_string().into_bytes();

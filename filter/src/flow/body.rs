@@ -10,7 +10,7 @@ use crate::audit::{ArgumentsMode, PinDrift, Record, Verdict, MAX_PIN_DRIFT};
 use crate::config::{Config, Server};
 use crate::discovery::ListKind;
 use crate::host::Host;
-use crate::http::is_json;
+use crate::http::{foreign_charset, is_json};
 use crate::mcp::{self, Kind, Message, Target};
 use crate::pins::{self, Drift};
 use crate::policy::{Input, Outcome, RequestFacts};
@@ -35,6 +35,25 @@ impl Stream {
     /// Whether the whole body is there and the decision waits for it.
     pub fn body_due(&self) -> bool {
         self.body_done && self.awaiting_body()
+    }
+
+    /// Request trailers (HTTP/2; HTTP/1.1 where the listener enables them): the request's end.
+    /// MCP requests carry none, and Envoy forwards the held headers and body as soon as this
+    /// callback continues, decided or not. So a request that is not decided yet (waiting for
+    /// keys or its body; no body decision runs without a body's end) is refused: 400, nothing
+    /// forwarded. One already forwarded goes on; one already answered stays answered.
+    pub fn on_request_trailers(&mut self, host: &mut dyn Host) -> Action {
+        let record = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Forwarded => {
+                self.phase = Phase::Forwarded;
+                return Action::Continue;
+            }
+            Phase::Done => return Action::Pause,
+            Phase::WaitingForLimits(pending) => Some(pending.into_record()),
+            _ => self.record.take(),
+        };
+        let record = record.unwrap_or_else(|| Record::new(host.now_millis(), &self.method));
+        self.refuse(host, record, Refusal::RequestTrailers)
     }
 }
 
@@ -72,7 +91,8 @@ impl Stream {
         if body.len() > config.max_body_bytes {
             return self.refuse(host, record, Refusal::BodyTooLarge);
         }
-        if !is_json(self.header("content-type").unwrap_or_default()) {
+        let content_type = self.header("content-type").unwrap_or_default();
+        if !is_json(content_type) || foreign_charset(content_type) {
             return self.refuse(host, record, Refusal::UnsupportedMediaType);
         }
         if mcp::is_batch(body) {
@@ -134,21 +154,28 @@ impl Stream {
                 }
                 record.decision = Verdict::Allow;
                 let charges = server.policy.charges(&input);
-                if let Some(kind) = ListKind::for_method(&message.method) {
-                    self.lists = Some(match (&message.id, message.kind) {
-                        // Its answer must be read as that list, or it does not pass.
-                        (Some(id), Kind::Request) => ListFilter {
-                            lists: vec![(id.clone(), kind)],
-                            strict: true,
-                            ..ListFilter::default()
-                        },
-                        // No answer is due: whatever comes is filtered all the same.
-                        _ => ListFilter {
-                            any: vec![kind],
-                            ..ListFilter::default()
-                        },
-                    });
-                }
+                let kind = ListKind::for_method(&message.method);
+                self.lists = Some(match (kind, &message.id, message.kind) {
+                    // Its answer must be read as that list, or it does not pass.
+                    (Some(kind), Some(id), Kind::Request) => ListFilter {
+                        lists: vec![(id.clone(), kind)],
+                        strict: true,
+                        ..ListFilter::default()
+                    },
+                    // Any other request's answer answers it alone: clients take a response by
+                    // its id, so one for another request (a list the client awaits on another
+                    // POST, unfiltered) does not pass here.
+                    (None, Some(id), Kind::Request) => ListFilter {
+                        others: vec![id.clone()],
+                        strict: true,
+                        ..ListFilter::default()
+                    },
+                    // No answer is due: whatever comes is filtered all the same.
+                    _ => ListFilter {
+                        any: ListKind::ALL.to_vec(),
+                        ..ListFilter::default()
+                    },
+                });
                 // Budgets and rate limits (flow/limits.rs): may answer, or wait for the service.
                 match self.limit(host, server, charges, &message, record) {
                     limits::Gate::Pass(record) => {

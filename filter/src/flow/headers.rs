@@ -58,6 +58,7 @@ impl Stream {
                     ("cache-control", "max-age=300"),
                 ];
                 host.send_response(200, &headers, &body);
+                self.phase = Phase::Done;
                 return Action::Pause;
             }
         }
@@ -146,10 +147,12 @@ impl Stream {
                 }
             }
         }
-        if let Some(encoding) = self.header("content-encoding") {
-            if !encoding.trim().eq_ignore_ascii_case("identity") {
-                return self.refuse(host, record, Refusal::CompressedRequest);
-            }
+        // Every value: a server may decode by any of them (or by their list).
+        let compressed = self.headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("content-encoding") && !v.trim().eq_ignore_ascii_case("identity")
+        });
+        if compressed {
+            return self.refuse(host, record, Refusal::CompressedRequest);
         }
 
         if has_method_override(&self.query) {

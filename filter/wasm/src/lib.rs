@@ -410,29 +410,54 @@ impl HttpContext for Http {
         if ex.stream.holds_response_chunk(size, end_of_stream) {
             return WasmAction::Pause;
         }
-        ex.timed(|ex| {
-            let body = match read_response_body(size) {
-                Ok(b) => b,
-                Err(()) => {
-                    // Fail closed: an uninspectable response does not go on.
-                    ex.stream
-                        .response_failed(&mut Envoy, "response_body_unavailable");
+        ex.timed(|ex| ex.check_response_body(size, end_of_stream))
+    }
+
+    /// Trailers end the request: refused unless it was decided and forwarded (see
+    /// [`Stream::on_request_trailers`]); Envoy would forward an undecided one on `Continue`.
+    fn on_http_request_trailers(&mut self, _n: usize) -> WasmAction {
+        let mut ex = self.exchange.borrow_mut();
+        ex.timed(|ex| action(ex.stream.on_request_trailers(&mut Envoy)))
+    }
+
+    /// Trailers end the answer: a body held whole is checked now, as at its last chunk.
+    fn on_http_response_trailers(&mut self, _n: usize) -> WasmAction {
+        let mut ex = self.exchange.borrow_mut();
+        if !ex.stream.holds_unchecked_answer() {
+            return WasmAction::Continue;
+        }
+        ex.timed(|ex| ex.check_response_body(usize::MAX, true))
+    }
+}
+
+impl Exchange {
+    /// Reads the response body Envoy holds (its first `size` bytes), has it checked, and
+    /// writes back what replaces it. Fails closed when it cannot be read or written.
+    fn check_response_body(&mut self, size: usize, end_of_stream: bool) -> WasmAction {
+        let body = match read_response_body(size) {
+            Ok(b) => b,
+            Err(()) => {
+                // Fail closed: an uninspectable response does not go on.
+                self.stream
+                    .response_failed(&mut Envoy, "response_body_unavailable");
+                return WasmAction::Pause;
+            }
+        };
+        match self
+            .stream
+            .on_response_body(&mut Envoy, &body, end_of_stream)
+        {
+            BodyAction::Continue => WasmAction::Continue,
+            BodyAction::Pause => WasmAction::Pause,
+            BodyAction::Replace(bytes) => {
+                if write_response_body(body.len(), &bytes).is_err() {
+                    self.stream
+                        .response_failed(&mut Envoy, "response_body_write_failed");
                     return WasmAction::Pause;
                 }
-            };
-            match ex.stream.on_response_body(&mut Envoy, &body, end_of_stream) {
-                BodyAction::Continue => WasmAction::Continue,
-                BodyAction::Pause => WasmAction::Pause,
-                BodyAction::Replace(bytes) => {
-                    if write_response_body(size, &bytes).is_err() {
-                        ex.stream
-                            .response_failed(&mut Envoy, "response_body_write_failed");
-                        return WasmAction::Pause;
-                    }
-                    WasmAction::Continue
-                }
+                WasmAction::Continue
             }
-        })
+        }
     }
 }
 

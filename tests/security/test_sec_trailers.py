@@ -1,0 +1,218 @@
+"""Where Envoy and the peers could read a message otherwise than the filter: trailers, which end a
+request or an answer without a last body chunk (HTTP/2 from any client: the listener accepts h2c);
+charsets and content types a peer decodes by; responses delivered on another request's answer.
+Each case through real Envoy, with the exact outcome and nothing unchecked forwarded."""
+
+import json
+import socket
+
+import h2.config
+import h2.connection
+import h2.events
+import harness
+import pytest
+from hostile import SecStack, body_headers, call, forwarded, refused, send, wait_record
+from stack import modern
+
+DENIED = call("delete_customer", {"customer_id": "c-100"})  # sales may not delete
+ALLOWED = call("get_customer", {"customer_id": "c-100"})
+
+
+def h2_request(port, headers, body, trailers=None, timeout=10.0):
+    """One HTTP/2 (h2c, prior knowledge) request: the headers, one DATA frame, then `trailers`
+    as the stream's end (or END_STREAM on the data). Returns (status, headers, body)."""
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    try:
+        conn.initiate_connection()
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [(":method", "POST"), (":path", "/mcp"), (":scheme", "http"),
+                                (":authority", f"127.0.0.1:{port}"), *headers])
+        conn.send_data(sid, body, end_stream=trailers is None)
+        if trailers is not None:
+            conn.send_headers(sid, trailers, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        status, answer, data = None, [], b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            ended = False
+            for event in conn.receive_data(chunk):
+                if isinstance(event, h2.events.ResponseReceived):
+                    answer = list(event.headers)
+                    status = int(dict(answer)[":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    data += event.data
+                    conn.acknowledge_received_data(event.flow_controlled_length, sid)
+                elif isinstance(event, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    ended = True
+            sock.sendall(conn.data_to_send())
+            if ended:
+                break
+        return status, answer, data
+    finally:
+        sock.close()
+
+
+def h2_headers(token, message, rid):
+    body, envelope = message
+    return [("x-request-id", rid), *body_headers(token, method=envelope["mcp-method"],
+                                                 name=envelope.get("mcp-name"))]
+
+
+@pytest.fixture(scope="module")
+def alice(sec):
+    return sec.token("alice", groups=["sales"])
+
+
+def test_http2_is_checked_like_http1(sec, alice):
+    """The control: over HTTP/2 without trailers, an allowed call goes on, a denied one is
+    answered in-band."""
+    before = len(sec.upstream_requests())
+    status, _, body = h2_request(sec.port, h2_headers(alice, ALLOWED, "h2-allowed"),
+                                 json.dumps(ALLOWED[0]).encode())
+    assert status == 200 and len(sec.upstream_requests()) == before + 1
+    status, _, body = h2_request(sec.port, h2_headers(alice, DENIED, "h2-denied"),
+                                 json.dumps(DENIED[0]).encode())
+    assert status == 200 and json.loads(body)["error"]["code"] == -31403, body
+    assert len(sec.upstream_requests()) == before + 1
+    assert wait_record(sec, "h2-denied")[0]["decision"] == "deny"
+
+
+def test_request_trailers_do_not_carry_an_undecided_request_upstream(sec, alice):
+    """HTTP/2 trailers end the request without a last DATA frame: Envoy would forward the held
+    headers (the service key already in them) and body the moment the filter let the trailers
+    go on. A request not yet decided is refused; nothing reaches the upstream."""
+    before = len(sec.upstream_requests())
+    for message, rid in [(DENIED, "h2-trailers-denied"), (ALLOWED, "h2-trailers-allowed")]:
+        status, _, body = h2_request(sec.port, h2_headers(alice, message, rid),
+                                     json.dumps(message[0]).encode(), trailers=[("x-end", "1")])
+        assert status == 400, (status, body)
+        assert json.loads(body) == {"error": "invalid_request",
+                                    "error_description": "MCP requests carry no trailers"}
+        records = wait_record(sec, rid)
+        assert [(r["decision"], r["reason"], r["status"]) for r in records] == [
+            ("deny", "request_trailers", 400)], records
+    # An unauthenticated one too (it never reaches the body step).
+    status, _, _ = h2_request(sec.port, [("x-request-id", "h2-trailers-anon"),
+                                         *body_headers(None, method="tools/call")],
+                              json.dumps(ALLOWED[0]).encode(), trailers=[("x-end", "1")])
+    assert status == 401
+    assert len(sec.upstream_requests()) == before, "a request reached the upstream"
+
+
+def trailers_template(workdir):
+    """envoy/mcp-guard.yaml with HTTP/1.1 trailers passed on from the upstream (as an HTTP/2
+    upstream always does)."""
+    text = (harness.ROOT / "envoy" / "mcp-guard.yaml").read_text()
+    cluster = "  - name: mcp_upstream\n    type: STATIC\n"
+    options = (
+        "    typed_extension_protocol_options:\n"
+        "      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
+        '        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n'
+        "        explicit_http_config: { http_protocol_options: { enable_trailers: true } }\n")
+    assert text.count(cluster) == 1
+    path = workdir / "trailers.yaml"
+    path.write_text(text.replace(cluster, cluster + options))
+    return str(path)
+
+
+TOOLS = [{"name": n, "inputSchema": {"type": "object"}}
+         for n in ("search_customers", "get_customer", "delete_customer")]
+
+
+@pytest.fixture
+def scripted(tmp_path):
+    """A stack whose upstream answers as each test scripts, trailers passed on."""
+    upstream = harness.ScriptedUpstream()
+    s = SecStack(tmp_path, upstream=upstream, template=trailers_template(tmp_path))
+    s.scripted = upstream
+    yield s
+    s.stop()
+
+
+def test_answer_trailers_do_not_release_a_held_answer_unchecked(scripted):
+    """A JSON answer is held whole and checked at its end; trailers end it without a last body
+    chunk. It is checked then: the list filtered for the caller, the record written once."""
+    answer = json.dumps({"jsonrpc": "2.0", "id": 5, "result": {"tools": TOOLS}}).encode()
+    scripted.scripted.script(lambda r: harness.Answer(
+        200, [("content-type", "application/json")], [answer[:40], answer[40:]],
+        trailers=[("x-checksum", "1")]))
+    alice = scripted.token("alice", groups=["sales"])
+    body = json.dumps(modern({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {}})[0])
+    reply, tag = send(scripted, body=body, headers=body_headers(alice, method="tools/list"))
+    assert reply.status == 200, reply
+    assert [t["name"] for t in reply.json()["result"]["tools"]] == [
+        "search_customers", "get_customer"]
+    records = wait_record(scripted, tag)
+    assert len(records) == 1 and records[0]["decision"] == "allow", records
+    assert records[0]["hidden"] == 1 and records[0]["upstream_status"] == 200, records
+
+
+def test_a_list_on_another_requests_answer_does_not_reach_the_client(scripted):
+    """Clients take a response by its id, whichever POST it came on: a tools/list answer (id 8,
+    as if the client had listed on another POST) inside a tools/call's answer would reach the
+    client unfiltered. It does not pass: 502 for a JSON answer, the stream cut for events."""
+    alice = scripted.token("alice", groups=["sales"])
+    smuggled = {"jsonrpc": "2.0", "id": 8, "result": {"tools": TOOLS}}
+    own = {"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "ok"}]}}
+    body, envelope = ALLOWED
+    headers = body_headers(alice, method="tools/call", name=envelope["mcp-name"])
+    scripted.scripted.script(lambda r: harness.Answer.json(smuggled))
+    reply, tag = send(scripted, body=json.dumps(body), headers=headers)
+    assert reply.status == 502 and b"delete_customer" not in reply.body, reply
+    record = wait_record(scripted, tag)[-1]
+    assert (record["decision"], record["reason"]) == ("error", "unreadable_list_answer"), record
+    assert record["detail"] == "a response to no request of this exchange", record
+    events = [f"data: {json.dumps(m)}\n\n".encode() for m in (smuggled, own)]
+    scripted.scripted.script(lambda r: harness.Answer(
+        200, [("content-type", "text/event-stream")], events))
+    try:
+        reply, tag = send(scripted, body=json.dumps(body), headers=headers)
+        received = reply.body
+    except Exception as cut:  # the stream is reset mid-body
+        received = str(cut).encode()
+    assert b"delete_customer" not in received
+    # The control: the call's own answer passes.
+    scripted.scripted.script(lambda r: harness.Answer.json(own))
+    reply, _ = send(scripted, body=json.dumps(body), headers=headers)
+    assert reply.status == 200 and reply.json() == own
+
+
+@pytest.mark.parametrize("content_type", [
+    "application/json; charset=utf-7",
+    "text/event-stream; charset=utf-16le",
+    "text/event-stream; charset*=''utf-7",
+    "application/json-seq",
+    "application/json; x=text/event-stream",
+])
+def test_an_answer_its_client_could_decode_otherwise_is_refused(scripted, content_type):
+    """The Python SDK's client decodes event streams by their charset, the TypeScript one
+    classifies answers by substrings: what the filter reads as UTF-8 JSON or events must be
+    exactly that, or the answer does not go on."""
+    alice = scripted.token("alice", groups=["sales"])
+    scripted.scripted.script(lambda r: harness.Answer(
+        200, [("content-type", content_type)],
+        json.dumps({"jsonrpc": "2.0", "id": 5, "result": {"tools": TOOLS}}).encode()))
+    body = json.dumps(modern({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {}})[0])
+    reply, tag = send(scripted, body=body, headers=body_headers(alice, method="tools/list"))
+    assert reply.status == 502 and b"delete_customer" not in reply.body, reply
+    record = wait_record(scripted, tag)[-1]
+    assert record["decision"] == "error", record
+    assert record["reason"] in ("uninspectable_response", "unreadable_list_answer"), record
+
+
+@pytest.mark.parametrize("charset", ["utf-7", "UTF-16LE", "utf-8; charset=utf-7"])
+def test_a_request_in_another_charset_is_415(sec, alice, charset):
+    """Express's JSON parser (under the TypeScript SDK's server) decodes by the charset, UTF-7
+    included, where `+ACI-` is a quote: the same bytes would be another message there."""
+    body, envelope = ALLOWED
+    refused(sec, status=415, reason="unsupported_media_type", code=-32600,
+            body=json.dumps(body),
+            headers=body_headers(alice, method="tools/call", name=envelope["mcp-name"],
+                                 content_type=f"application/json; charset={charset}"))
+    forwarded(sec, body=json.dumps(body),
+              headers=body_headers(alice, method="tools/call", name=envelope["mcp-name"],
+                                   content_type="application/json; charset=UTF-8"))
