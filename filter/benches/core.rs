@@ -462,6 +462,7 @@ fn bench_policy(h: &mut Harness, fx: &Fixtures) {
                     host: "127.0.0.1:10000",
                     method: "POST",
                     headers: &headers,
+                    removed: &[],
                 },
                 source_address: "127.0.0.1:43210",
                 mtls: false,

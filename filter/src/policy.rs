@@ -1135,6 +1135,11 @@ pub struct RequestFacts<'a> {
     /// The request headers; rules see them with lower-cased names, without pseudo-headers
     /// and without `authorization`.
     pub headers: &'a [(String, String)],
+    /// Headers removed or replaced before forwarding (the server's `strip_headers`, which
+    /// include the credential's and the forwarded claims' headers): rules do not see them,
+    /// since the server never receives the client's values (a forged `x-tenant` the filter
+    /// overwrites with the token's claim must not decide anything).
+    pub removed: &'a [String],
 }
 
 impl<'a> Input<'a> {

@@ -200,15 +200,31 @@ impl SseRewriter {
 
 /// Writes one event block (original bytes, possibly without final blank line) to `out`, kept
 /// or re-encoded as `f` decides. Returns whether the original bytes were kept.
+///
+/// An event with a line the standard ignores (an unknown field name, an `id` with NUL, a
+/// `retry` that is not digits) is never kept verbatim: it is re-encoded from what the filter
+/// read, those lines and the event's comments dropped. Clients' parsers differ exactly on
+/// such lines (the TypeScript SDK's strips `ï»¿`, a BOM decoded as Latin-1, from a stream's
+/// first line: `ï»¿data: …`, an unknown field here, is data there); what the filter did not
+/// read as data must not reach a client that might.
 fn emit(block: &[u8], f: &mut dyn FnMut(&Event) -> Rewrite, out: &mut Vec<u8>) -> bool {
-    let Some(event) = parse_event(block) else {
+    let Some((event, read)) = parse_event(block) else {
         out.extend_from_slice(block);
         return true;
     };
     match f(&event) {
-        Rewrite::Keep => {
+        Rewrite::Keep if !read.ignored => {
             out.extend_from_slice(block);
             true
+        }
+        Rewrite::Keep if read.has_data => {
+            encode(&event, event.data.as_bytes(), out);
+            false
+        }
+        Rewrite::Keep => {
+            encode_fields(&event, out);
+            out.push(b'\n');
+            false
         }
         Rewrite::Replace(data) => {
             encode(&event, &data, out);
@@ -217,11 +233,21 @@ fn emit(block: &[u8], f: &mut dyn FnMut(&Event) -> Rewrite, out: &mut Vec<u8>) -
     }
 }
 
+/// What parsing an event block noticed beyond the [`Event`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Read {
+    /// It had a `data` line.
+    has_data: bool,
+    /// It had a field line the standard ignores.
+    ignored: bool,
+}
+
 /// Parses an event block; `None` when it holds no line before the blank one.
-fn parse_event(block: &[u8]) -> Option<Event> {
+fn parse_event(block: &[u8]) -> Option<(Event, Read)> {
     let mut event = Event::default();
     let mut any_line = false;
     let mut has_data = false;
+    let mut ignored = false;
     for line in Lines(Some(block)) {
         if line.is_empty() {
             break;
@@ -257,15 +283,26 @@ fn parse_event(block: &[u8]) -> Option<Event> {
             b"retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 event.retry = Some(value.into_owned());
             }
-            _ => {}
+            _ => ignored = true,
         }
     }
-    any_line.then_some(event)
+    any_line.then_some((event, Read { has_data, ignored }))
 }
 
 /// Encodes `event` with `data` as its payload. Data is split on every kind of line end so
 /// that a payload can never smuggle in extra fields or events.
 fn encode(event: &Event, data: &[u8], out: &mut Vec<u8>) {
+    encode_fields(event, out);
+    for line in Lines(Some(data)) {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(line);
+        out.push(b'\n');
+    }
+    out.push(b'\n');
+}
+
+/// The event's `id`, `event` and `retry` lines.
+fn encode_fields(event: &Event, out: &mut Vec<u8>) {
     let fields = [
         ("id", &event.id),
         ("event", &event.event),
@@ -281,12 +318,6 @@ fn encode(event: &Event, data: &[u8], out: &mut Vec<u8>) {
             out.push(b'\n');
         }
     }
-    for line in Lines(Some(data)) {
-        out.extend_from_slice(b"data: ");
-        out.extend_from_slice(line);
-        out.push(b'\n');
-    }
-    out.push(b'\n');
 }
 
 /// Splits on CRLF, LF or CR like `str::split`: a trailing line end yields a final empty line.
@@ -514,13 +545,36 @@ mod tests {
     #[test]
     fn bom_only_at_start() {
         let (out, seen) = run(&[b"\xEF", b"\xBB", b"\xBFdata: x\n\n\xEF\xBB\xBFdata: y\n\n"]);
-        assert_eq!(out, b"\xEF\xBB\xBFdata: x\n\n\xEF\xBB\xBFdata: y\n\n");
+        // A later BOM is part of the field name: an unknown field, not forwarded.
+        assert_eq!(out, b"\xEF\xBB\xBFdata: x\n\n\n");
         assert_eq!(seen.len(), 2);
         assert_eq!(seen[0], data("x"));
-        assert_ne!(seen[1], data("y")); // A later BOM is part of the field name.
+        assert_eq!(seen[1], Event::default());
         let (out, seen) = run(&[b"\xEF\xBB"]);
-        assert_eq!(out, b"\xEF\xBB");
+        assert_eq!(out, b"\n");
         assert_eq!(seen.len(), 1);
+    }
+
+    #[test]
+    fn lines_the_standard_ignores_never_reach_the_client() {
+        // A BOM decoded as Latin-1 (which one SDK's parser strips), unknown or mis-cased field
+        // names, an id with NUL, a retry that is not digits: each event is re-encoded from what
+        // was read, its comments dropped with them; the data the filter saw is kept.
+        let stream: &[u8] = b"\xC3\xAF\xC2\xBB\xC2\xBFdata: {\"all\":1}\n\n\
+            : keep-alive\nData: x\ndata: seen\nid: 7\n\n\
+            retry: 1s\nevent: e\ndata: ok\n\n\
+            id: a\x00b\ndata: d\n\n";
+        let (out, seen) = run(&[stream]);
+        assert_eq!(
+            text(&out),
+            "\nid: 7\ndata: seen\n\nevent: e\ndata: ok\n\ndata: d\n\n"
+        );
+        assert_eq!(seen.len(), 4);
+        assert!(seen[0].data.is_empty());
+        // Known fields only, comments included: forwarded byte for byte.
+        let plain: &[u8] = b": hi\r\nid: 1\r\nevent: m\r\nretry: 10\r\ndata: a\r\ndata\r\n\r\n";
+        let (out, _) = run(&[plain]);
+        assert_eq!(out, plain);
     }
 
     #[test]

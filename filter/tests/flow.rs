@@ -2261,3 +2261,26 @@ fn an_answer_a_client_could_read_otherwise_is_502() {
         assert_eq!(record["detail"], format!("content-type {content_type}"));
     }
 }
+
+#[test]
+fn rules_do_not_see_headers_the_server_never_receives() {
+    // `x-mcp-user` carries the token's email upstream, `x-api-key` the service key: a client's
+    // own values of them are replaced, so a rule reading them would decide on a forgery.
+    let mut c = base_config();
+    c["servers"][0]["policy"]["rules"] = json!([
+        { "name": "by-user-header", "allow": "\"x-mcp-user\" in request.headers || \"x-api-key\" in request.headers" },
+        { "name": "by-team-header", "allow": "request.headers[\"x-team\"] == \"crm\"" },
+    ]);
+    let config = build(c);
+    let forged = [("x-mcp-user", "root@example.com"), ("x-api-key", "mine")];
+    let mut host = post_host(Some(&alice()), &forged);
+    let (_, action) = send(&config, &mut host, &tool_call(json!(1), "search"));
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.reply().json()["error"]["code"], -31403);
+    // Other headers are the client's and reach the server as sent: rules read them.
+    let mut host = post_host(Some(&alice()), &[("x-team", "crm")]);
+    let (mut stream, action) = send(&config, &mut host, &tool_call(json!(1), "search"));
+    assert_eq!(action, Action::Continue);
+    stream.on_log(&mut host);
+    assert_eq!(host.record()["rule"], "by-team-header");
+}

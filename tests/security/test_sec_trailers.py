@@ -216,3 +216,22 @@ def test_a_request_in_another_charset_is_415(sec, alice, charset):
     forwarded(sec, body=json.dumps(body),
               headers=body_headers(alice, method="tools/call", name=envelope["mcp-name"],
                                    content_type="application/json; charset=UTF-8"))
+
+
+def test_an_event_line_the_filter_does_not_read_as_data_reaches_no_client(scripted):
+    """`ï»¿data:` (a BOM decoded as Latin-1) is an unknown field to the standard and to the
+    filter, but the TypeScript SDK's parser strips those three characters from a stream's first
+    line and reads the rest as data. Such lines are dropped: the unfiltered list never leaves."""
+    alice = scripted.token("alice", groups=["sales"])
+    answer = json.dumps({"jsonrpc": "2.0", "id": 5, "result": {"tools": TOOLS}})
+    stream = "\u00ef\u00bb\u00bfdata: ".encode() + answer.encode() + b"\n\n"
+    scripted.scripted.script(lambda r: harness.Answer(
+        200, [("content-type", "text/event-stream")], [stream]))
+    body = json.dumps(modern({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {}})[0])
+    reply, _ = send(scripted, body=body, headers=body_headers(alice, method="tools/list"))
+    assert b"delete_customer" not in reply.body and b"data" not in reply.body, reply
+    # The control: the same list as a proper event is filtered, not dropped.
+    scripted.scripted.script(lambda r: harness.Answer(
+        200, [("content-type", "text/event-stream")], [b"data: " + answer.encode() + b"\n\n"]))
+    reply, _ = send(scripted, body=body, headers=body_headers(alice, method="tools/list"))
+    assert b"get_customer" in reply.body and b"delete_customer" not in reply.body, reply

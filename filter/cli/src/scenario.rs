@@ -92,6 +92,7 @@ impl Scenario {
                 host: self.header(":authority").unwrap_or_default(),
                 method: self.header(":method").unwrap_or_default(),
                 headers: &self.headers,
+                removed: &[],
             },
             source_address: &self.source,
             mtls: self.mtls,

@@ -375,11 +375,16 @@ impl Stream {
     }
 
     pub(super) fn request_facts(&self) -> RequestFacts<'_> {
+        let removed = self
+            .server
+            .and_then(|i| self.config.servers.get(i))
+            .map_or(&[][..], |s| s.strip_headers.as_slice());
         RequestFacts {
             path: self.header(":path").unwrap_or_default(),
             host: self.header(":authority").unwrap_or_default(),
             method: self.header(":method").unwrap_or_default(),
             headers: &self.headers,
+            removed,
         }
     }
 }

@@ -339,7 +339,10 @@ fn request<'a>(input: &Input<'a>) -> Boxed<'a> {
     let path = r.path.split_once('?').map_or(r.path, |(p, _)| p);
     let mut headers: HashMap<CelMapKey<'a>, Cow<'a, str>> = HashMap::new();
     for (name, value) in r.headers {
-        if name.starts_with(':') || name.eq_ignore_ascii_case("authorization") {
+        if name.starts_with(':')
+            || name.eq_ignore_ascii_case("authorization")
+            || r.removed.iter().any(|h| h.eq_ignore_ascii_case(name))
+        {
             continue;
         }
         let name: Cow<'a, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {

@@ -613,6 +613,7 @@ fn variables_are_all_there() {
             host: "mcp.example.com",
             method: "POST",
             headers: &headers,
+            removed: &[],
         },
         source_address: "10.0.0.7",
         mtls: true,
