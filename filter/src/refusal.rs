@@ -116,6 +116,10 @@ pub enum Refusal {
     // ---- the answer ----------------------------------------------------------------------------
     /// The upstream refused the gateway's service credential (401/403 → 502).
     UpstreamRefusedCredential { id: Option<Value> },
+    /// Envoy routed the request elsewhere than the route and cluster the filter checked it
+    /// for (its route was matched again on the headers the filter changed): the answer does
+    /// not go on (502). `detail` names both.
+    Rerouted { detail: String, body: Vec<u8> },
     /// A compressed response (502).
     CompressedResponse(String),
     /// An answer whose `content-type` a client may read otherwise than the filter (502): JSON
@@ -175,6 +179,7 @@ impl Refusal {
             Refusal::RateLimited { code, .. } => code,
             Refusal::Internal { code, .. } => code,
             Refusal::UpstreamRefusedCredential { .. } => "upstream_refused_service_credential",
+            Refusal::Rerouted { .. } => "rerouted",
             Refusal::CompressedResponse(_) | Refusal::AmbiguousContentType { .. } => {
                 "uninspectable_response"
             }
@@ -231,6 +236,7 @@ impl Refusal {
             }
             Refusal::SessionUnsealable { status, .. } => *status,
             Refusal::UpstreamRefusedCredential { .. }
+            | Refusal::Rerouted { .. }
             | Refusal::CompressedResponse(_)
             | Refusal::AmbiguousContentType { .. }
             | Refusal::ServiceKeyInResponse
@@ -284,6 +290,7 @@ impl Refusal {
             | Refusal::SessionNotForwarded
             | Refusal::Internal { .. }
             | Refusal::UpstreamRefusedCredential { .. }
+            | Refusal::Rerouted { .. }
             | Refusal::CompressedResponse(_)
             | Refusal::AmbiguousContentType { .. }
             | Refusal::ServiceKeyInResponse
@@ -320,6 +327,7 @@ impl Refusal {
                 "POST bodies must be application/json, in UTF-8 (no other charset)".into()
             }
             Refusal::InvalidMessage { detail, .. }
+            | Refusal::Rerouted { detail, .. }
             | Refusal::HeaderMismatch { detail, .. }
             | Refusal::Denied { detail, .. }
             | Refusal::InsufficientScope { detail, .. }
@@ -395,7 +403,8 @@ impl Refusal {
             | Refusal::ResponseHeaderNotRemoved { body }
             | Refusal::UnreadableListAnswer { body, .. }
             | Refusal::UninspectableResponse { body, .. }
-            | Refusal::AmbiguousContentType { body, .. } => body.clone(),
+            | Refusal::AmbiguousContentType { body, .. }
+            | Refusal::Rerouted { body, .. } => body.clone(),
             Refusal::UpstreamRefusedCredential { id } => {
                 rpc(id.as_ref(), reply::UPSTREAM_CREDENTIAL, &self.detail())
             }

@@ -2284,3 +2284,39 @@ fn rules_do_not_see_headers_the_server_never_receives() {
     stream.on_log(&mut host);
     assert_eq!(host.record()["rule"], "by-team-header");
 }
+
+#[test]
+fn an_answer_that_came_by_another_route_than_the_checked_one_is_502() {
+    // Envoy matches the route again after the filter changed the request's headers: a route
+    // on `x-mcp-user` (a forwarded claim) would take the request to another upstream.
+    let mut host = post_host(Some(&alice()), &[]);
+    host.set_property(&["xds", "route_name"], "crm");
+    let (mut stream, action) = send(&config(), &mut host, &tool_call(json!(7), "search"));
+    assert_eq!(action, Action::Continue);
+    host.set_property(&["xds", "route_name"], "by-user");
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Pause
+    );
+    assert_eq!(host.reply().status, 502);
+    let record = host.record();
+    assert_eq!(
+        (&record["decision"], &record["reason"]),
+        (&json!("error"), &json!("rerouted"))
+    );
+    assert!(
+        record["detail"].as_str().unwrap().contains("\"by-user\""),
+        "{record}"
+    );
+    // The same route: the answer goes on.
+    let mut host = post_host(Some(&alice()), &[]);
+    host.set_property(&["xds", "route_name"], "crm");
+    let (mut stream, _) = send(&config(), &mut host, &tool_call(json!(7), "search"));
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Pause
+    );
+    assert!(host.replies.is_empty());
+}

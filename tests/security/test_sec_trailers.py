@@ -235,3 +235,42 @@ def test_an_event_line_the_filter_does_not_read_as_data_reaches_no_client(script
         200, [("content-type", "text/event-stream")], [b"data: " + answer.encode() + b"\n\n"]))
     reply, _ = send(scripted, body=body, headers=body_headers(alice, method="tools/list"))
     assert b"get_customer" in reply.body and b"delete_customer" not in reply.body, reply
+
+
+def rerouting_template(workdir):
+    """envoy/mcp-guard.yaml with a route before the demo's that matches on `x-mcp-user`, a
+    header the filter sets from the token (forward_claims): a route no deployment should have."""
+    text = (harness.ROOT / "envoy" / "mcp-guard.yaml").read_text()
+    routes = "              routes:\n"
+    by_user = (
+        "              - name: by-user\n"
+        "                match: { prefix: \"/\", headers: [{ name: x-mcp-user, present_match: true }] }\n"
+        "                route: { cluster: mcp_upstream, timeout: 0s }\n")
+    assert text.count(routes) == 1
+    path = workdir / "rerouting.yaml"
+    path.write_text(text.replace(routes, routes + by_user))
+    return str(path)
+
+
+def test_an_answer_that_came_by_another_route_than_the_checked_one_is_refused(tmp_path):
+    """Envoy matches the route again after the filter changed the request's headers. A route
+    on a header the filter sets sends the request elsewhere than where it was checked: that
+    answer does not come back (502), and the record says what happened."""
+    s = SecStack(tmp_path, template=rerouting_template(tmp_path),
+                 server={"forward_claims": {"email": "x-mcp-user"}})
+    try:
+        alice = s.token("alice", groups=["sales"], email="alice@example.com")
+        body, envelope = ALLOWED
+        headers = body_headers(alice, method="tools/call", name=envelope["mcp-name"])
+        reply, tag = send(s, body=json.dumps(body), headers=headers)
+        assert reply.status == 502 and b"c-100" not in reply.body, reply
+        record = wait_record(s, tag)[-1]
+        assert (record["decision"], record["reason"]) == ("error", "rerouted"), record
+        assert record["route"] == "mcp-demo" and '"by-user"' in record["detail"], record
+        # A token without the claim: the header is not set, the route stays, the call passes.
+        bob = s.token("bob", groups=["sales"])
+        reply, _ = send(s, body=json.dumps(body),
+                        headers=body_headers(bob, method="tools/call", name=envelope["mcp-name"]))
+        assert reply.status == 200 and b"c-100" in reply.body, reply
+    finally:
+        s.stop()

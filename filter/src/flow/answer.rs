@@ -59,6 +59,10 @@ impl Stream {
             return Action::Continue;
         }
         record.upstream_status = status;
+        if let Some(detail) = rerouted(host, &record) {
+            let body = self.bad_gateway_body();
+            return self.refuse(host, record, Refusal::Rerouted { detail, body });
+        }
         if matches!(status, Some(401 | 403)) {
             // Never relay the upstream's challenge: clients would loop re-authenticating.
             let id = record.jsonrpc_id.clone();
@@ -264,4 +268,24 @@ fn redacted(value: &str, server: &Server) -> String {
     let mut bytes = value.as_bytes().to_vec();
     response::redact(&mut bytes, &server.credential.leak_patterns);
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Whether Envoy sent the request by another route than the one the filter chose the server
+/// by (read when the request came, in the record): Envoy matches the route again after a
+/// filter changes request headers, so a route that matches on a header the filter removes or
+/// sets (`forward_claims`, the credential's header, `cookie`, …) can take the request, the
+/// service key in it, to another upstream than the one whose policy decided. The request has
+/// gone there, but its answer does not come back, and what happened is audited. The route's
+/// name is compared, not the cluster's: an aggregate cluster answers from its member clusters.
+/// Routes should not match on those headers (docs/credentials.md).
+fn rerouted(host: &dyn Host, record: &crate::audit::Record) -> Option<String> {
+    let checked = record.route.as_deref()?;
+    let now = host.property_string(&["xds", "route_name"]);
+    (now.as_deref() != Some(checked)).then(|| {
+        format!(
+            "Envoy routed the request by route {} after the filter changed its headers, not by \
+             route {checked:?} it was checked for",
+            now.map_or_else(|| "(none)".to_string(), |n| format!("{n:?}"))
+        )
+    })
 }
