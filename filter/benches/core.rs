@@ -726,6 +726,7 @@ fn bench_seal(h: &mut Harness) {
         purpose: "session",
         issuer: "https://login.example.com/",
         caller: "00u1a2b3c4d5e6f7g8h9",
+        by_client: false,
         server: "crm",
     };
     let id = b"6f1c2a9e4b7d4c3e8a5f0b1d2c3e4f5a";

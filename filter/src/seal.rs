@@ -61,6 +61,9 @@ pub struct Binding<'a> {
     pub issuer: &'a str,
     /// The caller within that issuer (`sub`, else the client): never empty.
     pub caller: &'a str,
+    /// `caller` is the client the token was issued to (`client_id`, `azp`), not its subject:
+    /// a subject `alice` and a client `alice` of one issuer are different callers.
+    pub by_client: bool,
     /// The protected server's configured name.
     pub server: &'a str,
 }
@@ -244,6 +247,11 @@ fn caller_fingerprint(binding: &Binding) -> [u8; CALLER_FP] {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
+    if binding.by_client {
+        // One more length-prefixed part: no (issuer, subject) pair hashes the same input.
+        h.update(6u64.to_be_bytes());
+        h.update(b"client");
+    }
     truncate(&h.finalize())
 }
 
@@ -278,6 +286,7 @@ mod tests {
             purpose: "session",
             issuer: "https://idp.example",
             caller: "alice",
+            by_client: false,
             server: "crm",
         }
     }
@@ -300,6 +309,7 @@ mod tests {
 
         let bob = Binding {
             caller: "bob",
+            by_client: false,
             ..alice()
         };
         assert_eq!(keys.open(&handle, &bob), Err(OpenError::OtherCaller));
@@ -328,6 +338,7 @@ mod tests {
         let shifted = Binding {
             issuer: "https://idp.examplea",
             caller: "lice",
+            by_client: false,
             ..alice()
         };
         assert_eq!(keys.open(&handle, &shifted), Err(OpenError::OtherCaller));
@@ -341,6 +352,7 @@ mod tests {
         assert_ne!(keys.seal(&alice(), b"s-2"), Some(one.clone()));
         let bob = Binding {
             caller: "bob",
+            by_client: false,
             ..alice()
         };
         assert_ne!(keys.seal(&bob, b"s-1"), Some(one.clone()));

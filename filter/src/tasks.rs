@@ -56,20 +56,14 @@ pub struct Sealer<'a> {
     pub keys: &'a Keys,
     /// The caller (issuer, caller id) from [`crate::session::caller`]; `None` when the token
     /// names nobody to bind to: then no task id passes either way.
-    pub caller: Option<(&'a str, &'a str)>,
+    pub caller: Option<crate::session::Caller<'a>>,
     /// The protected server's configured name.
     pub server: &'a str,
 }
 
 impl Sealer<'_> {
     fn binding(&self) -> Option<Binding<'_>> {
-        let (issuer, caller) = self.caller?;
-        Some(Binding {
-            purpose: PURPOSE,
-            issuer,
-            caller,
-            server: self.server,
-        })
+        Some(self.caller?.binding(PURPOSE, self.server))
     }
 
     /// The handle the client gets for an upstream task id.

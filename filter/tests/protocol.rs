@@ -170,7 +170,11 @@ fn task_requests_mirror_the_task_id_in_mcp_name() {
     let keys = mcp_guard::seal::Keys::new(&std::array::from_fn(|i| i as u8), None);
     let sealer = mcp_guard::tasks::Sealer {
         keys: &keys,
-        caller: Some((ISSUER, "alice")),
+        caller: Some(mcp_guard::session::Caller {
+            issuer: ISSUER,
+            id: "alice",
+            by_client: false,
+        }),
         server: "crm",
     };
     let handle = sealer.seal("t-1").expect("sealed");

@@ -23,7 +23,11 @@ fn keys() -> Keys {
 fn sealer<'a>(keys: &'a Keys, caller: &'a str) -> Sealer<'a> {
     Sealer {
         keys,
-        caller: Some(("https://idp", caller)),
+        caller: Some(mcp_guard::session::Caller {
+            issuer: "https://idp",
+            id: caller,
+            by_client: false,
+        }),
         server: "crm",
     }
 }
@@ -185,8 +189,17 @@ fn a_handle_opens_for_its_caller_only_and_raw_ids_are_refused() {
     let tampered = String::from_utf8(tampered).expect("ascii");
     assert!(refused(&get(&tampered), &alice).starts_with("task_not_found: task_"));
     // A session handle is not a task handle.
-    let session =
-        mcp_guard::session::seal(&keys, "t-1", ("https://idp", "alice"), "crm").expect("sealed");
+    let session = mcp_guard::session::seal(
+        &keys,
+        "t-1",
+        mcp_guard::session::Caller {
+            issuer: "https://idp",
+            id: "alice",
+            by_client: false,
+        },
+        "crm",
+    )
+    .expect("sealed");
     assert_eq!(
         refused(&get(&session), &alice),
         "task_not_found: task_tampered"
@@ -370,7 +383,11 @@ fn the_policy_decides_on_the_upstreams_task_id() {
     let keys = Keys::new(&[3; 32], None);
     let alice = Sealer {
         keys: &keys,
-        caller: Some((ISSUER, "alice")),
+        caller: Some(mcp_guard::session::Caller {
+            issuer: ISSUER,
+            id: "alice",
+            by_client: false,
+        }),
         server: "crm",
     };
     let handle = alice.seal("forbidden-1").expect("sealed");
@@ -453,7 +470,11 @@ fn task_ids_in_an_event_stream_are_sealed_event_by_event() {
     let keys = Keys::new(&KEY, None);
     let alice = Sealer {
         keys: &keys,
-        caller: Some((ISSUER, "alice")),
+        caller: Some(mcp_guard::session::Caller {
+            issuer: ISSUER,
+            id: "alice",
+            by_client: false,
+        }),
         server: "crm",
     };
     let handle = alice.seal("t-1").expect("sealed");
