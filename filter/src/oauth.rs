@@ -76,11 +76,7 @@ pub enum BearerError {
 /// Extracts the bearer token: exactly one `Authorization` header, scheme `Bearer` in any case,
 /// no `access_token` in the query string (RFC 6750 §2.3 is never accepted).
 pub fn bearer<'h>(authorization: &[&'h str], query: &str) -> Result<&'h str, BearerError> {
-    let in_query = query.split('&').any(|p| {
-        p.split('=')
-            .next()
-            .is_some_and(|k| k.eq_ignore_ascii_case("access_token"))
-    });
+    let in_query = crate::url::query_names(query).any(|name| name == b"access_token");
     if in_query {
         return Err(BearerError::InvalidRequest(
             "token_in_query",

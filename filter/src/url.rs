@@ -4,6 +4,47 @@
 /// The RFC 9728 well-known prefix.
 pub const WELL_KNOWN: &str = "/.well-known/oauth-protected-resource";
 
+/// The parameter names of a query string as the servers behind the filter may read them:
+/// split at `&` and `;` (older frameworks split at both), percent- and `+`-decoded, lower-cased,
+/// leading whitespace trimmed, and `.`, ` ` and `[` read as `_` (PHP's rule for names). A name a
+/// server could take for `access_token` or `_method` is found whatever spelling hides it;
+/// written here because the query parsers in crates each follow one framework's rules.
+pub fn query_names(query: &str) -> impl Iterator<Item = Vec<u8>> + '_ {
+    query.split(['&', ';']).map(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        let mut decoded = Vec::with_capacity(name.len());
+        let mut bytes = name.bytes();
+        while let Some(b) = bytes.next() {
+            let b = match b {
+                b'%' => {
+                    let hex = [bytes.next(), bytes.next()];
+                    match hex {
+                        [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
+                            .ok()
+                            .and_then(|h| u8::from_str_radix(h, 16).ok())
+                            .unwrap_or(b'%'),
+                        _ => b'%',
+                    }
+                }
+                b'+' => b' ',
+                b => b,
+            };
+            decoded.push(b.to_ascii_lowercase());
+        }
+        decoded
+            .trim_ascii_start()
+            .iter()
+            .map(|b| {
+                if matches!(b, b'.' | b' ' | b'[') {
+                    b'_'
+                } else {
+                    *b
+                }
+            })
+            .collect()
+    })
+}
+
 /// Splits an absolute `http(s)` resource URL into its origin and its path.
 pub fn split_resource(resource: &str) -> Result<(&str, &str), String> {
     if resource.contains('#') || resource.contains('?') {

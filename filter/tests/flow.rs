@@ -357,6 +357,20 @@ fn token_in_query_is_400_invalid_request() {
     // Also with no Authorization header at all.
     let mut host = post_host(None, &[(":path", &path)]);
     assert_eq!(refused_at_headers(&config(), &mut host).status, 400);
+    // Whatever spelling a server's query parser would still read as `access_token`.
+    for query in [
+        "a=1;access_token=x",
+        "access%5Ftoken=x",
+        "ACCESS_TOKEN=x",
+        "b=2&+access_token=x",
+        "access.token=x",
+    ] {
+        let path = format!("/mcp?{query}");
+        let mut host = post_host(Some(&token), &[(":path", &path)]);
+        let reply = refused_at_headers(&config(), &mut host);
+        assert_eq!(reply.status, 400, "{query}");
+        assert_eq!(host.record()["reason"], "token_in_query", "{query}");
+    }
 }
 
 // ---- credential swap -----------------------------------------------------------------------

@@ -274,3 +274,16 @@ def test_an_answer_that_came_by_another_route_than_the_checked_one_is_refused(tm
         assert reply.status == 200 and b"c-100" in reply.body, reply
     finally:
         s.stop()
+
+
+def test_header_names_with_underscores_never_reach_the_upstream(sec, alice):
+    """CGI and WSGI servers read `-` and `_` in header names alike: `mcp_session_id` would be the
+    Mcp-Session-Id the filter checks, `x_api_key` the service key's header. The shipped
+    listeners drop such headers (headers_with_underscores_action: DROP_HEADER)."""
+    body, envelope = ALLOWED
+    headers = body_headers(alice, method="tools/call", name=envelope["mcp-name"],
+                           extra=[("mcp_session_id", "forged"), ("x_api_key", "mine"),
+                                  ("mcp_method", "tools/list")])
+    _, _, seen = forwarded(sec, body=json.dumps(body), headers=headers)
+    names = {k.lower() for k, _ in seen["headers"]}
+    assert not names & {"mcp_session_id", "x_api_key", "mcp_method"}, names

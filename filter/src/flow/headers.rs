@@ -430,38 +430,5 @@ impl AuthFailure {
 /// frameworks read as the HTTP method. Names are compared as a framework would see them:
 /// percent-decoded, any case, with PHP's `.` / space / `[` → `_` in parameter names.
 pub(super) fn has_method_override(query: &str) -> bool {
-    query.split(['&', ';']).any(|pair| {
-        let name = pair.split('=').next().unwrap_or_default();
-        let mut decoded = Vec::with_capacity(name.len());
-        let mut bytes = name.bytes();
-        while let Some(b) = bytes.next() {
-            let b = match b {
-                b'%' => {
-                    let hex = [bytes.next(), bytes.next()];
-                    match hex {
-                        [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
-                            .ok()
-                            .and_then(|h| u8::from_str_radix(h, 16).ok())
-                            .unwrap_or(b'%'),
-                        _ => b'%',
-                    }
-                }
-                b'+' => b' ',
-                b => b,
-            };
-            decoded.push(b.to_ascii_lowercase());
-        }
-        let name = decoded.trim_ascii_start();
-        name.len() == 7
-            && name
-                .iter()
-                .map(|b| {
-                    if matches!(b, b'.' | b' ' | b'[') {
-                        b'_'
-                    } else {
-                        *b
-                    }
-                })
-                .eq(b"_method".iter().copied())
-    })
+    crate::url::query_names(query).any(|name| name == b"_method")
 }
