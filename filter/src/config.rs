@@ -567,6 +567,15 @@ impl Config {
         let sessions = sessions_from_config(raw.sessions, env).map_err(|e| errors.push(e));
         let dpop =
             crate::dpop::DpopConfig::from_config(raw.dpop, "dpop").map_err(|e| errors.push(e));
+        if let (Ok(d), None) = (&dpop, &rate_limit_service) {
+            if d.fleet {
+                errors.push(ConfigError::new(
+                    "dpop.replay",
+                    "`fleet` needs `rate_limit_service` (its cluster) in the configuration, \
+                     where used proofs are spent; or write `local`",
+                ));
+            }
+        }
         match (sessions, dpop) {
             (Ok(sessions), Ok(dpop)) if errors.is_empty() => Ok(Config {
                 authenticator: Authenticator::new(issuers, skew),

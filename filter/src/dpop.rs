@@ -7,7 +7,8 @@
 //!   method, `htu` the URL the client called (the server's public origin, from its `resource`,
 //!   plus the request path, without query or fragment), `iat` within the window, `ath` the
 //!   base64url SHA-256 of the token, and `jti` not seen before within the window by any worker
-//!   VM of this Envoy (shared data, bounded).
+//!   VM of this Envoy (shared data, bounded) — and, with `replay: fleet`, by any replica: the
+//!   proof is then also spent at the rate limit service (the flow's headers step waits for it).
 //! - mTLS (RFC 8705), `cnf.x5t#S256`: the SHA-256 of the client certificate Envoy received on
 //!   this connection (`connection.sha256_peer_certificate_digest`) must match.
 //!
@@ -35,12 +36,19 @@ pub const MAX_PROOF_BYTES: usize = 8 * 1024;
 const SLOTS: u16 = 1024;
 const PER_SLOT: usize = 128;
 
+/// The descriptor's `mcp_limit` value under which a proof is spent at the rate limit service
+/// (`replay: fleet`): configure it there as at most 1 hit per key, for at least
+/// `max_age_seconds` plus twice the clock skew from the first hit.
+pub const FLEET_LIMIT: &str = "dpop_proof";
+
 /// The `dpop` section of the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DpopConfig {
     pub algorithms: Vec<Alg>,
     /// How old (by `iat`) a proof may be, and how long its `jti` is remembered.
     pub max_age_seconds: i64,
+    /// `replay: fleet`: a proof is refused when any replica saw it, not only this Envoy.
+    pub fleet: bool,
     /// Verifies proof signatures outside Wasm when the adapter installed a host.
     pub signatures: crate::crypto::Signatures,
     /// Proof headers read before ([`Headers`]).
@@ -108,6 +116,7 @@ impl Default for DpopConfig {
         DpopConfig {
             algorithms: vec![Alg::Es256, Alg::Rs256, Alg::Ps256, Alg::EdDsa, Alg::Es384],
             max_age_seconds: 60,
+            fleet: false,
             signatures: crate::crypto::Signatures::default(),
             headers: Headers::default(),
         }
@@ -125,6 +134,17 @@ pub(crate) struct RawDpop {
     /// How old a proof may be, in seconds (default 60).
     #[serde(default)]
     max_age_seconds: Option<i64>,
+    /// Where used proofs are remembered: `local` (default: this Envoy's worker VMs) or `fleet`
+    /// (also the rate limit service of `rate_limit_service`, shared by every replica).
+    #[serde(default)]
+    replay: Option<Replay>,
+}
+
+#[derive(Deserialize, JsonSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Replay {
+    Local,
+    Fleet,
 }
 
 impl DpopConfig {
@@ -163,6 +183,7 @@ impl DpopConfig {
             }
             config.max_age_seconds = age;
         }
+        config.fleet = raw.replay == Some(Replay::Fleet);
         Ok(config)
     }
 
@@ -231,21 +252,23 @@ pub fn scheme_token<'h>(authorization: &[&'h str]) -> Option<&'h str> {
     .then_some(token)
 }
 
-/// Checks the token's `cnf` against the presentation (see the module documentation).
+/// Checks the token's `cnf` against the presentation (see the module documentation). With a
+/// DPoP proof, its id (hex of the first 16 bytes of SHA-256(`jti`)), which this Envoy has now
+/// remembered: the key under which `replay: fleet` spends it at the rate limit service.
 pub fn check(
     claims: &Map<String, Value>,
     token_sha256: &[u8; 32],
     p: &Presentation<'_>,
     config: &DpopConfig,
     host: &mut dyn Host,
-) -> Result<(), SenderError> {
+) -> Result<Option<String>, SenderError> {
     let Some(cnf) = claims.get("cnf") else {
         if p.dpop_scheme {
             return Err(SenderError::Token(
                 "the DPoP scheme was used with a token that is not DPoP-bound",
             ));
         }
-        return Ok(());
+        return Ok(None);
     };
     let cnf = cnf
         .as_object()
@@ -296,12 +319,12 @@ pub fn check(
                     "the proof's key is not the one the token is bound to".into(),
                 ));
             }
-            remember_jti(&jti, iat + config.max_age_seconds + p.skew, p.now, host)
+            remember_jti(&jti, iat + config.max_age_seconds + p.skew, p.now, host).map(Some)
         }
         None if p.dpop_scheme => Err(SenderError::Token(
             "the DPoP scheme was used with a token that is not DPoP-bound",
         )),
-        None => Ok(()),
+        None => Ok(None),
     }
 }
 
@@ -477,8 +500,14 @@ fn slot_key(hash: &[u8; 32]) -> String {
 /// slot without parsing or allocating per id (the slot was JSON before; see [`legacy_slot`]).
 const RECORD: usize = 24;
 
-/// Records a proof's `jti` until `until` (Unix seconds); a `jti` seen before is a replay.
-fn remember_jti(jti: &str, until: i64, now: i64, host: &mut dyn Host) -> Result<(), SenderError> {
+/// Records a proof's `jti` until `until` (Unix seconds); a `jti` seen before is a replay. The
+/// proof's id (hex) when it was recorded.
+fn remember_jti(
+    jti: &str,
+    until: i64,
+    now: i64,
+    host: &mut dyn Host,
+) -> Result<String, SenderError> {
     let hash: [u8; 32] = Sha256::digest(jti.as_bytes()).into();
     let id = hash.get(..16).unwrap_or_default();
     let key = slot_key(&hash);
@@ -505,7 +534,7 @@ fn remember_jti(jti: &str, until: i64, now: i64, host: &mut dyn Host) -> Result<
         slot.extend_from_slice(id);
         slot.extend_from_slice(&until.to_le_bytes());
         if host.shared_set_cas(&key, &slot, cas) {
-            return Ok(());
+            return Ok(id.iter().map(|b| format!("{b:02x}")).collect());
         }
     }
     Err(SenderError::Proof(

@@ -6,6 +6,7 @@
 //!                                              token (400/401, 503 while no keys); session
 //!                                              handle (404); swap credentials; method (405)
 //!                   WaitingForKeys waiting.rs  keys, revocation feed, introspection answer
+//!                   WaitingForProof replay.rs  a DPoP proof new to the fleet (rate limit service)
 //! request body      AwaitingBody   body.rs     HTTP checks, strict JSON-RPC parse (400/413/415),
 //!                                              policy: deny 200 + JSON-RPC error │ 403 │ allow;
 //!                                  batch.rs    batches (2025-03-26): each message on its own
@@ -37,6 +38,7 @@ mod done;
 mod headers;
 mod limits;
 mod phase;
+mod replay;
 mod waiting;
 
 use phase::Phase;

@@ -353,3 +353,139 @@ fn a_slot_forgets_expired_proofs_and_refuses_when_full_of_live_ones() {
     );
     assert_eq!(shared.borrow()[&key], records(NOW + 30));
 }
+
+// ---- replay: fleet (the rate limit service every replica shares) -----------------------------
+
+fn fleet_config() -> Rc<Config> {
+    let value = json!({
+        "issuers": [{
+            "issuer": ISSUER, "audiences": [RESOURCE], "algorithms": ["ES256"],
+            "jwks": { "keys": [p256_public_jwk()] },
+        }],
+        "dpop": { "algorithms": ["ES256"], "replay": "fleet" },
+        "rate_limit_service": { "cluster": "rls", "domain": "mcp", "timeout_ms": 100 },
+        "servers": [{
+            "name": "crm", "resource": RESOURCE,
+            "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+            "policy": { "name": "p", "default": "allow" },
+        }],
+        "sessions": { "key": TEST_SESSION_KEY },
+    });
+    Rc::new(Config::from_json(value.to_string().as_bytes(), &MapEnv::default()).unwrap())
+}
+
+/// A DPoP request under `replay: fleet`, up to the rate limit service's call.
+fn fleet_request(shared: &Shared, jti: &str) -> (Stream, GrpcHost) {
+    let token = bound_token(json!({ "jkt": jkt() }));
+    let p = proof(&token, "POST", URL, NOW, jti);
+    let mut host = GrpcHost {
+        inner: request("DPoP", &token, Some(&p), shared),
+        calls: Vec::new(),
+        answer_token: Some(7),
+    };
+    let mut stream = Stream::new(fleet_config());
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    assert!(!stream.awaiting_body(), "the request waits for the service");
+    assert!(host.inner.replies.is_empty());
+    (stream, host)
+}
+
+#[test]
+fn a_fleet_proof_is_spent_at_the_rate_limit_service_before_the_request_goes_on() {
+    use prost::Message as _;
+    let shared = Shared::default();
+    let (mut stream, mut host) = fleet_request(&shared, "fleet-1");
+    let [(cluster, _, method, message, _)] = host.calls.as_slice() else {
+        panic!("one call: {:?}", host.calls.len());
+    };
+    assert_eq!(
+        (cluster.as_str(), method.as_str()),
+        ("rls", "ShouldRateLimit")
+    );
+    let sent = mcp_guard::rls::RateLimitRequest::decode(message.as_slice()).unwrap();
+    assert_eq!(sent.domain, "mcp");
+    let entries: Vec<(&str, &str)> = sent.descriptors[0]
+        .entries
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_str()))
+        .collect();
+    let id: String = Sha256::digest(b"fleet-1")[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        entries,
+        [("mcp_limit", "dpop_proof"), ("mcp_key", id.as_str())]
+    );
+    // New to the fleet: the request goes on to its body, the service key set.
+    let action = stream.on_grpc_answer(&mut host, 7, 0, Some(&rls_answer(1, 0)));
+    assert_eq!(action, Action::Pause);
+    assert!(stream.awaiting_body());
+    assert_eq!(host.inner.req_header("x-api-key"), Some(SERVICE_KEY));
+    assert_eq!(
+        stream.on_request_body(
+            &mut host,
+            br#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{}}"#
+        ),
+        Action::Continue
+    );
+}
+
+#[test]
+fn a_proof_another_replica_saw_is_a_replay_and_no_answer_is_503() {
+    // Over the limit: another replica spent it first.
+    let shared = Shared::default();
+    let (mut stream, mut host) = fleet_request(&shared, "fleet-2");
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 7, 0, Some(&rls_answer(2, 0))),
+        Action::Pause
+    );
+    let reply = host.inner.reply();
+    assert_eq!(reply.status, 401);
+    assert_eq!(reply.json()["error"], "invalid_dpop_proof");
+    assert_eq!(
+        reply.json()["error_description"],
+        "the proof was used before (jti), through another replica"
+    );
+    assert_eq!(host.inner.record()["reason"], "invalid_dpop_proof");
+    assert_eq!(
+        host.inner.req_header("x-api-key"),
+        None,
+        "no service key set"
+    );
+    // The service failed: not checked, not passed.
+    for (status, body) in [(14, None), (0, Some(b"\xff".to_vec()))] {
+        let (mut stream, mut host) = fleet_request(&Shared::default(), "fleet-3");
+        stream.on_grpc_answer(&mut host, 7, status, body.as_deref());
+        let reply = host.inner.reply();
+        assert_eq!(reply.status, 503);
+        assert_eq!(host.inner.record()["reason"], "dpop_replay_unchecked");
+    }
+    // Not callable at all: 503 at once.
+    let token = bound_token(json!({ "jkt": jkt() }));
+    let p = proof(&token, "POST", URL, NOW, "fleet-4");
+    let mut host = GrpcHost {
+        inner: request("DPoP", &token, Some(&p), &Shared::default()),
+        calls: Vec::new(),
+        answer_token: None,
+    };
+    let mut stream = Stream::new(fleet_config());
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    assert_eq!(host.inner.reply().status, 503);
+}
+
+#[test]
+fn replay_fleet_needs_a_rate_limit_service() {
+    let value = json!({
+        "issuers": [{ "issuer": ISSUER, "audiences": [RESOURCE], "jwks": { "keys": [p256_public_jwk()] } }],
+        "dpop": { "replay": "fleet" },
+        "servers": [{
+            "name": "crm", "resource": RESOURCE,
+            "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+            "policy": { "name": "p", "default": "allow" },
+        }],
+        "sessions": { "key": TEST_SESSION_KEY },
+    });
+    let err = Config::from_json(value.to_string().as_bytes(), &MapEnv::default()).unwrap_err();
+    assert!(err.to_string().contains("dpop.replay"), "{err}");
+}

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use common::*;
 use mcp_guard::config::Config;
 use mcp_guard::flow::{Action, Stream};
-use mcp_guard::host::{Header, Host, HostError};
+use mcp_guard::host::Host;
 use mcp_guard::rls;
 use prost::Message as _;
 use serde_json::{json, Value};
@@ -44,63 +44,6 @@ fn email_limits() -> Value {
         { "name": "per-engineer", "when": "mcp.tool.name == \"send_email\"", "key": "jwt.sub", "rate": "3/hour" },
         { "name": "company", "when": "mcp.tool.name == \"send_email\"", "key": "\"acme\"", "rate": "5/hour" },
     ])
-}
-
-/// A host that also records gRPC calls (the rate limit service).
-struct GrpcHost {
-    inner: MockHost,
-    calls: Vec<(String, String, String, Vec<u8>, u64)>,
-    answer_token: Option<u32>,
-}
-
-impl Host for GrpcHost {
-    fn request_headers(&self) -> Vec<Header> {
-        self.inner.request_headers()
-    }
-    fn set_request_header(&mut self, n: &str, v: &str) -> Result<(), HostError> {
-        self.inner.set_request_header(n, v)
-    }
-    fn remove_request_header(&mut self, n: &str) -> Result<(), HostError> {
-        self.inner.remove_request_header(n)
-    }
-    fn response_headers(&self) -> Vec<Header> {
-        self.inner.response_headers()
-    }
-    fn set_response_header(&mut self, n: &str, v: &str) -> Result<(), HostError> {
-        self.inner.set_response_header(n, v)
-    }
-    fn remove_response_header(&mut self, n: &str) -> Result<(), HostError> {
-        self.inner.remove_response_header(n)
-    }
-    fn property(&self, p: &[&str]) -> Option<Vec<u8>> {
-        self.inner.property(p)
-    }
-    fn send_response(&mut self, s: u32, h: &[(&str, &str)], b: &[u8]) {
-        self.inner.send_response(s, h, b)
-    }
-    fn reset_response(&mut self) {
-        self.inner.reset_response()
-    }
-    fn write_audit(&mut self, r: &[u8]) {
-        self.inner.write_audit(r)
-    }
-    fn shared_get(&self, k: &str) -> Option<Vec<u8>> {
-        self.inner.shared_get(k)
-    }
-    fn shared_set(&mut self, k: &str, v: &[u8]) {
-        self.inner.shared_set(k, v)
-    }
-    fn count(&mut self, n: &str, by: u64) {
-        self.inner.count(n, by)
-    }
-    fn now_millis(&self) -> u64 {
-        self.inner.now_millis()
-    }
-    fn grpc_call(&mut self, c: &str, s: &str, m: &str, msg: &[u8], t: u64) -> Option<u32> {
-        self.calls
-            .push((c.into(), s.into(), m.into(), msg.to_vec(), t));
-        self.answer_token
-    }
 }
 
 fn post_host(token: &str) -> MockHost {
@@ -268,21 +211,6 @@ fn grpc_host(token: Option<u32>) -> GrpcHost {
     }
 }
 
-fn answer(code: i32, remaining: u32) -> Vec<u8> {
-    rls::RateLimitResponse {
-        overall_code: code,
-        statuses: vec![rls::DescriptorStatus {
-            code,
-            limit_remaining: remaining,
-            duration_until_reset: Some(rls::Duration {
-                seconds: 30,
-                nanos: 0,
-            }),
-        }],
-    }
-    .encode_to_vec()
-}
-
 #[test]
 fn a_global_limit_asks_the_service_and_waits() {
     let config = config_with(global_limits("closed"), true);
@@ -315,11 +243,11 @@ fn a_global_limit_asks_the_service_and_waits() {
     );
     // Another token's answer is not ours.
     assert_eq!(
-        stream.on_grpc_answer(&mut host, 7, 0, Some(&answer(1, 9))),
+        stream.on_grpc_answer(&mut host, 7, 0, Some(&rls_answer(1, 9))),
         Action::Pause
     );
     assert_eq!(
-        stream.on_grpc_answer(&mut host, 42, 0, Some(&answer(1, 9))),
+        stream.on_grpc_answer(&mut host, 42, 0, Some(&rls_answer(1, 9))),
         Action::Continue
     );
     stream.on_log(&mut host);
@@ -332,7 +260,7 @@ fn a_global_limit_asks_the_service_and_waits() {
     let mut host = grpc_host(Some(43));
     let (mut stream, _) = send(&config, &mut host, &call(2, "search"));
     assert_eq!(
-        stream.on_grpc_answer(&mut host, 43, 0, Some(&answer(2, 0))),
+        stream.on_grpc_answer(&mut host, 43, 0, Some(&rls_answer(2, 0))),
         Action::Pause
     );
     let reply = host.inner.reply();
@@ -451,7 +379,7 @@ fn envoy_answering_while_the_service_is_awaited_is_audited_once() {
     );
     // The late answer changes nothing.
     assert_eq!(
-        stream.on_grpc_answer(&mut host, 5, 0, Some(&answer(1, 9))),
+        stream.on_grpc_answer(&mut host, 5, 0, Some(&rls_answer(1, 9))),
         Action::Pause
     );
     assert_eq!(host.inner.audits.len(), 1);

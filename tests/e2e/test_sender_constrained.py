@@ -222,3 +222,83 @@ def test_mtls_bound_token_needs_its_client_certificate(tmp_path):
         envoy.stop()
         server.stop()
         idp.stop()
+
+
+# ---- DPoP replays across replicas (dpop.replay: fleet) ------------------------------------------
+
+def jwk_thumbprint(jwk):
+    """RFC 7638 (an EC key's required members, sorted, no whitespace)."""
+    members = {k: jwk[k] for k in ("crv", "kty", "x", "y")}
+    text = json.dumps(members, separators=(",", ":"), sort_keys=True)
+    return keys.b64url(hashlib.sha256(text.encode()).digest())
+
+
+def test_a_proof_used_through_one_replica_is_refused_by_the_other(tmp_path):
+    """Two Envoys behind one address share nothing but the rate limit service (limitador on
+    Redis). With `dpop.replay: fleet` each proof is spent there once: a proof captured after
+    its use through one replica is refused by the other; a fresh one passes on either."""
+    from test_limits import RLS_BINARY, rls_cluster  # the fleet's service, as the limits tests run it
+
+    if not RLS_BINARY.exists():
+        raise AssertionError(f"{RLS_BINARY} is missing: `make test` builds it (tests/peers/rls)")
+    procs = []
+    try:
+        redis_port = harness.free_port()
+        redis = harness.Process(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
+                                 "--save", "", "--appendonly", "no"], tmp_path / "redis.log")
+        procs.append(redis)
+        harness.wait_port(redis_port, redis.proc)
+        rls_port = harness.free_port()
+        window = [{"domain": "mcp-fleet", "limit": "dpop_proof", "max": 1, "seconds": 180}]
+        rls = harness.Process([str(RLS_BINARY), f"127.0.0.1:{rls_port}",
+                               f"redis://127.0.0.1:{redis_port}/", json.dumps(window)],
+                              tmp_path / "rls.log")
+        procs.append(rls)
+        harness.wait_port(rls_port, rls.proc)
+        server = harness.McpServer(tmp_path, stateless=True)
+        procs.append(server)
+        resource = "https://mcp.fleet.example/mcp"
+        issuer = keys.Issuer("https://idp.example", resource, algs=("ES256",))
+        config = harness.plugin_config(
+            [{"issuer": "https://idp.example", "audiences": [resource], "algorithms": ["ES256"],
+              "jwks": issuer.jwks()}], POLICY, resource,
+            dpop={"algorithms": ["ES256"], "replay": "fleet"},
+            rate_limit_service={"cluster": "rls", "domain": "mcp-fleet", "timeout_ms": 500})
+        envoys = []
+        for i in range(2):
+            d = tmp_path / f"envoy{i}"
+            d.mkdir()
+            envoys.append(harness.Envoy(d, config, server.port,
+                                        values={"EXTRA_CLUSTERS": rls_cluster(rls_port)}))
+            procs.append(envoys[-1])
+        key = DpopKey()
+        token = issuer.token("alice", alg="ES256", cnf={"jkt": jwk_thumbprint(key.jwk)})
+
+        def call(envoy, proof):
+            headers = {"authorization": f"DPoP {token}", "dpop": proof,
+                       "mcp-protocol-version": "2025-11-25",
+                       "accept": "application/json, text/event-stream"}
+            return httpx2.post(envoy.url, json=BODY, headers=headers, timeout=15)
+
+        proof = key.proof("POST", resource, token)
+        assert call(envoys[0], proof).status_code == 200
+        replayed = call(envoys[1], proof)
+        assert replayed.status_code == 401, replayed.text
+        assert replayed.json() == {
+            "error": "invalid_dpop_proof",
+            "error_description": "the proof was used before (jti), through another replica"}
+        # Fresh proofs pass through either replica; the upstream saw exactly the three.
+        assert call(envoys[1], key.proof("POST", resource, token)).status_code == 200
+        assert call(envoys[0], key.proof("POST", resource, token)).status_code == 200
+        assert len(server.requests()) == 3
+        record = [r for r in envoys[1].wait_audit(2) if r.get("reason")][0]
+        assert (record["decision"], record["reason"]) == ("deny", "invalid_dpop_proof"), record
+
+        # The service gone: a proof cannot be checked against the fleet, so it is not passed.
+        rls.stop()
+        gone = call(envoys[0], key.proof("POST", resource, token))
+        assert gone.status_code == 503, gone.text
+        assert len(server.requests()) == 3
+    finally:
+        for p in reversed(procs):
+            p.stop()

@@ -33,6 +33,10 @@ impl Stream {
                 self.record = Some(pending.into_record());
                 false
             }
+            Phase::WaitingForProof(pending) => {
+                self.record = Some(pending.into_record());
+                false
+            }
             Phase::AwaitingBody | Phase::WaitingForKeys(_) => false,
             other => {
                 self.phase = other;

@@ -50,6 +50,7 @@ impl Stream {
             }
             Phase::Done => return Action::Pause,
             Phase::WaitingForLimits(pending) => Some(pending.into_record()),
+            Phase::WaitingForProof(pending) => Some(pending.into_record()),
             _ => self.record.take(),
         };
         let record = record.unwrap_or_else(|| Record::new(host.now_millis(), &self.method));

@@ -84,16 +84,16 @@ impl Stream {
     /// wait (`waited`: the wait it comes back from).
     pub(super) fn authorize(&mut self, host: &mut dyn Host, waited: Option<Wait>) -> Action {
         let config = Rc::clone(&self.config);
-        let (Some(server), Some(mut record)) = (
+        let (Some(server), Some(record)) = (
             self.server.and_then(|i| config.servers.get(i)),
             self.record.take(),
         ) else {
             return Action::Pause;
         };
         let now_ms = host.now_millis();
-        let identity = match self.authenticate(host, server) {
+        let (identity, proof) = match self.authenticate(host, server) {
             // RFC 8707: the token must have been issued for this server, not just any of ours.
-            Ok(identity) if !identity.has_audience(&server.audiences) => {
+            Ok((identity, _)) if !identity.has_audience(&server.audiences) => {
                 return self.refuse_auth(
                     host,
                     server,
@@ -101,7 +101,7 @@ impl Stream {
                     AuthFailure::Token(AuthError::WrongAudience),
                 );
             }
-            Ok(identity) => identity,
+            Ok(found) => found,
             Err(failure) => {
                 if let Some(wait) = self.should_wait(&failure, now_ms, waited) {
                     self.phase = Phase::WaitingForKeys(wait);
@@ -111,6 +111,22 @@ impl Stream {
                 return self.refuse_auth(host, server, record, failure);
             }
         };
+        if let (Some(proof), true) = (proof, self.config.dpop.fleet) {
+            // The proof must be new to the whole fleet (replay.rs): wait for the service.
+            return self.spend_proof(host, record, identity, &proof);
+        }
+        self.admit(host, server, record, identity)
+    }
+
+    /// The caller is known (and its proof, if any, spent): session check, credential swap,
+    /// method dispatch.
+    pub(super) fn admit(
+        &mut self,
+        host: &mut dyn Host,
+        server: &Server,
+        mut record: Record,
+        identity: Identity,
+    ) -> Action {
         record.set_identity(&identity.claims);
         self.identity = Some(identity);
 
@@ -193,11 +209,13 @@ impl Stream {
         }
     }
 
+    /// The caller's identity, and the id of the DPoP proof it presented (if any), which this
+    /// Envoy has now remembered.
     pub(super) fn authenticate(
         &self,
         host: &mut dyn Host,
         server: &Server,
-    ) -> Result<Identity, AuthFailure> {
+    ) -> Result<(Identity, Option<String>), AuthFailure> {
         let values: Vec<&str> = self
             .headers
             .iter()
@@ -232,7 +250,7 @@ impl Stream {
             return if server.require_dpop {
                 Err(dpop_only())
             } else {
-                Ok(identity)
+                Ok((identity, None))
             };
         }
         let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
@@ -265,7 +283,7 @@ impl Stream {
             now,
             skew: self.config.authenticator.skew_seconds(),
         };
-        dpop::check(
+        let proof = dpop::check(
             &identity.claims,
             &self.config.authenticator.token_digest(token),
             &presentation,
@@ -276,7 +294,7 @@ impl Stream {
         if server.require_dpop && !dpop_scheme {
             return Err(dpop_only());
         }
-        Ok(identity)
+        Ok((identity, proof))
     }
 
     pub(super) fn refuse_auth(

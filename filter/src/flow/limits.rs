@@ -199,7 +199,11 @@ impl Stream {
         status: u32,
         body: Option<&[u8]>,
     ) -> Action {
-        let action = self.grpc_answer(host, token, status, body);
+        let action = if self.waiting_for_proof(token) {
+            self.proof_answer(host, token, status, body)
+        } else {
+            self.grpc_answer(host, token, status, body)
+        };
         self.forwarded_on(action)
     }
 

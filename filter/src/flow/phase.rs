@@ -1,6 +1,7 @@
 //! The phase type: where a request is (see flow.rs for the map of phases and files).
 
 use super::limits::PendingLimit;
+use super::replay::PendingProof;
 use super::Wait;
 use crate::sse::SseRewriter;
 
@@ -10,6 +11,7 @@ use crate::sse::SseRewriter;
 ///
 /// ```text
 /// Headers ─┬─▶ WaitingForKeys ──(keys, feed, introspection answer, deadline)──▶ Headers
+///          ├─▶ WaitingForProof ──(rate limit service: a DPoP proof new to the fleet)──▶ …
 ///          ├─▶ AwaitingBody ─┬─▶ WaitingForLimits ──(rate limit service)──┐
 ///          │                 └───────────────────────────────────────────┤
 ///          └─────────────────────────────────────────────────────────────┴─▶ Forwarded
@@ -24,6 +26,9 @@ pub(super) enum Phase {
     /// Authentication waits for an issuer's keys, its revocation feed or an introspection
     /// answer (callouts of the root context); [`Stream::resume`] re-enters the headers.
     WaitingForKeys(Wait),
+    /// `dpop.replay: fleet`: the caller's proof is spent at the rate limit service; its answer
+    /// ([`Stream::on_grpc_answer`]) admits the request or refuses a replay.
+    WaitingForProof(Box<PendingProof>),
     /// The headers were accepted; the decision needs the whole request body.
     AwaitingBody,
     /// An allowed message waits for the rate limit service (global limits, a gRPC callout).

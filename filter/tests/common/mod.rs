@@ -640,3 +640,77 @@ impl Host for MockKeyHost {
 /// The sealing key of test configurations that do not test sessions (32 bytes, base64).
 #[allow(dead_code)]
 pub const TEST_SESSION_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A host that also records gRPC calls (the rate limit service).
+pub struct GrpcHost {
+    pub inner: MockHost,
+    pub calls: Vec<(String, String, String, Vec<u8>, u64)>,
+    pub answer_token: Option<u32>,
+}
+
+impl Host for GrpcHost {
+    fn request_headers(&self) -> Vec<Header> {
+        self.inner.request_headers()
+    }
+    fn set_request_header(&mut self, n: &str, v: &str) -> Result<(), HostError> {
+        self.inner.set_request_header(n, v)
+    }
+    fn remove_request_header(&mut self, n: &str) -> Result<(), HostError> {
+        self.inner.remove_request_header(n)
+    }
+    fn response_headers(&self) -> Vec<Header> {
+        self.inner.response_headers()
+    }
+    fn set_response_header(&mut self, n: &str, v: &str) -> Result<(), HostError> {
+        self.inner.set_response_header(n, v)
+    }
+    fn remove_response_header(&mut self, n: &str) -> Result<(), HostError> {
+        self.inner.remove_response_header(n)
+    }
+    fn property(&self, p: &[&str]) -> Option<Vec<u8>> {
+        self.inner.property(p)
+    }
+    fn send_response(&mut self, s: u32, h: &[(&str, &str)], b: &[u8]) {
+        self.inner.send_response(s, h, b)
+    }
+    fn reset_response(&mut self) {
+        self.inner.reset_response()
+    }
+    fn write_audit(&mut self, r: &[u8]) {
+        self.inner.write_audit(r)
+    }
+    fn shared_get(&self, k: &str) -> Option<Vec<u8>> {
+        self.inner.shared_get(k)
+    }
+    fn shared_set(&mut self, k: &str, v: &[u8]) {
+        self.inner.shared_set(k, v)
+    }
+    fn count(&mut self, n: &str, by: u64) {
+        self.inner.count(n, by)
+    }
+    fn now_millis(&self) -> u64 {
+        self.inner.now_millis()
+    }
+    fn grpc_call(&mut self, c: &str, s: &str, m: &str, msg: &[u8], t: u64) -> Option<u32> {
+        self.calls
+            .push((c.into(), s.into(), m.into(), msg.to_vec(), t));
+        self.answer_token
+    }
+}
+
+/// A `ShouldRateLimit` answer with one descriptor's verdict (`rls::OK` or `rls::OVER_LIMIT`).
+pub fn rls_answer(code: i32, remaining: u32) -> Vec<u8> {
+    use prost::Message as _;
+    mcp_guard::rls::RateLimitResponse {
+        overall_code: code,
+        statuses: vec![mcp_guard::rls::DescriptorStatus {
+            code,
+            limit_remaining: remaining,
+            duration_until_reset: Some(mcp_guard::rls::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+        }],
+    }
+    .encode_to_vec()
+}

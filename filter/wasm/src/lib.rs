@@ -318,7 +318,8 @@ impl Context for Http {
         introspection_response(&config, token, body_size, self.id);
     }
 
-    /// The rate limit service answered (status 0, the body) or failed (gRPC status, no body).
+    /// The rate limit service answered (status 0, the body) or failed (gRPC status, no body):
+    /// about the message's global limits, or about its DPoP proof (`dpop.replay: fleet`).
     fn on_grpc_call_response(&mut self, token: u32, status: u32, size: usize) {
         let mut ex = self.exchange.borrow_mut();
         ex.timed(|ex| {
@@ -329,9 +330,13 @@ impl Context for Http {
             } else {
                 None
             };
-            let action = ex
+            let mut action = ex
                 .stream
                 .on_grpc_answer(&mut Envoy, token, status, body.as_deref());
+            // A request admitted after its proof was spent may have its whole body already.
+            if ex.stream.body_due() {
+                action = ex.decide_body();
+            }
             if action == Action::Continue {
                 let _ = hostcalls::resume_http_request();
             }
