@@ -10,6 +10,8 @@
 //! request body      AwaitingBody   body.rs     HTTP checks, strict JSON-RPC parse (400/413/415),
 //!                                              policy: deny 200 + JSON-RPC error │ 403 │ allow;
 //!                                  batch.rs    batches (2025-03-26): each message on its own
+//!                   WaitingForDeclarations declarations.rs  a tool's Mcp-Param-* declarations
+//!                                              (the server's tools/list, asked once)
 //!                   WaitingForLimits limits.rs budgets, the rate limit service (gRPC)
 //! response headers  Forwarded      answer.rs   upstream 401/403 → 502; seal the session id;
 //!                                              plan the body: held whole or event by event
@@ -34,6 +36,7 @@ mod answer;
 mod answer_body;
 mod batch;
 mod body;
+mod declarations;
 mod done;
 mod headers;
 mod limits;
@@ -41,6 +44,7 @@ mod phase;
 mod replay;
 mod waiting;
 
+pub use declarations::MAX_DECLARATIONS_ANSWER;
 use phase::Phase;
 pub use waiting::{Wait, Waiting};
 
@@ -93,6 +97,8 @@ pub struct Stream {
     columns: [Option<String>; AUDIT_COLUMNS.len()],
     /// The protocol version the request declares (`_meta`, else the header).
     protocol: Option<String>,
+    /// The server was asked for the called tool's declarations (once per call).
+    declarations_asked: bool,
 }
 
 impl Stream {
@@ -117,6 +123,7 @@ impl Stream {
             entered_ns: None,
             columns: Default::default(),
             protocol: None,
+            declarations_asked: false,
         }
     }
 

@@ -317,6 +317,67 @@ fn shared_key(server: &str, tool: &str) -> String {
     format!("mcp-guard:params:{server}:{tool}")
 }
 
+/// The id of the filter's own `tools/list` (see [`declarations_request`]).
+const DECLARATIONS_ID: &str = "mcp-guard-declarations";
+
+/// How often one Envoy asks a server for its tools' declarations, at most.
+const DECLARATIONS_EVERY_MS: u64 = 10_000;
+
+/// The body of the filter's own `tools/list` (2026-07-28, stateless): sent with the service's
+/// credential when a call carries `Mcp-Param-*` headers for a tool this Envoy has not seen
+/// listed (another replica served the listing, or this one restarted since). The declarations
+/// are the server's, whoever asks; without them the headers could not be checked.
+pub fn declarations_request() -> Vec<u8> {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": DECLARATIONS_ID,
+        "method": "tools/list",
+        "params": { "_meta": {
+            META_VERSION: MODERN,
+            "io.modelcontextprotocol/clientCapabilities": {},
+        }},
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The headers of that request (the credential's is added by the caller).
+pub const DECLARATIONS_HEADERS: [(&str, &str); 5] = [
+    (":method", "POST"),
+    ("content-type", "application/json"),
+    ("accept", "application/json, text/event-stream"),
+    ("mcp-protocol-version", MODERN),
+    ("mcp-method", "tools/list"),
+];
+
+/// Whether this Envoy may ask `server` for declarations now: at most once per
+/// [`DECLARATIONS_EVERY_MS`] across its worker VMs (shared data), so that calls naming tools
+/// the server does not have cannot make the filter list its tools again and again.
+pub fn claim_declarations_fetch(host: &mut dyn Host, server: &str, now_ms: u64) -> bool {
+    let key = format!("mcp-guard:params-fetched:{server}");
+    let (last, cas) = host.shared_get_cas(&key).unwrap_or_default();
+    let last = <[u8; 8]>::try_from(last.as_slice()).map_or(0, u64::from_le_bytes);
+    now_ms.saturating_sub(last) >= DECLARATIONS_EVERY_MS
+        && host.shared_set_cas(&key, &now_ms.to_le_bytes(), cas)
+}
+
+/// The tools and their parameter headers in the answer to [`declarations_request`]: one JSON
+/// response, or the response among an event stream's messages.
+pub fn declarations_in_answer(content_type: &str, body: &[u8]) -> Vec<(String, Vec<ParamHeader>)> {
+    if !crate::http::is_event_stream(content_type) {
+        return listed_param_headers(body);
+    }
+    let mut found = Vec::new();
+    let mut events = crate::sse::SseRewriter::new(body.len().saturating_add(1));
+    let _ = events.push(body, true, &mut |event| {
+        if found.is_empty() {
+            found = listed_param_headers(event.data.as_bytes());
+        }
+        crate::sse::Rewrite::Keep
+    });
+    found
+}
+
 /// Remembers the parameter headers of listed tools (in shared data, so every worker agrees).
 pub fn learn(host: &mut dyn Host, server: &str, tools: &[(String, Vec<ParamHeader>)]) {
     for (tool, headers) in tools {
@@ -339,7 +400,7 @@ pub fn known_param_headers(host: &dyn Host, server: &str, tool: &str) -> Option<
     serde_json::from_slice(&value).ok()
 }
 
-fn is_param_header(name: &str) -> bool {
+pub fn is_param_header(name: &str) -> bool {
     name.len() > PARAM_PREFIX.len()
         && name
             .get(..PARAM_PREFIX.len())

@@ -320,3 +320,56 @@ fn a_filtered_list_in_an_event_stream_is_private_too() {
     assert_eq!(v["result"]["ttlMs"], 60000);
     assert_eq!(v["result"]["tools"].as_array().map(Vec::len), Some(2));
 }
+
+// ---- declarations asked of the server (a replica that has not seen the listing) -------------
+
+#[test]
+fn the_declarations_request_is_a_2026_tools_list() {
+    let body: Value = serde_json::from_slice(&mcp_guard::protocol::declarations_request()).unwrap();
+    assert_eq!(body["method"], "tools/list");
+    assert_eq!(
+        body["params"]["_meta"]["io.modelcontextprotocol/protocolVersion"],
+        "2026-07-28"
+    );
+    assert!(mcp_guard::protocol::DECLARATIONS_HEADERS.contains(&("mcp-method", "tools/list")));
+}
+
+#[test]
+fn declarations_are_read_from_json_and_event_stream_answers() {
+    let answer = json!({"jsonrpc": "2.0", "id": "mcp-guard-declarations", "result": {"tools": [
+        {"name": "regional_report", "inputSchema": {"type": "object", "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"}}}},
+        {"name": "plain", "inputSchema": {"type": "object"}},
+    ]}})
+    .to_string();
+    let expected = vec![
+        (
+            "regional_report".to_string(),
+            vec![mcp_guard::protocol::ParamHeader {
+                name: "region".into(),
+                path: vec!["region".into()],
+            }],
+        ),
+        ("plain".to_string(), Vec::new()),
+    ];
+    let json = mcp_guard::protocol::declarations_in_answer("application/json", answer.as_bytes());
+    assert_eq!(json, expected);
+    let events = format!(": hi\n\nevent: message\ndata: {answer}\n\n");
+    let sse = mcp_guard::protocol::declarations_in_answer("text/event-stream", events.as_bytes());
+    assert_eq!(sse, expected);
+    assert!(mcp_guard::protocol::declarations_in_answer("application/json", b"nope").is_empty());
+}
+
+#[test]
+fn the_server_is_asked_at_most_once_per_ten_seconds_per_envoy() {
+    let shared = Shared::default();
+    let mut host = MockHost::request(&[]).with_shared(&shared);
+    let claim = mcp_guard::protocol::claim_declarations_fetch;
+    assert!(claim(&mut host, "crm", 1_000_000));
+    assert!(!claim(&mut host, "crm", 1_005_000), "within ten seconds");
+    assert!(claim(&mut host, "git", 1_005_000), "another server");
+    // Another worker VM shares the data.
+    let mut other = MockHost::request(&[]).with_shared(&shared);
+    assert!(!claim(&mut other, "crm", 1_009_999));
+    assert!(claim(&mut other, "crm", 1_010_000));
+}

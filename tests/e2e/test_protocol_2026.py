@@ -333,3 +333,36 @@ def test_the_typescript_sdk_client_on_its_newest_protocol(stack):
     assert sorted((r["tool"], r["decision"]) for r in calls) == [("delete_customer", "deny"),
                                                                  ("get_customer", "allow")]
     assert all(r["protocol_version"] == "2025-11-25" for r in calls)
+
+
+def test_a_replica_that_never_saw_the_listing_asks_the_server_once(tmp_path):
+    """Mcp-Param-* headers are checked against the tool's x-mcp-header declarations, learned from
+    tools/list answers. A replica that has not seen the listing (another one served it, or this
+    one just started) asks the server itself, with the service key, before deciding: the call
+    gets the answer any replica gives. At most once per ten seconds: a tool the server does not
+    list cannot make it ask again and again."""
+    fresh = Stack2026(tmp_path)
+    try:
+        token = fresh.token("ria", groups=["sales"])
+        body = {"jsonrpc": "2.0", "id": 11, "method": "tools/call",
+                "params": {"name": "regional_report", "arguments": {"region": "us-west1", "query": "q"}}}
+        r = fresh.post(body, token, headers={"mcp-param-region": "us-west1"})
+        assert r.status_code == 200, r.text
+        assert "report for 'q' in us-west1" in json.dumps(sse_result(r))
+        def listings():
+            return [q for q in fresh.server.requests()
+                    if ("mcp-method", "tools/list") in [(k.lower(), v) for k, v in q["headers"]]]
+
+
+        assert len(listings()) == 1, fresh.server.requests()
+        assert ["x-api-key", harness.SERVICE_KEY] in listings()[0]["headers"], "with the service key"
+
+        # Now known here: a header that disagrees with the body is refused without asking again.
+        wrong = fresh.post(body, token, headers={"mcp-param-region": "eu-west1"})
+        assert wrong.status_code == 400 and wrong.json()["error"]["code"] == HEADER_MISMATCH
+        unknown = dict(body, params={"name": "no_such_tool", "arguments": {"region": "x"}})
+        r = fresh.post(unknown, token, headers={"mcp-param-region": "x"})
+        assert r.status_code == 400 and "not seen listed" in r.json()["error"]["message"]
+        assert len(listings()) == 1, "asked once"
+    finally:
+        fresh.stop()

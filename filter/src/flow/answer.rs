@@ -37,7 +37,9 @@ impl Stream {
                 self.record = Some(pending.into_record());
                 false
             }
-            Phase::AwaitingBody | Phase::WaitingForKeys(_) => false,
+            Phase::AwaitingBody | Phase::WaitingForKeys(_) | Phase::WaitingForDeclarations(_) => {
+                false
+            }
             other => {
                 self.phase = other;
                 return Action::Continue;

@@ -128,6 +128,14 @@ impl Stream {
         };
         record.protocol_version = version.clone();
         self.protocol = version;
+        // Parameter headers of a tool this Envoy has not seen listed: ask the server first.
+        if let Some(token) =
+            self.fetch_declarations(host, server, &message, record.upstream.as_deref())
+        {
+            self.record = Some(record);
+            self.phase = Phase::WaitingForDeclarations(token);
+            return Action::Pause;
+        }
         if let Some(detail) = self.header_mismatch(host, server, &message) {
             let id = message.id.clone();
             return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });

@@ -13,6 +13,7 @@ use crate::sse::SseRewriter;
 /// Headers ─┬─▶ WaitingForKeys ──(keys, feed, introspection answer, deadline)──▶ Headers
 ///          ├─▶ WaitingForProof ──(rate limit service: a DPoP proof new to the fleet)──▶ …
 ///          ├─▶ AwaitingBody ─┬─▶ WaitingForLimits ──(rate limit service)──┐
+///          │        ▲  └─▶ WaitingForDeclarations (the server's tools/list)
 ///          │                 └───────────────────────────────────────────┤
 ///          └─────────────────────────────────────────────────────────────┴─▶ Forwarded
 /// Forwarded ─(answer headers)─┬─▶ BufferingAnswer ──(its end: checked)──▶ …
@@ -31,6 +32,9 @@ pub(super) enum Phase {
     WaitingForProof(Box<PendingProof>),
     /// The headers were accepted; the decision needs the whole request body.
     AwaitingBody,
+    /// The body's decision waits for the server's `tools/list` (the called tool's parameter
+    /// headers, unknown to this Envoy: an HTTP callout); then the body is decided again.
+    WaitingForDeclarations(u32),
     /// An allowed message waits for the rate limit service (global limits, a gRPC callout).
     WaitingForLimits(Box<PendingLimit>),
     /// Forwarded (or allowed without a body); the answer has not come yet.

@@ -306,7 +306,8 @@ impl Drop for Http {
 }
 
 impl Context for Http {
-    /// Introspection calls dispatched while this request's callbacks ran answer here.
+    /// Introspection calls dispatched while this request's callbacks ran answer here, and the
+    /// server's `tools/list` a call's decision waits for (its tool's parameter headers).
     fn on_http_call_response(
         &mut self,
         token: u32,
@@ -314,7 +315,32 @@ impl Context for Http {
         body_size: usize,
         _trailers: usize,
     ) {
-        let config = Rc::clone(self.exchange.borrow().stream.config());
+        let mut ex = self.exchange.borrow_mut();
+        if ex.stream.waiting_for_declarations(token) {
+            ex.timed(|ex| {
+                let status = header_value(MapType::HttpCallResponseHeaders, ":status")
+                    .and_then(|s| s.parse().ok());
+                let content_type = header_value(MapType::HttpCallResponseHeaders, "content-type")
+                    .unwrap_or_default();
+                let body = call_body(body_size, mcp_guard::flow::MAX_DECLARATIONS_ANSWER);
+                let mut action = ex.stream.on_declarations(
+                    &mut Envoy,
+                    token,
+                    status,
+                    &content_type,
+                    body.as_deref(),
+                );
+                if ex.stream.body_due() {
+                    action = ex.decide_body();
+                }
+                if action == Action::Continue {
+                    let _ = hostcalls::resume_http_request();
+                }
+            });
+            return;
+        }
+        let config = Rc::clone(ex.stream.config());
+        drop(ex);
         introspection_response(&config, token, body_size, self.id);
     }
 
