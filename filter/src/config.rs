@@ -905,13 +905,14 @@ fn secret_key(
 }
 
 /// The secret as it could appear in a response: raw, and base64-encoded at every byte offset,
-/// in both alphabets, with or without padding — as inside `Basic base64(user:secret)`.
+/// in both alphabets, with or without padding — as inside `Basic base64(user:secret)` — each
+/// also as JSON encoders spell it ([`json_spellings`]).
 ///
 /// The base64 of the secret preceded by 0, 1 or 2 other bytes (offset mod 3) has characters
 /// that depend on those unknown neighbours: the first 0, 2 or 3, and the last one when the
 /// encoded length is not a multiple of 3 bytes. What is left, the core, is the same wherever
-/// the secret sits; the patterns are the three cores (standard and URL-safe alphabets, and
-/// `\/` as JSON encoders may escape `/`). A match is redacted together with the neighbouring
+/// the secret sits; the patterns are the three cores (standard and URL-safe alphabets, each
+/// as JSON encoders may spell it). A match is redacted together with the neighbouring
 /// characters that carry bits of the secret. Secrets are at least 8 bytes
 /// ([`MIN_SECRET_BYTES`]), so every core is at least 10 characters (60 bits): ordinary text
 /// does not match by chance.
@@ -921,8 +922,8 @@ fn leak_patterns(secret: &str) -> crate::response::Patterns {
     use base64::Engine as _;
     let mut out: Vec<Pattern> = Vec::new();
     let mut add = |bytes: Vec<u8>, widen: Widen| {
-        let escaped = escape_slashes(&bytes);
-        for bytes in [Some(bytes), escaped].into_iter().flatten() {
+        let spellings = json_spellings(&bytes);
+        for bytes in std::iter::once(bytes).chain(spellings) {
             if !out.iter().any(|p| p.bytes == bytes) {
                 out.push(Pattern { bytes, widen });
             }
@@ -957,19 +958,52 @@ fn leak_patterns(secret: &str) -> crate::response::Patterns {
     crate::response::Patterns::widened(out)
 }
 
-/// The bytes with every `/` written `\/`, as some JSON encoders do; `None` without a `/`.
-fn escape_slashes(bytes: &[u8]) -> Option<Vec<u8>> {
-    if !bytes.contains(&b'/') {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() + 4);
-    for &b in bytes {
-        if b == b'/' {
-            out.push(b'\\');
+/// How JSON encoders write these bytes inside a string, where that differs from the bytes: a
+/// server echoing the key in JSON spells it one of these ways. `"` and `\` must be escaped;
+/// beyond that encoders differ, each consistently: PHP and some Java ones write `/` as `\/`,
+/// .NET's System.Text.Json (its default encoder) writes `"+&<>'` and `` ` `` as upper-case
+/// `\u00XX`, Go's `encoding/json` writes `<>&` as lower-case ones. One spelling per encoder
+/// family, so a key or a base64 core with such characters adds a few patterns, others none.
+/// (Written here: the JSON crates each implement one encoder's choices, not the set of them.)
+fn json_spellings(bytes: &[u8]) -> Vec<Vec<u8>> {
+    fn must(b: u8) -> Option<Vec<u8>> {
+        match b {
+            b'"' => Some(b"\\\"".to_vec()),
+            b'\\' => Some(b"\\\\".to_vec()),
+            _ => None,
         }
-        out.push(b);
     }
-    Some(out)
+    let families: [fn(u8) -> Option<Vec<u8>>; 4] = [
+        must,
+        |b| match b {
+            b'/' => Some(b"\\/".to_vec()),
+            b => must(b),
+        },
+        |b| match b {
+            b'"' | b'+' | b'&' | b'<' | b'>' | b'\'' | b'`' => {
+                Some(format!("\\u{b:04X}").into_bytes())
+            }
+            b => must(b),
+        },
+        |b| match b {
+            b'<' | b'>' | b'&' => Some(format!("\\u{b:04x}").into_bytes()),
+            b => must(b),
+        },
+    ];
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for escape in families {
+        let mut spelled = Vec::with_capacity(bytes.len() + 8);
+        for &b in bytes {
+            match escape(b) {
+                Some(e) => spelled.extend_from_slice(&e),
+                None => spelled.push(b),
+            }
+        }
+        if spelled != bytes && !out.contains(&spelled) {
+            out.push(spelled);
+        }
+    }
+    out
 }
 
 /// The shortest service secret accepted: shorter ones are guessable, and their encodings too
@@ -1091,6 +1125,42 @@ mod leak_pattern_tests {
             let encoded = STANDARD_NO_PAD.encode(&input);
             let core_len = encoded.len() - [0, 2, 3][offset] - usize::from(input.len() % 3 != 0);
             assert!(core_len >= 10, "{offset}: {core_len}");
+        }
+    }
+
+    #[test]
+    fn the_key_as_json_encoders_escape_it_is_found_too() {
+        // A key with characters encoders escape, raw and inside `Basic base64(user:key)`.
+        let key = "k+&<>'`\"\\-0001";
+        let patterns = leak_patterns(key);
+        let basic = STANDARD.encode(format!("svc:{key}"));
+        let mut spelled = Vec::new();
+        for text in [key.to_string(), basic.clone()] {
+            // serde_json and Python: only `"` and `\` escaped.
+            spelled.push(serde_json::to_string(&text).unwrap());
+            // .NET: `"+&<>'` and backquote as upper-case \u escapes.
+            let mut dotnet = String::from("\"");
+            for c in text.chars() {
+                match c {
+                    '"' | '+' | '&' | '<' | '>' | '\'' | '`' => {
+                        dotnet.push_str(&format!("\\u{:04X}", c as u32))
+                    }
+                    '\\' => dotnet.push_str("\\\\"),
+                    c => dotnet.push(c),
+                }
+            }
+            spelled.push(dotnet + "\"");
+            // Go: `<>&` as lower-case \u escapes.
+            let mut go = serde_json::to_string(&text).unwrap();
+            for (c, e) in [('<', "\\u003c"), ('>', "\\u003e"), ('&', "\\u0026")] {
+                go = go.replace(c, e);
+            }
+            spelled.push(go);
+        }
+        assert!(basic.contains('+') || basic.contains('/'), "{basic}");
+        for json in spelled {
+            let mut out = format!("{{\"echo\":{json}}}").into_bytes();
+            assert_eq!(redact(&mut out, &patterns), 1, "{json}");
         }
     }
 
