@@ -973,7 +973,9 @@ fn json_spellings(bytes: &[u8]) -> Vec<Vec<u8>> {
             _ => None,
         }
     }
-    let families: [fn(u8) -> Option<Vec<u8>>; 4] = [
+    /// How one encoder family writes a byte, where it escapes it.
+    type Escape = fn(u8) -> Option<Vec<u8>>;
+    let families: [Escape; 4] = [
         must,
         |b| match b {
             b'/' => Some(b"\\/".to_vec()),
