@@ -10,8 +10,8 @@
 //! request body      AwaitingBody   body.rs     HTTP checks, strict JSON-RPC parse (400/413/415),
 //!                                              policy: deny 200 + JSON-RPC error │ 403 │ allow;
 //!                                  batch.rs    batches (2025-03-26): each message on its own
-//!                   WaitingForDeclarations declarations.rs  a tool's Mcp-Param-* declarations
-//!                                              (the server's tools/list, asked once)
+//!                   WaitingForDeclarations  declarations.rs  the server's tools/list (Mcp-Param-*)
+//!                   trailers before the decision: 400 (body.rs)
 //!                   WaitingForLimits limits.rs budgets, the rate limit service (gRPC)
 //! response headers  Forwarded      answer.rs   upstream 401/403 → 502; seal the session id;
 //!                                              plan the body: held whole or event by event
