@@ -44,7 +44,8 @@ pub fn foreign_charset(content_type: &str) -> bool {
             .strip_prefix('"')
             .and_then(|v| v.strip_suffix('"'))
             .unwrap_or(value);
-        !value.eq_ignore_ascii_case("utf-8")
+        // `utf8` is UTF-8 to every decoder that knows it (Python's, WHATWG's); Express refuses it.
+        !(value.eq_ignore_ascii_case("utf-8") || value.eq_ignore_ascii_case("utf8"))
     })
 }
 
@@ -121,6 +122,7 @@ mod tests {
             "application/json; charset=\"utf-8\"",
             "text/event-stream; charset = utf-8 ; x=1",
             "application/json; x=\"a;b\"",
+            "application/json;charset=UTF8",
         ] {
             assert!(!foreign_charset(value), "{value}");
         }
