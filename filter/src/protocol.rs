@@ -318,10 +318,14 @@ fn shared_key(server: &str, tool: &str) -> String {
 }
 
 /// The id of the filter's own `tools/list` (see [`declarations_request`]).
-const DECLARATIONS_ID: &str = "mcp-guard-declarations";
+pub const DECLARATIONS_ID: &str = "mcp-guard-declarations";
 
 /// How often one Envoy asks a server for its tools' declarations, at most.
-const DECLARATIONS_EVERY_MS: u64 = 10_000;
+pub const DECLARATIONS_EVERY_MS: u64 = 10_000;
+
+/// How old the filter's own view of a server's tools may be when a pinned tool is called
+/// (2026-07-28): older, the server is asked again before the call is decided.
+pub const PINS_FRESH_MS: u64 = 60_000;
 
 /// The body of the filter's own `tools/list` (2026-07-28, stateless): sent with the service's
 /// credential when a call carries `Mcp-Param-*` headers for a tool this Envoy has not seen
@@ -350,32 +354,14 @@ pub const DECLARATIONS_HEADERS: [(&str, &str); 5] = [
     ("mcp-method", "tools/list"),
 ];
 
-/// Whether this Envoy may ask `server` for declarations now: at most once per
-/// [`DECLARATIONS_EVERY_MS`] across its worker VMs (shared data), so that calls naming tools
-/// the server does not have cannot make the filter list its tools again and again.
-pub fn claim_declarations_fetch(host: &mut dyn Host, server: &str, now_ms: u64) -> bool {
+/// Whether this Envoy may ask `server` for its tools now: when it last did at least `every_ms`
+/// ago, across its worker VMs (shared data) — so that calls naming tools the server does not
+/// have cannot make the filter list its tools again and again.
+pub fn claim_listing(host: &mut dyn Host, server: &str, now_ms: u64, every_ms: u64) -> bool {
     let key = format!("mcp-guard:params-fetched:{server}");
     let (last, cas) = host.shared_get_cas(&key).unwrap_or_default();
     let last = <[u8; 8]>::try_from(last.as_slice()).map_or(0, u64::from_le_bytes);
-    now_ms.saturating_sub(last) >= DECLARATIONS_EVERY_MS
-        && host.shared_set_cas(&key, &now_ms.to_le_bytes(), cas)
-}
-
-/// The tools and their parameter headers in the answer to [`declarations_request`]: one JSON
-/// response, or the response among an event stream's messages.
-pub fn declarations_in_answer(content_type: &str, body: &[u8]) -> Vec<(String, Vec<ParamHeader>)> {
-    if !crate::http::is_event_stream(content_type) {
-        return listed_param_headers(body);
-    }
-    let mut found = Vec::new();
-    let mut events = crate::sse::SseRewriter::new(body.len().saturating_add(1));
-    let _ = events.push(body, true, &mut |event| {
-        if found.is_empty() {
-            found = listed_param_headers(event.data.as_bytes());
-        }
-        crate::sse::Rewrite::Keep
-    });
-    found
+    now_ms.saturating_sub(last) >= every_ms && host.shared_set_cas(&key, &now_ms.to_le_bytes(), cas)
 }
 
 /// Remembers the parameter headers of listed tools (in shared data, so every worker agrees).

@@ -204,11 +204,7 @@ fn global_limits(failure_mode: &str) -> Value {
 }
 
 fn grpc_host(token: Option<u32>) -> GrpcHost {
-    GrpcHost {
-        inner: post_host(&token_for("alice", &["eng"], "mcp")),
-        calls: Vec::new(),
-        answer_token: token,
-    }
+    GrpcHost::new(post_host(&token_for("alice", &["eng"], "mcp")), token)
 }
 
 #[test]

@@ -307,3 +307,102 @@ fn pinned_prompts_are_checked_like_tools() {
         .contains("the prompt changed since it was approved"));
     assert_eq!(h.record()["rule"], "pin:summarize");
 }
+
+// ---- a replica's view of pinned tools (2026-07-28: the server asked when the view is old) ----
+
+/// A 2026-07-28 call of `name` (stateless: the envelope in `_meta`, the standard headers).
+fn modern_call(shared: &Shared, name: &str) -> (GrpcHost, Vec<u8>) {
+    let auth = format!("Bearer {}", token_for("alice", &["staff"], "mcp:read"));
+    let mut inner = MockHost::request(&[
+        (":method", "POST"),
+        (":path", "/mcp"),
+        (":authority", "mcp.example.com"),
+        ("content-type", "application/json"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", name),
+        ("authorization", &auth),
+    ])
+    .with_shared(shared);
+    inner.set_property(&["xds", "cluster_name"], "crm_upstream");
+    let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": name, "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    (GrpcHost::new(inner, Some(3)), body.to_string().into_bytes())
+}
+
+#[test]
+fn a_replica_that_never_listed_asks_the_server_before_a_pinned_tool_is_called() {
+    // Another replica served the listing that showed the rug pull; this one restarted since.
+    let config = config("enforce", false);
+    let shared = Shared::default();
+    let (mut h, body) = modern_call(&shared, "search");
+    let mut stream = Stream::new(Rc::clone(&config));
+    assert_eq!(stream.on_request_headers(&mut h, false), Action::Pause);
+    // The whole body is there (as the adapter sees it), and its decision waits for the server.
+    assert!(stream.request_body_ended());
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    assert!(!stream.body_due());
+    let [(cluster, headers, request)] = h.http_calls.as_slice() else {
+        panic!("one listing request: {:?}", h.http_calls.len());
+    };
+    assert_eq!(cluster, "crm_upstream");
+    assert!(headers.contains(&("x-api-key".to_string(), SERVICE_KEY.to_string())));
+    let request: Value = serde_json::from_slice(request).expect("JSON");
+    assert_eq!(request["method"], "tools/list");
+    // The server lists a poisoned `search`: the call is refused as after a listing showed it.
+    let answer = json!({"jsonrpc": "2.0", "id": "mcp-guard-declarations",
+                        "result": {"tools": [poisoned(), get()]}})
+    .to_string();
+    let action = stream.on_declarations(
+        &mut h,
+        3,
+        Some(200),
+        "application/json",
+        Some(answer.as_bytes()),
+    );
+    assert_eq!(action, Action::Pause);
+    assert!(stream.body_due());
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    let reply = h.inner.reply().json();
+    assert_eq!(reply["error"]["code"], -31403, "{reply}");
+    assert_eq!(h.inner.record()["reason"], "pin_drift");
+    assert_eq!(h.inner.counter("mcp_guard.pin_drift"), 1);
+    // Within the minute the view is fresh: the next call is decided from memory, not asked.
+    let (mut h, body) = modern_call(&shared, "search");
+    let mut stream = Stream::new(Rc::clone(&config));
+    stream.on_request_headers(&mut h, false);
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    assert!(h.http_calls.is_empty());
+    assert_eq!(h.inner.record()["reason"], "pin_drift");
+}
+
+#[test]
+fn a_server_listing_the_approved_definition_lets_the_call_through() {
+    let config = config("enforce", false);
+    let shared = Shared::default();
+    let (mut h, body) = modern_call(&shared, "search");
+    let mut stream = Stream::new(Rc::clone(&config));
+    stream.on_request_headers(&mut h, false);
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    let answer = json!({"jsonrpc": "2.0", "id": "mcp-guard-declarations",
+                        "result": {"tools": [search(), get()]}})
+    .to_string();
+    let events = format!("event: message\ndata: {answer}\n\n");
+    stream.on_declarations(
+        &mut h,
+        3,
+        Some(200),
+        "text/event-stream",
+        Some(events.as_bytes()),
+    );
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Continue);
+    // No answer (a timeout): decided on what the replica knows.
+    let (mut h, body) = modern_call(&Shared::default(), "get");
+    let mut stream = Stream::new(Rc::clone(&config));
+    stream.on_request_headers(&mut h, false);
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    stream.on_declarations(&mut h, 3, None, "", None);
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Continue);
+}

@@ -335,36 +335,12 @@ fn the_declarations_request_is_a_2026_tools_list() {
 }
 
 #[test]
-fn declarations_are_read_from_json_and_event_stream_answers() {
-    let answer = json!({"jsonrpc": "2.0", "id": "mcp-guard-declarations", "result": {"tools": [
-        {"name": "regional_report", "inputSchema": {"type": "object", "properties": {
-            "region": {"type": "string", "x-mcp-header": "Region"}}}},
-        {"name": "plain", "inputSchema": {"type": "object"}},
-    ]}})
-    .to_string();
-    let expected = vec![
-        (
-            "regional_report".to_string(),
-            vec![mcp_guard::protocol::ParamHeader {
-                name: "region".into(),
-                path: vec!["region".into()],
-            }],
-        ),
-        ("plain".to_string(), Vec::new()),
-    ];
-    let json = mcp_guard::protocol::declarations_in_answer("application/json", answer.as_bytes());
-    assert_eq!(json, expected);
-    let events = format!(": hi\n\nevent: message\ndata: {answer}\n\n");
-    let sse = mcp_guard::protocol::declarations_in_answer("text/event-stream", events.as_bytes());
-    assert_eq!(sse, expected);
-    assert!(mcp_guard::protocol::declarations_in_answer("application/json", b"nope").is_empty());
-}
-
-#[test]
 fn the_server_is_asked_at_most_once_per_ten_seconds_per_envoy() {
     let shared = Shared::default();
     let mut host = MockHost::request(&[]).with_shared(&shared);
-    let claim = mcp_guard::protocol::claim_declarations_fetch;
+    let claim = |host: &mut MockHost, server: &str, now: u64| {
+        mcp_guard::protocol::claim_listing(host, server, now, 10_000)
+    };
     assert!(claim(&mut host, "crm", 1_000_000));
     assert!(!claim(&mut host, "crm", 1_005_000), "within ten seconds");
     assert!(claim(&mut host, "git", 1_005_000), "another server");
@@ -372,4 +348,11 @@ fn the_server_is_asked_at_most_once_per_ten_seconds_per_envoy() {
     let mut other = MockHost::request(&[]).with_shared(&shared);
     assert!(!claim(&mut other, "crm", 1_009_999));
     assert!(claim(&mut other, "crm", 1_010_000));
+    // Pins' freshness asks less often: a minute since the last request.
+    assert!(!mcp_guard::protocol::claim_listing(
+        &mut other, "crm", 1_060_000, 60_000
+    ));
+    assert!(mcp_guard::protocol::claim_listing(
+        &mut other, "crm", 1_070_000, 60_000
+    ));
 }

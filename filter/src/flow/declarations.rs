@@ -1,24 +1,33 @@
-//! Waiting for a tool's parameter-header declarations (2026-07-28 `x-mcp-header`). A call's
-//! `Mcp-Param-*` headers are checked against the tool's declaration, which the filter learns
-//! from the server's `tools/list` answers. A replica that has not seen the listing (another one
-//! served it, or this one restarted since) asks the server itself, once, before deciding: the
-//! same call then gets the same answer from every replica. At most one such request per server
-//! and Envoy every ten seconds ([`protocol::claim_declarations_fetch`]); when none can be made
-//! or the tool is not listed, the headers cannot be checked and the call is refused as before.
+//! Waiting for the server's own listing of its tools (2026-07-28, stateless). Two checks of a
+//! `tools/call` depend on what the server lists, and a replica learns that only from listings
+//! that pass through it:
+//!
+//! - the call's `Mcp-Param-*` headers against the tool's `x-mcp-header` declarations;
+//! - a pinned tool's definition against its pin (`pins`): a rug pull is refused on calls once a
+//!   listing showed it.
+//!
+//! A replica that has not seen the listing (another one served it, or this one restarted since),
+//! or whose own view of a pinned tool is older than [`protocol::PINS_FRESH_MS`], asks the server
+//! itself, with the service key, before deciding: the same call then gets the same answer from
+//! every replica. At most once per server and Envoy every ten seconds for declarations, every
+//! minute for pins ([`protocol::claim_listing`]). When no request can be made or the answer says
+//! nothing, the call is decided on what the replica knows, as before.
 
 use super::{Action, Phase, Stream};
 use crate::config::Server;
+use crate::discovery::{ListKind, Listed};
 use crate::host::Host;
 use crate::mcp::{Message, Target};
-use crate::protocol;
+use crate::response::{self, Checks, ListFilter};
+use crate::{metrics, pins, protocol};
 
-/// Largest `tools/list` answer read for declarations.
+/// Largest `tools/list` answer read.
 pub const MAX_DECLARATIONS_ANSWER: usize = 1024 * 1024;
 
 impl Stream {
-    /// Whether the call's headers need declarations this Envoy does not have, and a request for
-    /// them went out (the decision then waits: [`Phase::WaitingForDeclarations`]). Asked once
-    /// per call.
+    /// Whether the call needs the server's listing (declarations this Envoy does not have, or a
+    /// pinned tool's view older than a minute) and a request for it went out (the decision then
+    /// waits: [`Phase::WaitingForDeclarations`]). Asked once per call.
     pub(super) fn fetch_declarations(
         &mut self,
         host: &mut dyn Host,
@@ -29,20 +38,25 @@ impl Stream {
         let Target::Tool { name, .. } = &message.target else {
             return None;
         };
-        if self.declarations_asked
-            || self.protocol.as_deref() != Some(protocol::MODERN)
-            || !self
-                .headers
-                .iter()
-                .any(|(k, _)| protocol::is_param_header(k))
-            || protocol::known_param_headers(host, &server.name, name).is_some()
-        {
+        if self.declarations_asked || self.protocol.as_deref() != Some(protocol::MODERN) {
             return None;
         }
+        let undeclared = self
+            .headers
+            .iter()
+            .any(|(k, _)| protocol::is_param_header(k))
+            && protocol::known_param_headers(host, &server.name, name).is_none();
+        let pinned =
+            server.pins.mode != pins::Mode::Off && server.pins.pin(ListKind::Tools, name).is_some();
+        let every = match (undeclared, pinned) {
+            (true, _) => protocol::DECLARATIONS_EVERY_MS,
+            (false, true) => protocol::PINS_FRESH_MS,
+            (false, false) => return None,
+        };
         self.declarations_asked = true;
         let cluster = cluster?;
         let now = host.now_millis();
-        if !protocol::claim_declarations_fetch(host, &server.name, now) {
+        if !protocol::claim_listing(host, &server.name, now, every) {
             return None;
         }
         let path = self.header(":path").unwrap_or_default().to_string();
@@ -55,12 +69,14 @@ impl Stream {
         host.http_call(cluster, &headers, &body, 5_000)
     }
 
-    /// Whether the decision waits for the declarations request `token`.
+    /// Whether the decision waits for the listing request `token`.
     pub fn waiting_for_declarations(&self, token: u32) -> bool {
         matches!(self.phase, Phase::WaitingForDeclarations(t) if t == token)
     }
 
-    /// The server answered the declarations request: what it lists is learned, and the body's
+    /// The server answered the listing request: read as a client's listing would be (every
+    /// entry visible), its declarations are learned and its pinned tools checked — a drift is
+    /// remembered, so the call is refused like one after a listing showed it —, and the body's
     /// decision is due again ([`Stream::body_due`]; the adapter reads the body Envoy still
     /// holds).
     pub fn on_declarations(
@@ -83,9 +99,39 @@ impl Stream {
         ) else {
             return Action::Pause;
         };
-        let learned = protocol::declarations_in_answer(content_type, body);
-        if !learned.is_empty() {
-            protocol::learn(host, &server.name, &learned);
+        let expect = ListFilter {
+            lists: vec![(
+                serde_json::Value::String(protocol::DECLARATIONS_ID.into()),
+                ListKind::Tools,
+            )],
+            ..ListFilter::default()
+        };
+        let mut pinned = pins::Listing::new(&server.name, &server.pins);
+        let report = {
+            let shared: &dyn Host = &*host;
+            let mut visible = |listed: &Listed| {
+                pinned.check(shared, listed);
+                true
+            };
+            let checks = Checks {
+                lists: Some(&expect),
+                known: Some(&server.lists_seen),
+                patterns: &server.credential.leak_patterns,
+                tasks: None,
+            };
+            if crate::http::is_event_stream(content_type) {
+                let mut events = crate::sse::SseRewriter::new(response::MAX_EVENT);
+                response::inspect_events(&mut events, body, true, checks, &mut visible).1
+            } else {
+                response::inspect_buffered(body, true, checks, &mut visible).1
+            }
+        };
+        let drifts = pinned.remember(host);
+        if !drifts.is_empty() {
+            host.count(metrics::PIN_DRIFT, drifts.len() as u64);
+        }
+        if !report.learned.is_empty() {
+            protocol::learn(host, &server.name, &report.learned);
         }
         Action::Pause
     }

@@ -646,6 +646,23 @@ pub struct GrpcHost {
     pub inner: MockHost,
     pub calls: Vec<(String, String, String, Vec<u8>, u64)>,
     pub answer_token: Option<u32>,
+    /// HTTP callouts.
+    pub http_calls: Vec<HttpCall>,
+}
+
+/// An HTTP callout a test host received: (cluster, headers, body).
+pub type HttpCall = (String, Vec<(String, String)>, Vec<u8>);
+
+impl GrpcHost {
+    /// `inner`, its gRPC and HTTP callouts recorded and answered with `token`.
+    pub fn new(inner: MockHost, token: Option<u32>) -> GrpcHost {
+        GrpcHost {
+            inner,
+            calls: Vec::new(),
+            answer_token: token,
+            http_calls: Vec::new(),
+        }
+    }
 }
 
 impl Host for GrpcHost {
@@ -690,6 +707,27 @@ impl Host for GrpcHost {
     }
     fn now_millis(&self) -> u64 {
         self.inner.now_millis()
+    }
+    fn shared_get_cas(&self, k: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        self.inner.shared_get_cas(k)
+    }
+    fn shared_set_cas(&mut self, k: &str, v: &[u8], cas: Option<u32>) -> bool {
+        self.inner.shared_set_cas(k, v, cas)
+    }
+    fn http_call(
+        &mut self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        _timeout_ms: u64,
+    ) -> Option<u32> {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.http_calls
+            .push((cluster.to_string(), headers, body.to_vec()));
+        self.answer_token
     }
     fn grpc_call(&mut self, c: &str, s: &str, m: &str, msg: &[u8], t: u64) -> Option<u32> {
         self.calls
