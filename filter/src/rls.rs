@@ -204,6 +204,15 @@ pub fn response(bytes: &[u8], expected: usize) -> Result<Vec<Verdict>, String> {
         .collect())
 }
 
+/// The verdicts in a call's answer as the host hands it over: gRPC `status` (0: OK) and body.
+pub fn answer(status: u32, body: Option<&[u8]>, expected: usize) -> Result<Vec<Verdict>, String> {
+    match (status, body) {
+        (0, Some(bytes)) => response(bytes, expected),
+        (0, None) => Err("empty answer".to_string()),
+        (s, _) => Err(format!("gRPC status {s}")),
+    }
+}
+
 /// The upstream argument of proxy-wasm's gRPC call for an Envoy cluster.
 pub fn upstream(cluster: &str) -> Vec<u8> {
     GrpcService {

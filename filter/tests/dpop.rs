@@ -375,10 +375,10 @@ fn fleet_config() -> Rc<Config> {
 }
 
 /// A DPoP request under `replay: fleet`, up to the rate limit service's call.
-fn fleet_request(shared: &Shared, jti: &str) -> (Stream, GrpcHost) {
+fn fleet_request(shared: &Shared, jti: &str) -> (Stream, CallHost) {
     let token = bound_token(json!({ "jkt": jkt() }));
     let p = proof(&token, "POST", URL, NOW, jti);
-    let mut host = GrpcHost::new(request("DPoP", &token, Some(&p), shared), Some(7));
+    let mut host = CallHost::new(request("DPoP", &token, Some(&p), shared), Some(7));
     let mut stream = Stream::new(fleet_config());
     assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
     assert!(!stream.awaiting_body(), "the request waits for the service");
@@ -460,7 +460,7 @@ fn a_proof_another_replica_saw_is_a_replay_and_no_answer_is_503() {
     // Not callable at all: 503 at once.
     let token = bound_token(json!({ "jkt": jkt() }));
     let p = proof(&token, "POST", URL, NOW, "fleet-4");
-    let mut host = GrpcHost::new(request("DPoP", &token, Some(&p), &Shared::default()), None);
+    let mut host = CallHost::new(request("DPoP", &token, Some(&p), &Shared::default()), None);
     let mut stream = Stream::new(fleet_config());
     assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
     assert_eq!(host.inner.reply().status, 503);

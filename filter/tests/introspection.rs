@@ -10,98 +10,23 @@ use std::rc::Rc;
 use common::*;
 use mcp_guard::config::Config;
 use mcp_guard::flow::{Action, Stream};
-use mcp_guard::host::{Header, Host, HostError};
 use serde_json::{json, Value};
 
 const OPAQUE: &str = "2YotnFZFEjr1zCsicMWpAA";
 
-/// A dispatched call: (token, cluster, headers, body).
-type Call = (u32, String, Vec<(String, String)>, String);
-
-/// MockHost plus the HTTP calls the filter dispatched.
-struct CallHost {
-    inner: MockHost,
-    calls: Vec<Call>,
-}
-
-impl CallHost {
-    fn post(token: &str) -> CallHost {
-        let auth = format!("Bearer {token}");
-        CallHost {
-            inner: MockHost::request(&[
-                (":method", "POST"),
-                (":path", "/mcp"),
-                (":authority", "mcp.example.com"),
-                ("content-type", "application/json"),
-                ("authorization", &auth),
-            ]),
-            calls: Vec::new(),
-        }
-    }
-}
-
-impl Host for CallHost {
-    fn request_headers(&self) -> Vec<Header> {
-        self.inner.request_headers()
-    }
-    fn set_request_header(&mut self, n: &str, v: &str) -> Result<(), HostError> {
-        self.inner.set_request_header(n, v)
-    }
-    fn remove_request_header(&mut self, n: &str) -> Result<(), HostError> {
-        self.inner.remove_request_header(n)
-    }
-    fn response_headers(&self) -> Vec<Header> {
-        self.inner.response_headers()
-    }
-    fn set_response_header(&mut self, n: &str, v: &str) -> Result<(), HostError> {
-        self.inner.set_response_header(n, v)
-    }
-    fn remove_response_header(&mut self, n: &str) -> Result<(), HostError> {
-        self.inner.remove_response_header(n)
-    }
-    fn property(&self, p: &[&str]) -> Option<Vec<u8>> {
-        self.inner.property(p)
-    }
-    fn send_response(&mut self, s: u32, h: &[(&str, &str)], b: &[u8]) {
-        self.inner.send_response(s, h, b)
-    }
-    fn reset_response(&mut self) {
-        self.inner.reset_response()
-    }
-    fn write_audit(&mut self, r: &[u8]) {
-        self.inner.write_audit(r)
-    }
-    fn shared_get(&self, k: &str) -> Option<Vec<u8>> {
-        self.inner.shared_get(k)
-    }
-    fn shared_set(&mut self, k: &str, v: &[u8]) {
-        self.inner.shared_set(k, v)
-    }
-    fn count(&mut self, n: &str, by: u64) {
-        self.inner.count(n, by)
-    }
-    fn now_millis(&self) -> u64 {
-        self.inner.now_ms
-    }
-    fn http_call(
-        &mut self,
-        cluster: &str,
-        headers: &[(&str, &str)],
-        body: &[u8],
-        _timeout_ms: u64,
-    ) -> Option<u32> {
-        let token = 7000 + self.calls.len() as u32;
-        self.calls.push((
-            token,
-            cluster.to_string(),
-            headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            String::from_utf8(body.to_vec()).unwrap(),
-        ));
-        Some(token)
-    }
+/// A POST with `token`, its HTTP calls (introspection) answered with tokens from 7000.
+fn post(token: &str) -> CallHost {
+    let auth = format!("Bearer {token}");
+    CallHost::new(
+        MockHost::request(&[
+            (":method", "POST"),
+            (":path", "/mcp"),
+            (":authority", "mcp.example.com"),
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+        ]),
+        Some(7000),
+    )
 }
 
 fn config(mode: &str) -> Rc<Config> {
@@ -166,7 +91,7 @@ fn answer(
     status: Option<u32>,
     body: &[u8],
 ) -> Action {
-    let call = host.calls.last().unwrap().0;
+    let call = host.http_calls.last().unwrap().0;
     assert!(config.authenticator.owns_introspection_call(call));
     let settled = config
         .authenticator
@@ -178,12 +103,12 @@ fn answer(
 #[test]
 fn an_opaque_token_is_introspected_once_and_its_claims_reach_the_policy() {
     let config = config("opaque");
-    let mut host = CallHost::post(OPAQUE);
+    let mut host = post(OPAQUE);
     let (mut stream, action) = start(&config, &mut host);
     assert_eq!(action, Action::Pause);
     assert!(stream.waiting().is_some(), "waits for the answer");
-    assert_eq!(host.calls.len(), 1);
-    let (_, cluster, headers, body) = host.calls[0].clone();
+    assert_eq!(host.http_calls.len(), 1);
+    let (_, cluster, headers, body) = host.http_calls[0].clone();
     assert_eq!(cluster, "idp");
     assert!(headers.contains(&(":path".into(), "/token/introspection".into())));
     assert!(headers.contains(&(":method".into(), "POST".into())));
@@ -195,11 +120,11 @@ fn an_opaque_token_is_introspected_once_and_its_claims_reach_the_policy() {
     );
 
     // A second request with the same token while the call is in flight: no second call.
-    let mut host2 = CallHost::post(OPAQUE);
+    let mut host2 = post(OPAQUE);
     host2.inner.shared = Rc::clone(&host.inner.shared);
     let (mut stream2, _) = start(&config, &mut host2);
     assert!(stream2.waiting().is_some());
-    assert!(host2.calls.is_empty());
+    assert!(host2.http_calls.is_empty());
 
     answer(
         &config,
@@ -221,9 +146,9 @@ fn an_opaque_token_is_introspected_once_and_its_claims_reach_the_policy() {
     assert!(stream2.awaiting_body());
 
     // Cached: a third request asks nobody.
-    let mut host3 = CallHost::post(OPAQUE);
+    let mut host3 = post(OPAQUE);
     let (stream3, _) = start(&config, &mut host3);
-    assert!(stream3.awaiting_body() && host3.calls.is_empty());
+    assert!(stream3.awaiting_body() && host3.http_calls.is_empty());
     assert_eq!(
         host3
             .inner
@@ -270,7 +195,7 @@ fn inactive_invalid_and_failed_answers() {
         (None, Vec::new(), 503, "introspection_unavailable"),
     ] {
         let config = config("opaque");
-        let mut host = CallHost::post(OPAQUE);
+        let mut host = post(OPAQUE);
         let (mut stream, _) = start(&config, &mut host);
         assert_eq!(
             answer(&config, &mut host, &mut stream, status, &body),
@@ -298,9 +223,9 @@ fn always_mode_introspects_a_valid_jwt_too() {
     let mut claims = claims_for("alice", &["sales"], "");
     claims["iat"] = json!(NOW);
     let jwt = sign(Signer::Es256, &claims);
-    let mut host = CallHost::post(&jwt);
+    let mut host = post(&jwt);
     let (mut stream, _) = start(&config, &mut host);
-    assert_eq!(host.calls.len(), 1);
+    assert_eq!(host.http_calls.len(), 1);
     answer(
         &config,
         &mut host,

@@ -203,8 +203,8 @@ fn global_limits(failure_mode: &str) -> Value {
              "failure_mode": failure_mode, "cost": 2 }])
 }
 
-fn grpc_host(token: Option<u32>) -> GrpcHost {
-    GrpcHost::new(post_host(&token_for("alice", &["eng"], "mcp")), token)
+fn grpc_host(token: Option<u32>) -> CallHost {
+    CallHost::new(post_host(&token_for("alice", &["eng"], "mcp")), token)
 }
 
 #[test]

@@ -311,7 +311,7 @@ fn pinned_prompts_are_checked_like_tools() {
 // ---- a replica's view of pinned tools (2026-07-28: the server asked when the view is old) ----
 
 /// A 2026-07-28 call of `name` (stateless: the envelope in `_meta`, the standard headers).
-fn modern_call(shared: &Shared, name: &str) -> (GrpcHost, Vec<u8>) {
+fn modern_call(shared: &Shared, name: &str) -> (CallHost, Vec<u8>) {
     let auth = format!("Bearer {}", token_for("alice", &["staff"], "mcp:read"));
     let mut inner = MockHost::request(&[
         (":method", "POST"),
@@ -329,7 +329,7 @@ fn modern_call(shared: &Shared, name: &str) -> (GrpcHost, Vec<u8>) {
         "name": name, "arguments": {},
         "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
                   "io.modelcontextprotocol/clientCapabilities": {}}}});
-    (GrpcHost::new(inner, Some(3)), body.to_string().into_bytes())
+    (CallHost::new(inner, Some(3)), body.to_string().into_bytes())
 }
 
 #[test]
@@ -344,12 +344,12 @@ fn a_replica_that_never_listed_asks_the_server_before_a_pinned_tool_is_called() 
     assert!(stream.request_body_ended());
     assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
     assert!(!stream.body_due());
-    let [(cluster, headers, request)] = h.http_calls.as_slice() else {
+    let [(_, cluster, headers, request)] = h.http_calls.as_slice() else {
         panic!("one listing request: {:?}", h.http_calls.len());
     };
     assert_eq!(cluster, "crm_upstream");
     assert!(headers.contains(&("x-api-key".to_string(), SERVICE_KEY.to_string())));
-    let request: Value = serde_json::from_slice(request).expect("JSON");
+    let request: Value = serde_json::from_str(request).expect("JSON");
     assert_eq!(request["method"], "tools/list");
     // The server lists a poisoned `search`: the call is refused as after a listing showed it.
     let answer = json!({"jsonrpc": "2.0", "id": "mcp-guard-declarations",

@@ -103,20 +103,23 @@ def test_request_trailers_do_not_carry_an_undecided_request_upstream(sec, alice)
     assert len(sec.upstream_requests()) == before, "a request reached the upstream"
 
 
-def trailers_template(workdir):
-    """envoy/mcp-guard.yaml with HTTP/1.1 trailers passed on from the upstream (as an HTTP/2
-    upstream always does)."""
+def shipped_template(workdir, name, marker, addition):
+    """envoy/mcp-guard.yaml with `addition` after its one `marker`, written as `name`."""
     text = (harness.ROOT / "envoy" / "mcp-guard.yaml").read_text()
-    cluster = "  - name: mcp_upstream\n    type: STATIC\n"
-    options = (
+    assert text.count(marker) == 1, marker
+    path = workdir / name
+    path.write_text(text.replace(marker, marker + addition))
+    return str(path)
+
+
+def trailers_template(workdir):
+    """HTTP/1.1 trailers passed on from the upstream (as an HTTP/2 upstream always does)."""
+    return shipped_template(
+        workdir, "trailers.yaml", "  - name: mcp_upstream\n    type: STATIC\n",
         "    typed_extension_protocol_options:\n"
         "      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
         '        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n'
         "        explicit_http_config: { http_protocol_options: { enable_trailers: true } }\n")
-    assert text.count(cluster) == 1
-    path = workdir / "trailers.yaml"
-    path.write_text(text.replace(cluster, cluster + options))
-    return str(path)
 
 
 TOOLS = [{"name": n, "inputSchema": {"type": "object"}}
@@ -238,18 +241,13 @@ def test_an_event_line_the_filter_does_not_read_as_data_reaches_no_client(script
 
 
 def rerouting_template(workdir):
-    """envoy/mcp-guard.yaml with a route before the demo's that matches on `x-mcp-user`, a
-    header the filter sets from the token (forward_claims): a route no deployment should have."""
-    text = (harness.ROOT / "envoy" / "mcp-guard.yaml").read_text()
-    routes = "              routes:\n"
-    by_user = (
+    """A route before the demo's that matches on `x-mcp-user`, a header the filter sets from the
+    token (forward_claims): a route no deployment should have."""
+    return shipped_template(
+        workdir, "rerouting.yaml", "              routes:\n",
         "              - name: by-user\n"
         "                match: { prefix: \"/\", headers: [{ name: x-mcp-user, present_match: true }] }\n"
         "                route: { cluster: mcp_upstream, timeout: 0s }\n")
-    assert text.count(routes) == 1
-    path = workdir / "rerouting.yaml"
-    path.write_text(text.replace(routes, routes + by_user))
-    return str(path)
 
 
 def test_an_answer_that_came_by_another_route_than_the_checked_one_is_refused(tmp_path):

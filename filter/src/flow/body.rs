@@ -128,15 +128,23 @@ impl Stream {
         };
         record.protocol_version = version.clone();
         self.protocol = version;
-        // Parameter headers of a tool this Envoy has not seen listed: ask the server first.
+        // 2026-07-28: the called tool's parameter headers, as this Envoy learned them (read once).
+        let declared = match &message.target {
+            Target::Tool { name, .. } if self.protocol.as_deref() == Some(protocol::MODERN) => {
+                protocol::known_param_headers(host, &server.name, name)
+            }
+            _ => None,
+        };
+        // Declarations this Envoy has not seen, or an old view of a pinned tool: ask the server.
+        let cluster = record.upstream.as_deref();
         if let Some(token) =
-            self.fetch_declarations(host, server, &message, record.upstream.as_deref())
+            self.fetch_declarations(host, server, &message, declared.is_some(), cluster)
         {
             self.record = Some(record);
             self.phase = Phase::WaitingForDeclarations(token);
             return Action::Pause;
         }
-        if let Some(detail) = self.header_mismatch(host, server, &message) {
+        if let Some(detail) = self.header_mismatch(&message, declared.as_deref()) {
             let id = message.id.clone();
             return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });
         }
@@ -327,11 +335,11 @@ impl Stream {
         Ok((message, record))
     }
 
+    /// `declared`: the called tool's parameter headers (2026-07-28), as this Envoy knows them.
     pub(super) fn header_mismatch(
         &self,
-        host: &dyn Host,
-        server: &Server,
         message: &Message,
+        declared: Option<&[protocol::ParamHeader]>,
     ) -> Option<String> {
         let modern = self.protocol.as_deref() == Some(protocol::MODERN);
         if let Some(method) = self.header("mcp-method") {
@@ -358,9 +366,8 @@ impl Stream {
         }
         // A missing Mcp-Method or Mcp-Name is left to the server (nothing can have routed on a
         // header that is not there); the parameter headers are the tool's declaration.
-        if let Target::Tool { name, arguments } = &message.target {
-            let declared = protocol::known_param_headers(host, &server.name, name);
-            return protocol::param_mismatch(&self.headers, declared.as_deref(), arguments);
+        if let Target::Tool { arguments, .. } = &message.target {
+            return protocol::param_mismatch(&self.headers, declared, arguments);
         }
         None
     }

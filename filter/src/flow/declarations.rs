@@ -27,12 +27,14 @@ pub const MAX_DECLARATIONS_ANSWER: usize = 1024 * 1024;
 impl Stream {
     /// Whether the call needs the server's listing (declarations this Envoy does not have, or a
     /// pinned tool's view older than a minute) and a request for it went out (the decision then
-    /// waits: [`Phase::WaitingForDeclarations`]). Asked once per call.
+    /// waits: [`Phase::WaitingForDeclarations`]). Asked once per call. `declared`: this Envoy
+    /// knows the called tool's parameter headers.
     pub(super) fn fetch_declarations(
         &mut self,
         host: &mut dyn Host,
         server: &Server,
         message: &Message,
+        declared: bool,
         cluster: Option<&str>,
     ) -> Option<u32> {
         let Target::Tool { name, .. } = &message.target else {
@@ -41,11 +43,11 @@ impl Stream {
         if self.declarations_asked || self.protocol.as_deref() != Some(protocol::MODERN) {
             return None;
         }
-        let undeclared = self
-            .headers
-            .iter()
-            .any(|(k, _)| protocol::is_param_header(k))
-            && protocol::known_param_headers(host, &server.name, name).is_none();
+        let undeclared = !declared
+            && self
+                .headers
+                .iter()
+                .any(|(k, _)| protocol::is_param_header(k));
         let pinned =
             server.pins.mode != pins::Mode::Off && server.pins.pin(ListKind::Tools, name).is_some();
         let every = match (undeclared, pinned) {

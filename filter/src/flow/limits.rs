@@ -230,12 +230,7 @@ impl Stream {
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
             return Action::Pause;
         };
-        let verdicts = match (status, body) {
-            (0, Some(bytes)) => rls::response(bytes, asks.len()),
-            (0, None) => Err("empty answer".to_string()),
-            (s, _) => Err(format!("gRPC status {s}")),
-        };
-        let verdicts = match verdicts {
+        let verdicts = match rls::answer(status, body, asks.len()) {
             Ok(v) => v,
             Err(why) => {
                 return match self.service_failed(host, server, record, &what, &asks, &why) {

@@ -102,12 +102,7 @@ impl Stream {
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
             return Action::Pause;
         };
-        let verdict = match (status, body) {
-            (0, Some(bytes)) => rls::response(bytes, 1),
-            (0, None) => Err("empty answer".to_string()),
-            (s, _) => Err(format!("gRPC status {s}")),
-        };
-        match verdict.as_deref() {
+        match rls::answer(status, body, 1).as_deref() {
             Ok([v]) if !v.over_limit => self.admit(host, server, record, identity),
             Ok([_]) => {
                 let replayed = SenderError::Proof(

@@ -641,22 +641,24 @@ impl Host for MockKeyHost {
 #[allow(dead_code)]
 pub const TEST_SESSION_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
-/// A host that also records gRPC calls (the rate limit service).
-pub struct GrpcHost {
+/// A host that also records the gRPC (rate limit service) and HTTP (introspection, listings)
+/// calls the filter makes.
+pub struct CallHost {
     pub inner: MockHost,
     pub calls: Vec<(String, String, String, Vec<u8>, u64)>,
     pub answer_token: Option<u32>,
-    /// HTTP callouts.
+    /// HTTP callouts, answered with tokens counting up from `answer_token`.
     pub http_calls: Vec<HttpCall>,
 }
 
-/// An HTTP callout a test host received: (cluster, headers, body).
-pub type HttpCall = (String, Vec<(String, String)>, Vec<u8>);
+/// An HTTP callout a test host received: (token, cluster, headers, body).
+pub type HttpCall = (u32, String, Vec<(String, String)>, String);
 
-impl GrpcHost {
-    /// `inner`, its gRPC and HTTP callouts recorded and answered with `token`.
-    pub fn new(inner: MockHost, token: Option<u32>) -> GrpcHost {
-        GrpcHost {
+impl CallHost {
+    /// `inner`, its callouts recorded and answered with `token` (HTTP calls: `token`, then
+    /// `token + 1`, …).
+    pub fn new(inner: MockHost, token: Option<u32>) -> CallHost {
+        CallHost {
             inner,
             calls: Vec::new(),
             answer_token: token,
@@ -665,7 +667,7 @@ impl GrpcHost {
     }
 }
 
-impl Host for GrpcHost {
+impl Host for CallHost {
     fn request_headers(&self) -> Vec<Header> {
         self.inner.request_headers()
     }
@@ -721,13 +723,15 @@ impl Host for GrpcHost {
         body: &[u8],
         _timeout_ms: u64,
     ) -> Option<u32> {
+        let token = self.answer_token? + self.http_calls.len() as u32;
         let headers = headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        let body = String::from_utf8_lossy(body).into_owned();
         self.http_calls
-            .push((cluster.to_string(), headers, body.to_vec()));
-        self.answer_token
+            .push((token, cluster.to_string(), headers, body));
+        Some(token)
     }
     fn grpc_call(&mut self, c: &str, s: &str, m: &str, msg: &[u8], t: u64) -> Option<u32> {
         self.calls
