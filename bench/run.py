@@ -462,7 +462,13 @@ class Bench:
             clusters=harness.cluster_yaml("introspect", self.open_port))
         self.check(introspecting, "c")
         cases = [
-            ("sealed session handles", (base, call, ""), (base, call, "x-bench-answer: new-session")),
+            # A session's calls: each presents its handle (opened) and the answer names the
+            # session again (sealed), as every call in an open session does.
+            ("sealed session handles", (base, call, ""),
+             (base, call, f"mcp-session-id: {self.open_session(base)}")),
+            # A new session on every answer (each sealed once, never presented).
+            ("sealed session handles, a new session per answer", (base, call, ""),
+             (base, call, "x-bench-answer: new-session")),
             ("pinning, 500-tool SSE tools/list", (base, listing, "x-bench-answer: tools-list"),
              (pinned, listing, "x-bench-answer: tools-list")),
             ("cached introspection (introspect: always)", (base, call, ""),
@@ -494,6 +500,22 @@ class Bench:
         self.stop(base)
         self.stop(pinned)
         self.stop(introspecting)
+
+    def open_session(self, envoy: Envoy) -> str:
+        """The sealed handle of a session the upstream opens, as the client gets it."""
+        token = self.token_files[1].read_text().split()[0]
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{envoy.port}/mcp", data=(self.work / "call-1k.json").read_bytes(),
+            headers={"content-type": "application/json",
+                     "accept": "application/json, text/event-stream",
+                     "mcp-protocol-version": "2025-11-25", "authorization": f"Bearer {token}",
+                     "x-bench-answer": "new-session"}, method="POST")
+        with urllib.request.urlopen(req, timeout=10) as r:
+            handle = r.headers.get("mcp-session-id", "")
+        if not handle.startswith("mg1."):
+            raise SystemExit(f"sealed sessions: the answer's session id is {handle!r}, not a "
+                             "sealed handle")
+        return handle
 
     def measure_dpop(self, envoy: Envoy, body: Path, conns: int) -> dict:
         """`measure` with a DPoP-bound token and a new proof per request: proofs are single-use
@@ -1111,7 +1133,12 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
                      f"| {off['proxy_cpu_us_per_req']:,.0f} → {on['proxy_cpu_us_per_req']:,.0f} "
                      f"| {ratio:.2f} | {off.get('filter_us_p50', '–')} → "
                      f"{on.get('filter_us_p50', '–')} | {'met' if ratio <= 1.10 else 'NOT met'} |")
-        L.append("\nThe DPoP case sends a DPoP-bound token (`cnf.jkt`, verified once, then cached) "
+        L.append("\nThe sealed-handles case is a call in an open session: the request presents "
+                 "its handle (opened) and the answer names the session again (sealed), as the "
+                 "TypeScript SDK's server does on every answer; *a new session per answer* has the "
+                 "upstream open a new session on every answer instead (each handle sealed once and "
+                 "never presented: the worst case, not a session's steady state).\n")
+        L.append("The DPoP case sends a DPoP-bound token (`cnf.jkt`, verified once, then cached) "
                  "with a new ES256 proof in every request (each single-use: signed just before "
                  "the run, taken in turn by bench/load.lua); *off* is the same call with a plain "
                  "bearer token.\n")

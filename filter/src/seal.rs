@@ -26,6 +26,9 @@
 //!   4-byte key id are derived from it with HMAC-SHA-256 under distinct labels. Handles are
 //!   opened with the key their id names, the current or the previous one (rotation).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
 use aes_gcm_siv::{Aes256GcmSiv, Nonce};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -125,6 +128,66 @@ impl Key {
 pub struct Keys {
     current: Key,
     previous: Option<Key>,
+    memo: RefCell<Memo>,
+}
+
+/// How many handles [`Memo`] keeps, each way; it starts over when full.
+const MEMO_ENTRIES: usize = 1024;
+
+/// Handles this VM sealed or opened lately, with the binding and value they carry. A session's
+/// every call presents its handle, and a server names its session id on every answer (the
+/// TypeScript SDK does), so the same handle is opened and sealed again on each call: in Wasm,
+/// without AES instructions, that is tens of microseconds of AES-GCM-SIV (a key schedule per
+/// message) and SHA-256 each time. Sealing is deterministic, so a memoized handle is exactly
+/// the one sealing would make; an opened handle is returned from here only for the exact
+/// binding it opened for (anything else goes through [`Keys::open`]'s checks). It lives with
+/// its keys: new keys (rotation, a configuration change) start with an empty one.
+#[derive(Clone, Default)]
+struct Memo {
+    /// `memo_key(binding, value)` → handle.
+    sealed: HashMap<Vec<u8>, String>,
+    /// handle → `memo_key(binding, value)`.
+    opened: HashMap<String, Vec<u8>>,
+}
+
+impl Memo {
+    fn make_room(&mut self) {
+        if self.sealed.len() >= MEMO_ENTRIES || self.opened.len() >= MEMO_ENTRIES {
+            self.sealed.clear();
+            self.opened.clear();
+        }
+    }
+
+    /// A handle just sealed (with the current key): it opens to `key` too.
+    fn sealed(&mut self, key: Vec<u8>, handle: String) {
+        self.make_room();
+        self.opened.insert(handle.clone(), key.clone());
+        self.sealed.insert(key, handle);
+    }
+
+    /// A handle just opened. Not one to seal with: it may be the previous key's.
+    fn opened(&mut self, handle: String, key: Vec<u8>) {
+        self.make_room();
+        self.opened.insert(handle, key);
+    }
+}
+
+/// The binding's fields, length-prefixed, then the value: equal exactly when binding and value
+/// are.
+fn memo_key(binding: &Binding, value: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(64 + value.len());
+    for part in [
+        binding.purpose,
+        binding.issuer,
+        binding.caller,
+        binding.server,
+    ] {
+        key.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        key.extend_from_slice(part.as_bytes());
+    }
+    key.push(u8::from(binding.by_client));
+    key.extend_from_slice(value);
+    key
 }
 
 impl std::fmt::Debug for Keys {
@@ -142,6 +205,7 @@ impl Keys {
         Keys {
             current: Key::new(current),
             previous: previous.map(Key::new),
+            memo: RefCell::default(),
         }
     }
 
@@ -150,6 +214,16 @@ impl Keys {
         if value.len() > MAX_VALUE {
             return None;
         }
+        let key = memo_key(binding, value);
+        if let Some(handle) = self.memo.borrow().sealed.get(&key) {
+            return Some(handle.clone());
+        }
+        let handle = self.seal_anew(binding, value)?;
+        self.memo.borrow_mut().sealed(key, handle.clone());
+        Some(handle)
+    }
+
+    fn seal_anew(&self, binding: &Binding, value: &[u8]) -> Option<String> {
         let key = &self.current;
         let aad = associated_data(&key.id, binding.purpose);
         let mut plaintext = Vec::with_capacity(CALLER_FP + SERVER_FP + value.len());
@@ -185,6 +259,24 @@ impl Keys {
         if handle.len() > MAX_HANDLE {
             return Err(OpenError::NotSealed);
         }
+        let expected = memo_key(binding, b"");
+        if let Some(value) = self
+            .memo
+            .borrow()
+            .opened
+            .get(handle)
+            .and_then(|key| key.strip_prefix(expected.as_slice()).map(<[u8]>::to_vec))
+        {
+            return Ok(value);
+        }
+        let value = self.open_anew(handle, binding)?;
+        let mut key = expected;
+        key.extend_from_slice(&value);
+        self.memo.borrow_mut().opened(handle.to_owned(), key);
+        Ok(value)
+    }
+
+    fn open_anew(&self, handle: &str, binding: &Binding) -> Result<Vec<u8>, OpenError> {
         let encoded = handle.strip_prefix(PREFIX).ok_or(OpenError::NotSealed)?;
         let raw = URL_SAFE_NO_PAD
             .decode(encoded)
@@ -398,6 +490,72 @@ mod tests {
         let done = Keys::new(&B, None);
         assert_eq!(done.open(&handle, &alice()), Err(OpenError::UnknownKey));
         assert_eq!(done.open(&resealed, &alice()), Ok(b"s-1".to_vec()));
+    }
+
+    #[test]
+    fn a_remembered_handle_answers_as_the_keys_do() {
+        let keys = Keys::new(&A, None);
+        let handle = keys.seal(&alice(), b"s-1").expect("sealed");
+        // Sealed again and opened again: the same handle, the same value, from the memo.
+        assert_eq!(
+            keys.seal(&alice(), b"s-1").as_deref(),
+            Some(handle.as_str())
+        );
+        assert_eq!(keys.open(&handle, &alice()), Ok(b"s-1".to_vec()));
+        assert_eq!(keys.open(&handle, &alice()), Ok(b"s-1".to_vec()));
+        // For any other binding it is checked as if never seen.
+        let other = |b: Binding<'static>| keys.open(&handle, &b);
+        assert_eq!(
+            other(Binding {
+                caller: "bob",
+                ..alice()
+            }),
+            Err(OpenError::OtherCaller)
+        );
+        assert_eq!(
+            other(Binding {
+                by_client: true,
+                ..alice()
+            }),
+            Err(OpenError::OtherCaller)
+        );
+        assert_eq!(
+            other(Binding {
+                server: "billing",
+                ..alice()
+            }),
+            Err(OpenError::OtherServer)
+        );
+        assert_eq!(
+            other(Binding {
+                purpose: "task",
+                ..alice()
+            }),
+            Err(OpenError::Tampered)
+        );
+        // A handle another VM sealed (nothing remembered here) opens the same.
+        let fresh = Keys::new(&A, None);
+        assert_eq!(fresh.open(&handle, &alice()), Ok(b"s-1".to_vec()));
+        assert_eq!(fresh.seal(&alice(), b"s-1"), Some(handle));
+    }
+
+    #[test]
+    fn the_memo_is_bounded() {
+        let keys = Keys::new(&A, None);
+        let values: Vec<String> = (0..3 * MEMO_ENTRIES).map(|i| format!("s-{i}")).collect();
+        let handles: Vec<String> = values
+            .iter()
+            .map(|v| keys.seal(&alice(), v.as_bytes()).expect("sealed"))
+            .collect();
+        {
+            let memo = keys.memo.borrow();
+            assert!(memo.sealed.len() <= MEMO_ENTRIES && memo.opened.len() <= MEMO_ENTRIES);
+        }
+        for (value, handle) in values.iter().zip(&handles) {
+            assert_eq!(keys.open(handle, &alice()), Ok(value.as_bytes().to_vec()));
+        }
+        let memo = keys.memo.borrow();
+        assert!(memo.sealed.len() <= MEMO_ENTRIES && memo.opened.len() <= MEMO_ENTRIES);
     }
 
     #[test]
