@@ -497,7 +497,8 @@ pub fn rfc3339_millis(ms: u64) -> String {
     let secs = i64::try_from(ms / 1000).unwrap_or(i64::MAX);
     let millis = (ms % 1000) as u32;
     match chrono::DateTime::from_timestamp(secs, millis * 1_000_000) {
-        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        // Not `format("%Y-…")`: that parses its format string on every record.
+        Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         None => String::from("1970-01-01T00:00:00.000Z"),
     }
 }
