@@ -133,6 +133,10 @@ pub struct Keys {
 
 /// How many handles [`Memo`] keeps, each way; it starts over when full.
 const MEMO_ENTRIES: usize = 1024;
+/// The longest binding and value [`Memo`] keeps (a caller id can be as long as a token): with
+/// [`MAX_HANDLE`], what bounds it to about 2 MiB per VM. Longer ones are sealed and opened
+/// anew each time.
+const MEMO_KEY_BYTES: usize = 512;
 
 /// Handles this VM sealed or opened lately, with the binding and value they carry. A session's
 /// every call presents its handle, and a server names its session id on every answer (the
@@ -160,6 +164,9 @@ impl Memo {
 
     /// A handle just sealed (with the current key): it opens to `key` too.
     fn sealed(&mut self, key: Vec<u8>, handle: String) {
+        if key.len() > MEMO_KEY_BYTES {
+            return;
+        }
         self.make_room();
         self.opened.insert(handle.clone(), key.clone());
         self.sealed.insert(key, handle);
@@ -167,6 +174,9 @@ impl Memo {
 
     /// A handle just opened. Not one to seal with: it may be the previous key's.
     fn opened(&mut self, handle: String, key: Vec<u8>) {
+        if key.len() > MEMO_KEY_BYTES {
+            return;
+        }
         self.make_room();
         self.opened.insert(handle, key);
     }
@@ -556,6 +566,19 @@ mod tests {
         }
         let memo = keys.memo.borrow();
         assert!(memo.sealed.len() <= MEMO_ENTRIES && memo.opened.len() <= MEMO_ENTRIES);
+        assert!(memo.sealed.keys().all(|k| k.len() <= MEMO_KEY_BYTES));
+        drop(memo);
+        // A caller id as long as a token allows is sealed and opened, never remembered.
+        let long = "x".repeat(16 * 1024);
+        let binding = Binding {
+            caller: &long,
+            ..alice()
+        };
+        let before = keys.memo.borrow().opened.len();
+        let handle = keys.seal(&binding, b"s-long").expect("sealed");
+        assert_eq!(keys.open(&handle, &binding), Ok(b"s-long".to_vec()));
+        assert_eq!(keys.open(&handle, &alice()), Err(OpenError::OtherCaller));
+        assert_eq!(keys.memo.borrow().opened.len(), before);
     }
 
     #[test]
