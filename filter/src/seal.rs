@@ -155,30 +155,28 @@ struct Memo {
 }
 
 impl Memo {
-    fn make_room(&mut self) {
+    /// Whether `key` is kept at all; if so, room is made for it.
+    fn room_for(&mut self, key: &[u8]) -> bool {
         if self.sealed.len() >= MEMO_ENTRIES || self.opened.len() >= MEMO_ENTRIES {
             self.sealed.clear();
             self.opened.clear();
         }
+        key.len() <= MEMO_KEY_BYTES
     }
 
     /// A handle just sealed (with the current key): it opens to `key` too.
     fn sealed(&mut self, key: Vec<u8>, handle: String) {
-        if key.len() > MEMO_KEY_BYTES {
-            return;
+        if self.room_for(&key) {
+            self.opened.insert(handle.clone(), key.clone());
+            self.sealed.insert(key, handle);
         }
-        self.make_room();
-        self.opened.insert(handle.clone(), key.clone());
-        self.sealed.insert(key, handle);
     }
 
     /// A handle just opened. Not one to seal with: it may be the previous key's.
     fn opened(&mut self, handle: String, key: Vec<u8>) {
-        if key.len() > MEMO_KEY_BYTES {
-            return;
+        if self.room_for(&key) {
+            self.opened.insert(handle, key);
         }
-        self.make_room();
-        self.opened.insert(handle, key);
     }
 }
 
