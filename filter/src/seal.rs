@@ -157,11 +157,14 @@ struct Memo {
 impl Memo {
     /// Whether `key` is kept at all; if so, room is made for it.
     fn room_for(&mut self, key: &[u8]) -> bool {
+        if key.len() > MEMO_KEY_BYTES {
+            return false;
+        }
         if self.sealed.len() >= MEMO_ENTRIES || self.opened.len() >= MEMO_ENTRIES {
             self.sealed.clear();
             self.opened.clear();
         }
-        key.len() <= MEMO_KEY_BYTES
+        true
     }
 
     /// A handle just sealed (with the current key): it opens to `key` too.
