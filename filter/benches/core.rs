@@ -13,7 +13,9 @@
 //!
 //! Environment: `BENCH_TIME_MS` (measurement time per benchmark, default 2000),
 //! `BENCH_FILTER` (run only benchmarks whose name contains it), `BENCH_JSON` (also append one
-//! JSON object per benchmark to this file; `make bench` reads it).
+//! JSON object per benchmark to this file; `make bench` reads it), `BENCH_ITERS` (run each
+//! benchmark exactly this many times and time nothing: on a noisy machine, compare instruction
+//! counts instead, e.g. `valgrind --tool=callgrind` at two counts, the difference per iteration).
 //! Extra arguments (`cargo bench -p mcp-guard --bench core -- jwt`) filter by name too.
 
 use std::fmt::Write as _;
@@ -161,6 +163,16 @@ impl Harness {
             return;
         }
         self.ran += 1;
+        if let Some(n) = std::env::var("BENCH_ITERS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            for _ in 0..n {
+                black_box(f());
+            }
+            println!("{name:<52} {n} iterations");
+            return;
+        }
         // Warm up (caches, allocator, branch predictors) and estimate one iteration.
         let warm_until = Instant::now() + self.time / 5;
         let mut warm_iters = 0u64;

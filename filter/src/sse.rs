@@ -8,21 +8,35 @@
 //! an event; `:` starts a comment; `name: value` loses exactly one space after the colon; a line
 //! without a colon is a field with an empty value; a UTF-8 BOM may open the stream.
 
+use std::borrow::Cow;
 use std::fmt;
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// One parsed event, as a client would see it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Event {
+pub struct Event<'a> {
     /// The last `id:` field (ignored when it contains NUL, as the spec says).
     pub id: Option<String>,
     /// The last `event:` field.
     pub event: Option<String>,
-    /// The `data:` lines joined with `\n`; empty when there were none.
-    pub data: String,
+    /// The `data:` lines joined with `\n`; empty when there were none. One line (a JSON-RPC
+    /// message, up to megabytes) is borrowed from the event's bytes, not copied.
+    pub data: Cow<'a, str>,
     /// The last `retry:` field made of ASCII digits only (others are ignored, as the spec says).
     pub retry: Option<String>,
+}
+
+impl Event<'_> {
+    /// The event, owning its data.
+    pub fn into_owned(self) -> Event<'static> {
+        Event {
+            id: self.id,
+            event: self.event,
+            data: Cow::Owned(self.data.into_owned()),
+            retry: self.retry,
+        }
+    }
 }
 
 /// What to do with one event.
@@ -243,7 +257,7 @@ struct Read {
 }
 
 /// Parses an event block; `None` when it holds no line before the blank one.
-fn parse_event(block: &[u8]) -> Option<(Event, Read)> {
+fn parse_event(block: &[u8]) -> Option<(Event<'_>, Read)> {
     let mut event = Event::default();
     let mut any_line = false;
     let mut has_data = false;
@@ -267,15 +281,18 @@ fn parse_event(block: &[u8]) -> Option<(Event, Read)> {
         // `from_utf8` first: its ASCII fast path is much faster than the lossy decoder's,
         // which matters for a 100 KB data line in Wasm.
         let value = match std::str::from_utf8(value) {
-            Ok(text) => std::borrow::Cow::Borrowed(text),
+            Ok(text) => Cow::Borrowed(text),
             Err(_) => String::from_utf8_lossy(value),
         };
         match name {
             b"data" => {
                 if has_data {
-                    event.data.push('\n');
+                    let data = event.data.to_mut();
+                    data.push('\n');
+                    data.push_str(&value);
+                } else {
+                    event.data = value;
                 }
-                event.data.push_str(&value);
                 has_data = true;
             }
             b"event" => event.event = Some(value.into_owned()),
@@ -292,6 +309,9 @@ fn parse_event(block: &[u8]) -> Option<(Event, Read)> {
 /// Encodes `event` with `data` as its payload. Data is split on every kind of line end so
 /// that a payload can never smuggle in extra fields or events.
 fn encode(event: &Event, data: &[u8], out: &mut Vec<u8>) {
+    // Room for one data line at once: the payload is usually one JSON-RPC message, up to
+    // megabytes, which growing by doubling would copy again and again.
+    out.reserve(data.len() + 16);
     encode_fields(event, out);
     for line in Lines(Some(data)) {
         out.extend_from_slice(b"data: ");
@@ -345,12 +365,12 @@ mod tests {
 
     /// Feeds `chunks` (the last one with end_of_stream) and returns the output and the events
     /// seen. Events whose data contains "secret" are replaced with the data upper-cased.
-    fn run(chunks: &[&[u8]]) -> (Vec<u8>, Vec<Event>) {
+    fn run(chunks: &[&[u8]]) -> (Vec<u8>, Vec<Event<'static>>) {
         let mut rw = SseRewriter::new(1 << 16);
         let mut seen = Vec::new();
         let mut out = Vec::new();
         let mut f = |e: &Event| {
-            seen.push(e.clone());
+            seen.push(e.clone().into_owned());
             if e.data.contains("secret") {
                 Rewrite::Replace(e.data.to_uppercase().into_bytes())
             } else {
@@ -368,9 +388,9 @@ mod tests {
         std::str::from_utf8(bytes).unwrap()
     }
 
-    fn data(d: &str) -> Event {
+    fn data(d: &str) -> Event<'static> {
         Event {
-            data: d.into(),
+            data: Cow::Owned(d.into()),
             ..Event::default()
         }
     }
@@ -381,7 +401,7 @@ mod tests {
         id: 7\revent: r\rretry: 100\rdata: secret\rdata\r\r\
         data: tail\n\n";
 
-    fn stream_events() -> Vec<Event> {
+    fn stream_events() -> Vec<Event<'static>> {
         vec![
             Event::default(),
             Event {

@@ -29,13 +29,13 @@ fn run(
     chunks: &[&[u8]],
     max: usize,
     replace: &dyn Fn(usize) -> bool,
-) -> Option<(Vec<u8>, Vec<Event>)> {
+) -> Option<(Vec<u8>, Vec<Event<'static>>)> {
     let mut rw = SseRewriter::new(max);
     let mut seen = Vec::new();
     let mut out = Vec::new();
     let mut f = |e: &Event| {
         let selected = replace(seen.len());
-        seen.push(e.clone());
+        seen.push(e.clone().into_owned());
         if selected {
             Rewrite::Replace(PAYLOAD.into())
         } else {
@@ -97,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
         .map(|(i, e)| {
             if replace(i) {
                 Event {
-                    data: data.clone(),
+                    data: data.clone().into(),
                     ..e
                 }
             } else {
