@@ -489,7 +489,7 @@ impl Policy {
             Err(e) => Tri::Failed(e),
         };
         self.walk(
-            input.method,
+            Methods::Named(input.method),
             input.tool_name(),
             &granted,
             indexed,
@@ -506,7 +506,7 @@ impl Policy {
     /// matching, for `deny` and `require` as not denying. `granted`: the token's scopes.
     fn walk<'r>(
         &'r self,
-        method: &'r str,
+        method: Methods<'r>,
         tool: &'r str,
         granted: &[&str],
         indexed: bool,
@@ -573,7 +573,7 @@ impl Policy {
     fn lane<'l>(
         &'l self,
         lane: &'l Lane,
-        method: &'l str,
+        method: Methods<'l>,
         tool: &'l str,
         indexed: bool,
     ) -> impl Iterator<Item = (usize, &'l Rule)> + 'l {
@@ -585,7 +585,16 @@ impl Policy {
         rules
             .filter_map(|i| self.rules.get(i).map(|r| (i, r)))
             // The index already chose by tool (`candidates`): only the methods are left.
-            .filter(move |(_, r)| !indexed || r.may_apply_to_method(method))
+            .filter(move |&(i, r)| !indexed || method.may_apply(i, r))
+    }
+
+    /// For each rule, whether the index lets it apply to `method` (a listing asks this of
+    /// every rule for every item, always with the same method).
+    fn methods_applying(&self, method: &str) -> Vec<bool> {
+        self.rules
+            .iter()
+            .map(|r| r.may_apply_to_method(method))
+            .collect()
     }
 
     /// Whether a listing (`tools/list`, `prompts/list`, `resources/list`) shows `item` to the
@@ -611,6 +620,7 @@ impl Policy {
             ctx,
             granted: facts::scopes(input.claims),
             known: FastMap::default(),
+            methods: Default::default(),
         }
     }
 
@@ -665,6 +675,27 @@ pub struct Lister<'p, 'i> {
     /// The token's scopes.
     granted: Vec<&'i str>,
     known: FastMap<(usize, Part, u8, u64), Tri>,
+    /// Per item kind, which rules the index lets apply to its method, found at the first
+    /// item of that kind ([`Policy::methods_applying`]).
+    methods: [Option<Vec<bool>>; 3],
+}
+
+/// The method a walk is for: its name, or which rules the index lets apply to it.
+#[derive(Clone, Copy)]
+enum Methods<'m> {
+    Named(&'m str),
+    /// By rule position. A rule beyond it may apply: evaluating a rule the index would skip
+    /// gives the same decision, only later.
+    Known(&'m [bool]),
+}
+
+impl Methods<'_> {
+    fn may_apply(self, i: usize, rule: &Rule) -> bool {
+        match self {
+            Methods::Named(method) => rule.may_apply_to_method(method),
+            Methods::Known(applies) => applies.get(i).copied().unwrap_or(true),
+        }
+    }
 }
 
 impl Lister<'_, '_> {
@@ -686,7 +717,12 @@ impl Lister<'_, '_> {
             ctx,
             granted,
             known,
+            methods,
         } = self;
+        let applies: &[bool] = match methods.get_mut(usize::from(kind)) {
+            Some(slot) => slot.get_or_insert_with(|| policy.methods_applying(method)),
+            None => &[],
+        };
         let mut item_set = false;
         let mut eval = |i: usize, rule: &Rule, part: Part| -> Tri {
             let key = rule
@@ -712,7 +748,7 @@ impl Lister<'_, '_> {
             }
             tri
         };
-        let verdict = policy.walk(method, tool, granted, indexed, &mut eval);
+        let verdict = policy.walk(Methods::Known(applies), tool, granted, indexed, &mut eval);
         verdict.outcome(policy.default_allow) != Outcome::Deny
     }
 
