@@ -727,6 +727,8 @@ class Bench:
                     f"p99 {r['p99_us']:6d} µs  proxy {r['proxy_cpu_us_per_req']:6.0f} CPU-µs/req  "
                     f"filter {filter_col(r)} µs  errors {r['errors']}"
                     + (f"  first: {r['first_bad']}" if r["errors"] else ""))
+        if rls:
+            self.dpop_fleet(setups[0][1], rls)
         self.stop_all_proxies()
 
         # Memory: a local limit keyed by a header, 100,000 distinct keys, 100,000 slots.
@@ -752,6 +754,27 @@ class Bench:
             f"RSS {mib(mem['limit, idle']['rss'])} idle, {mib(mem['after keys']['rss'])} after "
             f"{r['requests']} requests cycling through 100,000 distinct keys (errors {r['errors']})")
 
+    def dpop_fleet(self, local: Envoy, rls: int) -> None:
+        """A DPoP proof per request with `dpop.replay: fleet` (each proof also spent at the rate
+        limit service, one `ShouldRateLimit` call, the request waiting for it) against the same
+        with the replay check per replica (`local`), off-on-on-off at the largest load."""
+        conns = max(self.args.conns)
+        fleet = self.start_proxy(
+            "c", name="dpop-fleet", clusters=harness_rls_cluster(rls),
+            extra_config={"rate_limit_service": {"cluster": "rls", "domain": "bench"},
+                          "dpop": {"replay": "fleet"}})
+        self.check(fleet, "c")
+        runs: dict[str, list[dict]] = {"off": [], "on": []}
+        for side in ("off", "on", "on", "off"):
+            r = self.measure_dpop(fleet if side == "on" else local, self.work / "call-1k.json",
+                                  conns)
+            runs[side].append(r)
+            log(f"  DPoP, replay {'fleet' if side == 'on' else 'local'}  c={conns:<3} "
+                f"{r['rps']:9.0f} req/s  proxy {r['proxy_cpu_us_per_req']:6.0f} CPU-µs/req  "
+                f"filter {filter_col(r)} µs  errors {r['errors']}"
+                + (f"  first: {r['first_bad']}" if r["errors"] else ""))
+        self.results["dpop_fleet"] = {side: mean_run(rs) for side, rs in runs.items()}
+
     def start_rls(self):
         """Redis and the test rate limit service (tests/peers/rls), when built."""
         binary = ROOT / "target" / "rls" / "release" / "mcp-guard-test-rls"
@@ -761,8 +784,12 @@ class Bench:
         redis = harness.Process(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1",
                                  "--save", "", "--appendonly", "no"], self.work / "redis.log")
         harness.wait_port(redis_port, redis.proc)
+        # A global limit that never refuses, and DPoP proofs each allowed once (`dpop_fleet`;
+        # docs/identity.md: at least max_age_seconds plus twice the skew).
         limits = json.dumps([{"domain": "bench", "limit": "company", "max": 10**12,
-                              "seconds": 3600}])
+                              "seconds": 3600},
+                             {"domain": "bench", "limit": "dpop_proof", "max": 1,
+                              "seconds": 180}])
         rls = harness.Process([str(binary), f"127.0.0.1:{rls_port}",
                                f"redis://127.0.0.1:{redis_port}/", limits], self.work / "rls.log")
         harness.wait_port(rls_port, rls.proc)
@@ -1079,6 +1106,20 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
                      + ("" if after.get("all_keys") else " (NOT all of them used: the run was too short)")
                      + f" ({after['errors']} errors). Memory is fixed by "
                      f"`slots`, not by the number of keys.\n")
+        fleet = res.get("dpop_fleet")
+        if fleet:
+            off, on = fleet["off"], fleet["on"]
+            ratio = (on["proxy_cpu_us_per_req"] / off["proxy_cpu_us_per_req"]
+                     if off["proxy_cpu_us_per_req"] else float("nan"))
+            L.append(f"A DPoP proof per request with `dpop.replay: fleet` (each proof also spent at "
+                     f"the rate limit service: one `ShouldRateLimit` call, the request waiting for "
+                     f"it) against the same proofs checked per replica only, at "
+                     f"{max(args.conns)} connections (off, on, on, off): "
+                     f"{off['rps']:,.0f} → {on['rps']:,.0f} req/s, "
+                     f"{off['proxy_cpu_us_per_req']:,.0f} → {on['proxy_cpu_us_per_req']:,.0f} "
+                     f"proxy CPU-µs per request ({ratio:.2f}×), filter µs p50 "
+                     f"{off.get('filter_us_p50', '–')} → {on.get('filter_us_p50', '–')}, "
+                     f"{on['errors']} errors.\n")
 
     extra = res["extra"]
     if extra:
@@ -1422,6 +1463,7 @@ def main() -> int:
     log("\n" + text)
     log(f"written: {rel(args.out)} (raw numbers: {rel(bench.work / 'results.json')})")
     feature_runs = [f[side] for f in bench.results.get("features", []) for side in ("off", "on")]
+    feature_runs += list(bench.results.get("dpop_fleet", {}).values())
     bad = sum(r["bad_status"] + r["bad_body"] for r in bench.results["runs"] +
               bench.results["extra"] + feature_runs + bench.results.get("limits", []))
     if bad:
