@@ -588,15 +588,6 @@ impl Policy {
             .filter(move |&(i, r)| !indexed || method.may_apply(i, r))
     }
 
-    /// For each rule, whether the index lets it apply to `method` (a listing asks this of
-    /// every rule for every item, always with the same method).
-    fn methods_applying(&self, method: &str) -> Vec<bool> {
-        self.rules
-            .iter()
-            .map(|r| r.may_apply_to_method(method))
-            .collect()
-    }
-
     /// Whether a listing (`tools/list`, `prompts/list`, `resources/list`) shows `item` to the
     /// caller `input` describes: the same rules, evaluated as if the caller called that tool
     /// (read that resource, got that prompt) without arguments. A rule that reads the
@@ -620,7 +611,6 @@ impl Policy {
             ctx,
             granted: facts::scopes(input.claims),
             known: FastMap::default(),
-            methods: Default::default(),
         }
     }
 
@@ -675,9 +665,6 @@ pub struct Lister<'p, 'i> {
     /// The token's scopes.
     granted: Vec<&'i str>,
     known: FastMap<(usize, Part, u8, u64), Tri>,
-    /// Per item kind, which rules the index lets apply to its method, found at the first
-    /// item of that kind ([`Policy::methods_applying`]).
-    methods: [Option<Vec<bool>>; 3],
 }
 
 /// The method a walk is for: its name, or which rules the index lets apply to it.
@@ -706,10 +693,10 @@ impl Lister<'_, '_> {
     }
 
     fn check(&mut self, item: Item<'_>, indexed: bool, remember: bool) -> bool {
-        let (method, tool, kind) = match item {
-            Item::Tool(name) => ("tools/call", name, 0u8),
-            Item::Prompt(_) => ("prompts/get", "", 1),
-            Item::Resource(_) => ("resources/read", "", 2),
+        let (tool, kind) = match item {
+            Item::Tool(name) => (name, 0u8),
+            Item::Prompt(_) => ("", 1),
+            Item::Resource(_) => ("", 2),
         };
         let Lister {
             policy,
@@ -717,12 +704,12 @@ impl Lister<'_, '_> {
             ctx,
             granted,
             known,
-            methods,
         } = self;
-        let applies: &[bool] = match methods.get_mut(usize::from(kind)) {
-            Some(slot) => slot.get_or_insert_with(|| policy.methods_applying(method)),
-            None => &[],
-        };
+        let applies = policy
+            .index
+            .item_methods
+            .get(usize::from(kind))
+            .map_or(&[][..], Vec::as_slice);
         let mut item_set = false;
         let mut eval = |i: usize, rule: &Rule, part: Part| -> Tri {
             let key = rule
@@ -1032,7 +1019,14 @@ struct Index {
     deny: Lane,
     require: Lane,
     allow: Lane,
+    /// For the call a listed tool, prompt or resource stands for ([`ITEM_METHODS`], by
+    /// [`Item`] kind), whether each rule may apply to its method: a listing asks this of every
+    /// rule for every item, always with the same method.
+    item_methods: [Vec<bool>; 3],
 }
+
+/// The method of a call of a listed tool, prompt and resource, in that order.
+const ITEM_METHODS: [&str; 3] = ["tools/call", "prompts/get", "resources/read"];
 
 #[derive(Debug, Default)]
 struct Lane {
@@ -1046,7 +1040,15 @@ struct Lane {
 
 impl Index {
     fn build(rules: &[Rule]) -> Index {
-        let mut index = Index::default();
+        let mut index = Index {
+            item_methods: ITEM_METHODS.map(|method| {
+                rules
+                    .iter()
+                    .map(|r| r.may_apply_to_method(method))
+                    .collect()
+            }),
+            ..Index::default()
+        };
         for (i, rule) in rules.iter().enumerate() {
             let lane = match rule.effect {
                 Effect::Deny => &mut index.deny,
