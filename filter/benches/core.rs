@@ -118,6 +118,8 @@ fn policy_of(value: &Value) -> Policy {
 
 struct Harness {
     time: Duration,
+    /// `BENCH_ITERS`: a fixed count, nothing timed.
+    iters: Option<u64>,
     filters: Vec<String>,
     json: Option<std::fs::File>,
     ran: usize,
@@ -147,6 +149,9 @@ impl Harness {
         );
         Harness {
             time: Duration::from_millis(ms),
+            iters: std::env::var("BENCH_ITERS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             filters,
             json,
             ran: 0,
@@ -163,10 +168,7 @@ impl Harness {
             return;
         }
         self.ran += 1;
-        if let Some(n) = std::env::var("BENCH_ITERS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
+        if let Some(n) = self.iters {
             for _ in 0..n {
                 black_box(f());
             }
