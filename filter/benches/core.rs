@@ -331,7 +331,12 @@ fn request_headers(token: &str, body_len: usize) -> Vec<Header> {
 struct Answer<'a> {
     content_type: &'a str,
     body: &'a [u8],
+    /// The upstream opens a new session on this answer (a new `Mcp-Session-Id` every time).
+    new_session: bool,
 }
+
+/// Tells the session ids [`whole_request`] makes up apart.
+static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// One allowed request through the whole filter path, as Envoy drives it: request headers
 /// (token verification, credential swap), request body (strict parse, policy, audit), response
@@ -361,6 +366,11 @@ fn whole_request(
         ("content-type".to_string(), answer.content_type.to_string()),
         ("content-length".to_string(), answer.body.len().to_string()),
     ];
+    if answer.new_session {
+        let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        host.response_headers
+            .push(("mcp-session-id".to_string(), format!("{n:032x}")));
+    }
     // A JSON answer is held (Pause) and handed over whole at the end; SSE streams chunk by chunk.
     stream.on_response_headers(&mut host, Some(200), false);
     let mut sent = 0;
@@ -683,10 +693,16 @@ fn bench_whole_request(h: &mut Harness, fx: &Fixtures) {
     let call_answer = Answer {
         content_type: "application/json",
         body: CALL_ANSWER.as_bytes(),
+        new_session: false,
+    };
+    let new_session_answer = Answer {
+        new_session: true,
+        ..call_answer
     };
     let list_answer = Answer {
         content_type: "text/event-stream",
         body: TOOLS_LIST_SSE.as_bytes(),
+        new_session: false,
     };
     let tools_list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
     let cases = [
@@ -695,6 +711,12 @@ fn bench_whole_request(h: &mut Harness, fx: &Fixtures) {
             &fx.policy_4,
             CALL_1K,
             &call_answer,
+        ),
+        (
+            "tools-call/4-rules/call-1k/new-session",
+            &fx.policy_4,
+            CALL_1K,
+            &new_session_answer,
         ),
         (
             "tools-call/100-rules/call-1k",
@@ -745,6 +767,12 @@ fn bench_seal(h: &mut Harness) {
     };
     let id = b"6f1c2a9e4b7d4c3e8a5f0b1d2c3e4f5a";
     h.bench("seal/session-id", None, || keys.seal(&binding, id));
+    // A new session on every answer: each id sealed once (the memo never hits).
+    let mut n = 0u64;
+    h.bench("seal/session-id/new", None, || {
+        n += 1;
+        keys.seal(&binding, format!("{n:032x}").as_bytes())
+    });
     let handle = keys.seal(&binding, id).expect("sealed");
     h.bench("open/session-id", None, || keys.open(&handle, &binding));
 }
