@@ -921,15 +921,15 @@ fn leak_patterns(secret: &str) -> crate::response::Patterns {
     use base64::engine::general_purpose::STANDARD_NO_PAD;
     use base64::Engine as _;
     let mut out: Vec<Pattern> = Vec::new();
-    let mut add = |bytes: Vec<u8>, widen: Widen| {
-        let spellings = json_spellings(&bytes);
-        for bytes in std::iter::once(bytes).chain(spellings) {
+    let mut add = |text: String, widen: Widen| {
+        let spellings = json_spellings(&text);
+        for bytes in std::iter::once(text.into_bytes()).chain(spellings) {
             if !out.iter().any(|p| p.bytes == bytes) {
                 out.push(Pattern { bytes, widen });
             }
         }
     };
-    add(secret.as_bytes().to_vec(), Widen::default());
+    add(secret.to_string(), Widen::default());
     for (offset, left) in [(0usize, 0usize), (1, 2), (2, 3)] {
         let mut input = vec![0u8; offset];
         input.extend_from_slice(secret.as_bytes());
@@ -944,13 +944,13 @@ fn leak_patterns(secret: &str) -> crate::response::Patterns {
             left: left.min(1),
             right,
         };
-        add(core.as_bytes().to_vec(), widen);
-        let url_safe: Vec<u8> = core
-            .bytes()
-            .map(|b| match b {
-                b'+' => b'-',
-                b'/' => b'_',
-                b => b,
+        add(core.to_string(), widen);
+        let url_safe: String = core
+            .chars()
+            .map(|c| match c {
+                '+' => '-',
+                '/' => '_',
+                c => c,
             })
             .collect();
         add(url_safe, widen);
@@ -958,50 +958,79 @@ fn leak_patterns(secret: &str) -> crate::response::Patterns {
     crate::response::Patterns::widened(out)
 }
 
-/// How JSON encoders write these bytes inside a string, where that differs from the bytes: a
+/// How JSON encoders write this text inside a string, where that differs from the text: a
 /// server echoing the key in JSON spells it one of these ways. `"` and `\` must be escaped;
-/// beyond that encoders differ, each consistently: PHP and some Java ones write `/` as `\/`,
-/// .NET's System.Text.Json (its default encoder) writes `"+&<>'` and `` ` `` as upper-case
-/// `\u00XX`, Go's `encoding/json` writes `<>&` as lower-case ones. One spelling per encoder
-/// family, so a key or a base64 core with such characters adds a few patterns, others none.
-/// (Written here: the JSON crates each implement one encoder's choices, not the set of them.)
-fn json_spellings(bytes: &[u8]) -> Vec<Vec<u8>> {
-    fn must(b: u8) -> Option<Vec<u8>> {
-        match b {
-            b'"' => Some(b"\\\"".to_vec()),
-            b'\\' => Some(b"\\\\".to_vec()),
-            _ => None,
-        }
+/// beyond that encoders differ, each consistently, and JSON lets any character be written as
+/// `\uXXXX` in either case:
+/// - PHP and some Java encoders write `/` as `\/`; PHP (by default) and Python (`ensure_ascii`)
+///   write every non-ASCII character as a lower-case `\u` escape (a UTF-16 surrogate pair
+///   beyond U+FFFF);
+/// - .NET's System.Text.Json (its default encoder) writes `"+&<>'`, `` ` `` and every non-ASCII
+///   character as upper-case ones;
+/// - Go's `encoding/json` writes `<>&` and U+2028/U+2029 as lower-case ones; Gson (by default)
+///   also `=` and `'`;
+/// - and, for encoders not listed, every character any of these escapes, in either case.
+///
+/// One spelling per family, so a key or a base64 core with such characters adds a few
+/// patterns, others none. (Written here: the JSON crates each implement one encoder's choices,
+/// not the set of them.)
+fn json_spellings(text: &str) -> Vec<Vec<u8>> {
+    /// One encoder family: the characters it writes as `\u` escapes (and every non-ASCII one
+    /// when `non_ascii`), in upper or lower case, and whether it writes `/` as `\/`.
+    struct Family {
+        escaped: &'static str,
+        non_ascii: bool,
+        upper: bool,
+        slash: bool,
     }
-    /// How one encoder family writes a byte, where it escapes it.
-    type Escape = fn(u8) -> Option<Vec<u8>>;
-    let families: [Escape; 4] = [
-        must,
-        |b| match b {
-            b'/' => Some(b"\\/".to_vec()),
-            b => must(b),
-        },
-        |b| match b {
-            b'"' | b'+' | b'&' | b'<' | b'>' | b'\'' | b'`' => {
-                Some(format!("\\u{b:04X}").into_bytes())
-            }
-            b => must(b),
-        },
-        |b| match b {
-            b'<' | b'>' | b'&' => Some(format!("\\u{b:04x}").into_bytes()),
-            b => must(b),
-        },
+    const ANY: &str = "\"+&<>'`=/\u{2028}\u{2029}";
+    let family = |escaped, non_ascii, upper, slash| Family {
+        escaped,
+        non_ascii,
+        upper,
+        slash,
+    };
+    let families = [
+        // serde_json, JavaScript, Python without ensure_ascii: only what must be.
+        family("", false, false, false),
+        family("", false, false, true),
+        // PHP's default.
+        family("", true, false, true),
+        // Python's default.
+        family("", true, false, false),
+        // .NET.
+        family("\"+&<>'`", true, true, false),
+        // Go.
+        family("<>&\u{2028}\u{2029}", false, false, false),
+        // Gson.
+        family("<>&='\u{2028}\u{2029}", false, false, false),
+        family(ANY, true, false, false),
+        family(ANY, true, true, false),
     ];
     let mut out: Vec<Vec<u8>> = Vec::new();
-    for escape in families {
-        let mut spelled = Vec::with_capacity(bytes.len() + 8);
-        for &b in bytes {
-            match escape(b) {
-                Some(e) => spelled.extend_from_slice(&e),
-                None => spelled.push(b),
+    for f in families {
+        let mut spelled = String::with_capacity(text.len() + 8);
+        for c in text.chars() {
+            if f.escaped.contains(c) || (f.non_ascii && !c.is_ascii()) {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units).iter() {
+                    spelled.push_str(&if f.upper {
+                        format!("\\u{unit:04X}")
+                    } else {
+                        format!("\\u{unit:04x}")
+                    });
+                }
+            } else {
+                match c {
+                    '"' => spelled.push_str("\\\""),
+                    '\\' => spelled.push_str("\\\\"),
+                    '/' if f.slash => spelled.push_str("\\/"),
+                    c => spelled.push(c),
+                }
             }
         }
-        if spelled != bytes && !out.contains(&spelled) {
+        let spelled = spelled.into_bytes();
+        if spelled != text.as_bytes() && !out.contains(&spelled) {
             out.push(spelled);
         }
     }
@@ -1164,6 +1193,38 @@ mod leak_pattern_tests {
             let mut out = format!("{{\"echo\":{json}}}").into_bytes();
             assert_eq!(redact(&mut out, &patterns), 1, "{json}");
         }
+    }
+
+    /// Encoders that escape more than they must: Gson (`=` and `'`), Python's and PHP's
+    /// defaults (every non-ASCII character, lower case; a surrogate pair beyond U+FFFF),
+    /// .NET's (upper case), and a `+` in lower case.
+    #[test]
+    fn the_key_as_other_json_encoders_escape_it_is_found_too() {
+        for (key, echoed) in [
+            (
+                "c2VjcmV0LWtleS0xMjM0NTY3OA==",
+                r"c2VjcmV0LWtleS0xMjM0NTY3OA\u003d\u003d",
+            ),
+            ("it's-a-key-0001", r"it\u0027s-a-key-0001"),
+            ("\u{e9}t\u{e9}-key-0001", r"\u00e9t\u00e9-key-0001"),
+            ("\u{e9}t\u{e9}-key-0001", r"\u00E9t\u00E9-key-0001"),
+            ("\u{e9}t\u{e9}/key-0001", r"\u00e9t\u00e9\/key-0001"),
+            ("key-\u{1f511}-0001", r"key-\ud83d\udd11-0001"),
+            ("key-\u{1f511}-0001", r"key-\uD83D\uDD11-0001"),
+            ("sk+live+0001", r"sk\u002blive\u002b0001"),
+        ] {
+            let patterns = leak_patterns(key);
+            let text = format!("{{\"echo\":\"{echoed}\"}}");
+            let decoded: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(
+                decoded["echo"], key,
+                "the test's spelling decodes to the key"
+            );
+            let mut out = text.into_bytes();
+            assert_eq!(redact(&mut out, &patterns), 1, "{echoed}");
+        }
+        // A key of letters, digits and '-' adds no spelling (and no search) of its own.
+        assert!(json_spellings("demo-service-key-0001").is_empty());
     }
 
     #[test]

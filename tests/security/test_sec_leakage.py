@@ -125,6 +125,42 @@ def test_an_echoed_service_key_is_redacted_from_a_json_response(json_stack, text
     reply.json()  # still valid JSON after the rewrite
 
 
+# Keys with characters JSON encoders escape beyond what they must, as those encoders spell them
+# in a server's answer: Gson (`=`, `'` and `<>&` as lower-case \u escapes), .NET (`+` and more,
+# upper case), and `+` in lower case.
+SPELLED = [
+    ("c2VjcmV0LWtleS0xMjM0NTY3OA==", "c2VjcmV0LWtleS0xMjM0NTY3OA\\u003d\\u003d"),
+    ("svc-key-it's-0001<&>", "svc-key-it\\u0027s-0001\\u003c\\u0026\\u003e"),
+    ("sk+live+key+0001", "sk\\u002Blive\\u002Bkey\\u002B0001"),
+    ("sk+live+key+0001", "sk\\u002blive\\u002bkey\\u002b0001"),
+]
+
+
+@pytest.mark.parametrize("key,spelled", SPELLED, ids=["gson_padding", "gson_quote", "dotnet_plus", "lower_plus"])
+def test_a_key_as_other_json_encoders_spell_it_is_redacted(tmp_path, key, spelled):
+    """A server whose JSON encoder escapes more than it must (Gson, .NET) echoes the key it was
+    given: a JSON client decodes the escapes, so the filter finds the key spelled so."""
+    body = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"%s"}],"isError":false}}' % spelled
+    assert json.loads(body)["result"]["content"][0]["text"] == key  # what a client would read
+
+    def answer(request):
+        if (request["json"] or {}).get("method") != "tools/call":
+            return harness.Answer(405)
+        assert [v for k, v in request["headers"] if k.lower() == "x-api-key"] == [key]
+        return harness.Answer(200, [("content-type", "application/json")], body.encode())
+
+    s = SecStack(tmp_path, server={"credential": {"header": "x-api-key", "value": key}},
+                 upstream=harness.ScriptedUpstream(answer))
+    try:
+        alice = s.token("alice", groups=["sales"])
+        reply, _, _ = forwarded(s, body=echo("hello"), headers=hdrs(alice))
+        assert reply.status == 200, reply.body
+        text = reply.json()["result"]["content"][0]["text"]
+        assert key not in text and "[REDACTED]" in text, text
+    finally:
+        s.stop()
+
+
 @pytest.fixture(scope="module")
 def blocking(tmp_path_factory):
     s = SecStack(tmp_path_factory.mktemp("block"), json_response=True, server={"key_leak": "block"})
