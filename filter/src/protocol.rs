@@ -6,10 +6,13 @@
 //! Nothing here calls Envoy except through [`Host`] (shared data for the learned parameter
 //! headers), so it is all tested natively.
 
+use std::collections::BTreeMap;
+
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::discovery::ListKind;
 use crate::host::{Header, Host};
@@ -313,8 +316,10 @@ pub fn listed_param_headers(message: &[u8]) -> Vec<(String, Vec<ParamHeader>)> {
         .collect()
 }
 
-fn shared_key(server: &str, tool: &str) -> String {
-    format!("mcp-guard:params:{server}:{tool}")
+fn shared_key(server: &str, slot: u16) -> String {
+    // JSON quoting keeps any server name unambiguous.
+    let server = serde_json::to_string(server).unwrap_or_default();
+    format!("mcp-guard:params:{server}:{slot}")
 }
 
 /// The id of the filter's own `tools/list` (see [`declarations_request`]).
@@ -365,12 +370,51 @@ pub fn claim_listing(host: &mut dyn Host, server: &str, now_ms: u64, every_ms: u
 }
 
 /// Remembers the parameter headers of listed tools (in shared data, so every worker agrees).
+///
+/// Bounded whatever a server lists: a tool's declarations live in one of [`DECLARATION_SLOTS`]
+/// entries per server (by a fixed hash of its name), each holding at most
+/// [`SLOT_TOOLS`] tools and [`SLOT_BYTES`] bytes; a server whose tool names keep changing
+/// replaces its own older entries (a call naming a forgotten tool asks the server again).
+/// Server and tool names are JSON-quoted in the key, so no pair of names can share one.
 pub fn learn(host: &mut dyn Host, server: &str, tools: &[(String, Vec<ParamHeader>)]) {
-    for (tool, headers) in tools {
-        if let Ok(value) = serde_json::to_vec(headers) {
-            let key = shared_key(server, tool);
-            if host.shared_get(&key).as_deref() != Some(value.as_slice()) {
-                host.shared_set(&key, &value);
+    let mut slots: BTreeMap<u16, Vec<&(String, Vec<ParamHeader>)>> = BTreeMap::new();
+    for tool in tools {
+        slots.entry(slot(&tool.0)).or_default().push(tool);
+    }
+    for (slot, tools) in slots {
+        let key = shared_key(server, slot);
+        for _ in 0..LEARN_TRIES {
+            let (stored, cas) = host
+                .shared_get_cas(&key)
+                .map_or((None, None), |(bytes, cas)| (Some(bytes), cas));
+            let mut known: BTreeMap<String, Vec<ParamHeader>> = stored
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            let changed = tools.iter().fold(false, |changed, (name, headers)| {
+                known.insert(name.clone(), headers.clone()).as_ref() != Some(headers) || changed
+            });
+            if !changed {
+                break;
+            }
+            // Over the bounds: the tools of this listing stay, others go first.
+            let listed = |name: &String| tools.iter().any(|(n, _)| n == name);
+            let mut older: Vec<String> = known.keys().filter(|n| !listed(n)).cloned().collect();
+            while known.len() > SLOT_TOOLS {
+                let Some(drop) = older.pop().or_else(|| known.keys().next().cloned()) else {
+                    break;
+                };
+                known.remove(&drop);
+            }
+            let mut value = serde_json::to_vec(&known).unwrap_or_default();
+            while value.len() > SLOT_BYTES {
+                let Some(drop) = older.pop().or_else(|| known.keys().next().cloned()) else {
+                    break;
+                };
+                known.remove(&drop);
+                value = serde_json::to_vec(&known).unwrap_or_default();
+            }
+            if host.shared_set_cas(&key, &value, cas) {
+                break;
             }
         }
     }
@@ -379,11 +423,25 @@ pub fn learn(host: &mut dyn Host, server: &str, tools: &[(String, Vec<ParamHeade
 /// The parameter headers last listed for a tool; `None` when this filter has not seen it
 /// listed.
 pub fn known_param_headers(host: &dyn Host, server: &str, tool: &str) -> Option<Vec<ParamHeader>> {
-    let value = host.shared_get(&shared_key(server, tool))?;
-    if value.is_empty() {
-        return None;
-    }
-    serde_json::from_slice(&value).ok()
+    let value = host.shared_get(&shared_key(server, slot(tool)))?;
+    let mut known: BTreeMap<String, Vec<ParamHeader>> = serde_json::from_slice(&value).ok()?;
+    known.remove(tool)
+}
+
+/// How many shared-data entries one server's declarations are spread over.
+pub const DECLARATION_SLOTS: u16 = 256;
+/// The most tools one entry holds.
+pub const SLOT_TOOLS: usize = 64;
+/// The largest entry, in bytes (with [`DECLARATION_SLOTS`]: at most 4 MiB per server).
+pub const SLOT_BYTES: usize = 16 * 1024;
+/// Attempts to update an entry against concurrent listings on other workers.
+const LEARN_TRIES: usize = 4;
+
+/// The entry a tool's declarations live in: a fixed hash of its name, the same in every worker.
+fn slot(tool: &str) -> u16 {
+    let digest = Sha256::digest(tool.as_bytes());
+    let [a, b, ..] = <[u8; 32]>::from(digest);
+    u16::from_be_bytes([a, b]) % DECLARATION_SLOTS
 }
 
 pub fn is_param_header(name: &str) -> bool {

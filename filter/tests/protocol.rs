@@ -356,3 +356,79 @@ fn the_server_is_asked_at_most_once_per_ten_seconds_per_envoy() {
         &mut other, "crm", 1_070_000, 60_000
     ));
 }
+
+fn declared(name: &str) -> Vec<mcp_guard::protocol::ParamHeader> {
+    vec![mcp_guard::protocol::ParamHeader {
+        name: name.into(),
+        path: vec![name.into()],
+    }]
+}
+
+#[test]
+fn declarations_of_one_server_never_answer_for_another() {
+    use mcp_guard::protocol::{known_param_headers, learn};
+    let shared = Shared::default();
+    let mut host = MockHost::request(&[]).with_shared(&shared);
+    // Names that a plain "server:tool" key would join into the same string.
+    learn(&mut host, "a", &[("b:c".into(), declared("forged"))]);
+    assert_eq!(known_param_headers(&host, "a:b", "c"), None);
+    assert_eq!(
+        known_param_headers(&host, "a", "b:c"),
+        Some(declared("forged"))
+    );
+    learn(&mut host, "a:b", &[("c".into(), declared("real"))]);
+    assert_eq!(
+        known_param_headers(&host, "a:b", "c"),
+        Some(declared("real"))
+    );
+    assert_eq!(
+        known_param_headers(&host, "a", "b:c"),
+        Some(declared("forged"))
+    );
+}
+
+#[test]
+fn declarations_are_bounded_whatever_a_server_lists() {
+    use mcp_guard::protocol::{
+        known_param_headers, learn, DECLARATION_SLOTS, SLOT_BYTES, SLOT_TOOLS,
+    };
+    let shared = Shared::default();
+    let mut host = MockHost::request(&[]).with_shared(&shared);
+    // A server whose tool names change on every listing: 40 listings of 500 new names, more
+    // than the entries hold.
+    for round in 0..40 {
+        let tools: Vec<_> = (0..500)
+            .map(|i| (format!("tool-{round}-{i}"), declared(&format!("h{i}"))))
+            .collect();
+        learn(&mut host, "crm", &tools);
+        // The latest listing is known, tool by tool.
+        for (name, headers) in tools.iter().step_by(50) {
+            assert_eq!(
+                known_param_headers(&host, "crm", name).as_ref(),
+                Some(headers)
+            );
+        }
+    }
+    let entries = shared.borrow();
+    let mine: Vec<_> = entries
+        .iter()
+        .filter(|(k, _)| k.starts_with("mcp-guard:params:\"crm\""))
+        .collect();
+    assert!(
+        mine.len() <= usize::from(DECLARATION_SLOTS),
+        "{}",
+        mine.len()
+    );
+    assert!(mine.iter().all(|(_, v)| v.len() <= SLOT_BYTES));
+    drop(entries);
+    // Older names made room: a call naming a forgotten one asks the server again.
+    let remembered = (0..40)
+        .flat_map(|round| (0..500).map(move |i| format!("tool-{round}-{i}")))
+        .filter(|name| known_param_headers(&host, "crm", name).is_some())
+        .count();
+    assert!(remembered < 20_000, "{remembered}");
+    assert!(
+        remembered <= usize::from(DECLARATION_SLOTS) * SLOT_TOOLS,
+        "{remembered}"
+    );
+}
