@@ -99,6 +99,9 @@ pub struct Stream {
     protocol: Option<String>,
     /// The server was asked for the called tool's declarations (once per call).
     declarations_asked: bool,
+    /// A pinned tool is called and this Envoy has no recent view of the server's tools: the
+    /// call is refused unless the listing it asked for answers (see `flow/declarations.rs`).
+    pins_unverified: bool,
 }
 
 impl Stream {
@@ -124,6 +127,7 @@ impl Stream {
             columns: Default::default(),
             protocol: None,
             declarations_asked: false,
+            pins_unverified: false,
         }
     }
 

@@ -332,6 +332,31 @@ pub const DECLARATIONS_EVERY_MS: u64 = 10_000;
 /// (2026-07-28): older, the server is asked again before the call is decided.
 pub const PINS_FRESH_MS: u64 = 60_000;
 
+/// How long after a listing request a replica may ask again for a pinned tool's sake, when the
+/// last one failed or is still in flight.
+pub const PINS_RETRY_MS: u64 = 1_000;
+
+/// How old a view may be and still decide a pinned tool's call while a newer one is being
+/// asked for (or could not be had): older, or none, and the call is refused.
+pub const PINS_GRACE_MS: u64 = 2 * PINS_FRESH_MS;
+
+fn viewed_key(server: &str) -> String {
+    let server = serde_json::to_string(server).unwrap_or_default();
+    format!("mcp-guard:pins-viewed:{server}")
+}
+
+/// This Envoy read `server`'s tools from the server itself at `now_ms`.
+pub fn record_view(host: &mut dyn Host, server: &str, now_ms: u64) {
+    host.shared_set(&viewed_key(server), &now_ms.to_le_bytes());
+}
+
+/// How long ago this Envoy last read `server`'s tools from the server itself; `None` if never.
+pub fn view_age(host: &dyn Host, server: &str, now_ms: u64) -> Option<u64> {
+    let bytes = host.shared_get(&viewed_key(server))?;
+    let at = u64::from_le_bytes(<[u8; 8]>::try_from(bytes.as_slice()).ok()?);
+    Some(now_ms.saturating_sub(at))
+}
+
 /// The body of the filter's own `tools/list` (2026-07-28, stateless): sent with the service's
 /// credential when a call carries `Mcp-Param-*` headers for a tool this Envoy has not seen
 /// listed (another replica served the listing, or this one restarted since). The declarations

@@ -398,11 +398,92 @@ fn a_server_listing_the_approved_definition_lets_the_call_through() {
         Some(events.as_bytes()),
     );
     assert_eq!(stream.on_request_body(&mut h, &body), Action::Continue);
-    // No answer (a timeout): decided on what the replica knows.
-    let (mut h, body) = modern_call(&Shared::default(), "get");
+}
+
+/// A pinned tool's call on a replica that asked for the server's tools and got no answer.
+fn unanswered(config: &Rc<Config>, shared: &Shared, now_ms: u64, status: Option<u32>) -> CallHost {
+    let (mut h, body) = modern_call(shared, "get");
+    h.inner.now_ms = now_ms;
+    let mut stream = Stream::new(Rc::clone(config));
+    stream.on_request_headers(&mut h, false);
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    assert_eq!(h.http_calls.len(), 1, "the server is asked");
+    stream.on_declarations(&mut h, 3, status, "application/json", Some(b"{}"));
+    stream.on_request_body(&mut h, &body);
+    h
+}
+
+fn refused_unverified(h: &CallHost) -> bool {
+    h.inner.replies.len() == 1
+        && h.inner.replies[0].status == 503
+        && h.inner.record()["reason"] == "pins_unverified"
+}
+
+#[test]
+fn a_pinned_tool_is_not_called_on_no_knowledge_when_the_server_does_not_answer() {
+    // A replica that never read the server's tools: an error, a timeout or an answer that lists
+    // nothing leaves it without a view, and the call is refused (it was forwarded unchecked for
+    // a minute before).
+    let config = config("enforce", false);
+    let now = NOW as u64 * 1000;
+    for status in [Some(503), None, Some(200)] {
+        let shared = Shared::default();
+        let h = unanswered(&config, &shared, now, status);
+        assert!(refused_unverified(&h), "{status:?}: {:?}", h.inner.replies);
+        // A second later the next call asks again (not a minute later).
+        let h = unanswered(&config, &shared, now + 1_000, status);
+        assert!(refused_unverified(&h));
+    }
+}
+
+#[test]
+fn a_recent_view_decides_while_a_newer_one_cannot_be_had() {
+    let config = config("enforce", false);
+    let shared = Shared::default();
+    let now = NOW as u64 * 1000;
+    // The server listed the approved definitions 90 seconds ago: older than a minute, so the
+    // server is asked; its answer fails, and the call is decided on that view.
+    let (mut h, body) = modern_call(&shared, "search");
+    h.inner.now_ms = now - 90_000;
     let mut stream = Stream::new(Rc::clone(&config));
     stream.on_request_headers(&mut h, false);
     assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
-    stream.on_declarations(&mut h, 3, None, "", None);
+    let answer = json!({"jsonrpc": "2.0", "id": "mcp-guard-declarations",
+                        "result": {"tools": [search(), get()]}})
+    .to_string();
+    stream.on_declarations(
+        &mut h,
+        3,
+        Some(200),
+        "application/json",
+        Some(answer.as_bytes()),
+    );
     assert_eq!(stream.on_request_body(&mut h, &body), Action::Continue);
+    let h = unanswered(&config, &shared, now, Some(502));
+    assert!(h.inner.replies.is_empty(), "{:?}", h.inner.replies);
+    // Three minutes after that view, the same failure refuses the call.
+    let h = unanswered(&config, &shared, now + 90_000, Some(502));
+    assert!(refused_unverified(&h));
+}
+
+#[test]
+fn a_call_while_another_asks_the_server_waits_for_no_one_and_is_not_forwarded_blind() {
+    // A replica that never read the server's tools: the first call asks; a second one (another
+    // worker or stream) while that request is in flight is refused, not forwarded unchecked.
+    let config = config("enforce", false);
+    let shared = Shared::default();
+    let (mut first, body) = modern_call(&shared, "search");
+    let mut stream = Stream::new(Rc::clone(&config));
+    stream.on_request_headers(&mut first, false);
+    assert_eq!(stream.on_request_body(&mut first, &body), Action::Pause);
+    assert_eq!(first.http_calls.len(), 1);
+    let (mut second, body) = modern_call(&shared, "search");
+    let mut other = Stream::new(Rc::clone(&config));
+    other.on_request_headers(&mut second, false);
+    assert_eq!(other.on_request_body(&mut second, &body), Action::Pause);
+    assert!(
+        second.http_calls.is_empty(),
+        "one request in flight per Envoy"
+    );
+    assert!(refused_unverified(&second), "{:?}", second.inner.replies);
 }

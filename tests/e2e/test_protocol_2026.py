@@ -366,3 +366,63 @@ def test_a_replica_that_never_saw_the_listing_asks_the_server_once(tmp_path):
         assert len(listings()) == 1, "asked once"
     finally:
         fresh.stop()
+
+
+def test_a_pinned_tool_is_not_called_blind_when_the_server_will_not_list(tmp_path):
+    """Pins under 2026-07-28: a replica with no view of the server's tools asks the server for
+    them before a pinned tool's call. When that request fails, the call is refused (503
+    pins_unverified), not forwarded unchecked; a second later the next call asks again, and a
+    listing showing a changed definition refuses the call as a drift."""
+    definition = {"name": "get_customer", "description": "Get a customer.",
+                  "inputSchema": {"type": "object", "properties": {"id": {"type": "string"}}}}
+    listing = {"answer": harness.Answer(503, [("content-type", "text/plain")], b"busy")}
+    calls = []
+
+    def answer(request):
+        message = request["json"] or {}
+        if message.get("method") == "tools/list":
+            return listing["answer"]
+        calls.append(message)
+        return harness.Answer(200, [("content-type", "application/json")],
+                              {"jsonrpc": "2.0", "id": message.get("id"), "result": {"content": []}})
+
+    upstream = harness.ScriptedUpstream(answer)
+    port = harness.free_port()
+    resource = f"http://127.0.0.1:{port}/mcp"
+    issuer = keys.Issuer(ISSUER, resource, algs=("RS256",))
+    config = harness.plugin_config(
+        [{"issuer": ISSUER, "audiences": [resource], "algorithms": ["RS256"], "jwks": issuer.jwks()}],
+        POLICY, resource)
+    config["servers"][0]["pins"] = {"mode": "enforce", "tools": {"get_customer": "sha256:" + "0" * 64}}
+    envoy = harness.Envoy(tmp_path, config, upstream.port, port=port)
+    try:
+        body, envelope = modern({"jsonrpc": "2.0", "id": 21, "method": "tools/call",
+                                 "params": {"name": "get_customer", "arguments": {"id": "c-1"}}})
+        headers = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+                   "authorization": f"Bearer {issuer.token('ria', groups=['sales'])}", **envelope}
+
+        def call():
+            return httpx2.post(envoy.url, content=json.dumps(body), headers=headers, timeout=10)
+
+        r = call()
+        assert r.status_code == 503, r.text
+        assert "could not be read" in r.json()["error"]["message"]
+        assert calls == [], "never forwarded"
+        time.sleep(1.2)
+        listing["answer"] = harness.Answer(
+            200, [("content-type", "application/json")],
+            {"jsonrpc": "2.0", "id": "mcp-guard-declarations", "result": {"tools": [definition]}})
+        r = call()
+        assert r.status_code == 200 and r.json()["error"]["code"] == POLICY_DENIED, r.text
+        assert "changed since it was approved" in r.json()["error"]["message"]
+        assert calls == []
+        deadline = time.time() + 10
+        while True:
+            reasons = [r.get("reason") for r in envoy.audit() if r.get("tool") == "get_customer"]
+            if len(reasons) >= 2 or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        assert reasons == ["pins_unverified", "pin_drift"], envoy.audit()
+    finally:
+        envoy.stop()
+        upstream.stop()

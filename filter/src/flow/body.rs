@@ -169,6 +169,14 @@ impl Stream {
                         return self.refuse(host, record, refusal);
                     }
                 }
+                if self.pins_unverified && server.pins.mode == pins::Mode::Enforce {
+                    let detail =
+                        "the server's tools could not be read to check this pinned tool's \
+                                  definition (this Envoy has no recent view of them); retry"
+                            .to_string();
+                    let code = "pins_unverified";
+                    return self.refuse(host, record, Refusal::Internal { code, detail });
+                }
                 record.decision = Verdict::Allow;
                 let charges = server.policy.charges(&input);
                 let kind = ListKind::for_method(&message.method);

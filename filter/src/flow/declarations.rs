@@ -11,7 +11,11 @@
 //! itself, with the service key, before deciding: the same call then gets the same answer from
 //! every replica. At most once per server and Envoy every ten seconds for declarations, every
 //! minute for pins ([`protocol::claim_listing`]). When no request can be made or the answer says
-//! nothing, the call is decided on what the replica knows, as before.
+//! nothing, the call is decided on what the replica knows — except a pinned tool's call when the
+//! replica has not read the server's tools for two minutes ([`protocol::PINS_GRACE_MS`]) or ever:
+//! that one is refused (503, `pins_unverified`) rather than forwarded on no knowledge, and the
+//! next call asks again a second later. Calls that come while another one's request is in
+//! flight are decided on the last view if it is recent enough, else refused likewise.
 
 use super::{Action, Phase, Stream};
 use crate::config::Server;
@@ -50,14 +54,19 @@ impl Stream {
                 .any(|(k, _)| protocol::is_param_header(k));
         let pinned =
             server.pins.mode != pins::Mode::Off && server.pins.pin(ListKind::Tools, name).is_some();
-        let every = match (undeclared, pinned) {
+        let now = host.now_millis();
+        let age = pinned.then(|| protocol::view_age(host, &server.name, now));
+        let stale = |limit: u64| age.is_some_and(|age| age.is_none_or(|a| a >= limit));
+        let every = match (undeclared, stale(protocol::PINS_FRESH_MS)) {
             (true, _) => protocol::DECLARATIONS_EVERY_MS,
-            (false, true) => protocol::PINS_FRESH_MS,
+            (false, true) => protocol::PINS_RETRY_MS,
             (false, false) => return None,
         };
         self.declarations_asked = true;
+        // Without a view of the server's tools from the last two minutes, a pinned tool is not
+        // called on no knowledge: unless the listing asked for below answers, it is refused.
+        self.pins_unverified = stale(protocol::PINS_GRACE_MS);
         let cluster = cluster?;
-        let now = host.now_millis();
         if !protocol::claim_listing(host, &server.name, now, every) {
             return None;
         }
@@ -109,9 +118,11 @@ impl Stream {
             ..ListFilter::default()
         };
         let mut pinned = pins::Listing::new(&server.name, &server.pins);
+        let mut listed_tools = 0usize;
         let report = {
             let shared: &dyn Host = &*host;
             let mut visible = |listed: &Listed| {
+                listed_tools += 1;
                 pinned.check(shared, listed);
                 true
             };
@@ -128,6 +139,11 @@ impl Stream {
                 response::inspect_buffered(body, true, checks, &mut visible).1
             }
         };
+        if report.failed.is_none() && listed_tools > 0 {
+            let now = host.now_millis();
+            protocol::record_view(host, &server.name, now);
+            self.pins_unverified = false;
+        }
         let drifts = pinned.remember(host);
         if !drifts.is_empty() {
             host.count(metrics::PIN_DRIFT, drifts.len() as u64);
