@@ -80,11 +80,23 @@ pub struct RateLimitResponse {
 pub struct DescriptorStatus {
     #[prost(int32, tag = "1")]
     pub code: i32,
+    /// The limit that applied; a service sends none when no limit matched the descriptor.
+    #[prost(message, optional, tag = "2")]
+    pub current_limit: Option<CurrentLimit>,
     #[prost(uint32, tag = "3")]
     pub limit_remaining: u32,
     /// `google.protobuf.Duration`.
     #[prost(message, optional, tag = "4")]
     pub duration_until_reset: Option<Duration>,
+}
+
+/// `RateLimitResponse.RateLimit`, read for its presence (and rate).
+#[derive(Clone, PartialEq, Message)]
+pub struct CurrentLimit {
+    #[prost(uint32, tag = "1")]
+    pub requests_per_unit: u32,
+    #[prost(int32, tag = "2")]
+    pub unit: i32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -168,6 +180,10 @@ pub struct Verdict {
     pub remaining: u64,
     /// When the window resets, when the service says.
     pub reset_ms: Option<u64>,
+    /// Whether a limit applied to the descriptor: `Some(false)` when the service answered for
+    /// it without one (no limit matched: it counts nothing), `None` when it sent no
+    /// per-descriptor statuses (limitador's own server) and the overall code decides.
+    pub applied: Option<bool>,
 }
 
 /// Reads a `ShouldRateLimit` answer: one verdict per descriptor sent (`expected`), or why the
@@ -189,6 +205,7 @@ pub fn response(bytes: &[u8], expected: usize) -> Result<Vec<Verdict>, String> {
                     .saturating_mul(1000)
                     .saturating_add(u64::try_from(d.nanos).unwrap_or(0) / 1_000_000)
             }),
+            applied: Some(s.current_limit.is_some()),
         })
         .collect();
     if verdicts.len() == expected {
@@ -200,6 +217,7 @@ pub fn response(bytes: &[u8], expected: usize) -> Result<Vec<Verdict>, String> {
             over_limit: r.overall_code == OVER_LIMIT,
             remaining: 0,
             reset_ms: None,
+            applied: None,
         })
         .collect())
 }
@@ -268,6 +286,10 @@ mod tests {
             overall_code: OVER_LIMIT,
             statuses: vec![DescriptorStatus {
                 code: OVER_LIMIT,
+                current_limit: Some(CurrentLimit {
+                    requests_per_unit: 1,
+                    unit: 4,
+                }),
                 limit_remaining: 0,
                 duration_until_reset: Some(Duration {
                     seconds: 12,
@@ -281,9 +303,23 @@ mod tests {
             vec![Verdict {
                 over_limit: true,
                 remaining: 0,
-                reset_ms: Some(12_500)
+                reset_ms: Some(12_500),
+                applied: Some(true),
             }]
         );
+        // A status without a limit: no limit matched; no statuses: the overall code decides.
+        let unmatched = RateLimitResponse {
+            overall_code: OK,
+            statuses: vec![DescriptorStatus::default()],
+        }
+        .encode_to_vec();
+        assert_eq!(response(&unmatched, 1).unwrap()[0].applied, Some(false));
+        let overall = RateLimitResponse {
+            overall_code: OK,
+            statuses: vec![],
+        }
+        .encode_to_vec();
+        assert_eq!(response(&overall, 1).unwrap()[0].applied, None);
         let unknown = RateLimitResponse {
             overall_code: 0,
             statuses: vec![],

@@ -449,8 +449,25 @@ fn a_proof_another_replica_saw_is_a_replay_and_no_answer_is_503() {
         None,
         "no service key set"
     );
+    // A service with no limit for the descriptor answers OK without one: it counted nothing
+    // (every replica would pass the same proof), so the proof is not taken as new.
+    let unmatched = {
+        use prost::Message as _;
+        mcp_guard::rls::RateLimitResponse {
+            overall_code: 1,
+            statuses: vec![mcp_guard::rls::DescriptorStatus {
+                code: 1,
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    };
     // The service failed: not checked, not passed.
-    for (status, body) in [(14, None), (0, Some(b"\xff".to_vec()))] {
+    for (status, body) in [
+        (14, None),
+        (0, Some(b"\xff".to_vec())),
+        (0, Some(unmatched)),
+    ] {
         let (mut stream, mut host) = fleet_request(&Shared::default(), "fleet-3");
         stream.on_grpc_answer(&mut host, 7, status, body.as_deref());
         let reply = host.inner.reply();

@@ -299,6 +299,17 @@ def test_a_proof_used_through_one_replica_is_refused_by_the_other(tmp_path):
         gone = call(envoys[0], key.proof("POST", resource, token))
         assert gone.status_code == 503, gone.text
         assert len(server.requests()) == 3
+
+        # A service without a dpop_proof limit counts nothing and would pass the same proof
+        # through every replica: its answer is not taken as "new".
+        rls = harness.Process([str(RLS_BINARY), f"127.0.0.1:{rls_port}",
+                               f"redis://127.0.0.1:{redis_port}/", "[]"], tmp_path / "rls-bare.log")
+        procs.append(rls)
+        harness.wait_port(rls_port, rls.proc)
+        bare = call(envoys[0], key.proof("POST", resource, token))
+        assert bare.status_code == 503, bare.text
+        assert "no limit for the descriptor dpop_proof" in bare.json()["error_description"]
+        assert len(server.requests()) == 3
     finally:
         for p in reversed(procs):
             p.stop()

@@ -103,6 +103,13 @@ impl Stream {
             return Action::Pause;
         };
         match rls::answer(status, body, 1).as_deref() {
+            // No limit matched the proof's descriptor: the service counted nothing, and would
+            // let the same proof through every replica.
+            Ok([v]) if v.applied == Some(false) => self.replay_unchecked(
+                host,
+                record,
+                "the rate limit service has no limit for the descriptor dpop_proof: configure one",
+            ),
             Ok([v]) if !v.over_limit => self.admit(host, server, record, identity),
             Ok([_]) => {
                 let replayed = SenderError::Proof(

@@ -747,6 +747,10 @@ pub fn rls_answer(code: i32, remaining: u32) -> Vec<u8> {
         overall_code: code,
         statuses: vec![mcp_guard::rls::DescriptorStatus {
             code,
+            current_limit: Some(mcp_guard::rls::CurrentLimit {
+                requests_per_unit: 10,
+                unit: 2,
+            }),
             limit_remaining: remaining,
             duration_until_reset: Some(mcp_guard::rls::Duration {
                 seconds: 30,

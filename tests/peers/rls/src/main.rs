@@ -8,7 +8,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
+    Code, DescriptorStatus, RateLimit,
+};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
@@ -69,8 +72,22 @@ impl RateLimitService for Service {
             if result.limited {
                 overall = Code::OverLimit;
             }
+            // The limit that applied, as the reference service reports it: none when no limit
+            // matched the descriptor (it counted nothing).
+            let current_limit = result.counters.first().map(|c| RateLimit {
+                name: String::new(),
+                requests_per_unit: u32::try_from(c.max_value()).unwrap_or(u32::MAX),
+                unit: match c.seconds() {
+                    1 => Unit::Second,
+                    60 => Unit::Minute,
+                    3600 => Unit::Hour,
+                    86400 => Unit::Day,
+                    _ => Unit::Unknown,
+                } as i32,
+            });
             statuses.push(DescriptorStatus {
                 code: code as i32,
+                current_limit,
                 limit_remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
                 ..Default::default()
             });
