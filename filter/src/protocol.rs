@@ -317,9 +317,12 @@ pub fn listed_param_headers(message: &[u8]) -> Vec<(String, Vec<ParamHeader>)> {
 }
 
 fn shared_key(server: &str, slot: u16) -> String {
-    // JSON quoting keeps any server name unambiguous.
-    let server = serde_json::to_string(server).unwrap_or_default();
-    format!("mcp-guard:params:{server}:{slot}")
+    format!("mcp-guard:params:{}:{slot}", quoted(server))
+}
+
+/// A server's name in a shared-data key: JSON quoting keeps any name unambiguous.
+fn quoted(server: &str) -> String {
+    serde_json::to_string(server).unwrap_or_default()
 }
 
 /// The id of the filter's own `tools/list` (see [`declarations_request`]).
@@ -341,8 +344,7 @@ pub const PINS_RETRY_MS: u64 = 1_000;
 pub const PINS_GRACE_MS: u64 = 2 * PINS_FRESH_MS;
 
 fn viewed_key(server: &str) -> String {
-    let server = serde_json::to_string(server).unwrap_or_default();
-    format!("mcp-guard:pins-viewed:{server}")
+    format!("mcp-guard:pins-viewed:{}", quoted(server))
 }
 
 /// This Envoy read `server`'s tools from the server itself at `now_ms`.
@@ -424,20 +426,19 @@ pub fn learn(host: &mut dyn Host, server: &str, tools: &[(String, Vec<ParamHeade
             // Over the bounds: the tools of this listing stay, others go first.
             let listed = |name: &String| tools.iter().any(|(n, _)| n == name);
             let mut older: Vec<String> = known.keys().filter(|n| !listed(n)).cloned().collect();
-            while known.len() > SLOT_TOOLS {
-                let Some(drop) = older.pop().or_else(|| known.keys().next().cloned()) else {
-                    break;
+            let value = loop {
+                // Serialized only once the count fits.
+                if known.len() <= SLOT_TOOLS {
+                    let value = serde_json::to_vec(&known).unwrap_or_default();
+                    if value.len() <= SLOT_BYTES {
+                        break value;
+                    }
+                }
+                match older.pop().or_else(|| known.keys().next().cloned()) {
+                    Some(drop) => known.remove(&drop),
+                    None => break Vec::new(),
                 };
-                known.remove(&drop);
-            }
-            let mut value = serde_json::to_vec(&known).unwrap_or_default();
-            while value.len() > SLOT_BYTES {
-                let Some(drop) = older.pop().or_else(|| known.keys().next().cloned()) else {
-                    break;
-                };
-                known.remove(&drop);
-                value = serde_json::to_vec(&known).unwrap_or_default();
-            }
+            };
             if host.shared_set_cas(&key, &value, cas) {
                 break;
             }

@@ -382,13 +382,8 @@ fn a_replica_that_never_listed_asks_the_server_before_a_pinned_tool_is_called() 
 fn a_server_listing_the_approved_definition_lets_the_call_through() {
     let config = config("enforce", false);
     let shared = Shared::default();
-    let (mut h, body) = modern_call(&shared, "search");
-    let mut stream = Stream::new(Rc::clone(&config));
-    stream.on_request_headers(&mut h, false);
-    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
-    let answer = json!({"jsonrpc": "2.0", "id": "mcp-guard-declarations",
-                        "result": {"tools": [search(), get()]}})
-    .to_string();
+    let (mut h, body, mut stream) = paused_call(&config, &shared, "search", NOW as u64 * 1000);
+    let answer = approved_listing();
     let events = format!("event: message\ndata: {answer}\n\n");
     stream.on_declarations(
         &mut h,
@@ -400,13 +395,32 @@ fn a_server_listing_the_approved_definition_lets_the_call_through() {
     assert_eq!(stream.on_request_body(&mut h, &body), Action::Continue);
 }
 
-/// A pinned tool's call on a replica that asked for the server's tools and got no answer.
-fn unanswered(config: &Rc<Config>, shared: &Shared, now_ms: u64, status: Option<u32>) -> CallHost {
-    let (mut h, body) = modern_call(shared, "get");
+/// A 2026-07-28 call of `name` at `now_ms` whose body was read: its decision waits (for the
+/// server's listing), or it was refused.
+fn paused_call(
+    config: &Rc<Config>,
+    shared: &Shared,
+    name: &str,
+    now_ms: u64,
+) -> (CallHost, Vec<u8>, Stream) {
+    let (mut h, body) = modern_call(shared, name);
     h.inner.now_ms = now_ms;
     let mut stream = Stream::new(Rc::clone(config));
     stream.on_request_headers(&mut h, false);
     assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    (h, body, stream)
+}
+
+/// The server's answer to the filter's own listing: the approved definitions.
+fn approved_listing() -> String {
+    json!({"jsonrpc": "2.0", "id": "mcp-guard-declarations",
+           "result": {"tools": [search(), get()]}})
+    .to_string()
+}
+
+/// A pinned tool's call on a replica that asked for the server's tools and got no answer.
+fn unanswered(config: &Rc<Config>, shared: &Shared, now_ms: u64, status: Option<u32>) -> CallHost {
+    let (mut h, body, mut stream) = paused_call(config, shared, "get", now_ms);
     assert_eq!(h.http_calls.len(), 1, "the server is asked");
     stream.on_declarations(&mut h, 3, status, "application/json", Some(b"{}"));
     stream.on_request_body(&mut h, &body);
@@ -443,14 +457,8 @@ fn a_recent_view_decides_while_a_newer_one_cannot_be_had() {
     let now = NOW as u64 * 1000;
     // The server listed the approved definitions 90 seconds ago: older than a minute, so the
     // server is asked; its answer fails, and the call is decided on that view.
-    let (mut h, body) = modern_call(&shared, "search");
-    h.inner.now_ms = now - 90_000;
-    let mut stream = Stream::new(Rc::clone(&config));
-    stream.on_request_headers(&mut h, false);
-    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
-    let answer = json!({"jsonrpc": "2.0", "id": "mcp-guard-declarations",
-                        "result": {"tools": [search(), get()]}})
-    .to_string();
+    let (mut h, body, mut stream) = paused_call(&config, &shared, "search", now - 90_000);
+    let answer = approved_listing();
     stream.on_declarations(
         &mut h,
         3,
@@ -472,15 +480,10 @@ fn a_call_while_another_asks_the_server_waits_for_no_one_and_is_not_forwarded_bl
     // worker or stream) while that request is in flight is refused, not forwarded unchecked.
     let config = config("enforce", false);
     let shared = Shared::default();
-    let (mut first, body) = modern_call(&shared, "search");
-    let mut stream = Stream::new(Rc::clone(&config));
-    stream.on_request_headers(&mut first, false);
-    assert_eq!(stream.on_request_body(&mut first, &body), Action::Pause);
+    let now = NOW as u64 * 1000;
+    let (first, ..) = paused_call(&config, &shared, "search", now);
     assert_eq!(first.http_calls.len(), 1);
-    let (mut second, body) = modern_call(&shared, "search");
-    let mut other = Stream::new(Rc::clone(&config));
-    other.on_request_headers(&mut second, false);
-    assert_eq!(other.on_request_body(&mut second, &body), Action::Pause);
+    let (second, ..) = paused_call(&config, &shared, "search", now);
     assert!(
         second.http_calls.is_empty(),
         "one request in flight per Envoy"

@@ -55,8 +55,10 @@ impl Stream {
         let pinned =
             server.pins.mode != pins::Mode::Off && server.pins.pin(ListKind::Tools, name).is_some();
         let now = host.now_millis();
-        let age = pinned.then(|| protocol::view_age(host, &server.name, now));
-        let stale = |limit: u64| age.is_some_and(|age| age.is_none_or(|a| a >= limit));
+        // How old this Envoy's view of the server's tools is, for a pinned tool (never read: as
+        // old as can be).
+        let age = pinned.then(|| protocol::view_age(host, &server.name, now).unwrap_or(u64::MAX));
+        let stale = |limit: u64| age.is_some_and(|a| a >= limit);
         let every = match (undeclared, stale(protocol::PINS_FRESH_MS)) {
             (true, _) => protocol::DECLARATIONS_EVERY_MS,
             (false, true) => protocol::PINS_RETRY_MS,
