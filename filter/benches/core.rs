@@ -755,6 +755,35 @@ fn bench_whole_request(h: &mut Harness, fx: &Fixtures) {
 
 /// Sealing and opening a session handle (every answer that carries a session id, every request
 /// that presents one).
+/// The audit record of an allowed `tools/call` (the fields the Envoy bench's records carry),
+/// encoded as the one line the access log reads.
+fn bench_audit(h: &mut Harness) {
+    use mcp_guard::audit::{Record, Verdict};
+    let mut r = Record::new(1_764_839_306_839, "POST");
+    r.request_id = Some("faa842ee-a064-449c-a8ff-ecc31c8c66f7".into());
+    r.source = Some("127.0.0.1:35754".into());
+    r.route = Some("mcp-demo".into());
+    r.upstream = Some("mcp_upstream".into());
+    r.server = Some("demo".into());
+    r.protocol_version = Some("2025-11-25".into());
+    r.iss = Some("https://bench-idp.example".into());
+    r.sub = Some("alice".into());
+    r.user = Some("alice@corp.example".into());
+    r.groups = Some(vec!["sales".into(), "support".into()]);
+    r.client_id = Some("bench-client".into());
+    r.method = Some("tools/call".into());
+    r.jsonrpc_id = Some(json!(1));
+    r.tool = Some("search_customers".into());
+    r.decision = Verdict::Allow;
+    r.rule = Some("read-only-tools".into());
+    r.policy = Some("bench-crm-4".into());
+    r.policy_version = Some("1".into());
+    r.upstream_status = Some(200);
+    r.filter_us = Some(829);
+    r.total_ms = Some(2);
+    h.bench("audit/record/tools-call", None, || r.to_line());
+}
+
 fn bench_seal(h: &mut Harness) {
     use mcp_guard::seal::{Binding, Keys};
     let keys = Keys::new(&[7; 32], Some(&[9; 32]));
@@ -871,6 +900,7 @@ fn main() {
     bench_discovery(&mut h, &fx);
     bench_whole_request(&mut h, &fx);
     bench_seal(&mut h);
+    bench_audit(&mut h);
     bench_identity(&mut h, &fx);
     if h.ran == 0 {
         eprintln!("no benchmark matches {:?}", h.filters);
