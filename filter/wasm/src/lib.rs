@@ -422,12 +422,18 @@ impl HttpContext for Http {
     fn on_http_response_headers(&mut self, _n: usize, end_of_stream: bool) -> WasmAction {
         let mut ex = self.exchange.borrow_mut();
         ex.timed(|ex| {
-            let status =
-                header_value(MapType::HttpResponseHeaders, ":status").and_then(|s| s.parse().ok());
-            action(
-                ex.stream
-                    .on_response_headers(&mut Envoy, status, end_of_stream),
-            )
+            // One read of the map serves the status and the flow's own read of the headers.
+            let headers = header_map(MapType::HttpResponseHeaders);
+            let status = headers
+                .iter()
+                .find(|(name, _)| name == ":status")
+                .and_then(|(_, value)| value.parse().ok());
+            RESPONSE_HEADERS.with(|h| h.replace(Some(headers)));
+            let a = ex
+                .stream
+                .on_response_headers(&mut Envoy, status, end_of_stream);
+            RESPONSE_HEADERS.with(|h| h.replace(None));
+            action(a)
         })
     }
 
@@ -574,6 +580,10 @@ fn header_value(map: MapType, name: &str) -> Option<String> {
 }
 
 thread_local! {
+    /// The response headers as read at the start of the response-headers callback, handed to
+    /// the flow's first read of them (then gone: a later read asks Envoy again). Dropped when
+    /// the filter changes a response header, and when the callback ends.
+    static RESPONSE_HEADERS: RefCell<Option<Vec<Header>>> = const { RefCell::new(None) };
     /// When the stream callback being run was entered (ns): within one callback the filter's
     /// clock stands still (expiry checks, audit timestamps, token buckets read it several times;
     /// one hostcall instead of one each). `now_nanos` still reads Envoy's clock.
@@ -610,9 +620,12 @@ impl Host for Envoy {
         ))
     }
     fn response_headers(&self) -> Vec<Header> {
-        header_map(MapType::HttpResponseHeaders)
+        RESPONSE_HEADERS
+            .with(RefCell::take)
+            .unwrap_or_else(|| header_map(MapType::HttpResponseHeaders))
     }
     fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        RESPONSE_HEADERS.with(|h| h.replace(None));
         changed(hostcalls::set_map_value(
             MapType::HttpResponseHeaders,
             name,
@@ -628,6 +641,7 @@ impl Host for Envoy {
         ))
     }
     fn remove_response_header(&mut self, name: &str) -> Result<(), HostError> {
+        RESPONSE_HEADERS.with(|h| h.replace(None));
         changed(hostcalls::set_map_value(
             MapType::HttpResponseHeaders,
             name,
@@ -700,6 +714,7 @@ impl Host for Envoy {
         hostcalls::get_property(path.to_vec()).ok().flatten()
     }
     fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        RESPONSE_HEADERS.with(|h| h.replace(None));
         let _ = hostcalls::send_http_response(status, headers.to_vec(), Some(body));
     }
     fn write_audit(&mut self, record: &[u8]) {
