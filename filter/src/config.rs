@@ -531,6 +531,18 @@ impl Config {
                         ),
                     ));
                 }
+                // Sealed handles, pins, declarations and limit counters are kept per server
+                // name: two entries of one name would open each other's handles.
+                if let Some(j) = servers.iter().position(|s| s.name == server.name) {
+                    let first = positions.get(j).copied().unwrap_or(j);
+                    return Err(ConfigError::new(
+                        format!("{field}.name"),
+                        format!(
+                            "{:?} is already the name of servers[{first}]: give each server its own name (session and task handles, pins and limits are kept per name)",
+                            server.name
+                        ),
+                    ));
+                }
                 Ok(server)
             });
             match server {

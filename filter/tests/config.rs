@@ -409,6 +409,15 @@ fn server_fields_are_named() {
             },
             "servers[1].match",
         ),
+        (
+            // Another path, the same name: handles sealed for one would open on the other.
+            |c| {
+                let mut second = c["servers"][0].clone();
+                second["path"] = json!("/mcp-other");
+                c["servers"].as_array_mut().expect("array").push(second);
+            },
+            "servers[1].name",
+        ),
         (|c| c["servers"] = json!([]), "servers"),
     ]);
 }
