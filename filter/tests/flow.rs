@@ -1191,6 +1191,46 @@ fn batch_of_notifications_refused_with_403_audits_403() {
     }
 }
 
+/// A message refused when sent alone is refused inside a batch too: its params are checked
+/// (a case variant of a subscription filter field, a filter field the filter does not know),
+/// its `_meta` version against the header, and the one-message headers are not accepted.
+#[test]
+fn a_batch_element_is_checked_as_if_sent_alone() {
+    let listen = |notifications: Value| {
+        json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen",
+               "params":{"notifications": notifications}})
+        .to_string()
+        .into_bytes()
+    };
+    let ping = br#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#.to_vec();
+    let declared = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{
+        "name":"search","arguments":{},
+        "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}})
+    .to_string()
+    .into_bytes();
+    let cases: [(Vec<u8>, &[(&str, &str)]); 4] = [
+        (
+            listen(json!({"ResourceSubscriptions": ["crm://secret/payroll"]})),
+            &[],
+        ),
+        (listen(json!({"allResources": true})), &[]),
+        (declared, &[]),
+        (tool_call(json!(1), "search"), &[("mcp-method", "ping")]),
+    ];
+    for (message, extra) in cases {
+        let headers: Vec<(&str, &str)> = [("mcp-protocol-version", "2025-03-26")]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let mut host = post_host(Some(&alice()), &headers);
+        let body = batch(&[message.clone(), ping.clone()]);
+        let (_, action) = send(&config(), &mut host, &body);
+        let text = String::from_utf8_lossy(&message);
+        assert_eq!(action, Action::Pause, "forwarded in a batch: {text}");
+        assert_eq!(host.reply().status, 400, "{text}");
+    }
+}
+
 #[test]
 fn batch_in_2025_06_18_is_400() {
     let mut host = post_host(Some(&alice()), &[("mcp-protocol-version", "2025-06-18")]);

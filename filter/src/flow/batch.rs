@@ -37,6 +37,25 @@ impl Stream {
             Ok(m) => m,
             Err(e) => return self.refuse(host, record, invalid(&e)),
         };
+        // Each element is checked as a message sent alone is (its params, its declared
+        // version); the Mcp-Method and Mcp-Name headers describe one message, never a batch.
+        for m in &messages {
+            if let Err(e) = crate::protocol::check_params(m) {
+                return self.refuse(host, record, invalid(&e));
+            }
+            if let Err(detail) = crate::protocol::declared_version(Some(&protocol), m) {
+                let id = m.id.clone();
+                return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });
+            }
+        }
+        if let Some(name) = ["mcp-method", "mcp-name"]
+            .into_iter()
+            .find(|name| self.header(name).is_some())
+        {
+            let detail = format!("a batch has no {name} header: it names one message");
+            let refusal = Refusal::HeaderMismatch { id: None, detail };
+            return self.refuse(host, record, refusal);
+        }
         if self.config.sessions.is_some() && crate::tasks::carries_task_ids(body) {
             // Batches are 2025-03-26 only, which has no tasks: never opened, never forwarded.
             return self.refuse(host, record, Refusal::TaskInBatch);
