@@ -32,6 +32,8 @@
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
+use std::borrow::Cow;
+
 use serde_json::value::RawValue;
 
 use crate::seal::{Binding, Keys};
@@ -108,8 +110,18 @@ pub fn header_value(task_id: &str) -> String {
 /// Whether the message could carry a task id at all (a cheap scan before any parse; member
 /// names written with escapes are found by the parse, so any `\u` is parsed too).
 pub fn may_carry(message: &[u8]) -> bool {
-    memchr::memmem::find(message, b"taskId").is_some()
-        || memchr::memmem::find(message, b"\\u").is_some()
+    // `taskId` as any decoder may read it: ASCII case ("kid" in any case), the characters that
+    // fold to its letters (U+017F for s, the Kelvin sign for k, U+0131 for i), or escaped.
+    const FOLDS: [&str; 3] = ["\u{17f}", "\u{212a}", "\u{131}"];
+    memchr::memmem::find(message, b"\\u").is_some()
+        || memchr::memchr2_iter(b'k', b'K', message).any(|at| {
+            message
+                .get(at + 1..at + 3)
+                .is_some_and(|rest| rest.eq_ignore_ascii_case(b"id"))
+        })
+        || FOLDS
+            .iter()
+            .any(|f| memchr::memmem::find(message, f.as_bytes()).is_some())
 }
 
 /// A request whose task handles were opened.
@@ -279,8 +291,24 @@ fn members(raw: &RawValue) -> Result<Option<Vec<(String, &RawValue)>>, String> {
     Ok(Some(members))
 }
 
-fn member<'a>(members: &[(String, &'a RawValue)], name: &str) -> Option<&'a RawValue> {
-    members.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+/// The member `name` of an object. Another spelling of it that a case-insensitive decoder
+/// reads as the same member (Go's `encoding/json` matches struct fields so: `TaskId`, `taſkId`,
+/// `_Meta`; [`crate::mcp::fold_key`]) is an error: the reader would take a task id the filter
+/// never saw.
+fn member<'a>(
+    members: &[(String, &'a RawValue)],
+    name: &str,
+) -> Result<Option<&'a RawValue>, String> {
+    let folded = crate::mcp::fold_key(&Cow::Borrowed(name));
+    let mut found = None;
+    for (key, value) in members {
+        if key == name {
+            found = Some(*value);
+        } else if crate::mcp::fold_key(&Cow::Borrowed(key.as_str())) == folded {
+            return Err(format!("member {key:?} reads as {name:?} to some decoders"));
+        }
+    }
+    Ok(found)
 }
 
 /// Where a raw value starts in `base`.
@@ -302,17 +330,17 @@ fn related<'a>(
     object: &[(String, &'a RawValue)],
     out: &mut Vec<Spot<'a>>,
 ) -> Result<(), String> {
-    let Some(meta) = member(object, "_meta") else {
+    let Some(meta) = member(object, "_meta")? else {
         return Ok(());
     };
     let Some(meta) = members(meta)? else {
         return Ok(());
     };
-    let Some(task) = member(&meta, RELATED) else {
+    let Some(task) = member(&meta, RELATED)? else {
         return Ok(());
     };
     if let Some(task) = members(task)? {
-        if let Some(raw) = member(&task, "taskId") {
+        if let Some(raw) = member(&task, "taskId")? {
             out.push(id(base, raw, false));
         }
     }
@@ -332,7 +360,8 @@ fn messages(text: &str) -> Result<Vec<&RawValue>, Problem> {
 }
 
 fn string_member(object: &[(String, &RawValue)], name: &str) -> Option<String> {
-    member(object, name).and_then(|raw| serde_json::from_str::<String>(raw.get()).ok())
+    let raw = member(object, name).ok().flatten()?;
+    serde_json::from_str::<String>(raw.get()).ok()
 }
 
 fn request_spots(text: &str) -> Result<Vec<Spot<'_>>, String> {
@@ -346,17 +375,17 @@ fn request_spots(text: &str) -> Result<Vec<Spot<'_>>, String> {
             continue;
         };
         let method = string_member(&message, "method").unwrap_or_default();
-        if let Some(params) = member(&message, "params") {
+        if let Some(params) = member(&message, "params")? {
             if let Some(params) = members(params)? {
                 if TASK_METHODS.contains(&method.as_str()) {
-                    if let Some(raw) = member(&params, "taskId") {
+                    if let Some(raw) = member(&params, "taskId")? {
                         out.push(id(text, raw, true));
                     }
                 }
                 if method == "subscriptions/listen" {
-                    if let Some(filter) = member(&params, "notifications") {
+                    if let Some(filter) = member(&params, "notifications")? {
                         if let Some(filter) = members(filter)? {
-                            if let Some(ids) = member(&filter, "taskIds") {
+                            if let Some(ids) = member(&filter, "taskIds")? {
                                 if ids.get().starts_with('[') {
                                     let ids: Vec<&RawValue> = serde_json::from_str(ids.get())
                                         .map_err(|e| format!("unreadable taskIds: {e}"))?;
@@ -369,7 +398,7 @@ fn request_spots(text: &str) -> Result<Vec<Spot<'_>>, String> {
                 related(text, &params, &mut out)?;
             }
         }
-        if let Some(result) = member(&message, "result") {
+        if let Some(result) = member(&message, "result")? {
             if let Some(result) = members(result)? {
                 related(text, &result, &mut out)?;
             }
@@ -386,27 +415,27 @@ fn task_state<'a>(
     object: &[(String, &'a RawValue)],
     out: &mut Vec<Spot<'a>>,
 ) -> Result<(), String> {
-    if let Some(raw) = member(object, "taskId") {
+    if let Some(raw) = member(object, "taskId")? {
         out.push(id(base, raw, false));
     }
-    if let Some(task) = member(object, "task") {
+    if let Some(task) = member(object, "task")? {
         if let Some(task) = members(task)? {
-            if let Some(raw) = member(&task, "taskId") {
+            if let Some(raw) = member(&task, "taskId")? {
                 out.push(id(base, raw, false));
             }
         }
     }
     related(base, object, out)?;
-    if let Some(inner) = member(object, "result") {
+    if let Some(inner) = member(object, "result")? {
         if let Some(inner) = members(inner)? {
             related(base, &inner, out)?;
         }
     }
-    if let Some(requests) = member(object, "inputRequests") {
+    if let Some(requests) = member(object, "inputRequests")? {
         if let Some(requests) = members(requests)? {
             for (_, request) in requests {
                 if let Some(request) = members(request)? {
-                    if let Some(params) = member(&request, "params") {
+                    if let Some(params) = member(&request, "params")? {
                         if let Some(params) = members(params)? {
                             related(base, &params, out)?;
                         }
@@ -424,10 +453,10 @@ fn answer_spots(text: &str) -> Result<Vec<Spot<'_>>, Problem> {
         let Some(message) = members(message)? else {
             continue;
         };
-        if let Some(result) = member(&message, "result") {
+        if let Some(result) = member(&message, "result")? {
             if let Some(result) = members(result)? {
                 task_state(text, &result, &mut out)?;
-                if let Some(tasks) = member(&result, "tasks") {
+                if let Some(tasks) = member(&result, "tasks")? {
                     if tasks.get().starts_with('[') {
                         let items: Vec<&RawValue> = serde_json::from_str(tasks.get())
                             .map_err(|e| format!("unreadable tasks: {e}"))?;
@@ -443,7 +472,7 @@ fn answer_spots(text: &str) -> Result<Vec<Spot<'_>>, Problem> {
             }
         }
         let method = string_member(&message, "method").unwrap_or_default();
-        if let Some(params) = member(&message, "params") {
+        if let Some(params) = member(&message, "params")? {
             if let Some(params) = members(params)? {
                 if method == "notifications/tasks" || method.starts_with("notifications/tasks/") {
                     task_state(text, &params, &mut out)?;

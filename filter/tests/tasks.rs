@@ -155,6 +155,43 @@ fn answers_that_could_be_read_two_ways_or_cannot_be_sealed_do_not_go_on() {
     assert!(tasks::seal_answer(ok, &nobody).is_err());
 }
 
+/// A member a case-insensitive decoder (Go's `encoding/json`) reads as `taskId` or `_meta`
+/// carries a raw upstream id past the seal: refused in a request, and in an answer.
+#[test]
+fn a_spelling_some_decoders_read_as_task_id_is_refused() {
+    let keys = keys();
+    let alice = sealer(&keys, "alice");
+    let related = |meta: &str, member: &str| {
+        json!({"jsonrpc":"2.0","id":7,"method":"tools/call","params":{
+            "name":"search","arguments":{},
+            meta: {(tasks::RELATED): { member: "bobs-raw-upstream-task" }}}})
+    };
+    let mut spellings: Vec<Value> = [
+        "TaskId",
+        "TASKID",
+        "taskid",
+        "ta\u{17f}kId",
+        "tas\u{212a}Id",
+        "task\u{131}d",
+    ]
+    .into_iter()
+    .map(|m| related("_meta", m))
+    .collect();
+    spellings.push(related("_Meta", "taskId"));
+    for body in spellings {
+        let bytes = body.to_string();
+        // The strict parse has nothing to compare a lone variant with...
+        assert!(
+            mcp_guard::mcp::parse_message(bytes.as_bytes(), 64).is_ok(),
+            "{body}"
+        );
+        // ...the task scan refuses it rather than find no task id.
+        assert!(opened(&body, &alice).is_err(), "forwarded raw: {body}");
+    }
+    let answer = br#"{"jsonrpc":"2.0","id":1,"result":{"TaskId":"t-1"}}"#;
+    assert!(tasks::seal_answer(answer, &alice).is_err());
+}
+
 #[test]
 fn a_handle_opens_for_its_caller_only_and_raw_ids_are_refused() {
     let keys = keys();
