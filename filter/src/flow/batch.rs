@@ -43,7 +43,7 @@ impl Stream {
             if let Err(e) = crate::protocol::check_params(m) {
                 return self.refuse(host, record, invalid(&e));
             }
-            if let Err(detail) = crate::protocol::declared_version(Some(&protocol), m) {
+            if let Err(detail) = crate::protocol::declared_version(Some(protocol), m) {
                 let id = m.id.clone();
                 return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });
             }
