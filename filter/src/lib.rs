@@ -45,6 +45,7 @@ pub mod protocol;
 pub mod refusal;
 pub mod reply;
 pub mod response;
+pub mod resume;
 pub mod revocation;
 pub mod rls;
 pub mod scan;

@@ -37,6 +37,9 @@ pub enum Refusal {
     InvalidSessionId,
     /// A session handle that does not open for this caller and server (404); `code` says why.
     SessionNotFound(&'static str),
+    /// A `Last-Event-ID` that is not an event handle of this caller and server (400); `code`
+    /// says why ([`crate::resume`]).
+    EventIdNotFound(&'static str),
     /// A compressed request body (415).
     CompressedRequest,
     /// A `_method` query parameter (400).
@@ -157,7 +160,7 @@ impl Refusal {
             Refusal::Unauthenticated { code, .. } | Refusal::AuthUnavailable { code, .. } => code,
             Refusal::RepeatedHeader(_) => "repeated_header",
             Refusal::InvalidSessionId => "invalid_session_id",
-            Refusal::SessionNotFound(code) => code,
+            Refusal::SessionNotFound(code) | Refusal::EventIdNotFound(code) => code,
             Refusal::CompressedRequest => "content_encoding",
             Refusal::MethodOverride => "method_override",
             Refusal::CredentialNotSet => "credential_not_set",
@@ -199,6 +202,7 @@ impl Refusal {
             Refusal::AuthUnavailable { .. } | Refusal::Internal { .. } => 503,
             Refusal::RepeatedHeader(_)
             | Refusal::InvalidSessionId
+            | Refusal::EventIdNotFound(_)
             | Refusal::MethodOverride
             | Refusal::BodyNotAllowed
             | Refusal::RequestTrailers
@@ -253,6 +257,7 @@ impl Refusal {
         match self {
             Refusal::RepeatedHeader(_)
             | Refusal::InvalidSessionId
+            | Refusal::EventIdNotFound(_)
             | Refusal::CompressedRequest
             | Refusal::MethodOverride
             | Refusal::BodyTooLarge
@@ -313,12 +318,17 @@ impl Refusal {
             Refusal::RepeatedHeader(name) => format!("the {name} header must appear at most once"),
             Refusal::InvalidSessionId => "Mcp-Session-Id must be visible ASCII".into(),
             Refusal::SessionNotFound(_) => "Session not found".into(),
+            Refusal::EventIdNotFound(_) => {
+                "Last-Event-ID does not name an event of this caller's streams: reconnect without it".into()
+            }
             Refusal::CompressedRequest => "compressed request bodies are refused".into(),
             Refusal::MethodOverride => {
                 "a _method query parameter is refused: the HTTP method is the request's own".into()
             }
             Refusal::CredentialNotSet => "the request's credentials could not be swapped".into(),
-            Refusal::SessionNotForwarded => "the session could not be forwarded".into(),
+            Refusal::SessionNotForwarded => {
+                "the session (or the event id a stream resumes from) could not be forwarded".into()
+            }
             Refusal::MethodNotAllowed => "use POST, GET or DELETE".into(),
             Refusal::BodyNotAllowed => "GET and DELETE requests carry no body".into(),
             Refusal::RequestTrailers => "MCP requests carry no trailers".into(),
@@ -446,6 +456,7 @@ mod tests {
             Refusal::RepeatedHeader("content-type"),
             Refusal::InvalidSessionId,
             Refusal::SessionNotFound("session_tampered"),
+            Refusal::EventIdNotFound("event_id_tampered"),
             Refusal::CompressedRequest,
             Refusal::MethodOverride,
             Refusal::CredentialNotSet,

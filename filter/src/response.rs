@@ -184,7 +184,7 @@ pub struct Checks<'a> {
     pub known: Option<&'a KnownLists>,
     /// The service key's forms, redacted wherever they appear.
     pub patterns: &'a Patterns,
-    /// Seals task ids for the caller.
+    /// Seals task ids (and an event stream's event ids, [`crate::resume`]) for the caller.
     pub tasks: Option<&'a Sealer<'a>>,
 }
 
@@ -312,12 +312,19 @@ pub fn inspect_events(
 ) -> (Vec<u8>, Inspection) {
     let mut report = Inspection::default();
     let result = rewriter.push(chunk, end_of_stream, &mut |event| {
-        if event.data.is_empty() {
-            return Rewrite::Keep;
-        }
-        match check_message(&event.data, checks, visible, &mut report) {
-            Some(bytes) => Rewrite::Replace(bytes),
-            None => Rewrite::Keep,
+        let data = if event.data.is_empty() {
+            None
+        } else {
+            check_message(&event.data, checks, visible, &mut report)
+        };
+        // The upstream's event id never goes out as it wrote it: sealed for the caller, or
+        // (unbindable) left out. Without a sealing key Last-Event-ID never reaches it.
+        match (&event.id, checks.tasks) {
+            (Some(id), Some(sealer)) => Rewrite::Rebind {
+                id: crate::resume::seal_id(sealer, id),
+                data,
+            },
+            (_, _) => data.map_or(Rewrite::Keep, Rewrite::Replace),
         }
     });
     match result {

@@ -47,6 +47,12 @@ pub enum Rewrite {
     /// Re-encode the event (`id`, `event`, `retry` kept) with this data payload (UTF-8 text:
     /// bytes, so that a payload the filter spliced need not be validated again).
     Replace(Vec<u8>),
+    /// Re-encode the event with `id` as its id (`None`: no id line) and `data` as its payload
+    /// (`None`: its own data).
+    Rebind {
+        id: Option<String>,
+        data: Option<Vec<u8>>,
+    },
 }
 
 /// Why a stream was refused.
@@ -242,6 +248,23 @@ fn emit(block: &[u8], f: &mut dyn FnMut(&Event) -> Rewrite, out: &mut Vec<u8>) -
         }
         Rewrite::Replace(data) => {
             encode(&event, &data, out);
+            false
+        }
+        Rewrite::Rebind { id, data } => {
+            let rebound = Event {
+                id,
+                event: event.event.clone(),
+                data: Cow::Borrowed(&event.data),
+                retry: event.retry.clone(),
+            };
+            match data {
+                Some(data) => encode(&rebound, &data, out),
+                None if read.has_data => encode(&rebound, rebound.data.as_bytes(), out),
+                None => {
+                    encode_fields(&rebound, out);
+                    out.push(b'\n');
+                }
+            }
             false
         }
     }

@@ -226,15 +226,36 @@ def test_a_2025_03_26_batch_s_list_answers_are_filtered_by_id(lists, upstream, a
     assert reply.status == 502 and reply.json()["error"]["code"] == -32603
 
 
+def event_ids(body):
+    return [line[4:] for line in body.decode().splitlines() if line.startswith("id: ")]
+
+
+def an_event_id_of(stack, upstream, token, upstream_id="e1"):
+    """The event id the caller sees for an upstream event id: its stream's first event's."""
+    event = b"id: " + upstream_id.encode() + b"\nevent: message\ndata: {}\n\n"
+    upstream.script(lambda r: Answer(200, [("content-type", "text/event-stream")], [event]))
+    h = [("accept", "text/event-stream"), ("authorization", f"Bearer {token}")]
+    reply, _ = send(stack, method="GET", headers=h)
+    assert reply.status == 200, reply
+    [seen] = event_ids(reply.body)
+    assert seen != upstream_id and upstream_id not in reply.body.decode(), reply.body
+    return seen
+
+
 def test_a_list_replayed_on_a_get_stream_is_filtered(lists, upstream, alice):
     """A GET stream resumed with Last-Event-ID may replay earlier answers, lists included:
     every list in it is filtered whatever its id; an event that is not JSON-RPC cuts it."""
+    last = an_event_id_of(lists, upstream, alice)
     replay = {"jsonrpc": "2.0", "id": "77", "result": {"tools": TOOLS}}
     upstream.script(lambda r: Answer.events(replay))
-    h = [("accept", "text/event-stream"), ("authorization", f"Bearer {alice}"), ("last-event-id", "e1")]
+    h = [("accept", "text/event-stream"), ("authorization", f"Bearer {alice}"), ("last-event-id", last)]
+    before = len(upstream.requests())
     reply, _ = send(lists, method="GET", headers=h)
     assert reply.status == 200
     assert [names(m) for m in event_messages(reply.body)] == [VISIBLE]
+    # The upstream resumed from its own id.
+    [request] = upstream.requests()[before:]
+    assert [v for k, v in request["headers"] if k.lower() == "last-event-id"] == ["e1"]
     # Not an event stream: nothing readable, 502.
     upstream.script(lambda r: Answer(200, [("content-type", "text/plain")], json.dumps(replay).encode()))
     reply, tag = send(lists, method="GET", headers=h)
@@ -345,3 +366,22 @@ def test_prompts_and_resource_templates_are_filtered_per_caller(demo, method, ke
         messages = event_messages(reply.body) if reply.body.startswith(b"event") else [reply.json()]
         assert [e[entry] for e in messages[-1]["result"][key]] == seen
         assert the_record(demo, tag).get("hidden") == hidden
+
+
+def test_a_stream_resumes_only_from_the_callers_own_event_ids(lists, upstream, alice):
+    """An upstream event id is a handle to its stream (a server may replay events by id alone,
+    and it sees every caller through one key): the ids callers see are sealed for them, and
+    another caller's id, or the upstream's raw one, resumes nothing."""
+    bob = lists.token("bob", groups=["sales"])
+    alices = an_event_id_of(lists, upstream, alice, "stream-7f3a_2")
+    upstream.script(lambda r: Answer.events({"jsonrpc": "2.0", "method": "notifications/message",
+                                             "params": {"level": "info", "data": "secret"}}))
+    for presented, reason in [(alices, "event_id_of_another_caller"),
+                              ("stream-7f3a_2", "event_id_not_sealed")]:
+        h = [("accept", "text/event-stream"), ("authorization", f"Bearer {bob}"),
+             ("last-event-id", presented)]
+        before = len(upstream.requests())
+        reply, tag = send(lists, method="GET", headers=h)
+        assert reply.status == 400 and b"secret" not in reply.body, reply
+        assert len(upstream.requests()) == before, "the request reached the upstream"
+        assert the_record(lists, tag)["reason"] == reason

@@ -15,7 +15,7 @@ use crate::jwt::{AuthError, Identity};
 use crate::oauth::BearerError;
 use crate::refusal::Refusal;
 use crate::seal::OpenError;
-use crate::{metrics, oauth, protocol, session};
+use crate::{metrics, oauth, protocol, resume, session};
 
 impl Stream {
     pub fn on_request_headers(&mut self, host: &mut dyn Host, end_of_stream: bool) -> Action {
@@ -137,6 +137,7 @@ impl Stream {
             "mcp-name",
             "mcp-protocol-version",
             "content-type",
+            resume::HEADER,
         ] {
             if self
                 .headers
@@ -163,6 +164,19 @@ impl Stream {
                 }
             }
         }
+        // A stream is resumed only from this caller's own event ids (resume.rs).
+        let config = Rc::clone(&self.config);
+        let resumed = self.header(resume::HEADER).map(|handle| {
+            match self.task_sealer(&config, server) {
+                Some(sealer) => resume::open_id(&sealer, handle).map(Some),
+                None => Ok(None), // no sealing key: removed below
+            }
+        });
+        let upstream_event = match resumed {
+            Some(Err(code)) => return self.refuse(host, record, Refusal::EventIdNotFound(code)),
+            Some(Ok(id)) => Some(id),
+            None => None,
+        };
         // Every value: a server may decode by any of them (or by their list).
         let compressed = self.headers.iter().any(|(k, v)| {
             k.eq_ignore_ascii_case("content-encoding") && !v.trim().eq_ignore_ascii_case("identity")
@@ -184,6 +198,15 @@ impl Stream {
             if host.set_request_header("mcp-session-id", &id).is_err() {
                 return self.refuse(host, record, Refusal::SessionNotForwarded);
             }
+        }
+        let event_forwarded = match upstream_event {
+            Some(Some(id)) => host.set_request_header(resume::HEADER, &id),
+            Some(None) => host.remove_request_header(resume::HEADER),
+            None => Ok(()),
+        };
+        if event_forwarded.is_err() {
+            // The client's event handle must never reach the upstream in place of its id.
+            return self.refuse(host, record, Refusal::SessionNotForwarded);
         }
         let method = self.method.clone();
         match method.as_str() {
