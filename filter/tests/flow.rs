@@ -1208,7 +1208,8 @@ fn a_batch_element_is_checked_as_if_sent_alone() {
         "_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}})
     .to_string()
     .into_bytes();
-    let cases: [(Vec<u8>, &[(&str, &str)]); 4] = [
+    type Case<'a> = (Vec<u8>, &'a [(&'a str, &'a str)]);
+    let cases: [Case; 4] = [
         (
             listen(json!({"ResourceSubscriptions": ["crm://secret/payroll"]})),
             &[],
