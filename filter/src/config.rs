@@ -163,24 +163,30 @@ pub struct Matcher {
 
 impl Matcher {
     pub fn matches(&self, route: Option<&str>, host: &str, cluster: Option<&str>) -> bool {
-        let host_only = host.rsplit_once(':').map_or(host, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                host
-            }
-        });
         self.route_name.as_deref().is_none_or(|r| Some(r) == route)
-            && self
-                .host
-                .as_deref()
-                .is_none_or(|h| h.eq_ignore_ascii_case(host) || h.eq_ignore_ascii_case(host_only))
+            && self.host.as_deref().is_none_or(|h| host_matches(h, host))
             && self.cluster.as_deref().is_none_or(|c| Some(c) == cluster)
     }
 
     pub fn is_empty(&self) -> bool {
         self == &Matcher::default()
     }
+}
+
+/// Whether `:authority` is the configured host, as Envoy's virtual-host `domains` compare
+/// them: case aside, literally, port included. `crm.internal` does not take
+/// `crm.internal:9999`, which Envoy routes by another virtual host (unless its `domains` list
+/// that form too): the filter would inject this server's key into another upstream's request.
+/// `crm.internal:*` takes the name with any port, as that domain does in Envoy.
+pub fn host_matches(configured: &str, authority: &str) -> bool {
+    if let Some(name) = configured.strip_suffix(":*") {
+        return authority.rsplit_once(':').is_some_and(|(host, port)| {
+            !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && name.eq_ignore_ascii_case(host)
+        });
+    }
+    configured.eq_ignore_ascii_case(authority)
 }
 
 /// The service credential injected towards the upstream in place of the client's token.

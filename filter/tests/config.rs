@@ -620,3 +620,21 @@ fn every_part_s_error_is_reported_in_order() {
         "{e}"
     );
 }
+
+/// `match.host` is compared as Envoy's virtual-host domains are: literally, port included; a
+/// host the filter took while Envoy routed it by another virtual host would get this server's
+/// key injected into another upstream's request.
+#[test]
+fn a_host_is_compared_as_envoy_compares_domains() {
+    use mcp_guard::config::host_matches;
+    assert!(host_matches("crm.internal", "crm.internal"));
+    assert!(host_matches("crm.internal", "CRM.Internal"));
+    assert!(!host_matches("crm.internal", "crm.internal:9999"));
+    assert!(!host_matches("crm.internal", "crm.internal."));
+    assert!(host_matches("crm.internal:*", "crm.internal:9999"));
+    assert!(!host_matches("crm.internal:*", "crm.internal"));
+    assert!(!host_matches("crm.internal:*", "crm.internal:"));
+    assert!(!host_matches("crm.internal:*", "crm.internal:x"));
+    assert!(host_matches("[::1]:*", "[::1]:8080"));
+    assert!(host_matches("crm.internal:8443", "crm.internal:8443"));
+}
