@@ -94,7 +94,8 @@ class Pair:
     the VM environment, answers JSON). Both at /mcp; the filter tells them apart by route name."""
 
     def __init__(self, workdir, *, key_leak=None, crm_accepts=None, git_accepts=None,
-                 refuse_status=401, echo_key_header=None, git_env=None, policies=None):
+                 refuse_status=401, echo_key_header=None, git_env=None, policies=None,
+                 matches=None, template="two-upstreams.yaml"):
         self.port = harness.free_port()
         self.resources = {name: f"http://{name}.internal:{self.port}/mcp" for name in ("crm", "git")}
         self.issuer = keys.Issuer(ISSUER, self.resources["crm"], algs=("RS256",))
@@ -109,7 +110,8 @@ class Pair:
 
         def server(name, credential, **extra):
             entry = {"name": name, "path": "/mcp", "resource": self.resources[name],
-                     "authorization_servers": [ISSUER], "match": {"route_name": name},
+                     "authorization_servers": [ISSUER],
+                     "match": (matches or {}).get(name, {"route_name": name}),
                      "credential": credential, "forward_claims": {"email": "x-mcp-user"},
                      "policy": (policies or {}).get(name, POLICY)}
             if key_leak:
@@ -134,7 +136,7 @@ class Pair:
         environment = git_env or {"key_values": {"GIT_API_KEY": GIT_KEY}}
         try:
             self.envoy = harness.Envoy(workdir, self.config, self.upstreams["crm"].port,
-                                       template="two-upstreams.yaml", port=self.port,
+                                       template=template, port=self.port,
                                        values={"CRM_PORT": self.upstreams["crm"].port,
                                                "GIT_PORT": self.upstreams["git"].port,
                                                "VM_ENVIRONMENT": json.dumps(environment)})
@@ -809,6 +811,39 @@ def test_a_token_for_one_server_is_refused_by_the_other(two_policies):
     assert f'resource_metadata="http://git.internal:{p.port}/.well-known/oauth-protected-resource/mcp"' in r.headers["www-authenticate"]
     assert len(p.seen("git")) == before
     assert audit_where(p.envoy, lambda r: r.get("reason") == "wrong_audience", 1)
+
+
+def test_a_host_envoy_routes_by_another_virtual_host_does_not_get_this_servers_key(tmp_path_factory):
+    """Servers told apart by `match.host`: crm.internal is CRM's virtual host, every other
+    host (`*`) goes to Git. `crm.internal:<port>` is not a domain of CRM's virtual host, so
+    Envoy routes it to Git; the filter must not take it for CRM and inject CRM's key into a
+    request to Git. It compares the host as Envoy does, port included."""
+    workdir = tmp_path_factory.mktemp("host-match")
+    text = (harness.ROOT / "envoy" / "two-upstreams.yaml").read_text()
+    routed = (text.replace('domains: ["crm.internal", "crm.internal:*"]', 'domains: ["crm.internal"]')
+                  .replace('domains: ["git.internal", "git.internal:*"]', 'domains: ["*"]'))
+    assert routed.count("domains:") == 2 and '["*"]' in routed and '["crm.internal"]' in routed
+    template = workdir / "host-match.yaml"
+    template.write_text(routed)
+    p = Pair(workdir, matches={"crm": {"host": "crm.internal"}, "git": {}}, template=str(template))
+    try:
+        token = p.token("crm", "host-ann")
+        seen = {which: len(p.seen(which)) for which in ("crm", "git")}
+        # With its port: Envoy routes to Git, the filter decides as Git (the token is CRM's).
+        r = p.post("crm", echo_body("ported"), token)
+        assert r.status_code == 401, r.text
+        assert audit_where(p.envoy, lambda r: r.get("reason") == "wrong_audience"
+                           and r.get("server") == "git", 1)
+        assert len(p.seen("git")) == seen["git"] and len(p.seen("crm")) == seen["crm"]
+        # Without: CRM's virtual host, CRM's server and key.
+        h = [(k, v) for k, v in p.headers("crm", token) if k != "host"] + [("host", "crm.internal")]
+        r = httpx2.post(f"http://127.0.0.1:{p.port}/mcp", content=json.dumps(echo_body("bare")),
+                        headers=h, timeout=10)
+        assert r.status_code == 200, r.text
+        assert echoed(r) == "bare"
+        assert len(p.seen("crm")) == seen["crm"] + 1 and len(p.seen("git")) == seen["git"]
+    finally:
+        p.stop()
 
 
 def test_each_server_serves_its_own_metadata(two_policies):
