@@ -30,10 +30,10 @@
 //! exactly as it came. A member that appears twice on the way to a task id is refused (the
 //! filter and the reader could pick different ones).
 
-use serde::de::{Deserializer, MapAccess, Visitor};
-use serde::Deserialize;
 use std::borrow::Cow;
 
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::seal::{Binding, Keys};
@@ -110,14 +110,15 @@ pub fn header_value(task_id: &str) -> String {
 /// Whether the message could carry a task id at all (a cheap scan before any parse; member
 /// names written with escapes are found by the parse, so any `\u` is parsed too).
 pub fn may_carry(message: &[u8]) -> bool {
-    // `taskId` as any decoder may read it: ASCII case ("kid" in any case), the characters that
-    // fold to its letters (U+017F for s, the Kelvin sign for k, U+0131 for i), or escaped.
+    // `taskId` as any decoder may read it: in any ASCII case, with a character that folds to
+    // one of its letters (U+017F for s, the Kelvin sign for k, U+0131 for i), or escaped.
     const FOLDS: [&str; 3] = ["\u{17f}", "\u{212a}", "\u{131}"];
     memchr::memmem::find(message, b"\\u").is_some()
         || memchr::memchr2_iter(b'k', b'K', message).any(|at| {
-            message
-                .get(at + 1..at + 3)
-                .is_some_and(|rest| rest.eq_ignore_ascii_case(b"id"))
+            let around = at
+                .checked_sub(3)
+                .and_then(|start| message.get(start..at + 3));
+            around.is_some_and(|word| word.eq_ignore_ascii_case(b"taskid"))
         })
         || FOLDS
             .iter()

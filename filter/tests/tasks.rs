@@ -1,5 +1,6 @@
 //! Caller-bound task ids: what the client sees of the upstream's task ids (sealed handles only),
-//! what the upstream receives (its own ids), and who may use a handle (its caller only).
+//! what the upstream receives (its own ids), and who may use a handle (its caller only); the
+//! same for the event ids a stream is resumed from (`resume.rs`).
 
 mod common;
 
@@ -306,6 +307,10 @@ fn the_mcp_name_header_mirrors_the_upstream_id_in_the_header_form() {
 const SESSION_KEY: &str = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
 
 fn config() -> Rc<Config> {
+    config_with(json!({ "key": SESSION_KEY }))
+}
+
+fn config_with(sessions: Value) -> Rc<Config> {
     let config = json!({
         "issuers": [{"issuer": ISSUER, "audiences": [RESOURCE], "algorithms": ["RS256", "ES256"], "jwks": jwks_all()}],
         "servers": [{
@@ -318,7 +323,7 @@ fn config() -> Rc<Config> {
                 {"name": "tools", "allow": "mcp.method == 'tools/call'"},
             ]},
         }],
-        "sessions": { "key": SESSION_KEY },
+        "sessions": sessions,
     });
     Rc::new(Config::from_json(config.to_string().as_bytes(), &MapEnv::default()).expect("config"))
 }
@@ -516,4 +521,100 @@ fn task_ids_in_an_event_stream_are_sealed_event_by_event() {
     };
     let handle = alice.seal("t-1").expect("sealed");
     assert_eq!(text.matches(handle.as_str()).count(), 2, "{text}");
+}
+
+// ---- event ids: resuming a stream (resume.rs) ---------------------------------------------
+
+/// Alice's tool call answered on an event stream of these events; what reaches her.
+fn answered_with_events(events: &[u8]) -> String {
+    let call = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search", "arguments": {}}});
+    let (mut host, mut stream, action) = post(&token_for("alice", &[], ""), &[], &call);
+    assert_eq!(action, Action::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Continue
+    );
+    let out = match stream.on_response_body(&mut host, events, true) {
+        BodyAction::Replace(b) => b,
+        BodyAction::Continue => events.to_vec(),
+        BodyAction::Pause => panic!("the stream was cut"),
+    };
+    String::from_utf8(out).expect("UTF-8")
+}
+
+/// The `id:` values of an event stream.
+fn event_ids(stream: &str) -> Vec<&str> {
+    stream
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("id: ")
+                .or_else(|| (l == "id:").then_some(""))
+        })
+        .collect()
+}
+
+/// `who` resumes with `last_event_id`: what the filter did and what the upstream would get.
+fn resume(config: Rc<Config>, who: &str, last_event_id: &str) -> (Action, MockHost) {
+    let auth = format!("Bearer {}", token_for(who, &[], ""));
+    let mut host = MockHost::request(&[
+        (":method", "GET"),
+        (":path", "/mcp"),
+        (":authority", "mcp.example.com"),
+        ("accept", "text/event-stream"),
+        ("mcp-protocol-version", "2025-11-25"),
+        ("authorization", &auth),
+        ("last-event-id", last_event_id),
+    ]);
+    let mut stream = Stream::new(config);
+    let action = stream.on_request_headers(&mut host, true);
+    (action, host)
+}
+
+#[test]
+fn a_stream_resumes_from_the_callers_own_event_ids_only() {
+    let events = b"id: stream-7f3a_1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\nid: stream-7f3a_2\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[]}}\n\n";
+    let out = answered_with_events(events);
+    let handles = event_ids(&out);
+    assert_eq!(handles.len(), 2, "{out}");
+    assert!(
+        !out.contains("stream-7f3a"),
+        "an upstream event id went out: {out}"
+    );
+    assert!(out.contains("\"result\""), "{out}");
+
+    // Alice resumes from her last event: the upstream gets its own id.
+    let (action, host) = resume(config(), "alice", handles[1]);
+    assert_eq!(action, Action::Continue);
+    assert_eq!(host.req_header("last-event-id"), Some("stream-7f3a_2"));
+
+    // Bob presents Alice's handle, or the upstream's raw id: refused, nothing forwarded.
+    for (presented, reason) in [
+        (handles[1], "event_id_of_another_caller"),
+        ("stream-7f3a_2", "event_id_not_sealed"),
+    ] {
+        let (action, host) = resume(config(), "bob", presented);
+        assert_eq!(action, Action::Pause);
+        assert_eq!(host.reply().status, 400);
+        assert_eq!(host.audit()[0]["reason"], reason);
+    }
+}
+
+#[test]
+fn an_empty_event_id_stays_empty_and_events_without_ids_are_untouched() {
+    let events = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\nid:\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[]}}\n\n";
+    let out = answered_with_events(events);
+    assert_eq!(event_ids(&out), vec![""], "{out}");
+    assert!(out.starts_with("data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\""));
+}
+
+#[test]
+fn without_a_sealing_key_no_stream_is_resumed() {
+    let (action, host) = resume(
+        config_with(json!({ "stateless": true })),
+        "alice",
+        "stream-7f3a_2",
+    );
+    assert_eq!(action, Action::Continue);
+    assert_eq!(host.req_header("last-event-id"), None);
 }
