@@ -153,7 +153,8 @@ pub struct Matcher {
     /// The Envoy route's name.
     #[serde(default)]
     pub route_name: Option<String>,
-    /// The request's host (any case; a port in the request is ignored).
+    /// The request's `:authority` as Envoy's virtual-host `domains` compare it: any case, port
+    /// included (`name:*` for the name with any port). Envoy's wildcard domains are not taken.
     #[serde(default)]
     pub host: Option<String>,
     /// The upstream cluster Envoy routes to.
@@ -672,6 +673,20 @@ impl Server {
             Some(m) => typed(m, &format!("{field}.match"))?,
             None => Matcher::default(),
         };
+        // A wildcard would be compared literally and never match (or, if it were matched, the
+        // first server listed would win where Envoy picks the most specific domain).
+        if let Some(host) = &matcher.host {
+            if host.is_empty() || host.strip_suffix(":*").unwrap_or(host).contains('*') {
+                return Err(ConfigError::new(
+                    format!("{field}.match.host"),
+                    format!(
+                        "{host:?} is not an exact host: write the host (and port) as clients send \
+                         it, or `name:*` for any port; for Envoy's wildcard domains, match on \
+                         route_name instead"
+                    ),
+                ));
+            }
+        }
         let mut forward_claims = Vec::new();
         for (claim, header) in raw.forward_claims.unwrap_or_default() {
             let at = format!("{field}.forward_claims.{claim}");

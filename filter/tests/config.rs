@@ -418,6 +418,19 @@ fn server_fields_are_named() {
             },
             "servers[1].name",
         ),
+        (
+            // Envoy's wildcard domains: compared literally, they would never match.
+            |c| c["servers"][0]["match"] = json!({ "host": "*.internal" }),
+            "servers[0].match.host",
+        ),
+        (
+            |c| c["servers"][0]["match"] = json!({ "host": "crm-*" }),
+            "servers[0].match.host",
+        ),
+        (
+            |c| c["servers"][0]["match"] = json!({ "host": "" }),
+            "servers[0].match.host",
+        ),
         (|c| c["servers"] = json!([]), "servers"),
     ]);
 }
