@@ -20,6 +20,7 @@
 //! last array of each kind a server sent, with its entries, so that the same bytes are compared
 //! rather than read again.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::ops::Range;
@@ -310,7 +311,13 @@ pub fn check_answer_text(
             .collect::<Result<Vec<Info>, Ambiguous>>()
             .ok()
     }) else {
-        return unreadable("not JSON");
+        // The scan stops at a member it cannot read as one thing; say which failure it was.
+        let json = serde_json::from_slice::<serde::de::IgnoredAny>(message).is_ok();
+        return unreadable(if json {
+            "a member the filter reads appears twice or in another case"
+        } else {
+            "not JSON"
+        });
     };
     if batch && infos.is_empty() && expect.strict {
         return unreadable("an empty batch");
@@ -573,8 +580,34 @@ fn splice(bytes: &[u8], edits: &[(Range<usize>, Vec<Range<usize>>)]) -> Option<V
     Some(out)
 }
 
+/// The members of a JSON-RPC message the readers look for.
+const MESSAGE_MEMBERS: [&str; 4] = ["id", "result", "error", "method"];
+
 /// The list readers, on the validating cursor ([`crate::scan`]).
 impl Scan<'_> {
+    /// Whether the member name at `span` is none of `keys` but a decoder matching names
+    /// without regard to case takes it for one: Go's `encoding/json` (mcp-go's client, any Go
+    /// client decoding into structs) folds them (Unicode simple folding) and lets the last one
+    /// win, so `"Tools"` beside `"tools"`, `"Result"` beside `"result"`, `"Name"` beside
+    /// `"name"` would be what it reads. Plain ASCII names are compared without a copy.
+    fn key_is_variant(&self, span: &Range<usize>, keys: &[&str]) -> bool {
+        let Some(raw) = self.bytes().get(span.clone()) else {
+            return false;
+        };
+        let inner = raw.get(1..raw.len().saturating_sub(1)).unwrap_or_default();
+        if !raw.contains(&b'\\') && inner.is_ascii() {
+            return keys
+                .iter()
+                .any(|k| inner != k.as_bytes() && inner.eq_ignore_ascii_case(k.as_bytes()));
+        }
+        let Ok(name) = serde_json::from_slice::<String>(raw) else {
+            return false;
+        };
+        let folded = crate::mcp::fold_key(&Cow::Borrowed(name.as_str()));
+        keys.iter()
+            .any(|k| name != *k && crate::mcp::fold_key(&Cow::Borrowed(*k)) == folded)
+    }
+
     /// Reads one message: its list if it is the awaited list response.
     fn message(
         &mut self,
@@ -592,6 +625,8 @@ impl Scan<'_> {
                 ids.push(s.value()?);
             } else if s.key_is(&key, "result") {
                 results.push(s.result(kind)?);
+            } else if s.key_is_variant(&key, &MESSAGE_MEMBERS) {
+                return None;
             } else {
                 s.value()?;
             }
@@ -648,6 +683,12 @@ impl Scan<'_> {
                         info.cacheable = true;
                     }
                     let Some(i) = kinds.iter().position(|k| s.key_is(&key, k.list_key())) else {
+                        if kinds
+                            .iter()
+                            .any(|k| s.key_is_variant(&key, &[k.list_key()]))
+                        {
+                            return None;
+                        }
                         s.value()?;
                         return Some(());
                     };
@@ -673,6 +714,8 @@ impl Scan<'_> {
             } else if s.key_is(&key, "method") {
                 info.methods += 1;
                 s.value()?;
+            } else if s.key_is_variant(&key, &MESSAGE_MEMBERS) {
+                return None;
             } else {
                 s.value()?;
             }
@@ -690,7 +733,9 @@ impl Scan<'_> {
             return Some(lists);
         }
         self.object(|s, key| {
-            if !s.key_is(&key, kind.list_key()) {
+            if s.key_is_variant(&key, &[kind.list_key()]) {
+                return None;
+            } else if !s.key_is(&key, kind.list_key()) {
                 s.value()?;
             } else if s.peek()? == b'[' {
                 let start = s.pos();
@@ -720,6 +765,8 @@ impl Scan<'_> {
             s.object(|s, key| {
                 if s.key_is(&key, name_key) {
                     names.push(s.value()?);
+                } else if s.key_is_variant(&key, &[name_key]) {
+                    return None;
                 } else {
                     s.value()?;
                 }

@@ -639,6 +639,20 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
     };
     let mut params = params;
     let target = target_of(&method, &mut params)?;
+    let arguments = match &target {
+        Target::Tool { arguments, .. } => Some(arguments),
+        _ => None,
+    };
+    if let Some(n) = params
+        .values()
+        .chain(arguments.into_iter().flat_map(|a| a.values()))
+        .find_map(inexact_integer)
+    {
+        return Err(ParseError::Params(format!(
+            "the integer {n} is read as another number by servers that read JSON numbers as \
+             doubles (JavaScript, Go's `any`) than by the policy: send it as a string"
+        )));
+    }
     Ok(Message {
         kind,
         id,
@@ -646,6 +660,27 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
         params,
         target,
     })
+}
+
+/// An integer in `value` (at any depth) that a decoder reading JSON numbers as IEEE binary64
+/// doubles rounds to another value (beyond 2^53: `9007199254740993` is `9007199254740992`
+/// in JavaScript's `JSON.parse`). The policy reads integers exactly, so a rule would judge
+/// another number than such a server acts on. Depth is bounded by the parse's nesting limit.
+fn inexact_integer(value: &Value) -> Option<&Number> {
+    match value {
+        Value::Number(n) => {
+            let exact = match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => (i as f64) as i128 == i128::from(i),
+                (None, Some(u)) => (u as f64) as i128 == i128::from(u),
+                // Fractions and exponents are doubles to the policy too.
+                (None, None) => true,
+            };
+            (!exact).then_some(n)
+        }
+        Value::Array(items) => items.iter().find_map(inexact_integer),
+        Value::Object(members) => members.values().find_map(inexact_integer),
+        _ => None,
+    }
 }
 
 /// The `params` members the filter reads (for any method, so a method's members cannot hide

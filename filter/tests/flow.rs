@@ -2375,3 +2375,100 @@ fn an_answer_that_came_by_another_route_than_the_checked_one_is_502() {
     );
     assert!(host.replies.is_empty());
 }
+
+/// An integer argument beyond 2^53 is one number to the policy (exact) and another to a
+/// server that reads JSON numbers as doubles (JavaScript's `JSON.parse`, Go's `any`):
+/// `9007199254740993` is `9007199254740992` there. A deny rule on the latter must not be
+/// passed by writing the former.
+#[test]
+fn an_integer_a_double_reads_otherwise_is_refused_not_judged() {
+    let mut c = base_config();
+    c["servers"][0]["policy"] = json!({
+        "name": "crm", "version": "7",
+        "rules": [
+            { "name": "not-that-customer", "deny": "mcp.tool.name == \"get\" && mcp.tool.arguments.customer_id == 9007199254740992" },
+            { "name": "get", "allow": "mcp.tool.name == \"get\"" },
+        ],
+    });
+    let config = build(c);
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get","arguments":{"customer_id":9007199254740993}}}"#;
+    let mut host = post_host(Some(&alice()), &[]);
+    let (mut stream, action) = send(&config, &mut host, body);
+    stream.on_log(&mut host);
+    assert_eq!(action, Action::Pause, "forwarded: {:?}", host.audit());
+    let record = host.record();
+    assert_eq!(record["status"], 400, "{record}");
+    assert_eq!(record["error_code"], -32602, "{record}");
+    assert!(
+        record["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("9007199254740993") && d.contains("as a string")),
+        "{record}"
+    );
+    // The control: the exact double is denied by the rule, a small integer allowed.
+    for (text, decision) in [("9007199254740992", "deny"), ("42", "allow")] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"get","arguments":{{"customer_id":{text}}}}}}}"#
+        );
+        let mut host = post_host(Some(&alice()), &[]);
+        let (mut stream, _) = send(&config, &mut host, body.as_bytes());
+        stream.on_log(&mut host);
+        assert_eq!(host.record()["decision"], decision, "{text}");
+    }
+}
+
+/// A list member (or the result, or an entry's name) spelled in another case beside
+/// the one the filter reads. Go's `encoding/json` (mcp-go's client, any Go client decoding
+/// into structs) matches member names case-insensitively, the last one winning: it reads the
+/// unfiltered `Tools`. The answer must be filtered or refused, never passed with a second list.
+#[test]
+fn a_case_variant_list_beside_the_filtered_one_makes_the_answer_unreadable() {
+    let mut passed = Vec::new();
+    for body in [
+        format!(r#"{{"jsonrpc":"2.0","id":5,"result":{{"tools":[],"Tools":{TOOLS}}}}}"#),
+        format!(
+            r#"{{"jsonrpc":"2.0","id":5,"result":{{"tools":[]}},"Result":{{"tools":{TOOLS}}}}}"#
+        ),
+        format!(r#"{{"jsonrpc":"2.0","id":5,"result":{{"tools":[],"toolſ":{TOOLS}}}}}"#),
+        r#"{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"search","Name":"delete"}]}}"#
+            .to_string(),
+    ] {
+        let (mut stream, mut host) = answered(
+            &alice(),
+            &request(json!(5), "tools/list"),
+            "application/json",
+        );
+        let action = stream.on_response_body(&mut host, body.as_bytes(), true);
+        stream.on_log(&mut host);
+        let record = host.record();
+        if record["decision"] != "error"
+            || !record["detail"]
+                .as_str()
+                .is_some_and(|r| r.contains("in another case"))
+            || matches!(action, BodyAction::Continue)
+        {
+            passed.push((body, action, record));
+        }
+    }
+    assert!(passed.is_empty(), "not refused: {passed:#?}");
+}
+
+/// `"ID"` beside `"id"`: the filter reads the answer to the tools/call (id 7); Go's
+/// `encoding/json` reads id 5, the tools/list the client awaits on another POST, unfiltered.
+#[test]
+fn a_case_variant_id_does_not_carry_a_list_to_another_request() {
+    let body = format!(r#"{{"jsonrpc":"2.0","id":7,"ID":5,"result":{{"tools":{TOOLS}}}}}"#);
+    let (mut stream, mut host) =
+        answered(&alice(), &tool_call(json!(7), "search"), "application/json");
+    let action = stream.on_response_body(&mut host, body.as_bytes(), true);
+    stream.on_log(&mut host);
+    assert!(!matches!(action, BodyAction::Continue));
+    let record = host.record();
+    assert_eq!(record["decision"], "error", "{record}");
+    assert!(
+        record["detail"]
+            .as_str()
+            .is_some_and(|r| r.contains("in another case")),
+        "{record}"
+    );
+}

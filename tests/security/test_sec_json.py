@@ -96,6 +96,11 @@ MALFORMED = [
     ("tool_name_not_a_string",
      '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":["delete_customer"]}}',
      -32602, has("params.name")),
+    # 2^53 + 1: the policy would judge it exactly, a JavaScript or Go (`any`) server reads 2^53.
+    ("integer_a_double_reads_otherwise",
+     '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer",'
+     '"arguments":{"customer_id":9007199254740993}}}',
+     -32602, has("9007199254740993", "as a string")),
 ]
 
 

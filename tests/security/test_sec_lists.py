@@ -100,6 +100,9 @@ def test_a_list_answer_with_another_2xx_gets_502(lists, upstream, alice, status)
     assert_refused(lists, reply, tag, f"status {status}", upstream_status=status)
 
 
+TWICE_OR_CASE = "a member the filter reads appears twice or in another case"
+
+
 @pytest.mark.parametrize("body,why", [
     ('{"jsonrpc":"2.0","id":6,"result":{"tools":%s}}' % json.dumps(TOOLS), "a response to no request of this exchange"),
     ('{"jsonrpc":"2.0","result":{"tools":%s}}' % json.dumps(TOOLS), "a response to no request of this exchange"),
@@ -108,7 +111,16 @@ def test_a_list_answer_with_another_2xx_gets_502(lists, upstream, alice, status)
     ('{"jsonrpc":"2.0","id":5,"result":{"tools":[]},"error":{"code":1,"message":"x"}}', "both a result and an error"),
     ('{"jsonrpc":"2.0","id":5,"result":{"tools":%s}} ' % json.dumps(TOOLS) * 2, "not JSON"),
     ("", "no body"),
-], ids=["other_id", "no_id", "other_list", "notification", "result_and_error", "two_messages", "empty"])
+    # Go's encoding/json matches member names in any case (Unicode folds too), the last one
+    # winning: a Go client would read the second, unfiltered list, result, name or id.
+    ('{"jsonrpc":"2.0","id":5,"result":{"tools":[],"Tools":%s}}' % json.dumps(TOOLS), TWICE_OR_CASE),
+    ('{"jsonrpc":"2.0","id":5,"result":{"tools":[],"tool\u017f":%s}}' % json.dumps(TOOLS), TWICE_OR_CASE),
+    ('{"jsonrpc":"2.0","id":5,"result":{"tools":[]},"Result":{"tools":%s}}' % json.dumps(TOOLS), TWICE_OR_CASE),
+    ('{"jsonrpc":"2.0","id":5,"result":{"tools":[{"name":"search","Name":"delete_customer"}]}}', TWICE_OR_CASE),
+    ('{"jsonrpc":"2.0","id":5,"ID":6,"result":{"tools":[]}}', TWICE_OR_CASE),
+], ids=["other_id", "no_id", "other_list", "notification", "result_and_error", "two_messages", "empty",
+        "list_in_another_case", "list_with_a_folding_character", "result_in_another_case",
+        "name_in_another_case", "id_in_another_case"])
 def test_a_json_list_answer_that_is_not_one_response_carrying_the_list_gets_502(lists, upstream, alice, body, why):
     upstream.script(lambda r: Answer(200, [("content-type", "application/json")], body.encode()))
     reply, tag = list_request(lists, alice)
