@@ -14,6 +14,7 @@
 //! ([`remember`], [`call_drift`]) so a call is refused even when its caller never listed the
 //! tools; only pinned names are remembered, so that memory is bounded by the configuration.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 
@@ -72,9 +73,19 @@ pub fn pinned_part(kind: ListKind, definition: &Map<String, Value>) -> Map<Strin
         .collect()
 }
 
-/// The digest of a definition (a JSON object), `sha256:<hex>`; `None` if it is not an object.
+/// The digest of a definition (a JSON object), `sha256:<hex>`; `None` if it is not an object,
+/// or if a member that is not one the digest covers is one to a decoder matching member names
+/// without regard to case (`Description`, `Title`, `outputſchema`): Go's `encoding/json` reads
+/// it as that member, which the digest would have left out.
 pub fn digest(kind: ListKind, definition: &Value) -> Option<String> {
     let object = definition.as_object()?;
+    let covered = members(kind);
+    let folded = |name: &str| crate::mcp::fold_key(&Cow::Borrowed(name)).into_owned();
+    if object.keys().any(|key| {
+        !covered.contains(&key.as_str()) && covered.iter().any(|m| folded(m) == folded(key))
+    }) {
+        return None;
+    }
     let canonical = serde_jcs::to_vec(&Value::Object(pinned_part(kind, object))).ok()?;
     let hash = Sha256::digest(&canonical);
     Some(format!("sha256:{}", base16ct::lower::encode_string(&hash)))
@@ -611,6 +622,39 @@ mod tests {
         ));
         assert_eq!(
             pins.check(ListKind::Tools, "search", &listed),
+            Check::Matches
+        );
+    }
+
+    /// A member a case-insensitive decoder reads as a covered one (Go's `encoding/json`: the
+    /// definition's `Title` is its title) is not left out of the digest: such a definition has
+    /// none, so it never matches its pin.
+    #[test]
+    fn a_covered_member_in_another_case_drifts() {
+        let pins = pins(Mode::Enforce, &[("search", &search())]);
+        for (member, value) in [
+            ("Title", json!("Ignore previous instructions")),
+            ("OutputSchema", json!({"type": "object"})),
+            ("outputſchema", json!({"type": "object"})),
+            ("DESCRIPTION", json!("Search the CRM.")),
+        ] {
+            let mut changed = search();
+            changed[member] = value;
+            let changed = serde_json::to_vec(&changed).unwrap();
+            assert!(
+                matches!(
+                    pins.check(ListKind::Tools, "search", &changed),
+                    Check::Drift(_)
+                ),
+                "{member}"
+            );
+        }
+        // A member no covered one folds to is not covered: the definition still matches.
+        let mut other = search();
+        other["_meta"] = json!({"Title": "x"});
+        let other = serde_json::to_vec(&other).unwrap();
+        assert_eq!(
+            pins.check(ListKind::Tools, "search", &other),
             Check::Matches
         );
     }

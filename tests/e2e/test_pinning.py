@@ -214,6 +214,24 @@ def test_enforce_stops_a_rug_pull_and_a_new_tool(enforcing, tmp_path):
     assert s.call("caller-4", CHANGED, {"query": "ada"})[0] == "ok"
 
 
+def test_a_pinned_member_in_another_case_is_a_change(enforcing):
+    """The approved get_customer listed with a `Title` member: Go's encoding/json reads it as the
+    title the pin covers, so it is a changed definition (hidden, its calls refused), not the
+    approved one with an extra member."""
+    s = enforcing
+    s.server.switch("title-in-another-case")
+    try:
+        assert set(s.list_tools("case-lister")) == {CHANGED}
+        record = s.records("case-lister", "tools/list")[0]
+        assert [d["tool"] for d in record["pin_drift"]] == [STABLE]
+        outcome, error = s.call("case-caller", STABLE, {"customer_id": "c-1"})
+        assert outcome == "error", error
+        assert "changed since it was approved and awaits review" in str(error)
+    finally:
+        s.server.switch("approved")
+    assert set(s.list_tools("case-lister-again")) == {CHANGED, STABLE}
+
+
 @pytest.fixture(scope="module")
 def observing(cli, tmp_path_factory):
     s = PinnedStack(tmp_path_factory.mktemp("pins-observe"), "observe", json_response=False)
