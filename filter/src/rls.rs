@@ -3,10 +3,10 @@
 //! (`envoy/service/ratelimit/v3/rls.proto`, `envoy/extensions/common/ratelimit/v3/
 //! ratelimit.proto`, only the fields used) and encoded with `prost`.
 //!
-//! One request per message, one descriptor per global limit it spends from:
+//! One request per global limit a message spends from, each with one descriptor:
 //!
 //! ```text
-//! domain: <rate_limit_service.domain>
+//! domain: <rate_limit_service.domain>, hits_addend: <cost>
 //! descriptors: [{ entries: [{key: "mcp_limit", value: <limit name>},
 //!                           {key: "mcp_key",   value: <the limit's key>}],
 //!                 limit: { requests_per_unit: N, unit: SECOND|MINUTE|HOUR|DAY },  # the policy's rate
@@ -143,32 +143,32 @@ fn unit(u: Unit) -> i32 {
     }
 }
 
-/// The encoded `ShouldRateLimit` request.
-pub fn request(domain: &str, asks: &[Ask<'_>]) -> Vec<u8> {
-    let descriptors = asks
-        .iter()
-        .map(|a| RateLimitDescriptor {
-            entries: vec![
-                Entry {
-                    key: LIMIT_ENTRY.into(),
-                    value: a.limit.into(),
-                },
-                Entry {
-                    key: KEY_ENTRY.into(),
-                    value: a.key.into(),
-                },
-            ],
-            limit: Some(RateLimitOverride {
-                requests_per_unit: u32::try_from(a.rate.amount).unwrap_or(u32::MAX),
-                unit: unit(a.rate.unit),
-            }),
-            hits_addend: Some(UInt64Value { value: a.cost }),
-        })
-        .collect();
+/// The encoded `ShouldRateLimit` request for one limit: one descriptor, its cost both in the
+/// descriptor's `hits_addend` (Envoy's reference service) and in the request's (limitador-server,
+/// whose descriptor has no such field). One limit per request, so a service that names
+/// descriptors by position (`descriptors[0]` in Limitador's conditions) always finds it first.
+pub fn request(domain: &str, a: &Ask<'_>) -> Vec<u8> {
+    let descriptor = RateLimitDescriptor {
+        entries: vec![
+            Entry {
+                key: LIMIT_ENTRY.into(),
+                value: a.limit.into(),
+            },
+            Entry {
+                key: KEY_ENTRY.into(),
+                value: a.key.into(),
+            },
+        ],
+        limit: Some(RateLimitOverride {
+            requests_per_unit: u32::try_from(a.rate.amount).unwrap_or(u32::MAX),
+            unit: unit(a.rate.unit),
+        }),
+        hits_addend: Some(UInt64Value { value: a.cost }),
+    };
     RateLimitRequest {
         domain: domain.into(),
-        descriptors,
-        hits_addend: 0,
+        descriptors: vec![descriptor],
+        hits_addend: u32::try_from(a.cost).unwrap_or(u32::MAX),
     }
     .encode_to_vec()
 }
@@ -208,7 +208,10 @@ pub fn response(bytes: &[u8], expected: usize) -> Result<Vec<Verdict>, String> {
             applied: Some(s.current_limit.is_some()),
         })
         .collect();
-    if verdicts.len() == expected {
+    // The overall code is what Envoy's own rate limit filter acts on: statuses that leave an
+    // OVER_LIMIT answer with no descriptor over its limit do not overrule it.
+    let consistent = r.overall_code != OVER_LIMIT || verdicts.iter().any(|v| v.over_limit);
+    if verdicts.len() == expected && consistent {
         return Ok(verdicts);
     }
     // A service may leave statuses out: the overall code still decides, for every limit.
@@ -253,12 +256,12 @@ mod tests {
         };
         let bytes = request(
             "mcp",
-            &[Ask {
+            &Ask {
                 limit: "company-email",
                 key: "acme",
                 rate,
                 cost: 3,
-            }],
+            },
         );
         let r = RateLimitRequest::decode(bytes.as_slice()).unwrap();
         assert_eq!(r.domain, "mcp");
@@ -278,6 +281,7 @@ mod tests {
         );
         assert_eq!(d.limit.as_ref().unwrap().unit, 3);
         assert_eq!(d.hits_addend.as_ref().unwrap().value, 3);
+        assert_eq!((r.descriptors.len(), r.hits_addend), (1, 3));
     }
 
     #[test]

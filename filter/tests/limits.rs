@@ -380,3 +380,167 @@ fn envoy_answering_while_the_service_is_awaited_is_audited_once() {
     );
     assert_eq!(host.inner.audits.len(), 1);
 }
+
+/// Two global limits (as policies/email.yaml counts each send_email twice), `cost` 3.
+fn two_global_limits(failure_mode: &str) -> Value {
+    json!([
+        { "name": "per-engineer", "key": "jwt.sub", "rate": "100/hour", "scope": "global",
+          "failure_mode": failure_mode, "cost": 3 },
+        { "name": "company", "key": "\"acme\"", "rate": "5000/hour", "scope": "global",
+          "failure_mode": failure_mode, "cost": 3 },
+    ])
+}
+
+fn answer_of(overall: i32, statuses: Vec<rls::DescriptorStatus>) -> Vec<u8> {
+    rls::RateLimitResponse {
+        overall_code: overall,
+        statuses,
+    }
+    .encode_to_vec()
+}
+
+fn status_of(code: i32, has_limit: bool) -> rls::DescriptorStatus {
+    rls::DescriptorStatus {
+        code,
+        current_limit: has_limit.then_some(rls::CurrentLimit {
+            requests_per_unit: 10,
+            unit: 3,
+        }),
+        limit_remaining: 4,
+        duration_until_reset: None,
+    }
+}
+
+/// Each global limit is a request of its own, with one descriptor and its cost in the
+/// descriptor's `hits_addend` and the request's: limitador-server counts the request's (its
+/// descriptor has no such field) and names descriptors by position (`descriptors[0]`), so a
+/// second limit in the same request would never be counted there.
+#[test]
+fn each_global_limit_is_its_own_request_with_its_cost() {
+    let config = config_with(two_global_limits("closed"), true);
+    let mut host = grpc_host(Some(10));
+    let (mut stream, action) = send(&config, &mut host, &call(1, "send_email"));
+    assert_eq!(action, Action::Pause);
+    let asked: Vec<(String, u32, u64, usize)> = host
+        .calls
+        .iter()
+        .map(|(_, _, _, msg, _)| {
+            let r = rls::RateLimitRequest::decode(msg.as_slice()).unwrap();
+            let d = &r.descriptors[0];
+            (
+                d.entries[0].value.clone(),
+                r.hits_addend,
+                d.hits_addend.as_ref().map_or(0, |h| h.value),
+                r.descriptors.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        asked,
+        vec![
+            ("per-engineer".to_string(), 3, 3, 1),
+            ("company".to_string(), 3, 3, 1)
+        ]
+    );
+    // The message waits for both answers; the second one over its limit refuses it.
+    let ok = answer_of(rls::OK, vec![status_of(rls::OK, true)]);
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 10, 0, Some(&ok)),
+        Action::Pause
+    );
+    assert!(host.inner.replies.is_empty());
+    let over = answer_of(rls::OVER_LIMIT, vec![status_of(rls::OVER_LIMIT, true)]);
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 11, 0, Some(&over)),
+        Action::Pause
+    );
+    assert_eq!(host.inner.reply().status, 200);
+    assert_eq!(host.inner.record()["rule"], "limit:company");
+
+    // Both within their budgets: forwarded once both answered, whatever the order.
+    let mut host = grpc_host(Some(20));
+    let (mut stream, _) = send(&config, &mut host, &call(2, "send_email"));
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 21, 0, Some(&ok)),
+        Action::Pause
+    );
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 21, 0, Some(&ok)),
+        Action::Pause
+    );
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 20, 0, Some(&ok)),
+        Action::Continue
+    );
+    stream.on_log(&mut host);
+    assert_eq!(host.inner.record()["decision"], "allow");
+}
+
+/// One limit's call failing applies that limit's failure mode; the others' verdicts stand.
+#[test]
+fn a_failed_call_applies_its_own_limits_failure_mode() {
+    let ok = answer_of(rls::OK, vec![status_of(rls::OK, true)]);
+    let config = config_with(two_global_limits("open"), true);
+    let mut host = grpc_host(Some(30));
+    let (mut stream, _) = send(&config, &mut host, &call(1, "send_email"));
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 30, 14, None),
+        Action::Pause
+    );
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 31, 0, Some(&ok)),
+        Action::Continue
+    );
+    stream.on_log(&mut host);
+    let r = host.inner.record();
+    assert_eq!(r["decision"], "allow");
+    assert!(
+        r["detail"].as_str().unwrap().contains("\"per-engineer\""),
+        "{r}"
+    );
+    assert_eq!(
+        host.inner
+            .counter("mcp_guard.limits.name=per-engineer.outcome=failure_open"),
+        1
+    );
+    assert_eq!(
+        host.inner
+            .counter("mcp_guard.limits.name=company.outcome=allowed"),
+        1
+    );
+}
+
+/// Answers that do not show the message counted within its limit: an overall OVER_LIMIT
+/// whose status is not (Envoy's own rate limit filter acts on the overall code), and a status
+/// without `current_limit` (no limit of the service matched the descriptor: it counted
+/// nothing) — the second applies the limit's failure mode (`closed` here).
+#[test]
+fn answers_that_do_not_show_the_message_counted_do_not_pass_it() {
+    let config = config_with(global_limits("closed"), true);
+    for (answer, rule_reason) in [
+        (
+            answer_of(rls::OVER_LIMIT, vec![status_of(0, true)]),
+            "exhausted",
+        ),
+        (
+            answer_of(rls::OK, vec![status_of(rls::OK, false)]),
+            "has no limit for \"company\"",
+        ),
+    ] {
+        let mut host = grpc_host(Some(1));
+        let (mut stream, _) = send(&config, &mut host, &call(1, "search"));
+        assert_eq!(
+            stream.on_grpc_answer(&mut host, 1, 0, Some(&answer)),
+            Action::Pause
+        );
+        assert_eq!(host.inner.reply().status, 200);
+        let r = host.inner.record();
+        assert_eq!(r["rule"], "limit:company", "{r}");
+        let said = format!(
+            "{} {}",
+            r["reason"].as_str().unwrap_or_default(),
+            r["detail"].as_str().unwrap_or_default()
+        );
+        assert!(said.contains(rule_reason), "{r}");
+    }
+}

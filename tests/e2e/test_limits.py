@@ -144,6 +144,9 @@ GLOBAL_POLICY = {
          "rate": "10/hour", "scope": "global", "failure_mode": "closed"},
         {"name": "company-search", "when": 'mcp.tool.name == "search_customers"',
          "key": '"acme"', "rate": "1000/hour", "scope": "global", "failure_mode": "open"},
+        # A second global limit on the same calls: each message spends from both.
+        {"name": "per-caller-search", "when": 'mcp.tool.name == "search_customers"',
+         "key": "jwt.sub", "rate": "2/hour", "scope": "global", "failure_mode": "open"},
     ],
 }
 
@@ -200,6 +203,7 @@ class Fleet:
         limits = json.dumps([
             {"domain": "mcp-fleet", "limit": "company-echo", "max": 10, "seconds": 3600},
             {"domain": "mcp-fleet", "limit": "company-search", "max": 1000, "seconds": 3600},
+            {"domain": "mcp-fleet", "limit": "per-caller-search", "max": 2, "seconds": 3600},
         ])
         p = harness.Process([str(RLS_BINARY), f"127.0.0.1:{self.rls_port}",
                              f"redis://127.0.0.1:{self.redis_port}/", limits],
@@ -253,6 +257,26 @@ def test_global_limit_is_shared_by_two_envoys(fleet):
     assert {r["rule"] for r in refused} == {"limit:company-echo"}
     # The counter lives in Redis, written by limitador.
     assert redis_keys(fleet), "limitador keeps its counters in Redis"
+
+
+def test_a_message_spends_from_every_global_limit_it_names(fleet):
+    """search_customers counts against the company's budget and the caller's own: each limit is
+    asked in a request of its own (one descriptor each), the message waits for both, and the
+    caller's third search of the hour is refused by its own limit on either replica."""
+    for i in range(2):
+        r = post(fleet.envoys[i].url, fleet.token("sam"), call("search_customers", {"query": "grace"}, id=i))
+        assert "Grace Hopper" in json.dumps(answer(r))
+    r = post(fleet.envoys[0].url, fleet.token("sam"), call("search_customers", {"query": "grace"}, id=3))
+    error = answer(r)["error"]
+    assert error["code"] == RATE_LIMITED
+    assert error["data"]["limit"] == "per-caller-search"
+    # Another caller is within both limits.
+    r = post(fleet.envoys[1].url, fleet.token("tess"), call("search_customers", {"query": "grace"}))
+    assert "Grace Hopper" in json.dumps(answer(r))
+    allowed = [r for r in fleet.envoys[1].wait_audit(100, timeout=2)
+               if r.get("sub") == "tess" and r.get("tool") == "search_customers"]
+    # The least budget left of the two: the caller's own (2 per hour, one spent).
+    assert allowed and allowed[-1]["limit_remaining"] == 1, allowed
 
 
 def test_failure_modes_when_the_service_stops(fleet):

@@ -377,7 +377,17 @@ impl Stream {
         if let Target::Tool { arguments, .. } = &message.target {
             return protocol::param_mismatch(&self.headers, declared, arguments);
         }
-        None
+        // Parameter headers mirror a tool's arguments: on any other message they name nothing
+        // the body carries, and a router or rate limiter would act on a value no one checked.
+        self.headers
+            .iter()
+            .find(|(k, _)| protocol::is_param_header(k))
+            .map(|(k, _)| {
+                format!(
+                    "{k} header on a {} message, which has no tool arguments",
+                    message.method
+                )
+            })
     }
 
     pub(super) fn input<'a>(

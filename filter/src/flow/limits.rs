@@ -1,8 +1,8 @@
 //! The limits step of the request path: once the policy allowed a message, spend from the
 //! budgets its limits name — local token buckets at once ([`crate::limits`]), global ones by
-//! asking the rate limit service ([`crate::rls`]) while the request waits. A limited message is
-//! answered with HTTP 200 and a JSON-RPC error ([`reply::RATE_LIMITED`]) plus `Retry-After`;
-//! the session goes on.
+//! asking the rate limit service ([`crate::rls`]), one request per limit, while the request
+//! waits. A limited message is answered with HTTP 200 and a JSON-RPC error
+//! ([`reply::RATE_LIMITED`]) plus `Retry-After`; the session goes on.
 
 use serde_json::json;
 
@@ -16,13 +16,22 @@ use crate::policy::{Charge, ChargeError, FailureMode, Scope};
 use crate::refusal::Refusal;
 use crate::{metrics, reply, rls};
 
-/// A message waiting for the rate limit service's answer.
+/// A message waiting for the rate limit service's answers.
 pub(super) struct PendingLimit {
-    token: u32,
     record: Record,
     what: What,
-    /// The global limits asked about, in the order of the request's descriptors.
-    asks: Vec<Charge>,
+    /// One call per global limit the message spends from.
+    calls: Vec<Call>,
+}
+
+/// One global limit asked about: its own `ShouldRateLimit` call, with one descriptor. Services
+/// read a request differently when it holds several (limitador-server matches descriptors by
+/// position and counts the request's `hits_addend` for each), so each limit is its own request.
+struct Call {
+    charge: Charge,
+    /// `None`: the call could not be made.
+    token: Option<u32>,
+    answer: Option<Result<rls::Verdict, String>>,
 }
 
 impl PendingLimit {
@@ -67,7 +76,7 @@ impl What {
 
 impl Stream {
     /// Spends an allowed message's budgets. Local limits first (a message they refuse never
-    /// reaches the rate limit service), then one request to the service for the global ones.
+    /// reaches the rate limit service), then one request to the service per global one, together.
     pub(super) fn limit(
         &mut self,
         host: &mut dyn Host,
@@ -147,42 +156,48 @@ impl Stream {
             return Gate::Pass(Box::new(record));
         }
         let config = std::rc::Rc::clone(&self.config);
-        let sent = config.rate_limit_service.as_ref().and_then(|service| {
-            let asks: Vec<rls::Ask> = globals
-                .iter()
-                .filter_map(|c| {
-                    policy.limits.get(c.limit).map(|l| rls::Ask {
+        let Some(service) = config.rate_limit_service.as_ref() else {
+            let why = "no rate limit service is configured";
+            return self.service_failed(host, server, record, &what, &globals, why);
+        };
+        let calls: Vec<Call> = globals
+            .into_iter()
+            .map(|charge| {
+                let token = policy.limits.get(charge.limit).and_then(|l| {
+                    let ask = rls::Ask {
                         limit: &l.name,
-                        key: &c.key,
+                        key: &charge.key,
                         rate: l.rate,
-                        cost: c.cost,
-                    })
-                })
-                .collect();
-            let body = rls::request(&service.domain, &asks);
-            host.grpc_call(
-                &service.cluster,
-                rls::SERVICE,
-                rls::METHOD,
-                &body,
-                service.timeout_ms,
-            )
-        });
-        match sent {
-            Some(token) => {
-                self.phase = Phase::WaitingForLimits(Box::new(PendingLimit {
+                        cost: charge.cost,
+                    };
+                    let body = rls::request(&service.domain, &ask);
+                    host.grpc_call(
+                        &service.cluster,
+                        rls::SERVICE,
+                        rls::METHOD,
+                        &body,
+                        service.timeout_ms,
+                    )
+                });
+                let answer = token
+                    .is_none()
+                    .then(|| Err("rate limit service could not be called".to_string()));
+                Call {
+                    charge,
                     token,
-                    record,
-                    what,
-                    asks: globals,
-                }));
-                Gate::Done(Action::Pause)
-            }
-            None => {
-                let why = "rate limit service could not be called";
-                self.service_failed(host, server, record, &what, &globals, why)
-            }
+                    answer,
+                }
+            })
+            .collect();
+        if calls.iter().all(|c| c.answer.is_some()) {
+            return self.decide(host, server, record, &what, &calls);
         }
+        self.phase = Phase::WaitingForLimits(Box::new(PendingLimit {
+            record,
+            what,
+            calls,
+        }));
+        Gate::Done(Action::Pause)
     }
 
     /// Whether the request waits for the rate limit service.
@@ -214,13 +229,31 @@ impl Stream {
         status: u32,
         body: Option<&[u8]>,
     ) -> Action {
+        let Phase::WaitingForLimits(pending) = &mut self.phase else {
+            return Action::Pause;
+        };
+        let Some(call) = pending
+            .calls
+            .iter_mut()
+            .find(|c| c.token == Some(token) && c.answer.is_none())
+        else {
+            return Action::Pause;
+        };
+        call.answer = Some(rls::answer(status, body, 1).and_then(|verdicts| {
+            verdicts
+                .into_iter()
+                .next()
+                .ok_or_else(|| "an answer without a verdict".to_string())
+        }));
+        if pending.calls.iter().any(|c| c.answer.is_none()) {
+            return Action::Pause;
+        }
         let PendingLimit {
-            mut record,
+            record,
             what,
-            asks,
-            ..
+            calls,
         } = match std::mem::replace(&mut self.phase, Phase::Headers) {
-            Phase::WaitingForLimits(pending) if pending.token == token => *pending,
+            Phase::WaitingForLimits(pending) => *pending,
             other => {
                 self.phase = other;
                 return Action::Pause;
@@ -230,20 +263,30 @@ impl Stream {
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
             return Action::Pause;
         };
-        let verdicts = match rls::answer(status, body, asks.len()) {
-            Ok(v) => v,
-            Err(why) => {
-                return match self.service_failed(host, server, record, &what, &asks, &why) {
-                    Gate::Pass(record) => {
-                        self.audit(host, *record);
-                        Action::Continue
-                    }
-                    Gate::Done(action) => action,
-                }
+        match self.decide(host, server, record, &what, &calls) {
+            Gate::Pass(record) => {
+                self.audit(host, *record);
+                Action::Continue
             }
-        };
-        for (charge, verdict) in asks.iter().zip(&verdicts) {
-            let Some(limit) = server.policy.limits.get(charge.limit) else {
+            Gate::Done(action) => action,
+        }
+    }
+
+    /// Every global limit's call answered (or could not be made): a limit over its budget
+    /// refuses the message; a call that failed, or whose descriptor the service has no limit
+    /// for (it counted nothing), applies that limit's failure mode; else the message goes on.
+    fn decide(
+        &mut self,
+        host: &mut dyn Host,
+        server: &Server,
+        mut record: Record,
+        what: &What,
+        calls: &[Call],
+    ) -> Gate {
+        for call in calls {
+            let (Some(Ok(verdict)), Some(limit)) =
+                (&call.answer, server.policy.limits.get(call.charge.limit))
+            else {
                 continue;
             };
             if verdict.over_limit {
@@ -260,17 +303,46 @@ impl Stream {
                     .unwrap_or_else(|| limit.rate.unit.millis().div_ceil(limit.rate.amount.max(1)));
                 let name = limit.name.clone();
                 let code = "rate_limited";
-                return self.refuse_limit(host, server, record, &what, &name, (code, Some(retry)));
+                let refused =
+                    self.refuse_limit(host, server, record, what, &name, (code, Some(retry)));
+                return Gate::Done(refused);
             }
         }
-        for (charge, verdict) in asks.iter().zip(&verdicts) {
-            if let Some(limit) = server.policy.limits.get(charge.limit) {
-                metrics::count_limit(host, &limit.name, "allowed");
-                least(&mut record, verdict.remaining);
+        let mut failed: Vec<Charge> = Vec::new();
+        let mut why: Vec<String> = Vec::new();
+        for call in calls {
+            let name = server
+                .policy
+                .limits
+                .get(call.charge.limit)
+                .map_or("?", |l| l.name.as_str());
+            match &call.answer {
+                Some(Ok(verdict)) if verdict.applied != Some(false) => continue,
+                // No limit of the service matched the descriptor: it counted nothing (the
+                // limit is missing from its configuration), as for DPoP proofs (replay.rs).
+                Some(Ok(_)) => why.push(format!("it has no limit for {name:?}")),
+                Some(Err(e)) => why.push(format!("{e} for {name:?}")),
+                None => why.push(format!("no answer for {name:?}")),
+            }
+            failed.push(call.charge.clone());
+        }
+        if !failed.is_empty() {
+            match self.service_failed(host, server, record, what, &failed, &why.join("; ")) {
+                Gate::Pass(open) => record = *open,
+                done => return done,
             }
         }
-        self.audit(host, record);
-        Action::Continue
+        for call in calls {
+            if let (Some(Ok(verdict)), Some(limit)) =
+                (&call.answer, server.policy.limits.get(call.charge.limit))
+            {
+                if verdict.applied != Some(false) {
+                    metrics::count_limit(host, &limit.name, "allowed");
+                    least(&mut record, verdict.remaining);
+                }
+            }
+        }
+        Gate::Pass(Box::new(record))
     }
 
     /// The rate limit service did not answer: each global limit's failure mode decides.
@@ -302,7 +374,7 @@ impl Stream {
             Some(name) => {
                 record.decision = Verdict::Error;
                 record.reason = Some(format!(
-                    "the rate limit service did not answer ({why}); limit {name:?} fails closed"
+                    "the rate limit service gave no verdict ({why}); limit {name:?} fails closed"
                 ));
                 let code = "rate_limit_service_unavailable";
                 let retry = Some(1_000);
@@ -311,7 +383,7 @@ impl Stream {
             None => {
                 record.reason = Some("rate_limit_service_unavailable".into());
                 record.detail = Some(format!(
-                    "the rate limit service did not answer ({why}); global limits fail open"
+                    "the rate limit service gave no verdict ({why}); global limits fail open"
                 ));
                 Gate::Pass(Box::new(record))
             }

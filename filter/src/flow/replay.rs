@@ -52,7 +52,7 @@ impl Stream {
                 },
                 cost: 1,
             };
-            let body = rls::request(&service.domain, &[ask]);
+            let body = rls::request(&service.domain, &ask);
             host.grpc_call(
                 &service.cluster,
                 rls::SERVICE,

@@ -655,8 +655,8 @@ pub struct CallHost {
 pub type HttpCall = (u32, String, Vec<(String, String)>, String);
 
 impl CallHost {
-    /// `inner`, its callouts recorded and answered with `token` (HTTP calls: `token`, then
-    /// `token + 1`, …).
+    /// `inner`, its callouts recorded and answered with `token`, then `token + 1`, … (HTTP and
+    /// gRPC calls counted apart).
     pub fn new(inner: MockHost, token: Option<u32>) -> CallHost {
         CallHost {
             inner,
@@ -733,10 +733,14 @@ impl Host for CallHost {
             .push((token, cluster.to_string(), headers, body));
         Some(token)
     }
+    /// gRPC calls, answered with tokens counting up from `answer_token`.
     fn grpc_call(&mut self, c: &str, s: &str, m: &str, msg: &[u8], t: u64) -> Option<u32> {
+        let token = self
+            .answer_token
+            .map(|first| first + self.calls.len() as u32);
         self.calls
             .push((c.into(), s.into(), m.into(), msg.to_vec(), t));
-        self.answer_token
+        token
     }
 }
 
