@@ -236,6 +236,28 @@ fn param_headers_are_checked_against_the_arguments_once_the_tool_was_listed() {
     refused_with_32020(&h);
 }
 
+/// Parameter headers mirror a tool's arguments: on any other message (here `tools/list`) they
+/// name a value no body carries, which a router or rate limiter after the filter would act on.
+#[test]
+fn a_param_header_on_a_message_without_tool_arguments_is_refused() {
+    let shared = Shared::default();
+    list_tools(&shared, sql_tools());
+    let mut h = host(
+        &shared,
+        &[
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tools/list"),
+            ("mcp-param-region", "us-west1"),
+        ],
+    );
+    let (_, action) = send(&mut h, &body(4, "tools/list", json!({})));
+    assert_eq!(action, Action::Pause, "nothing forwarded");
+    refused_with_32020(&h);
+    assert!(h.record()["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("mcp-param-region") && d.contains("tools/list")));
+}
+
 #[test]
 fn a_filtered_list_is_private_and_keeps_its_ttl() {
     let shared = Shared::default();
