@@ -24,6 +24,7 @@
 //! ([`prepare`]), only where missing: Envoy creates a missing entry whatever CAS is given, so a
 //! bucket created lazily could lose a concurrent update.
 
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::host::Host;
@@ -182,13 +183,32 @@ pub enum Outcome {
     Failed(&'static str),
 }
 
-/// The key's hash (bytes kept in the entry) and its first slot.
-pub fn locate(limit_id: &str, key: &str, slots: u32) -> ([u8; HASH_BYTES], u32) {
-    let mut h = Sha256::new();
-    h.update(limit_id.as_bytes());
-    h.update([0u8]);
-    h.update(key.as_bytes());
-    let digest = h.finalize();
+/// The key's hash (bytes kept in the entry) and its first slot: HMAC-SHA-256 under `keyed` (the
+/// sealing key's, [`crate::seal::Keys::limit_slots`]) so that a caller choosing keys cannot
+/// aim them at another key's slots; plain SHA-256 when the configuration has no sealing key
+/// (`sessions.stateless`).
+pub fn locate(
+    keyed: Option<&Hmac<Sha256>>,
+    limit_id: &str,
+    key: &str,
+    slots: u32,
+) -> ([u8; HASH_BYTES], u32) {
+    let digest: [u8; 32] = match keyed {
+        Some(mac) => {
+            let mut mac = mac.clone();
+            mac.update(limit_id.as_bytes());
+            mac.update(&[0u8]);
+            mac.update(key.as_bytes());
+            mac.finalize().into_bytes().into()
+        }
+        None => {
+            let mut h = Sha256::new();
+            h.update(limit_id.as_bytes());
+            h.update([0u8]);
+            h.update(key.as_bytes());
+            h.finalize().into()
+        }
+    };
     let mut hash = [0u8; HASH_BYTES];
     hash.copy_from_slice(digest.get(..HASH_BYTES).unwrap_or(&[0; HASH_BYTES]));
     if hash == [0; HASH_BYTES] {
@@ -216,6 +236,7 @@ pub fn limit_id(server: &str, limit: &str) -> String {
 /// Spends `cost` of `key`'s budget in a local limit, shared by every worker VM.
 pub fn take(
     host: &mut dyn Host,
+    keyed: Option<&Hmac<Sha256>>,
     limit_id: &str,
     limit: &Limit,
     key: &str,
@@ -224,7 +245,7 @@ pub fn take(
 ) -> Outcome {
     let shape = Shape::of(limit);
     let slots = limit.slots.max(1);
-    let (hash, first) = locate(limit_id, key, slots);
+    let (hash, first) = locate(keyed, limit_id, key, slots);
     for _ in 0..MAX_ATTEMPTS {
         // Our bucket if it is among the probes, else the first free (empty or idle) one.
         let mut mine = None;
@@ -373,9 +394,9 @@ mod tests {
 
     #[test]
     fn keys_spread_and_never_hash_to_empty() {
-        let (h1, s1) = locate("srv.l", "alice", 10_000);
-        let (h2, _) = locate("srv.l", "bob", 10_000);
-        let (h3, _) = locate("srv.other", "alice", 10_000);
+        let (h1, s1) = locate(None, "srv.l", "alice", 10_000);
+        let (h2, _) = locate(None, "srv.l", "bob", 10_000);
+        let (h3, _) = locate(None, "srv.other", "alice", 10_000);
         assert_ne!(h1, h2);
         assert_ne!(h1, h3);
         assert!(s1 < 10_000);

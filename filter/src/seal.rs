@@ -108,6 +108,8 @@ struct Key {
     /// HMAC-SHA-256 keyed with the nonce key: its padded key blocks are hashed once here, and
     /// each handle's nonce starts from a copy (two SHA-256 blocks fewer per handle).
     nonce_mac: Hmac<Sha256>,
+    /// HMAC-SHA-256 keyed for local limits' slots ([`Keys::limit_slots`]).
+    slots_mac: Hmac<Sha256>,
 }
 
 impl Key {
@@ -122,6 +124,7 @@ impl Key {
             id,
             cipher: Aes256GcmSiv::new(&enc.into()),
             nonce_mac,
+            slots_mac: keyed_mac(&derive(secret, b"mcp-guard limit slots v1")),
         }
     }
 }
@@ -221,6 +224,14 @@ impl Keys {
             previous: previous.map(Key::new),
             memo: RefCell::default(),
         }
+    }
+
+    /// The keyed hash that places a local limit's keys in its slots: callers who choose a
+    /// key (`key: mcp.tool.arguments.to`) cannot work out which slots it takes, so cannot fill
+    /// another key's. The same on every worker and replica; a new current key moves every key
+    /// to new slots (local windows start afresh).
+    pub fn limit_slots(&self) -> &Hmac<Sha256> {
+        &self.current.slots_mac
     }
 
     /// Seals `value` for `binding`. `None` when the value is longer than [`MAX_VALUE`].

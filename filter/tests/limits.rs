@@ -544,3 +544,36 @@ fn answers_that_do_not_show_the_message_counted_do_not_pass_it() {
         assert!(said.contains(rule_reason), "{r}");
     }
 }
+
+/// A local limit keyed on a value the caller chooses (`mcp.tool.arguments.to`): keys are
+/// placed in slots by a hash keyed with the sealing key, so a caller cannot work out keys that
+/// take another key's slots (a key may use four) and fill them, which would refuse every
+/// message for that key (`limit_table_full`, fail closed). The keys below are what an
+/// attacker who read the policy would compute with the plain hash.
+#[test]
+fn a_caller_cannot_aim_chosen_keys_at_another_keys_slots() {
+    use mcp_guard::limits::{limit_id, locate};
+    let limits = json!([{ "name": "per-recipient", "key": "mcp.tool.arguments.to",
+                          "rate": "10/hour", "slots": 64 }]);
+    let config = config_with(limits, false);
+    let id = limit_id("mail", "per-recipient");
+    let (_, victim) = locate(None, &id, "ceo@acme.test", 64);
+    let chosen: Vec<String> = (0u64..)
+        .map(|i| format!("x{i}@evil.test"))
+        .filter(|k| locate(None, &id, k, 64).1 == victim)
+        .take(8)
+        .collect();
+    let shared = Shared::default();
+    let now = 1_700_000_000_000;
+    let send_to = |sub: &str, to: &str| {
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                           "params": { "name": "send_email", "arguments": { "to": to } } })
+        .to_string();
+        let host = as_user(&config, &shared, now, sub, body.as_bytes());
+        host.replies.is_empty().then_some(()).ok_or(host.record())
+    };
+    for key in &chosen {
+        send_to("mallory", key).expect("mallory's own keys are within their limit");
+    }
+    send_to("alice", "ceo@acme.test").expect("alice's key keeps its own slots");
+}

@@ -116,7 +116,8 @@ impl Stream {
                 continue;
             }
             let id = limits::limit_id(&server.name, &limit.name);
-            match limits::take(host, &id, limit, &charge.key, charge.cost, now) {
+            let keyed = self.config.sessions.as_ref().map(|keys| keys.limit_slots());
+            match limits::take(host, keyed, &id, limit, &charge.key, charge.cost, now) {
                 Local::Allowed { remaining } => {
                     metrics::count_limit(host, &limit.name, "allowed");
                     least(&mut record, remaining);
