@@ -685,7 +685,7 @@ fn inexact_integer(value: &Value) -> Option<&Number> {
 
 /// The `params` members the filter reads (for any method, so a method's members cannot hide
 /// in another's spelling).
-const READ_PARAMS: &[&str] = &["name", "arguments", "uri"];
+const READ_PARAMS: &[&str] = &["name", "arguments", "uri", "ref"];
 
 /// Refuses a `params` key that a case-insensitive server would take for a member the filter
 /// reads while the filter, matching exactly, would not (`"Arguments"` alone: no arguments to
@@ -742,8 +742,36 @@ fn target_of(method: &str, params: &mut Map<String, Value>) -> Result<Target, Pa
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
             Target::Resource { uri: text("uri")? }
         }
+        // The server completes an argument of the prompt or resource template `ref` names,
+        // from its data: the policy decides on that prompt or resource as for a read of it.
+        "completion/complete" => completion_target(params)?,
         _ => Target::None,
     })
+}
+
+/// The prompt or resource (template) a `completion/complete` is for: `params.ref`,
+/// `{"type":"ref/prompt","name":…}` or `{"type":"ref/resource","uri":…}`.
+fn completion_target(params: &Map<String, Value>) -> Result<Target, ParseError> {
+    let bad = |what: &str| {
+        ParseError::Params(format!(
+            "completion/complete needs params.ref {what} (a ref/prompt with a name or a ref/resource with a uri)"
+        ))
+    };
+    let reference = params
+        .get("ref")
+        .and_then(Value::as_object)
+        .ok_or_else(|| bad("as an object"))?;
+    let text = |member: &str| match reference.get(member) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(bad(&format!("with a non-empty {member}"))),
+    };
+    match reference.get("type").and_then(Value::as_str) {
+        Some("ref/prompt") => Ok(Target::Prompt {
+            name: text("name")?,
+        }),
+        Some("ref/resource") => Ok(Target::Resource { uri: text("uri")? }),
+        _ => Err(bad("of a known type")),
+    }
 }
 
 /// The MCP specification's tool names: 1–128 of `[A-Za-z0-9_.-]`. Anything else (look-alike

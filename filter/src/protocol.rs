@@ -211,6 +211,10 @@ pub fn check_params(message: &Message) -> Result<(), ParseError> {
 /// What the `Mcp-Name` header mirrors: `params.name` (tools, prompts), `params.uri`
 /// (resources), `params.taskId` (tasks methods).
 pub fn mirrored_name(message: &Message) -> Option<&str> {
+    if message.method == "completion/complete" {
+        // Its target (the prompt or resource it completes) is not what Mcp-Name mirrors.
+        return None;
+    }
     match &message.target {
         Target::Tool { name, .. } | Target::Prompt { name } => Some(name.as_str()),
         Target::Resource { uri } => Some(uri.as_str()),

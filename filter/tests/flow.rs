@@ -2472,3 +2472,50 @@ fn a_case_variant_id_does_not_carry_a_list_to_another_request() {
         "{record}"
     );
 }
+
+/// `completion/complete` completes an argument of the prompt or resource template its
+/// `params.ref` names, from the server's data: the policy sees that prompt (or resource), so a
+/// rule on it holds for its completions too, and the audit names it.
+#[test]
+fn a_completion_is_decided_on_the_prompt_or_resource_it_completes() {
+    let mut c = base_config();
+    c["servers"][0]["policy"] = json!({
+        "name": "crm", "version": "7",
+        "rules": [
+            { "name": "no-secret", "deny": "mcp.prompt.name == \"secret\" || mcp.resource.uri.startsWith(\"secret://\")" },
+            { "name": "complete", "allow": "mcp.method == \"completion/complete\"" },
+        ],
+    });
+    let config = build(c);
+    let complete = |reference: Value| {
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "completion/complete",
+                           "params": { "ref": reference, "argument": { "name": "customer", "value": "a" } } })
+        .to_string();
+        let mut host = post_host(Some(&alice()), &[]);
+        let (mut stream, action) = send(&config, &mut host, body.as_bytes());
+        stream.on_log(&mut host);
+        (action, host.record())
+    };
+    let (action, record) = complete(json!({ "type": "ref/prompt", "name": "secret" }));
+    assert_eq!(action, Action::Pause, "{record}");
+    assert_eq!(
+        (&record["decision"], &record["rule"], &record["prompt"]),
+        (&json!("deny"), &json!("no-secret"), &json!("secret"))
+    );
+    let (action, record) = complete(json!({ "type": "ref/resource", "uri": "secret://{id}" }));
+    assert_eq!(action, Action::Pause, "{record}");
+    assert_eq!(record["rule"], "no-secret");
+    let (action, record) = complete(json!({ "type": "ref/prompt", "name": "public" }));
+    assert_eq!(action, Action::Continue, "{record}");
+    assert_eq!(record["prompt"], "public");
+    // A ref the filter cannot read is refused, not decided as no prompt at all.
+    for reference in [
+        json!({ "type": "ref/prompt" }),
+        json!({ "type": "ref/other", "name": "secret" }),
+        json!("secret"),
+    ] {
+        let (action, record) = complete(reference);
+        assert_eq!(action, Action::Pause);
+        assert_eq!(record["error_code"], -32602, "{record}");
+    }
+}
