@@ -125,3 +125,43 @@ def test_hide_mode_answers_unknown_tool_and_audits_a_denial(tmp_path):
         assert record["decision"] == "deny" and record["rule"] == "no-destructive"
     finally:
         s.stop()
+
+
+def test_a_completion_is_decided_on_the_prompt_it_completes(tmp_path):
+    """`completion/complete` draws values from the server's data for one prompt's (or resource
+    template's) argument: a rule on that prompt holds for its completions too (official SDK
+    client and server, real Envoy)."""
+    import yaml
+    import harness
+    from mcp.types import PromptReference, ResourceTemplateReference
+    policy = yaml.safe_load((harness.ROOT / "policies" / "demo.yaml").read_text())
+    policy["rules"] += [
+        {"name": "accounts-for-managers", "deny": 'mcp.prompt.name == "summarize_account" && !("managers" in jwt.groups)'},
+        {"name": "complete", "allow": 'mcp.method == "completion/complete"'},
+    ]
+    path = tmp_path / "completions.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    s = Stack(tmp_path, policy=str(path))
+    try:
+        async def complete(token, ref):
+            async with mcp_client(s.envoy.url, token) as client:
+                try:
+                    result = await client.complete(ref, {"name": "customer_id", "value": "c-"})
+                    return sorted(result.completion.values)
+                except MCPError as e:
+                    return e
+        prompt = PromptReference(type="ref/prompt", name="summarize_account")
+        manager = s.token("completing-manager", groups=["sales", "managers"])
+        values = run(complete(manager, prompt))
+        assert isinstance(values, list) and values and all(v.startswith("c-") for v in values), values
+        seller = s.token("completing-seller", groups=["sales"])
+        refused = run(complete(seller, prompt))
+        assert isinstance(refused, MCPError) and refused.code == -31403, refused
+        assert "accounts-for-managers" in str(refused)
+        record = s.audit_for("completing-seller", method="completion/complete")[0]
+        assert (record["decision"], record["prompt"]) == ("deny", "summarize_account")
+        # The resource template's completions are not under that rule.
+        template = ResourceTemplateReference(type="ref/resource", uri="crm://customers/{customer_id}")
+        assert run(complete(seller, template)) == values
+    finally:
+        s.stop()

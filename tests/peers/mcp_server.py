@@ -16,6 +16,7 @@ import time
 import uvicorn
 
 from mcp.server.mcpserver import MCPServer
+from mcp.types import Completion
 
 CUSTOMERS = {
     "c-100": {"id": "c-100", "name": "Ada Lovelace", "tier": "gold"},
@@ -59,6 +60,15 @@ def echo(text: str) -> str:
 def summarize_account(customer_id: str) -> str:
     """Summarize a customer account."""
     return f"Summarize the account {customer_id}."
+
+
+@app.completion()
+async def complete_customer_id(ref, argument, context):
+    """Customer ids starting with what was typed, for the prompt's and the template's argument:
+    values drawn from the server's data, which is why a policy decides on what is completed."""
+    if argument.name != "customer_id":
+        return None
+    return Completion(values=sorted(k for k in CUSTOMERS if k.startswith(argument.value)))
 
 
 @app.resource("crm://customers/{customer_id}")
