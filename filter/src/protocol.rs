@@ -560,8 +560,12 @@ fn lookup<'a>(arguments: &'a Map<String, Value>, path: &[String]) -> Option<&'a 
     Some(value)
 }
 
-/// The revision's value encoding: strings as is, integers in decimal (compared numerically),
-/// booleans `true`/`false`; any of them may use the base64 sentinel.
+/// The revision's value encoding: strings as is, integers in decimal, booleans `true`/`false`;
+/// any of them may use the base64 sentinel. An integer is taken only as the official clients
+/// write it — its decimal form (`7`, `-7`), or for a body value written as an integral float
+/// (`7.0`) also Python's rendering of it (`7.0`) — not as any text that parses to the number
+/// (`007`, `+7`, `7e0`, ` 7`, `7.0000000000000001`): a router or rate limiter after the filter
+/// reading the header as text would see one value under unboundedly many names.
 fn value_matches(header: &str, value: &Value) -> bool {
     let Some(decoded) = decode_header_value(header) else {
         return false;
@@ -569,16 +573,13 @@ fn value_matches(header: &str, value: &Value) -> bool {
     match value {
         Value::String(s) => &decoded == s,
         Value::Bool(b) => decoded == if *b { "true" } else { "false" },
-        Value::Number(n) => {
-            let trimmed = decoded.trim();
-            match (n.as_i64(), trimmed.parse::<i64>()) {
-                (Some(a), Ok(b)) => a == b,
-                _ => match (n.as_f64(), trimmed.parse::<f64>()) {
-                    (Some(a), Ok(b)) => a.is_finite() && a == b,
-                    _ => false,
-                },
-            }
-        }
+        Value::Number(n) if n.is_i64() || n.is_u64() => decoded == n.to_string(),
+        Value::Number(n) => n.as_f64().is_some_and(|f| {
+            // Below 1e16 an integral float is exactly an integer and Python writes `N.0`.
+            let integral = f.is_finite() && f.fract() == 0.0 && f.abs() < 1e16;
+            let whole = f as i64;
+            integral && (decoded == whole.to_string() || decoded == format!("{whole}.0"))
+        }),
         _ => false,
     }
 }

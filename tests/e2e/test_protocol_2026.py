@@ -254,6 +254,24 @@ def test_parameter_headers_must_match_the_body(stack):
     assert refused[0]["reason"] == "header_mismatch"
     assert "Mcp-Param-region" in refused[0]["detail"]
 
+    # An integer is taken as the clients write it (the SDK client's call passes), not as any
+    # text that parses to it: a router reading Mcp-Param-Shard as text would see `007` and `7`.
+    async def sharded():
+        async with client(stack, token) as c:
+            r = await c.call_tool("regional_report", {"region": "us-west1", "query": "q", "shard": 7})
+            assert r.content[0].text == "report for 'q' in us-west1"
+
+    asyncio.run(sharded())
+    body["id"] = 10
+    body["params"]["arguments"]["shard"] = 7
+    before = len(stack.server.requests())
+    for spelling in ["007", "+7", "7e0", "7.0"]:
+        r = stack.post(body, token, headers={"mcp-param-region": "us-west1", "mcp-param-shard": spelling})
+        assert r.status_code == 400 and r.json()["error"]["code"] == HEADER_MISMATCH, spelling
+    r = stack.post(body, token, headers={"mcp-param-region": "us-west1", "mcp-param-shard": "7"})
+    assert r.status_code == 200, r.text
+    assert len(stack.server.requests()) == before + 1
+
 
 def test_declared_versions_that_disagree_are_refused(stack):
     token = stack.token("vic", groups=["sales"])

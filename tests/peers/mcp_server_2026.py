@@ -37,6 +37,7 @@ for fn in (demo.search_customers, demo.get_customer, demo.delete_customer, demo.
 def regional_report(
     region: Annotated[str, Field(json_schema_extra={"x-mcp-header": "Region"})],
     query: str,
+    shard: Annotated[int, Field(json_schema_extra={"x-mcp-header": "Shard"})] = 0,
 ) -> str:
     """A report computed in one region (the region is mirrored into a header for routing)."""
     return f"report for {query!r} in {region}"

@@ -131,10 +131,34 @@ fn param_headers_must_match_the_arguments() {
     assert_eq!(
         check(&[
             ("Mcp-Param-Region", "=?base64?dXMtd2VzdDE=?="),
-            ("mcp-param-max", "42.0")
+            ("mcp-param-max", "=?base64?NDI=?=")
         ]),
         None
     );
+    // An integer as the clients write it, not as any text that parses to it: a router reading
+    // the header as text must not see one value under many names.
+    for other in ["42.0", "042", "+42", "4.2e1", " 42", "42.0000000000000001"] {
+        assert!(
+            check(&[("mcp-param-region", "us-west1"), ("mcp-param-max", other)]).is_some(),
+            "{other}"
+        );
+    }
+    // A body value written as a float: its decimal form, or Python's `str(42.0)`.
+    let floats = json!({"region":"us-west1","limits":{"max":42.0},"query":"q"});
+    let floats = floats.as_object().cloned().unwrap_or_default();
+    for (header, ok) in [
+        ("42", true),
+        ("42.0", true),
+        ("42.00", false),
+        ("4.2e1", false),
+    ] {
+        let mismatch = param_mismatch(
+            &headers(&[("mcp-param-region", "us-west1"), ("mcp-param-max", header)]),
+            Some(&declared),
+            &floats,
+        );
+        assert_eq!(mismatch.is_none(), ok, "{header}");
+    }
     assert!(check(&[("mcp-param-region", "eu-west1"), ("mcp-param-max", "42")]).is_some());
     assert!(
         check(&[("mcp-param-max", "42")]).is_some(),
