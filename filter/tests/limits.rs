@@ -334,6 +334,11 @@ fn limits_are_checked_at_load_naming_the_field() {
             "limits[0].name",
         ),
         (
+            // The descriptor DPoP proofs are spent under (`dpop.replay: fleet`).
+            json!([{ "name": "dpop_proof", "key": "jwt.sub", "rate": "1/second", "scope": "global" }]),
+            "limits[0].name",
+        ),
+        (
             json!([{ "name": "a", "key": "jwt.sub", "rate": "1/second", "scope": "global" }]),
             "limits[0].scope",
         ),

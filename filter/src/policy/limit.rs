@@ -241,6 +241,15 @@ impl Limit {
         if raw.slots.is_some() && scope == Scope::Global {
             errors.push(error("slots", "only applies to local limits".into()));
         }
+        if scope == Scope::Global && raw.name == crate::dpop::FLEET_LIMIT {
+            errors.push(error(
+                "name",
+                format!(
+                    "{:?} is the descriptor DPoP proofs are spent under (dpop.replay: fleet): name the limit otherwise",
+                    crate::dpop::FLEET_LIMIT
+                ),
+            ));
+        }
         let slots = raw.slots.unwrap_or(DEFAULT_SLOTS);
         if slots == 0 || slots > MAX_SLOTS {
             errors.push(error(
