@@ -2,13 +2,13 @@
 //! (to catch a revocation before `exp`).
 //!
 //! The call goes through an Envoy cluster with client authentication (`client_secret_basic`
-//! or `client_secret_post`). Answers are cached per VM by the SHA-256 of the token (never the
-//! token): positive ones until the earlier of their `exp` and `cache_ttl_seconds`, negative
-//! ones for `negative_ttl_seconds`, a failed call for one second (so an IdP outage is not
-//! hammered). Concurrent requests with one token wait for one call, in this VM and across the
-//! worker VMs: a slot in shared data (`mcp-guard:introspect:<slot>`, 4096 slots chosen by the
-//! token hash, so shared data stays bounded) holds the lease and then the answer, which the
-//! other VMs adopt on their next tick.
+//! or `client_secret_post`). Answers are cached per VM by a SHA-256 of the token and of who was
+//! asked about it for which issuer ([`answer_key`]; never the token): positive ones until the
+//! earlier of their `exp` and `cache_ttl_seconds`, negative ones for `negative_ttl_seconds`, a
+//! failed call for one second (so an IdP outage is not hammered). Concurrent requests with one
+//! token wait for one call, in this VM and across the worker VMs: a slot in shared data
+//! (`mcp-guard:introspect:<slot>`, 4096 slots chosen by that hash, so shared data stays
+//! bounded) holds the lease and then the answer, which the other VMs adopt on their next tick.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
@@ -19,6 +19,7 @@ use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 
 use crate::env::Environment;
 use crate::error::{typed, ConfigError};
@@ -278,6 +279,28 @@ pub fn form_encode(value: &str) -> String {
         }
     }
     out
+}
+
+/// What an answer about `token` is remembered by, in this VM and in shared data: the token and
+/// who was asked about it, for which issuer. Shared data is the process's, seen by every
+/// configuration whose VM shares the `vm_id` (and by the next configuration after an update):
+/// an answer another authorization server gave, or gave another client (RFC 7662 §2.2 lets it
+/// answer differently per protected resource), is not this issuer's answer.
+pub fn answer_key(issuer: &str, config: &Introspection, token: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"mcp-guard introspection");
+    for part in [
+        issuer,
+        config.cluster.as_str(),
+        config.authority.as_str(),
+        config.path.as_str(),
+        config.client_id.as_str(),
+        token,
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
 }
 
 /// A token is opaque when it is not a compact JWS (three dot-separated parts).

@@ -838,7 +838,8 @@ impl Authenticator {
         token: &str,
         host: &mut dyn Host,
     ) -> Result<Rc<Answer>, AuthError> {
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let issuer = self.issuers.get(index).map_or("", |i| i.issuer.as_str());
+        let hash = introspection::answer_key(issuer, config, token);
         match self.introspector.lookup(index, config, token, &hash, host) {
             Lookup::Pending => Err(AuthError::IntrospectionPending { issuer: index }),
             Lookup::Ready(answer) => match &*answer {
@@ -857,6 +858,16 @@ impl Authenticator {
         now: i64,
     ) -> Result<(), AuthError> {
         check_times(claims, now, self.skew, issuer.require_exp)?;
+        // Who the caller is (sessions, revocation, audit) is read from these as text: one of
+        // another type would be read as absent, e.g. a numeric `sub` as the token's client.
+        if let Some(name) = ["sub", "client_id", "azp", "jti"]
+            .into_iter()
+            .find(|c| claims.get(*c).is_some_and(|v| !v.is_string()))
+        {
+            return Err(AuthError::Malformed(format!(
+                "claim {name} is not a string"
+            )));
+        }
         if !audience_matches(claims.get("aud"), &issuer.audiences) {
             return Err(AuthError::WrongAudience);
         }

@@ -13,6 +13,7 @@ use mcp_guard::flow::{Action, Stream};
 use serde_json::{json, Value};
 
 const OPAQUE: &str = "2YotnFZFEjr1zCsicMWpAA";
+const PARTNER: &str = "https://partner-idp.example.net";
 
 /// A POST with `token`, its HTTP calls (introspection) answered with tokens from 7000.
 fn post(token: &str) -> CallHost {
@@ -258,4 +259,95 @@ fn only_one_issuer_may_introspect() {
     assert_eq!(err.field, "issuers[1].introspect");
     let err = Config::from_json(value.to_string().as_bytes(), &MapEnv::default()).unwrap_err();
     assert_eq!(err.field, "issuers[0].introspection.client_secret_from_env");
+}
+
+/// A configuration introspecting at `endpoint` through `cluster` for `issuer`.
+fn config_at(issuer: &str, endpoint: &str, cluster: &str) -> Rc<Config> {
+    let value = json!({
+        "issuers": [{
+            "issuer": issuer,
+            "audiences": [RESOURCE],
+            "algorithms": ["ES256"],
+            "jwks": { "keys": [p256_public_jwk()] },
+            "introspect": "opaque",
+            "introspection": {
+                "endpoint": endpoint,
+                "cluster": cluster,
+                "client_id": "mcp-guard",
+                "client_secret_from_env": "INTROSPECTION_SECRET",
+            },
+        }],
+        "servers": [{
+            "name": "crm",
+            "resource": RESOURCE,
+            "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+            "policy": { "name": "p", "rules": [ { "name": "all", "allow": "true" } ]},
+        }],
+        "sessions": { "key": TEST_SESSION_KEY },
+    });
+    let env = MapEnv::with(&[("INTROSPECTION_SECRET", "s3cret")]);
+    Rc::new(Config::from_json(value.to_string().as_bytes(), &env).unwrap())
+}
+
+fn post_sharing(token: &str, shared: &Shared) -> CallHost {
+    let auth = format!("Bearer {token}");
+    CallHost::new(
+        MockHost::request(&[
+            (":method", "POST"),
+            (":path", "/mcp"),
+            (":authority", "mcp.example.com"),
+            ("content-type", "application/json"),
+            ("authorization", &auth),
+        ])
+        .with_shared(shared),
+        Some(7000),
+    )
+}
+
+/// Two filter configurations in one Envoy with the same `vm_config` (the shipped templates all
+/// name `vm_id: mcp-guard`) share Envoy's shared data: an answer one got from its authorization
+/// server about a token (RFC 7662: `iss` optional) is not the other's answer for its issuer.
+/// Answers are kept by the token and who was asked about it, for which issuer.
+#[test]
+fn an_answer_another_configurations_server_gave_is_not_adopted() {
+    let shared = Shared::default();
+    let partner = config_at(
+        PARTNER,
+        "https://partner-idp.example.net/introspect",
+        "partner",
+    );
+    let staff = config_at(ISSUER, "https://idp.example.com/token/introspection", "idp");
+
+    let mut host = post_sharing(OPAQUE, &shared);
+    let mut stream = Stream::new(Rc::clone(&partner));
+    stream.on_request_headers(&mut host, false);
+    let call = host
+        .http_calls
+        .last()
+        .map(|c| c.0)
+        .expect("the partner's server is asked");
+    let answer = json!({
+        "active": true, "sub": "alice", "aud": RESOURCE, "exp": NOW + 600, "iat": NOW - 5,
+        "client_id": "partner-app",
+    })
+    .to_string();
+    partner.authenticator.on_introspection_response(
+        call,
+        Some(200),
+        Some(answer.as_bytes()),
+        &mut host,
+    );
+    assert_eq!(stream.resume(&mut host), Action::Pause);
+    assert!(stream.awaiting_body(), "the partner's caller is let in");
+
+    // The same token at the employees' configuration: it asks its own IdP, and waits for it.
+    let mut host = post_sharing(OPAQUE, &shared);
+    let mut stream = Stream::new(Rc::clone(&staff));
+    stream.on_request_headers(&mut host, false);
+    assert!(
+        !stream.awaiting_body(),
+        "decided on the partner server's answer"
+    );
+    let asked: Vec<&str> = host.http_calls.iter().map(|c| c.1.as_str()).collect();
+    assert_eq!(asked, vec!["idp"]);
 }
