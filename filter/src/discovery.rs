@@ -590,7 +590,27 @@ impl Scan<'_> {
     /// client decoding into structs) folds them (Unicode simple folding) and lets the last one
     /// win, so `"Tools"` beside `"tools"`, `"Result"` beside `"result"`, `"Name"` beside
     /// `"name"` would be what it reads. Plain ASCII names are compared without a copy.
+    #[inline]
     fn key_is_variant(&self, span: &Range<usize>, keys: &[&str]) -> bool {
+        // Most members are no variant of any key, and their first letter says so: a variant
+        // starts with the key's first letter in either case, or with an escape or a non-ASCII
+        // character (U+017F, U+212A, U+0131 fold to ASCII letters).
+        let first = self.bytes().get(span.start + 1).copied().unwrap_or(b'"');
+        if first.is_ascii_alphabetic()
+            && !keys.iter().any(|k| {
+                k.as_bytes()
+                    .first()
+                    .is_some_and(|c| c.eq_ignore_ascii_case(&first))
+            })
+        {
+            return false;
+        }
+        self.key_may_be_variant(span, keys)
+    }
+
+    /// [`Self::key_is_variant`] past its first-letter test.
+    #[inline(never)]
+    fn key_may_be_variant(&self, span: &Range<usize>, keys: &[&str]) -> bool {
         let Some(raw) = self.bytes().get(span.clone()) else {
             return false;
         };
