@@ -1,8 +1,9 @@
 //! Fetching revocation feeds ([`crate::revocation`]) through an Envoy cluster: one fetch serves
 //! every worker VM (a lease in shared data), the last good copy stays in use while the source
 //! is down. Coordination goes through Envoy shared data, as for keys ([`crate::jwks`]):
-//! `mcp-guard:revocation:<issuer>` holds the last good document and when it was fetched;
-//! `mcp-guard:revocation-lease:<issuer>` says who fetches.
+//! `mcp-guard:revocation:<issuer>:<source>` holds the last good document and when it was fetched;
+//! `mcp-guard:revocation-lease:<issuer>:<source>` says who fetches (`<source>`: a tag of the
+//! cluster and URL, [`crate::lease::source_tag`]).
 //!
 //! Apart from [`crate::revocation`] (the documents, and the checks on a token), so that the
 //! issuers ([`crate::jwt`]) can hold a feed without importing what drives them.
@@ -40,12 +41,20 @@ pub struct FeedManager {
     inflight: HashMap<u32, (usize, u64)>,
 }
 
-fn doc_key(issuer: &str) -> String {
-    format!("mcp-guard:revocation:{issuer}")
+/// The issuer and where its feed comes from ([`crate::lease::source_tag`]).
+fn scope(issuer: &str, feed: &Feed) -> String {
+    let tag = feed.remote.as_ref().map_or(String::new(), |r| {
+        crate::lease::source_tag(&[&r.cluster, &r.uri])
+    });
+    format!("{issuer}:{tag}")
 }
 
-fn lease_key(issuer: &str) -> String {
-    format!("mcp-guard:revocation-lease:{issuer}")
+fn doc_key(scope: &str) -> String {
+    format!("mcp-guard:revocation:{scope}")
+}
+
+fn lease_key(scope: &str) -> String {
+    format!("mcp-guard:revocation-lease:{scope}")
 }
 
 impl FeedManager {
@@ -85,7 +94,7 @@ impl FeedManager {
             if self.inflight.values().any(|(i, _)| *i == index) {
                 continue;
             }
-            let (lease, cas) = lease::read(&lease_key(&issuer.issuer), host);
+            let (lease, cas) = lease::read(&lease_key(&scope(&issuer.issuer, feed)), host);
             if lease.until_ms > now {
                 continue;
             }
@@ -101,7 +110,7 @@ impl FeedManager {
                 continue;
             }
             let taken = lease.taken(now, remote.timeout_ms);
-            if !lease::write(&lease_key(&issuer.issuer), &taken, cas, host) {
+            if !lease::write(&lease_key(&scope(&issuer.issuer, feed)), &taken, cas, host) {
                 continue; // another VM took it first
             }
             let started = split_url(&remote.uri).ok().and_then(|(authority, path)| {
@@ -118,7 +127,7 @@ impl FeedManager {
                     );
                     finish(
                         index,
-                        &issuer.issuer,
+                        &scope(&issuer.issuer, feed),
                         FetchOutcome::Unreachable,
                         now,
                         host,
@@ -185,7 +194,8 @@ impl FeedManager {
                 status
             );
         }
-        finish(index, &issuer.issuer, outcome, attempt, host, &mut report);
+        let scope = scope(&issuer.issuer, feed);
+        finish(index, &scope, outcome, attempt, host, &mut report);
         report
     }
 
@@ -205,9 +215,11 @@ impl FeedManager {
             feed: value,
         };
         let bytes = serde_json::to_vec(&published).map_err(|e| e.to_string())?;
-        host.shared_set_cas(&doc_key(issuer), &bytes, None);
+        host.shared_set_cas(&doc_key(&scope(issuer, feed)), &bytes, None);
         feed.install(list);
-        let adopted = host.shared_get_cas(&doc_key(issuer)).and_then(|(_, c)| c);
+        let adopted = host
+            .shared_get_cas(&doc_key(&scope(issuer, feed)))
+            .and_then(|(_, c)| c);
         if let Some(local) = self.local.get_mut(index) {
             *local = Local {
                 adopted,
@@ -218,7 +230,7 @@ impl FeedManager {
     }
 
     fn adopt(&mut self, index: usize, issuer: &str, feed: &Feed, host: &mut dyn Host) -> bool {
-        let Some((bytes, cas)) = host.shared_get_cas(&doc_key(issuer)) else {
+        let Some((bytes, cas)) = host.shared_get_cas(&doc_key(&scope(issuer, feed))) else {
             return false;
         };
         let Some(local) = self.local.get_mut(index) else {
@@ -244,7 +256,7 @@ impl FeedManager {
 
 fn finish(
     index: usize,
-    issuer: &str,
+    scope: &str,
     outcome: FetchOutcome,
     attempt: u64,
     host: &mut dyn Host,
@@ -253,7 +265,7 @@ fn finish(
     report.settled.push(index);
     report.outcomes.push((index, outcome));
     lease::finish(
-        &lease_key(issuer),
+        &lease_key(scope),
         attempt,
         outcome == FetchOutcome::Ok,
         host,

@@ -3,9 +3,9 @@
 //! worker VMs.
 //!
 //! Coordination between VMs goes through Envoy shared data (process-wide):
-//! - `mcp-guard:jwks:<issuer>` holds the last good JWKS and when it was fetched. Every VM
+//! - `mcp-guard:jwks:<issuer>:<source>` holds the last good JWKS and when it was fetched. Every VM
 //!   adopts a new version on its next tick.
-//! - `mcp-guard:lease:<issuer>` says who fetches: a VM takes the lease with compare-and-swap
+//! - `mcp-guard:lease:<issuer>:<source>` says who fetches: a VM takes the lease with compare-and-swap
 //!   before it dispatches, so one fetch serves every VM. The lease also keeps the time of the
 //!   last attempt and the failure count, from which every VM computes the back-off and the
 //!   unknown-`kid` re-fetch interval.
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::host::{self, Host};
-use crate::jwt::{Authenticator, Issuer, KeySet};
+use crate::jwt::{Authenticator, Issuer, KeySet, KeySource};
 use crate::lease::{self, Lease};
 use crate::url::split_url;
 
@@ -85,12 +85,25 @@ pub struct KeyManager {
     inflight: HashMap<u32, (usize, Stage, u64)>,
 }
 
+/// The issuer and where its keys come from ([`crate::lease::source_tag`]).
+fn scope(issuer: &Issuer) -> String {
+    let tag = match &issuer.source {
+        KeySource::Remote(r) => lease::source_tag(&[
+            &r.cluster,
+            r.jwks_uri.as_deref().unwrap_or(""),
+            r.discovery_uri.as_deref().unwrap_or(""),
+        ]),
+        KeySource::Inline => String::new(),
+    };
+    format!("{}:{tag}", issuer.issuer)
+}
+
 fn doc_key(issuer: &Issuer) -> String {
-    format!("mcp-guard:jwks:{}", issuer.issuer)
+    format!("mcp-guard:jwks:{}", scope(issuer))
 }
 
 fn lease_key(issuer: &Issuer) -> String {
-    format!("mcp-guard:lease:{}", issuer.issuer)
+    format!("mcp-guard:lease:{}", scope(issuer))
 }
 
 impl KeyManager {

@@ -4,8 +4,22 @@
 //! Used by [`crate::jwks`] and [`crate::feeds`], each under its own key.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::host::Host;
+
+/// A short tag of where a shared document comes from (its cluster and URLs), part of its key:
+/// two configurations in one VM (one `vm_id`), or one configuration after an update, that name
+/// one issuer but fetch from different places never adopt each other's documents.
+pub fn source_tag(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    let digest = h.finalize();
+    base16ct::lower::encode_string(digest.get(..8).unwrap_or_default())
+}
 
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq, Eq)]
 pub struct Lease {

@@ -459,3 +459,33 @@ fn the_lease_covers_the_jwks_fetch_that_follows_discovery() {
     vm2.at(T0 + 3_500).tick();
     assert!(vm2.host.calls.is_empty(), "{:?}", vm2.host.calls);
 }
+
+/// A configuration that names the same issuer but takes its keys from elsewhere (another
+/// configuration in the same VM, or this one after an update) does not adopt the keys the
+/// first one published: shared documents are kept by issuer and source.
+#[test]
+fn keys_from_another_source_are_not_adopted() {
+    let mut vm1 = Vm::new(MockKeyHost::new(T0));
+    bootstrap(&mut vm1);
+    let mut other = Vm::with(
+        vm1.host.sibling(),
+        json!({ "discovery": false, "jwks_uri": "https://keys.elsewhere.example/jwks" }),
+    );
+    let report = other.at(T0 + 5_000).tick();
+    assert!(report.changed.is_empty(), "adopted another source's keys");
+    assert_eq!(
+        other.accepts(Signer::Es256),
+        Err(AuthError::NoKeys { issuer: 0 })
+    );
+    let asked: Vec<&str> = other
+        .host
+        .calls
+        .iter()
+        .map(|c| c.authority.as_str())
+        .collect();
+    assert_eq!(asked, vec!["keys.elsewhere.example"], "it fetches its own");
+    // The same source is adopted as before.
+    let mut same = Vm::new(vm1.host.sibling());
+    assert_eq!(same.at(T0 + 5_000).tick().changed, vec![0]);
+    assert!(same.host.calls.is_empty());
+}
