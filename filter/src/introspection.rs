@@ -19,7 +19,6 @@ use base64::Engine as _;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
 use crate::env::Environment;
 use crate::error::{typed, ConfigError};
@@ -287,20 +286,15 @@ pub fn form_encode(value: &str) -> String {
 /// an answer another authorization server gave, or gave another client (RFC 7662 §2.2 lets it
 /// answer differently per protected resource), is not this issuer's answer.
 pub fn answer_key(issuer: &str, config: &Introspection, token: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(b"mcp-guard introspection");
-    for part in [
+    crate::lease::digest_of(&[
+        "mcp-guard introspection",
         issuer,
-        config.cluster.as_str(),
-        config.authority.as_str(),
-        config.path.as_str(),
-        config.client_id.as_str(),
+        &config.cluster,
+        &config.authority,
+        &config.path,
+        &config.client_id,
         token,
-    ] {
-        h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
-    }
-    h.finalize().into()
+    ])
 }
 
 /// A token is opaque when it is not a compact JWS (three dot-separated parts).

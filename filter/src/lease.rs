@@ -12,13 +12,17 @@ use crate::host::Host;
 /// two configurations in one VM (one `vm_id`), or one configuration after an update, that name
 /// one issuer but fetch from different places never adopt each other's documents.
 pub fn source_tag(parts: &[&str]) -> String {
+    base16ct::lower::encode_string(digest_of(parts).get(..8).unwrap_or_default())
+}
+
+/// SHA-256 of `parts`, each length-prefixed (no two lists of parts hash alike).
+pub fn digest_of(parts: &[&str]) -> [u8; 32] {
     let mut h = Sha256::new();
     for part in parts {
         h.update((part.len() as u64).to_be_bytes());
         h.update(part.as_bytes());
     }
-    let digest = h.finalize();
-    base16ct::lower::encode_string(digest.get(..8).unwrap_or_default())
+    h.finalize().into()
 }
 
 #[derive(Serialize, Deserialize, Default, Clone, Debug, PartialEq, Eq)]
