@@ -80,9 +80,12 @@ pub fn pinned_part(kind: ListKind, definition: &Map<String, Value>) -> Map<Strin
 pub fn digest(kind: ListKind, definition: &Value) -> Option<String> {
     let object = definition.as_object()?;
     let covered = members(kind);
-    let folded = |name: &str| crate::mcp::fold_key(&Cow::Borrowed(name)).into_owned();
+    // The covered names are ASCII: a key folds to one when its fold equals it in any case.
     if object.keys().any(|key| {
-        !covered.contains(&key.as_str()) && covered.iter().any(|m| folded(m) == folded(key))
+        !covered.contains(&key.as_str()) && {
+            let folded = crate::mcp::fold_key(&Cow::Borrowed(key.as_str()));
+            covered.iter().any(|m| m.eq_ignore_ascii_case(&folded))
+        }
     }) {
         return None;
     }

@@ -173,6 +173,16 @@ pub fn request(domain: &str, a: &Ask<'_>) -> Vec<u8> {
     .encode_to_vec()
 }
 
+/// Asks `service` about one limit: the call's token, `None` when it could not be made.
+pub fn call(
+    host: &mut dyn crate::host::Host,
+    service: &crate::config::RateLimitService,
+    ask: &Ask<'_>,
+) -> Option<u32> {
+    let body = request(&service.domain, ask);
+    host.grpc_call(&service.cluster, SERVICE, METHOD, &body, service.timeout_ms)
+}
+
 /// A descriptor's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {

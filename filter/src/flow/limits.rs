@@ -171,14 +171,7 @@ impl Stream {
                         rate: l.rate,
                         cost: charge.cost,
                     };
-                    let body = rls::request(&service.domain, &ask);
-                    host.grpc_call(
-                        &service.cluster,
-                        rls::SERVICE,
-                        rls::METHOD,
-                        &body,
-                        service.timeout_ms,
-                    )
+                    rls::call(host, service, &ask)
                 });
                 let answer = token
                     .is_none()

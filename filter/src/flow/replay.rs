@@ -52,14 +52,7 @@ impl Stream {
                 },
                 cost: 1,
             };
-            let body = rls::request(&service.domain, &ask);
-            host.grpc_call(
-                &service.cluster,
-                rls::SERVICE,
-                rls::METHOD,
-                &body,
-                service.timeout_ms,
-            )
+            rls::call(host, service, &ask)
         });
         let Some(token) = sent else {
             return self.replay_unchecked(
