@@ -410,7 +410,18 @@ pub const METHOD_OVERRIDE_HEADERS: &[&str] = &[
     "x-original-method",
     "x-forwarded-method",
 ];
-
+/// Removed from every forwarded request too: headers an upstream framework or rewrite layer may
+/// take for the request's path or its prefix in place of `:path` (IIS URL Rewrite and older
+/// Symfony/Zend read `x-original-url` / `x-rewrite-url`; nginx `auth_request` and Traefik
+/// `ForwardAuth` setups add `x-original-uri` / `x-forwarded-uri`; Spring and ASP.NET take
+/// `x-forwarded-prefix` for the path base). The filter decided on the real path.
+pub const PATH_OVERRIDE_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+    "x-forwarded-prefix",
+];
 /// The service credential: a header, and its value inline or from a VM environment variable.
 #[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -717,12 +728,13 @@ impl Server {
             ));
         }
         // Always, whatever the list says: the client's token and other credentials it may carry
-        // (cookies, proxy credentials), method-override headers, any client copy of the service
-        // key header, and any
+        // (cookies, proxy credentials), method- and path-override headers, any client copy of
+        // the service key header, and any
         // client-supplied copy of a header that carries forwarded claims.
         for must in ALWAYS_STRIPPED
             .iter()
             .chain(METHOD_OVERRIDE_HEADERS)
+            .chain(PATH_OVERRIDE_HEADERS)
             .map(|h| h.to_string())
             .chain(std::iter::once(credential.header.clone()))
             .chain(forward_claims.iter().map(|(_, h)| h.clone()))

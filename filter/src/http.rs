@@ -62,6 +62,21 @@ pub fn ambiguous_answer_type(content_type: &str) -> bool {
     ((names_json || names_events) && !exact) || (exact && foreign_charset(content_type))
 }
 
+/// Every request header with this prefix is removed before the router: Envoy's router takes
+/// `x-envoy-retry-on`, `x-envoy-max-retries`, `x-envoy-upstream-rq-timeout-ms`,
+/// `x-envoy-hedge-on-per-try-timeout` and the like from a client it counts as internal
+/// (`internal_address_config`), and would send one allowed `tools/call` to the upstream
+/// several times for one decision, one audit record and one limit hit. The upstream gets none
+/// either (`x-envoy-original-path`, `x-envoy-internal` forged or not).
+pub const ENVOY_HEADER_PREFIX: &str = "x-envoy-";
+
+/// Whether a request header is removed before the upstream by its name's prefix, whatever
+/// `strip_headers` says (the headers always removed by name join every server's list at load).
+pub fn always_removed(name: &str) -> bool {
+    name.get(..ENVOY_HEADER_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(ENVOY_HEADER_PREFIX))
+}
+
 /// A token (RFC 9110 §5.6.2): what a header name may be.
 pub fn is_header_name(name: &str) -> bool {
     !name.is_empty()

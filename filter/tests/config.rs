@@ -473,6 +473,11 @@ fn custom_strip_headers_still_strip_credentials() {
         "x-method-override",
         "x-original-method",
         "x-forwarded-method",
+        "x-original-url",
+        "x-rewrite-url",
+        "x-original-uri",
+        "x-forwarded-uri",
+        "x-forwarded-prefix",
     ] {
         assert!(strip.iter().any(|h| h == must), "{must} in {strip:?}");
     }

@@ -526,6 +526,28 @@ fn forwarded_claim_header_is_removed_when_the_token_lacks_the_claim() {
 }
 
 #[test]
+fn client_envoy_router_headers_never_reach_the_router() {
+    // Envoy's router would retry, hedge or re-time an allowed call on these (from a client it
+    // counts as internal): one decision must be one upstream attempt.
+    let sent = [
+        ("x-envoy-retry-on", "5xx"),
+        ("X-Envoy-Max-Retries", "5"),
+        ("x-envoy-upstream-rq-timeout-ms", "1"),
+        ("x-envoy-hedge-on-per-try-timeout", "true"),
+        ("x-envoy-original-path", "/admin"),
+        ("x-envoyish", "kept"),
+    ];
+    let mut host = post_host(Some(&alice()), &sent);
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    assert!(stream.awaiting_body());
+    for (name, _) in &sent[..5] {
+        assert_eq!(host.req_header(&name.to_ascii_lowercase()), None, "{name}");
+    }
+    assert_eq!(host.req_header("x-envoyish"), Some("kept"));
+}
+
+#[test]
 fn service_key_in_the_authorization_header_replaces_the_client_token() {
     let mut c = base_config();
     c["servers"][0]["credential"] =

@@ -265,3 +265,94 @@ def test_forged_claim_headers_are_replaced_or_removed(claims_stack):
     without = s.token("eve", groups=["sales"])  # no email claim
     _, _, upstream = forwarded(s, body=BODY, headers=hdrs(without, extra=forged))
     assert upstream_header(upstream, "x-mcp-user") == []
+
+
+# ---- path overrides -------------------------------------------------------------------------------
+# IIS URL Rewrite and older Symfony/Zend take x-original-url / x-rewrite-url for the path; nginx
+# auth_request and Traefik ForwardAuth setups add x-original-uri / x-forwarded-uri; Spring and
+# ASP.NET take x-forwarded-prefix for the path base. The filter decided on /mcp.
+
+PATH_OVERRIDES = ["X-Original-URL", "X-Rewrite-URL", "X-Original-URI", "X-Forwarded-URI",
+                  "X-Forwarded-Prefix"]
+
+
+def test_path_override_headers_never_reach_the_upstream(sec, alice):
+    extra = [(name, "/admin/delete_all") for name in PATH_OVERRIDES]
+    reply, record, upstream = forwarded(sec, body=BODY, headers=hdrs(alice, extra=extra))
+    assert reply.status == 200 and b"Ada Lovelace" in reply.body
+    assert upstream["path"] == "/mcp"
+    for name in PATH_OVERRIDES:
+        assert upstream_header(upstream, name.lower()) == [], name
+
+
+# ---- Envoy's own request headers --------------------------------------------------------------------
+# Envoy's router retries, hedges and re-times a request as x-envoy-retry-on, x-envoy-max-retries,
+# x-envoy-upstream-rq-timeout-ms… say, when they come from a client it counts as internal
+# (`internal_address_config`; on Envoy 1.40 no address is internal unless listed, so the shipped
+# templates strip them before the filter). A deployment that lists its clients' network (a pod
+# or VPC range) lets them through: one allowed tools/call would run several times for one
+# decision, one audit record and one rate-limit hit. The filter removes them whatever Envoy
+# decided.
+
+INTERNAL = "          internal_address_config: { cidr_ranges: [{ address_prefix: 127.0.0.0, prefix_len: 8 }] }\n"
+
+
+@pytest.fixture(scope="module")
+def internal(tmp_path_factory):
+    """The shipped template with loopback clients counted as internal, in front of an upstream
+    that answers the first tools/call of each request id 503, every later one 200."""
+    import harness
+    from hostile import SecStack
+    workdir = tmp_path_factory.mktemp("internal")
+    text = (harness.ROOT / "envoy" / "mcp-guard.yaml").read_text()
+    anchor = "          use_remote_address: true\n"
+    assert text.count(anchor) == 1
+    template = workdir / "internal.yaml"
+    template.write_text(text.replace(anchor, anchor + INTERNAL))
+    tried = set()
+
+    def answer(request):
+        if (request["json"] or {}).get("method") != "tools/call":
+            return harness.Answer(404)
+        rid = dict(request["headers"]).get("x-request-id")
+        if rid not in tried:
+            tried.add(rid)
+            return harness.Answer(503, [("content-type", "text/plain")], b"busy")
+        return harness.Answer(200, [("content-type", "application/json")], json.dumps(
+            {"jsonrpc": "2.0", "id": 1,
+             "result": {"content": [{"type": "text", "text": "done"}], "isError": False}}))
+
+    s = SecStack(workdir, upstream=harness.ScriptedUpstream(answer), template=str(template))
+    yield s
+    s.stop()
+
+
+@pytest.mark.parametrize("retry", [
+    [("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "3")],
+    [("X-Envoy-Retry-On", "retriable-status-codes"), ("x-envoy-retriable-status-codes", "503")],
+    [("x-envoy-retry-on", "gateway-error,reset"), ("x-envoy-hedge-on-per-try-timeout", "true"),
+     ("x-envoy-upstream-rq-per-try-timeout-ms", "1")],
+], ids=["5xx", "status_codes", "hedged"])
+def test_a_client_cannot_make_envoy_retry_an_allowed_call(internal, retry):
+    from hostile import wait_record
+    alice = internal.token("alice", groups=["sales"])
+    before = len(internal.upstream_requests())
+    reply, tag = send(internal, body=BODY, headers=hdrs(alice, extra=retry))
+    records = wait_record(internal, tag)
+    seen = internal.upstream_requests()[before:]
+    assert len(seen) == 1, f"the upstream ran the call {len(seen)} times for one decision"
+    assert reply.status == 503, reply
+    assert len(records) == 1 and records[0]["decision"] == "allow", records
+
+
+def test_no_client_x_envoy_header_reaches_the_upstream(internal):
+    alice = internal.token("alice", groups=["sales"])
+    sent = [("x-envoy-original-path", "/admin"), ("x-envoy-internal", "true"),
+            ("x-envoy-upstream-alt-stat-name", "forged"), ("x-envoy-force-trace", "1"),
+            ("x-envoy-downstream-service-cluster", "billing"), ("x-envoy-ip-tags", "trusted"),
+            ("x-envoy-upstream-rq-timeout-ms", "60000")]
+    before = len(internal.upstream_requests())
+    send(internal, body=BODY, headers=hdrs(alice, extra=sent))
+    seen = internal.upstream_requests()[before:]
+    assert len(seen) == 1, seen
+    assert [(k, v) for k, v in seen[0]["headers"] if k.startswith("x-envoy-")] == []

@@ -400,6 +400,19 @@ impl Stream {
                 host.remove_request_header(name)?;
             }
         }
+        // Envoy's router must not take retries, hedging or timeouts from the client (and the
+        // upstream gets no client `x-envoy-*` header): one decision, one upstream attempt.
+        let mut envoy: Vec<&str> = Vec::new();
+        for (name, _) in &self.headers {
+            if crate::http::always_removed(name)
+                && !envoy.iter().any(|n| n.eq_ignore_ascii_case(name))
+            {
+                envoy.push(name);
+            }
+        }
+        for name in envoy {
+            host.remove_request_header(name)?;
+        }
         // Responses must stay inspectable.
         if present("accept-encoding") {
             host.remove_request_header("accept-encoding")?;

@@ -342,6 +342,7 @@ fn request<'a>(input: &Input<'a>) -> Boxed<'a> {
         if name.starts_with(':')
             || name.eq_ignore_ascii_case("authorization")
             || r.removed.iter().any(|h| h.eq_ignore_ascii_case(name))
+            || crate::http::always_removed(name)
         {
             continue;
         }
