@@ -393,8 +393,19 @@ pub fn schema() -> Value {
     schema
 }
 
-/// Removed from every forwarded request unless the configuration lists its own set.
-pub const DEFAULT_STRIP_HEADERS: &[&str] = &["cookie", "proxy-authorization", "x-api-key"];
+/// Removed from every forwarded request unless the configuration lists its own set: besides
+/// credentials, the forwarding headers Envoy does not rewrite (`Forwarded`, `X-Forwarded-Host`,
+/// `X-Real-IP`), which a framework trusting its proxy takes for the client's address or the
+/// host it was called by. Envoy is the edge in the shipped templates (`use_remote_address`),
+/// so from a client they are forged; `X-Forwarded-For` and `X-Forwarded-Proto` are Envoy's.
+pub const DEFAULT_STRIP_HEADERS: &[&str] = &[
+    "cookie",
+    "proxy-authorization",
+    "x-api-key",
+    "forwarded",
+    "x-forwarded-host",
+    "x-real-ip",
+];
 /// Removed from every forwarded request, added to any `strip_headers` list: what a client uses
 /// to authenticate never reaches the upstream.
 pub const ALWAYS_STRIPPED: &[&str] = &["authorization", "cookie", "proxy-authorization", "dpop"];

@@ -75,6 +75,9 @@ fn valid_configuration_loads() {
         "x-api-key",
         "cookie",
         "proxy-authorization",
+        "forwarded",
+        "x-forwarded-host",
+        "x-real-ip",
     ] {
         assert!(server.strip_headers.iter().any(|h| h == must), "{must}");
     }

@@ -285,6 +285,25 @@ def test_path_override_headers_never_reach_the_upstream(sec, alice):
         assert upstream_header(upstream, name.lower()) == [], name
 
 
+
+# Forwarding headers Envoy does not rewrite: a framework that trusts its proxy (Express `trust
+# proxy`, uvicorn --forwarded-allow-ips, Spring's ForwardedHeaderFilter) takes them for the
+# caller's address or the host it was called by. Envoy is the edge here, so from a client they
+# are forged; X-Forwarded-For is Envoy's: it appends the peer it saw (rightmost).
+FORWARDING = [("Forwarded", "for=10.0.0.1;host=admin.internal;proto=https"),
+              ("X-Forwarded-Host", "admin.internal"), ("X-Real-IP", "10.0.0.1")]
+
+
+def test_forged_forwarding_headers_never_reach_the_upstream(sec, alice):
+    extra = FORWARDING + [("X-Forwarded-For", "10.0.0.1")]
+    reply, record, upstream = forwarded(sec, body=BODY, headers=hdrs(alice, extra=extra))
+    assert reply.status == 200 and b"Ada Lovelace" in reply.body
+    for name, _ in FORWARDING:
+        assert upstream_header(upstream, name.lower()) == [], name
+    # Envoy appends the peer (for a loopback peer, its own local address) after the client's.
+    [xff] = upstream_header(upstream, "x-forwarded-for")
+    assert xff.replace(" ", "").split(",")[0] == "10.0.0.1" and xff.count(",") == 1, xff
+
 # ---- Envoy's own request headers --------------------------------------------------------------------
 # Envoy's router retries, hedges and re-times a request as x-envoy-retry-on, x-envoy-max-retries,
 # x-envoy-upstream-rq-timeout-ms… say, when they come from a client it counts as internal
