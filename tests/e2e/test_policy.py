@@ -74,6 +74,27 @@ def test_argument_rules(any_stack):
     assert [r["decision"] for r in calls] == ["allow", "deny", "allow"]
 
 
+def test_a_force_flag_the_server_would_read_as_true_is_not_a_plain_push(any_stack):
+    """The Python SDK's server validates arguments leniently (pydantic): `"true"`, `1`, `"yes"`
+    are `force=True` to it. The policy must not see those as "not forced" and let a force-push
+    through; a value the server reads as false (`false`, absent) is an ordinary push."""
+    eng = any_stack.token("arg-eng-forced", groups=["engineering"])
+    base = {"owner": "acme", "repo": "api", "branch": "main"}
+
+    async def session():
+        async with mcp_client(any_stack.envoy.url, eng) as client:
+            for force in ["true", 1, "yes", "on", "1", "True"]:
+                with pytest.raises(MCPError) as forced:
+                    result = await client.call_tool("push_branch", {**base, "force": force})
+                    # Reached only if the filter let it through: show what the server did.
+                    pytest.fail(f"force={force!r} was forwarded: {result.content[0].text}")
+                assert forced.value.code == -31403, force
+            ok = await client.call_tool("push_branch", {**base, "force": False})
+            assert ok.content[0].text == "pushed acme/api@main"
+
+    run(session())
+
+
 def test_unknown_and_server_only_methods_are_denied(any_stack):
     token = any_stack.token("methods", groups=["admins"])
     for method in ("tools/delete_everything", "sampling/createMessage", "roots/list"):
