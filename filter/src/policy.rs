@@ -25,6 +25,7 @@ mod facts;
 mod functions;
 mod items;
 pub mod limit;
+mod loose;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -944,11 +945,16 @@ impl Rule {
                 format!("{bad:?} is not a valid OAuth scope"),
             ));
         }
-        let condition = checker.compile(&source, &member(field, key), &raw.name);
-        let when = raw
-            .when
-            .as_ref()
-            .map(|w| checker.compile(w, &member(field, "when"), &raw.name));
+        // What the expression being true does, for the comparisons a client can turn by
+        // changing a value's JSON type (see `loose`).
+        let sense = match effect {
+            Effect::Deny => loose::Sense::Refuses,
+            Effect::Allow | Effect::Require => loose::Sense::Permits,
+        };
+        let condition = checker.compile_rule(&source, &member(field, key), &raw.name, sense);
+        let when = raw.when.as_ref().map(|w| {
+            checker.compile_rule(w, &member(field, "when"), &raw.name, loose::Sense::Refuses)
+        });
         let condition = condition.map_err(|e| errors.push(e)).ok();
         let when = match when {
             None => Some(None),

@@ -2408,7 +2408,7 @@ fn an_integer_a_double_reads_otherwise_is_refused_not_judged() {
     c["servers"][0]["policy"] = json!({
         "name": "crm", "version": "7",
         "rules": [
-            { "name": "not-that-customer", "deny": "mcp.tool.name == \"get\" && mcp.tool.arguments.customer_id == 9007199254740992" },
+            { "name": "not-that-customer", "deny": "mcp.tool.name == \"get\" && int(mcp.tool.arguments.customer_id) == 9007199254740992" },
             { "name": "get", "allow": "mcp.tool.name == \"get\"" },
         ],
     });

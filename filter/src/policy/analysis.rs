@@ -18,6 +18,7 @@ use cel::{Context, Env, Program, Value as Cel};
 
 use super::facts::Reads;
 use super::items::{mcp_path, ItemUse};
+use super::loose;
 use super::{Location, PolicyError, VARIABLES};
 
 /// A compiled, checked expression.
@@ -88,6 +89,31 @@ impl Checker {
         rule: &str,
     ) -> Result<Compiled, PolicyError> {
         self.compile_as(source, field, rule, Want::Bool)
+    }
+
+    /// Compiles a rule's (or a `when`'s) expression, whose truth does `sense`, refusing
+    /// comparisons a client can turn by sending another JSON type (see [`loose`]).
+    pub fn compile_rule(
+        &mut self,
+        source: &str,
+        field: &str,
+        rule: &str,
+        sense: loose::Sense,
+    ) -> Result<Compiled, PolicyError> {
+        let compiled = self.compile_as(source, field, rule, Want::Bool)?;
+        match loose::find(compiled.program.expression(), sense) {
+            None => Ok(compiled),
+            Some(found) => Err(PolicyError {
+                field: field.to_string(),
+                rule: Some(rule.to_string()),
+                message: found.message,
+                location: compiled
+                    .program
+                    .source_info()
+                    .offset_for(found.id)
+                    .map(|(start, _)| position(source, start as usize)),
+            }),
+        }
     }
 
     /// Compiles an expression that must give a `want` (a limit's `key` a string, its `cost`

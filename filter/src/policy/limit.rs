@@ -9,6 +9,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::analysis::{Checker, Want};
+use super::loose::Sense;
 use super::{member, PolicyError};
 use crate::error::typed;
 
@@ -266,7 +267,7 @@ impl Limit {
         }
         let when = raw.when.as_ref().and_then(|w| {
             checker
-                .compile(w, &member(field, "when"), &rule)
+                .compile_rule(w, &member(field, "when"), &rule, Sense::Refuses)
                 .map_err(|e| errors.push(e))
                 .ok()
         });

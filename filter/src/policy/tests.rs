@@ -392,7 +392,7 @@ fn visible_evaluates_the_rules_as_a_call_without_arguments() {
         { "name": "read", "allow": "mcp.tool.name in ['get_customer', 'search']" },
         { "name": "admins-delete", "allow": "mcp.tool.name == 'delete' && 'admins' in jwt.groups" },
         { "name": "push", "allow": "mcp.tool.name == 'push' && mcp.tool.arguments.owner in ['acme']" },
-        { "name": "no-force", "deny": "mcp.tool.name == 'push' && mcp.tool.arguments.force == true" },
+        { "name": "no-force", "deny": "mcp.tool.name == 'push' && mcp.tool.arguments.force != false" },
         { "name": "hr-only", "deny": "mcp.tool.name.startsWith('hr_') && !('hr' in jwt.groups)" },
         { "name": "hr", "allow": "mcp.tool.name.startsWith('hr_')" },
         { "name": "branch", "require": "mcp.tool.arguments.branch != 'main'", "when": "mcp.tool.name == 'push'" },
@@ -1080,5 +1080,92 @@ fn the_documented_examples_work() {
         "mcp.kind == 'request'",
     ] {
         assert_eq!(eval(expr, &input), Ok(true), "{expr}");
+    }
+}
+
+// ---- comparisons a client can turn by changing a value's JSON type -------------------------
+
+/// `mcp.tool.arguments.force == true` is false for `"true"` or `1`, which the Python SDK's
+/// server reads as `True`: a deny written so lets a force-push through. Such comparisons are
+/// refused at load where a mismatch would let a message through, naming what to write.
+#[test]
+fn comparisons_a_client_turns_by_sending_another_json_type_are_refused_at_load() {
+    let refused = [
+        json!({ "name": "r", "deny": "mcp.tool.name == 'push' && mcp.tool.arguments.force == true" }),
+        json!({ "name": "r", "deny": "true == mcp.tool.arguments.force" }),
+        json!({ "name": "r", "deny": "mcp.tool.arguments['force'] == true" }),
+        json!({ "name": "r", "deny": "mcp.tool.arguments.account == 42" }),
+        json!({ "name": "r", "deny": "mcp.tool.arguments.account in [1, 2]" }),
+        json!({ "name": "r", "deny": "mcp.tool.arguments.amount == 1000.5 || jwt.x" }),
+        json!({ "name": "r", "deny": "mcp.tool.arguments.files.exists(f, f.force == true)" }),
+        json!({ "name": "r", "deny": "mcp.input.responses.confirm.ok == true" }),
+        json!({ "name": "r", "allow": "!(has(mcp.tool.arguments.force) && mcp.tool.arguments.force == true)" }),
+        json!({ "name": "r", "allow": "mcp.tool.arguments.force != true" }),
+        json!({ "name": "r", "require": "mcp.tool.arguments.dry_run != false" }),
+        json!({ "name": "r", "require": "true", "when": "mcp.tool.arguments.force == true" }),
+        json!({ "name": "r", "allow": "mcp.tool.arguments.n == 1 ? false : true" }),
+    ];
+    for rule in refused {
+        let e = error(rules(json!([rule.clone()])));
+        assert!(
+            e.field.starts_with("servers[0].policy.rules[0].")
+                && e.message.contains("another JSON type")
+                && e.message.contains("Arguments as the server reads them"),
+            "{rule}: {e}"
+        );
+    }
+    let e = error(rules(json!([
+        { "name": "no-force", "deny": "has(mcp.tool.arguments.force) && mcp.tool.arguments.force == true" },
+    ])));
+    assert_eq!(e.field, "servers[0].policy.rules[0].deny");
+    assert!(
+        e.message.contains("line 1, column 59")
+            && e.message.contains("mcp.tool.arguments.force != false"),
+        "{e}"
+    );
+    let e = error(json!({ "name": "p", "limits": [
+        { "name": "l", "when": "mcp.tool.arguments.bulk == true", "key": "jwt.sub", "rate": "1/second" },
+    ] }));
+    assert_eq!(e.field, "servers[0].policy.limits[0].when");
+
+    // Where a mismatch refuses, the comparison is the safe way to write the rule.
+    policy(rules(json!([
+        { "name": "a", "deny": "has(mcp.tool.arguments.force) && mcp.tool.arguments.force != false" },
+        { "name": "b", "allow": "!has(mcp.tool.arguments.force) || mcp.tool.arguments.force == false" },
+        { "name": "c", "allow": "mcp.tool.arguments.limit == 10 && mcp.tool.arguments.mode in [1, 2]" },
+        { "name": "d", "require": "mcp.tool.arguments.owner == 'acme' && mcp.tool.arguments.n == 3" },
+        { "name": "e", "deny": "int(mcp.tool.arguments.account) == 42 || mcp.tool.arguments.amount > 1000" },
+        { "name": "f", "deny": "mcp.tool.arguments.branch in ['main', 'master'] || jwt.level == 3" },
+        { "name": "g", "deny": "mcp.tool.arguments.files.exists(f, f.force != false)" },
+        { "name": "h", "deny": "mcp.tool.arguments.mode == 'x' && [1].exists(mcp, mcp.tool == 1)" },
+    ])));
+}
+
+/// The safe forms refuse what a converting server would read as the forbidden value.
+#[test]
+fn the_safe_forms_refuse_values_of_another_json_type() {
+    let p = policy(rules(json!([
+        { "name": "no-force", "deny": "has(mcp.tool.arguments.force) && mcp.tool.arguments.force != false" },
+        { "name": "not-42", "deny": "has(mcp.tool.arguments.account) && int(mcp.tool.arguments.account) == 42" },
+        { "name": "push", "allow": "mcp.tool.name == 'push'" },
+    ])));
+    let who = claims(json!({ "sub": "a" }));
+    for (args, outcome) in [
+        (json!({}), Outcome::Allow),
+        (json!({ "force": false }), Outcome::Allow),
+        (json!({ "force": true }), Outcome::Deny),
+        (json!({ "force": "true" }), Outcome::Deny),
+        (json!({ "force": 1 }), Outcome::Deny),
+        (json!({ "force": "false" }), Outcome::Deny),
+        (json!({ "account": 41 }), Outcome::Allow),
+        (json!({ "account": 42 }), Outcome::Deny),
+        (json!({ "account": "42" }), Outcome::Deny),
+        (json!({ "account": 42.0 }), Outcome::Deny),
+        (json!({ "account": " 42" }), Outcome::Deny),
+        (json!({ "account": [42] }), Outcome::Deny),
+    ] {
+        let args = claims(args);
+        let d = p.evaluate(&call(&who, "push", &args));
+        assert_eq!(d.outcome, outcome, "{args:?}: {d:?}");
     }
 }
