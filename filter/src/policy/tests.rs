@@ -1169,3 +1169,51 @@ fn the_safe_forms_refuse_values_of_another_json_type() {
         assert_eq!(d.outcome, outcome, "{args:?}: {d:?}");
     }
 }
+
+/// A listing cannot tell why a rule that reads the arguments failed: a missing claim in it
+/// counts as undecided too, and the item is listed though every call of it is denied. A
+/// condition on the caller in a rule of its own is decided in listings (docs/policy.md,
+/// "Listings").
+#[test]
+fn a_listing_decides_a_claim_condition_kept_apart_from_the_arguments() {
+    let mixed = policy(rules(json!([
+        { "name": "hr-only", "deny": "mcp.tool.name == 'hr_export' && (!('hr' in jwt.groups) || mcp.tool.arguments.rows > 100)" },
+        { "name": "all", "allow": "true" },
+    ])));
+    let apart = policy(rules(json!([
+        { "name": "hr-only", "deny": "mcp.tool.name == 'hr_export' && !(has(jwt.groups) && 'hr' in jwt.groups)" },
+        { "name": "big", "deny": "mcp.tool.name == 'hr_export' && mcp.tool.arguments.rows > 100" },
+        { "name": "all", "allow": "true" },
+    ])));
+    let nobody = claims(json!({ "sub": "x" }));
+    let listing = method(&nobody, "tools/list");
+    let small = claims(json!({ "rows": 1 }));
+    for p in [&mixed, &apart] {
+        let d = p.evaluate(&call(&nobody, "hr_export", &small));
+        assert_eq!(d.outcome, Outcome::Deny, "{d:?}");
+    }
+    assert!(mixed.visible(&listing, Item::Tool("hr_export")));
+    assert!(!apart.visible(&listing, Item::Tool("hr_export")));
+    let hr = claims(json!({ "sub": "h", "groups": ["hr"] }));
+    assert!(apart.visible(&method(&hr, "tools/list"), Item::Tool("hr_export")));
+}
+
+/// A `require` whose `when` fails denies (docs/policy.md, "Errors fail closed"): the
+/// requirement is not skipped because its condition could not be read.
+#[test]
+fn a_require_whose_when_fails_denies() {
+    let p = policy(rules(json!([
+        { "name": "mfa", "require": "'mfa' in jwt.amr", "when": "jwt.level > 3" },
+        { "name": "all", "allow": "true" },
+    ])));
+    let no_level = claims(json!({ "sub": "a" }));
+    let none = claims(json!({}));
+    let d = p.evaluate(&call(&no_level, "t", &none));
+    assert_eq!(
+        (d.outcome.clone(), d.rule.as_deref()),
+        (Outcome::Deny, Some("mfa")),
+        "{d:?}"
+    );
+    let low = claims(json!({ "sub": "a", "level": 1 }));
+    assert_eq!(p.evaluate(&call(&low, "t", &none)).outcome, Outcome::Allow);
+}
