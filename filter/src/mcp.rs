@@ -740,7 +740,9 @@ fn target_of(method: &str, params: &mut Map<String, Value>) -> Result<Target, Pa
             name: text("name")?,
         },
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            Target::Resource { uri: text("uri")? }
+            let uri = text("uri")?;
+            check_resource_uri(&uri)?;
+            Target::Resource { uri }
         }
         // The server completes an argument of the prompt or resource template `ref` names,
         // from its data: the policy decides on that prompt or resource as for a read of it.
@@ -769,9 +771,38 @@ fn completion_target(params: &Map<String, Value>) -> Result<Target, ParseError> 
         Some("ref/prompt") => Ok(Target::Prompt {
             name: text("name")?,
         }),
-        Some("ref/resource") => Ok(Target::Resource { uri: text("uri")? }),
+        Some("ref/resource") => {
+            let uri = text("uri")?;
+            check_resource_uri(&uri)?;
+            Ok(Target::Resource { uri })
+        }
         _ => Err(bad("of a known type")),
     }
+}
+
+/// Refuses a resource URI that percent-encodes an unreserved character (`%63` for `c`, `%2D`
+/// for `-`): RFC 3986 (2.3) makes it the same URI as the decoded one, and servers decode it
+/// (the Python SDK reads `crm://customers/%63-100` as the template value `c-100`), while a rule
+/// compares the text (`mcp.resource.uri == "crm://customers/c-100"` would be false). Such
+/// encodings are never needed: the client sends the character itself.
+pub fn check_resource_uri(uri: &str) -> Result<(), ParseError> {
+    let bytes = uri.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b != b'%' {
+            continue;
+        }
+        let hex = |at: usize| bytes.get(at).and_then(|h| (*h as char).to_digit(16));
+        if let (Some(high), Some(low)) = (hex(i + 1), hex(i + 2)) {
+            let decoded = char::from(u8::try_from(high * 16 + low).unwrap_or(0));
+            if decoded.is_ascii_alphanumeric() || matches!(decoded, '-' | '.' | '_' | '~') {
+                return Err(ParseError::Params(format!(
+                    "resource URI {uri:?} percent-encodes {decoded:?}, which servers decode: \
+                     send the character itself"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The MCP specification's tool names: 1–128 of `[A-Za-z0-9_.-]`. Anything else (look-alike

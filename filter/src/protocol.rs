@@ -193,6 +193,16 @@ pub fn check_params(message: &Message) -> Result<(), ParseError> {
                     "subscriptions/listen: params.notifications.{field} is not a known filter field of the expected type"
                 )));
             }
+            if field == "resourceSubscriptions" {
+                for uri in value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
+                    crate::mcp::check_resource_uri(uri)?;
+                }
+            }
         }
     }
     if message.params.contains_key("inputResponses")

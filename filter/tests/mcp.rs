@@ -693,3 +693,47 @@ fn case_variants_of_the_params_the_filter_reads_are_refused() {
     // Other params keys may use any case.
     assert!(parse(&call_with(r#"{"name":"a","Extra":1,"NAMES":2}"#)).is_ok());
 }
+
+/// A resource URI that percent-encodes an unreserved character is the decoded URI to a server
+/// (RFC 3986 2.3; the Python SDK hands `crm://customers/%63-100` to its template as `c-100`)
+/// but other text to a rule (`mcp.resource.uri == "crm://customers/c-100"`): refused, -32602.
+/// Encoded reserved characters and `%` itself mean something else and stay.
+#[test]
+fn a_resource_uri_spelling_an_unreserved_character_in_percent_encoding_is_refused() {
+    let read = |uri: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{{"uri":{uri:?}}}}}"#
+        )
+    };
+    for uri in [
+        "crm://customers/%63-100",
+        "crm://customers/c%2D100",
+        "crm://customers/c%2d100",
+        "crm://%61ccounts/1",
+        "file:///data/%2E%2E/etc/passwd",
+        "crm://customers/c-100%7E",
+        "crm://customers/c-100%5f",
+    ] {
+        assert_eq!(code(&read(uri)), -32602, "{uri}");
+    }
+    for method in ["resources/subscribe", "resources/unsubscribe"] {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"uri":"crm://%63"}}}}"#
+        );
+        assert_eq!(code(&body), -32602, "{method}");
+    }
+    let completion = r#"{"jsonrpc":"2.0","id":1,"method":"completion/complete","params":{"ref":{"type":"ref/resource","uri":"crm://customers/%7Bcustomer_id%7D%41"},"argument":{"name":"customer_id","value":"c"}}}"#;
+    assert_eq!(code(completion), -32602);
+    for uri in [
+        "crm://customers/c-100",
+        "file:///My%20Documents/a%2Fb",
+        "crm://customers/100%25",
+        "crm://customers/%E2%82%AC",
+        "crm://customers/%",
+        "crm://customers/%4",
+        "crm://customers/%zz",
+    ] {
+        let m = parse(&read(uri)).unwrap_or_else(|e| panic!("{uri}: {e}"));
+        assert_eq!(m.target, Target::Resource { uri: uri.into() });
+    }
+}

@@ -186,3 +186,40 @@ def test_a_completion_is_decided_on_the_prompt_it_completes(tmp_path):
         assert run(complete(seller, template)) == values
     finally:
         s.stop()
+
+
+def test_a_resource_uri_cannot_dodge_a_rule_by_percent_encoding(tmp_path):
+    """The Python SDK server decodes a template value (`crm://customers/%63-100` reads customer
+    `c-100`); a rule compares the URI as text. A URI percent-encoding an unreserved character is
+    refused before policy (-32602), so a deny on `crm://customers/c-100` holds."""
+    import yaml
+    import harness
+    policy = yaml.safe_load((harness.ROOT / "policies" / "demo.yaml").read_text())
+    policy["rules"] += [
+        {"name": "read-customers", "allow": 'mcp.method == "resources/read" && mcp.resource.uri.startsWith("crm://customers/")'},
+        {"name": "not-ada", "deny": 'mcp.resource.uri == "crm://customers/c-100"'},
+    ]
+    path = tmp_path / "resources.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    s = Stack(tmp_path, policy=str(path))
+    try:
+        token = s.token("uri-reader", groups=["sales"])
+
+        async def session():
+            async with mcp_client(s.envoy.url, token) as client:
+                ok = await client.read_resource("crm://customers/c-200")
+                assert "Grace Hopper" in ok.contents[0].text
+                with pytest.raises(MCPError) as denied:
+                    await client.read_resource("crm://customers/c-100")
+                assert denied.value.code == -31403
+                for spelling in ["crm://customers/%63-100", "crm://customers/c%2D100", "crm://%63ustomers/c-100"]:
+                    with pytest.raises(MCPError) as refused:
+                        result = await client.read_resource(spelling)
+                        pytest.fail(f"{spelling} was forwarded: {result.contents[0].text}")
+                    assert refused.value.code == -32602, spelling
+                # The session goes on.
+                assert "Grace Hopper" in (await client.read_resource("crm://customers/c-200")).contents[0].text
+
+        run(session())
+    finally:
+        s.stop()

@@ -57,6 +57,8 @@ fn new_methods_params_are_checked() {
         json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":"yes"}}}),
         json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"notifications":{"everything":true}}}),
         json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"notifications":{"resourceSubscriptions":[1]}}}),
+        // `%63` is `c`: a rule on `crm://c-1` would not see it, the server would.
+        json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen","params":{"notifications":{"resourceSubscriptions":["crm://ok","crm://%63-1"]}}}),
         json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","requestState":{}}}),
     ];
     for m in bad {
