@@ -1217,3 +1217,46 @@ fn a_require_whose_when_fails_denies() {
     let low = claims(json!({ "sub": "a", "level": 1 }));
     assert_eq!(p.evaluate(&call(&low, "t", &none)).outcome, Outcome::Allow);
 }
+
+/// A deny on one spelling of an address misses the others a mail server delivers alike; the
+/// anchored allow-list of docs/policy.md ("Arguments as the server reads them") refuses them.
+#[test]
+fn recipients_are_checked_as_an_anchored_allow_list() {
+    let deny_list = policy(rules(json!([
+        { "name": "no-competitor", "deny": "mcp.tool.arguments.to.exists(t, t.endsWith('@competitor.com'))" },
+        { "name": "send", "allow": "true" },
+    ])));
+    let allow_list = policy(rules(json!([
+        { "name": "acme-only",
+          "require": r#"type(mcp.tool.arguments.to) == list && mcp.tool.arguments.to.all(t, t.matches("(?i)^[a-z0-9._%+-]+@acme\\.com$"))"#,
+          "when": "mcp.tool.name == 'send_email'" },
+        { "name": "send", "allow": "true" },
+    ])));
+    let who = claims(json!({ "sub": "a" }));
+    let outcome = |p: &Policy, to: Value| {
+        let args = claims(json!({ "to": to }));
+        p.evaluate(&call(&who, "send_email", &args)).outcome
+    };
+    for to in [
+        json!(["x@Competitor.COM"]),
+        json!(["\"X\" <x@competitor.com>"]),
+        json!(["x@competitor.com."]),
+    ] {
+        // The deny-list form lets these through: why the docs advise against it.
+        assert_eq!(outcome(&deny_list, to.clone()), Outcome::Allow, "{to}");
+        assert_eq!(outcome(&allow_list, to.clone()), Outcome::Deny, "{to}");
+    }
+    for to in [
+        json!("bob@acme.com"),
+        json!("[\"bob@acme.com\"]"),
+        json!(["bob@acme.com", "eve@acme.com.evil.test"]),
+        json!(["bob@acme.com\n"]),
+        json!(["bob@acme.com", 7]),
+    ] {
+        assert_eq!(outcome(&allow_list, to.clone()), Outcome::Deny, "{to}");
+    }
+    assert_eq!(
+        outcome(&allow_list, json!(["bob@acme.com", "Eve.Smith@ACME.com"])),
+        Outcome::Allow
+    );
+}
