@@ -149,6 +149,9 @@ pub struct Policy {
     reads: facts::Reads,
     /// Whether some rule reads the tool arguments (else they are neither kept nor converted).
     reads_arguments: bool,
+    /// Rules that load but decide otherwise than a server converting argument types would
+    /// (see `loose`): logged when the configuration loads, printed by `mcp-guard check`.
+    pub warnings: Vec<PolicyError>,
 }
 
 impl fmt::Debug for Policy {
@@ -400,6 +403,7 @@ impl Policy {
             return Err(errors);
         }
         let reads = checker.reads().clone();
+        let warnings = checker.take_warnings();
         let index = Index::build(&rules);
         let reads_arguments =
             rules.iter().any(|r| r.uses_arguments) || limits.iter().any(|l| l.uses_arguments);
@@ -416,6 +420,7 @@ impl Policy {
             env,
             index,
             reads,
+            warnings,
         })
     }
 

@@ -76,12 +76,17 @@ fn main() -> ExitCode {
 
 /// Prints a policy error with the expression line and a caret under the column.
 fn print_error(file: &Path, e: &PolicyError) {
+    print_finding(file, "", e);
+}
+
+/// Prints a policy error, or a warning (`kind` "warning: "), with its expression line.
+fn print_finding(file: &Path, kind: &str, e: &PolicyError) {
     let field = if e.field.is_empty() {
         String::new()
     } else {
         format!("{}: ", e.field)
     };
-    println!("{}: {field}{}", file.display(), e.detail());
+    println!("{}: {kind}{field}{}", file.display(), e.detail());
     if let Some(at) = &e.location {
         if !at.source_line.is_empty() {
             println!("    | {}", at.source_line);
@@ -189,6 +194,9 @@ fn check(args: &[String]) -> Result<bool, String> {
                         p.name,
                         p.rules.len()
                     );
+                    for w in &p.warnings {
+                        print_finding(path, "warning: ", w);
+                    }
                 }
                 Err(errors) => {
                     ok = false;
@@ -505,6 +513,12 @@ mod tests {
         for path in all {
             let (_, policy) =
                 load_policy(&path).unwrap_or_else(|e| panic!("{}: {e:?}", path.display()));
+            assert!(
+                policy.warnings.is_empty(),
+                "{}: {:?}",
+                path.display(),
+                policy.warnings
+            );
             let tests = files::tests_for_policy(&path)
                 .unwrap_or_else(|| panic!("{}: no tests", path.display()));
             let mut out = String::new();

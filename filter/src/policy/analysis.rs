@@ -52,6 +52,8 @@ pub(super) struct Checker {
     ctx: Context<'static, 'static>,
     functions: HashMap<String, bool>,
     reads: Reads,
+    /// What the policy loads with but should not be written so ([`loose`]).
+    warnings: Vec<PolicyError>,
 }
 
 impl Checker {
@@ -61,7 +63,13 @@ impl Checker {
             env,
             functions: HashMap::new(),
             reads: Reads::default(),
+            warnings: Vec::new(),
         }
+    }
+
+    /// The warnings of the expressions compiled so far.
+    pub fn take_warnings(&mut self) -> Vec<PolicyError> {
+        std::mem::take(&mut self.warnings)
     }
 
     /// What the expressions compiled so far read.
@@ -91,8 +99,10 @@ impl Checker {
         self.compile_as(source, field, rule, Want::Bool)
     }
 
-    /// Compiles a rule's (or a `when`'s) expression, whose truth does `sense`, refusing
-    /// comparisons a client can turn by sending another JSON type (see [`loose`]).
+    /// Compiles a rule's (or a `when`'s) expression, whose truth does `sense`. A comparison a
+    /// client can turn by sending another JSON type (see [`loose`]) is a warning, not an error:
+    /// policies that loaded before still load (an upgrade must not stop a fleet's filters), and
+    /// Envoy's log and `mcp-guard check` say what to write instead.
     pub fn compile_rule(
         &mut self,
         source: &str,
@@ -101,9 +111,8 @@ impl Checker {
         sense: loose::Sense,
     ) -> Result<Compiled, PolicyError> {
         let compiled = self.compile_as(source, field, rule, Want::Bool)?;
-        match loose::find(compiled.program.expression(), sense) {
-            None => Ok(compiled),
-            Some(found) => Err(PolicyError {
+        if let Some(found) = loose::find(compiled.program.expression(), sense) {
+            self.warnings.push(PolicyError {
                 field: field.to_string(),
                 rule: Some(rule.to_string()),
                 message: found.message,
@@ -112,8 +121,9 @@ impl Checker {
                     .source_info()
                     .offset_for(found.id)
                     .map(|(start, _)| position(source, start as usize)),
-            }),
+            });
         }
+        Ok(compiled)
     }
 
     /// Compiles an expression that must give a `want` (a limit's `key` a string, its `cost`

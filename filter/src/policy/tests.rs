@@ -1087,9 +1087,20 @@ fn the_documented_examples_work() {
 
 /// `mcp.tool.arguments.force == true` is false for `"true"` or `1`, which the Python SDK's
 /// server reads as `True`: a deny written so lets a force-push through. Such comparisons are
-/// refused at load where a mismatch would let a message through, naming what to write.
+/// reported at load (the policy still loads) where a mismatch would let a message through, naming what to write.
 #[test]
-fn comparisons_a_client_turns_by_sending_another_json_type_are_refused_at_load() {
+fn comparisons_a_client_turns_by_sending_another_json_type_are_warned_at_load() {
+    // The policy loads (an upgrade must not stop a fleet's filters); the warning names the
+    // comparison and what to write instead.
+    let warning = |value: Value| -> String {
+        match Policy::from_config(value, "servers[0].policy") {
+            Ok(p) => match p.warnings.first() {
+                Some(w) => w.to_string(),
+                None => panic!("policy should warn"),
+            },
+            Err(e) => panic!("policy should load: {e}"),
+        }
+    };
     let refused = [
         json!({ "name": "r", "deny": "mcp.tool.name == 'push' && mcp.tool.arguments.force == true" }),
         json!({ "name": "r", "deny": "true == mcp.tool.arguments.force" }),
@@ -1106,30 +1117,29 @@ fn comparisons_a_client_turns_by_sending_another_json_type_are_refused_at_load()
         json!({ "name": "r", "allow": "mcp.tool.arguments.n == 1 ? false : true" }),
     ];
     for rule in refused {
-        let e = error(rules(json!([rule.clone()])));
+        let w = warning(rules(json!([rule.clone()])));
         assert!(
-            e.field.starts_with("servers[0].policy.rules[0].")
-                && e.message.contains("another JSON type")
-                && e.message.contains("Arguments as the server reads them"),
-            "{rule}: {e}"
+            w.starts_with("servers[0].policy.rules[0].")
+                && w.contains("another JSON type")
+                && w.contains("Arguments as the server reads them"),
+            "{rule}: {w}"
         );
     }
-    let e = error(rules(json!([
+    let w = warning(rules(json!([
         { "name": "no-force", "deny": "has(mcp.tool.arguments.force) && mcp.tool.arguments.force == true" },
     ])));
-    assert_eq!(e.field, "servers[0].policy.rules[0].deny");
+    assert!(w.starts_with("servers[0].policy.rules[0].deny: "), "{w}");
     assert!(
-        e.message.contains("line 1, column 59")
-            && e.message.contains("mcp.tool.arguments.force != false"),
-        "{e}"
+        w.contains("line 1, column 59") && w.contains("mcp.tool.arguments.force != false"),
+        "{w}"
     );
-    let e = error(json!({ "name": "p", "limits": [
+    let w = warning(json!({ "name": "p", "limits": [
         { "name": "l", "when": "mcp.tool.arguments.bulk == true", "key": "jwt.sub", "rate": "1/second" },
     ] }));
-    assert_eq!(e.field, "servers[0].policy.limits[0].when");
+    assert!(w.starts_with("servers[0].policy.limits[0].when: "), "{w}");
 
-    // Where a mismatch refuses, the comparison is the safe way to write the rule.
-    policy(rules(json!([
+    // Where a mismatch refuses, the comparison is the safe way to write the rule: no warning.
+    let safe = policy(rules(json!([
         { "name": "a", "deny": "has(mcp.tool.arguments.force) && mcp.tool.arguments.force != false" },
         { "name": "b", "allow": "!has(mcp.tool.arguments.force) || mcp.tool.arguments.force == false" },
         { "name": "c", "allow": "mcp.tool.arguments.limit == 10 && mcp.tool.arguments.mode in [1, 2]" },
@@ -1139,6 +1149,7 @@ fn comparisons_a_client_turns_by_sending_another_json_type_are_refused_at_load()
         { "name": "g", "deny": "mcp.tool.arguments.files.exists(f, f.force != false)" },
         { "name": "h", "deny": "mcp.tool.arguments.mode == 'x' && [1].exists(mcp, mcp.tool == 1)" },
     ])));
+    assert!(safe.warnings.is_empty(), "{:?}", safe.warnings);
 }
 
 /// The safe forms refuse what a converting server would read as the forbidden value.

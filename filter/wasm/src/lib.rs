@@ -166,6 +166,11 @@ impl RootContext for Root {
         };
         match Config::from_json(&bytes, &VmEnv) {
             Ok(mut config) => {
+                for (i, server) in config.servers.iter().enumerate() {
+                    for w in &server.policy.warnings {
+                        log::warn!("mcp-guard: servers[{i}].policy: {w}");
+                    }
+                }
                 let signatures = Signatures::new(Rc::new(EnvoyCrypto::default()));
                 config.authenticator.set_signature_host(signatures.clone());
                 config.dpop.signatures = signatures;
