@@ -198,8 +198,26 @@ impl KeySet {
 fn parse_jwk(value: &Value) -> Result<Option<Jwk>, String> {
     let obj = value.as_object().ok_or("a JWK must be an object")?;
     let text = |name: &str| obj.get(name).and_then(Value::as_str).map(str::to_string);
+    // Members that restrict a key must be read as given: one of another type (`"use":
+    // ["enc"]`, `"alg": ["PS256"]`) read as absent would make the key usable for anything.
+    for name in ["use", "alg", "kid"] {
+        if obj.get(name).is_some_and(|v| !v.is_string()) {
+            return Err(format!("\"{name}\" is not a string"));
+        }
+    }
     if text("use").as_deref().is_some_and(|u| u != "sig") {
         return Ok(None);
+    }
+    // RFC 7517 §4.3: a key whose operations do not include "verify" (an encryption key,
+    // `"key_ops": ["encrypt", "wrapKey"]`) is not a signature verification key.
+    if let Some(ops) = obj.get("key_ops") {
+        let ops = ops
+            .as_array()
+            .filter(|ops| ops.iter().all(Value::is_string))
+            .ok_or("\"key_ops\" is not a list of strings")?;
+        if !ops.iter().any(|op| op.as_str() == Some("verify")) {
+            return Ok(None);
+        }
     }
     let kty = text("kty").ok_or("missing \"kty\"")?;
     if kty == "oct" {
@@ -705,8 +723,14 @@ impl Identity {
 /// Header fields the filter looks at beyond `alg` and `kid`.
 #[derive(Debug, Clone, Default, Deserialize)]
 struct ExtraHeader {
-    #[serde(default)]
+    /// `Some` whenever the header names `crit`, whatever its value (`"crit": null` too).
+    #[serde(default, deserialize_with = "present")]
     crit: Option<Value>,
+}
+
+/// Reads a member that counts by being there: `null` is `Some(Value::Null)`, not `None`.
+fn present<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(de).map(Some)
 }
 
 /// Validates tokens against the configured issuers.

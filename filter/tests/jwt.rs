@@ -296,6 +296,63 @@ fn crit_header_is_refused() {
 }
 
 #[test]
+fn crit_is_refused_whatever_its_value() {
+    // `"crit": null` was read as "no crit" and the token accepted.
+    for crit in [json!(null), json!({}), json!("b64"), json!(["b64"])] {
+        let header = json!({ "alg": "ES256", "kid": P256_KID, "crit": crit, "b64": false });
+        let token = sign_with_header(Signer::Es256, &header, &claims());
+        assert_eq!(
+            verify(&auth(), &token),
+            Err(AuthError::UnsupportedCritical),
+            "crit: {crit}"
+        );
+    }
+}
+
+/// An issuer whose JWKS holds the P-256 key and `rsa` (a variant of the RSA key).
+fn auth_with_rsa_key(rsa: Value) -> Authenticator {
+    let issuer = Issuer::from_config(
+        json!({
+            "issuer": ISSUER, "audiences": [RESOURCE], "algorithms": ["RS256", "ES256"],
+            "jwks": { "keys": [rsa, p256_public_jwk()] },
+        }),
+        "issuers[0]",
+    )
+    .expect("valid: the P-256 key is usable");
+    Authenticator::new(vec![issuer], 60)
+}
+
+#[test]
+fn a_key_not_meant_for_verifying_signatures_is_never_used() {
+    let rs256 = sign(Signer::Rs256, &claims());
+    for (name, value) in [
+        // RFC 7517 §4.3: an encryption key (no "verify" among its operations).
+        ("key_ops", json!(["encrypt", "wrapKey"])),
+        ("key_ops", json!([])),
+        ("key_ops", json!("verify")),
+        ("key_ops", json!([["verify"]])),
+        // Restrictions of another type than the RFC's, formerly read as absent.
+        ("use", json!(["enc"])),
+        ("use", json!(null)),
+        ("alg", json!(["PS256"])),
+        ("kid", json!(7)),
+    ] {
+        let mut rsa = rsa_public_jwk();
+        rsa.as_object_mut().expect("object").remove("use");
+        rsa[name] = value.clone();
+        assert_eq!(
+            verify(&auth_with_rsa_key(rsa), &rs256),
+            Err(AuthError::UnknownKey { issuer: 0 }),
+            "{name}: {value}"
+        );
+    }
+    // The control: a key for verifying (as WebCrypto exports it) is used.
+    let mut rsa = rsa_public_jwk();
+    rsa["key_ops"] = json!(["verify"]);
+    assert_eq!(verify(&auth_with_rsa_key(rsa), &rs256), Ok("alice".into()));
+}
+
+#[test]
 fn embedded_keys_and_key_urls_are_never_followed() {
     // A token signed by a key that is not trusted, carrying that key in `jwk` and a `jku`.
     let header = json!({

@@ -138,6 +138,12 @@ def crit_unknown_extension(s):
                                                  "http://evil.example/skip-checks": True})
 
 
+def crit_null(s):
+    """`"crit": null` was read as no `crit` at all, and the token accepted."""
+    key = s.issuer.key("RS256")
+    return key.sign(s.issuer.claims("mallory"), {"crit": None})
+
+
 def expired(s):
     return s.issuer.token("mallory", ttl=-3600)
 
@@ -188,6 +194,7 @@ TOKEN_CASES = [
     (embedded_x5c, "bad_signature"),
     (crit_header, "unsupported_crit"),
     (crit_unknown_extension, "unsupported_crit"),
+    (crit_null, "unsupported_crit"),
     (expired, "expired"),
     (not_yet_valid, "not_yet_valid"),
     (missing_exp, "missing_exp"),
