@@ -634,6 +634,136 @@ fn malformed_tokens_are_refused() {
 }
 
 #[test]
+fn only_the_canonical_encoding_of_a_token_is_accepted() {
+    // The same bytes written another way (padding, `+`/`/`, non-zero trailing bits, a
+    // trailing dot, whitespace): refused, so one token has one string (cache key, `ath`,
+    // introspection key) and the IdP never sees a variant the filter read differently.
+    let mut token = sign(Signer::Rs256, &claims());
+    // A signature with `-` or `_` in it (some claims make one).
+    for n in 0.. {
+        if token
+            .rsplit('.')
+            .next()
+            .is_some_and(|s| s.contains(['-', '_']))
+        {
+            break;
+        }
+        token = sign(Signer::Rs256, &with_claims(json!({ "n": n })));
+    }
+    assert_eq!(verify(&auth(), &token).map(|_| ()), Ok(()));
+    let (input, signature) = token.rsplit_once('.').expect("three parts");
+    // 256 bytes in 342 characters: the last one carries 4 unused bits; set the lowest.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let last = signature.bytes().last().expect("signature");
+    let value = ALPHABET.iter().position(|c| *c == last).expect("base64url");
+    let sibling = char::from(ALPHABET[value ^ 1]);
+    let trailing_bits = format!("{}{sibling}", &token[..token.len() - 1]);
+    let variants = [
+        format!("{token}="),
+        format!("{input}.{signature}=="),
+        token.replace('-', "+").replace('_', "/"),
+        trailing_bits,
+        format!("{token}."),
+        format!(".{token}"),
+        format!("{input} .{signature}"),
+        format!("{input}.{signature}\n"),
+    ];
+    for variant in variants {
+        assert!(
+            matches!(verify(&auth(), &variant), Err(AuthError::Malformed(_))),
+            "{variant:?}: {:?}",
+            verify(&auth(), &variant)
+        );
+    }
+}
+
+#[test]
+fn other_jws_forms_and_header_tricks_are_refused() {
+    let claims = claims().to_string();
+    // JWS JSON serialization (flattened) as the bearer value.
+    let compact = sign(Signer::Es256, &with_claims(json!({})));
+    let mut parts = compact.split('.');
+    let (protected, payload, signature) = (parts.next(), parts.next(), parts.next());
+    let flattened = json!({ "protected": protected, "payload": payload, "signature": signature });
+    assert!(matches!(
+        verify(&auth(), &flattened.to_string()),
+        Err(AuthError::Malformed(_))
+    ));
+    for (header, why) in [
+        // A nested JWT (`cty: JWT`): the payload would be another token, not claims.
+        (r#"{"alg":"ES256","kid":"ec-1","cty":"JWT"}"#, "nested"),
+        // Two `alg`s, two `kid`s, two `typ`s: which one did the signer mean?
+        (r#"{"alg":"ES256","alg":"none","kid":"ec-1"}"#, "two alg"),
+        (r#"{"alg":"ES256","kid":"ec-1","kid":"rsa-1"}"#, "two kid"),
+        (
+            r#"{"alg":"ES256","kid":"ec-1","typ":"JWT","typ":"at+jwt"}"#,
+            "two typ",
+        ),
+        ("\u{feff}{\"alg\":\"ES256\",\"kid\":\"ec-1\"}", "BOM"),
+        (r#"{"alg":"ES256","kid":"ec-1"} x"#, "trailing garbage"),
+    ] {
+        let input = format!("{}.{}", b64(header), b64(&claims));
+        let token = format!("{input}.{}", b64(Signer::Es256.signature(input.as_bytes())));
+        assert!(
+            matches!(verify(&auth(), &token), Err(AuthError::Malformed(_))),
+            "{why}: {:?}",
+            verify(&auth(), &token)
+        );
+    }
+    // `b64: false` (RFC 7797) without `crit`: not understood, so the payload is read as the
+    // base64url it is in every signed token: a signature over the raw payload does not verify.
+    let header = b64(r#"{"alg":"ES256","kid":"ec-1","b64":false}"#);
+    let raw_input = format!("{header}.{claims}");
+    let token = format!(
+        "{header}.{}.{}",
+        b64(&claims),
+        b64(Signer::Es256.signature(raw_input.as_bytes()))
+    );
+    assert_eq!(verify(&auth(), &token), Err(AuthError::BadSignature));
+}
+
+#[test]
+fn an_es256_signature_in_der_is_refused() {
+    use p256::ecdsa::signature::Signer as _;
+    let token = sign(Signer::Es256, &claims());
+    let (input, _) = token.rsplit_once('.').expect("three parts");
+    let der: p256::ecdsa::Signature = p256_key().sign(input.as_bytes());
+    let token = format!("{input}.{}", b64(der.to_der().as_bytes()));
+    assert_eq!(verify(&auth(), &token), Err(AuthError::BadSignature));
+}
+
+#[test]
+fn a_second_ecdsa_signature_for_the_same_token_is_the_same_token() {
+    // ECDSA is malleable: (r, n - s) verifies wherever (r, s) does (the host, BoringSSL,
+    // and the Wasm path accept both; IdPs sign with either). Whoever holds a token can make a
+    // second string of it: it is the same token for everything that decides, as revocation
+    // goes by `jti` and `sub`, never by the token's string.
+    let claims = with_claims(json!({ "jti": "j-1" }));
+    let token = sign(Signer::Es256, &claims);
+    let (input, signature) = token.rsplit_once('.').expect("three parts");
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)
+            .expect("base64url");
+    let sig = p256::ecdsa::Signature::from_slice(&bytes).expect("r || s");
+    let (r, s) = sig.split_scalars();
+    let flipped = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes())
+        .expect("n - s is a valid s");
+    let twin = format!("{input}.{}", b64(flipped.to_bytes()));
+    assert_ne!(twin, token);
+    assert_eq!(verify(&auth(), &twin), Ok("alice".into()));
+    let revoked = auth_with(
+        json!({ "revocation": { "inline": { "revoked_jti": ["j-1"] } } }),
+        60,
+    );
+    for t in [&token, &twin] {
+        assert_eq!(
+            verify(&revoked, t).map_err(|e| e.reason()),
+            Err("token_revoked")
+        );
+    }
+}
+
+#[test]
 fn reasons_are_stable_words() {
     assert_eq!(AuthError::Expired.reason(), "expired");
     assert_eq!(AuthError::WrongAudience.reason(), "wrong_audience");
