@@ -1074,6 +1074,8 @@ impl Authenticator {
             {
                 return None;
             }
+        } else if entry.typ.as_deref().is_some_and(another_kind) {
+            return None;
         }
         let keys = issuer.keys()?;
         keys.keys
@@ -1167,6 +1169,8 @@ impl Authenticator {
             {
                 return Err(AuthError::WrongType);
             }
+        } else if header.token_type.as_deref().is_some_and(another_kind) {
+            return Err(AuthError::WrongType);
         }
 
         let keys = issuer.keys().ok_or(AuthError::NoKeys { issuer: index })?;
@@ -1213,6 +1217,16 @@ fn typ_matches(actual: &str, expected: &str) -> bool {
             .to_ascii_lowercase()
     };
     bare(actual) == bare(expected)
+}
+
+/// Whether a `typ` names a kind of signed JWT that is not an access token (`dpop+jwt`,
+/// `logout+jwt`, `secevent+jwt`, `token-introspection+jwt`, …): the IdP signs those too, and
+/// one whose `aud` names the resource must not pass for an access token where no `typ` is
+/// required. `JWT` and `at+jwt` are not such names.
+fn another_kind(typ: &str) -> bool {
+    let bare = typ.trim().to_ascii_lowercase();
+    let bare = bare.strip_prefix("application/").unwrap_or(&bare);
+    bare.ends_with("+jwt") && bare != "at+jwt"
 }
 
 /// Checks the signature over `header.payload` only: the claims are parsed (once) by

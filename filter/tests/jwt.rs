@@ -389,6 +389,43 @@ fn typ_is_enforced_when_required() {
 }
 
 #[test]
+fn a_signed_jwt_of_another_kind_is_not_an_access_token() {
+    // Without a required `typ`, a JWT the header names as another kind (a DPoP proof, a
+    // logout token, a security event, a signed introspection answer), signed by the issuer
+    // and naming the resource, was accepted as an access token.
+    let with_typ = |typ: Option<&str>| {
+        let mut header = json!({ "alg": "ES256", "kid": P256_KID });
+        if let Some(t) = typ {
+            header["typ"] = json!(t);
+        }
+        verify(
+            &auth(),
+            &sign_with_header(Signer::Es256, &header, &claims()),
+        )
+    };
+    for typ in [
+        "dpop+jwt",
+        "logout+jwt",
+        "secevent+jwt",
+        "token-introspection+jwt",
+        "application/logout+jwt",
+        "Logout+JWT",
+    ] {
+        assert_eq!(with_typ(Some(typ)), Err(AuthError::WrongType), "{typ}");
+    }
+    // The controls: what access tokens carry.
+    for typ in [
+        Some("JWT"),
+        Some("jwt"),
+        Some("at+jwt"),
+        Some("application/at+jwt"),
+        None,
+    ] {
+        assert_eq!(with_typ(typ), Ok("alice".into()), "{typ:?}");
+    }
+}
+
+#[test]
 fn missing_required_claim_is_refused() {
     let auth = auth_with(json!({ "required_claims": ["client_id", "email"] }), 60);
     assert_eq!(

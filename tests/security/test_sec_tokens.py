@@ -144,6 +144,14 @@ def crit_null(s):
     return key.sign(s.issuer.claims("mallory"), {"crit": None})
 
 
+def logout_token(s):
+    """A JWT the IdP signed as another kind (here a back-channel logout token) naming the
+    resource: not an access token, although no `typ` is required of this issuer."""
+    key = s.issuer.key("RS256")
+    claims = s.issuer.claims("mallory", events={"http://schemas.openid.net/event/backchannel-logout": {}})
+    return key.sign(claims, {"typ": "logout+jwt"})
+
+
 def expired(s):
     return s.issuer.token("mallory", ttl=-3600)
 
@@ -195,6 +203,7 @@ TOKEN_CASES = [
     (crit_header, "unsupported_crit"),
     (crit_unknown_extension, "unsupported_crit"),
     (crit_null, "unsupported_crit"),
+    (logout_token, "wrong_typ"),
     (expired, "expired"),
     (not_yet_valid, "not_yet_valid"),
     (missing_exp, "missing_exp"),
