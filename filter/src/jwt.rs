@@ -198,8 +198,26 @@ impl KeySet {
 fn parse_jwk(value: &Value) -> Result<Option<Jwk>, String> {
     let obj = value.as_object().ok_or("a JWK must be an object")?;
     let text = |name: &str| obj.get(name).and_then(Value::as_str).map(str::to_string);
+    // Members that restrict a key must be read as given: one of another type (`"use":
+    // ["enc"]`, `"alg": ["PS256"]`) read as absent would make the key usable for anything.
+    for name in ["use", "alg", "kid"] {
+        if obj.get(name).is_some_and(|v| !v.is_string()) {
+            return Err(format!("\"{name}\" is not a string"));
+        }
+    }
     if text("use").as_deref().is_some_and(|u| u != "sig") {
         return Ok(None);
+    }
+    // RFC 7517 §4.3: a key whose operations do not include "verify" (an encryption key,
+    // `"key_ops": ["encrypt", "wrapKey"]`) is not a signature verification key.
+    if let Some(ops) = obj.get("key_ops") {
+        let ops = ops
+            .as_array()
+            .filter(|ops| ops.iter().all(Value::is_string))
+            .ok_or("\"key_ops\" is not a list of strings")?;
+        if !ops.iter().any(|op| op.as_str() == Some("verify")) {
+            return Ok(None);
+        }
     }
     let kty = text("kty").ok_or("missing \"kty\"")?;
     if kty == "oct" {
@@ -705,8 +723,14 @@ impl Identity {
 /// Header fields the filter looks at beyond `alg` and `kid`.
 #[derive(Debug, Clone, Default, Deserialize)]
 struct ExtraHeader {
-    #[serde(default)]
+    /// `Some` whenever the header names `crit`, whatever its value (`"crit": null` too).
+    #[serde(default, deserialize_with = "present")]
     crit: Option<Value>,
+}
+
+/// Reads a member that counts by being there: `null` is `Some(Value::Null)`, not `None`.
+fn present<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(de).map(Some)
 }
 
 /// Validates tokens against the configured issuers.
@@ -1050,6 +1074,8 @@ impl Authenticator {
             {
                 return None;
             }
+        } else if entry.typ.as_deref().is_some_and(another_kind) {
+            return None;
         }
         let keys = issuer.keys()?;
         keys.keys
@@ -1143,6 +1169,8 @@ impl Authenticator {
             {
                 return Err(AuthError::WrongType);
             }
+        } else if header.token_type.as_deref().is_some_and(another_kind) {
+            return Err(AuthError::WrongType);
         }
 
         let keys = issuer.keys().ok_or(AuthError::NoKeys { issuer: index })?;
@@ -1189,6 +1217,16 @@ fn typ_matches(actual: &str, expected: &str) -> bool {
             .to_ascii_lowercase()
     };
     bare(actual) == bare(expected)
+}
+
+/// Whether a `typ` names a kind of signed JWT that is not an access token (`dpop+jwt`,
+/// `logout+jwt`, `secevent+jwt`, `token-introspection+jwt`, …): the IdP signs those too, and
+/// one whose `aud` names the resource must not pass for an access token where no `typ` is
+/// required. `JWT` and `at+jwt` are not such names.
+fn another_kind(typ: &str) -> bool {
+    let bare = typ.trim().to_ascii_lowercase();
+    let bare = bare.strip_prefix("application/").unwrap_or(&bare);
+    bare.ends_with("+jwt") && bare != "at+jwt"
 }
 
 /// Checks the signature over `header.payload` only: the claims are parsed (once) by

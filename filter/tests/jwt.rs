@@ -296,6 +296,63 @@ fn crit_header_is_refused() {
 }
 
 #[test]
+fn crit_is_refused_whatever_its_value() {
+    // `"crit": null` was read as "no crit" and the token accepted.
+    for crit in [json!(null), json!({}), json!("b64"), json!(["b64"])] {
+        let header = json!({ "alg": "ES256", "kid": P256_KID, "crit": crit, "b64": false });
+        let token = sign_with_header(Signer::Es256, &header, &claims());
+        assert_eq!(
+            verify(&auth(), &token),
+            Err(AuthError::UnsupportedCritical),
+            "crit: {crit}"
+        );
+    }
+}
+
+/// An issuer whose JWKS holds the P-256 key and `rsa` (a variant of the RSA key).
+fn auth_with_rsa_key(rsa: Value) -> Authenticator {
+    let issuer = Issuer::from_config(
+        json!({
+            "issuer": ISSUER, "audiences": [RESOURCE], "algorithms": ["RS256", "ES256"],
+            "jwks": { "keys": [rsa, p256_public_jwk()] },
+        }),
+        "issuers[0]",
+    )
+    .expect("valid: the P-256 key is usable");
+    Authenticator::new(vec![issuer], 60)
+}
+
+#[test]
+fn a_key_not_meant_for_verifying_signatures_is_never_used() {
+    let rs256 = sign(Signer::Rs256, &claims());
+    for (name, value) in [
+        // RFC 7517 §4.3: an encryption key (no "verify" among its operations).
+        ("key_ops", json!(["encrypt", "wrapKey"])),
+        ("key_ops", json!([])),
+        ("key_ops", json!("verify")),
+        ("key_ops", json!([["verify"]])),
+        // Restrictions of another type than the RFC's, formerly read as absent.
+        ("use", json!(["enc"])),
+        ("use", json!(null)),
+        ("alg", json!(["PS256"])),
+        ("kid", json!(7)),
+    ] {
+        let mut rsa = rsa_public_jwk();
+        rsa.as_object_mut().expect("object").remove("use");
+        rsa[name] = value.clone();
+        assert_eq!(
+            verify(&auth_with_rsa_key(rsa), &rs256),
+            Err(AuthError::UnknownKey { issuer: 0 }),
+            "{name}: {value}"
+        );
+    }
+    // The control: a key for verifying (as WebCrypto exports it) is used.
+    let mut rsa = rsa_public_jwk();
+    rsa["key_ops"] = json!(["verify"]);
+    assert_eq!(verify(&auth_with_rsa_key(rsa), &rs256), Ok("alice".into()));
+}
+
+#[test]
 fn embedded_keys_and_key_urls_are_never_followed() {
     // A token signed by a key that is not trusted, carrying that key in `jwk` and a `jku`.
     let header = json!({
@@ -329,6 +386,43 @@ fn typ_is_enforced_when_required() {
         verify(&auth_with(json!({}), 60), &sign(Signer::Es256, &claims())),
         Ok("alice".into())
     );
+}
+
+#[test]
+fn a_signed_jwt_of_another_kind_is_not_an_access_token() {
+    // Without a required `typ`, a JWT the header names as another kind (a DPoP proof, a
+    // logout token, a security event, a signed introspection answer), signed by the issuer
+    // and naming the resource, was accepted as an access token.
+    let with_typ = |typ: Option<&str>| {
+        let mut header = json!({ "alg": "ES256", "kid": P256_KID });
+        if let Some(t) = typ {
+            header["typ"] = json!(t);
+        }
+        verify(
+            &auth(),
+            &sign_with_header(Signer::Es256, &header, &claims()),
+        )
+    };
+    for typ in [
+        "dpop+jwt",
+        "logout+jwt",
+        "secevent+jwt",
+        "token-introspection+jwt",
+        "application/logout+jwt",
+        "Logout+JWT",
+    ] {
+        assert_eq!(with_typ(Some(typ)), Err(AuthError::WrongType), "{typ}");
+    }
+    // The controls: what access tokens carry.
+    for typ in [
+        Some("JWT"),
+        Some("jwt"),
+        Some("at+jwt"),
+        Some("application/at+jwt"),
+        None,
+    ] {
+        assert_eq!(with_typ(typ), Ok("alice".into()), "{typ:?}");
+    }
 }
 
 #[test]
@@ -574,6 +668,136 @@ fn malformed_tokens_are_refused() {
         verify(&auth(), &token),
         Err(AuthError::Malformed(_))
     ));
+}
+
+#[test]
+fn only_the_canonical_encoding_of_a_token_is_accepted() {
+    // The same bytes written another way (padding, `+`/`/`, non-zero trailing bits, a
+    // trailing dot, whitespace): refused, so one token has one string (cache key, `ath`,
+    // introspection key) and the IdP never sees a variant the filter read differently.
+    let mut token = sign(Signer::Rs256, &claims());
+    // A signature with `-` or `_` in it (some claims make one).
+    for n in 0.. {
+        if token
+            .rsplit('.')
+            .next()
+            .is_some_and(|s| s.contains(['-', '_']))
+        {
+            break;
+        }
+        token = sign(Signer::Rs256, &with_claims(json!({ "n": n })));
+    }
+    assert_eq!(verify(&auth(), &token).map(|_| ()), Ok(()));
+    let (input, signature) = token.rsplit_once('.').expect("three parts");
+    // 256 bytes in 342 characters: the last one carries 4 unused bits; set the lowest.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let last = signature.bytes().last().expect("signature");
+    let value = ALPHABET.iter().position(|c| *c == last).expect("base64url");
+    let sibling = char::from(ALPHABET[value ^ 1]);
+    let trailing_bits = format!("{}{sibling}", &token[..token.len() - 1]);
+    let variants = [
+        format!("{token}="),
+        format!("{input}.{signature}=="),
+        token.replace('-', "+").replace('_', "/"),
+        trailing_bits,
+        format!("{token}."),
+        format!(".{token}"),
+        format!("{input} .{signature}"),
+        format!("{input}.{signature}\n"),
+    ];
+    for variant in variants {
+        assert!(
+            matches!(verify(&auth(), &variant), Err(AuthError::Malformed(_))),
+            "{variant:?}: {:?}",
+            verify(&auth(), &variant)
+        );
+    }
+}
+
+#[test]
+fn other_jws_forms_and_header_tricks_are_refused() {
+    let claims = claims().to_string();
+    // JWS JSON serialization (flattened) as the bearer value.
+    let compact = sign(Signer::Es256, &with_claims(json!({})));
+    let mut parts = compact.split('.');
+    let (protected, payload, signature) = (parts.next(), parts.next(), parts.next());
+    let flattened = json!({ "protected": protected, "payload": payload, "signature": signature });
+    assert!(matches!(
+        verify(&auth(), &flattened.to_string()),
+        Err(AuthError::Malformed(_))
+    ));
+    for (header, why) in [
+        // A nested JWT (`cty: JWT`): the payload would be another token, not claims.
+        (r#"{"alg":"ES256","kid":"ec-1","cty":"JWT"}"#, "nested"),
+        // Two `alg`s, two `kid`s, two `typ`s: which one did the signer mean?
+        (r#"{"alg":"ES256","alg":"none","kid":"ec-1"}"#, "two alg"),
+        (r#"{"alg":"ES256","kid":"ec-1","kid":"rsa-1"}"#, "two kid"),
+        (
+            r#"{"alg":"ES256","kid":"ec-1","typ":"JWT","typ":"at+jwt"}"#,
+            "two typ",
+        ),
+        ("\u{feff}{\"alg\":\"ES256\",\"kid\":\"ec-1\"}", "BOM"),
+        (r#"{"alg":"ES256","kid":"ec-1"} x"#, "trailing garbage"),
+    ] {
+        let input = format!("{}.{}", b64(header), b64(&claims));
+        let token = format!("{input}.{}", b64(Signer::Es256.signature(input.as_bytes())));
+        assert!(
+            matches!(verify(&auth(), &token), Err(AuthError::Malformed(_))),
+            "{why}: {:?}",
+            verify(&auth(), &token)
+        );
+    }
+    // `b64: false` (RFC 7797) without `crit`: not understood, so the payload is read as the
+    // base64url it is in every signed token: a signature over the raw payload does not verify.
+    let header = b64(r#"{"alg":"ES256","kid":"ec-1","b64":false}"#);
+    let raw_input = format!("{header}.{claims}");
+    let token = format!(
+        "{header}.{}.{}",
+        b64(&claims),
+        b64(Signer::Es256.signature(raw_input.as_bytes()))
+    );
+    assert_eq!(verify(&auth(), &token), Err(AuthError::BadSignature));
+}
+
+#[test]
+fn an_es256_signature_in_der_is_refused() {
+    use p256::ecdsa::signature::Signer as _;
+    let token = sign(Signer::Es256, &claims());
+    let (input, _) = token.rsplit_once('.').expect("three parts");
+    let der: p256::ecdsa::Signature = p256_key().sign(input.as_bytes());
+    let token = format!("{input}.{}", b64(der.to_der().as_bytes()));
+    assert_eq!(verify(&auth(), &token), Err(AuthError::BadSignature));
+}
+
+#[test]
+fn a_second_ecdsa_signature_for_the_same_token_is_the_same_token() {
+    // ECDSA is malleable: (r, n - s) verifies wherever (r, s) does (the host, BoringSSL,
+    // and the Wasm path accept both; IdPs sign with either). Whoever holds a token can make a
+    // second string of it: it is the same token for everything that decides, as revocation
+    // goes by `jti` and `sub`, never by the token's string.
+    let claims = with_claims(json!({ "jti": "j-1" }));
+    let token = sign(Signer::Es256, &claims);
+    let (input, signature) = token.rsplit_once('.').expect("three parts");
+    let bytes =
+        base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)
+            .expect("base64url");
+    let sig = p256::ecdsa::Signature::from_slice(&bytes).expect("r || s");
+    let (r, s) = sig.split_scalars();
+    let flipped = p256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes())
+        .expect("n - s is a valid s");
+    let twin = format!("{input}.{}", b64(flipped.to_bytes()));
+    assert_ne!(twin, token);
+    assert_eq!(verify(&auth(), &twin), Ok("alice".into()));
+    let revoked = auth_with(
+        json!({ "revocation": { "inline": { "revoked_jti": ["j-1"] } } }),
+        60,
+    );
+    for t in [&token, &twin] {
+        assert_eq!(
+            verify(&revoked, t).map_err(|e| e.reason()),
+            Err("token_revoked")
+        );
+    }
 }
 
 #[test]

@@ -138,6 +138,20 @@ def crit_unknown_extension(s):
                                                  "http://evil.example/skip-checks": True})
 
 
+def crit_null(s):
+    """`"crit": null` was read as no `crit` at all, and the token accepted."""
+    key = s.issuer.key("RS256")
+    return key.sign(s.issuer.claims("mallory"), {"crit": None})
+
+
+def logout_token(s):
+    """A JWT the IdP signed as another kind (here a back-channel logout token) naming the
+    resource: not an access token, although no `typ` is required of this issuer."""
+    key = s.issuer.key("RS256")
+    claims = s.issuer.claims("mallory", events={"http://schemas.openid.net/event/backchannel-logout": {}})
+    return key.sign(claims, {"typ": "logout+jwt"})
+
+
 def expired(s):
     return s.issuer.token("mallory", ttl=-3600)
 
@@ -188,6 +202,8 @@ TOKEN_CASES = [
     (embedded_x5c, "bad_signature"),
     (crit_header, "unsupported_crit"),
     (crit_unknown_extension, "unsupported_crit"),
+    (crit_null, "unsupported_crit"),
+    (logout_token, "wrong_typ"),
     (expired, "expired"),
     (not_yet_valid, "not_yet_valid"),
     (missing_exp, "missing_exp"),
@@ -370,3 +386,22 @@ def test_every_algorithm_refuses_forged_and_tampered_tokens(algs_stack, alg, mak
     assert reply.header("www-authenticate") == challenge(algs_stack, "invalid_token")
     assert reply.json()["error"] == "invalid_token"
     assert "sub" not in record
+
+
+# ---- how the token is presented -----------------------------------------------------------------
+
+def test_a_token_only_in_proxy_authorization_is_no_token(sec, alice):
+    """`Proxy-Authorization` is for the proxy's own credentials: a token there (or the scheme
+    written with a tab) is not read as the caller's. 401, nothing upstream."""
+    for extra, reason in (([("proxy-authorization", f"Bearer {alice}")], "missing_token"),
+                          ([("authorization", f"Bearer\t{alice}")], "malformed")):
+        refused(sec, status=401, reason=reason, body=BODY, headers=headers(None) + extra)
+
+
+@pytest.mark.parametrize("value", ["bearer {t}", "BEARER {t}", "Bearer  {t}"],
+                         ids=["lower_case", "upper_case", "two_spaces"])
+def test_the_bearer_scheme_is_read_as_rfc_6750_writes_it(sec, alice, value):
+    """RFC 7235: the scheme is case-insensitive; RFC 6750: `Bearer 1*SP b64token`. The same
+    token, however written, is the same caller."""
+    reply, _ = send(sec, body=BODY, headers=headers(None) + [("authorization", value.format(t=alice))])
+    assert reply.status == 200 and b"Ada Lovelace" in reply.body
