@@ -175,6 +175,47 @@ pub fn contains_any(text: &[u8], patterns: &Patterns) -> bool {
     patterns.0.iter().any(|(f, _)| f.find(text).is_some())
 }
 
+/// Whether a header name carries any pattern, in any case: Envoy lowercases the names it
+/// passes on, so the key echoed as a name (`demo-key: 1`, a valid token) reaches the client
+/// lowercased.
+pub fn name_contains_any(name: &str, patterns: &Patterns) -> bool {
+    let name = name.to_ascii_lowercase();
+    patterns.needles().any(|(needle, _)| {
+        let needle = needle.to_ascii_lowercase();
+        memmem::find(name.as_bytes(), &needle).is_some()
+    })
+}
+
+/// What a response header (or trailer) carrying the service key becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldLeak {
+    /// The key is in its value: set the header to this value, the key redacted.
+    Value { name: String, redacted: String },
+    /// The key is in its name: no value can hide it, the header goes.
+    Name(String),
+}
+
+/// The response headers or trailers that carry the service key, in their names or values, and
+/// what each becomes. Every value of a name is read: a client may read any of them.
+pub fn leaking_fields(fields: &[(String, String)], patterns: &Patterns) -> Vec<FieldLeak> {
+    let mut leaks: Vec<FieldLeak> = Vec::new();
+    for (name, value) in fields {
+        if name_contains_any(name, patterns) {
+            if !leaks.contains(&FieldLeak::Name(name.clone())) {
+                leaks.push(FieldLeak::Name(name.clone()));
+            }
+        } else if contains_any(value.as_bytes(), patterns) {
+            let mut redacted = value.clone().into_bytes();
+            redact(&mut redacted, patterns);
+            leaks.push(FieldLeak::Value {
+                name: name.clone(),
+                redacted: String::from_utf8_lossy(&redacted).into_owned(),
+            });
+        }
+    }
+    leaks
+}
+
 /// What an answer is checked against.
 #[derive(Clone, Copy)]
 pub struct Checks<'a> {
@@ -345,6 +386,31 @@ pub fn inspect_events(
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn fields_carrying_the_key_in_a_name_or_a_value_are_found() {
+        let patterns = Patterns::new([b"Sk-Secret-1".to_vec()]);
+        let fields: Vec<(String, String)> = [
+            ("x-echo", "used Sk-Secret-1"),
+            ("sk-secret-1", "1"), // lowercased by Envoy
+            ("sk-secret-1", "2"),
+            ("x-kept", "sk-secret-1"), // a value keeps its case: not the key
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            leaking_fields(&fields, &patterns),
+            [
+                FieldLeak::Value {
+                    name: "x-echo".into(),
+                    redacted: "used [REDACTED]".into()
+                },
+                FieldLeak::Name("sk-secret-1".into()),
+            ]
+        );
+        assert!(leaking_fields(&[("x-a".into(), "b".into())], &patterns).is_empty());
+    }
 
     #[test]
     fn redacts_every_occurrence_of_every_pattern() {
