@@ -182,6 +182,36 @@ def test_the_service_key_never_reaches_the_client_in_answer_trailers(scripted, c
     assert not any(KEY.lower() in f"{k}: {v}".lower() for k, v in trailers), trailers
 
 
+@pytest.mark.parametrize("content_type", ["application/json", "text/event-stream"])
+def test_with_key_leak_block_answer_trailers_carrying_the_key_stop_the_answer(tmp_path, content_type):
+    """With `key_leak: block` the key in the trailers stops the answer: a held JSON answer is a
+    502 (its headers were still held), a stream is cut before its end; audited as an error."""
+    upstream = harness.ScriptedUpstream()
+    s = SecStack(tmp_path, upstream=upstream, template=trailers_template(tmp_path),
+                 server={"key_leak": "block"})
+    try:
+        answer = json.dumps({"jsonrpc": "2.0", "id": 5, "result": {"tools": TOOLS}}).encode()
+        if content_type == "text/event-stream":
+            answer = b"data: " + answer + b"\n\n"
+        upstream.script(lambda r: harness.Answer(
+            200, [("content-type", content_type)], [answer], trailers=[("x-echo", KEY)]))
+        alice = s.token("alice", groups=["sales"])
+        message = modern({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {}})
+        trailers, rid = [], f"block-{content_type[:4]}"
+        status, _, data = h2_request(s.port, h2_headers(alice, message, rid),
+                                     json.dumps(message[0]).encode(), received=trailers)
+        assert not any(KEY in v for _, v in trailers), trailers
+        if content_type == "application/json":
+            assert status == 502 and b"get_customer" not in data, (status, data)
+        else:
+            assert status == 200 and trailers == [], (status, data, trailers)
+        [record] = wait_record(s, rid)
+        assert record["decision"] == "error" and record["reason"] == "service_key_in_response", record
+    finally:
+        s.stop()
+        upstream.stop()
+
+
 def test_a_list_on_another_requests_answer_does_not_reach_the_client(scripted):
     """Clients take a response by its id, whichever POST it came on: a tools/list answer (id 8,
     as if the client had listed on another POST) inside a tools/call's answer would reach the
