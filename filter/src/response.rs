@@ -56,7 +56,11 @@ pub fn body_for(content_type: &str) -> Body {
 /// once, when the configuration loads. A pattern may widen its redaction over neighbouring
 /// base64 characters (see [`Pattern`]).
 #[derive(Clone)]
-pub struct Patterns(Vec<(memmem::Finder<'static>, Widen)>);
+pub struct Patterns {
+    finders: Vec<(memmem::Finder<'static>, Widen)>,
+    /// The same, ASCII lower-cased, for header names (which Envoy lowercases).
+    folded: Vec<memmem::Finder<'static>>,
+}
 
 /// How far a match's redaction extends over adjacent base64 characters: the core of a base64
 /// encoding at another byte offset leaves a character on each side (then `=` padding) that
@@ -82,17 +86,20 @@ impl Patterns {
     }
 
     pub fn widened(patterns: impl IntoIterator<Item = Pattern>) -> Patterns {
-        Patterns(
-            patterns
-                .into_iter()
-                .filter(|p| !p.bytes.is_empty())
-                .map(|p| (memmem::Finder::new(&p.bytes).into_owned(), p.widen))
-                .collect(),
-        )
+        let finders: Vec<(memmem::Finder<'static>, Widen)> = patterns
+            .into_iter()
+            .filter(|p| !p.bytes.is_empty())
+            .map(|p| (memmem::Finder::new(&p.bytes).into_owned(), p.widen))
+            .collect();
+        let folded = finders
+            .iter()
+            .map(|(f, _)| memmem::Finder::new(&f.needle().to_ascii_lowercase()).into_owned())
+            .collect();
+        Patterns { finders, folded }
     }
 
     fn needles(&self) -> impl Iterator<Item = (&[u8], Widen)> {
-        self.0.iter().map(|(f, w)| (f.needle(), *w))
+        self.finders.iter().map(|(f, w)| (f.needle(), *w))
     }
 }
 
@@ -107,7 +114,7 @@ impl Eq for Patterns {}
 impl std::fmt::Debug for Patterns {
     /// Never the secret itself.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Patterns({} redacted)", self.0.len())
+        write!(f, "Patterns({} redacted)", self.finders.len())
     }
 }
 
@@ -120,7 +127,7 @@ fn is_base64(b: u8) -> bool {
 /// next to it, as the pattern says); returns how many were found.
 pub fn redact(bytes: &mut Vec<u8>, patterns: &Patterns) -> usize {
     let mut found = 0;
-    for (finder, widen) in &patterns.0 {
+    for (finder, widen) in &patterns.finders {
         // The common case, nothing to redact, costs one scan and no allocation.
         let mut hits = finder.find_iter(bytes).peekable();
         if hits.peek().is_none() {
@@ -172,7 +179,7 @@ pub fn redact(bytes: &mut Vec<u8>, patterns: &Patterns) -> usize {
 
 /// Whether `text` contains any pattern.
 pub fn contains_any(text: &[u8], patterns: &Patterns) -> bool {
-    patterns.0.iter().any(|(f, _)| f.find(text).is_some())
+    patterns.finders.iter().any(|(f, _)| f.find(text).is_some())
 }
 
 /// Whether a header name carries any pattern, in any case: Envoy lowercases the names it
@@ -180,10 +187,10 @@ pub fn contains_any(text: &[u8], patterns: &Patterns) -> bool {
 /// lowercased.
 pub fn name_contains_any(name: &str, patterns: &Patterns) -> bool {
     let name = name.to_ascii_lowercase();
-    patterns.needles().any(|(needle, _)| {
-        let needle = needle.to_ascii_lowercase();
-        memmem::find(name.as_bytes(), &needle).is_some()
-    })
+    patterns
+        .folded
+        .iter()
+        .any(|f| f.find(name.as_bytes()).is_some())
 }
 
 /// What a response header (or trailer) carrying the service key becomes.
