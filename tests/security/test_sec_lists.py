@@ -191,6 +191,29 @@ def test_an_event_that_is_not_the_list_answer_cuts_the_stream(lists, upstream, a
     assert record["detail"] == why, record
 
 
+def test_a_batch_answer_after_2025_03_26_is_refused(lists, upstream, alice):
+    """Batches are 2025-03-26's. The TypeScript SDK client still reads a JSON array answer: a
+    2026-07-28 list inside one kept the server's `cacheScope: "public"` (the filter marks the
+    lists it tailors private), so a shared cache could hand one caller's list to another. Such
+    an answer is refused: 502, or the stream is cut."""
+    listed = {"jsonrpc": "2.0", "id": 5, "result": {"tools": TOOLS, "resultType": "complete",
+                                                    "cacheScope": "public", "ttlMs": 60000}}
+    upstream.script(lambda r: Answer.json([listed]))
+    reply, tag = list_request(lists, alice)
+    assert_refused(lists, reply, tag, "a batch, after protocol 2025-03-26")
+    progress = b'data: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\n\n'
+    upstream.script(lambda r: Answer(200, [("content-type", "text/event-stream")],
+                                     [progress, b"data: " + json.dumps([listed]).encode() + b"\n\n"],
+                                     delay=0.3))
+    partial, rid = read_cut_stream(lists, alice)
+    assert partial == progress
+    assert the_record(lists, rid)["detail"] == "a batch, after protocol 2025-03-26"
+    # The control: the same answer alone is filtered and made private.
+    upstream.script(lambda r: Answer.json(listed))
+    reply, _ = list_request(lists, alice)
+    assert names(reply.json()) == VISIBLE and reply.json()["result"]["cacheScope"] == "private"
+
+
 def test_an_error_answer_to_a_list_request_passes(lists, upstream, alice):
     error = {"jsonrpc": "2.0", "id": 5, "error": {"code": -32601, "message": "Method not found"}}
     upstream.script(lambda r: Answer.json(error))

@@ -134,9 +134,14 @@ impl Stream {
             return Action::Continue;
         }
         let json = is_json(content_type);
+        let version = (self.protocol.as_deref())
+            .or_else(|| self.header("mcp-protocol-version"))
+            .map(str::to_string);
         if let Some(lists) = self.lists.as_mut() {
             // A JSON body answers the POST: it must be the response(s), nothing else.
             lists.responses_only = lists.strict && json;
+            // Batches are 2025-03-26's (a request naming no version is of 2025-03-26).
+            lists.no_batch = !matches!(version.as_deref(), None | Some("2025-03-26"));
         }
         let body = response::body_for(content_type);
         if present("content-length") && host.remove_response_header("content-length").is_err() {
