@@ -237,6 +237,10 @@ pub struct Expect {
     pub strict: bool,
     /// A JSON body answering a POST: server requests and notifications are no answer.
     pub responses_only: bool,
+    /// The exchange is of a protocol after 2025-03-26, which has no batches: an answer that is
+    /// one is unreadable. (The TypeScript SDK client still reads a JSON array answer, and a list
+    /// inside one would escape what the filter does to its revision's lists, `cacheScope`.)
+    pub no_batch: bool,
 }
 
 /// The outcome of [`check_answer`].
@@ -298,6 +302,9 @@ pub fn check_answer_text(
     }
     let mut top = Scan::new(message);
     let batch = top.peek() == Some(b'[');
+    if batch && expect.no_batch {
+        return unreadable("a batch, after protocol 2025-03-26");
+    }
     let infos = if batch {
         top.elements(|s| Some(s.info(&kinds, known)))
     } else {
@@ -1185,6 +1192,20 @@ mod tests {
             ..expect.clone()
         };
         assert!(matches!(check(&note, &body, &[]), Checked::Unreadable(_)));
+        // A batch is read (and filtered) only where the protocol has batches.
+        let batch = json!([{"jsonrpc": "2.0", "id": 5, "result": {"tools": tools(&["a", "b"])}}]);
+        assert!(matches!(
+            check(&batch, &expect, &["a"]),
+            Checked::Rewritten { hidden: 1, .. }
+        ));
+        let modern = Expect {
+            no_batch: true,
+            ..expect.clone()
+        };
+        assert_eq!(
+            check(&batch, &modern, &["a"]),
+            Checked::Unreadable("a batch, after protocol 2025-03-26".into())
+        );
         for bad in [
             json!({"jsonrpc": "2.0", "id": 6, "result": {"tools": tools(&["a"])}}),
             json!({"jsonrpc": "2.0", "result": {"tools": tools(&["a"])}}),
@@ -1257,6 +1278,7 @@ mod tests {
             any: ListKind::ALL.to_vec(),
             strict: true,
             responses_only: true,
+            no_batch: false,
         };
         let msg = json!([
             {"jsonrpc": "2.0", "id": "3", "result": {"prompts": [{"name": "a"}, {"name": "p"}]}},

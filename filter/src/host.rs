@@ -37,6 +37,19 @@ pub trait Host {
     /// Sets a response header, replacing every existing value.
     fn set_response_header(&mut self, name: &str, value: &str) -> Result<(), HostError>;
     fn remove_response_header(&mut self, name: &str) -> Result<(), HostError>;
+    /// The answer's trailers (read in their callback). None by default.
+    fn response_trailers(&self) -> Vec<Header> {
+        Vec::new()
+    }
+    /// Sets a response trailer, replacing every existing value. Callers fail closed on an
+    /// error: the default, for hosts that cannot.
+    fn set_response_trailer(&mut self, _name: &str, _value: &str) -> Result<(), HostError> {
+        Err(HostError)
+    }
+    /// Removes every value of a response trailer (fails by default, as above).
+    fn remove_response_trailer(&mut self, _name: &str) -> Result<(), HostError> {
+        Err(HostError)
+    }
     /// An Envoy attribute such as `["source", "address"]`.
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
     /// Answers the request locally; nothing (more) reaches the upstream or comes from it.

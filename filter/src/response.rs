@@ -56,7 +56,11 @@ pub fn body_for(content_type: &str) -> Body {
 /// once, when the configuration loads. A pattern may widen its redaction over neighbouring
 /// base64 characters (see [`Pattern`]).
 #[derive(Clone)]
-pub struct Patterns(Vec<(memmem::Finder<'static>, Widen)>);
+pub struct Patterns {
+    finders: Vec<(memmem::Finder<'static>, Widen)>,
+    /// The same, ASCII lower-cased, for header names (which Envoy lowercases).
+    folded: Vec<memmem::Finder<'static>>,
+}
 
 /// How far a match's redaction extends over adjacent base64 characters: the core of a base64
 /// encoding at another byte offset leaves a character on each side (then `=` padding) that
@@ -82,17 +86,20 @@ impl Patterns {
     }
 
     pub fn widened(patterns: impl IntoIterator<Item = Pattern>) -> Patterns {
-        Patterns(
-            patterns
-                .into_iter()
-                .filter(|p| !p.bytes.is_empty())
-                .map(|p| (memmem::Finder::new(&p.bytes).into_owned(), p.widen))
-                .collect(),
-        )
+        let finders: Vec<(memmem::Finder<'static>, Widen)> = patterns
+            .into_iter()
+            .filter(|p| !p.bytes.is_empty())
+            .map(|p| (memmem::Finder::new(&p.bytes).into_owned(), p.widen))
+            .collect();
+        let folded = finders
+            .iter()
+            .map(|(f, _)| memmem::Finder::new(&f.needle().to_ascii_lowercase()).into_owned())
+            .collect();
+        Patterns { finders, folded }
     }
 
     fn needles(&self) -> impl Iterator<Item = (&[u8], Widen)> {
-        self.0.iter().map(|(f, w)| (f.needle(), *w))
+        self.finders.iter().map(|(f, w)| (f.needle(), *w))
     }
 }
 
@@ -107,7 +114,7 @@ impl Eq for Patterns {}
 impl std::fmt::Debug for Patterns {
     /// Never the secret itself.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Patterns({} redacted)", self.0.len())
+        write!(f, "Patterns({} redacted)", self.finders.len())
     }
 }
 
@@ -120,7 +127,7 @@ fn is_base64(b: u8) -> bool {
 /// next to it, as the pattern says); returns how many were found.
 pub fn redact(bytes: &mut Vec<u8>, patterns: &Patterns) -> usize {
     let mut found = 0;
-    for (finder, widen) in &patterns.0 {
+    for (finder, widen) in &patterns.finders {
         // The common case, nothing to redact, costs one scan and no allocation.
         let mut hits = finder.find_iter(bytes).peekable();
         if hits.peek().is_none() {
@@ -172,7 +179,48 @@ pub fn redact(bytes: &mut Vec<u8>, patterns: &Patterns) -> usize {
 
 /// Whether `text` contains any pattern.
 pub fn contains_any(text: &[u8], patterns: &Patterns) -> bool {
-    patterns.0.iter().any(|(f, _)| f.find(text).is_some())
+    patterns.finders.iter().any(|(f, _)| f.find(text).is_some())
+}
+
+/// Whether a header name carries any pattern, in any case: Envoy lowercases the names it
+/// passes on, so the key echoed as a name (`demo-key: 1`, a valid token) reaches the client
+/// lowercased.
+pub fn name_contains_any(name: &str, patterns: &Patterns) -> bool {
+    let name = name.to_ascii_lowercase();
+    patterns
+        .folded
+        .iter()
+        .any(|f| f.find(name.as_bytes()).is_some())
+}
+
+/// What a response header (or trailer) carrying the service key becomes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldLeak {
+    /// The key is in its value: set the header to this value, the key redacted.
+    Value { name: String, redacted: String },
+    /// The key is in its name: no value can hide it, the header goes.
+    Name(String),
+}
+
+/// The response headers or trailers that carry the service key, in their names or values, and
+/// what each becomes. Every value of a name is read: a client may read any of them.
+pub fn leaking_fields(fields: &[(String, String)], patterns: &Patterns) -> Vec<FieldLeak> {
+    let mut leaks: Vec<FieldLeak> = Vec::new();
+    for (name, value) in fields {
+        if name_contains_any(name, patterns) {
+            if !leaks.contains(&FieldLeak::Name(name.clone())) {
+                leaks.push(FieldLeak::Name(name.clone()));
+            }
+        } else if contains_any(value.as_bytes(), patterns) {
+            let mut redacted = value.clone().into_bytes();
+            redact(&mut redacted, patterns);
+            leaks.push(FieldLeak::Value {
+                name: name.clone(),
+                redacted: String::from_utf8_lossy(&redacted).into_owned(),
+            });
+        }
+    }
+    leaks
 }
 
 /// What an answer is checked against.
@@ -345,6 +393,31 @@ pub fn inspect_events(
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn fields_carrying_the_key_in_a_name_or_a_value_are_found() {
+        let patterns = Patterns::new([b"Sk-Secret-1".to_vec()]);
+        let fields: Vec<(String, String)> = [
+            ("x-echo", "used Sk-Secret-1"),
+            ("sk-secret-1", "1"), // lowercased by Envoy
+            ("sk-secret-1", "2"),
+            ("x-kept", "sk-secret-1"), // a value keeps its case: not the key
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            leaking_fields(&fields, &patterns),
+            [
+                FieldLeak::Value {
+                    name: "x-echo".into(),
+                    redacted: "used [REDACTED]".into()
+                },
+                FieldLeak::Name("sk-secret-1".into()),
+            ]
+        );
+        assert!(leaking_fields(&[("x-a".into(), "b".into())], &patterns).is_empty());
+    }
 
     #[test]
     fn redacts_every_occurrence_of_every_pattern() {

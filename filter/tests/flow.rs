@@ -1403,6 +1403,59 @@ fn service_key_is_redacted_from_response_headers() {
     assert!(!value.contains(SERVICE_KEY), "{value}");
 }
 
+#[test]
+fn a_response_header_named_with_the_service_key_is_removed() {
+    let (mut stream, mut host, _) = post_open(&alice(), &tool_call(json!(1), "search"));
+    let upper = SERVICE_KEY.to_ascii_uppercase();
+    host.set_response(&[
+        (":status", "200"),
+        (SERVICE_KEY, "1"),
+        (&format!("x-{upper}-y"), "2"),
+        ("x-kept", "3"),
+    ]);
+    stream.on_response_headers(&mut host, Some(200), true);
+    let names: Vec<&str> = host
+        .response_headers
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .collect();
+    assert_eq!(names, [":status", "x-kept"]);
+    assert_eq!(host.counter("mcp_guard.key_leaks_redacted"), 2);
+}
+
+#[test]
+fn the_service_key_is_redacted_from_response_trailers() {
+    let (mut stream, mut host) = answered(
+        &alice(),
+        &tool_call(json!(1), "search"),
+        "text/event-stream",
+    );
+    host.response_trailers = vec![
+        ("x-echo".into(), format!("used {SERVICE_KEY}")),
+        (SERVICE_KEY.into(), "1".into()),
+        ("x-kept".into(), "2".into()),
+    ];
+    assert_eq!(stream.on_response_trailers(&mut host), BodyAction::Continue);
+    let trailers = format!("{:?}", host.response_trailers);
+    assert!(!trailers.contains(SERVICE_KEY), "{trailers}");
+    assert_eq!(host.response_trailers.len(), 2, "{trailers}");
+    assert!(
+        trailers.contains("[REDACTED]") && trailers.contains("x-kept"),
+        "{trailers}"
+    );
+    assert_eq!(host.resets, 0);
+    // Envoy does not take the change: the stream is cut, nothing unredacted goes on.
+    let (mut stream, mut host) = answered(
+        &alice(),
+        &tool_call(json!(1), "search"),
+        "text/event-stream",
+    );
+    host.response_trailers = vec![("x-echo".into(), SERVICE_KEY.into())];
+    host.refuse_headers.push("x-echo");
+    assert_eq!(stream.on_response_trailers(&mut host), BodyAction::Pause);
+    assert_eq!(host.resets, 1);
+}
+
 const TOOLS: &str = r#"[{"name":"search","description":"d"},{"name":"get"},{"name":"update"},{"name":"delete"},{"name":"secret_tool"}]"#;
 
 fn names(list: &Value) -> Vec<String> {

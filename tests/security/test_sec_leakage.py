@@ -249,6 +249,27 @@ def test_a_basic_credential_echoed_in_a_response_header_is_redacted(tmp_path, va
         s.stop()
 
 
+def test_a_key_echoed_as_a_response_header_name_is_removed(sse_stack):
+    """A header name is a token, and the key may be one: an upstream that echoes it as a name
+    (Envoy passes it on lowercased) must not hand it to the client. The header goes, the answer
+    passes, the leak is counted."""
+    def answer(request):
+        a = sse_echo(request)
+        a.headers += [(KEY, "1"), (f"x-{KEY.upper()}-y", "2"), ("x-kept", "3")]
+        return a
+    sse_stack.server.script(answer)
+    alice = sse_stack.token("alice", groups=["sales"])
+    before = key_leaks_redacted(sse_stack)
+    try:
+        reply, _, _ = forwarded(sse_stack, body=echo("hi"), headers=hdrs(alice))
+    finally:
+        sse_stack.server.script(sse_echo)
+    assert reply.status == 200 and reply.header("x-kept") == "3", reply.headers
+    assert not any(KEY.lower() in k.lower() for k, _ in reply.headers), reply.headers
+    assert b'"text": "hi"' in reply.body or b'"text":"hi"' in reply.body, reply.body
+    assert key_leaks_redacted(sse_stack) == before + 2
+
+
 def test_tokens_and_keys_never_reach_the_audit_log_or_envoys_log(sec, alice):
     """Every kind of request with a token — allowed, denied, refused for each token fault,
     in the query string, duplicated, oversized — then neither log holds any token (nor its

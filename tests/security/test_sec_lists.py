@@ -191,6 +191,29 @@ def test_an_event_that_is_not_the_list_answer_cuts_the_stream(lists, upstream, a
     assert record["detail"] == why, record
 
 
+def test_a_batch_answer_after_2025_03_26_is_refused(lists, upstream, alice):
+    """Batches are 2025-03-26's. The TypeScript SDK client still reads a JSON array answer: a
+    2026-07-28 list inside one kept the server's `cacheScope: "public"` (the filter marks the
+    lists it tailors private), so a shared cache could hand one caller's list to another. Such
+    an answer is refused: 502, or the stream is cut."""
+    listed = {"jsonrpc": "2.0", "id": 5, "result": {"tools": TOOLS, "resultType": "complete",
+                                                    "cacheScope": "public", "ttlMs": 60000}}
+    upstream.script(lambda r: Answer.json([listed]))
+    reply, tag = list_request(lists, alice)
+    assert_refused(lists, reply, tag, "a batch, after protocol 2025-03-26")
+    progress = b'data: {"jsonrpc":"2.0","method":"notifications/progress","params":{}}\n\n'
+    upstream.script(lambda r: Answer(200, [("content-type", "text/event-stream")],
+                                     [progress, b"data: " + json.dumps([listed]).encode() + b"\n\n"],
+                                     delay=0.3))
+    partial, rid = read_cut_stream(lists, alice)
+    assert partial == progress
+    assert the_record(lists, rid)["detail"] == "a batch, after protocol 2025-03-26"
+    # The control: the same answer alone is filtered and made private.
+    upstream.script(lambda r: Answer.json(listed))
+    reply, _ = list_request(lists, alice)
+    assert names(reply.json()) == VISIBLE and reply.json()["result"]["cacheScope"] == "private"
+
+
 def test_an_error_answer_to_a_list_request_passes(lists, upstream, alice):
     error = {"jsonrpc": "2.0", "id": 5, "error": {"code": -32601, "message": "Method not found"}}
     upstream.script(lambda r: Answer.json(error))
@@ -397,3 +420,109 @@ def test_a_stream_resumes_only_from_the_callers_own_event_ids(lists, upstream, a
         assert reply.status == 400 and b"secret" not in reply.body, reply
         assert len(upstream.requests()) == before, "the request reached the upstream"
         assert the_record(lists, tag)["reason"] == reason
+
+
+# ---- differential: what the official clients' event-stream parsers read from Envoy's output ----
+
+HIDDEN = sorted(set(TOOL_NAMES) - set(VISIBLE))
+LIST = json.dumps({"jsonrpc": "2.0", "id": 5, "result": {"tools": TOOLS}})
+# Stream openings, field spellings, line ends, event names and stray lines on which event-stream
+# parsers are known to differ (BOMs, `ï»¿` — a BOM decoded as Latin-1 —, case, spaces, NUL,
+# characters Python's str.splitlines() would split on, lines without a colon, no final blank).
+OPENINGS = ["", "\ufeff", "\ufeff\ufeff", "\u00ef\u00bb\u00bf", "\ufeff\u00ef\u00bb\u00bf", "\r", "\n",
+            ": c\n", "\r\n"]
+DATA_FIELDS = ["data: ", "data:", "Data: ", "data :", " data: ", "data\t: ", "\ufeffdata: ",
+               "dat\u0430: ", "data:  ", "\u0000data: "]
+LINE_ENDS = ["\n", "\r\n", "\r"]
+EVENTS = ["", "event: message{e}", "event: Message{e}", "event:{e}", "event: foo{e}", "event{e}"]
+STRAY = ["", "id: 1{e}", "id: a\u0000b{e}", "retry: x{e}", "retry{e}", "data{e}", ":{e}", "id{e}",
+         "\u0085{e}", "\u2028{e}", "\u000b{e}", "\u000c{e}"]
+ENDS = ["{e}", "", "\r\r", "\n\r\n", "{e}{e}", "\r"]
+
+
+def a_hostile_stream(rng):
+    """One event stream carrying the unfiltered tools/list answer, spelled one way or another."""
+    e = rng.choice(LINE_ENDS)
+    if rng.random() < 0.3:  # the answer over two data lines (valid JSON joined by \n)
+        first, second = LIST.split('"result": ', 1)
+        data = rng.choice(DATA_FIELDS) + first + '"result":' + rng.choice(LINE_ENDS) + rng.choice(DATA_FIELDS) + second
+    else:
+        data = rng.choice(DATA_FIELDS) + LIST
+    lines = [rng.choice(EVENTS).format(e=e), rng.choice(STRAY).format(e=e), data + e]
+    if rng.random() < 0.5:
+        lines.reverse()
+    text = rng.choice(OPENINGS) + "".join(lines) + rng.choice(ENDS).format(e=e)
+    if rng.random() < 0.3:
+        text = '{"x":1}'.join(["data: ", e + e]) + text
+    raw_bytes = text.encode()
+    if rng.random() < 0.5:
+        return [raw_bytes]
+    cuts = sorted(rng.sample(range(1, len(raw_bytes)), 4))
+    return [raw_bytes[i:j] for i, j in zip([0, *cuts], [*cuts, len(raw_bytes)])]
+
+
+def python_sdk_events(body, bytewise):
+    """The data of the events the Python SDK client takes as messages (its HTTP client's
+    EventSource over the body, whole or one byte per chunk)."""
+    import httpx2
+    chunks = [body[i:i + 1] for i in range(len(body))] if bytewise else [body]
+    response = httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=iter(chunks),
+                               request=httpx2.Request("POST", "http://mcp.example/mcp"))
+    return [e.data for e in httpx2.EventSource(response) if e.event == "message" and e.data]
+
+
+def typescript_sdk_events(bodies):
+    """The same for the TypeScript SDK client (TextDecoderStream, then eventsource-parser)."""
+    import base64
+    import subprocess
+    script = harness.PEERS / "ts-client" / "sse_parse.mjs"
+    request = [[base64.b64encode(b).decode(), bytewise] for b in bodies for bytewise in (False, True)]
+    done = subprocess.run(["node", str(script)], input=json.dumps(request), capture_output=True,
+                          text=True, check=True, timeout=60)
+    return json.loads(done.stdout)
+
+
+def test_no_official_client_parser_reads_an_unfiltered_list_from_any_stream(lists, upstream, alice):
+    """Hostile event streams answering tools/list, through Envoy; what Envoy sent on (filtered,
+    re-encoded, or cut) is read by the Python and TypeScript SDK clients' own parsers, whole and
+    one byte at a time: no message either reads names a hidden tool."""
+    import random
+    rng = random.Random(20261204)
+    bodies = []
+    known = [[f"{opening}data: {LIST}\n\n".encode()] for opening in ("\u00ef\u00bb\u00bf", "\ufeff", "")]
+    for chunks in known + [a_hostile_stream(rng) for _ in range(60)]:
+        upstream.script(lambda r, chunks=chunks: Answer(
+            200, [("content-type", "text/event-stream")], chunks))
+        body, _ = modern({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {}})
+        conn = http.client.HTTPConnection("127.0.0.1", lists.port, timeout=10)
+        try:
+            data = json.dumps(body).encode()
+            conn.putrequest("POST", "/mcp", skip_accept_encoding=True)
+            for k, v in body_headers(alice, method="tools/list") + [("content-length", str(len(data)))]:
+                conn.putheader(k, v)
+            conn.endheaders(data)
+            resp = conn.getresponse()
+            try:
+                got = resp.read()
+            except http.client.IncompleteRead as cut:
+                got = cut.partial
+        finally:
+            conn.close()
+        bodies.append((b"".join(chunks), got))
+    typescript = typescript_sdk_events([got for _, got in bodies] + [sent for sent, _ in bodies])
+    # The control: read straight from the upstream, these streams do hand both clients the
+    # hidden tools (the TypeScript one through `ï»¿data:` too).
+    for client, raw_reads in (("python", [python_sdk_events(sent, False) for sent, _ in bodies]),
+                              ("typescript", typescript[2 * len(bodies)::2])):
+        assert any(HIDDEN[0] in e for events in raw_reads for e in events), client
+    assert any(sent.startswith("\u00ef\u00bb\u00bf".encode()) and any(HIDDEN[0] in e for e in events)
+               for (sent, _), events in zip(bodies, typescript[2 * len(bodies)::2]))
+    read = 0
+    for k, (sent, got) in enumerate(bodies):
+        for bytewise in (False, True):
+            for client, events in (("python", python_sdk_events(got, bytewise)),
+                                   ("typescript", typescript[2 * k + bytewise])):
+                for event in events:
+                    assert not any(n in event for n in HIDDEN), (client, bytewise, sent, got)
+                    read += "get_customer" in event
+    assert read > 0  # the control: some spellings are read, filtered

@@ -18,9 +18,10 @@ DENIED = call("delete_customer", {"customer_id": "c-100"})  # sales may not dele
 ALLOWED = call("get_customer", {"customer_id": "c-100"})
 
 
-def h2_request(port, headers, body, trailers=None, timeout=10.0):
+def h2_request(port, headers, body, trailers=None, timeout=10.0, received=None):
     """One HTTP/2 (h2c, prior knowledge) request: the headers, one DATA frame, then `trailers`
-    as the stream's end (or END_STREAM on the data). Returns (status, headers, body)."""
+    as the stream's end (or END_STREAM on the data). Returns (status, headers, body); the
+    answer's trailers are added to `received` (a list) when given."""
     conn = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
@@ -43,6 +44,8 @@ def h2_request(port, headers, body, trailers=None, timeout=10.0):
                 if isinstance(event, h2.events.ResponseReceived):
                     answer = list(event.headers)
                     status = int(dict(answer)[":status"])
+                elif isinstance(event, h2.events.TrailersReceived) and received is not None:
+                    received.extend(event.headers)
                 elif isinstance(event, h2.events.DataReceived):
                     data += event.data
                     conn.acknowledge_received_data(event.flow_controlled_length, sid)
@@ -152,6 +155,61 @@ def test_answer_trailers_do_not_release_a_held_answer_unchecked(scripted):
     records = wait_record(scripted, tag)
     assert len(records) == 1 and records[0]["decision"] == "allow", records
     assert records[0]["hidden"] == 1 and records[0]["upstream_status"] == 200, records
+
+
+KEY = harness.SERVICE_KEY
+ECHOING_TRAILERS = [("x-echo", f"used {KEY}"), (KEY, "1"), ("x-checksum", "1")]
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/event-stream"])
+def test_the_service_key_never_reaches_the_client_in_answer_trailers(scripted, content_type):
+    """HTTP/2 clients receive the answer's trailers (from an HTTP/2 upstream, or one whose
+    cluster passes HTTP/1.1 trailers): a key the upstream echoes there, as a value or a name,
+    is redacted as in the headers, whether the answer was held whole or streamed."""
+    answer = json.dumps({"jsonrpc": "2.0", "id": 5, "result": {"tools": TOOLS}}).encode()
+    if content_type == "text/event-stream":
+        answer = b"data: " + answer + b"\n\n"
+    scripted.scripted.script(lambda r: harness.Answer(
+        200, [("content-type", content_type)], [answer], trailers=ECHOING_TRAILERS))
+    alice = scripted.token("alice", groups=["sales"])
+    message = modern({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {}})
+    trailers = []
+    status, _, data = h2_request(scripted.port, h2_headers(alice, message, f"tr-{content_type[:4]}"),
+                                 json.dumps(message[0]).encode(), received=trailers)
+    assert status == 200 and b"delete_customer" not in data and b"get_customer" in data, data
+    assert ("x-checksum", "1") in trailers, trailers
+    assert ("x-echo", "used [REDACTED]") in trailers, trailers
+    assert not any(KEY.lower() in f"{k}: {v}".lower() for k, v in trailers), trailers
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/event-stream"])
+def test_with_key_leak_block_answer_trailers_carrying_the_key_stop_the_answer(tmp_path, content_type):
+    """With `key_leak: block` the key in the trailers stops the answer: a held JSON answer is a
+    502 (its headers were still held), a stream is cut before its end; audited as an error."""
+    upstream = harness.ScriptedUpstream()
+    s = SecStack(tmp_path, upstream=upstream, template=trailers_template(tmp_path),
+                 server={"key_leak": "block"})
+    try:
+        answer = json.dumps({"jsonrpc": "2.0", "id": 5, "result": {"tools": TOOLS}}).encode()
+        if content_type == "text/event-stream":
+            answer = b"data: " + answer + b"\n\n"
+        upstream.script(lambda r: harness.Answer(
+            200, [("content-type", content_type)], [answer], trailers=[("x-echo", KEY)]))
+        alice = s.token("alice", groups=["sales"])
+        message = modern({"jsonrpc": "2.0", "id": 5, "method": "tools/list", "params": {}})
+        trailers, rid = [], f"block-{content_type[:4]}"
+        status, _, data = h2_request(s.port, h2_headers(alice, message, rid),
+                                     json.dumps(message[0]).encode(), received=trailers)
+        assert not any(KEY in v for _, v in trailers), trailers
+        if content_type == "application/json":
+            assert status == 502 and b"get_customer" not in data, (status, data)
+        else:
+            assert status == 200 and trailers == [], (status, data, trailers)
+        [record] = wait_record(s, rid)
+        assert record["decision"] == "error" and record["reason"] == "service_key_in_response", record
+    finally:
+        s.stop()
+        upstream.stop()
 
 
 def test_a_list_on_another_requests_answer_does_not_reach_the_client(scripted):

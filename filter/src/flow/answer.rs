@@ -84,20 +84,8 @@ impl Stream {
             let refusal = Refusal::CompressedResponse(redacted(encoding.trim(), server));
             return self.refuse(host, record, refusal);
         }
-        for (name, value) in &headers {
-            if response::contains_any(value.as_bytes(), &server.credential.leak_patterns) {
-                let mut redacted = value.clone().into_bytes();
-                response::redact(&mut redacted, &server.credential.leak_patterns);
-                if server.block_key_leaks
-                    || host
-                        .set_response_header(name, &String::from_utf8_lossy(&redacted))
-                        .is_err()
-                {
-                    host.count(metrics::KEY_LEAKS_BLOCKED, 1);
-                    return self.refuse(host, record, Refusal::ServiceKeyInResponse);
-                }
-                host.count(metrics::KEY_LEAKS, 1);
-            }
+        if !redact_fields(host, &headers, server, Fields::Headers) {
+            return self.refuse(host, record, Refusal::ServiceKeyInResponse);
         }
         if let Some(session_id) = header(&headers, "mcp-session-id") {
             // The client gets the session sealed for it, never the upstream's id.
@@ -146,9 +134,14 @@ impl Stream {
             return Action::Continue;
         }
         let json = is_json(content_type);
+        let version = (self.protocol.as_deref())
+            .or_else(|| self.header("mcp-protocol-version"))
+            .map(str::to_string);
         if let Some(lists) = self.lists.as_mut() {
             // A JSON body answers the POST: it must be the response(s), nothing else.
             lists.responses_only = lists.strict && json;
+            // Batches are 2025-03-26's (a request naming no version is of 2025-03-26).
+            lists.no_batch = !matches!(version.as_deref(), None | Some("2025-03-26"));
         }
         let body = response::body_for(content_type);
         if present("content-length") && host.remove_response_header("content-length").is_err() {
@@ -266,6 +259,48 @@ impl Stream {
             None => reply::http_error("bad_gateway", "upstream response refused"),
         }
     }
+}
+
+/// Which of the answer's field sections [`redact_fields`] rewrites.
+#[derive(Clone, Copy)]
+pub(super) enum Fields {
+    Headers,
+    Trailers,
+}
+
+/// Redacts the service key from the answer's headers or trailers: from a value it is cut out,
+/// a name carrying it goes with its values (counted). Returns false when the answer must not go
+/// on: `key_leak: block`, or Envoy did not take the change (counted as blocked).
+pub(super) fn redact_fields(
+    host: &mut dyn Host,
+    fields: &[Header],
+    server: &Server,
+    which: Fields,
+) -> bool {
+    for leak in response::leaking_fields(fields, &server.credential.leak_patterns) {
+        let done = !server.block_key_leaks
+            && match (&leak, which) {
+                (response::FieldLeak::Value { name, redacted }, Fields::Headers) => {
+                    host.set_response_header(name, redacted)
+                }
+                (response::FieldLeak::Value { name, redacted }, Fields::Trailers) => {
+                    host.set_response_trailer(name, redacted)
+                }
+                (response::FieldLeak::Name(name), Fields::Headers) => {
+                    host.remove_response_header(name)
+                }
+                (response::FieldLeak::Name(name), Fields::Trailers) => {
+                    host.remove_response_trailer(name)
+                }
+            }
+            .is_ok();
+        if !done {
+            host.count(metrics::KEY_LEAKS_BLOCKED, 1);
+            return false;
+        }
+        host.count(metrics::KEY_LEAKS, 1);
+    }
+    true
 }
 
 /// A header value for the audit record's detail, the service key redacted (a hostile upstream

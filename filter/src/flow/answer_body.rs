@@ -36,6 +36,25 @@ impl Stream {
         matches!(self.phase, Phase::BufferingAnswer { ended: false, .. })
     }
 
+    /// The answer's trailers, which reach HTTP/2 clients (and HTTP/1.1 ones where the listener
+    /// passes them on) from any upstream whose cluster passes them: the service key is redacted
+    /// from them as from the headers (a name carrying it goes). `Pause` when the answer does not
+    /// go on (`key_leak: block`, or Envoy did not take the change): a held answer is answered
+    /// with 502, a stream is cut, audited as an error.
+    pub fn on_response_trailers(&mut self, host: &mut dyn Host) -> BodyAction {
+        let config = Rc::clone(&self.config);
+        let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
+            return BodyAction::Continue;
+        };
+        let trailers = host.response_trailers();
+        if super::answer::redact_fields(host, &trailers, server, super::answer::Fields::Trailers) {
+            return BodyAction::Continue;
+        }
+        let record = self.record.take();
+        let refusal = Refusal::ServiceKeyInResponse;
+        self.fail_response(host, record, refusal.code(), refusal.detail())
+    }
+
     /// A chunk of the response body (`body` is everything Envoy buffered when held).
     pub fn on_response_body(
         &mut self,

@@ -267,6 +267,7 @@ pub type Shared = Rc<RefCell<HashMap<String, Vec<u8>>>>;
 pub struct MockHost {
     pub request_headers: Vec<Header>,
     pub response_headers: Vec<Header>,
+    pub response_trailers: Vec<Header>,
     pub properties: HashMap<Vec<String>, Vec<u8>>,
     pub shared: Shared,
     pub counters: BTreeMap<String, u64>,
@@ -287,6 +288,7 @@ impl Default for MockHost {
         MockHost {
             request_headers: Vec::new(),
             response_headers: Vec::new(),
+            response_trailers: Vec::new(),
             properties: HashMap::new(),
             shared: Shared::default(),
             counters: BTreeMap::new(),
@@ -440,6 +442,21 @@ impl Host for MockHost {
     fn remove_response_header(&mut self, name: &str) -> Result<(), HostError> {
         self.allowed(name)?;
         remove_all(&mut self.response_headers, name);
+        Ok(())
+    }
+    fn response_trailers(&self) -> Vec<Header> {
+        self.response_trailers.clone()
+    }
+    fn set_response_trailer(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        self.allowed(name)?;
+        remove_all(&mut self.response_trailers, name);
+        self.response_trailers
+            .push((name.to_ascii_lowercase(), value.to_string()));
+        Ok(())
+    }
+    fn remove_response_trailer(&mut self, name: &str) -> Result<(), HostError> {
+        self.allowed(name)?;
+        remove_all(&mut self.response_trailers, name);
         Ok(())
     }
     fn property(&self, path: &[&str]) -> Option<Vec<u8>> {

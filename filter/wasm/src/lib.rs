@@ -463,12 +463,18 @@ impl HttpContext for Http {
     }
 
     /// Trailers end the answer: a body held whole is checked now, as at its last chunk.
+    /// The service key is redacted from the trailers first (see [`Stream::on_response_trailers`]).
     fn on_http_response_trailers(&mut self, _n: usize) -> WasmAction {
         let mut ex = self.exchange.borrow_mut();
-        if !ex.stream.holds_unchecked_answer() {
-            return WasmAction::Continue;
-        }
-        ex.timed(|ex| ex.check_response_body(usize::MAX, true))
+        ex.timed(|ex| {
+            if ex.stream.on_response_trailers(&mut Envoy) == BodyAction::Pause {
+                return WasmAction::Pause;
+            }
+            if !ex.stream.holds_unchecked_answer() {
+                return WasmAction::Continue;
+            }
+            ex.check_response_body(usize::MAX, true)
+        })
     }
 }
 
@@ -649,6 +655,23 @@ impl Host for Envoy {
         RESPONSE_HEADERS.with(|h| h.replace(None));
         changed(hostcalls::set_map_value(
             MapType::HttpResponseHeaders,
+            name,
+            None,
+        ))
+    }
+    fn response_trailers(&self) -> Vec<Header> {
+        header_map(MapType::HttpResponseTrailers)
+    }
+    fn set_response_trailer(&mut self, name: &str, value: &str) -> Result<(), HostError> {
+        changed(hostcalls::set_map_value(
+            MapType::HttpResponseTrailers,
+            name,
+            Some(value),
+        ))
+    }
+    fn remove_response_trailer(&mut self, name: &str) -> Result<(), HostError> {
+        changed(hostcalls::set_map_value(
+            MapType::HttpResponseTrailers,
             name,
             None,
         ))
