@@ -91,6 +91,18 @@ impl FeedManager {
             if self.adopt(index, &issuer.issuer, feed, host) {
                 report.changed.push(index);
             }
+            // A copy older than `max_stale_seconds` (every fetch since failed, through this
+            // Envoy) is not used: another replica that can fetch refuses what the source lists
+            // now, so this one must not let it through. Refused (503) as before the first copy.
+            let fetched_ms = self.local.get(index).map_or(0, |l| l.fetched_ms);
+            if feed.current().is_some() && now.saturating_sub(fetched_ms) > remote.max_stale_ms {
+                log::warn!(
+                    "mcp-guard: the revocation feed for issuer {:?} could not be fetched for {} s (max_stale_seconds); requests are refused until a fetch succeeds",
+                    issuer.issuer,
+                    now.saturating_sub(fetched_ms) / 1000
+                );
+                feed.uninstall();
+            }
             if self.inflight.values().any(|(i, _)| *i == index) {
                 continue;
             }

@@ -28,6 +28,8 @@ use crate::url::split_url;
 /// Default and largest accepted size of a fetched feed.
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
 pub const LIMIT_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// The least default `max_stale_seconds` (the default is ten refresh intervals, at least this).
+pub const DEFAULT_MIN_STALE_SECONDS: u64 = 300;
 /// Most entries (revoked ids plus subjects) a feed may list.
 pub const MAX_ENTRIES: usize = 200_000;
 
@@ -131,6 +133,9 @@ pub struct RemoteFeed {
     pub refresh_ms: u64,
     pub timeout_ms: u64,
     pub max_bytes: usize,
+    /// A copy fetched longer ago than this is no longer used: requests are refused (503) as
+    /// before the first copy, until a fetch succeeds again.
+    pub max_stale_ms: u64,
 }
 
 /// One issuer's revocation feed and the copy in use.
@@ -164,6 +169,11 @@ pub(crate) struct RawFeedConfig {
     /// Largest feed accepted, in bytes (default 1048576, at most 8388608).
     #[serde(default)]
     max_bytes: Option<usize>,
+    /// How old, in seconds, the copy in use may grow while fetches fail before requests are
+    /// refused (503) rather than checked against it (default: ten refresh intervals, at least
+    /// 300; at least twice `refresh_seconds`).
+    #[serde(default)]
+    max_stale_seconds: Option<u64>,
 }
 
 fn feed_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
@@ -183,10 +193,13 @@ impl Feed {
         let at = |name: &str| format!("{field}.{name}");
         match (raw.inline, raw.uri) {
             (Some(doc), None) => {
-                if raw.cluster.is_some() || raw.refresh_seconds.is_some() {
+                if raw.cluster.is_some()
+                    || raw.refresh_seconds.is_some()
+                    || raw.max_stale_seconds.is_some()
+                {
                     return Err(ConfigError::new(
                         at("inline"),
-                        "an inline feed takes no cluster or refresh_seconds",
+                        "an inline feed takes no cluster, refresh_seconds or max_stale_seconds",
                     ));
                 }
                 let list = Revocations::from_json(doc, issuer)
@@ -212,6 +225,15 @@ impl Feed {
                 if refresh == 0 {
                     return Err(ConfigError::new(at("refresh_seconds"), "must be positive"));
                 }
+                let max_stale = raw
+                    .max_stale_seconds
+                    .unwrap_or(refresh.saturating_mul(10).max(DEFAULT_MIN_STALE_SECONDS));
+                if max_stale < refresh.saturating_mul(2) {
+                    return Err(ConfigError::new(
+                        at("max_stale_seconds"),
+                        "must be at least twice refresh_seconds",
+                    ));
+                }
                 let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_MAX_BYTES);
                 if max_bytes == 0 || max_bytes > LIMIT_MAX_BYTES {
                     return Err(ConfigError::new(
@@ -226,6 +248,7 @@ impl Feed {
                         refresh_ms: refresh.saturating_mul(1000),
                         timeout_ms: raw.fetch_timeout_ms.unwrap_or(5000).max(1),
                         max_bytes,
+                        max_stale_ms: max_stale.saturating_mul(1000),
                     }),
                     current: RefCell::new(None),
                 })
@@ -248,6 +271,12 @@ impl Feed {
 
     pub fn install(&self, list: Revocations) {
         *self.current.borrow_mut() = Some(Rc::new(list));
+    }
+
+    /// Stops using the copy in use (it grew older than `max_stale_seconds`): requests are
+    /// refused as before the first copy until a fetch succeeds.
+    pub fn uninstall(&self) {
+        *self.current.borrow_mut() = None;
     }
 }
 

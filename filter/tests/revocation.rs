@@ -185,7 +185,7 @@ fn failures_keep_the_last_good_copy() {
             FetchOutcome::Invalid,
         ),
     ] {
-        at += 60_000; // past refresh and any back-off
+        at += 40_000; // past refresh and any back-off (30 s), within max_stale_seconds (300)
         vm.tick_at(at);
         let report = vm.respond(status, &body);
         assert_eq!(report.outcomes, vec![(0, outcome)]);
@@ -193,6 +193,64 @@ fn failures_keep_the_last_good_copy() {
         assert_eq!(vm.verify(&gone), Err(AuthError::Revoked(Revoked::Jti)));
         assert_eq!(vm.verify(&alice_with("fine", NOW)), Ok(()));
     }
+}
+
+/// A replica whose fetches keep failing does not go on checking tokens against an old copy
+/// forever: another replica that can fetch already refuses what the source lists now, and a
+/// client retrying until it reaches this one would get through. Past `max_stale_seconds` (default
+/// ten refresh intervals, at least 300 s) the copy is dropped and requests are refused (503) as
+/// before the first copy, until a fetch succeeds again.
+#[test]
+fn a_copy_older_than_max_stale_seconds_is_not_used() {
+    let mut vm = Vm::new(MockKeyHost::new(T0));
+    vm.tick_at(T0);
+    vm.respond(Some(200), &feed(json!({"revoked_jti": ["gone"]})));
+    assert_eq!(vm.verify(&alice_with("fine", NOW)), Ok(()));
+
+    // Every fetch fails from now on; within 300 s the last good copy is used.
+    let mut at = T0;
+    while at + 40_000 <= T0 + 300_000 {
+        at += 40_000;
+        vm.tick_at(at);
+        vm.respond(Some(503), b"down");
+        assert_eq!(vm.verify(&alice_with("fine", NOW)), Ok(()));
+        assert_eq!(
+            vm.verify(&alice_with("gone", NOW)),
+            Err(AuthError::Revoked(Revoked::Jti))
+        );
+    }
+    // Past it: no copy, so no token is taken as unrevoked.
+    vm.tick_at(T0 + 300_001);
+    assert!(matches!(
+        vm.verify(&alice_with("fine", NOW)),
+        Err(AuthError::NoRevocations { .. })
+    ));
+    // A fetch that succeeds brings the feed back.
+    vm.tick_at(T0 + 340_000);
+    let report = vm.respond(Some(200), &feed(json!({"revoked_jti": ["gone"]})));
+    assert_eq!(report.changed, vec![0]);
+    assert_eq!(vm.verify(&alice_with("fine", NOW)), Ok(()));
+    assert_eq!(
+        vm.verify(&alice_with("gone", NOW)),
+        Err(AuthError::Revoked(Revoked::Jti))
+    );
+}
+
+/// Another VM of the Envoy (or this one after a configuration update) adopting the shared copy
+/// goes by when it was fetched, not when it was adopted.
+#[test]
+fn an_adopted_copy_is_as_old_as_its_fetch() {
+    let mut first = Vm::new(MockKeyHost::new(T0));
+    first.tick_at(T0);
+    first.respond(Some(200), &feed(json!({"revoked_jti": ["gone"]})));
+    let mut second = Vm::new(first.host.sibling());
+    second.tick_at(T0 + 1_000);
+    assert_eq!(second.verify(&alice_with("fine", NOW)), Ok(()));
+    second.tick_at(T0 + 300_001);
+    assert!(matches!(
+        second.verify(&alice_with("fine", NOW)),
+        Err(AuthError::NoRevocations { .. })
+    ));
 }
 
 #[test]
@@ -217,4 +275,15 @@ fn config_errors_name_the_field() {
     )
     .unwrap_err();
     assert_eq!(err.field, "issuers[0].revocation.inline");
+    let err = Issuer::from_config(
+        json!({
+            "issuer": ISSUER, "audiences": [RESOURCE],
+            "jwks": { "keys": [p256_public_jwk()] },
+            "revocation": { "uri": "https://feeds.example.com/r", "cluster": "feeds",
+                            "refresh_seconds": 30, "max_stale_seconds": 59 },
+        }),
+        "issuers[0]",
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "issuers[0].revocation.max_stale_seconds");
 }

@@ -81,7 +81,11 @@ class Replicas:
     """The IdP, one MCP server and two Envoy replicas (one public resource), each fetching
     the revocation feed through its own `feeds` cluster."""
 
-    def __init__(self, tmp_path, feed_port, refresh_seconds=1, key_wait_ms=3000):
+    def __init__(self, tmp_path, feed_port, refresh_seconds=1, key_wait_ms=3000, **feed):
+        """`feed_port`: one port for both replicas, or a list, one per replica (each replica's
+        `feeds` cluster is its own, so one can lose its source while the other keeps it)."""
+        feed_ports = feed_port if isinstance(feed_port, list) else [feed_port, feed_port]
+        feed_port = feed_ports[0]
         self.idp = harness.Idp(tmp_path)
         self.server = harness.McpServer(tmp_path, stateless=True)
         ports = [harness.free_port(), harness.free_port()]
@@ -90,14 +94,15 @@ class Replicas:
                   "discovery": True, "cluster": "idp", "typ": "at+jwt",
                   "revocation": {"uri": f"http://127.0.0.1:{feed_port}/revoked.json",
                                  "cluster": "feeds", "refresh_seconds": refresh_seconds,
-                                 "fetch_timeout_ms": 1000}}
+                                 "fetch_timeout_ms": 1000, **feed}}
         config = harness.plugin_config([issuer], POLICY, self.resource, key_wait_ms=key_wait_ms)
-        clusters = harness.cluster_yaml("idp", self.idp.port) + harness.cluster_yaml("feeds", feed_port)
         self.envoys = []
         try:
             for i, port in enumerate(ports):
                 workdir = tmp_path / f"replica-{i}"
                 workdir.mkdir()
+                clusters = (harness.cluster_yaml("idp", self.idp.port)
+                            + harness.cluster_yaml("feeds", feed_ports[i]))
                 self.envoys.append(harness.Envoy(workdir, config, self.server.port, port=port,
                                                  values={"EXTRA_CLUSTERS": clusters}))
         except Exception:
@@ -188,6 +193,61 @@ def test_two_replicas_refuse_a_marked_subject_within_the_refresh_interval(tmp_pa
     finally:
         replicas.stop()
         feed.stop()
+
+
+def test_a_replica_that_cannot_fetch_the_feed_stops_accepting_after_max_stale_seconds(tmp_path):
+    """Two replicas, each fetching the feed through its own cluster; one loses its source. The
+    other refuses a newly revoked subject within the refresh interval; a client retrying until
+    the load balancer sends it to the replica that still holds the old copy must not get
+    through for longer than `max_stale_seconds`: past it that replica answers 503
+    (`revocations_unavailable`), nothing forwarded, until it can fetch again."""
+    feeds = [FeedServer(), FeedServer()]
+    replicas = Replicas(tmp_path, [f.port for f in feeds], refresh_seconds=1, key_wait_ms=500,
+                        max_stale_seconds=3)
+    try:
+        sales = replicas.token("sales-agent")
+        for envoy in replicas.envoys:
+            assert call(envoy.url, sales).status_code == 200
+        feeds[1].stop()  # replica 1's source is gone; its last good copy lists nothing
+        lost = time.monotonic()
+        feeds[0].publish({"not_before": {"sales-agent": int(time.time()) + 1}})
+        fresh, stale = replicas.envoys
+        deadline = time.monotonic() + 3.0
+        while call(fresh.url, sales).status_code != 401:
+            assert time.monotonic() < deadline, "the replica that can fetch never refused"
+            time.sleep(0.05)
+
+        # The replica that cannot fetch: within max_stale_seconds (3 s) of its last good fetch
+        # it may still use its copy, never after.
+        while time.monotonic() - lost < 6.0:
+            r = call(stale.url, sales)
+            if r.status_code != 200:
+                break
+            time.sleep(0.1)
+        elapsed = time.monotonic() - lost
+        print(f"\nthe replica without its feed stopped accepting after {elapsed:.2f} s")
+        assert r.status_code == 503, (elapsed, r.status_code, r.text)
+        assert elapsed < 3.0 + 1.5  # max_stale_seconds, plus the refresh, a tick and the wait
+        assert r.json()["error"] == "temporarily_unavailable"
+        record = wait_record(stale, "revocations_unavailable")
+        assert record["decision"] == "error" and record["status"] == 503
+        forwarded = len(replicas.server.requests())
+        assert call(stale.url, sales).status_code == 503
+        assert call(stale.url, replicas.token("eng-agent")).status_code == 503
+        assert len(replicas.server.requests()) == forwarded, "nothing reaches the upstream"
+
+        # Its source is back: it fetches, and refuses the revoked subject like the other.
+        feeds[1] = FeedServer(port=feeds[1].port)
+        feeds[1].publish(feeds[0].doc)
+        deadline = time.monotonic() + 5.0
+        while call(stale.url, sales).status_code != 401:
+            assert time.monotonic() < deadline, "the replica did not recover with its source"
+            time.sleep(0.1)
+        assert call(stale.url, replicas.token("eng-agent")).status_code == 200
+    finally:
+        replicas.stop()
+        for f in feeds:
+            f.stop()
 
 
 def test_without_a_first_copy_of_the_feed_requests_get_503(tmp_path):
