@@ -194,6 +194,8 @@ pub struct Verdict {
     /// it without one (no limit matched: it counts nothing), `None` when it sent no
     /// per-descriptor statuses (limitador's own server) and the overall code decides.
     pub applied: Option<bool>,
+    /// The applied limit's `requests_per_unit`, when the service named one.
+    pub per_unit: Option<u32>,
 }
 
 /// Reads a `ShouldRateLimit` answer: one verdict per descriptor sent (`expected`), or why the
@@ -216,6 +218,7 @@ pub fn response(bytes: &[u8], expected: usize) -> Result<Vec<Verdict>, String> {
                     .saturating_add(u64::try_from(d.nanos).unwrap_or(0) / 1_000_000)
             }),
             applied: Some(s.current_limit.is_some()),
+            per_unit: s.current_limit.as_ref().map(|l| l.requests_per_unit),
         })
         .collect();
     // The overall code is what Envoy's own rate limit filter acts on: statuses that leave an
@@ -231,6 +234,7 @@ pub fn response(bytes: &[u8], expected: usize) -> Result<Vec<Verdict>, String> {
             remaining: 0,
             reset_ms: None,
             applied: None,
+            per_unit: None,
         })
         .collect())
 }
@@ -319,6 +323,7 @@ mod tests {
                 remaining: 0,
                 reset_ms: Some(12_500),
                 applied: Some(true),
+                per_unit: Some(1),
             }]
         );
         // A status without a limit: no limit matched; no statuses: the overall code decides.

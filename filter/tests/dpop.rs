@@ -414,7 +414,7 @@ fn a_fleet_proof_is_spent_at_the_rate_limit_service_before_the_request_goes_on()
         [("mcp_limit", "dpop_proof"), ("mcp_key", id.as_str())]
     );
     // New to the fleet: the request goes on to its body, the service key set.
-    let action = stream.on_grpc_answer(&mut host, 7, 0, Some(&rls_answer(1, 0)));
+    let action = stream.on_grpc_answer(&mut host, 7, 0, Some(&rls_answer_per_unit(1, 0, 1)));
     assert_eq!(action, Action::Pause);
     assert!(stream.awaiting_body());
     assert_eq!(host.inner.req_header("x-api-key"), Some(SERVICE_KEY));
@@ -433,7 +433,7 @@ fn a_proof_another_replica_saw_is_a_replay_and_no_answer_is_503() {
     let shared = Shared::default();
     let (mut stream, mut host) = fleet_request(&shared, "fleet-2");
     assert_eq!(
-        stream.on_grpc_answer(&mut host, 7, 0, Some(&rls_answer(2, 0))),
+        stream.on_grpc_answer(&mut host, 7, 0, Some(&rls_answer_per_unit(2, 0, 1))),
         Action::Pause
     );
     let reply = host.inner.reply();
@@ -481,6 +481,31 @@ fn a_proof_another_replica_saw_is_a_replay_and_no_answer_is_503() {
     let mut stream = Stream::new(fleet_config());
     assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
     assert_eq!(host.inner.reply().status, 503);
+}
+
+/// The service counts the proof under a limit of more than one use per key (a `dpop_proof`
+/// limit configured like a policy's, or a policy's global limit named `dpop_proof` sharing its
+/// counters): it would say "new" to the same proof that many times, through any replicas. Not a
+/// replay check: 503, nothing forwarded, saying what to configure.
+#[test]
+fn a_service_letting_a_proof_through_more_than_once_is_not_a_replay_check() {
+    let (mut stream, mut host) = fleet_request(&Shared::default(), "fleet-5");
+    stream.on_grpc_answer(&mut host, 7, 0, Some(&rls_answer_per_unit(1, 9, 10)));
+    let reply = host.inner.reply();
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.json()["error_description"]
+            .as_str()
+            .is_some_and(|d| d.contains("allows 10 uses of a proof")),
+        "{:?}",
+        reply.json()
+    );
+    assert_eq!(host.inner.record()["reason"], "dpop_replay_unchecked");
+    assert_eq!(
+        host.inner.req_header("x-api-key"),
+        None,
+        "nothing forwarded"
+    );
 }
 
 #[test]

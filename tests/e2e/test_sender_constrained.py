@@ -310,6 +310,21 @@ def test_a_proof_used_through_one_replica_is_refused_by_the_other(tmp_path):
         assert bare.status_code == 503, bare.text
         assert "no limit for the descriptor dpop_proof" in bare.json()["error_description"]
         assert len(server.requests()) == 3
+
+        # A service whose dpop_proof limit allows 3 uses per key (written like a policy's limit)
+        # would call one proof new three times, through either replica: not a replay check.
+        rls.stop()
+        loose = [{"domain": "mcp-fleet", "limit": "dpop_proof", "max": 3, "seconds": 180}]
+        rls = harness.Process([str(RLS_BINARY), f"127.0.0.1:{rls_port}",
+                               f"redis://127.0.0.1:{redis_port}/", json.dumps(loose)],
+                              tmp_path / "rls-loose.log")
+        procs.append(rls)
+        harness.wait_port(rls_port, rls.proc)
+        captured = key.proof("POST", resource, token)
+        answers = [call(envoy, captured) for envoy in envoys]
+        assert [a.status_code for a in answers] == [503, 503], [a.text for a in answers]
+        assert "allows 3 uses of a proof" in answers[0].json()["error_description"]
+        assert len(server.requests()) == 3, "the captured proof reached the upstream"
     finally:
         for p in reversed(procs):
             p.stop()

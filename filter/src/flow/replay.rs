@@ -103,6 +103,15 @@ impl Stream {
                 record,
                 "the rate limit service has no limit for the descriptor dpop_proof: configure one",
             ),
+            // A limit of more than one use per key would pass the same proof through that
+            // many replicas (or through one, again and again): not a replay check.
+            Ok([v]) if !v.over_limit && v.per_unit.is_some_and(|n| n > 1) => {
+                let why = format!(
+                    "the rate limit service's dpop_proof limit allows {} uses of a proof: configure 1",
+                    v.per_unit.unwrap_or_default()
+                );
+                self.replay_unchecked(host, record, &why)
+            }
             Ok([v]) if !v.over_limit => self.admit(host, server, record, identity),
             Ok([_]) => {
                 let replayed = SenderError::Proof(

@@ -763,13 +763,18 @@ impl Host for CallHost {
 
 /// A `ShouldRateLimit` answer with one descriptor's verdict (`rls::OK` or `rls::OVER_LIMIT`).
 pub fn rls_answer(code: i32, remaining: u32) -> Vec<u8> {
+    rls_answer_per_unit(code, remaining, 10)
+}
+
+/// A `ShouldRateLimit` answer whose applied limit allows `per_unit` hits per window.
+pub fn rls_answer_per_unit(code: i32, remaining: u32, per_unit: u32) -> Vec<u8> {
     use prost::Message as _;
     mcp_guard::rls::RateLimitResponse {
         overall_code: code,
         statuses: vec![mcp_guard::rls::DescriptorStatus {
             code,
             current_limit: Some(mcp_guard::rls::CurrentLimit {
-                requests_per_unit: 10,
+                requests_per_unit: per_unit,
                 unit: 2,
             }),
             limit_remaining: remaining,
