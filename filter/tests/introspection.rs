@@ -351,3 +351,57 @@ fn an_answer_another_configurations_server_gave_is_not_adopted() {
     let asked: Vec<&str> = host.http_calls.iter().map(|c| c.1.as_str()).collect();
     assert_eq!(asked, vec!["idp"]);
 }
+
+/// RFC 7662 lets the authorization server answer for any token it issued, whatever the hint:
+/// a refresh token or an ID token sent as a bearer token is "active" too. Servers name the kind
+/// in `token_type`, `token_use` (Ory Hydra) or `typ` (Keycloak); every such answer is refused,
+/// and an access token's answer (in each server's words) is still accepted.
+#[test]
+fn an_answer_about_a_refresh_or_id_token_is_not_an_access_token() {
+    for extra in [
+        json!({"token_type": "refresh_token"}),
+        json!({"token_type": null}),
+        json!({"token_use": "refresh_token"}),
+        json!({"token_use": "id_token"}),
+        json!({"token_use": ["access_token"]}),
+        json!({"typ": "Refresh"}),
+        json!({"typ": "Offline"}),
+        json!({"typ": "ID"}),
+        json!({"typ": 1}),
+        json!({"token_type": "Bearer", "token_use": "refresh_token"}),
+    ] {
+        let config = config("opaque");
+        let mut host = post(OPAQUE);
+        let (mut stream, _) = start(&config, &mut host);
+        answer(
+            &config,
+            &mut host,
+            &mut stream,
+            Some(200),
+            &active(extra.clone()),
+        );
+        let reply = host.inner.reply();
+        assert_eq!(reply.status, 401, "{extra}");
+        assert_eq!(host.inner.record()["reason"], "wrong_typ", "{extra}");
+        assert!(reply
+            .header("www-authenticate")
+            .is_some_and(|c| c.contains("invalid_token")));
+    }
+    for extra in [
+        json!({"token_use": "access_token"}),
+        json!({"typ": "Bearer", "token_type": "Bearer"}),
+        json!({"token_type": "N_A"}),
+    ] {
+        let config = config("opaque");
+        let mut host = post(OPAQUE);
+        let (mut stream, _) = start(&config, &mut host);
+        answer(
+            &config,
+            &mut host,
+            &mut stream,
+            Some(200),
+            &active(extra.clone()),
+        );
+        assert!(stream.awaiting_body(), "{extra}");
+    }
+}
