@@ -837,6 +837,11 @@ impl Authenticator {
             match &*answer {
                 Answer::Active { claims } => {
                     check_times(claims, now, self.skew, false)?;
+                    // The IdP's word on what the token is counts for a JWT too (a JWT refresh
+                    // token where the issuer requires no `typ`).
+                    if !introspected_kind_is_access_token(claims) {
+                        return Err(AuthError::WrongType);
+                    }
                 }
                 _ => return Err(AuthError::Inactive),
             }

@@ -238,6 +238,39 @@ fn always_mode_introspects_a_valid_jwt_too() {
     assert_eq!(host.inner.record()["reason"], "token_inactive");
 }
 
+/// With `introspect: always`, a JWT the IdP says is a refresh token is refused even though it
+/// verified (an issuer that requires no `typ`).
+#[test]
+fn always_mode_refuses_a_jwt_the_idp_calls_a_refresh_token() {
+    let mut claims = claims_for("alice", &["sales"], "");
+    claims["iat"] = json!(NOW);
+    let jwt = sign(Signer::Es256, &claims);
+    for (kind, status) in [
+        (json!({"token_use": "refresh_token"}), Some(401)),
+        (json!({"token_type": "refresh_token"}), Some(401)),
+        (json!({"token_type": "Bearer"}), None),
+    ] {
+        let config = config("always");
+        let mut host = post(&jwt);
+        let (mut stream, _) = start(&config, &mut host);
+        assert_eq!(host.http_calls.len(), 1, "{kind}");
+        answer(
+            &config,
+            &mut host,
+            &mut stream,
+            Some(200),
+            &active(kind.clone()),
+        );
+        match status {
+            Some(code) => {
+                assert_eq!(host.inner.reply().status, code, "{kind}");
+                assert_eq!(host.inner.record()["reason"], "wrong_typ", "{kind}");
+            }
+            None => assert!(stream.awaiting_body(), "{kind}"),
+        }
+    }
+}
+
 #[test]
 fn only_one_issuer_may_introspect() {
     let mut value: Value = json!({
