@@ -960,7 +960,12 @@ impl Authenticator {
 
     /// Adopts answers other VMs published; returns the issuers whose waiting requests may go on.
     pub fn introspection_tick(&self, host: &mut dyn Host) -> Vec<usize> {
-        self.introspector.tick(host)
+        let configs: Vec<Option<&Introspection>> = self
+            .issuers
+            .iter()
+            .map(|i| i.introspection.as_ref())
+            .collect();
+        self.introspector.tick(&configs, host)
     }
 
     /// Verifies `token` at time `now` (seconds since the epoch). Tokens that verified are

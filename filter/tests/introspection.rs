@@ -438,3 +438,69 @@ fn an_answer_about_a_refresh_or_id_token_is_not_an_access_token() {
         assert!(stream.awaiting_body(), "{extra}");
     }
 }
+
+/// An answer another configuration sharing the VM published (or this one before an update that
+/// shortened `cache_ttl_seconds`) is used here only within this configuration's TTL, counted
+/// from when the answer was got: a revocation is seen as soon as this configuration promises.
+#[test]
+fn a_shared_answer_is_not_used_past_this_configurations_ttl() {
+    let with_ttl = |ttl: u64| {
+        let value = json!({
+            "issuers": [{
+                "issuer": ISSUER,
+                "audiences": [RESOURCE],
+                "algorithms": ["ES256"],
+                "jwks": { "keys": [p256_public_jwk()] },
+                "introspect": "opaque",
+                "introspection": {
+                    "endpoint": "https://idp.example.com/token/introspection",
+                    "cluster": "idp",
+                    "client_id": "mcp-guard",
+                    "client_secret_from_env": "INTROSPECTION_SECRET",
+                    "cache_ttl_seconds": ttl,
+                },
+            }],
+            "servers": [{
+                "name": "crm",
+                "resource": RESOURCE,
+                "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+                "policy": { "name": "p", "rules": [ { "name": "all", "allow": "true" } ]},
+            }],
+            "sessions": { "key": TEST_SESSION_KEY },
+        });
+        let env = MapEnv::with(&[("INTROSPECTION_SECRET", "s3cret")]);
+        Rc::new(Config::from_json(value.to_string().as_bytes(), &env).unwrap())
+    };
+    let shared = Shared::default();
+    let before = with_ttl(3600);
+    let mut host = post_sharing(OPAQUE, &shared);
+    let mut stream = Stream::new(Rc::clone(&before));
+    stream.on_request_headers(&mut host, false);
+    let call = host.http_calls.last().map(|c| c.0).expect("asked");
+    before.authenticator.on_introspection_response(
+        call,
+        Some(200),
+        Some(&active(json!({"exp": NOW + 3000}))),
+        &mut host,
+    );
+    assert_eq!(stream.resume(&mut host), Action::Pause);
+    assert!(stream.awaiting_body());
+
+    // Within the new configuration's 10 s: adopted, nobody asked.
+    let after = with_ttl(10);
+    let mut host = post_sharing(OPAQUE, &shared);
+    host.inner.now_ms += 5_000;
+    let mut stream = Stream::new(Rc::clone(&after));
+    stream.on_request_headers(&mut host, false);
+    assert!(stream.awaiting_body() && host.http_calls.is_empty());
+
+    // 20 s after the answer was got: its IdP is asked again (another VM's view, no local copy).
+    let after = with_ttl(10);
+    let mut host = post_sharing(OPAQUE, &shared);
+    host.inner.now_ms += 20_000;
+    let mut stream = Stream::new(Rc::clone(&after));
+    stream.on_request_headers(&mut host, false);
+    assert!(!stream.awaiting_body(), "decided on a 20 s old answer");
+    let asked: Vec<&str> = host.http_calls.iter().map(|c| c.1.as_str()).collect();
+    assert_eq!(asked, vec!["idp"]);
+}
