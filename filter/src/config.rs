@@ -646,7 +646,10 @@ impl Config {
     }
 
     /// The server whose RFC 9728 metadata document lives at `path`, if any. The root
-    /// well-known URL answers for the first server.
+    /// well-known URL names the resource at the origin (RFC 9728 §3.3): it answers for a
+    /// server whose resource is the origin, else for the only server here (clients that fall
+    /// back to the root), else for none. With several servers, answering with the first would
+    /// send a client of another one to the first one's authorization servers and resource.
     pub fn server_for_metadata(
         &self,
         path: &str,
@@ -658,10 +661,16 @@ impl Config {
             .servers
             .iter()
             .filter(|s| s.matcher.matches(route, host, cluster));
-        if path == crate::url::WELL_KNOWN {
-            return here.next();
+        if let Some(exact) = here.clone().find(|s| s.metadata_path == path) {
+            return Some(exact);
         }
-        here.find(|s| s.metadata_path == path)
+        if path != crate::url::WELL_KNOWN {
+            return None;
+        }
+        match (here.next(), here.next()) {
+            (Some(only), None) => Some(only),
+            _ => None,
+        }
     }
 }
 

@@ -340,6 +340,26 @@ struct Slot {
     answer: Option<Answer>,
     #[serde(default)]
     until_ms: u64,
+    /// When the answer was got: another configuration sharing the VM (or this one before an
+    /// update) may keep answers longer than this one's TTLs. Absent: never adopted.
+    #[serde(default)]
+    at_ms: u64,
+}
+
+/// How long this configuration keeps an answer of this kind.
+fn longest_ms(config: &Introspection, answer: &Answer) -> u64 {
+    match answer {
+        Answer::Active { .. } => config.cache_ttl_ms,
+        Answer::Inactive => config.negative_ttl_ms,
+        Answer::Failed => FAILED_TTL_MS,
+    }
+}
+
+/// Until when a published answer may be used here: its own end, but never past this
+/// configuration's TTL for its kind, counted from when it was got.
+fn adopted_until(config: &Introspection, answer: &Answer, slot: &Slot) -> u64 {
+    slot.until_ms
+        .min(slot.at_ms.saturating_add(longest_ms(config, answer)))
 }
 
 fn slot_key(hash: &[u8; 32]) -> String {
@@ -397,9 +417,14 @@ impl Introspector {
             None => (None, None),
         };
         if let Some(slot) = slot.as_ref().filter(|s| s.h == hex) {
-            if let Some(answer) = slot.answer.as_ref().filter(|_| slot.until_ms > now) {
+            let fresh = slot
+                .answer
+                .as_ref()
+                .map(|a| (a, adopted_until(config, a, slot)))
+                .filter(|(_, until)| *until > now);
+            if let Some((answer, until)) = fresh {
                 let answer = Rc::new(answer.clone());
-                self.remember(*hash, Rc::clone(&answer), slot.until_ms, now);
+                self.remember(*hash, Rc::clone(&answer), until, now);
                 host.count(OUTCOME_SHARED_HIT, 1);
                 return Lookup::Ready(answer);
             }
@@ -414,6 +439,7 @@ impl Introspector {
             lease_ms: now.saturating_add(config.timeout_ms).saturating_add(500),
             answer: None,
             until_ms: 0,
+            at_ms: 0,
         };
         let taken = serde_json::to_vec(&lease)
             .map(|bytes| host.shared_set_cas(&key, &bytes, cas))
@@ -500,7 +526,7 @@ impl Introspector {
 
     /// Adopts answers other VMs published for the lookups waiting here. Returns the issuers
     /// whose waiting requests may go on (an answer arrived, or the other VM's lease lapsed).
-    pub fn tick(&self, host: &mut dyn Host) -> Vec<usize> {
+    pub fn tick(&self, configs: &[Option<&Introspection>], host: &mut dyn Host) -> Vec<usize> {
         let now = host.now_millis();
         let mut settled = Vec::new();
         self.inflight.borrow_mut().retain(|_, (issuer, _, until)| {
@@ -516,9 +542,15 @@ impl Introspector {
                 .shared_get_cas(&slot_key(&hash))
                 .and_then(|(bytes, _)| serde_json::from_slice::<Slot>(&bytes).ok());
             let done = match slot {
-                Some(slot) if slot.h == hex(&hash) => match slot.answer {
+                Some(slot) if slot.h == hex(&hash) => match &slot.answer {
                     Some(answer) => {
-                        self.remember(hash, Rc::new(answer), slot.until_ms, now);
+                        // The waiting request looks again: it adopts the answer (or asks) then.
+                        if let Some(config) = configs.get(issuer).copied().flatten() {
+                            let until = adopted_until(config, answer, &slot);
+                            if until > now {
+                                self.remember(hash, Rc::new(answer.clone()), until, now);
+                            }
+                        }
                         true
                     }
                     None => slot.lease_ms <= now,
@@ -543,6 +575,7 @@ impl Introspector {
             lease_ms: 0,
             answer: Some((**answer).clone()),
             until_ms,
+            at_ms: now,
         };
         if let Ok(bytes) = serde_json::to_vec(&slot) {
             host.shared_set_cas(&slot_key(hash), &bytes, None);

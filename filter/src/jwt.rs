@@ -837,6 +837,11 @@ impl Authenticator {
             match &*answer {
                 Answer::Active { claims } => {
                     check_times(claims, now, self.skew, false)?;
+                    // The IdP's word on what the token is counts for a JWT too (a JWT refresh
+                    // token where the issuer requires no `typ`).
+                    if !introspected_kind_is_access_token(claims) {
+                        return Err(AuthError::WrongType);
+                    }
                 }
                 _ => return Err(AuthError::Inactive),
             }
@@ -920,15 +925,8 @@ impl Authenticator {
             Some(Value::String(iss)) if *iss == issuer.issuer => {}
             Some(_) => return Err(AuthError::UnknownIssuer),
         }
-        if let Some(kind) = claims.get("token_type") {
-            let ok = kind.as_str().is_some_and(|t| {
-                ["bearer", "dpop", "access_token", "n_a"]
-                    .iter()
-                    .any(|k| t.eq_ignore_ascii_case(k))
-            });
-            if !ok {
-                return Err(AuthError::WrongType);
-            }
+        if !introspected_kind_is_access_token(claims) {
+            return Err(AuthError::WrongType);
         }
         self.check_claims(issuer, claims, now)
     }
@@ -962,7 +960,12 @@ impl Authenticator {
 
     /// Adopts answers other VMs published; returns the issuers whose waiting requests may go on.
     pub fn introspection_tick(&self, host: &mut dyn Host) -> Vec<usize> {
-        self.introspector.tick(host)
+        let configs: Vec<Option<&Introspection>> = self
+            .issuers
+            .iter()
+            .map(|i| i.introspection.as_ref())
+            .collect();
+        self.introspector.tick(&configs, host)
     }
 
     /// Verifies `token` at time `now` (seconds since the epoch). Tokens that verified are
@@ -1341,6 +1344,41 @@ fn check_times(
     }
     time_claim(claims, "iat")?;
     Ok(())
+}
+
+/// Whether an active introspection answer is about an access token. RFC 7662 lets the server
+/// answer for any token it issued, whatever `token_type_hint` said: a refresh token (or an ID
+/// token) sent as a bearer token is active too. Servers name the kind in `token_type` (RFC
+/// 7662), `token_use` (Ory Hydra: `access_token` or `refresh_token`) or `typ` (Keycloak:
+/// `Bearer`, `DPoP`, `Refresh`, `Offline`, `ID`, `Logout`): any of them naming another kind, or
+/// not a string, refuses the answer. An answer naming no kind is read as an access token's.
+pub(crate) fn introspected_kind_is_access_token(claims: &Map<String, Value>) -> bool {
+    let named = |name: &str, accepted: &[&str]| match claims.get(name) {
+        None => true,
+        Some(kind) => kind
+            .as_str()
+            .is_some_and(|t| accepted.iter().any(|k| t.eq_ignore_ascii_case(k))),
+    };
+    let refused = |name: &str, refused: &[&str]| match claims.get(name) {
+        None => false,
+        Some(kind) => kind
+            .as_str()
+            .is_none_or(|t| refused.iter().any(|k| t.eq_ignore_ascii_case(k))),
+    };
+    named("token_type", &["bearer", "dpop", "access_token", "n_a"])
+        && named("token_use", &["access_token"])
+        && !refused(
+            "typ",
+            &[
+                "refresh",
+                "refresh_token",
+                "offline",
+                "id",
+                "id_token",
+                "logout",
+                "serialized-id",
+            ],
+        )
 }
 
 /// A list of accepted audiences (an issuer's, a server's): at least one, none empty. `hint`

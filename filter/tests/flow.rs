@@ -213,6 +213,71 @@ fn metadata_document_is_served_without_a_token() {
     }
 }
 
+/// RFC 9728 §3.3: the document at the root well-known URL names the resource at the origin.
+/// With several servers behind one host none of them is that resource: the root must not answer
+/// with the first (a client of another server falling back to the root would be sent to the
+/// first one's authorization servers). Each server's own document is found only at its own
+/// path, whatever the path tricks.
+#[test]
+fn with_several_servers_each_metadata_document_is_found_only_at_its_own_url() {
+    const HR: &str = "https://mcp.example.com/hr";
+    const HR_IDP: &str = "https://hr-idp.example.com";
+    let two_servers = |root_resource: bool| {
+        let mut c = base_config();
+        let mut second = c["servers"][0].clone();
+        second["name"] = json!("hr");
+        second["path"] = json!("/hr");
+        let resource = if root_resource {
+            "https://mcp.example.com"
+        } else {
+            HR
+        };
+        second["resource"] = json!(resource);
+        second["authorization_servers"] = json!([HR_IDP]);
+        c["issuers"][0]["audiences"] = json!([RESOURCE, resource]);
+        c["servers"].as_array_mut().expect("array").push(second);
+        build(c)
+    };
+    let config = two_servers(false);
+    let served = |config: &Rc<Config>, path: &str| {
+        let mut host = get_host(path, None);
+        let mut stream = Stream::new(Rc::clone(config));
+        assert_eq!(stream.on_request_headers(&mut host, true), Action::Pause);
+        let reply = host.reply();
+        (reply.status == 200).then(|| reply.json())
+    };
+    let doc = served(&config, "/.well-known/oauth-protected-resource/hr").expect("hr");
+    assert_eq!(doc["resource"], HR);
+    assert_eq!(doc["authorization_servers"], json!([HR_IDP]));
+    let doc = served(&config, "/.well-known/oauth-protected-resource/mcp").expect("crm");
+    assert_eq!(doc["resource"], RESOURCE);
+    assert_eq!(doc["authorization_servers"], json!([ISSUER]));
+    assert_eq!(
+        served(&config, "/.well-known/oauth-protected-resource"),
+        None,
+        "the root names no server's resource here"
+    );
+    for trick in [
+        "/.well-known/oauth-protected-resource/mcp/../hr",
+        "/.well-known/oauth-protected-resource/hr/",
+        "/.well-known/oauth-protected-resource//hr",
+        "/.well-known/oauth-protected-resource/HR",
+        "/.well-known/oauth-protected-resource/%68r",
+        "/.well-known/oauth-protected-resource/",
+    ] {
+        assert_eq!(served(&config, trick), None, "{trick}");
+    }
+    // A query string is not part of the path: the document is the path's.
+    let doc = served(&config, "/.well-known/oauth-protected-resource/mcp?r=/hr").expect("crm");
+    assert_eq!(doc["resource"], RESOURCE);
+
+    // A server whose resource is the origin is the root's.
+    let config = two_servers(true);
+    let doc = served(&config, "/.well-known/oauth-protected-resource").expect("root");
+    assert_eq!(doc["resource"], "https://mcp.example.com");
+    assert_eq!(doc["authorization_servers"], json!([HR_IDP]));
+}
+
 #[test]
 fn unknown_path_is_404() {
     let mut host = get_host("/other", Some(&alice()));

@@ -238,6 +238,39 @@ fn always_mode_introspects_a_valid_jwt_too() {
     assert_eq!(host.inner.record()["reason"], "token_inactive");
 }
 
+/// With `introspect: always`, a JWT the IdP says is a refresh token is refused even though it
+/// verified (an issuer that requires no `typ`).
+#[test]
+fn always_mode_refuses_a_jwt_the_idp_calls_a_refresh_token() {
+    let mut claims = claims_for("alice", &["sales"], "");
+    claims["iat"] = json!(NOW);
+    let jwt = sign(Signer::Es256, &claims);
+    for (kind, status) in [
+        (json!({"token_use": "refresh_token"}), Some(401)),
+        (json!({"token_type": "refresh_token"}), Some(401)),
+        (json!({"token_type": "Bearer"}), None),
+    ] {
+        let config = config("always");
+        let mut host = post(&jwt);
+        let (mut stream, _) = start(&config, &mut host);
+        assert_eq!(host.http_calls.len(), 1, "{kind}");
+        answer(
+            &config,
+            &mut host,
+            &mut stream,
+            Some(200),
+            &active(kind.clone()),
+        );
+        match status {
+            Some(code) => {
+                assert_eq!(host.inner.reply().status, code, "{kind}");
+                assert_eq!(host.inner.record()["reason"], "wrong_typ", "{kind}");
+            }
+            None => assert!(stream.awaiting_body(), "{kind}"),
+        }
+    }
+}
+
 #[test]
 fn only_one_issuer_may_introspect() {
     let mut value: Value = json!({
@@ -348,6 +381,126 @@ fn an_answer_another_configurations_server_gave_is_not_adopted() {
         !stream.awaiting_body(),
         "decided on the partner server's answer"
     );
+    let asked: Vec<&str> = host.http_calls.iter().map(|c| c.1.as_str()).collect();
+    assert_eq!(asked, vec!["idp"]);
+}
+
+/// RFC 7662 lets the authorization server answer for any token it issued, whatever the hint:
+/// a refresh token or an ID token sent as a bearer token is "active" too. Servers name the kind
+/// in `token_type`, `token_use` (Ory Hydra) or `typ` (Keycloak); every such answer is refused,
+/// and an access token's answer (in each server's words) is still accepted.
+#[test]
+fn an_answer_about_a_refresh_or_id_token_is_not_an_access_token() {
+    for extra in [
+        json!({"token_type": "refresh_token"}),
+        json!({"token_type": null}),
+        json!({"token_use": "refresh_token"}),
+        json!({"token_use": "id_token"}),
+        json!({"token_use": ["access_token"]}),
+        json!({"typ": "Refresh"}),
+        json!({"typ": "Offline"}),
+        json!({"typ": "ID"}),
+        json!({"typ": 1}),
+        json!({"token_type": "Bearer", "token_use": "refresh_token"}),
+    ] {
+        let config = config("opaque");
+        let mut host = post(OPAQUE);
+        let (mut stream, _) = start(&config, &mut host);
+        answer(
+            &config,
+            &mut host,
+            &mut stream,
+            Some(200),
+            &active(extra.clone()),
+        );
+        let reply = host.inner.reply();
+        assert_eq!(reply.status, 401, "{extra}");
+        assert_eq!(host.inner.record()["reason"], "wrong_typ", "{extra}");
+        assert!(reply
+            .header("www-authenticate")
+            .is_some_and(|c| c.contains("invalid_token")));
+    }
+    for extra in [
+        json!({"token_use": "access_token"}),
+        json!({"typ": "Bearer", "token_type": "Bearer"}),
+        json!({"token_type": "N_A"}),
+    ] {
+        let config = config("opaque");
+        let mut host = post(OPAQUE);
+        let (mut stream, _) = start(&config, &mut host);
+        answer(
+            &config,
+            &mut host,
+            &mut stream,
+            Some(200),
+            &active(extra.clone()),
+        );
+        assert!(stream.awaiting_body(), "{extra}");
+    }
+}
+
+/// An answer another configuration sharing the VM published (or this one before an update that
+/// shortened `cache_ttl_seconds`) is used here only within this configuration's TTL, counted
+/// from when the answer was got: a revocation is seen as soon as this configuration promises.
+#[test]
+fn a_shared_answer_is_not_used_past_this_configurations_ttl() {
+    let with_ttl = |ttl: u64| {
+        let value = json!({
+            "issuers": [{
+                "issuer": ISSUER,
+                "audiences": [RESOURCE],
+                "algorithms": ["ES256"],
+                "jwks": { "keys": [p256_public_jwk()] },
+                "introspect": "opaque",
+                "introspection": {
+                    "endpoint": "https://idp.example.com/token/introspection",
+                    "cluster": "idp",
+                    "client_id": "mcp-guard",
+                    "client_secret_from_env": "INTROSPECTION_SECRET",
+                    "cache_ttl_seconds": ttl,
+                },
+            }],
+            "servers": [{
+                "name": "crm",
+                "resource": RESOURCE,
+                "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+                "policy": { "name": "p", "rules": [ { "name": "all", "allow": "true" } ]},
+            }],
+            "sessions": { "key": TEST_SESSION_KEY },
+        });
+        let env = MapEnv::with(&[("INTROSPECTION_SECRET", "s3cret")]);
+        Rc::new(Config::from_json(value.to_string().as_bytes(), &env).unwrap())
+    };
+    let shared = Shared::default();
+    let before = with_ttl(3600);
+    let mut host = post_sharing(OPAQUE, &shared);
+    let mut stream = Stream::new(Rc::clone(&before));
+    stream.on_request_headers(&mut host, false);
+    let call = host.http_calls.last().map(|c| c.0).expect("asked");
+    before.authenticator.on_introspection_response(
+        call,
+        Some(200),
+        Some(&active(json!({"exp": NOW + 3000}))),
+        &mut host,
+    );
+    assert_eq!(stream.resume(&mut host), Action::Pause);
+    assert!(stream.awaiting_body());
+
+    // Within the new configuration's 10 s: adopted, nobody asked.
+    let after = with_ttl(10);
+    let mut host = post_sharing(OPAQUE, &shared);
+    host.inner.now_ms += 5_000;
+    let mut stream = Stream::new(Rc::clone(&after));
+    stream.on_request_headers(&mut host, false);
+    assert!(stream.awaiting_body() && host.http_calls.is_empty());
+
+    // 20 s after the answer was got: its IdP is asked again (another VM's view, no local copy).
+    let after = with_ttl(10);
+    let mut host = post_sharing(OPAQUE, &shared);
+    host.inner.now_ms += 20_000;
+    let mut stream = Stream::new(Rc::clone(&after));
+    stream.on_request_headers(&mut host, false);
+    assert!(!stream.awaiting_body(), "decided on a 20 s old answer");
     let asked: Vec<&str> = host.http_calls.iter().map(|c| c.1.as_str()).collect();
     assert_eq!(asked, vec!["idp"]);
 }
