@@ -749,6 +749,16 @@ impl Host for Envoy {
         if let Err(e) = hostcalls::set_property(vec!["mcp.audit"], Some(record)) {
             log::warn!("mcp-guard: could not write the audit record: {e:?}");
         }
+        // The same record ending in a newline: an access log printing only
+        // `%FILTER_STATE(wasm.mcp.audit_line:PLAIN)%` with `omit_empty_values` writes one line
+        // per record and nothing for exchanges without one, so it needs no CEL filter (about
+        // 4% of the proxy's CPU per request at one connection, `make bench`).
+        let mut line = Vec::with_capacity(record.len() + 1);
+        line.extend_from_slice(record);
+        line.push(b'\n');
+        if let Err(e) = hostcalls::set_property(vec!["mcp.audit_line"], Some(&line)) {
+            log::warn!("mcp-guard: could not write the audit record: {e:?}");
+        }
     }
     fn now_millis(&self) -> u64 {
         if let Some(entered) = CALLBACK_CLOCK.with(Cell::get) {
