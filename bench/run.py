@@ -249,7 +249,7 @@ class Bench:
             policy = workload.policy(rules)
             if limits:
                 policy["limits"] = limits
-            # The shipped access log reads the record only (`wasm.mcp.audit`), not the
+            # The shipped access log reads the record only (`wasm.mcp.audit_line`), not the
             # per-field columns: the filter need not write them.
             config = harness.plugin_config(issuers, policy, RESOURCE, key=SERVICE_KEY,
                                            key_header=SERVICE_KEY_HEADER,
