@@ -328,12 +328,16 @@ fn a_slot_forgets_expired_proofs_and_refuses_when_full_of_live_ones() {
     let token = bound_token(json!({ "jkt": jkt() }));
     let (key, _) = slot_of("p-1");
     let records = |expiry: i64| -> Vec<u8> {
-        (0u8..128)
-            .flat_map(|i| [[i; 16].as_slice(), &expiry.to_le_bytes()].concat())
+        (0u16..512)
+            .flat_map(|i| {
+                let mut id = [0u8; 16];
+                id[..2].copy_from_slice(&i.to_be_bytes());
+                [id.as_slice(), &expiry.to_le_bytes()].concat()
+            })
             .collect()
     };
 
-    // 128 ids whose time is over: dropped, the new one kept alone.
+    // 512 ids whose time is over: dropped, the new one kept alone.
     shared.borrow_mut().insert(key.clone(), records(NOW - 1));
     let p = proof(&token, "POST", URL, NOW, "p-1");
     assert_eq!(
@@ -342,7 +346,19 @@ fn a_slot_forgets_expired_proofs_and_refuses_when_full_of_live_ones() {
     );
     assert_eq!(shared.borrow()[&key].len(), 24);
 
-    // 128 live ids: full, the proof refused (fail closed) and nothing written.
+    // 511 live ids: room for one more (a busy process fills its fullest slot well before the
+    // average; see dpop::PER_SLOT).
+    let mut almost = records(NOW + 30);
+    almost.truncate(511 * 24);
+    shared.borrow_mut().insert(key.clone(), almost);
+    let p2 = proof(&token, "POST", URL, NOW, "p-1");
+    assert_eq!(
+        run(&config, &mut request("DPoP", &token, Some(&p2), &shared)),
+        Ok(())
+    );
+    assert_eq!(shared.borrow()[&key].len(), 512 * 24);
+
+    // 512 live ids: full, the proof refused (fail closed) and nothing written.
     shared.borrow_mut().insert(key.clone(), records(NOW + 30));
     let (status, body, _) =
         run(&config, &mut request("DPoP", &token, Some(&p), &shared)).unwrap_err();
