@@ -296,7 +296,12 @@ fn only_one_issuer_may_introspect() {
 
 /// A configuration introspecting at `endpoint` through `cluster` for `issuer`.
 fn config_at(issuer: &str, endpoint: &str, cluster: &str) -> Rc<Config> {
-    let value = json!({
+    config_with_ttl(issuer, endpoint, cluster, None)
+}
+
+/// [`config_at`] with `introspection.cache_ttl_seconds` when `ttl` is given.
+fn config_with_ttl(issuer: &str, endpoint: &str, cluster: &str, ttl: Option<u64>) -> Rc<Config> {
+    let mut value = json!({
         "issuers": [{
             "issuer": issuer,
             "audiences": [RESOURCE],
@@ -318,6 +323,9 @@ fn config_at(issuer: &str, endpoint: &str, cluster: &str) -> Rc<Config> {
         }],
         "sessions": { "key": TEST_SESSION_KEY },
     });
+    if let Some(ttl) = ttl {
+        value["issuers"][0]["introspection"]["cache_ttl_seconds"] = json!(ttl);
+    }
     let env = MapEnv::with(&[("INTROSPECTION_SECRET", "s3cret")]);
     Rc::new(Config::from_json(value.to_string().as_bytes(), &env).unwrap())
 }
@@ -445,31 +453,12 @@ fn an_answer_about_a_refresh_or_id_token_is_not_an_access_token() {
 #[test]
 fn a_shared_answer_is_not_used_past_this_configurations_ttl() {
     let with_ttl = |ttl: u64| {
-        let value = json!({
-            "issuers": [{
-                "issuer": ISSUER,
-                "audiences": [RESOURCE],
-                "algorithms": ["ES256"],
-                "jwks": { "keys": [p256_public_jwk()] },
-                "introspect": "opaque",
-                "introspection": {
-                    "endpoint": "https://idp.example.com/token/introspection",
-                    "cluster": "idp",
-                    "client_id": "mcp-guard",
-                    "client_secret_from_env": "INTROSPECTION_SECRET",
-                    "cache_ttl_seconds": ttl,
-                },
-            }],
-            "servers": [{
-                "name": "crm",
-                "resource": RESOURCE,
-                "credential": { "header": "x-api-key", "value": SERVICE_KEY },
-                "policy": { "name": "p", "rules": [ { "name": "all", "allow": "true" } ]},
-            }],
-            "sessions": { "key": TEST_SESSION_KEY },
-        });
-        let env = MapEnv::with(&[("INTROSPECTION_SECRET", "s3cret")]);
-        Rc::new(Config::from_json(value.to_string().as_bytes(), &env).unwrap())
+        config_with_ttl(
+            ISSUER,
+            "https://idp.example.com/token/introspection",
+            "idp",
+            Some(ttl),
+        )
     };
     let shared = Shared::default();
     let before = with_ttl(3600);

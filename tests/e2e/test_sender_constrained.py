@@ -249,12 +249,18 @@ def test_a_proof_used_through_one_replica_is_refused_by_the_other(tmp_path):
         procs.append(redis)
         harness.wait_port(redis_port, redis.proc)
         rls_port = harness.free_port()
+
+        def start_rls(limits, log):
+            """The rate limit service on `rls_port` with these limits (on the same Redis)."""
+            rls = harness.Process([str(RLS_BINARY), f"127.0.0.1:{rls_port}",
+                                   f"redis://127.0.0.1:{redis_port}/", json.dumps(limits)],
+                                  tmp_path / log)
+            procs.append(rls)
+            harness.wait_port(rls_port, rls.proc)
+            return rls
+
         window = [{"domain": "mcp-fleet", "limit": "dpop_proof", "max": 1, "seconds": 180}]
-        rls = harness.Process([str(RLS_BINARY), f"127.0.0.1:{rls_port}",
-                               f"redis://127.0.0.1:{redis_port}/", json.dumps(window)],
-                              tmp_path / "rls.log")
-        procs.append(rls)
-        harness.wait_port(rls_port, rls.proc)
+        rls = start_rls(window, "rls.log")
         server = harness.McpServer(tmp_path, stateless=True)
         procs.append(server)
         resource = "https://mcp.fleet.example/mcp"
@@ -302,10 +308,7 @@ def test_a_proof_used_through_one_replica_is_refused_by_the_other(tmp_path):
 
         # A service without a dpop_proof limit counts nothing and would pass the same proof
         # through every replica: its answer is not taken as "new".
-        rls = harness.Process([str(RLS_BINARY), f"127.0.0.1:{rls_port}",
-                               f"redis://127.0.0.1:{redis_port}/", "[]"], tmp_path / "rls-bare.log")
-        procs.append(rls)
-        harness.wait_port(rls_port, rls.proc)
+        rls = start_rls([], "rls-bare.log")
         bare = call(envoys[0], key.proof("POST", resource, token))
         assert bare.status_code == 503, bare.text
         assert "no limit for the descriptor dpop_proof" in bare.json()["error_description"]
@@ -315,11 +318,7 @@ def test_a_proof_used_through_one_replica_is_refused_by_the_other(tmp_path):
         # would call one proof new three times, through either replica: not a replay check.
         rls.stop()
         loose = [{"domain": "mcp-fleet", "limit": "dpop_proof", "max": 3, "seconds": 180}]
-        rls = harness.Process([str(RLS_BINARY), f"127.0.0.1:{rls_port}",
-                               f"redis://127.0.0.1:{redis_port}/", json.dumps(loose)],
-                              tmp_path / "rls-loose.log")
-        procs.append(rls)
-        harness.wait_port(rls_port, rls.proc)
+        rls = start_rls(loose, "rls-loose.log")
         captured = key.proof("POST", resource, token)
         answers = [call(envoy, captured) for envoy in envoys]
         assert [a.status_code for a in answers] == [503, 503], [a.text for a in answers]
