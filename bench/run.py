@@ -466,8 +466,11 @@ class Bench:
             # session again (sealed), as every call in an open session does.
             ("sealed session handles", (base, call, ""),
              (base, call, f"mcp-session-id: {self.open_session(base)}")),
-            # A new session on every answer (each sealed once, never presented).
-            ("sealed session handles, a new session per answer", (base, call, ""),
+            # A new session on every answer (each sealed once, never presented). The off side
+            # carries the upstream's answer-selecting header too (a value that selects the plain
+            # answer), so the two sides differ only in the session id the answer names.
+            ("sealed session handles, a new session per answer",
+             (base, call, "x-bench-answer: call"),
              (base, call, "x-bench-answer: new-session")),
             ("pinning, 500-tool SSE tools/list", (base, listing, "x-bench-answer: tools-list"),
              (pinned, listing, "x-bench-answer: tools-list")),
@@ -1183,7 +1186,9 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
                  "its handle (opened) and the answer names the session again (sealed), as the "
                  "TypeScript SDK's server does on every answer; *a new session per answer* has the "
                  "upstream open a new session on every answer instead (each handle sealed once and "
-                 "never presented: the worst case, not a session's steady state).\n")
+                 "never presented: the worst case, not a session's steady state); its off side "
+                 "carries the same answer-selecting request header with a value that selects the "
+                 "plain answer, so the two sides differ only in the session the answer names.\n")
         L.append("The DPoP case sends a DPoP-bound token (`cnf.jkt`, verified once, then cached) "
                  "with a new ES256 proof in every request (each single-use: signed just before "
                  "the run, taken in turn by bench/load.lua); *off* is the same call with a plain "
