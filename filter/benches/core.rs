@@ -705,6 +705,10 @@ fn bench_whole_request(h: &mut Harness, fx: &Fixtures) {
         new_session: false,
     };
     let tools_list = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{}}"#;
+    // One local limit per caller (a budget never spent out: what is priced is the counting).
+    let mut limited = fx.policy_4.clone();
+    limited["limits"] =
+        json!([{"name": "per-user", "key": "jwt.sub", "rate": "1000000000/second"}]);
     let cases = [
         (
             "tools-call/4-rules/call-1k",
@@ -717,6 +721,12 @@ fn bench_whole_request(h: &mut Harness, fx: &Fixtures) {
             &fx.policy_4,
             CALL_1K,
             &new_session_answer,
+        ),
+        (
+            "tools-call/4-rules/call-1k/local-limit",
+            &limited,
+            CALL_1K,
+            &call_answer,
         ),
         (
             "tools-call/100-rules/call-1k",

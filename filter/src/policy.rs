@@ -437,15 +437,14 @@ impl Policy {
         if self.limits.is_empty() {
             return Ok(Vec::new());
         }
-        let arguments = if self.reads_arguments {
-            facts::Arguments::Present
-        } else {
-            facts::Arguments::Absent
-        };
-        let ctx = facts::context(&self.env, input, &self.reads, arguments);
+        self.charges_in(&self.context(input))
+    }
+
+    /// [`Policy::charges`] in a context already built for the message.
+    fn charges_in(&self, ctx: &Context) -> Result<Vec<Charge>, ChargeError> {
         let mut charges = Vec::new();
         for (i, limit) in self.limits.iter().enumerate() {
-            if let Some(charge) = limit.charge(i, &ctx)? {
+            if let Some(charge) = limit.charge(i, ctx)? {
                 charges.push(charge);
             }
         }
@@ -472,16 +471,34 @@ impl Policy {
 
     /// Evaluates the policy for one message.
     pub fn evaluate(&self, input: &Input) -> Decision {
+        self.evaluate_charged(input).0
+    }
+
+    /// Evaluates the policy for one message and, when it allows the message, what it owes the
+    /// limits ([`Policy::charges`]; empty otherwise). One CEL context serves both: building
+    /// it (the claims and the message as CEL values) is most of what a limit's key costs.
+    pub fn evaluate_charged(&self, input: &Input) -> (Decision, Result<Vec<Charge>, ChargeError>) {
         if !self.method_allowed_in(input.method, input.protocol_version) {
-            return Policy::unknown_method(input.method);
+            return (Policy::unknown_method(input.method), Ok(Vec::new()));
         }
+        let ctx = self.context(input);
+        let decision = self.decide(&ctx, input, true);
+        let charges = if decision.outcome == Outcome::Allow && !self.limits.is_empty() {
+            self.charges_in(&ctx)
+        } else {
+            Ok(Vec::new())
+        };
+        (decision, charges)
+    }
+
+    /// The CEL context rules and limits are evaluated in: the facts they read.
+    fn context<'i>(&self, input: &'i Input) -> Context<'i, 'i> {
         let arguments = if self.reads_arguments {
             facts::Arguments::Present
         } else {
             facts::Arguments::Absent
         };
-        let ctx = facts::context(&self.env, input, &self.reads, arguments);
-        self.decide(&ctx, input, true)
+        facts::context(&self.env, input, &self.reads, arguments)
     }
 
     /// The decision for the message `ctx` describes. `indexed`: only evaluate the rules the

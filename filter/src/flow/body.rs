@@ -157,7 +157,7 @@ impl Stream {
 
         let source = record.source.clone().unwrap_or_default();
         let input = self.input(&message, &source, host.now_millis());
-        let decision = server.policy.evaluate(&input);
+        let (decision, charges) = server.policy.evaluate_charged(&input);
         record.rule = decision.rule.clone();
         match decision.outcome {
             Outcome::Allow => {
@@ -178,7 +178,6 @@ impl Stream {
                     return self.refuse(host, record, Refusal::Internal { code, detail });
                 }
                 record.decision = Verdict::Allow;
-                let charges = server.policy.charges(&input);
                 let kind = ListKind::for_method(&message.method);
                 self.lists = Some(match (kind, &message.id, message.kind) {
                     // Its answer must be read as that list, or it does not pass.

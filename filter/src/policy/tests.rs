@@ -1271,3 +1271,43 @@ fn recipients_are_checked_as_an_anchored_allow_list() {
         Outcome::Allow
     );
 }
+
+#[test]
+fn one_evaluation_gives_the_decision_and_what_an_allowed_message_owes_its_limits() {
+    let p = policy(json!({ "name": "p", "version": "1",
+        "rules": [
+            { "name": "read", "allow": "mcp.tool.name == 'search'" },
+            { "name": "no-delete", "deny": "mcp.tool.name == 'delete'" }
+        ],
+        "limits": [
+            { "name": "per-user", "key": "jwt.sub", "rate": "10/minute" },
+            { "name": "searches", "key": "jwt.team", "rate": "5/minute",
+              "when": "mcp.tool.name == 'search'", "cost": 2 }
+        ] }));
+    let c = claims(json!({ "sub": "alice", "team": "sales" }));
+    let args = Map::new();
+    let allowed = call(&c, "search", &args);
+    let (decision, charges) = p.evaluate_charged(&allowed);
+    assert_eq!(decision.outcome, Outcome::Allow);
+    assert_eq!(decision, p.evaluate(&allowed));
+    let charges = charges.expect("the keys evaluate");
+    assert_eq!(Ok(charges.clone()), p.charges(&allowed));
+    let owed: Vec<_> = charges
+        .iter()
+        .map(|c| (c.limit, c.key.as_str(), c.cost))
+        .collect();
+    assert_eq!(owed, [(0, "alice", 1), (1, "sales", 2)]);
+
+    // A denied message owes nothing, though its limits' keys would evaluate.
+    let denied = call(&c, "delete", &args);
+    let (decision, charges) = p.evaluate_charged(&denied);
+    assert_eq!(decision.outcome, Outcome::Deny);
+    assert_eq!(charges, Ok(Vec::new()));
+    assert_eq!(p.charges(&denied).map(|c| c.len()), Ok(1));
+
+    // A key that cannot be evaluated fails the allowed message closed, naming the limit.
+    let anonymous = claims(json!({ "team": "sales" }));
+    let (decision, charges) = p.evaluate_charged(&call(&anonymous, "search", &args));
+    assert_eq!(decision.outcome, Outcome::Allow);
+    assert_eq!(charges.map_err(|e| e.limit), Err(0));
+}
