@@ -30,6 +30,26 @@ pub fn label(value: &str) -> String {
         .collect()
 }
 
+/// `prefix` followed by `.name=value` for each label (values through [`label`]). Built without
+/// `format!`, which is slow in Wasm and runs here for every counted message.
+fn counter(prefix: &str, labels: &[(&str, &str)]) -> String {
+    let mut name = String::with_capacity(
+        prefix.len()
+            + labels
+                .iter()
+                .map(|(n, v)| n.len() + v.len().min(64) + 2)
+                .sum::<usize>(),
+    );
+    name.push_str(prefix);
+    for (label_name, value) in labels {
+        name.push('.');
+        name.push_str(label_name);
+        name.push('=');
+        name.push_str(&label(value));
+    }
+    name
+}
+
 /// Counts one message's outcome: by method and decision, and denials by rule. Label values come
 /// from bounded sets only: methods an MCP client sends (else `other`; `response` for a
 /// response, `none` when there is no message), rules of the configuration (`is_rule`; a pin
@@ -46,9 +66,9 @@ pub fn count_outcome(host: &mut dyn Host, record: &Record, is_rule: &dyn Fn(&str
         Some(_) => "other",
     };
     host.count(
-        &format!(
-            "mcp_guard.requests.method={}.decision={decision}",
-            label(method)
+        &counter(
+            "mcp_guard.requests",
+            &[("method", method), ("decision", decision)],
         ),
         1,
     );
@@ -58,7 +78,7 @@ pub fn count_outcome(host: &mut dyn Host, record: &Record, is_rule: &dyn Fn(&str
             r if r.starts_with("pin:") => "pin",
             _ => "other",
         };
-        host.count(&format!("mcp_guard.denials.rule={}", label(rule)), 1);
+        host.count(&counter("mcp_guard.denials", &[("rule", rule)]), 1);
     }
 }
 
@@ -76,11 +96,7 @@ pub fn count_auth_failure(host: &mut dyn Host, reason: &str) {
 /// label is the limit's name, never its key.
 pub fn count_limit(host: &mut dyn Host, limit: &str, outcome: &str) {
     host.count(
-        &format!(
-            "mcp_guard.limits.name={}.outcome={}",
-            label(limit),
-            label(outcome)
-        ),
+        &counter("mcp_guard.limits", &[("name", limit), ("outcome", outcome)]),
         1,
     );
 }
