@@ -89,7 +89,6 @@ impl Stream {
         if policy.limits.is_empty() {
             return Gate::Pass(Box::new(record));
         }
-        let what = What::of(message);
         let charges = match charges {
             Ok(c) => c,
             Err(e) => {
@@ -101,6 +100,7 @@ impl Stream {
                 metrics::count_limit(host, &name, "error");
                 record.reason = Some(e.reason);
                 let code = "limit_error";
+                let what = What::of(message);
                 let refused = self.refuse_limit(host, server, record, &what, &name, (code, None));
                 return Gate::Done(refused);
             }
@@ -137,7 +137,7 @@ impl Stream {
                         host,
                         server,
                         record,
-                        &what,
+                        &What::of(message),
                         &name,
                         ("rate_limited", Some(retry_after_ms)),
                     ));
@@ -147,6 +147,7 @@ impl Stream {
                     record.reason = Some(format!("{why}: limit {:?}; failing closed", limit.name));
                     let name = limit.name.clone();
                     let code = "limit_failed";
+                    let what = What::of(message);
                     let refused =
                         self.refuse_limit(host, server, record, &what, &name, (code, None));
                     return Gate::Done(refused);
@@ -156,6 +157,8 @@ impl Stream {
         if globals.is_empty() {
             return Gate::Pass(Box::new(record));
         }
+        // What a refusal's answer names, built only once one may be needed (it formats).
+        let what = What::of(message);
         let config = std::rc::Rc::clone(&self.config);
         let Some(service) = config.rate_limit_service.as_ref() else {
             let why = "no rate limit service is configured";
