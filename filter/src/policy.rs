@@ -471,7 +471,10 @@ impl Policy {
 
     /// Evaluates the policy for one message.
     pub fn evaluate(&self, input: &Input) -> Decision {
-        self.evaluate_charged(input).0
+        if !self.method_allowed_in(input.method, input.protocol_version) {
+            return Policy::unknown_method(input.method);
+        }
+        self.decide(&self.context(input), input, true)
     }
 
     /// Evaluates the policy for one message and, when it allows the message, what it owes the
