@@ -1172,13 +1172,17 @@ fn a_credential_envoy_will_not_strip_or_set_fails_closed() {
 #[test]
 fn response_headers_envoy_will_not_change_fail_closed() {
     let config = config();
-    for refused in ["www-authenticate", "content-length"] {
+    // An event stream goes on as it comes, without its length (events may be rewritten).
+    for (refused, content_type) in [
+        ("www-authenticate", "application/json"),
+        ("content-length", "text/event-stream"),
+    ] {
         let mut host = post_host(Some(&alice()), &[]);
         let (mut stream, _) = send(&config, &mut host, &request(json!(1), "ping"));
         host.refuse_headers = vec![refused];
         host.set_response(&[
             (":status", "200"),
-            ("content-type", "application/json"),
+            ("content-type", content_type),
             ("content-length", "2"),
             ("www-authenticate", "Bearer"),
         ]);
@@ -1390,12 +1394,10 @@ fn service_key_is_redacted_from_a_json_response() {
         answered(&alice(), &tool_call(json!(1), "search"), "application/json");
     assert_eq!(
         host.resp_header("content-length"),
-        None,
-        "the body may change length"
+        Some("123"),
+        "held with the body: its length is set when the body is rewritten"
     );
-    let body = format!(
-        r#"{{"jsonrpc":"2.0","id":1,"result":{{"content":[{{"type":"text","text":"debug: key={SERVICE_KEY}"}}]}}}}"#
-    );
+    let body = key_leaking_answer();
     let body = body.as_bytes();
     let (first, _) = body.split_at(40);
     assert_eq!(
@@ -1407,6 +1409,47 @@ fn service_key_is_redacted_from_a_json_response() {
     assert!(!text.contains(SERVICE_KEY), "{text}");
     assert!(text.contains("[REDACTED]"), "{text}");
     assert!(host.counter("mcp_guard.key_leaks_redacted") >= 1);
+    let length = out.len().to_string();
+    assert_eq!(
+        host.resp_header("content-length"),
+        Some(length.as_str()),
+        "the length of what the client gets"
+    );
+    assert_ne!(out.len(), body.len());
+}
+
+fn key_leaking_answer() -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":1,"result":{{"content":[{{"type":"text","text":"debug: key={SERVICE_KEY}"}}]}}}}"#
+    )
+}
+
+#[test]
+fn a_held_answer_passed_on_unchanged_keeps_its_length() {
+    let (mut stream, mut host) =
+        answered(&alice(), &tool_call(json!(1), "search"), "application/json");
+    let body = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+    assert_eq!(
+        stream.on_response_body(&mut host, body, true),
+        BodyAction::Continue
+    );
+    assert_eq!(host.resp_header("content-length"), Some("123"));
+}
+
+#[test]
+fn a_rewritten_answer_whose_length_envoy_will_not_set_is_not_passed_on() {
+    let (mut stream, mut host) =
+        answered(&alice(), &tool_call(json!(1), "search"), "application/json");
+    host.refuse_headers = vec!["content-length"];
+    let body = key_leaking_answer();
+    assert_eq!(
+        stream.on_response_body(&mut host, body.as_bytes(), true),
+        BodyAction::Pause
+    );
+    assert_eq!(host.reply().status, 502);
+    assert_eq!(host.record()["decision"], "error");
+    assert_eq!(host.record()["reason"], "response_length_not_set");
+    assert!(!String::from_utf8_lossy(&host.reply().body).contains(SERVICE_KEY));
 }
 
 #[test]

@@ -161,6 +161,40 @@ def test_a_key_as_other_json_encoders_spell_it_is_redacted(tmp_path, key, spelle
         s.stop()
 
 
+def test_a_rewritten_json_answer_says_its_new_length_and_the_connection_goes_on(tmp_path):
+    """A JSON answer is held whole with its headers: when the key is redacted from it, its
+    Content-Length is set to the rewritten body's (a stale one would cut the body, or leave its
+    rest on the keep-alive connection to be read as the next answer). The next request on the
+    same connection gets its own answer."""
+    def answer(request):
+        message = request["json"] or {}
+        if message.get("method") != "tools/call":
+            return harness.Answer(405)
+        text = message["params"]["arguments"]["text"]
+        body = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {
+            "content": [{"type": "text", "text": text}], "isError": False}}).encode()
+        # The upstream says its length (harness.Answer adds Content-Length).
+        return harness.Answer(200, [("content-type", "application/json")], body)
+
+    s = SecStack(tmp_path, upstream=harness.ScriptedUpstream(answer))
+    conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=10)
+    try:
+        alice = s.token("alice", groups=["sales"])
+        for id, text, redacted in [(1, f"key={KEY}", True), (2, "plain", False), (3, KEY * 3, True)]:
+            conn.request("POST", "/mcp", body=echo(text, id=id), headers=dict(hdrs(alice)))
+            reply = conn.getresponse()
+            body = reply.read()
+            assert reply.status == 200, body
+            assert reply.getheader("content-length") == str(len(body)), reply.getheaders()
+            message = json.loads(body)
+            assert message["id"] == id
+            text_out = message["result"]["content"][0]["text"]
+            assert ("[REDACTED]" in text_out) == redacted and KEY not in text_out, text_out
+    finally:
+        conn.close()
+        s.stop()
+
+
 @pytest.fixture(scope="module")
 def blocking(tmp_path_factory):
     s = SecStack(tmp_path_factory.mktemp("block"), json_response=True, server={"key_leak": "block"})

@@ -143,23 +143,29 @@ impl Stream {
             // Batches are 2025-03-26's (a request naming no version is of 2025-03-26).
             lists.no_batch = !matches!(version.as_deref(), None | Some("2025-03-26"));
         }
-        let body = response::body_for(content_type);
-        if present("content-length") && host.remove_response_header("content-length").is_err() {
-            // The body may be rewritten: a stale length would cut or stall it.
-            let body = self.bad_gateway_body();
-            return self.refuse(host, record, Refusal::ResponseHeaderNotRemoved { body });
-        }
-        match body {
-            // A stream may last long: its record gets the status now.
+        let sized = present("content-length");
+        match response::body_for(content_type) {
+            // A stream may last long: its record gets the status now. Its events may be
+            // rewritten as they pass, after its headers went on: a stale length would cut or
+            // stall it, so it goes without one.
+            Body::Events(_) if sized && host.remove_response_header("content-length").is_err() => {
+                let body = self.bad_gateway_body();
+                self.refuse(host, record, Refusal::ResponseHeaderNotRemoved { body })
+            }
             Body::Events(rewriter) => {
                 self.audit(host, record);
                 self.phase = Phase::StreamingEvents(rewriter);
                 Action::Continue
             }
-            // A held body is checked and its record rewritten (status included) at its end.
+            // A held body is checked and its record rewritten (status included) at its end. Its
+            // headers are held with it: a rewritten body gets its new length then.
             Body::Buffered => {
                 self.record = Some(record);
-                self.phase = Phase::BufferingAnswer { json, ended: false };
+                self.phase = Phase::BufferingAnswer {
+                    json,
+                    ended: false,
+                    sized,
+                };
                 Action::Pause
             }
         }

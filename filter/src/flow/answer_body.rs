@@ -177,9 +177,25 @@ impl Stream {
             self.record = Some(r);
         }
         match out {
-            Some(bytes) => BodyAction::Replace(bytes),
+            Some(bytes) if self.length_kept(host, bytes.len()) => BodyAction::Replace(bytes),
+            Some(_) => {
+                let record = self.record.take();
+                let detail = "Envoy would not set the rewritten answer's content-length".into();
+                self.fail_response(host, record, "response_length_not_set", detail)
+            }
             None => BodyAction::Continue,
         }
+    }
+
+    /// A held answer that declared its length is rewritten to `len` bytes: its `content-length`
+    /// (held with it, not sent yet) must say so, or a client reads a cut or stalled body, or
+    /// the rest of it as the next answer on its connection. False when Envoy would not set it.
+    fn length_kept(&self, host: &mut dyn Host, len: usize) -> bool {
+        if !matches!(self.phase, Phase::BufferingAnswer { sized: true, .. }) {
+            return true;
+        }
+        host.set_response_header("content-length", &len.to_string())
+            .is_ok()
     }
 
     /// The facts for deciding which listed tools, prompts and resources this caller sees.

@@ -40,8 +40,13 @@ pub(super) enum Phase {
     /// Forwarded (or allowed without a body); the answer has not come yet.
     Forwarded,
     /// The answer is held whole and checked at its end (`ended` once it was); `json`: its
-    /// content type is `application/json`.
-    BufferingAnswer { json: bool, ended: bool },
+    /// content type is `application/json`; `sized`: it came with a `content-length`, which is
+    /// set anew if the body is rewritten (its headers are held until then).
+    BufferingAnswer {
+        json: bool,
+        ended: bool,
+        sized: bool,
+    },
     /// The answer is an event stream, checked and rewritten event by event.
     StreamingEvents(Box<SseRewriter>),
     /// Answered locally, or nothing is left to decide.
