@@ -579,7 +579,7 @@ fn header_map(map: MapType) -> Vec<Header> {
     hostcalls::get_map_bytes(map)
         .unwrap_or_default()
         .into_iter()
-        .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+        .map(|(name, value)| (name, text(value)))
         .collect()
 }
 
@@ -587,7 +587,13 @@ fn header_value(map: MapType, name: &str) -> Option<String> {
     hostcalls::get_map_value_bytes(map, name)
         .ok()
         .flatten()
-        .map(|value| String::from_utf8_lossy(&value).into_owned())
+        .map(text)
+}
+
+/// A header value as text: its own bytes when they are UTF-8 (no copy), else with U+FFFD.
+fn text(value: Vec<u8>) -> String {
+    String::from_utf8(value)
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
 }
 
 thread_local! {
