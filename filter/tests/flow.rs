@@ -1450,6 +1450,34 @@ fn a_rewritten_answer_whose_length_envoy_will_not_set_is_not_passed_on() {
     assert_eq!(host.record()["decision"], "error");
     assert_eq!(host.record()["reason"], "response_length_not_set");
     assert!(!String::from_utf8_lossy(&host.reply().body).contains(SERVICE_KEY));
+    // The key did not go on: blocked, not redacted.
+    assert_eq!(host.counter("mcp_guard.key_leaks_redacted"), 0);
+    assert_eq!(host.counter("mcp_guard.key_leaks_blocked"), 1);
+}
+
+#[test]
+fn a_held_answer_that_ends_in_trailers_goes_without_its_length() {
+    // Trailers reach an HTTP/1.1 client only in a chunked answer.
+    let (mut stream, mut host) =
+        answered(&alice(), &tool_call(json!(1), "search"), "application/json");
+    host.response_trailers = vec![("x-checksum".into(), "1".into())];
+    assert_eq!(stream.on_response_trailers(&mut host), BodyAction::Continue);
+    assert_eq!(host.resp_header("content-length"), None);
+    // Its body, checked now, is rewritten without a length being set again.
+    let body = key_leaking_answer();
+    let out = replaced(
+        stream.on_response_body(&mut host, body.as_bytes(), true),
+        body.as_bytes(),
+    );
+    assert!(String::from_utf8_lossy(&out).contains("[REDACTED]"));
+    assert_eq!(host.resp_header("content-length"), None);
+    // Envoy does not take the removal: 502, nothing of the answer goes on.
+    let (mut stream, mut host) =
+        answered(&alice(), &tool_call(json!(1), "search"), "application/json");
+    host.refuse_headers = vec!["content-length"];
+    assert_eq!(stream.on_response_trailers(&mut host), BodyAction::Pause);
+    assert_eq!(host.reply().status, 502);
+    assert_eq!(host.record()["reason"], "response_header_not_removed");
 }
 
 #[test]

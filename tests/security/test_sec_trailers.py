@@ -5,6 +5,7 @@ Each case through real Envoy, with the exact outcome and nothing unchecked forwa
 
 import json
 import socket
+import threading
 
 import h2.config
 import h2.connection
@@ -343,3 +344,117 @@ def test_header_names_with_underscores_never_reach_the_upstream(sec, alice):
     _, _, seen = forwarded(sec, body=json.dumps(body), headers=headers)
     names = {k.lower() for k, _ in seen["headers"]}
     assert not names & {"mcp_session_id", "x_api_key", "mcp_method"}, names
+
+
+class H2Upstream:
+    """An HTTP/2 (h2c) upstream: `answer(request)` gives (headers, body, trailers); a request is
+    {"headers", "body", "json"}. HTTP/2 answers may carry a `content-length` and trailers both."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, sock):
+        conn = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        streams = {}
+        with sock:
+            while data := sock.recv(65536):
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        streams[event.stream_id] = (dict(event.headers), bytearray())
+                    elif isinstance(event, h2.events.DataReceived):
+                        streams[event.stream_id][1].extend(event.data)
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        headers, body = streams.pop(event.stream_id)
+                        request = {"headers": headers, "body": bytes(body), "json": json.loads(body)}
+                        answer_headers, answer, trailers = self.answer(request)
+                        conn.send_headers(event.stream_id, answer_headers)
+                        conn.send_data(event.stream_id, answer)
+                        conn.send_headers(event.stream_id, trailers, end_stream=True)
+                sock.sendall(conn.data_to_send())
+
+    def stop(self):
+        self.sock.close()
+
+
+def http1_with_trailers(port, headers, body):
+    """One HTTP/1.1 request; the answer read as a chunked one with its trailers:
+    (status, headers, body, trailers), header names lower-case."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        head = [f"POST /mcp HTTP/1.1", f"host: 127.0.0.1:{port}", "te: trailers",
+                f"content-length: {len(body)}", *(f"{k}: {v}" for k, v in headers)]
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        reader = sock.makefile("rb")
+        status = int(reader.readline().split()[1])
+        answer = []
+        while (line := reader.readline().rstrip(b"\r\n")):
+            name, _, value = line.decode().partition(":")
+            answer.append((name.lower(), value.strip()))
+        assert ("transfer-encoding", "chunked") in answer, answer
+        data = b""
+        while (size := int(reader.readline().strip(), 16)):
+            data += reader.read(size)
+            reader.readline()
+        trailers = []
+        while (line := reader.readline().rstrip(b"\r\n")):
+            name, _, value = line.decode().partition(":")
+            trailers.append((name.lower(), value.strip()))
+        return status, answer, data, trailers
+
+
+def test_an_answer_that_ends_in_trailers_reaches_an_http1_client_with_them(tmp_path):
+    """An HTTP/2 upstream's answer with a `content-length` and trailers, to an HTTP/1.1 client
+    whose listener passes trailers on: trailers travel only in a chunked answer, so the held
+    answer goes without its length (and its body, rewritten or not, with the trailers)."""
+    def answer(request):
+        message = request["json"]
+        text = message["params"]["arguments"]["text"]
+        body = json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {
+            "content": [{"type": "text", "text": text}], "isError": False}}).encode()
+        headers = [(":status", "200"), ("content-type", "application/json"),
+                   ("content-length", str(len(body)))]
+        return headers, body, [("x-checksum", "1")]
+
+    text = (harness.ROOT / "envoy" / "mcp-guard.yaml").read_text()
+    for marker, addition in [
+        ("  - name: mcp_upstream\n    type: STATIC\n",
+         "    typed_extension_protocol_options:\n"
+         "      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
+         '        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n'
+         "        explicit_http_config: { http2_protocol_options: {} }\n"),
+        ("          common_http_protocol_options: { headers_with_underscores_action: DROP_HEADER }\n",
+         "          http_protocol_options: { enable_trailers: true }\n"),
+    ]:
+        assert text.count(marker) == 1, marker
+        text = text.replace(marker, marker + addition)
+    template = tmp_path / "h2-upstream-h1-trailers.yaml"
+    template.write_text(text)
+    s = SecStack(tmp_path, upstream=H2Upstream(answer), template=str(template))
+    try:
+        alice = s.token("alice", groups=["sales"])
+        for id, said, redacted in [(1, "plain", False), (2, f"key={KEY}", True)]:
+            body, _ = call("echo", {"text": said}, id=id)
+            status, headers, data, trailers = http1_with_trailers(
+                s.port, body_headers(alice, method="tools/call", name="echo"),
+                json.dumps(body).encode())
+            assert status == 200, data
+            assert "content-length" not in dict(headers), headers
+            assert ("x-checksum", "1") in trailers, trailers
+            out = json.loads(data)["result"]["content"][0]["text"]
+            assert ("[REDACTED]" in out) == redacted and KEY not in out, out
+    finally:
+        s.stop()

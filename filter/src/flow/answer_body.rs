@@ -46,6 +46,27 @@ impl Stream {
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
             return BodyAction::Continue;
         };
+        if let Phase::BufferingAnswer {
+            ended: false,
+            sized: sized @ true,
+            ..
+        } = &mut self.phase
+        {
+            // Trailers reach an HTTP/1.1 client only in a chunked answer: a held answer that
+            // ends in trailers goes without its length (its headers are still held).
+            *sized = false;
+            if host.remove_response_header("content-length").is_err() {
+                let record = self.record.take();
+                let detail =
+                    "Envoy would not remove the content-length of an answer that ends in trailers";
+                return self.fail_response(
+                    host,
+                    record,
+                    "response_header_not_removed",
+                    detail.into(),
+                );
+            }
+        }
         let trailers = host.response_trailers();
         if super::answer::redact_fields(host, &trailers, server, super::answer::Fields::Trailers) {
             return BodyAction::Continue;
@@ -135,12 +156,17 @@ impl Stream {
         if hold {
             return BodyAction::Pause;
         }
+        // A rewritten answer says its new length before anything is counted: if Envoy will not
+        // take it, the answer does not go on (and its leaks were blocked, not redacted).
+        let length_refused = out
+            .as_ref()
+            .is_some_and(|bytes| !self.length_kept(host, bytes.len()));
         if report.hidden > 0 {
             host.count(metrics::HIDDEN_ENTRIES, report.hidden as u64);
         }
         if report.leaks > 0 {
             // Redacted, unless the answer does not go on (blocked below, or failed).
-            let counter = if server.block_key_leaks || report.failed.is_some() {
+            let counter = if server.block_key_leaks || report.failed.is_some() || length_refused {
                 metrics::KEY_LEAKS_BLOCKED
             } else {
                 metrics::KEY_LEAKS
@@ -161,9 +187,13 @@ impl Stream {
         let failed = match report.failed.clone() {
             Some(detail) if too_large => Some(("response_too_large", detail)),
             Some(detail) => Some(answer_failure(detail)),
-            None => (report.leaks > 0 && server.block_key_leaks).then(|| {
+            None if report.leaks > 0 && server.block_key_leaks => {
                 let r = Refusal::ServiceKeyInResponse;
-                (r.code(), r.detail())
+                Some((r.code(), r.detail()))
+            }
+            None => length_refused.then(|| {
+                let detail = "Envoy would not set the rewritten answer's content-length";
+                ("response_length_not_set", detail.to_string())
             }),
         };
         if let Some((code, detail)) = failed {
@@ -177,12 +207,7 @@ impl Stream {
             self.record = Some(r);
         }
         match out {
-            Some(bytes) if self.length_kept(host, bytes.len()) => BodyAction::Replace(bytes),
-            Some(_) => {
-                let record = self.record.take();
-                let detail = "Envoy would not set the rewritten answer's content-length".into();
-                self.fail_response(host, record, "response_length_not_set", detail)
-            }
+            Some(bytes) => BodyAction::Replace(bytes),
             None => BodyAction::Continue,
         }
     }
