@@ -144,14 +144,16 @@ impl Stream {
             lists.no_batch = !matches!(version.as_deref(), None | Some("2025-03-26"));
         }
         let sized = present("content-length");
-        match response::body_for(content_type) {
-            // A stream may last long: its record gets the status now. Its events may be
-            // rewritten as they pass, after its headers went on: a stale length would cut or
-            // stall it, so it goes without one.
-            Body::Events(_) if sized && host.remove_response_header("content-length").is_err() => {
-                let body = self.bad_gateway_body();
-                self.refuse(host, record, Refusal::ResponseHeaderNotRemoved { body })
-            }
+        let body = response::body_for(content_type);
+        // A stream's events may be rewritten as they pass, after its headers went on: a stale
+        // length would cut or stall it, so it goes without one.
+        let streamed = matches!(body, Body::Events(_));
+        if streamed && sized && host.remove_response_header("content-length").is_err() {
+            let body = self.bad_gateway_body();
+            return self.refuse(host, record, Refusal::ResponseHeaderNotRemoved { body });
+        }
+        match body {
+            // A stream may last long: its record gets the status now.
             Body::Events(rewriter) => {
                 self.audit(host, record);
                 self.phase = Phase::StreamingEvents(rewriter);
