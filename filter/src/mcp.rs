@@ -16,6 +16,8 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 
+mod quick;
+
 /// Default limit on how deeply objects and arrays may nest.
 pub const DEFAULT_MAX_DEPTH: usize = 64;
 
@@ -293,14 +295,39 @@ impl fmt::Display for ParseError {
 /// Parses JSON strictly: colliding keys ([`KeyProblem`]) at any depth and nesting beyond
 /// `max_depth` are errors, as is anything after the value but whitespace.
 pub fn parse_strict_json(bytes: &[u8], max_depth: usize) -> Result<Value, String> {
-    parse_json(bytes, max_depth, Mode::Keep).map_err(|e| match e {
-        ParseError::Json(m) => m,
-        other => other.to_string(),
-    })
+    parse_json(bytes, max_depth, Mode::Keep).map_err(json_error)
 }
 
-/// Parses JSON strictly; errors are [`ParseError::Json`] or [`ParseError::Key`].
+/// A strict JSON parse's error as text: serde_json's, or the key problem's.
+fn json_error(e: ParseError) -> String {
+    match e {
+        ParseError::Json(m) => m,
+        other => other.to_string(),
+    }
+}
+
+/// The strict parse without its quick path, as [`parse_strict_json`]: for tests that hold the
+/// two to the same verdicts.
+#[doc(hidden)]
+pub fn parse_strict_json_without_quick_path(
+    bytes: &[u8],
+    max_depth: usize,
+) -> Result<Value, String> {
+    parse_serde(bytes, max_depth, Mode::Keep).map_err(json_error)
+}
+
+/// Parses JSON strictly; errors are [`ParseError::Json`] or [`ParseError::Key`]. A plainly
+/// valid text is parsed in one pass ([`quick`]); anything else by serde_json, which gives the
+/// verdict and the error.
 fn parse_json(bytes: &[u8], max_depth: usize, mode: Mode) -> Result<Value, ParseError> {
+    match quick::parse(bytes, max_depth, mode) {
+        Some(value) => Ok(value),
+        None => parse_serde(bytes, max_depth, mode),
+    }
+}
+
+/// Parses JSON strictly through serde_json, with the checks in [`Strict`].
+fn parse_serde(bytes: &[u8], max_depth: usize, mode: Mode) -> Result<Value, ParseError> {
     let problem = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let parsed = Strict {
@@ -318,7 +345,7 @@ fn parse_json(bytes: &[u8], max_depth: usize, mode: Mode) -> Result<Value, Parse
 }
 
 /// What the parser keeps of the value it is in.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
     /// Everything.
     Keep,

@@ -312,7 +312,7 @@ impl<'a> Scan<'a> {
 }
 
 /// Past the whitespace at `i`.
-fn ws(bytes: &[u8], mut i: usize) -> usize {
+pub(crate) fn ws(bytes: &[u8], mut i: usize) -> usize {
     while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(i) {
         i += 1;
     }
@@ -320,7 +320,7 @@ fn ws(bytes: &[u8], mut i: usize) -> usize {
 }
 
 /// Past the string at `i` (which must open it); notes a `\u` escape in `escape`.
-fn string(bytes: &[u8], i: usize, escape: &mut bool) -> Option<usize> {
+pub(crate) fn string(bytes: &[u8], i: usize, escape: &mut bool) -> Option<usize> {
     if bytes.get(i) != Some(&b'"') {
         return None;
     }
@@ -353,7 +353,7 @@ fn member_name(bytes: &[u8], i: usize, escape: &mut bool) -> Option<usize> {
 }
 
 /// Past the number at `i` (RFC 8259 grammar).
-fn number(bytes: &[u8], mut i: usize) -> Option<usize> {
+pub(crate) fn number(bytes: &[u8], mut i: usize) -> Option<usize> {
     let digits = |mut i: usize| {
         while bytes.get(i).is_some_and(u8::is_ascii_digit) {
             i += 1;
@@ -383,7 +383,7 @@ fn number(bytes: &[u8], mut i: usize) -> Option<usize> {
 }
 
 /// Past `word` at `i`.
-fn literal(bytes: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+pub(crate) fn literal(bytes: &[u8], i: usize, word: &[u8]) -> Option<usize> {
     let end = i + word.len();
     (bytes.get(i..end)? == word).then_some(end)
 }

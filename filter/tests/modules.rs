@@ -113,9 +113,15 @@ fn the_module_graph_has_no_cycles() {
 #[test]
 fn shared_primitives_are_leaves_and_nothing_imports_config_it_builds() {
     let graph = graph();
-    for leaf in ["error", "env", "url", "http", "methods", "mcp"] {
+    for leaf in ["error", "env", "url", "http", "methods"] {
         assert_eq!(graph.get(leaf), Some(&BTreeSet::new()), "{leaf}");
     }
+    // The message parse reads with the JSON cursor (its quick path) and nothing else.
+    assert_eq!(
+        graph.get("mcp"),
+        Some(&BTreeSet::from(["scan".to_string()])),
+        "mcp"
+    );
     for part in [
         "jwt",
         "introspection",

@@ -15,14 +15,16 @@
 //!    upper then lower case), independent of the filter's fold table.
 //! 5. The one-pass cursor that reads answers (`scan::is_json`) accepts exactly the JSON
 //!    serde_json accepts (`IgnoredAny`, on UTF-8), up to its nesting limit.
+//! 6. The strict parse's quick path (`mcp::quick`) gives the same value or the same error as
+//!    the serde-based parse it stands in for.
 #![no_main]
 
 use std::fmt;
 
 use libfuzzer_sys::fuzz_target;
 use mcp_guard::mcp::{
-    parse_message, parse_message_for, parse_strict_json, Arguments, Kind, Message, Target,
-    DEFAULT_MAX_DEPTH,
+    parse_message, parse_message_for, parse_strict_json, parse_strict_json_without_quick_path,
+    Arguments, Kind, Message, Target, DEFAULT_MAX_DEPTH,
 };
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
@@ -197,6 +199,12 @@ fuzz_target!(|data: &[u8]| {
     if shallow(data) {
         assert_eq!(scan_says, serde_says, "the cursor and serde_json disagree");
     }
+    // The strict parse's quick path changes nothing: the same value, or the same error.
+    assert_eq!(
+        parse_strict_json(data, DEFAULT_MAX_DEPTH),
+        parse_strict_json_without_quick_path(data, DEFAULT_MAX_DEPTH),
+        "the quick path and serde_json's parse differ"
+    );
     // The parse that drops unread arguments decides exactly as the one that keeps them.
     let checked = parse_message_for(data, DEFAULT_MAX_DEPTH, Arguments::Check);
     let Ok(message) = parse_message(data, DEFAULT_MAX_DEPTH) else {
