@@ -12,7 +12,7 @@
 //! iteration across batches is reported with the 10th–90th percentile spread.
 //!
 //! Environment: `BENCH_TIME_MS` (measurement time per benchmark, default 2000),
-//! `BENCH_FILTER` (run only benchmarks whose name contains it), `BENCH_JSON` (also append one
+//! `BENCH_FILTER` (run only benchmarks whose name contains it, or, ending in `$`, is it), `BENCH_JSON` (also append one
 //! JSON object per benchmark to this file; `make bench` reads it), `BENCH_ITERS` (run each
 //! benchmark exactly this many times and time nothing: on a noisy machine, compare instruction
 //! counts instead, e.g. `valgrind --tool=callgrind` at two counts, the difference per iteration).
@@ -159,7 +159,12 @@ impl Harness {
     }
 
     fn wanted(&self, name: &str) -> bool {
-        self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()))
+        // A filter ending in `$` names one benchmark exactly (`…/call-1k$` without its variants).
+        self.filters.is_empty()
+            || self.filters.iter().any(|f| match f.strip_suffix('$') {
+                Some(exact) => name == exact,
+                None => name.contains(f.as_str()),
+            })
     }
 
     /// Times `f`. `bytes`: input size per iteration, for a throughput column.
