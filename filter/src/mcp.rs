@@ -355,7 +355,8 @@ enum Mode {
     /// The `params` of such a message.
     Params,
     /// Checked as strictly as the rest, but not kept: objects, arrays and strings come out
-    /// empty (of the same type, which the message's shape checks look at).
+    /// empty (of the same type, which the message's shape checks look at), but for the
+    /// integers in them that doubles cannot hold ([`kept_when_checked`]).
     Check,
 }
 
@@ -472,7 +473,7 @@ impl<'de> Visitor<'de> for Strict<'_> {
         let inner = self.nested(mode)?;
         let mut out = Vec::new();
         while let Some(v) = seq.next_element_seed(inner)? {
-            if self.keeps() {
+            if self.keeps() || kept_when_checked(&v) {
                 out.push(v);
             }
         }
@@ -506,11 +507,16 @@ impl Strict<'_> {
     fn check_map<'de, A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let inner = self.nested(Mode::Check)?;
         let mut seen = Seen::default();
+        let mut out = Map::new();
         while let Some(key) = map.next_key_seed(Key)? {
-            seen.add(key).map_err(|p| self.refuse::<A::Error>(p))?;
-            map.next_value_seed(inner)?;
+            seen.add(key.clone())
+                .map_err(|p| self.refuse::<A::Error>(p))?;
+            let value = map.next_value_seed(inner)?;
+            if kept_when_checked(&value) {
+                out.insert(key.into_owned(), value);
+            }
         }
-        Ok(Value::Object(Map::new()))
+        Ok(Value::Object(out))
     }
 }
 
@@ -687,6 +693,19 @@ fn message_from_value(value: Value) -> Result<Message, ParseError> {
         params,
         target,
     })
+}
+
+/// What a value only checked ([`Mode::Check`]) keeps of what is in it: the integers doubles
+/// cannot hold ([`inexact_integer`]), and the containers that hold one (under their keys, in
+/// their order). The message is refused for them as when the arguments are kept (the same
+/// first integer, so the same error), whether or not a rule reads the arguments.
+fn kept_when_checked(value: &Value) -> bool {
+    match value {
+        Value::Number(_) => inexact_integer(value).is_some(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(members) => !members.is_empty(),
+        _ => false,
+    }
 }
 
 /// An integer in `value` (at any depth) that a decoder reading JSON numbers as IEEE binary64

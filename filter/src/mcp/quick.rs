@@ -114,7 +114,7 @@ impl<'a> Quick<'a> {
                 _ => Mode::Keep,
             };
             let value = self.value(depth + 1, inner)?;
-            if mode != Mode::Check {
+            if mode != Mode::Check || super::kept_when_checked(&value) {
                 out.insert(key.to_owned(), value);
             }
             i = scan::ws(bytes, self.pos);
@@ -149,7 +149,7 @@ impl<'a> Quick<'a> {
         }
         loop {
             let value = self.value(depth + 1, inner)?;
-            if mode != Mode::Check {
+            if mode != Mode::Check || super::kept_when_checked(&value) {
                 out.push(value);
             }
             let i = scan::ws(bytes, self.pos);
