@@ -26,6 +26,7 @@ mod functions;
 mod items;
 pub mod limit;
 mod loose;
+mod remembered;
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -95,6 +96,10 @@ pub struct Rule {
     /// How `condition` and `when` read the item of a listing.
     condition_items: items::ItemUse,
     when_items: Option<items::ItemUse>,
+    /// Whether `condition` and `when` decide a call by its method and names alone (see
+    /// [`remembered`]).
+    condition_remembered: bool,
+    when_remembered: bool,
 }
 
 impl Rule {
@@ -152,6 +157,8 @@ pub struct Policy {
     /// Rules that load but decide otherwise than a server converting argument types would
     /// (see `loose`): logged when the configuration loads, printed by `mcp-guard check`.
     pub warnings: Vec<PolicyError>,
+    /// Results of rules that follow from a call's method and names alone.
+    remembered: remembered::Remembered,
 }
 
 impl fmt::Debug for Policy {
@@ -421,6 +428,7 @@ impl Policy {
             index,
             reads,
             warnings,
+            remembered: remembered::Remembered::default(),
         })
     }
 
@@ -474,7 +482,7 @@ impl Policy {
         if !self.method_allowed_in(input.method, input.protocol_version) {
             return Policy::unknown_method(input.method);
         }
-        self.decide(&self.context(input), input, true)
+        self.decide(&mut None, input, true)
     }
 
     /// Evaluates the policy for one message and, when it allows the message, what it owes the
@@ -484,10 +492,10 @@ impl Policy {
         if !self.method_allowed_in(input.method, input.protocol_version) {
             return (Policy::unknown_method(input.method), Ok(Vec::new()));
         }
-        let ctx = self.context(input);
-        let decision = self.decide(&ctx, input, true);
+        let mut ctx = None;
+        let decision = self.decide(&mut ctx, input, true);
         let charges = if decision.outcome == Outcome::Allow && !self.limits.is_empty() {
-            self.charges_in(&ctx)
+            self.charges_in(ctx.get_or_insert_with(|| self.context(input)))
         } else {
             Ok(Vec::new())
         };
@@ -504,15 +512,39 @@ impl Policy {
         facts::context(&self.env, input, &self.reads, arguments)
     }
 
-    /// The decision for the message `ctx` describes. `indexed`: only evaluate the rules the
-    /// index lets apply (always, but for the tests that check the index changes nothing).
-    fn decide(&self, ctx: &Context, input: &Input, indexed: bool) -> Decision {
+    /// The decision for the message `input` describes, in the CEL context `ctx` (built here
+    /// when a rule first needs it: a rule whose result is remembered needs none). `indexed`:
+    /// only evaluate the rules the index lets apply, and use remembered results (always, but
+    /// for the tests that check neither changes anything).
+    fn decide<'i>(
+        &self,
+        ctx: &mut Option<Context<'i, 'i>>,
+        input: &'i Input,
+        indexed: bool,
+    ) -> Decision {
         let granted = facts::scopes(input.claims);
-        let mut eval = |_: usize, rule: &Rule, part: Part| match eval_bool(rule.program(part), ctx)
-        {
-            Ok(true) => Tri::True,
-            Ok(false) => Tri::False,
-            Err(e) => Tri::Failed(e),
+        let names = items::Names {
+            tool: input.tool_name(),
+            prompt: input.prompt.unwrap_or(""),
+            resource: input.resource_uri.unwrap_or(""),
+        };
+        let mut eval = |i: usize, rule: &Rule, part: Part| {
+            let key = rule.call_key(part, names).filter(|_| indexed);
+            if let Some(tri) = key.and_then(|bits| self.remembered.get(i, part, bits, input.method))
+            {
+                return tri;
+            }
+            let ctx = ctx.get_or_insert_with(|| self.context(input));
+            let tri = match eval_bool(rule.program(part), ctx) {
+                Ok(true) => Tri::True,
+                Ok(false) => Tri::False,
+                Err(e) => Tri::Failed(e),
+            };
+            if let Some(bits) = key {
+                self.remembered
+                    .put(i, part, bits, input.method, tri.clone());
+            }
+            tri
         };
         self.walk(
             Methods::Named(input.method),
@@ -910,6 +942,18 @@ impl Rule {
             _ => &self.condition_items,
         }
     }
+
+    /// For a part whose result follows from a call's method and names, which of its name
+    /// tests the call's names pass.
+    fn call_key(&self, part: Part, names: items::Names<'_>) -> Option<u64> {
+        let remembered = match (part, &self.when) {
+            (Part::When, Some(_)) => self.when_remembered,
+            _ => self.condition_remembered,
+        };
+        remembered
+            .then(|| self.item_use(part).key_of(names))
+            .flatten()
+    }
 }
 
 impl Rule {
@@ -1017,6 +1061,8 @@ impl Rule {
             scopes: raw.scopes,
             condition_items: condition.items,
             when_items: when.as_ref().map(|w| w.items.clone()),
+            condition_remembered: condition.method_and_names_only,
+            when_remembered: when.as_ref().is_some_and(|w| w.method_and_names_only),
             condition: condition.program,
             when: when.map(|w| w.program),
             tools,

@@ -17,7 +17,7 @@ use cel::common::types::CelString;
 use cel::{Context, Env, Program, Value as Cel};
 
 use super::facts::Reads;
-use super::items::{mcp_path, ItemUse};
+use super::items::{self, mcp_path, ItemUse};
 use super::loose;
 use super::{Location, PolicyError, VARIABLES};
 
@@ -28,6 +28,8 @@ pub(super) struct Compiled {
     pub uses_arguments: bool,
     /// How it reads the item of a listing.
     pub items: ItemUse,
+    /// Whether its result for a call follows from the method and the names alone.
+    pub method_and_names_only: bool,
 }
 
 /// The tools and methods an expression can be true for, from its top-level conjuncts;
@@ -210,6 +212,7 @@ impl Checker {
         Ok(Compiled {
             limits: limits(root),
             items: ItemUse::of(root),
+            method_and_names_only: items::reads_method_and_names_only(root),
             program,
             uses_arguments,
         })

@@ -67,14 +67,34 @@ impl ItemUse {
 
     /// Which tests `item` passes, one bit each; `None` for an opaque expression.
     pub fn key(&self, item: Item<'_>) -> Option<u64> {
+        let names = match item {
+            Item::Tool(name) => Names {
+                tool: name,
+                ..Names::default()
+            },
+            Item::Prompt(name) => Names {
+                prompt: name,
+                ..Names::default()
+            },
+            Item::Resource(uri) => Names {
+                resource: uri,
+                ..Names::default()
+            },
+        };
+        self.key_of(names)
+    }
+
+    /// Which tests a message naming these tool, prompt and resource passes; `None` for an
+    /// opaque expression.
+    pub fn key_of(&self, names: Names<'_>) -> Option<u64> {
         let ItemUse::Tests(tests) = self else {
             return None;
         };
-        let (tool, prompt, resource) = match item {
-            Item::Tool(name) => (name, "", ""),
-            Item::Prompt(name) => ("", name, ""),
-            Item::Resource(uri) => ("", "", uri),
-        };
+        let Names {
+            tool,
+            prompt,
+            resource,
+        } = names;
         let mut bits = 0u64;
         for (i, t) in tests.iter().enumerate() {
             let value = match t.field {
@@ -95,6 +115,69 @@ impl ItemUse {
         }
         Some(bits)
     }
+}
+
+/// The names a message's `mcp` carries: the tool's, the prompt's and the resource's URI ("" for
+/// none).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Names<'a> {
+    pub tool: &'a str,
+    pub prompt: &'a str,
+    pub resource: &'a str,
+}
+
+/// Whether `root` reads nothing of a message but its method (`mcp.method`, `mcp.methodName`,
+/// `mcp.kind`) and its names through name tests: then its result for a call follows from the
+/// method and which tests the names pass ([`ItemUse::key_of`]), whoever calls, whenever, with
+/// whatever arguments. Every other variable (`jwt`, `request`, `source`, `connection`, `now`)
+/// and every other part of `mcp` makes it depend on more; so does a presence test (`has()`).
+/// The functions CEL rules can call are pure.
+pub(super) fn reads_method_and_names_only(root: &IdedExpr) -> bool {
+    fn only(e: &IdedExpr, scope: &mut Vec<String>) -> bool {
+        if name_test(e, scope).is_some() {
+            return true;
+        }
+        match &e.expr {
+            Expr::Unspecified | Expr::Literal(_) => true,
+            // A comprehension's variable; any other is a fact of the request.
+            Expr::Ident(name) => scope.contains(name),
+            Expr::Select(select) => match mcp_path(e, scope) {
+                Some(path) if !select.test => {
+                    matches!(path.as_slice(), ["method" | "methodName" | "kind"])
+                }
+                _ => !select.test && only(&select.operand, scope),
+            },
+            Expr::Call(call) => {
+                call.target.as_deref().is_none_or(|t| only(t, scope))
+                    && call.args.iter().all(|a| only(a, scope))
+            }
+            Expr::Comprehension(c) => {
+                if !only(&c.iter_range, scope) || !only(&c.accu_init, scope) {
+                    return false;
+                }
+                let depth = scope.len();
+                scope.push(c.iter_var.clone());
+                if let Some(second) = &c.iter_var2 {
+                    scope.push(second.clone());
+                }
+                scope.push(c.accu_var.clone());
+                let inner = only(&c.loop_cond, scope)
+                    && only(&c.loop_step, scope)
+                    && only(&c.result, scope);
+                scope.truncate(depth);
+                inner
+            }
+            Expr::List(list) => list.elements.iter().all(|x| only(x, scope)),
+            Expr::Map(cel::common::ast::MapExpr { entries })
+            | Expr::Struct(cel::common::ast::StructExpr { entries, .. }) => {
+                entries.iter().all(|entry| match &entry.expr {
+                    EntryExpr::MapEntry(m) => only(&m.key, scope) && only(&m.value, scope),
+                    EntryExpr::StructField(f) => only(&f.value, scope),
+                })
+            }
+        }
+    }
+    only(root, &mut Vec::new())
 }
 
 /// Collects the name tests of `e`; false when `e` reads the item some other way.

@@ -88,11 +88,17 @@ pub(super) fn for_item<'a>(listing: &Input<'a>, item: Item<'a>) -> Input<'a> {
 
 fn decide(p: &Policy, input: &Input) -> (Outcome, Option<String>) {
     let d = p.evaluate(input);
-    // The index never changes a decision.
+    // Asked again, with whatever was remembered the first time: the same decision.
+    assert_eq!(
+        p.evaluate(input),
+        d,
+        "a remembered result changed the decision"
+    );
+    // Neither the index nor remembered results ever change a decision.
     let ctx = facts::context(&p.env, input, &p.reads, facts::Arguments::Present);
     if method_allowed(p, input.method) {
         assert_eq!(
-            p.decide(&ctx, input, false),
+            p.decide(&mut Some(ctx), input, false),
             d,
             "index changed the decision"
         );
@@ -1034,7 +1040,7 @@ fn bench() {
     for _ in 0..n {
         let input = call(&c, "tool_10", &a);
         let ctx = facts::context(&p.env, &input, &p.reads, facts::Arguments::Present);
-        std::hint::black_box(p.decide(&ctx, &input, false));
+        std::hint::black_box(p.decide(&mut Some(ctx), &input, false));
     }
     println!(
         "unindexed, 100 rules: {:?} per evaluation",
@@ -1310,4 +1316,124 @@ fn one_evaluation_gives_the_decision_and_what_an_allowed_message_owes_its_limits
     let (decision, charges) = p.evaluate_charged(&call(&anonymous, "search", &args));
     assert_eq!(decision.outcome, Outcome::Allow);
     assert_eq!(charges.map_err(|e| e.limit), Err(0));
+}
+
+/// The rules whose result for a call follows from its method and names alone.
+fn remembered_rules(p: &Policy) -> Vec<(&str, bool)> {
+    p.rules
+        .iter()
+        .map(|r| (r.name.as_str(), r.condition_remembered))
+        .collect()
+}
+
+#[test]
+fn only_rules_that_read_the_method_and_names_alone_are_remembered() {
+    let p = policy(rules(json!([
+        {"name": "discover", "allow": "mcp.method in [\"initialize\", \"tools/list\"]"},
+        {"name": "tools", "allow": "mcp.method == \"tools/call\" && (mcp.tool.name in [\"a\", \"b\"] || mcp.tool.name.startsWith(\"read_\"))"},
+        {"name": "kind", "allow": "mcp.kind == \"notification\" || mcp.prompt.name == \"p\" || mcp.resource.uri.startsWith(\"file:\")"},
+        {"name": "comprehension", "allow": "[\"x\", \"y\"].exists(mcp, mcp == \"x\") && mcp.methodName.size() > 3"},
+        {"name": "claims", "allow": "mcp.tool.name == \"c\" && \"admins\" in jwt.groups"},
+        {"name": "session", "allow": "mcp.tool.name == \"d\" && mcp.session_id != \"\""},
+        {"name": "arguments", "allow": "mcp.tool.name == \"e\" && mcp.tool.arguments.x == 1"},
+        {"name": "presence", "allow": "has(mcp.tool.name)"},
+        {"name": "name-read-otherwise", "allow": "mcp.tool.name.size() == 3"},
+        {"name": "time", "allow": "mcp.tool.name == \"f\" && now > timestamp(\"2020-01-01T00:00:00Z\")"},
+        {"name": "header", "allow": "mcp.tool.name == \"g\" && request.headers[\"x-a\"] == \"1\""},
+        {"name": "version", "allow": "mcp.protocolVersion == \"2025-11-25\""},
+    ])));
+    assert_eq!(
+        remembered_rules(&p),
+        [
+            ("discover", true),
+            ("tools", true),
+            ("kind", true),
+            ("comprehension", true),
+            ("claims", false),
+            ("session", false),
+            ("arguments", false),
+            ("presence", false),
+            ("name-read-otherwise", false),
+            ("time", false),
+            ("header", false),
+            ("version", false),
+        ]
+    );
+}
+
+#[test]
+fn a_remembered_result_decides_a_repeated_call_as_running_the_rule_would() {
+    let p = policy(json!({
+        "name": "p", "version": "1",
+        "rules": [
+            {"name": "no-delete", "deny": "mcp.tool.name == \"delete\" && !(\"admins\" in jwt.groups)"},
+            {"name": "read-only", "allow": "mcp.method == \"tools/call\" && (mcp.tool.name in [\"get\", \"list\"] || mcp.tool.name.startsWith(\"read_\"))"},
+            {"name": "broken", "allow": "mcp.tool.name == \"broken\" && [1, 2][mcp.method.size()] == 1"},
+            {"name": "admins", "allow": "\"admins\" in jwt.groups"},
+        ]
+    }));
+    let user = claims(json!({"sub": "u", "groups": ["staff"]}));
+    let admin = claims(json!({"sub": "a", "groups": ["admins"]}));
+    let args = Map::new();
+    for _ in 0..3 {
+        for (who, tool, outcome, rule) in [
+            (&user, "get", Outcome::Allow, Some("read-only")),
+            (&user, "read_x", Outcome::Allow, Some("read-only")),
+            (&admin, "read_y", Outcome::Allow, Some("read-only")),
+            (&user, "put", Outcome::Deny, None),
+            (&admin, "put", Outcome::Allow, Some("admins")),
+            (&user, "delete", Outcome::Deny, Some("no-delete")),
+            (&admin, "delete", Outcome::Allow, Some("admins")),
+            // A rule that fails fails the same way when its result is remembered.
+            (&user, "broken", Outcome::Deny, None),
+            (&admin, "broken", Outcome::Allow, Some("admins")),
+        ] {
+            let d = p.evaluate(&call(who, tool, &args));
+            assert_eq!(
+                (d.outcome, d.rule.as_deref()),
+                (outcome, rule),
+                "{tool} by {who:?}: {}",
+                d.reason
+            );
+        }
+    }
+    // read-only: one result per combination of its tests passed ("get"; "read_x" and
+    // "read_y"; "put", "delete" and "broken", which pass none); broken: one ("broken", the
+    // only tool the index asks it about). "delete" by a user never reaches the allow rules.
+    assert_eq!(p.remembered.len(), 4);
+
+    // The method is part of what is remembered.
+    let p = policy(rules(json!([
+        {"name": "tools", "allow": "mcp.method.startsWith(\"tools/\") && mcp.tool.name == \"get\""},
+    ])));
+    for _ in 0..2 {
+        for (m, outcome) in [
+            ("tools/call", Outcome::Allow),
+            ("prompts/get", Outcome::Deny),
+        ] {
+            let input = Input {
+                tool: Some(("get", None)),
+                ..method(&user, m)
+            };
+            assert_eq!(p.evaluate(&input).outcome, outcome, "{m}");
+        }
+    }
+    assert_eq!(p.remembered.len(), 2);
+}
+
+#[test]
+fn remembered_results_are_bounded() {
+    let store = remembered::Remembered::default();
+    for i in 0..10_000usize {
+        let method = format!("m/{}", i % 50);
+        store.put(
+            i % 300,
+            Part::Condition,
+            (i / 300) as u64,
+            &method,
+            Tri::True,
+        );
+        assert!(store.len() <= 4096);
+    }
+    assert!(store.len() > 0);
 }
