@@ -476,9 +476,9 @@ impl Writer {
     /// quote, a backslash, a control character; [`LineFormatter`]'s: the lead bytes of U+007F,
     /// U+0085, U+2028, U+2029 and whatever shares them), else written by serde_json.
     fn string(&mut self, s: &str) {
-        let plain = s
-            .bytes()
-            .all(|b| b >= 0x20 && !matches!(b, b'"' | b'\\' | 0x7f | 0xc2 | 0xe2));
+        let bytes = s.as_bytes();
+        let plain = crate::scan::plain_run(bytes, 0) == bytes.len()
+            && memchr::memchr3(0x7f, 0xc2, 0xe2, bytes).is_none();
         if plain {
             self.out.push(b'"');
             self.out.extend_from_slice(s.as_bytes());

@@ -95,14 +95,8 @@ pub fn is_header_value(value: &str) -> bool {
 /// `s.contains(char::is_whitespace)`, byte by byte for ASCII text (a token, nearly always):
 /// decoding characters for Unicode's table costs more than the rest of a cached token check.
 pub fn has_whitespace(s: &str) -> bool {
-    // Text of printable ASCII only (every well-formed token) has none: checked in chunks with
-    // no early exit inside one, which the compiler turns into vector compares.
-    let printable = s.as_bytes().chunks(32).all(|chunk| {
-        chunk
-            .iter()
-            .fold(true, |printable, &b| printable & (0x21..0x7f).contains(&b))
-    });
-    if printable {
+    // Text of printable ASCII only (every well-formed token) has none.
+    if printable_ascii(s.as_bytes()) {
         return false;
     }
     if s.is_ascii() {
@@ -111,6 +105,27 @@ pub fn has_whitespace(s: &str) -> bool {
     } else {
         s.contains(char::is_whitespace)
     }
+}
+
+/// Whether every byte is printable ASCII (0x21 to 0x7E), eight bytes at a time (SWAR on a
+/// `u64`; a byte-by-byte loop costs several instructions a byte, and a token is a kilobyte).
+pub fn printable_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let words = bytes.chunks_exact(8);
+    let rest = words.remainder();
+    let printable_word = |w: u64| {
+        // Some byte below 0x21: the lowest such byte is marked exactly (borrows only run
+        // upwards), so a mark means one is there. Some byte at or above 0x7F: its high bit,
+        // or the one adding 1 sets (a carry out of 0xFF comes only from a byte already marked).
+        let low = w.wrapping_sub(ONES * 0x21) & !w & HIGH;
+        let high = (w | w.wrapping_add(ONES)) & HIGH;
+        low | high == 0
+    };
+    words
+        .map(|c| c.first_chunk::<8>().map_or(0, |w| u64::from_le_bytes(*w)))
+        .all(printable_word)
+        && rest.iter().all(|b| (0x21..0x7f).contains(b))
 }
 
 #[cfg(test)]
@@ -145,6 +160,31 @@ mod tests {
             }
         }
         assert!(!has_whitespace(&"a".repeat(100)));
+    }
+
+    #[test]
+    fn printable_ascii_is_every_byte_from_0x21_to_0x7e() {
+        let naive = |b: &[u8]| b.iter().all(|c| (0x21..0x7f).contains(c));
+        for bad in 0..=255u8 {
+            for at in 0..20 {
+                for len in [at + 1, 20, 31] {
+                    let mut text = vec![b'a'; len];
+                    text[at] = bad;
+                    assert_eq!(
+                        printable_ascii(&text),
+                        naive(&text),
+                        "{bad:#x} at {at} of {len}"
+                    );
+                    // Next to the extremes of what is printable.
+                    for edge in [0x21u8, 0x7e] {
+                        let mut t = vec![edge; len];
+                        t[at] = bad;
+                        assert_eq!(printable_ascii(&t), naive(&t), "{bad:#x} among {edge:#x}");
+                    }
+                }
+            }
+        }
+        assert!(printable_ascii(b""));
     }
 
     #[test]

@@ -27,7 +27,7 @@ fn stops_string(b: u8) -> bool {
 /// Where the run of plain string contents starting at `i` ends: at a quote, a backslash, a
 /// control character, or the end of `bytes`. Most bytes of a listing are string contents, so
 /// this goes sixteen bytes at a time with Wasm SIMD, else eight (SWAR), then byte by byte.
-fn plain_run(bytes: &[u8], i: usize) -> usize {
+pub(crate) fn plain_run(bytes: &[u8], i: usize) -> usize {
     plain_run_words(bytes, simd_run(bytes, i))
 }
 
