@@ -18,6 +18,12 @@ const MAX_RESULTS: usize = 4096;
 /// by the index is asked about those only).
 const MAX_METHODS: usize = 8;
 
+/// Results for longer methods are not kept: MCP's are a few dozen bytes, and with
+/// `unknown_methods: allow` a caller chooses the method, up to the body's size (a review
+/// found megabyte methods kept, eight per rule). So the store holds at most
+/// `MAX_RESULTS * MAX_METHOD_BYTES` of method text.
+const MAX_METHOD_BYTES: usize = 64;
+
 #[derive(Default)]
 pub(super) struct Remembered {
     results: RefCell<Store>,
@@ -47,6 +53,9 @@ impl Remembered {
 
     /// Keeps a result.
     pub fn put(&self, rule: usize, part: Part, bits: u64, method: &str, tri: Tri) {
+        if method.len() > MAX_METHOD_BYTES {
+            return;
+        }
         let mut store = self.results.borrow_mut();
         if store.len >= MAX_RESULTS {
             store.by_key.clear();
@@ -64,5 +73,12 @@ impl Remembered {
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.results.borrow().len
+    }
+
+    /// The bytes of method text kept.
+    #[cfg(test)]
+    pub fn method_bytes(&self) -> usize {
+        let store = self.results.borrow();
+        store.by_key.values().flatten().map(|(m, _)| m.len()).sum()
     }
 }

@@ -1421,6 +1421,32 @@ fn a_remembered_result_decides_a_repeated_call_as_running_the_rule_would() {
     assert_eq!(p.remembered.len(), 2);
 }
 
+/// With `unknown_methods: allow` the caller chooses the method, up to the body's size: a
+/// long one is never kept (found by a review: eight megabyte methods per rule were).
+#[test]
+fn a_long_method_is_decided_but_not_remembered() {
+    let mut all: Vec<Value> = (0..20)
+        .map(|i| json!({"name": format!("d{i}"), "deny": format!("mcp.method.startsWith(\"bad/{i}\")")}))
+        .collect();
+    all.push(json!({"name": "ok", "allow": "true"}));
+    let p = policy(json!({"name": "p", "version": "1", "unknown_methods": "allow", "rules": all}));
+    let who = claims(json!({"sub": "u"}));
+    for k in 0..8u8 {
+        let long = format!("{}{}", char::from(b'a' + k), "x".repeat(100_000));
+        assert_eq!(p.evaluate(&method(&who, &long)).outcome, Outcome::Allow);
+        let denied = format!("bad/3{}", "x".repeat(100_000));
+        assert_eq!(p.evaluate(&method(&who, &denied)).outcome, Outcome::Deny);
+    }
+    assert_eq!(p.remembered.method_bytes(), 0);
+    // Short ones are.
+    assert_eq!(p.evaluate(&method(&who, "x/y")).outcome, Outcome::Allow);
+    assert_eq!(
+        p.remembered.method_bytes(),
+        3 * 21,
+        "20 deny rules and the allow rule"
+    );
+}
+
 #[test]
 fn remembered_results_are_bounded() {
     let store = remembered::Remembered::default();
