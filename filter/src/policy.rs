@@ -445,16 +445,23 @@ impl Policy {
         if self.limits.is_empty() {
             return Ok(Vec::new());
         }
-        self.charges_in(&self.context(input))
+        self.charges_in(&mut None, input)
     }
 
-    /// [`Policy::charges`] in a context already built for the message.
-    fn charges_in(&self, ctx: &Context) -> Result<Vec<Charge>, ChargeError> {
+    /// [`Policy::charges`], in the message's CEL context `ctx` (built here when a limit first
+    /// needs it: a key that is a claim of the token needs none).
+    fn charges_in<'i>(
+        &self,
+        ctx: &mut Option<Context<'i, 'i>>,
+        input: &'i Input,
+    ) -> Result<Vec<Charge>, ChargeError> {
         let mut charges = Vec::new();
         for (i, limit) in self.limits.iter().enumerate() {
-            if let Some(charge) = limit.charge(i, ctx)? {
-                charges.push(charge);
-            }
+            let charge = match limit.charge_by_claim(i, input.claims) {
+                Some(charge) => charge,
+                None => limit.charge(i, ctx.get_or_insert_with(|| self.context(input)))?,
+            };
+            charges.extend(charge);
         }
         Ok(charges)
     }
@@ -495,7 +502,7 @@ impl Policy {
         let mut ctx = None;
         let decision = self.decide(&mut ctx, input, true);
         let charges = if decision.outcome == Outcome::Allow && !self.limits.is_empty() {
-            self.charges_in(ctx.get_or_insert_with(|| self.context(input)))
+            self.charges_in(&mut ctx, input)
         } else {
             Ok(Vec::new())
         };

@@ -123,9 +123,25 @@ pub struct Limit {
     pub slots: u32,
     when: Option<Program>,
     key: Program,
+    /// The claim a key of the form `jwt.<claim>` names: when there is no `when` and the cost is
+    /// fixed, a token whose claim is a string is charged without building the CEL context
+    /// ([`Limit::charge_by_claim`]).
+    key_claim: Option<String>,
     cost: Cost,
     /// Whether `when`, `key` or `cost` reads the tool's arguments.
     pub(super) uses_arguments: bool,
+}
+
+/// `jwt.<claim>`, exactly: the claim it names. `jwt.scopes` is not a claim but the list of
+/// scopes the token grants (`facts::jwt`; refused as a key when the policy loads): never read
+/// from the claims.
+fn claim_of(key: &Program) -> Option<String> {
+    use cel::common::ast::Expr;
+    let Expr::Select(select) = &key.expression().expr else {
+        return None;
+    };
+    let jwt = matches!(&select.operand.expr, Expr::Ident(name) if name == "jwt");
+    (jwt && !select.test && select.field != "scopes").then(|| select.field.clone())
 }
 
 #[derive(Debug)]
@@ -317,12 +333,39 @@ impl Limit {
                 scope,
                 failure_mode,
                 slots,
+                key_claim: claim_of(&key.program),
                 when: when.map(|w| w.program),
                 key: key.program,
                 cost,
                 uses_arguments,
             }),
             _ => Err(errors),
+        }
+    }
+
+    /// What an allowed message owes this limit, when that follows from the token's claims
+    /// alone: a key `jwt.<claim>` whose claim is a string of at most [`MAX_KEY_BYTES`], no
+    /// `when`, a fixed cost. `None`: ask [`Limit::charge`] (which gives the same charge, or the
+    /// error, in the CEL context).
+    pub(super) fn charge_by_claim(
+        &self,
+        index: usize,
+        claims: Option<&serde_json::Map<String, Value>>,
+    ) -> Option<Option<Charge>> {
+        let (None, Cost::Fixed(cost), Some(claim)) = (&self.when, &self.cost, &self.key_claim)
+        else {
+            return None;
+        };
+        if *cost == 0 {
+            return Some(None);
+        }
+        match claims?.get(claim)? {
+            Value::String(key) if key.len() <= MAX_KEY_BYTES => Some(Some(Charge {
+                limit: index,
+                key: key.clone(),
+                cost: *cost,
+            })),
+            _ => None,
         }
     }
 

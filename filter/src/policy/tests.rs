@@ -1463,3 +1463,56 @@ fn remembered_results_are_bounded() {
     }
     assert!(store.len() > 0);
 }
+
+/// A limit keyed by a claim (`jwt.sub`), without `when` and with a fixed cost, is charged from
+/// the claims without a CEL context: the same charge, or the same error, as CEL gives.
+#[test]
+fn a_claim_key_charges_as_cel_would() {
+    let p = policy(json!({
+        "name": "p", "version": "1",
+        "rules": [{"name": "all", "allow": "true"}],
+        "limits": [
+            {"name": "by-sub", "key": "jwt.sub", "rate": "10/second"},
+            {"name": "by-team", "key": "jwt.team", "rate": "10/second", "cost": 3},
+            {"name": "free", "key": "jwt.sub", "rate": "10/second", "cost": 0},
+            {"name": "scopes", "key": "jwt.scopes[0]", "rate": "10/second"},
+            {"name": "when", "key": "jwt.sub", "rate": "10/second", "when": "mcp.method != \"ping\""},
+            {"name": "costly", "key": "jwt.sub", "rate": "10/second", "cost": "size(jwt.sub)"},
+        ],
+    }));
+    let fast: Vec<bool> = [
+        json!({"sub": "alice"}),
+        json!({"sub": "alice"}),
+        json!({"sub": "alice"}),
+    ]
+    .iter()
+    .zip(&p.limits)
+    .enumerate()
+    .map(|(i, (c, limit))| limit.charge_by_claim(i, Some(&claims(c.clone()))).is_some())
+    .collect();
+    assert_eq!(fast, [true, false, true], "by-team has no team claim here");
+    assert!(p.limits.iter().skip(3).enumerate().all(|(i, l)| l
+        .charge_by_claim(i + 3, Some(&claims(json!({"sub": "a", "scopes": "x"}))))
+        .is_none()));
+    let long = "x".repeat(600);
+    for c in [
+        json!({"sub": "alice", "team": "red", "scope": "a b"}),
+        json!({"sub": "é", "team": "", "scope": "a"}),
+        json!({"sub": 42, "team": "red", "scope": "a"}),
+        json!({"team": "red", "scope": "a"}),
+        json!({"sub": long, "team": ["red"], "scope": "a"}),
+        json!({"sub": null, "team": {"a": 1}, "scope": "a"}),
+        json!({"sub": "s", "team": "t", "scope": "a", "scopes": "not the scopes"}),
+    ] {
+        let c = claims(c);
+        let input = method(&c, "tools/list");
+        let ctx = facts::context(&p.env, &input, &p.reads, facts::Arguments::Absent);
+        let by_cel: Result<Vec<Charge>, ChargeError> = p
+            .limits
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| l.charge(i, &ctx).transpose())
+            .collect();
+        assert_eq!(p.charges(&input), by_cel, "{c:?}");
+    }
+}
