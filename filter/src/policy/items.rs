@@ -133,76 +133,60 @@ pub(super) struct Names<'a> {
 /// and every other part of `mcp` makes it depend on more; so does a presence test (`has()`).
 /// The functions CEL rules can call are pure.
 pub(super) fn reads_method_and_names_only(root: &IdedExpr) -> bool {
-    fn only(e: &IdedExpr, scope: &mut Vec<String>) -> bool {
+    every_node(root, &mut Vec::new(), &mut |e, scope| {
         if name_test(e, scope).is_some() {
-            return true;
+            return Some(true);
         }
         match &e.expr {
-            Expr::Unspecified | Expr::Literal(_) => true,
             // A comprehension's variable; any other is a fact of the request.
-            Expr::Ident(name) => scope.contains(name),
-            Expr::Select(select) => match mcp_path(e, scope) {
-                Some(path) if !select.test => {
-                    matches!(path.as_slice(), ["method" | "methodName" | "kind"])
-                }
-                _ => !select.test && only(&select.operand, scope),
-            },
-            Expr::Call(call) => {
-                call.target.as_deref().is_none_or(|t| only(t, scope))
-                    && call.args.iter().all(|a| only(a, scope))
-            }
-            Expr::Comprehension(c) => {
-                if !only(&c.iter_range, scope) || !only(&c.accu_init, scope) {
-                    return false;
-                }
-                let depth = scope.len();
-                scope.push(c.iter_var.clone());
-                if let Some(second) = &c.iter_var2 {
-                    scope.push(second.clone());
-                }
-                scope.push(c.accu_var.clone());
-                let inner = only(&c.loop_cond, scope)
-                    && only(&c.loop_step, scope)
-                    && only(&c.result, scope);
-                scope.truncate(depth);
-                inner
-            }
-            Expr::List(list) => list.elements.iter().all(|x| only(x, scope)),
-            Expr::Map(cel::common::ast::MapExpr { entries })
-            | Expr::Struct(cel::common::ast::StructExpr { entries, .. }) => {
-                entries.iter().all(|entry| match &entry.expr {
-                    EntryExpr::MapEntry(m) => only(&m.key, scope) && only(&m.value, scope),
-                    EntryExpr::StructField(f) => only(&f.value, scope),
-                })
-            }
+            Expr::Ident(name) => Some(scope.contains(name)),
+            Expr::Select(select) if select.test => Some(false),
+            Expr::Select(_) => mcp_path(e, scope)
+                .map(|path| matches!(path.as_slice(), ["method" | "methodName" | "kind"])),
+            _ => None,
         }
-    }
-    only(root, &mut Vec::new())
+    })
 }
 
 /// Collects the name tests of `e`; false when `e` reads the item some other way.
 fn walk(e: &IdedExpr, scope: &mut Vec<String>, tests: &mut Vec<NameTest>) -> bool {
-    if let Some(test) = name_test(e, scope) {
-        tests.push(test);
-        return true;
+    every_node(e, scope, &mut |e, scope| {
+        if let Some(test) = name_test(e, scope) {
+            tests.push(test);
+            return Some(true);
+        }
+        match &e.expr {
+            Expr::Ident(name) => Some(name != "mcp" || scope.contains(name)),
+            Expr::Select(select) if !select.test => {
+                mcp_path(e, scope).map(|path| same_for_every_item(&path))
+            }
+            _ => None,
+        }
+    })
+}
+
+/// Whether `node` holds for `e` and every expression in it: `node(e, scope)` decides an
+/// expression (`Some`) or leaves it to its parts (`None`); `scope` holds the comprehension
+/// variables in force. A variable `node` leaves undecided holds.
+fn every_node(
+    e: &IdedExpr,
+    scope: &mut Vec<String>,
+    node: &mut dyn FnMut(&IdedExpr, &[String]) -> Option<bool>,
+) -> bool {
+    if let Some(verdict) = node(e, scope) {
+        return verdict;
     }
     match &e.expr {
-        Expr::Unspecified | Expr::Literal(_) => true,
-        Expr::Ident(name) => name != "mcp" || scope.contains(name),
-        Expr::Select(select) => {
-            if !select.test {
-                if let Some(path) = mcp_path(e, scope) {
-                    return same_for_every_item(&path);
-                }
-            }
-            walk(&select.operand, scope, tests)
-        }
+        Expr::Unspecified | Expr::Literal(_) | Expr::Ident(_) => true,
+        Expr::Select(select) => every_node(&select.operand, scope, node),
         Expr::Call(call) => {
-            call.target.as_deref().is_none_or(|t| walk(t, scope, tests))
-                && call.args.iter().all(|a| walk(a, scope, tests))
+            call.target
+                .as_deref()
+                .is_none_or(|t| every_node(t, scope, node))
+                && call.args.iter().all(|a| every_node(a, scope, node))
         }
         Expr::Comprehension(c) => {
-            if !walk(&c.iter_range, scope, tests) || !walk(&c.accu_init, scope, tests) {
+            if !every_node(&c.iter_range, scope, node) || !every_node(&c.accu_init, scope, node) {
                 return false;
             }
             let depth = scope.len();
@@ -211,20 +195,20 @@ fn walk(e: &IdedExpr, scope: &mut Vec<String>, tests: &mut Vec<NameTest>) -> boo
                 scope.push(second.clone());
             }
             scope.push(c.accu_var.clone());
-            let inner = walk(&c.loop_cond, scope, tests)
-                && walk(&c.loop_step, scope, tests)
-                && walk(&c.result, scope, tests);
+            let inner = every_node(&c.loop_cond, scope, node)
+                && every_node(&c.loop_step, scope, node)
+                && every_node(&c.result, scope, node);
             scope.truncate(depth);
             inner
         }
-        Expr::List(list) => list.elements.iter().all(|x| walk(x, scope, tests)),
+        Expr::List(list) => list.elements.iter().all(|x| every_node(x, scope, node)),
         Expr::Map(cel::common::ast::MapExpr { entries })
         | Expr::Struct(cel::common::ast::StructExpr { entries, .. }) => {
             entries.iter().all(|entry| match &entry.expr {
                 EntryExpr::MapEntry(m) => {
-                    walk(&m.key, scope, tests) && walk(&m.value, scope, tests)
+                    every_node(&m.key, scope, node) && every_node(&m.value, scope, node)
                 }
-                EntryExpr::StructField(f) => walk(&f.value, scope, tests),
+                EntryExpr::StructField(f) => every_node(&f.value, scope, node),
             })
         }
     }
