@@ -399,7 +399,7 @@ pub fn is_json(bytes: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde::de::IgnoredAny;
@@ -507,24 +507,58 @@ mod tests {
         assert!(s.object(|s, _| s.value().map(|_| ())).is_none());
     }
 
-    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    /// JSON values for property tests: every kind of leaf (strings with escapes and characters
+    /// that fold case), nested up to six deep; objects of up to `members` members named by
+    /// `keys`.
+    pub(crate) fn json_value(
+        keys: BoxedStrategy<String>,
+        members: usize,
+    ) -> impl Strategy<Value = serde_json::Value> {
         use serde_json::Value;
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::from),
             any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
             any::<f64>()
                 .prop_filter("finite", |f| f.is_finite())
                 .prop_map(Value::from),
-            "[a-z\"\\\\\\n\u{e9}\u{1F600}]{0,8}".prop_map(Value::from),
+            "[a-zA-Z\"\\\\\\n\u{e9}\u{130}\u{212a}\u{1F600}]{0,8}".prop_map(Value::from),
         ];
-        leaf.prop_recursive(6, 48, 6, |inner| {
+        leaf.prop_recursive(6, 48, 6, move |inner| {
             prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
-                prop::collection::btree_map("[a-z\"]{0,4}", inner, 0..6)
-                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map(keys.clone(), inner, 0..members)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
             ]
         })
+    }
+
+    /// `value`'s text (pretty or compact), and that text damaged at one place: `byte` inserted
+    /// (`edit` 0), a byte removed (1) or replaced by `byte` (2) at `at`, or the text cut there.
+    pub(crate) fn text_and_damaged(
+        value: &serde_json::Value,
+        pretty: bool,
+        at: prop::sample::Index,
+        edit: u8,
+        byte: u8,
+    ) -> (Vec<u8>, Vec<u8>) {
+        let text = if pretty {
+            serde_json::to_vec_pretty(value).unwrap_or_default()
+        } else {
+            serde_json::to_vec(value).unwrap_or_default()
+        };
+        let mut damaged = text.clone();
+        let i = at.index(text.len() + 1);
+        match edit {
+            0 => damaged.insert(i, byte),
+            1 if i < text.len() => {
+                damaged.remove(i);
+            }
+            2 if i < text.len() => damaged[i] = byte,
+            _ => damaged.truncate(i),
+        }
+        (text, damaged)
     }
 
     proptest! {
@@ -534,31 +568,20 @@ mod tests {
         /// give the same verdict every time.
         #[test]
         fn agrees_with_serde_json(
-            value in json_value(),
+            value in json_value("[a-z\"]{0,4}".boxed(), 6),
             pretty in any::<bool>(),
             at in any::<prop::sample::Index>(),
             edit in 0u8..4,
             byte in prop::sample::select(b"{}[]:,\"\\ 0-1.eEtfnu\x01x".to_vec()),
         ) {
-            let mut text = if pretty {
-                serde_json::to_vec_pretty(&value).unwrap_or_default()
-            } else {
-                serde_json::to_vec(&value).unwrap_or_default()
-            };
+            let (text, damaged) = text_and_damaged(&value, pretty, at, edit, byte);
             same_verdict(&text);
-            let i = at.index(text.len() + 1);
-            match edit {
-                0 => text.insert(i, byte),
-                1 if i < text.len() => { text.remove(i); }
-                2 if i < text.len() => text[i] = byte,
-                _ => text.truncate(i),
-            }
-            same_verdict(&text);
+            same_verdict(&damaged);
         }
 
         /// The span of every value read is exactly that value's text.
         #[test]
-        fn spans_are_the_values_text(value in json_value()) {
+        fn spans_are_the_values_text(value in json_value("[a-z\"]{0,4}".boxed(), 6)) {
             let text = serde_json::to_vec(&value).unwrap_or_default();
             let mut s = Scan::new(&text);
             let span = s.value();
