@@ -109,6 +109,18 @@ $(WASM_FAULTS): $(STAMPS)/apt $(WASM_SOURCES)
 	    -Zbuild-std=std,panic_abort --target-dir target/wasm-faults
 	@cp target/wasm-faults/wasm32-wasip1/release/mcp_guard_wasm.wasm $@
 
+# make bench's floor (setup w): a Wasm filter that does nothing, built exactly as the filter is.
+WASM_EMPTY := target/empty_filter.wasm
+
+$(WASM_EMPTY): $(STAMPS)/apt bench/empty-filter/src/lib.rs bench/empty-filter/Cargo.toml Cargo.toml $(wildcard Cargo.lock)
+	@PATH=/usr/bin:$$PATH RUSTC_BOOTSTRAP=1 \
+	  CARGO_TARGET_WASM32_WASIP1_LINKER=wasm-ld \
+	  CARGO_TARGET_WASM32_WASIP1_RUSTFLAGS="$(WASM_RUSTFLAGS)" \
+	  $(DEB_CARGO) build --release --lib -p mcp-guard-bench-empty --target wasm32-wasip1 \
+	    -Zbuild-std=std,panic_abort --target-dir target/wasm
+	@wasm-opt -O3 --enable-simd --enable-bulk-memory --enable-sign-ext --enable-nontrapping-float-to-int \
+	  --enable-mutable-globals $(WASM_DIR)/empty_filter.wasm -o $@.tmp && mv $@.tmp $@
+
 # ---- run and test -----------------------------------------------------------------------------
 
 run: setup $(WASM)
@@ -185,5 +197,5 @@ fuzz-smoke: fuzz-tool
 # Results: bench/RESULTS.md and stdout; about 20 minutes on 2 cores, plus a few the first time
 # (the native benchmarks compile). Options: BENCH_ARGS="--quick" (a smoke run), "--rounds 5",
 # "--skip micro", … (see bench/run.py --help).
-bench: setup $(WASM)
+bench: setup $(WASM) $(WASM_EMPTY)
 	$(PY) bench/run.py $(BENCH_ARGS)

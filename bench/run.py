@@ -2,6 +2,7 @@
 
 Setups, all behind the same listener settings and in front of the same upstream:
   (a) plain   Envoy, router only                                        bench/envoy-plain.yaml
+  (w) floor   an empty Wasm filter (bench/empty-filter), loaded as (c)   envoy/mcp-guard.yaml
   (b) native  jwt_authn + mcp + rbac, the same policy                   bench/envoy-native.yaml
       (b-cache) the same with jwt_authn's JWT cache on (tools/call only)
   (c) guard   mcp-guard (target/mcp_guard.wasm), bench/policy.yaml      envoy/mcp-guard.yaml
@@ -54,10 +55,13 @@ DPOP = "dpop"
 
 SETUPS = {
     "a": "plain Envoy (router only)",
+    "w": "an empty Wasm filter (no hostcall)",
     "b": "native: jwt_authn + mcp + rbac",
     "b-cache": "native, jwt_authn with its JWT cache",
     "c": "mcp-guard",
 }
+# Setup (w): built by `make bench` (Makefile, WASM_EMPTY) as the filter is.
+EMPTY_WASM = ROOT / "target" / "empty_filter.wasm"
 WASM_UNOPTIMIZED = ROOT / "target" / "wasm" / "wasm32-wasip1" / "release" / "mcp_guard.wasm"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -238,6 +242,13 @@ class Bench:
         if setup == "a":
             template = BENCH / "envoy-plain.yaml"
             fill = {**common, "UPSTREAM_PORT": self.open_port}
+        elif setup == "w":
+            # mcp-guard's own template with the module swapped for one that does nothing (its
+            # configuration unread, no record written, no credential swap: the open upstream).
+            template = self.args.guard_template
+            fill = {**common, "UPSTREAM_PORT": self.open_port, "WASM": str(EMPTY_WASM),
+                    "PLUGIN_CONFIG": json.dumps("{}"),
+                    "ACCESS_LOG": str(self.work / f"{name}.access.log"), "EXTRA_CLUSTERS": ""}
         elif setup in ("b", "b-cache"):
             template = BENCH / "envoy-native.yaml"
             # jwt_authn verifies every token anew unless its provider has a JWT cache (off by
@@ -328,7 +339,7 @@ class Bench:
             problems.append(f"tools/list answered {status} {body[:200]!r}")
         facts["tools_list_bytes"] = len(body)
         facts["tools_listed"] = body.count(b'"inputSchema"')
-        if setup != "a":
+        if setup not in ("a", "w"):
             status, body = self.post(envoy, self.work / "delete.json", token)
             denied = status == 403 or (status == 200 and b'"error"' in body[:300])
             if not denied:
@@ -388,11 +399,16 @@ class Bench:
 
     def main_comparison(self) -> None:
         a = self.args
-        proxies = {s: self.start_proxy(s) for s in ("a", "b", "b-cache", "c")}
+        setups = ["a", "w", "b", "b-cache", "c"]
+        if not EMPTY_WASM.exists():
+            log(f"  {rel(EMPTY_WASM)} is not built (`make bench` builds it): setup (w) skipped")
+            setups.remove("w")
+        proxies = {s: self.start_proxy(s) for s in setups}
         for s, envoy in proxies.items():
             self.results["checks"][s] = self.check(envoy, s)
         log(f"\n== tools/call, 1 KiB arguments, RS256 token: {a.rounds} round(s) x "
-            f"{len(a.conns)} load(s) x 5 setups, {a.duration:g}s each (+{a.warmup:g}s warm-up)")
+            f"{len(a.conns)} load(s) x {len(setups) + 1} setups, {a.duration:g}s each "
+            f"(+{a.warmup:g}s warm-up)")
         # (c) also with many distinct callers, each token used a few times (a per-VM cache miss
         # costs a full token check: this prices it next to the one-token case).
         callers = self.write_tokens(a.callers)
@@ -1037,7 +1053,7 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
         L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         table = {}
         for conns in args.conns:
-            for s in ["a", "b", "b-cache", "c", "c-callers"]:
+            for s in ["a", "w", "b", "b-cache", "c", "c-callers"]:
                 rs = [r for r in runs if r["setup"] == s and r["conns"] == conns]
                 if not rs:
                     continue
@@ -1094,6 +1110,21 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
                      f"CPU-µs more with mcp-guard, "
                      f"{tb['proxy_cpu_us_per_req'] - ta['proxy_cpu_us_per_req']:,.0f} more with "
                      f"the native filters.\n")
+        floor = [c for c in args.conns if all((s, c) in table for s in ("a", "w", "b-cache", "c"))]
+        if floor:
+            cpu = {(s, c): table[(s, c)]["proxy_cpu_us_per_req"] for s in ("a", "w", "b-cache", "c")
+                   for c in floor}
+            L.append("**What any Wasm filter pays.** (w) is (c)'s Envoy configuration with a module "
+                     "that does nothing (bench/empty-filter: no hostcall, every callback continues). "
+                     "Proxy CPU-µs per request, "
+                     + "; ".join(
+                         f"at {c} connection{'s' if c > 1 else ''}: the empty Wasm filter "
+                         f"{cpu[('w', c)] - cpu[('a', c)]:,.0f} over plain Envoy, so a Wasm filter "
+                         f"has {cpu[('b-cache', c)] - cpu[('w', c)]:,.0f} left for all its work "
+                         f"before it costs more than (b-cache); mcp-guard's work (c − w) takes "
+                         f"{cpu[('c', c)] - cpu[('w', c)]:,.0f}" for c in floor)
+                     + ". The difference between (w) and (a) is Envoy's and V8's: a context per "
+                     "request and each callback a call into the VM, whatever the module does.\n")
 
     lim = res.get("limits")
     if lim:
@@ -1326,8 +1357,8 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
         "- Load: wrk with bench/load.lua; every answer must be a 200 whose body holds a JSON-RPC "
         "`result` (a policy denial, a 200 with `error`, counts as an error). Bodies and tokens "
         "are identical for all setups. Before measuring, each setup must allow the call, deny "
-        "delete_customer to a non-admin and allow it to an admin (not (a)), and answer 401 to a "
-        "missing token and to a bad signature (not (a)).\n"
+        "delete_customer to a non-admin and allow it to an admin (not (a) or (w)), and answer "
+        "401 to a missing token and to a bad signature (not (a) or (w)).\n"
         "- (b) differs from (c) in what it does, not only how: Envoy's MCP filter extracts "
         "`method` and `params.name` and stops parsing as soon as it has them (the rest of the "
         "body is not validated: no strict JSON, no duplicate-key or depth checks, arguments "
@@ -1339,6 +1370,10 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
         "that check for a token seen before. mcp-guard's verified-token cache is on by default, "
         "so with one token reused (c) checks no signature after the first request: (b-cache) is "
         "the like-for-like comparison, (b) what Envoy does unless told otherwise.\n"
+        "- (w) uses envoy/mcp-guard.yaml as (c) does, with bench/empty-filter's module (built "
+        "by the same recipe) in place of mcp-guard's and the upstream that needs no service key, "
+        "as (a). It prices the Wasm machinery alone: what the proxy spends above (a) before a "
+        "filter reads a header.\n"
         "- (c) uses envoy/mcp-guard.yaml as shipped (audit access log included) with "
         "bench/policy.yaml; the 100-rule policy puts 96 generated rules (deny and allow rules on "
         "tool names, allow rules on the caller only; none matching) in front of the same four "
@@ -1367,6 +1402,11 @@ def targets(args, res: dict) -> list[str]:
                          f"| {verdict(cb / bb >= 1.0)} |")
                 L.append(f"| proxy CPU per request ≤ {what}, {c} conn | c/{b} {ccpu / bcpu:.2f} "
                          f"({ccpu:,.0f} vs {bcpu:,.0f} µs) | {verdict(ccpu <= bcpu)} |")
+        w, bc = med("w", c, "proxy_cpu_us_per_req"), med("b-cache", c, "proxy_cpu_us_per_req")
+        if w and bc:
+            L.append(f"| (the floor, not a target) an empty Wasm filter against native with its "
+                     f"JWT cache, {c} conn | w/b-cache {w / bc:.2f} ({w:,.0f} vs {bc:,.0f} µs) "
+                     f"| – |")
         many, one = med("c-callers", c, "rps"), med("c", c, "rps")
         if many and one:
             L.append(f"| {args.callers:,} callers within 20% of one token, {c} conn "
