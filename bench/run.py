@@ -667,17 +667,30 @@ class Bench:
         return len(seen)
 
     def profile(self) -> None:
-        """Where mcp-guard's proxy spends its CPU: perf samples of the (c) process under the main
-        load, split into JIT code (the filter's Wasm, compiled by V8), Envoy itself and the
-        kernel, plus the share of the hottest 2 KiB of JIT code (a single hot loop)."""
+        """Where the proxies spend their CPU: perf samples of (a), (w), (b-cache) and (c) under
+        the main load at 32 connections, split into JIT code (Wasm compiled by V8), Envoy itself
+        and the kernel, in CPU-µs per request; for (c) also the share of the hottest 2 KiB of JIT
+        code (a single hot loop). (c) − (w) is then mcp-guard's own code (JIT) and what its
+        hostcalls and held bodies cost Envoy."""
         if not shutil.which("perf"):
             log("\n== profile: perf is not installed; skipped")
             return
-        envoy = self.proxies["c"]
-        data = self.work / "perf.data"
         seconds = max(2, int(self.args.duration) - 2)
-        log(f"\n== profile of (c) under 32 connections ({seconds}s of perf samples)")
+        log(f"\n== profile under 32 connections ({seconds}s of perf samples per setup)")
+        by_setup = {}
+        for setup in ("a", "w", "b-cache", "c"):
+            if setup in self.proxies:
+                found = self.profile_one(setup, self.proxies[setup], seconds)
+                if found:
+                    by_setup[setup] = found
+        if "c" in by_setup:
+            c = by_setup["c"]
+            self.results["profile"] = {"samples": c["samples"], "shares": c["shares"],
+                                       "by_setup": by_setup}
+
+    def profile_one(self, setup: str, envoy: Envoy, seconds: int) -> dict | None:
         import threading
+        data = self.work / f"perf-{setup}.data"
         result = {}
 
         def load():
@@ -691,8 +704,8 @@ class Bench:
                              text=True)
         t.join()
         if rec.returncode != 0 or not data.exists():
-            log(f"  perf record failed; skipped: {rec.stderr.strip()[-300:]}")
-            return
+            log(f"  ({setup}) perf record failed; skipped: {rec.stderr.strip()[-300:]}")
+            return None
         script = subprocess.run(["perf", "script", "-i", str(data), "-F", "ip,dso"],
                                 capture_output=True, text=True)
         total, split, windows = 0, {"wasm (V8 JIT code)": 0, "envoy": 0, "kernel": 0,
@@ -713,14 +726,20 @@ class Bench:
             else:
                 split["other"] += 1
         if not total:
-            log("  no samples; skipped")
-            return
-        # Windows are aligned arbitrarily: count the best pair of neighbours.
-        hottest = max((n + windows.get(w + 1, 0) for w, n in windows.items()), default=0)
-        prof = {k: v / total for k, v in split.items()}
-        prof["hottest 2 KiB of JIT code"] = hottest / total
-        self.results["profile"] = {"samples": total, "shares": prof}
-        log("  " + ", ".join(f"{k} {v:.0%}" for k, v in prof.items()) + f" ({total} samples)")
+            log(f"  ({setup}) no samples; skipped")
+            return None
+        shares = {k: v / total for k, v in split.items()}
+        cpu = result.get("run", {}).get("proxy_cpu_us_per_req", 0)
+        found = {"samples": total, "shares": dict(shares), "cpu_us": cpu,
+                 "us": {k: v * cpu for k, v in shares.items()}}
+        if setup == "c":
+            # Windows are aligned arbitrarily: count the best pair of neighbours.
+            hottest = max((n + windows.get(w + 1, 0) for w, n in windows.items()), default=0)
+            found["shares"]["hottest 2 KiB of JIT code"] = hottest / total
+        log(f"  ({setup}) {cpu:.0f} CPU-µs/req: "
+            + ", ".join(f"{k} {v:.0%} ({v * cpu:.0f} µs)" for k, v in shares.items())
+            + f" ({total} samples)")
+        return found
 
     def limits(self) -> None:
         """The cost of a local and of a global limit on tools/call (same load as the main
@@ -1255,6 +1274,22 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
         for k, v in prof["shares"].items():
             L.append(f"| {k} | {v:.0%} |")
         L.append("")
+        by = prof.get("by_setup") or {}
+        if len(by) > 1:
+            parts = ["wasm (V8 JIT code)", "envoy", "kernel", "other"]
+            L.append("The same split for each setup, in proxy CPU-µs per request (each setup's "
+                     "own run under perf, 32 connections): (c) − (w) is mcp-guard's own code "
+                     "(JIT) and what its hostcalls, held bodies and longer record cost Envoy.\n")
+            L.append("| setup | CPU µs/req | " + " | ".join(parts) + " |")
+            L.append("|---|---:|" + "---:|" * len(parts))
+            for setup, f in by.items():
+                L.append(f"| ({setup}) {SETUPS[setup]} | {f['cpu_us']:,.0f} | "
+                         + " | ".join(f"{f['us'][k]:,.1f}" for k in parts) + " |")
+            if "c" in by and "w" in by:
+                L.append("| (c) − (w) | " + f"{by['c']['cpu_us'] - by['w']['cpu_us']:,.0f} | "
+                         + " | ".join(f"{by['c']['us'][k] - by['w']['us'][k]:+,.1f}"
+                                      for k in parts) + " |")
+            L.append("")
 
     if "per_worker" in res:
         pw = res["per_worker"]
