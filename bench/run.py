@@ -668,34 +668,36 @@ class Bench:
 
     def profile(self) -> None:
         """Where the proxies spend their CPU: perf samples of (a), (w), (b-cache) and (c) under
-        the main load at 32 connections, split into JIT code (Wasm compiled by V8), Envoy itself
-        and the kernel, in CPU-µs per request; for (c) also the share of the hottest 2 KiB of JIT
-        code (a single hot loop). (c) − (w) is then mcp-guard's own code (JIT) and what its
-        hostcalls and held bodies cost Envoy."""
+        the main load at each connection count, split into JIT code (Wasm compiled by V8), Envoy
+        itself and the kernel, in CPU-µs per request; for (c) at 32 connections also the share
+        of the hottest 2 KiB of JIT code (a single hot loop). (c) − (w) is then mcp-guard's own
+        code (JIT) and what its hostcalls and held bodies cost Envoy."""
         if not shutil.which("perf"):
             log("\n== profile: perf is not installed; skipped")
             return
         seconds = max(2, int(self.args.duration) - 2)
-        log(f"\n== profile under 32 connections ({seconds}s of perf samples per setup)")
-        by_setup = {}
-        for setup in ("a", "w", "b-cache", "c"):
-            if setup in self.proxies:
-                found = self.profile_one(setup, self.proxies[setup], seconds)
-                if found:
-                    by_setup[setup] = found
-        if "c" in by_setup:
-            c = by_setup["c"]
+        log(f"\n== profile ({seconds}s of perf samples per setup and load)")
+        by_load = {}
+        for conns in sorted(self.args.conns):
+            for setup in ("a", "w", "b-cache", "c"):
+                if setup in self.proxies:
+                    found = self.profile_one(setup, self.proxies[setup], seconds, conns)
+                    if found:
+                        by_load.setdefault(conns, {})[setup] = found
+        top = max(self.args.conns)
+        c = by_load.get(top, {}).get("c")
+        if c:
             self.results["profile"] = {"samples": c["samples"], "shares": c["shares"],
-                                       "by_setup": by_setup}
+                                       "by_load": {str(k): v for k, v in by_load.items()}}
 
-    def profile_one(self, setup: str, envoy: Envoy, seconds: int) -> dict | None:
+    def profile_one(self, setup: str, envoy: Envoy, seconds: int, conns: int) -> dict | None:
         import threading
-        data = self.work / f"perf-{setup}.data"
+        data = self.work / f"perf-{setup}-{conns}.data"
         result = {}
 
         def load():
-            result["run"] = self.wrk(envoy, self.work / "call-1k.json", self.token_files[1], 32,
-                                     seconds + 3)
+            result["run"] = self.wrk(envoy, self.work / "call-1k.json", self.token_files[1],
+                                     conns, seconds + 3)
         t = threading.Thread(target=load)
         t.start()
         time.sleep(1.5)
@@ -732,11 +734,11 @@ class Bench:
         cpu = result.get("run", {}).get("proxy_cpu_us_per_req", 0)
         found = {"samples": total, "shares": dict(shares), "cpu_us": cpu,
                  "us": {k: v * cpu for k, v in shares.items()}}
-        if setup == "c":
+        if setup == "c" and conns == max(self.args.conns):
             # Windows are aligned arbitrarily: count the best pair of neighbours.
             hottest = max((n + windows.get(w + 1, 0) for w, n in windows.items()), default=0)
             found["shares"]["hottest 2 KiB of JIT code"] = hottest / total
-        log(f"  ({setup}) {cpu:.0f} CPU-µs/req: "
+        log(f"  ({setup}) c={conns:<3} {cpu:.0f} CPU-µs/req: "
             + ", ".join(f"{k} {v:.0%} ({v * cpu:.0f} µs)" for k, v in shares.items())
             + f" ({total} samples)")
         return found
@@ -1267,28 +1269,31 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
     if "profile" in res:
         prof = res["profile"]
         L.append("## Where (c) spends its CPU\n")
-        L.append(f"perf samples of the mcp-guard proxy process under the tools/call load at 32 "
+        L.append(f"perf samples of the mcp-guard proxy process under the tools/call load at "
+                 f"{max(args.conns)} "
                  f"connections ({prof['samples']:,} samples). V8 runs the filter as JIT code; the "
                  "hottest 2 KiB of it is one or two functions.\n")
         L.append("| where | share of proxy CPU |\n|---|---:|")
         for k, v in prof["shares"].items():
             L.append(f"| {k} | {v:.0%} |")
         L.append("")
-        by = prof.get("by_setup") or {}
-        if len(by) > 1:
+        by_load = prof.get("by_load") or {}
+        if by_load:
             parts = ["wasm (V8 JIT code)", "envoy", "kernel", "other"]
-            L.append("The same split for each setup, in proxy CPU-µs per request (each setup's "
-                     "own run under perf, 32 connections): (c) − (w) is mcp-guard's own code "
-                     "(JIT) and what its hostcalls, held bodies and longer record cost Envoy.\n")
-            L.append("| setup | CPU µs/req | " + " | ".join(parts) + " |")
-            L.append("|---|---:|" + "---:|" * len(parts))
-            for setup, f in by.items():
-                L.append(f"| ({setup}) {SETUPS[setup]} | {f['cpu_us']:,.0f} | "
-                         + " | ".join(f"{f['us'][k]:,.1f}" for k in parts) + " |")
-            if "c" in by and "w" in by:
-                L.append("| (c) − (w) | " + f"{by['c']['cpu_us'] - by['w']['cpu_us']:,.0f} | "
-                         + " | ".join(f"{by['c']['us'][k] - by['w']['us'][k]:+,.1f}"
-                                      for k in parts) + " |")
+            L.append("The same split for each setup and load, in proxy CPU-µs per request (each "
+                     "setup's own run under perf): (c) − (w) is mcp-guard's own code (JIT) and "
+                     "what its hostcalls, held bodies and longer record cost Envoy.\n")
+            L.append("| setup | conns | CPU µs/req | " + " | ".join(parts) + " |")
+            L.append("|---|---:|---:|" + "---:|" * len(parts))
+            for conns, by in by_load.items():
+                for setup, f in by.items():
+                    L.append(f"| ({setup}) {SETUPS[setup]} | {conns} | {f['cpu_us']:,.0f} | "
+                             + " | ".join(f"{f['us'][k]:,.1f}" for k in parts) + " |")
+                if "c" in by and "w" in by:
+                    L.append(f"| (c) − (w) | {conns} | "
+                             f"{by['c']['cpu_us'] - by['w']['cpu_us']:,.0f} | "
+                             + " | ".join(f"{by['c']['us'][k] - by['w']['us'][k]:+,.1f}"
+                                          for k in parts) + " |")
             L.append("")
 
     if "per_worker" in res:
