@@ -1433,14 +1433,18 @@ def targets(args, res: dict) -> list[str]:
     def verdict(ok):
         return "–" if ok is None else ("met" if ok else "**not met**")
 
+    def near(value, line):
+        """Two decimals, or three where two would print the line itself (0.797 against 0.80)."""
+        return f"{value:.3f}" if f"{value:.2f}" == f"{line:.2f}" else f"{value:.2f}"
+
     for c in args.conns:
         for b, what in (("b", "native"), ("b-cache", "native with its JWT cache")):
             cb, bb = med("c", c, "rps"), med(b, c, "rps")
             ccpu, bcpu = med("c", c, "proxy_cpu_us_per_req"), med(b, c, "proxy_cpu_us_per_req")
             if cb and bb and ccpu and bcpu:
-                L.append(f"| tools/call throughput ≥ {what}, {c} conn | c/{b} {cb / bb:.2f} "
+                L.append(f"| tools/call throughput ≥ {what}, {c} conn | c/{b} {near(cb / bb, 1)} "
                          f"| {verdict(cb / bb >= 1.0)} |")
-                L.append(f"| proxy CPU per request ≤ {what}, {c} conn | c/{b} {ccpu / bcpu:.2f} "
+                L.append(f"| proxy CPU per request ≤ {what}, {c} conn | c/{b} {near(ccpu / bcpu, 1)} "
                          f"({ccpu:,.0f} vs {bcpu:,.0f} µs) | {verdict(ccpu <= bcpu)} |")
         w, bc = med("w", c, "proxy_cpu_us_per_req"), med("b-cache", c, "proxy_cpu_us_per_req")
         if w and bc:
@@ -1450,7 +1454,7 @@ def targets(args, res: dict) -> list[str]:
         many, one = med("c-callers", c, "rps"), med("c", c, "rps")
         if many and one:
             L.append(f"| {args.callers:,} callers within 20% of one token, {c} conn "
-                     f"| {many / one:.2f} | {verdict(many / one >= 0.8)} |")
+                     f"| {near(many / one, 0.8)} | {verdict(many / one >= 0.8)} |")
     sse = [r for r in res["extra"] if r["case"] == "tools-list-sse-500" and r["setup"] == "c"
            and "filter_us_p50" in r]
     if sse:
@@ -1462,7 +1466,7 @@ def targets(args, res: dict) -> list[str]:
         if off:
             floor = dpop_floor(f, res)
             floor = f" (one ES256 verification alone: {floor:.2f})" if floor else ""
-            L.append(f"| {f['feature']}: ≤ 1.10× CPU | {on / off:.2f}{floor} "
+            L.append(f"| {f['feature']}: ≤ 1.10× CPU | {near(on / off, 1.1)}{floor} "
                      f"| {verdict(on / off <= 1.10)} |")
     if res.get("sessions") and len(res["sessions"]) > 1:
         s0, s1 = res["sessions"][0], res["sessions"][-1]
