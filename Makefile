@@ -189,12 +189,13 @@ fuzz-smoke: fuzz-tool
 	$(call fuzz-each,$(FUZZ_SMOKE_SECONDS),-verbosity=0)
 
 # ---- benchmark ----------------------------------------------------------------------------------
-# `make bench`: plain Envoy, Envoy's native filters (jwt_authn + mcp + rbac) and mcp-guard side by
-# side in one run (interleaved rounds, same upstream, same wrk load, every answer checked), then
-# further mcp-guard cases, each feature on vs off, memory (per worker, versus callers and versus
+# `make bench`: plain Envoy, Envoy with a Wasm filter that does nothing, Envoy's native filters
+# (jwt_authn + mcp + rbac) and mcp-guard side by side in one run (interleaved rounds, same
+# upstream, same wrk load, every answer checked), then further mcp-guard cases, each feature on
+# vs off, where each setup's CPU goes (perf), memory (per worker, versus callers and versus
 # sessions), limits (local, global, DPoP replays across the fleet), .wasm size and the native
 # micro-benchmarks (cargo bench).
-# Results: bench/RESULTS.md and stdout; about 20 minutes on 2 cores, plus a few the first time
+# Results: bench/RESULTS.md and stdout; about 25 minutes on 2 cores, plus a few the first time
 # (the native benchmarks compile). Options: BENCH_ARGS="--quick" (a smoke run), "--rounds 5",
 # "--skip micro", … (see bench/run.py --help).
 bench: setup $(WASM) $(WASM_EMPTY)
