@@ -66,6 +66,56 @@ fn an_inexact_integer_deep_in_the_arguments_is_refused_whether_or_not_they_are_r
     }
 }
 
+/// A number with a fraction or exponent reaches the policy as the nearest double, as a server
+/// reading it with Python's `json`, JavaScript's `JSON.parse` or Go's `encoding/json` gets it
+/// (Rust's `str::parse::<f64>` is that nearest double). serde_json's default parse, one unit in
+/// the last place off for about one in four such literals, reads the first one as 1000.0
+/// exactly: a rule `arguments.amount <= 1000.0` would allow what the server reads as
+/// 1000.0000000000001. Its `float_roundtrip` feature (filter/Cargo.toml) prevents that.
+#[test]
+fn a_long_decimal_reaches_the_policy_as_the_server_reads_it() {
+    let mut literals = vec![
+        "1000.0000000000000586040".to_string(),
+        "852.8812744307958118e-15".to_string(),
+        "921.9449281907246837932e12".to_string(),
+    ];
+    // Long literals of every size, where the default parse was off for about one in four.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..2000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // A leading zero is not JSON: the first digit is 1 to 9.
+        let digits = format!("{}{:019}", 1 + x % 9, x / 9 % 10_000_000_000_000_000_000);
+        let exponent = i64::try_from(x % 61).unwrap_or(0) - 30;
+        literals.push(format!("{}.{}e{exponent}", &digits[..3], &digits[3..]));
+    }
+    for literal in literals {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{{"amount":{literal},"n":[{literal}]}}}}}}"#
+        );
+        let message = parse(&body).unwrap_or_else(|e| panic!("{literal}: {e}"));
+        let Target::Tool { arguments, .. } = &message.target else {
+            panic!("not a tool call: {message:?}");
+        };
+        let nearest: f64 = literal.parse().unwrap_or_else(|e| panic!("{literal}: {e}"));
+        assert_eq!(arguments["amount"].as_f64(), Some(nearest), "{literal}");
+        assert_eq!(arguments["n"][0].as_f64(), Some(nearest), "{literal}");
+        let strict = parse_strict_json(literal.as_bytes(), DEFAULT_MAX_DEPTH);
+        assert_eq!(
+            strict.ok().and_then(|v| v.as_f64()),
+            Some(nearest),
+            "{literal}"
+        );
+    }
+    let bound = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"amount":1000.0000000000000586040}}}"#;
+    let message = parse(bound).unwrap_or_else(|e| panic!("{e}"));
+    let Target::Tool { arguments, .. } = &message.target else {
+        panic!("not a tool call");
+    };
+    assert!(arguments["amount"].as_f64().is_some_and(|a| a > 1000.0));
+}
+
 // ---- accepted ------------------------------------------------------------------------------
 
 #[test]
