@@ -1,6 +1,7 @@
 """The foundation slice, end to end: a real MCP client and server through real Envoy + mcp-guard."""
 
 import json
+import time
 
 import harness
 import pytest
@@ -132,6 +133,28 @@ def test_bad_tokens_get_401_invalid_token(stack, case, reason):
     assert len(stack.upstream_requests()) == before
     records = stack.audit_for(reason=reason)
     assert records and records[-1]["decision"] == "deny" and records[-1]["status"] == 401
+
+
+def upstream_idle_closes(stack) -> int:
+    for line in stack.envoy.stats().splitlines():
+        name, _, value = line.partition(": ")
+        if name == "cluster.mcp_upstream.upstream_cx_idle_timeout":
+            return int(value)
+    return 0
+
+
+def test_a_call_after_a_quiet_spell_reaches_the_server(stack):
+    """The demo server (the Python SDK on uvicorn) closes an idle connection after 5 s. Envoy
+    closes its idle connections to the server first (3 s, envoy/mcp-guard.yaml), so a call after
+    a quiet spell goes out on a new connection rather than on one the server is closing, which
+    came back as a 503 that never reached the server (once in the e2e run, after 4 s of quiet)."""
+    token = stack.token("quiet", groups=["sales"])
+    assert stack.post(CALL, token=token).status_code == 200
+    closed = upstream_idle_closes(stack)
+    time.sleep(3.5)
+    assert upstream_idle_closes(stack) > closed
+    r = stack.post(CALL, token=token)
+    assert r.status_code == 200 and "Ada Lovelace" in r.text
 
 
 def test_es256_tokens_are_accepted(stack):
