@@ -107,22 +107,24 @@ def test_request_trailers_do_not_carry_an_undecided_request_upstream(sec, alice)
     assert len(sec.upstream_requests()) == before, "a request reached the upstream"
 
 
-def shipped_template(workdir, name, marker, addition):
-    """envoy/mcp-guard.yaml with `addition` after its one `marker`, written as `name`."""
+def shipped_template(workdir, name, marker, replacement):
+    """envoy/mcp-guard.yaml with its one `marker` replaced, written as `name`."""
     text = (harness.ROOT / "envoy" / "mcp-guard.yaml").read_text()
     assert text.count(marker) == 1, marker
     path = workdir / name
-    path.write_text(text.replace(marker, marker + addition))
+    path.write_text(text.replace(marker, replacement))
     return str(path)
+
+
+# The upstream's protocol in the shipped template (the cluster's HttpProtocolOptions, which also
+# close idle connections): the tests change only this line of it.
+UPSTREAM_PROTOCOL = "        explicit_http_config: { http_protocol_options: {} }\n"
 
 
 def trailers_template(workdir):
     """HTTP/1.1 trailers passed on from the upstream (as an HTTP/2 upstream always does)."""
     return shipped_template(
-        workdir, "trailers.yaml", "  - name: mcp_upstream\n    type: STATIC\n",
-        "    typed_extension_protocol_options:\n"
-        "      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
-        '        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n'
+        workdir, "trailers.yaml", UPSTREAM_PROTOCOL,
         "        explicit_http_config: { http_protocol_options: { enable_trailers: true } }\n")
 
 
@@ -304,6 +306,7 @@ def rerouting_template(workdir):
     token (forward_claims): a route no deployment should have."""
     return shipped_template(
         workdir, "rerouting.yaml", "              routes:\n",
+        "              routes:\n"
         "              - name: by-user\n"
         "                match: { prefix: \"/\", headers: [{ name: x-mcp-user, present_match: true }] }\n"
         "                route: { cluster: mcp_upstream, timeout: 0s }\n")
@@ -430,17 +433,14 @@ def test_an_answer_that_ends_in_trailers_reaches_an_http1_client_with_them(tmp_p
         return headers, body, [("x-checksum", "1")]
 
     text = (harness.ROOT / "envoy" / "mcp-guard.yaml").read_text()
-    for marker, addition in [
-        ("  - name: mcp_upstream\n    type: STATIC\n",
-         "    typed_extension_protocol_options:\n"
-         "      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
-         '        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n'
-         "        explicit_http_config: { http2_protocol_options: {} }\n"),
+    for marker, replacement in [
+        (UPSTREAM_PROTOCOL, "        explicit_http_config: { http2_protocol_options: {} }\n"),
         ("          common_http_protocol_options: { headers_with_underscores_action: DROP_HEADER }\n",
+         "          common_http_protocol_options: { headers_with_underscores_action: DROP_HEADER }\n"
          "          http_protocol_options: { enable_trailers: true }\n"),
     ]:
         assert text.count(marker) == 1, marker
-        text = text.replace(marker, marker + addition)
+        text = text.replace(marker, replacement)
     template = tmp_path / "h2-upstream-h1-trailers.yaml"
     template.write_text(text)
     s = SecStack(tmp_path, upstream=H2Upstream(answer), template=str(template))
