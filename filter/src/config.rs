@@ -279,6 +279,12 @@ struct RawSessions {
     /// The VM environment variable that holds the previous key.
     #[serde(default)]
     previous_key_from_env: Option<String>,
+    /// The cipher new handles are sealed with: `aes-256-gcm-siv` (the default; every version
+    /// opens it) or `xchacha20-poly1305` (ten times cheaper in Wasm; opened by this version and
+    /// later only: set it once every replica runs one). Handles of either always open.
+    #[serde(default)]
+    #[schemars(regex(pattern = r"^(aes-256-gcm-siv|xchacha20-poly1305)$"))]
+    cipher: Option<String>,
     /// No MCP server behind this filter keeps sessions: no key.
     #[serde(default)]
     stateless: bool,
@@ -895,7 +901,7 @@ fn sessions_from_config(
         if e.message.starts_with("invalid type") || e.message.starts_with("invalid value") {
             ConfigError::new(
                 e.field,
-                "has the wrong type: sessions is an object with string members key or key_from_env, previous_key or previous_key_from_env, or the boolean stateless (the value given is not shown: it may be the key)",
+                "has the wrong type: sessions is an object with string members key or key_from_env, previous_key or previous_key_from_env and cipher, or the boolean stateless (the value given is not shown: it may be the key)",
             )
         } else {
             e
@@ -908,15 +914,29 @@ fn sessions_from_config(
         "previous_key",
         env,
     )?;
+    let cipher = match raw.cipher.as_deref() {
+        None => crate::seal::Cipher::default(),
+        // The value is not quoted back: it may be a key written in the wrong member.
+        Some(name) => crate::seal::Cipher::named(name).ok_or_else(|| {
+            ConfigError::new(
+                "sessions.cipher",
+                "must be \"aes-256-gcm-siv\" (the default) or \"xchacha20-poly1305\" (the value given is not shown: it may be a key)",
+            )
+        })?,
+    };
     match (raw.stateless, current, previous) {
-        (true, None, None) => Ok(None),
+        (true, None, None) if raw.cipher.is_none() => Ok(None),
+        (true, None, None) => Err(ConfigError::new(
+            "sessions.stateless",
+            "is true, so nothing is sealed: remove cipher, or stateless",
+        )),
         (true, _, _) => Err(ConfigError::new(
             "sessions.stateless",
             "is true, so no key may be given: remove the keys, or stateless",
         )),
-        (false, Some(current), previous) => {
-            Ok(Some(crate::seal::Keys::new(&current, previous.as_ref())))
-        }
+        (false, Some(current), previous) => Ok(Some(
+            crate::seal::Keys::new(&current, previous.as_ref()).sealing_with(cipher),
+        )),
         (false, None, _) => Err(ConfigError::new(
             "sessions.key",
             format!("is required (or key_from_env): {SESSIONS_HOWTO}"),

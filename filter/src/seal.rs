@@ -3,9 +3,11 @@
 //! and server it was issued to. Nothing is remembered: any filter with the same key opens it.
 //!
 //! ```text
-//! handle  = "mg1." base64url-no-pad( kid[4] ‖ nonce[12] ‖ AES-256-GCM-SIV(plaintext) ‖ tag[16] )
+//! handle    = prefix base64url-no-pad( kid[4] ‖ nonce ‖ ciphertext ‖ tag[16] )
+//!   "mg1."  AES-256-GCM-SIV (RFC 8452), nonce[12]
+//!   "mg2."  XChaCha20-Poly1305, nonce[24]
 //! plaintext = caller_fp[16] ‖ server_fp[8] ‖ value
-//! associated data = "mg1" ‖ kid ‖ purpose
+//! associated data = version ("mg1" | "mg2") ‖ kid ‖ purpose
 //! ```
 //!
 //! * Binding. The caller (issuer and caller id) and the server's name are bound into the
@@ -22,35 +24,86 @@
 //!   gets the same handle on every replica and every answer, which keeps audit records
 //!   comparable), and distinct plaintexts get distinct nonces. AES-GCM-SIV (RFC 8452) is itself
 //!   nonce-misuse resistant: even a repeated nonce would reveal only that two handles are equal.
-//! * Keys. The configured 32-byte key is never used directly: encryption key, nonce key and the
-//!   4-byte key id are derived from it with HMAC-SHA-256 under distinct labels. Handles are
-//!   opened with the key their id names, the current or the previous one (rotation).
+//!   XChaCha20-Poly1305 is not, so its nonce is 192 bits of the HMAC over the length-prefixed
+//!   associated data and the plaintext: it repeats only for the same associated data and
+//!   plaintext (the same handle, as intended), or for an HMAC-SHA-256 collision.
+//! * Ciphers. `sessions.cipher` picks the one new handles are sealed with; handles of both open
+//!   (the prefix says which). AES-GCM-SIV (`mg1`, the default) is what every earlier version
+//!   seals and opens. V8 gives Wasm no AES instructions: sealing or opening a handle not seen
+//!   before takes about 4 µs of AES-GCM-SIV there against 0.4 µs of XChaCha20-Poly1305 (`mg2`),
+//!   which versions before this one cannot open: a fleet switches once every replica runs a
+//!   version that opens both (docs/fleet.md).
+//! * Keys. The configured 32-byte key is never used directly: each cipher's key, the nonce key
+//!   and the 4-byte key id are derived from it with HMAC-SHA-256 under distinct labels. Handles
+//!   are opened with the key their id names, the current or the previous one (rotation).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use aes_gcm_siv::aead::{Aead, KeyInit, Payload};
-use aes_gcm_siv::{Aes256GcmSiv, Nonce};
+use aes_gcm_siv::Aes256GcmSiv;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use chacha20poly1305::XChaCha20Poly1305;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-/// The prefix of every handle (version 1 of the format).
-pub const PREFIX: &str = "mg1.";
 /// The longest value that can be sealed, in bytes.
 pub const MAX_VALUE: usize = 256;
 /// The longest handle `open` reads; anything longer is refused before decoding. Every handle
 /// this module makes is shorter.
 pub const MAX_HANDLE: usize =
-    PREFIX.len() + (KID + NONCE + CALLER_FP + SERVER_FP + MAX_VALUE + TAG).div_ceil(3) * 4;
+    "mg2.".len() + (KID + 24 + CALLER_FP + SERVER_FP + MAX_VALUE + TAG).div_ceil(3) * 4;
 
 const KID: usize = 4;
-const NONCE: usize = 12;
 const TAG: usize = 16;
 const CALLER_FP: usize = 16;
 const SERVER_FP: usize = 8;
-const VERSION: &[u8] = b"mg1";
+
+/// The cipher handles are sealed with; the handle's prefix names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cipher {
+    /// `mg1.`: AES-256-GCM-SIV, what every version opens.
+    #[default]
+    Aes256GcmSiv,
+    /// `mg2.`: XChaCha20-Poly1305, ten times cheaper in Wasm.
+    XChaCha20Poly1305,
+}
+
+impl Cipher {
+    /// Both, with their names in the configuration (`sessions.cipher`).
+    pub const ALL: [(&'static str, Cipher); 2] = [
+        ("aes-256-gcm-siv", Cipher::Aes256GcmSiv),
+        ("xchacha20-poly1305", Cipher::XChaCha20Poly1305),
+    ];
+
+    /// The cipher named `name` in the configuration.
+    pub fn named(name: &str) -> Option<Cipher> {
+        Cipher::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, cipher)| *cipher)
+    }
+
+    /// The handle's prefix: its version and a dot.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Cipher::Aes256GcmSiv => "mg1.",
+            Cipher::XChaCha20Poly1305 => "mg2.",
+        }
+    }
+
+    fn version(self) -> &'static [u8] {
+        self.prefix().trim_end_matches('.').as_bytes()
+    }
+
+    fn nonce_len(self) -> usize {
+        match self {
+            Cipher::Aes256GcmSiv => 12,
+            Cipher::XChaCha20Poly1305 => 24,
+        }
+    }
+}
 
 /// The length of a key in the configuration, in bytes.
 pub const KEY_BYTES: usize = 32;
@@ -104,7 +157,8 @@ impl OpenError {
 #[derive(Clone)]
 struct Key {
     id: [u8; KID],
-    cipher: Aes256GcmSiv,
+    aes: Aes256GcmSiv,
+    chacha: XChaCha20Poly1305,
     /// HMAC-SHA-256 keyed with the nonce key: its padded key blocks are hashed once here, and
     /// each handle's nonce starts from a copy (two SHA-256 blocks fewer per handle).
     nonce_mac: Hmac<Sha256>,
@@ -114,7 +168,8 @@ struct Key {
 
 impl Key {
     fn new(secret: &[u8; KEY_BYTES]) -> Key {
-        let enc = derive(secret, b"mcp-guard seal v1 encryption");
+        let aes = derive(secret, b"mcp-guard seal v1 encryption");
+        let chacha = derive(secret, b"mcp-guard seal v2 encryption");
         let nonce_key = derive(secret, b"mcp-guard seal v1 nonce");
         let nonce_mac = keyed_mac(&nonce_key);
         let full_id = derive(secret, b"mcp-guard seal v1 key id");
@@ -122,18 +177,54 @@ impl Key {
         id.copy_from_slice(full_id.get(..KID).unwrap_or(&[0; KID]));
         Key {
             id,
-            cipher: Aes256GcmSiv::new(&enc.into()),
+            aes: Aes256GcmSiv::new(&aes.into()),
+            chacha: XChaCha20Poly1305::new(&chacha.into()),
             nonce_mac,
             slots_mac: keyed_mac(&derive(secret, b"mcp-guard limit slots v1")),
         }
     }
 }
 
-/// The sealing keys: new handles are sealed with `current`; `previous` still opens its own.
+impl Key {
+    /// Encrypts (`seal`) or decrypts and authenticates `msg` with `cipher`; `None` when the
+    /// nonce is not that cipher's length or the message does not authenticate.
+    fn crypt(
+        &self,
+        cipher: Cipher,
+        nonce: &[u8],
+        msg: &[u8],
+        aad: &[u8],
+        seal: bool,
+    ) -> Option<Vec<u8>> {
+        let payload = Payload { msg, aad };
+        match cipher {
+            Cipher::Aes256GcmSiv => {
+                let nonce = aes_gcm_siv::Nonce::from(<[u8; 12]>::try_from(nonce).ok()?);
+                if seal {
+                    self.aes.encrypt(&nonce, payload).ok()
+                } else {
+                    self.aes.decrypt(&nonce, payload).ok()
+                }
+            }
+            Cipher::XChaCha20Poly1305 => {
+                let nonce = chacha20poly1305::XNonce::from(<[u8; 24]>::try_from(nonce).ok()?);
+                if seal {
+                    self.chacha.encrypt(&nonce, payload).ok()
+                } else {
+                    self.chacha.decrypt(&nonce, payload).ok()
+                }
+            }
+        }
+    }
+}
+
+/// The sealing keys: new handles are sealed with `current` and `cipher`; `previous` still
+/// opens its own.
 #[derive(Clone)]
 pub struct Keys {
     current: Key,
     previous: Option<Key>,
+    cipher: Cipher,
     memo: RefCell<Memo>,
 }
 
@@ -181,9 +272,14 @@ impl Memo {
         }
     }
 
-    /// A handle just opened. Not one to seal with: it may be the previous key's.
-    fn opened(&mut self, handle: String, key: Vec<u8>) {
+    /// A handle just opened. It is also what sealing its binding and value would make when it
+    /// is the current key's and cipher's (sealing is deterministic): a session's handle opened
+    /// here is then not sealed again for the answer that names the session.
+    fn opened(&mut self, handle: String, key: Vec<u8>, sealable: bool) {
         if self.room_for(&key) {
+            if sealable {
+                self.sealed.insert(key.clone(), handle.clone());
+            }
             self.opened.insert(handle, key);
         }
     }
@@ -218,11 +314,22 @@ impl std::fmt::Debug for Keys {
 }
 
 impl Keys {
+    /// Keys that seal with AES-256-GCM-SIV (`mg1`); see [`Keys::sealing_with`].
     pub fn new(current: &[u8; KEY_BYTES], previous: Option<&[u8; KEY_BYTES]>) -> Keys {
         Keys {
             current: Key::new(current),
             previous: previous.map(Key::new),
+            cipher: Cipher::default(),
             memo: RefCell::default(),
+        }
+    }
+
+    /// The same keys, sealing new handles with `cipher` (both ciphers' handles open).
+    pub fn sealing_with(self, cipher: Cipher) -> Keys {
+        Keys {
+            cipher,
+            memo: RefCell::default(),
+            ..self
         }
     }
 
@@ -250,32 +357,32 @@ impl Keys {
 
     fn seal_anew(&self, binding: &Binding, value: &[u8]) -> Option<String> {
         let key = &self.current;
-        let aad = associated_data(&key.id, binding.purpose);
+        let cipher = self.cipher;
+        let aad = associated_data(cipher, &key.id, binding.purpose);
         let mut plaintext = Vec::with_capacity(CALLER_FP + SERVER_FP + value.len());
         plaintext.extend_from_slice(&caller_fingerprint(binding));
         plaintext.extend_from_slice(&server_fingerprint(binding.server));
         plaintext.extend_from_slice(value);
 
         let mut mac = key.nonce_mac.clone();
+        if cipher == Cipher::XChaCha20Poly1305 {
+            // No two (associated data, plaintext) pairs give the MAC the same input.
+            mac.update(&(aad.len() as u64).to_be_bytes());
+        }
         mac.update(&aad);
         mac.update(&plaintext);
         let tag = mac.finalize().into_bytes();
-        let nonce: [u8; NONCE] = tag.get(..NONCE)?.try_into().ok()?;
-        let sealed = key
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: &plaintext,
-                    aad: &aad,
-                },
-            )
-            .ok()?;
-        let mut raw = Vec::with_capacity(KID + NONCE + sealed.len());
+        let nonce = tag.get(..cipher.nonce_len())?;
+        let sealed = key.crypt(cipher, nonce, &plaintext, &aad, true)?;
+        let mut raw = Vec::with_capacity(KID + nonce.len() + sealed.len());
         raw.extend_from_slice(&key.id);
-        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(nonce);
         raw.extend_from_slice(&sealed);
-        Some(format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(raw)))
+        Some(format!(
+            "{}{}",
+            cipher.prefix(),
+            URL_SAFE_NO_PAD.encode(raw)
+        ))
     }
 
     /// Opens `handle` for `binding`: the value it carries, or why not.
@@ -294,39 +401,38 @@ impl Keys {
         {
             return Ok(value);
         }
-        let value = self.open_anew(handle, binding)?;
+        let (value, sealable) = self.open_anew(handle, binding)?;
         let mut key = expected;
         key.extend_from_slice(&value);
-        self.memo.borrow_mut().opened(handle.to_owned(), key);
+        self.memo
+            .borrow_mut()
+            .opened(handle.to_owned(), key, sealable);
         Ok(value)
     }
 
-    fn open_anew(&self, handle: &str, binding: &Binding) -> Result<Vec<u8>, OpenError> {
-        let encoded = handle.strip_prefix(PREFIX).ok_or(OpenError::NotSealed)?;
+    /// The value, and whether the handle is the current key's and cipher's.
+    fn open_anew(&self, handle: &str, binding: &Binding) -> Result<(Vec<u8>, bool), OpenError> {
+        let (cipher, encoded) = Cipher::ALL
+            .iter()
+            .find_map(|(_, c)| Some((*c, handle.strip_prefix(c.prefix())?)))
+            .ok_or(OpenError::NotSealed)?;
         let raw = URL_SAFE_NO_PAD
             .decode(encoded)
             .map_err(|_| OpenError::NotSealed)?;
-        if raw.len() < KID + NONCE + CALLER_FP + SERVER_FP + TAG {
+        let nonce_len = cipher.nonce_len();
+        if raw.len() < KID + nonce_len + CALLER_FP + SERVER_FP + TAG {
             return Err(OpenError::NotSealed);
         }
         let (kid, rest) = raw.split_at(KID);
-        let (nonce, sealed) = rest.split_at(NONCE);
-        let nonce: [u8; NONCE] = nonce.try_into().map_err(|_| OpenError::NotSealed)?;
+        let (nonce, sealed) = rest.split_at(nonce_len);
         let key = std::iter::once(&self.current)
             .chain(self.previous.as_ref())
             .find(|k| k.id == kid)
             .ok_or(OpenError::UnknownKey)?;
-        let aad = associated_data(&key.id, binding.purpose);
+        let aad = associated_data(cipher, &key.id, binding.purpose);
         let plaintext = key
-            .cipher
-            .decrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: sealed,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| OpenError::Tampered)?;
+            .crypt(cipher, nonce, sealed, &aad, false)
+            .ok_or(OpenError::Tampered)?;
         let (caller, rest) = plaintext
             .split_at_checked(CALLER_FP)
             .ok_or(OpenError::Tampered)?;
@@ -339,7 +445,8 @@ impl Keys {
         if server != server_fingerprint(binding.server) {
             return Err(OpenError::OtherServer);
         }
-        Ok(value.to_vec())
+        let sealable = cipher == self.cipher && std::ptr::eq(key, &self.current);
+        Ok((value.to_vec(), sealable))
     }
 }
 
@@ -360,8 +467,8 @@ fn keyed_mac(key: &[u8; 32]) -> Hmac<Sha256> {
     <Hmac<Sha256> as KeyInit>::new(&block.into())
 }
 
-fn associated_data(kid: &[u8], purpose: &str) -> Vec<u8> {
-    [VERSION, kid, purpose.as_bytes()].concat()
+fn associated_data(cipher: Cipher, kid: &[u8], purpose: &str) -> Vec<u8> {
+    [cipher.version(), kid, purpose.as_bytes()].concat()
 }
 
 /// Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
@@ -418,9 +525,15 @@ mod tests {
 
     #[test]
     fn a_sealed_value_opens_for_its_binding_only() {
-        let keys = Keys::new(&A, None);
+        for cipher in [Cipher::Aes256GcmSiv, Cipher::XChaCha20Poly1305] {
+            a_sealed_value_opens_for_its_binding_only_with(cipher);
+        }
+    }
+
+    fn a_sealed_value_opens_for_its_binding_only_with(cipher: Cipher) {
+        let keys = Keys::new(&A, None).sealing_with(cipher);
         let handle = keys.seal(&alice(), b"upstream-session-1").expect("sealed");
-        assert!(handle.starts_with(PREFIX));
+        assert!(handle.starts_with(cipher.prefix()), "{handle}");
         assert!(handle.len() <= MAX_HANDLE);
         assert!(
             handle.bytes().all(|b| (0x21..=0x7e).contains(&b)),
@@ -494,6 +607,89 @@ mod tests {
         );
     }
 
+    /// As [`the_format_is_stable_across_releases`], for `sessions.cipher: xchacha20-poly1305`.
+    #[test]
+    fn the_xchacha_format_is_stable_across_releases() {
+        let keys = Keys::new(&[7; 32], None).sealing_with(Cipher::XChaCha20Poly1305);
+        let binding = Binding {
+            purpose: "session",
+            issuer: "https://idp.example/",
+            caller: "alice",
+            by_client: false,
+            server: "crm",
+        };
+        let handle = "mg2.XJEjxhkJhRJs3GocukZTQvQHaiaHw6SzCazb8iZM3977auBaFe_ZqPwvKWLD-3wO7Hrr-WvC2mAvngCWI2Prqjcp4ecg4VT7lI-RAGsVrQRTwVE_";
+        assert_eq!(
+            keys.seal(&binding, b"3f2a6c1e-session").as_deref(),
+            Some(handle)
+        );
+        let fresh = Keys::new(&[7; 32], None);
+        assert_eq!(
+            fresh.open(handle, &binding),
+            Ok(b"3f2a6c1e-session".to_vec())
+        );
+    }
+
+    /// Replicas switch `sessions.cipher` one at a time: each opens what the other seals, and
+    /// a session's handle is re-sealed in the cipher of whichever replica answers.
+    #[test]
+    fn either_cipher_opens_the_others_handles() {
+        let aes = Keys::new(&A, None);
+        let chacha = Keys::new(&A, None).sealing_with(Cipher::XChaCha20Poly1305);
+        let one = aes.seal(&alice(), b"s-1").expect("sealed");
+        let two = chacha.seal(&alice(), b"s-1").expect("sealed");
+        assert!(
+            one.starts_with("mg1.") && two.starts_with("mg2."),
+            "{one} {two}"
+        );
+        for keys in [&aes, &chacha] {
+            for handle in [&one, &two] {
+                assert_eq!(keys.open(handle, &alice()), Ok(b"s-1".to_vec()));
+                let bob = Binding {
+                    caller: "bob",
+                    ..alice()
+                };
+                assert_eq!(keys.open(handle, &bob), Err(OpenError::OtherCaller));
+            }
+        }
+        // The other cipher's handle is never taken for the prefix it does not carry.
+        let swapped = format!("mg1.{}", &two[4..]);
+        assert!(Keys::new(&A, None).open(&swapped, &alice()).is_err());
+        let swapped = format!("mg2.{}", &one[4..]);
+        assert!(Keys::new(&A, None).open(&swapped, &alice()).is_err());
+        // A key unknown to either is unknown whatever the cipher.
+        let other = Keys::new(&B, None);
+        assert_eq!(other.open(&two, &alice()), Err(OpenError::UnknownKey));
+    }
+
+    /// A handle opened here (another replica or VM sealed it) is what sealing makes when it is
+    /// the current key's and cipher's: the answer naming the session again is not sealed anew.
+    /// A handle of the previous key or the other cipher is not: the answer gets the current one.
+    #[test]
+    fn an_opened_handle_is_sealed_again_only_as_the_keys_would_seal_it() {
+        let handle = Keys::new(&A, None).seal(&alice(), b"s-1").expect("sealed");
+        let here = Keys::new(&A, None);
+        assert_eq!(here.open(&handle, &alice()), Ok(b"s-1".to_vec()));
+        assert_eq!(here.memo.borrow().sealed.len(), 1);
+        assert_eq!(here.seal(&alice(), b"s-1"), Some(handle.clone()));
+
+        let switched = Keys::new(&A, None).sealing_with(Cipher::XChaCha20Poly1305);
+        assert_eq!(switched.open(&handle, &alice()), Ok(b"s-1".to_vec()));
+        assert!(switched.memo.borrow().sealed.is_empty());
+        let resealed = switched.seal(&alice(), b"s-1").expect("sealed");
+        assert!(resealed.starts_with("mg2."), "{resealed}");
+
+        let rotated = Keys::new(&B, Some(&A));
+        assert_eq!(rotated.open(&handle, &alice()), Ok(b"s-1".to_vec()));
+        assert!(rotated.memo.borrow().sealed.is_empty());
+        let resealed = rotated.seal(&alice(), b"s-1").expect("sealed");
+        assert_ne!(resealed, handle);
+        assert_eq!(
+            Keys::new(&B, None).open(&resealed, &alice()),
+            Ok(b"s-1".to_vec())
+        );
+    }
+
     #[test]
     fn the_nonce_mac_is_hmac_under_the_32_byte_key() {
         let key = [0x5a; 32];
@@ -521,8 +717,15 @@ mod tests {
 
     #[test]
     fn every_changed_byte_is_refused() {
-        let keys = Keys::new(&A, None);
+        for cipher in [Cipher::Aes256GcmSiv, Cipher::XChaCha20Poly1305] {
+            every_changed_byte_is_refused_with(cipher);
+        }
+    }
+
+    fn every_changed_byte_is_refused_with(cipher: Cipher) {
+        let keys = Keys::new(&A, None).sealing_with(cipher);
         let handle = keys.seal(&alice(), b"upstream-session-1").expect("sealed");
+        assert!(handle.starts_with(cipher.prefix()), "{handle}");
         let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         for at in 0..handle.len() {
             let mut bytes = handle.clone().into_bytes();
@@ -534,8 +737,11 @@ mod tests {
                 .expect("another letter");
             let changed = String::from_utf8(bytes).expect("ascii");
             let got = keys.open(&changed, &alice());
-            assert!(got.is_err(), "byte {at} changed and still opened");
-            if at >= PREFIX.len() + 6 {
+            assert!(
+                got.is_err(),
+                "{cipher:?}: byte {at} changed and still opened"
+            );
+            if at >= 4 + 6 {
                 // Past the key id: the right key, bytes changed.
                 assert!(
                     matches!(got, Err(OpenError::Tampered) | Err(OpenError::NotSealed)),
@@ -648,26 +854,33 @@ mod tests {
             "mg1.",
             "mg1.!!!!",
             "mg1.AAAA",
+            "mg2.",
+            "mg2.AAAA",
+            "mg3.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
             "MG1.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
         ] {
             assert_eq!(keys.open(id, &alice()), Err(OpenError::NotSealed), "{id}");
         }
-        let long = format!("{PREFIX}{}", "A".repeat(MAX_HANDLE));
-        assert_eq!(keys.open(&long, &alice()), Err(OpenError::NotSealed));
+        for prefix in ["mg1.", "mg2."] {
+            let long = format!("{prefix}{}", "A".repeat(MAX_HANDLE));
+            assert_eq!(keys.open(&long, &alice()), Err(OpenError::NotSealed));
+        }
     }
 
     #[test]
     fn values_are_bounded() {
-        let keys = Keys::new(&A, None);
-        let biggest = vec![b'x'; MAX_VALUE];
-        let handle = keys.seal(&alice(), &biggest).expect("sealed");
-        assert!(
-            handle.len() <= MAX_HANDLE,
-            "{} > {MAX_HANDLE}",
-            handle.len()
-        );
-        assert_eq!(keys.open(&handle, &alice()), Ok(biggest));
-        assert_eq!(keys.seal(&alice(), &[b'x'; MAX_VALUE + 1]), None);
+        for cipher in [Cipher::Aes256GcmSiv, Cipher::XChaCha20Poly1305] {
+            let keys = Keys::new(&A, None).sealing_with(cipher);
+            let biggest = vec![b'x'; MAX_VALUE];
+            let handle = keys.seal(&alice(), &biggest).expect("sealed");
+            assert!(
+                handle.len() <= MAX_HANDLE,
+                "{} > {MAX_HANDLE}",
+                handle.len()
+            );
+            assert_eq!(keys.open(&handle, &alice()), Ok(biggest));
+            assert_eq!(keys.seal(&alice(), &[b'x'; MAX_VALUE + 1]), None);
+        }
     }
 
     #[test]

@@ -549,6 +549,17 @@ fn sealing_keys_are_checked_and_never_quoted() {
             "sessions.other",
             SESSION_KEY,
         ),
+        // A key written in the wrong member is not quoted back either.
+        (
+            json!({ "key": SESSION_KEY, "cipher": SESSION_KEY }),
+            "sessions.cipher",
+            SESSION_KEY,
+        ),
+        (
+            json!({ "stateless": true, "cipher": "xchacha20-poly1305" }),
+            "sessions.stateless",
+            SESSION_KEY,
+        ),
     ] {
         let e = error_of(|c| c["sessions"] = sessions.clone());
         assert_eq!(e.field, field, "{sessions}: {e}");
@@ -570,6 +581,16 @@ fn sealing_keys_are_checked_and_never_quoted() {
         .expect("stateless")
         .sessions
         .is_none());
+    let e = error_of(|c| c["sessions"] = json!({ "key": SESSION_KEY, "cipher": "chacha20" }));
+    assert!(
+        e.message.contains("\"aes-256-gcm-siv\"") && e.message.contains("\"xchacha20-poly1305\""),
+        "{e}"
+    );
+    for cipher in ["aes-256-gcm-siv", "xchacha20-poly1305"] {
+        let mut config = valid();
+        config["sessions"] = json!({ "key": SESSION_KEY, "cipher": cipher });
+        assert!(load(&config, &MapEnv::default()).is_ok(), "{cipher}");
+    }
 }
 
 #[test]

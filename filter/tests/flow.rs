@@ -1083,6 +1083,34 @@ fn rotation_keeps_sessions_and_seals_anew_with_the_current_key() {
     session_refused(&host, "session_key_unknown");
 }
 
+/// `sessions.cipher` is switched one replica at a time: a session opened on a replica sealing
+/// with one cipher goes on through a replica sealing with the other, and another caller still
+/// cannot use it.
+#[test]
+fn a_session_moves_between_replicas_sealing_with_either_cipher() {
+    let aes = config();
+    let mut c = base_config();
+    c["sessions"] = json!({ "key": SESSION_KEY, "cipher": "xchacha20-poly1305" });
+    let chacha = build(c);
+    let one = open_session(&aes, &alice(), "s-1");
+    let two = open_session(&chacha, &alice(), "s-1");
+    assert!(
+        one.starts_with("mg1.") && two.starts_with("mg2."),
+        "{one} {two}"
+    );
+    for config in [&aes, &chacha] {
+        for handle in [&one, &two] {
+            assert_eq!(
+                use_session(config, &alice(), handle).1.as_deref(),
+                Some("s-1")
+            );
+            let (host, forwarded) = use_session(config, &bob(), handle);
+            assert_eq!(forwarded, None);
+            session_refused(&host, "session_of_another_caller");
+        }
+    }
+}
+
 #[test]
 fn a_token_naming_no_caller_cannot_hold_a_session() {
     let config = config();
