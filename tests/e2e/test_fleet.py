@@ -370,3 +370,37 @@ def test_key_rotation_under_load_breaks_no_session(fleet):
     fleet.wait_version(fleet.publish({"key": KEY_2}))
     refused(fleet, "a", alice, old_handle, "session_key_unknown", "alice-7")
     assert echoed(fleet.post("a", alice, echo("new key"), new_handle)) == "new key"
+
+
+def test_switching_the_cipher_under_load_breaks_no_session(fleet):
+    """docs/fleet.md: once every replica runs a version that opens both, `sessions.cipher`
+    switches to XChaCha20-Poly1305. Under continuous load through both replicas, no request
+    fails; handles sealed before the switch keep opening, and the answers to them name the
+    session in the new cipher, which opens everywhere."""
+    fleet.wait_version(fleet.publish({"key": KEY_1}))
+    alice = fleet.token("alice-8", groups=["sales"])
+    old_handle = fleet.initialize("a", alice)
+    assert old_handle.startswith("mg1."), old_handle
+    start = time.monotonic()
+    with Load(fleet) as load:
+        time.sleep(4)
+        fleet.wait_version(fleet.publish({"key": KEY_1, "cipher": "xchacha20-poly1305"}))
+        while time.monotonic() - start < 14:
+            time.sleep(0.5)
+    failures = [r for r in load.results if not r[1]]
+    assert len(load.results) > 100, len(load.results)
+    assert failures == [], failures[:5]
+    new_handle = fleet.initialize("b", alice)
+    assert new_handle.startswith("mg2.") and new_handle.isascii() and len(new_handle) < 200
+    r = fleet.post("a", alice, echo("old handle"), old_handle)
+    assert echoed(r) == "old handle" and r.headers["mcp-session-id"].startswith("mg2.")
+    assert echoed(fleet.post("b", alice, echo("resealed"), r.headers["mcp-session-id"])) \
+        == "resealed"
+    # Sealed in the new cipher, a handle is still its caller's and server's only.
+    bob = fleet.token("bob-8", groups=["sales"])
+    refused(fleet, "b", bob, new_handle, "session_of_another_caller", "bob-8")
+    refused(fleet, "a", alice, new_handle, "session_of_another_server", "alice-8", path="/hr/mcp")
+    middle = len(new_handle) // 2
+    tampered = new_handle[:middle] + ("B" if new_handle[middle] != "B" else "C") \
+        + new_handle[middle + 1:]
+    refused(fleet, "b", alice, tampered, "session_tampered", "alice-8")
