@@ -50,6 +50,12 @@ import keys  # noqa: E402
 import workload  # noqa: E402
 from workload import ISSUER, RESOURCE, SERVICE_KEY, SERVICE_KEY_HEADER  # noqa: E402
 
+# Session handles sealed as docs/fleet.md recommends once every replica runs this version.
+SESSIONS = {"key": harness.SESSION_KEY, "cipher": "xchacha20-poly1305"}
+SEALED_PREFIX = "mg2."
+# More live sessions than a worker's memo keeps (seal.rs: 1,024).
+LIVE_SESSIONS = 4000
+
 # The on side of the DPoP case: a DPoP-bound token and a new proof per request (`measure_dpop`).
 DPOP = "dpop"
 
@@ -269,7 +275,7 @@ class Bench:
             # The shipped access log reads the record only (`wasm.mcp.audit_line`), not the
             # per-field columns: the filter need not write them.
             config = harness.plugin_config(issuers, policy, RESOURCE, key=SERVICE_KEY,
-                                           key_header=SERVICE_KEY_HEADER,
+                                           key_header=SERVICE_KEY_HEADER, sessions=SESSIONS,
                                            **{"audit_columns": False, **(extra_config or {})})
             config["servers"][0].update(server_extra or {})
             if vm_env:
@@ -494,6 +500,11 @@ class Bench:
             ("sealed session handles, a new session per answer",
              (base, call, "x-bench-answer: call"),
              (base, call, "x-bench-answer: new-session")),
+            # Many live sessions, each call presenting the next one's handle: each worker's memo
+            # (1,024 handles) never has it, as in a fleet whose load balancer spreads more
+            # sessions over each worker than it remembers. Every call opens its handle anew.
+            (f"sealed session handles, {LIVE_SESSIONS:,} live sessions in turn", (base, call, ""),
+             (base, call, f"mcp-session-id: @{self.open_sessions(base, LIVE_SESSIONS)}")),
             ("pinning, 500-tool SSE tools/list", (base, listing, "x-bench-answer: tools-list"),
              (pinned, listing, "x-bench-answer: tools-list")),
             ("cached introspection (introspect: always)", (base, call, ""),
@@ -537,10 +548,19 @@ class Bench:
                      "x-bench-answer": "new-session"}, method="POST")
         with urllib.request.urlopen(req, timeout=10) as r:
             handle = r.headers.get("mcp-session-id", "")
-        if not handle.startswith("mg1."):
+        if not handle.startswith(SEALED_PREFIX):
             raise SystemExit(f"sealed sessions: the answer's session id is {handle!r}, not a "
                              "sealed handle")
         return handle
+
+    def open_sessions(self, envoy: Envoy, count: int) -> Path:
+        """A file of `count` sealed handles of sessions the upstream opened (one per line)."""
+        path = self.work / f"{envoy.name}-sessions-{count}.txt"
+        handles = [self.open_session(envoy) for _ in range(count)]
+        if len(set(handles)) != count:
+            raise SystemExit("sealed sessions: the upstream did not open a new session each time")
+        path.write_text("\n".join(handles) + "\n")
+        return path
 
     def measure_dpop(self, envoy: Envoy, body: Path, conns: int) -> dict:
         """`measure` with a DPoP-bound token and a new proof per request: proofs are single-use
@@ -659,7 +679,7 @@ class Bench:
                          "mcp-protocol-version": "2025-11-25", "authorization": f"Bearer {token}"})
             with urllib.request.urlopen(req, timeout=10) as resp:
                 handle = resp.headers.get("mcp-session-id") or ""
-            if not handle.startswith("mg1."):
+            if not handle.startswith(SEALED_PREFIX):
                 raise SystemExit(f"sessions bench: expected a sealed handle, got {handle!r}")
             seen.add(handle)
         if len(seen) != 3:
@@ -1250,7 +1270,11 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
                  "upstream open a new session on every answer instead (each handle sealed once and "
                  "never presented: the worst case, not a session's steady state); its off side "
                  "carries the same answer-selecting request header with a value that selects the "
-                 "plain answer, so the two sides differ only in the session the answer names.\n")
+                 "plain answer, so the two sides differ only in the session the answer names. "
+                 f"*{LIVE_SESSIONS:,} live sessions in turn* presents a different session's handle "
+                 "on each call, more than a worker remembers (1,024), so each is opened anew, as in "
+                 "a fleet whose load balancer spreads many sessions over each worker. Handles are "
+                 f"sealed with `{SESSIONS['cipher']}` (`sessions.cipher`, docs/fleet.md).\n")
         L.append("The DPoP case sends a DPoP-bound token (`cnf.jkt`, verified once, then cached) "
                  "with a new ES256 proof in every request (each single-use: signed just before "
                  "the run, taken in turn by bench/load.lua); *off* is the same call with a plain "

@@ -62,7 +62,8 @@ def main() -> int:
     policy_file = harness.ROOT / "policies" / "demo.yaml"
     config = harness.plugin_config(
         [{"issuer": ISSUER, "audiences": [resource], "algorithms": ["RS256"], "jwks": idp.jwks()}],
-        harness.load_policy(policy_file), resource)
+        harness.load_policy(policy_file), resource,
+        sessions={"key": harness.SESSION_KEY, "cipher": "xchacha20-poly1305"})
     (work / "plugin-config.json").write_text(json.dumps(config, indent=2))
 
     started = []
