@@ -320,10 +320,82 @@ pub fn parse_strict_json_without_quick_path(
 /// valid text is parsed in one pass ([`quick`]); anything else by serde_json, which gives the
 /// verdict and the error.
 fn parse_json(bytes: &[u8], max_depth: usize, mode: Mode) -> Result<Value, ParseError> {
+    parse_json_noting_wide(bytes, max_depth, mode).map(|(value, _)| value)
+}
+
+/// [`parse_json`], with the first integer beyond 64 bits that a double does not hold exactly
+/// ([`inexact_wide_integer`]). serde_json reads such an integer as the nearest double, so the
+/// parsed value cannot tell it from a number written as a double; the text can. The quick
+/// path leaves every integer beyond 64 bits to the serde-based parse, so only that parse's
+/// input is scanned for one.
+fn parse_json_noting_wide(
+    bytes: &[u8],
+    max_depth: usize,
+    mode: Mode,
+) -> Result<(Value, Option<&str>), ParseError> {
     match quick::parse(bytes, max_depth, mode) {
-        Some(value) => Ok(value),
-        None => parse_serde(bytes, max_depth, mode),
+        Some(value) => Ok((value, None)),
+        None => {
+            let value = parse_serde(bytes, max_depth, mode)?;
+            Ok((value, inexact_wide_integer(bytes)))
+        }
     }
+}
+
+/// The first integer literal (no fraction, no exponent) outside strings in `bytes`, a text
+/// serde_json parsed, that is beyond the 64-bit integers and that a double does not hold
+/// exactly (`18446744073709551617` is read as 18446744073709551616 by serde_json, and so by
+/// the policy; Python, and any server that reads JSON integers exactly, acts on the first).
+/// A scan of the text rather than of the value: the value no longer says how the number was
+/// written, and no JSON library here keeps the literal (serde_json's `arbitrary_precision`
+/// would change every number's representation in the filter).
+fn inexact_wide_integer(bytes: &[u8]) -> Option<&str> {
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                // Past the string: serde_json accepted it, so it ends with an unescaped quote.
+                i += 1;
+                while let Some(&c) = bytes.get(i) {
+                    i += match c {
+                        b'\\' => 2,
+                        b'"' => break,
+                        _ => 1,
+                    };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let end = bytes
+                    .get(i..)
+                    .and_then(|rest| {
+                        rest.iter().position(|c| {
+                            !matches!(c, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+                        })
+                    })
+                    .map_or(bytes.len(), |n| i + n);
+                let literal = bytes
+                    .get(i..end)
+                    .and_then(|t| std::str::from_utf8(t).ok())?;
+                if !literal.contains(['.', 'e', 'E'])
+                    && literal.parse::<i64>().is_err()
+                    && literal.parse::<u64>().is_err()
+                {
+                    // Rust prints a double's exact decimal value: an integral double holds the
+                    // integer exactly only if it prints as the literal does.
+                    let exact = literal
+                        .parse::<f64>()
+                        .is_ok_and(|double| format!("{double:.0}") == literal);
+                    if !exact {
+                        return Some(literal);
+                    }
+                }
+                i = end.max(i + 1);
+            }
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// Parses JSON strictly through serde_json, with the checks in [`Strict`].
@@ -552,12 +624,34 @@ pub fn parse_message_for(
     max_depth: usize,
     arguments: Arguments,
 ) -> Result<Message, ParseError> {
-    match parse_json(body, max_depth, arguments.mode())? {
-        Value::Array(_) => Err(ParseError::Invalid(
+    match parse_json_noting_wide(body, max_depth, arguments.mode())? {
+        (Value::Array(_), _) => Err(ParseError::Invalid(
             "JSON-RPC batches are not accepted: send one message per request".into(),
         )),
-        value => message_from_value(value),
+        (value, wide) => {
+            let message = message_from_value(value)?;
+            match wide {
+                Some(n) if message.kind != Kind::Response => Err(wide_integer_error(n)),
+                _ => Ok(message),
+            }
+        }
     }
+}
+
+/// A request or notification holding an integer the policy would read as another number
+/// ([`inexact_wide_integer`]): refused as the integers doubles cannot hold are
+/// ([`inexact_integer`]). Only in `params` can it be (an `id` beyond 64 bits is refused before,
+/// and the other members are strings).
+fn wide_integer_error(literal: &str) -> ParseError {
+    let shown = match literal.char_indices().nth(40) {
+        Some((cut, _)) => format!("{}…", literal.get(..cut).unwrap_or(literal)),
+        None => literal.to_string(),
+    };
+    ParseError::Params(format!(
+        "the integer {shown} is beyond what the policy reads exactly (it would judge the \
+         nearest double, a server that reads JSON integers exactly acts on the integer): send \
+         it as a string"
+    ))
 }
 
 /// Parses a JSON-RPC batch (allowed by protocol version 2025-03-26 only), keeping the tool
@@ -567,7 +661,8 @@ pub fn parse_batch_for(
     max_depth: usize,
     arguments: Arguments,
 ) -> Result<Vec<Message>, ParseError> {
-    let Value::Array(items) = parse_json(body, max_depth, arguments.mode())? else {
+    let (Value::Array(items), wide) = parse_json_noting_wide(body, max_depth, arguments.mode())?
+    else {
         return Err(ParseError::Invalid("a batch must be a JSON array".into()));
     };
     if items.is_empty() {
@@ -575,7 +670,7 @@ pub fn parse_batch_for(
             "an empty batch is not a valid request".into(),
         ));
     }
-    items
+    let messages = items
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
@@ -585,7 +680,13 @@ pub fn parse_batch_for(
                 other => other,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    // The text does not say which element holds it: a batch with a request or notification is
+    // refused (a batch of responses alone passes, as a response would).
+    match wide {
+        Some(n) if messages.iter().any(|m| m.kind != Kind::Response) => Err(wide_integer_error(n)),
+        _ => Ok(messages),
+    }
 }
 
 /// Whether a body is a batch (a JSON array), judged by its first non-blank byte.

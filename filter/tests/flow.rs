@@ -2656,6 +2656,67 @@ fn an_integer_a_double_reads_otherwise_is_refused_not_judged() {
     }
 }
 
+/// Beyond 64 bits serde_json reads an integer as the nearest double, so the policy would judge
+/// 18446744073709551616 where Python (and any server reading JSON integers exactly) acts on
+/// 18446744073709551617: a rule's bound at 2^64 would let the larger number through. Refused as
+/// the integers doubles cannot hold are, whether or not a rule reads the arguments; an integer
+/// a double holds exactly (2^64, 10^20) passes as that double.
+#[test]
+fn an_integer_beyond_64_bits_a_double_reads_otherwise_is_refused_not_judged() {
+    let mut c = base_config();
+    c["servers"][0]["policy"] = json!({
+        "name": "crm", "version": "7",
+        "rules": [
+            { "name": "small-amounts", "allow": "mcp.tool.name == \"pay\" && double(mcp.tool.arguments.amount) <= 18446744073709551616.0" },
+            { "name": "get", "allow": "mcp.tool.name == \"get\"" },
+        ],
+    });
+    let config = build(c);
+    let call = |tool: &str, amount: &str| {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}","arguments":{{"amount":{amount},"note":"x\"18446744073709551617"}}}}}}"#
+        );
+        let mut host = post_host(Some(&alice()), &[]);
+        let (mut stream, action) = send(&config, &mut host, body.as_bytes());
+        stream.on_log(&mut host);
+        (action, host.record())
+    };
+    for (tool, wide) in [
+        ("pay", "18446744073709551617"),
+        ("pay", "-9223372036854775809"),
+        ("pay", "[1, {\"deep\": 123456789012345678901234567890}]"),
+        // The rule does not read this tool's arguments: refused all the same.
+        ("get", "18446744073709551617"),
+    ] {
+        let (action, record) = call(tool, wide);
+        assert_eq!(action, Action::Pause, "{wide} forwarded: {record}");
+        assert_eq!(record["status"], 400, "{record}");
+        assert_eq!(record["error_code"], -32602, "{record}");
+        assert!(
+            record["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("as a string")
+                    && d.contains(&format!(
+                        "integer {}",
+                        wide.trim_start_matches("[1, {\"deep\": ")
+                            .trim_end_matches("}]")
+                    ))),
+            "{record}"
+        );
+    }
+    // Integers a double holds exactly, the same number written as a double, and the integer
+    // inside a string: judged as the server reads them.
+    for (amount, decision) in [
+        ("18446744073709551616", "allow"),
+        ("1.8446744073709552e19", "allow"),
+        ("100000000000000000000", "deny"),
+        ("\"18446744073709551617\"", "allow"),
+    ] {
+        let (_, record) = call("pay", amount);
+        assert_eq!(record["decision"], decision, "{amount}: {record}");
+    }
+}
+
 /// A list member (or the result, or an entry's name) spelled in another case beside
 /// the one the filter reads. Go's `encoding/json` (mcp-go's client, any Go client decoding
 /// into structs) matches member names case-insensitively, the last one winning: it reads the

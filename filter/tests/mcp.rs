@@ -66,6 +66,64 @@ fn an_inexact_integer_deep_in_the_arguments_is_refused_whether_or_not_they_are_r
     }
 }
 
+/// Beyond 64 bits an integer is read as the nearest double (serde_json has no wider integer):
+/// one that double does not hold exactly is refused in a request or notification, wherever it
+/// is in the params and whether or not anything reads them. The text is what tells an integer
+/// from the same number written as a double, so what looks like one inside a string, a key or
+/// an exponent is not one; a response (a client answering a server) carries it as before.
+#[test]
+fn an_integer_beyond_64_bits_a_double_reads_otherwise_is_refused() {
+    let call = |arguments: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t","arguments":{arguments}}}}}"#
+        )
+    };
+    for arguments in [
+        r#"{"a":18446744073709551617}"#,
+        r#"{"a":-9223372036854775809}"#,
+        r#"{"s":"a \" quote","a":[1,{"b":[123456789012345678901234567890]}]}"#,
+        r#"{"a" : 18446744073709551617 }"#,
+    ] {
+        let body = call(arguments);
+        assert_eq!(code(&body), -32602, "{body}");
+        let batch = format!(r#"[{body},{{"jsonrpc":"2.0","method":"notifications/x"}}]"#);
+        for mode in [Arguments::Keep, Arguments::Check] {
+            let refused = parse_batch_for(batch.as_bytes(), DEFAULT_MAX_DEPTH, mode);
+            assert!(
+                refused.is_err_and(|e| e.code() == -32602 && e.to_string().contains("as a string")),
+                "{batch}"
+            );
+        }
+    }
+    let notification = r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progress":18446744073709551617}}"#;
+    assert_eq!(code(notification), -32602);
+    // The error names the integer, cut short when it is long.
+    let long = format!(r#"{{"a":{}}}"#, "9".repeat(300));
+    let shown = parse(&call(&long)).expect_err("refused").to_string();
+    assert!(
+        shown.contains(&format!("{}…", "9".repeat(40))) && shown.len() < 400,
+        "{shown}"
+    );
+    for arguments in [
+        // Integers a double holds exactly, and the same numbers written as doubles.
+        r#"{"a":18446744073709551616}"#,
+        r#"{"a":100000000000000000000,"b":-9223372036854775808}"#,
+        r#"{"a":1.8446744073709552e19,"b":18446744073709551617.0,"c":18446744073709551617e0}"#,
+        // Not numbers: in strings (escaped quotes too) and keys.
+        r#"{"a":"18446744073709551617","b":"x\"18446744073709551617\\","18446744073709551617":1}"#,
+    ] {
+        let body = call(arguments);
+        assert!(parse(&body).is_ok(), "{body}");
+    }
+    let response = r#"{"jsonrpc":"2.0","id":7,"result":{"n":18446744073709551617}}"#;
+    assert!(matches!(
+        parse(response).map(|m| m.kind),
+        Ok(Kind::Response)
+    ));
+    let responses = format!("[{response}]");
+    assert!(parse_batch(responses.as_bytes(), DEFAULT_MAX_DEPTH).is_ok());
+}
+
 /// A number with a fraction or exponent reaches the policy as the nearest double, as a server
 /// reading it with Python's `json`, JavaScript's `JSON.parse` or Go's `encoding/json` gets it
 /// (Rust's `str::parse::<f64>` is that nearest double). serde_json's default parse, one unit in

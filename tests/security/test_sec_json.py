@@ -101,6 +101,11 @@ MALFORMED = [
      '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer",'
      '"arguments":{"customer_id":9007199254740993}}}',
      -32602, has("9007199254740993", "as a string")),
+    # 2^64 + 1: the policy (serde_json) would judge the double 2^64, Python the integer.
+    ("integer_beyond_64_bits_a_double_reads_otherwise",
+     '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"get_customer",'
+     '"arguments":{"customer_id":"c-1","limit":18446744073709551617}}}',
+     -32602, has("18446744073709551617", "as a string")),
 ]
 
 

@@ -227,7 +227,9 @@ fn string(quoted: &str, unicode: bool, mode: Mode) -> Option<String> {
 
 /// A number's value, from text the cursor found to be one. Up to 18 digits without sign,
 /// fraction or exponent is read here (it fits in a `u64`, as serde_json reads it); anything
-/// else by serde_json, which refuses what overflows a double.
+/// else by serde_json, which refuses what overflows a double. An integer beyond 64 bits is
+/// left to the serde-based parse, whose caller checks how doubles read it
+/// ([`super::inexact_wide_integer`]).
 fn number(text: &str) -> Option<Number> {
     let digits = text.as_bytes();
     if digits.len() <= 18 && digits.iter().all(u8::is_ascii_digit) {
@@ -235,6 +237,10 @@ fn number(text: &str) -> Option<Number> {
             .iter()
             .fold(0u64, |n, d| n * 10 + u64::from(d.wrapping_sub(b'0')));
         return Some(Number::from(n));
+    }
+    let integer_literal = !text.contains(['.', 'e', 'E']);
+    if integer_literal && text.parse::<i64>().is_err() && text.parse::<u64>().is_err() {
+        return None;
     }
     serde_json::from_str(text).ok()
 }
@@ -270,7 +276,7 @@ mod tests {
     #[test]
     fn plain_messages_take_the_quick_path_and_read_the_same() {
         let call = r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"search",
-            "arguments":{"q":"caf\u00e9 \"x\"","n":-0,"big":123456789012345678901234,
+            "arguments":{"q":"caf\u00e9 \"x\"","n":-0,"big":10000000000000000000,"neg":-1234567890123456,"wide":1.2345678901234568e23,
             "f":1.5e3,"deep":[{"a":[true,false,null]},[]],"r":"é"}}}"#;
         let many = "{\"a\":1,\"b\":1,\"c\":1,\"d\":1,\"e\":1,\"f\":1,\"g\":1,\"h\":1,\"i\":1,\"j\":1,\"k\":1,\"l\":1,\"m\":1,\"n\":1,\"o\":1,\"p\":1,\"q\":1,\"r\":1}";
         let unicode = "{\"a\":1,\"\u{e9}\":1,\"E\":1,\"\u{212a}\":1}";
@@ -286,6 +292,10 @@ mod tests {
         ] {
             assert!(quick_accepts(text), "{text}");
             agrees(text.as_bytes(), DEFAULT_MAX_DEPTH);
+        }
+        // An integer beyond 64 bits is the serde-based parse's (its caller checks the text).
+        for text in ["123456789012345678901234", "[-9223372036854775809]"] {
+            assert!(!quick_accepts(text), "{text}");
         }
         let checked = parse(call.as_bytes(), 64, Mode::Message);
         let arguments = checked
