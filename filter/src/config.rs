@@ -280,8 +280,9 @@ struct RawSessions {
     #[serde(default)]
     previous_key_from_env: Option<String>,
     /// The cipher new handles are sealed with: `aes-256-gcm-siv` (the default; every version
-    /// opens it) or `xchacha20-poly1305` (a third of the cost per new handle in Wasm; opened by this version and
-    /// later only: set it once every replica runs one). Handles of either always open.
+    /// opens it) or `xchacha20-poly1305` (a third of the cost per new handle in Wasm; opened
+    /// by this version and later only: set it once every replica runs one). Handles of either
+    /// always open.
     #[serde(default)]
     #[schemars(regex(pattern = r"^(aes-256-gcm-siv|xchacha20-poly1305)$"))]
     cipher: Option<String>,
