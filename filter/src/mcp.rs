@@ -320,7 +320,10 @@ pub fn parse_strict_json_without_quick_path(
 /// valid text is parsed in one pass ([`quick`]); anything else by serde_json, which gives the
 /// verdict and the error.
 fn parse_json(bytes: &[u8], max_depth: usize, mode: Mode) -> Result<Value, ParseError> {
-    parse_json_noting_wide(bytes, max_depth, mode).map(|(value, _)| value)
+    match quick::parse(bytes, max_depth, mode) {
+        Some(value) => Ok(value),
+        None => parse_serde(bytes, max_depth, mode),
+    }
 }
 
 /// [`parse_json`], with the first integer beyond 64 bits that a double does not hold exactly
