@@ -518,7 +518,7 @@ fn remember_jti(
     let id = hash.get(..16).unwrap_or_default();
     let key = slot_key(&hash);
     for _ in 0..4 {
-        let (stored, cas) = host.shared_get_cas(&key).unwrap_or_default();
+        let (stored, cas) = crate::host::shared_read(host, &key);
         let stored = legacy_slot(&stored).unwrap_or(stored);
         let mut slot = Vec::with_capacity(stored.len() + RECORD);
         for record in stored.chunks_exact(RECORD) {

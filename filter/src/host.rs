@@ -90,13 +90,16 @@ pub trait Host {
     fn shared_set(&mut self, key: &str, value: &[u8]);
     /// Shared data with its compare-and-swap token (keys, feeds, limits). The defaults, for
     /// hosts without concurrent VMs, ignore the token; the proxy-wasm adapter honours it.
+    /// Read through [`shared_read`] when the write back must also hold for a missing entry.
     fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
         self.shared_get(key).map(|v| (v, None))
     }
-    /// Writes only if the entry is unchanged since read with `cas` (`None`: unconditionally);
-    /// false on a mismatch or failure.
+    /// Writes only if the entry is unchanged since read with `cas`: `None` writes
+    /// unconditionally, [`ABSENT`] only while no entry exists; false on a mismatch or failure.
     fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
-        let _ = cas;
+        if cas == ABSENT && self.shared_get(key).is_some() {
+            return false;
+        }
         self.shared_set(key, value);
         true
     }
@@ -134,6 +137,18 @@ pub trait Host {
     ) -> Option<u32> {
         None
     }
+}
+
+/// The CAS a read-modify-write passes when its read found no entry: the write then takes
+/// effect only while the key is still absent, so two VMs that both found it missing cannot both
+/// "create" it (the second would overwrite the first: two fetches for one lease, two uses of
+/// one DPoP proof). Envoy never hands out 0 as a CAS (to it, 0 means "unconditionally"); the
+/// adapter turns this value into a write Envoy refuses when the entry exists.
+pub const ABSENT: Option<u32> = Some(0);
+
+/// Reads `key` for a compare-and-swap: its bytes and CAS, or no bytes and [`ABSENT`].
+pub fn shared_read(host: &dyn Host, key: &str) -> (Vec<u8>, Option<u32>) {
+    host.shared_get_cas(key).unwrap_or((Vec::new(), ABSENT))
 }
 
 /// Starts `GET https://<authority><path>` (a JSON document: keys, discovery, a revocation feed)

@@ -414,7 +414,7 @@ impl Introspector {
         let hex = hex(hash);
         let (slot, cas) = match host.shared_get_cas(&key) {
             Some((bytes, cas)) => (serde_json::from_slice::<Slot>(&bytes).ok(), cas),
-            None => (None, None),
+            None => (None, crate::host::ABSENT),
         };
         if let Some(slot) = slot.as_ref().filter(|s| s.h == hex) {
             let fresh = slot

@@ -57,10 +57,12 @@ impl Lease {
 }
 
 /// Reads the lease, creating it first if absent: a take must always be a compare-and-swap on
-/// an existing entry, or two VMs could both "take" a lease that did not exist yet.
+/// an existing entry, or two VMs could both "take" a lease that did not exist yet. The creation
+/// itself only takes effect while the lease is still missing ([`crate::host::ABSENT`]): an
+/// unconditional one could land after another VM created and took the lease, and undo its take.
 pub fn read(key: &str, host: &mut dyn Host) -> (Lease, Option<u32>) {
     if host.shared_get_cas(key).is_none() {
-        write(key, &Lease::default(), None, host);
+        write(key, &Lease::default(), crate::host::ABSENT, host);
     }
     match host.shared_get_cas(key) {
         Some((bytes, cas)) => (serde_json::from_slice(&bytes).unwrap_or_default(), cas),

@@ -261,7 +261,7 @@ pub fn take(
         for p in 0..PROBES.min(slots) {
             let slot = (first + p) % slots;
             let name = slot_key(limit_id, slot);
-            let (bytes, cas) = host.shared_get_cas(&name).unwrap_or_default();
+            let (bytes, cas) = crate::host::shared_read(host, &name);
             let bucket = Bucket::decode(&bytes).unwrap_or(Bucket::EMPTY);
             if bucket.hash == hash {
                 mine = Some((name, bucket, cas));
@@ -311,7 +311,7 @@ pub fn prepare(host: &mut dyn Host, config: &crate::config::Config) {
             for slot in 0..limit.slots {
                 let name = slot_key(&id, slot);
                 if host.shared_get_cas(&name).is_none() {
-                    host.shared_set_cas(&name, &empty, None);
+                    host.shared_set_cas(&name, &empty, crate::host::ABSENT);
                 }
             }
         }

@@ -456,10 +456,8 @@ const REMEMBER_TRIES: usize = 4;
 /// Applies `updates` (a drift's digest, or `None` to forget it) to the stored names at `key`.
 fn update(host: &mut dyn Host, key: &str, updates: &[(&str, Option<&str>)]) {
     for _ in 0..REMEMBER_TRIES {
-        let (stored, cas) = host
-            .shared_get_cas(key)
-            .map_or((None, None), |(bytes, cas)| (Some(bytes), cas));
-        let mut names = drifted(stored.as_deref());
+        let (stored, cas) = crate::host::shared_read(host, key);
+        let mut names = drifted(Some(&stored));
         let mut changed = false;
         for (name, seen) in updates {
             changed |= match seen {

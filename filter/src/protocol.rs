@@ -405,7 +405,7 @@ pub const DECLARATIONS_HEADERS: [(&str, &str); 5] = [
 /// have cannot make the filter list its tools again and again.
 pub fn claim_listing(host: &mut dyn Host, server: &str, now_ms: u64, every_ms: u64) -> bool {
     let key = format!("mcp-guard:params-fetched:{server}");
-    let (last, cas) = host.shared_get_cas(&key).unwrap_or_default();
+    let (last, cas) = crate::host::shared_read(host, &key);
     let last = <[u8; 8]>::try_from(last.as_slice()).map_or(0, u64::from_le_bytes);
     now_ms.saturating_sub(last) >= every_ms && host.shared_set_cas(&key, &now_ms.to_le_bytes(), cas)
 }
@@ -425,12 +425,9 @@ pub fn learn(host: &mut dyn Host, server: &str, tools: &[(String, Vec<ParamHeade
     for (slot, tools) in slots {
         let key = shared_key(server, slot);
         for _ in 0..LEARN_TRIES {
-            let (stored, cas) = host
-                .shared_get_cas(&key)
-                .map_or((None, None), |(bytes, cas)| (Some(bytes), cas));
-            let mut known: BTreeMap<String, Vec<ParamHeader>> = stored
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
+            let (stored, cas) = crate::host::shared_read(host, &key);
+            let mut known: BTreeMap<String, Vec<ParamHeader>> =
+                serde_json::from_slice(&stored).unwrap_or_default();
             let changed = tools.iter().fold(false, |changed, (name, headers)| {
                 known.insert(name.clone(), headers.clone()).as_ref() != Some(headers) || changed
             });

@@ -117,6 +117,38 @@ fn a_fresh_proof_is_accepted_once() {
 }
 
 #[test]
+fn one_proof_sent_to_two_workers_at_once_is_accepted_by_one() {
+    // The second worker reads the proof's slot and finds it empty; before it writes, the first
+    // worker records the same proof there. The second's write must fail and its retry see the
+    // proof (an unconditional write of a slot found empty let both requests through).
+    let config = config(false);
+    let shared = Shared::default();
+    let token = bound_token(json!({ "jkt": jkt() }));
+    let p = proof(&token, "POST", URL, NOW, "proof-raced");
+    let first = Rc::new(std::cell::RefCell::new(None));
+    let (cfg, tok, pr, sh, out) = (
+        Rc::clone(&config),
+        token.clone(),
+        p.clone(),
+        Rc::clone(&shared),
+        Rc::clone(&first),
+    );
+    let step = move || {
+        *out.borrow_mut() = Some(run(&cfg, &mut request("DPoP", &tok, Some(&pr), &sh)));
+    };
+    shared.borrow_mut().on_missing = Some(("mcp-guard:dpop-jti:", Box::new(step)));
+    let second = run(&config, &mut request("DPoP", &token, Some(&p), &shared));
+    assert_eq!(
+        first.borrow().clone(),
+        Some(Ok(())),
+        "the interleaved worker ran first"
+    );
+    let (status, body, _) = second.unwrap_err();
+    assert_eq!(status, 401);
+    assert_eq!(body["error_description"], "the proof was used before (jti)");
+}
+
+#[test]
 fn wrong_proofs_are_refused() {
     let config = config(false);
     let token = bound_token(json!({ "jkt": jkt() }));
@@ -316,7 +348,7 @@ fn a_proof_remembered_by_the_previous_version_stays_refused() {
         run(&config, &mut request("DPoP", &token, Some(&p), &shared)),
         Ok(())
     );
-    assert_eq!(shared.borrow()[&key].len(), 3 * 24);
+    assert_eq!(shared.borrow().bytes(&key).unwrap().len(), 3 * 24);
     let (status, _, _) = run(&config, &mut request("DPoP", &token, Some(&p), &shared)).unwrap_err();
     assert_eq!(status, 401);
 }
@@ -344,7 +376,7 @@ fn a_slot_forgets_expired_proofs_and_refuses_when_full_of_live_ones() {
         run(&config, &mut request("DPoP", &token, Some(&p), &shared)),
         Ok(())
     );
-    assert_eq!(shared.borrow()[&key].len(), 24);
+    assert_eq!(shared.borrow().bytes(&key).unwrap().len(), 24);
 
     // 511 live ids: room for one more (a busy process fills its fullest slot well before the
     // average; see dpop::PER_SLOT).
@@ -356,7 +388,7 @@ fn a_slot_forgets_expired_proofs_and_refuses_when_full_of_live_ones() {
         run(&config, &mut request("DPoP", &token, Some(&p2), &shared)),
         Ok(())
     );
-    assert_eq!(shared.borrow()[&key].len(), 512 * 24);
+    assert_eq!(shared.borrow().bytes(&key).unwrap().len(), 512 * 24);
 
     // 512 live ids: full, the proof refused (fail closed) and nothing written.
     shared.borrow_mut().insert(key.clone(), records(NOW + 30));
@@ -367,7 +399,7 @@ fn a_slot_forgets_expired_proofs_and_refuses_when_full_of_live_ones() {
         body["error_description"],
         "too many recent proofs; retry with a fresh proof"
     );
-    assert_eq!(shared.borrow()[&key], records(NOW + 30));
+    assert_eq!(shared.borrow().bytes(&key).unwrap(), records(NOW + 30));
 }
 
 // ---- replay: fleet (the rate limit service every replica shares) -----------------------------

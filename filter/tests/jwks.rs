@@ -181,6 +181,26 @@ fn second_vm_waits_for_the_lease_and_adopts_the_published_keys() {
 }
 
 #[test]
+fn two_vms_starting_together_fetch_once_even_when_both_find_no_lease() {
+    // VM 2 reads the lease, finds none, and before it creates one VM 1 creates and takes it:
+    // VM 2's creation must not undo VM 1's take (an unconditional write did: two fetches).
+    let vm1 = std::rc::Rc::new(std::cell::RefCell::new(Vm::new(MockKeyHost::new(T0))));
+    let mut vm2 = Vm::new(vm1.borrow().host.sibling());
+    let first = std::rc::Rc::clone(&vm1);
+    let step = move || {
+        first.borrow_mut().at(T0).tick();
+    };
+    vm2.host.store.borrow_mut().on_missing = Some(("mcp-guard:lease:", Box::new(step)));
+    vm2.at(T0).tick();
+    assert_eq!(vm1.borrow().host.calls.len(), 1, "VM 1 fetches");
+    assert!(vm2.host.calls.is_empty(), "{:?}", vm2.host.calls);
+    assert!(
+        vm2.host.store.borrow().on_missing.is_none(),
+        "the interleaving ran"
+    );
+}
+
+#[test]
 fn a_third_vm_started_later_adopts_without_fetching() {
     let mut vm1 = Vm::new(MockKeyHost::new(T0));
     bootstrap(&mut vm1);

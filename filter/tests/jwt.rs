@@ -1195,15 +1195,15 @@ mod shared_cache {
         }
         let slots = shared
             .borrow()
-            .keys()
-            .filter(|k| k.starts_with("mcp-guard:token:"))
+            .iter()
+            .filter(|(k, _)| k.starts_with("mcp-guard:token:"))
             .count();
         assert!(slots <= usize::from(mcp_guard::token_cache::SLOTS) && slots > 250);
         assert!(
             shared
                 .borrow()
-                .values()
-                .all(|v| !String::from_utf8_lossy(v).contains("eyJ")),
+                .iter()
+                .all(|(_, v)| !String::from_utf8_lossy(v).contains("eyJ")),
             "entries hold digests and claims, never a token"
         );
     }

@@ -5,6 +5,7 @@ token through an Envoy listener that asks for client certificates, with the righ
 certificate."""
 
 import base64
+import concurrent.futures
 import datetime
 import hashlib
 import http.client
@@ -108,6 +109,11 @@ def test_dpop_bound_token_needs_a_fresh_proof_for_this_request(tmp_path):
             "the proof and the token never reach the MCP server"
         # Another fresh proof works.
         assert call(key.proof("POST", resource, token)).status_code == 200
+        # One proof sent at once on many connections (both worker threads take some): one passes.
+        burst = key.proof("POST", resource, token)
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            statuses = sorted(r.status_code for r in pool.map(lambda _: call(burst), range(12)))
+        assert statuses == [200] + [401] * 11, statuses
     finally:
         envoy.stop()
         server.stop()

@@ -261,7 +261,7 @@ impl Reply {
 }
 
 /// Process-wide shared data, shared between the hosts of several streams or VMs.
-pub type Shared = Rc<RefCell<HashMap<String, Vec<u8>>>>;
+pub type Shared = Rc<RefCell<CasStore>>;
 
 /// An in-memory Envoy for one HTTP stream.
 pub struct MockHost {
@@ -484,12 +484,16 @@ impl Host for MockHost {
         self.set_property(&[&format!("mcp.{name}")], value);
     }
     fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
-        self.shared.borrow().get(key).cloned()
+        self.shared.borrow().bytes(key).map(<[u8]>::to_vec)
     }
     fn shared_set(&mut self, key: &str, value: &[u8]) {
-        self.shared
-            .borrow_mut()
-            .insert(key.to_string(), value.to_vec());
+        self.shared.borrow_mut().set(key, value, None);
+    }
+    fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        CasStore::read(&self.shared, key)
+    }
+    fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        self.shared.borrow_mut().set(key, value, cas)
     }
     fn count(&mut self, name: &str, by: u64) {
         *self.counters.entry(name.to_string()).or_default() += by;
@@ -502,16 +506,55 @@ impl Host for MockHost {
 // ---- a VM's root context ----------------------------------------------------------------
 
 /// Shared data with compare-and-swap, as Envoy implements it: every write bumps the entry's
-/// CAS; a write with a CAS fails when the entry exists and its CAS differs.
+/// CAS; a write with a CAS fails when the entry exists and its CAS differs (0 is never a CAS,
+/// so a write passing 0 — `host::ABSENT` — only creates).
 #[derive(Default)]
 pub struct CasStore {
     entries: HashMap<String, (Vec<u8>, u32)>,
     next_cas: u32,
+    /// Another VM's step, run once right after a read finds missing a key that starts with
+    /// the given prefix: what another worker thread may do between one VM's read and its write.
+    pub on_missing: Option<(&'static str, Step)>,
 }
+
+/// What another VM does, interleaved with this one.
+pub type Step = Box<dyn FnOnce()>;
 
 impl CasStore {
     pub fn get(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
         self.entries.get(key).map(|(v, c)| (v.clone(), Some(*c)))
+    }
+
+    /// A host's CAS read: [`CasStore::get`], then the interleaved step if one is due.
+    pub fn read(store: &RefCell<CasStore>, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
+        let (found, step) = {
+            let mut s = store.borrow_mut();
+            let found = s.get(key);
+            let due = found.is_none()
+                && s.on_missing
+                    .as_ref()
+                    .is_some_and(|(p, _)| key.starts_with(p));
+            (found, if due { s.on_missing.take() } else { None })
+        };
+        if let Some((_, step)) = step {
+            step();
+        }
+        found
+    }
+
+    /// The stored bytes at `key`.
+    pub fn bytes(&self, key: &str) -> Option<&[u8]> {
+        self.entries.get(key).map(|(v, _)| v.as_slice())
+    }
+
+    /// Every key and its bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Vec<u8>)> {
+        self.entries.iter().map(|(k, (v, _))| (k, v))
+    }
+
+    /// Writes `value` unconditionally.
+    pub fn insert(&mut self, key: String, value: Vec<u8>) {
+        self.set(&key, &value, None);
     }
 
     pub fn set(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
@@ -613,7 +656,7 @@ impl Host for MockKeyHost {
         self.store.borrow_mut().set(key, value, None);
     }
     fn shared_get_cas(&self, key: &str) -> Option<(Vec<u8>, Option<u32>)> {
-        self.store.borrow().get(key)
+        CasStore::read(&self.store, key)
     }
     fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
         self.store.borrow_mut().set(key, value, cas)

@@ -698,6 +698,13 @@ impl Host for Envoy {
         }
     }
     fn shared_set_cas(&mut self, key: &str, value: &[u8], cas: Option<u32>) -> bool {
+        let cas = match cas {
+            mcp_guard::host::ABSENT => match foreign_cas() {
+                Some(guard) => Some(guard),
+                None => return false,
+            },
+            cas => cas,
+        };
         match hostcalls::set_shared_data(key, Some(value), cas) {
             Ok(()) => true,
             Err(Status::CasMismatch) => false,
@@ -801,4 +808,16 @@ impl Host for Envoy {
         )
         .ok()
     }
+}
+
+/// A CAS that no entry but the anchor's can hold: Envoy creates a missing key whatever CAS a
+/// write passes, and refuses a present one whose CAS differs, but it has no "only if absent"
+/// write. Every write gets the next value of one process-wide counter, so a CAS just handed to
+/// the anchor's write belongs to no other key (until the counter wraps, 2^32 writes later):
+/// passed with a write of another key, it creates the key if missing and changes nothing if
+/// another VM created it meanwhile.
+fn foreign_cas() -> Option<u32> {
+    const ANCHOR: &str = "mcp-guard:cas-anchor";
+    hostcalls::set_shared_data(ANCHOR, Some(b"1"), None).ok()?;
+    hostcalls::get_shared_data(ANCHOR).ok()?.1
 }
