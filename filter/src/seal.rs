@@ -231,7 +231,7 @@ pub struct Keys {
 /// How many handles [`Memo`] keeps, each way; it starts over when full.
 const MEMO_ENTRIES: usize = 1024;
 /// The longest binding and value [`Memo`] keeps (a caller id can be as long as a token): with
-/// [`MAX_HANDLE`], what bounds it to about 2 MiB per VM. Longer ones are sealed and opened
+/// [`MAX_HANDLE`], what bounds it to about 2.5 MiB per VM. Longer ones are sealed and opened
 /// anew each time.
 const MEMO_KEY_BYTES: usize = 512;
 
@@ -253,6 +253,10 @@ struct Memo {
     sealed: HashMap<Vec<u8>, String, foldhash::fast::FixedState>,
     /// handle → `memo_key(binding, value)`.
     opened: HashMap<String, Vec<u8>, foldhash::fast::FixedState>,
+    /// `memo_key(binding, b"")` → the caller's and the server's fingerprints, as sealed into
+    /// every handle of that binding: the handles of one caller's sessions on one server (each
+    /// new session's, each handle this VM has not seen) carry the same ones.
+    fingerprints: HashMap<Vec<u8>, [u8; CALLER_FP + SERVER_FP], foldhash::fast::FixedState>,
 }
 
 impl Memo {
@@ -274,6 +278,25 @@ impl Memo {
             self.opened.insert(handle.clone(), key.clone());
             self.sealed.insert(key, handle);
         }
+    }
+
+    /// The fingerprints of the binding whose `memo_key` is `prefix`, computed only when this
+    /// VM has not lately.
+    fn fingerprints(&mut self, prefix: &[u8], binding: &Binding) -> [u8; CALLER_FP + SERVER_FP] {
+        if let Some(both) = self.fingerprints.get(prefix) {
+            return *both;
+        }
+        let mut both = [0u8; CALLER_FP + SERVER_FP];
+        let (caller, server) = both.split_at_mut(CALLER_FP);
+        caller.copy_from_slice(&caller_fingerprint(binding));
+        server.copy_from_slice(&server_fingerprint(binding.server));
+        if prefix.len() <= MEMO_KEY_BYTES {
+            if self.fingerprints.len() >= MEMO_ENTRIES {
+                self.fingerprints.clear();
+            }
+            self.fingerprints.insert(prefix.to_vec(), both);
+        }
+        both
     }
 
     /// A handle just opened. It is also what sealing its binding and value would make when it
@@ -354,18 +377,27 @@ impl Keys {
         if let Some(handle) = self.memo.borrow().sealed.get(&key) {
             return Some(handle.clone());
         }
-        let handle = self.seal_anew(binding, value)?;
+        let prefix = key
+            .get(..key.len().saturating_sub(value.len()))
+            .unwrap_or_default();
+        let fingerprints = self.memo.borrow_mut().fingerprints(prefix, binding);
+        let handle = self.seal_anew(&fingerprints, binding, value)?;
         self.memo.borrow_mut().sealed(key, handle.clone());
         Some(handle)
     }
 
-    fn seal_anew(&self, binding: &Binding, value: &[u8]) -> Option<String> {
+    /// `fingerprints`: the binding's caller's and server's ([`Memo::fingerprints`]).
+    fn seal_anew(
+        &self,
+        fingerprints: &[u8; CALLER_FP + SERVER_FP],
+        binding: &Binding,
+        value: &[u8],
+    ) -> Option<String> {
         let key = &self.current;
         let cipher = self.cipher;
         let aad = associated_data(cipher, &key.id, binding.purpose);
         let mut plaintext = Vec::with_capacity(CALLER_FP + SERVER_FP + value.len());
-        plaintext.extend_from_slice(&caller_fingerprint(binding));
-        plaintext.extend_from_slice(&server_fingerprint(binding.server));
+        plaintext.extend_from_slice(fingerprints);
         plaintext.extend_from_slice(value);
 
         let mut mac = key.nonce_mac.clone();
@@ -405,7 +437,7 @@ impl Keys {
         {
             return Ok(value);
         }
-        let (value, sealable) = self.open_anew(handle, binding)?;
+        let (value, sealable) = self.open_anew(handle, &expected, binding)?;
         let mut key = expected;
         key.extend_from_slice(&value);
         self.memo
@@ -415,7 +447,13 @@ impl Keys {
     }
 
     /// The value, and whether the handle is the current key's and cipher's.
-    fn open_anew(&self, handle: &str, binding: &Binding) -> Result<(Vec<u8>, bool), OpenError> {
+    /// `prefix`: the binding's `memo_key`.
+    fn open_anew(
+        &self,
+        handle: &str,
+        prefix: &[u8],
+        binding: &Binding,
+    ) -> Result<(Vec<u8>, bool), OpenError> {
         let (cipher, encoded) = Cipher::ALL
             .iter()
             .find_map(|(_, c)| Some((*c, handle.strip_prefix(c.prefix())?)))
@@ -444,10 +482,12 @@ impl Keys {
         let (server, value) = rest
             .split_at_checked(SERVER_FP)
             .ok_or(OpenError::Tampered)?;
-        if caller != caller_fingerprint(binding) {
+        let expected = self.memo.borrow_mut().fingerprints(prefix, binding);
+        let (expected_caller, expected_server) = expected.split_at(CALLER_FP);
+        if caller != expected_caller {
             return Err(OpenError::OtherCaller);
         }
-        if server != server_fingerprint(binding.server) {
+        if server != expected_server {
             return Err(OpenError::OtherServer);
         }
         let sealable = cipher == self.cipher && std::ptr::eq(key, &self.current);
@@ -829,6 +869,34 @@ mod tests {
         assert_eq!(keys.open(&handle, &binding), Ok(b"s-long".to_vec()));
         assert_eq!(keys.open(&handle, &alice()), Err(OpenError::OtherCaller));
         assert_eq!(keys.memo.borrow().opened.len(), before);
+        assert!(keys.memo.borrow().fingerprints.len() <= MEMO_ENTRIES);
+    }
+
+    #[test]
+    fn remembered_fingerprints_bind_as_computed_ones_do() {
+        // Many callers on two servers, more than the memo keeps: every handle still opens for
+        // its own caller and server only, whether its fingerprints were remembered or not.
+        let keys = Keys::new(&A, None).sealing_with(Cipher::XChaCha20Poly1305);
+        let callers: Vec<String> = (0..MEMO_ENTRIES + 7).map(|i| format!("user-{i}")).collect();
+        for (i, caller) in callers.iter().enumerate() {
+            let crm = Binding { caller, ..alice() };
+            let billing = Binding {
+                server: "billing",
+                ..crm
+            };
+            let next = Binding {
+                caller: &callers[(i + 1) % callers.len()],
+                ..crm
+            };
+            let handle = keys.seal(&crm, b"s").expect("sealed");
+            let fresh = Keys::new(&A, None).sealing_with(Cipher::XChaCha20Poly1305);
+            assert_eq!(handle, fresh.seal(&crm, b"s").expect("sealed"));
+            assert_eq!(keys.open(&handle, &billing), Err(OpenError::OtherServer));
+            assert_eq!(keys.open(&handle, &next), Err(OpenError::OtherCaller));
+            assert_eq!(fresh.open(&handle, &next), Err(OpenError::OtherCaller));
+            assert_eq!(keys.open(&handle, &crm), Ok(b"s".to_vec()));
+            assert!(keys.memo.borrow().fingerprints.len() <= MEMO_ENTRIES);
+        }
     }
 
     #[test]
