@@ -460,12 +460,13 @@ class Bench:
 
     def features(self) -> None:
         """What each feature costs when it is on, against the same request without it (each side
-        measured twice, off-on-on-off, and averaged; at the largest connection count, where the
-        proxy is the bottleneck and CPU per request is steadiest). The local limit is priced in
-        the limits part."""
+        measured twice per round, off-on-on-off, over `rounds` rounds that interleave the
+        features, and averaged; at the largest connection count, where the proxy is the
+        bottleneck and CPU per request is steadiest). The local limit is priced in the limits
+        part."""
         a = self.args
         conns = max(a.conns)
-        log(f"\n== features on vs off, 1 round, {a.duration:g}s each, {conns} connections")
+        log(f"\n== features on vs off, {a.rounds} round(s), {a.duration:g}s each, {conns} connections")
         # A proxy started for this section, like the feature proxies: the main proxy has served
         # the rounds before (10,000 callers, 100 KiB calls) and measured slower than a fresh one.
         base = self.start_proxy("c", name="c-features")
@@ -513,22 +514,25 @@ class Bench:
             # to remember across workers.
             ("a DPoP proof (DPoP-bound token)", (base, call, ""), (base, call, DPOP)),
         ]
-        for feature, off, on in cases:
+        # Round after round over all features, so that a slow spell of the host falls on several
+        # features once rather than on one feature's every run.
+        runs: dict[str, dict[str, list[dict]]] = {f: {"off": [], "on": []} for f, _, _ in cases}
+        for rnd, (feature, off, on) in ((r, c) for r in range(a.rounds) for c in cases):
             # off, on, on, off: a drift of the host over the four runs weighs on both sides alike.
-            runs: dict[str, list[dict]] = {"off": [], "on": []}
             for side in ("off", "on", "on", "off"):
                 envoy, body, header = off if side == "off" else on
                 if header == DPOP:
                     r = self.measure_dpop(envoy, body, conns)
                 else:
                     r = self.measure(envoy, body, self.token_files[1], conns, header)
-                r.update(setup=envoy.name, case=feature, side=side)
-                runs[side].append(r)
+                r.update(setup=envoy.name, case=feature, side=side, round=rnd)
+                runs[feature][side].append(r)
                 log(f"  {feature:42} {side:3} {r['rps']:9.0f} req/s  "
                     f"proxy {r['proxy_cpu_us_per_req']:6.0f} CPU-µs/req  "
                     f"filter {filter_col(r)} µs  errors {r['errors']}"
                     + (f"  first: {r['first_bad']}" if r["errors"] else ""))
-            pair = {side: mean_run(rs) for side, rs in runs.items()}
+        for feature, _, _ in cases:
+            pair = {side: mean_run(rs) for side, rs in runs[feature].items()}
             self.results.setdefault("features", []).append({"feature": feature, **pair})
         self.results["es256_verify_us"] = es256_verify_us()
         log(f"  one ES256 verification on this machine (OpenSSL): "
@@ -1241,13 +1245,15 @@ def report(args, bench: Bench, info: dict, elapsed: float) -> str:
     if feats or ("c" in lim_rows and "c-local" in lim_rows):
         L.append("## Features on vs off\n")
         L.append(f"Each feature of this round against the same request without it (each side "
-                 "measured twice, in the order off, on, on, off, and averaged), at "
+                 f"measured twice per round, in the order off, on, on, off, over {args.rounds} "
+                 "round(s) that go through every feature in turn, and averaged), at "
                  f"{max(args.conns)} connections (the proxy the bottleneck, its CPU per request "
                  "the steadiest figure). Target: at most 1.10× the proxy CPU per request when on, "
                  "nothing when not configured (*off* is the configuration without it). The local "
                  "limit's row comes from the limits part (one run of each). *Each run* shows how far "
-                 "the two runs of a side lie apart: on this kind of machine that spread, not the "
-                 "feature, often decides a ratio near 1.10.\n")
+                 "the runs of a side lie apart: on this kind of machine a single pair of runs can "
+                 "differ by more than a feature costs, which is why every side is run several "
+                 "times and the rounds interleave the features.\n")
         L.append("| feature | req/s off → on | proxy CPU µs/req off → on | each run: off; on | "
                  "on/off | filter µs p50 off → on | target ≤ 1.10 |")
         L.append("|---|---:|---:|---:|---:|---:|---|")
