@@ -61,13 +61,15 @@ impl Lease {
 /// itself only takes effect while the lease is still missing ([`crate::host::ABSENT`]): an
 /// unconditional one could land after another VM created and took the lease, and undo its take.
 pub fn read(key: &str, host: &mut dyn Host) -> (Lease, Option<u32>) {
-    if host.shared_get_cas(key).is_none() {
-        write(key, &Lease::default(), crate::host::ABSENT, host);
+    let parse = |(bytes, cas): (Vec<u8>, Option<u32>)| {
+        (serde_json::from_slice(&bytes).unwrap_or_default(), cas)
+    };
+    if let Some(found) = host.shared_get_cas(key) {
+        return parse(found);
     }
-    match host.shared_get_cas(key) {
-        Some((bytes, cas)) => (serde_json::from_slice(&bytes).unwrap_or_default(), cas),
-        None => (Lease::default(), None),
-    }
+    write(key, &Lease::default(), crate::host::ABSENT, host);
+    host.shared_get_cas(key)
+        .map_or((Lease::default(), None), parse)
 }
 
 /// Writes the lease if its CAS is still `cas` (`None`: unconditionally).
@@ -81,21 +83,27 @@ pub fn write(key: &str, lease: &Lease, cas: Option<u32>, host: &mut dyn Host) ->
 /// Ends the fetch that began at `attempt`: records success or failure for every VM to see.
 /// Leaves the lease alone when it expired and another VM's attempt holds it now.
 pub fn finish(key: &str, attempt: u64, ok: bool, host: &mut dyn Host) {
-    let (lease, cas) = read(key, host);
-    if lease.attempt_ms != attempt {
-        return;
-    }
-    let done = Lease {
-        until_ms: 0,
-        attempt_ms: lease.attempt_ms,
-        failures: if ok {
-            0
-        } else {
-            lease.failures.saturating_add(1)
-        },
-    };
-    if !write(key, &done, cas, host) {
-        // Lost a race with another VM's update; retry once unconditionally.
-        write(key, &done, None, host);
+    // A lost compare-and-swap means another VM wrote the lease meanwhile: read it again (it may
+    // have taken the lease for its own attempt, which an unconditional write would undo).
+    for _ in 0..FINISH_TRIES {
+        let (lease, cas) = read(key, host);
+        if lease.attempt_ms != attempt {
+            return;
+        }
+        let done = Lease {
+            until_ms: 0,
+            attempt_ms: lease.attempt_ms,
+            failures: if ok {
+                0
+            } else {
+                lease.failures.saturating_add(1)
+            },
+        };
+        if write(key, &done, cas, host) {
+            return;
+        }
     }
 }
+
+/// Compare-and-swap attempts to end a fetch before leaving the lease to expire.
+const FINISH_TRIES: usize = 4;

@@ -201,6 +201,35 @@ fn two_vms_starting_together_fetch_once_even_when_both_find_no_lease() {
 }
 
 #[test]
+fn a_late_answer_leaves_alone_the_lease_another_vm_took_meanwhile() {
+    // VM 1's fetch outlives its lease. As VM 1 reads the lease to end its fetch, VM 2 takes
+    // the expired lease for its own; VM 1's write then fails, and it must not end VM 2's
+    // fetch (an unconditional retry did: a third VM fetched while VM 2's was in flight).
+    let mut vm1 = Vm::new(MockKeyHost::new(T0));
+    vm1.at(T0).tick();
+    assert_eq!(vm1.host.calls.len(), 1);
+    let vm2 = std::rc::Rc::new(std::cell::RefCell::new(Vm::new(vm1.host.sibling())));
+    let second = std::rc::Rc::clone(&vm2);
+    let step = move || {
+        second.borrow_mut().at(T0 + 3_500).tick();
+    };
+    vm1.host.store.borrow_mut().on_present = Some(("mcp-guard:lease:", Box::new(step)));
+    vm1.at(T0 + 3_500).respond(Some(500), b"");
+    assert!(
+        vm1.host.store.borrow().on_present.is_none(),
+        "the interleaving ran"
+    );
+    assert_eq!(
+        vm2.borrow().host.calls.len(),
+        1,
+        "VM 2 took the expired lease"
+    );
+    let mut vm3 = Vm::new(vm1.host.sibling());
+    vm3.at(T0 + 3_600).tick();
+    assert!(vm3.host.calls.is_empty(), "{:?}", vm3.host.calls);
+}
+
+#[test]
 fn a_third_vm_started_later_adopts_without_fetching() {
     let mut vm1 = Vm::new(MockKeyHost::new(T0));
     bootstrap(&mut vm1);

@@ -515,6 +515,8 @@ pub struct CasStore {
     /// Another VM's step, run once right after a read finds missing a key that starts with
     /// the given prefix: what another worker thread may do between one VM's read and its write.
     pub on_missing: Option<(&'static str, Step)>,
+    /// The same, after a read that finds such a key.
+    pub on_present: Option<(&'static str, Step)>,
 }
 
 /// What another VM does, interleaved with this one.
@@ -530,11 +532,13 @@ impl CasStore {
         let (found, step) = {
             let mut s = store.borrow_mut();
             let found = s.get(key);
-            let due = found.is_none()
-                && s.on_missing
-                    .as_ref()
-                    .is_some_and(|(p, _)| key.starts_with(p));
-            (found, if due { s.on_missing.take() } else { None })
+            let hook = if found.is_none() {
+                &mut s.on_missing
+            } else {
+                &mut s.on_present
+            };
+            let due = hook.as_ref().is_some_and(|(p, _)| key.starts_with(p));
+            (found, if due { hook.take() } else { None })
         };
         if let Some((_, step)) = step {
             step();
