@@ -380,10 +380,7 @@ fn inexact_wide_integer(bytes: &[u8]) -> Option<&str> {
                 let literal = bytes
                     .get(i..end)
                     .and_then(|t| std::str::from_utf8(t).ok())?;
-                if !literal.contains(['.', 'e', 'E'])
-                    && literal.parse::<i64>().is_err()
-                    && literal.parse::<u64>().is_err()
-                {
+                if integer_beyond_64_bits(literal) {
                     // Rust prints a double's exact decimal value: an integral double holds the
                     // integer exactly only if it prints as the literal does.
                     let exact = literal
@@ -399,6 +396,14 @@ fn inexact_wide_integer(bytes: &[u8]) -> Option<&str> {
         }
     }
     None
+}
+
+/// Whether a JSON number's text is an integer literal (no fraction, no exponent) that fits
+/// neither `i64` nor `u64`: serde_json reads it as a double.
+fn integer_beyond_64_bits(literal: &str) -> bool {
+    !literal.contains(['.', 'e', 'E'])
+        && literal.parse::<i64>().is_err()
+        && literal.parse::<u64>().is_err()
 }
 
 /// Parses JSON strictly through serde_json, with the checks in [`Strict`].

@@ -199,22 +199,28 @@ impl Key {
         let payload = Payload { msg, aad };
         match cipher {
             Cipher::Aes256GcmSiv => {
-                let nonce = aes_gcm_siv::Nonce::from(<[u8; 12]>::try_from(nonce).ok()?);
-                if seal {
-                    self.aes.encrypt(&nonce, payload).ok()
-                } else {
-                    self.aes.decrypt(&nonce, payload).ok()
-                }
+                let nonce = <[u8; 12]>::try_from(nonce).ok()?;
+                run(&self.aes, &nonce.into(), payload, seal)
             }
             Cipher::XChaCha20Poly1305 => {
-                let nonce = chacha20poly1305::XNonce::from(<[u8; 24]>::try_from(nonce).ok()?);
-                if seal {
-                    self.chacha.encrypt(&nonce, payload).ok()
-                } else {
-                    self.chacha.decrypt(&nonce, payload).ok()
-                }
+                let nonce = <[u8; 24]>::try_from(nonce).ok()?;
+                run(&self.chacha, &nonce.into(), payload, seal)
             }
         }
+    }
+}
+
+/// One AEAD operation; `None` when `payload` does not authenticate.
+fn run<A: Aead>(
+    aead: &A,
+    nonce: &aes_gcm_siv::aead::Nonce<A>,
+    payload: Payload<'_, '_>,
+    seal: bool,
+) -> Option<Vec<u8>> {
+    if seal {
+        aead.encrypt(nonce, payload).ok()
+    } else {
+        aead.decrypt(nonce, payload).ok()
     }
 }
 

@@ -238,8 +238,7 @@ fn number(text: &str) -> Option<Number> {
             .fold(0u64, |n, d| n * 10 + u64::from(d.wrapping_sub(b'0')));
         return Some(Number::from(n));
     }
-    let integer_literal = !text.contains(['.', 'e', 'E']);
-    if integer_literal && text.parse::<i64>().is_err() && text.parse::<u64>().is_err() {
+    if super::integer_beyond_64_bits(text) {
         return None;
     }
     serde_json::from_str(text).ok()
