@@ -111,18 +111,22 @@ pub fn header_value(task_id: &str) -> String {
 /// names written with escapes are found by the parse, so any `\u` is parsed too).
 pub fn may_carry(message: &[u8]) -> bool {
     // `taskId` as any decoder may read it: in any ASCII case, with a character that folds to
-    // one of its letters (U+017F for s, the Kelvin sign for k, U+0131 for i), or escaped.
-    const FOLDS: [&str; 3] = ["\u{17f}", "\u{212a}", "\u{131}"];
-    memchr::memmem::find(message, b"\\u").is_some()
+    // one of its letters (U+017F for s, the Kelvin sign for k, U+0131 for i), or escaped. The
+    // searchers are built once: every request and answer is screened, and building one costs
+    // about as much as a search of a 1 KiB message.
+    static NEEDLES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 4]> =
+        std::sync::LazyLock::new(|| {
+            ["\\u", "\u{17f}", "\u{212a}", "\u{131}"].map(memchr::memmem::Finder::new)
+        });
+    let [escape, folds @ ..] = &*NEEDLES;
+    escape.find(message).is_some()
         || memchr::memchr2_iter(b'k', b'K', message).any(|at| {
             let around = at
                 .checked_sub(3)
                 .and_then(|start| message.get(start..at + 3));
             around.is_some_and(|word| word.eq_ignore_ascii_case(b"taskid"))
         })
-        || FOLDS
-            .iter()
-            .any(|f| memchr::memmem::find(message, f.as_bytes()).is_some())
+        || folds.iter().any(|f| f.find(message).is_some())
 }
 
 /// A request whose task handles were opened.
