@@ -1129,6 +1129,22 @@ impl Authenticator {
         list.check(&identity.claims).map_err(AuthError::Revoked)
     }
 
+    /// Whether a caller verified earlier still is one, `now` (Unix seconds): its token's
+    /// `exp`/`nbf` (with the clock skew) and its issuer's revocation feed, as a new request
+    /// with the same token would find them (no signature, no callout: the token was verified
+    /// when the request came). Checked while an answer streams: a subscription or a GET stream
+    /// can stay open far longer than the token that opened it lives.
+    pub fn still_valid(&self, identity: &Identity, now: i64) -> Result<(), AuthError> {
+        check_times(&identity.claims, now, self.skew, false)?;
+        let iss = identity.issuer().unwrap_or_default();
+        for (index, issuer) in self.issuers.iter().enumerate() {
+            if issuer.issuer == iss {
+                self.check_revoked(index, identity)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Full verification, bypassing (and not filling) the cache: what a cache miss costs.
     /// Returns the identity and the index of the issuer that vouched for it.
     pub fn verify_uncached(&self, token: &str, now: i64) -> Result<(Identity, usize), AuthError> {

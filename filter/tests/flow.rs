@@ -1555,6 +1555,115 @@ fn service_key_is_redacted_from_an_event_stream_split_across_chunks() {
     assert!(text.contains("\"id\":1"), "{text}");
 }
 
+/// One SSE event carrying a JSON-RPC notification (a subscription's, a long call's progress).
+fn progress_event(n: u32) -> Vec<u8> {
+    format!(
+        "event: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\
+         \"params\":{{\"progressToken\":\"p\",\"progress\":{n}}}}}\n\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn an_event_stream_is_cut_once_the_callers_token_has_expired() {
+    let (mut stream, mut host) = answered(
+        &alice(),
+        &tool_call(json!(1), "search"),
+        "text/event-stream",
+    );
+    let first = progress_event(1);
+    assert_eq!(
+        replaced(stream.on_response_body(&mut host, &first, false), &first),
+        first
+    );
+    // The token (exp NOW + 3600) is still accepted within the clock skew (60 s) ...
+    host.now_ms = (NOW as u64 + 3600 + 59) * 1000;
+    let second = progress_event(2);
+    assert_eq!(
+        replaced(stream.on_response_body(&mut host, &second, false), &second),
+        second
+    );
+    assert_eq!(host.resets, 0);
+    // ... and not after: nothing more of the stream reaches the caller.
+    host.now_ms = (NOW as u64 + 3600 + 61) * 1000;
+    let third = progress_event(3);
+    assert_eq!(
+        stream.on_response_body(&mut host, &third, false),
+        BodyAction::Pause
+    );
+    assert_eq!(host.resets, 1, "the stream is cut");
+    let record = host.record();
+    assert_eq!(record["decision"], "error");
+    assert_eq!(record["reason"], "token_ended_mid_stream");
+    assert!(
+        record["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("token expired"),
+        "{record}"
+    );
+    // A held (JSON) answer is the end of a request checked when it came: it goes on.
+    let (mut stream, mut host) =
+        answered(&alice(), &tool_call(json!(1), "search"), "application/json");
+    host.now_ms = (NOW as u64 + 3600 + 61) * 1000;
+    let answer = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+    assert_ne!(
+        stream.on_response_body(&mut host, answer, true),
+        BodyAction::Pause
+    );
+    assert_eq!(host.resets, 0);
+}
+
+#[test]
+fn an_event_stream_is_cut_once_the_revocation_feed_lists_its_caller() {
+    let mut c = base_config();
+    c["issuers"][0]["revocation"] = json!({
+        "uri": "https://feeds.example.com/revoked.json",
+        "cluster": "feeds",
+        "refresh_seconds": 5,
+    });
+    let config = build(c);
+    let mut feeds = mcp_guard::feeds::FeedManager::new(&config.authenticator);
+    let mut vm = MockKeyHost::new(NOW as u64 * 1000);
+    let publish = |vm: &mut MockKeyHost, feeds: &mut mcp_guard::feeds::FeedManager, doc: Value| {
+        feeds.tick(&config.authenticator, vm);
+        let call = vm.calls.last().expect("a feed fetch").token;
+        feeds.on_response(
+            &config.authenticator,
+            vm,
+            call,
+            Some(200),
+            Some(doc.to_string().as_bytes()),
+        );
+    };
+    publish(&mut vm, &mut feeds, json!({"revoked_jti": []}));
+
+    let mut host = post_host(Some(&alice()), &[]);
+    let (mut stream, action) = send(&config, &mut host, &tool_call(json!(1), "search"));
+    assert_eq!(action, Action::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    stream.on_response_headers(&mut host, Some(200), false);
+    let first = progress_event(1);
+    assert_ne!(
+        stream.on_response_body(&mut host, &first, false),
+        BodyAction::Pause
+    );
+
+    vm.now_ms += 6_000;
+    publish(
+        &mut vm,
+        &mut feeds,
+        json!({"issuer": ISSUER, "not_before": {"alice": NOW}}),
+    );
+    let second = progress_event(2);
+    assert_eq!(
+        stream.on_response_body(&mut host, &second, false),
+        BodyAction::Pause
+    );
+    assert_eq!(host.resets, 1, "the stream is cut");
+    assert_eq!(host.record()["reason"], "token_ended_mid_stream");
+}
+
 #[test]
 fn service_key_is_redacted_from_response_headers() {
     let (mut stream, mut host, _) = post_open(&alice(), &tool_call(json!(1), "search"));

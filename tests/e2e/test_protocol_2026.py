@@ -197,6 +197,39 @@ def test_a_subscription_is_governed_by_its_resources(stack):
     assert "no rule matched" in denied["detail"]
 
 
+def test_a_subscription_ends_when_its_token_expires(stack):
+    """A stream outlives nothing that let it start: once the token that opened a subscription
+    has expired (here: `exp` already past, accepted for a few seconds more within the 60 s
+    clock skew), the next event does not reach the caller; the stream is cut and audited."""
+    token = stack.issuer.token("tess", ttl=-54, groups=["sales"])
+    actor = stack.token("bob", groups=["sales"])
+    got, refused = [], {}
+
+    async def session():
+        async with client(stack, actor) as other:
+            try:
+                async with client(stack, token) as listener:
+                    async with listener.listen(
+                            resource_subscriptions=["crm://customers/c-200"]) as sub:
+                        await anyio.sleep(8)
+                        refused["status"] = stack.post(
+                            {"jsonrpc": "2.0", "id": 9, "method": "tools/list"}, token).status_code
+                        await other.call_tool("touch_customer", {"customer_id": "c-200"})
+                        with anyio.move_on_after(5):
+                            async for event in sub:
+                                got.append(event)
+                                break
+            except Exception:  # the cut stream (and the expired token) end the client's session
+                pass
+
+    asyncio.run(session())
+    assert refused["status"] == 401, "the token has expired for new requests"
+    assert not got, f"an event reached the caller after its token expired: {got}"
+    cut = stack.audit("tess", reason="token_ended_mid_stream")
+    assert cut and cut[0]["decision"] == "error", stack.audit("tess", count=9, timeout=0)
+    assert "token expired" in cut[0]["detail"]
+
+
 def test_a_multi_round_trip_call_is_decided_as_the_call_it_retries(stack):
     """confirm_delete answers input_required; the SDK client asks the user and retries with
     inputResponses and the (sealed) requestState, which reach the server untouched. A retry that

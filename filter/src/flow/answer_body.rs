@@ -88,6 +88,14 @@ impl Stream {
             return BodyAction::Continue;
         };
         let now = host.now_millis();
+        if let Err(ended) = self.caller_still_valid(now) {
+            // An event stream outlives nothing that let it start: the caller's token expired
+            // or was revoked while it was open, so nothing more of it reaches the caller. A
+            // client with a fresh token resumes it (`Last-Event-ID`) or asks again.
+            let record = self.record.take();
+            let detail = format!("the caller's token ended while the answer streamed: {ended}");
+            return self.fail_response(host, record, "token_ended_mid_stream", detail);
+        }
         let mut phase = std::mem::replace(&mut self.phase, Phase::Done);
         let mut too_large = false;
         // The pinned entries this caller may see, checked as listed: remembered and audited below.
@@ -209,6 +217,20 @@ impl Stream {
         match out {
             Some(bytes) => BodyAction::Replace(bytes),
             None => BodyAction::Continue,
+        }
+    }
+
+    /// While events stream, whether the caller's token still holds (`now_ms`): a held answer is
+    /// the end of a request checked when it came and goes as it is; a stream (a subscription,
+    /// a GET stream, a long call's progress) goes on only while the token that opened it would
+    /// still be accepted ([`crate::jwt::Authenticator::still_valid`]).
+    fn caller_still_valid(&self, now_ms: u64) -> Result<(), crate::jwt::AuthError> {
+        match (&self.phase, &self.identity) {
+            (Phase::StreamingEvents(_), Some(identity)) => {
+                let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+                self.config.authenticator.still_valid(identity, now)
+            }
+            _ => Ok(()),
         }
     }
 
