@@ -258,6 +258,46 @@ fn a_param_header_on_a_message_without_tool_arguments_is_refused() {
         .is_some_and(|d| d.contains("mcp-param-region") && d.contains("tools/list")));
 }
 
+/// A request of an earlier revision (or of none) that carries parameter headers anyway: its
+/// server reads the body only, so the header would show a router or rate limiter after the
+/// filter a value no one checked. Refused as in 2026-07-28; batches too.
+#[test]
+fn a_param_header_on_a_request_of_an_earlier_revision_is_refused() {
+    let shared = Shared::default();
+    list_tools(&shared, sql_tools());
+    let call = json!({
+        "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+        "params": {"name": "sql", "arguments": {"region": "us-west1", "query": "q"}},
+    });
+    for version in [Some("2025-11-25"), Some("2025-06-18"), None] {
+        let mut headers = vec![("mcp-param-region", "eu-west1")];
+        headers.extend(version.map(|v| ("mcp-protocol-version", v)));
+        let mut h = host(&shared, &headers);
+        let (_, action) = send(&mut h, call.to_string().as_bytes());
+        assert_eq!(action, Action::Pause, "{version:?}: nothing forwarded");
+        refused_with_32020(&h);
+        assert!(h.record()["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("mcp-param-region")));
+        // Without the header the same request goes on.
+        let mut h = host(&shared, &headers[1..]);
+        let (_, action) = send(&mut h, call.to_string().as_bytes());
+        assert_eq!(action, Action::Continue, "{version:?}");
+    }
+    let mut h = host(
+        &shared,
+        &[
+            ("mcp-protocol-version", "2025-03-26"),
+            ("mcp-param-region", "eu-west1"),
+        ],
+    );
+    let (_, action) = send(&mut h, format!("[{call}]").as_bytes());
+    assert_eq!(action, Action::Pause, "a batch: nothing forwarded");
+    assert!(h.record()["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("mcp-param-region")));
+}
+
 #[test]
 fn a_filtered_list_is_private_and_keeps_its_ttl() {
     let shared = Shared::default();

@@ -48,10 +48,16 @@ impl Stream {
                 return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });
             }
         }
-        if let Some(name) = ["mcp-method", "mcp-name"]
+        let named = ["mcp-method", "mcp-name"]
             .into_iter()
             .find(|name| self.header(name).is_some())
-        {
+            .or_else(|| {
+                self.headers
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .find(|k| crate::protocol::is_param_header(k))
+            });
+        if let Some(name) = named {
             let detail = format!("a batch has no {name} header: it names one message");
             let refusal = Refusal::HeaderMismatch { id: None, detail };
             return self.refuse(host, record, refusal);

@@ -369,7 +369,21 @@ impl Stream {
             }
         }
         if !modern {
-            return None;
+            // Parameter headers belong to 2026-07-28: a request of an earlier revision (or of
+            // none) is not read by its server through them, so one that carries them would show
+            // a router or rate limiter a value no one checked against the body.
+            return self
+                .headers
+                .iter()
+                .find(|(k, _)| protocol::is_param_header(k))
+                .map(|(k, _)| {
+                    let version = self.protocol.as_deref().unwrap_or("(none)");
+                    format!(
+                        "{k} header on a request of protocol version {version}: parameter headers \
+                         belong to {} only",
+                        protocol::MODERN
+                    )
+                });
         }
         // A missing Mcp-Method or Mcp-Name is left to the server (nothing can have routed on a
         // header that is not there); the parameter headers are the tool's declaration.
