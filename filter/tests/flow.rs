@@ -2646,6 +2646,52 @@ fn a_list_smuggled_into_another_requests_answer_does_not_pass() {
 }
 
 #[test]
+fn a_list_on_an_answer_with_this_requests_id_is_filtered_too() {
+    // Two POSTs with the same id ("7" and 7 are one id to the Python SDK client, which routes
+    // answers by `str(id)`): the server may write the tools/list answer on the tools/call's
+    // stream. Whatever list reaches the caller is filtered.
+    for id in [r#""7""#, "7"] {
+        let listed = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":{TOOLS}}}}}"#);
+        let (_, host, _, body) = call_answered("application/json", &listed);
+        assert!(host.replies.is_empty(), "{id}: passes, filtered");
+        let BodyAction::Replace(out) = body else {
+            panic!("{id}: the list is rewritten, got {body:?}");
+        };
+        let out = String::from_utf8_lossy(&out);
+        assert!(
+            !out.contains("secret_tool") && out.contains("search"),
+            "{out}"
+        );
+        let events = format!("data: {listed}\n\n");
+        let (_, host, _, body) = call_answered("text/event-stream", &events);
+        assert_eq!(host.resets, 0);
+        let BodyAction::Replace(out) = body else {
+            panic!("{id}: the event is rewritten, got {body:?}");
+        };
+        assert!(!String::from_utf8_lossy(&out).contains("secret_tool"));
+    }
+}
+
+#[test]
+fn an_id_of_non_ascii_digits_answers_no_request() {
+    // The Python SDK client reads "٨" (Arabic-Indic eight) as 8: on this call's answer (id 7)
+    // it would answer another request. The filter does not decode such digits, so the answer
+    // is for no request of this exchange: it does not pass, list or not.
+    // As the characters and as JSON escapes.
+    for id in ["\u{668}", "\u{ff17}", "\u{96d}", "\\u0668", "\\u0667"] {
+        for result in [
+            format!(r#"{{"tools":{TOOLS}}}"#),
+            r#"{"content":[]}"#.to_string(),
+        ] {
+            let answer = format!(r#"{{"jsonrpc":"2.0","id":"{id}","result":{result}}}"#);
+            let (_, host, _, _) = call_answered("application/json", &answer);
+            assert_eq!(host.reply().status, 502, "{answer}");
+            assert_eq!(host.record()["reason"], "unreadable_list_answer");
+        }
+    }
+}
+
+#[test]
 fn an_answer_a_client_could_read_otherwise_is_502() {
     for content_type in [
         "application/json; charset=utf-7",

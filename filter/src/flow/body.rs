@@ -181,16 +181,22 @@ impl Stream {
                 let kind = ListKind::for_method(&message.method);
                 self.lists = Some(match (kind, &message.id, message.kind) {
                     // Its answer must be read as that list, or it does not pass.
+                    // Lists of every kind in it are filtered as well: a server may answer
+                    // this POST with another request's answer (the Python SDK's transport
+                    // routes answers by id, and a second request with the same id takes over
+                    // the first's stream), and whatever list reaches the caller is filtered.
                     (Some(kind), Some(id), Kind::Request) => ListFilter {
                         lists: vec![(id.clone(), kind)],
+                        any: ListKind::ALL.to_vec(),
                         strict: true,
                         ..ListFilter::default()
                     },
                     // Any other request's answer answers it alone: clients take a response by
                     // its id, so one for another request (a list the client awaits on another
-                    // POST, unfiltered) does not pass here.
+                    // POST, unfiltered) does not pass here; and any list in it is filtered.
                     (None, Some(id), Kind::Request) => ListFilter {
                         others: vec![id.clone()],
+                        any: ListKind::ALL.to_vec(),
                         strict: true,
                         ..ListFilter::default()
                     },
