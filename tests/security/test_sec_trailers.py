@@ -164,6 +164,36 @@ KEY = harness.SERVICE_KEY
 ECHOING_TRAILERS = [("x-echo", f"used {KEY}"), (KEY, "1"), ("x-checksum", "1")]
 
 
+@pytest.mark.parametrize("rid", ["\u0668", "\uff18", "\u0968"])
+def test_an_id_of_non_ascii_digits_answers_no_request(scripted, rid):
+    """The Python SDK client reads "٨" (or fullwidth, Devanagari digits) as a number and would
+    resolve the request it sent on another POST with it: such an id answers no request here."""
+    alice = scripted.token("alice", groups=["sales"])
+    smuggled = {"jsonrpc": "2.0", "id": rid, "result": {"tools": TOOLS}}
+    body, envelope = ALLOWED
+    headers = body_headers(alice, method="tools/call", name=envelope["mcp-name"])
+    scripted.scripted.script(lambda r: harness.Answer.json(smuggled))
+    reply, tag = send(scripted, body=json.dumps(body), headers=headers)
+    assert reply.status == 502 and b"delete_customer" not in reply.body, reply
+    record = wait_record(scripted, tag)[-1]
+    assert (record["decision"], record["reason"]) == ("error", "unreadable_list_answer"), record
+
+
+def test_a_list_under_the_calls_own_id_is_filtered(scripted):
+    """Two POSTs with one id (a tools/list and a tools/call): the Python SDK's server routes
+    answers by id, so the list can come back on the call's stream. It reaches the caller
+    filtered, as on its own request."""
+    alice = scripted.token("alice", groups=["sales"])
+    body, envelope = ALLOWED
+    listed = {"jsonrpc": "2.0", "id": str(body["id"]), "result": {"tools": TOOLS}}
+    headers = body_headers(alice, method="tools/call", name=envelope["mcp-name"])
+    scripted.scripted.script(lambda r: harness.Answer.json(listed))
+    reply, _ = send(scripted, body=json.dumps(body), headers=headers)
+    assert reply.status == 200, reply
+    names = [t["name"] for t in reply.json()["result"]["tools"]]
+    assert "delete_customer" not in names and "get_customer" in names, names
+
+
 @pytest.mark.parametrize("content_type", ["application/json", "text/event-stream"])
 def test_the_service_key_never_reaches_the_client_in_answer_trailers(scripted, content_type):
     """HTTP/2 clients receive the answer's trailers (from an HTTP/2 upstream, or one whose
