@@ -432,6 +432,16 @@ impl Policy {
         })
     }
 
+    /// A request header the rules (or limits) could read that the request carries more than
+    /// once: the message is refused, since the server may read another of its values than
+    /// the rules would ([`facts::repeated_header`]). `None` when nothing reads `request`.
+    pub fn repeated_read_header<'a>(&self, request: &RequestFacts<'a>) -> Option<&'a str> {
+        if !self.reads.roots.has(facts::Roots::REQUEST) {
+            return None;
+        }
+        facts::repeated_header(request)
+    }
+
     /// Whether some rule reads `mcp.tool.arguments` (or all of `mcp.tool` or `mcp`): when
     /// none does, the arguments need not be kept once checked.
     pub fn reads_arguments(&self) -> bool {
@@ -792,7 +802,7 @@ impl Lister<'_, '_> {
             let tri = match eval_bool(rule.program(part), ctx) {
                 Ok(true) => Tri::True,
                 Ok(false) => Tri::False,
-                Err(_) if rule.uses_arguments => Tri::Unknown,
+                Err(e) if rule.uses_arguments && wants_arguments(&e) => Tri::Unknown,
                 Err(e) => Tri::Failed(e),
             };
             if let Some(k) = key {
@@ -1087,6 +1097,13 @@ pub fn compile(source: &str, field: &str, rule: &str) -> Result<Program, ConfigE
         .compile(source, field, rule)
         .map(|c| c.program)
         .map_err(ConfigError::from)
+}
+
+/// Whether a rule failed for want of the tool's arguments, which a listing's stand-in call
+/// lacks ([`facts::set_listing_item`]): only then could its call go either way. A rule that
+/// also fails on a claim the token lacks fails closed for the call, so the item is hidden.
+fn wants_arguments(error: &str) -> bool {
+    error == "No such key: arguments"
 }
 
 fn eval_bool(program: &Program, ctx: &Context) -> Result<bool, String> {

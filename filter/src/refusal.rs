@@ -32,7 +32,7 @@ pub enum Refusal {
         description: String,
     },
     /// A header that must appear at most once appeared more often (400).
-    RepeatedHeader(&'static str),
+    RepeatedHeader(std::borrow::Cow<'static, str>),
     /// `Mcp-Session-Id` is not visible ASCII (400).
     InvalidSessionId,
     /// A session handle that does not open for this caller and server (404); `code` says why.
@@ -453,7 +453,7 @@ mod tests {
     fn codes_are_stable_identifiers_and_bodies_are_json() {
         let all = [
             Refusal::UnknownPath,
-            Refusal::RepeatedHeader("content-type"),
+            Refusal::RepeatedHeader("content-type".into()),
             Refusal::InvalidSessionId,
             Refusal::SessionNotFound("session_tampered"),
             Refusal::EventIdNotFound("event_id_tampered"),

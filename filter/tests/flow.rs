@@ -2712,6 +2712,44 @@ fn an_answer_a_client_could_read_otherwise_is_502() {
 }
 
 #[test]
+fn a_repeated_header_rules_read_is_refused() {
+    // Rules would read `prod, dev`; Starlette and Go read `prod`, others `dev`.
+    let mut c = base_config();
+    c["servers"][0]["policy"]["rules"] = json!([
+        { "name": "no-prod", "deny": "\"x-env\" in request.headers && request.headers[\"x-env\"] == \"prod\"" },
+        { "name": "all", "allow": "true" },
+    ]);
+    let reading = build(c);
+    let twice = |host: &mut MockHost| {
+        for (k, v) in [("x-env", "prod"), ("X-Env", "dev")] {
+            host.request_headers.push((k.into(), v.into()));
+        }
+    };
+    let mut host = post_host(Some(&alice()), &[]);
+    twice(&mut host);
+    let (_, action) = send(&reading, &mut host, &tool_call(json!(1), "search"));
+    assert_eq!(action, Action::Pause, "nothing forwarded");
+    assert_eq!(host.reply().status, 400);
+    assert_eq!(host.record()["reason"], "repeated_header");
+    assert!(
+        host.reply().json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("x-env")),
+        "{:?}",
+        host.reply().json()
+    );
+    let mut host = post_host(Some(&alice()), &[("x-env", "prod")]);
+    let (_, action) = send(&reading, &mut host, &tool_call(json!(1), "search"));
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.record()["rule"], "no-prod");
+    // A policy that reads no request header leaves repeated ones to the server.
+    let mut host = post_host(Some(&alice()), &[]);
+    twice(&mut host);
+    let (_, action) = send(&config(), &mut host, &tool_call(json!(1), "search"));
+    assert_eq!(action, Action::Continue);
+}
+
+#[test]
 fn rules_do_not_see_headers_the_server_never_receives() {
     // `x-mcp-user` carries the token's email upstream, `x-api-key` the service key: a client's
     // own values of them are replaced, so a rule reading them would decide on a forgery.

@@ -14,7 +14,11 @@ use serde_json::{json, Value};
 const MODERN: &str = "2026-07-28";
 
 fn config() -> Rc<Config> {
-    let c = json!({
+    config_with(|_| {})
+}
+
+fn config_with(change: impl FnOnce(&mut Value)) -> Rc<Config> {
+    let mut c = json!({
         "issuers": [{ "issuer": ISSUER, "audiences": [RESOURCE], "algorithms": ["RS256", "PS256", "ES256", "ES384", "EdDSA"], "jwks": jwks_all() }],
         "servers": [{
             "name": "crm",
@@ -31,6 +35,7 @@ fn config() -> Rc<Config> {
         }],
         "sessions": { "key": TEST_SESSION_KEY },
     });
+    change(&mut c);
     Rc::new(
         Config::from_json(c.to_string().as_bytes(), &MapEnv::default())
             .unwrap_or_else(|e| panic!("test configuration is invalid: {e}")),
@@ -296,6 +301,57 @@ fn a_param_header_on_a_request_of_an_earlier_revision_is_refused() {
     assert!(h.record()["detail"]
         .as_str()
         .is_some_and(|d| d.contains("mcp-param-region")));
+}
+
+/// Under `on_deny: hide` the parameter headers' check must not tell a caller which hidden
+/// tools exist (it reads what the server declared for every tool): a denied call is answered
+/// as a call of a tool that does not exist, whatever its headers say.
+#[test]
+fn with_hide_the_header_check_does_not_reveal_a_hidden_tool() {
+    let shared = Shared::default();
+    let mut tools = sql_tools();
+    tools["tools"][2] = json!({ "name": "secret", "inputSchema": { "type": "object",
+        "properties": { "employee": { "type": "string", "x-mcp-header": "Employee" } } } });
+    list_tools(&shared, tools);
+    let hiding = config_with(|c| c["servers"][0]["policy"]["on_deny"] = json!("hide"));
+    let answer = |name: &str, extra: &[(&str, &str)]| {
+        let mut headers = vec![
+            ("mcp-protocol-version", MODERN),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", name),
+        ];
+        headers.extend_from_slice(extra);
+        let mut h = host(&shared, &headers);
+        let call = body(
+            5,
+            "tools/call",
+            json!({"name": name, "arguments": {"employee": "e-1"}}),
+        );
+        let mut stream = Stream::new(Rc::clone(&hiding));
+        assert_eq!(stream.on_request_headers(&mut h, false), Action::Pause);
+        assert_eq!(
+            stream.on_request_body(&mut h, &call),
+            Action::Pause,
+            "{name}"
+        );
+        let reply = h.reply().json();
+        (
+            reply["error"]["code"].clone(),
+            reply["error"]["message"].clone(),
+        )
+    };
+    for extra in [
+        &[][..],
+        &[("mcp-param-zz", "1")],
+        &[("mcp-param-employee", "e-2")],
+    ] {
+        let (code, message) = answer("secret", extra);
+        assert_eq!(code, json!(-32602), "{extra:?}: {message}");
+        assert_eq!(message, json!("Unknown tool: secret"), "{extra:?}");
+    }
+    // A tool the caller may call is still held to its headers.
+    let (code, _) = answer("sql", &[("mcp-param-zz", "1")]);
+    assert_eq!(code, json!(-32020));
 }
 
 #[test]

@@ -66,6 +66,10 @@ impl Stream {
             // Batches are 2025-03-26 only, which has no tasks: never opened, never forwarded.
             return self.refuse(host, record, Refusal::TaskInBatch);
         }
+        if let Some(name) = server.policy.repeated_read_header(&self.request_facts()) {
+            let refusal = Refusal::RepeatedHeader(name.to_string().into());
+            return self.refuse(host, record, refusal);
+        }
         let source = record.source.clone().unwrap_or_default();
         let now = host.now_millis();
         let decisions: Vec<_> = messages

@@ -144,9 +144,21 @@ impl Stream {
             self.phase = Phase::WaitingForDeclarations(token);
             return Action::Pause;
         }
-        if let Some(detail) = self.header_mismatch(&message, declared.as_deref()) {
-            let id = message.id.clone();
-            return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });
+        // A message whose headers disagree with it is refused. Under `on_deny: hide` a denied
+        // one is answered as denied instead: the headers' check reads what the server declared
+        // for every tool, and must not tell a caller which hidden tools exist.
+        let mut mismatch = self.header_mismatch(&message, declared.as_deref());
+        if let Some(detail) = mismatch.take() {
+            let denied = server.policy.hide_denied && {
+                let source = record.source.as_deref().unwrap_or_default();
+                let input = self.input(&message, source, host.now_millis());
+                server.policy.evaluate(&input).outcome != Outcome::Allow
+            };
+            if !denied {
+                let id = message.id.clone();
+                return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });
+            }
+            mismatch = Some(detail);
         }
         // Task handles (tasks.rs): opened for this caller, forwarded as the upstream's ids.
         let (message, mut record) = match self.open_tasks(host, server, body, message, mode, record)
@@ -155,10 +167,20 @@ impl Stream {
             Err(action) => return action,
         };
 
+        // Rules that read `request` would read one of a repeated header's values, the server
+        // perhaps another.
+        if let Some(name) = server.policy.repeated_read_header(&self.request_facts()) {
+            let refusal = Refusal::RepeatedHeader(name.to_string().into());
+            return self.refuse(host, record, refusal);
+        }
         let source = record.source.clone().unwrap_or_default();
         let input = self.input(&message, &source, host.now_millis());
         let (decision, charges) = server.policy.evaluate_charged(&input);
         record.rule = decision.rule.clone();
+        if let (Some(detail), Outcome::Allow) = (mismatch, &decision.outcome) {
+            let id = message.id.clone();
+            return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });
+        }
         match decision.outcome {
             Outcome::Allow => {
                 if let Some(drift) = pin_drift(host, server, &message) {

@@ -146,7 +146,7 @@ impl Stream {
                 .count()
                 > 1
             {
-                return self.refuse(host, record, Refusal::RepeatedHeader(single));
+                return self.refuse(host, record, Refusal::RepeatedHeader(single.into()));
             }
         }
         let mut upstream_session = None;

@@ -46,7 +46,7 @@ impl Roots {
         self.0 |= other.0;
     }
 
-    fn has(self, other: Roots) -> bool {
+    pub(super) fn has(self, other: Roots) -> bool {
         self.0 & other.0 != 0
     }
 }
@@ -334,16 +334,36 @@ fn subscription<'a>(filter: Option<&'a Map<String, Value>>) -> Boxed<'a> {
     ])
 }
 
+/// Whether rules see the request header `name` (`request.headers`): not pseudo-headers, not
+/// `authorization`, not what the filter removes or replaces before forwarding.
+fn visible(r: &super::RequestFacts<'_>, name: &str) -> bool {
+    !(name.starts_with(':')
+        || name.eq_ignore_ascii_case("authorization")
+        || r.removed.iter().any(|h| h.eq_ignore_ascii_case(name))
+        || crate::http::always_removed(name))
+}
+
+/// A header rules see that the request carries more than once. Servers read a repeated header
+/// in different ways (Starlette and Go's `Header.Get` the first value, others the last, Node
+/// both joined), so no one value the rules could read is the one the server acts on.
+pub(super) fn repeated_header<'a>(r: &super::RequestFacts<'a>) -> Option<&'a str> {
+    let headers = r.headers;
+    headers.iter().enumerate().find_map(|(i, (name, _))| {
+        let again = headers
+            .get(i + 1..)
+            .unwrap_or_default()
+            .iter()
+            .any(|(other, _)| other.eq_ignore_ascii_case(name));
+        (again && visible(r, name)).then_some(name.as_str())
+    })
+}
+
 fn request<'a>(input: &Input<'a>) -> Boxed<'a> {
     let r = &input.request;
     let path = r.path.split_once('?').map_or(r.path, |(p, _)| p);
     let mut headers: HashMap<CelMapKey<'a>, Cow<'a, str>> = HashMap::new();
     for (name, value) in r.headers {
-        if name.starts_with(':')
-            || name.eq_ignore_ascii_case("authorization")
-            || r.removed.iter().any(|h| h.eq_ignore_ascii_case(name))
-            || crate::http::always_removed(name)
-        {
+        if !visible(r, name) {
             continue;
         }
         let name: Cow<'a, str> = if name.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -352,7 +372,8 @@ fn request<'a>(input: &Input<'a>) -> Boxed<'a> {
             Cow::Borrowed(name.as_str())
         };
         let key = CelMapKey::String(CelString::from(name));
-        // Repeated headers are joined as HTTP allows: `a, b`.
+        // Repeated headers are joined as HTTP allows (`a, b`); a message whose rules read
+        // `request` is refused before when one repeats ([`repeated_header`]).
         match headers.get_mut(&key) {
             Some(existing) => {
                 let joined = format!("{existing}, {value}");

@@ -392,6 +392,35 @@ fn building_only_what_the_rules_read_changes_no_result() {
 // ---- listing -----------------------------------------------------------------------------
 
 #[test]
+fn a_listing_hides_a_tool_whose_deny_fails_on_a_missing_claim_even_if_it_reads_arguments() {
+    // The documented fail-closed pattern, with a clause on the arguments: a token without
+    // `groups` is denied every call of hr_ tools, so it is not shown them either.
+    let mut v = rules(json!([
+        { "name": "hr-only", "deny": "!('hr' in jwt.groups) && (mcp.tool.name.startsWith('hr_') || mcp.tool.arguments.department == 'hr')" },
+        { "name": "hr", "allow": "mcp.tool.name.startsWith('hr_')" },
+        { "name": "push", "allow": "mcp.tool.name == 'push' && mcp.tool.arguments.owner == 'acme'" },
+    ]));
+    v["on_deny"] = json!("hide");
+    let p = policy(v);
+    let service = claims(json!({}));
+    let listing = Input {
+        claims: Some(&service),
+        method: "tools/list",
+        now: NOW,
+        ..Default::default()
+    };
+    assert!(!p.lister(&listing).visible(Item::Tool("hr_get_salary")));
+    let hr = claims(json!({ "groups": ["hr"] }));
+    let hr_listing = Input {
+        claims: Some(&hr),
+        ..listing.clone()
+    };
+    let mut lister = p.lister(&hr_listing);
+    assert!(lister.visible(Item::Tool("hr_get_salary")));
+    assert!(lister.visible(Item::Tool("push")), "the arguments decide");
+}
+
+#[test]
 fn visible_evaluates_the_rules_as_a_call_without_arguments() {
     let mut v = rules(json!([
         { "name": "connect", "allow": "mcp.method in ['initialize', 'tools/list']" },
