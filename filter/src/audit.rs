@@ -256,7 +256,14 @@ impl Record {
             return line;
         }
         let mut smaller = self.clone();
-        // 1. Keep the arguments' shape, cut what is long inside them.
+        // 1. Every string field first (client-controlled ones among them: a request id, a
+        // session id, a string JSON-RPC id of kilobytes must not push the arguments out).
+        smaller.cut_strings(MAX_STRING, 16);
+        let line = smaller.encode();
+        if line.len() <= MAX_RECORD_BYTES {
+            return line;
+        }
+        // 2. Keep the arguments' shape, cut what is long inside them.
         if let Some(arguments) = &mut smaller.arguments {
             shrink(arguments, 0);
             let line = smaller.encode();
@@ -265,15 +272,13 @@ impl Record {
             }
             smaller.arguments = Some(Value::String(TRUNCATED.into()));
         }
-        // 2. Then every string field (client-controlled headers included), then harder.
-        for (max, groups) in [(MAX_STRING, 16), (MIN_STRING, 4)] {
-            smaller.cut_strings(max, groups);
-            let line = smaller.encode();
-            if line.len() <= MAX_RECORD_BYTES {
-                return line;
-            }
+        // 3. Then every string field harder.
+        smaller.cut_strings(MIN_STRING, 4);
+        let line = smaller.encode();
+        if line.len() <= MAX_RECORD_BYTES {
+            return line;
         }
-        // 3. Only escapes can make it this far (a control character takes six bytes): keep who,
+        // 4. Only escapes can make it this far (a control character takes six bytes): keep who,
         // what and the outcome, each bounded, so the line always fits.
         let cut = |s: &Option<String>| {
             s.clone().map(|mut s| {
@@ -294,7 +299,7 @@ impl Record {
     pub fn columns(&self) -> [(&'static str, Option<String>); AUDIT_COLUMNS.len()] {
         COLUMNS.map(|(name, value)| {
             let value = value(self).map(|v| {
-                let mut v = v.to_string();
+                let mut v = escape_line_breaks(v);
                 truncate(&mut v, MAX_STRING);
                 v
             });
@@ -636,6 +641,26 @@ fn mask(value: &Value) -> Value {
 }
 
 /// Cuts `s` to at most `max` bytes (on a character boundary) and marks the cut.
+/// A column's value with what a text log line could be split or forged by (control characters,
+/// DEL, U+0085, U+2028, U+2029) written as `\uXXXX`, as the JSON line writes them: a column
+/// is read raw by a text access-log format (`%FILTER_STATE(wasm.mcp.method:PLAIN)%`), and a
+/// method, a claim or an id is the client's or the IdP's text.
+fn escape_line_breaks(value: &str) -> String {
+    let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !value.chars().any(breaks) {
+        return value.to_string();
+    }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        if breaks(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn truncate(s: &mut String, max: usize) {
     if s.len() > max {
         let original = s.len();
@@ -890,6 +915,30 @@ mod tests {
     }
 
     #[test]
+    fn a_long_client_string_does_not_push_the_arguments_out() {
+        for long in ["request_id", "session_id", "jsonrpc_id"] {
+            let mut r = record();
+            r.arguments = Some(json!({ "customer_id": "c-TARGET-999" }));
+            let text = "r".repeat(9_000);
+            match long {
+                "request_id" => r.request_id = Some(text),
+                "session_id" => r.session_id = Some(text),
+                _ => r.jsonrpc_id = Some(Value::String(text)),
+            }
+            let v = parse(&r.to_line());
+            assert_eq!(
+                v["arguments"],
+                json!({ "customer_id": "c-TARGET-999" }),
+                "{long}"
+            );
+            assert!(v[long]
+                .as_str()
+                .unwrap()
+                .ends_with("[truncated from 9000 bytes]"));
+        }
+    }
+
+    #[test]
     fn the_worst_case_still_yields_a_bounded_line_with_who_and_outcome() {
         // Every string all control characters: six bytes each once escaped.
         let evil = "\u{1}".repeat(20_000);
@@ -994,6 +1043,13 @@ mod tests {
         assert!(value("tool")
             .unwrap()
             .ends_with("…[truncated from 1000 bytes]"));
+        // A text log format reads the columns raw: nothing in them can break its line.
+        r.method = Some("nope\ndecision=allow sub=admin\r\u{85}\u{2028}\u{7f}".into());
+        let method = r.columns().into_iter().find(|(n, _)| *n == "method");
+        assert_eq!(
+            method.and_then(|(_, v)| v).as_deref(),
+            Some("nope\\u000adecision=allow sub=admin\\u000d\\u0085\\u2028\\u007f")
+        );
     }
 
     #[test]

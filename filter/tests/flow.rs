@@ -1369,6 +1369,67 @@ fn batch_in_2025_06_18_is_400() {
 // ---- responses ---------------------------------------------------------------------------
 
 #[test]
+fn envoys_own_answer_after_forwarding_is_not_recorded_as_the_servers() {
+    let (mut stream, mut host, _) = post_open(&alice(), &tool_call(json!(1), "search"));
+    host.set_property(
+        &["response", "code_details"],
+        "upstream_reset_before_response_started{connection_termination}",
+    );
+    host.set_response(&[(":status", "503"), ("content-type", "text/plain")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(503), false),
+        Action::Continue
+    );
+    let r = host.record();
+    assert_eq!(r["decision"], "allow", "forwarded: the call may have run");
+    assert_eq!(r["reason"], "answered_by_envoy");
+    assert_eq!(r["status"], 503);
+    assert!(r.get("upstream_status").is_none(), "{r}");
+    assert!(r["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("upstream_reset")));
+    stream.on_log(&mut host);
+    assert_eq!(host.audits.len(), 1, "one record");
+    // The server's own 500 is the server's.
+    let (mut stream, mut host, _) = post_open(&alice(), &tool_call(json!(1), "search"));
+    host.set_property(&["response", "code_details"], "via_upstream");
+    host.set_response(&[(":status", "500"), ("content-type", "application/json")]);
+    stream.on_response_headers(&mut host, Some(500), false);
+    let answer = br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32603,"message":"boom"}}"#;
+    stream.on_response_body(&mut host, answer, true);
+    stream.on_log(&mut host);
+    let r = host.record();
+    assert_eq!(r["upstream_status"], 500);
+    assert!(r.get("reason").is_none(), "{r}");
+}
+
+#[test]
+fn a_caller_gone_while_its_answer_is_held_keeps_its_allow() {
+    let (mut stream, mut host) =
+        answered(&alice(), &tool_call(json!(1), "search"), "application/json");
+    host.set_property(
+        &["response", "code_details"],
+        "downstream_remote_disconnect",
+    );
+    stream.on_log(&mut host);
+    let r = host.record();
+    assert_eq!(r["decision"], "allow", "forwarded: the call may have run");
+    assert!(r["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("downstream_remote_disconnect")));
+    // A body never completed: nothing forwarded, and the request is on record.
+    let mut host = post_host(Some(&alice()), &[]);
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, false), Action::Pause);
+    stream.on_log(&mut host);
+    let r = host.record();
+    assert_eq!(
+        (r["decision"].as_str(), r["reason"].as_str()),
+        (Some("error"), Some("caller_went_away"))
+    );
+}
+
+#[test]
 fn upstream_401_becomes_502_with_its_own_code() {
     for upstream in [401, 403] {
         let (mut stream, mut host, action) =

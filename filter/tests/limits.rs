@@ -386,6 +386,25 @@ fn envoy_answering_while_the_service_is_awaited_is_audited_once() {
     assert_eq!(host.inner.audits.len(), 1);
 }
 
+#[test]
+fn a_caller_gone_while_the_service_is_awaited_leaves_a_record() {
+    // The service may have counted the message: who spent the budget is on record.
+    let config = config_with(global_limits("closed"), true);
+    let mut host = grpc_host(Some(6));
+    let (mut stream, action) = send(&config, &mut host, &call(1, "search"));
+    assert_eq!(action, Action::Pause);
+    assert!(host.inner.audits.is_empty());
+    stream.on_log(&mut host);
+    let r = host.inner.record();
+    assert_eq!(r["decision"], "error");
+    assert_eq!(r["reason"], "caller_went_away");
+    assert_eq!(r["tool"], "search");
+    assert!(r["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("rate limit service")));
+    assert_eq!(host.inner.audits.len(), 1);
+}
+
 /// Two global limits (as policies/email.yaml counts each send_email twice), `cost` 3.
 fn two_global_limits(failure_mode: &str) -> Value {
     json!([

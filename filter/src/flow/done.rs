@@ -35,8 +35,21 @@ impl Stream {
     /// An allowed message whose answer never reached the filter's end (the caller went away,
     /// the upstream reset) gets its record written here.
     pub fn on_log(&mut self, host: &mut dyn Host) {
-        match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::BufferingAnswer { ended: false, .. } => {}
+        let waited = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::BufferingAnswer { ended: false, .. } => None,
+            Phase::AwaitingBody => Some((self.record.take(), "its body")),
+            Phase::WaitingForKeys(_) => Some((self.record.take(), "the issuer's keys")),
+            Phase::WaitingForDeclarations(_) => {
+                Some((self.record.take(), "the server's tool declarations"))
+            }
+            Phase::WaitingForProof(pending) => Some((
+                Some(pending.into_record()),
+                "the rate limit service (its DPoP proof)",
+            )),
+            Phase::WaitingForLimits(pending) => Some((
+                Some(pending.into_record()),
+                "the rate limit service (its global limits, which may have counted it)",
+            )),
             other => {
                 self.phase = other;
                 if self.unwritten {
@@ -47,6 +60,18 @@ impl Stream {
                 }
                 return;
             }
+        };
+        if let Some((record, what)) = waited {
+            // The exchange ended before the message was decided or forwarded (the caller went
+            // away, a stream reset): nothing reached the server, but it has its record.
+            let Some(mut record) = record else { return };
+            record.decision = Verdict::Error;
+            record.reason = Some("caller_went_away".into());
+            record.detail = Some(format!(
+                "the exchange ended while the request waited for {what}; nothing was forwarded"
+            ));
+            self.write(host, &mut record);
+            return;
         }
         let Some(mut record) = self.record.take() else {
             return;
@@ -54,6 +79,17 @@ impl Stream {
         let details = host
             .property_string(&["response", "code_details"])
             .unwrap_or_default();
+        if details == "downstream_remote_disconnect" {
+            // The caller went away while the answer was held: the call was forwarded and may
+            // have run, so it stays the `allow` it was (as when the caller goes before the
+            // answer's headers); what happened is said.
+            record.detail = Some(
+                "the caller went away before the answer was delivered (downstream_remote_disconnect)"
+                    .into(),
+            );
+            self.write(host, &mut record);
+            return;
+        }
         record.decision = Verdict::Error;
         record.status = host
             .property(&["response", "code"])
