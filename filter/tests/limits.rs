@@ -438,41 +438,45 @@ fn status_of(code: i32, has_limit: bool) -> rls::DescriptorStatus {
 /// Each global limit is a request of its own, with one descriptor and its cost in the
 /// descriptor's `hits_addend` and the request's: limitador-server counts the request's (its
 /// descriptor has no such field) and names descriptors by position (`descriptors[0]`), so a
-/// second limit in the same request would never be counted there.
+/// second limit in the same request would never be counted there. They are asked one after
+/// the other, in policy order: the service counts what it finds within a limit and cannot give
+/// it back, so a message one limit refuses is not counted against the next.
 #[test]
 fn each_global_limit_is_its_own_request_with_its_cost() {
+    let asked = |host: &CallHost| -> Vec<(String, u32, u64, usize)> {
+        host.calls
+            .iter()
+            .map(|(_, _, _, msg, _)| {
+                let r = rls::RateLimitRequest::decode(msg.as_slice()).unwrap();
+                let d = &r.descriptors[0];
+                (
+                    d.entries[0].value.clone(),
+                    r.hits_addend,
+                    d.hits_addend.as_ref().map_or(0, |h| h.value),
+                    r.descriptors.len(),
+                )
+            })
+            .collect()
+    };
     let config = config_with(two_global_limits("closed"), true);
     let mut host = grpc_host(Some(10));
     let (mut stream, action) = send(&config, &mut host, &call(1, "send_email"));
     assert_eq!(action, Action::Pause);
-    let asked: Vec<(String, u32, u64, usize)> = host
-        .calls
-        .iter()
-        .map(|(_, _, _, msg, _)| {
-            let r = rls::RateLimitRequest::decode(msg.as_slice()).unwrap();
-            let d = &r.descriptors[0];
-            (
-                d.entries[0].value.clone(),
-                r.hits_addend,
-                d.hits_addend.as_ref().map_or(0, |h| h.value),
-                r.descriptors.len(),
-            )
-        })
-        .collect();
-    assert_eq!(
-        asked,
-        vec![
-            ("per-engineer".to_string(), 3, 3, 1),
-            ("company".to_string(), 3, 3, 1)
-        ]
-    );
-    // The message waits for both answers; the second one over its limit refuses it.
+    assert_eq!(asked(&host), vec![("per-engineer".to_string(), 3, 3, 1)]);
+    // Within the first: the second is asked; over it, the message is refused.
     let ok = answer_of(rls::OK, vec![status_of(rls::OK, true)]);
     assert_eq!(
         stream.on_grpc_answer(&mut host, 10, 0, Some(&ok)),
         Action::Pause
     );
     assert!(host.inner.replies.is_empty());
+    assert_eq!(
+        asked(&host),
+        vec![
+            ("per-engineer".to_string(), 3, 3, 1),
+            ("company".to_string(), 3, 3, 1)
+        ]
+    );
     let over = answer_of(rls::OVER_LIMIT, vec![status_of(rls::OVER_LIMIT, true)]);
     assert_eq!(
         stream.on_grpc_answer(&mut host, 11, 0, Some(&over)),
@@ -481,7 +485,19 @@ fn each_global_limit_is_its_own_request_with_its_cost() {
     assert_eq!(host.inner.reply().status, 200);
     assert_eq!(host.inner.record()["rule"], "limit:company");
 
-    // Both within their budgets: forwarded once both answered, whatever the order.
+    // Over the caller's own limit: refused at once, and the shared budget is never asked
+    // (so never counted).
+    let mut host = grpc_host(Some(30));
+    let (mut stream, _) = send(&config, &mut host, &call(3, "send_email"));
+    assert_eq!(
+        stream.on_grpc_answer(&mut host, 30, 0, Some(&over)),
+        Action::Pause
+    );
+    assert_eq!(host.inner.record()["rule"], "limit:per-engineer");
+    assert_eq!(asked(&host).len(), 1, "company not asked");
+
+    // Both within their budgets: forwarded once both answered; an answer for a call not made
+    // (yet) changes nothing.
     let mut host = grpc_host(Some(20));
     let (mut stream, _) = send(&config, &mut host, &call(2, "send_email"));
     assert_eq!(
@@ -489,11 +505,11 @@ fn each_global_limit_is_its_own_request_with_its_cost() {
         Action::Pause
     );
     assert_eq!(
-        stream.on_grpc_answer(&mut host, 21, 0, Some(&ok)),
+        stream.on_grpc_answer(&mut host, 20, 0, Some(&ok)),
         Action::Pause
     );
     assert_eq!(
-        stream.on_grpc_answer(&mut host, 20, 0, Some(&ok)),
+        stream.on_grpc_answer(&mut host, 21, 0, Some(&ok)),
         Action::Continue
     );
     stream.on_log(&mut host);

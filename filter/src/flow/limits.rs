@@ -76,7 +76,8 @@ impl What {
 
 impl Stream {
     /// Spends an allowed message's budgets. Local limits first (a message they refuse never
-    /// reaches the rate limit service), then one request to the service per global one, together.
+    /// reaches the rate limit service), then one request to the service per global one, one
+    /// after the other ([`Stream::ask_globals`]).
     pub(super) fn limit(
         &mut self,
         host: &mut dyn Host,
@@ -159,42 +160,88 @@ impl Stream {
         }
         // What a refusal's answer names, built only once one may be needed (it formats).
         let what = What::of(message);
-        let config = std::rc::Rc::clone(&self.config);
-        let Some(service) = config.rate_limit_service.as_ref() else {
+        if self.config.rate_limit_service.is_none() {
             let why = "no rate limit service is configured";
             return self.service_failed(host, server, record, &what, &globals, why);
-        };
+        }
         let calls: Vec<Call> = globals
             .into_iter()
-            .map(|charge| {
-                let token = policy.limits.get(charge.limit).and_then(|l| {
-                    let ask = rls::Ask {
-                        limit: &l.name,
-                        key: &charge.key,
-                        rate: l.rate,
-                        cost: charge.cost,
-                    };
-                    rls::call(host, service, &ask)
-                });
-                let answer = token
-                    .is_none()
-                    .then(|| Err("rate limit service could not be called".to_string()));
-                Call {
-                    charge,
-                    token,
-                    answer,
-                }
+            .map(|charge| Call {
+                charge,
+                token: None,
+                answer: None,
             })
             .collect();
-        if calls.iter().all(|c| c.answer.is_some()) {
-            return self.decide(host, server, record, &what, &calls);
+        self.ask_globals(host, server, record, what, calls)
+    }
+
+    /// Asks the rate limit service about the next global limit not asked yet, in policy order,
+    /// and waits for its answer; decides once every limit was asked or one answer settles it
+    /// (over its budget, or failed where the limit fails closed). One at a time: the service
+    /// counts every request it finds within its limit and nothing can be given back, so a
+    /// message refused by one limit must not have been counted against the others (a caller
+    /// over its own budget would otherwise spend a shared one with calls that never run).
+    fn ask_globals(
+        &mut self,
+        host: &mut dyn Host,
+        server: &Server,
+        record: Record,
+        what: What,
+        mut calls: Vec<Call>,
+    ) -> Gate {
+        let config = std::rc::Rc::clone(&self.config);
+        let policy = &server.policy;
+        loop {
+            let settled = calls.iter().any(|c| {
+                let closed = || {
+                    policy
+                        .limits
+                        .get(c.charge.limit)
+                        .is_some_and(|l| l.failure_mode == FailureMode::Closed)
+                };
+                match &c.answer {
+                    Some(Ok(verdict)) if verdict.over_limit => true,
+                    Some(Ok(verdict)) if verdict.applied == Some(false) => closed(),
+                    Some(Err(_)) => closed(),
+                    _ => false,
+                }
+            });
+            let next = calls
+                .iter_mut()
+                .find(|c| c.token.is_none() && c.answer.is_none());
+            let (false, Some(next)) = (settled, next) else {
+                return self.decide(host, server, record, &what, &calls);
+            };
+            let token = match (
+                config.rate_limit_service.as_ref(),
+                policy.limits.get(next.charge.limit),
+            ) {
+                (Some(service), Some(l)) => {
+                    let ask = rls::Ask {
+                        limit: &l.name,
+                        key: &next.charge.key,
+                        rate: l.rate,
+                        cost: next.charge.cost,
+                    };
+                    rls::call(host, service, &ask)
+                }
+                _ => None,
+            };
+            match token {
+                Some(token) => {
+                    next.token = Some(token);
+                    self.phase = Phase::WaitingForLimits(Box::new(PendingLimit {
+                        record,
+                        what,
+                        calls,
+                    }));
+                    return Gate::Done(Action::Pause);
+                }
+                None => {
+                    next.answer = Some(Err("rate limit service could not be called".to_string()));
+                }
+            }
         }
-        self.phase = Phase::WaitingForLimits(Box::new(PendingLimit {
-            record,
-            what,
-            calls,
-        }));
-        Gate::Done(Action::Pause)
     }
 
     /// Whether the request waits for the rate limit service.
@@ -242,9 +289,6 @@ impl Stream {
                 .next()
                 .ok_or_else(|| "an answer without a verdict".to_string())
         }));
-        if pending.calls.iter().any(|c| c.answer.is_none()) {
-            return Action::Pause;
-        }
         let PendingLimit {
             record,
             what,
@@ -260,7 +304,7 @@ impl Stream {
         let Some(server) = self.server.and_then(|i| config.servers.get(i)) else {
             return Action::Pause;
         };
-        match self.decide(host, server, record, &what, &calls) {
+        match self.ask_globals(host, server, record, what, calls) {
             Gate::Pass(record) => {
                 self.audit(host, *record);
                 Action::Continue
@@ -269,7 +313,8 @@ impl Stream {
         }
     }
 
-    /// Every global limit's call answered (or could not be made): a limit over its budget
+    /// The global limits asked (or whose call could not be made; those after one that settled
+    /// the message are not asked): a limit over its budget
     /// refuses the message; a call that failed, or whose descriptor the service has no limit
     /// for (it counted nothing), applies that limit's failure mode; else the message goes on.
     fn decide(
@@ -319,7 +364,8 @@ impl Stream {
                 // limit is missing from its configuration), as for DPoP proofs (replay.rs).
                 Some(Ok(_)) => why.push(format!("it has no limit for {name:?}")),
                 Some(Err(e)) => why.push(format!("{e} for {name:?}")),
-                None => why.push(format!("no answer for {name:?}")),
+                // Not asked: an earlier limit settled the message.
+                None => continue,
             }
             failed.push(call.charge.clone());
         }
