@@ -2477,6 +2477,28 @@ fn a_batch_s_list_answers_are_filtered_by_id() {
 }
 
 #[test]
+fn a_batch_s_refused_answer_is_on_every_message_s_record() {
+    let mut host = post_host(Some(&alice()), &[("mcp-protocol-version", "2025-03-26")]);
+    let body = batch(&[tool_call(json!(1), "search"), request(json!(2), "tools/list")]);
+    let (mut stream, action) = send(&config(), &mut host, &body);
+    assert_eq!(action, Action::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", "text/plain")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(200), false),
+        Action::Pause
+    );
+    assert_eq!(host.reply().status, 502);
+    stream.on_log(&mut host);
+    let last: Vec<Value> = host.audit().into_iter().rev().take(2).collect();
+    assert_eq!(last.len(), 2);
+    for r in &last {
+        assert_eq!(r["decision"], "error", "{r}");
+        assert_eq!(r["reason"], "unreadable_list_answer", "{r}");
+        assert_eq!(r["status"], 502, "{r}");
+    }
+}
+
+#[test]
 fn a_get_stream_of_another_content_type_is_502() {
     let mut host = get_host("/mcp", Some(&alice()));
     let mut stream = Stream::new(config());

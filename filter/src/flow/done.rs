@@ -178,7 +178,17 @@ impl Stream {
         record.filter_us = Some(busy_ns / 1_000);
         record.total_ms = self.start_ns.map(|t| now_ns.saturating_sub(t) / 1_000_000);
         let mut line = record.to_line();
+        // A batch's records are written at its decision (all allowed, or each answered); what
+        // happens to its one answer after that (refused, cut, answered by Envoy) happened to
+        // every message of it.
+        let answered = record.decision == Verdict::Error || record.status.is_some();
         for other in &mut self.batch {
+            if answered {
+                other.decision = record.decision;
+                other.reason.clone_from(&record.reason);
+                other.detail.clone_from(&record.detail);
+                other.status = record.status;
+            }
             other.upstream_status = record.upstream_status;
             other.filter_us = record.filter_us;
             other.total_ms = record.total_ms;
