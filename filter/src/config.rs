@@ -455,6 +455,14 @@ struct RawCredential {
     /// The VM environment variable that holds the secret.
     #[serde(default)]
     value_from_env: Option<String>,
+    /// Keys this one replaced, still redacted from answers and never sent: while a rotation's
+    /// overlap lasts the upstream accepts the previous key, and a server (or a stream's
+    /// replayed backlog) may still echo it.
+    #[serde(default)]
+    previous_values: Vec<String>,
+    /// The same, each from a VM environment variable.
+    #[serde(default)]
+    previous_values_from_env: Vec<String>,
 }
 
 impl Config {
@@ -877,9 +885,33 @@ impl Credential {
                 "is shorter than 8 characters: too short to be a secret, or to be recognised in responses",
             ));
         }
+        let mut previous = Vec::new();
+        for (i, key) in raw.previous_values.into_iter().enumerate() {
+            previous.push((format!("{field}.previous_values[{i}]"), key));
+        }
+        for (i, name) in raw.previous_values_from_env.into_iter().enumerate() {
+            let at = format!("{field}.previous_values_from_env[{i}]");
+            let key = env.var(&name).ok_or_else(|| {
+                ConfigError::new(
+                    at.clone(),
+                    format!("environment variable {name:?} is not set for this VM"),
+                )
+            })?;
+            previous.push((at, key));
+        }
+        let mut patterns = leak_pattern_list(&secret);
+        for (at, key) in previous {
+            if key.len() < MIN_SECRET_BYTES {
+                return Err(ConfigError::new(
+                    at,
+                    "is shorter than 8 characters: too short to be recognised in responses",
+                ));
+            }
+            patterns.extend(leak_pattern_list(&key));
+        }
         Ok(Credential {
             header,
-            leak_patterns: leak_patterns(&secret),
+            leak_patterns: crate::response::Patterns::widened(patterns),
             value,
         })
     }
@@ -1002,7 +1034,12 @@ fn secret_key(
 /// characters that carry bits of the secret. Secrets are at least 8 bytes
 /// ([`MIN_SECRET_BYTES`]), so every core is at least 10 characters (60 bits): ordinary text
 /// does not match by chance.
+#[cfg(test)]
 fn leak_patterns(secret: &str) -> crate::response::Patterns {
+    crate::response::Patterns::widened(leak_pattern_list(secret))
+}
+
+fn leak_pattern_list(secret: &str) -> Vec<crate::response::Pattern> {
     use crate::response::{Pattern, Widen};
     use base64::engine::general_purpose::STANDARD_NO_PAD;
     use base64::Engine as _;
@@ -1041,7 +1078,7 @@ fn leak_patterns(secret: &str) -> crate::response::Patterns {
             .collect();
         add(url_safe, widen);
     }
-    crate::response::Patterns::widened(out)
+    out
 }
 
 /// How JSON encoders write this text inside a string, where that differs from the text: a

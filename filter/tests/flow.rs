@@ -1726,6 +1726,42 @@ fn an_event_stream_is_cut_once_the_revocation_feed_lists_its_caller() {
 }
 
 #[test]
+fn a_previous_service_key_is_redacted_too() {
+    // A rotation's overlap: the upstream still accepts (and may echo) the key it replaced.
+    const OLD: &str = "sk-old-service-key-9876543210";
+    let mut c = base_config();
+    c["servers"][0]["credential"]["previous_values"] = json!([OLD]);
+    let rotated = build(c);
+    let mut host = post_host(Some(&alice()), &[]);
+    let (mut stream, action) = send(&rotated, &mut host, &tool_call(json!(1), "search"));
+    assert_eq!(action, Action::Continue);
+    assert_eq!(
+        host.req_header("x-api-key"),
+        Some(SERVICE_KEY),
+        "only the current key is sent"
+    );
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    stream.on_response_headers(&mut host, Some(200), false);
+    let answer = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"result":{{"content":[{{"type":"text","text":"was {OLD} now {SERVICE_KEY}"}}]}}}}"#
+    );
+    let out = replaced(
+        stream.on_response_body(&mut host, answer.as_bytes(), true),
+        answer.as_bytes(),
+    );
+    let out = String::from_utf8_lossy(&out);
+    assert!(!out.contains(OLD) && !out.contains(SERVICE_KEY), "{out}");
+    let mut c = base_config();
+    c["servers"][0]["credential"]["previous_values"] = json!(["short"]);
+    let err = Config::from_json(c.to_string().as_bytes(), &MapEnv::default())
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("credential.previous_values[0]"), "{err}");
+    assert!(!err.contains("short\""), "the value is not quoted: {err}");
+}
+
+#[test]
 fn service_key_is_redacted_from_response_headers() {
     let (mut stream, mut host, _) = post_open(&alice(), &tool_call(json!(1), "search"));
     host.set_response(&[
@@ -2479,7 +2515,10 @@ fn a_batch_s_list_answers_are_filtered_by_id() {
 #[test]
 fn a_batch_s_refused_answer_is_on_every_message_s_record() {
     let mut host = post_host(Some(&alice()), &[("mcp-protocol-version", "2025-03-26")]);
-    let body = batch(&[tool_call(json!(1), "search"), request(json!(2), "tools/list")]);
+    let body = batch(&[
+        tool_call(json!(1), "search"),
+        request(json!(2), "tools/list"),
+    ]);
     let (mut stream, action) = send(&config(), &mut host, &body);
     assert_eq!(action, Action::Continue);
     host.set_response(&[(":status", "200"), ("content-type", "text/plain")]);
