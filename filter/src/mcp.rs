@@ -621,6 +621,36 @@ impl Arguments {
     }
 }
 
+/// Tool arguments as a server that parses JSON text in string arguments reads them (the
+/// official Python SDK's `pre_parse_json`): each top-level string value that is JSON for
+/// `null`, an array or an object becomes that value (a number, a boolean or a string in the
+/// text stays the string there). `None` when no argument is such a string. The text is parsed
+/// as serde_json parses it; Python's parser also reads `NaN` and out-of-range numbers, which
+/// inside an array or object the filter then leaves as the string.
+pub fn json_strings_parsed(arguments: &Map<String, Value>) -> Option<Map<String, Value>> {
+    let parsed = |value: &Value| -> Option<Value> {
+        let Value::String(text) = value else {
+            return None;
+        };
+        let start = text.trim_start_matches([' ', '\t', '\n', '\r']);
+        if !(start.starts_with(['[', '{']) || start.starts_with("null")) {
+            return None;
+        }
+        match serde_json::from_str::<Value>(text) {
+            Ok(v @ (Value::Null | Value::Array(_) | Value::Object(_))) => Some(v),
+            _ => None,
+        }
+    };
+    let mut out: Option<Map<String, Value>> = None;
+    for (key, value) in arguments {
+        if let Some(v) = parsed(value) {
+            out.get_or_insert_with(|| arguments.clone())
+                .insert(key.clone(), v);
+        }
+    }
+    out
+}
+
 /// Parses one JSON-RPC message body.
 pub fn parse_message(body: &[u8], max_depth: usize) -> Result<Message, ParseError> {
     parse_message_for(body, max_depth, Arguments::Keep)

@@ -499,7 +499,41 @@ impl Policy {
         if !self.method_allowed_in(input.method, input.protocol_version) {
             return Policy::unknown_method(input.method);
         }
-        self.decide(&mut None, input, true)
+        let decision = self.decide(&mut None, input, true);
+        self.as_parsing_servers_read(input, decision)
+    }
+
+    /// An allowed call whose arguments hold JSON text for `null`, an array or an object in a
+    /// string, decided again as a server that parses such text reads it: the official Python
+    /// SDK replaces every top-level argument whose string value is such JSON with that value,
+    /// for each parameter not typed plain `str` — which the filter cannot see (it has no
+    /// signature). `"branch": "null"` is `None` (the tool's default branch) there; `"to":
+    /// "[\"a@x\"]"` a list. The call goes on only if both readings allow it; else the
+    /// stricter decision stands, saying which reading it is.
+    fn as_parsing_servers_read(&self, input: &Input, decision: Decision) -> Decision {
+        if decision.outcome != Outcome::Allow || !self.reads_arguments {
+            return decision;
+        }
+        let Some((tool, Some(arguments))) = input.tool else {
+            return decision;
+        };
+        let Some(parsed) = crate::mcp::json_strings_parsed(arguments) else {
+            return decision;
+        };
+        let other = Input {
+            tool: Some((tool, Some(&parsed))),
+            ..input.clone()
+        };
+        let mut stricter = self.decide(&mut None, &other, true);
+        if stricter.outcome == Outcome::Allow {
+            return decision;
+        }
+        stricter.reason = format!(
+            "{} (reading a string argument that holds JSON as that JSON, as servers that parse \
+             it, such as the Python SDK's, do)",
+            stricter.reason
+        );
+        stricter
     }
 
     /// Evaluates the policy for one message and, when it allows the message, what it owes the
@@ -511,6 +545,7 @@ impl Policy {
         }
         let mut ctx = None;
         let decision = self.decide(&mut ctx, input, true);
+        let decision = self.as_parsing_servers_read(input, decision);
         let charges = if decision.outcome == Outcome::Allow && !self.limits.is_empty() {
             self.charges_in(&mut ctx, input)
         } else {

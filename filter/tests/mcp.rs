@@ -877,3 +877,27 @@ fn a_resource_uri_spelling_an_unreserved_character_in_percent_encoding_is_refuse
         assert_eq!(m.target, Target::Resource { uri: uri.into() });
     }
 }
+
+/// What a server that parses JSON in string arguments (the Python SDK's `pre_parse_json`) reads
+/// for each top-level string: `null`, arrays and objects become values; other JSON and other
+/// text stay strings; nested strings are not read.
+#[test]
+fn string_arguments_holding_json_are_read_as_a_parsing_server_reads_them() {
+    use mcp_guard::mcp::json_strings_parsed;
+    let args = |v: Value| v.as_object().cloned().unwrap_or_default();
+    let parsed = json_strings_parsed(&args(json!({
+        "branch": "null", "to": " [\"a@x\", \"b@x\"]", "filter": "{\"region\":\"eu\"}",
+        "flag": "true", "n": "42", "s": "\"x\"", "title": "[WIP] fix", "nested": {"b": "null"},
+    })));
+    assert_eq!(
+        parsed.map(Value::Object),
+        Some(json!({
+            "branch": null, "to": ["a@x", "b@x"], "filter": {"region": "eu"},
+            "flag": "true", "n": "42", "s": "\"x\"", "title": "[WIP] fix", "nested": {"b": "null"},
+        }))
+    );
+    assert_eq!(
+        json_strings_parsed(&args(json!({"q": "plain", "k": 1}))),
+        None
+    );
+}
