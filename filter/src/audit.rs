@@ -131,6 +131,10 @@ pub struct Record {
     pub resource: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<Value>,
+    /// When the record had to cut `arguments`: `sha256:` and the SHA-256 of the whole
+    /// arguments in RFC 8785 canonical JSON, so that what the server logged can be matched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arguments_sha256: Option<String>,
     /// The task a tasks method names (`params.taskId`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_id: Option<String>,
@@ -206,6 +210,7 @@ impl Record {
             prompt: None,
             resource: None,
             arguments: None,
+            arguments_sha256: None,
             task_id: None,
             trace_id: None,
             span_id: None,
@@ -263,8 +268,13 @@ impl Record {
         if line.len() <= MAX_RECORD_BYTES {
             return line;
         }
-        // 2. Keep the arguments' shape, cut what is long inside them.
+        // 2. Keep the arguments' shape, cut what is long inside them; say what they were.
         if let Some(arguments) = &mut smaller.arguments {
+            smaller.arguments_sha256 = serde_jcs::to_vec(&*arguments).ok().map(|canonical| {
+                use sha2::Digest as _;
+                let hash = sha2::Sha256::digest(&canonical);
+                format!("sha256:{}", base16ct::lower::encode_string(&hash))
+            });
             shrink(arguments, 0);
             let line = smaller.encode();
             if line.len() <= MAX_RECORD_BYTES {
@@ -289,7 +299,8 @@ impl Record {
         encode(&serde_json::json!({
             "schema": SCHEMA, "ts": smaller.ts, "request_id": cut(&smaller.request_id),
             "iss": cut(&smaller.iss), "sub": cut(&smaller.sub), "method": cut(&smaller.method),
-            "tool": cut(&smaller.tool), "decision": smaller.decision, "status": smaller.status,
+            "tool": cut(&smaller.tool), "arguments_sha256": smaller.arguments_sha256,
+            "decision": smaller.decision, "status": smaller.status,
             "reason": "record_too_large", "detail": "record too large",
             "filter_us": smaller.filter_us, "total_ms": smaller.total_ms,
         }))
@@ -401,6 +412,7 @@ impl Record {
         w.some_text("prompt", &self.prompt);
         w.some_text("resource", &self.resource);
         w.some_serialized("arguments", &self.arguments);
+        w.some_text("arguments_sha256", &self.arguments_sha256);
         w.some_text("task_id", &self.task_id);
         w.some_text("trace_id", &self.trace_id);
         w.some_text("span_id", &self.span_id);
@@ -912,6 +924,34 @@ mod tests {
             .unwrap()
             .ends_with("…[truncated from 60000 bytes]"));
         assert!(v["groups"].as_array().unwrap().len() <= 16);
+    }
+
+    #[test]
+    fn cut_arguments_are_named_by_their_digest() {
+        // Padding (many members, long values) pushes the member the server acts on out of the
+        // record; the digest of the whole arguments still names what was sent.
+        let mut r = record();
+        let mut args = serde_json::Map::new();
+        for i in 0..40 {
+            args.insert(format!("a{i:02}"), json!("x"));
+        }
+        args.insert("a_pad".into(), json!("p".repeat(9_000)));
+        args.insert("customer_id".into(), json!("c-TARGET-999"));
+        let whole = Value::Object(args);
+        r.arguments = Some(whole.clone());
+        let v = parse(&r.to_line());
+        assert!(!v.to_string().contains("c-TARGET-999"));
+        let canonical = serde_jcs::to_vec(&whole).unwrap();
+        use sha2::Digest as _;
+        let expected = format!(
+            "sha256:{}",
+            base16ct::lower::encode_string(&sha2::Sha256::digest(&canonical))
+        );
+        assert_eq!(v["arguments_sha256"], expected.as_str());
+        // Arguments that fit have no digest.
+        let mut r = record();
+        r.arguments = Some(json!({"customer_id": "c-1"}));
+        assert!(parse(&r.to_line()).get("arguments_sha256").is_none());
     }
 
     #[test]
