@@ -621,15 +621,49 @@ const SENSITIVE: &[&str] = &[
     "card",
 ];
 
-/// The arguments as the audit record shows them under `mode`.
-pub fn arguments(mode: ArgumentsMode, args: &Map<String, Value>) -> Option<Value> {
-    match mode {
-        ArgumentsMode::None => None,
-        ArgumentsMode::Keys => Some(Value::Array(
-            args.keys().map(|k| Value::String(k.clone())).collect(),
-        )),
-        ArgumentsMode::Redacted => Some(mask(&Value::Object(args.clone()))),
-        ArgumentsMode::Full => Some(Value::Object(args.clone())),
+/// The arguments as the audit record shows them under `mode`. `token`: the caller's own token,
+/// which is never written to the record, even where an agent passed it on as an argument.
+pub fn arguments(
+    mode: ArgumentsMode,
+    args: &Map<String, Value>,
+    token: Option<&str>,
+) -> Option<Value> {
+    let shown = match mode {
+        ArgumentsMode::None => return None,
+        ArgumentsMode::Keys => {
+            Value::Array(args.keys().map(|k| Value::String(k.clone())).collect())
+        }
+        ArgumentsMode::Redacted => mask(&Value::Object(args.clone())),
+        ArgumentsMode::Full => Value::Object(args.clone()),
+    };
+    Some(match token.filter(|t| t.len() >= MIN_TOKEN_SCRUBBED) {
+        Some(token) => scrub(shown, token),
+        None => shown,
+    })
+}
+
+/// Shorter "tokens" are not searched for (a real one is far longer; a few characters would
+/// match ordinary text).
+const MIN_TOKEN_SCRUBBED: usize = 16;
+
+/// `value` with every occurrence of `secret` (in strings and member names) replaced.
+fn scrub(value: Value, secret: &str) -> Value {
+    let clean = |s: String| {
+        if s.contains(secret) {
+            s.replace(secret, "[REDACTED]")
+        } else {
+            s
+        }
+    };
+    match value {
+        Value::String(s) => Value::String(clean(s)),
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| scrub(v, secret)).collect()),
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| (clean(k), scrub(v, secret)))
+                .collect(),
+        ),
+        other => other,
     }
 }
 
@@ -652,7 +686,6 @@ fn mask(value: &Value) -> Value {
     }
 }
 
-/// Cuts `s` to at most `max` bytes (on a character boundary) and marks the cut.
 /// A column's value with what a text log line could be split or forged by (control characters,
 /// DEL, U+0085, U+2028, U+2029) written as `\uXXXX`, as the JSON line writes them: a column
 /// is read raw by a text access-log format (`%FILTER_STATE(wasm.mcp.method:PLAIN)%`), and a
@@ -673,6 +706,7 @@ fn escape_line_breaks(value: &str) -> String {
     out
 }
 
+/// Cuts `s` to at most `max` bytes (on a character boundary) and marks the cut.
 fn truncate(s: &mut String, max: usize) {
     if s.len() > max {
         let original = s.len();
@@ -1043,19 +1077,19 @@ mod tests {
         let args =
             json!({ "customer_id": "c-1", "api_key": "k", "nested": { "Password": "p", "x": 1 } });
         let args = args.as_object().unwrap();
-        assert_eq!(arguments(ArgumentsMode::None, args), None);
+        assert_eq!(arguments(ArgumentsMode::None, args, None), None);
         assert_eq!(
-            arguments(ArgumentsMode::Keys, args),
+            arguments(ArgumentsMode::Keys, args, None),
             Some(json!(["api_key", "customer_id", "nested"]))
         );
         assert_eq!(
-            arguments(ArgumentsMode::Redacted, args),
+            arguments(ArgumentsMode::Redacted, args, None),
             Some(
                 json!({ "customer_id": "c-1", "api_key": "[REDACTED]", "nested": { "Password": "[REDACTED]", "x": 1 } })
             )
         );
         assert_eq!(
-            arguments(ArgumentsMode::Full, args),
+            arguments(ArgumentsMode::Full, args, None),
             Some(Value::Object(args.clone()))
         );
         let parse = |s: &str| serde_json::from_value::<ArgumentsMode>(json!(s)).ok();

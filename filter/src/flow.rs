@@ -147,6 +147,13 @@ impl Stream {
     fn header(&self, name: &str) -> Option<&str> {
         header(&self.headers, name)
     }
+
+    /// The token the caller presented (`Authorization: <scheme> <token>`), to keep it out of
+    /// what is written down (audit). Read as the request came: the header is gone upstream.
+    fn presented_token(&self) -> Option<&str> {
+        let (_, token) = self.header("authorization")?.trim().split_once(' ')?;
+        Some(token.trim()).filter(|t| !t.is_empty())
+    }
 }
 
 fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {

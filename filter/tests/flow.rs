@@ -2202,6 +2202,28 @@ fn audit_arguments_redacted_masks_secrets() {
 }
 
 #[test]
+fn the_callers_own_token_passed_as_an_argument_is_not_audited() {
+    // An agent may hand its token on to a tool; no token is written to the audit log.
+    let token = alice();
+    for mode in ["full", "redacted", "keys"] {
+        let mut c = base_config();
+        c["servers"][0]["audit_arguments"] = json!(mode);
+        let mut host = post_host(Some(&token), &[]);
+        let body = json!({
+            "jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": { "name": "search", "arguments": {
+                "q": format!("Bearer {token}"), "list": [token.clone()], token.clone(): 1 } },
+        });
+        let (mut stream, action) = send(&build(c), &mut host, body.to_string().as_bytes());
+        assert_eq!(action, Action::Continue);
+        stream.on_log(&mut host);
+        let line = host.record().to_string();
+        assert!(!line.contains(&token), "{mode}: {line}");
+        assert!(line.contains("[REDACTED]"), "{mode}: {line}");
+    }
+}
+
+#[test]
 fn envoy_attributes_are_audited_and_select_the_server() {
     let mut c = base_config();
     let mut second = c["servers"][0].clone();

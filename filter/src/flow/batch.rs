@@ -99,7 +99,7 @@ impl Stream {
         let mut answers = Vec::new();
         for ((message, decision), drift) in messages.iter().zip(&decisions).zip(&drifts) {
             let mut r = record.clone();
-            describe(&mut r, message, server);
+            describe(&mut r, message, server, self.presented_token());
             r.rule = decision.rule.clone();
             let pinned_out = match drift {
                 Some(drift) => {

@@ -111,7 +111,7 @@ impl Stream {
             Ok(m) => m,
             Err(e) => return self.refuse(host, record, invalid(&e)),
         };
-        describe(&mut record, &message, server);
+        describe(&mut record, &message, server, self.presented_token());
         if let (Some(trace), other) = protocol::trace(&self.headers, Some(&message)) {
             record.trace_id = Some(trace.trace_id);
             record.span_id = Some(trace.span_id);
@@ -351,7 +351,7 @@ impl Stream {
                 return Err(self.refuse(host, record, refusal));
             }
         };
-        describe(&mut record, &message, server);
+        describe(&mut record, &message, server, self.presented_token());
         // Mcp-Name mirrored the handle (checked above); upstream it mirrors the task's id.
         let name = match (&opened.task_id, self.header("mcp-name")) {
             (Some(id), Some(_)) => Some(tasks::header_value(id)),
@@ -615,7 +615,12 @@ pub(super) fn add_pin_drift(record: &mut Record, drifts: &[Drift]) {
 }
 
 /// Copies what the message is about into the audit record.
-pub(super) fn describe(record: &mut Record, message: &Message, server: &Server) {
+pub(super) fn describe(
+    record: &mut Record,
+    message: &Message,
+    server: &Server,
+    token: Option<&str>,
+) {
     record.method = Some(if message.kind == Kind::Response {
         "response".to_string()
     } else {
@@ -625,7 +630,7 @@ pub(super) fn describe(record: &mut Record, message: &Message, server: &Server) 
     match &message.target {
         Target::Tool { name, arguments } => {
             record.tool = Some(name.clone());
-            record.arguments = crate::audit::arguments(server.audit_arguments, arguments);
+            record.arguments = crate::audit::arguments(server.audit_arguments, arguments, token);
         }
         Target::Prompt { name } => record.prompt = Some(name.clone()),
         Target::Resource { uri } => record.resource = Some(uri.clone()),
