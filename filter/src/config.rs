@@ -901,6 +901,14 @@ impl Credential {
         }
         let mut patterns = leak_pattern_list(&secret);
         for (at, key) in previous {
+            // As for the key itself: a value read from a file often ends in a newline, which
+            // the echoed key does not hold, so it would never be found.
+            if !is_header_value(&key) {
+                return Err(ConfigError::new(
+                    at,
+                    "contains characters not allowed in an HTTP header value (a trailing newline?)",
+                ));
+            }
             if key.len() < MIN_SECRET_BYTES {
                 return Err(ConfigError::new(
                     at,

@@ -435,7 +435,7 @@ pub fn check_answer_text(
         }
     }
     if hidden == 0 {
-        return if listed.is_empty() {
+        return if listed.is_empty() && !cacheable {
             Checked::Pass
         } else {
             Checked::Listed {

@@ -292,9 +292,12 @@ fn check_message(
     }
 }
 
-/// A list answer the filter decided for this caller leaves private (`cacheScope`), and a tools
-/// listing teaches the `Mcp-Param-*` declarations ([`crate::protocol::private_list`]). Batches
-/// exist only in 2025-03-26, which has neither.
+/// An answer the filter decided for this caller leaves private (`cacheScope`): a list it
+/// filtered, and any other result a server marked cacheable (a `resources/read`, a
+/// `server/discover`), which the policy allowed this caller and perhaps not the next one a
+/// shared cache would give it to. A tools listing also teaches the `Mcp-Param-*`
+/// declarations ([`crate::protocol::private_list`]). Batches exist only in 2025-03-26, which
+/// has neither.
 fn private(
     kinds: &[ListKind],
     cacheable: bool,
@@ -305,7 +308,18 @@ fn private(
     let batch = message.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
     let kind = match kinds {
         _ if batch => return rewritten,
-        [] => return rewritten,
+        [] if !cacheable => return rewritten,
+        [] => {
+            let current = rewritten.as_deref().unwrap_or(message);
+            return match crate::protocol::private_cache(current) {
+                Ok(Some(body)) => Some(body),
+                Ok(None) => rewritten,
+                Err(why) => {
+                    report.failed = Some(why);
+                    None
+                }
+            };
+        }
         _ if kinds.contains(&ListKind::Tools) => ListKind::Tools,
         [first, ..] => *first,
     };

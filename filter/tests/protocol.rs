@@ -376,6 +376,41 @@ fn a_filtered_list_is_private_and_keeps_its_ttl() {
     assert_eq!(v["result"]["cacheScope"], "private");
 }
 
+/// Every answer is decided for its caller, not only lists: a read or a discovery the server
+/// marks public leaves private, so a shared cache never gives it to a caller the policy would
+/// refuse. As JSON and as an event.
+#[test]
+fn a_cacheable_result_of_any_method_is_private() {
+    let shared = Shared::default();
+    let result = json!({ "resultType": "complete", "ttlMs": 60000, "cacheScope": "public",
+        "serverInfo": { "name": "crm" } });
+    for content_type in ["application/json", "text/event-stream"] {
+        let mut h = host(
+            &shared,
+            &[
+                ("mcp-protocol-version", MODERN),
+                ("mcp-method", "server/discover"),
+            ],
+        );
+        let (mut stream, action) = send(&mut h, &body(3, "server/discover", json!({})));
+        assert_eq!(action, Action::Continue);
+        h.set_response(&[(":status", "200"), ("content-type", content_type)]);
+        stream.on_response_headers(&mut h, Some(200), false);
+        let message = json!({ "jsonrpc": "2.0", "id": 3, "result": result }).to_string();
+        let answer = if content_type == "application/json" {
+            message
+        } else {
+            format!("event: message\ndata: {message}\n\n")
+        };
+        let out = match stream.on_response_body(&mut h, answer.as_bytes(), true) {
+            BodyAction::Replace(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            other => panic!("{content_type}: not rewritten: {other:?}"),
+        };
+        assert!(out.contains(r#""cacheScope":"private""#), "{out}");
+        assert!(!out.contains("public"), "{out}");
+    }
+}
+
 #[test]
 fn trace_context_is_recorded() {
     let shared = Shared::default();

@@ -64,23 +64,24 @@ impl Stream {
             self.record = None;
             return Action::Continue;
         }
-        if !matches!(status, Some(200..=299)) {
-            // Envoy's own answer after forwarding (the upstream reset or could not be reached,
-            // a timeout, a filter after this one) is not the server's: `via_upstream` is what
-            // Envoy says of an answer the server sent. Read only off the 2xx path (one call).
-            let details = host
-                .property_string(&["response", "code_details"])
-                .unwrap_or_default();
-            if !details.is_empty() && details != "via_upstream" {
-                // Forwarded, so the call may have run: it stays `allow`, with what Envoy said.
-                record.status = status;
-                record.reason = Some("answered_by_envoy".into());
-                record.detail = Some(format!("Envoy answered after forwarding: {details}"));
-                self.write(host, &mut record);
-                return Action::Continue;
-            }
+        // Envoy's own answer after forwarding (the upstream reset or could not be reached, a
+        // timeout, a filter after this one) is not the server's: `via_upstream` is what Envoy
+        // says of an answer the server sent. Read only off the 2xx path (one call). Forwarded,
+        // so the call may have run: the record stays `allow` and says what Envoy did; the answer
+        // is checked as any other (it may carry what a later filter copied).
+        let details = if matches!(status, Some(200..=299)) {
+            String::new()
+        } else {
+            host.property_string(&["response", "code_details"])
+                .unwrap_or_default()
+        };
+        if !details.is_empty() && details != "via_upstream" {
+            record.status = status;
+            record.reason = Some("answered_by_envoy".into());
+            record.detail = Some(format!("Envoy answered after forwarding: {details}"));
+        } else {
+            record.upstream_status = status;
         }
-        record.upstream_status = status;
         if let Some(detail) = rerouted(host, &record) {
             let body = self.bad_gateway_body();
             return self.refuse(host, record, Refusal::Rerouted { detail, body });
