@@ -870,7 +870,15 @@ fn inexact_integer(value: &Value) -> Option<&Number> {
 
 /// The `params` members the filter reads (for any method, so a method's members cannot hide
 /// in another's spelling).
-const READ_PARAMS: &[&str] = &["name", "arguments", "uri", "ref"];
+const READ_PARAMS: &[&str] = &[
+    "name",
+    "arguments",
+    "uri",
+    "ref",
+    // A 2026-07-28 retry: what it answers (`mcp.input.responses`) and that it is one.
+    "inputResponses",
+    "requestState",
+];
 
 /// Refuses a `params` key that a case-insensitive server would take for a member the filter
 /// reads while the filter, matching exactly, would not (`"Arguments"` alone: no arguments to
@@ -881,7 +889,7 @@ fn check_read_members(params: &Map<String, Value>) -> Result<(), ParseError> {
             continue;
         }
         let folded = fold_key(&Cow::Borrowed(key.as_str()));
-        if let Some(member) = READ_PARAMS.iter().find(|m| **m == folded) {
+        if let Some(member) = READ_PARAMS.iter().find(|m| m.eq_ignore_ascii_case(&folded)) {
             return Err(ParseError::Key(KeyProblem::CaseVariant(
                 member,
                 key.clone(),

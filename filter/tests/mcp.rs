@@ -809,6 +809,17 @@ fn case_variants_of_the_params_the_filter_reads_are_refused() {
             "ARGUMENTS",
         ),
         (r#"{"Name":"delete_customer"}"#, "name", "Name"),
+        // A 2026-07-28 retry's members, read by a case-insensitive server as one.
+        (
+            r#"{"name":"a","InputResponses":{}}"#,
+            "inputResponses",
+            "InputResponses",
+        ),
+        (
+            r#"{"name":"a","requeststate":"s"}"#,
+            "requestState",
+            "requeststate",
+        ),
         (
             r#"{"name":"a","argument\u017f":{"force":true}}"#,
             "arguments",
