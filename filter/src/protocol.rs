@@ -686,7 +686,7 @@ pub fn private_list(
         // No caching member (as the list's reader found them, escapes decoded): nothing to mark.
         return rewritten;
     }
-    match private_cache(current) {
+    match private_cache(current, true) {
         Ok(Some(body)) => Some(body),
         Ok(None) => rewritten,
         Err(why) => {
@@ -697,10 +697,11 @@ pub fn private_list(
 }
 
 /// Sets `result.cacheScope` to `"private"` in one JSON-RPC response message, editing its bytes
-/// in place. `Ok(None)`: already private, or a result of an earlier revision (no `cacheScope`,
-/// `ttlMs` or `resultType`). An ambiguous message (a duplicate `result` or `cacheScope`) is an
+/// in place (`insert`: also where the result of the 2026-07-28 revision has none). `Ok(None)`:
+/// already private, or a result of an earlier revision (no `cacheScope`, `ttlMs` or
+/// `resultType`). An ambiguous message (a duplicate `result` or `cacheScope`) is an
 /// error: a client might read the other one.
-pub fn private_cache(message: &[u8]) -> Result<Option<Vec<u8>>, String> {
+pub fn private_cache(message: &[u8], insert: bool) -> Result<Option<Vec<u8>>, String> {
     #[derive(Deserialize)]
     struct Msg<'a> {
         #[serde(borrow)]
@@ -740,7 +741,7 @@ pub fn private_cache(message: &[u8]) -> Result<Option<Vec<u8>>, String> {
     let (at, replace, insert) = match fields.cacheScope {
         Some(scope) if scope.get() == "\"private\"" => return Ok(None),
         Some(scope) => (offset(scope), scope.get().len(), "\"private\"".to_string()),
-        None if fields.ttlMs.is_some() || fields.resultType.is_some() => {
+        None if insert && (fields.ttlMs.is_some() || fields.resultType.is_some()) => {
             // After the result's `{`; a comma when other members follow.
             (
                 offset(result) + 1,

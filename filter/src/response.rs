@@ -311,7 +311,9 @@ fn private(
         [] if !cacheable => return rewritten,
         [] => {
             let current = rewritten.as_deref().unwrap_or(message);
-            return match crate::protocol::private_cache(current) {
+            // Only a scope the server gave is made private: results of other methods (a task's,
+            // a subscription's) carry `resultType` and no scope, and get none.
+            return match crate::protocol::private_cache(current, false) {
                 Ok(Some(body)) => Some(body),
                 Ok(None) => rewritten,
                 Err(why) => {

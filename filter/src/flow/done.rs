@@ -183,7 +183,8 @@ impl Stream {
         // every message of it.
         let answered = record.decision == Verdict::Error || record.status.is_some();
         for other in &mut self.batch {
-            if answered {
+            // Only an allowed batch's: a denied one's records each say why already.
+            if answered && other.decision == Verdict::Allow {
                 other.decision = record.decision;
                 other.reason.clone_from(&record.reason);
                 other.detail.clone_from(&record.detail);

@@ -288,7 +288,10 @@ fn meta_trace_context_wins_and_a_different_header_trace_is_noted() {
 #[test]
 fn filtered_lists_become_private() {
     let public = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[],"ttlMs":60000,"cacheScope":"public","resultType":"complete"}}"#;
-    let out = private_cache(public).ok().flatten().unwrap_or_default();
+    let out = private_cache(public, true)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let v: Value = serde_json::from_slice(&out).unwrap_or_default();
     assert_eq!(v["result"]["cacheScope"], "private");
     assert_eq!(v["result"]["ttlMs"], 60000);
@@ -297,19 +300,25 @@ fn filtered_lists_become_private() {
         String::from_utf8_lossy(public).replace("\"public\"", "\"private\"")
     );
     let private = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[],"cacheScope":"private"}}"#;
-    assert_eq!(private_cache(private), Ok(None));
+    assert_eq!(private_cache(private, true), Ok(None));
     // A 2026-07-28 result without a scope gets one.
     let missing = br#"{"jsonrpc":"2.0","id":2,"result":{ "tools":[],"ttlMs":5}}"#;
-    let out = private_cache(missing).ok().flatten().unwrap_or_default();
+    let out = private_cache(missing, true)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let v: Value = serde_json::from_slice(&out).unwrap_or_default();
     assert_eq!(v["result"]["cacheScope"], "private");
     assert_eq!(v["result"]["ttlMs"], 5);
+    // Not inserted where asked not to (a result of a method that has no scope: a task's).
+    let task = br#"{"jsonrpc":"2.0","id":2,"result":{"resultType":"complete"}}"#;
+    assert_eq!(private_cache(task, false), Ok(None));
     // Earlier revisions' results are left alone.
     let legacy = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[]}}"#;
-    assert_eq!(private_cache(legacy), Ok(None));
+    assert_eq!(private_cache(legacy, true), Ok(None));
     // Two scopes: a client might read either, so the message is refused.
     let twice = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[],"cacheScope":"private","cacheScope":"public"}}"#;
-    assert!(private_cache(twice).is_err());
+    assert!(private_cache(twice, true).is_err());
 }
 
 // ---- the policy's view of the revision's methods ----------------------------------------------
@@ -462,7 +471,10 @@ fn rules_on_the_new_variables_are_checked_at_load() {
 #[test]
 fn an_escaped_scope_is_found_too() {
     let sneaky = br#"{"jsonrpc":"2.0","id":2,"result":{"tools":[],"cache\u0053cope":"public"}}"#;
-    let out = private_cache(sneaky).ok().flatten().unwrap_or_default();
+    let out = private_cache(sneaky, true)
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     let v: Value = serde_json::from_slice(&out).unwrap_or_default();
     assert_eq!(v["result"]["cacheScope"], "private");
 }
