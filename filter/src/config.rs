@@ -1054,7 +1054,18 @@ fn leak_pattern_list(secret: &str) -> Vec<crate::response::Pattern> {
     let mut out: Vec<Pattern> = Vec::new();
     let mut add = |text: String, widen: Widen| {
         let spellings = json_spellings(&text);
-        for bytes in std::iter::once(text.into_bytes()).chain(spellings) {
+        // Percent-encoded (a URL, a form, a `Location`): a neighbouring base64 character may
+        // be written as three, so the redaction around such a core reaches three times as far.
+        let escaped = Widen {
+            left: widen.left * 3,
+            right: widen.right * 3,
+        };
+        let percent = percent_spellings(&text).into_iter().map(|b| (b, escaped));
+        for (bytes, widen) in std::iter::once(text.into_bytes())
+            .chain(spellings)
+            .map(|b| (b, widen))
+            .chain(percent)
+        {
             if !out.iter().any(|p| p.bytes == bytes) {
                 out.push(Pattern { bytes, widen });
             }
@@ -1085,6 +1096,33 @@ fn leak_pattern_list(secret: &str) -> Vec<crate::response::Pattern> {
             })
             .collect();
         add(url_safe, widen);
+    }
+    out
+}
+
+/// How URL encoders write this text, where that differs from the text: every byte outside
+/// RFC 3986's unreserved set as `%XX`, in upper- or lower-case hex, `/` escaped or kept (as in
+/// a path). A key with `+`, `/` or `=` (base64-style keys) echoed in a URL, a query or a form
+/// body is the key all the same to whoever decodes it.
+fn percent_spellings(text: &str) -> Vec<Vec<u8>> {
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for keep_slash in [false, true] {
+        for upper in [true, false] {
+            let mut spelled = Vec::with_capacity(text.len() * 3);
+            for &b in text.as_bytes() {
+                if unreserved(b) || (keep_slash && b == b'/') {
+                    spelled.push(b);
+                } else if upper {
+                    spelled.extend_from_slice(format!("%{b:02X}").as_bytes());
+                } else {
+                    spelled.extend_from_slice(format!("%{b:02x}").as_bytes());
+                }
+            }
+            if spelled != text.as_bytes() && !out.contains(&spelled) {
+                out.push(spelled);
+            }
+        }
     }
     out
 }
@@ -1323,6 +1361,32 @@ mod leak_pattern_tests {
         for json in spelled {
             let mut out = format!("{{\"echo\":{json}}}").into_bytes();
             assert_eq!(redact(&mut out, &patterns), 1, "{json}");
+        }
+    }
+
+    /// A key with characters a URL must escape (a base64-style key), echoed in a URL: in either
+    /// hex case, `/` escaped or kept; and `Basic base64(user:key)` so echoed.
+    #[test]
+    fn the_key_percent_encoded_is_found_too() {
+        let key = "sk+live/AbCdEf0123456789==";
+        let patterns = leak_patterns(key);
+        let basic = STANDARD.encode(format!("svc:{key}"));
+        for echoed in [
+            "https://crm.example/connect?key=sk%2Blive%2FAbCdEf0123456789%3D%3D".to_string(),
+            "https://crm.example/connect?key=sk%2blive%2fAbCdEf0123456789%3d%3d".to_string(),
+            "https://crm.example/sk%2Blive/AbCdEf0123456789%3D%3D/x".to_string(),
+            format!(
+                "https://crm.example/?auth={}",
+                basic
+                    .replace('+', "%2B")
+                    .replace('/', "%2F")
+                    .replace('=', "%3D")
+            ),
+        ] {
+            let mut out = echoed.clone().into_bytes();
+            assert_eq!(redact(&mut out, &patterns), 1, "{echoed}");
+            let out = String::from_utf8_lossy(&out);
+            assert!(!out.contains("AbCdEf0123456789"), "{out}");
         }
     }
 

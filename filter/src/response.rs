@@ -276,10 +276,12 @@ fn check_message(
     report: &mut Inspection,
 ) -> Option<Vec<u8>> {
     let out = filter_message(message, checks, visible, report);
-    let Some(tasks) = checks.tasks else {
-        return out;
+    let current = out.as_deref().unwrap_or(message.as_bytes());
+    let rewritten = match checks.tasks {
+        Some(tasks) => crate::tasks::seal_answer(current, tasks),
+        None => crate::tasks::hide_listed(current),
     };
-    match crate::tasks::seal_answer(out.as_deref().unwrap_or(message.as_bytes()), tasks) {
+    match rewritten {
         Ok(None) => out,
         Ok(Some((sealed, hidden))) => {
             report.hidden += hidden;

@@ -191,6 +191,20 @@ pub fn carries_task_ids(body: &[u8]) -> bool {
 /// change. `Ok(Some((bytes, hidden)))`: the message to send and how many listed tasks were
 /// hidden. `Err`: the message cannot go on (an id that cannot be sealed, an ambiguous message).
 pub fn seal_answer(message: &[u8], sealer: &Sealer) -> Result<Option<(Vec<u8>, usize)>, String> {
+    rewrite_answer(message, Some(sealer))
+}
+
+/// Without a sealing key (`sessions.stateless`): task ids go as the server wrote them (each
+/// request's task id reaches the server as sent), but a `tasks/list` answer still shows no
+/// task — the server sees every caller through one key, so its listing holds every caller's.
+pub fn hide_listed(message: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+    rewrite_answer(message, None)
+}
+
+fn rewrite_answer(
+    message: &[u8],
+    sealer: Option<&Sealer>,
+) -> Result<Option<(Vec<u8>, usize)>, String> {
     if !may_carry(message) {
         return Ok(None);
     }
@@ -211,6 +225,9 @@ pub fn seal_answer(message: &[u8], sealer: &Sealer) -> Result<Option<(Vec<u8>, u
     for spot in spots {
         match spot {
             Spot::Id { at, raw, .. } => {
+                let Some(sealer) = sealer else {
+                    continue;
+                };
                 let id: String = serde_json::from_str(raw).map_err(|_| {
                     "task_answer_unreadable: a task id that is not a string".to_string()
                 })?;
@@ -222,6 +239,9 @@ pub fn seal_answer(message: &[u8], sealer: &Sealer) -> Result<Option<(Vec<u8>, u
                 edits.push((at, raw.len(), b"[]".to_vec()));
             }
         }
+    }
+    if edits.is_empty() {
+        return Ok(None);
     }
     Ok(Some((splice(message, edits), hidden)))
 }
@@ -352,6 +372,34 @@ fn related<'a>(
     Ok(())
 }
 
+/// The notification a server acknowledges a `subscriptions/listen` with (SEP-2663): its
+/// `params.notifications` repeats the request's filter, task ids included.
+const SUBSCRIPTIONS_ACKNOWLEDGED: &str = "notifications/subscriptions/acknowledged";
+
+/// The task ids of a subscription filter, `params.notifications.taskIds`: opened on a
+/// `subscriptions/listen` request, sealed again where the server acknowledges it.
+fn subscribed_tasks<'a>(
+    base: &str,
+    params: &[(String, &'a RawValue)],
+    out: &mut Vec<Spot<'a>>,
+) -> Result<(), String> {
+    let Some(filter) = member(params, "notifications")? else {
+        return Ok(());
+    };
+    let Some(filter) = members(filter)? else {
+        return Ok(());
+    };
+    let Some(ids) = member(&filter, "taskIds")? else {
+        return Ok(());
+    };
+    if ids.get().starts_with('[') {
+        let ids: Vec<&RawValue> =
+            serde_json::from_str(ids.get()).map_err(|e| format!("unreadable taskIds: {e}"))?;
+        out.extend(ids.into_iter().map(|raw| id(base, raw, false)));
+    }
+    Ok(())
+}
+
 /// The message(s) of a body: one object, or a batch's objects.
 fn messages(text: &str) -> Result<Vec<&RawValue>, Problem> {
     let root: &RawValue = serde_json::from_str(text).map_err(|_| Problem::NotJson)?;
@@ -388,17 +436,7 @@ fn request_spots(text: &str) -> Result<Vec<Spot<'_>>, String> {
                     }
                 }
                 if method == "subscriptions/listen" {
-                    if let Some(filter) = member(&params, "notifications")? {
-                        if let Some(filter) = members(filter)? {
-                            if let Some(ids) = member(&filter, "taskIds")? {
-                                if ids.get().starts_with('[') {
-                                    let ids: Vec<&RawValue> = serde_json::from_str(ids.get())
-                                        .map_err(|e| format!("unreadable taskIds: {e}"))?;
-                                    out.extend(ids.into_iter().map(|raw| id(text, raw, false)));
-                                }
-                            }
-                        }
-                    }
+                    subscribed_tasks(text, &params, &mut out)?;
                 }
                 related(text, &params, &mut out)?;
             }
@@ -482,6 +520,10 @@ fn answer_spots(text: &str) -> Result<Vec<Spot<'_>>, Problem> {
                 if method == "notifications/tasks" || method.starts_with("notifications/tasks/") {
                     task_state(text, &params, &mut out)?;
                 } else {
+                    if method == SUBSCRIPTIONS_ACKNOWLEDGED {
+                        // It names back the tasks the listen request subscribed to, opened there.
+                        subscribed_tasks(text, &params, &mut out)?;
+                    }
                     related(text, &params, &mut out)?;
                 }
             }

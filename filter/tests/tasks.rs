@@ -618,3 +618,42 @@ fn without_a_sealing_key_no_stream_is_resumed() {
     assert_eq!(action, Action::Continue);
     assert_eq!(host.req_header("last-event-id"), None);
 }
+
+/// The acknowledgement of a `subscriptions/listen` names back the tasks it subscribed to: the
+/// request carried handles (opened), so the acknowledgement carries them sealed again.
+#[test]
+fn a_subscription_acknowledgement_names_the_tasks_as_handles() {
+    let keys = keys();
+    let alice = sealer(&keys, "alice");
+    let ack = json!({"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+        "params": {"notifications": {"taskIds": ["t-1", "t-2"]}}});
+    let (out, _) = seal_json(&ack, &alice);
+    let ids = out["params"]["notifications"]["taskIds"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ids.len(), 2);
+    for (id, raw) in ids.iter().zip(["t-1", "t-2"]) {
+        let handle = id.as_str().unwrap_or_default();
+        assert_ne!(handle, raw);
+        assert_eq!(alice.open(handle).ok().as_deref(), Some(raw));
+    }
+}
+
+/// Without a sealing key task ids go as the server wrote them, but a listing still shows no
+/// task: the server lists every caller's, seeing one key.
+#[test]
+fn without_a_sealing_key_a_task_listing_still_shows_no_task() {
+    let listing = json!({"jsonrpc": "2.0", "id": 3, "result": {"tasks": [
+        {"taskId": "bobs-task-1", "status": "working"}]}});
+    let (out, hidden) = tasks::hide_listed(listing.to_string().as_bytes())
+        .ok()
+        .flatten()
+        .expect("rewritten");
+    let out: Value = serde_json::from_slice(&out).expect("JSON");
+    assert_eq!(out["result"]["tasks"], json!([]));
+    assert_eq!(hidden, 1);
+    let status =
+        json!({"jsonrpc": "2.0", "id": 4, "result": {"taskId": "t-9", "status": "working"}});
+    assert_eq!(tasks::hide_listed(status.to_string().as_bytes()), Ok(None));
+}
