@@ -325,8 +325,9 @@ struct RawServer {
     #[schemars(with = "RawCredential")]
     credential: Value,
     /// Client request headers removed before forwarding (default `cookie`,
-    /// `proxy-authorization`, `x-api-key`); the client's credentials, method overrides, the
-    /// key header and the forwarded-claim headers are always removed.
+    /// `proxy-authorization`, `x-api-key`, `forwarded`, `x-forwarded-host`, `x-real-ip`); the
+    /// client's credentials, the forwarding headers Envoy does not rewrite, method and path
+    /// overrides, the key header and the forwarded-claim headers are always removed.
     #[serde(default)]
     strip_headers: Option<Vec<String>>,
     /// Verified claims forwarded as request headers: claim name → header name.
@@ -413,6 +414,11 @@ pub const DEFAULT_STRIP_HEADERS: &[&str] = &[
     "x-forwarded-host",
     "x-real-ip",
 ];
+/// Removed from every forwarded request, added to any `strip_headers` list: the forwarding
+/// headers Envoy does not rewrite (see [`DEFAULT_STRIP_HEADERS`]). A list of one's own (to add a
+/// header) must not let a forged client address or host through; a front proxy's values are
+/// set again on the route (`request_headers_to_add`) where an upstream needs them.
+pub const FORWARDING_HEADERS: &[&str] = &["forwarded", "x-forwarded-host", "x-real-ip"];
 /// Removed from every forwarded request, added to any `strip_headers` list: what a client uses
 /// to authenticate never reaches the upstream.
 pub const ALWAYS_STRIPPED: &[&str] = &["authorization", "cookie", "proxy-authorization", "dpop"];
@@ -768,6 +774,7 @@ impl Server {
         // client-supplied copy of a header that carries forwarded claims.
         for must in ALWAYS_STRIPPED
             .iter()
+            .chain(FORWARDING_HEADERS)
             .chain(METHOD_OVERRIDE_HEADERS)
             .chain(PATH_OVERRIDE_HEADERS)
             .map(|h| h.to_string())
@@ -872,6 +879,14 @@ impl Credential {
                 "must not be empty",
             ));
         }
+        if secret.starts_with([' ', '\t']) || secret.ends_with([' ', '\t']) {
+            // The upstream's HTTP parser drops them, so it sees (and may echo) the key without
+            // them, which the redaction would not recognise.
+            return Err(ConfigError::new(
+                format!("{field}.value"),
+                "begins or ends with a space or tab: remove it (an HTTP header value cannot carry it)",
+            ));
+        }
         let value = format!("{}{}", raw.prefix, secret);
         if !is_header_value(&value) {
             return Err(ConfigError::new(
@@ -903,10 +918,12 @@ impl Credential {
         for (at, key) in previous {
             // As for the key itself: a value read from a file often ends in a newline, which
             // the echoed key does not hold, so it would never be found.
-            if !is_header_value(&key) {
+            if !is_header_value(&key) || key.starts_with([' ', '\t']) || key.ends_with([' ', '\t'])
+            {
                 return Err(ConfigError::new(
                     at,
-                    "contains characters not allowed in an HTTP header value (a trailing newline?)",
+                    "contains characters not allowed in an HTTP header value, or begins or ends \
+                     with a space (a trailing newline?)",
                 ));
             }
             if key.len() < MIN_SECRET_BYTES {

@@ -116,6 +116,8 @@ pub struct Pins {
     tools: PinMap,
     /// `None`: prompts are not pinned (the pins file has no `prompts`).
     prompts: Option<PinMap>,
+    /// What these pins approve, as a digest ([`Pins::view_scope`]).
+    fingerprint: String,
 }
 
 /// Maps keyed by pinned names (from the configuration; looked up by listed names): hashed with
@@ -235,11 +237,43 @@ impl Pins {
             Some(p) => Some(pin_map(p, ListKind::Prompts, &at("prompts"))?),
             None => None,
         };
-        Ok(Pins {
+        Ok(Pins::assemble(mode, tools, prompts))
+    }
+
+    fn assemble(mode: Mode, tools: PinMap, prompts: Option<PinMap>) -> Pins {
+        let mut approved: Vec<(u8, &str, &str)> = tools
+            .iter()
+            .map(|(n, p)| (0, n.as_str(), p.digest.as_str()))
+            .chain(
+                prompts
+                    .iter()
+                    .flatten()
+                    .map(|(n, p)| (1, n.as_str(), p.digest.as_str())),
+            )
+            .collect();
+        approved.sort_unstable();
+        let mut hash = Sha256::new();
+        hash.update(format!("{mode:?}|{}|", prompts.is_some()).as_bytes());
+        for (kind, name, digest) in approved {
+            // Length-prefixed: no two lists write the same bytes.
+            hash.update(format!("{kind}:{}:{name}{digest}|", name.len()).as_bytes());
+        }
+        let fingerprint = base16ct::lower::encode_string(&hash.finalize());
+        Pins {
             mode,
             tools,
             prompts,
-        })
+            fingerprint,
+        }
+    }
+
+    /// `server`, scoped to what these pins approve: where this Envoy keeps when it last read the
+    /// server's tools itself ([`crate::protocol::view_age`]). A view taken under other pins (before
+    /// an update in place, or by another configuration of the same server name) is no view for
+    /// these: a tool they pin anew, or to another definition, was not checked then.
+    pub fn view_scope(&self, server: &str) -> String {
+        let short = self.fingerprint.get(..16).unwrap_or_default();
+        format!("{server}#{short}")
     }
 
     /// Pins built directly (tests, the CLI).
@@ -250,11 +284,7 @@ impl Pins {
     ) -> Pins {
         let map =
             |m: HashMap<String, String>| m.into_iter().map(|(n, d)| (n, Pin::new(d))).collect();
-        Pins {
-            mode,
-            tools: map(tools),
-            prompts: prompts.map(map),
-        }
+        Pins::assemble(mode, map(tools), prompts.map(map))
     }
 
     fn map(&self, kind: ListKind) -> Option<&PinMap> {

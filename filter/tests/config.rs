@@ -88,6 +88,34 @@ fn valid_configuration_loads() {
 }
 
 #[test]
+fn a_strip_list_of_ones_own_still_removes_the_forwarding_headers_and_keys_are_trimmed() {
+    // A list written to add one header must not let a forged client address or host through.
+    let mut c = valid();
+    c["servers"][0]["strip_headers"] = json!(["x-crm-session"]);
+    let config = load(&c, &MapEnv::default()).expect("valid");
+    for must in [
+        "x-crm-session",
+        "forwarded",
+        "x-forwarded-host",
+        "x-real-ip",
+        "cookie",
+    ] {
+        assert!(
+            config.servers[0].strip_headers.iter().any(|h| h == must),
+            "{must}"
+        );
+    }
+    // A key the upstream's parser would trim: its echo would not be recognised.
+    for key in [" sk-service-key-0123", "sk-service-key-0123\t"] {
+        let mut c = valid();
+        c["servers"][0]["credential"]["value"] = json!(key);
+        let e = load(&c, &MapEnv::default()).err().expect("refused");
+        assert_eq!(e.field, "servers[0].credential.value", "{e}");
+        assert!(!e.to_string().contains("sk-service"), "not shown: {e}");
+    }
+}
+
+#[test]
 fn errors_display_field_and_message() {
     let e = error_of(|c| c["issuers"][0]["audiences"] = json!([]));
     assert_eq!(e.field, "issuers[0].audiences");

@@ -490,3 +490,123 @@ fn a_call_while_another_asks_the_server_waits_for_no_one_and_is_not_forwarded_bl
     );
     assert!(refused_unverified(&second), "{:?}", second.inner.replies);
 }
+
+fn config_with_pins(tools: Value) -> Rc<Config> {
+    let policy = json!({
+        "name": "crm", "version": "1",
+        "rules": [
+            { "name": "connect", "allow": "mcp.method in [\"initialize\", \"tools/list\"]" },
+            { "name": "tools", "allow": "mcp.method == \"tools/call\"" },
+        ],
+    });
+    let c = json!({
+        "issuers": [{ "issuer": ISSUER, "audiences": [RESOURCE], "jwks": jwks_all() }],
+        "servers": [{
+            "name": "crm", "resource": RESOURCE,
+            "credential": { "header": "x-api-key", "value": SERVICE_KEY },
+            "policy": policy,
+            "pins": { "mode": "enforce", "tools": tools },
+        }],
+        "sessions": { "key": TEST_SESSION_KEY },
+    });
+    Rc::new(Config::from_json(c.to_string().as_bytes(), &MapEnv::default()).expect("valid"))
+}
+
+/// A 2026-07-28 call of `name` at `now_ms`.
+fn modern_call_at(shared: &Shared, name: &str, now_ms: u64) -> (CallHost, Vec<u8>) {
+    let auth = format!("Bearer {}", token_for("alice", &["staff"], "mcp:read"));
+    let mut inner = MockHost::request(&[
+        (":method", "POST"),
+        (":path", "/mcp"),
+        (":authority", "mcp.example.com"),
+        ("content-type", "application/json"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", name),
+        ("authorization", &auth),
+    ])
+    .with_shared(shared);
+    inner.set_property(&["xds", "cluster_name"], "crm_upstream");
+    inner.now_ms = now_ms;
+    let body = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call", "params": {
+        "name": name, "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    (CallHost::new(inner, Some(3)), body.to_string().into_bytes())
+}
+
+/// An update in place that pins a tool anew: the view of the server's tools this Envoy took
+/// under the old pins (which did not check that tool) is no view for the new ones.
+#[test]
+fn a_pins_update_does_not_adopt_the_view_taken_under_the_old_pins() {
+    let now = NOW as u64 * 1000;
+    let shared = Shared::default();
+    // Old configuration: `get` pinned, `search` not (yet) approved.
+    let old = config_with_pins(json!({ "get": digest(&get()) }));
+    let (mut h, body) = modern_call_at(&shared, "get", now);
+    let mut stream = Stream::new(Rc::clone(&old));
+    stream.on_request_headers(&mut h, false);
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    assert_eq!(h.http_calls.len(), 1, "the server is asked for its tools");
+    // The server lists a poisoned `search` (already rug-pulled) and the approved `get`.
+    let answer = json!({"jsonrpc": "2.0", "id": "mcp-guard-declarations",
+                        "result": {"tools": [poisoned(), get()]}})
+    .to_string();
+    stream.on_declarations(
+        &mut h,
+        3,
+        Some(200),
+        "application/json",
+        Some(answer.as_bytes()),
+    );
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Continue);
+    // Under the old configuration a call of `search` is refused (never approved).
+    let (mut h, body) = modern_call_at(&shared, "search", now + 1_000);
+    let mut stream = Stream::new(Rc::clone(&old));
+    stream.on_request_headers(&mut h, false);
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    assert_eq!(h.inner.record()["reason"], "pin_missing");
+
+    // ECDS update: `search` approved with its reviewed (clean) definition.
+    let new = config_with_pins(json!({ "get": digest(&get()), "search": digest(&search()) }));
+
+    // Control: a replica with no shared state asks the server, sees the poisoned
+    // definition and refuses the call.
+    let fresh = Shared::default();
+    let (mut h, body) = modern_call_at(&fresh, "search", now + 10_000);
+    let mut stream = Stream::new(Rc::clone(&new));
+    stream.on_request_headers(&mut h, false);
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    assert_eq!(h.http_calls.len(), 1);
+    stream.on_declarations(
+        &mut h,
+        3,
+        Some(200),
+        "application/json",
+        Some(answer.as_bytes()),
+    );
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    assert_eq!(
+        h.inner.record()["reason"],
+        "pin_drift",
+        "control: refused on a fresh replica"
+    );
+
+    // The updated replica: its view (10 s old) was taken under the old pins, which did not
+    // check `search`: it asks the server again and refuses the poisoned definition.
+    let (mut h, body) = modern_call_at(&shared, "search", now + 10_000);
+    let mut stream = Stream::new(Rc::clone(&new));
+    stream.on_request_headers(&mut h, false);
+    let action = stream.on_request_body(&mut h, &body);
+    assert_eq!(action, Action::Pause, "the server is asked again");
+    assert_eq!(h.http_calls.len(), 1, "a view under other pins is no view");
+    stream.on_declarations(
+        &mut h,
+        3,
+        Some(200),
+        "application/json",
+        Some(answer.as_bytes()),
+    );
+    assert_eq!(stream.on_request_body(&mut h, &body), Action::Pause);
+    assert_eq!(h.inner.record()["reason"], "pin_drift");
+}

@@ -111,8 +111,11 @@ struct Client {
 
 impl Client {
     fn new(o: &Options) -> Client {
+        // No redirects: a redirect would carry the `--header` values (the service key) to
+        // another host, and its answer would be taken for the server's tools.
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            .max_redirects(0)
             .timeout_global(Some(Duration::from_secs(o.timeout_s)))
             .build()
             .into();
@@ -147,6 +150,16 @@ impl Client {
             .send(message.to_string())
             .map_err(|e| format!("{method}: {}: {e}", self.url))?;
         let status = resp.status().as_u16();
+        if (300..400).contains(&status) {
+            return Err(format!(
+                "{method}: {}: answered {status} (a redirect to {:?}); give the server's own URL",
+                self.url,
+                resp.headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+            ));
+        }
         if let Some(s) = resp
             .headers()
             .get("mcp-session-id")
@@ -544,6 +557,45 @@ mod tests {
                 .collect(),
             prompts: None,
         }
+    }
+
+    /// A server that redirects: the service key is not carried to the other host, and nothing
+    /// is taken for the server's tools.
+    #[test]
+    fn a_redirect_is_an_error_and_is_not_followed() {
+        use std::io::{Read, Write};
+        use std::net::TcpListener;
+        let other = TcpListener::bind("127.0.0.1:0").unwrap();
+        let other_port = other.local_addr().unwrap().port();
+        other.set_nonblocking(true).unwrap();
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = server.local_addr().unwrap().port();
+        let answering = std::thread::spawn(move || {
+            let (mut conn, _) = server.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let reply = format!(
+                "HTTP/1.1 302 Found\r\nlocation: http://127.0.0.1:{other_port}/collect\r\n\
+                 content-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            conn.write_all(reply.as_bytes()).unwrap();
+        });
+        let o = Options {
+            url: format!("http://127.0.0.1:{port}/mcp"),
+            headers: vec![("x-api-key".into(), "sk-service-secret-0123456789".into())],
+            timeout_s: 5,
+            ..Options::default()
+        };
+        let mut client = Client::new(&o);
+        let err = client
+            .post(
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize"}),
+                true,
+            )
+            .unwrap_err();
+        answering.join().unwrap();
+        assert!(err.contains("302"), "{err}");
+        assert!(other.accept().is_err(), "nothing reached the other host");
     }
 
     #[test]

@@ -57,7 +57,9 @@ impl Stream {
         let now = host.now_millis();
         // How old this Envoy's view of the server's tools is, for a pinned tool (never read: as
         // old as can be).
-        let age = pinned.then(|| protocol::view_age(host, &server.name, now).unwrap_or(u64::MAX));
+        let age = pinned.then(|| {
+            protocol::view_age(host, &server.pins.view_scope(&server.name), now).unwrap_or(u64::MAX)
+        });
         let stale = |limit: u64| age.is_some_and(|a| a >= limit);
         let every = match (undeclared, stale(protocol::PINS_FRESH_MS)) {
             (true, _) => protocol::DECLARATIONS_EVERY_MS,
@@ -143,7 +145,7 @@ impl Stream {
         };
         if report.failed.is_none() && listed_tools > 0 {
             let now = host.now_millis();
-            protocol::record_view(host, &server.name, now);
+            protocol::record_view(host, &server.pins.view_scope(&server.name), now);
             self.pins_unverified = false;
         }
         let drifts = pinned.remember(host);
