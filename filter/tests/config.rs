@@ -109,7 +109,7 @@ fn a_strip_list_of_ones_own_still_removes_the_forwarding_headers_and_keys_are_tr
     for key in [" sk-service-key-0123", "sk-service-key-0123\t"] {
         let mut c = valid();
         c["servers"][0]["credential"]["value"] = json!(key);
-        let e = load(&c, &MapEnv::default()).err().expect("refused");
+        let e = load(&c, &MapEnv::default()).expect_err("refused");
         assert_eq!(e.field, "servers[0].credential.value", "{e}");
         assert!(!e.to_string().contains("sk-service"), "not shown: {e}");
     }
