@@ -172,6 +172,24 @@ impl Matcher {
     pub fn is_empty(&self) -> bool {
         self == &Matcher::default()
     }
+
+    /// Whether this match holds for every request `other` holds for: each field either
+    /// unset here, or set to what `other` requires (a host `name:*` covers `name:<port>`).
+    pub fn covers(&self, other: &Matcher) -> bool {
+        let exact =
+            |mine: &Option<String>, theirs: &Option<String>| mine.is_none() || (mine == theirs);
+        let host = match (&self.host, &other.host) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(mine), Some(theirs)) => {
+                mine.eq_ignore_ascii_case(theirs)
+                    || (mine.ends_with(":*")
+                        && !theirs.ends_with(":*")
+                        && host_matches(mine, theirs))
+            }
+        };
+        exact(&self.route_name, &other.route_name) && host && exact(&self.cluster, &other.cluster)
+    }
 }
 
 /// Whether `:authority` is the configured host, as Envoy's virtual-host `domains` compare
@@ -577,6 +595,22 @@ impl Config {
                         format!("{field}.match"),
                         format!(
                             "another server has path {:?} and the same match: give each a distinct route_name, host or cluster",
+                            server.path
+                        ),
+                    ));
+                }
+                // The first server whose match holds is chosen: one listed before on the same
+                // path whose match holds wherever this one's does takes all its requests (its
+                // policy decides them, its key goes to this server's upstream).
+                if let Some(j) = servers
+                    .iter()
+                    .position(|s| s.path == server.path && s.matcher.covers(&server.matcher))
+                {
+                    let first = positions.get(j).copied().unwrap_or(j);
+                    return Err(ConfigError::new(
+                        format!("{field}.match"),
+                        format!(
+                            "servers[{first}] is listed before on path {:?} and its match holds for every request this one's does, so this server would never be chosen: list the more specific server first",
                             server.path
                         ),
                     ));

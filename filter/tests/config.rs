@@ -116,6 +116,44 @@ fn a_strip_list_of_ones_own_still_removes_the_forwarding_headers_and_keys_are_tr
 }
 
 #[test]
+fn a_server_an_earlier_one_on_its_path_shadows_is_refused() {
+    // The first server whose match holds is chosen: a catch-all (or a wider host) listed first
+    // would take the other's requests, its key sent to the other's upstream.
+    let two = |first: Value, second: Value| {
+        let mut c = valid();
+        let mut other = c["servers"][0].clone();
+        other["name"] = json!("git");
+        other["match"] = second;
+        c["servers"][0]["match"] = first;
+        c["servers"].as_array_mut().expect("array").push(other);
+        load(&c, &MapEnv::default())
+    };
+    for (first, second) in [
+        (json!({}), json!({"route_name": "git"})),
+        (
+            json!({"host": "crm.internal:*"}),
+            json!({"host": "CRM.internal:8443"}),
+        ),
+        (
+            json!({"host": "h"}),
+            json!({"host": "h", "route_name": "git"}),
+        ),
+    ] {
+        let e = two(first.clone(), second.clone()).expect_err("shadowed");
+        assert_eq!(e.field, "servers[1].match", "{first} {second}: {e}");
+        assert!(e.to_string().contains("servers[0]"), "{e}");
+    }
+    // The specific one first: both can be chosen.
+    two(json!({"route_name": "git"}), json!({})).expect("valid");
+    two(
+        json!({"host": "crm.internal:8443"}),
+        json!({"host": "crm.internal:*"}),
+    )
+    .expect("valid");
+    two(json!({"route_name": "a"}), json!({"route_name": "b"})).expect("valid");
+}
+
+#[test]
 fn errors_display_field_and_message() {
     let e = error_of(|c| c["issuers"][0]["audiences"] = json!([]));
     assert_eq!(e.field, "issuers[0].audiences");
