@@ -102,6 +102,11 @@ pub struct Stream {
     /// A pinned tool is called and this Envoy has no recent view of the server's tools: the
     /// call is refused unless the listing it asked for answers (see `flow/declarations.rs`).
     pins_unverified: bool,
+    /// The answer is a stream that outlives any one request (a GET stream, a 2026-07-28
+    /// `subscriptions/listen`): it goes on only while the caller's token would still be
+    /// accepted (`flow/answer_body.rs`). The answer to a request decided when it came is
+    /// delivered whole.
+    standing: bool,
 }
 
 impl Stream {
@@ -128,6 +133,7 @@ impl Stream {
             protocol: None,
             declarations_asked: false,
             pins_unverified: false,
+            standing: false,
         }
     }
 

@@ -20,6 +20,8 @@ use crate::mcp::{Message, ParseError, Target};
 
 /// The stateless revision: per-request `_meta`, `Mcp-Method`/`Mcp-Name`/`Mcp-Param-*` headers.
 pub const MODERN: &str = "2026-07-28";
+/// The 2026-07-28 method that opens a standing stream of the server's notifications.
+pub const LISTEN: &str = "subscriptions/listen";
 
 /// `_meta` key of the version a 2026-07-28 request declares.
 pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
@@ -102,7 +104,7 @@ pub fn task_id(message: &Message) -> Option<&str> {
 
 /// The notification filter of a `subscriptions/listen` request.
 pub fn subscription(message: &Message) -> Option<&Map<String, Value>> {
-    if message.method != "subscriptions/listen" {
+    if message.method != LISTEN {
         return None;
     }
     message
@@ -170,7 +172,7 @@ pub fn check_params(message: &Message) -> Result<(), ParseError> {
     if method == "tasks/update" && !matches!(params.get("inputResponses"), Some(Value::Object(_))) {
         return bad("params.inputResponses as an object");
     }
-    if method == "subscriptions/listen" {
+    if method == LISTEN {
         let Some(Value::Object(filter)) = params.get("notifications") else {
             return bad("params.notifications as an object");
         };

@@ -1632,11 +1632,12 @@ fn progress_event(n: u32) -> Vec<u8> {
 
 #[test]
 fn an_event_stream_is_cut_once_the_callers_token_has_expired() {
-    let (mut stream, mut host) = answered(
-        &alice(),
-        &tool_call(json!(1), "search"),
-        "text/event-stream",
-    );
+    // A GET stream: the server's notifications, for as long as it stays open.
+    let mut host = get_host("/mcp", Some(&alice()));
+    let mut stream = Stream::new(config());
+    assert_eq!(stream.on_request_headers(&mut host, true), Action::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    stream.on_response_headers(&mut host, Some(200), false);
     let first = progress_event(1);
     assert_eq!(
         replaced(stream.on_response_body(&mut host, &first, false), &first),
@@ -1668,16 +1669,25 @@ fn an_event_stream_is_cut_once_the_callers_token_has_expired() {
             .contains("token expired"),
         "{record}"
     );
-    // A held (JSON) answer is the end of a request checked when it came: it goes on.
-    let (mut stream, mut host) =
-        answered(&alice(), &tool_call(json!(1), "search"), "application/json");
-    host.now_ms = (NOW as u64 + 3600 + 61) * 1000;
-    let answer = br#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
-    assert_ne!(
-        stream.on_response_body(&mut host, answer, true),
-        BodyAction::Pause
-    );
-    assert_eq!(host.resets, 0);
+    // The answer to a request (held, or streamed with its progress) is the end of a request
+    // decided when it came: it is delivered whole.
+    for content_type in ["application/json", "text/event-stream"] {
+        let (mut stream, mut host) =
+            answered(&alice(), &tool_call(json!(1), "search"), content_type);
+        host.now_ms = (NOW as u64 + 3600 + 61) * 1000;
+        let message = r#"{"jsonrpc":"2.0","id":1,"result":{"content":[]}}"#;
+        let answer = if content_type == "application/json" {
+            message.to_string()
+        } else {
+            format!("data: {message}\n\n")
+        };
+        assert_ne!(
+            stream.on_response_body(&mut host, answer.as_bytes(), true),
+            BodyAction::Pause,
+            "{content_type}"
+        );
+        assert_eq!(host.resets, 0, "{content_type}");
+    }
 }
 
 #[test]
@@ -1704,9 +1714,9 @@ fn an_event_stream_is_cut_once_the_revocation_feed_lists_its_caller() {
     };
     publish(&mut vm, &mut feeds, json!({"revoked_jti": []}));
 
-    let mut host = post_host(Some(&alice()), &[]);
-    let (mut stream, action) = send(&config, &mut host, &tool_call(json!(1), "search"));
-    assert_eq!(action, Action::Continue);
+    let mut host = get_host("/mcp", Some(&alice()));
+    let mut stream = Stream::new(Rc::clone(&config));
+    assert_eq!(stream.on_request_headers(&mut host, true), Action::Continue);
     host.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
     stream.on_response_headers(&mut host, Some(200), false);
     let first = progress_event(1);

@@ -220,13 +220,14 @@ impl Stream {
         }
     }
 
-    /// While events stream, whether the caller's token still holds (`now_ms`): a held answer is
-    /// the end of a request checked when it came and goes as it is; a stream (a subscription,
-    /// a GET stream, a long call's progress) goes on only while the token that opened it would
-    /// still be accepted ([`crate::jwt::Authenticator::still_valid`]).
+    /// While a standing stream's events come (a GET stream, a subscription), whether the
+    /// caller's token still holds (`now_ms`): such a stream outlives any request, so it goes on
+    /// only while the token that opened it would still be accepted
+    /// ([`crate::jwt::Authenticator::still_valid`]). The answer to a request, held or streamed,
+    /// is the end of a request decided when it came: it is delivered whole.
     fn caller_still_valid(&self, now_ms: u64) -> Result<(), crate::jwt::AuthError> {
         match (&self.phase, &self.identity) {
-            (Phase::StreamingEvents(_), Some(identity)) => {
+            (Phase::StreamingEvents(_), Some(identity)) if self.standing => {
                 let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
                 self.config.authenticator.still_valid(identity, now)
             }

@@ -200,6 +200,7 @@ impl Stream {
                     return self.refuse(host, record, Refusal::Internal { code, detail });
                 }
                 record.decision = Verdict::Allow;
+                self.standing = message.method == protocol::LISTEN;
                 let kind = ListKind::for_method(&message.method);
                 self.lists = Some(match (kind, &message.id, message.kind) {
                     // Its answer must be read as that list, or it does not pass.
@@ -273,6 +274,7 @@ impl Stream {
         method: &str,
     ) -> Action {
         if method == "GET" {
+            self.standing = true;
             // A GET stream may replay list results: filter them by shape.
             // A GET stream may replay the answers of earlier requests (Last-Event-ID): every
             // list in any response is filtered, and every event must be JSON-RPC.
