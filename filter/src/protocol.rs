@@ -688,7 +688,20 @@ pub fn private_list(
         // No caching member (as the list's reader found them, escapes decoded): nothing to mark.
         return rewritten;
     }
-    match private_cache(current, true) {
+    made_private(message, rewritten, true, failed)
+}
+
+/// The answer to send with its scope made private ([`private_cache`] on `rewritten`, else on
+/// `message`): the bytes to send instead, `rewritten` when nothing changes, or `None` with
+/// `failed` set when the message is ambiguous.
+pub fn made_private(
+    message: &[u8],
+    rewritten: Option<Vec<u8>>,
+    insert: bool,
+    failed: &mut Option<String>,
+) -> Option<Vec<u8>> {
+    let current = rewritten.as_deref().unwrap_or(message);
+    match private_cache(current, insert) {
         Ok(Some(body)) => Some(body),
         Ok(None) => rewritten,
         Err(why) => {

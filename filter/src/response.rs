@@ -311,19 +311,9 @@ fn private(
     let kind = match kinds {
         _ if batch => return rewritten,
         [] if !cacheable => return rewritten,
-        [] => {
-            let current = rewritten.as_deref().unwrap_or(message);
-            // Only a scope the server gave is made private: results of other methods (a task's,
-            // a subscription's) carry `resultType` and no scope, and get none.
-            return match crate::protocol::private_cache(current, false) {
-                Ok(Some(body)) => Some(body),
-                Ok(None) => rewritten,
-                Err(why) => {
-                    report.failed = Some(why);
-                    None
-                }
-            };
-        }
+        // Only a scope the server gave is made private: results of other methods (a task's, a
+        // subscription's) carry `resultType` and no scope, and get none.
+        [] => return crate::protocol::made_private(message, rewritten, false, &mut report.failed),
         _ if kinds.contains(&ListKind::Tools) => ListKind::Tools,
         [first, ..] => *first,
     };
