@@ -94,7 +94,10 @@ pub enum Refusal {
         request: bool,
         detail: String,
     },
-    /// Task ids in a JSON-RPC batch (400): batches have no tasks, so they are never opened.
+    /// A `requestState` that is not this caller's for this request (a request: 200, -32602).
+    RequestStateRefused { id: Option<Value>, detail: String },
+    /// Task ids (or request states) in a JSON-RPC batch (400): batches have no tasks, so they
+    /// are never opened.
     TaskInBatch,
     /// The message with its tasks opened no longer parses (400).
     TaskIdInvalid {
@@ -178,6 +181,7 @@ impl Refusal {
             Refusal::InsufficientScope { .. } => "insufficient_scope",
             Refusal::TaskNotFound { .. } | Refusal::TaskInBatch => crate::tasks::NOT_FOUND,
             Refusal::TaskIdInvalid { .. } => "task_id_invalid",
+            Refusal::RequestStateRefused { .. } => crate::tasks::STATE_REFUSED,
             Refusal::TaskNotForwarded { .. } => "task_body_not_set",
             Refusal::RateLimited { code, .. } => code,
             Refusal::Internal { code, .. } => code,
@@ -230,6 +234,7 @@ impl Refusal {
                 }
             }
             Refusal::TaskInBatch | Refusal::TaskIdInvalid { .. } => 400,
+            Refusal::RequestStateRefused { .. } => 200,
             Refusal::TaskNotForwarded { .. } => 500,
             Refusal::RateLimited { request, .. } => {
                 if *request {
@@ -268,6 +273,7 @@ impl Refusal {
             Refusal::SessionNotFound(_) => Some(-32001),
             Refusal::TaskNotFound { .. } => Some(crate::tasks::NOT_FOUND_CODE),
             Refusal::TaskInBatch => Some(-32600),
+            Refusal::RequestStateRefused { .. } => Some(-32602),
             Refusal::TaskIdInvalid { jsonrpc, .. } => Some(*jsonrpc),
             Refusal::TaskNotForwarded { .. } => Some(reply::INTERNAL),
             Refusal::CredentialNotSet
@@ -346,8 +352,11 @@ impl Refusal {
             | Refusal::UnreadableListAnswer { detail, .. }
             | Refusal::UninspectableResponse { detail, .. }
             | Refusal::TaskNotFound { detail, .. }
-            | Refusal::TaskIdInvalid { detail, .. } => detail.clone(),
-            Refusal::TaskInBatch => "task ids cannot be sent in a JSON-RPC batch".into(),
+            | Refusal::TaskIdInvalid { detail, .. }
+            | Refusal::RequestStateRefused { detail, .. } => detail.clone(),
+            Refusal::TaskInBatch => {
+                "task ids and request states cannot be sent in a JSON-RPC batch".into()
+            }
             Refusal::TaskNotForwarded { .. } => "the task could not be forwarded".into(),
             Refusal::BatchNotAllowed(protocol) => format!(
                 "JSON-RPC batches are not allowed in protocol version {protocol:?}; send one message per request"
@@ -436,6 +445,12 @@ impl Refusal {
                 detail,
             } => rpc(id.as_ref(), *jsonrpc, detail),
             Refusal::TaskNotForwarded { id } => rpc(id.as_ref(), reply::INTERNAL, &self.detail()),
+            Refusal::RequestStateRefused { id, .. } => rpc(
+                id.as_ref(),
+                -32602,
+                "Invalid requestState: it was not issued to this caller for this request; \
+                 send the request again without it",
+            ),
             Refusal::SessionHeaderNotSet => reply::http_error("bad_gateway", &self.detail()),
             other => match other.jsonrpc_code() {
                 Some(code) => rpc(None, code, &other.detail()),

@@ -62,6 +62,7 @@ mod tests {
                 by_client: false,
             }),
             server,
+            exchange: "",
         }
     }
 

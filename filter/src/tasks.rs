@@ -26,6 +26,13 @@
 //!   say whose task it is (the upstream cannot tell the callers apart; the filter keeps no
 //!   per-task state). No entry can be shown to be this caller's, so every entry is hidden.
 //!
+//! A 2026-07-28 multi round-trip `requestState` is bound the same way: the revision asks the
+//! server to bind it to the authenticated principal, which behind one service key it cannot do.
+//! An answer's `result.requestState` reaches the client as a handle for this caller, server and
+//! request (method and tool, prompt or resource) followed by the server's state; a request's
+//! `params.requestState` must be such a handle, and the server gets its own state back. Another
+//! caller's, another request's, a tampered or a raw one is refused, nothing forwarded.
+//!
 //! Rewriting splices the changed strings into the message's bytes; everything else goes on
 //! exactly as it came. A member that appears twice on the way to a task id is refused (the
 //! filter and the reader could pick different ones).
@@ -49,6 +56,13 @@ pub const NOT_FOUND_MESSAGE: &str = "Failed to retrieve task: Task not found";
 /// The audit reason of a refused task id (`task_not_found: <why>`).
 pub const NOT_FOUND: &str = "task_not_found";
 
+/// The purpose sealed into request-state handles.
+pub const STATE_PURPOSE: &str = "request-state";
+/// The audit reason of a refused `requestState` (`request_state_refused: <why>`).
+pub const STATE_REFUSED: &str = "request_state_refused";
+/// Between a request-state handle and the server's state (never in a handle's alphabet).
+const STATE_SEPARATOR: char = '~';
+
 /// The methods whose `params.taskId` names the task.
 const TASK_METHODS: &[&str] = &["tasks/get", "tasks/update", "tasks/cancel", "tasks/result"];
 
@@ -61,6 +75,19 @@ pub struct Sealer<'a> {
     pub caller: Option<crate::session::Caller<'a>>,
     /// The protected server's configured name.
     pub server: &'a str,
+    /// The request of the exchange ([`exchange`]): a `requestState` is bound to it.
+    pub exchange: &'a str,
+}
+
+/// What a `requestState` is bound to besides the caller and server: the request's method and
+/// the tool, prompt or resource it names (a retry repeats both).
+pub fn exchange(method: &str, target: Option<&str>) -> String {
+    let target = target.unwrap_or_default();
+    let mut out = String::with_capacity(method.len() + 1 + target.len());
+    out.push_str(method);
+    out.push('\0');
+    out.push_str(target);
+    out
 }
 
 impl Sealer<'_> {
@@ -79,6 +106,57 @@ impl Sealer<'_> {
         self.keys
             .seal(&binding, task_id.as_bytes())
             .ok_or_else(|| "task_id_unsealable: a task id longer than a handle carries".into())
+    }
+
+    /// What a request-state handle seals: the digest of the exchange and the state.
+    fn state_digest(&self, state: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        hash.update((self.exchange.len() as u64).to_be_bytes());
+        hash.update(self.exchange.as_bytes());
+        hash.update(state.as_bytes());
+        hash.finalize().into()
+    }
+
+    /// What the client gets for a server's `requestState`: a handle binding it to this caller,
+    /// server and request, then the state itself (the client echoes the whole string).
+    pub fn seal_state(&self, state: &str) -> Result<String, String> {
+        let binding = self
+            .caller
+            .ok_or("request_state_unbindable: the token names neither a subject nor a client")?;
+        let binding = binding.binding(STATE_PURPOSE, self.server);
+        let handle = self
+            .keys
+            .seal(&binding, &self.state_digest(state))
+            .ok_or("request_state_unsealable")?;
+        let mut out = String::with_capacity(handle.len() + 1 + state.len());
+        out.push_str(&handle);
+        out.push(STATE_SEPARATOR);
+        out.push_str(state);
+        Ok(out)
+    }
+
+    /// The server's state behind a client's `requestState`, or the audit reason why it is not
+    /// this caller's for this request.
+    pub fn open_state(&self, sealed: &str) -> Result<String, String> {
+        let refused = |why: &str| format!("{STATE_REFUSED}: {why}");
+        let binding = self
+            .caller
+            .ok_or_else(|| refused("request_state_unbindable"))?
+            .binding(STATE_PURPOSE, self.server);
+        let (handle, state) = sealed
+            .split_once(STATE_SEPARATOR)
+            .ok_or_else(|| refused("not a request state this gateway issued"))?;
+        let digest = self
+            .keys
+            .open(handle, &binding)
+            .map_err(|e| refused(&e.reason("request_state")))?;
+        if digest.as_slice() != self.state_digest(state).as_slice() {
+            return Err(refused(
+                "issued for another request, or its state was changed",
+            ));
+        }
+        Ok(state.to_string())
     }
 
     /// The upstream task id behind a handle, or the audit reason why it is not this caller's.
@@ -119,13 +197,15 @@ pub fn may_carry(message: &[u8]) -> bool {
             ["\\u", "\u{17f}", "\u{212a}", "\u{131}"].map(memchr::memmem::Finder::new)
         });
     let [escape, folds @ ..] = &*NEEDLES;
+    // And `requestState` likewise, found by its rare `q`.
+    let word_at = |at: usize, before: usize, word: &[u8]| {
+        at.checked_sub(before)
+            .and_then(|start| message.get(start..start + word.len()))
+            .is_some_and(|w| w.eq_ignore_ascii_case(word))
+    };
     escape.find(message).is_some()
-        || memchr::memchr2_iter(b'k', b'K', message).any(|at| {
-            let around = at
-                .checked_sub(3)
-                .and_then(|start| message.get(start..at + 3));
-            around.is_some_and(|word| word.eq_ignore_ascii_case(b"taskid"))
-        })
+        || memchr::memchr2_iter(b'k', b'K', message).any(|at| word_at(at, 3, b"taskid"))
+        || memchr::memchr2_iter(b'q', b'Q', message).any(|at| word_at(at, 2, b"requeststate"))
         || folds.iter().any(|f| f.find(message).is_some())
 }
 
@@ -153,8 +233,17 @@ pub fn open_request(body: &[u8], sealer: &Sealer) -> Result<Option<Opened>, Stri
     let mut task_id = None;
     let mut edits = Vec::with_capacity(spots.len());
     for spot in spots {
-        let Spot::Id { at, raw, named } = spot else {
-            continue;
+        let (at, raw, named) = match spot {
+            Spot::Id { at, raw, named } => (at, raw, named),
+            Spot::State { at, raw } => {
+                let sealed: String = serde_json::from_str(raw)
+                    .map_err(|_| format!("{STATE_REFUSED}: not a string"))?;
+                let state = sealer.open_state(&sealed)?;
+                let encoded = serde_json::to_string(&state).map_err(|e| e.to_string())?;
+                edits.push((at, raw.len(), encoded.into_bytes()));
+                continue;
+            }
+            Spot::Listed { .. } => continue,
         };
         let handle: String = serde_json::from_str(raw)
             .map_err(|_| format!("{NOT_FOUND}: a task id that is not a string"))?;
@@ -238,6 +327,18 @@ fn rewrite_answer(
                 hidden += count;
                 edits.push((at, raw.len(), b"[]".to_vec()));
             }
+            Spot::State { at, raw } => {
+                let Some(sealer) = sealer else {
+                    continue;
+                };
+                // Not a string: no client echoes it, a retry carrying it is refused.
+                let Ok(state) = serde_json::from_str::<String>(raw) else {
+                    continue;
+                };
+                let sealed = sealer.seal_state(&state)?;
+                let encoded = serde_json::to_string(&sealed).map_err(|e| e.to_string())?;
+                edits.push((at, raw.len(), encoded.into_bytes()));
+            }
         }
     }
     if edits.is_empty() {
@@ -261,6 +362,23 @@ enum Spot<'a> {
         raw: &'a str,
         count: usize,
     },
+    /// A multi round-trip `requestState` (a request's params, a response's result).
+    State { at: usize, raw: &'a str },
+}
+
+/// `<object>.requestState`.
+fn state<'a>(
+    base: &str,
+    object: &[(String, &'a RawValue)],
+    out: &mut Vec<Spot<'a>>,
+) -> Result<(), String> {
+    if let Some(raw) = member(object, "requestState")? {
+        out.push(Spot::State {
+            at: offset(base, raw),
+            raw: raw.get(),
+        });
+    }
+    Ok(())
 }
 
 enum Problem {
@@ -439,6 +557,7 @@ fn request_spots(text: &str) -> Result<Vec<Spot<'_>>, String> {
                     subscribed_tasks(text, &params, &mut out)?;
                 }
                 related(text, &params, &mut out)?;
+                state(text, &params, &mut out)?;
             }
         }
         if let Some(result) = member(&message, "result")? {
@@ -499,6 +618,7 @@ fn answer_spots(text: &str) -> Result<Vec<Spot<'_>>, Problem> {
         if let Some(result) = member(&message, "result")? {
             if let Some(result) = members(result)? {
                 task_state(text, &result, &mut out)?;
+                state(text, &result, &mut out)?;
                 if let Some(tasks) = member(&result, "tasks")? {
                     if tasks.get().starts_with('[') {
                         let items: Vec<&RawValue> = serde_json::from_str(tasks.get())

@@ -30,6 +30,7 @@ fn sealer<'a>(keys: &'a Keys, caller: &'a str) -> Sealer<'a> {
             by_client: false,
         }),
         server: "crm",
+        exchange: "tools/call\0confirm_delete",
     }
 }
 
@@ -431,6 +432,7 @@ fn the_policy_decides_on_the_upstreams_task_id() {
             by_client: false,
         }),
         server: "crm",
+        exchange: "",
     };
     let handle = alice.seal("forbidden-1").expect("sealed");
     let (host, _, action) = post(&token_for("alice", &[], ""), &[], &get(&handle));
@@ -462,7 +464,7 @@ fn a_batch_with_task_ids_is_refused() {
     assert_eq!(host.record()["reason"], "task_not_found");
     assert_eq!(
         host.record()["detail"],
-        "task ids cannot be sent in a JSON-RPC batch"
+        "task ids and request states cannot be sent in a JSON-RPC batch"
     );
     assert_eq!(host.replaced_request_body, None);
 }
@@ -518,6 +520,7 @@ fn task_ids_in_an_event_stream_are_sealed_event_by_event() {
             by_client: false,
         }),
         server: "crm",
+        exchange: "",
     };
     let handle = alice.seal("t-1").expect("sealed");
     assert_eq!(text.matches(handle.as_str()).count(), 2, "{text}");
@@ -656,4 +659,204 @@ fn without_a_sealing_key_a_task_listing_still_shows_no_task() {
     let status =
         json!({"jsonrpc": "2.0", "id": 4, "result": {"taskId": "t-9", "status": "working"}});
     assert_eq!(tasks::hide_listed(status.to_string().as_bytes()), Ok(None));
+}
+
+// ---- multi round-trip requestState (2026-07-28) ------------------------------------------------
+
+fn input_required(state: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "result": {"resultType": "input_required",
+        "inputRequests": {"confirm": {"method": "elicitation/create", "params": {"message": "sure?"}}},
+        "requestState": state}})
+}
+
+fn retry(state: &str, tool: &str) -> Value {
+    json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": tool,
+        "arguments": {"customer_id": "c-1"}, "inputResponses": {"confirm": {"action": "accept"}},
+        "requestState": state}})
+}
+
+#[test]
+fn a_request_state_is_bound_to_its_caller_server_and_request() {
+    let keys = keys();
+    let alice = sealer(&keys, "alice");
+    let (answer, _) = seal_json(&input_required("delete:c-1"), &alice);
+    let sealed = answer["result"]["requestState"].as_str().expect("a string");
+    assert!(
+        sealed.starts_with("mg1.") && sealed.ends_with("~delete:c-1"),
+        "{sealed}"
+    );
+    assert_eq!(
+        answer["result"]["inputRequests"],
+        input_required("")["result"]["inputRequests"]
+    );
+
+    // Alice's retry of the same call: the server gets its own state back.
+    let (body, _) = opened(&retry(sealed, "confirm_delete"), &alice)
+        .expect("opens")
+        .expect("rewritten");
+    assert_eq!(body["params"]["requestState"], "delete:c-1");
+    assert_eq!(
+        body["params"]["inputResponses"]["confirm"]["action"],
+        "accept"
+    );
+
+    let refused = |sealer: &Sealer, body: &Value| {
+        let why = opened(body, sealer).expect_err("refused");
+        assert!(why.starts_with(tasks::STATE_REFUSED), "{why}");
+        why
+    };
+    // Another caller, another server, another tool, another method, a changed state, a raw
+    // state, a handle without its state, a string that is not one.
+    let bob = sealer(&keys, "bob");
+    assert!(refused(&bob, &retry(sealed, "confirm_delete")).contains("of_another_caller"));
+    let other_server = Sealer {
+        server: "billing",
+        ..alice
+    };
+    refused(&other_server, &retry(sealed, "confirm_delete"));
+    let other_tool = Sealer {
+        exchange: "tools/call\0delete_customer",
+        ..alice
+    };
+    assert!(refused(&other_tool, &retry(sealed, "delete_customer")).contains("another request"));
+    let other_method = Sealer {
+        exchange: "prompts/get\0confirm_delete",
+        ..alice
+    };
+    refused(&other_method, &retry(sealed, "confirm_delete"));
+    let changed = sealed.replace("~delete:c-1", "~delete:c-2");
+    assert!(refused(&alice, &retry(&changed, "confirm_delete")).contains("changed"));
+    refused(&alice, &retry("delete:c-1", "confirm_delete"));
+    let handle_only = sealed.split('~').next().expect("a handle");
+    refused(&alice, &retry(handle_only, "confirm_delete"));
+    refused(&alice, &retry("mg1.AAAA~delete:c-1", "confirm_delete"));
+    // A token that names nobody: nothing is sealed, nothing opens.
+    let nobody = Sealer {
+        caller: None,
+        ..alice
+    };
+    assert!(tasks::seal_answer(input_required("s").to_string().as_bytes(), &nobody).is_err());
+    refused(&nobody, &retry(sealed, "confirm_delete"));
+}
+
+#[test]
+fn a_request_state_spelled_otherwise_is_found_or_refused() {
+    let keys = keys();
+    let alice = sealer(&keys, "alice");
+    // An escaped name is the same member to every reader: sealed.
+    let escaped = input_required("s")
+        .to_string()
+        .replace("requestState", "request\\u0053tate");
+    let (out, _) = tasks::seal_answer(escaped.as_bytes(), &alice)
+        .expect("readable")
+        .expect("sealed");
+    let out: Value = serde_json::from_slice(&out).expect("JSON");
+    assert!(out["result"]["requestState"]
+        .as_str()
+        .expect("sealed")
+        .starts_with("mg1."));
+    // Twice, or in a spelling some decoders fold to it: the answer does not go on.
+    let twice = input_required("s").to_string().replace(
+        "\"requestState\"",
+        "\"requestState\":\"a\",\"requestState\"",
+    );
+    assert!(tasks::seal_answer(twice.as_bytes(), &alice).is_err());
+    let folded = input_required("s")
+        .to_string()
+        .replace("\"resultType\"", "\"RequestState\":\"x\",\"resultType\"");
+    assert!(tasks::seal_answer(folded.as_bytes(), &alice).is_err());
+    // A request whose requestState is written with an escape is opened like any other.
+    let (answer, _) = seal_json(&input_required("s"), &alice);
+    let sealed = answer["result"]["requestState"].as_str().expect("sealed");
+    let body = retry(sealed, "confirm_delete")
+        .to_string()
+        .replace("requestState", "request\\u0053tate");
+    let opened = tasks::open_request(body.as_bytes(), &alice)
+        .expect("opens")
+        .expect("rewritten");
+    let forwarded: Value = serde_json::from_slice(&opened.body).expect("JSON");
+    assert_eq!(forwarded["params"]["requestState"], "s");
+}
+
+/// Through the whole flow: a 2026-07-28 call answered `input_required`, then retried.
+fn modern_call(token: &str, body: &Value) -> (MockHost, Stream, Action) {
+    post(
+        token,
+        &[("mcp-protocol-version", "2026-07-28")],
+        &modern(body),
+    )
+}
+
+fn modern(body: &Value) -> Value {
+    let mut body = body.clone();
+    body["params"]["_meta"] = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28"});
+    body
+}
+
+#[test]
+fn a_retry_with_another_callers_request_state_is_refused_and_not_forwarded() {
+    let first = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "confirm_delete", "arguments": {"customer_id": "c-1"}}});
+    let (mut host, mut stream, action) = modern_call(&token_for("alice", &[], ""), &first);
+    assert_eq!(action, Action::Continue, "{:?}", host.record());
+    host.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    stream.on_response_headers(&mut host, Some(200), false);
+    let BodyAction::Replace(out) = stream.on_response_body(
+        &mut host,
+        input_required("delete:c-1").to_string().as_bytes(),
+        true,
+    ) else {
+        panic!("the answer must be rewritten");
+    };
+    let out: Value = serde_json::from_slice(&out).expect("JSON");
+    let sealed = out["result"]["requestState"]
+        .as_str()
+        .expect("sealed")
+        .to_string();
+    assert!(sealed.ends_with("~delete:c-1"));
+
+    // Alice retries: forwarded with the server's own state.
+    let (mut host, mut stream, action) = modern_call(
+        &token_for("alice", &[], ""),
+        &retry(&sealed, "confirm_delete"),
+    );
+    assert_eq!(action, Action::Continue);
+    stream.on_log(&mut host);
+    let forwarded: Value =
+        serde_json::from_slice(host.replaced_request_body.as_deref().expect("rewritten"))
+            .expect("JSON");
+    assert_eq!(forwarded["params"]["requestState"], "delete:c-1");
+
+    // Bob replays it: -32602, nothing forwarded, audited.
+    let (host, _, action) = modern_call(
+        &token_for("bob", &[], ""),
+        &retry(&sealed, "confirm_delete"),
+    );
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.replaced_request_body, None);
+    let reply = host.reply();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["id"], 2);
+    assert_eq!(reply.json()["error"]["code"], -32602);
+    let record = host.record();
+    assert_eq!(record["decision"], "deny");
+    assert_eq!(record["reason"], "request_state_refused");
+    assert_eq!(record["detail"], "request_state_of_another_caller");
+    // A raw state (what the server wrote, sent past the gateway's handle) is refused as well.
+    let (host, _, action) = modern_call(
+        &token_for("alice", &[], ""),
+        &retry("delete:c-1", "confirm_delete"),
+    );
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.record()["reason"], "request_state_refused");
+}
+
+#[test]
+fn a_batch_carrying_a_request_state_is_refused() {
+    let batch = json!([retry("anything", "confirm_delete")]);
+    let old = [("mcp-protocol-version", "2025-03-26")];
+    let (host, _, action) = post(&token_for("alice", &[], ""), &old, &batch);
+    assert_eq!(action, Action::Pause);
+    assert_eq!(host.reply().status, 400);
+    assert_eq!(host.record()["reason"], "task_not_found");
 }

@@ -232,8 +232,9 @@ def test_a_subscription_ends_when_its_token_expires(stack):
 
 def test_a_multi_round_trip_call_is_decided_as_the_call_it_retries(stack):
     """confirm_delete answers input_required; the SDK client asks the user and retries with
-    inputResponses and the (sealed) requestState, which reach the server untouched. A retry that
-    declines is denied by the policy, which reads the answer."""
+    inputResponses and the requestState it got (a handle for this caller), and the server gets
+    its own state back (its tool says "deleted" only then). A retry that declines is denied by
+    the policy, which reads the answer."""
     token = stack.token("mia", groups=["sales"])
 
     def answering(action):
@@ -255,6 +256,47 @@ def test_a_multi_round_trip_call_is_decided_as_the_call_it_retries(stack):
     calls = stack.audit("mia", count=4, tool="confirm_delete")
     assert [r["decision"] for r in calls] == ["allow", "allow", "allow", "deny"]
     assert calls[-1]["rule"] == "confirmed-only"
+
+
+def test_a_request_state_is_usable_by_its_caller_only(stack):
+    """The server cannot bind a requestState to the principal (it sees one service key), so the
+    filter does: the client gets a handle bound to its caller, server and call. Another caller
+    replaying it, the same caller retrying another tool with it, or the server's raw state are
+    refused -32602 and never reach the server."""
+    mia, eve = stack.token("mia", groups=["sales"]), stack.token("eve", groups=["sales"])
+    call = {"jsonrpc": "2.0", "id": 31, "method": "tools/call",
+            "params": {"name": "confirm_delete", "arguments": {"customer_id": "c-300"}}}
+    first = sse_result(stack.post(call, mia))
+    assert first["result"]["resultType"] == "input_required", first
+    sealed = first["result"]["requestState"]
+    # The gateway's handle, then what the server wrote (the SDK server protects its own state).
+    handle, raw = sealed.split("~", 1)
+    assert handle.startswith("mg1.") and raw, sealed
+
+    def retry(token, state, name="confirm_delete", id=32):
+        body = json.loads(json.dumps(call))
+        body["id"] = id
+        body["params"]["name"] = name
+        body["params"]["inputResponses"] = {"confirm": {"action": "accept"}}
+        body["params"]["requestState"] = state
+        return stack.post(body, token)
+
+    before = len(stack.server.requests())
+    for token, state, name, sub in [(eve, sealed, "confirm_delete", "eve"),
+                                    (mia, sealed, "echo", "mia"),
+                                    (mia, raw, "confirm_delete", "mia")]:
+        r = retry(token, state, name)
+        assert r.status_code == 200, r.text
+        assert r.json()["error"]["code"] == -32602, r.text
+        assert "requestState" in r.json()["error"]["message"]
+    assert len(stack.server.requests()) == before, "no refused retry reached the server"
+    refused = stack.audit("eve", reason="request_state_refused")
+    assert refused and refused[0]["detail"] == "request_state_of_another_caller", refused
+    assert len(stack.audit("mia", count=2, reason="request_state_refused")) == 2
+
+    # The server's tool answers "deleted" only when its own state came back.
+    done = sse_result(retry(mia, sealed, id=33))
+    assert done["result"]["content"][0]["text"] == "deleted c-300", done
 
 
 def test_parameter_headers_must_match_the_body(stack):

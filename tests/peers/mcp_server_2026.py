@@ -56,6 +56,9 @@ async def confirm_delete(customer_id: str, ctx: Context) -> str | InputRequiredR
                                   "required": ["sure"]}))},
             request_state=f"delete:{customer_id}",
         )
+    if ctx.request_state != f"delete:{customer_id}":
+        # What the server issued must come back byte for byte (the gateway's handle removed).
+        return f"not deleted: the retry carried requestState {ctx.request_state!r}"
     action = getattr(answer, "action", None) or (answer.get("action") if isinstance(answer, dict) else None)
     return f"deleted {customer_id}" if action == "accept" else f"kept {customer_id}"
 

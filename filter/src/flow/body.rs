@@ -112,6 +112,7 @@ impl Stream {
             Err(e) => return self.refuse(host, record, invalid(&e)),
         };
         describe(&mut record, &message, server, self.presented_token());
+        self.exchange = crate::tasks::exchange(&message.method, message.target.name());
         if let (Some(trace), other) = protocol::trace(&self.headers, Some(&message)) {
             record.trace_id = Some(trace.trace_id);
             record.span_id = Some(trace.span_id);
@@ -306,6 +307,7 @@ impl Stream {
                 .as_ref()
                 .and_then(|i| session::caller(&i.claims)),
             server: &server.name,
+            exchange: &self.exchange,
         })
     }
 
@@ -329,6 +331,16 @@ impl Stream {
         let opened = match tasks::open_request(body, &sealer) {
             Ok(None) => return Ok((message, record)),
             Ok(Some(opened)) => opened,
+            Err(reason) if reason.starts_with(tasks::STATE_REFUSED) => {
+                let detail = reason
+                    .get(tasks::STATE_REFUSED.len() + 2..)
+                    .unwrap_or_default();
+                let refusal = Refusal::RequestStateRefused {
+                    id: message.id.clone(),
+                    detail: detail.to_string(),
+                };
+                return Err(self.refuse(host, record, refusal));
+            }
             Err(reason) => {
                 let prefix = format!("{}: ", tasks::NOT_FOUND);
                 let refusal = Refusal::TaskNotFound {
