@@ -180,8 +180,8 @@ pub struct Record {
     /// Microseconds spent inside the filter's callbacks for this HTTP request so far.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub filter_us: Option<u64>,
-    /// Milliseconds from the request's first byte (Envoy's `request.time`) to the record's last
-    /// update: the end of the response as the filter saw it, or the filter's own answer.
+    /// Milliseconds from when the filter got the request's headers to the record's last update:
+    /// the end of the response as the filter saw it, or the filter's own answer.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub total_ms: Option<u64>,
 }

@@ -88,7 +88,8 @@ pub struct Stream {
     /// The audit records of a batch's other messages (the first is `record`).
     batch: Vec<Record>,
     lists: Option<ListFilter>,
-    /// When the request began (Envoy's `request.time`), in nanoseconds since the epoch.
+    /// When the filter first saw the request (its headers' callback), in nanoseconds since the
+    /// epoch.
     start_ns: Option<u64>,
     /// Time spent in this stream's callbacks so far, and when the current one began.
     busy_ns: u64,
@@ -167,8 +168,13 @@ impl Stream {
 }
 
 fn header<'h>(headers: &'h [Header], name: &str) -> Option<&'h str> {
+    // Lengths first, inline: most names differ in length, and Envoy hands names lowercased,
+    // as the filter asks for them (a dozen lookups over a dozen headers per request).
     headers
         .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .find(|(k, _)| {
+            k.len() == name.len()
+                && (k.as_bytes() == name.as_bytes() || k.eq_ignore_ascii_case(name))
+        })
         .map(|(_, v)| v.as_str())
 }

@@ -192,20 +192,22 @@ pub fn may_carry(message: &[u8]) -> bool {
     // one of its letters (U+017F for s, the Kelvin sign for k, U+0131 for i), or escaped. The
     // searchers are built once: every request and answer is screened, and building one costs
     // about as much as a search of a 1 KiB message.
-    static NEEDLES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 4]> =
+    // `requestState` as written (a request spelling it otherwise is refused by the strict
+    // parse; an answer spelling it otherwise cannot be echoed back past the request's check).
+    static NEEDLES: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 5]> =
         std::sync::LazyLock::new(|| {
-            ["\\u", "\u{17f}", "\u{212a}", "\u{131}"].map(memchr::memmem::Finder::new)
+            ["requestState", "\\u", "\u{17f}", "\u{212a}", "\u{131}"]
+                .map(memchr::memmem::Finder::new)
         });
-    let [escape, folds @ ..] = &*NEEDLES;
-    // And `requestState` likewise, found by its rare `q`.
-    let word_at = |at: usize, before: usize, word: &[u8]| {
-        at.checked_sub(before)
-            .and_then(|start| message.get(start..start + word.len()))
-            .is_some_and(|w| w.eq_ignore_ascii_case(word))
-    };
+    let [state, escape, folds @ ..] = &*NEEDLES;
     escape.find(message).is_some()
-        || memchr::memchr2_iter(b'k', b'K', message).any(|at| word_at(at, 3, b"taskid"))
-        || memchr::memchr2_iter(b'q', b'Q', message).any(|at| word_at(at, 2, b"requeststate"))
+        || state.find(message).is_some()
+        || memchr::memchr2_iter(b'k', b'K', message).any(|at| {
+            let around = at
+                .checked_sub(3)
+                .and_then(|start| message.get(start..at + 3));
+            around.is_some_and(|word| word.eq_ignore_ascii_case(b"taskid"))
+        })
         || folds.iter().any(|f| f.find(message).is_some())
 }
 

@@ -30,11 +30,9 @@ impl Stream {
         self.query = query.to_string();
 
         let mut record = Record::new(host.now_millis(), &method);
-        self.start_ns = host
-            .property(&["request", "time"])
-            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
-            .and_then(|b| u64::try_from(i64::from_le_bytes(b)).ok())
-            .or(self.entered_ns);
+        // When the filter first saw the request: its headers are complete, microseconds after
+        // its first byte (Envoy's `request.time`, which would cost a property read, ~2 µs).
+        self.start_ns = self.entered_ns.or_else(|| Some(host.now_nanos()));
         record.request_id = self.header("x-request-id").map(str::to_string);
         record.source = host.property_string(&["source", "address"]);
         record.route = host.property_string(&["xds", "route_name"]);
