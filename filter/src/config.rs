@@ -432,6 +432,30 @@ pub const DEFAULT_STRIP_HEADERS: &[&str] = &[
     "x-forwarded-host",
     "x-real-ip",
 ];
+/// What the filter removes from a server's requests, and hides from its rules: `list` (the
+/// server's `strip_headers`, else [`DEFAULT_STRIP_HEADERS`]) and, whatever the list says, the
+/// client's token and other credentials it may carry (cookies, proxy credentials), the
+/// forwarding, method- and path-override headers, and `extra`: any client copy of the service
+/// key header and of a header that carries forwarded claims.
+pub fn stripped_headers<'a>(
+    mut list: Vec<String>,
+    extra: impl IntoIterator<Item = &'a str>,
+) -> Vec<String> {
+    for must in ALWAYS_STRIPPED
+        .iter()
+        .chain(FORWARDING_HEADERS)
+        .chain(METHOD_OVERRIDE_HEADERS)
+        .chain(PATH_OVERRIDE_HEADERS)
+        .copied()
+        .chain(extra)
+    {
+        if !list.iter().any(|h| h == must) {
+            list.push(must.to_string());
+        }
+    }
+    list
+}
+
 /// Removed from every forwarded request, added to any `strip_headers` list: the forwarding
 /// headers Envoy does not rewrite (see [`DEFAULT_STRIP_HEADERS`]). A list of one's own (to add a
 /// header) must not let a forged client address or host through; a front proxy's values are
@@ -789,7 +813,7 @@ impl Server {
             }
             forward_claims.push((claim, header));
         }
-        let mut strip_headers: Vec<String> = match raw.strip_headers {
+        let strip_headers: Vec<String> = match raw.strip_headers {
             Some(list) => list.iter().map(|h| h.to_ascii_lowercase()).collect(),
             None => DEFAULT_STRIP_HEADERS
                 .iter()
@@ -802,23 +826,9 @@ impl Server {
                 "is not a valid HTTP header name",
             ));
         }
-        // Always, whatever the list says: the client's token and other credentials it may carry
-        // (cookies, proxy credentials), method- and path-override headers, any client copy of
-        // the service key header, and any
-        // client-supplied copy of a header that carries forwarded claims.
-        for must in ALWAYS_STRIPPED
-            .iter()
-            .chain(FORWARDING_HEADERS)
-            .chain(METHOD_OVERRIDE_HEADERS)
-            .chain(PATH_OVERRIDE_HEADERS)
-            .map(|h| h.to_string())
-            .chain(std::iter::once(credential.header.clone()))
-            .chain(forward_claims.iter().map(|(_, h)| h.clone()))
-        {
-            if !strip_headers.contains(&must) {
-                strip_headers.push(must);
-            }
-        }
+        let extra = std::iter::once(credential.header.as_str())
+            .chain(forward_claims.iter().map(|(_, h)| h.as_str()));
+        let strip_headers = stripped_headers(strip_headers, extra);
         let block_key_leaks = raw.key_leak.unwrap_or_default() == KeyLeak::Block;
         let audit_arguments = raw.audit_arguments.unwrap_or_default();
         let policy = Policy::from_config(raw.policy, &format!("{field}.policy"))?;

@@ -570,6 +570,40 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A test case decides as the filter would: the headers the filter removes before
+    /// forwarding (a client's `x-api-key`, `cookie`, forwarding headers) are not what rules
+    /// see, in a test case as in Envoy.
+    #[test]
+    fn a_test_case_hides_the_headers_the_filter_removes() {
+        let policy = Policy::from_config(
+            json!({"name": "p", "rules": [
+                {"name": "by-key", "allow": "'x-api-key' in request.headers"},
+                {"name": "by-team", "allow": "'x-team' in request.headers"},
+            ]}),
+            "policy",
+        )
+        .unwrap();
+        let dir = std::env::temp_dir().join(format!("mcp-guard-hidden-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tests = dir.join("p.tests.yaml");
+        std::fs::write(
+            &tests,
+            "cases:\n\
+             - name: a forged service key decides nothing\n  claims: {sub: a}\n  \
+               headers: {x-api-key: sk-forged, forwarded: for=1.2.3.4}\n  \
+               message: {method: tools/call, params: {name: t}}\n  expect: deny\n\
+             - name: a header the server receives does\n  claims: {sub: a}\n  \
+               headers: {x-team: red}\n  \
+               message: {method: tools/call, params: {name: t}}\n  expect: allow\n  \
+               rule: by-team\n",
+        )
+        .unwrap();
+        let mut out = String::new();
+        let summary = testing::run(&policy, &tests, false, &mut out);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!((summary.passed, summary.failed), (2, 0), "{out}");
+    }
+
     #[test]
     fn every_example_policy_compiles_and_passes_its_tests() {
         let all = policies();

@@ -17,6 +17,9 @@ pub struct Scenario {
     pub headers: Vec<(String, String)>,
     pub source: String,
     pub mtls: bool,
+    /// The headers rules do not see: what the filter removes from a server that lists none of
+    /// its own (`strip_headers`), credentials and forwarding headers included.
+    pub removed: Vec<String>,
 }
 
 impl Scenario {
@@ -32,6 +35,13 @@ impl Scenario {
             ],
             source: "127.0.0.1".into(),
             mtls: false,
+            removed: mcp_guard::config::stripped_headers(
+                mcp_guard::config::DEFAULT_STRIP_HEADERS
+                    .iter()
+                    .map(|h| h.to_string())
+                    .collect(),
+                [],
+            ),
         }
     }
 
@@ -92,7 +102,7 @@ impl Scenario {
                 host: self.header(":authority").unwrap_or_default(),
                 method: self.header(":method").unwrap_or_default(),
                 headers: &self.headers,
-                removed: &[],
+                removed: &self.removed,
             },
             source_address: &self.source,
             mtls: self.mtls,
