@@ -108,9 +108,6 @@ pub struct Stream {
     /// accepted (`flow/answer_body.rs`). The answer to a request decided when it came is
     /// delivered whole.
     standing: bool,
-    /// The request this exchange answers ([`crate::tasks::exchange`]): what a `requestState`
-    /// is bound to besides the caller and server.
-    exchange: String,
 }
 
 impl Stream {
@@ -138,7 +135,6 @@ impl Stream {
             declarations_asked: false,
             pins_unverified: false,
             standing: false,
-            exchange: String::new(),
         }
     }
 

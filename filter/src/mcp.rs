@@ -46,17 +46,6 @@ pub enum Target {
     },
 }
 
-impl Target {
-    /// The tool's or prompt's name, or the resource's URI.
-    pub fn name(&self) -> Option<&str> {
-        match self {
-            Target::None => None,
-            Target::Tool { name, .. } | Target::Prompt { name } => Some(name),
-            Target::Resource { uri } => Some(uri),
-        }
-    }
-}
-
 /// A parsed JSON-RPC message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Message {

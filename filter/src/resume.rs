@@ -62,7 +62,7 @@ mod tests {
                 by_client: false,
             }),
             server,
-            exchange: "",
+            exchange: Default::default(),
         }
     }
 

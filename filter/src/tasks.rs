@@ -75,19 +75,16 @@ pub struct Sealer<'a> {
     pub caller: Option<crate::session::Caller<'a>>,
     /// The protected server's configured name.
     pub server: &'a str,
-    /// The request of the exchange ([`exchange`]): a `requestState` is bound to it.
-    pub exchange: &'a str,
+    /// The request of the exchange: a `requestState` is bound to it.
+    pub exchange: Exchange<'a>,
 }
 
 /// What a `requestState` is bound to besides the caller and server: the request's method and
 /// the tool, prompt or resource it names (a retry repeats both).
-pub fn exchange(method: &str, target: Option<&str>) -> String {
-    let target = target.unwrap_or_default();
-    let mut out = String::with_capacity(method.len() + 1 + target.len());
-    out.push_str(method);
-    out.push('\0');
-    out.push_str(target);
-    out
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Exchange<'a> {
+    pub method: &'a str,
+    pub target: &'a str,
 }
 
 impl Sealer<'_> {
@@ -112,8 +109,10 @@ impl Sealer<'_> {
     fn state_digest(&self, state: &str) -> [u8; 32] {
         use sha2::{Digest, Sha256};
         let mut hash = Sha256::new();
-        hash.update((self.exchange.len() as u64).to_be_bytes());
-        hash.update(self.exchange.as_bytes());
+        for part in [self.exchange.method, self.exchange.target] {
+            hash.update((part.len() as u64).to_be_bytes());
+            hash.update(part.as_bytes());
+        }
         hash.update(state.as_bytes());
         hash.finalize().into()
     }

@@ -181,7 +181,7 @@ fn task_requests_mirror_the_task_id_in_mcp_name() {
             by_client: false,
         }),
         server: "crm",
-        exchange: "",
+        exchange: Default::default(),
     };
     let handle = sealer.seal("t-1").expect("sealed");
     let mut h = host(&shared, &headers(&handle));

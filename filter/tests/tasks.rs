@@ -11,7 +11,7 @@ use mcp_guard::config::Config;
 use mcp_guard::flow::{Action, BodyAction, Stream};
 use mcp_guard::host::Host;
 use mcp_guard::seal::Keys;
-use mcp_guard::tasks::{self, Sealer};
+use mcp_guard::tasks::{self, Exchange, Sealer};
 use serde_json::{json, Value};
 
 const KEY: [u8; 32] = [3; 32];
@@ -30,7 +30,10 @@ fn sealer<'a>(keys: &'a Keys, caller: &'a str) -> Sealer<'a> {
             by_client: false,
         }),
         server: "crm",
-        exchange: "tools/call\0confirm_delete",
+        exchange: Exchange {
+            method: "tools/call",
+            target: "confirm_delete",
+        },
     }
 }
 
@@ -432,7 +435,7 @@ fn the_policy_decides_on_the_upstreams_task_id() {
             by_client: false,
         }),
         server: "crm",
-        exchange: "",
+        exchange: Default::default(),
     };
     let handle = alice.seal("forbidden-1").expect("sealed");
     let (host, _, action) = post(&token_for("alice", &[], ""), &[], &get(&handle));
@@ -520,7 +523,7 @@ fn task_ids_in_an_event_stream_are_sealed_event_by_event() {
             by_client: false,
         }),
         server: "crm",
-        exchange: "",
+        exchange: Default::default(),
     };
     let handle = alice.seal("t-1").expect("sealed");
     assert_eq!(text.matches(handle.as_str()).count(), 2, "{text}");
@@ -715,12 +718,18 @@ fn a_request_state_is_bound_to_its_caller_server_and_request() {
     };
     refused(&other_server, &retry(sealed, "confirm_delete"));
     let other_tool = Sealer {
-        exchange: "tools/call\0delete_customer",
+        exchange: Exchange {
+            target: "delete_customer",
+            ..alice.exchange
+        },
         ..alice
     };
     assert!(refused(&other_tool, &retry(sealed, "delete_customer")).contains("another request"));
     let other_method = Sealer {
-        exchange: "prompts/get\0confirm_delete",
+        exchange: Exchange {
+            method: "prompts/get",
+            ..alice.exchange
+        },
         ..alice
     };
     refused(&other_method, &retry(sealed, "confirm_delete"));

@@ -115,7 +115,7 @@ impl Stream {
                 });
                 allowed && pinned.check(shared, listed)
             };
-            let tasks = self.task_sealer(&config, server);
+            let tasks = self.task_sealer(&config, server, self.record.as_ref());
             let checks = response::Checks {
                 lists: self.lists.as_ref(),
                 known: Some(&server.lists_seen),

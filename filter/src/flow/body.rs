@@ -112,7 +112,6 @@ impl Stream {
             Err(e) => return self.refuse(host, record, invalid(&e)),
         };
         describe(&mut record, &message, server, self.presented_token());
-        self.exchange = crate::tasks::exchange(&message.method, message.target.name());
         if let (Some(trace), other) = protocol::trace(&self.headers, Some(&message)) {
             record.trace_id = Some(trace.trace_id);
             record.span_id = Some(trace.span_id);
@@ -295,11 +294,23 @@ impl Stream {
     /// tool declares, matching the arguments (see [`protocol::param_mismatch`]).
     /// Who this exchange's task ids are sealed for; `None` with `sessions.stateless` (no key:
     /// task ids pass as the upstream wrote them, see docs/fleet.md).
+    /// `record`: the exchange's request, as described for the audit ([`describe`]): what a
+    /// `requestState` is bound to.
     pub(super) fn task_sealer<'a>(
         &'a self,
         config: &'a Config,
         server: &'a Server,
+        record: Option<&'a Record>,
     ) -> Option<crate::tasks::Sealer<'a>> {
+        let exchange = record.map_or_else(Default::default, |r| crate::tasks::Exchange {
+            method: r.method.as_deref().unwrap_or_default(),
+            target: (r
+                .tool
+                .as_ref()
+                .or(r.prompt.as_ref())
+                .or(r.resource.as_ref()))
+            .map_or("", String::as_str),
+        });
         Some(crate::tasks::Sealer {
             keys: config.sessions.as_ref()?,
             caller: self
@@ -307,7 +318,7 @@ impl Stream {
                 .as_ref()
                 .and_then(|i| session::caller(&i.claims)),
             server: &server.name,
-            exchange: &self.exchange,
+            exchange,
         })
     }
 
@@ -325,7 +336,7 @@ impl Stream {
     ) -> Result<(Message, Record), Action> {
         use crate::tasks;
         let config = Rc::clone(&self.config);
-        let Some(sealer) = self.task_sealer(&config, server) else {
+        let Some(sealer) = self.task_sealer(&config, server, Some(&record)) else {
             return Ok((message, record));
         };
         let opened = match tasks::open_request(body, &sealer) {

@@ -165,7 +165,7 @@ impl Stream {
         // A stream is resumed only from this caller's own event ids (resume.rs).
         let config = Rc::clone(&self.config);
         let resumed = self.header(resume::HEADER).map(|handle| {
-            match self.task_sealer(&config, server) {
+            match self.task_sealer(&config, server, None) {
                 Some(sealer) => resume::open_id(&sealer, handle).map(Some),
                 None => Ok(None), // no sealing key: removed below
             }
