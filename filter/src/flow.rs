@@ -17,6 +17,8 @@
 //!                                              plan the body: held whole or event by event
 //! response body     BufferingAnswer answer_body.rs  filter lists per caller, redact the
 //!                   StreamingEvents                 service key, check pins
+//!                   ConfirmingCaller                a standing stream's introspected caller,
+//!                                                   asked about again (events held)
 //! every outcome     Done           done.rs     refusals answered (refusal.rs), records written
 //! ```
 //!
@@ -36,6 +38,7 @@ mod answer;
 mod answer_body;
 mod batch;
 mod body;
+mod confirm;
 mod declarations;
 mod done;
 mod headers;
@@ -108,6 +111,12 @@ pub struct Stream {
     /// accepted (`flow/answer_body.rs`). The answer to a request decided when it came is
     /// delivered whole.
     standing: bool,
+    /// Until when (ms) the IdP's answer about a standing stream's caller holds: then it is
+    /// asked again before more of the stream goes on (`u64::MAX`: a token no IdP is asked about).
+    confirmed_until_ms: u64,
+    /// The events held while the caller was confirmed are due to be checked and sent on; `true`
+    /// when the answer ended meanwhile ([`Stream::take_due_answer`]).
+    answer_due: Option<bool>,
 }
 
 impl Stream {
@@ -135,6 +144,8 @@ impl Stream {
             declarations_asked: false,
             pins_unverified: false,
             standing: false,
+            confirmed_until_ms: 0,
+            answer_due: None,
         }
     }
 

@@ -474,6 +474,11 @@ impl Introspector {
         }
     }
 
+    /// Until when (ms) this VM keeps the answer about the token of `hash`, if it has one.
+    pub fn cached_until(&self, hash: &[u8; 32]) -> Option<u64> {
+        self.cache.borrow().get(hash).map(|c| c.until_ms)
+    }
+
     /// Whether `call` is one of this VM's introspection calls.
     pub fn owns(&self, call: u32) -> bool {
         self.inflight.borrow().contains_key(&call)

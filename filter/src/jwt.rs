@@ -1145,6 +1145,38 @@ impl Authenticator {
         Ok(())
     }
 
+    /// Whether the IdP still vouches for a caller whose token it is asked about (an opaque
+    /// token; a JWT with `introspect: always`), while a standing stream it opened goes on: the
+    /// answer that admitted it is kept no longer than a new request would keep it (the cache
+    /// TTL, `exp`), then the IdP is asked again, through the same cache and shared calls.
+    /// Returns until when (ms) the answer now relied on holds: `u64::MAX` for a token no IdP is
+    /// asked about. [`AuthError::IntrospectionPending`]: a call is under way, wait.
+    pub fn confirm_again(
+        &self,
+        token: &str,
+        identity: &Identity,
+        host: &mut dyn Host,
+    ) -> Result<u64, AuthError> {
+        let Some((index, issuer, config)) = self.introspecting() else {
+            return Ok(u64::MAX);
+        };
+        let asked = introspection::is_opaque(token)
+            || (config.mode == Mode::Always && identity.issuer() == Some(&issuer.issuer));
+        if !asked {
+            return Ok(u64::MAX);
+        }
+        let now_ms = host.now_millis();
+        let answer = self.introspect(index, config, token, host)?;
+        let Answer::Active { claims } = &*answer else {
+            return Err(AuthError::Inactive);
+        };
+        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        check_times(claims, now, self.skew, false)?;
+        let hash = introspection::answer_key(&issuer.issuer, config, token);
+        // Not kept here (a full cache is emptied): asked again at the next event.
+        Ok(self.introspector.cached_until(&hash).unwrap_or(now_ms))
+    }
+
     /// Full verification, bypassing (and not filling) the cache: what a cache miss costs.
     /// Returns the identity and the index of the issuer that vouched for it.
     pub fn verify_uncached(&self, token: &str, now: i64) -> Result<(Identity, usize), AuthError> {

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use common::*;
 use mcp_guard::config::Config;
-use mcp_guard::flow::{Action, Stream};
+use mcp_guard::flow::{Action, BodyAction, Stream};
 use serde_json::{json, Value};
 
 const OPAQUE: &str = "2YotnFZFEjr1zCsicMWpAA";
@@ -492,4 +492,190 @@ fn a_shared_answer_is_not_used_past_this_configurations_ttl() {
     assert!(!stream.awaiting_body(), "decided on a 20 s old answer");
     let asked: Vec<&str> = host.http_calls.iter().map(|c| c.1.as_str()).collect();
     assert_eq!(asked, vec!["idp"]);
+}
+
+/// A GET stream opened with `token` (its introspection answered `active`), its answer an
+/// event stream: (stream, host), the first event through.
+fn standing_stream(config: &Rc<Config>, token: &str) -> (Stream, CallHost) {
+    let auth = format!("Bearer {token}");
+    let mut host = CallHost::new(
+        MockHost::request(&[
+            (":method", "GET"),
+            (":path", "/mcp"),
+            (":authority", "mcp.example.com"),
+            ("accept", "text/event-stream"),
+            ("authorization", &auth),
+        ]),
+        Some(7000),
+    );
+    let mut stream = Stream::new(Rc::clone(config));
+    if stream.on_request_headers(&mut host, true) == Action::Pause {
+        assert_eq!(
+            answer(
+                config,
+                &mut host,
+                &mut stream,
+                Some(200),
+                &active(json!({}))
+            ),
+            Action::Continue
+        );
+    }
+    host.inner
+        .set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    stream.on_response_headers(&mut host, Some(200), false);
+    assert_eq!(event_through(&mut stream, &mut host, 1), Some(event(1)));
+    (stream, host)
+}
+
+fn event(n: u32) -> Vec<u8> {
+    format!(
+        "event: message\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/resources/updated\",\
+         \"params\":{{\"uri\":\"crm://customers/{n}\"}}}}\n\n"
+    )
+    .into_bytes()
+}
+
+/// Event `n` of the stream: what goes on, or `None` when it is held.
+fn event_through(stream: &mut Stream, host: &mut CallHost, n: u32) -> Option<Vec<u8>> {
+    let bytes = event(n);
+    match stream.on_response_body(host, &bytes, false) {
+        BodyAction::Continue => Some(bytes),
+        BodyAction::Replace(out) => Some(out),
+        BodyAction::Pause => None,
+    }
+}
+
+#[test]
+fn a_standing_stream_goes_on_while_the_idp_still_vouches_for_its_token() {
+    let config = config("opaque");
+    let (mut stream, mut host) = standing_stream(&config, OPAQUE);
+    let calls = host.http_calls.len();
+    // Within the cache TTL (30 s) nobody is asked.
+    host.inner.now_ms += 29_000;
+    assert_eq!(event_through(&mut stream, &mut host, 2), Some(event(2)));
+    assert_eq!(host.http_calls.len(), calls);
+    // Past it, the next events are held while the IdP is asked again, as a new request would.
+    host.inner.now_ms += 2_000;
+    assert_eq!(event_through(&mut stream, &mut host, 3), None);
+    assert_eq!(host.http_calls.len(), calls + 1, "one introspection call");
+    assert!(stream.waiting().is_some());
+    assert_eq!(event_through(&mut stream, &mut host, 4), None, "held too");
+    assert_eq!(host.http_calls.len(), calls + 1, "no second call");
+    assert_eq!(stream.take_due_answer(), None);
+    // Active: the held events are due, checked as one chunk, and go on.
+    assert_eq!(
+        answer(
+            &config,
+            &mut host,
+            &mut stream,
+            Some(200),
+            &active(json!({}))
+        ),
+        Action::Continue
+    );
+    assert!(stream.waiting().is_none());
+    assert_eq!(stream.take_due_answer(), Some(false));
+    let held = [event(3), event(4)].concat();
+    assert_eq!(
+        match stream.on_response_body(&mut host, &held, false) {
+            BodyAction::Continue => held.clone(),
+            BodyAction::Replace(out) => out,
+            BodyAction::Pause => panic!("held again"),
+        },
+        held
+    );
+    assert_eq!(host.inner.resets, 0);
+    assert_eq!(event_through(&mut stream, &mut host, 5), Some(event(5)));
+}
+
+#[test]
+fn a_standing_stream_is_cut_once_the_idp_says_its_token_is_not_active() {
+    for (status, body, detail) in [
+        (Some(200), br#"{"active":false}"#.to_vec(), "not active"),
+        (Some(200), active(json!({"exp": NOW - 600})), "expired"),
+        (Some(503), Vec::new(), "not available"),
+    ] {
+        let config = config("opaque");
+        let (mut stream, mut host) = standing_stream(&config, OPAQUE);
+        host.inner.now_ms += 31_000;
+        assert_eq!(event_through(&mut stream, &mut host, 2), None, "{detail}");
+        assert_eq!(
+            answer(&config, &mut host, &mut stream, status, &body),
+            Action::Pause,
+            "{detail}"
+        );
+        assert_eq!(stream.take_due_answer(), None, "{detail}");
+        assert_eq!(host.inner.resets, 1, "the stream is cut: {detail}");
+        let record = host.inner.record();
+        assert_eq!(record["decision"], "error");
+        assert_eq!(record["reason"], "token_ended_mid_stream");
+        let said = record["detail"].as_str().unwrap_or_default();
+        assert!(said.contains(detail), "{said}");
+        assert!(!said.contains(OPAQUE));
+    }
+}
+
+#[test]
+fn a_standing_stream_whose_idp_does_not_answer_in_time_is_cut() {
+    let config = config("opaque");
+    let (mut stream, mut host) = standing_stream(&config, OPAQUE);
+    host.inner.now_ms += 31_000;
+    assert_eq!(event_through(&mut stream, &mut host, 2), None);
+    let wait = stream.waiting().unwrap();
+    // Resumed before the deadline with the call still out: held still.
+    assert_eq!(stream.resume(&mut host), Action::Pause);
+    assert_eq!(stream.waiting(), Some(wait));
+    host.inner.now_ms = wait.deadline_ms;
+    assert_eq!(stream.resume(&mut host), Action::Pause);
+    assert!(stream.waiting().is_none());
+    assert_eq!(host.inner.resets, 1);
+    assert_eq!(host.inner.record()["reason"], "token_ended_mid_stream");
+}
+
+#[test]
+fn trailers_wait_with_the_held_events_and_the_end_is_kept() {
+    let config = config("opaque");
+    let (mut stream, mut host) = standing_stream(&config, OPAQUE);
+    host.inner.now_ms += 31_000;
+    assert_eq!(event_through(&mut stream, &mut host, 2), None);
+    assert_eq!(stream.on_response_trailers(&mut host), BodyAction::Pause);
+    answer(
+        &config,
+        &mut host,
+        &mut stream,
+        Some(200),
+        &active(json!({})),
+    );
+    assert_eq!(
+        stream.take_due_answer(),
+        Some(true),
+        "the answer's end came"
+    );
+}
+
+#[test]
+fn a_stream_opened_with_a_verified_jwt_asks_no_idp_unless_always() {
+    let mut claims = claims_for("alice", &["sales"], "");
+    claims["iat"] = json!(NOW);
+    let jwt = sign(Signer::Es256, &claims);
+    let (mut stream, mut host) = standing_stream(&config("opaque"), &jwt);
+    host.inner.now_ms += 3_000_000;
+    assert_eq!(event_through(&mut stream, &mut host, 2), Some(event(2)));
+    assert!(host.http_calls.is_empty());
+    // `introspect: always`: the JWT is vouched for by the IdP too, and asked about again.
+    let config = config("always");
+    let (mut stream, mut host) = standing_stream(&config, &jwt);
+    assert_eq!(host.http_calls.len(), 1);
+    host.inner.now_ms += 31_000;
+    assert_eq!(event_through(&mut stream, &mut host, 2), None);
+    assert_eq!(host.http_calls.len(), 2);
+    answer(
+        &config,
+        &mut host,
+        &mut stream,
+        Some(200),
+        br#"{"active":false}"#,
+    );
+    assert_eq!(host.inner.resets, 1);
 }

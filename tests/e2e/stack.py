@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import sys
 import time
 
 import httpx2
@@ -97,3 +98,19 @@ def mcp_client(url, token, mode="legacy"):
 
 def run(coro):
     return asyncio.run(coro)
+
+
+class Upstream2026(harness.Process):
+    """tests/peers/mcp_server_2026.py, recording what it receives."""
+
+    def __init__(self, workdir):
+        self.port = harness.free_port()
+        self.record = workdir / "upstream.requests.jsonl"
+        self.record.touch()
+        args = [sys.executable, str(harness.PEERS / "mcp_server_2026.py"), "--port", str(self.port),
+                "--record", str(self.record), "--expect-key", harness.SERVICE_KEY]
+        super().__init__(args, workdir / "upstream.log")
+        harness.wait_port(self.port, self.proc)
+
+    def requests(self):
+        return [json.loads(line) for line in self.record.read_text().splitlines() if line]

@@ -4,6 +4,7 @@ its calls), concurrent requests sharing one call across worker VMs, a token revo
 refused within the cache TTL (the time is measured and printed), and the IdP down: 503, never
 401, unless a fresh cached answer exists."""
 
+import asyncio
 import base64
 import concurrent.futures
 import json
@@ -11,8 +12,13 @@ import time
 import urllib.parse
 import urllib.request
 
+import anyio
 import harness
 import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from stack import PROTOCOL, Upstream2026
 
 POLICY = {"name": "sales-only", "version": "1", "default": "deny",
           "rules": [{"name": "sales", "allow": '"sales" in jwt.groups && "mcp:tools" in jwt.scopes'}]}
@@ -43,9 +49,9 @@ def wait_record(envoy, reason, timeout=10.0):
 
 class IntrospectionStack:
     def __init__(self, tmp_path, *, cache_ttl=2, auth="client_secret_basic", client="mcp-guard",
-                 secret="test-only-mcp-guard-secret"):
+                 secret="test-only-mcp-guard-secret", server=None):
         self.idp = harness.Idp(tmp_path)
-        self.server = harness.McpServer(tmp_path, stateless=True)
+        self.server = server(tmp_path) if server else harness.McpServer(tmp_path, stateless=True)
         self.port = harness.free_port()
         self.resource = f"http://127.0.0.1:{self.port}/mcp"
         issuer = {"issuer": self.idp.url, "audiences": [self.resource], "algorithms": ["RS256"],
@@ -187,5 +193,66 @@ def test_wrong_client_secret_is_refused_with_503(tmp_path):
         assert r.status_code == 503
         assert wait_record(s.envoy, "introspection_unavailable")["status"] == 503
         assert "wasmcustom.mcp_guard.introspections.outcome=http_error: " in s.envoy.stats()
+    finally:
+        s.stop()
+
+
+def test_a_subscription_ends_soon_after_its_opaque_token_is_revoked(tmp_path):
+    """A 2026-07-28 `subscriptions/listen` stream opened with an opaque token (the official
+    Python SDK on both sides) outlives the introspection answer that admitted it: once that is
+    older than cache_ttl_seconds, its next event is held while the IdP is asked again. Still
+    active: the event arrives. Revoked at the IdP: the stream is cut at its first event after
+    the TTL, as soon as a new request with the token is refused (the time is measured and
+    printed), and nothing after the revocation's effect reaches the caller."""
+    s = IntrospectionStack(tmp_path, cache_ttl=2, server=Upstream2026)
+    listener_token, actor_token = s.opaque(), s.opaque()
+    seen = {"events": 0}
+
+    def sdk(token):
+        http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        return Client(streamable_http_client(s.envoy.url, http_client=http), mode=PROTOCOL)
+
+    async def session():
+        async with sdk(actor_token) as actor:
+            try:
+                async with sdk(listener_token) as listener:
+                    async with listener.listen(resource_subscriptions=["crm://customers/c-200"]) as sub:
+                        for pause in (0, 2.5):
+                            # Within the TTL, then past it: the IdP still vouches for the token.
+                            await anyio.sleep(pause)
+                            hits = s.hits()
+                            await actor.call_tool("touch_customer", {"customer_id": "c-200"})
+                            with anyio.fail_after(10):
+                                await anext(sub)
+                            seen["events"] += 1
+                            # Past the TTL the IdP is asked about both tokens again: the
+                            # actor's call and the listener's stream.
+                            seen["asked"] = s.hits() - hits
+                        s.revoke(listener_token)
+                        seen["revoked_at"] = time.monotonic()
+                        while time.monotonic() - seen["revoked_at"] < 6:
+                            await actor.call_tool("touch_customer", {"customer_id": "c-200"})
+                            with anyio.move_on_after(1.5):
+                                await anext(sub)
+                                seen["events"] += 1
+                                seen["last_event_at"] = time.monotonic()
+                                continue
+                            break
+            except Exception:  # the cut stream ends the listener's session
+                pass
+            seen["cut_at"] = time.monotonic()
+
+    try:
+        asyncio.run(session())
+        assert seen["events"] >= 2, seen
+        assert seen["asked"] == 2, "past the TTL the IdP was asked about the listener again"
+        cut = wait_record(s.envoy, "token_ended_mid_stream")
+        assert cut["decision"] == "error" and "not active" in cut["detail"], cut
+        last = seen.get("last_event_at", seen["revoked_at"]) - seen["revoked_at"]
+        print(f"\nsubscription (cache_ttl_seconds 2): last event {last:.2f} s after the revocation at the IdP")
+        assert last <= 2.5, "an event reached the caller after the revoked token's answer ran out"
+        r = s.call(listener_token)
+        assert r.status_code == 401 and r.json()["error_description"] == "token is not active"
+        assert not any(listener_token in json.dumps(a) for a in s.envoy.audit())
     finally:
         s.stop()

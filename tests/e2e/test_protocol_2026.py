@@ -7,7 +7,6 @@ the audit trail."""
 import asyncio
 import json
 import subprocess
-import sys
 import time
 
 import anyio
@@ -16,7 +15,7 @@ import pytest
 
 import harness
 import keys
-from stack import PROTOCOL, modern
+from stack import PROTOCOL, Upstream2026, modern
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
@@ -52,22 +51,6 @@ POLICY = {
                                        " && mcp.task.id.startsWith(jwt.sub + '-')"},
     ],
 }
-
-
-class Upstream2026(harness.Process):
-    """tests/peers/mcp_server_2026.py, recording what it receives."""
-
-    def __init__(self, workdir):
-        self.port = harness.free_port()
-        self.record = workdir / "upstream.requests.jsonl"
-        self.record.touch()
-        args = [sys.executable, str(harness.PEERS / "mcp_server_2026.py"), "--port", str(self.port),
-                "--record", str(self.record), "--expect-key", harness.SERVICE_KEY]
-        super().__init__(args, workdir / "upstream.log")
-        harness.wait_port(self.port, self.proc)
-
-    def requests(self):
-        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
 
 
 class Stack2026:

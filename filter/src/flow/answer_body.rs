@@ -5,6 +5,7 @@
 use std::rc::Rc;
 
 use super::body::add_pin_drift;
+use super::confirm::Confirmation;
 use super::{BodyAction, Phase, Stream};
 use crate::audit::{Record, Verdict};
 use crate::discovery::{ListKind, Listed};
@@ -69,6 +70,11 @@ impl Stream {
         }
         let trailers = host.response_trailers();
         if super::answer::redact_fields(host, &trailers, server, super::answer::Fields::Trailers) {
+            if let Phase::ConfirmingCaller { ended, .. } = &mut self.phase {
+                // The events before them are held: so are they, until the caller is confirmed.
+                *ended = true;
+                return BodyAction::Pause;
+            }
             return BodyAction::Continue;
         }
         let record = self.record.take();
@@ -89,12 +95,12 @@ impl Stream {
         };
         let now = host.now_millis();
         if let Err(ended) = self.caller_still_valid(now) {
-            // An event stream outlives nothing that let it start: the caller's token expired
-            // or was revoked while it was open, so nothing more of it reaches the caller. A
-            // client with a fresh token resumes it (`Last-Event-ID`) or asks again.
-            let record = self.record.take();
-            let detail = format!("the caller's token ended while the answer streamed: {ended}");
-            return self.fail_response(host, record, "token_ended_mid_stream", detail);
+            return self.end_stream(host, &ended);
+        }
+        match self.confirm_caller(host, now, end_of_stream) {
+            Confirmation::Holds => {}
+            Confirmation::Asked => return BodyAction::Pause,
+            Confirmation::Ended(ended) => return self.end_stream(host, &ended),
         }
         let mut phase = std::mem::replace(&mut self.phase, Phase::Done);
         let mut too_large = false;

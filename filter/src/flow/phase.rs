@@ -18,6 +18,9 @@ use crate::sse::SseRewriter;
 ///          └─────────────────────────────────────────────────────────────┴─▶ Forwarded
 /// Forwarded ─(answer headers)─┬─▶ BufferingAnswer ──(its end: checked)──▶ …
 ///                             ├─▶ StreamingEvents ──(event by event)──▶ …
+///                             │     ▲   └─▶ ConfirmingCaller (a standing stream's caller,
+///                             │     └───────  introspected, asked about again) ─┐
+///                             │     (the IdP still vouches: the held events)◀───┘
 ///                             └─▶ Done
 /// any ──(refusal: `Stream::refuse`)──▶ Done
 /// ```
@@ -49,6 +52,15 @@ pub(super) enum Phase {
     },
     /// The answer is an event stream, checked and rewritten event by event.
     StreamingEvents(Box<SseRewriter>),
+    /// A standing stream's events are held (Envoy buffers them) while the IdP is asked again
+    /// whether the token that opened it is still active (`flow/answer_body.rs`); then
+    /// [`Stream::resume`] lets them go on, checked, or cuts the stream. `ended`: the answer's
+    /// end came while they were held.
+    ConfirmingCaller {
+        events: Box<SseRewriter>,
+        wait: Wait,
+        ended: bool,
+    },
     /// Answered locally, or nothing is left to decide.
     Done,
 }

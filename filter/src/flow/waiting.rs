@@ -79,15 +79,22 @@ impl Stream {
     /// issuer's keys change, a fetch settles, or the deadline passes (see [`Waiting`]).
     pub fn waiting(&self) -> Option<Wait> {
         match self.phase {
-            Phase::WaitingForKeys(wait) => Some(wait),
+            Phase::WaitingForKeys(wait) | Phase::ConfirmingCaller { wait, .. } => Some(wait),
             _ => None,
         }
     }
 
-    /// Re-runs authentication once the awaited keys arrived (or the wait timed out).
+    /// Re-runs authentication once the awaited keys arrived (or the wait timed out); for a
+    /// standing stream whose caller was being confirmed, lets its held events go on or cuts it
+    /// (`flow/confirm.rs`).
     pub fn resume(&mut self, host: &mut dyn Host) -> Action {
         let waited = match std::mem::replace(&mut self.phase, Phase::Headers) {
             Phase::WaitingForKeys(wait) => wait,
+            Phase::ConfirmingCaller {
+                events,
+                wait,
+                ended,
+            } => return self.resume_confirming(host, events, wait, ended),
             other => {
                 self.phase = other;
                 return Action::Pause;

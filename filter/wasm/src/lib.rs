@@ -243,6 +243,13 @@ impl Exchange {
                 WAITING.with(|w| w.borrow_mut().add(id, Rc::clone(me)));
                 return;
             }
+            // A standing stream's caller confirmed: its held events are checked, then go on.
+            if let Some(ended) = ex.stream.take_due_answer() {
+                if ex.check_response_body(usize::MAX, ended) == WasmAction::Continue {
+                    let _ = hostcalls::resume_http_response();
+                }
+                return;
+            }
             if ex.stream.body_due() {
                 action = ex.decide_body();
             }
@@ -448,11 +455,21 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> WasmAction {
+        let id = self.id;
+        let exchange = Rc::clone(&self.exchange);
         let mut ex = self.exchange.borrow_mut();
         if ex.stream.holds_response_chunk(size, end_of_stream) {
             return WasmAction::Pause;
         }
-        ex.timed(|ex| ex.check_response_body(size, end_of_stream))
+        let waited = ex.stream.waiting().is_some();
+        ex.timed(|ex| {
+            let a = ex.check_response_body(size, end_of_stream);
+            // A standing stream's events are held while its caller is confirmed (once listed).
+            if !waited && ex.stream.waiting().is_some() {
+                WAITING.with(|w| w.borrow_mut().add(id, exchange));
+            }
+            a
+        })
     }
 
     /// Trailers end the request: refused unless it was decided and forwarded (see
