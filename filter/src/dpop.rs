@@ -33,7 +33,7 @@ use crate::jwt::{Alg, MessageKey};
 pub const MAX_PROOF_BYTES: usize = 8 * 1024;
 /// Shared-data slots for seen proof ids, and ids per slot: at most `SLOTS * PER_SLOT` proofs
 /// within one window (524288, 12 MiB of shared data when full); beyond, new proofs are refused
-/// (fail closed) until ids expire. Ids fall into slots by hash, so the first slot fills while
+/// (fail closed) until ids expire. Ids fall into slots by a keyed hash ([`remember_jti`]), so the first slot fills while
 /// the average is lower: at 128 ids a slot, one Envoy process refused fresh proofs from about
 /// 1,700 a second sustained over the default 60-second window (`make bench` on a fast machine);
 /// at 512, from about 7,000. A proof reads and rewrites only the live ids of its slot, so the
@@ -57,20 +57,29 @@ pub struct DpopConfig {
     pub fleet: bool,
     /// Verifies proof signatures outside Wasm when the adapter installed a host.
     pub signatures: crate::crypto::Signatures,
-    /// Proof headers read before ([`Headers`]).
-    headers: Headers,
+    /// Proof headers read before, and the replay store's slot key ([`Memo`]).
+    memo: Memo,
 }
 
 /// How many proof headers one VM keeps read (emptied when full: a bound, not an LRU).
 const HEADERS_KEPT: usize = 64;
 
-/// Proof headers already read, by their base64url text. A client signs all its proofs with one
-/// key, so each proof repeats the header (`typ`, `alg`, `jwk`) and only the payload changes:
-/// the header's checks, its key (parsed, validated, DER-encoded for the host) and the key's
-/// thumbprint are worked out once per VM. Only headers that passed their checks are kept; what
-/// is kept depends on nothing but the header's text and this configuration (which owns it).
+/// What a configuration works out once per VM and keeps: it never changes what a check decides.
+///
+/// * Proof headers already read, by their base64url text. A client signs all its proofs with
+///   one key, so each proof repeats the header (`typ`, `alg`, `jwk`) and only the payload
+///   changes: the header's checks, its key (parsed, validated, DER-encoded for the host) and the
+///   key's thumbprint are worked out once per VM. Only headers that passed their checks are
+///   kept; what is kept depends on nothing but the header's text and this configuration.
+/// * The replay store's slot key ([`Memo::seed`]), read once from shared data.
 #[derive(Default)]
-struct Headers(RefCell<HashMap<Box<str>, Rc<ProofHeader>, foldhash::fast::FixedState>>);
+struct Memo {
+    headers: RefCell<HashMap<Box<str>, Rc<ProofHeader>, foldhash::fast::FixedState>>,
+    seed: std::cell::Cell<Option<Seed>>,
+}
+
+/// The replay store's slot key and the Unix second it was drawn.
+type Seed = ([u8; 32], i64);
 
 /// A proof header that passed its checks.
 #[derive(Debug)]
@@ -81,39 +90,75 @@ struct ProofHeader {
     thumbprint: Option<String>,
 }
 
-impl Headers {
+impl Memo {
     fn read(&self, text: &str, config: &DpopConfig) -> Result<Rc<ProofHeader>, SenderError> {
-        if let Some(header) = self.0.borrow().get(text) {
+        if let Some(header) = self.headers.borrow().get(text) {
             return Ok(Rc::clone(header));
         }
         let header = Rc::new(read_header(text, config)?);
-        let mut kept = self.0.borrow_mut();
+        let mut kept = self.headers.borrow_mut();
         if kept.len() >= HEADERS_KEPT {
             kept.clear();
         }
         kept.insert(text.into(), Rc::clone(&header));
         Ok(header)
     }
-}
 
-/// A configuration's memo: a new one starts empty, and it never changes what a check decides.
-impl Clone for Headers {
-    fn clone(&self) -> Self {
-        Headers::default()
+    /// The replay store's slot key: 32 random bytes drawn once per Envoy process, by the first
+    /// VM that needs them, and kept in shared data like the slots (so every worker VM, and a
+    /// module updated in place, chooses the same slot for a proof). `None` when the host has
+    /// no random source: then no proof is recorded (fail closed).
+    fn seed(&self, host: &mut dyn Host) -> Option<Seed> {
+        if let Some(seed) = self.seed.get() {
+            return Some(seed);
+        }
+        let stored = |host: &dyn Host| {
+            let bytes = host.shared_get(SEED_KEY)?;
+            let (key, drawn) = bytes.split_first_chunk::<32>()?;
+            let drawn = i64::from_le_bytes(<[u8; 8]>::try_from(drawn).ok()?);
+            Some((*key, drawn))
+        };
+        let seed = match stored(host) {
+            Some(seed) => seed,
+            None => {
+                let mut drawn = [0u8; 40];
+                let (key, at) = drawn.split_at_mut(32);
+                if !host.random(key) {
+                    log::warn!(
+                        "mcp-guard: the host gave no random bytes: DPoP proofs cannot be recorded"
+                    );
+                    return None;
+                }
+                let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
+                at.copy_from_slice(&now.to_le_bytes());
+                // The first VM's draw is kept; every other reads it.
+                host.shared_set_cas(SEED_KEY, &drawn, crate::host::ABSENT);
+                stored(host)?
+            }
+        };
+        self.seed.set(Some(seed));
+        Some(seed)
     }
 }
 
-impl PartialEq for Headers {
+/// A configuration's memo: a new one starts empty.
+impl Clone for Memo {
+    fn clone(&self) -> Self {
+        Memo::default()
+    }
+}
+
+impl PartialEq for Memo {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl Eq for Headers {}
+impl Eq for Memo {}
 
-impl std::fmt::Debug for Headers {
+impl std::fmt::Debug for Memo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Headers({} kept)", self.0.borrow().len())
+        write!(f, "Memo({} headers kept)", self.headers.borrow().len())
     }
 }
 
@@ -124,7 +169,7 @@ impl Default for DpopConfig {
             max_age_seconds: 60,
             fleet: false,
             signatures: crate::crypto::Signatures::default(),
-            headers: Headers::default(),
+            memo: Memo::default(),
         }
     }
 }
@@ -325,7 +370,8 @@ pub fn check(
                     "the proof's key is not the one the token is bound to".into(),
                 ));
             }
-            remember_jti(&jti, iat + config.max_age_seconds + p.skew, p.now, host).map(Some)
+            let until = iat + config.max_age_seconds + p.skew;
+            remember_jti(&jti, until, p.now, &config.memo, host).map(Some)
         }
         None if p.dpop_scheme => Err(SenderError::Token(
             "the DPoP scheme was used with a token that is not DPoP-bound",
@@ -406,7 +452,7 @@ pub fn verify_proof(
     else {
         return Err(bad("the proof is not a compact JWS"));
     };
-    let header = config.headers.read(h, config)?;
+    let header = config.memo.read(h, config)?;
     let claims = decode_part(c, "payload")?;
     let signature = URL_SAFE_NO_PAD
         .decode(s)
@@ -501,6 +547,15 @@ fn slot_key(hash: &[u8; 32]) -> String {
     format!("mcp-guard:dpop-jti:{n}")
 }
 
+/// Where the replay store's slot key is kept ([`Memo::seed`]).
+const SEED_KEY: &str = "mcp-guard:dpop-seed";
+
+/// How long after the slot key was drawn a proof recorded before it can still be live: versions
+/// without a key chose a proof's slot by SHA-256(`jti`) alone, and shared data outlives an
+/// in-place module update. A proof is remembered until its `iat` + `max_age_seconds` + the
+/// clock skew, `iat` at most the skew ahead: at most 600 + 2 × 600 seconds.
+const UNKEYED_SLOTS_LIVE: i64 = 600 + 2 * 600;
+
 /// A remembered proof in a slot: the first 16 bytes of SHA-256(`jti`), then the Unix second
 /// until which it is kept (i64, little-endian). Fixed records, so a proof reads and rewrites its
 /// slot without parsing or allocating per id (the slot was JSON before; see [`legacy_slot`]).
@@ -508,26 +563,45 @@ const RECORD: usize = 24;
 
 /// Records a proof's `jti` until `until` (Unix seconds); a `jti` seen before is a replay. The
 /// proof's id (hex) when it was recorded.
+///
+/// Its slot is chosen by SHA-256(slot key ‖ `jti`), the key random and this Envoy's own
+/// ([`Memo::seed`]): a client that could tell which slot a `jti` falls into could fill one
+/// slot with its own proofs (512) and so refuse 1/1024 of everyone's fresh proofs for the
+/// window (a full slot refuses; it never forgets a live id, which would let one be replayed).
 fn remember_jti(
     jti: &str,
     until: i64,
     now: i64,
+    memo: &Memo,
     host: &mut dyn Host,
 ) -> Result<String, SenderError> {
     let hash: [u8; 32] = Sha256::digest(jti.as_bytes()).into();
     let id = hash.get(..16).unwrap_or_default();
-    let key = slot_key(&hash);
+    let Some((seed, drawn)) = memo.seed(host) else {
+        return Err(SenderError::Proof(
+            "the proof could not be recorded; retry with a fresh proof".into(),
+        ));
+    };
+    let keyed: [u8; 32] = Sha256::new()
+        .chain_update(seed)
+        .chain_update(jti.as_bytes())
+        .finalize()
+        .into();
+    let key = slot_key(&keyed);
+    let unkeyed = slot_key(&hash);
+    if now <= drawn.saturating_add(UNKEYED_SLOTS_LIVE) && unkeyed != key {
+        let stored = host.shared_get(&unkeyed).unwrap_or_default();
+        let stored = legacy_slot(&stored).unwrap_or(stored);
+        if live_ids(&stored, now).any(|seen| seen == id) {
+            return Err(SenderError::Proof("the proof was used before (jti)".into()));
+        }
+    }
     for _ in 0..4 {
         let (stored, cas) = crate::host::shared_read(host, &key);
         let stored = legacy_slot(&stored).unwrap_or(stored);
         let mut slot = Vec::with_capacity(stored.len() + RECORD);
-        for record in stored.chunks_exact(RECORD) {
-            let (seen, expiry) = record.split_at(16);
-            let expiry = <[u8; 8]>::try_from(expiry).map_or(i64::MIN, i64::from_le_bytes);
-            if expiry < now {
-                continue;
-            }
-            if seen == id {
+        for record in live_records(&stored, now) {
+            if record.get(..16) == Some(id) {
                 return Err(SenderError::Proof("the proof was used before (jti)".into()));
             }
             slot.extend_from_slice(record);
@@ -546,6 +620,19 @@ fn remember_jti(
     Err(SenderError::Proof(
         "the proof could not be recorded; retry with a fresh proof".into(),
     ))
+}
+
+/// The records of a slot whose ids are still remembered at `now`.
+fn live_records(slot: &[u8], now: i64) -> impl Iterator<Item = &[u8]> {
+    slot.chunks_exact(RECORD).filter(move |record| {
+        let expiry = record.get(16..).and_then(|e| <[u8; 8]>::try_from(e).ok());
+        expiry.map_or(i64::MIN, i64::from_le_bytes) >= now
+    })
+}
+
+/// The ids of a slot still remembered at `now`.
+fn live_ids(slot: &[u8], now: i64) -> impl Iterator<Item = &[u8]> {
+    live_records(slot, now).filter_map(|record| record.get(..16))
 }
 
 /// A slot written by an earlier version of the filter (a JSON array of `[base64url id, expiry]`)

@@ -103,6 +103,12 @@ pub trait Host {
         self.shared_set(key, value);
         true
     }
+    /// Fills `out` with random bytes (Wasm: WASI `random_get`, which Envoy serves from its own
+    /// random source); false when the host has none. Only for what must be unknown to clients
+    /// and is shared through shared data, never per request (the DPoP replay store's slot key).
+    fn random(&mut self, _out: &mut [u8]) -> bool {
+        false
+    }
     /// Milliseconds since the Unix epoch.
     fn now_millis(&self) -> u64;
     /// Nanoseconds since the Unix epoch, for timing the filter's own work (`filter_us`).

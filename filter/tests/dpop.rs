@@ -123,6 +123,8 @@ fn one_proof_sent_to_two_workers_at_once_is_accepted_by_one() {
     // proof (an unconditional write of a slot found empty let both requests through).
     let config = config(false);
     let shared = Shared::default();
+    // A slot key drawn long ago: no slot of a version before it is read, only the proof's own.
+    seed_drawn(&shared, 3600);
     let token = bound_token(json!({ "jkt": jkt() }));
     let p = proof(&token, "POST", URL, NOW, "proof-raced");
     let first = Rc::new(std::cell::RefCell::new(None));
@@ -313,11 +315,129 @@ fn a_remembered_proof_header_does_not_vouch_for_the_next_signature() {
     );
 }
 
-/// The shared-data slot a proof id is remembered in, as the filter names it.
-fn slot_of(jti: &str) -> (String, [u8; 32]) {
+const SEED_KEY: &str = "mcp-guard:dpop-seed";
+
+/// The shared-data slot a proof id is remembered in, as the filter names it: chosen by
+/// SHA-256(this Envoy's slot key ‖ `jti`), the key drawn by the Envoy's first proof.
+fn slot_of(jti: &str, shared: &Shared) -> (String, [u8; 32]) {
+    let store = shared.borrow();
+    let seed = &store.bytes(SEED_KEY).expect("the slot key was drawn")[..32];
+    let keyed: [u8; 32] = Sha256::new()
+        .chain_update(seed)
+        .chain_update(jti.as_bytes())
+        .finalize()
+        .into();
+    (slot_name(&keyed), Sha256::digest(jti.as_bytes()).into())
+}
+
+/// The slot versions without a slot key chose: by SHA-256(`jti`) alone.
+fn unkeyed_slot_of(jti: &str) -> (String, [u8; 32]) {
     let hash: [u8; 32] = Sha256::digest(jti.as_bytes()).into();
+    (slot_name(&hash), hash)
+}
+
+fn slot_name(hash: &[u8; 32]) -> String {
     let n = u16::from_be_bytes([hash[0], hash[1]]) % 1024;
-    (format!("mcp-guard:dpop-jti:{n}"), hash)
+    format!("mcp-guard:dpop-jti:{n}")
+}
+
+/// A first proof on the Envoy of `shared`: its slot key is drawn.
+fn first_proof(config: &Rc<Config>, shared: &Shared, token: &str) {
+    let p = proof(token, "POST", URL, NOW, "first");
+    assert_eq!(
+        run(config, &mut request("DPoP", token, Some(&p), shared)),
+        Ok(())
+    );
+    assert!(shared.borrow().bytes(SEED_KEY).is_some());
+}
+
+/// The Envoy of `shared` drew its slot key `ago` seconds ago.
+fn seed_drawn(shared: &Shared, ago: i64) {
+    let mut seed = vec![7u8; 32];
+    seed.extend_from_slice(&(NOW - ago).to_le_bytes());
+    shared.borrow_mut().insert(SEED_KEY.into(), seed);
+}
+
+/// A record of the replay store: the id's 16 bytes and until when it is kept.
+fn record(hash: &[u8; 32], until: i64) -> Vec<u8> {
+    [&hash[..16], &until.to_le_bytes()].concat()
+}
+
+#[test]
+fn a_proofs_slot_depends_on_a_random_key_of_this_envoy() {
+    // A client that could tell which slot a `jti` falls into could fill one slot with its own
+    // proofs and so refuse everyone else's proofs that fall there.
+    let token = bound_token(json!({ "jkt": jkt() }));
+    let envoys: Vec<Shared> = (0..2).map(|_| Shared::default()).collect();
+    for (source, shared) in [1u8, 101].into_iter().zip(&envoys) {
+        let vm = config(false);
+        let p = proof(&token, "POST", URL, NOW, "first");
+        let mut host = request("DPoP", &token, Some(&p), shared);
+        host.random_source = Some(source);
+        assert_eq!(run(&vm, &mut host), Ok(()));
+        // Another worker VM (its own configuration, another draw) keeps the Envoy's key.
+        let other_vm = config(false);
+        let p = proof(&token, "POST", URL, NOW, "second");
+        let mut host = request("DPoP", &token, Some(&p), shared);
+        host.random_source = Some(source.wrapping_add(50));
+        assert_eq!(run(&other_vm, &mut host), Ok(()));
+        let seed = shared.borrow().bytes(SEED_KEY).unwrap().to_vec();
+        assert_eq!(seed.len(), 40);
+        assert_eq!(seed[0], source, "the first draw is kept");
+        assert_eq!(&seed[32..], &NOW.to_le_bytes(), "with when it was drawn");
+        for jti in ["first", "second"] {
+            let (slot, hash) = slot_of(jti, shared);
+            let stored = shared.borrow().bytes(&slot).unwrap().to_vec();
+            assert!(stored.chunks(24).any(|r| r[..16] == hash[..16]), "{jti}");
+        }
+    }
+    let jtis: Vec<String> = (0..8).map(|i| format!("proof-{i}")).collect();
+    let slots =
+        |shared: &Shared| -> Vec<String> { jtis.iter().map(|j| slot_of(j, shared).0).collect() };
+    assert_ne!(slots(&envoys[0]), slots(&envoys[1]), "each Envoy its own");
+    let unkeyed: Vec<String> = jtis.iter().map(|j| unkeyed_slot_of(j).0).collect();
+    assert_ne!(slots(&envoys[0]), unkeyed, "not the `jti`'s hash alone");
+
+    // No random source: no slot key, no proof recorded (fail closed).
+    let mut host = request(
+        "DPoP",
+        &token,
+        Some(&proof(&token, "POST", URL, NOW, "x")),
+        &Shared::default(),
+    );
+    host.random_source = None;
+    let (status, body, _) = run(&config(false), &mut host).unwrap_err();
+    assert_eq!(status, 401);
+    assert_eq!(
+        body["error_description"],
+        "the proof could not be recorded; retry with a fresh proof"
+    );
+}
+
+#[test]
+fn a_proof_recorded_in_its_unkeyed_slot_stays_refused_while_it_can_be_live() {
+    // Shared data outlives a module swap: proofs the version before recorded in the slot
+    // their hash alone chose are still read, for as long as one of them can be live.
+    let token = bound_token(json!({ "jkt": jkt() }));
+    for (drawn_ago, refused) in [(0, true), (1800, true), (1801, false)] {
+        let config = config(false);
+        let shared = Shared::default();
+        seed_drawn(&shared, drawn_ago);
+        let (unkeyed, hash) = unkeyed_slot_of("old-proof");
+        assert_ne!(slot_of("old-proof", &shared).0, unkeyed);
+        shared
+            .borrow_mut()
+            .insert(unkeyed, record(&hash, NOW + 60 * 60));
+        let p = proof(&token, "POST", URL, NOW, "old-proof");
+        let outcome = run(&config, &mut request("DPoP", &token, Some(&p), &shared));
+        match outcome {
+            Err((401, body, _)) if refused => {
+                assert_eq!(body["error_description"], "the proof was used before (jti)")
+            }
+            Ok(()) if !refused => {}
+            other => panic!("drawn {drawn_ago} s ago: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -326,7 +446,8 @@ fn a_proof_remembered_by_the_previous_version_stays_refused() {
     let config = config(false);
     let shared = Shared::default();
     let token = bound_token(json!({ "jkt": jkt() }));
-    let (key, hash) = slot_of("old-proof");
+    first_proof(&config, &shared, &token);
+    let (key, hash) = unkeyed_slot_of("old-proof");
     let id = URL_SAFE_NO_PAD.encode(&hash[..16]);
     let legacy = json!([["AAAAAAAAAAAAAAAAAAAAAA", NOW + 60], [id, NOW + 60]]);
     shared
@@ -338,8 +459,9 @@ fn a_proof_remembered_by_the_previous_version_stays_refused() {
     assert_eq!(status, 401);
     assert_eq!(body["error_description"], "the proof was used before (jti)");
 
-    // A new proof in a legacy slot is accepted; the slot now holds records, old ones kept.
-    let (key, _) = slot_of("new-proof");
+    // A new proof whose slot is a legacy one is accepted; the slot now holds records, old
+    // ones kept.
+    let (key, _) = slot_of("new-proof", &shared);
     shared
         .borrow_mut()
         .insert(key.clone(), legacy.to_string().into_bytes());
@@ -358,7 +480,8 @@ fn a_slot_forgets_expired_proofs_and_refuses_when_full_of_live_ones() {
     let config = config(false);
     let shared = Shared::default();
     let token = bound_token(json!({ "jkt": jkt() }));
-    let (key, _) = slot_of("p-1");
+    first_proof(&config, &shared, &token);
+    let (key, _) = slot_of("p-1", &shared);
     let records = |expiry: i64| -> Vec<u8> {
         (0u16..512)
             .flat_map(|i| {

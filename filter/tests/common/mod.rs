@@ -281,6 +281,9 @@ pub struct MockHost {
     pub refuse_headers: Vec<&'static str>,
     /// The request body the filter forwards in place of the client's (`replace_request_body`).
     pub replaced_request_body: Option<Vec<u8>>,
+    /// What the host's random source gives (`None`: it has none): byte `i` of a draw is
+    /// `source + i`, so two hosts with different sources draw different bytes.
+    pub random_source: Option<u8>,
 }
 
 impl Default for MockHost {
@@ -298,6 +301,7 @@ impl Default for MockHost {
             now_ms: NOW as u64 * 1000,
             refuse_headers: Vec::new(),
             replaced_request_body: None,
+            random_source: Some(1),
         }
     }
 }
@@ -497,6 +501,15 @@ impl Host for MockHost {
     }
     fn count(&mut self, name: &str, by: u64) {
         *self.counters.entry(name.to_string()).or_default() += by;
+    }
+    fn random(&mut self, out: &mut [u8]) -> bool {
+        let Some(source) = self.random_source else {
+            return false;
+        };
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = source.wrapping_add(i as u8);
+        }
+        true
     }
     fn now_millis(&self) -> u64 {
         self.now_ms
@@ -770,6 +783,9 @@ impl Host for CallHost {
     }
     fn count(&mut self, n: &str, by: u64) {
         self.inner.count(n, by)
+    }
+    fn random(&mut self, out: &mut [u8]) -> bool {
+        self.inner.random(out)
     }
     fn now_millis(&self) -> u64 {
         self.inner.now_millis()

@@ -790,6 +790,9 @@ impl Host for Envoy {
             log::warn!("mcp-guard: could not write the audit record: {e:?}");
         }
     }
+    fn random(&mut self, out: &mut [u8]) -> bool {
+        getrandom::getrandom(out).is_ok()
+    }
     fn now_millis(&self) -> u64 {
         if let Some(entered) = CALLBACK_CLOCK.with(Cell::get) {
             return entered / 1_000_000;
