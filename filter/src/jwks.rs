@@ -127,7 +127,21 @@ impl KeyManager {
             let Some(remote) = issuer.remote() else {
                 continue;
             };
-            if self.adopt(index, issuer, host) {
+            if self.adopt(index, issuer, now, host) {
+                report.changed.push(index);
+            }
+            // Keys older than `max_stale_seconds` (every fetch since failed, through this Envoy)
+            // are not used: a key the IdP withdrew (a compromised one) would otherwise still
+            // verify here while every replica that can fetch refuses it. 503 until a fetch
+            // succeeds, as before the first one.
+            let fetched_ms = self.local.get(index).map_or(0, |l| l.fetched_ms);
+            if issuer.keys().is_some() && now.saturating_sub(fetched_ms) > remote.max_stale_ms {
+                log::warn!(
+                    "mcp-guard: the keys of issuer {:?} could not be fetched for {} s (max_stale_seconds); its tokens are refused until a fetch succeeds",
+                    issuer.issuer,
+                    now.saturating_sub(fetched_ms) / 1000
+                );
+                issuer.uninstall_keys();
                 report.changed.push(index);
             }
             let (lease, cas) = lease::read(&lease_key(issuer), host);
@@ -330,7 +344,7 @@ impl KeyManager {
     }
 
     /// Adopts the JWKS another VM published, if newer than ours. Returns whether keys changed.
-    fn adopt(&mut self, index: usize, issuer: &Issuer, host: &mut dyn Host) -> bool {
+    fn adopt(&mut self, index: usize, issuer: &Issuer, now: u64, host: &mut dyn Host) -> bool {
         let Some((bytes, cas)) = host.shared_get_cas(&doc_key(issuer)) else {
             return false;
         };
@@ -343,6 +357,10 @@ impl KeyManager {
         let Ok(published) = serde_json::from_slice::<Published>(&bytes) else {
             return false;
         };
+        let max_stale = issuer.remote().map_or(u64::MAX, |r| r.max_stale_ms);
+        if now.saturating_sub(published.fetched_ms) > max_stale {
+            return false; // too old to use (see `tick`)
+        }
         let Ok(keys) = KeySet::from_json(&published.jwks) else {
             return false;
         };

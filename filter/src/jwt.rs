@@ -332,10 +332,15 @@ pub struct RemoteSource {
     /// `<issuer>/.well-known/openid-configuration`, when `discovery` is on.
     pub discovery_uri: Option<String>,
     pub refresh_ms: u64,
+    /// Fetched keys older than this (every fetch since failed) are not used.
+    pub max_stale_ms: u64,
     /// At most one fetch caused by an unknown `kid` per this interval.
     pub min_refetch_ms: u64,
     pub timeout_ms: u64,
 }
+
+/// How old fetched keys may grow while fetches fail (`max_stale_seconds`), by default: a day.
+pub const DEFAULT_KEYS_MAX_STALE: u64 = 24 * 60 * 60;
 
 /// One trusted token issuer.
 #[derive(Debug)]
@@ -393,6 +398,11 @@ pub(crate) struct RawIssuer {
     /// At most one re-fetch for an unknown `kid` per this many seconds (default 30).
     #[serde(default)]
     min_refetch_seconds: Option<u64>,
+    /// How old fetched keys may grow while every fetch fails before they are no longer used and
+    /// requests get 503 until a fetch succeeds, in seconds (default 86400, one day; at least
+    /// twice `refresh_seconds`): a key the IdP withdrew stops verifying on every replica.
+    #[serde(default)]
+    max_stale_seconds: Option<u64>,
     /// Key fetch timeout, in milliseconds (default 5000).
     #[serde(default)]
     fetch_timeout_ms: Option<u64>,
@@ -472,6 +482,12 @@ impl Issuer {
         let remote_wanted = raw.jwks_uri.is_some() || raw.discovery;
         let (source, keys) = match (raw.jwks, remote_wanted) {
             (Some(jwks), false) => {
+                if raw.max_stale_seconds.is_some() {
+                    return Err(ConfigError::new(
+                        at("max_stale_seconds"),
+                        "applies to fetched keys (jwks_uri or discovery); inline keys never grow stale: remove it",
+                    ));
+                }
                 let keys = KeySet::from_json(&jwks).map_err(|m| ConfigError::new(at("jwks"), m))?;
                 (KeySource::Inline, Some(Rc::new(keys)))
             }
@@ -498,11 +514,19 @@ impl Issuer {
                 if refresh == 0 {
                     return Err(ConfigError::new(at("refresh_seconds"), "must be positive"));
                 }
+                let max_stale = raw.max_stale_seconds.unwrap_or(DEFAULT_KEYS_MAX_STALE);
+                if max_stale < refresh.saturating_mul(2) {
+                    return Err(ConfigError::new(
+                        at("max_stale_seconds"),
+                        format!("must be at least twice refresh_seconds ({refresh}): a copy must survive a failed refresh"),
+                    ));
+                }
                 let remote = RemoteSource {
                     cluster,
                     jwks_uri: raw.jwks_uri,
                     discovery_uri,
                     refresh_ms: refresh.saturating_mul(1000),
+                    max_stale_ms: max_stale.saturating_mul(1000),
                     min_refetch_ms: raw.min_refetch_seconds.unwrap_or(30).saturating_mul(1000),
                     timeout_ms: raw.fetch_timeout_ms.unwrap_or(5000).max(1),
                 };
@@ -554,6 +578,13 @@ impl Issuer {
     /// The keys currently in use, if any have been loaded.
     pub fn keys(&self) -> Option<Rc<KeySet>> {
         self.keys.borrow().clone()
+    }
+
+    /// Stops using the keys (they grew older than `max_stale_seconds`): requests wait for keys,
+    /// then get 503, as before the first fetch.
+    pub fn uninstall_keys(&self) {
+        *self.keys.borrow_mut() = None;
+        self.generation.set(self.generation.get().wrapping_add(1));
     }
 
     /// Replaces the keys (the key manager does this when a new JWKS was fetched).

@@ -393,6 +393,72 @@ fn failed_fetches_keep_the_last_good_keys_and_back_off() {
 }
 
 #[test]
+fn keys_no_fetch_could_renew_for_max_stale_seconds_are_no_longer_used() {
+    // A replica that cannot reach its IdP must not go on trusting a key the IdP withdrew (a
+    // compromised one) while every replica that can fetch refuses it.
+    let mut vm = Vm::with(MockKeyHost::new(T0), json!({ "max_stale_seconds": 300 }));
+    bootstrap(&mut vm);
+    let mut t = T0;
+    while t < T0 + 300_000 {
+        t += 60_000;
+        vm.at(t).tick();
+        if let Some(call) = vm.host.calls.last().cloned() {
+            vm.keys
+                .on_response(&vm.auth, &mut vm.host, call.token, Some(503), Some(b""));
+        }
+        assert_eq!(vm.accepts(Signer::Es256), Ok(()), "kept within the bound");
+    }
+    let report = vm.at(T0 + 300_001).tick();
+    assert!(report.changed.contains(&0));
+    assert!(vm.issuer().keys().is_none());
+    assert_eq!(
+        vm.accepts(Signer::Es256),
+        Err(AuthError::NoKeys { issuer: 0 }),
+        "refused (503), as before the first fetch"
+    );
+    // Another VM of this Envoy does not adopt the stale copy either.
+    let mut sibling = Vm::with(vm.host.sibling(), json!({ "max_stale_seconds": 300 }));
+    sibling.at(T0 + 300_002).tick();
+    assert!(sibling.issuer().keys().is_none());
+    // A fetch that succeeds brings them back.
+    let calls = vm.host.calls.len();
+    vm.at(T0 + 400_000).tick();
+    assert_eq!(
+        vm.host.calls.len(),
+        calls + 1,
+        "retried without waiting a refresh"
+    );
+    let report = vm.respond(Some(200), &jwks(&[p256_public_jwk()]));
+    assert_eq!(report.changed, vec![0]);
+    assert_eq!(vm.accepts(Signer::Es256), Ok(()));
+}
+
+#[test]
+fn max_stale_seconds_defaults_to_a_day_and_must_outlast_two_refreshes() {
+    let issuer = remote_issuer(json!({}));
+    assert_eq!(issuer.remote().unwrap().max_stale_ms, 86_400_000);
+    let error = Issuer::from_config(
+        json!({
+            "issuer": ISSUER, "audiences": [RESOURCE], "discovery": true, "cluster": "idp",
+            "refresh_seconds": 60, "max_stale_seconds": 100,
+        }),
+        "issuers[0]",
+    )
+    .unwrap_err();
+    assert_eq!(error.field, "issuers[0].max_stale_seconds");
+    assert!(error.message.contains("twice refresh_seconds"), "{error}");
+    let error = Issuer::from_config(
+        json!({
+            "issuer": ISSUER, "audiences": [RESOURCE], "jwks": { "keys": [p256_public_jwk()] },
+            "max_stale_seconds": 3600,
+        }),
+        "issuers[0]",
+    )
+    .unwrap_err();
+    assert_eq!(error.field, "issuers[0].max_stale_seconds");
+}
+
+#[test]
 fn the_back_off_is_shared_with_other_vms() {
     let mut vm1 = Vm::new(MockKeyHost::new(T0));
     bootstrap(&mut vm1);

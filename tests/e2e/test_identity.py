@@ -274,3 +274,35 @@ def test_keys_are_refreshed_periodically_without_any_unknown_kid(tmp_path):
         assert s.call(s.token()).status_code == 200
     finally:
         s.stop()
+
+
+def test_keys_no_fetch_renewed_for_max_stale_seconds_are_no_longer_trusted(tmp_path):
+    """A replica that cannot reach its IdP keeps its last good keys for at most
+    `max_stale_seconds`, then refuses their tokens with 503 (never 401) until a fetch succeeds:
+    a key the IdP withdrew does not go on verifying there while other replicas refuse it."""
+    s = IdpStack(tmp_path, refresh_seconds=1, max_stale_seconds=3, key_wait_ms=500)
+    try:
+        token = s.token()
+        assert s.call(token).status_code == 200
+        s.idp.stop()
+        stopped = time.monotonic()
+        while (r := s.call(token)).status_code == 200:
+            assert time.monotonic() - stopped < 8, "still trusted 8 s after the IdP went away"
+            time.sleep(0.2)
+        elapsed = time.monotonic() - stopped
+        assert r.status_code == 503, r.text
+        assert r.json()["error"] == "temporarily_unavailable"
+        assert 2 <= elapsed <= 5, elapsed
+        time.sleep(1)  # the access log is flushed every 0.5 s
+        record = [a for a in s.envoy.audit() if a.get("status") == 503]
+        assert record and record[-1]["reason"] == "keys_unavailable", s.envoy.audit()[-3:]
+        assert "max_stale_seconds" in s.envoy.output()
+        # The IdP back (same port): a fetch succeeds and its tokens are accepted again.
+        s.idp = harness.Idp(s.workdir, s.idp_port)
+        token = s.token()
+        deadline = time.monotonic() + 10
+        while s.call(token).status_code != 200:
+            assert time.monotonic() < deadline, "not trusted again after the IdP came back"
+            time.sleep(0.3)
+    finally:
+        s.stop()
