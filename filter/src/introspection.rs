@@ -284,16 +284,18 @@ pub fn form_encode(value: &str) -> String {
 /// who was asked about it, for which issuer. Shared data is the process's, seen by every
 /// configuration whose VM shares the `vm_id` (and by the next configuration after an update):
 /// an answer another authorization server gave, or gave another client (RFC 7662 §2.2 lets it
-/// answer differently per protected resource), is not this issuer's answer.
-pub fn answer_key(issuer: &str, config: &Introspection, token: &str) -> [u8; 32] {
+/// answer differently per protected resource), is not this issuer's answer. The token enters
+/// as its SHA-256 (`token_sha256`), which the authenticator keeps for a caller's repeat
+/// requests: hashing a 1 KiB JWT again is most of what a cached answer would cost in Wasm.
+pub fn answer_key(issuer: &str, config: &Introspection, token_sha256: &[u8; 32]) -> [u8; 32] {
     crate::lease::digest_of(&[
-        "mcp-guard introspection",
-        issuer,
-        &config.cluster,
-        &config.authority,
-        &config.path,
-        &config.client_id,
-        token,
+        b"mcp-guard introspection".as_slice(),
+        issuer.as_bytes(),
+        config.cluster.as_bytes(),
+        config.authority.as_bytes(),
+        config.path.as_bytes(),
+        config.client_id.as_bytes(),
+        token_sha256,
     ])
 }
 

@@ -899,7 +899,7 @@ impl Authenticator {
         host: &mut dyn Host,
     ) -> Result<Rc<Answer>, AuthError> {
         let issuer = self.issuers.get(index).map_or("", |i| i.issuer.as_str());
-        let hash = introspection::answer_key(issuer, config, token);
+        let hash = introspection::answer_key(issuer, config, &self.token_digest(token));
         match self.introspector.lookup(index, config, token, &hash, host) {
             Lookup::Pending => Err(AuthError::IntrospectionPending { issuer: index }),
             Lookup::Ready(answer) => match &*answer {
@@ -1203,7 +1203,7 @@ impl Authenticator {
         };
         let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         check_times(claims, now, self.skew, false)?;
-        let hash = introspection::answer_key(&issuer.issuer, config, token);
+        let hash = introspection::answer_key(&issuer.issuer, config, &self.token_digest(token));
         // Not kept here (a full cache is emptied): asked again at the next event.
         Ok(self.introspector.cached_until(&hash).unwrap_or(now_ms))
     }

@@ -16,11 +16,12 @@ pub fn source_tag(parts: &[&str]) -> String {
 }
 
 /// SHA-256 of `parts`, each length-prefixed (no two lists of parts hash alike).
-pub fn digest_of(parts: &[&str]) -> [u8; 32] {
+pub fn digest_of<P: AsRef<[u8]>>(parts: &[P]) -> [u8; 32] {
     let mut h = Sha256::new();
     for part in parts {
+        let part = part.as_ref();
         h.update((part.len() as u64).to_be_bytes());
-        h.update(part.as_bytes());
+        h.update(part);
     }
     h.finalize().into()
 }
