@@ -46,6 +46,9 @@ pub struct Config {
     /// the record (`audit_columns`, default true). Each is a hostcall per request: an access log
     /// that reads only `wasm.mcp.audit` (envoy/mcp-guard.yaml) does not need them.
     pub audit_columns: bool,
+    /// What the configuration loads with but should not (a sealing key that is text): logged
+    /// when it loads, printed by `mcp-guard check`.
+    pub warnings: Vec<ConfigError>,
 }
 
 /// `rate_limit_service`: an `envoy.service.ratelimit.v3` service reached through an Envoy
@@ -684,7 +687,9 @@ impl Config {
                 }
             }
         }
-        let sessions = sessions_from_config(raw.sessions, env).map_err(|e| errors.push(e));
+        let mut warnings = Vec::new();
+        let sessions =
+            sessions_from_config(raw.sessions, env, &mut warnings).map_err(|e| errors.push(e));
         let dpop =
             crate::dpop::DpopConfig::from_config(raw.dpop, "dpop").map_err(|e| errors.push(e));
         if let (Ok(d), None) = (&dpop, &rate_limit_service) {
@@ -706,6 +711,7 @@ impl Config {
                 dpop,
                 rate_limit_service,
                 audit_columns: raw.audit_columns.unwrap_or(true),
+                warnings,
             }),
             _ => Err(errors),
         }
@@ -990,6 +996,7 @@ impl Credential {
 fn sessions_from_config(
     value: Option<Value>,
     env: &dyn Environment,
+    warnings: &mut Vec<ConfigError>,
 ) -> Result<Option<crate::seal::Keys>, ConfigError> {
     const FIELD: &str = "sessions";
     let Some(value) = value else {
@@ -1016,6 +1023,16 @@ fn sessions_from_config(
         "previous_key",
         env,
     )?;
+    for (name, key) in [("key", &current), ("previous_key", &previous)] {
+        // 32 random bytes are all printable ASCII once in ~10^14 draws: a key that is text is
+        // a passphrase (or the demo's published key), which can be guessed or is known.
+        if key.is_some_and(|k| k.iter().all(|b| (0x20..0x7f).contains(b))) {
+            warnings.push(ConfigError::new(
+                format!("sessions.{name}"),
+                "is text, not 32 random bytes (the value is not shown): whoever knows or guesses it can forge session, task and event handles for any caller. Use the output of `head -c32 /dev/urandom | base64` (the demo's key is published: never use it)",
+            ));
+        }
+    }
     let cipher = match raw.cipher.as_deref() {
         None => crate::seal::Cipher::default(),
         // The value is not quoted back: it may be a key written in the wrong member.

@@ -687,6 +687,25 @@ fn sealing_keys_come_from_the_environment() {
 }
 
 #[test]
+fn a_sealing_key_that_is_text_loads_with_a_warning() {
+    // Random bytes: no warning.
+    assert!(load(&valid(), &MapEnv::default())
+        .unwrap()
+        .warnings
+        .is_empty());
+    // The demo's published key ("mcp-guard demo session key (test"), as a previous key too.
+    let demo = "bWNwLWd1YXJkIGRlbW8gc2Vzc2lvbiBrZXkgKHRlc3Q=";
+    let mut config = valid();
+    config["sessions"] = json!({ "key": demo, "previous_key": demo });
+    let loaded = load(&config, &MapEnv::default()).expect("it still loads");
+    let fields: Vec<&str> = loaded.warnings.iter().map(|w| w.field.as_str()).collect();
+    assert_eq!(fields, ["sessions.key", "sessions.previous_key"]);
+    let said = loaded.warnings[0].to_string();
+    assert!(said.contains("head -c32 /dev/urandom | base64"), "{said}");
+    assert!(!said.contains(demo), "the key is not shown: {said}");
+}
+
+#[test]
 fn every_part_s_error_is_reported_in_order() {
     let mut config = valid();
     config["clock_skew_seconds"] = json!(601);

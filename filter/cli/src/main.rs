@@ -171,7 +171,12 @@ fn check(args: &[String]) -> Result<bool, String> {
         if value.get("servers").is_some() && value.get("rules").is_none() {
             let env = mcp_guard::config::ProcessEnv;
             match mcp_guard::config::Config::load(value.to_string().as_bytes(), &env) {
-                Ok(_) => println!("{}: ok: configuration loads", path.display()),
+                Ok(config) => {
+                    println!("{}: ok: configuration loads", path.display());
+                    for w in &config.warnings {
+                        println!("{}: warning: {w}", path.display());
+                    }
+                }
                 Err(errors) => {
                     for e in &errors {
                         // Secrets from the VM's environment are Envoy's to give: where this

@@ -166,6 +166,9 @@ impl RootContext for Root {
         };
         match Config::from_json(&bytes, &VmEnv) {
             Ok(mut config) => {
+                for w in &config.warnings {
+                    log::warn!("mcp-guard: {w}");
+                }
                 for (i, server) in config.servers.iter().enumerate() {
                     for w in &server.policy.warnings {
                         log::warn!("mcp-guard: servers[{i}].policy: {w}");
