@@ -588,11 +588,14 @@ fn remember_jti(
         .finalize()
         .into();
     let key = slot_key(&keyed);
-    let unkeyed = slot_key(&hash);
-    if now <= drawn.saturating_add(UNKEYED_SLOTS_LIVE) && unkeyed != key {
-        let stored = host.shared_get(&unkeyed).unwrap_or_default();
+    if now <= drawn.saturating_add(UNKEYED_SLOTS_LIVE) {
+        let unkeyed = slot_key(&hash);
+        let stored = (unkeyed != key)
+            .then(|| host.shared_get(&unkeyed))
+            .flatten()
+            .unwrap_or_default();
         let stored = legacy_slot(&stored).unwrap_or(stored);
-        if live_ids(&stored, now).any(|seen| seen == id) {
+        if live_records(&stored, now).any(|record| record.get(..16) == Some(id)) {
             return Err(SenderError::Proof("the proof was used before (jti)".into()));
         }
     }
@@ -628,11 +631,6 @@ fn live_records(slot: &[u8], now: i64) -> impl Iterator<Item = &[u8]> {
         let expiry = record.get(16..).and_then(|e| <[u8; 8]>::try_from(e).ok());
         expiry.map_or(i64::MIN, i64::from_le_bytes) >= now
     })
-}
-
-/// The ids of a slot still remembered at `now`.
-fn live_ids(slot: &[u8], now: i64) -> impl Iterator<Item = &[u8]> {
-    live_records(slot, now).filter_map(|record| record.get(..16))
 }
 
 /// A slot written by an earlier version of the filter (a JSON array of `[base64url id, expiry]`)

@@ -546,6 +546,15 @@ fn event_through(stream: &mut Stream, host: &mut CallHost, n: u32) -> Option<Vec
     }
 }
 
+/// A standing stream opened with the opaque token whose first event past the cache TTL (30 s)
+/// is held while the IdP is asked again.
+fn held_past_the_ttl(config: &Rc<Config>) -> (Stream, CallHost) {
+    let (mut stream, mut host) = standing_stream(config, OPAQUE);
+    host.inner.now_ms += 31_000;
+    assert_eq!(event_through(&mut stream, &mut host, 2), None, "held");
+    (stream, host)
+}
+
 #[test]
 fn a_standing_stream_goes_on_while_the_idp_still_vouches_for_its_token() {
     let config = config("opaque");
@@ -597,9 +606,7 @@ fn a_standing_stream_is_cut_once_the_idp_says_its_token_is_not_active() {
         (Some(503), Vec::new(), "not available"),
     ] {
         let config = config("opaque");
-        let (mut stream, mut host) = standing_stream(&config, OPAQUE);
-        host.inner.now_ms += 31_000;
-        assert_eq!(event_through(&mut stream, &mut host, 2), None, "{detail}");
+        let (mut stream, mut host) = held_past_the_ttl(&config);
         assert_eq!(
             answer(&config, &mut host, &mut stream, status, &body),
             Action::Pause,
@@ -619,9 +626,7 @@ fn a_standing_stream_is_cut_once_the_idp_says_its_token_is_not_active() {
 #[test]
 fn a_standing_stream_whose_idp_does_not_answer_in_time_is_cut() {
     let config = config("opaque");
-    let (mut stream, mut host) = standing_stream(&config, OPAQUE);
-    host.inner.now_ms += 31_000;
-    assert_eq!(event_through(&mut stream, &mut host, 2), None);
+    let (mut stream, mut host) = held_past_the_ttl(&config);
     let wait = stream.waiting().unwrap();
     // Resumed before the deadline with the call still out: held still.
     assert_eq!(stream.resume(&mut host), Action::Pause);
@@ -636,9 +641,7 @@ fn a_standing_stream_whose_idp_does_not_answer_in_time_is_cut() {
 #[test]
 fn trailers_wait_with_the_held_events_and_the_end_is_kept() {
     let config = config("opaque");
-    let (mut stream, mut host) = standing_stream(&config, OPAQUE);
-    host.inner.now_ms += 31_000;
-    assert_eq!(event_through(&mut stream, &mut host, 2), None);
+    let (mut stream, mut host) = held_past_the_ttl(&config);
     assert_eq!(stream.on_response_trailers(&mut host), BodyAction::Pause);
     answer(
         &config,

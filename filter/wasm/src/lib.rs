@@ -458,8 +458,6 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_body(&mut self, size: usize, end_of_stream: bool) -> WasmAction {
-        let id = self.id;
-        let exchange = Rc::clone(&self.exchange);
         let mut ex = self.exchange.borrow_mut();
         if ex.stream.holds_response_chunk(size, end_of_stream) {
             return WasmAction::Pause;
@@ -469,7 +467,8 @@ impl HttpContext for Http {
             let a = ex.check_response_body(size, end_of_stream);
             // A standing stream's events are held while its caller is confirmed (once listed).
             if !waited && ex.stream.waiting().is_some() {
-                WAITING.with(|w| w.borrow_mut().add(id, exchange));
+                let exchange = Rc::clone(&self.exchange);
+                WAITING.with(|w| w.borrow_mut().add(self.id, exchange));
             }
             a
         })
