@@ -47,6 +47,7 @@ mod phase;
 mod replay;
 mod waiting;
 
+pub use confirm::{Idle, MAX_STANDING_STREAMS};
 pub use declarations::MAX_DECLARATIONS_ANSWER;
 use phase::Phase;
 pub use waiting::{Wait, Waiting};

@@ -9,7 +9,7 @@ use std::rc::Rc;
 
 use common::*;
 use mcp_guard::config::Config;
-use mcp_guard::flow::{Action, BodyAction, Stream};
+use mcp_guard::flow::{Action, BodyAction, Idle, Stream};
 use serde_json::{json, Value};
 
 const OPAQUE: &str = "2YotnFZFEjr1zCsicMWpAA";
@@ -681,4 +681,123 @@ fn a_stream_opened_with_a_verified_jwt_asks_no_idp_unless_always() {
         br#"{"active":false}"#,
     );
     assert_eq!(host.inner.resets, 1);
+}
+
+/// A standing stream past the cache TTL (30 s) with no event: the IdP is asked between events.
+fn idle_past_the_ttl(config: &Rc<Config>) -> (Stream, CallHost) {
+    let (mut stream, mut host) = standing_stream(config, OPAQUE);
+    assert!(stream.is_standing());
+    let calls = host.http_calls.len();
+    // Within the TTL nobody is asked.
+    host.inner.now_ms += 29_000;
+    assert_eq!(stream.check_idle(&mut host), Idle::Open);
+    assert_eq!(host.http_calls.len(), calls);
+    host.inner.now_ms += 2_000;
+    assert_eq!(stream.check_idle(&mut host), Idle::Asked);
+    assert_eq!(host.http_calls.len(), calls + 1, "one introspection call");
+    assert!(stream.waiting().is_some());
+    assert_eq!(stream.check_idle(&mut host), Idle::Open, "asked once");
+    assert_eq!(host.http_calls.len(), calls + 1);
+    (stream, host)
+}
+
+#[test]
+fn an_idle_standing_stream_is_cut_once_the_idp_says_its_token_is_not_active() {
+    let config = config("opaque");
+    let (mut stream, mut host) = idle_past_the_ttl(&config);
+    assert_eq!(
+        answer(
+            &config,
+            &mut host,
+            &mut stream,
+            Some(200),
+            br#"{"active":false}"#
+        ),
+        Action::Pause
+    );
+    assert_eq!(stream.take_due_answer(), None);
+    assert_eq!(host.inner.resets, 1, "cut without waiting for an event");
+    let record = host.inner.record();
+    assert_eq!(record["reason"], "token_ended_mid_stream");
+    assert!(record["detail"].as_str().unwrap().contains("not active"));
+    assert!(!stream.is_standing());
+    assert_eq!(stream.check_idle(&mut host), Idle::Over);
+}
+
+#[test]
+fn an_idle_standing_stream_the_idp_still_vouches_for_goes_on_and_nothing_is_resumed() {
+    let config = config("opaque");
+    let (mut stream, mut host) = idle_past_the_ttl(&config);
+    // Nothing was held: nothing for the adapter to let go (no resume of a stream not paused).
+    assert_eq!(
+        answer(
+            &config,
+            &mut host,
+            &mut stream,
+            Some(200),
+            &active(json!({}))
+        ),
+        Action::Pause
+    );
+    assert_eq!(stream.take_due_answer(), None);
+    assert!(stream.waiting().is_none());
+    assert_eq!(host.inner.resets, 0);
+    let calls = host.http_calls.len();
+    assert_eq!(event_through(&mut stream, &mut host, 2), Some(event(2)));
+    assert_eq!(stream.check_idle(&mut host), Idle::Open);
+    assert_eq!(
+        host.http_calls.len(),
+        calls,
+        "the new answer holds for the TTL"
+    );
+}
+
+#[test]
+fn an_event_that_comes_while_an_idle_stream_is_asked_about_is_held_until_the_answer() {
+    let config = config("opaque");
+    let (mut stream, mut host) = idle_past_the_ttl(&config);
+    assert_eq!(event_through(&mut stream, &mut host, 2), None, "held");
+    assert_eq!(
+        answer(
+            &config,
+            &mut host,
+            &mut stream,
+            Some(200),
+            &active(json!({}))
+        ),
+        Action::Continue
+    );
+    assert_eq!(stream.take_due_answer(), Some(false));
+    // Trailers while asked: held with the end kept.
+    let config = self::config("opaque");
+    let (mut stream, mut host) = idle_past_the_ttl(&config);
+    assert_eq!(stream.on_response_trailers(&mut host), BodyAction::Pause);
+    answer(
+        &config,
+        &mut host,
+        &mut stream,
+        Some(200),
+        &active(json!({})),
+    );
+    assert_eq!(stream.take_due_answer(), Some(true));
+}
+
+#[test]
+fn an_idle_standing_stream_ends_when_its_jwt_expires() {
+    let mut claims = claims_for("alice", &["sales"], "");
+    claims["exp"] = json!(NOW + 60);
+    let jwt = sign(Signer::Es256, &claims);
+    let (mut stream, mut host) = standing_stream(&config("opaque"), &jwt);
+    host.inner.now_ms += 30_000;
+    assert_eq!(stream.check_idle(&mut host), Idle::Open);
+    host.inner.now_ms += 600_000;
+    assert_eq!(stream.check_idle(&mut host), Idle::Over);
+    assert!(host.http_calls.is_empty(), "a verified JWT asks no IdP");
+    assert_eq!(host.inner.resets, 1);
+    let record = host.inner.record();
+    assert_eq!(record["reason"], "token_ended_mid_stream");
+    assert!(
+        record["detail"].as_str().unwrap().contains("expired"),
+        "{record}"
+    );
 }

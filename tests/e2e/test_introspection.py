@@ -256,3 +256,55 @@ def test_a_subscription_ends_soon_after_its_opaque_token_is_revoked(tmp_path):
         assert not any(listener_token in json.dumps(a) for a in s.envoy.audit())
     finally:
         s.stop()
+
+
+def test_a_quiet_subscription_ends_soon_after_its_opaque_token_is_revoked(tmp_path):
+    """The same subscription with nothing more to say after the revocation: it does not wait
+    for its next event (which may come hours later, or never) to end. Between events the filter
+    looks at each standing stream about once a second; once the IdP's answer that admitted it
+    is older than cache_ttl_seconds the IdP is asked again, and the stream is cut when it says
+    the token is not active (the time from the revocation to the end is measured and printed)."""
+    s = IntrospectionStack(tmp_path, cache_ttl=2, server=Upstream2026)
+    listener_token, actor_token = s.opaque(), s.opaque()
+    seen = {}
+
+    def sdk(token):
+        http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+        return Client(streamable_http_client(s.envoy.url, http_client=http), mode=PROTOCOL)
+
+    async def session():
+        async with sdk(actor_token) as actor:
+            try:
+                async with sdk(listener_token) as listener:
+                    async with listener.listen(resource_subscriptions=["crm://customers/c-300"]) as sub:
+                        await actor.call_tool("touch_customer", {"customer_id": "c-300"})
+                        with anyio.fail_after(10):
+                            await anext(sub)
+                        seen["event"] = True
+                        s.revoke(listener_token)
+                        seen["revoked_at"] = time.monotonic()
+                        # Nobody touches the resource again: no event comes.
+                        with anyio.move_on_after(15):
+                            try:
+                                await anext(sub)
+                                seen["late_event"] = True
+                            except Exception:  # the cut stream
+                                pass
+                            seen["ended_at"] = time.monotonic()
+            except Exception:  # the cut stream ends the listener's session
+                seen.setdefault("ended_at", time.monotonic())
+
+    try:
+        asyncio.run(session())
+        assert seen.get("event"), seen
+        assert "late_event" not in seen, "no event was sent after the revocation"
+        assert "ended_at" in seen, "the quiet stream stayed open 15 s after the revocation"
+        took = seen["ended_at"] - seen["revoked_at"]
+        print(f"\nquiet subscription (cache_ttl_seconds 2): ended {took:.2f} s after the revocation at the IdP")
+        # The TTL (2 s), the next look (at most 1 s later), the IdP's answer, and the SDK's own
+        # attempt to resume the cut stream (refused: 401) before it gives up.
+        assert took <= 6.0, took
+        cut = wait_record(s.envoy, "token_ended_mid_stream")
+        assert cut["decision"] == "error" and "not active" in cut["detail"], cut
+    finally:
+        s.stop()

@@ -70,9 +70,10 @@ impl Stream {
         }
         let trailers = host.response_trailers();
         if super::answer::redact_fields(host, &trailers, server, super::answer::Fields::Trailers) {
-            if let Phase::ConfirmingCaller { ended, .. } = &mut self.phase {
+            if let Phase::ConfirmingCaller { ended, held, .. } = &mut self.phase {
                 // The events before them are held: so are they, until the caller is confirmed.
                 *ended = true;
+                *held = true;
                 return BodyAction::Pause;
             }
             return BodyAction::Continue;
@@ -97,7 +98,7 @@ impl Stream {
         if let Err(ended) = self.caller_still_valid(now) {
             return self.end_stream(host, &ended);
         }
-        match self.confirm_caller(host, now, end_of_stream) {
+        match self.confirm_caller(host, now, Some(end_of_stream)) {
             Confirmation::Holds => {}
             Confirmation::Asked => return BodyAction::Pause,
             Confirmation::Ended(ended) => return self.end_stream(host, &ended),
@@ -231,7 +232,7 @@ impl Stream {
     /// only while the token that opened it would still be accepted
     /// ([`crate::jwt::Authenticator::still_valid`]). The answer to a request, held or streamed,
     /// is the end of a request decided when it came: it is delivered whole.
-    fn caller_still_valid(&self, now_ms: u64) -> Result<(), crate::jwt::AuthError> {
+    pub(super) fn caller_still_valid(&self, now_ms: u64) -> Result<(), crate::jwt::AuthError> {
         match (&self.phase, &self.identity) {
             (Phase::StreamingEvents(_), Some(identity)) if self.standing => {
                 let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);

@@ -8,11 +8,34 @@
 //! once it says active, and the stream is cut (`token_ended_mid_stream`) when it says anything
 //! else, does not answer in time, or cannot be asked (fail closed, as a new request would get
 //! 401 or 503). A token revoked at the IdP so stops a stream as soon as it stops a request, plus
-//! one introspection call. An idle stream is asked about at its next event.
+//! one introspection call.
+//!
+//! A stream nobody writes to is looked at between events too: the adapter keeps the VM's
+//! standing streams and about once a second has each checked as its next event would be
+//! ([`Stream::check_idle`]: the token's `exp`, the revocation feed, the IdP asked again once
+//! its answer ran out). So a quiet subscription ends when its token does, not hours later at
+//! its next event; asking about it holds nothing, and an active answer lets nothing go.
 
 use super::{BodyAction, Phase, Stream, Wait};
 use crate::host::Host;
 use crate::jwt::AuthError;
+
+/// The most standing streams one VM keeps to look at between events
+/// ([`Stream::check_idle`]); more are checked only at their events, as before. Envoy bounds the
+/// streams (connections, HTTP/2 streams per connection) far below this in any deployment the
+/// filter is priced for; the bound keeps the list finite whatever the listener allows.
+pub const MAX_STANDING_STREAMS: usize = 65_536;
+
+/// What a look at a standing stream between its events found ([`Stream::check_idle`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// It stays open; nothing to do.
+    Open,
+    /// The IdP is being asked about its caller: the adapter adds it to the waiting list.
+    Asked,
+    /// It was cut (its token ended), or it is no longer a standing stream: forget it.
+    Over,
+}
 
 /// Whether a standing stream's events may go on now.
 pub(super) enum Confirmation {
@@ -25,16 +48,52 @@ pub(super) enum Confirmation {
 }
 
 impl Stream {
-    /// Before a standing stream's chunk is checked: asks the IdP again once the answer the
-    /// stream relies on has run out (`now_ms`). While it is asked, every chunk is held.
+    /// Whether this is a standing stream whose events pass (or are held while its caller is
+    /// confirmed): the adapter keeps such streams to look at them between events.
+    pub fn is_standing(&self) -> bool {
+        self.standing
+            && matches!(
+                self.phase,
+                Phase::StreamingEvents(_) | Phase::ConfirmingCaller { .. }
+            )
+    }
+
+    /// A standing stream between its events: its caller is checked as its next event would
+    /// check it (see the module documentation). The record of a cut stream says why, as at an
+    /// event.
+    pub fn check_idle(&mut self, host: &mut dyn Host) -> Idle {
+        match self.phase {
+            Phase::ConfirmingCaller { .. } => return Idle::Open,
+            Phase::StreamingEvents(_) if self.standing => {}
+            _ => return Idle::Over,
+        }
+        let now = host.now_millis();
+        let ended = match self.caller_still_valid(now) {
+            Err(ended) => ended,
+            Ok(()) => match self.confirm_caller(host, now, None) {
+                Confirmation::Holds => return Idle::Open,
+                Confirmation::Asked => return Idle::Asked,
+                Confirmation::Ended(ended) => ended,
+            },
+        };
+        self.end_stream(host, &ended);
+        Idle::Over
+    }
+
+    /// Before a standing stream's chunk is checked (`chunk`: `Some(end_of_stream)`), or
+    /// between its events (`None`): asks the IdP again once the answer the stream relies on
+    /// has run out (`now_ms`). While it is asked, every chunk is held.
     pub(super) fn confirm_caller(
         &mut self,
         host: &mut dyn Host,
         now_ms: u64,
-        end_of_stream: bool,
+        chunk: Option<bool>,
     ) -> Confirmation {
-        if let Phase::ConfirmingCaller { ended, .. } = &mut self.phase {
-            *ended |= end_of_stream;
+        if let Phase::ConfirmingCaller { ended, held, .. } = &mut self.phase {
+            if let Some(end_of_stream) = chunk {
+                *ended |= end_of_stream;
+                *held = true;
+            }
             return Confirmation::Asked;
         }
         if !self.standing
@@ -55,7 +114,8 @@ impl Stream {
                         self.phase = Phase::ConfirmingCaller {
                             events,
                             wait,
-                            ended: end_of_stream,
+                            ended: chunk == Some(true),
+                            held: chunk.is_some(),
                         };
                         Confirmation::Asked
                     }
@@ -71,16 +131,18 @@ impl Stream {
 
     /// The IdP's answer about the caller came (or the wait's deadline passed): the held events
     /// are due (see [`Stream::take_due_answer`]), or the stream is cut. `Pause` while the
-    /// answer is still to come.
+    /// answer is still to come, and when nothing was held (the adapter resumes nothing).
     pub(super) fn resume_confirming(
         &mut self,
         host: &mut dyn Host,
         events: Box<crate::sse::SseRewriter>,
         wait: Wait,
         ended: bool,
+        held: bool,
     ) -> super::Action {
         self.phase = Phase::StreamingEvents(events);
         match self.ask_again(host) {
+            Ok(()) if !held => super::Action::Pause,
             Ok(()) => {
                 self.answer_due = Some(ended);
                 super::Action::Continue
@@ -93,6 +155,7 @@ impl Stream {
                         events,
                         wait,
                         ended,
+                        held,
                     };
                 }
                 super::Action::Pause

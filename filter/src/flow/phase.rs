@@ -55,11 +55,14 @@ pub(super) enum Phase {
     /// A standing stream's events are held (Envoy buffers them) while the IdP is asked again
     /// whether the token that opened it is still active (`flow/answer_body.rs`); then
     /// [`Stream::resume`] lets them go on, checked, or cuts the stream. `ended`: the answer's
-    /// end came while they were held.
+    /// end came while they were held. `held`: Envoy holds something of the answer (events or
+    /// trailers came meanwhile); an idle stream asked about between events holds nothing
+    /// ([`Stream::check_idle`]).
     ConfirmingCaller {
         events: Box<SseRewriter>,
         wait: Wait,
         ended: bool,
+        held: bool,
     },
     /// Answered locally, or nothing is left to decide.
     Done,

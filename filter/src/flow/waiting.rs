@@ -94,7 +94,8 @@ impl Stream {
                 events,
                 wait,
                 ended,
-            } => return self.resume_confirming(host, events, wait, ended),
+                held,
+            } => return self.resume_confirming(host, events, wait, ended, held),
             other => {
                 self.phase = other;
                 return Action::Pause;

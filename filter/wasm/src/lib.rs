@@ -11,7 +11,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
@@ -23,7 +23,7 @@ use proxy_wasm::types::{
 use mcp_guard::config::{Config, Environment};
 use mcp_guard::crypto::{self, SignatureHost, Signatures, VerifyRequest};
 use mcp_guard::feeds::FeedManager;
-use mcp_guard::flow::{Action, BodyAction, Stream, Waiting};
+use mcp_guard::flow::{Action, BodyAction, Idle, Stream, Waiting, MAX_STANDING_STREAMS};
 use mcp_guard::host::{Header, Host, HostError};
 use mcp_guard::jwks::{KeyManager, Report};
 use mcp_guard::metrics;
@@ -31,18 +31,23 @@ use mcp_guard::metrics;
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> {
-        Box::new(Root { id, config: None, keys: None, feeds: None })
+        Box::new(Root { id, config: None, keys: None, feeds: None, next_look_ms: 0 })
     });
 }}
 
-/// How often the root context looks at shared keys and due fetches (only with remote JWKS).
+/// How often the root context looks at shared keys and due fetches.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the standing streams are looked at between their events.
+const LOOK_EVERY_MS: u64 = 1_000;
 
 thread_local! {
     /// Requests of this VM waiting for keys, by context id.
     static WAITING: RefCell<Waiting<Rc<RefCell<Exchange>>>> = RefCell::new(Waiting::default());
     /// Counter ids by name, defined on first use in this VM.
     static METRICS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+    /// This VM's standing streams (a GET stream, a subscription), by context id, looked at
+    /// between their events ([`look_at_standing_streams`]). A stream leaves when it ends.
+    static STANDING: RefCell<HashMap<u32, Weak<RefCell<Exchange>>>> = RefCell::new(HashMap::new());
 }
 
 /// `vm_config.environment_variables`, which Envoy exposes to the VM as its WASI environment.
@@ -60,6 +65,8 @@ struct Root {
     keys: Option<KeyManager>,
     /// Fetched revocation feeds (only when an issuer has one).
     feeds: Option<FeedManager>,
+    /// When the standing streams are looked at next.
+    next_look_ms: u64,
 }
 
 impl Root {
@@ -89,6 +96,44 @@ fn release(report: &Report, back_to: u32) {
             exchange.borrow_mut().resume(id, &exchange);
         }
     }
+    let _ = hostcalls::set_effective_context(back_to);
+}
+
+/// Has each standing stream's caller checked between events ([`Stream::check_idle`]): one
+/// whose token ended is cut (as the context it is, so that Envoy resets that stream), one whose
+/// IdP is asked waits like a request; then makes `back_to` the effective context again.
+fn look_at_standing_streams(back_to: u32) {
+    let streams: Vec<(u32, Weak<RefCell<Exchange>>)> = STANDING.with(|s| {
+        s.borrow()
+            .iter()
+            .map(|(id, ex)| (*id, ex.clone()))
+            .collect()
+    });
+    let mut over = Vec::new();
+    for (id, exchange) in streams {
+        let Some(exchange) = exchange.upgrade() else {
+            over.push(id);
+            continue;
+        };
+        let Ok(mut ex) = exchange.try_borrow_mut() else {
+            continue;
+        };
+        if hostcalls::set_effective_context(id).is_err() {
+            over.push(id);
+            continue;
+        }
+        match ex.stream.check_idle(&mut Envoy) {
+            Idle::Open => {}
+            Idle::Asked => WAITING.with(|w| w.borrow_mut().add(id, Rc::clone(&exchange))),
+            Idle::Over => over.push(id),
+        }
+    }
+    STANDING.with(|s| {
+        let mut s = s.borrow_mut();
+        for id in over {
+            s.remove(&id);
+        }
+    });
     let _ = hostcalls::set_effective_context(back_to);
 }
 
@@ -182,9 +227,10 @@ impl RootContext for Root {
                 self.keys = remote.then(|| KeyManager::new(&config.authenticator));
                 let feeds = FeedManager::has_remote(&config.authenticator);
                 self.feeds = feeds.then(|| FeedManager::new(&config.authenticator));
-                let remote = remote || feeds || config.authenticator.has_introspection();
                 self.config = Some(Rc::new(config));
-                let _ = hostcalls::set_tick_period(if remote { TICK } else { Duration::ZERO });
+                // Always: standing streams are looked at between their events, whatever the
+                // configuration (a token's `exp` ends them too).
+                let _ = hostcalls::set_tick_period(TICK);
                 true
             }
             Err(e) => {
@@ -214,6 +260,11 @@ impl RootContext for Root {
             };
             // Also releases the requests whose wait deadline passed.
             release(&report, self.id);
+        }
+        let now = Host::now_millis(&Envoy);
+        if now >= self.next_look_ms {
+            self.next_look_ms = now.saturating_add(LOOK_EVERY_MS);
+            look_at_standing_streams(self.id);
         }
     }
 
@@ -317,6 +368,7 @@ impl Drop for Http {
     fn drop(&mut self) {
         let id = self.id;
         WAITING.with(|w| w.borrow_mut().remove(id));
+        STANDING.with(|s| s.borrow_mut().remove(&id));
     }
 }
 
@@ -448,6 +500,14 @@ impl HttpContext for Http {
                 .stream
                 .on_response_headers(&mut Envoy, status, end_of_stream);
             RESPONSE_HEADERS.with(|h| h.replace(None));
+            if ex.stream.is_standing() {
+                STANDING.with(|s| {
+                    let mut s = s.borrow_mut();
+                    if s.len() < MAX_STANDING_STREAMS {
+                        s.insert(self.id, Rc::downgrade(&self.exchange));
+                    }
+                });
+            }
             action(a)
         })
     }
