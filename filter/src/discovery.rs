@@ -719,6 +719,10 @@ impl Scan<'_> {
                 s.object(|s, key| {
                     if CACHING_MEMBERS.iter().any(|m| s.key_is(&key, m)) {
                         info.cacheable = true;
+                    } else if s.key_is_variant(&key, &CACHING_MEMBERS) {
+                        // `CacheScope` beside the `cacheScope` the filter makes private: a
+                        // client that matches names by case (Go's encoding/json) would read it.
+                        return None;
                     }
                     let Some(i) = kinds.iter().position(|k| s.key_is(&key, k.list_key())) else {
                         if kinds

@@ -412,6 +412,46 @@ fn a_cacheable_result_of_any_method_is_private() {
     }
 }
 
+/// A caching member written in another case (`CacheScope`, `cacheſcope`) would stay beside
+/// the `cacheScope: "private"` the filter sets, and a client that matches member names by case
+/// (Go's encoding/json, the last one winning) would read the server's: refused as ambiguous,
+/// a held answer with 502 and a stream cut, like a duplicate.
+#[test]
+fn a_caching_member_in_another_case_is_refused() {
+    let shared = Shared::default();
+    for member in ["CacheScope", "CACHESCOPE", "cache\\u017fcope", "TtlMs", "ResultType"] {
+        for content_type in ["application/json", "text/event-stream"] {
+            let mut h = host(
+                &shared,
+                &[
+                    ("mcp-protocol-version", MODERN),
+                    ("mcp-method", "server/discover"),
+                ],
+            );
+            let (mut stream, action) = send(&mut h, &body(3, "server/discover", json!({})));
+            assert_eq!(action, Action::Continue);
+            h.set_response(&[(":status", "200"), ("content-type", content_type)]);
+            stream.on_response_headers(&mut h, Some(200), false);
+            let message = format!(
+                r#"{{"jsonrpc":"2.0","id":3,"result":{{"resultType":"complete","ttlMs":60000,"{member}":"public","serverInfo":{{"name":"crm"}}}}}}"#
+            );
+            let answer = if content_type == "application/json" {
+                message
+            } else {
+                format!("event: message\ndata: {message}\n\n")
+            };
+            let action = stream.on_response_body(&mut h, answer.as_bytes(), true);
+            assert_eq!(action, BodyAction::Pause, "{member} {content_type}");
+            if content_type == "application/json" {
+                assert_eq!(h.reply().status, 502, "{member}");
+            } else {
+                assert_eq!(h.resets, 1, "{member}: the stream is cut");
+            }
+            assert_eq!(h.record()["decision"], "error", "{member}");
+        }
+    }
+}
+
 #[test]
 fn trace_context_is_recorded() {
     let shared = Shared::default();
