@@ -1351,6 +1351,24 @@ fn a_batch_element_is_checked_as_if_sent_alone() {
     }
 }
 
+/// A `subscriptions/listen` opens a standing stream, watched for its token's end (`exp`, the
+/// revocation feed, the IdP) only when it comes alone: in a batch it is refused, however valid.
+#[test]
+fn a_listen_in_a_batch_is_refused() {
+    let listen = json!({"jsonrpc":"2.0","id":1,"method":"subscriptions/listen",
+        "params":{"notifications":{"resourceSubscriptions":["crm://customers/c-1"]}}})
+    .to_string()
+    .into_bytes();
+    let ping = br#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#.to_vec();
+    let mut host = post_host(Some(&alice()), &[("mcp-protocol-version", "2025-03-26")]);
+    let (_, action) = send(&config(), &mut host, &batch(&[listen, ping]));
+    assert_eq!(action, Action::Pause, "not forwarded");
+    let reply = host.reply();
+    assert_eq!(reply.status, 400);
+    let said = reply.json().to_string();
+    assert!(said.contains("send it alone"), "{said}");
+}
+
 #[test]
 fn batch_in_2025_06_18_is_400() {
     let mut host = post_host(Some(&alice()), &[("mcp-protocol-version", "2025-06-18")]);

@@ -47,6 +47,15 @@ impl Stream {
                 let id = m.id.clone();
                 return self.refuse(host, record, Refusal::HeaderMismatch { id, detail });
             }
+            // Its answer would be a standing stream that outlives the batch's request, watched
+            // for its token's end only when the message comes alone (`Stream::standing`).
+            if m.method == crate::protocol::LISTEN {
+                let e = mcp::ParseError::Invalid(format!(
+                    "{} opens a standing stream: send it alone, not in a batch",
+                    crate::protocol::LISTEN
+                ));
+                return self.refuse(host, record, invalid(&e));
+            }
         }
         let named = ["mcp-method", "mcp-name"]
             .into_iter()
