@@ -196,6 +196,24 @@ pub struct Verdict {
     pub applied: Option<bool>,
     /// The applied limit's `requests_per_unit`, when the service named one.
     pub per_unit: Option<u32>,
+    /// The applied limit's window in seconds, when the service named a unit (a service whose
+    /// windows are no calendar unit, limitador's, says `UNKNOWN`: `None`).
+    pub window_seconds: Option<u64>,
+}
+
+/// The seconds of a `RateLimitResponse.RateLimit.Unit`; `None` for `UNKNOWN` and values this
+/// filter does not know.
+fn unit_seconds(unit: i32) -> Option<u64> {
+    match unit {
+        1 => Some(1),
+        2 => Some(60),
+        3 => Some(3_600),
+        4 => Some(86_400),
+        5 => Some(28 * 86_400),  // MONTH: at least
+        6 => Some(365 * 86_400), // YEAR
+        7 => Some(7 * 86_400),   // WEEK
+        _ => None,
+    }
 }
 
 /// Reads a `ShouldRateLimit` answer: one verdict per descriptor sent (`expected`), or why the
@@ -219,6 +237,7 @@ pub fn response(bytes: &[u8], expected: usize) -> Result<Vec<Verdict>, String> {
             }),
             applied: Some(s.current_limit.is_some()),
             per_unit: s.current_limit.as_ref().map(|l| l.requests_per_unit),
+            window_seconds: s.current_limit.as_ref().and_then(|l| unit_seconds(l.unit)),
         })
         .collect();
     // The overall code is what Envoy's own rate limit filter acts on: statuses that leave an
@@ -235,6 +254,7 @@ pub fn response(bytes: &[u8], expected: usize) -> Result<Vec<Verdict>, String> {
             reset_ms: None,
             applied: None,
             per_unit: None,
+            window_seconds: None,
         })
         .collect())
 }
@@ -324,6 +344,7 @@ mod tests {
                 reset_ms: Some(12_500),
                 applied: Some(true),
                 per_unit: Some(1),
+                window_seconds: Some(86_400),
             }]
         );
         // A status without a limit: no limit matched; no statuses: the overall code decides.

@@ -679,6 +679,36 @@ fn a_service_letting_a_proof_through_more_than_once_is_not_a_replay_check() {
     );
 }
 
+/// A limit of one use per SECOND or MINUTE forgets the proof within the time it stays fresh
+/// (60 s plus twice the 60 s skew here): another replica would take it again later. Not a
+/// replay check: 503, saying what to configure. An HOUR, or a window the service names no
+/// unit for (limitador's 180 s), is taken.
+#[test]
+fn a_service_forgetting_a_proof_before_it_goes_stale_is_not_a_replay_check() {
+    for unit in [1, 2] {
+        let (mut stream, mut host) = fleet_request(&Shared::default(), "fleet-6");
+        stream.on_grpc_answer(&mut host, 7, 0, Some(&rls_answer_per(1, 0, 1, unit)));
+        let reply = host.inner.reply();
+        assert_eq!(reply.status, 503, "unit {unit}");
+        let said = reply.json()["error_description"].to_string();
+        assert!(
+            said.contains("shorter than a proof stays fresh (180 s"),
+            "{said}"
+        );
+        assert_eq!(
+            host.inner.req_header("x-api-key"),
+            None,
+            "nothing forwarded"
+        );
+    }
+    for unit in [0, 3] {
+        let (mut stream, mut host) = fleet_request(&Shared::default(), "fleet-7");
+        stream.on_grpc_answer(&mut host, 7, 0, Some(&rls_answer_per(1, 0, 1, unit)));
+        assert!(stream.awaiting_body(), "unit {unit}: admitted");
+        assert_eq!(host.inner.req_header("x-api-key"), Some(SERVICE_KEY));
+    }
+}
+
 #[test]
 fn replay_fleet_needs_a_rate_limit_service() {
     let value = json!({

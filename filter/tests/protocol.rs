@@ -419,7 +419,13 @@ fn a_cacheable_result_of_any_method_is_private() {
 #[test]
 fn a_caching_member_in_another_case_is_refused() {
     let shared = Shared::default();
-    for member in ["CacheScope", "CACHESCOPE", "cache\\u017fcope", "TtlMs", "ResultType"] {
+    for member in [
+        "CacheScope",
+        "CACHESCOPE",
+        "cache\\u017fcope",
+        "TtlMs",
+        "ResultType",
+    ] {
         for content_type in ["application/json", "text/event-stream"] {
             let mut h = host(
                 &shared,

@@ -112,6 +112,20 @@ impl Stream {
                 );
                 self.replay_unchecked(host, record, &why)
             }
+            // A window shorter than a proof stays fresh forgets the proof while another
+            // replica would still take it: not a replay check either.
+            Ok([v])
+                if !v.over_limit && v.window_seconds.is_some_and(|w| w < proof_life(&config)) =>
+            {
+                let why = format!(
+                    "the rate limit service's dpop_proof limit counts per {} s, shorter than a \
+                     proof stays fresh ({} s: dpop.max_age_seconds plus twice \
+                     clock_skew_seconds): configure 1 per at least that",
+                    v.window_seconds.unwrap_or_default(),
+                    proof_life(&config)
+                );
+                self.replay_unchecked(host, record, &why)
+            }
             Ok([v]) if !v.over_limit => self.admit(host, server, record, identity),
             Ok([_]) => {
                 let replayed = SenderError::Proof(
@@ -135,4 +149,17 @@ impl Stream {
         };
         self.refuse(host, record, refusal)
     }
+}
+
+/// How long a proof can be accepted after its first use (seconds): its `iat` may be up to the
+/// clock skew ahead, and it stays fresh `max_age_seconds` plus the skew after its `iat`.
+fn proof_life(config: &crate::config::Config) -> u64 {
+    let skew = config.authenticator.skew_seconds();
+    u64::try_from(
+        config
+            .dpop
+            .max_age_seconds
+            .saturating_add(skew.saturating_mul(2)),
+    )
+    .unwrap_or(0)
 }

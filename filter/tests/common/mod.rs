@@ -831,6 +831,12 @@ pub fn rls_answer(code: i32, remaining: u32) -> Vec<u8> {
 
 /// A `ShouldRateLimit` answer whose applied limit allows `per_unit` hits per window.
 pub fn rls_answer_per_unit(code: i32, remaining: u32, per_unit: u32) -> Vec<u8> {
+    rls_answer_per(code, remaining, per_unit, 3)
+}
+
+/// [`rls_answer_per_unit`] with the limit's unit (`RateLimitResponse.RateLimit.Unit`: 1 SECOND,
+/// 2 MINUTE, 3 HOUR, 0 UNKNOWN).
+pub fn rls_answer_per(code: i32, remaining: u32, per_unit: u32, unit: i32) -> Vec<u8> {
     use prost::Message as _;
     mcp_guard::rls::RateLimitResponse {
         overall_code: code,
@@ -838,7 +844,7 @@ pub fn rls_answer_per_unit(code: i32, remaining: u32, per_unit: u32) -> Vec<u8> 
             code,
             current_limit: Some(mcp_guard::rls::CurrentLimit {
                 requests_per_unit: per_unit,
-                unit: 2,
+                unit,
             }),
             limit_remaining: remaining,
             duration_until_reset: Some(mcp_guard::rls::Duration {
