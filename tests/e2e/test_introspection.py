@@ -219,14 +219,15 @@ def test_a_subscription_ends_soon_after_its_opaque_token_is_revoked(tmp_path):
                     async with listener.listen(resource_subscriptions=["crm://customers/c-200"]) as sub:
                         for pause in (0, 2.5):
                             # Within the TTL, then past it: the IdP still vouches for the token.
-                            await anyio.sleep(pause)
                             hits = s.hits()
+                            await anyio.sleep(pause)
                             await actor.call_tool("touch_customer", {"customer_id": "c-200"})
                             with anyio.fail_after(10):
                                 await anext(sub)
                             seen["events"] += 1
                             # Past the TTL the IdP is asked about both tokens again: the
-                            # actor's call and the listener's stream.
+                            # actor's call, and the listener's stream (between its events, or
+                            # at this one).
                             seen["asked"] = s.hits() - hits
                         s.revoke(listener_token)
                         seen["revoked_at"] = time.monotonic()
