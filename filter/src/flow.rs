@@ -118,6 +118,11 @@ pub struct Stream {
     /// The events held while the caller was confirmed are due to be checked and sent on; `true`
     /// when the answer ended meanwhile ([`Stream::take_due_answer`]).
     answer_due: Option<bool>,
+    /// The generation of the issuer's keys a caller's JWT was verified with: a standing stream
+    /// whose issuer's keys changed since (a key withdrawn, a key set gone stale) has the token
+    /// verified again ([`crate::jwt::Authenticator::still_verifies`]). `None`: no key verified
+    /// it (an introspected opaque token).
+    keys_seen: Option<u64>,
 }
 
 impl Stream {
@@ -147,6 +152,7 @@ impl Stream {
             standing: false,
             confirmed_until_ms: 0,
             answer_due: None,
+            keys_seen: None,
         }
     }
 

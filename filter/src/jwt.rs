@@ -1176,6 +1176,39 @@ impl Authenticator {
         Ok(())
     }
 
+    /// The generation of the keys of the issuer that verified `token`'s caller: `None` for a
+    /// caller no key verified (an opaque token, introspected) or of no configured issuer.
+    pub fn keys_generation(&self, token: &str, identity: &Identity) -> Option<u64> {
+        if introspection::is_opaque(token) {
+            return None;
+        }
+        let iss = identity.issuer()?;
+        let issuer = self.issuers.iter().find(|i| i.issuer == iss)?;
+        Some(issuer.generation.get())
+    }
+
+    /// Whether a caller whose JWT verified with its issuer's keys at generation `seen` still
+    /// would: unchanged keys say so at once; after a change (a fetch that dropped the key, a
+    /// key set uninstalled as stale) the token is verified again as a new request would verify
+    /// it (the token caches, else one signature check). Returns the generation now relied on.
+    pub fn still_verifies(
+        &self,
+        token: &str,
+        identity: &Identity,
+        seen: u64,
+        host: &mut dyn Host,
+    ) -> Result<u64, AuthError> {
+        let Some(current) = self.keys_generation(token, identity) else {
+            return Ok(seen);
+        };
+        if current == seen {
+            return Ok(seen);
+        }
+        let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
+        self.verify_shared(token, now, host)?;
+        Ok(current)
+    }
+
     /// Whether the IdP still vouches for a caller whose token it is asked about (an opaque
     /// token; a JWT with `introspect: always`), while a standing stream it opened goes on: the
     /// answer that admitted it is kept no longer than a new request would keep it (the cache

@@ -1648,6 +1648,53 @@ fn progress_event(n: u32) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A standing stream opened with a JWT goes on only while the token's signature would still
+/// be accepted: once its issuer's keys change it is verified again (at its next event, or
+/// between events), and a key the IdP withdrew (a compromised one) no longer admits it, as a
+/// new request with the token gets 401. A change that keeps the key lets it go on.
+#[test]
+fn a_standing_stream_is_cut_once_the_key_that_signed_its_token_is_withdrawn() {
+    let config = config();
+    let mut host = get_host("/mcp", Some(&alice()));
+    let mut stream = Stream::new(Rc::clone(&config));
+    assert_eq!(stream.on_request_headers(&mut host, true), Action::Continue);
+    host.set_response(&[(":status", "200"), ("content-type", "text/event-stream")]);
+    stream.on_response_headers(&mut host, Some(200), false);
+    let first = progress_event(1);
+    assert_eq!(
+        replaced(stream.on_response_body(&mut host, &first, false), &first),
+        first
+    );
+    let issuer = &config.authenticator.issuers()[0];
+    // New keys that still hold the token's key: it verifies again and the stream goes on.
+    let kept = mcp_guard::jwt::KeySet::from_json(
+        &json!({ "keys": [p256_public_jwk(), rsa_public_jwk()] }),
+    )
+    .unwrap();
+    issuer.install_keys(kept);
+    assert_eq!(stream.check_idle(&mut host), mcp_guard::flow::Idle::Open);
+    let second = progress_event(2);
+    assert_eq!(
+        replaced(stream.on_response_body(&mut host, &second, false), &second),
+        second
+    );
+    // The IdP withdraws the key: the stream is cut between events.
+    let withdrawn =
+        mcp_guard::jwt::KeySet::from_json(&json!({ "keys": [rsa_public_jwk()] })).unwrap();
+    issuer.install_keys(withdrawn);
+    assert_eq!(stream.check_idle(&mut host), mcp_guard::flow::Idle::Over);
+    assert_eq!(host.resets, 1, "the stream is cut");
+    let record = host.record();
+    assert_eq!(record["reason"], "token_ended_mid_stream");
+    assert!(
+        record["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("key"),
+        "{record}"
+    );
+}
+
 #[test]
 fn an_event_stream_is_cut_once_the_callers_token_has_expired() {
     // A GET stream: the server's notifications, for as long as it stays open.

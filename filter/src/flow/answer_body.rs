@@ -95,7 +95,7 @@ impl Stream {
             return BodyAction::Continue;
         };
         let now = host.now_millis();
-        if let Err(ended) = self.caller_still_valid(now) {
+        if let Err(ended) = self.caller_still_valid(host, now) {
             return self.end_stream(host, &ended);
         }
         match self.confirm_caller(host, now, Some(end_of_stream)) {
@@ -230,16 +230,27 @@ impl Stream {
     /// While a standing stream's events come (a GET stream, a subscription), whether the
     /// caller's token still holds (`now_ms`): such a stream outlives any request, so it goes on
     /// only while the token that opened it would still be accepted
-    /// ([`crate::jwt::Authenticator::still_valid`]). The answer to a request, held or streamed,
-    /// is the end of a request decided when it came: it is delivered whole.
-    pub(super) fn caller_still_valid(&self, now_ms: u64) -> Result<(), crate::jwt::AuthError> {
-        match (&self.phase, &self.identity) {
-            (Phase::StreamingEvents(_), Some(identity)) if self.standing => {
-                let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
-                self.config.authenticator.still_valid(identity, now)
-            }
-            _ => Ok(()),
+    /// ([`crate::jwt::Authenticator::still_valid`]; and, once its issuer's keys changed, its
+    /// signature verified again: a withdrawn key no longer admits it). The answer to a request,
+    /// held or streamed, is the end of a request decided when it came: it is delivered whole.
+    pub(super) fn caller_still_valid(
+        &mut self,
+        host: &mut dyn Host,
+        now_ms: u64,
+    ) -> Result<(), crate::jwt::AuthError> {
+        let (Phase::StreamingEvents(_), Some(identity), true) =
+            (&self.phase, &self.identity, self.standing)
+        else {
+            return Ok(());
+        };
+        let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
+        let authenticator = &self.config.authenticator;
+        authenticator.still_valid(identity, now)?;
+        if let (Some(seen), Some(token)) = (self.keys_seen, self.presented_token()) {
+            let current = authenticator.still_verifies(token, identity, seen, host)?;
+            self.keys_seen = Some(current);
         }
+        Ok(())
     }
 
     /// A held answer that declared its length is rewritten to `len` bytes: its `content-length`

@@ -68,7 +68,7 @@ impl Stream {
             _ => return Idle::Over,
         }
         let now = host.now_millis();
-        let ended = match self.caller_still_valid(now) {
+        let ended = match self.caller_still_valid(host, now) {
             Err(ended) => ended,
             Ok(()) => match self.confirm_caller(host, now, None) {
                 Confirmation::Holds => return Idle::Open,
