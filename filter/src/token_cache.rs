@@ -25,8 +25,18 @@ pub const SLOTS: u16 = 32768;
 /// cache holds at most `SLOTS` × this, 64 MiB (a typical entry is under 1 KiB).
 pub const MAX_ENTRY_BYTES: usize = 2048;
 
+/// The checks an entry's writer ran beyond what an entry records and a hit checks again: an
+/// entry written under fewer (an earlier module, before a check of the token's header was
+/// added: `"crit": null` was refused from version 1 on) is not adopted. Shared data outlives an
+/// in-place module update, so without it the new module would take the old one's word. Raised
+/// whenever such a check is added.
+const CHECKS: u32 = 1;
+
 #[derive(Serialize, Deserialize)]
 struct Entry {
+    /// [`CHECKS`] of the module that wrote it (absent: 0).
+    #[serde(default)]
+    v: u32,
     /// SHA-256 of the token, hex.
     d: String,
     /// SHA-256 of the verifying key, hex.
@@ -58,7 +68,7 @@ fn slot_key(digest: &[u8; 32]) -> String {
 pub fn lookup(host: &dyn Host, digest: &[u8; 32]) -> Option<Verified> {
     let bytes = host.shared_get(&slot_key(digest))?;
     let entry: Entry = serde_json::from_slice(&bytes).ok()?;
-    if entry.d != base16ct::lower::encode_string(digest) {
+    if entry.v < CHECKS || entry.d != base16ct::lower::encode_string(digest) {
         return None;
     }
     let mut key = [0u8; 32];
@@ -74,6 +84,7 @@ pub fn lookup(host: &dyn Host, digest: &[u8; 32]) -> Option<Verified> {
 /// Publishes a token that verified.
 pub fn store(host: &mut dyn Host, digest: &[u8; 32], verified: &VerifiedRef<'_>) {
     let entry = EntryRef {
+        v: CHECKS,
         d: base16ct::lower::encode_string(digest),
         k: base16ct::lower::encode_string(verified.key),
         a: verified.alg,
@@ -97,6 +108,7 @@ pub struct VerifiedRef<'a> {
 
 #[derive(Serialize)]
 struct EntryRef<'a> {
+    v: u32,
     d: String,
     k: String,
     a: &'a str,

@@ -1168,6 +1168,42 @@ mod shared_cache {
         );
     }
 
+    /// Shared data outlives an in-place module update: an entry an earlier module wrote, under
+    /// fewer checks of the token's header (before `"crit": null` was refused), is not taken as
+    /// a verified signature; the token is verified again. An entry of this version is.
+    #[test]
+    fn an_entry_an_earlier_module_wrote_is_not_adopted() {
+        for (earlier, checks_by_b) in [(false, 0), (true, 1)] {
+            let shared = Shared::default();
+            let (a, _) = vm(json!({}));
+            // ES256: a check the host is asked for, so counted.
+            let token = sign(Signer::Es256, &claims_for("old", &[], ""));
+            assert!(a.authenticate(&token, &mut host_at(&shared, NOW)).is_ok());
+            if earlier {
+                let mut store = shared.borrow_mut();
+                let entries: Vec<(String, Vec<u8>)> = store
+                    .iter()
+                    .filter(|(k, _)| k.starts_with("mcp-guard:token:"))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                assert_eq!(entries.len(), 1);
+                for (key, bytes) in entries {
+                    let mut entry: Value = serde_json::from_slice(&bytes).unwrap();
+                    assert_eq!(entry["v"], 1);
+                    entry.as_object_mut().unwrap().remove("v");
+                    store.insert(key, serde_json::to_vec(&entry).unwrap());
+                }
+            }
+            let (b, checked) = vm(json!({}));
+            assert!(b.authenticate(&token, &mut host_at(&shared, NOW)).is_ok());
+            assert_eq!(
+                checked.0.get(),
+                checks_by_b,
+                "earlier module's entry: {earlier}"
+            );
+        }
+    }
+
     #[test]
     fn a_token_with_large_claims_is_not_shared_but_still_accepted() {
         let shared = Shared::default();
