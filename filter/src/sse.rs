@@ -291,7 +291,9 @@ fn parse_event(block: &[u8]) -> Option<(Event<'_>, Read)> {
         }
         any_line = true;
         if line.first() == Some(&b':') {
-            continue; // Comment.
+            // A comment goes on verbatim unless a client could read a line inside it.
+            ignored |= splits_elsewhere(line);
+            continue;
         }
         let (name, value) = match memchr::memchr(b':', line) {
             Some(colon) => {
@@ -318,6 +320,8 @@ fn parse_event(block: &[u8]) -> Option<(Event<'_>, Read)> {
                 }
                 has_data = true;
             }
+            // Read by another client as two lines: neither is what the filter read.
+            _ if splits_elsewhere(line) => ignored = true,
             b"event" => event.event = Some(value.into_owned()),
             b"id" if !value.contains('\0') => event.id = Some(value.into_owned()),
             b"retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
@@ -327,6 +331,22 @@ fn parse_event(block: &[u8]) -> Option<(Event<'_>, Read)> {
         }
     }
     any_line.then_some((event, Read { has_data, ignored }))
+}
+
+/// Whether `line` holds a character some clients end a line at besides CR and LF: Python's
+/// `str.splitlines` (which `httpx-sse` before 0.4.2 reads streams with, under `mcp` 1.x) also
+/// splits at VT, FF, FS, GS, RS, NEL (U+0085), LS (U+2028) and PS (U+2029). In a comment or an
+/// `event`/`id` value, the rest would be a line of its own there (`: x<U+2028>data: {…}` is a
+/// data line the filter never read). In a data line they can only sit inside a JSON string
+/// (raw VT…RS are refused by the strict parse, NEL/LS/PS are not JSON whitespace): such a client
+/// reads an unterminated string, not another message.
+fn splits_elsewhere(line: &[u8]) -> bool {
+    line.iter().enumerate().any(|(i, b)| match b {
+        0x0b | 0x0c | 0x1c..=0x1e => true,
+        0xc2 => line.get(i + 1) == Some(&0x85),
+        0xe2 => line.get(i + 1) == Some(&0x80) && matches!(line.get(i + 2), Some(0xa8 | 0xa9)),
+        _ => false,
+    })
 }
 
 /// Encodes `event` with `data` as its payload. Data is split on every kind of line end so
@@ -618,6 +638,35 @@ mod tests {
         let plain: &[u8] = b": hi\r\nid: 1\r\nevent: m\r\nretry: 10\r\ndata: a\r\ndata\r\n\r\n";
         let (out, _) = run(&[plain]);
         assert_eq!(out, plain);
+    }
+
+    #[test]
+    fn a_line_end_only_some_clients_see_hides_nothing() {
+        // `httpx-sse` before 0.4.2 splits lines as Python's `str.splitlines`: a comment or an
+        // `event`/`id` value holding LS, PS, NEL, VT, FF, FS, GS or RS would end there, and what
+        // follows (`data: …`) be a data line the filter never read. Such events are re-encoded
+        // from what the filter read: the comment and the field dropped, nothing unread kept.
+        for sep in [
+            "\u{2028}", "\u{2029}", "\u{85}", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e",
+        ] {
+            for line in [
+                format!(": keep-alive{sep}data: {{\"smuggled\":1}}"),
+                format!("event: message{sep}data: {{\"smuggled\":1}}"),
+                format!("id: 7{sep}data: {{\"smuggled\":1}}"),
+            ] {
+                let stream = format!("{line}\ndata: {{\"seen\":1}}\n\n");
+                let (out, seen) = run(&[stream.as_bytes()]);
+                assert_eq!(text(&out), "data: {\"seen\":1}\n\n", "{line:?}");
+                assert_eq!(seen[0].data, "{\"seen\":1}");
+                // Alone (no data line): an empty event, nothing of the line.
+                let (out, _) = run(&[format!("{line}\n\n").as_bytes()]);
+                assert_eq!(text(&out), "\n", "{line:?}");
+            }
+        }
+        // In a data line they can only be inside a JSON string: kept as the filter read it.
+        let stream = "data: {\"x\":\"a\u{2028}b\"}\n\n";
+        let (out, _) = run(&[stream.as_bytes()]);
+        assert_eq!(text(&out), stream);
     }
 
     #[test]

@@ -474,6 +474,25 @@ def python_sdk_events(body, bytewise):
     return [e.data for e in httpx2.EventSource(response) if e.event == "message" and e.data]
 
 
+def python_mcp1_events(body, bytewise):
+    """The same for the Python SDK's 1.x client, which reads streams with `httpx-sse` (0.4.0 and
+    0.4.1 split lines as `str.splitlines` does: also at LS, PS, NEL, VT, FF, FS, GS, RS)."""
+    import httpx
+    import httpx_sse
+    chunks = [body[i:i + 1] for i in range(len(body))] if bytewise else [body]
+    response = httpx.Response(200, headers={"content-type": "text/event-stream"}, content=iter(chunks),
+                              request=httpx.Request("POST", "http://mcp.example/mcp"))
+    return [e.data for e in httpx_sse.EventSource(response).iter_sse() if e.event == "message" and e.data]
+
+
+# A line end only some clients see, inside a comment or an `event`/`id` value: what follows is
+# a data line for `httpx-sse` before 0.4.2 (the Python SDK 1.x client), and was not one for the
+# filter.
+SPLITLINES = ["\u2028", "\u2029", "\u0085", "\u000b", "\u000c", "\u001c", "\u001d", "\u001e"]
+SMUGGLED = [f"{line}{sep}data: {LIST}\n\n" for sep in SPLITLINES
+            for line in (": keep-alive", "event: message", "id: 1")]
+
+
 def typescript_sdk_events(bodies):
     """The same for the TypeScript SDK client (TextDecoderStream, then eventsource-parser)."""
     import base64
@@ -493,6 +512,7 @@ def test_no_official_client_parser_reads_an_unfiltered_list_from_any_stream(list
     rng = random.Random(20261204)
     bodies = []
     known = [[f"{opening}data: {LIST}\n\n".encode()] for opening in ("\u00ef\u00bb\u00bf", "\ufeff", "")]
+    known += [[text.encode()] for text in SMUGGLED]
     for chunks in known + [a_hostile_stream(rng) for _ in range(60)]:
         upstream.script(lambda r, chunks=chunks: Answer(
             200, [("content-type", "text/event-stream")], chunks))
@@ -516,14 +536,20 @@ def test_no_official_client_parser_reads_an_unfiltered_list_from_any_stream(list
     # The control: read straight from the upstream, these streams do hand both clients the
     # hidden tools (the TypeScript one through `ï»¿data:` too).
     for client, raw_reads in (("python", [python_sdk_events(sent, False) for sent, _ in bodies]),
+                              ("python-1.x", [python_mcp1_events(sent, False) for sent, _ in bodies]),
                               ("typescript", typescript[2 * len(bodies)::2])):
         assert any(HIDDEN[0] in e for events in raw_reads for e in events), client
+    # Each smuggling stream hands the 1.x client the hidden tools when read unfiltered.
+    smuggling = [sent for sent, _ in bodies if sent.decode(errors="replace") in SMUGGLED]
+    assert len(smuggling) == len(SMUGGLED)
+    assert all(any(HIDDEN[0] in e for e in python_mcp1_events(sent, False)) for sent in smuggling)
     assert any(sent.startswith("\u00ef\u00bb\u00bf".encode()) and any(HIDDEN[0] in e for e in events)
                for (sent, _), events in zip(bodies, typescript[2 * len(bodies)::2]))
     read = 0
     for k, (sent, got) in enumerate(bodies):
         for bytewise in (False, True):
             for client, events in (("python", python_sdk_events(got, bytewise)),
+                                   ("python-1.x", python_mcp1_events(got, bytewise)),
                                    ("typescript", typescript[2 * k + bytewise])):
                 for event in events:
                     assert not any(n in event for n in HIDDEN), (client, bytewise, sent, got)
