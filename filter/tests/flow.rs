@@ -1479,6 +1479,43 @@ fn upstream_401_becomes_502_with_its_own_code() {
     }
 }
 
+/// A redirect from the MCP server is not passed on: a client would follow it and take what
+/// answers there as the answer to its request (its message, and to the gateway's own origin its
+/// token, sent wherever the server chose). 502, audited with where it pointed.
+#[test]
+fn an_upstream_redirect_is_not_passed_on() {
+    for status in [301, 302, 303, 307, 308] {
+        let (mut stream, mut host, action) =
+            post_open(&alice(), &tool_call(json!("c-1"), "search"));
+        assert_eq!(action, Action::Continue);
+        host.set_response(&[
+            (":status", &status.to_string()),
+            ("location", "https://elsewhere.example/hr"),
+        ]);
+        assert_eq!(
+            stream.on_response_headers(&mut host, Some(status), false),
+            Action::Pause
+        );
+        let reply = host.reply();
+        assert_eq!(reply.status, 502, "{status}");
+        assert_eq!(reply.header("location"), None);
+        let record = host.record();
+        assert_eq!(record["reason"], "upstream_redirect");
+        assert_eq!(record["upstream_status"], status);
+        assert!(record["detail"]
+            .as_str()
+            .unwrap()
+            .contains("elsewhere.example"));
+    }
+    // 304 (no location) is no redirect.
+    let (mut stream, mut host, _) = post_open(&alice(), &tool_call(json!("c-1"), "search"));
+    host.set_response(&[(":status", "304")]);
+    assert_eq!(
+        stream.on_response_headers(&mut host, Some(304), true),
+        Action::Continue
+    );
+}
+
 /// A completed allowed POST whose response headers were seen.
 fn answered(token: &str, body: &[u8], content_type: &str) -> (Stream, MockHost) {
     let (mut stream, mut host, action) = post_open(token, body);

@@ -92,6 +92,23 @@ impl Stream {
             return self.refuse(host, record, Refusal::UpstreamRefusedCredential { id });
         }
         let headers = host.response_headers();
+        if let (Some(300..=399), Some(location)) = (status, header(&headers, "location")) {
+            // Clients follow redirects (the Python SDK's HTTP client and fetch do) and take
+            // what answers there as the answer to their request: the server would send the
+            // caller's message, and to its own origin its token, wherever it chose, past this
+            // exchange's checks. Not passed on.
+            let detail = format!(
+                "the MCP server answered with a redirect (to {}), which is not passed on",
+                redacted(location, server)
+            );
+            let body = self.bad_gateway_body();
+            let code = "upstream_redirect";
+            return self.refuse(
+                host,
+                record,
+                Refusal::UninspectableResponse { code, detail, body },
+            );
+        }
         // Every value: a client may decode by any of them (or by their list).
         let encoding = headers.iter().find(|(k, v)| {
             k.eq_ignore_ascii_case("content-encoding") && !v.trim().eq_ignore_ascii_case("identity")
