@@ -118,10 +118,10 @@ pub struct Stream {
     /// The events held while the caller was confirmed are due to be checked and sent on; `true`
     /// when the answer ended meanwhile ([`Stream::take_due_answer`]).
     answer_due: Option<bool>,
-    /// The generation of the issuer's keys a caller's JWT was verified with: a standing stream
-    /// whose issuer's keys changed since (a key withdrawn, a key set gone stale) has the token
-    /// verified again ([`crate::jwt::Authenticator::still_verifies`]). `None`: no key verified
-    /// it (an introspected opaque token).
+    /// The generation of the issuer's keys a standing stream's JWT was last verified with: when
+    /// they change (a key withdrawn, a key set gone stale) the token is verified again
+    /// ([`crate::jwt::Authenticator::still_verifies`]). `None` until the stream's first check,
+    /// which verifies it through the token caches (no request but a standing stream pays).
     keys_seen: Option<u64>,
 }
 

@@ -1189,24 +1189,25 @@ impl Authenticator {
 
     /// Whether a caller whose JWT verified with its issuer's keys at generation `seen` still
     /// would: unchanged keys say so at once; after a change (a fetch that dropped the key, a
-    /// key set uninstalled as stale) the token is verified again as a new request would verify
-    /// it (the token caches, else one signature check). Returns the generation now relied on.
+    /// key set uninstalled as stale), or with no generation seen yet, the token is verified as
+    /// a new request would verify it (the token caches, which hold only what the current keys
+    /// verified, else one signature check). Returns the generation now relied on (`None` for
+    /// a caller no key verified).
     pub fn still_verifies(
         &self,
         token: &str,
         identity: &Identity,
-        seen: u64,
+        seen: Option<u64>,
         host: &mut dyn Host,
-    ) -> Result<u64, AuthError> {
+    ) -> Result<Option<u64>, AuthError> {
         let Some(current) = self.keys_generation(token, identity) else {
-            return Ok(seen);
+            return Ok(None);
         };
-        if current == seen {
-            return Ok(seen);
+        if seen != Some(current) {
+            let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
+            self.verify_shared(token, now, host)?;
         }
-        let now = i64::try_from(host.now_millis() / 1000).unwrap_or(i64::MAX);
-        self.verify_shared(token, now, host)?;
-        Ok(current)
+        Ok(Some(current))
     }
 
     /// Whether the IdP still vouches for a caller whose token it is asked about (an opaque

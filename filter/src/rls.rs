@@ -203,15 +203,16 @@ pub struct Verdict {
 
 /// The seconds of a `RateLimitResponse.RateLimit.Unit`; `None` for `UNKNOWN` and values this
 /// filter does not know.
-fn unit_seconds(unit: i32) -> Option<u64> {
-    match unit {
-        1 => Some(1),
-        2 => Some(60),
-        3 => Some(3_600),
-        4 => Some(86_400),
-        5 => Some(28 * 86_400),  // MONTH: at least
-        6 => Some(365 * 86_400), // YEAR
-        7 => Some(7 * 86_400),   // WEEK
+fn unit_seconds(code: i32) -> Option<u64> {
+    const DAY: u64 = 86_400;
+    let rate = [Unit::Second, Unit::Minute, Unit::Hour, Unit::Day]
+        .into_iter()
+        .find(|u| unit(*u) == code);
+    match (rate, code) {
+        (Some(u), _) => Some(u.millis() / 1000),
+        (None, 5) => Some(28 * DAY),  // MONTH: at least
+        (None, 6) => Some(365 * DAY), // YEAR
+        (None, 7) => Some(7 * DAY),   // WEEK
         _ => None,
     }
 }

@@ -95,10 +95,7 @@ impl Stream {
             return BodyAction::Continue;
         };
         let now = host.now_millis();
-        if let Err(ended) = self.caller_still_valid(host, now) {
-            return self.end_stream(host, &ended);
-        }
-        match self.confirm_caller(host, now, Some(end_of_stream)) {
+        match self.check_caller(host, now, Some(end_of_stream)) {
             Confirmation::Holds => {}
             Confirmation::Asked => return BodyAction::Pause,
             Confirmation::Ended(ended) => return self.end_stream(host, &ended),
@@ -246,9 +243,8 @@ impl Stream {
         let now = i64::try_from(now_ms / 1000).unwrap_or(i64::MAX);
         let authenticator = &self.config.authenticator;
         authenticator.still_valid(identity, now)?;
-        if let (Some(seen), Some(token)) = (self.keys_seen, self.presented_token()) {
-            let current = authenticator.still_verifies(token, identity, seen, host)?;
-            self.keys_seen = Some(current);
+        if let Some(token) = self.presented_token() {
+            self.keys_seen = authenticator.still_verifies(token, identity, self.keys_seen, host)?;
         }
         Ok(())
     }

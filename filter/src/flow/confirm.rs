@@ -68,22 +68,35 @@ impl Stream {
             _ => return Idle::Over,
         }
         let now = host.now_millis();
-        let ended = match self.caller_still_valid(host, now) {
-            Err(ended) => ended,
-            Ok(()) => match self.confirm_caller(host, now, None) {
-                Confirmation::Holds => return Idle::Open,
-                Confirmation::Asked => return Idle::Asked,
-                Confirmation::Ended(ended) => ended,
-            },
-        };
-        self.end_stream(host, &ended);
-        Idle::Over
+        match self.check_caller(host, now, None) {
+            Confirmation::Holds => Idle::Open,
+            Confirmation::Asked => Idle::Asked,
+            Confirmation::Ended(ended) => {
+                self.end_stream(host, &ended);
+                Idle::Over
+            }
+        }
+    }
+
+    /// A standing stream's caller, at a chunk (`chunk`: `Some(end_of_stream)`) or between
+    /// events (`None`): its token as a new request would find it
+    /// ([`Stream::caller_still_valid`]), then the IdP's word ([`Stream::confirm_caller`]).
+    pub(super) fn check_caller(
+        &mut self,
+        host: &mut dyn Host,
+        now_ms: u64,
+        chunk: Option<bool>,
+    ) -> Confirmation {
+        match self.caller_still_valid(host, now_ms) {
+            Ok(()) => self.confirm_caller(host, now_ms, chunk),
+            Err(ended) => Confirmation::Ended(ended),
+        }
     }
 
     /// Before a standing stream's chunk is checked (`chunk`: `Some(end_of_stream)`), or
     /// between its events (`None`): asks the IdP again once the answer the stream relies on
     /// has run out (`now_ms`). While it is asked, every chunk is held.
-    pub(super) fn confirm_caller(
+    fn confirm_caller(
         &mut self,
         host: &mut dyn Host,
         now_ms: u64,

@@ -126,9 +126,6 @@ impl Stream {
         identity: Identity,
     ) -> Action {
         record.set_identity(&identity.claims);
-        self.keys_seen = self
-            .presented_token()
-            .and_then(|token| self.config.authenticator.keys_generation(token, &identity));
         self.identity = Some(identity);
 
         // One value each: servers differ in which of several they would read.
