@@ -1452,20 +1452,22 @@ fn a_caller_gone_while_its_answer_is_held_keeps_its_allow() {
     );
 }
 
+/// An allowed `tools/call` (id `c-1`) answered with `status` and one more header: what the
+/// answer's headers callback returned, and the host.
+fn answered_with(status: u32, header: (&str, &str)) -> (Action, MockHost) {
+    let (mut stream, mut host, action) = post_open(&alice(), &tool_call(json!("c-1"), "search"));
+    assert_eq!(action, Action::Continue);
+    host.set_response(&[(":status", &status.to_string()), header]);
+    let action = stream.on_response_headers(&mut host, Some(status), false);
+    (action, host)
+}
+
 #[test]
 fn upstream_401_becomes_502_with_its_own_code() {
     for upstream in [401, 403] {
-        let (mut stream, mut host, action) =
-            post_open(&alice(), &tool_call(json!("c-1"), "search"));
-        assert_eq!(action, Action::Continue);
-        host.set_response(&[
-            (":status", &upstream.to_string()),
-            ("www-authenticate", "Bearer realm=\"upstream\""),
-        ]);
-        assert_eq!(
-            stream.on_response_headers(&mut host, Some(upstream), false),
-            Action::Pause
-        );
+        let (action, host) =
+            answered_with(upstream, ("www-authenticate", "Bearer realm=\"upstream\""));
+        assert_eq!(action, Action::Pause);
         let reply = host.reply();
         assert_eq!(reply.status, 502);
         assert_eq!(reply.header("www-authenticate"), None);
@@ -1485,17 +1487,8 @@ fn upstream_401_becomes_502_with_its_own_code() {
 #[test]
 fn an_upstream_redirect_is_not_passed_on() {
     for status in [301, 302, 303, 307, 308] {
-        let (mut stream, mut host, action) =
-            post_open(&alice(), &tool_call(json!("c-1"), "search"));
-        assert_eq!(action, Action::Continue);
-        host.set_response(&[
-            (":status", &status.to_string()),
-            ("location", "https://elsewhere.example/hr"),
-        ]);
-        assert_eq!(
-            stream.on_response_headers(&mut host, Some(status), false),
-            Action::Pause
-        );
+        let (action, host) = answered_with(status, ("location", "https://elsewhere.example/hr"));
+        assert_eq!(action, Action::Pause);
         let reply = host.reply();
         assert_eq!(reply.status, 502, "{status}");
         assert_eq!(reply.header("location"), None);

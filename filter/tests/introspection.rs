@@ -101,6 +101,11 @@ fn answer(
     stream.resume(host)
 }
 
+/// The IdP's 200 answer (`body`) to the last introspection call, and the stream resumed.
+fn idp_says(config: &Rc<Config>, host: &mut CallHost, stream: &mut Stream, body: &[u8]) -> Action {
+    answer(config, host, stream, Some(200), body)
+}
+
 #[test]
 fn an_opaque_token_is_introspected_once_and_its_claims_reach_the_policy() {
     let config = config("opaque");
@@ -127,13 +132,7 @@ fn an_opaque_token_is_introspected_once_and_its_claims_reach_the_policy() {
     assert!(stream2.waiting().is_some());
     assert!(host2.http_calls.is_empty());
 
-    answer(
-        &config,
-        &mut host,
-        &mut stream,
-        Some(200),
-        &active(json!({})),
-    );
+    idp_says(&config, &mut host, &mut stream, &active(json!({})));
     assert!(stream.waiting().is_none());
     assert!(stream.awaiting_body());
     assert_eq!(stream.on_request_body(&mut host, BODY), Action::Continue);
@@ -227,13 +226,7 @@ fn always_mode_introspects_a_valid_jwt_too() {
     let mut host = post(&jwt);
     let (mut stream, _) = start(&config, &mut host);
     assert_eq!(host.http_calls.len(), 1);
-    answer(
-        &config,
-        &mut host,
-        &mut stream,
-        Some(200),
-        br#"{"active":false}"#,
-    );
+    idp_says(&config, &mut host, &mut stream, br#"{"active":false}"#);
     assert_eq!(host.inner.reply().status, 401);
     assert_eq!(host.inner.record()["reason"], "token_inactive");
 }
@@ -254,13 +247,7 @@ fn always_mode_refuses_a_jwt_the_idp_calls_a_refresh_token() {
         let mut host = post(&jwt);
         let (mut stream, _) = start(&config, &mut host);
         assert_eq!(host.http_calls.len(), 1, "{kind}");
-        answer(
-            &config,
-            &mut host,
-            &mut stream,
-            Some(200),
-            &active(kind.clone()),
-        );
+        idp_says(&config, &mut host, &mut stream, &active(kind.clone()));
         match status {
             Some(code) => {
                 assert_eq!(host.inner.reply().status, code, "{kind}");
@@ -414,13 +401,7 @@ fn an_answer_about_a_refresh_or_id_token_is_not_an_access_token() {
         let config = config("opaque");
         let mut host = post(OPAQUE);
         let (mut stream, _) = start(&config, &mut host);
-        answer(
-            &config,
-            &mut host,
-            &mut stream,
-            Some(200),
-            &active(extra.clone()),
-        );
+        idp_says(&config, &mut host, &mut stream, &active(extra.clone()));
         let reply = host.inner.reply();
         assert_eq!(reply.status, 401, "{extra}");
         assert_eq!(host.inner.record()["reason"], "wrong_typ", "{extra}");
@@ -436,13 +417,7 @@ fn an_answer_about_a_refresh_or_id_token_is_not_an_access_token() {
         let config = config("opaque");
         let mut host = post(OPAQUE);
         let (mut stream, _) = start(&config, &mut host);
-        answer(
-            &config,
-            &mut host,
-            &mut stream,
-            Some(200),
-            &active(extra.clone()),
-        );
+        idp_says(&config, &mut host, &mut stream, &active(extra.clone()));
         assert!(stream.awaiting_body(), "{extra}");
     }
 }
@@ -574,13 +549,7 @@ fn a_standing_stream_goes_on_while_the_idp_still_vouches_for_its_token() {
     assert_eq!(stream.take_due_answer(), None);
     // Active: the held events are due, checked as one chunk, and go on.
     assert_eq!(
-        answer(
-            &config,
-            &mut host,
-            &mut stream,
-            Some(200),
-            &active(json!({}))
-        ),
+        idp_says(&config, &mut host, &mut stream, &active(json!({}))),
         Action::Continue
     );
     assert!(stream.waiting().is_none());
@@ -643,13 +612,7 @@ fn trailers_wait_with_the_held_events_and_the_end_is_kept() {
     let config = config("opaque");
     let (mut stream, mut host) = held_past_the_ttl(&config);
     assert_eq!(stream.on_response_trailers(&mut host), BodyAction::Pause);
-    answer(
-        &config,
-        &mut host,
-        &mut stream,
-        Some(200),
-        &active(json!({})),
-    );
+    idp_says(&config, &mut host, &mut stream, &active(json!({})));
     assert_eq!(
         stream.take_due_answer(),
         Some(true),
@@ -673,13 +636,7 @@ fn a_stream_opened_with_a_verified_jwt_asks_no_idp_unless_always() {
     host.inner.now_ms += 31_000;
     assert_eq!(event_through(&mut stream, &mut host, 2), None);
     assert_eq!(host.http_calls.len(), 2);
-    answer(
-        &config,
-        &mut host,
-        &mut stream,
-        Some(200),
-        br#"{"active":false}"#,
-    );
+    idp_says(&config, &mut host, &mut stream, br#"{"active":false}"#);
     assert_eq!(host.inner.resets, 1);
 }
 
@@ -706,13 +663,7 @@ fn an_idle_standing_stream_is_cut_once_the_idp_says_its_token_is_not_active() {
     let config = config("opaque");
     let (mut stream, mut host) = idle_past_the_ttl(&config);
     assert_eq!(
-        answer(
-            &config,
-            &mut host,
-            &mut stream,
-            Some(200),
-            br#"{"active":false}"#
-        ),
+        idp_says(&config, &mut host, &mut stream, br#"{"active":false}"#),
         Action::Pause
     );
     assert_eq!(stream.take_due_answer(), None);
@@ -730,13 +681,7 @@ fn an_idle_standing_stream_the_idp_still_vouches_for_goes_on_and_nothing_is_resu
     let (mut stream, mut host) = idle_past_the_ttl(&config);
     // Nothing was held: nothing for the adapter to let go (no resume of a stream not paused).
     assert_eq!(
-        answer(
-            &config,
-            &mut host,
-            &mut stream,
-            Some(200),
-            &active(json!({}))
-        ),
+        idp_says(&config, &mut host, &mut stream, &active(json!({}))),
         Action::Pause
     );
     assert_eq!(stream.take_due_answer(), None);
@@ -758,13 +703,7 @@ fn an_event_that_comes_while_an_idle_stream_is_asked_about_is_held_until_the_ans
     let (mut stream, mut host) = idle_past_the_ttl(&config);
     assert_eq!(event_through(&mut stream, &mut host, 2), None, "held");
     assert_eq!(
-        answer(
-            &config,
-            &mut host,
-            &mut stream,
-            Some(200),
-            &active(json!({}))
-        ),
+        idp_says(&config, &mut host, &mut stream, &active(json!({}))),
         Action::Continue
     );
     assert_eq!(stream.take_due_answer(), Some(false));
@@ -772,13 +711,7 @@ fn an_event_that_comes_while_an_idle_stream_is_asked_about_is_held_until_the_ans
     let config = self::config("opaque");
     let (mut stream, mut host) = idle_past_the_ttl(&config);
     assert_eq!(stream.on_response_trailers(&mut host), BodyAction::Pause);
-    answer(
-        &config,
-        &mut host,
-        &mut stream,
-        Some(200),
-        &active(json!({})),
-    );
+    idp_says(&config, &mut host, &mut stream, &active(json!({})));
     assert_eq!(stream.take_due_answer(), Some(true));
 }
 

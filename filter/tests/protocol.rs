@@ -83,20 +83,35 @@ fn refused_with_32020(host: &MockHost) {
     assert_eq!(record["error_code"], -32020);
 }
 
-fn list_tools(shared: &Shared, result: Value) -> Vec<u8> {
+/// A 2026-07-28 request `method` (its id `id`, no params) answered by `message` as
+/// `content_type` (JSON, or one event): what the answer's body callback returned, and the host.
+fn answered(
+    shared: &Shared,
+    id: i64,
+    method: &str,
+    content_type: &str,
+    message: &str,
+) -> (BodyAction, MockHost) {
     let mut h = host(
         shared,
-        &[
-            ("mcp-protocol-version", MODERN),
-            ("mcp-method", "tools/list"),
-        ],
+        &[("mcp-protocol-version", MODERN), ("mcp-method", method)],
     );
-    let (mut stream, action) = send(&mut h, &body(2, "tools/list", json!({})));
+    let (mut stream, action) = send(&mut h, &body(id, method, json!({})));
     assert_eq!(action, Action::Continue);
-    h.set_response(&[(":status", "200"), ("content-type", "application/json")]);
+    h.set_response(&[(":status", "200"), ("content-type", content_type)]);
     stream.on_response_headers(&mut h, Some(200), false);
+    let answer = if content_type == "application/json" {
+        message.to_string()
+    } else {
+        format!("event: message\ndata: {message}\n\n")
+    };
+    let action = stream.on_response_body(&mut h, answer.as_bytes(), true);
+    (action, h)
+}
+
+fn list_tools(shared: &Shared, result: Value) -> Vec<u8> {
     let answer = json!({ "jsonrpc": "2.0", "id": 2, "result": result }).to_string();
-    match stream.on_response_body(&mut h, answer.as_bytes(), true) {
+    match answered(shared, 2, "tools/list", "application/json", &answer).0 {
         BodyAction::Replace(bytes) => bytes,
         BodyAction::Continue => answer.into_bytes(),
         BodyAction::Pause => panic!("held"),
@@ -377,6 +392,11 @@ fn a_filtered_list_is_private_and_keeps_its_ttl() {
     assert_eq!(v["result"]["cacheScope"], "private");
 }
 
+/// A `server/discover` (id 3) answered by `message` as `content_type`.
+fn discovered(shared: &Shared, content_type: &str, message: &str) -> (BodyAction, MockHost) {
+    answered(shared, 3, "server/discover", content_type, message)
+}
+
 /// Every answer is decided for its caller, not only lists: a read or a discovery the server
 /// marks public leaves private, so a shared cache never gives it to a caller the policy would
 /// refuse. As JSON and as an event.
@@ -386,24 +406,8 @@ fn a_cacheable_result_of_any_method_is_private() {
     let result = json!({ "resultType": "complete", "ttlMs": 60000, "cacheScope": "public",
         "serverInfo": { "name": "crm" } });
     for content_type in ["application/json", "text/event-stream"] {
-        let mut h = host(
-            &shared,
-            &[
-                ("mcp-protocol-version", MODERN),
-                ("mcp-method", "server/discover"),
-            ],
-        );
-        let (mut stream, action) = send(&mut h, &body(3, "server/discover", json!({})));
-        assert_eq!(action, Action::Continue);
-        h.set_response(&[(":status", "200"), ("content-type", content_type)]);
-        stream.on_response_headers(&mut h, Some(200), false);
         let message = json!({ "jsonrpc": "2.0", "id": 3, "result": result }).to_string();
-        let answer = if content_type == "application/json" {
-            message
-        } else {
-            format!("event: message\ndata: {message}\n\n")
-        };
-        let out = match stream.on_response_body(&mut h, answer.as_bytes(), true) {
+        let out = match discovered(&shared, content_type, &message).0 {
             BodyAction::Replace(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
             other => panic!("{content_type}: not rewritten: {other:?}"),
         };
@@ -427,26 +431,10 @@ fn a_caching_member_in_another_case_is_refused() {
         "ResultType",
     ] {
         for content_type in ["application/json", "text/event-stream"] {
-            let mut h = host(
-                &shared,
-                &[
-                    ("mcp-protocol-version", MODERN),
-                    ("mcp-method", "server/discover"),
-                ],
-            );
-            let (mut stream, action) = send(&mut h, &body(3, "server/discover", json!({})));
-            assert_eq!(action, Action::Continue);
-            h.set_response(&[(":status", "200"), ("content-type", content_type)]);
-            stream.on_response_headers(&mut h, Some(200), false);
             let message = format!(
                 r#"{{"jsonrpc":"2.0","id":3,"result":{{"resultType":"complete","ttlMs":60000,"{member}":"public","serverInfo":{{"name":"crm"}}}}}}"#
             );
-            let answer = if content_type == "application/json" {
-                message
-            } else {
-                format!("event: message\ndata: {message}\n\n")
-            };
-            let action = stream.on_response_body(&mut h, answer.as_bytes(), true);
+            let (action, h) = discovered(&shared, content_type, &message);
             assert_eq!(action, BodyAction::Pause, "{member} {content_type}");
             if content_type == "application/json" {
                 assert_eq!(h.reply().status, 502, "{member}");

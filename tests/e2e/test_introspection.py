@@ -197,6 +197,12 @@ def test_wrong_client_secret_is_refused_with_503(tmp_path):
         s.stop()
 
 
+def sdk(s, token):
+    """The official Python SDK client, through the stack's Envoy, with this bearer token."""
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
+    return Client(streamable_http_client(s.envoy.url, http_client=http), mode=PROTOCOL)
+
+
 def test_a_subscription_ends_soon_after_its_opaque_token_is_revoked(tmp_path):
     """A 2026-07-28 `subscriptions/listen` stream opened with an opaque token (the official
     Python SDK on both sides) outlives the introspection answer that admitted it: once that is
@@ -208,14 +214,10 @@ def test_a_subscription_ends_soon_after_its_opaque_token_is_revoked(tmp_path):
     listener_token, actor_token = s.opaque(), s.opaque()
     seen = {"events": 0}
 
-    def sdk(token):
-        http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
-        return Client(streamable_http_client(s.envoy.url, http_client=http), mode=PROTOCOL)
-
     async def session():
-        async with sdk(actor_token) as actor:
+        async with sdk(s, actor_token) as actor:
             try:
-                async with sdk(listener_token) as listener:
+                async with sdk(s, listener_token) as listener:
                     async with listener.listen(resource_subscriptions=["crm://customers/c-200"]) as sub:
                         for pause in (0, 2.5):
                             # Within the TTL, then past it: the IdP still vouches for the token.
@@ -269,14 +271,10 @@ def test_a_quiet_subscription_ends_soon_after_its_opaque_token_is_revoked(tmp_pa
     listener_token, actor_token = s.opaque(), s.opaque()
     seen = {}
 
-    def sdk(token):
-        http = create_mcp_http_client(headers={"Authorization": f"Bearer {token}"})
-        return Client(streamable_http_client(s.envoy.url, http_client=http), mode=PROTOCOL)
-
     async def session():
-        async with sdk(actor_token) as actor:
+        async with sdk(s, actor_token) as actor:
             try:
-                async with sdk(listener_token) as listener:
+                async with sdk(s, listener_token) as listener:
                     async with listener.listen(resource_subscriptions=["crm://customers/c-300"]) as sub:
                         await actor.call_tool("touch_customer", {"customer_id": "c-300"})
                         with anyio.fail_after(10):
